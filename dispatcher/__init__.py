@@ -1,0 +1,53 @@
+"""Kombo assessment order dispatcher.
+
+The public surface for handler authors and embedders; everything else is internal.
+"""
+
+from .kombo import InvalidPageError, KomboClient, KomboError, OrdersPage
+from .ledger import DispatchResult, Ledger
+from .models import (
+    Application,
+    Candidate,
+    HiringTeamMember,
+    HiringTeamRole,
+    Job,
+    Location,
+    Order,
+    OrderStatus,
+)
+from .plugins import (
+    Handler,
+    HandlerConfigError,
+    HandlerContext,
+    PermanentFailure,
+    RetryLater,
+)
+from .settings import ConfigError, Settings, load_settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Application",
+    "Candidate",
+    "ConfigError",
+    "DispatchResult",
+    "Handler",
+    "HandlerConfigError",
+    "HandlerContext",
+    "HiringTeamMember",
+    "HiringTeamRole",
+    "InvalidPageError",
+    "Job",
+    "KomboClient",
+    "KomboError",
+    "Ledger",
+    "Location",
+    "Order",
+    "OrderStatus",
+    "OrdersPage",
+    "PermanentFailure",
+    "RetryLater",
+    "Settings",
+    "__version__",
+    "load_settings",
+]

@@ -1,0 +1,303 @@
+"""The ``dispatcher`` command line: poll, worker, handlers, sim, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+
+from .kombo import KomboClient
+from .ledger import JobOptions, Ledger
+from .logs import configure_logging
+from .plugins import HandlerConfigError, discover_handlers, load_handlers
+from .poller import Poller
+from .settings import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("dispatcher.cli")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"dispatcher: error: {message}", err=True)
+    sys.exit(code)
+
+
+def redacted_url(url: str) -> str:
+    """A connection URL with its password replaced, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _settings(ctx: click.Context) -> Settings:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        try:
+            obj["settings"] = load_settings()
+        except ConfigError as exc:
+            _fail(str(exc))
+    settings: Settings = obj["settings"]
+    return settings
+
+
+def _redis(settings: Settings) -> Redis:
+    url = settings.redis_url.get_secret_value()
+    try:
+        redis = Redis.from_url(url, health_check_interval=30, socket_connect_timeout=5)
+        redis.ping()
+    except (RedisError, ValueError) as exc:
+        _fail(f"REDIS_URL: cannot reach Redis at {redacted_url(url)}: {exc}", code=1)
+    return redis
+
+
+def _ledger(settings: Settings, redis: Redis) -> Ledger:
+    return Ledger(
+        redis,
+        Queue(settings.queue, connection=redis),
+        settings.namespace,
+        job_options=JobOptions(
+            timeout=settings.job_timeout,
+            result_ttl=settings.result_ttl,
+            failure_ttl=settings.failure_ttl,
+        ),
+    )
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT ask for a clean stop (the current page is finished first)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s, stopping after the current page", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    envvar="DISPATCHER_LOG_LEVEL",
+    default="INFO",
+    show_default=True,
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    envvar="DISPATCHER_LOG_FORMAT",
+    default="text",
+    show_default=True,
+)
+@click.version_option(package_name="kombo-dispatcher")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
+    """Dispatch Kombo assessment orders to pluggable handlers through RQ on Redis.
+
+    Settings come from the environment (and an optional .env file); see the README.
+    """
+    ctx.ensure_object(dict)
+    configure_logging(log_level.upper(), "json" if log_format == "json" else "text")
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Sweep every integration once, then exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print the report as JSON.")
+@click.pass_context
+def poll(ctx: click.Context, once: bool, as_json: bool) -> None:
+    """Poll Kombo for OPEN orders and enqueue the new ones.
+
+    Loops every DISPATCHER_POLL_INTERVAL seconds (with jitter) until SIGTERM or SIGINT,
+    which finish the current page and exit 0. With --once: one sweep, exit 1 if an
+    integration still failed after retries.
+    """
+    settings = _settings(ctx)
+    api_key = _or_fail(settings.require_kombo)
+    if not settings.kombo_integration_ids:
+        _fail("KOMBO_INTEGRATION_IDS: not set (name the integrations to poll, comma-separated)")
+    redis = _redis(settings)
+    stop = threading.Event()
+    with (
+        KomboClient(
+            api_key,
+            settings.kombo_base_url,
+            timeout=settings.kombo_timeout,
+            retry_budget=settings.kombo_retry_budget,
+            max_connections=settings.sweep_concurrency,
+            sleep=lambda seconds: _sleep_unless(stop, seconds),
+        ) as client,
+        _stop_on_signals(stop),
+    ):
+        poller = Poller(
+            client,
+            _ledger(settings, redis),
+            settings.kombo_integration_ids,
+            endpoint=settings.orders_endpoint,
+            page_size=settings.page_size,
+            concurrency=settings.sweep_concurrency,
+            stop=stop,
+        )
+        if not once:
+            poller.run_forever(settings.poll_interval)
+            return
+        report = poller.sweep()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), sort_keys=True))
+    else:
+        click.echo(
+            f"{report.integrations} integrations, {report.pages} pages, "
+            f"{report.orders_seen} OPEN orders seen, {report.orders_new} new"
+        )
+    for error in report.errors.values():
+        click.echo(f"dispatcher: error: {error}", err=True)
+    sys.exit(1 if report.errors else 0)
+
+
+def _sleep_unless(stop: threading.Event, seconds: float) -> None:
+    # A retry backoff must not hold up a stop request.
+    stop.wait(seconds)
+
+
+def _or_fail(get: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes (RQ's worker pool).",
+)
+@click.pass_context
+def worker(ctx: click.Context, burst: bool, processes: int) -> None:
+    """Run the handler chain on queued orders (RQ workers with the scheduler)."""
+    from .jobs import Runtime
+    from .worker import run_worker
+
+    settings = _settings(ctx)
+    try:
+        runtime = Runtime.from_settings(settings)
+    except HandlerConfigError as exc:
+        _fail(str(exc))
+    redis = _redis(settings)
+    run_worker(settings, redis, burst=burst, processes=processes, runtime=runtime)
+
+
+@cli.command()
+@click.pass_context
+def handlers(ctx: click.Context) -> None:
+    """List every installed handler, and check the configured chain."""
+    settings = _settings(ctx)
+    discovered = discover_handlers()
+    width = max([len(name) for name in discovered] + [7])
+    click.echo(f"{'HANDLER':<{width}}  {'CONFIGURED':<10}  DISTRIBUTION / PROBLEM")
+    for name in sorted(discovered):
+        entry = discovered[name]
+        position = (
+            str(settings.handlers.index(name) + 1) if name in settings.handlers else "-"
+        )
+        detail = entry.distribution if entry.error is None else f"BROKEN: {entry.error}"
+        click.echo(f"{name:<{width}}  {position:<10}  {detail}")
+    try:
+        load_handlers(settings.handlers, discovered)
+    except HandlerConfigError as exc:
+        _fail(str(exc))
+    click.echo(f"chain: {' -> '.join(settings.handlers)}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--integrations", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--orders", type=click.IntRange(0), default=20, show_default=True,
+    help="OPEN orders per integration.",
+)
+@click.option("--closed", type=click.IntRange(0), default=None, help="Closed orders per integration.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--api-key", default="sim-api-key", show_default=True, envvar="SIM_API_KEY")
+@click.option("--latency", type=click.FloatRange(0), default=0.0, help="Seconds per request.")
+@click.option("--rate-limit", type=click.FloatRange(0, 1), default=0.0, help="P(429).")
+@click.option("--retry-after", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--server-error", type=click.FloatRange(0, 1), default=0.0, help="P(500).")
+@click.option("--malformed", type=click.FloatRange(0, 1), default=0.0, help="P(bad JSON).")
+def sim(
+    host: str,
+    port: int,
+    integrations: int,
+    orders: int,
+    closed: int | None,
+    seed: int,
+    api_key: str,
+    latency: float,
+    rate_limit: float,
+    retry_after: float,
+    server_error: float,
+    malformed: float,
+) -> None:
+    """Serve a simulated Kombo assessment API (for the demo, tests and benchmarks)."""
+    from .simulator import Faults, Simulator
+
+    simulator = Simulator(
+        integrations,
+        orders,
+        closed=closed,
+        api_key=api_key,
+        seed=seed,
+        faults=Faults(
+            rate_limit=rate_limit,
+            retry_after=retry_after,
+            server_error=server_error,
+            malformed=malformed,
+            latency=latency,
+        ),
+    )
+    click.echo(f"KOMBO_BASE_URL=http://{host}:{port}/v1", err=True)
+    click.echo(f"KOMBO_API_KEY={api_key}", err=True)
+    click.echo(f"KOMBO_INTEGRATION_IDS={','.join(simulator.integration_ids)}", err=True)
+    simulator.serve_forever(host, port)
+
+
+@cli.command()
+@click.option("--integrations", type=click.IntRange(1, 50), default=3, show_default=True)
+@click.option("--orders", type=click.IntRange(1, 500), default=12, show_default=True)
+def demo(integrations: int, orders: int) -> None:
+    """Run the whole pipeline in process: no Redis server, no Kombo key needed."""
+    from .demo import run_demo
+
+    logging.getLogger().setLevel(logging.WARNING)
+    sys.exit(run_demo(integrations=integrations, orders=orders, echo=click.echo))
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="dispatcher")

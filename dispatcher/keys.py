@@ -1,0 +1,51 @@
+"""Every Redis key the dispatcher owns, in one place.
+
+All of them sit under the namespace (``DISPATCHER_NAMESPACE``) so that two deployments can
+share one Redis. RQ's own keys (``rq:queue:*``, ``rq:job:*``, registries) are RQ's; the
+dispatcher only chooses their queue name and job ids. See docs/redis-keys.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+__all__ = ["Keys", "job_id_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names for one namespace."""
+
+    namespace: str
+
+    def seen(self, integration_id: str) -> str:
+        """Hash: order id -> unix time it was first dispatched (the dedupe store)."""
+        return f"{self.namespace}:seen:{integration_id}"
+
+    @property
+    def seen_integrations(self) -> str:
+        """Set of integration ids that have a seen hash (so counting needs no SCAN)."""
+        return f"{self.namespace}:seen-integrations"
+
+    def sweep(self, integration_id: str) -> str:
+        """Hash: the last sweep of one integration (times, counts, last error)."""
+        return f"{self.namespace}:sweep:{integration_id}"
+
+    @property
+    def stats(self) -> str:
+        """Hash of counters (orders dispatched, ...)."""
+        return f"{self.namespace}:stats"
+
+
+def job_id_for(namespace: str, integration_id: str, order_id: str) -> str:
+    """The RQ job id of one order: deterministic, unique per (namespace, integration, order).
+
+    RQ job ids allow only letters, digits, ``_`` and ``-``, and integration ids contain ``:``,
+    so the triple is hashed rather than escaped. The namespace is part of it because RQ's job
+    keys (``rq:job:<id>``) are shared by every namespace on one Redis.
+    """
+    digest = hashlib.blake2b(
+        "\x00".join((namespace, integration_id, order_id)).encode(), digest_size=16
+    ).hexdigest()
+    return f"order-{digest}"

@@ -1,0 +1,360 @@
+"""Kombo API client on httpx: orders (current and deprecated endpoint), typed and retried."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from .models import Order, OrderValidationError, parse_order
+
+__all__ = [
+    "RETRYABLE_CODES",
+    "InvalidPageError",
+    "KomboClient",
+    "KomboError",
+    "OrdersPage",
+]
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_CODES = frozenset(
+    {
+        "PLATFORM.RATE_LIMIT_EXCEEDED",
+        "PLATFORM.CONCURRENCY_LIMIT_EXCEEDED",
+        "PLATFORM.TASK_TIMED_OUT",
+        "PLATFORM.UNKNOWN_ERROR",
+        "REMOTE.SERVICE_UNAVAILABLE",
+        "REMOTE.RATE_LIMIT_EXCEEDED",
+    }
+)
+# Kombo asks clients to branch on the code; these codes are never worth a retry whatever
+# the HTTP status says.
+_PERMANENT_PREFIXES = ("PLATFORM.AUTHENTICATION", "PLATFORM.INPUT", "PLATFORM.INTEGRATION_NOT")
+
+_BACKOFF_BASE = 1.0
+_BACKOFF_CAP = 30.0
+
+
+class KomboError(Exception):
+    """Kombo answered with an error (its envelope), or could not be reached.
+
+    ``code`` is Kombo's error code (``None`` when Kombo sent none or for network errors),
+    ``status_code`` the HTTP status (``None`` for network errors).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        title: str | None = None,
+        log_url: str | None = None,
+        status_code: int | None = None,
+        integration_id: str | None = None,
+    ) -> None:
+        self.message = message
+        self.code = code
+        self.title = title
+        self.log_url = log_url
+        self.status_code = status_code
+        self.integration_id = integration_id
+        super().__init__(self._line())
+
+    def _line(self) -> str:
+        where = f"integration {self.integration_id}: " if self.integration_id else ""
+        what = self.code or (f"HTTP {self.status_code}" if self.status_code else "network")
+        return f"{where}{what}: {self.message}"
+
+    @property
+    def retryable(self) -> bool:
+        """Whether trying the same request later may succeed."""
+        if self.code is not None:
+            if self.code in RETRYABLE_CODES:
+                return True
+            if self.code.startswith(_PERMANENT_PREFIXES):
+                return False
+        if self.status_code is None:
+            return True  # network error or timeout
+        return self.status_code == 429 or self.status_code >= 500
+
+
+class InvalidPageError(Exception):
+    """A page of orders failed validation; nothing of it may be dispatched."""
+
+    def __init__(self, integration_id: str, error: OrderValidationError) -> None:
+        self.integration_id = integration_id
+        self.order_id = error.order_id
+        self.field = error.field
+        super().__init__(f"integration {integration_id}: {error}")
+
+
+@dataclass(frozen=True, slots=True)
+class OrdersPage:
+    """One page of orders and the cursor of the next (``None`` on the last page)."""
+
+    orders: list[Order]
+    next: str | None
+
+
+class KomboClient:
+    """A synchronous, thread-safe client of Kombo's assessment API.
+
+    Retries 429s, 5xx, timeouts and connection errors with exponential backoff and full
+    jitter, honouring ``Retry-After``, for at most ``retry_budget`` seconds per request.
+    The API key is held as a secret and never logged, raised or shown in a repr.
+    """
+
+    def __init__(
+        self,
+        api_key: SecretStr | str,
+        base_url: str = "https://api.kombo.dev/v1",
+        *,
+        timeout: float = 30.0,
+        retry_budget: float = 120.0,
+        max_connections: int = 16,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/") + "/",
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            headers={"Accept": "application/json", "User-Agent": "kombo-dispatcher"},
+        )
+        self.retry_budget = retry_budget
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    def __repr__(self) -> str:
+        return f"KomboClient(base_url={str(self._http.base_url)!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> KomboClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- orders -----------------------------------------------------------------------------
+
+    def get_orders(
+        self,
+        integration_id: str,
+        *,
+        statuses: Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
+        created_after: datetime | str | None = None,
+        page_size: int | None = None,
+        cursor: str | None = None,
+    ) -> OrdersPage:
+        """One page of ``GET /assessment/orders`` with Kombo's filters."""
+        params: dict[str, str] = {}
+        if statuses:
+            params["statuses"] = ",".join(statuses)
+        if ids:
+            params["ids"] = ",".join(ids)
+        if created_after is not None:
+            params["created_after"] = _format_created_after(created_after)
+        if page_size is not None:
+            params["page_size"] = str(page_size)
+        if cursor:
+            params["cursor"] = cursor
+        body = self._request("GET", "assessment/orders", integration_id, params=params)
+        return _parse_page(integration_id, body)
+
+    def get_open_orders(
+        self, integration_id: str, *, page_size: int | None = None, cursor: str | None = None
+    ) -> OrdersPage:
+        """One page of the deprecated ``GET /assessment/orders/open`` (orders carry no status)."""
+        params: dict[str, str] = {}
+        if page_size is not None:
+            params["page_size"] = str(page_size)
+        if cursor:
+            params["cursor"] = cursor
+        body = self._request("GET", "assessment/orders/open", integration_id, params=params)
+        return _parse_page(integration_id, body)
+
+    def iter_order_pages(
+        self,
+        integration_id: str,
+        *,
+        statuses: Sequence[str] | None = ("OPEN",),
+        ids: Sequence[str] | None = None,
+        created_after: datetime | str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[OrdersPage]:
+        """Every page of ``GET /assessment/orders``, keeping the filters while paging."""
+        cursor: str | None = None
+        while True:
+            page = self.get_orders(
+                integration_id,
+                statuses=statuses,
+                ids=ids,
+                created_after=created_after,
+                page_size=page_size,
+                cursor=cursor,
+            )
+            yield page
+            if not page.next:
+                return
+            cursor = page.next
+
+    def iter_open_order_pages(
+        self, integration_id: str, *, page_size: int | None = None
+    ) -> Iterator[OrdersPage]:
+        """Every page of the deprecated open-orders endpoint."""
+        cursor: str | None = None
+        while True:
+            page = self.get_open_orders(integration_id, page_size=page_size, cursor=cursor)
+            yield page
+            if not page.next:
+                return
+            cursor = page.next
+
+    # -- transport --------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        integration_id: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+    ) -> Any:
+        headers = {
+            "Authorization": f"Bearer {self._api_key.get_secret_value()}",
+            "X-Integration-Id": integration_id,
+        }
+        started = self._clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None = None
+            try:
+                response = self._http.request(
+                    method, path, params=params, json=json, headers=headers
+                )
+                body, error = _decode(response, integration_id)
+                retry_after = _retry_after(response)
+            except httpx.TransportError as exc:
+                body = None
+                error = KomboError(
+                    f"{type(exc).__name__} on {method} /{path}",
+                    integration_id=integration_id,
+                )
+            if error is None:
+                return body
+            if not error.retryable:
+                raise error
+            delay = (
+                retry_after
+                if retry_after is not None
+                else self._rng.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1)))
+            )
+            if self._clock() - started + delay > self.retry_budget:
+                raise error
+            log.warning(
+                "kombo %s /%s failed (%s), retry %d in %.1fs",
+                method,
+                path,
+                error,
+                attempt,
+                delay,
+                extra={"integration_id": integration_id},
+            )
+            self._sleep(delay)
+
+
+def _decode(response: httpx.Response, integration_id: str) -> tuple[Any, KomboError | None]:
+    try:
+        body = response.json()
+    except ValueError:
+        # A truncated or garbled body is most often a transient proxy fault: retry it.
+        return None, KomboError(
+            f"malformed JSON in the response (HTTP {response.status_code})",
+            code=None,
+            status_code=503 if response.is_success else response.status_code,
+            integration_id=integration_id,
+        )
+    if response.is_success and isinstance(body, dict) and body.get("status") != "error":
+        return body, None
+    envelope = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(envelope, dict):
+        envelope = {}
+    message = envelope.get("message")
+    return None, KomboError(
+        str(message) if message else f"HTTP {response.status_code} {response.reason_phrase}",
+        code=_str_or_none(envelope.get("code")),
+        title=_str_or_none(envelope.get("title")),
+        log_url=_str_or_none(envelope.get("log_url")),
+        status_code=response.status_code,
+        integration_id=integration_id,
+    )
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _parse_page(integration_id: str, body: Any) -> OrdersPage:
+    data = body.get("data") if isinstance(body, dict) else None
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(results, list):
+        raise InvalidPageError(
+            integration_id,
+            OrderValidationError("(page)", "data.results", "missing or not a list"),
+        )
+    next_cursor = data.get("next")
+    if next_cursor is not None and not isinstance(next_cursor, str):
+        raise InvalidPageError(
+            integration_id, OrderValidationError("(page)", "data.next", "not a string or null")
+        )
+    orders: list[Order] = []
+    for position, raw in enumerate(results):
+        try:
+            orders.append(parse_order(raw, position=position))
+        except OrderValidationError as exc:
+            raise InvalidPageError(integration_id, exc) from None
+    return OrdersPage(orders=orders, next=next_cursor or None)
+
+
+def _format_created_after(value: datetime | str) -> str:
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"

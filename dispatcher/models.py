@@ -1,0 +1,133 @@
+"""Typed models of Kombo's assessment order, as its schema says.
+
+Tolerant where Kombo may grow (unknown fields are kept, an unknown enum value is kept as a
+plain string) and strict where a wrong value would mislead a handler (types, required fields).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "Application",
+    "Candidate",
+    "HiringTeamMember",
+    "HiringTeamRole",
+    "Job",
+    "Location",
+    "Order",
+    "OrderStatus",
+    "OrderValidationError",
+    "parse_order",
+]
+
+
+class OrderStatus(StrEnum):
+    OPEN = "OPEN"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+
+
+class HiringTeamRole(StrEnum):
+    RECRUITER = "RECRUITER"
+    HIRING_MANAGER = "HIRING_MANAGER"
+
+
+# A value this version does not know (Kombo may add one) stays a plain string instead of
+# failing the whole page.
+_Role = Annotated[HiringTeamRole | str, Field(union_mode="left_to_right")]
+
+
+class _KomboModel(BaseModel):
+    # Unknown fields are kept (and passed on to handlers), never fatal: Kombo adds fields.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Candidate(_KomboModel):
+    remote_id: str | None = None
+    email: str
+    first_name: str | None = None
+    last_name: str | None = None
+    phone: str | None = None
+
+    @property
+    def full_name(self) -> str:
+        """First and last name, or the email when both are missing."""
+        name = " ".join(part for part in (self.first_name, self.last_name) if part)
+        return name or self.email
+
+
+class Application(_KomboModel):
+    remote_id: str | None = None
+
+
+class Location(_KomboModel):
+    street_1: str | None = None
+    street_2: str | None = None
+    city: str | None = None
+    state: str | None = None
+    zip_code: str | None = None
+    country: str | None = None
+    raw: str | None = None
+
+
+class HiringTeamMember(_KomboModel):
+    remote_id: str | None = None
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    hiring_team_roles: list[_Role]
+
+
+class Job(_KomboModel):
+    remote_id: str | None = None
+    name: str | None = None
+    job_code: str | None = None
+    description: str | None = None
+    location: Location | None = None
+    hiring_team: list[HiringTeamMember] = Field(default_factory=list)
+
+
+class Order(_KomboModel):
+    """One assessment order. ``status`` is absent on the deprecated open-orders endpoint."""
+
+    id: str = Field(min_length=1)
+    package_id: str
+    status: OrderStatus | str | None = Field(None, union_mode="left_to_right")
+    candidate: Candidate
+    application: Application
+    job: Job
+
+    def to_payload(self) -> dict[str, Any]:
+        """The order as Kombo sent it (unknown fields included), JSON-ready."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class OrderValidationError(ValueError):
+    """An order failed validation; the message names the order and the field."""
+
+    def __init__(self, order_id: str, field: str, problem: str) -> None:
+        self.order_id = order_id
+        self.field = field
+        self.problem = problem
+        super().__init__(f"order {order_id}: field {field}: {problem}")
+
+
+def parse_order(raw: Any, *, position: int | None = None) -> Order:
+    """Validate one order, raising OrderValidationError that names the order and the field."""
+    try:
+        return Order.model_validate(raw)
+    except ValidationError as exc:
+        order_id = raw.get("id") if isinstance(raw, dict) else None
+        if not isinstance(order_id, str) or not order_id:
+            order_id = f"#{position}" if position is not None else "?"
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(order)"
+        problem = first["msg"]
+        if len(exc.errors()) > 1:
+            problem += f" (and {len(exc.errors()) - 1} more)"
+        raise OrderValidationError(order_id, field, problem) from None

@@ -1,0 +1,170 @@
+"""The handler plugin contract: what a vendor implements, and how handlers are found.
+
+A handler is any object with a ``name`` and a ``handle(order, context)`` method. Handlers are
+published under the entry-point group ``dispatcher.handlers``; the entry point names a class
+(or any callable) that takes no arguments and returns the handler. The built-in handlers in
+``dispatcher_handlers`` register the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Protocol, runtime_checkable
+
+from .models import Order
+from .settings import Settings
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "DiscoveredHandler",
+    "Handler",
+    "HandlerConfigError",
+    "HandlerContext",
+    "PermanentFailure",
+    "RetryLater",
+    "discover_handlers",
+    "load_handlers",
+]
+
+ENTRY_POINT_GROUP = "dispatcher.handlers"
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerContext:
+    """What a handler gets besides the order.
+
+    ``outputs`` maps the name of every handler that already ran on this order to what it
+    returned, so a later step can use an earlier one's result (a test link, say).
+    ``idempotency_key`` is the same for every attempt of this step on this order and differs
+    for every other (step, order): send it along with a side effect so that a repeat after a
+    crash can be dropped downstream.
+    """
+
+    integration_id: str
+    order_id: str
+    job_id: str
+    handler_name: str
+    idempotency_key: str
+    attempt: int
+    outputs: Mapping[str, Mapping[str, Any]]
+    settings: Settings
+    logger: logging.LoggerAdapter[logging.Logger]
+
+
+@runtime_checkable
+class Handler(Protocol):
+    """One step of the chain run on every order.
+
+    ``handle`` returns a JSON-serialisable mapping (the step's output, passed to later steps)
+    or ``None``. Raise :class:`RetryLater` for a failure that may pass (the job is retried
+    with backoff), :class:`PermanentFailure` for one that will not. Any other exception is
+    treated as retryable.
+    """
+
+    name: str
+
+    def handle(self, order: Order, context: HandlerContext) -> Mapping[str, Any] | None: ...
+
+
+class RetryLater(Exception):
+    """The step failed but may succeed later: retry the job with backoff."""
+
+    def __init__(self, message: str, *, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentFailure(Exception):
+    """The step can never succeed for this order: fail the job without retrying."""
+
+
+class HandlerConfigError(Exception):
+    """A configured handler is missing, fails to import, or breaks the contract."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredHandler:
+    """One entry point of the group: where it comes from and whether it loads."""
+
+    name: str
+    value: str
+    distribution: str
+    factory: Callable[[], Any] | None
+    error: str | None
+
+
+def discover_handlers() -> dict[str, DiscoveredHandler]:
+    """Every handler published under the entry-point group, loaded but not instantiated."""
+    found: dict[str, DiscoveredHandler] = {}
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = entry_point.dist
+        distribution = f"{dist.name} {dist.version}" if dist is not None else "?"
+        factory: Callable[[], Any] | None = None
+        error: str | None = None
+        try:
+            factory = entry_point.load()
+        except Exception as exc:  # any import-time failure of a plugin is reported, not fatal
+            error = f"failed to import {entry_point.value}: {type(exc).__name__}: {exc}"
+        found[entry_point.name] = DiscoveredHandler(
+            entry_point.name, entry_point.value, distribution, factory, error
+        )
+    return found
+
+
+def load_handlers(
+    names: list[str], discovered: Mapping[str, DiscoveredHandler] | None = None
+) -> list[Handler]:
+    """Instantiate the configured handlers in order, checking each against the contract.
+
+    Raises HandlerConfigError naming the handler and the problem, so that a worker fails at
+    start rather than at the first order.
+    """
+    discovered = discover_handlers() if discovered is None else discovered
+    chain: list[Handler] = []
+    for name in names:
+        entry = discovered.get(name)
+        if entry is None:
+            known = ", ".join(sorted(discovered)) or "none"
+            raise HandlerConfigError(
+                f"DISPATCHER_HANDLERS: handler {name!r} is not installed (known: {known})"
+            )
+        if entry.error is not None or entry.factory is None:
+            raise HandlerConfigError(f"handler {name!r}: {entry.error}")
+        try:
+            handler = entry.factory()
+        except HandlerConfigError:
+            raise
+        except Exception as exc:
+            raise HandlerConfigError(
+                f"handler {name!r}: could not be created: {type(exc).__name__}: {exc}"
+            ) from None
+        check_handler(name, handler)
+        chain.append(handler)
+    return chain
+
+
+def check_handler(name: str, handler: object) -> None:
+    """Raise HandlerConfigError unless ``handler`` fulfils the contract under ``name``."""
+    handler_name = getattr(handler, "name", None)
+    if not isinstance(handler_name, str) or not handler_name:
+        raise HandlerConfigError(f"handler {name!r}: has no `name` string attribute")
+    if handler_name != name:
+        raise HandlerConfigError(
+            f"handler {name!r}: its `name` is {handler_name!r}; it must match the entry point"
+        )
+    handle = getattr(handler, "handle", None)
+    if not callable(handle):
+        raise HandlerConfigError(f"handler {name!r}: has no callable `handle(order, context)`")
+    try:
+        inspect.signature(handle).bind(None, None)
+    except TypeError:
+        raise HandlerConfigError(
+            f"handler {name!r}: `handle` must accept (order, context), "
+            f"not {inspect.signature(handle)}"
+        ) from None
+    except ValueError:  # builtins without a signature: trust them
+        pass

@@ -1,0 +1,136 @@
+"""Configuration: one object, built once at the edge from the environment and `.env`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of the dispatcher, named by its environment variable.
+
+    The names are a contract shared with other tools and the docs: do not rename them.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    redis_url: SecretStr = Field(
+        SecretStr("redis://localhost:6379/0"),
+        alias="REDIS_URL",
+        description="Redis connection URL (redis://, rediss://, unix://); may hold a password.",
+    )
+    kombo_api_key: SecretStr | None = Field(None, alias="KOMBO_API_KEY")
+    kombo_base_url: str = Field("https://api.kombo.dev/v1", alias="KOMBO_BASE_URL")
+    kombo_integration_ids: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="KOMBO_INTEGRATION_IDS"
+    )
+    handlers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["log"], alias="DISPATCHER_HANDLERS"
+    )
+    namespace: str = Field(
+        "dispatcher", alias="DISPATCHER_NAMESPACE", pattern=r"^[A-Za-z0-9_.\-]+$", max_length=64
+    )
+    queue: str = Field(
+        "dispatcher-orders", alias="DISPATCHER_QUEUE", pattern=r"^[A-Za-z0-9_.\-]+$"
+    )
+    poll_interval: float = Field(60.0, alias="DISPATCHER_POLL_INTERVAL", gt=0)
+    orders_endpoint: Literal["orders", "open"] = Field("orders", alias="DISPATCHER_ORDERS_ENDPOINT")
+    # Beyond the contract: tuning knobs with safe defaults.
+    page_size: int = Field(250, alias="DISPATCHER_PAGE_SIZE", ge=1, le=250)
+    sweep_concurrency: int = Field(8, alias="DISPATCHER_SWEEP_CONCURRENCY", ge=1, le=256)
+    kombo_timeout: float = Field(30.0, alias="KOMBO_TIMEOUT", gt=0)
+    kombo_retry_budget: float = Field(
+        120.0,
+        alias="KOMBO_RETRY_BUDGET",
+        ge=0,
+        description="Longest total time one Kombo request may spend retrying.",
+    )
+    job_timeout: int = Field(600, alias="DISPATCHER_JOB_TIMEOUT", gt=0)
+    result_ttl: int = Field(7 * 24 * 3600, alias="DISPATCHER_RESULT_TTL", ge=0)
+    failure_ttl: int = Field(30 * 24 * 3600, alias="DISPATCHER_FAILURE_TTL", ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", alias="DISPATCHER_LOG_LEVEL"
+    )
+
+    @field_validator("kombo_integration_ids", "handlers", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("kombo_integration_ids")
+    @classmethod
+    def _unique_integrations(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+    @field_validator("handlers")
+    @classmethod
+    def _handlers_given(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one handler")
+        if len(set(value)) != len(value):
+            raise ValueError("a handler is named twice")
+        return value
+
+    @field_validator("kombo_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    def require_kombo(self) -> SecretStr:
+        """The API key, or a ConfigError naming KOMBO_API_KEY when it is not set."""
+        if self.kombo_api_key is None or not self.kombo_api_key.get_secret_value():
+            raise ConfigError("KOMBO_API_KEY: not set (the Kombo API key is required to poll)")
+        return self.kombo_api_key
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning a validation error into a one-line ConfigError.
+
+    The message names the environment variable and never echoes the value, which may be
+    a secret.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first["loc"][0] if first["loc"] else "settings"
+        name = _env_name(str(loc))
+        msg = first["msg"].removeprefix("Value error, ")
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{name}: {msg}{more}") from None
+
+
+def _env_name(loc: str) -> str:
+    field = Settings.model_fields.get(loc)
+    if field is not None and field.alias:
+        return field.alias
+    return loc

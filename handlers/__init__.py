@@ -1,0 +1,1 @@
+"""Built-in handler plugins. They use only the public contract in :mod:`dispatcher`."""

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from _support import order_payload
+from dispatcher.keys import job_id_for
+from dispatcher.ledger import Ledger
+from dispatcher.models import Order, parse_order
+
+INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"
+
+
+def orders(*ids: str) -> list[Order]:
+    return [parse_order(order_payload(i)) for i in ids]
+
+
+def make_ledger(redis: Redis, namespace: str = "dispatcher") -> Ledger:
+    return Ledger(redis, Queue("dispatcher-orders", connection=redis), namespace)
+
+
+def test_new_orders_are_enqueued_and_remembered(any_redis: Redis) -> None:
+    ledger = make_ledger(any_redis)
+    result = ledger.dispatch(INTEGRATION, orders("A", "B", "C"))
+    assert result.enqueued == ["A", "B", "C"]
+    assert result.already_seen == 0
+    assert ledger.queue.count == 3
+    assert ledger.seen_count() == 3
+    assert ledger.seen_at(INTEGRATION, "A") is not None
+    assert ledger.seen_at(INTEGRATION, "Z") is None
+
+
+def test_seen_orders_are_skipped_on_every_later_sweep(any_redis: Redis) -> None:
+    ledger = make_ledger(any_redis)
+    ledger.dispatch(INTEGRATION, orders("A", "B"))
+    result = ledger.dispatch(INTEGRATION, orders("A", "B", "C"))
+    assert result.enqueued == ["C"]
+    assert result.already_seen == 2
+    assert ledger.queue.count == 3
+
+
+def test_duplicates_within_one_page_are_enqueued_once(any_redis: Redis) -> None:
+    ledger = make_ledger(any_redis)
+    result = ledger.dispatch(INTEGRATION, orders("A", "A", "B"))
+    assert result.enqueued == ["A", "B"]
+    assert ledger.queue.count == 2
+
+
+def test_the_key_is_integration_and_order(any_redis: Redis) -> None:
+    ledger = make_ledger(any_redis)
+    ledger.dispatch("lever:one", orders("A"))
+    result = ledger.dispatch("lever:two", orders("A"))
+    assert result.enqueued == ["A"]
+    assert ledger.queue.count == 2
+    assert len(set(ledger.queue.job_ids)) == 2
+
+
+def test_the_job_carries_the_order_and_names_it_for_rq_tools(any_redis: Redis) -> None:
+    ledger = make_ledger(any_redis)
+    raw = order_payload("A", custom_fields={"x": 1})
+    ledger.dispatch(INTEGRATION, [parse_order(raw)])
+    job = Job.fetch(ledger.queue.job_ids[0], connection=any_redis)
+    assert job.func_name == "dispatcher.jobs.process_order"
+    assert job.kwargs == {"integration_id": INTEGRATION, "order": raw}
+    assert job.get_status() == JobStatus.QUEUED
+    assert job.origin == "dispatcher-orders"
+    assert job.enqueued_at is not None
+    assert job.description == f"order A integration {INTEGRATION} package typescript_test"
+    assert job.meta == {
+        "order_id": "A",
+        "integration_id": INTEGRATION,
+        "package_id": "typescript_test",
+    }
+    # rq's own listing of queues sees the queue.
+    assert [q.name for q in Queue.all(connection=any_redis)] == ["dispatcher-orders"]
+
+
+def test_job_ids_are_deterministic_rq_safe_and_distinct() -> None:
+    a = job_id_for("dispatcher", "greenhouse:X", "O1")
+    assert a == job_id_for("dispatcher", "greenhouse:X", "O1")
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", a)
+    others = {
+        job_id_for("dispatcher", "greenhouse:X", "O2"),
+        job_id_for("dispatcher", "greenhouse:Y", "O1"),
+        job_id_for("other", "greenhouse:X", "O1"),
+        # ":" joins would collide here; the job id must not.
+        job_id_for("dispatcher", "greenhouse", "X:O1"),
+    }
+    assert a not in others and len(others) == 4
+
+
+def test_the_seen_store_holds_ids_not_payloads(redis: Redis) -> None:
+    ledger = make_ledger(redis)
+    ledger.dispatch(INTEGRATION, orders("A"))
+    stored = redis.hgetall(ledger.keys.seen(INTEGRATION))
+    assert list(stored) == [b"A"]
+    assert stored[b"A"].isdigit()  # first-seen unix time, nothing else
+
+
+class _CountingRedis(Redis):
+    """Counts round trips: one per command outside pipelines, one per pipeline execute."""
+
+    round_trips = 0
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        type(self).round_trips += 1
+        return super().execute_command(*args, **options)
+
+
+@pytest.mark.parametrize("page_size", [1, 50, 250])
+def test_a_page_costs_at_most_three_round_trips(redis_url: str, page_size: int) -> None:
+    redis = _CountingRedis.from_url(redis_url)
+    redis.flushall()
+    ledger = make_ledger(redis)
+    ledger.dispatch("warm:up", orders("W"))  # Queue's one-off server version probe
+    page = orders(*(f"O{i}" for i in range(page_size)))
+
+    _CountingRedis.round_trips = 0
+    redis.script_flush()  # worst case: the server forgot the script
+    _CountingRedis.round_trips = 0
+    assert len(ledger.dispatch(INTEGRATION, page).enqueued) == page_size
+    assert _CountingRedis.round_trips <= 3
+
+    _CountingRedis.round_trips = 0
+    assert ledger.dispatch(INTEGRATION, page).enqueued == []
+    assert _CountingRedis.round_trips == 1  # a re-sweep is one HMGET
+
+
+def test_concurrent_dispatchers_enqueue_each_order_once(redis_url: str) -> None:
+    ids = [f"O{i}" for i in range(200)]
+    for _ in range(10):
+        Redis.from_url(redis_url).flushall()
+        barrier = threading.Barrier(4)
+        results: list[list[str]] = []
+
+        def sweep(chunk: list[str]) -> None:
+            ledger = make_ledger(Redis.from_url(redis_url))
+            barrier.wait()
+            results.append(ledger.dispatch(INTEGRATION, orders(*chunk)).enqueued)
+
+        # Overlapping pages, as when two pollers sweep the same integration.
+        chunks = [ids, ids[::-1], ids[50:], ids[:150]]
+        threads = [threading.Thread(target=sweep, args=(c,)) for c in chunks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        enqueued = [order_id for r in results for order_id in r]
+        assert sorted(enqueued) == sorted(ids)
+        queue = Queue("dispatcher-orders", connection=Redis.from_url(redis_url))
+        assert queue.count == len(ids)
+        assert len(set(queue.job_ids)) == len(ids)
+
+
+def test_namespaces_do_not_see_each_other(any_redis: Redis) -> None:
+    first = make_ledger(any_redis, "alpha")
+    second = make_ledger(any_redis, "beta")
+    first.dispatch(INTEGRATION, orders("A"))
+    assert second.dispatch(INTEGRATION, orders("A")).enqueued == ["A"]
+    assert len(set(first.queue.job_ids)) == 2

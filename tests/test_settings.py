@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from _support import dispatcher_env
+from dispatcher.settings import ConfigError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for name in list(__import__("os").environ):
+        if name.startswith(("KOMBO_", "DISPATCHER_", "REDIS_URL")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_match_the_documented_contract() -> None:
+    settings = load_settings()
+    assert settings.redis_url.get_secret_value() == "redis://localhost:6379/0"
+    assert settings.kombo_base_url == "https://api.kombo.dev/v1"
+    assert settings.kombo_integration_ids == []
+    assert settings.handlers == ["log"]
+    assert settings.namespace == "dispatcher"
+    assert settings.queue == "dispatcher-orders"
+    assert settings.poll_interval == 60
+    assert settings.orders_endpoint == "orders"
+
+
+def test_comma_separated_lists_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KOMBO_INTEGRATION_IDS", "greenhouse:A, lever:B,,greenhouse:A")
+    monkeypatch.setenv("DISPATCHER_HANDLERS", "provision_http, notify_email")
+    settings = load_settings()
+    assert settings.kombo_integration_ids == ["greenhouse:A", "lever:B"]
+    assert settings.handlers == ["provision_http", "notify_email"]
+
+
+def test_dotenv_file_is_read(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / ".env").write_text("DISPATCHER_QUEUE=from-dotenv\nKOMBO_API_KEY=k\n")
+    settings = load_settings()
+    assert settings.queue == "from-dotenv"
+    assert settings.require_kombo().get_secret_value() == "k"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DISPATCHER_POLL_INTERVAL", "soon"),
+        ("DISPATCHER_POLL_INTERVAL", "-1"),
+        ("DISPATCHER_ORDERS_ENDPOINT", "closed"),
+        ("DISPATCHER_NAMESPACE", "has space"),
+        ("DISPATCHER_HANDLERS", ","),
+        ("KOMBO_BASE_URL", "api.kombo.dev"),
+        ("REDIS_URL", "http://localhost"),
+    ],
+)
+def test_an_invalid_setting_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(f"{name}: ")
+    assert "\n" not in message
+
+
+def test_a_secret_value_is_not_echoed_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "http://user:hunter2@localhost")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "hunter2" not in str(info.value)
+
+
+def test_missing_api_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^KOMBO_API_KEY: "):
+        load_settings().require_kombo()
+
+
+def test_settings_repr_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KOMBO_API_KEY", "sk_live_secret")
+    monkeypatch.setenv("REDIS_URL", "redis://:pw_secret@localhost:6379/0")
+    text = repr(load_settings())
+    assert "sk_live_secret" not in text
+    assert "pw_secret" not in text
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"DISPATCHER_POLL_INTERVAL": "x"}, "DISPATCHER_POLL_INTERVAL"),
+        ({"KOMBO_INTEGRATION_IDS": "a:1"}, "KOMBO_API_KEY"),
+        ({"KOMBO_API_KEY": "k"}, "KOMBO_INTEGRATION_IDS"),
+    ],
+)
+def test_cli_config_errors_are_one_line_exit_2(tmp_path, env: dict[str, str], variable: str) -> None:  # type: ignore[no-untyped-def]
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "poll", "--once"],
+        env=dispatcher_env("redis://127.0.0.1:1/0", **env),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"dispatcher: error: {variable}: ")
+    assert "Traceback" not in result.stderr
