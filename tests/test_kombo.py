@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from _support import order_payload
+from dispatcher.kombo import InvalidPageError, KomboClient, KomboError
+
+API_KEY = "sk_test_do_not_leak_9f8e7d"
+INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"
+
+
+def envelope(code: str | None, message: str, status: int, **headers: str) -> httpx.Response:
+    return httpx.Response(
+        status,
+        json={
+            "status": "error",
+            "error": {"code": code, "title": None, "message": message, "log_url": "https://log/1"},
+        },
+        headers=headers,
+    )
+
+
+def page(orders: list[dict[str, Any]], next_cursor: str | None = None) -> httpx.Response:
+    return httpx.Response(
+        200, json={"status": "success", "data": {"next": next_cursor, "results": orders}}
+    )
+
+
+class Recorder:
+    """A transport that answers from a script of responses and records the requests."""
+
+    def __init__(self, *responses: httpx.Response | Callable[[httpx.Request], httpx.Response]):
+        self.responses = list(responses)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.responses.pop(0)
+        return answer(request) if callable(answer) else answer
+
+
+def client_for(recorder: Recorder, sleeps: list[float] | None = None, **kw: Any) -> KomboClient:
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        if sleeps is not None:
+            sleeps.append(seconds)
+
+    return KomboClient(
+        API_KEY,
+        "https://kombo.test/v1",
+        transport=httpx.MockTransport(recorder),
+        sleep=sleep,
+        clock=lambda: clock[0],
+        **kw,
+    )
+
+
+def test_get_orders_sends_auth_integration_and_every_filter() -> None:
+    recorder = Recorder(page([order_payload("A")], "c2"))
+    client = client_for(recorder)
+    result = client.get_orders(
+        INTEGRATION,
+        statuses=["OPEN", "COMPLETED"],
+        ids=["A", "B"],
+        created_after=datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+        page_size=250,
+        cursor="c1",
+    )
+    request = recorder.requests[0]
+    assert request.url.path == "/v1/assessment/orders"
+    assert dict(request.url.params) == {
+        "statuses": "OPEN,COMPLETED",
+        "ids": "A,B",
+        "created_after": "2026-01-02T03:04:05.678Z",
+        "page_size": "250",
+        "cursor": "c1",
+    }
+    assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert request.headers["X-Integration-Id"] == INTEGRATION
+    assert [o.id for o in result.orders] == ["A"]
+    assert result.next == "c2"
+
+
+def test_iterating_pages_follows_the_cursor_and_keeps_the_filters() -> None:
+    recorder = Recorder(
+        page([order_payload("A")], "c2"), page([order_payload("B")], "c3"), page([], None)
+    )
+    pages = list(client_for(recorder).iter_order_pages(INTEGRATION, page_size=1))
+    assert [[o.id for o in p.orders] for p in pages] == [["A"], ["B"], []]
+    params = [dict(r.url.params) for r in recorder.requests]
+    assert [p.get("cursor") for p in params] == [None, "c2", "c3"]
+    assert all(p["statuses"] == "OPEN" and p["page_size"] == "1" for p in params)
+
+
+def test_deprecated_open_endpoint() -> None:
+    raw = order_payload("A")
+    del raw["status"]
+    recorder = Recorder(page([raw], "n"), page([], None))
+    pages = list(client_for(recorder).iter_open_order_pages(INTEGRATION, page_size=5))
+    assert recorder.requests[0].url.path == "/v1/assessment/orders/open"
+    assert dict(recorder.requests[1].url.params) == {"page_size": "5", "cursor": "n"}
+    assert pages[0].orders[0].status is None
+
+
+def test_error_envelope_becomes_a_kombo_error() -> None:
+    recorder = Recorder(envelope("PLATFORM.INTEGRATION_NOT_FOUND", "No such integration", 404))
+    with pytest.raises(KomboError) as info:
+        client_for(recorder).get_orders(INTEGRATION)
+    error = info.value
+    assert (error.code, error.message, error.log_url, error.status_code) == (
+        "PLATFORM.INTEGRATION_NOT_FOUND",
+        "No such integration",
+        "https://log/1",
+        404,
+    )
+    assert str(error) == (
+        f"integration {INTEGRATION}: PLATFORM.INTEGRATION_NOT_FOUND: No such integration"
+    )
+    assert len(recorder.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        envelope("PLATFORM.AUTHENTICATION_INVALID", "bad key", 401),
+        envelope("PLATFORM.INPUT_INVALID", "bad page_size", 400),
+        # The code decides, not the status: an input error is not retried even as a 5xx.
+        envelope("PLATFORM.INPUT_INVALID", "odd", 503),
+    ],
+)
+def test_authentication_and_input_errors_are_not_retried(response: httpx.Response) -> None:
+    recorder = Recorder(response, page([]))
+    with pytest.raises(KomboError):
+        client_for(recorder).get_orders(INTEGRATION)
+    assert len(recorder.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        envelope("PLATFORM.RATE_LIMIT_EXCEEDED", "slow down", 429),
+        envelope("PLATFORM.CONCURRENCY_LIMIT_EXCEEDED", "too many", 429),
+        envelope("PLATFORM.UNKNOWN_ERROR", "oops", 500),
+        envelope("REMOTE.SERVICE_UNAVAILABLE", "ats down", 503),
+        envelope(None, "gateway", 502),
+        httpx.Response(200, content=b'{"status": "succ'),
+    ],
+)
+def test_transient_failures_are_retried_with_backoff(failure: httpx.Response) -> None:
+    sleeps: list[float] = []
+    recorder = Recorder(failure, failure, page([order_payload("A")]))
+    result = client_for(recorder, sleeps).get_orders(INTEGRATION)
+    assert [o.id for o in result.orders] == ["A"]
+    assert len(recorder.requests) == 3
+    assert len(sleeps) == 2
+    assert 0 <= sleeps[0] <= 1.0 and 0 <= sleeps[1] <= 2.0  # full jitter, doubling
+
+
+def test_network_errors_and_timeouts_are_retried() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    recorder = Recorder(refuse, timeout, page([]))
+    assert client_for(recorder).get_orders(INTEGRATION).orders == []
+    assert len(recorder.requests) == 3
+
+
+def test_retry_after_is_honoured() -> None:
+    sleeps: list[float] = []
+    recorder = Recorder(
+        envelope("PLATFORM.RATE_LIMIT_EXCEEDED", "slow down", 429, **{"Retry-After": "7"}),
+        page([]),
+    )
+    client_for(recorder, sleeps).get_orders(INTEGRATION)
+    assert sleeps == [7.0]
+
+
+def test_retrying_stops_within_the_budget() -> None:
+    sleeps: list[float] = []
+    busy = envelope("PLATFORM.RATE_LIMIT_EXCEEDED", "slow down", 429, **{"Retry-After": "4"})
+    recorder = Recorder(*([busy] * 20))
+    with pytest.raises(KomboError, match="RATE_LIMIT_EXCEEDED"):
+        client_for(recorder, sleeps, retry_budget=10).get_orders(INTEGRATION)
+    assert sum(sleeps) <= 10
+    assert sleeps == [4.0, 4.0]
+
+
+def test_an_invalid_order_fails_the_page_naming_order_and_field() -> None:
+    bad = order_payload("BAD7")
+    bad["candidate"]["email"] = None
+    recorder = Recorder(page([order_payload("A"), bad]))
+    with pytest.raises(InvalidPageError) as info:
+        client_for(recorder).get_orders(INTEGRATION)
+    assert info.value.order_id == "BAD7"
+    assert info.value.field == "candidate.email"
+    assert str(info.value) == (
+        f"integration {INTEGRATION}: order BAD7: field candidate.email: "
+        "Input should be a valid string"
+    )
+
+
+def test_a_page_without_results_is_invalid() -> None:
+    recorder = Recorder(httpx.Response(200, json={"status": "success", "data": {"next": None}}))
+    with pytest.raises(InvalidPageError, match="data.results"):
+        client_for(recorder).get_orders(INTEGRATION)
+
+
+def test_the_api_key_never_shows(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    recorder = Recorder(
+        envelope("PLATFORM.UNKNOWN_ERROR", "oops", 500),
+        envelope("PLATFORM.AUTHENTICATION_INVALID", "bad key", 401),
+    )
+    client = client_for(recorder)
+    with pytest.raises(KomboError) as info:
+        client.get_orders(INTEGRATION)
+    shown = [repr(client), str(info.value), repr(info.value), caplog.text, json.dumps(vars(info.value))]
+    assert not [text for text in shown if API_KEY in text]
+    assert "kombo" in caplog.text.lower()  # the retry was logged, without the key
