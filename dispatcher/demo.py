@@ -40,7 +40,7 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
         "fakeredis; handlers: " + ", ".join(settings.handlers)
     )
     with KomboClient(
-        DEFAULT_API_KEY, simulator.base_url, transport=simulator.transport()
+        DEFAULT_API_KEY, simulator.base_url, transport=simulator.transport(), retry_budget=5
     ) as client:
         poller = Poller(client, ledger, simulator.integration_ids, page_size=5)
         first = poller.sweep()

@@ -1,0 +1,191 @@
+"""End to end over real sockets and processes: simulator server, real Redis, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
+from _support import dispatcher_env
+from dispatcher.simulator import DEFAULT_API_KEY, Faults, Simulator
+
+pytestmark = pytest.mark.redis
+QUEUE = "dispatcher-orders"
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    yield Simulator(3, 40, closed=6, seed=11)
+
+
+def env_for(sim_url: str, sim: Simulator, redis_url: str, **extra: str) -> dict[str, str]:
+    return dispatcher_env(
+        redis_url,
+        KOMBO_BASE_URL=sim_url,
+        KOMBO_API_KEY=DEFAULT_API_KEY,
+        KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
+        **extra,
+    )
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def open_orders(sim: Simulator) -> set[tuple[str, str]]:
+    return {(i, o["id"]) for i in sim.integration_ids for o in sim.orders(i, status="OPEN")}
+
+
+def queued_orders(redis: Redis) -> list[tuple[str, str]]:
+    queue = Queue(QUEUE, connection=redis)
+    return [(j.meta["integration_id"], j.meta["order_id"]) for j in queue.get_jobs()]
+
+
+def test_poll_once_then_burst_worker_handles_every_open_order_once(
+    sim: Simulator, redis: Redis, redis_url: str
+) -> None:
+    with sim.serve() as server:
+        env = env_for(server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="15")
+        first = run(["poll", "--once", "--json"], env)
+        assert first.returncode == 0, first.stderr
+        report = json.loads(first.stdout)
+        assert report == {
+            "integrations": 3,
+            "pages": 9,
+            "orders_seen": 120,
+            "orders_new": 120,
+            "errors": {},
+        }
+        assert sorted(queued_orders(redis)) == sorted(open_orders(sim))
+
+        worker = run(["worker", "--burst"], env)
+        assert worker.returncode == 0, worker.stderr
+        queue = Queue(QUEUE, connection=redis)
+        assert queue.count == 0
+        assert FailedJobRegistry(queue=queue).count == 0
+        finished = FinishedJobRegistry(queue=queue)
+        handled = {
+            (job.meta["integration_id"], job.meta["order_id"])
+            for job in queue.job_class.fetch_many(finished.get_job_ids(), connection=redis)
+            if job is not None and job.return_value()["steps"]["log"]
+        }
+        assert handled == open_orders(sim)
+        assert finished.count == 120
+
+        second = run(["poll", "--once", "--json"], env)
+        assert json.loads(second.stdout)["orders_new"] == 0
+        assert queue.count == 0
+
+
+def test_poll_once_exits_1_and_names_the_failing_integration(
+    sim: Simulator, redis: Redis, redis_url: str
+) -> None:
+    broken = sim.integration_ids[2]
+    sim.fail_next("server_error", 1000, integration_id=broken)
+    with sim.serve() as server:
+        result = run(
+            ["poll", "--once", "--json"],
+            env_for(server.url, sim, redis_url, KOMBO_RETRY_BUDGET="0.5"),
+        )
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert list(report["errors"]) == [broken]
+    assert report["orders_new"] == 80
+    assert f"dispatcher: error: integration {broken}: PLATFORM.UNKNOWN_ERROR" in result.stderr
+
+
+def test_two_concurrent_poller_processes_enqueue_each_order_once(
+    sim: Simulator, redis: Redis, redis_url: str
+) -> None:
+    with sim.serve() as server:
+        env = env_for(server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="5")
+        for _ in range(4):
+            redis.flushall()
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "dispatcher", "poll", "--once", "--json"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
+                for _ in range(2)
+            ]
+            reports = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+            assert sum(r["orders_new"] for r in reports) == 120
+            queued = queued_orders(redis)
+            assert len(queued) == len(set(queued)) == 120
+            assert set(queued) == open_orders(sim)
+
+
+def test_a_poller_killed_mid_sweep_loses_and_doubles_nothing(redis: Redis, redis_url: str) -> None:
+    sim = Simulator(2, 300, seed=12, faults=Faults(latency=0.02))
+    with sim.serve() as server:
+        env = env_for(server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="3")
+        for _ in range(3):
+            redis.flushall()
+            poller = subprocess.Popen(
+                [sys.executable, "-m", "dispatcher", "poll", "--once"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            queue = Queue(QUEUE, connection=redis)
+            deadline = time.monotonic() + 30
+            while queue.count < 30 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(poller.pid, signal.SIGKILL)
+            poller.wait()
+            partial = queued_orders(redis)
+            assert 0 < len(partial) < 600, "the kill should land mid-sweep"
+            # Seen and enqueued moved together: no order is one without the other.
+            seen = {
+                (i, o.decode())
+                for i in sim.integration_ids
+                for o in redis.hkeys(f"dispatcher:seen:{i}")
+            }
+            assert seen == set(partial)
+
+            result = run(["poll", "--once", "--json"], env)
+            assert result.returncode == 0, result.stderr
+            queued = queued_orders(redis)
+            assert len(queued) == len(set(queued)) == 600
+            assert set(queued) == open_orders(sim)
+
+
+def test_sigterm_finishes_the_current_page_and_exits_0(redis: Redis, redis_url: str) -> None:
+    sim = Simulator(1, 400, seed=13, faults=Faults(latency=0.05))
+    with sim.serve() as server:
+        env = env_for(server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="2")
+        poller = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher", "poll"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        queue = Queue(QUEUE, connection=redis)
+        deadline = time.monotonic() + 30
+        while queue.count < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        poller.send_signal(signal.SIGTERM)
+        _, stderr = poller.communicate(timeout=20)
+    assert poller.returncode == 0, stderr
+    assert "received SIGTERM" in stderr
+    assert 10 <= queue.count < 400
+    assert queue.count % 2 == 0  # whole pages only
