@@ -32,6 +32,22 @@ class Keys:
         """Hash: the last sweep of one integration (times, counts, last error)."""
         return f"{self.namespace}:sweep:{integration_id}"
 
+    def steps(self, integration_id: str, order_id: str) -> str:
+        """Hash: handler name -> JSON {"output": ..., "completed_at": unix time} of each
+        completed step of one order. Expires with the result TTL (outputs may hold personal
+        data)."""
+        return f"{self.namespace}:steps:{integration_id}:{order_id}"
+
+    def effects(self, integration_id: str, order_id: str, handler: str) -> str:
+        """Set of sub-effects a step already performed (e.g. the recipients already mailed),
+        so a retried step skips them. Expires with the result TTL."""
+        return f"{self.namespace}:effects:{integration_id}:{order_id}:{handler}"
+
+    @property
+    def step_stats(self) -> str:
+        """Hash of counters ``<handler>:completed`` / ``<handler>:failed``."""
+        return f"{self.namespace}:step-stats"
+
     @property
     def stats(self) -> str:
         """Hash of counters (orders dispatched, ...)."""
