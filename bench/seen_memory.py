@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _support import private_redis  # noqa: E402
-from redis import Redis  # noqa: E402
+from _support import private_redis
+from redis import Redis
 
-from dispatcher.keys import Keys  # noqa: E402
+from dispatcher.keys import Keys
 
 ALPHABET = string.ascii_letters + string.digits
 
@@ -54,7 +54,9 @@ def main() -> None:
         redis = Redis.from_url(url)
         version = redis.info("server")["redis_version"]
         print(f"Redis {version}; one integration; 24-character order ids")
-        print(f"{'orders':>8}  {'MEMORY USAGE':>12}  {'bytes/order':>11}  {'used_memory Δ/order':>19}")
+        print(
+            f"{'orders':>8}  {'MEMORY USAGE':>12}  {'bytes/order':>11}  {'used_memory Δ/order':>19}"
+        )
         for n in (int(x) for x in args.orders.split(",")):
             usage, delta = measure(redis, n)
             print(f"{n:>8}  {usage:>12}  {usage / n:>11.1f}  {delta:>19.1f}")

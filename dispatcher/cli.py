@@ -222,9 +222,7 @@ def handlers(ctx: click.Context) -> None:
     click.echo(f"{'HANDLER':<{width}}  {'CONFIGURED':<10}  DISTRIBUTION / PROBLEM")
     for name in sorted(discovered):
         entry = discovered[name]
-        position = (
-            str(settings.handlers.index(name) + 1) if name in settings.handlers else "-"
-        )
+        position = str(settings.handlers.index(name) + 1) if name in settings.handlers else "-"
         detail = entry.distribution if entry.error is None else f"BROKEN: {entry.error}"
         click.echo(f"{name:<{width}}  {position:<10}  {detail}")
     try:
@@ -239,10 +237,15 @@ def handlers(ctx: click.Context) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--integrations", type=click.IntRange(1), default=3, show_default=True)
 @click.option(
-    "--orders", type=click.IntRange(0), default=20, show_default=True,
+    "--orders",
+    type=click.IntRange(0),
+    default=20,
+    show_default=True,
     help="OPEN orders per integration.",
 )
-@click.option("--closed", type=click.IntRange(0), default=None, help="Closed orders per integration.")
+@click.option(
+    "--closed", type=click.IntRange(0), default=None, help="Closed orders per integration."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--api-key", default="sim-api-key", show_default=True, envvar="SIM_API_KEY")
 @click.option("--latency", type=click.FloatRange(0), default=0.0, help="Seconds per request.")

@@ -30,7 +30,7 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
     started = time.monotonic()
     simulator = Simulator(integrations, orders, seed=7)
     redis = fakeredis.FakeRedis()
-    settings = Settings(KOMBO_API_KEY=DEFAULT_API_KEY, DISPATCHER_HANDLERS="log")  # type: ignore[call-arg]
+    settings = Settings(KOMBO_API_KEY=DEFAULT_API_KEY, DISPATCHER_HANDLERS="log")
     queue = Queue(settings.queue, connection=redis)
     ledger = Ledger(redis, queue, settings.namespace)
     install_runtime(Runtime.from_settings(settings))
@@ -70,9 +70,7 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
             f"{handled[one.integration_id]:>7}"
         )
     total_handled = sum(handled.values())
-    echo(
-        f"{'total':<{width}}  {first.orders_seen:>5}  {first.orders_new:>8}  {total_handled:>7}"
-    )
+    echo(f"{'total':<{width}}  {first.orders_seen:>5}  {first.orders_new:>8}  {total_handled:>7}")
     echo(f"\ndone in {time.monotonic() - started:.1f}s")
     ok = (
         not first.errors
@@ -81,4 +79,3 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
         and total_handled == first.orders_new == first.orders_seen
     )
     return 0 if ok else 1
-

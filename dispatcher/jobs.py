@@ -68,8 +68,7 @@ class HandlerFailed(Exception):
         self.order_id = order_id
         self.reason = reason
         super().__init__(
-            f"handler {handler} failed on order {order_id} (integration {integration_id}): "
-            f"{reason}"
+            f"handler {handler} failed on order {order_id} (integration {integration_id}): {reason}"
         )
 
 
@@ -118,9 +117,7 @@ def _run_step(handler: Handler, order: Order, context: HandlerContext) -> Mappin
         output = handler.handle(order, context)
     except Exception as exc:
         log.warning("handler %s failed: %s", handler.name, _reason(exc), extra=extra)
-        raise HandlerFailed(
-            handler.name, context.integration_id, order.id, _reason(exc)
-        ) from exc
+        raise HandlerFailed(handler.name, context.integration_id, order.id, _reason(exc)) from exc
     if output is None:
         return {}
     if not isinstance(output, Mapping):

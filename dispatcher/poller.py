@@ -167,7 +167,10 @@ class Poller:
     def _record(self, result: IntegrationSweep, started: float) -> None:
         """Keep the last sweep of the integration in Redis for ``dispatcher status``."""
         now = self._clock()
-        fields: dict[FieldT, EncodableT] = {"last_attempt_at": now, "duration": round(now - started, 3)}
+        fields: dict[FieldT, EncodableT] = {
+            "last_attempt_at": now,
+            "duration": round(now - started, 3),
+        }
         if result.error is None:
             fields.update(
                 last_sweep_at=now,

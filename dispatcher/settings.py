@@ -50,9 +50,7 @@ class Settings(BaseSettings):
     namespace: str = Field(
         "dispatcher", alias="DISPATCHER_NAMESPACE", pattern=r"^[A-Za-z0-9_.\-]+$", max_length=64
     )
-    queue: str = Field(
-        "dispatcher-orders", alias="DISPATCHER_QUEUE", pattern=r"^[A-Za-z0-9_.\-]+$"
-    )
+    queue: str = Field("dispatcher-orders", alias="DISPATCHER_QUEUE", pattern=r"^[A-Za-z0-9_.\-]+$")
     poll_interval: float = Field(60.0, alias="DISPATCHER_POLL_INTERVAL", gt=0)
     orders_endpoint: Literal["orders", "open"] = Field("orders", alias="DISPATCHER_ORDERS_ENDPOINT")
     # Beyond the contract: tuning knobs with safe defaults.

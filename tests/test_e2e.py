@@ -11,11 +11,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from _support import dispatcher_env
 from redis import Redis
 from rq import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-from _support import dispatcher_env
 from dispatcher.simulator import DEFAULT_API_KEY, Faults, Simulator
 
 pytestmark = pytest.mark.redis
@@ -37,7 +37,9 @@ def env_for(sim_url: str, sim: Simulator, redis_url: str, **extra: str) -> dict[
     )
 
 
-def run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dispatcher", *args],
         env=env,

@@ -3,8 +3,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from _support import order_payload
+
 from dispatcher import HandlerContext, Order, PermanentFailure, Settings
 from dispatcher.jobs import HandlerFailed, Runtime, install_runtime, process_order, step_key
 
@@ -44,22 +44,31 @@ def test_the_chain_runs_in_order_and_later_steps_see_earlier_outputs() -> None:
 def test_idempotency_keys_are_stable_per_step_and_distinct_otherwise() -> None:
     key = step_key("ns", INTEGRATION, "A", "provision")
     assert key == step_key("ns", INTEGRATION, "A", "provision")
-    assert len({
-        key,
-        step_key("ns", INTEGRATION, "A", "notify"),
-        step_key("ns", INTEGRATION, "B", "provision"),
-        step_key("ns", "lever:other", "A", "provision"),
-        step_key("other", INTEGRATION, "A", "provision"),
-    }) == 5
+    assert (
+        len(
+            {
+                key,
+                step_key("ns", INTEGRATION, "A", "notify"),
+                step_key("ns", INTEGRATION, "B", "provision"),
+                step_key("ns", "lever:other", "A", "provision"),
+                step_key("other", INTEGRATION, "A", "provision"),
+            }
+        )
+        == 5
+    )
     handler = Recording("provision")
     install(handler)
     process_order(INTEGRATION, order_payload("A"))
-    assert handler.contexts[0].idempotency_key == step_key("dispatcher", INTEGRATION, "A", "provision")
+    assert handler.contexts[0].idempotency_key == step_key(
+        "dispatcher", INTEGRATION, "A", "provision"
+    )
 
 
 def test_a_failing_handler_is_named_and_stops_the_chain() -> None:
     later = Recording("notify")
-    install(Recording("provision", error=PermanentFailure("vendor said 400: unknown package")), later)
+    install(
+        Recording("provision", error=PermanentFailure("vendor said 400: unknown package")), later
+    )
     with pytest.raises(HandlerFailed) as info:
         process_order(INTEGRATION, order_payload("A"))
     assert str(info.value) == (

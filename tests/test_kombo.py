@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from _support import order_payload
+
 from dispatcher.kombo import InvalidPageError, KomboClient, KomboError
 
 API_KEY = "sk_test_do_not_leak_9f8e7d"
@@ -213,7 +213,7 @@ def test_an_invalid_order_fails_the_page_naming_order_and_field() -> None:
 
 def test_a_page_without_results_is_invalid() -> None:
     recorder = Recorder(httpx.Response(200, json={"status": "success", "data": {"next": None}}))
-    with pytest.raises(InvalidPageError, match="data.results"):
+    with pytest.raises(InvalidPageError, match=r"data\.results"):
         client_for(recorder).get_orders(INTEGRATION)
 
 
@@ -226,6 +226,12 @@ def test_the_api_key_never_shows(caplog: pytest.LogCaptureFixture) -> None:
     client = client_for(recorder)
     with pytest.raises(KomboError) as info:
         client.get_orders(INTEGRATION)
-    shown = [repr(client), str(info.value), repr(info.value), caplog.text, json.dumps(vars(info.value))]
+    shown = [
+        repr(client),
+        str(info.value),
+        repr(info.value),
+        caplog.text,
+        json.dumps(vars(info.value)),
+    ]
     assert not [text for text in shown if API_KEY in text]
     assert "kombo" in caplog.text.lower()  # the retry was logged, without the key

@@ -5,11 +5,11 @@ import threading
 from typing import Any
 
 import pytest
+from _support import order_payload
 from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from _support import order_payload
 from dispatcher.keys import job_id_for
 from dispatcher.ledger import Ledger
 from dispatcher.models import Order, parse_order
@@ -139,7 +139,11 @@ def test_concurrent_dispatchers_enqueue_each_order_once(redis_url: str) -> None:
         barrier = threading.Barrier(4)
         results: list[list[str]] = []
 
-        def sweep(chunk: list[str]) -> None:
+        def sweep(
+            chunk: list[str],
+            barrier: threading.Barrier = barrier,
+            results: list[list[str]] = results,
+        ) -> None:
             ledger = make_ledger(Redis.from_url(redis_url))
             barrier.wait()
             results.append(ledger.dispatch(INTEGRATION, orders(*chunk)).enqueued)

@@ -6,8 +6,8 @@ from importlib import metadata
 from typing import Any
 
 import pytest
-
 from _support import dispatcher_env
+
 from dispatcher import HandlerContext, Order
 from dispatcher.plugins import (
     ENTRY_POINT_GROUP,
@@ -67,19 +67,33 @@ def test_the_builtin_log_handler_is_discovered_through_its_entry_point() -> None
 
 
 def test_handlers_load_in_the_configured_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_entry_points(monkeypatch, good="test_plugins:GoodHandler", log="dispatcher_handlers.log:LogHandler")
+    fake_entry_points(
+        monkeypatch, good="test_plugins:GoodHandler", log="dispatcher_handlers.log:LogHandler"
+    )
     assert [h.name for h in load_handlers(["log", "good"])] == ["log", "good"]
 
 
 @pytest.mark.parametrize(
     ("value", "configured", "message"),
     [
-        ("test_plugins:GoodHandler", "missing", r"handler 'missing' is not installed \(known: good\)"),
-        ("no_such_module:Handler", "good", r"handler 'good': failed to import no_such_module:Handler: ModuleNotFoundError"),
+        (
+            "test_plugins:GoodHandler",
+            "missing",
+            r"handler 'missing' is not installed \(known: good\)",
+        ),
+        (
+            "no_such_module:Handler",
+            "good",
+            r"handler 'good': failed to import no_such_module:Handler: ModuleNotFoundError",
+        ),
         ("test_plugins:MisnamedHandler", "good", r"its `name` is 'something-else'"),
         ("test_plugins:NoNameHandler", "good", r"has no `name` string attribute"),
         ("test_plugins:WrongSignatureHandler", "good", r"`handle` must accept \(order, context\)"),
-        ("test_plugins:ExplodingFactory", "good", r"could not be created: RuntimeError: PROVISION_URL is not set"),
+        (
+            "test_plugins:ExplodingFactory",
+            "good",
+            r"could not be created: RuntimeError: PROVISION_URL is not set",
+        ),
     ],
 )
 def test_a_broken_or_missing_handler_is_a_clear_error_at_load(

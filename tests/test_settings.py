@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import pytest
-
 from _support import dispatcher_env
+
 from dispatcher.settings import ConfigError, load_settings
 
 
@@ -95,7 +95,9 @@ def test_settings_repr_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"KOMBO_API_KEY": "k"}, "KOMBO_INTEGRATION_IDS"),
     ],
 )
-def test_cli_config_errors_are_one_line_exit_2(tmp_path, env: dict[str, str], variable: str) -> None:  # type: ignore[no-untyped-def]
+def test_cli_config_errors_are_one_line_exit_2(
+    tmp_path, env: dict[str, str], variable: str
+) -> None:  # type: ignore[no-untyped-def]
     result = subprocess.run(
         [sys.executable, "-m", "dispatcher", "poll", "--once"],
         env=dispatcher_env("redis://127.0.0.1:1/0", **env),
