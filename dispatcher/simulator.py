@@ -543,8 +543,8 @@ def _decode_cursor(value: str | None, fingerprint: str) -> _Key | None:
         raise _invalid(f"cursor {value!r} is not a cursor this API issued") from None
     if cursor_fingerprint != fingerprint:
         raise _invalid(
-            "cursor was issued for different filters: keep ids, statuses and created_after "
-            "the same while paging"
+            "cursor was issued for a different endpoint, integration or filters: keep ids, "
+            "statuses and created_after the same while paging"
         )
     return key
 
