@@ -16,11 +16,13 @@ from .models import (
     OrderStatus,
 )
 from .plugins import (
+    Effects,
     Handler,
     HandlerConfigError,
     HandlerContext,
     PermanentFailure,
     RetryLater,
+    handler_settings,
 )
 from .settings import ConfigError, Settings, load_settings
 
@@ -31,6 +33,7 @@ __all__ = [
     "Candidate",
     "ConfigError",
     "DispatchResult",
+    "Effects",
     "Handler",
     "HandlerConfigError",
     "HandlerContext",
@@ -49,5 +52,6 @@ __all__ = [
     "RetryLater",
     "Settings",
     "__version__",
+    "handler_settings",
     "load_settings",
 ]

@@ -73,11 +73,7 @@ def _ledger(settings: Settings, redis: Redis) -> Ledger:
         redis,
         Queue(settings.queue, connection=redis),
         settings.namespace,
-        job_options=JobOptions(
-            timeout=settings.job_timeout,
-            result_ttl=settings.result_ttl,
-            failure_ttl=settings.failure_ttl,
-        ),
+        job_options=JobOptions.from_settings(settings),
     )
 
 
@@ -210,6 +206,43 @@ def worker(ctx: click.Context, burst: bool, processes: int) -> None:
         _fail(str(exc))
     redis = _redis(settings)
     run_worker(settings, redis, burst=burst, processes=processes, runtime=runtime)
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1)
+@click.option("--all-failed", is_flag=True, help="Re-queue every failed job of the queue.")
+@click.pass_context
+def retry(ctx: click.Context, job_ids: tuple[str, ...], all_failed: bool) -> None:
+    """Re-queue failed jobs; their completed steps are skipped when they run again.
+
+    Each job gets a fresh set of DISPATCHER_MAX_RETRIES retries.
+    """
+    from rq.exceptions import InvalidJobOperation, NoSuchJobError
+    from rq.job import Job
+    from rq.registry import FailedJobRegistry
+
+    if bool(job_ids) == all_failed:
+        _fail("name failed job ids, or give --all-failed (not both)")
+    settings = _settings(ctx)
+    redis = _redis(settings)
+    registry = FailedJobRegistry(queue=Queue(settings.queue, connection=redis))
+    targets = list(job_ids) if job_ids else registry.get_job_ids()
+    missing: list[str] = []
+    for job_id in targets:
+        try:
+            job = Job.fetch(job_id, connection=redis)
+            job.retries_left = settings.max_retries
+            job.save(include_meta=False)
+            registry.requeue(job)
+        except (NoSuchJobError, InvalidJobOperation):
+            missing.append(job_id)
+            continue
+        click.echo(f"re-queued {job_id} ({job.description})")
+    if not targets:
+        click.echo("no failed jobs")
+    for job_id in missing:
+        click.echo(f"dispatcher: error: job {job_id} is not in the failed registry", err=True)
+    sys.exit(1 if missing else 0)
 
 
 @cli.command()

@@ -1,9 +1,13 @@
-"""The RQ job entry point: run the handler chain on one order.
+"""The RQ job entry point: run the handler chain on one order, each step once.
 
 RQ calls job functions by import path, in whatever worker process pops the job, so the
 function cannot be handed its settings and handlers directly: the worker installs a
 :class:`Runtime` for the process at start (:func:`install_runtime`), and a plain ``rq worker``
 builds one from the environment on first use.
+
+Every completed step is recorded in Redis (``{ns}:steps:{integration}:{order}``) with its
+output before the next step starts; a retried or re-delivered job skips recorded steps and
+hands their recorded outputs to the later ones.
 """
 
 from __future__ import annotations
@@ -12,17 +16,30 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from redis import Redis
 from rq import get_current_job
+from rq.job import Job
+from rq.timeouts import BaseTimeoutException, TimerDeathPenalty
 
+from .keys import Keys
 from .models import Order
-from .plugins import Handler, HandlerContext, PermanentFailure, load_handlers
+from .plugins import Handler, HandlerContext, PermanentFailure, RetryLater, load_handlers
 from .settings import Settings, load_settings
 
-__all__ = ["HandlerFailed", "Runtime", "install_runtime", "process_order", "step_key"]
+__all__ = [
+    "HandlerFailed",
+    "HandlerTimeout",
+    "Runtime",
+    "StepStore",
+    "install_runtime",
+    "process_order",
+    "step_key",
+]
 
 log = logging.getLogger("dispatcher.jobs")
 
@@ -72,52 +89,189 @@ class HandlerFailed(Exception):
         )
 
 
+class HandlerTimeout(BaseTimeoutException):
+    """A handler ran past its timeout (retryable)."""
+
+
 def step_key(namespace: str, integration_id: str, order_id: str, handler: str) -> str:
     """The idempotency key of one step: stable across attempts, unique per (step, order)."""
     material = "\x00".join((namespace, integration_id, order_id, handler)).encode()
     return hashlib.sha256(material).hexdigest()[:32]
 
 
-def process_order(integration_id: str, order: dict[str, Any]) -> dict[str, Any]:
-    """Run every configured handler, in order, on one order; return their outputs."""
-    runtime = current_runtime()
-    job = get_current_job()
-    job_id = job.id if job is not None else "-"
-    attempt = 1 + (job.number_of_retries or 0) if job is not None else 1
-    parsed = Order.model_validate(order)
-    outputs: dict[str, Mapping[str, Any]] = {}
-    for handler in runtime.chain:
-        context = HandlerContext(
-            integration_id=integration_id,
-            order_id=parsed.id,
-            job_id=job_id,
-            handler_name=handler.name,
-            idempotency_key=step_key(
-                runtime.settings.namespace, integration_id, parsed.id, handler.name
-            ),
-            attempt=attempt,
-            outputs=dict(outputs),
-            settings=runtime.settings,
-            logger=logging.LoggerAdapter(
-                logging.getLogger(f"dispatcher.handlers.{handler.name}"),
-                {"order_id": parsed.id, "integration_id": integration_id, "handler": handler.name},
-            ),
+# A field of the steps hash that is not a handler: handler names cannot start with "_"
+# (entry point names can, but the built-ins and the docs do not; see plugins.check_handler).
+_ATTEMPTS = "_attempts"
+
+
+class StepStore:
+    """The step records of one order in Redis, and its sub-effect sets."""
+
+    def __init__(
+        self, redis: Redis, keys: Keys, integration_id: str, order_id: str, ttl: int
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.integration_id = integration_id
+        self.order_id = order_id
+        self.ttl = ttl
+        self.key = keys.steps(integration_id, order_id)
+
+    def begin(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """Count this attempt; return its number and the outputs of every step already
+        completed, by handler name (one round trip)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(self.key, _ATTEMPTS, 1)
+            if self.ttl > 0:
+                pipe.expire(self.key, self.ttl)
+            pipe.hgetall(self.key)
+            attempt, *_, raw = pipe.execute()
+        outputs: dict[str, dict[str, Any]] = {}
+        for name, value in raw.items():
+            handler = name.decode() if isinstance(name, bytes) else name
+            if handler != _ATTEMPTS:
+                outputs[handler] = json.loads(value)["output"]
+        return int(attempt), outputs
+
+    def complete(self, handler: str, output: Mapping[str, Any]) -> None:
+        """Record a completed step and its output (one round trip)."""
+        record = json.dumps({"output": output, "completed_at": round(time.time(), 3)})
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.key, handler, record)
+            if self.ttl > 0:
+                pipe.expire(self.key, self.ttl)
+            pipe.hincrby(self.keys.step_stats, f"{handler}:completed", 1)
+            pipe.execute()
+
+    def failed(self, handler: str) -> None:
+        self.redis.hincrby(self.keys.step_stats, f"{handler}:failed", 1)
+
+    def effects(self, handler: str) -> _RedisEffects:
+        return _RedisEffects(
+            self.redis, self.keys.effects(self.integration_id, self.order_id, handler), self.ttl
         )
-        outputs[handler.name] = _run_step(handler, parsed, context)
+
+
+class _RedisEffects:
+    def __init__(self, redis: Redis, key: str, ttl: int) -> None:
+        self._redis = redis
+        self._key = key
+        self._ttl = ttl
+
+    def done(self, name: str) -> bool:
+        return bool(self._redis.sismember(self._key, name))
+
+    def record(self, name: str) -> None:
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(self._key, name)
+            if self._ttl > 0:
+                pipe.expire(self._key, self._ttl)
+            pipe.execute()
+
+
+class _MemoryEffects:
+    """Effects of a run outside RQ (no Redis): remembered for this call only."""
+
+    def __init__(self) -> None:
+        self._done: set[str] = set()
+
+    def done(self, name: str) -> bool:
+        return name in self._done
+
+    def record(self, name: str) -> None:
+        self._done.add(name)
+
+
+def process_order(integration_id: str, order: dict[str, Any]) -> dict[str, Any]:
+    """Run every configured handler, in order, on one order; return their outputs.
+
+    Steps recorded as completed by an earlier attempt are skipped; their outputs are passed on.
+    """
+    runtime = current_runtime()
+    settings = runtime.settings
+    job = get_current_job()
+    parsed = Order.model_validate(order)
+    store = (
+        StepStore(
+            job.connection, Keys(settings.namespace), integration_id, parsed.id, settings.result_ttl
+        )
+        if job is not None
+        else None
+    )
+    attempt, completed = store.begin() if store is not None else (1, {})
+    outputs: dict[str, Mapping[str, Any]] = dict(completed)
+    for handler in runtime.chain:
+        if handler.name in outputs:
+            log.info(
+                "step %s already completed, skipped",
+                handler.name,
+                extra=_extra(integration_id, parsed.id, handler.name),
+            )
+            continue
+        context = _context(
+            runtime, job, store, handler, integration_id, parsed.id, outputs, attempt
+        )
+        try:
+            output = _run_step(handler, parsed, context, settings.timeout_for(handler.name))
+        except HandlerFailed as exc:
+            if store is not None:
+                store.failed(handler.name)
+            if job is not None and isinstance(exc.__cause__, PermanentFailure):
+                job.retries_left = 0  # RQ reads this on the same object: no retry
+            raise
+        if store is not None:
+            store.complete(handler.name, output)
+        outputs[handler.name] = output
     return {"order_id": parsed.id, "integration_id": integration_id, "steps": outputs}
 
 
-def _run_step(handler: Handler, order: Order, context: HandlerContext) -> Mapping[str, Any]:
-    extra = {
-        "order_id": order.id,
-        "integration_id": context.integration_id,
-        "handler": handler.name,
-    }
+def _context(
+    runtime: Runtime,
+    job: Job | None,
+    store: StepStore | None,
+    handler: Handler,
+    integration_id: str,
+    order_id: str,
+    outputs: Mapping[str, Mapping[str, Any]],
+    attempt: int,
+) -> HandlerContext:
+    return HandlerContext(
+        integration_id=integration_id,
+        order_id=order_id,
+        job_id=job.id if job is not None else "-",
+        handler_name=handler.name,
+        idempotency_key=step_key(
+            runtime.settings.namespace, integration_id, order_id, handler.name
+        ),
+        attempt=attempt,
+        outputs=dict(outputs),
+        settings=runtime.settings,
+        logger=logging.LoggerAdapter(
+            logging.getLogger(f"dispatcher.handlers.{handler.name}"),
+            _extra(integration_id, order_id, handler.name),
+        ),
+        effects=store.effects(handler.name) if store is not None else _MemoryEffects(),
+    )
+
+
+def _extra(integration_id: str, order_id: str, handler: str) -> dict[str, str]:
+    return {"order_id": order_id, "integration_id": integration_id, "handler": handler}
+
+
+def _run_step(
+    handler: Handler, order: Order, context: HandlerContext, timeout: float
+) -> Mapping[str, Any]:
+    extra = _extra(context.integration_id, order.id, handler.name)
     try:
-        output = handler.handle(order, context)
+        # A timer, not SIGALRM: RQ's own job timeout already owns the alarm in the work horse.
+        with TimerDeathPenalty(timeout, HandlerTimeout):  # type: ignore[no-untyped-call]
+            output = handler.handle(order, context)
     except Exception as exc:
-        log.warning("handler %s failed: %s", handler.name, _reason(exc), extra=extra)
-        raise HandlerFailed(handler.name, context.integration_id, order.id, _reason(exc)) from exc
+        reason = _reason(exc)
+        if isinstance(exc, HandlerTimeout):
+            reason = f"timed out after {timeout:g}s"
+        log.warning("handler %s failed: %s", handler.name, reason, extra=extra)
+        raise HandlerFailed(handler.name, context.integration_id, order.id, reason) from exc
     if output is None:
         return {}
     if not isinstance(output, Mapping):
@@ -141,5 +295,5 @@ def _run_step(handler: Handler, order: Order, context: HandlerContext) -> Mappin
 
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    kind = "" if isinstance(exc, PermanentFailure) else f"{type(exc).__name__}: "
+    kind = "" if isinstance(exc, PermanentFailure | RetryLater) else f"{type(exc).__name__}: "
     return f"{kind}{text}" if text else type(exc).__name__

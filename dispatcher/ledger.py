@@ -24,12 +24,13 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import NoScriptError
-from rq import Queue
+from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import now
 
 from .keys import Keys, job_id_for
 from .models import Order
+from .settings import Settings
 
 __all__ = ["DispatchResult", "JobOptions", "Ledger"]
 
@@ -71,6 +72,16 @@ class JobOptions:
     timeout: int = 600
     result_ttl: int = 7 * 24 * 3600
     failure_ttl: int = 30 * 24 * 3600
+    retry_intervals: tuple[int, ...] = (10, 20, 40, 80, 160)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobOptions:
+        return cls(
+            timeout=settings.job_timeout,
+            result_ttl=settings.result_ttl,
+            failure_ttl=settings.failure_ttl,
+            retry_intervals=tuple(settings.retry_intervals()),
+        )
 
 
 @dataclass(slots=True)
@@ -186,6 +197,11 @@ class Ledger:
             timeout=options.timeout,
             result_ttl=options.result_ttl,
             failure_ttl=options.failure_ttl,
+            retry=(
+                Retry(max=len(options.retry_intervals), interval=list(options.retry_intervals))
+                if options.retry_intervals
+                else None
+            ),
         )
         job.enqueued_at = now()
         return job

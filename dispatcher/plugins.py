@@ -13,7 +13,9 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ValidationError
 
 from .models import Order
 from .settings import Settings
@@ -21,12 +23,14 @@ from .settings import Settings
 __all__ = [
     "ENTRY_POINT_GROUP",
     "DiscoveredHandler",
+    "Effects",
     "Handler",
     "HandlerConfigError",
     "HandlerContext",
     "PermanentFailure",
     "RetryLater",
     "discover_handlers",
+    "handler_settings",
     "load_handlers",
 ]
 
@@ -53,6 +57,24 @@ class HandlerContext:
     outputs: Mapping[str, Mapping[str, Any]]
     settings: Settings
     logger: logging.LoggerAdapter[logging.Logger]
+    effects: Effects
+
+
+class Effects(Protocol):
+    """Sub-effects a step has already performed on this order, remembered across retries.
+
+    A step with several side effects (one email per recipient, say) records each as it
+    completes and skips the recorded ones when it is retried, so a retry repeats only what
+    had not happened.
+    """
+
+    def done(self, name: str) -> bool:
+        """Whether the sub-effect ``name`` was recorded on an earlier attempt."""
+        ...
+
+    def record(self, name: str) -> None:
+        """Remember that the sub-effect ``name`` has happened."""
+        ...
 
 
 @runtime_checkable
@@ -72,10 +94,6 @@ class Handler(Protocol):
 
 class RetryLater(Exception):
     """The step failed but may succeed later: retry the job with backoff."""
-
-    def __init__(self, message: str, *, delay: float | None = None) -> None:
-        super().__init__(message)
-        self.delay = delay
 
 
 class PermanentFailure(Exception):
@@ -152,6 +170,8 @@ def check_handler(name: str, handler: object) -> None:
     handler_name = getattr(handler, "name", None)
     if not isinstance(handler_name, str) or not handler_name:
         raise HandlerConfigError(f"handler {name!r}: has no `name` string attribute")
+    if handler_name.startswith("_"):
+        raise HandlerConfigError(f"handler {name!r}: names starting with '_' are reserved")
     if handler_name != name:
         raise HandlerConfigError(
             f"handler {name!r}: its `name` is {handler_name!r}; it must match the entry point"
@@ -168,3 +188,25 @@ def check_handler(name: str, handler: object) -> None:
         ) from None
     except ValueError:  # builtins without a signature: trust them
         pass
+
+
+_SettingsT = TypeVar("_SettingsT", bound=BaseModel)
+
+
+def handler_settings(model: type[_SettingsT]) -> _SettingsT:
+    """Build a handler's own settings (a pydantic-settings class), or raise HandlerConfigError.
+
+    The error names the environment variable and never echoes its value, so a handler whose
+    configuration is missing stops the worker at start with one clear line.
+    """
+    try:
+        return model()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = str(first["loc"][0]) if first["loc"] else model.__name__
+        field = model.model_fields.get(loc)
+        name = field.alias if field is not None and field.alias else loc
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "missing":
+            message = "not set"
+        raise HandlerConfigError(f"{name}: {message}") from None

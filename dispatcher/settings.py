@@ -64,6 +64,21 @@ class Settings(BaseSettings):
         description="Longest total time one Kombo request may spend retrying.",
     )
     job_timeout: int = Field(600, alias="DISPATCHER_JOB_TIMEOUT", gt=0)
+    max_retries: int = Field(
+        5, alias="DISPATCHER_MAX_RETRIES", ge=0, le=50, description="Retries of a failing job."
+    )
+    retry_backoff: float = Field(
+        10.0,
+        alias="DISPATCHER_RETRY_BACKOFF",
+        ge=0,
+        description="First retry delay in seconds; doubles per retry, capped at one hour.",
+    )
+    handler_timeout: float = Field(60.0, alias="DISPATCHER_HANDLER_TIMEOUT", gt=0)
+    handler_timeouts: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        alias="DISPATCHER_HANDLER_TIMEOUTS",
+        description="Per-handler timeouts, e.g. provision_http=30,notify_email=20.",
+    )
     result_ttl: int = Field(7 * 24 * 3600, alias="DISPATCHER_RESULT_TTL", ge=0)
     failure_ttl: int = Field(30 * 24 * 3600, alias="DISPATCHER_FAILURE_TTL", ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
@@ -74,6 +89,39 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("handler_timeouts", mode="before")
+    @classmethod
+    def _timeouts(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        parsed: dict[str, str] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            name, sep, seconds = item.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"expected handler=seconds, got {item!r}")
+            parsed[name.strip()] = seconds.strip()
+        return parsed
+
+    @field_validator("handler_timeouts")
+    @classmethod
+    def _positive_timeouts(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, seconds in value.items():
+            if seconds <= 0:
+                raise ValueError(f"timeout of {name} must be positive")
+        return value
+
+    def timeout_for(self, handler: str) -> float:
+        """The timeout of one handler's step, in seconds."""
+        return self.handler_timeouts.get(handler, self.handler_timeout)
+
+    def retry_intervals(self) -> list[int]:
+        """Backoff before each retry: doubling from DISPATCHER_RETRY_BACKOFF, capped at 1 h."""
+        return [
+            int(min(3600.0, self.retry_backoff * 2**attempt)) for attempt in range(self.max_retries)
+        ]
 
     @field_validator("kombo_integration_ids")
     @classmethod

@@ -25,13 +25,20 @@ def run_worker(
     The handler chain is loaded and checked first, so a missing or broken handler stops the
     worker at start with a HandlerConfigError instead of failing every order.
     """
-    install_runtime(runtime or Runtime.from_settings(settings))
+    runtime = runtime or Runtime.from_settings(settings)
+    install_runtime(runtime)
     queue = Queue(settings.queue, connection=redis)
-    if processes <= 1:
-        worker = Worker([queue], connection=redis)
-        # The scheduler moves retried jobs back to the queue when their backoff expires.
-        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
-    else:
-        # Forked children inherit the installed runtime.
-        pool = WorkerPool([queue], connection=redis, num_workers=processes)
-        pool.start(burst=burst, logging_level=settings.log_level)
+    try:
+        if processes <= 1:
+            worker = Worker([queue], connection=redis)
+            # The scheduler moves retried jobs back to the queue when their backoff expires.
+            worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+        else:
+            # Forked children inherit the installed runtime.
+            pool = WorkerPool([queue], connection=redis, num_workers=processes)
+            pool.start(burst=burst, logging_level=settings.log_level)
+    finally:
+        for handler in runtime.chain:
+            close = getattr(handler, "close", None)
+            if callable(close):
+                close()

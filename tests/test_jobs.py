@@ -88,3 +88,84 @@ def test_an_output_that_is_not_a_mapping_is_refused() -> None:
     install(Recording("weird", ["a list"]))
     with pytest.raises(HandlerFailed, match=r"returned list, expected a mapping or None"):
         process_order(INTEGRATION, order_payload("A"))
+
+
+class Slow:
+    name = "slow"
+
+    def handle(self, order: Order, context: HandlerContext) -> None:
+        import time
+
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # Python-level work, interruptible
+            time.sleep(0.01)
+
+
+def test_each_handler_runs_under_its_own_timeout() -> None:
+    settings = Settings(DISPATCHER_HANDLER_TIMEOUTS="slow=0.2")
+    install_runtime(Runtime(settings=settings, chain=[Slow()]))  # type: ignore[list-item]
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(
+        HandlerFailed, match=r"handler slow failed on order A .*: timed out after 0.2s"
+    ):
+        process_order(INTEGRATION, order_payload("A"))
+    assert time.monotonic() - started < 2
+
+
+def test_a_timeout_does_not_fire_after_a_fast_handler_returns() -> None:
+    settings = Settings(DISPATCHER_HANDLER_TIMEOUT="0.05")
+    install_runtime(Runtime(settings=settings, chain=[Recording("fast", {"x": 1})]))
+    import time
+
+    assert process_order(INTEGRATION, order_payload("A"))["steps"] == {"fast": {"x": 1}}
+    time.sleep(0.1)  # an un-cancelled timer would raise into this thread now
+
+
+def test_steps_are_recorded_and_skipped_when_the_job_runs_again() -> None:
+    """Given a chain whose second step fails once, when RQ retries the job, then the first
+    step does not run again and the second gets the first one's recorded output."""
+    import fakeredis
+    from rq import Queue, Retry, SimpleWorker
+
+    class FailsOnce(Recording):
+        def handle(self, order: Order, context: HandlerContext) -> Any:
+            self.contexts.append(context)
+            if len(self.contexts) == 1:
+                raise RuntimeError("vendor hiccup")
+            return {"seen": dict(context.outputs)}
+
+    first = Recording("provision", {"test_url": "https://t/1"})
+    second = FailsOnce("notify")
+    install(first, second)
+    redis = fakeredis.FakeRedis()
+    queue = Queue("q", connection=redis)
+    job = queue.enqueue(process_order, INTEGRATION, order_payload("A"), retry=Retry(max=2))
+    SimpleWorker([queue], connection=redis).work(burst=True)
+    assert len(first.contexts) == 1
+    assert len(second.contexts) == 2
+    assert second.contexts[1].attempt == 2
+    assert job.return_value()["steps"]["notify"] == {
+        "seen": {"provision": {"test_url": "https://t/1"}}
+    }
+    stats = redis.hgetall("dispatcher:step-stats")
+    assert stats == {
+        b"provision:completed": b"1",
+        b"notify:failed": b"1",
+        b"notify:completed": b"1",
+    }
+
+
+def test_a_permanent_failure_is_not_retried_by_rq() -> None:
+    import fakeredis
+    from rq import Queue, Retry, SimpleWorker
+
+    handler = Recording("provision", error=PermanentFailure("unknown package"))
+    install(handler)
+    redis = fakeredis.FakeRedis()
+    queue = Queue("q", connection=redis)
+    job = queue.enqueue(process_order, INTEGRATION, order_payload("A"), retry=Retry(max=3))
+    SimpleWorker([queue], connection=redis).work(burst=True)
+    assert len(handler.contexts) == 1
+    assert job.get_status() == "failed"

@@ -135,7 +135,8 @@ def test_handlers_command_fails_clearly_on_a_missing_handler() -> None:
     result = run_cli("handlers", DISPATCHER_HANDLERS="log,nope")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "dispatcher: error: DISPATCHER_HANDLERS: handler 'nope' is not installed (known: log)"
+        "dispatcher: error: DISPATCHER_HANDLERS: handler 'nope' is not installed "
+        "(known: log, notify_email, notify_webhook, provision_http)"
     )
 
 
