@@ -1,12 +1,22 @@
-"""``dispatcher demo``: the whole pipeline in one process, on fakeredis and the simulator."""
+"""``dispatcher demo``: the whole pipeline in one process.
+
+The simulated Kombo API, fakeredis, the poller, and a worker running the built-in chain
+``log → provision_http → notify_email`` against an in-process stand-in of the vendor's API
+and an in-process SMTP server (aiosmtpd). Nothing leaves the machine.
+"""
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import httpx
 from rq import Queue, SimpleWorker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
@@ -24,39 +34,72 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
     """Sweep, work, sweep again; print a summary. Returns the exit status."""
     try:
         import fakeredis
+        from aiosmtpd.controller import Controller
     except ImportError:
         echo("demo: needs the demo extra: pip install 'kombo-dispatcher[demo]'")
         return 2
+    from dispatcher_handlers.log import LogHandler
+    from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
+    from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
+
     started = time.monotonic()
     simulator = Simulator(integrations, orders, seed=7)
+    vendor = _VendorStandIn()
+    mailbox = _Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=_free_port())
     redis = fakeredis.FakeRedis()
-    settings = Settings(KOMBO_API_KEY=DEFAULT_API_KEY, DISPATCHER_HANDLERS="log")
+    settings = Settings(
+        KOMBO_API_KEY=DEFAULT_API_KEY,
+        DISPATCHER_HANDLERS="log,provision_http,notify_email",
+    )
+    provision = ProvisionHttpHandler(
+        ProvisionSettings(PROVISION_URL="http://vendor.demo/provision"),
+        transport=httpx.MockTransport(vendor),
+    )
+    chain: list[Any] = [
+        LogHandler(),
+        provision,
+        NotifyEmailHandler(
+            EmailSettings(
+                SMTP_URL=f"smtp://127.0.0.1:{controller.port}",
+                NOTIFY_FROM="Acme Assessments <tests@acme.example>",
+            )
+        ),
+    ]
+    install_runtime(Runtime(settings=settings, chain=chain))
     queue = Queue(settings.queue, connection=redis)
     ledger = Ledger(redis, queue, settings.namespace)
-    install_runtime(Runtime.from_settings(settings))
     logging.getLogger("rq").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     echo(
         f"demo: simulated Kombo with {integrations} integrations, {orders} OPEN orders each; "
-        "fakeredis; handlers: " + ", ".join(settings.handlers)
+        "fakeredis; handlers: " + " -> ".join(settings.handlers)
     )
-    with KomboClient(
-        DEFAULT_API_KEY, simulator.base_url, transport=simulator.transport(), retry_budget=5
-    ) as client:
+    with (
+        _running(controller),
+        KomboClient(
+            DEFAULT_API_KEY, simulator.base_url, transport=simulator.transport(), retry_budget=5
+        ) as client,
+    ):
         poller = Poller(client, ledger, simulator.integration_ids, page_size=5)
         first = poller.sweep()
         echo(
             f"sweep 1: {first.pages} pages, {first.orders_seen} OPEN orders found, "
             f"{first.orders_new} enqueued (queue length {queue.count})"
         )
-        SimpleWorker([queue], connection=redis).work(burst=True)
+        SimpleWorker([queue], connection=redis).work(burst=True, logging_level="WARNING")
         finished = FinishedJobRegistry(queue=queue)
         failed = FailedJobRegistry(queue=queue)
-        echo(f"worker: {finished.count} orders handled, {failed.count} failed")
+        echo(
+            f"worker: {finished.count} orders handled, {failed.count} failed; "
+            f"{len(vendor.keys)} tests provisioned, {len(mailbox.messages)} emails sent"
+        )
         second = poller.sweep()
         echo(
             f"sweep 2: {second.orders_seen} OPEN orders found, {second.orders_new} enqueued "
             "(every order was already dispatched)"
         )
+    provision.close()
     handled: Counter[str] = Counter()
     for job in queue.job_class.fetch_many(finished.get_job_ids(), connection=redis):
         if job is not None:
@@ -71,11 +114,58 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
         )
     total_handled = sum(handled.values())
     echo(f"{'total':<{width}}  {first.orders_seen:>5}  {first.orders_new:>8}  {total_handled:>7}")
-    echo(f"\ndone in {time.monotonic() - started:.1f}s")
+    echo(
+        f"\nprovisioned tests: {len(vendor.keys)} (one per order, {vendor.calls} calls); "
+        f"emails to hiring teams: {len(mailbox.messages)}"
+    )
+    echo(f"done in {time.monotonic() - started:.1f}s")
     ok = (
         not first.errors
         and not second.errors
         and second.orders_new == 0
         and total_handled == first.orders_new == first.orders_seen
+        and len(vendor.keys) == total_handled
     )
     return 0 if ok else 1
+
+
+class _VendorStandIn:
+    """The vendor's provisioning API, in process: one test link per idempotency key."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        key = request.headers.get("Idempotency-Key", "")
+        with self._lock:
+            self.calls += 1
+            self.keys.add(key)
+        return httpx.Response(200, json={"test_url": f"https://tests.acme.example/t/{key[:12]}"})
+
+
+class _Mailbox:
+    """aiosmtpd handler keeping every message it accepts."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope.content)
+        return "250 Message accepted"
+
+
+@contextmanager
+def _running(controller: Any) -> Iterator[None]:
+    controller.start()
+    try:
+        yield
+    finally:
+        controller.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
