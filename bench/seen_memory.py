@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _support import private_redis
 from redis import Redis
 
+from _support import private_redis
 from dispatcher.keys import Keys
 
 ALPHABET = string.ascii_letters + string.digits

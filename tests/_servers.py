@@ -13,8 +13,9 @@ from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from _support import free_port
 from aiosmtpd.controller import Controller
+
+from _support import free_port
 
 
 @dataclass

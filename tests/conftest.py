@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import fakeredis
 import pytest
-from _support import RedisServer
 from redis import Redis
 
+from _support import RedisServer
 from dispatcher.jobs import install_runtime
 
 

@@ -7,11 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from _servers import Mailbox, VendorAPI
 from _support import order_payload
-from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
-from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
-
 from dispatcher import (
     HandlerConfigError,
     HandlerContext,
@@ -21,6 +19,8 @@ from dispatcher import (
 )
 from dispatcher.jobs import _MemoryEffects, step_key
 from dispatcher.models import Order, parse_order
+from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
+from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
 
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"
 

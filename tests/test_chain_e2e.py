@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from _servers import Mailbox, VendorAPI
-from _support import dispatcher_env
 from redis import Redis
 from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
+from _servers import Mailbox, VendorAPI
+from _support import dispatcher_env
 from dispatcher.jobs import step_key
 from dispatcher.simulator import DEFAULT_API_KEY, Simulator
 

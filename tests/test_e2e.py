@@ -11,11 +11,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _support import dispatcher_env
 from redis import Redis
 from rq import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
+from _support import dispatcher_env
 from dispatcher.simulator import DEFAULT_API_KEY, Faults, Simulator
 
 pytestmark = pytest.mark.redis

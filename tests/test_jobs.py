@@ -3,8 +3,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from _support import order_payload
 
+from _support import order_payload
 from dispatcher import HandlerContext, Order, PermanentFailure, Settings
 from dispatcher.jobs import HandlerFailed, Runtime, install_runtime, process_order, step_key
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from _support import order_payload
 
+from _support import order_payload
 from dispatcher.kombo import InvalidPageError, KomboClient, KomboError
 
 API_KEY = "sk_test_do_not_leak_9f8e7d"

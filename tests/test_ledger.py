@@ -5,11 +5,11 @@ import threading
 from typing import Any
 
 import pytest
-from _support import order_payload
 from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from _support import order_payload
 from dispatcher.keys import job_id_for
 from dispatcher.ledger import Ledger
 from dispatcher.models import Order, parse_order

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from _support import order_payload
 
+from _support import order_payload
 from dispatcher.models import HiringTeamRole, OrderStatus, OrderValidationError, parse_order
 
 

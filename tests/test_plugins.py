@@ -6,8 +6,8 @@ from importlib import metadata
 from typing import Any
 
 import pytest
-from _support import dispatcher_env
 
+from _support import dispatcher_env
 from dispatcher import HandlerContext, Order
 from dispatcher.plugins import (
     ENTRY_POINT_GROUP,

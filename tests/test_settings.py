@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import pytest
-from _support import dispatcher_env
 
+from _support import dispatcher_env
 from dispatcher.settings import ConfigError, load_settings
 
 
