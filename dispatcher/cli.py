@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -18,11 +19,14 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
+from .integrations import IntegrationRegistry, check_integration_id
+from .keys import Keys
 from .kombo import KomboClient
 from .ledger import JobOptions, Ledger
 from .logs import configure_logging
 from .plugins import HandlerConfigError, discover_handlers, load_handlers
-from .poller import Poller
+from .poller import Poller, SweepPolicy
+from .schedule import Schedule
 from .settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -132,9 +136,14 @@ def poll(ctx: click.Context, once: bool, as_json: bool) -> None:
     """
     settings = _settings(ctx)
     api_key = _or_fail(settings.require_kombo)
-    if not settings.kombo_integration_ids:
-        _fail("KOMBO_INTEGRATION_IDS: not set (name the integrations to poll, comma-separated)")
     redis = _redis(settings)
+    ledger = _ledger(settings, redis)
+    registry = IntegrationRegistry(redis, ledger.keys, settings.kombo_integration_ids)
+    if not registry.all():
+        _fail(
+            "KOMBO_INTEGRATION_IDS: no integrations to poll (set it, comma-separated, or "
+            "register them with `dispatcher integrations add`)"
+        )
     stop = threading.Event()
     with (
         KomboClient(
@@ -149,15 +158,24 @@ def poll(ctx: click.Context, once: bool, as_json: bool) -> None:
     ):
         poller = Poller(
             client,
-            _ledger(settings, redis),
-            settings.kombo_integration_ids,
+            ledger,
+            registry,
             endpoint=settings.orders_endpoint,
             page_size=settings.page_size,
             concurrency=settings.sweep_concurrency,
+            policy=SweepPolicy(
+                interval=settings.poll_interval,
+                full_sweep_interval=settings.full_sweep_interval,
+                incremental_overlap=settings.incremental_overlap,
+                backoff_cap=settings.backoff_cap,
+                seen_retention=settings.seen_retention,
+                prune_after_sweeps=settings.prune_after_sweeps,
+            ),
+            schedule=Schedule(redis, ledger.keys, lease_ttl=settings.lease_ttl),
             stop=stop,
         )
         if not once:
-            poller.run_forever(settings.poll_interval)
+            poller.run_forever()
             return
         report = poller.sweep()
     if as_json:
@@ -206,6 +224,123 @@ def worker(ctx: click.Context, burst: bool, processes: int) -> None:
         _fail(str(exc))
     redis = _redis(settings)
     run_worker(settings, redis, burst=burst, processes=processes, runtime=runtime)
+
+
+@cli.group()
+def integrations() -> None:
+    """Register, pause and list the integrations to poll (beside KOMBO_INTEGRATION_IDS)."""
+
+
+def _registry(ctx: click.Context) -> IntegrationRegistry:
+    settings = _settings(ctx)
+    redis = _redis(settings)
+    return IntegrationRegistry(redis, Keys(settings.namespace), settings.kombo_integration_ids)
+
+
+def _valid_ids(ids: tuple[str, ...]) -> list[str]:
+    try:
+        return [check_integration_id(i) for i in ids]
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@integrations.command("add")
+@click.argument("integration_ids", nargs=-1, required=True)
+@click.pass_context
+def integrations_add(ctx: click.Context, integration_ids: tuple[str, ...]) -> None:
+    """Register integrations in Redis (swept by every poller of the namespace)."""
+    added = _registry(ctx).add(_valid_ids(integration_ids))
+    click.echo(f"added {added}, {len(integration_ids) - added} already registered")
+
+
+@integrations.command("remove")
+@click.argument("integration_ids", nargs=-1, required=True)
+@click.pass_context
+def integrations_remove(ctx: click.Context, integration_ids: tuple[str, ...]) -> None:
+    """Unregister integrations (their remembered orders are kept)."""
+    registry = _registry(ctx)
+    from_env = [i for i in integration_ids if i in registry.configured]
+    removed = registry.remove(list(integration_ids))
+    click.echo(f"removed {removed}")
+    for integration_id in from_env:
+        click.echo(
+            f"dispatcher: warning: {integration_id} is also in KOMBO_INTEGRATION_IDS "
+            "and stays polled; pause it or edit the variable",
+            err=True,
+        )
+
+
+@integrations.command("pause")
+@click.argument("integration_ids", nargs=-1, required=True)
+@click.pass_context
+def integrations_pause(ctx: click.Context, integration_ids: tuple[str, ...]) -> None:
+    """Stop sweeping integrations until resumed."""
+    _registry(ctx).pause(_valid_ids(integration_ids))
+    click.echo(f"paused {len(integration_ids)}")
+
+
+@integrations.command("resume")
+@click.argument("integration_ids", nargs=-1, required=True)
+@click.pass_context
+def integrations_resume(ctx: click.Context, integration_ids: tuple[str, ...]) -> None:
+    """Sweep paused integrations again."""
+    _registry(ctx).resume(_valid_ids(integration_ids))
+    click.echo(f"resumed {len(integration_ids)}")
+
+
+@integrations.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def integrations_list(ctx: click.Context, as_json: bool) -> None:
+    """Every integration: source, paused, next sweep, backoff, lease, watermark."""
+    registry = _registry(ctx)
+    keys = registry.keys
+    redis = registry.redis
+    rows: list[dict[str, Any]] = []
+    now = time.time()
+    for entry in registry.all():
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(keys.schedule, entry.integration_id)
+            pipe.get(keys.lease(entry.integration_id))
+            pipe.hgetall(keys.sweep(entry.integration_id))
+            due, lease, raw_state = pipe.execute()
+        state = {_text(k): _text(v) for k, v in raw_state.items()}
+        rows.append(
+            {
+                "integration_id": entry.integration_id,
+                "source": entry.source,
+                "paused": entry.paused,
+                "next_sweep_in": round(float(due) - now, 1) if due is not None else None,
+                "lease": _text(lease) if lease else None,
+                "consecutive_failures": int(state.get("consecutive_failures", 0)),
+                "watermark": float(state["watermark"]) if "watermark" in state else None,
+                "last_sweep_at": float(state["last_sweep_at"])
+                if "last_sweep_at" in state
+                else None,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, sort_keys=True))
+        return
+    width = max([len(r["integration_id"]) for r in rows] + [11])
+    click.echo(f"{'INTEGRATION':<{width}}  SOURCE     STATE    NEXT SWEEP  FAILURES  LEASE")
+    for r in rows:
+        state_text = (
+            "paused" if r["paused"] else ("backoff" if r["consecutive_failures"] else "active")
+        )
+        due_text = f"{r['next_sweep_in']:.0f}s" if r["next_sweep_in"] is not None else "-"
+        click.echo(
+            f"{r['integration_id']:<{width}}  {r['source']:<9}  {state_text:<7}  {due_text:>10}  "
+            f"{r['consecutive_failures']:>8}  {r['lease'] or '-'}"
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _float_or_none(value: str | None) -> float | None:
+    return float(value) if value is not None else None
 
 
 @cli.command()

@@ -49,6 +49,25 @@ class Keys:
         return f"{self.namespace}:step-stats"
 
     @property
+    def integrations(self) -> str:
+        """Set of integration ids registered with ``dispatcher integrations add``."""
+        return f"{self.namespace}:integrations"
+
+    @property
+    def paused(self) -> str:
+        """Set of paused integration ids (not swept until resumed)."""
+        return f"{self.namespace}:integrations:paused"
+
+    @property
+    def schedule(self) -> str:
+        """Sorted set: integration id -> unix time its next sweep is due (fleet-wide)."""
+        return f"{self.namespace}:schedule"
+
+    def lease(self, integration_id: str) -> str:
+        """String: the poller currently sweeping the integration; expires (lease TTL)."""
+        return f"{self.namespace}:lease:{integration_id}"
+
+    @property
     def stats(self) -> str:
         """Hash of counters (orders dispatched, ...)."""
         return f"{self.namespace}:stats"

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from redis import Redis
 from redis.exceptions import NoScriptError
@@ -32,22 +32,34 @@ from .keys import Keys, job_id_for
 from .models import Order
 from .settings import Settings
 
-__all__ = ["DispatchResult", "JobOptions", "Ledger"]
+__all__ = ["DispatchResult", "JobOptions", "Ledger", "parse_seen"]
 
 JOB_FUNCTION = "dispatcher.jobs.process_order"
+_T = TypeVar("_T")
 
 # KEYS: 1 seen hash, 2 queue list, 3 rq:queues set, 4 seen-integrations set, 5 stats hash,
 #       6.. one job hash per candidate order.
-# ARGV: 1 now, 2 integration id, 3 queue key (member of rq:queues), then per candidate:
-#       order id, job id, n, n job-hash field/value items.
+# ARGV: 1 now, 2 integration id, 3 queue key (member of rq:queues), 4 generation suffix of
+#       new values ("" or ":<generation>"), 5 m = number of seen orders to mark, then m order
+#       ids, then per candidate: order id, job id, n, n job-hash field/value items.
+# Seen values are "<first seen unix time>" or "<first seen unix time>:<generation of the last
+# full sweep that saw the order OPEN>" (what pruning reads).
 _DISPATCH_SCRIPT = """
-local pos = 4
+local m = tonumber(ARGV[5])
+for i = 6, 5 + m do
+  local value = redis.call('HGET', KEYS[1], ARGV[i])
+  if value then
+    local first_seen = string.match(value, '^(%d+)')
+    if first_seen then redis.call('HSET', KEYS[1], ARGV[i], first_seen .. ARGV[4]) end
+  end
+end
+local pos = 6 + m
 local new = {}
 for i = 6, #KEYS do
   local order_id = ARGV[pos]
   local job_id = ARGV[pos + 1]
   local n = tonumber(ARGV[pos + 2])
-  if redis.call('HSETNX', KEYS[1], order_id, ARGV[1]) == 1 then
+  if redis.call('HSETNX', KEYS[1], order_id, ARGV[1] .. ARGV[4]) == 1 then
     -- A job hash left from an earlier dispatch of a forgotten order must not leak fields.
     redis.call('DEL', KEYS[i])
     redis.call('HSET', KEYS[i], unpack(ARGV, pos + 3, pos + 2 + n))
@@ -121,20 +133,31 @@ class Ledger:
         """The RQ job id of an order in this namespace."""
         return job_id_for(self.namespace, integration_id, order_id)
 
-    def dispatch(self, integration_id: str, orders: Sequence[Order]) -> DispatchResult:
+    def dispatch(
+        self, integration_id: str, orders: Sequence[Order], *, generation: int | None = None
+    ) -> DispatchResult:
         """Enqueue every order not seen before, atomically marking it seen; skip the rest.
 
+        ``generation`` is the number of the full sweep in progress, if any: orders it sees
+        are marked with it, so that pruning never forgets an order that is still OPEN.
         Safe to call concurrently from any number of processes with overlapping orders.
         """
         if not orders:
             return DispatchResult()
         unique = list({order.id: order for order in orders}.values())
         seen_key = self.keys.seen(integration_id)
-        flags = self.redis.hmget(seen_key, [order.id for order in unique])
-        candidates = [order for order, flag in zip(unique, flags, strict=True) if flag is None]
+        values = self.redis.hmget(seen_key, [order.id for order in unique])
+        candidates: list[Order] = []
+        to_mark: list[str] = []
+        for order, value in zip(unique, values, strict=True):
+            if value is None:
+                candidates.append(order)
+            elif generation is not None and parse_seen(value)[1] != generation:
+                to_mark.append(order.id)
         result = DispatchResult(already_seen=len(orders) - len(candidates))
-        if not candidates:
+        if not candidates and not to_mark:
             return result
+        suffix = f":{generation}" if generation is not None else ""
         keys = [
             seen_key,
             self.queue.key,
@@ -142,7 +165,9 @@ class Ledger:
             self.keys.seen_integrations,
             self.keys.stats,
         ]
-        args: list[Any] = [int(self._clock()), integration_id, self.queue.key]
+        args: list[Any] = [int(self._clock()), integration_id, self.queue.key, suffix]
+        args.append(len(to_mark))
+        args.extend(to_mark)
         for order in candidates:
             job = self._build_job(integration_id, order)
             fields = _hset_items(job)
@@ -165,7 +190,41 @@ class Ledger:
     def seen_at(self, integration_id: str, order_id: str) -> float | None:
         """When an order was first dispatched (unix time), or None if it never was."""
         value = self.redis.hget(self.keys.seen(integration_id), order_id)
-        return float(value) if value is not None else None
+        return parse_seen(value)[0] if value is not None else None
+
+    def prune(
+        self,
+        integration_id: str,
+        *,
+        generation: int,
+        keep_generations: int = 3,
+        retention: float = 30 * 24 * 3600,
+    ) -> int:
+        """Forget orders no full sweep has seen OPEN in the last ``keep_generations`` full
+        sweeps and first seen more than ``retention`` seconds ago. Returns how many.
+
+        Call it only after full sweep ``generation`` completed: an order still OPEN carries
+        that generation and is never pruned, so it is never dispatched twice.
+        """
+        cutoff_generation = generation - keep_generations
+        if cutoff_generation < 0:
+            return 0
+        cutoff_time = self._clock() - retention
+        seen_key = self.keys.seen(integration_id)
+        pruned = 0
+        for batch in _batches(self.redis.hscan_iter(seen_key, count=1000), 1000):
+            doomed: list[Any] = []
+            for field_name, value in batch:
+                first_seen, last_generation = parse_seen(value)
+                if (
+                    first_seen is not None
+                    and first_seen < cutoff_time
+                    and last_generation <= cutoff_generation
+                ):
+                    doomed.extend((field_name, value))
+            if doomed:
+                pruned += int(self.redis.eval(_PRUNE_SCRIPT, 1, seen_key, *doomed))
+        return pruned
 
     def seen_count(self) -> int:
         """How many orders are remembered, across every integration."""
@@ -205,6 +264,40 @@ class Ledger:
         )
         job.enqueued_at = now()
         return job
+
+
+# KEYS: 1 seen hash. ARGV: field, expected value pairs. Deletes a field only if it still holds
+# the value pruning decided on (a concurrent full sweep may just have marked it OPEN).
+_PRUNE_SCRIPT = """
+local deleted = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    deleted = deleted + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return deleted
+"""
+
+
+def parse_seen(value: bytes | str) -> tuple[float | None, int]:
+    """(first seen unix time, generation of the last full sweep that saw it OPEN) of a seen
+    value; (None, 0) for a value this version does not write."""
+    text = value.decode() if isinstance(value, bytes) else value
+    first, _, generation = text.partition(":")
+    if not first.isdigit():
+        return None, 0
+    return float(first), int(generation) if generation.isdigit() else 0
+
+
+def _batches(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    batch: list[_T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _hset_items(job: Job) -> list[Any]:

@@ -1,7 +1,14 @@
-"""The poller: sweeps every integration's OPEN orders and dispatches the new ones.
+"""The poller: sweeps integrations' OPEN orders and dispatches the new ones.
 
-Pages are dispatched as they arrive, so memory stays flat however many orders an integration
-has; integrations are swept concurrently with a bound.
+Two modes. ``sweep()`` sweeps every integration once, fully (``dispatcher poll --once``).
+``run_forever()`` is the fleet mode: any number of pollers share one schedule in Redis
+(schedule.py); each integration is claimed with a lease, swept, rescheduled one interval
+later (or later still, backing off, while it keeps failing) and released.
+
+A sweep is *full* (every OPEN order) on the first sweep of an integration by a poller process,
+then every ``full_sweep_interval``; in between it is *incremental*: only orders created since
+the start of the last successful sweep minus an overlap. Pages are dispatched as they arrive,
+so memory stays flat however many orders an integration has.
 """
 
 from __future__ import annotations
@@ -10,21 +17,36 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from redis import Redis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
+from .integrations import IntegrationRegistry
 from .kombo import InvalidPageError, KomboClient, KomboError, OrdersPage
 from .ledger import Ledger
+from .schedule import Schedule
 
-__all__ = ["IntegrationSweep", "Poller", "SweepReport"]
+__all__ = ["IntegrationSweep", "Poller", "SweepPolicy", "SweepReport"]
 
 log = logging.getLogger("dispatcher.poller")
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPolicy:
+    """How often and how much to sweep; see the DISPATCHER_* settings of the same names."""
+
+    interval: float = 60.0
+    full_sweep_interval: float = 3600.0
+    incremental_overlap: float = 600.0
+    backoff_cap: float = 900.0
+    seen_retention: float = 30 * 24 * 3600.0
+    prune_after_sweeps: int = 3
 
 
 @dataclass(slots=True)
@@ -32,12 +54,15 @@ class IntegrationSweep:
     """The outcome of sweeping one integration."""
 
     integration_id: str
+    full: bool = True
     pages: int = 0
     orders_seen: int = 0
     orders_new: int = 0
+    pruned: int = 0
     error: str | None = None
     error_code: str | None = None
     interrupted: bool = False
+    consecutive_failures: int = 0
 
 
 @dataclass(slots=True)
@@ -77,53 +102,106 @@ class Poller:
         self,
         client: KomboClient,
         ledger: Ledger,
-        integration_ids: Sequence[str],
+        integrations: IntegrationRegistry | list[str],
         *,
         endpoint: Literal["orders", "open"] = "orders",
         page_size: int = 250,
         concurrency: int = 8,
+        policy: SweepPolicy | None = None,
+        schedule: Schedule | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.ledger = ledger
-        self.integration_ids = list(integration_ids)
+        self.registry = (
+            integrations
+            if isinstance(integrations, IntegrationRegistry)
+            else IntegrationRegistry(ledger.redis, ledger.keys, integrations)
+        )
         self.endpoint = endpoint
         self.page_size = page_size
         self.concurrency = concurrency
+        self.policy = policy or SweepPolicy()
+        self.schedule = schedule or Schedule(ledger.redis, ledger.keys)
         self.stop = stop or threading.Event()
         self._clock = clock
+        self._rng = random.Random()
+        # Integrations this process has fully swept: the first sweep after a start is full.
+        self._fully_swept: set[str] = set()
 
     @property
     def redis(self) -> Redis:
         return self.ledger.redis
 
+    @property
+    def integration_ids(self) -> list[str]:
+        return self.registry.active()
+
+    # -- one sweep of everything --------------------------------------------------------------
+
     def sweep(self) -> SweepReport:
-        """Sweep every integration once, concurrently; never raises for one integration."""
+        """Sweep every active integration once, fully and concurrently; never raises for one
+        integration's failure."""
         report = SweepReport()
-        if not self.integration_ids:
+        ids = self.integration_ids
+        if not ids:
             return report
-        workers = min(self.concurrency, len(self.integration_ids))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sweep") as pool:
-            for one in pool.map(self.sweep_integration, self.integration_ids):
+        with ThreadPoolExecutor(
+            max_workers=min(self.concurrency, len(ids)), thread_name_prefix="sweep"
+        ) as pool:
+            for one in pool.map(lambda i: self.sweep_integration(i, full=True), ids):
                 report.add(one)
         return report
 
-    def sweep_integration(self, integration_id: str) -> IntegrationSweep:
-        """Page through one integration's OPEN orders, dispatching each page as it comes."""
-        result = IntegrationSweep(integration_id)
+    # -- one integration ----------------------------------------------------------------------
+
+    def sweep_integration(
+        self, integration_id: str, *, full: bool | None = None, leased: bool = False
+    ) -> IntegrationSweep:
+        """Page through one integration's OPEN orders, dispatching each page as it comes.
+
+        ``full=None`` decides by the policy; ``leased`` renews the lease after every page and
+        stops if it was lost.
+        """
         extra = {"integration_id": integration_id}
         started = self._clock()
         try:
-            for page in self._pages(integration_id):
-                dispatched = self.ledger.dispatch(integration_id, page.orders)
+            state = self._state(integration_id)
+        except RedisError as exc:
+            return self._redis_failure(IntegrationSweep(integration_id), exc)
+        if full is None:
+            full = self._full_due(integration_id, state, started)
+        result = IntegrationSweep(integration_id, full=full)
+        result.consecutive_failures = int(state.get("consecutive_failures", 0))
+        generation = int(state.get("generation", 0)) + 1 if full else None
+        created_after = None
+        if not full:
+            created_after = float(state["watermark"]) - self.policy.incremental_overlap
+        try:
+            for page in self._pages(integration_id, created_after):
+                dispatched = self.ledger.dispatch(
+                    integration_id, page.orders, generation=generation
+                )
                 result.pages += 1
                 result.orders_seen += len(page.orders)
                 result.orders_new += len(dispatched.enqueued)
+                if leased and page.next and not self.schedule.renew(integration_id):
+                    result.error = f"integration {integration_id}: lease lost mid-sweep"
+                    result.error_code = "LEASE_LOST"
+                    break
                 if self.stop.is_set() and page.next:
                     result.interrupted = True
                     log.info("stopping after page %d", result.pages, extra=extra)
                     break
+            else:
+                if generation is not None:
+                    result.pruned = self.ledger.prune(
+                        integration_id,
+                        generation=generation,
+                        keep_generations=self.policy.prune_after_sweeps,
+                        retention=self.policy.seen_retention,
+                    )
         except InvalidPageError as exc:
             result.error = str(exc)
             result.error_code = "INVALID_PAGE"
@@ -131,54 +209,74 @@ class Poller:
             result.error = str(exc)
             result.error_code = exc.code or (f"HTTP {exc.status_code}" if exc.status_code else None)
         except RedisError as exc:
-            result.error = f"integration {integration_id}: redis: {type(exc).__name__}: {exc}"
-            result.error_code = "REDIS"
+            return self._redis_failure(result, exc)
         if result.error is not None:
+            result.consecutive_failures += 1
             log.error("sweep failed: %s", result.error, extra=extra)
         else:
+            result.consecutive_failures = 0
             log.info(
-                "swept %d orders in %d pages, %d new",
+                "%s sweep: %d orders in %d pages, %d new%s",
+                "full" if full else "incremental",
                 result.orders_seen,
                 result.pages,
                 result.orders_new,
+                f", {result.pruned} pruned" if result.pruned else "",
                 extra=extra,
             )
-        self._record(result, started)
+        self._record(result, started, generation)
         return result
 
-    def run_forever(self, interval: float, *, jitter: float = 0.1) -> None:
-        """Sweep every ``interval`` seconds (± jitter) until ``stop`` is set."""
-        rng = random.Random()
-        while not self.stop.is_set():
-            started = time.monotonic()
-            report = self.sweep()
-            if report.errors:
-                log.warning("sweep finished with %d failing integrations", len(report.errors))
-            wait = interval * (1 + rng.uniform(-jitter, jitter)) - (time.monotonic() - started)
-            self.stop.wait(max(0.0, wait))
+    def _redis_failure(self, result: IntegrationSweep, exc: RedisError) -> IntegrationSweep:
+        # The main loop reports an outage once; per-integration lines would repeat it.
+        result.error = f"integration {result.integration_id}: redis: {type(exc).__name__}: {exc}"
+        result.error_code = "REDIS"
+        log.debug("sweep interrupted: %s", result.error)
+        return result
 
-    def _pages(self, integration_id: str) -> Iterator[OrdersPage]:
+    def _state(self, integration_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(self.ledger.keys.sweep(integration_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def _full_due(self, integration_id: str, state: dict[str, str], now: float) -> bool:
+        if self.endpoint == "open":
+            return True  # the deprecated endpoint has no created_after filter
+        if "watermark" not in state or integration_id not in self._fully_swept:
+            return True
+        return now - float(state.get("full_sweep_at", 0)) >= self.policy.full_sweep_interval
+
+    def _pages(self, integration_id: str, created_after: float | None) -> Iterator[OrdersPage]:
         if self.endpoint == "open":
             return self.client.iter_open_order_pages(integration_id, page_size=self.page_size)
         return self.client.iter_order_pages(
-            integration_id, statuses=("OPEN",), page_size=self.page_size
+            integration_id,
+            statuses=("OPEN",),
+            page_size=self.page_size,
+            created_after=(
+                datetime.fromtimestamp(created_after, UTC) if created_after is not None else None
+            ),
         )
 
-    def _record(self, result: IntegrationSweep, started: float) -> None:
-        """Keep the last sweep of the integration in Redis for ``dispatcher status``."""
+    def _record(self, result: IntegrationSweep, started: float, generation: int | None) -> None:
+        """Keep the integration's sweep state in Redis: for the next sweep and for status."""
         now = self._clock()
         fields: dict[FieldT, EncodableT] = {
             "last_attempt_at": now,
             "duration": round(now - started, 3),
+            "consecutive_failures": result.consecutive_failures,
         }
-        if result.error is None:
+        if result.error is None and not result.interrupted:
             fields.update(
                 last_sweep_at=now,
+                watermark=started,
                 orders_seen=result.orders_seen,
                 orders_new=result.orders_new,
                 pages=result.pages,
+                last_sweep_kind="full" if result.full else "incremental",
             )
-        else:
+            if generation is not None:
+                fields.update(full_sweep_at=started, generation=generation)
+        elif result.error is not None:
             fields.update(
                 last_error=result.error,
                 last_error_code=result.error_code or "",
@@ -192,8 +290,92 @@ class Poller:
                     pipe.hincrby(key, "error_count", 1)
                 pipe.execute()
         except RedisError as exc:
-            log.warning(
-                "could not record the sweep: %s",
-                exc,
-                extra={"integration_id": result.integration_id},
-            )
+            log.debug("could not record the sweep of %s: %s", result.integration_id, exc)
+            return
+        if result.error is None and not result.interrupted and result.full:
+            self._fully_swept.add(result.integration_id)
+
+    # -- the fleet loop -----------------------------------------------------------------------
+
+    def run_forever(self, *, sync_every: float = 5.0) -> None:
+        """Claim and sweep due integrations until ``stop`` is set; then finish the pages in
+        hand and return. Survives Redis outages (one log line, backoff, resume)."""
+        running: dict[str, Future[IntegrationSweep]] = {}
+        last_sync = -sync_every
+        outage_since: float | None = None
+        backoff = 1.0
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sweep") as pool:
+            while not self.stop.is_set():
+                try:
+                    if time.monotonic() - last_sync >= sync_every:
+                        self.schedule.sync(self.integration_ids, self.policy.interval)
+                        last_sync = time.monotonic()
+                    self._claim_due(pool, running)
+                    wait_for = self.schedule.next_due_in()
+                except RedisError as exc:
+                    if outage_since is None:
+                        outage_since = time.monotonic()
+                        log.error("Redis unavailable (%s); retrying with backoff", exc)
+                    self.stop.wait(backoff)
+                    backoff = min(30.0, backoff * 2)
+                    continue
+                if outage_since is not None:
+                    log.warning(
+                        "Redis available again after %.0fs", time.monotonic() - outage_since
+                    )
+                    outage_since, backoff = None, 1.0
+                timeout = min(1.0, wait_for if wait_for is not None else 1.0)
+                if running:
+                    wait(list(running.values()), timeout=timeout, return_when=FIRST_COMPLETED)
+                else:
+                    self.stop.wait(timeout)
+                for integration_id in [i for i, f in running.items() if f.done()]:
+                    running.pop(integration_id).result()
+            wait(list(running.values()))
+
+    def _claim_due(
+        self, pool: ThreadPoolExecutor, running: dict[str, Future[IntegrationSweep]]
+    ) -> None:
+        free = self.concurrency - len(running)
+        if free <= 0:
+            return
+        for integration_id in self.schedule.due(limit=free + len(running)):
+            if integration_id in running:
+                continue
+            if self.schedule.claim(integration_id):
+                running[integration_id] = pool.submit(self._sweep_claimed, integration_id)
+                if len(running) >= self.concurrency:
+                    return
+
+    def _sweep_claimed(self, integration_id: str) -> IntegrationSweep:
+        started = self._clock()
+        result = IntegrationSweep(integration_id, error="not swept", error_code="INTERNAL")
+        try:
+            result = self.sweep_integration(integration_id, leased=True)
+        except Exception:
+            log.exception("sweep crashed", extra={"integration_id": integration_id})
+        finally:
+            try:
+                self.schedule.reschedule(integration_id, self._next_due(result, started))
+                self.schedule.release(integration_id)
+            except RedisError as exc:
+                # The lease expires by itself; the integration is still due and will be
+                # claimed again.
+                log.debug("could not reschedule %s: %s", integration_id, exc)
+        return result
+
+    def _next_due(self, result: IntegrationSweep, started: float) -> float:
+        interval = self.policy.interval
+        if result.interrupted:
+            return started  # not swept to the end: due again at once (for another poller)
+        if result.error is not None:
+            exponent = max(0, result.consecutive_failures - 1)
+            delay: float = min(self.policy.backoff_cap, interval * 2.0**exponent)
+            return self._clock() + delay
+        # Never earlier than one interval, so the fleet sweeps each integration once per
+        # interval; a little later at random so that pollers drift apart.
+        return started + interval * (1.0 + self._rng.uniform(0.0, 0.1))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     orders_endpoint: Literal["orders", "open"] = Field("orders", alias="DISPATCHER_ORDERS_ENDPOINT")
     # Beyond the contract: tuning knobs with safe defaults.
     page_size: int = Field(250, alias="DISPATCHER_PAGE_SIZE", ge=1, le=250)
+    full_sweep_interval: float = Field(3600.0, alias="DISPATCHER_FULL_SWEEP_INTERVAL", gt=0)
+    incremental_overlap: float = Field(600.0, alias="DISPATCHER_INCREMENTAL_OVERLAP", ge=0)
+    lease_ttl: float = Field(30.0, alias="DISPATCHER_LEASE_TTL", gt=0)
+    backoff_cap: float = Field(900.0, alias="DISPATCHER_BACKOFF_CAP", gt=0)
+    seen_retention: float = Field(30 * 24 * 3600.0, alias="DISPATCHER_SEEN_RETENTION", ge=0)
+    prune_after_sweeps: int = Field(3, alias="DISPATCHER_PRUNE_AFTER_SWEEPS", ge=1)
     sweep_concurrency: int = Field(8, alias="DISPATCHER_SWEEP_CONCURRENCY", ge=1, le=256)
     kombo_timeout: float = Field(30.0, alias="KOMBO_TIMEOUT", gt=0)
     kombo_retry_budget: float = Field(

@@ -126,8 +126,8 @@ def test_a_stop_request_finishes_the_current_page_and_returns() -> None:
     poller = build(sim, page_size=5, stop=stop)
     original = poller.ledger.dispatch
 
-    def dispatch_then_stop(*args: Any) -> Any:
-        result = original(*args)
+    def dispatch_then_stop(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
         stop.set()  # as if SIGTERM arrived while this page was being dispatched
         return result
 

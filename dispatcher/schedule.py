@@ -1,0 +1,130 @@
+"""The fleet-wide sweep schedule and the leases that let many pollers share it.
+
+Every integration has a due time in one sorted set. A poller *claims* a due integration
+with one Lua script that checks it is still due and takes its lease (a key with a TTL) in the
+same step, so no two pollers sweep it at once and none sweeps it twice in one interval; the
+lease is renewed after every page and released after the integration is rescheduled. A poller
+that dies loses its leases when they expire, and the integration, still due, is claimed by
+another poller. Leases are an efficiency: the dedupe (ledger.py) stays correct without them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Sequence
+
+from redis import Redis
+
+from .keys import Keys
+
+__all__ = ["Schedule", "spread_offset"]
+
+# KEYS: 1 schedule zset, 2 lease key. ARGV: 1 integration id, 2 now, 3 owner, 4 ttl ms.
+_CLAIM = """
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
+if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then return 1 end
+return 0
+"""
+# KEYS: 1 lease. ARGV: 1 owner, 2 ttl ms.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS: 1 lease. ARGV: 1 owner.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def spread_offset(integration_id: str, interval: float) -> float:
+    """A stable offset within the interval, so due times spread instead of herding."""
+    return (zlib.crc32(integration_id.encode()) % 10_000) / 10_000 * interval
+
+
+class Schedule:
+    """Due times and leases of integrations, shared by every poller of a namespace."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        lease_ttl: float = 30.0,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.lease_ttl = lease_ttl
+        self.owner = owner or uuid.uuid4().hex[:12]
+        self._clock = clock
+        self._claim = redis.register_script(_CLAIM)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    def sync(self, active: Sequence[str], interval: float) -> None:
+        """Give new integrations a due time spread over the interval; drop inactive ones."""
+        now = self._clock()
+        current = {_text(m) for m in self.redis.zrange(self.keys.schedule, 0, -1)}
+        wanted = set(active)
+        with self.redis.pipeline(transaction=False) as pipe:
+            new = {i: now + spread_offset(i, interval) for i in wanted - current}
+            if new:
+                pipe.zadd(self.keys.schedule, new, nx=True)
+            stale = current - wanted
+            if stale:
+                pipe.zrem(self.keys.schedule, *stale)
+            pipe.execute()
+
+    def due(self, limit: int) -> list[str]:
+        """Integrations due now, most overdue first."""
+        members = self.redis.zrangebyscore(
+            self.keys.schedule, "-inf", self._clock(), start=0, num=limit
+        )
+        return [_text(m) for m in members]
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the next integration is due (None when nothing is scheduled)."""
+        first = self.redis.zrange(self.keys.schedule, 0, 0, withscores=True)
+        if not first:
+            return None
+        return max(0.0, float(first[0][1]) - self._clock())
+
+    def claim(self, integration_id: str) -> bool:
+        """Take the integration's lease if it is still due and nobody holds it."""
+        return bool(
+            self._claim(
+                keys=[self.keys.schedule, self.keys.lease(integration_id)],
+                args=[integration_id, self._clock(), self.owner, int(self.lease_ttl * 1000)],
+            )
+        )
+
+    def renew(self, integration_id: str) -> bool:
+        """Extend our lease; False if it was lost (expired and taken, or released)."""
+        return bool(
+            self._renew(
+                keys=[self.keys.lease(integration_id)],
+                args=[self.owner, int(self.lease_ttl * 1000)],
+            )
+        )
+
+    def reschedule(self, integration_id: str, at: float) -> None:
+        """Set the next due time (only while the integration is still scheduled)."""
+        self.redis.zadd(self.keys.schedule, {integration_id: at}, xx=True)
+
+    def release(self, integration_id: str) -> None:
+        self._release(keys=[self.keys.lease(integration_id)], args=[self.owner])
+
+    def holder(self, integration_id: str) -> str | None:
+        value = self.redis.get(self.keys.lease(integration_id))
+        return value.decode() if isinstance(value, bytes) else value
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
