@@ -10,6 +10,8 @@ another poller. Leases are an efficiency: the dedupe (ledger.py) stays correct w
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 import zlib
@@ -62,7 +64,7 @@ class Schedule:
         self.redis = redis
         self.keys = keys
         self.lease_ttl = lease_ttl
-        self.owner = owner or uuid.uuid4().hex[:12]
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._clock = clock
         self._claim = redis.register_script(_CLAIM)
         self._renew = redis.register_script(_RENEW)

@@ -1,0 +1,407 @@
+"""Scale-out: registry, schedule and leases, incremental sweeps, pruning, fleets of pollers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from redis import Redis
+from rq import Queue
+
+from _support import dispatcher_env
+from dispatcher.integrations import IntegrationRegistry
+from dispatcher.keys import Keys
+from dispatcher.kombo import KomboClient
+from dispatcher.ledger import Ledger
+from dispatcher.poller import Poller, SweepPolicy
+from dispatcher.schedule import Schedule
+from dispatcher.simulator import DEFAULT_API_KEY, Faults, Simulator
+
+pytestmark = pytest.mark.redis
+KEYS = Keys("dispatcher")
+
+
+class Clock:
+    def __init__(self, now: float | None = None) -> None:
+        self.now = now if now is not None else time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_poller(sim: Simulator, redis: Redis, *, clock: Any = None, **kw: Any) -> Poller:
+    client = KomboClient(
+        DEFAULT_API_KEY, sim.base_url, transport=kw.pop("transport", None) or sim.transport(),
+        retry_budget=0, sleep=lambda s: None,
+    )  # fmt: skip
+    clock = clock or Clock()
+    ledger = Ledger(redis, Queue("dispatcher-orders", connection=redis), "dispatcher", clock=clock)
+    return Poller(client, ledger, kw.pop("ids", sim.integration_ids), clock=clock, **kw)
+
+
+def queued_pairs(redis: Redis) -> list[tuple[str, str]]:
+    jobs = Queue("dispatcher-orders", connection=redis).get_jobs()
+    return [(j.meta["integration_id"], j.meta["order_id"]) for j in jobs]
+
+
+def open_pairs(sim: Simulator) -> set[tuple[str, str]]:
+    return {(i, o["id"]) for i in sim.integration_ids for o in sim.orders(i, status="OPEN")}
+
+
+# -- registry -------------------------------------------------------------------------------
+
+
+def test_registry_merges_environment_and_redis_and_honours_pauses(redis: Redis) -> None:
+    registry = IntegrationRegistry(redis, KEYS, ["env:a", "both:b"])
+    assert registry.add(["both:b", "redis:c"]) == 2
+    registry.pause(["env:a"])
+    assert [(i.integration_id, i.source, i.paused) for i in registry.all()] == [
+        ("env:a", "env", True),
+        ("both:b", "env+redis", False),
+        ("redis:c", "redis", False),
+    ]
+    assert registry.active() == ["both:b", "redis:c"]
+    registry.resume(["env:a"])
+    registry.remove(["redis:c"])
+    assert registry.active() == ["env:a", "both:b"]
+    with pytest.raises(ValueError, match="is not an integration id"):
+        registry.add(["has space"])
+
+
+def test_integrations_cli(redis: Redis, redis_url: str) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dispatcher", "integrations", *args],
+            env=dispatcher_env(redis_url, KOMBO_INTEGRATION_IDS="greenhouse:ENV1"),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    assert run("add", "lever:R1", "lever:R2").stdout.strip() == "added 2, 0 already registered"
+    assert run("pause", "lever:R2").returncode == 0
+    listing = run("list", "--json")
+    rows = {r["integration_id"]: r for r in json.loads(listing.stdout)}
+    assert rows["greenhouse:ENV1"]["source"] == "env"
+    assert rows["lever:R1"]["paused"] is False and rows["lever:R2"]["paused"] is True
+    table = run("list").stdout
+    assert "lever:R2" in table and "paused" in table
+    bad = run("add", "bad id")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("dispatcher: error: 'bad id' is not an integration id")
+    removed = run("remove", "greenhouse:ENV1")
+    assert "stays polled" in removed.stderr
+
+
+def test_poll_without_any_integration_is_a_one_line_error(redis: Redis, redis_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "poll", "--once"],
+        env=dispatcher_env(redis_url, KOMBO_API_KEY="k"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("dispatcher: error: KOMBO_INTEGRATION_IDS: no integrations")
+
+
+# -- schedule and leases ----------------------------------------------------------------------
+
+
+def test_claiming_needs_the_integration_due_and_unleased(redis: Redis) -> None:
+    clock = Clock(1000.0)
+    first = Schedule(redis, KEYS, lease_ttl=0.3, owner="p1", clock=clock)
+    second = Schedule(redis, KEYS, lease_ttl=0.3, owner="p2", clock=clock)
+    first.sync(["a:1"], interval=60)
+    assert first.due(10) == []  # spread over the interval: not due yet
+    redis.zadd(KEYS.schedule, {"a:1": 999})
+    assert first.claim("a:1")
+    assert not second.claim("a:1")  # leased
+    assert first.renew("a:1") and not second.renew("a:1")
+    first.reschedule("a:1", 1060)
+    first.release("a:1")
+    assert not second.claim("a:1")  # released but no longer due: no second sweep this interval
+    clock.now = 1061
+    assert second.claim("a:1")
+    time.sleep(0.4)  # p2 dies holding the lease; it expires
+    assert first.claim("a:1")
+    assert first.holder("a:1") == "p1"
+
+
+def test_due_times_are_spread_over_the_interval(redis: Redis) -> None:
+    clock = Clock(0.0)
+    schedule = Schedule(redis, KEYS, clock=clock)
+    ids = [f"lever:{i:04d}" for i in range(1000)]
+    schedule.sync(ids, interval=60)
+    due = [score for _, score in redis.zrange(KEYS.schedule, 0, -1, withscores=True)]
+    per_ten_seconds = [sum(1 for d in due if k * 10 <= d < (k + 1) * 10) for k in range(6)]
+    assert all(130 <= n <= 210 for n in per_ten_seconds), per_ten_seconds
+
+
+# -- incremental sweeps -----------------------------------------------------------------------
+
+
+def counting(sim: Simulator) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    requests: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return sim.handle(request)
+
+    return httpx.MockTransport(handle), requests
+
+
+def test_incremental_sweeps_cost_one_request_when_nothing_is_new(redis: Redis) -> None:
+    sim = Simulator(3, 600, seed=31)  # 3 pages of 250 per integration
+    transport, requests = counting(sim)
+    poller = make_poller(sim, redis, transport=transport)
+    first = poller.sweep()
+    assert first.orders_new == 1800 and len(requests) == 9
+    requests.clear()
+    for integration_id in sim.integration_ids:
+        result = poller.sweep_integration(integration_id, full=None)
+        assert not result.full and result.orders_new == 0
+    assert len(requests) == 3  # one small page each, whatever the integration's size
+    assert all("created_after" in r.url.params for r in requests)
+
+
+def test_a_late_order_is_caught_by_the_next_full_sweep(redis: Redis) -> None:
+    """Given an order that becomes visible only after the watermark passed its creation time,
+    when incremental sweeps run, they miss it, and the next full sweep dispatches it."""
+    sim = Simulator(1, 5, seed=32)
+    integration = sim.integration_ids[0]
+    clock = Clock()
+    poller = make_poller(
+        sim,
+        redis,
+        clock=clock,
+        policy=SweepPolicy(full_sweep_interval=3600, incremental_overlap=600),
+    )
+    poller.sweep_integration(integration, full=None)
+    late = sim.add_order(integration, created_at=datetime.now(UTC) - timedelta(hours=2))
+    clock.now += 60
+    incremental = poller.sweep_integration(integration, full=None)
+    assert not incremental.full and incremental.orders_new == 0
+    clock.now += 3600
+    full = poller.sweep_integration(integration, full=None)
+    assert full.full and full.orders_new == 1
+    assert (integration, late["id"]) in queued_pairs(redis)
+
+
+def test_the_first_sweep_by_a_new_poller_process_is_full(redis: Redis) -> None:
+    sim = Simulator(1, 5, seed=33)
+    integration = sim.integration_ids[0]
+    make_poller(sim, redis).sweep_integration(integration, full=None)
+    assert make_poller(sim, redis).sweep_integration(integration, full=None).full
+
+
+# -- bounded seen store -----------------------------------------------------------------------
+
+
+def test_pruning_forgets_closed_old_orders_and_never_open_ones(redis: Redis) -> None:
+    sim = Simulator(1, 6, seed=34)
+    integration = sim.integration_ids[0]
+    clock = Clock()
+    poller = make_poller(
+        sim, redis, clock=clock,
+        policy=SweepPolicy(seen_retention=30 * 86400, prune_after_sweeps=3),
+    )  # fmt: skip
+    poller.sweep_integration(integration, full=True)
+    orders = sim.orders(integration, status="OPEN")
+    closed = [o["id"] for o in orders[:3]]
+    for order_id in closed:
+        sim.set_status(integration, order_id, "COMPLETED")
+    seen_key = KEYS.seen(integration)
+
+    for _ in range(3):  # three full sweeps without them: not yet older than the retention
+        clock.now += 3600
+        assert poller.sweep_integration(integration, full=True).pruned == 0
+    clock.now += 31 * 86400
+    result = poller.sweep_integration(integration, full=True)
+    assert result.pruned == 3
+    remaining = {f.decode() for f in redis.hkeys(seen_key)}
+    assert remaining == {o["id"] for o in orders[3:]}  # the still-OPEN ones, old as they are
+    assert len(queued_pairs(redis)) == 6  # and nothing was dispatched twice
+    clock.now += 3600
+    assert poller.sweep_integration(integration, full=True).orders_new == 0
+
+
+# -- backoff ----------------------------------------------------------------------------------
+
+
+def test_a_failing_integration_backs_off_exponentially_up_to_the_cap(redis: Redis) -> None:
+    sim = Simulator(2, 3, seed=35)
+    broken, healthy = sim.integration_ids
+    sim.fail_next("server_error", 1000, integration_id=broken)
+    clock = Clock(10_000.0)
+    poller = make_poller(sim, redis, clock=clock, policy=SweepPolicy(interval=60, backoff_cap=300))
+    delays = []
+    for _ in range(5):
+        redis.zadd(KEYS.schedule, {broken: clock.now, healthy: clock.now})
+        for integration_id in (broken, healthy):
+            assert poller.schedule.claim(integration_id)
+            poller._sweep_claimed(integration_id)
+        delays.append(redis.zscore(KEYS.schedule, broken) - clock.now)
+        healthy_delay = redis.zscore(KEYS.schedule, healthy) - clock.now
+        assert 60 <= healthy_delay <= 66
+    assert delays == [60, 120, 240, 300, 300]
+    state = redis.hgetall(KEYS.sweep(broken))
+    assert state[b"consecutive_failures"] == b"5"
+    assert len(queued_pairs(redis)) == 3
+
+
+# -- a fleet of pollers -----------------------------------------------------------------------
+
+
+def test_three_pollers_share_the_work_without_doubling_it(redis: Redis) -> None:
+    sim = Simulator(12, 40, seed=36)
+    sweeps: dict[str, list[float]] = defaultdict(list)
+    lock = threading.Lock()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if "cursor" not in request.url.params:
+            with lock:
+                sweeps[request.headers["X-Integration-Id"]].append(time.monotonic())
+        return sim.handle(request)
+
+    stop = threading.Event()
+    pollers = [
+        make_poller(
+            sim,
+            Redis.from_url(_url(redis)),
+            clock=time.time,
+            transport=httpx.MockTransport(handle),
+            policy=SweepPolicy(interval=1.0),
+            schedule=None,
+            stop=stop,
+            concurrency=3,
+            page_size=10,
+        )  # fmt: skip
+        for _ in range(3)
+    ]
+    threads = [threading.Thread(target=p.run_forever, kwargs={"sync_every": 0.2}) for p in pollers]
+    for t in threads:
+        t.start()
+    time.sleep(3.5)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    queued = queued_pairs(redis)
+    assert len(queued) == len(set(queued))
+    assert set(queued) == open_pairs(sim)
+    for integration_id, starts in sweeps.items():
+        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        assert all(gap >= 0.95 for gap in gaps), (integration_id, gaps)  # once per interval
+        assert 2 <= len(starts) <= 5
+
+
+def _url(redis: Redis) -> str:
+    kwargs = redis.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+def test_a_killed_poller_is_taken_over_within_the_lease_ttl(redis: Redis, redis_url: str) -> None:
+    sim = Simulator(6, 300, seed=37, faults=Faults(latency=0.03))
+    with sim.serve() as server:
+        env = dispatcher_env(
+            redis_url,
+            KOMBO_BASE_URL=server.url,
+            KOMBO_API_KEY=DEFAULT_API_KEY,
+            KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
+            DISPATCHER_PAGE_SIZE="5",
+            DISPATCHER_POLL_INTERVAL="2",
+            DISPATCHER_LEASE_TTL="2",
+            DISPATCHER_SWEEP_CONCURRENCY="2",
+        )
+        pollers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "dispatcher", "poll"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            for _ in range(3)
+        ]
+        try:
+            victim = pollers[0]
+            held: list[str] = []
+            deadline = time.monotonic() + 30
+            while not held and time.monotonic() < deadline:
+                held = [
+                    key.decode().split(":lease:")[1]
+                    for key in redis.scan_iter("dispatcher:lease:*")
+                    if (redis.get(key) or b"").decode().split(":")[1] == str(victim.pid)
+                ]
+                time.sleep(0.02)
+            assert held, "the victim never held a lease"
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            killed_at = time.monotonic()
+            taken_over: dict[str, float] = {}
+            while len(taken_over) < len(held) and time.monotonic() - killed_at < 10:
+                for integration_id in held:
+                    owner = (redis.get(KEYS.lease(integration_id)) or b"").decode()
+                    if owner and owner.split(":")[1] != str(victim.pid):
+                        taken_over.setdefault(integration_id, time.monotonic() - killed_at)
+                time.sleep(0.02)
+            assert set(taken_over) == set(held)
+            assert max(taken_over.values()) < 2 + 1.5  # lease TTL plus one claim round
+            deadline = time.monotonic() + 60
+            while len(queued_pairs(redis)) < 1800 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            for p in pollers:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in pollers:
+                p.wait(30)
+    queued = queued_pairs(redis)
+    assert len(queued) == len(set(queued)) == 1800
+    assert set(queued) == open_pairs(sim)
+    assert all(p.returncode in (0, -signal.SIGKILL) for p in pollers)
+
+
+def test_pollers_ride_out_a_redis_restart(tmp_path: Any) -> None:
+    from _support import RedisServer
+
+    server = RedisServer()
+    server.start()
+    sim = Simulator(2, 20, seed=38)
+    try:
+        with sim.serve() as kombo:
+            env = dispatcher_env(
+                server.url,
+                KOMBO_BASE_URL=kombo.url, KOMBO_API_KEY=DEFAULT_API_KEY,
+                KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
+                DISPATCHER_POLL_INTERVAL="0.5",
+            )  # fmt: skip
+            poller = subprocess.Popen(
+                [sys.executable, "-m", "dispatcher", "poll"], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            redis = Redis.from_url(server.url)
+            deadline = time.monotonic() + 20
+            while len(queued_pairs(redis)) < 40 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            server.stop(kill=True)  # Redis dies (and, without persistence, forgets everything)
+            time.sleep(2)
+            assert poller.poll() is None, "the poller must not crash"
+            server.start()
+            deadline = time.monotonic() + 30
+            while len(queued_pairs(redis)) < 40 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert sorted(queued_pairs(redis)) == sorted(open_pairs(sim))
+            poller.send_signal(signal.SIGTERM)
+            _, stderr = poller.communicate(timeout=30)
+    finally:
+        server.cleanup()
+    assert poller.returncode == 0
+    outage_lines = [line for line in stderr.splitlines() if "Redis unavailable" in line]
+    assert len(outage_lines) == 1, stderr
+    assert "Redis available again" in stderr
+    assert "Traceback" not in stderr
