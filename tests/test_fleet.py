@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -281,7 +282,7 @@ def test_three_pollers_share_the_work_without_doubling_it(redis: Redis) -> None:
             stop=stop,
             concurrency=3,
             page_size=10,
-        )  # fmt: skip
+        )
         for _ in range(3)
     ]
     threads = [threading.Thread(target=p.run_forever, kwargs={"sync_every": 0.2}) for p in pollers]
@@ -295,7 +296,7 @@ def test_three_pollers_share_the_work_without_doubling_it(redis: Redis) -> None:
     assert len(queued) == len(set(queued))
     assert set(queued) == open_pairs(sim)
     for integration_id, starts in sweeps.items():
-        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert all(gap >= 0.95 for gap in gaps), (integration_id, gaps)  # once per interval
         assert 2 <= len(starts) <= 5
 
@@ -324,7 +325,7 @@ def test_a_killed_poller_is_taken_over_within_the_lease_ttl(redis: Redis, redis_
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
             for _ in range(3)
         ]
         try:
