@@ -5,8 +5,10 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import random
 import threading
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -14,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from _support import free_port
 
@@ -24,6 +27,7 @@ class VendorCall:
     idempotency_key: str | None
     authorization: str | None
     body: dict[str, Any]
+    succeeded: bool = False
 
 
 @dataclass
@@ -38,10 +42,23 @@ class VendorAPI:
     failures: list[int | str] = field(default_factory=list)
     calls: list[VendorCall] = field(default_factory=list)
     slow: float = 0.0
+    # Random faults after the scripted ones: P(503) and P(a hang past the client's timeout).
+    error_rate: float = 0.0
+    timeout_rate: float = 0.0
+    seed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         api = self
+        rng = random.Random(self.seed)
+
+        def random_failure() -> int | str | None:
+            draw = rng.random()
+            if draw < api.error_rate:
+                return 503
+            if draw < api.error_rate + api.timeout_rate:
+                return "timeout"
+            return None
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -53,11 +70,10 @@ class VendorAPI:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 key = self.headers.get("Idempotency-Key")
+                call = VendorCall(self.path, key, self.headers.get("Authorization"), body)
                 with api.lock:
-                    api.calls.append(
-                        VendorCall(self.path, key, self.headers.get("Authorization"), body)
-                    )
-                    failure = api.failures.pop(0) if api.failures else None
+                    api.calls.append(call)
+                    failure = api.failures.pop(0) if api.failures else random_failure()
                 if failure == "timeout":
                     time.sleep(2.5)
                 elif failure == "drop":
@@ -69,6 +85,7 @@ class VendorAPI:
                     payload = {"message": f"vendor says no ({failure})"}
                     self._answer(failure, payload)
                     return
+                call.succeeded = True
                 self._answer(200, {"test_url": f"https://tests.example/t/{key}", "ok": True})
 
             def _answer(self, status: int, payload: dict[str, Any]) -> None:
@@ -94,6 +111,11 @@ class VendorAPI:
     def calls_per_key(self) -> Counter[str | None]:
         with self.lock:
             return Counter(call.idempotency_key for call in self.calls)
+
+    def succeeded_per_key(self) -> Counter[str | None]:
+        """Calls that were answered 2xx (the provisioning happened), per key."""
+        with self.lock:
+            return Counter(call.idempotency_key for call in self.calls if call.succeeded)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -128,12 +150,35 @@ class Mailbox:
     Set ``hold`` to make it stall every RCPT until cleared (to catch a sender mid-send).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, auth: tuple[str, str] | None = None) -> None:
         self.messages: list[tuple[list[str], EmailMessage]] = []
         self.lock = threading.Lock()
         self.hold = threading.Event()
-        self.controller = Controller(_Collector(self), hostname="127.0.0.1", port=free_port())
-        self.controller.start()
+        self.logins: list[str] = []
+        options: dict[str, Any] = {}
+        if auth is not None:
+
+            def authenticator(
+                server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+            ) -> AuthResult:
+                ok = (data.login.decode(), data.password.decode()) == auth
+                if ok:
+                    self.logins.append(data.login.decode())
+                return AuthResult(success=ok)
+
+            # Plain-text AUTH on loopback only: the tests have no certificates.
+            options = {
+                "authenticator": authenticator,
+                "auth_required": True,
+                "auth_require_tls": False,
+            }
+        with warnings.catch_warnings():
+            # aiosmtpd warns about AUTH without TLS, which is what we mean to test here.
+            warnings.simplefilter("ignore", UserWarning)
+            self.controller = Controller(
+                _Collector(self), hostname="127.0.0.1", port=free_port(), **options
+            )
+            self.controller.start()
 
     @property
     def url(self) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import AuthenticationError as AuthenticationError_
+from redis.exceptions import ResponseError
 
 
 def free_port() -> int:
@@ -32,6 +34,7 @@ class RedisServer:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="dispatcher-redis-"))
         self.appendonly = appendonly
+        self.extra_args: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,6 +52,7 @@ class RedisServer:
             "--appendfsync", "always",
             "--daemonize", "no",
             "--loglevel", "warning",
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
@@ -57,6 +61,8 @@ class RedisServer:
             try:
                 client.ping()
                 break
+            except (AuthenticationError_, ResponseError):
+                break  # up, and asking for the password we did not give
             except Exception:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     err = self.process.stderr.read().decode() if self.process.stderr else ""

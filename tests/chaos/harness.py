@@ -1,0 +1,355 @@
+"""The chaos run: thousands of orders through several pollers and workers while processes
+are SIGKILLed, Redis restarts and Kombo and the vendor API misbehave; then, with the faults
+stopped, everything must settle with every order provisioned and every recruiter mailed,
+once in effect.
+
+    python tests/chaos/harness.py --integrations 8 --orders 1500 --fault-seconds 120
+
+prints the figures (the README quotes a long run). ``tests/chaos/test_chaos.py`` runs a
+short version in the default suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from redis import Redis
+from rq import Queue
+from rq.registry import (
+    FailedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+
+from _servers import Mailbox, VendorAPI
+from _support import RedisServer, dispatcher_env, kill_tree
+from dispatcher.jobs import step_key
+from dispatcher.simulator import DEFAULT_API_KEY, Faults, Simulator
+
+ROLES = {"RECRUITER", "HIRING_MANAGER"}
+
+
+@dataclass
+class ChaosConfig:
+    integrations: int = 4
+    orders: int = 400  # OPEN orders per integration at the start
+    added_per_second: float = 10.0  # new orders while the faults run
+    pollers: int = 2
+    workers: int = 3
+    fault_seconds: float = 40.0
+    min_kills: int = 20
+    settle_timeout: float = 180.0
+    seed: int = 1
+
+
+@dataclass
+class ChaosReport:
+    orders: int = 0
+    expected_emails: int = 0
+    kills: dict[str, int] = field(default_factory=dict)
+    redis_restarts: int = 0
+    kombo_faults: dict[str, float] = field(default_factory=dict)
+    vendor_calls: int = 0
+    orders_lost: int = 0
+    emails_missing: int = 0
+    provisioned_twice_after_dedup: int = 0
+    emails_twice_after_dedup: int = 0
+    raw_repeat_provisionings: int = 0
+    raw_repeat_emails: int = 0
+    longest_recovery_seconds: float = 0.0
+    settle_seconds: float = 0.0
+    left_queued: int = 0
+    left_started: int = 0
+    left_scheduled: int = 0
+    left_failed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class _Fleet:
+    def __init__(self, env: dict[str, str], redis: Redis, rng: random.Random) -> None:
+        self.env = env
+        self.redis = redis
+        self.rng = rng
+        self.procs: dict[str, list[subprocess.Popen[bytes]]] = {"poller": [], "worker": []}
+        self.kills: Counter[str] = Counter()
+        # (job id, name of the dead worker, killed at)
+        self.pending_recoveries: list[tuple[str, str, float]] = []
+        self.recoveries: list[float] = []
+
+    def start(self, kind: str) -> None:
+        command = "poll" if kind == "poller" else "worker"
+        self.procs[kind].append(
+            subprocess.Popen(
+                [sys.executable, "-m", "dispatcher", command],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+
+    def kill_one(self) -> None:
+        kind = self.rng.choice(["poller", "worker", "worker"])
+        victim = self.rng.choice(self.procs[kind])
+        if kind == "worker":
+            self._remember_jobs_of(victim.pid)
+            # Half the time the work horse dies too (a lost machine); half the time it is
+            # orphaned and finishes on its own (the OOM killer took only the worker).
+            if self.rng.random() < 0.5:
+                kill_tree(victim.pid)
+            else:
+                os.kill(victim.pid, signal.SIGKILL)
+        else:
+            os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        self.procs[kind].remove(victim)
+        self.kills[kind] += 1
+        self.start(kind)
+
+    def _remember_jobs_of(self, pid: int) -> None:
+        now = time.monotonic()
+        try:
+            for key in self.redis.smembers("rq:workers"):
+                if self.redis.hget(key, "pid") != str(pid).encode():
+                    continue
+                # RQ 3 tracks a worker's running jobs as "<job id>:<execution id>" entries.
+                name = key.decode().removeprefix("rq:worker:")
+                for execution in self.redis.smembers(key.decode() + ":executions"):
+                    job_id = execution.decode().split(":")[0]
+                    self.pending_recoveries.append((job_id, name, now))
+        except Exception:
+            pass  # Redis may be restarting
+
+    def check_recoveries(self) -> None:
+        # Recovered: the job is no longer "started" by the dead worker (requeued, or already
+        # taken, run or finished by another, or finished by its orphaned work horse).
+        still = []
+        for job_id, worker, killed_at in self.pending_recoveries:
+            try:
+                status, owner = self.redis.hmget(f"rq:job:{job_id}", "status", "worker_name")
+            except Exception:
+                still.append((job_id, worker, killed_at))
+                continue
+            if status == b"started" and owner == worker.encode():
+                still.append((job_id, worker, killed_at))
+            else:
+                self.recoveries.append(time.monotonic() - killed_at)
+        self.pending_recoveries = still
+
+    def stop(self) -> None:
+        for procs in self.procs.values():
+            for proc in procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for procs in self.procs.values():
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    kill_tree(proc.pid)
+
+
+def run_chaos(config: ChaosConfig, log: Any = print) -> ChaosReport:
+    rng = random.Random(config.seed)
+    report = ChaosReport()
+    server = RedisServer(appendonly=True)
+    server.start()
+    sim = Simulator(config.integrations, config.orders, closed=0, seed=config.seed)
+    vendor = VendorAPI(error_rate=0.1, timeout_rate=0.02, seed=config.seed)
+    mailbox = Mailbox()
+    redis = Redis.from_url(server.url)
+    fleet: _Fleet | None = None
+    try:
+        with sim.serve() as kombo:
+            env = dispatcher_env(
+                server.url,
+                KOMBO_BASE_URL=kombo.url,
+                KOMBO_API_KEY=DEFAULT_API_KEY,
+                KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
+                KOMBO_RETRY_BUDGET="5",
+                KOMBO_TIMEOUT="5",
+                DISPATCHER_POLL_INTERVAL="2",
+                DISPATCHER_LEASE_TTL="4",
+                DISPATCHER_BACKOFF_CAP="4",
+                DISPATCHER_PAGE_SIZE="100",
+                DISPATCHER_HANDLERS="provision_http,notify_email",
+                DISPATCHER_RETRY_BACKOFF="1",
+                DISPATCHER_MAX_RETRIES="10",
+                DISPATCHER_LOG_LEVEL="WARNING",
+                PROVISION_URL=vendor.url,
+                PROVISION_TIMEOUT="1",
+                SMTP_URL=mailbox.url,
+                NOTIFY_FROM="Acme Tests <tests@acme.example>",
+            )
+            fleet = _Fleet(env, redis, rng)
+            for _ in range(config.pollers):
+                fleet.start("poller")
+            for _ in range(config.workers):
+                fleet.start("worker")
+
+            faults = Faults(
+                rate_limit=0.05, retry_after=0.2, server_error=0.05, malformed=0.02, latency=0.01
+            )
+            report.kombo_faults = asdict(faults)
+            sim.faults = faults
+            started = time.monotonic()
+            kill_every = config.fault_seconds / (config.min_kills + 2)
+            next_kill = started + kill_every
+            restart_at = started + config.fault_seconds / 2
+            added = 0.0
+            while time.monotonic() - started < config.fault_seconds:
+                now = time.monotonic()
+                while added < (now - started) * config.added_per_second:
+                    sim.add_order(rng.choice(sim.integration_ids))
+                    added += 1
+                if now >= next_kill:
+                    fleet.kill_one()
+                    next_kill = now + kill_every * rng.uniform(0.5, 1.5)
+                if report.redis_restarts == 0 and now >= restart_at:
+                    server.restart()  # AOF: nothing acknowledged is lost
+                    report.redis_restarts = 1
+                fleet.check_recoveries()
+                time.sleep(0.05)
+            while sum(fleet.kills.values()) < config.min_kills:
+                fleet.kill_one()
+                time.sleep(0.2)
+            sim.faults = Faults()
+            vendor.error_rate = vendor.timeout_rate = 0.0
+            log(f"faults stopped after {time.monotonic() - started:.0f}s; settling")
+
+            expected_keys, expected_mail = _expectations(sim)
+            settle_start = time.monotonic()
+            while time.monotonic() - settle_start < config.settle_timeout:
+                fleet.check_recoveries()
+                if _settled(redis, vendor, mailbox, expected_keys, expected_mail):
+                    break
+                time.sleep(0.5)
+            report.settle_seconds = round(time.monotonic() - settle_start, 1)
+            fleet.check_recoveries()
+            _assess(report, redis, vendor, mailbox, expected_keys, expected_mail)
+            report.kills = dict(fleet.kills)
+            report.longest_recovery_seconds = round(max(fleet.recoveries, default=0.0), 1)
+            if fleet.pending_recoveries:
+                report.failures.append(
+                    f"{len(fleet.pending_recoveries)} killed jobs never finished"
+                )
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        mailbox.close()
+        vendor.close()
+        server.cleanup()
+    return report
+
+
+def _expectations(sim: Simulator) -> tuple[set[str], set[tuple[str, str]]]:
+    keys: set[str] = set()
+    mail: set[tuple[str, str]] = set()
+    for integration in sim.integration_ids:
+        for order in sim.orders(integration, status="OPEN"):
+            keys.add(step_key("dispatcher", integration, order["id"], "provision_http"))
+            for member in order["job"]["hiring_team"]:
+                if member["email"] and ROLES.intersection(member["hiring_team_roles"]):
+                    mail.add((order["id"], member["email"].strip().lower()))
+    return keys, mail
+
+
+def _received_mail(mailbox: Mailbox) -> Counter[tuple[str, str]]:
+    with mailbox.lock:
+        return Counter(
+            (str(message["X-Kombo-Order-Id"]), rcpt.lower())
+            for rcpts, message in mailbox.messages
+            for rcpt in rcpts
+        )
+
+
+def _settled(
+    redis: Redis,
+    vendor: VendorAPI,
+    mailbox: Mailbox,
+    expected_keys: set[str],
+    expected_mail: set[tuple[str, str]],
+) -> bool:
+    try:
+        queue = Queue("dispatcher-orders", connection=redis)
+        busy = (
+            queue.count
+            + StartedJobRegistry(queue=queue).count
+            + ScheduledJobRegistry(queue=queue).count
+        )
+    except Exception:
+        return False
+    provisioned = set(vendor.succeeded_per_key())
+    return (
+        busy == 0 and expected_keys <= provisioned and expected_mail <= set(_received_mail(mailbox))
+    )
+
+
+def _assess(
+    report: ChaosReport,
+    redis: Redis,
+    vendor: VendorAPI,
+    mailbox: Mailbox,
+    expected_keys: set[str],
+    expected_mail: set[tuple[str, str]],
+) -> None:
+    succeeded = vendor.succeeded_per_key()
+    received = _received_mail(mailbox)
+    message_ids = mailbox.message_ids()
+    report.orders = len(expected_keys)
+    report.expected_emails = len(expected_mail)
+    report.vendor_calls = len(vendor.calls)
+    report.orders_lost = len(expected_keys - set(succeeded))
+    report.emails_missing = len(expected_mail - set(received))
+    # After deduplication: one provisioning per idempotency key, one mail per Message-ID.
+    report.provisioned_twice_after_dedup = len(set(succeeded) - expected_keys)
+    report.emails_twice_after_dedup = len(message_ids) - len(set(received))
+    report.raw_repeat_provisionings = sum(succeeded.values()) - len(succeeded)
+    report.raw_repeat_emails = sum(received.values()) - len(received)
+    queue = Queue("dispatcher-orders", connection=redis)
+    report.left_queued = queue.count
+    report.left_started = StartedJobRegistry(queue=queue).count
+    report.left_scheduled = ScheduledJobRegistry(queue=queue).count
+    report.left_failed = FailedJobRegistry(queue=queue).count
+    for name in (
+        "orders_lost", "emails_missing", "provisioned_twice_after_dedup",
+        "emails_twice_after_dedup", "left_queued", "left_started", "left_scheduled",
+        "left_failed",
+    ):  # fmt: skip
+        if getattr(report, name):
+            report.failures.append(f"{name} = {getattr(report, name)}")
+    if sum(report.kills.values()) < 0:
+        report.failures.append("no kills")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the chaos suite by hand, longer.")
+    for name, value in asdict(ChaosConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    config = ChaosConfig(**vars(parser.parse_args()))
+    report = run_chaos(config)
+    figures = {k: v for k, v in asdict(report).items() if k != "failures"}
+    print(json.dumps(figures, indent=2))
+    print("OK" if report.ok else "FAILED: " + "; ".join(report.failures))
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""The short chaos run, on every change (the long one: python tests/chaos/harness.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos.harness import ChaosConfig, run_chaos
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(420)]
+
+
+def test_nothing_lost_nothing_doubled_under_kills_restarts_and_faults(redis_url: str) -> None:
+    report = run_chaos(ChaosConfig(integrations=4, orders=300, fault_seconds=40, min_kills=20))
+    print(report)
+    assert report.failures == []
+    assert sum(report.kills.values()) >= 20
+    assert report.redis_restarts == 1
+    assert report.orders >= 1200
+    assert report.longest_recovery_seconds < 60
