@@ -187,7 +187,7 @@ def test_no_response_body_crashes_the_poller(body: Any) -> None:
             "DISPATCHER_MAX_RETRIES",
             "DISPATCHER_LEASE_TTL",
         ]
-    ),  # fmt: skip
+    ),
     st.text(max_size=30).filter(lambda v: "\x00" not in v),
 )
 def test_any_configuration_value_loads_or_names_its_variable(name: str, value: str) -> None:
