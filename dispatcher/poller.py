@@ -21,6 +21,7 @@ from redis.typing import EncodableT, FieldT
 
 from .kombo import InvalidPageError, KomboClient, KomboError, OrdersPage
 from .ledger import Ledger
+from .telemetry import RequestStats
 
 __all__ = ["IntegrationSweep", "Poller", "SweepReport"]
 
@@ -37,6 +38,7 @@ class IntegrationSweep:
     orders_new: int = 0
     error: str | None = None
     error_code: str | None = None
+    error_order_id: str | None = None
     interrupted: bool = False
 
 
@@ -84,7 +86,10 @@ class Poller:
         concurrency: int = 8,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
+        request_stats: RequestStats | None = None,
     ) -> None:
+        """``request_stats``: the Kombo client's observer; what it gathered is saved in Redis
+        with every integration's sweep record (for ``dispatcher status`` and ``/metrics``)."""
         self.client = client
         self.ledger = ledger
         self.integration_ids = list(integration_ids)
@@ -93,6 +98,7 @@ class Poller:
         self.concurrency = concurrency
         self.stop = stop or threading.Event()
         self._clock = clock
+        self.request_stats = request_stats
 
     @property
     def redis(self) -> Redis:
@@ -127,6 +133,8 @@ class Poller:
         except InvalidPageError as exc:
             result.error = str(exc)
             result.error_code = "INVALID_PAGE"
+            if not exc.order_id.startswith(("(", "#", "?")):
+                result.error_order_id = exc.order_id
         except KomboError as exc:
             result.error = str(exc)
             result.error_code = exc.code or (f"HTTP {exc.status_code}" if exc.status_code else None)
@@ -134,6 +142,8 @@ class Poller:
             result.error = f"integration {integration_id}: redis: {type(exc).__name__}: {exc}"
             result.error_code = "REDIS"
         if result.error is not None:
+            if result.error_order_id is not None:
+                extra["order_id"] = result.error_order_id
             log.error("sweep failed: %s", result.error, extra=extra)
         else:
             log.info(
@@ -184,14 +194,24 @@ class Poller:
                 last_error_code=result.error_code or "",
                 last_error_at=now,
             )
-        key = self.ledger.keys.sweep(result.integration_id)
+        keys = self.ledger.keys
+        key = keys.sweep(result.integration_id)
+        counts, seconds = self.request_stats.drain() if self.request_stats else ({}, {})
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hset(key, mapping=fields)
                 if result.error is not None:
                     pipe.hincrby(key, "error_count", 1)
+                pipe.sadd(keys.swept_integrations, result.integration_id)
+                # Kombo request telemetry rides along: no round trip of its own.
+                for name, count in counts.items():
+                    pipe.hincrby(keys.kombo_requests, name, count)
+                for name, total in seconds.items():
+                    pipe.hincrbyfloat(keys.kombo_requests, name, total)
                 pipe.execute()
         except RedisError as exc:
+            if self.request_stats is not None:
+                self.request_stats.restore(counts, seconds)
             log.warning(
                 "could not record the sweep: %s",
                 exc,

@@ -2,14 +2,96 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 from redis import Redis
-from rq import Queue, Worker
+from redis.exceptions import RedisError
+from rq import Queue, SimpleWorker, Worker
+from rq.executions import Execution
+from rq.job import Job
+from rq.registry import StartedJobRegistry
 from rq.worker_pool import WorkerPool
 
+from .failures import parse_failure
 from .jobs import Runtime, install_runtime
+from .logs import OrderLogContext, contact_values, order_context
 from .settings import Settings
 
-__all__ = ["run_worker"]
+__all__ = ["DispatcherSimpleWorker", "DispatcherWorker", "run_worker"]
+
+log = logging.getLogger("dispatcher.worker")
+
+
+@contextmanager
+def _job_context(job: Job) -> Iterator[None]:
+    meta: dict[str, Any] = job.meta or {}
+    order_id, integration_id = meta.get("order_id"), meta.get("integration_id")
+    if not isinstance(order_id, str) or not isinstance(integration_id, str):
+        yield  # not one of ours: nothing to tag
+        return
+    try:
+        order = job.kwargs.get("order")
+        contact = contact_values(order) if isinstance(order, dict) else ()
+    except Exception:  # an unreadable payload fails the job later, with RQ's own report
+        contact = ()
+    with order_context(OrderLogContext(order_id, integration_id, job.id, contact)):
+        yield
+
+
+def _record_failure(job: Job, exc_string: str) -> None:
+    """Keep the failed attempt in the job's meta: RQ stores an attempt's error only when it is
+    the last (no retry left), and ``dispatcher show`` / ``failed`` need every one."""
+    failure = parse_failure(exc_string)
+    try:
+        meta = job.get_meta(refresh=True)
+        meta["failures"] = int(meta.get("failures", 0)) + 1
+        meta["last_failure"] = {
+            "handler": failure.handler,
+            "reason": failure.reason,
+            "at": round(time.time(), 3),
+        }
+        job.save_meta()  # type: ignore[no-untyped-call]
+    except (RedisError, ValueError, TypeError) as exc:
+        log.warning("could not record the failure of job %s: %s", job.id, exc)
+
+
+class _DispatcherWorkerMixin:
+    """What the dispatcher adds to RQ's workers: log lines during a job carry its order and
+    integration (and mask the candidate's contact data above DEBUG), and every failed attempt
+    is recorded in the job's meta."""
+
+    def execute_job(self, job: Job, queue: Queue) -> Any:
+        with _job_context(job):
+            return super().execute_job(job, queue)  # type: ignore[misc]
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry | None = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> Any:
+        _record_failure(job, exc_string)
+        return super().handle_job_failure(  # type: ignore[misc]
+            job,
+            queue,
+            started_job_registry=started_job_registry,
+            exc_string=exc_string,
+            execution=execution,
+        )
+
+
+class DispatcherWorker(_DispatcherWorkerMixin, Worker):
+    """RQ's forking worker with the dispatcher's additions (see the mixin)."""
+
+
+class DispatcherSimpleWorker(_DispatcherWorkerMixin, SimpleWorker):
+    """RQ's in-process worker with the dispatcher's additions (tests, the demo)."""
 
 
 def run_worker(
@@ -28,10 +110,12 @@ def run_worker(
     install_runtime(runtime or Runtime.from_settings(settings))
     queue = Queue(settings.queue, connection=redis)
     if processes <= 1:
-        worker = Worker([queue], connection=redis)
+        worker = DispatcherWorker([queue], connection=redis)
         # The scheduler moves retried jobs back to the queue when their backoff expires.
         worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
     else:
         # Forked children inherit the installed runtime.
-        pool = WorkerPool([queue], connection=redis, num_workers=processes)
+        pool = WorkerPool(
+            [queue], connection=redis, num_workers=processes, worker_class=DispatcherWorker
+        )
         pool.start(burst=burst, logging_level=settings.log_level)
