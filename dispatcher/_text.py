@@ -60,6 +60,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: set[in
     return lines
 
 
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 problem``, ``2 problems``."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
 def ellipsis(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, the last one an ellipsis when cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"

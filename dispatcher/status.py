@@ -411,7 +411,7 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
         if integration.state == FAILING and error is not None:
             problems.append(
                 f"{name}: sweep failing: {error.code or 'error'}: {error.message} "
-                f"({_text.ago(error.at, now)}, {integration.error_count} errors so far)"
+                f"({_text.ago(error.at, now)}, {_text.plural(integration.error_count, 'error')} so far)"
             )
         elif integration.state == NEVER_SWEPT:
             problems.append(f"{name}: never swept: is `dispatcher poll` running?")
@@ -425,7 +425,10 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
     for queue in snapshot.queues:
         listening = [w for w in snapshot.workers if queue.name in w.queues]
         if queue.queued and not listening:
-            problems.append(f"{queue.queued} orders queued on {queue.name} and no worker running")
+            problems.append(
+                f"{_text.plural(queue.queued, 'order')} queued on {queue.name} "
+                "and no worker running"
+            )
         age = queue.oldest_queued_age(now)
         if age is not None and age > BACKLOG_AGE:
             problems.append(
@@ -436,7 +439,8 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
                 f", latest {_text.ago(queue.last_failed_at, now)}" if queue.last_failed_at else ""
             )
             problems.append(
-                f"{queue.failed} failed jobs on {queue.name}{latest}: see `dispatcher failed`"
+                f"{_text.plural(queue.failed, 'failed job')} on {queue.name}{latest}: "
+                "see `dispatcher failed`"
             )
     return Snapshot(
         taken_at=snapshot.taken_at,
@@ -469,7 +473,9 @@ def render_status(snapshot: Snapshot, *, redis_url: str = "") -> str:
     ]
     if snapshot.problems:
         lines.append(
-            click.style(f"ATTENTION: {len(snapshot.problems)} problem(s)", fg="red", bold=True)
+            click.style(
+                f"ATTENTION: {_text.plural(len(snapshot.problems), 'problem')}", fg="red", bold=True
+            )
         )
         lines.extend(f"  - {problem}" for problem in snapshot.problems)
     else:
