@@ -544,14 +544,36 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
             "dispatcher web needs the web extra: pip install 'kombo-dispatcher[web]' "
             f"({exc.name or 'a dependency'} is not installed)"
         )
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
     settings = _settings(ctx)
-    # Start even when Redis is down: /healthz then says 503, which is what it is for.
-    redis = _redis(settings, ping=False)
+    # Start even when Redis is down: /healthz then says 503, which is what it is for; and
+    # say it fast (probes time out after a second or so): one quick retry, not redis-py's
+    # default backoff of several seconds.
+    try:
+        redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            health_check_interval=30,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        )
+    except ValueError as exc:
+        _fail(f"REDIS_URL: {exc}")
     app = create_app(settings, redis)
     log.info("serving /metrics and /healthz on http://%s:%d", host, port)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again with the
+    # handlers it found; these make that a clean exit 0, like the other commands.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore_signal)
     uvicorn.run(
         app, host=host, port=port, log_config=None, access_log=access_log, server_header=False
     )
+
+
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    log.info("received %s, stopped", signal.Signals(signum).name)
 
 
 def main() -> None:

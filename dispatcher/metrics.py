@@ -19,6 +19,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
 from .status import OK, Snapshot
@@ -185,7 +186,7 @@ def _kombo_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         names = [series.endpoint, series.status]
         requests.add_metric(names, series.count)
         buckets = [
-            (f"{bound:g}", float(count))
+            (floatToGoString(bound), float(count))
             for bound, count in zip(LATENCY_BUCKETS, series.buckets, strict=True)
         ]
         buckets.append(("+Inf", float(series.count)))
