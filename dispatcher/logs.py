@@ -1,8 +1,9 @@
 """Logging setup: readable lines for people, one JSON object a line for log shippers.
 
 Log calls about an order pass ``extra={"order_id": ..., "integration_id": ...}``; both
-formats show those fields. Inside :func:`order_context` (the worker wraps every job in it)
-records that lack them get them, so RQ's own lines about a job are tagged too.
+formats show those fields. Inside :func:`order_context` (the worker is in one from taking a
+job off the queue until it is done with it) records that lack them get them, so RQ's own
+lines about a job are tagged too.
 
 Two filters guard every line, as defence in depth behind code that should not log such
 things in the first place:
@@ -36,6 +37,7 @@ __all__ = [
     "order_context",
     "protect_secrets",
     "secret_values",
+    "set_order_context",
 ]
 
 _CONTEXT_FIELDS = ("integration_id", "order_id", "handler", "job_id")
@@ -44,9 +46,6 @@ _PERSONAL_MASK = "<redacted>"
 # Shorter values would mask ordinary words; no real key, token or password is that short.
 _MIN_SECRET_LENGTH = 6
 _EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
-# The description the ledger gives every job ("order X integration Y package Z"). RQ's worker
-# logs it when it takes a job, before the job's context is entered: read the ids from it.
-_JOB_DESCRIPTION = re.compile(r"\border (?P<order>\S+) integration (?P<integration>\S+) package ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +61,15 @@ class OrderLogContext:
 _current_order: contextvars.ContextVar[OrderLogContext | None] = contextvars.ContextVar(
     "dispatcher_order_log_context", default=None
 )
+
+
+def set_order_context(context: OrderLogContext | None) -> None:
+    """Make ``context`` the order at hand (``None``: no order) until set again.
+
+    For code whose start and end of an order are in different places (RQ's worker takes a
+    job in one method and runs it in another); elsewhere use :func:`order_context`.
+    """
+    _current_order.set(context)
 
 
 @contextmanager
@@ -106,11 +114,6 @@ class _Guard(logging.Filter):
             for name in ("order_id", "integration_id", "job_id"):
                 if getattr(record, name, None) is None:
                     setattr(record, name, getattr(context, name))
-        elif getattr(record, "order_id", None) is None and record.name.startswith("rq."):
-            described = _JOB_DESCRIPTION.search(message)
-            if described is not None:
-                record.order_id = described["order"]
-                record.integration_id = described["integration"]
         personal = record.levelno > logging.DEBUG
         contact = context.contact if context is not None and personal else ()
         cleaned = self._scrub(message, contact, personal)

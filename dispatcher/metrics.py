@@ -170,6 +170,12 @@ def _handler_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     yield steps
 
 
+def _go_float(value: float) -> str:
+    # The spelling Prometheus clients use for `le` labels ("1.0", "+Inf").
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
+
+
 def _kombo_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     labels = ["endpoint", "status"]
     requests = CounterMetricFamily(
@@ -186,7 +192,7 @@ def _kombo_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         names = [series.endpoint, series.status]
         requests.add_metric(names, series.count)
         buckets = [
-            (floatToGoString(bound), float(count))
+            (_go_float(bound), float(count))
             for bound, count in zip(LATENCY_BUCKETS, series.buckets, strict=True)
         ]
         buckets.append(("+Inf", float(series.count)))

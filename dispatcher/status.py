@@ -409,9 +409,10 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
         name = f"integration {integration.integration_id}"
         error = integration.last_error
         if integration.state == FAILING and error is not None:
+            errors = _text.plural(integration.error_count, "error")
             problems.append(
                 f"{name}: sweep failing: {error.code or 'error'}: {error.message} "
-                f"({_text.ago(error.at, now)}, {_text.plural(integration.error_count, 'error')} so far)"
+                f"({_text.ago(error.at, now)}, {errors} so far)"
             )
         elif integration.state == NEVER_SWEPT:
             problems.append(f"{name}: never swept: is `dispatcher poll` running?")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 from redis import Redis
@@ -18,7 +17,7 @@ from rq.worker_pool import WorkerPool
 
 from .failures import parse_failure
 from .jobs import Runtime, install_runtime
-from .logs import OrderLogContext, contact_values, order_context
+from .logs import OrderLogContext, contact_values, set_order_context
 from .settings import Settings
 
 __all__ = ["DispatcherSimpleWorker", "DispatcherWorker", "run_worker"]
@@ -26,20 +25,29 @@ __all__ = ["DispatcherSimpleWorker", "DispatcherWorker", "run_worker"]
 log = logging.getLogger("dispatcher.worker")
 
 
-@contextmanager
-def _job_context(job: Job) -> Iterator[None]:
+def _log_context(job: Job) -> OrderLogContext | None:
     meta: dict[str, Any] = job.meta or {}
     order_id, integration_id = meta.get("order_id"), meta.get("integration_id")
     if not isinstance(order_id, str) or not isinstance(integration_id, str):
-        yield  # not one of ours: nothing to tag
-        return
+        return None  # not one of ours: nothing to tag
     try:
         order = job.kwargs.get("order")
         contact = contact_values(order) if isinstance(order, dict) else ()
     except Exception:  # an unreadable payload fails the job later, with RQ's own report
         contact = ()
-    with order_context(OrderLogContext(order_id, integration_id, job.id, contact)):
-        yield
+    return OrderLogContext(order_id, integration_id, job.id, contact)
+
+
+class _OrderQueue(Queue):
+    """RQ's queue, but taking a job off it puts the worker in the job's log context at once,
+    so that RQ's own lines about taking the job name the order too."""
+
+    @classmethod
+    def dequeue_any(cls, *args: Any, **kwargs: Any) -> tuple[Job, Queue] | None:
+        result = super().dequeue_any(*args, **kwargs)
+        if result is not None:
+            set_order_context(_log_context(result[0]))
+        return result
 
 
 def _record_failure(job: Job, exc_string: str) -> None:
@@ -59,14 +67,31 @@ def _record_failure(job: Job, exc_string: str) -> None:
         log.warning("could not record the failure of job %s: %s", job.id, exc)
 
 
+def _by_name(queue: Queue | str) -> Queue | str:
+    return queue.name if isinstance(queue, Queue) and not isinstance(queue, _OrderQueue) else queue
+
+
 class _DispatcherWorkerMixin:
     """What the dispatcher adds to RQ's workers: log lines during a job carry its order and
     integration (and mask the candidate's contact data above DEBUG), and every failed attempt
     is recorded in the job's meta."""
 
+    def __init__(self, queues: Iterable[Queue | str], *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("queue_class", _OrderQueue)
+        if kwargs["queue_class"] is _OrderQueue:
+            # RQ insists every queue be of the worker's queue class: pass plain ones by name.
+            queues = [
+                q.name if isinstance(q, Queue) and not isinstance(q, _OrderQueue) else q
+                for q in queues
+            ]
+        super().__init__(queues, *args, **kwargs)  # type: ignore[call-arg]
+
     def execute_job(self, job: Job, queue: Queue) -> Any:
-        with _job_context(job):
+        set_order_context(_log_context(job))
+        try:
             return super().execute_job(job, queue)  # type: ignore[misc]
+        finally:
+            set_order_context(None)
 
     def handle_job_failure(
         self,

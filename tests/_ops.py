@@ -43,14 +43,14 @@ def settings_for(redis_url: str, sim: Simulator, namespace: str, **extra: Any) -
 
 def env_for(redis_url: str, settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a CLI call with these settings (and no others leaking in)."""
-    return dispatcher_env(
-        redis_url,
-        KOMBO_API_KEY=DEFAULT_API_KEY,
-        KOMBO_INTEGRATION_IDS=",".join(settings.kombo_integration_ids),
-        DISPATCHER_NAMESPACE=settings.namespace,
-        DISPATCHER_HANDLERS=",".join(settings.handlers),
+    values = {
+        "KOMBO_API_KEY": DEFAULT_API_KEY,
+        "KOMBO_INTEGRATION_IDS": ",".join(settings.kombo_integration_ids),
+        "DISPATCHER_NAMESPACE": settings.namespace,
+        "DISPATCHER_HANDLERS": ",".join(settings.handlers),
         **extra,
-    )
+    }
+    return dispatcher_env(redis_url, **values)
 
 
 def sweep(
@@ -90,7 +90,14 @@ def sweep(
         return poller.sweep()
 
 
-def work(redis: Redis, settings: Settings, chain: Sequence[Any], *, plain: bool = False) -> None:
+def work(
+    redis: Redis,
+    settings: Settings,
+    chain: Sequence[Any],
+    *,
+    plain: bool = False,
+    logging_level: str = "WARNING",
+) -> None:
     """Work the queue until empty in this process (RQ's SimpleWorker, ours unless plain)."""
     from rq import SimpleWorker
 
@@ -100,7 +107,7 @@ def work(redis: Redis, settings: Settings, chain: Sequence[Any], *, plain: bool 
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         worker = worker_class([Queue(settings.queue, connection=redis)], connection=redis)
-        worker.work(burst=True, logging_level="WARNING")
+        worker.work(burst=True, logging_level=logging_level)
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -69,7 +70,10 @@ def test_parse_failure_reads_the_handler_and_reason_from_a_chained_traceback() -
 
 
 def test_parse_failure_falls_back_to_the_last_line() -> None:
-    timeout = "Traceback (most recent call last):\n  ...\nrq.timeouts.JobTimeoutException: Task exceeded maximum timeout value (600 seconds)\n"
+    timeout = (
+        "Traceback (most recent call last):\n  ...\n"
+        "rq.timeouts.JobTimeoutException: Task exceeded maximum timeout value (600 seconds)\n"
+    )
     assert parse_failure(timeout).handler is None
     assert parse_failure(timeout).reason == (
         "rq.timeouts.JobTimeoutException: Task exceeded maximum timeout value (600 seconds)"
@@ -106,7 +110,8 @@ def test_failed_lists_order_integration_handler_reason_attempts_and_when(
             line,
         ), line
     assert lines[-1] == (
-        f"2 failed jobs on {settings.queue} (all); details: dispatcher show ORDER_ID --integration ID"
+        f"2 failed jobs on {settings.queue} (all); "
+        "details: dispatcher show ORDER_ID --integration ID"
     )
     records = [json.loads(line) for line in invoke(["failed", "--json"], env).stdout.splitlines()]
     assert {r["order_id"] for r in records} == bad
@@ -351,7 +356,7 @@ def test_forget_racing_sweeps_leaves_seen_and_enqueued_in_step(
         ledger.dispatch(integration, [order])
         stop = threading.Event()
 
-        def redispatch() -> None:
+        def redispatch(stop: threading.Event = stop) -> None:
             while not stop.is_set():
                 ledger.dispatch(integration, [order])
 
@@ -359,10 +364,9 @@ def test_forget_racing_sweeps_leaves_seen_and_enqueued_in_step(
         thread.start()
         try:
             for _ in range(5):
-                try:
+                # Refused when the sweep had not re-dispatched it yet: nothing to forget.
+                with contextlib.suppress(ForgetRefused):
                     forget_order(redis, settings.namespace, settings.queue, integration, order.id)
-                except ForgetRefused:
-                    pass  # the sweep had not re-dispatched it yet: nothing to forget
         finally:
             stop.set()
             thread.join()
