@@ -11,20 +11,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from _ops import (
-    TESTS,
     FailsFor,
     Returns,
+    blocked_worker,  # noqa: F401 (fixture)
     env_for,
     invoke,
     keep_logging,  # noqa: F401 (autouse fixture)
     settings_for,
     sweep,
-    wait_for,
     work,
 )
 from _support import free_port
@@ -194,36 +192,8 @@ def test_status_names_an_integration_never_swept(
     assert f"integration {GOOD[0]}: never swept: is `dispatcher poll` running?" in data["problems"]
 
 
-@pytest.fixture
-def blocked_worker(
-    redis: Redis, redis_url: str, sim: Simulator, namespace: str
-) -> Iterator[dict[str, Any]]:
-    """A real worker process busy on one order until released."""
-    settings = settings_for(redis_url, sim, namespace, DISPATCHER_HANDLERS="blocks")
-    sweep(redis, settings, sim, integration_ids=[GOOD[0]])
-    started, release = f"{namespace}-test:started", f"{namespace}-test:release"
-    env = env_for(redis_url, settings, TEST_STARTED_KEY=started, TEST_RELEASE_KEY=release)
-    proc = subprocess.Popen(
-        [sys.executable, str(TESTS / "_blocking_worker.py")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(lambda: redis.exists(started) == 1, what="the worker to start a job")
-        order_id = redis.get(started)
-        assert order_id is not None
-        yield {"settings": settings, "env": env, "order_id": order_id.decode(), "proc": proc}
-    finally:
-        redis.set(release, 1)
-        _, stderr = proc.communicate(timeout=60)
-        redis.delete(started, release)
-    assert proc.returncode == 0, stderr
-
-
 def test_a_busy_worker_shows_the_order_in_hand_and_forget_refuses_it(
-    blocked_worker: dict[str, Any],
+    blocked_worker: dict[str, Any],  # noqa: F811 (the fixture imported above)
 ) -> None:
     env, order_id = blocked_worker["env"], blocked_worker["order_id"]
     data = json.loads(invoke(["status", "--json"], env).stdout)
