@@ -418,7 +418,7 @@ def failed(ctx: click.Context, limit: int, as_json: bool) -> None:
         click.echo(line)
     shown = f"showing the newest {len(jobs)}, --limit 0 for all" if len(jobs) < total else "all"
     click.echo(
-        f"\n{total} failed jobs on {settings.queue} ({shown}); "
+        f"\n{_text.plural(total, 'failed job')} on {settings.queue} ({shown}); "
         "details: dispatcher show ORDER_ID --integration ID"
     )
 
