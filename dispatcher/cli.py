@@ -357,12 +357,19 @@ def status(
             else:
                 text = render_status(snapshot, redis_url=url)
                 if in_place:
-                    # Home, then each line clears its rest: no flicker, no leftovers.
-                    sys.stdout.write("\x1b[H\x1b[2J" if shown == 0 else "\x1b[H")
-                    text = text.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J"
-                elif watch and shown:
-                    click.echo("")
-                click.echo(text, color=_colour())
+                    # Home, then each line erases its rest: no flicker, no leftovers. Written
+                    # directly: click would strip these codes along with the colours.
+                    body = text if _colour() is None else click.unstyle(text)
+                    sys.stdout.write(
+                        ("\x1b[H\x1b[2J" if shown == 0 else "\x1b[H")
+                        + body.replace("\n", "\x1b[K\n")
+                        + "\x1b[K\n\x1b[J"
+                    )
+                    sys.stdout.flush()
+                else:
+                    if watch and shown:
+                        click.echo("")
+                    click.echo(text, color=_colour())
             shown += 1
             if not watch or (iterations is not None and shown >= iterations):
                 return

@@ -231,8 +231,9 @@ def test_watch_refreshes_a_bounded_number_of_times(
     assert all(json.loads(line)["namespace"] == namespace for line in lines)
 
 
+@pytest.mark.parametrize("no_color", [False, True])
 def test_watch_on_a_terminal_redraws_in_place_in_colour_and_stops_on_ctrl_c(
-    redis: Redis, redis_url: str, sim: Simulator, namespace: str
+    redis: Redis, redis_url: str, sim: Simulator, namespace: str, no_color: bool
 ) -> None:
     settings = settings_for(redis_url, sim, namespace)
     sweep(redis, settings, sim)
@@ -242,7 +243,7 @@ def test_watch_on_a_terminal_redraws_in_place_in_colour_and_stops_on_ctrl_c(
         stdin=slave,
         stdout=slave,
         stderr=subprocess.PIPE,
-        env=env_for(redis_url, settings),
+        env={**env_for(redis_url, settings), **({"NO_COLOR": "1"} if no_color else {})},
     )
     os.close(slave)
     screen = b""
@@ -261,7 +262,8 @@ def test_watch_on_a_terminal_redraws_in_place_in_colour_and_stops_on_ctrl_c(
     assert screen.count(b"dispatcher status") >= 3
     assert screen.startswith(b"\x1b[H\x1b[2J")  # clear once, then home for each frame
     assert screen.count(b"\x1b[2J") == 1 and screen.count(b"\x1b[H") >= 3
-    assert b"\x1b[32m" in screen  # green: colour on a terminal
+    assert b"\x1b[K" in screen  # each line erases what a longer one left
+    assert (b"\x1b[32m" in screen) is not no_color  # green: colour on a terminal
     assert proc.returncode == 0
     assert b"Traceback" not in stderr and stderr == b""
 
