@@ -1,7 +1,7 @@
 """Operator views and actions on single orders: failed jobs, one order's record, forgetting.
 
 ``dispatcher failed``, ``show`` and ``forget`` are thin wrappers over :func:`failed_jobs`,
-:func:`describe_order` and :func:`forget_order`.
+:func:`describe_order` and :func:`forget_order` (text views: :mod:`dispatcher.views`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
 from redis import Redis
 from redis.exceptions import WatchError
 from rq import Queue
@@ -28,7 +27,6 @@ from rq.registry import (
 )
 from rq.results import Result
 
-from . import _text
 from .failures import Failure, parse_failure
 from .keys import Keys, job_id_for
 
@@ -38,12 +36,10 @@ __all__ = [
     "ForgetResult",
     "OrderRecord",
     "StepRecord",
-    "describe_forget",
     "describe_order",
     "failed_jobs",
     "forget_order",
     "known_integrations",
-    "render_order",
 ]
 
 
@@ -470,92 +466,3 @@ def _float(value: object) -> float | None:
         return float(value.decode() if isinstance(value, bytes) else value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-
-
-# -- text -----------------------------------------------------------------------------------
-
-
-def render_order(
-    record: OrderRecord, *, now: float, payload: bool = False, order: Sequence[str] = ()
-) -> str:
-    """The text view of ``dispatcher show``; ``order`` is the configured chain, whose steps
-    are listed first (and shown as not completed when they have no record)."""
-    lines = [
-        click.style(f"order {record.order_id} · integration {record.integration_id}", bold=True)
-    ]
-
-    def row(label: str, value: str) -> None:
-        lines.append(f"  {label:<11}  {value}")
-
-    row("seen", _when(record.seen_at, now) if record.seen_at else "no (forgotten, or never seen)")
-    if record.job_status is None:
-        row("job", f"{record.job_id}: gone (expired after its TTL, or forgotten)")
-    else:
-        colour = {"failed": "red", "finished": "green"}.get(record.job_status)
-        package = f" · package {record.package_id}" if record.package_id else ""
-        row("job", f"{record.job_id} · {click.style(record.job_status, fg=colour)}{package}")
-        for label, when in (
-            ("enqueued", record.enqueued_at),
-            ("started", record.started_at),
-            ("ended", record.ended_at),
-            ("retry at", record.retry_at),
-        ):
-            if when is not None:
-                row(label, _when(when, now))
-        if record.attempts is not None:
-            row("attempts", str(record.attempts))
-        if record.worker:
-            row("worker", record.worker)
-    lines.extend(_step_lines(record, order, now))
-    if record.last_error is not None:
-        where = f"{record.last_error.handler}: " if record.last_error.handler else ""
-        at = f" ({_text.ago(record.last_error_at, now)})" if record.last_error_at else ""
-        row("last error", click.style(f"{where}{record.last_error.reason}", fg="red") + at)
-    else:
-        row("last error", "-")
-    if payload:
-        body = json.dumps(record.payload, indent=2, ensure_ascii=False, sort_keys=True)
-        lines.append("  payload")
-        lines.extend(f"    {line}" for line in body.splitlines())
-    return "\n".join(lines)
-
-
-def _step_lines(record: OrderRecord, order: Sequence[str], now: float) -> list[str]:
-    done = {step.handler: step for step in record.steps}
-    names = list(order)
-    names += [step.handler for step in record.steps if step.handler not in order]
-    if not names:
-        return ["  steps        none recorded"]
-    width = max(len(name) for name in names)
-    lines = []
-    for index, name in enumerate(names):
-        label = "steps" if index == 0 else ""
-        step = done.get(name)
-        if step is None:
-            value = f"{name:<{width}}  not completed"
-        else:
-            value = (
-                f"{name:<{width}}  {click.style('completed', fg='green')} "
-                f"{_text.ago(step.completed_at, now)}  {_text.compact_json(step.output)}"
-            )
-        lines.append(f"  {label:<11}  {value}")
-    return lines
-
-
-def describe_forget(record: OrderRecord, *, now: float) -> str:
-    """What ``dispatcher forget`` is about to remove, asked before it does."""
-    parts = [f"order {record.order_id} (integration {record.integration_id}):"]
-    parts.append(f"seen {_text.ago(record.seen_at, now)}" if record.seen_at else "not seen")
-    if record.job_status is not None:
-        parts.append(f"job {record.job_status}")
-    if record.steps:
-        parts.append(f"{len(record.steps)} completed step(s)")
-    return (
-        " ".join(parts[:1]) + " " + ", ".join(parts[1:]) + ".\n"
-        "Forgetting removes all of it: the next sweep dispatches the order again "
-        "(if it is still OPEN in Kombo) and every handler runs again."
-    )
-
-
-def _when(when: float, now: float) -> str:
-    return f"{_text.timestamp(when)} ({_text.ago(when, now)})"

@@ -339,7 +339,8 @@ def status(
     ctx: click.Context, as_json: bool, watch: bool, interval: float, iterations: int | None
 ) -> None:
     """Are orders flowing? Queues, workers, integrations, handler steps, on one screen."""
-    from .status import render_status, take_snapshot
+    from .status import take_snapshot
+    from .views import render_status
 
     settings = _settings(ctx)
     redis = _redis(settings)
@@ -447,8 +448,9 @@ def show(
 
     Without --integration every integration that knows the order id is shown.
     """
-    from .admin import describe_order, known_integrations, render_order
+    from .admin import describe_order, known_integrations
     from .keys import Keys
+    from .views import render_order
 
     settings = _settings(ctx)
     redis = _redis(settings)
@@ -490,7 +492,8 @@ def forget(ctx: click.Context, order_id: str, integration_id: str, yes: bool) ->
     Removes it from the seen store together with its RQ job and its step records: its
     handlers all run again. Refused while a worker is running its job.
     """
-    from .admin import ForgetRefused, describe_forget, describe_order, forget_order
+    from .admin import ForgetRefused, describe_order, forget_order
+    from .views import describe_forget
 
     settings = _settings(ctx)
     redis = _redis(settings)

@@ -1,9 +1,9 @@
 """One snapshot of the dispatcher's state, read from Redis and RQ's registries.
 
-``dispatcher status`` (text and ``--json``) and ``/metrics`` all render the same
-:class:`Snapshot`, taken by :func:`take_snapshot` in a handful of round trips. Reading is
-side-effect free on the dispatcher's keys; RQ's worker listing may drop dead workers from
-RQ's worker set, as ``rq info`` does.
+``dispatcher status`` (text: :mod:`dispatcher.views`, and ``--json``) and ``/metrics`` all
+render the same :class:`Snapshot`, taken by :func:`take_snapshot` in a handful of round
+trips. Reading is side-effect free on the dispatcher's keys; RQ's worker listing may drop
+dead workers from RQ's worker set, as ``rq info`` does.
 
 The JSON shape (:meth:`Snapshot.as_dict`) is a stable interface documented in the README:
 keys are only ever added.
@@ -12,11 +12,10 @@ keys are only ever added.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import click
 from redis import Redis
 from rq import Queue, Worker
 from rq.job import Job
@@ -37,13 +36,16 @@ from .telemetry import RequestSeries, read_request_series
 
 __all__ = [
     "BACKLOG_AGE",
+    "FAILING",
+    "NEVER_SWEPT",
+    "OK",
+    "STALE",
     "IntegrationStatus",
     "QueueStatus",
     "Snapshot",
     "StepCounts",
     "SweepError",
     "WorkerStatus",
-    "render_status",
     "take_snapshot",
 ]
 
@@ -455,147 +457,6 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
         kombo_requests=snapshot.kombo_requests,
         problems=tuple(problems),
     )
-
-
-# -- text -----------------------------------------------------------------------------------
-
-_STATE_COLOURS = {OK: "green", FAILING: "red", STALE: "yellow", NEVER_SWEPT: "yellow"}
-
-
-def render_status(snapshot: Snapshot, *, redis_url: str = "") -> str:
-    """The one-screen text view. Styled with ANSI colours: the caller strips them off a
-    non-terminal (``click.echo`` does)."""
-    now = snapshot.taken_at
-    where = f" · redis {redis_url}" if redis_url else ""
-    lines = [
-        click.style(f"dispatcher status · namespace {snapshot.namespace}{where}", bold=True)
-        + f" · {_text.timestamp(now)}",
-        "",
-    ]
-    if snapshot.problems:
-        lines.append(
-            click.style(
-                f"ATTENTION: {_text.plural(len(snapshot.problems), 'problem')}", fg="red", bold=True
-            )
-        )
-        lines.extend(f"  - {problem}" for problem in snapshot.problems)
-    else:
-        lines.append(click.style("OK: orders are flowing", fg="green", bold=True))
-    lines.append("")
-    lines.extend(_queue_lines(snapshot.queues, now))
-    lines.append("")
-    lines.extend(_worker_lines(snapshot.workers, now))
-    lines.append("")
-    lines.append(
-        f"ORDERS  {snapshot.orders_seen} remembered · {snapshot.orders_dispatched} dispatched"
-    )
-    lines.append("")
-    lines.extend(_integration_lines(snapshot.integrations, now))
-    lines.append("")
-    lines.extend(_handler_lines(snapshot.handlers))
-    if snapshot.kombo_requests:
-        lines.append("")
-        lines.extend(_request_lines(snapshot.kombo_requests))
-    return "\n".join(lines)
-
-
-def _queue_lines(queues: Sequence[QueueStatus], now: float) -> list[str]:
-    rows = []
-    for q in queues:
-        age = q.oldest_queued_age(now)
-        rows.append(
-            [
-                q.name,
-                str(q.queued),
-                str(q.started),
-                str(q.scheduled),
-                str(q.deferred),
-                str(q.finished),
-                click.style(str(q.failed), fg="red") if q.failed else "0",
-                "-" if age is None else _text.duration(age),
-            ]
-        )
-    header = ["QUEUE", "QUEUED", "STARTED", "SCHEDULED", "DEFERRED", "FINISHED", "FAILED"]
-    return _text.table([*header, "OLDEST QUEUED"], rows, right=set(range(1, 7)))
-
-
-def _worker_lines(workers: Sequence[WorkerStatus], now: float) -> list[str]:
-    if not workers:
-        return [f"WORKERS  {click.style('none running', fg='yellow')}"]
-    rows = []
-    for w in workers:
-        order = "-"
-        if w.current_order_id:
-            order = f"{w.current_order_id} ({w.current_integration_id})"
-        elif w.current_job_id:
-            order = w.current_job_id
-        rows.append(
-            [
-                w.name,
-                w.state,
-                f"{w.hostname or '?'}/{w.pid or '?'}",
-                _text.ago(w.last_heartbeat, now),
-                str(w.successful_jobs),
-                str(w.failed_jobs),
-                order,
-            ]
-        )
-    header = ["WORKER", "STATE", "HOST/PID", "HEARTBEAT", "DONE", "FAILED", "CURRENT ORDER"]
-    return _text.table(header, rows, right={4, 5})
-
-
-def _integration_lines(integrations: Sequence[IntegrationStatus], now: float) -> list[str]:
-    if not integrations:
-        return ["INTEGRATIONS  none swept yet"]
-    rows = []
-    for i in integrations:
-        error = "-"
-        if i.last_error is not None:
-            error = _text.ellipsis(
-                f"{i.last_error.code or 'error'}: {i.last_error.message} "
-                f"({_text.ago(i.last_error.at, now)})",
-                70,
-            )
-        state = click.style(i.state, fg=_STATE_COLOURS.get(i.state))
-        if i.configured is False:
-            state += " (not configured)"
-        rows.append(
-            [
-                i.integration_id,
-                state,
-                _text.ago(i.last_sweep_at, now),
-                "-" if i.orders_seen is None else str(i.orders_seen),
-                "-" if i.orders_new is None else str(i.orders_new),
-                str(i.remembered),
-                str(i.error_count),
-                error,
-            ]
-        )
-    header = ["INTEGRATION", "STATE", "LAST SWEEP", "SEEN", "NEW", "REMEMBERED", "ERRORS"]
-    return _text.table([*header, "LAST ERROR"], rows, right={3, 4, 5, 6})
-
-
-def _handler_lines(handlers: Mapping[str, StepCounts]) -> list[str]:
-    if not handlers:
-        return ["HANDLERS  no steps recorded yet"]
-    rows = [
-        [name, str(c.completed), click.style(str(c.failed), fg="red") if c.failed else "0"]
-        for name, c in handlers.items()
-    ]
-    return _text.table(["HANDLER", "COMPLETED", "FAILED"], rows, right={1, 2})
-
-
-def _request_lines(series: Iterable[RequestSeries]) -> list[str]:
-    rows = [
-        [
-            s.endpoint,
-            s.status,
-            str(s.count),
-            f"{1000 * s.seconds_sum / s.count:.0f} ms" if s.count else "-",
-        ]
-        for s in series
-    ]
-    return _text.table(["KOMBO REQUEST", "STATUS", "COUNT", "MEAN"], rows, right={2, 3})
 
 
 # -- parsing --------------------------------------------------------------------------------
