@@ -28,9 +28,11 @@ def duration(seconds: float) -> str:
 
 
 def ago(when: float | None, now: float) -> str:
-    """``3m 04s ago``, or ``never``."""
+    """``3m 04s ago``, ``in 59m 58s`` (a time to come, such as a retry), or ``never``."""
     if when is None:
         return "never"
+    if when > now + 1:
+        return f"in {duration(when - now)}"
     return f"{duration(now - when)} ago"
 
 

@@ -373,3 +373,26 @@ def test_forget_racing_sweeps_leaves_seen_and_enqueued_in_step(
         seen = redis.hexists(keys.seen(integration), order.id)
         assert seen == bool(redis.exists(f"rq:job:{job_id}"))
         assert queue.job_ids == ([job_id] if seen else [])
+
+
+def test_show_and_status_of_an_order_waiting_for_its_retry(
+    redis: Redis, redis_url: str, settings: Settings, sim: Simulator
+) -> None:
+    sweep(redis, settings, sim, integration_ids=[INTEGRATIONS[0]])
+    flaky = sim.orders(INTEGRATIONS[0])[2]["id"]
+    job = Job.fetch(job_id_for(settings.namespace, INTEGRATIONS[0], flaky), connection=redis)
+    job.retries_left, job.retry_intervals = 1, [3600]
+    job.save()
+    work(redis, settings, [FailsFor("provision", {flaky}, "vendor down")])
+    env = env_for(redis_url, settings)
+    data = json.loads(invoke(["show", flaky, "--json"], env).stdout)
+    assert data["job"]["status"] == "scheduled"
+    assert 3500 < data["job"]["retry_at"] - time.time() <= 3600
+    assert data["job"]["attempts"] == 1
+    assert data["last_error"]["handler"] == "provision"
+    assert data["last_error"]["reason"].startswith("vendor down (")
+    text = invoke(["show", flaky], env).stdout
+    assert re.search(r"^  retry at     \d{4}-\d\d-\d\d \S+ UTC \(in 59m \d\ds\)$", text, re.M), text
+    queue = json.loads(invoke(["status", "--json"], env).stdout)["queues"][settings.queue]
+    assert (queue["scheduled"], queue["failed"], queue["finished"]) == (1, 0, 3)
+    assert invoke(["failed"], env).stdout == f"no failed jobs on {settings.queue}\n"

@@ -314,3 +314,18 @@ def test_status_says_in_one_line_when_redis_is_unreachable(
     assert result.stdout == ""
     assert result.stderr.startswith("dispatcher: error: REDIS_URL: cannot reach Redis at ")
     assert result.stderr.count("\n") == 1
+
+
+def test_durations_read_well() -> None:
+    from dispatcher import _text
+
+    assert [_text.duration(s) for s in (3.25, 42, 184, 7500, 3 * 86400 + 4 * 3600)] == [
+        "3.2s",
+        "42s",
+        "3m 04s",
+        "2h 05m",
+        "3d 04h",
+    ]
+    assert _text.ago(100.0, 160.0) == "1m 00s ago"
+    assert _text.ago(3700.0, 100.0) == "in 1h 00m"
+    assert _text.ago(None, 100.0) == "never"
