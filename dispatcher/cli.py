@@ -1,9 +1,11 @@
-"""The ``dispatcher`` command line: poll, worker, handlers, sim, demo."""
+"""The ``dispatcher`` command line: poll, worker, handlers, sim, demo, and the operator's
+commands status, failed, show, forget and web."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -23,11 +25,12 @@ from .integrations import IntegrationRegistry, check_integration_id
 from .keys import Keys
 from .kombo import KomboClient
 from .ledger import JobOptions, Ledger
-from .logs import configure_logging
+from .logs import configure_logging, protect_secrets, secret_values
 from .plugins import HandlerConfigError, discover_handlers, load_handlers
 from .poller import Poller, SweepPolicy
 from .schedule import Schedule
 from .settings import ConfigError, Settings, load_settings
+from .telemetry import RequestStats
 
 __all__ = ["main"]
 
@@ -58,15 +61,18 @@ def _settings(ctx: click.Context) -> Settings:
             obj["settings"] = load_settings()
         except ConfigError as exc:
             _fail(str(exc))
+        # Defence in depth: whatever logs them by mistake, these values print as ***.
+        protect_secrets(secret_values(obj["settings"]))
     settings: Settings = obj["settings"]
     return settings
 
 
-def _redis(settings: Settings) -> Redis:
+def _redis(settings: Settings, *, ping: bool = True) -> Redis:
     url = settings.redis_url.get_secret_value()
     try:
         redis = Redis.from_url(url, health_check_interval=30, socket_connect_timeout=5)
-        redis.ping()
+        if ping:
+            redis.ping()
     except (RedisError, ValueError) as exc:
         _fail(f"REDIS_URL: cannot reach Redis at {redacted_url(url)}: {exc}", code=1)
     return redis
@@ -145,6 +151,7 @@ def poll(ctx: click.Context, once: bool, as_json: bool) -> None:
             "register them with `dispatcher integrations add`)"
         )
     stop = threading.Event()
+    request_stats = RequestStats()
     with (
         KomboClient(
             api_key,
@@ -153,6 +160,7 @@ def poll(ctx: click.Context, once: bool, as_json: bool) -> None:
             retry_budget=settings.kombo_retry_budget,
             max_connections=settings.sweep_concurrency,
             sleep=lambda seconds: _sleep_unless(stop, seconds),
+            observer=request_stats.observe,
         ) as client,
         _stop_on_signals(stop),
     ):
@@ -173,6 +181,7 @@ def poll(ctx: click.Context, once: bool, as_json: bool) -> None:
             ),
             schedule=Schedule(redis, ledger.keys, lease_ttl=settings.lease_ttl),
             stop=stop,
+            request_stats=request_stats,
         )
         if not once:
             poller.run_forever()
@@ -467,6 +476,281 @@ def demo(integrations: int, orders: int) -> None:
 
     logging.getLogger().setLevel(logging.WARNING)
     sys.exit(run_demo(integrations=integrations, orders=orders, echo=click.echo))
+
+
+# -- operating it ---------------------------------------------------------------------------
+
+
+def _colour() -> bool | None:
+    # None lets click decide (styles only on a terminal); NO_COLOR (no-color.org) turns them off.
+    return False if os.environ.get("NO_COLOR") else None
+
+
+def _redis_failed(exc: RedisError) -> NoReturn:
+    _fail(f"cannot read Redis: {type(exc).__name__}: {exc}", code=1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys: README).")
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
+@click.option("--iterations", type=click.IntRange(1), default=None, hidden=True)
+@click.pass_context
+def status(
+    ctx: click.Context, as_json: bool, watch: bool, interval: float, iterations: int | None
+) -> None:
+    """Are orders flowing? Queues, workers, integrations, handler steps, on one screen."""
+    from .status import take_snapshot
+    from .views import render_status
+
+    settings = _settings(ctx)
+    redis = _redis(settings)
+    url = redacted_url(settings.redis_url.get_secret_value())
+    in_place = watch and not as_json and sys.stdout.isatty()
+    shown = 0
+    try:
+        while True:
+            try:
+                snapshot = take_snapshot(redis, settings)
+            except RedisError as exc:
+                _redis_failed(exc)
+            if as_json:
+                click.echo(json.dumps(snapshot.as_dict(), sort_keys=True))
+            else:
+                text = render_status(snapshot, redis_url=url)
+                if in_place:
+                    # Home, then each line erases its rest: no flicker, no leftovers. Written
+                    # directly: click would strip these codes along with the colours.
+                    body = text if _colour() is None else click.unstyle(text)
+                    sys.stdout.write(
+                        ("\x1b[H\x1b[2J" if shown == 0 else "\x1b[H")
+                        + body.replace("\n", "\x1b[K\n")
+                        + "\x1b[K\n\x1b[J"
+                    )
+                    sys.stdout.flush()
+                else:
+                    if watch and shown:
+                        click.echo("")
+                    click.echo(text, color=_colour())
+            shown += 1
+            if not watch or (iterations is not None and shown >= iterations):
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        if in_place:
+            click.echo("")
+        return
+
+
+@cli.command()
+@click.option(
+    "--limit",
+    type=click.IntRange(0),
+    default=50,
+    show_default=True,
+    help="Show the newest N (0: all).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
+@click.pass_context
+def failed(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """List failed jobs: order, integration, handler, reason, attempts, when."""
+    from . import _text
+    from .admin import failed_jobs
+
+    settings = _settings(ctx)
+    redis = _redis(settings)
+    try:
+        jobs, total = failed_jobs(redis, settings.queue, limit=limit or None)
+    except RedisError as exc:
+        _redis_failed(exc)
+    if as_json:
+        for job in jobs:
+            click.echo(json.dumps(job.as_dict(), sort_keys=True))
+        return
+    if not jobs:
+        click.echo(f"no failed jobs on {settings.queue}")
+        return
+    now = time.time()
+    rows = [
+        [
+            _text.ago(job.failed_at, now),
+            job.order_id or "?",
+            job.integration_id or "?",
+            job.handler or "-",
+            str(job.attempts),
+            job.reason,
+        ]
+        for job in jobs
+    ]
+    header = ["FAILED", "ORDER", "INTEGRATION", "HANDLER", "ATTEMPTS", "REASON"]
+    for line in _text.table(header, rows, right={4}):
+        click.echo(line)
+    shown = f"showing the newest {len(jobs)}, --limit 0 for all" if len(jobs) < total else "all"
+    click.echo(
+        f"\n{_text.plural(total, 'failed job')} on {settings.queue} ({shown}); "
+        "details: dispatcher show ORDER_ID --integration ID"
+    )
+
+
+@cli.command()
+@click.argument("order_id")
+@click.option("--integration", "integration_id", help="Only this integration.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a match.")
+@click.option(
+    "--payload",
+    is_flag=True,
+    help="Also print the order as Kombo sent it (holds candidate personal data).",
+)
+@click.pass_context
+def show(
+    ctx: click.Context, order_id: str, integration_id: str | None, as_json: bool, payload: bool
+) -> None:
+    """Everything the dispatcher knows about one order: seen, job, steps, last error.
+
+    Without --integration every integration that knows the order id is shown.
+    """
+    from .admin import describe_order, known_integrations
+    from .keys import Keys
+    from .views import render_order
+
+    settings = _settings(ctx)
+    redis = _redis(settings)
+    try:
+        integrations = (
+            [integration_id]
+            if integration_id
+            else known_integrations(redis, Keys(settings.namespace), settings.kombo_integration_ids)
+        )
+        records = describe_order(redis, settings.namespace, settings.queue, order_id, integrations)
+    except RedisError as exc:
+        _redis_failed(exc)
+    if not records:
+        where = f"integration {integration_id}" if integration_id else "any integration"
+        _fail(f"order {order_id} is not known in {where}", code=1)
+    for index, record in enumerate(records):
+        if as_json:
+            data = record.as_dict()
+            if payload:
+                data["payload"] = record.payload
+            click.echo(json.dumps(data, sort_keys=True, default=str))
+            continue
+        if index:
+            click.echo("")
+        click.echo(
+            render_order(record, now=time.time(), payload=payload, order=settings.handlers),
+            color=_colour(),
+        )
+
+
+@cli.command()
+@click.argument("order_id")
+@click.option("--integration", "integration_id", required=True, help="The order's integration.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def forget(ctx: click.Context, order_id: str, integration_id: str, yes: bool) -> None:
+    """Forget an order, so that the next sweep dispatches it again (if still OPEN).
+
+    Removes it from the seen store together with its RQ job and its step records: its
+    handlers all run again. Refused while a worker is running its job.
+    """
+    from .admin import ForgetRefused, describe_order, forget_order
+    from .views import describe_forget
+
+    settings = _settings(ctx)
+    redis = _redis(settings)
+    try:
+        records = describe_order(
+            redis, settings.namespace, settings.queue, order_id, [integration_id]
+        )
+        if not records:
+            _fail(f"order {order_id} is not known in integration {integration_id}", code=1)
+        if not yes:
+            click.echo(describe_forget(records[0], now=time.time()))
+            try:
+                confirmed = click.confirm("Forget it?", default=False)
+            except click.Abort:
+                confirmed = False
+            if not confirmed:
+                _fail("not confirmed: nothing was changed", code=1)
+        result = forget_order(
+            redis,
+            settings.namespace,
+            settings.queue,
+            integration_id,
+            order_id,
+            handlers=settings.handlers,
+        )
+    except ForgetRefused as exc:
+        _fail(str(exc), code=1)
+    except RedisError as exc:
+        _redis_failed(exc)
+    removed = ["seen mark" if result.was_seen else "no seen mark"]
+    if result.job_status is not None:
+        removed.append(f"{result.job_status} job")
+    if result.steps:
+        removed.append(f"{result.steps} step record(s)")
+    if result.effects:
+        removed.append(f"{result.effects} effect record(s)")
+    click.echo(
+        f"forgot order {order_id} (integration {integration_id}): removed {', '.join(removed)}; "
+        "the next sweep dispatches it again if it is still OPEN"
+    )
+
+
+@cli.command()
+@click.option("--host", envvar="DISPATCHER_WEB_HOST", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port", envvar="PORT", type=click.IntRange(0, 65535), default=8000, show_default=True
+)
+@click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
+@click.pass_context
+def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
+    """Serve /metrics (Prometheus) and /healthz over HTTP (needs the web extra)."""
+    try:
+        import uvicorn
+
+        from .web import create_app
+    except ImportError as exc:
+        _fail(
+            "dispatcher web needs the web extra: pip install 'kombo-dispatcher[web]' "
+            f"({exc.name or 'a dependency'} is not installed)"
+        )
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    settings = _settings(ctx)
+    # Start even when Redis is down: /healthz then says 503, which is what it is for; and
+    # say it fast (probes time out after a second or so): one quick retry, not redis-py's
+    # default backoff of several seconds.
+    try:
+        redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            health_check_interval=30,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        )
+    except ValueError as exc:
+        _fail(f"REDIS_URL: {exc}")
+    app = create_app(settings, redis)
+    log.info("serving /metrics and /healthz on http://%s:%d", host, port)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again with the
+    # handlers it found; these make that a clean exit 0, like the other commands.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore_signal)
+    uvicorn.run(
+        app, host=host, port=port, log_config=None, access_log=access_log, server_header=False
+    )
+
+
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    log.info("received %s, stopped", signal.Signals(signum).name)
 
 
 def main() -> None:

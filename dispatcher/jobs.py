@@ -199,6 +199,11 @@ def process_order(integration_id: str, order: dict[str, Any]) -> dict[str, Any]:
         else None
     )
     attempt, completed = store.begin() if store is not None else (1, {})
+    if job is not None:
+        # For `dispatcher failed` / `show`: RQ's own retry count misses crash recoveries,
+        # manual retries and permanent failures.
+        job.meta["attempt"] = attempt
+        job.save_meta()  # type: ignore[no-untyped-call]
     outputs: dict[str, Mapping[str, Any]] = dict(completed)
     for handler in runtime.chain:
         if handler.name in outputs:

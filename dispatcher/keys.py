@@ -8,9 +8,10 @@ dispatcher only chooses their queue name and job ids. See docs/redis-keys.md.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
-__all__ = ["Keys", "job_id_for"]
+__all__ = ["SCHEMA", "KeySpec", "Keys", "job_id_for", "schema_markdown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,16 @@ class Keys:
         """Hash of counters (orders dispatched, ...)."""
         return f"{self.namespace}:stats"
 
+    @property
+    def swept_integrations(self) -> str:
+        """Set of integration ids that have a sweep hash, including ones that never succeeded."""
+        return f"{self.namespace}:swept-integrations"
+
+    @property
+    def kombo_requests(self) -> str:
+        """Hash of Kombo request counters by endpoint and HTTP status (count, seconds, buckets)."""
+        return f"{self.namespace}:kombo-requests"
+
 
 def job_id_for(namespace: str, integration_id: str, order_id: str) -> str:
     """The RQ job id of one order: deterministic, unique per (namespace, integration, order).
@@ -84,3 +95,283 @@ def job_id_for(namespace: str, integration_id: str, order_id: str) -> str:
         "\x00".join((namespace, integration_id, order_id)).encode(), digest_size=16
     ).hexdigest()
     return f"order-{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """One kind of Redis key the dispatcher writes or makes RQ write.
+
+    ``pattern`` uses placeholders: ``{ns}`` (DISPATCHER_NAMESPACE), ``{queue}``
+    (DISPATCHER_QUEUE), ``{job_id}`` (an order's job id, :func:`job_id_for`), and
+    ``{integration}``, ``{order}``, ``{handler}``, ``{worker}``, ``{execution}``,
+    ``{scheduler}`` for ids.
+    """
+
+    pattern: str
+    type: str
+    holds: str
+    lifetime: str
+
+    def regex(self, namespace: str, queue: str) -> re.Pattern[str]:
+        """A regex matching the keys of this kind for one namespace and queue."""
+        parts = re.split(r"(\{[a-z_]+\})", self.pattern)
+        fixed = {"{ns}": re.escape(namespace), "{queue}": re.escape(queue)}
+        body = "".join(
+            fixed.get(part, _JOB_ID_RE if part == "{job_id}" else ".+")
+            if part.startswith("{")
+            else re.escape(part)
+            for part in parts
+        )
+        return re.compile(f"^{body}$")
+
+
+_JOB_ID_RE = "order-[0-9a-f]{32}"
+
+# The dispatcher's own keys, then RQ's keys that the dispatcher's queue and workers cause.
+# docs/redis-keys.md shows this table (tests/test_keys.py checks that it is the same).
+SCHEMA: tuple[KeySpec, ...] = (
+    KeySpec(
+        "{ns}:seen:{integration}",
+        "hash",
+        "order id -> `<unix time of first dispatch>[:<generation of the last full sweep that "
+        "saw it OPEN>]`, or `rejected:<unix time>`: the dedupe store (ids only, no payload)",
+        "pruned after DISPATCHER_PRUNE_AFTER_SWEEPS full sweeps without the order OPEN and "
+        "DISPATCHER_SEEN_RETENTION; `dispatcher forget` removes one order",
+    ),
+    KeySpec(
+        "{ns}:seen-integrations",
+        "set",
+        "integration ids that have a seen hash",
+        "kept",
+    ),
+    KeySpec(
+        "{ns}:stats",
+        "hash",
+        "counters: `orders_dispatched`",
+        "kept",
+    ),
+    KeySpec(
+        "{ns}:sweep:{integration}",
+        "hash",
+        "last sweep: `last_attempt_at`, `duration`, `last_sweep_at`, `orders_seen`, "
+        "`orders_new`, `pages`, `last_error`, `last_error_code`, `last_error_at`, `error_count`, "
+        "`consecutive_failures`, `watermark` (start of the last successful sweep), "
+        "`full_sweep_at`, `generation` (full sweeps so far), `last_sweep_kind`",
+        "kept (one per integration)",
+    ),
+    KeySpec(
+        "{ns}:swept-integrations",
+        "set",
+        "integration ids that have a sweep hash (failing ones too)",
+        "kept",
+    ),
+    KeySpec(
+        "{ns}:kombo-requests",
+        "hash",
+        "Kombo requests by endpoint and status: `<endpoint>|<status>|count`, `...|sum` "
+        "(seconds), `...|le|<bound>` (latency buckets)",
+        "kept (a few dozen fields)",
+    ),
+    KeySpec(
+        "{ns}:steps:{integration}:{order}",
+        "hash",
+        'handler -> JSON `{"output": ..., "completed_at": unix time}` of each completed step; '
+        "`_attempts`: runs of the job so far",
+        "DISPATCHER_RESULT_TTL; `forget` deletes it",
+    ),
+    KeySpec(
+        "{ns}:effects:{integration}:{order}:{handler}",
+        "set",
+        "sub-effects a step already performed (e.g. recipients mailed)",
+        "DISPATCHER_RESULT_TTL; `forget` deletes it",
+    ),
+    KeySpec(
+        "{ns}:integrations",
+        "set",
+        "integration ids registered with `dispatcher integrations add`",
+        "kept; `integrations remove`",
+    ),
+    KeySpec(
+        "{ns}:integrations:paused",
+        "set",
+        "paused integration ids",
+        "kept; `integrations resume`",
+    ),
+    KeySpec(
+        "{ns}:schedule",
+        "zset",
+        "integration id -> unix time its next sweep is due (shared by every poller)",
+        "kept; entries follow the active integrations",
+    ),
+    KeySpec(
+        "{ns}:lease:{integration}",
+        "string",
+        "`<host>:<pid>:<id>` of the poller sweeping the integration",
+        "DISPATCHER_LEASE_TTL, renewed per page, deleted after the sweep",
+    ),
+    KeySpec(
+        "{ns}:step-stats",
+        "hash",
+        "counters `<handler>:completed`, `<handler>:failed`",
+        "kept",
+    ),
+    KeySpec(
+        "rq:queues",
+        "set",
+        "RQ: every queue key (`rq info` lists queues from it)",
+        "kept",
+    ),
+    KeySpec(
+        "rq:queue:{queue}",
+        "list",
+        "RQ: job ids waiting to run",
+        "emptied by workers",
+    ),
+    KeySpec(
+        "rq:queue:{queue}:intermediate",
+        "list",
+        "RQ: job ids taken by a worker but not yet started",
+        "emptied by workers",
+    ),
+    KeySpec(
+        "rq:queue:{queue}:intermediate:first_seen:{job_id}",
+        "string",
+        "RQ: when a job was first seen in the intermediate list",
+        "1 day",
+    ),
+    KeySpec(
+        "rq:job:{job_id}",
+        "hash",
+        "RQ: one order's job: payload (the order, candidate data included), status, "
+        "times, description `order X integration Y package Z`, meta (ids, failures)",
+        "DISPATCHER_RESULT_TTL once finished, DISPATCHER_FAILURE_TTL once failed",
+    ),
+    KeySpec(
+        "rq:job:{job_id}:dependents",
+        "set",
+        "RQ: jobs depending on this one (the dispatcher creates none)",
+        "deleted with the job",
+    ),
+    KeySpec(
+        "rq:results:{job_id}",
+        "stream",
+        "RQ: the job's results (return value: step outputs; or the failure traceback)",
+        "same as the job",
+    ),
+    KeySpec(
+        "rq:executions:{job_id}",
+        "zset",
+        "RQ: live executions of a job",
+        "while the job runs",
+    ),
+    KeySpec(
+        "rq:execution:{job_id}:{execution}",
+        "hash",
+        "RQ: one execution (worker, heartbeat)",
+        "while the job runs",
+    ),
+    KeySpec(
+        "rq:wip:{queue}",
+        "zset",
+        "RQ: started registry (`job_id:execution_id`)",
+        "entries leave when the job ends",
+    ),
+    KeySpec(
+        "rq:finished:{queue}",
+        "zset",
+        "RQ: finished job ids, scored by expiry",
+        "entries pruned after DISPATCHER_RESULT_TTL",
+    ),
+    KeySpec(
+        "rq:failed:{queue}",
+        "zset",
+        "RQ: failed job ids, scored by expiry",
+        "entries pruned after DISPATCHER_FAILURE_TTL",
+    ),
+    KeySpec(
+        "rq:scheduled:{queue}",
+        "zset",
+        "RQ: jobs waiting for a retry, scored by when",
+        "entries leave when re-queued",
+    ),
+    KeySpec(
+        "rq:deferred:{queue}",
+        "zset",
+        "RQ: deferred jobs (the dispatcher defers none)",
+        "entries leave when enqueued",
+    ),
+    KeySpec(
+        "rq:canceled:{queue}",
+        "zset",
+        "RQ: canceled jobs (`rq` cancel)",
+        "entries pruned after their TTL",
+    ),
+    KeySpec(
+        "rq:ready:{queue}",
+        "zset",
+        "RQ: dependents ready to enqueue (transient)",
+        "transient",
+    ),
+    KeySpec(
+        "rq:clean_registries:{queue}",
+        "string",
+        "RQ: lock of the periodic registry cleanup",
+        "expires by itself",
+    ),
+    KeySpec(
+        "rq:clean_groups",
+        "string",
+        "RQ: lock of the periodic group cleanup",
+        "expires by itself",
+    ),
+    KeySpec(
+        "rq:workers",
+        "set",
+        "RQ: every live worker key",
+        "dead workers pruned by RQ",
+    ),
+    KeySpec(
+        "rq:workers:{queue}",
+        "set",
+        "RQ: worker keys listening on the queue",
+        "dead workers pruned by RQ",
+    ),
+    KeySpec(
+        "rq:worker:{worker}",
+        "hash",
+        "RQ: one worker (state, heartbeat, counts)",
+        "heartbeat TTL (about 7 minutes); 60 s after it stops",
+    ),
+    KeySpec(
+        "rq:worker:{worker}:executions",
+        "set",
+        "RQ: executions the worker is running",
+        "heartbeat TTL",
+    ),
+    KeySpec(
+        "rq:scheduler-lock:{queue}",
+        "string",
+        "RQ: which worker runs the scheduler for the queue",
+        "expires by itself",
+    ),
+    KeySpec(
+        "rq:scheduler:{scheduler}",
+        "hash",
+        "RQ: one scheduler (a worker's scheduler process): its queues and heartbeat",
+        "expires by itself",
+    ),
+    KeySpec(
+        "rq:suspended",
+        "string",
+        "RQ: set by `rq suspend`",
+        "until `rq resume`",
+    ),
+)
+
+
+def schema_markdown() -> str:
+    """The key table of docs/redis-keys.md, generated from :data:`SCHEMA`."""
+    lines = ["| key | type | holds | lifetime |", "| --- | --- | --- | --- |"]
+    for spec in SCHEMA:
+        lines.append(f"| `{spec.pattern}` | {spec.type} | {spec.holds} | {spec.lifetime} |")
+    return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ __all__ = [
     "KomboClient",
     "KomboError",
     "OrdersPage",
+    "RequestObserver",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,11 @@ RETRYABLE_CODES = frozenset(
 # Kombo asks clients to branch on the code; these codes are never worth a retry whatever
 # the HTTP status says.
 _PERMANENT_PREFIXES = ("PLATFORM.AUTHENTICATION", "PLATFORM.INPUT", "PLATFORM.INTEGRATION_NOT")
+
+RequestObserver = Callable[[str, int | None, float], None]
+"""Told of every HTTP request the client makes (each retry too): the endpoint as
+``"GET /assessment/orders"``, the HTTP status (``None`` when no response came) and the
+seconds it took."""
 
 _BACKOFF_BASE = 1.0
 _BACKOFF_CAP = 30.0
@@ -111,6 +117,7 @@ class KomboClient:
     Retries 429s, 5xx, timeouts and connection errors with exponential backoff and full
     jitter, honouring ``Retry-After``, for at most ``retry_budget`` seconds per request.
     The API key is held as a secret and never logged, raised or shown in a repr.
+    ``observer``, when given, is called after every request (see :data:`RequestObserver`).
     """
 
     def __init__(
@@ -125,7 +132,9 @@ class KomboClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
+        self._observer = observer
         self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
         self._http = httpx.Client(
             base_url=base_url.rstrip("/") + "/",
@@ -249,13 +258,16 @@ class KomboClient:
         while True:
             attempt += 1
             retry_after: float | None = None
+            sent = time.perf_counter()
             try:
                 response = self._http.request(
                     method, path, params=params, json=json, headers=headers
                 )
+                self._observe(method, path, response.status_code, sent)
                 body, error = _decode(response, integration_id)
                 retry_after = _retry_after(response)
             except httpx.TransportError as exc:
+                self._observe(method, path, None, sent)
                 body = None
                 error = KomboError(
                     f"{type(exc).__name__} on {method} /{path}",
@@ -282,6 +294,10 @@ class KomboClient:
                 extra={"integration_id": integration_id},
             )
             self._sleep(delay)
+
+    def _observe(self, method: str, path: str, status: int | None, sent: float) -> None:
+        if self._observer is not None:
+            self._observer(f"{method} /{path}", status, time.perf_counter() - sent)
 
 
 def _decode(response: httpx.Response, integration_id: str) -> tuple[Any, KomboError | None]:

@@ -1,20 +1,181 @@
 """Logging setup: readable lines for people, one JSON object a line for log shippers.
 
 Log calls about an order pass ``extra={"order_id": ..., "integration_id": ...}``; both
-formats show those fields.
+formats show those fields. Inside :func:`order_context` (the worker is in one from taking a
+job off the queue until it is done with it) records that lack them get them, so RQ's own
+lines about a job are tagged too.
+
+Two filters guard every line, as defence in depth behind code that should not log such
+things in the first place:
+
+- secret values (the API key, passwords, tokens, the webhook secret: every ``SecretStr`` of
+  the settings, and a password inside a URL) are replaced by ``***`` at every level;
+- the contact data of the candidate of the order at hand (email, phone, names), and any
+  email address, are replaced by ``<redacted>`` above DEBUG: they may appear at DEBUG only.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+import re
 import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal, TextIO
+from urllib.parse import urlsplit
 
-__all__ = ["configure_logging"]
+from pydantic import BaseModel, SecretStr
+
+__all__ = [
+    "OrderLogContext",
+    "configure_logging",
+    "contact_values",
+    "order_context",
+    "protect_secrets",
+    "secret_values",
+    "set_order_context",
+]
 
 _CONTEXT_FIELDS = ("integration_id", "order_id", "handler", "job_id")
+_SECRET_MASK = "***"
+_PERSONAL_MASK = "<redacted>"
+# Shorter values would mask ordinary words; no real key, token or password is that short.
+_MIN_SECRET_LENGTH = 6
+_EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLogContext:
+    """The order a process is working on: tagged onto its log lines, its contact data masked."""
+
+    order_id: str
+    integration_id: str
+    job_id: str | None = None
+    contact: tuple[str, ...] = ()
+
+
+_current_order: contextvars.ContextVar[OrderLogContext | None] = contextvars.ContextVar(
+    "dispatcher_order_log_context", default=None
+)
+
+
+def set_order_context(context: OrderLogContext | None) -> None:
+    """Make ``context`` the order at hand (``None``: no order) until set again.
+
+    For code whose start and end of an order are in different places (RQ's worker takes a
+    job in one method and runs it in another); elsewhere use :func:`order_context`.
+    """
+    _current_order.set(context)
+
+
+@contextmanager
+def order_context(context: OrderLogContext) -> Iterator[None]:
+    """Tag every log record inside the block with the order, and mask its contact data."""
+    token = _current_order.set(context)
+    try:
+        yield
+    finally:
+        _current_order.reset(token)
+
+
+def contact_values(order: Mapping[str, Any]) -> tuple[str, ...]:
+    """The candidate's email, phone and names from an order payload (as Kombo sends it)."""
+    candidate = order.get("candidate")
+    if not isinstance(candidate, Mapping):
+        return ()
+    values = (candidate.get(name) for name in ("email", "phone", "first_name", "last_name"))
+    return tuple(v for v in values if isinstance(v, str) and len(v.strip()) >= 2)
+
+
+class _Guard(logging.Filter):
+    """Adds the order context, then masks secrets and (above DEBUG) personal data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            self._guard(record)
+        except Exception:
+            # A record whose message cannot even be built: let the handler report it as
+            # logging always does, rather than raise into the code that logged.
+            return True
+        return True
+
+    def _guard(self, record: logging.LogRecord) -> None:
+        context = _current_order.get()
+        message = record.getMessage()
+        if context is not None:
+            for name in ("order_id", "integration_id", "job_id"):
+                if getattr(record, name, None) is None:
+                    setattr(record, name, getattr(context, name))
+        personal = record.levelno > logging.DEBUG
+        contact = context.contact if context is not None and personal else ()
+        cleaned = self._scrub(message, contact, personal)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._scrub(record.exc_text, contact, personal)
+        if record.stack_info:
+            record.stack_info = self._scrub(record.stack_info, contact, personal)
+
+    def _scrub(self, text: str, contact: tuple[str, ...], personal: bool) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, _SECRET_MASK)
+        if personal:
+            for value in sorted(contact, key=len, reverse=True):
+                text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", _PERSONAL_MASK, text)
+            text = _EMAIL.sub(_PERSONAL_MASK, text)
+        return text
+
+
+_FORMATTER = logging.Formatter()
+_guard = _Guard()
+
+
+def protect_secrets(values: Iterable[str]) -> None:
+    """Mask these values (and their JSON-escaped forms) wherever they would be logged."""
+    for value in values:
+        if len(value) >= _MIN_SECRET_LENGTH:
+            _guard.secrets.add(value)
+            _guard.secrets.add(json.dumps(value)[1:-1])
+
+
+def secret_values(settings: BaseModel) -> list[str]:
+    """Every secret the settings hold: ``SecretStr`` fields (also inside lists and mappings)
+    and passwords inside secret URLs."""
+    found: list[str] = []
+
+    def visit(value: object) -> None:
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            found.append(secret)
+            try:
+                password = urlsplit(secret).password
+            except ValueError:
+                password = None
+            if password:
+                found.append(password)
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, list | tuple | set | frozenset):
+            for item in value:
+                visit(item)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                visit(getattr(value, name))
+
+    visit(settings)
+    return [value for value in found if value]
 
 
 class _TextFormatter(logging.Formatter):
@@ -43,15 +204,24 @@ class _JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def configure_logging(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> None:
-    """Send every log record of the process to stderr in the chosen format."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(
+    level: str = "INFO",
+    fmt: Literal["text", "json"] = "text",
+    *,
+    stream: TextIO | None = None,
+) -> None:
+    """Send every log record of the process to stderr (or ``stream``) in the chosen format,
+    through the guard that tags order context and masks secrets and personal data."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler.addFilter(_guard)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -31,6 +31,7 @@ from .integrations import IntegrationRegistry
 from .kombo import InvalidPageError, KomboClient, KomboError, OrdersPage
 from .ledger import Ledger
 from .schedule import Schedule
+from .telemetry import RequestStats
 
 __all__ = ["IntegrationSweep", "Poller", "SweepPolicy", "SweepReport"]
 
@@ -61,6 +62,7 @@ class IntegrationSweep:
     pruned: int = 0
     error: str | None = None
     error_code: str | None = None
+    error_order_id: str | None = None
     interrupted: bool = False
     consecutive_failures: int = 0
 
@@ -111,7 +113,10 @@ class Poller:
         schedule: Schedule | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
+        request_stats: RequestStats | None = None,
     ) -> None:
+        """``request_stats``: the Kombo client's observer; what it gathered is saved in Redis
+        with every integration's sweep record (for ``dispatcher status`` and ``/metrics``)."""
         self.client = client
         self.ledger = ledger
         self.registry = (
@@ -126,6 +131,7 @@ class Poller:
         self.schedule = schedule or Schedule(ledger.redis, ledger.keys)
         self.stop = stop or threading.Event()
         self._clock = clock
+        self.request_stats = request_stats
         self._rng = random.Random()
         # Integrations this process has fully swept: the first sweep after a start is full.
         self._fully_swept: set[str] = set()
@@ -179,32 +185,11 @@ class Poller:
         if not full:
             created_after = float(state["watermark"]) - self.policy.incremental_overlap
         try:
-            for page in self._pages(integration_id, created_after):
-                dispatched = self.ledger.dispatch(
-                    integration_id, page.orders, generation=generation
-                )
-                result.pages += 1
-                result.orders_seen += len(page.orders)
-                result.orders_new += len(dispatched.enqueued)
-                if leased and page.next and not self.schedule.renew(integration_id):
-                    result.error = f"integration {integration_id}: lease lost mid-sweep"
-                    result.error_code = "LEASE_LOST"
-                    break
-                if self.stop.is_set() and page.next:
-                    result.interrupted = True
-                    log.info("stopping after page %d", result.pages, extra=extra)
-                    break
-            else:
-                if generation is not None:
-                    result.pruned = self.ledger.prune(
-                        integration_id,
-                        generation=generation,
-                        keep_generations=self.policy.prune_after_sweeps,
-                        retention=self.policy.seen_retention,
-                    )
+            self._sweep_pages(result, created_after, generation, leased)
         except InvalidPageError as exc:
             result.error = str(exc)
             result.error_code = "INVALID_PAGE"
+            result.error_order_id = exc.order_id
         except KomboError as exc:
             result.error = str(exc)
             result.error_code = exc.code or (f"HTTP {exc.status_code}" if exc.status_code else None)
@@ -212,6 +197,8 @@ class Poller:
             return self._redis_failure(result, exc)
         if result.error is not None:
             result.consecutive_failures += 1
+            if result.error_order_id is not None:
+                extra["order_id"] = result.error_order_id
             log.error("sweep failed: %s", result.error, extra=extra)
         else:
             result.consecutive_failures = 0
@@ -226,6 +213,39 @@ class Poller:
             )
         self._record(result, started, generation)
         return result
+
+    def _sweep_pages(
+        self,
+        result: IntegrationSweep,
+        created_after: float | None,
+        generation: int | None,
+        leased: bool,
+    ) -> None:
+        """Dispatch page after page; prune after a complete full sweep. Raises what the Kombo
+        client or Redis raise."""
+        integration_id = result.integration_id
+        for page in self._pages(integration_id, created_after):
+            dispatched = self.ledger.dispatch(integration_id, page.orders, generation=generation)
+            result.pages += 1
+            result.orders_seen += len(page.orders)
+            result.orders_new += len(dispatched.enqueued)
+            if leased and page.next and not self.schedule.renew(integration_id):
+                result.error = f"integration {integration_id}: lease lost mid-sweep"
+                result.error_code = "LEASE_LOST"
+                return
+            if self.stop.is_set() and page.next:
+                result.interrupted = True
+                log.info(
+                    "stopping after page %d", result.pages, extra={"integration_id": integration_id}
+                )
+                return
+        if generation is not None:
+            result.pruned = self.ledger.prune(
+                integration_id,
+                generation=generation,
+                keep_generations=self.policy.prune_after_sweeps,
+                retention=self.policy.seen_retention,
+            )
 
     def _redis_failure(self, result: IntegrationSweep, exc: RedisError) -> IntegrationSweep:
         # The main loop reports an outage once; per-integration lines would repeat it.
@@ -282,14 +302,24 @@ class Poller:
                 last_error_code=result.error_code or "",
                 last_error_at=now,
             )
-        key = self.ledger.keys.sweep(result.integration_id)
+        keys = self.ledger.keys
+        key = keys.sweep(result.integration_id)
+        counts, seconds = self.request_stats.drain() if self.request_stats else ({}, {})
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hset(key, mapping=fields)
                 if result.error is not None:
                     pipe.hincrby(key, "error_count", 1)
+                pipe.sadd(keys.swept_integrations, result.integration_id)
+                # Kombo request telemetry rides along: no round trip of its own.
+                for name, count in counts.items():
+                    pipe.hincrby(keys.kombo_requests, name, count)
+                for name, total in seconds.items():
+                    pipe.hincrbyfloat(keys.kombo_requests, name, total)
                 pipe.execute()
         except RedisError as exc:
+            if self.request_stats is not None:
+                self.request_stats.restore(counts, seconds)
             log.debug("could not record the sweep of %s: %s", result.integration_id, exc)
             return
         if result.error is None and not result.interrupted and result.full:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     namespace: str = Field(
         "dispatcher", alias="DISPATCHER_NAMESPACE", pattern=r"^[A-Za-z0-9_.\-]+$", max_length=64
     )
+    # Defaults to "{namespace}-orders" (see _queue_per_namespace), so that two namespaces on
+    # one Redis do not share a queue and pick up each other's jobs.
     queue: str = Field("dispatcher-orders", alias="DISPATCHER_QUEUE", pattern=r"^[A-Za-z0-9_.\-]+$")
     poll_interval: float = Field(60.0, alias="DISPATCHER_POLL_INTERVAL", gt=0)
     orders_endpoint: Literal["orders", "open"] = Field("orders", alias="DISPATCHER_ORDERS_ENDPOINT")
@@ -90,6 +92,15 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", alias="DISPATCHER_LOG_LEVEL"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _queue_per_namespace(cls, data: object) -> object:
+        if isinstance(data, dict) and "DISPATCHER_QUEUE" not in data and "queue" not in data:
+            namespace = data.get("DISPATCHER_NAMESPACE", data.get("namespace", "dispatcher"))
+            if isinstance(namespace, str):
+                data = {**data, "DISPATCHER_QUEUE": f"{namespace}-orders"}
+        return data
 
     @field_validator("kombo_integration_ids", "handlers", mode="before")
     @classmethod

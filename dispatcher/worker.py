@@ -4,23 +4,33 @@ RQ recovers a job whose worker died (SIGKILL, OOM, a lost machine) only when som
 maintenance pass finds the job's heartbeat expired: by default 60 s after the last heartbeat,
 by a pass that an idle worker runs about every 7 minutes. :class:`DispatcherWorker` shortens
 all three so that an abandoned job is back on the queue within a bounded time (see
-``RECOVERY_BOUND``), with its completed steps still skipped when it runs again.
+``RECOVERY_BOUND``), with its completed steps still skipped when it runs again. It also tags
+log lines with the order in hand and records every failed attempt in the job's meta.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterable
 from typing import Any, cast
 
 from redis import Redis
-from rq import Queue, Worker
+from redis.exceptions import RedisError
+from rq import Queue, SimpleWorker, Worker
+from rq.executions import Execution
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 from rq.worker_pool import WorkerPool
 
+from .failures import parse_failure
 from .jobs import Runtime, install_runtime
+from .logs import OrderLogContext, contact_values, set_order_context
 from .settings import Settings
 
-__all__ = ["RECOVERY_BOUND", "DispatcherWorker", "run_worker"]
+__all__ = ["RECOVERY_BOUND", "DispatcherSimpleWorker", "DispatcherWorker", "run_worker"]
+
+log = logging.getLogger("dispatcher.worker")
 
 # Seconds between heartbeats of a running job, and how long past a missed heartbeat a job
 # counts as abandoned.
@@ -34,7 +44,6 @@ MAINTENANCE_INTERVAL = 10
 # then a live worker's next maintenance pass (an idle one wakes every WORKER_TTL - 15 s).
 RECOVERY_BOUND = HEARTBEAT_INTERVAL + HEARTBEAT_GRACE + (WORKER_TTL - 15) + MAINTENANCE_INTERVAL
 
-
 # KEYS: 1 started registry, 2 job hash, 3 queue list. ARGV: 1 registry entry, 2 job id.
 # Whoever removes the registry entry requeues the job: at most one worker does, and the job is
 # never out of both the registry and the queue.
@@ -47,18 +56,74 @@ return 1
 """
 
 
-class DispatcherWorker(Worker):
-    """An RQ worker that requeues abandoned jobs within ``RECOVERY_BOUND`` seconds."""
+def _log_context(job: Job) -> OrderLogContext | None:
+    meta: dict[str, Any] = job.meta or {}
+    order_id, integration_id = meta.get("order_id"), meta.get("integration_id")
+    if not isinstance(order_id, str) or not isinstance(integration_id, str):
+        return None  # not one of ours: nothing to tag
+    try:
+        order = job.kwargs.get("order")
+        contact = contact_values(order) if isinstance(order, dict) else ()
+    except Exception:  # an unreadable payload fails the job later, with RQ's own report
+        contact = ()
+    return OrderLogContext(order_id, integration_id, job.id, contact)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+
+class _OrderQueue(Queue):
+    """RQ's queue, but taking a job off it puts the worker in the job's log context at once,
+    so that RQ's own lines about taking the job name the order too."""
+
+    @classmethod
+    def dequeue_any(cls, *args: Any, **kwargs: Any) -> tuple[Job, Queue] | None:
+        result = super().dequeue_any(*args, **kwargs)
+        if result is not None:
+            set_order_context(_log_context(result[0]))
+        return result
+
+
+def _record_failure(job: Job, exc_string: str) -> None:
+    """Keep the failed attempt in the job's meta: RQ stores an attempt's error only when it is
+    the last (no retry left), and ``dispatcher show`` / ``failed`` need every one."""
+    failure = parse_failure(exc_string)
+    try:
+        meta = job.get_meta(refresh=True)
+        meta["failures"] = int(meta.get("failures", 0)) + 1
+        meta["last_failure"] = {
+            "handler": failure.handler,
+            "reason": failure.reason,
+            "at": round(time.time(), 3),
+        }
+        job.save_meta()  # type: ignore[no-untyped-call]
+    except (RedisError, ValueError, TypeError) as exc:
+        log.warning("could not record the failure of job %s: %s", job.id, exc)
+
+
+def _by_name(queue: Queue | str) -> Queue | str:
+    return queue.name if isinstance(queue, Queue) and not isinstance(queue, _OrderQueue) else queue
+
+
+class _DispatcherWorkerMixin:
+    """What the dispatcher adds to RQ's workers: abandoned jobs are requeued within
+    ``RECOVERY_BOUND`` seconds, log lines during a job carry its order and integration (and
+    mask the candidate's contact data above DEBUG), and every failed attempt is recorded in
+    the job's meta."""
+
+    def __init__(self, queues: Iterable[Queue | str], *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("job_monitoring_interval", HEARTBEAT_INTERVAL)
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
         kwargs.setdefault("worker_ttl", WORKER_TTL)
-        super().__init__(*args, **kwargs)
+        kwargs.setdefault("queue_class", _OrderQueue)
+        if kwargs["queue_class"] is _OrderQueue:
+            # RQ insists every queue be of the worker's queue class: pass plain ones by name.
+            queues = [
+                q.name if isinstance(q, Queue) and not isinstance(q, _OrderQueue) else q
+                for q in queues
+            ]
+        super().__init__(queues, *args, **kwargs)  # type: ignore[call-arg]
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ adds a fixed 60 s of grace; a job whose worker is gone waits that long.
-        interval = self.job_monitoring_interval
+        interval: float = self.job_monitoring_interval  # type: ignore[attr-defined]
         if job.timeout and job.timeout > 0:
             interval = min(job.timeout - working_time, interval)
         return int(interval) + HEARTBEAT_GRACE
@@ -68,24 +133,57 @@ class DispatcherWorker(Worker):
         # holding the queue's lock moves on; when that scheduler died with the worker, the
         # lock blocks everyone for a minute. The job did not fail, its worker vanished:
         # requeue it at once.
-        for queue in self.queues:
+        for queue in self.queues:  # type: ignore[attr-defined]
             self.requeue_abandoned(queue)
-        super().clean_registries()  # type: ignore[no-untyped-call]
+        super().clean_registries()  # type: ignore[misc]
 
     def requeue_abandoned(self, queue: Queue) -> int:
         """Put jobs whose worker stopped heartbeating back on the queue; returns how many."""
+        connection: Redis = self.connection  # type: ignore[attr-defined]
         registry = queue.started_job_registry
         requeued = 0
-        entries = self.connection.zrangebyscore(registry.key, 0, time.time())
+        entries = connection.zrangebyscore(registry.key, 0, time.time())
         for entry in cast("list[bytes]", entries):
             job_id = registry.parse_job_id(entry)
-            done = self.connection.eval(
+            done = connection.eval(
                 _REQUEUE_ABANDONED, 3, registry.key, Job.key_for(job_id), queue.key, entry, job_id
             )
             if done:
                 requeued += 1
-                self.log.warning("requeued job %s: its worker stopped heartbeating", job_id)
+                log.warning("requeued job %s: its worker stopped heartbeating", job_id)
         return requeued
+
+    def execute_job(self, job: Job, queue: Queue) -> Any:
+        set_order_context(_log_context(job))
+        try:
+            return super().execute_job(job, queue)  # type: ignore[misc]
+        finally:
+            set_order_context(None)
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry | None = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> Any:
+        _record_failure(job, exc_string)
+        return super().handle_job_failure(  # type: ignore[misc]
+            job,
+            queue,
+            started_job_registry=started_job_registry,
+            exc_string=exc_string,
+            execution=execution,
+        )
+
+
+class DispatcherWorker(_DispatcherWorkerMixin, Worker):
+    """RQ's forking worker with the dispatcher's additions (see the mixin)."""
+
+
+class DispatcherSimpleWorker(_DispatcherWorkerMixin, SimpleWorker):
+    """RQ's in-process worker with the dispatcher's additions (tests, the demo)."""
 
 
 def run_worker(

@@ -1,0 +1,474 @@
+"""Operator views and actions on single orders: failed jobs, one order's record, forgetting.
+
+``dispatcher failed``, ``show`` and ``forget`` are thin wrappers over :func:`failed_jobs`,
+:func:`describe_order` and :func:`forget_order` (text views: :mod:`dispatcher.views`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import WatchError
+from rq import Queue
+from rq.executions import ExecutionRegistry
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job, JobStatus
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+)
+from rq.results import Result
+
+from .failures import Failure, parse_failure
+from .keys import Keys, job_id_for
+from .ledger import parse_seen
+
+__all__ = [
+    "FailedJob",
+    "ForgetRefused",
+    "ForgetResult",
+    "OrderRecord",
+    "StepRecord",
+    "describe_order",
+    "failed_jobs",
+    "forget_order",
+    "known_integrations",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJob:
+    """One job in the failed registry: which order, which handler, why, how often."""
+
+    job_id: str
+    order_id: str | None
+    integration_id: str | None
+    package_id: str | None
+    handler: str | None
+    reason: str
+    attempts: int
+    failed_at: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "order_id": self.order_id,
+            "integration_id": self.integration_id,
+            "package_id": self.package_id,
+            "handler": self.handler,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "failed_at": self.failed_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """A completed handler step of one order and what it returned."""
+
+    handler: str
+    output: Any
+    completed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    """Everything the dispatcher knows about one order of one integration."""
+
+    order_id: str
+    integration_id: str
+    job_id: str
+    seen_at: float | None
+    job_status: str | None
+    package_id: str | None = None
+    enqueued_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    retry_at: float | None = None
+    attempts: int | None = None
+    worker: str | None = None
+    steps: tuple[StepRecord, ...] = ()
+    last_error: Failure | None = None
+    last_error_at: float | None = None
+    payload: Mapping[str, Any] | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "order_id": self.order_id,
+            "integration_id": self.integration_id,
+            "seen_at": self.seen_at,
+            "job": {
+                "id": self.job_id,
+                "status": self.job_status,
+                "package_id": self.package_id,
+                "enqueued_at": self.enqueued_at,
+                "started_at": self.started_at,
+                "ended_at": self.ended_at,
+                "retry_at": self.retry_at,
+                "attempts": self.attempts,
+                "worker": self.worker,
+            },
+            "steps": {
+                step.handler: {"output": step.output, "completed_at": step.completed_at}
+                for step in self.steps
+            },
+            "last_error": (
+                None
+                if self.last_error is None
+                else {
+                    "handler": self.last_error.handler,
+                    "reason": self.last_error.reason,
+                    "at": self.last_error_at,
+                }
+            ),
+        }
+
+
+class ForgetRefused(Exception):
+    """The order cannot be forgotten now (unknown, or being worked on); the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetResult:
+    """What :func:`forget_order` removed."""
+
+    was_seen: bool
+    job_status: str | None
+    steps: int
+    effects: int
+
+
+# -- failed jobs ----------------------------------------------------------------------------
+
+
+def failed_jobs(
+    redis: Redis, queue_name: str, *, limit: int | None = None
+) -> tuple[list[FailedJob], int]:
+    """The newest ``limit`` failed jobs of the queue (all when ``None``), and how many there
+    are in all. Entries whose job already expired are skipped, as RQ's own cleanup would."""
+    registry = FailedJobRegistry(queue_name, connection=redis)
+    live = f"({int(time.time())}"
+    total = int(redis.zcount(registry.key, live, "+inf"))
+    # Scored by expiry (failure time + TTL): the highest scores are the newest failures.
+    raw_ids: list[bytes] = redis.zrevrangebyscore(  # type: ignore[assignment]
+        registry.key, "+inf", live, start=0, num=-1 if limit is None else limit
+    )
+    ids = [_str(job_id) for job_id in raw_ids]
+    jobs = [job for job in Job.fetch_many(ids, connection=redis) if job is not None]
+    failures = _failures(redis, jobs)
+    result = []
+    for job in jobs:
+        failure, _ = failures[job.id]
+        meta = job.meta or {}
+        result.append(
+            FailedJob(
+                job_id=job.id,
+                order_id=meta.get("order_id"),
+                integration_id=meta.get("integration_id"),
+                package_id=meta.get("package_id"),
+                handler=failure.handler,
+                reason=failure.reason,
+                attempts=_attempts(job),
+                failed_at=job.ended_at.timestamp() if job.ended_at else None,
+            )
+        )
+    return result, total
+
+
+def _failures(redis: Redis, jobs: Sequence[Job]) -> dict[str, tuple[Failure, float | None]]:
+    """The last failure of each job: from the meta the dispatcher's worker records on every
+    failed attempt, else from RQ's latest result (a plain ``rq worker`` ran it)."""
+    found: dict[str, tuple[Failure, float | None]] = {}
+    missing: list[Job] = []
+    for job in jobs:
+        recorded = (job.meta or {}).get("last_failure")
+        if isinstance(recorded, dict) and recorded.get("reason"):
+            found[job.id] = (
+                Failure(recorded.get("handler"), str(recorded["reason"])),
+                _float(recorded.get("at")),
+            )
+        else:
+            missing.append(job)
+    if missing:
+        with redis.pipeline(transaction=False) as pipe:
+            for job in missing:
+                pipe.xrevrange(_results_key(job.id), "+", "-", count=1)
+            for job, entries in zip(missing, pipe.execute(), strict=True):
+                found[job.id] = _failure_from_results(redis, job, entries)
+    return found
+
+
+def _failure_from_results(
+    redis: Redis, job: Job, entries: list[tuple[bytes, dict[bytes, bytes]]]
+) -> tuple[Failure, float | None]:
+    if entries:
+        result_id, payload = entries[0]
+        result = Result.restore(job.id, _str(result_id), payload, connection=redis)
+        if result.type == Result.Type.FAILED:
+            return parse_failure(result.exc_string), result.created_at.timestamp()
+    return Failure(None, "unknown (no error was recorded)"), None
+
+
+def _attempts(job: Job) -> int:
+    attempt = (job.meta or {}).get("attempt")
+    if isinstance(attempt, int) and attempt > 0:
+        return attempt  # counted by the job itself, across retries, recoveries and re-queues
+    failures = (job.meta or {}).get("failures")
+    if isinstance(failures, int) and failures > 0:
+        return failures + (1 if job.get_status(refresh=False) == JobStatus.FINISHED else 0)
+    # Ran under a plain `rq worker`: count the retries RQ used up.
+    if job.retry_intervals and job.retries_left is not None:
+        return 1 + max(0, len(job.retry_intervals) - job.retries_left)
+    return 1
+
+
+# -- one order ------------------------------------------------------------------------------
+
+
+def known_integrations(redis: Redis, keys: Keys, configured: Iterable[str] = ()) -> list[str]:
+    """Every integration the dispatcher has dispatched from or swept, plus ``configured``."""
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.smembers(keys.seen_integrations)
+        pipe.smembers(keys.swept_integrations)
+        seen, swept = pipe.execute()
+    return sorted(set(configured) | {_str(i) for i in seen} | {_str(i) for i in swept})
+
+
+def describe_order(
+    redis: Redis, namespace: str, queue_name: str, order_id: str, integrations: Iterable[str]
+) -> list[OrderRecord]:
+    """Everything known about ``order_id`` in each of ``integrations`` that knows it (seen,
+    a job, or step records), in integration order."""
+    keys = Keys(namespace)
+    candidates = list(integrations)
+    with redis.pipeline(transaction=False) as pipe:
+        for integration_id in candidates:
+            pipe.hget(keys.seen(integration_id), order_id)
+            pipe.exists(Job.key_for(job_id_for(namespace, integration_id, order_id)))
+            pipe.hgetall(keys.steps(integration_id, order_id))
+        answers = pipe.execute()
+    records = []
+    for index, integration_id in enumerate(candidates):
+        seen, has_job, steps = answers[3 * index : 3 * index + 3]
+        if seen is None and not has_job and not steps:
+            continue
+        records.append(
+            _record(
+                redis,
+                queue_name,
+                order_id,
+                integration_id,
+                job_id_for(namespace, integration_id, order_id),
+                seen_at=parse_seen(seen)[0] if seen is not None else None,
+                steps=_steps(steps),
+            )
+        )
+    return records
+
+
+def _record(
+    redis: Redis,
+    queue_name: str,
+    order_id: str,
+    integration_id: str,
+    job_id: str,
+    *,
+    seen_at: float | None,
+    steps: tuple[StepRecord, ...],
+) -> OrderRecord:
+    job = Job.fetch_many([job_id], connection=redis)[0]
+    if job is None:
+        return OrderRecord(order_id, integration_id, job_id, seen_at, None, steps=steps)
+    status = job.get_status(refresh=False)
+    failure, failed_at = _failures(redis, [job])[job.id]
+    has_failed = (job.meta or {}).get("last_failure") or status == JobStatus.FAILED
+    retry_at = None
+    if status == JobStatus.SCHEDULED:
+        retry_at = _float(redis.zscore(_scheduled_key(queue_name, redis), job_id))
+    try:
+        payload = job.kwargs.get("order")
+    except Exception:  # a payload this process cannot read is still worth the rest
+        payload = None
+    if not steps and status == JobStatus.FINISHED:
+        steps = _steps_from_result(job)
+    return OrderRecord(
+        order_id=order_id,
+        integration_id=integration_id,
+        job_id=job_id,
+        seen_at=seen_at,
+        job_status=str(status.value if isinstance(status, JobStatus) else status),
+        package_id=(job.meta or {}).get("package_id"),
+        enqueued_at=job.enqueued_at.timestamp() if job.enqueued_at else None,
+        started_at=job.started_at.timestamp() if job.started_at else None,
+        ended_at=job.ended_at.timestamp() if job.ended_at else None,
+        retry_at=retry_at,
+        attempts=_attempts(job) if (has_failed or status == JobStatus.FINISHED) else None,
+        worker=job.worker_name,
+        steps=steps,
+        last_error=failure if has_failed else None,
+        last_error_at=failed_at if has_failed else None,
+        payload=payload if isinstance(payload, Mapping) else None,
+    )
+
+
+def _steps_from_result(job: Job) -> tuple[StepRecord, ...]:
+    # Step records expire with the result TTL like the job, but a job finished before step
+    # records existed (or under a chain that does not write them) still has its return value.
+    value = job.return_value()
+    outputs = value.get("steps") if isinstance(value, Mapping) else None
+    if not isinstance(outputs, Mapping):
+        return ()
+    ended = job.ended_at.timestamp() if job.ended_at else None
+    return tuple(StepRecord(str(name), output, ended) for name, output in outputs.items())
+
+
+def _steps(raw: Mapping[bytes, bytes]) -> tuple[StepRecord, ...]:
+    records = []
+    for name, value in raw.items():
+        if _str(name).startswith("_"):
+            continue  # bookkeeping (the attempt counter), not a step
+        try:
+            record = json.loads(value)
+        except ValueError:
+            record = {"output": _str(value)}
+        if not isinstance(record, dict):
+            record = {"output": record}
+        records.append(
+            StepRecord(_str(name), record.get("output"), _float(record.get("completed_at")))
+        )
+    # In the order they completed: the chain's order.
+    return tuple(sorted(records, key=lambda r: (r.completed_at is None, r.completed_at or 0)))
+
+
+# -- forget ---------------------------------------------------------------------------------
+
+_WATCH_RETRIES = 20
+
+
+def forget_order(
+    redis: Redis,
+    namespace: str,
+    queue_name: str,
+    integration_id: str,
+    order_id: str,
+    *,
+    handlers: Iterable[str] = (),
+) -> ForgetResult:
+    """Remove an order from the seen store, with its RQ job (hash, results, queue and registry
+    entries) and its step and effect records, so that the next sweep dispatches it afresh.
+
+    One MULTI/EXEC does it all, watching the job hash: a sweep running at the same time
+    either finds the order still seen (before) or dispatches it again in full (after); a
+    worker that takes the job meanwhile makes this retry and then refuse. Raises
+    :class:`ForgetRefused` when the order is unknown or its job is being worked on.
+    """
+    keys = Keys(namespace)
+    job_id = job_id_for(namespace, integration_id, order_id)
+    job_key = Job.key_for(job_id)
+    queue = Queue(queue_name, connection=redis)
+    effect_keys = _effect_keys(redis, keys, integration_id, order_id, handlers)
+    steps_key = keys.steps(integration_id, order_id)
+    for _ in range(_WATCH_RETRIES):
+        with redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(job_key)  # type: ignore[no-untyped-call]
+                status = pipe.hget(job_key, "status")
+                seen = pipe.hexists(keys.seen(integration_id), order_id)
+                steps = sum(1 for f in pipe.hkeys(steps_key) if not _str(f).startswith("_"))
+                effects = sum(pipe.exists(key) for key in effect_keys)
+                if not seen and status is None and not steps and not effects:
+                    raise ForgetRefused(
+                        f"order {order_id} is not known in integration {integration_id}"
+                    )
+                if status is not None and _str(status) == JobStatus.STARTED.value:
+                    raise ForgetRefused(
+                        f"order {order_id} (integration {integration_id}) is being worked on "
+                        f"right now (job {job_id}); try again when it has finished"
+                    )
+                pipe.multi()
+                pipe.hdel(keys.seen(integration_id), order_id)
+                _delete_job(pipe, queue, job_id)
+                pipe.delete(steps_key, *effect_keys)
+                pipe.execute()
+            except WatchError:
+                continue
+        return ForgetResult(
+            was_seen=bool(seen),
+            job_status=None if status is None else _str(status),
+            steps=int(steps),
+            effects=effects,
+        )
+    raise ForgetRefused(
+        f"order {order_id} (integration {integration_id}): its job kept changing; try again"
+    )
+
+
+def _delete_job(pipe: Any, queue: Queue, job_id: str) -> None:
+    # Every place RQ may hold the job: the queue (and its intermediate list), each registry,
+    # the job hash, its results stream and its execution registry. Started jobs are refused
+    # before this, so no execution hash is live.
+    pipe.lrem(queue.key, 0, job_id)
+    pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 0, job_id)
+    for registry in (
+        FinishedJobRegistry,
+        FailedJobRegistry,
+        ScheduledJobRegistry,
+        DeferredJobRegistry,
+        CanceledJobRegistry,
+    ):
+        pipe.zrem(registry(queue.name, connection=queue.connection).key, job_id)
+    pipe.delete(
+        Job.key_for(job_id),
+        Job.dependents_key_for(job_id),
+        _results_key(job_id),
+        ExecutionRegistry(job_id, connection=queue.connection).key,
+    )
+
+
+def _effect_keys(
+    redis: Redis, keys: Keys, integration_id: str, order_id: str, handlers: Iterable[str]
+) -> list[str]:
+    """The effect sets of the order: of the named handlers, of its recorded steps, and any
+    other a SCAN finds (a handler may have left effects without completing its step)."""
+    names = set(handlers) | {
+        _str(name) for name in redis.hkeys(keys.steps(integration_id, order_id))
+    }
+    found = {keys.effects(integration_id, order_id, name) for name in names}
+    prefix = keys.effects(integration_id, order_id, "")
+    found.update(_str(key) for key in redis.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+    return sorted(found)
+
+
+def _scheduled_key(queue_name: str, redis: Redis) -> str:
+    key: str = ScheduledJobRegistry(queue_name, connection=redis).key  # type: ignore[no-untyped-call]
+    return key
+
+
+def _results_key(job_id: str) -> str:
+    key: str = Result.get_key(job_id)  # type: ignore[no-untyped-call]
+    return key
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _float(value: object) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value.decode() if isinstance(value, bytes) else value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None

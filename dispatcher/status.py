@@ -1,0 +1,493 @@
+"""One snapshot of the dispatcher's state, read from Redis and RQ's registries.
+
+``dispatcher status`` (text: :mod:`dispatcher.views`, and ``--json``) and ``/metrics`` all
+render the same :class:`Snapshot`, taken by :func:`take_snapshot` in a handful of round
+trips. Reading is side-effect free on the dispatcher's keys; RQ's worker listing may drop
+dead workers from RQ's worker set, as ``rq info`` does.
+
+The JSON shape (:meth:`Snapshot.as_dict`) is a stable interface documented in the README:
+keys are only ever added.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+from rq.utils import str_to_date
+
+from . import _text
+from .keys import Keys
+from .settings import Settings
+from .telemetry import RequestSeries, read_request_series
+
+__all__ = [
+    "BACKLOG_AGE",
+    "FAILING",
+    "NEVER_SWEPT",
+    "OK",
+    "STALE",
+    "IntegrationStatus",
+    "QueueStatus",
+    "Snapshot",
+    "StepCounts",
+    "SweepError",
+    "WorkerStatus",
+    "take_snapshot",
+]
+
+BACKLOG_AGE = 300.0
+"""Seconds the oldest queued order may wait before ``status`` calls it a problem."""
+
+# Integration states.
+OK = "ok"
+FAILING = "failing"
+STALE = "stale"
+NEVER_SWEPT = "never swept"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """Job counts of one RQ queue and its registries."""
+
+    name: str
+    queued: int
+    started: int
+    scheduled: int
+    deferred: int
+    finished: int
+    failed: int
+    canceled: int
+    oldest_queued_at: float | None
+    last_failed_at: float | None
+
+    def oldest_queued_age(self, now: float) -> float | None:
+        return None if self.oldest_queued_at is None else max(0.0, now - self.oldest_queued_at)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """One RQ worker listening on the dispatcher queue."""
+
+    name: str
+    state: str
+    hostname: str | None
+    pid: int | None
+    queues: tuple[str, ...]
+    last_heartbeat: float | None
+    successful_jobs: int
+    failed_jobs: int
+    current_job_id: str | None
+    current_order_id: str | None
+    current_integration_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SweepError:
+    """The last error of an integration's sweeps: Kombo's code (or ours) and the message."""
+
+    code: str | None
+    message: str
+    at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrationStatus:
+    """What the poller recorded about one integration."""
+
+    integration_id: str
+    state: str
+    configured: bool | None
+    remembered: int
+    last_sweep_at: float | None
+    last_attempt_at: float | None
+    duration: float | None
+    orders_seen: int | None
+    orders_new: int | None
+    pages: int | None
+    error_count: int
+    last_error: SweepError | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepCounts:
+    """How often one handler's step completed and failed (failed attempts included)."""
+
+    completed: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything ``dispatcher status`` shows, at one moment."""
+
+    taken_at: float
+    namespace: str
+    queues: tuple[QueueStatus, ...]
+    workers: tuple[WorkerStatus, ...]
+    orders_seen: int
+    orders_dispatched: int
+    integrations: tuple[IntegrationStatus, ...]
+    handlers: Mapping[str, StepCounts]
+    kombo_requests: tuple[RequestSeries, ...]
+    problems: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The stable JSON shape of ``dispatcher status --json`` (see the README)."""
+        now = self.taken_at
+        return {
+            "taken_at": round(now, 3),
+            "namespace": self.namespace,
+            "ok": not self.problems,
+            "problems": list(self.problems),
+            "queues": {
+                q.name: {
+                    "queued": q.queued,
+                    "started": q.started,
+                    "scheduled": q.scheduled,
+                    "deferred": q.deferred,
+                    "finished": q.finished,
+                    "failed": q.failed,
+                    "canceled": q.canceled,
+                    "oldest_queued_age": _round(q.oldest_queued_age(now)),
+                    "last_failed_at": _round(q.last_failed_at),
+                }
+                for q in self.queues
+            },
+            "workers": [
+                {
+                    "name": w.name,
+                    "state": w.state,
+                    "hostname": w.hostname,
+                    "pid": w.pid,
+                    "queues": list(w.queues),
+                    "last_heartbeat": _round(w.last_heartbeat),
+                    "successful_jobs": w.successful_jobs,
+                    "failed_jobs": w.failed_jobs,
+                    "current_job_id": w.current_job_id,
+                    "current_order_id": w.current_order_id,
+                    "current_integration_id": w.current_integration_id,
+                }
+                for w in self.workers
+            ],
+            "orders": {"seen": self.orders_seen, "dispatched": self.orders_dispatched},
+            "integrations": {
+                i.integration_id: {
+                    "state": i.state,
+                    "configured": i.configured,
+                    "remembered": i.remembered,
+                    "last_sweep_at": _round(i.last_sweep_at),
+                    "last_sweep_age": _round(
+                        None if i.last_sweep_at is None else now - i.last_sweep_at
+                    ),
+                    "last_attempt_at": _round(i.last_attempt_at),
+                    "duration": i.duration,
+                    "orders_seen": i.orders_seen,
+                    "orders_new": i.orders_new,
+                    "pages": i.pages,
+                    "error_count": i.error_count,
+                    "last_error": (
+                        None
+                        if i.last_error is None
+                        else {
+                            "code": i.last_error.code,
+                            "message": i.last_error.message,
+                            "at": _round(i.last_error.at),
+                        }
+                    ),
+                }
+                for i in self.integrations
+            },
+            "handlers": {
+                name: {"completed": counts.completed, "failed": counts.failed}
+                for name, counts in self.handlers.items()
+            },
+            "kombo_requests": [series.as_dict() for series in self.kombo_requests],
+        }
+
+
+def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None) -> Snapshot:
+    """Read the dispatcher's state for ``settings.namespace`` and ``settings.queue``.
+
+    Costs three pipelined round trips plus, for RQ's workers, two per worker.
+    """
+    keys = Keys(settings.namespace)
+    queue = Queue(settings.queue, connection=redis)
+    taken_at = time.time() if now is None else now
+    registries = [
+        StartedJobRegistry(queue=queue).key,
+        ScheduledJobRegistry(queue=queue).key,  # type: ignore[no-untyped-call]
+        DeferredJobRegistry(queue=queue).key,
+    ]
+    # Finished, failed and canceled entries are scored by their expiry: count the live ones.
+    expiring = [
+        FinishedJobRegistry(queue=queue).key,
+        FailedJobRegistry(queue=queue).key,
+        CanceledJobRegistry(queue=queue).key,
+    ]
+    live = f"({int(taken_at)}"
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.smembers(keys.seen_integrations)
+        pipe.smembers(keys.swept_integrations)
+        pipe.hget(keys.stats, "orders_dispatched")
+        pipe.hgetall(keys.step_stats)
+        pipe.hgetall(keys.kombo_requests)
+        pipe.llen(queue.key)
+        pipe.lindex(queue.key, 0)
+        for key in registries:
+            pipe.zcard(key)
+        for key in expiring:
+            pipe.zcount(key, live, "+inf")
+        pipe.zrevrange(FailedJobRegistry(queue=queue).key, 0, 0)
+        (seen_ids, swept_ids, dispatched, step_stats, requests, queued, head, *counts) = (
+            pipe.execute()
+        )
+    started, scheduled, deferred, finished, failed, canceled, newest_failed = counts
+    configured = settings.kombo_integration_ids
+    integration_ids = sorted(
+        set(configured) | {_str(i) for i in seen_ids} | {_str(i) for i in swept_ids}
+    )
+    with redis.pipeline(transaction=False) as pipe:
+        for integration_id in integration_ids:
+            pipe.hlen(keys.seen(integration_id))
+            pipe.hgetall(keys.sweep(integration_id))
+        # A missing job reads as None: the same answer as "no such job".
+        pipe.hget(Job.key_for(_str(head or b"-")), "enqueued_at")
+        pipe.hget(Job.key_for(_str(newest_failed[0] if newest_failed else b"-")), "ended_at")
+        *per_integration, head_enqueued, newest_failed_ended = pipe.execute()
+    integrations = tuple(
+        _integration(
+            integration_id,
+            int(per_integration[2 * index]),
+            per_integration[2 * index + 1],
+            configured=(integration_id in configured) if configured else None,
+            now=taken_at,
+            stale_after=3 * settings.poll_interval + 60,
+        )
+        for index, integration_id in enumerate(integration_ids)
+    )
+    queue_status = QueueStatus(
+        name=queue.name,
+        queued=int(queued),
+        started=int(started),
+        scheduled=int(scheduled),
+        deferred=int(deferred),
+        finished=int(finished),
+        failed=int(failed),
+        canceled=int(canceled),
+        oldest_queued_at=_rq_time(head_enqueued),
+        last_failed_at=_rq_time(newest_failed_ended),
+    )
+    workers = _workers(queue)
+    snapshot = Snapshot(
+        taken_at=taken_at,
+        namespace=settings.namespace,
+        queues=(queue_status,),
+        workers=workers,
+        orders_seen=sum(i.remembered for i in integrations),
+        orders_dispatched=int(dispatched or 0),
+        integrations=integrations,
+        handlers=_step_counts(step_stats),
+        kombo_requests=tuple(read_request_series(requests)),
+        problems=(),
+    )
+    return _with_problems(snapshot)
+
+
+def _integration(
+    integration_id: str,
+    remembered: int,
+    raw: Mapping[bytes, bytes],
+    *,
+    configured: bool | None,
+    now: float,
+    stale_after: float,
+) -> IntegrationStatus:
+    sweep = {_str(k): _str(v) for k, v in raw.items()}
+    last_sweep_at = _float(sweep.get("last_sweep_at"))
+    last_error_at = _float(sweep.get("last_error_at"))
+    error: SweepError | None = None
+    if sweep.get("last_error"):
+        code = sweep.get("last_error_code") or None
+        error = SweepError(
+            code, _error_message(integration_id, code, sweep["last_error"]), last_error_at
+        )
+    if not sweep:
+        state = NEVER_SWEPT
+    elif error is not None and (last_sweep_at is None or (last_error_at or 0) >= last_sweep_at):
+        state = FAILING
+    elif last_sweep_at is None or now - last_sweep_at > stale_after:
+        state = STALE
+    else:
+        state = OK
+    return IntegrationStatus(
+        integration_id=integration_id,
+        state=state,
+        configured=configured,
+        remembered=remembered,
+        last_sweep_at=last_sweep_at,
+        last_attempt_at=_float(sweep.get("last_attempt_at")),
+        duration=_float(sweep.get("duration")),
+        orders_seen=_int(sweep.get("orders_seen")),
+        orders_new=_int(sweep.get("orders_new")),
+        pages=_int(sweep.get("pages")),
+        error_count=_int(sweep.get("error_count")) or 0,
+        last_error=error,
+    )
+
+
+def _error_message(integration_id: str, code: str | None, text: str) -> str:
+    # The poller stores the exception's line, "integration X: CODE: message"; the integration
+    # and the code are shown in their own columns.
+    text = text.removeprefix(f"integration {integration_id}: ")
+    if code:
+        text = text.removeprefix(f"{code}: ")
+    return text
+
+
+def _workers(queue: Queue) -> tuple[WorkerStatus, ...]:
+    workers = sorted(Worker.all(queue=queue), key=lambda w: w.name)
+    current = {w.name: w.get_current_job_id() for w in workers}
+    job_ids = [job_id for job_id in current.values() if job_id]
+    jobs = {
+        job.id: job
+        for job in (Job.fetch_many(job_ids, connection=queue.connection) if job_ids else [])
+        if job is not None
+    }
+    result = []
+    for worker in workers:
+        job_id = current[worker.name]
+        job = jobs.get(job_id) if job_id else None
+        meta = job.meta if job is not None else {}
+        result.append(
+            WorkerStatus(
+                name=worker.name,
+                state=str(worker.get_state()),
+                hostname=worker.hostname,
+                pid=worker.pid,
+                queues=tuple(worker.queue_names()),
+                last_heartbeat=(
+                    worker.last_heartbeat.timestamp() if worker.last_heartbeat else None
+                ),
+                successful_jobs=worker.successful_job_count,
+                failed_jobs=worker.failed_job_count,
+                current_job_id=job_id,
+                current_order_id=meta.get("order_id"),
+                current_integration_id=meta.get("integration_id"),
+            )
+        )
+    return tuple(result)
+
+
+def _step_counts(raw: Mapping[bytes, bytes]) -> dict[str, StepCounts]:
+    found: dict[str, dict[str, int]] = {}
+    for raw_field, raw_value in raw.items():
+        handler, _, outcome = _str(raw_field).rpartition(":")
+        if handler and outcome in {"completed", "failed"}:
+            found.setdefault(handler, {})[outcome] = int(raw_value)
+    return {
+        name: StepCounts(completed=c.get("completed", 0), failed=c.get("failed", 0))
+        for name, c in sorted(found.items())
+    }
+
+
+def _with_problems(snapshot: Snapshot) -> Snapshot:
+    now = snapshot.taken_at
+    problems: list[str] = []
+    for integration in snapshot.integrations:
+        name = f"integration {integration.integration_id}"
+        error = integration.last_error
+        if integration.state == FAILING and error is not None:
+            errors = _text.plural(integration.error_count, "error")
+            problems.append(
+                f"{name}: sweep failing: {error.code or 'error'}: {error.message} "
+                f"({_text.ago(error.at, now)}, {errors} so far)"
+            )
+        elif integration.state == NEVER_SWEPT:
+            problems.append(f"{name}: never swept: is `dispatcher poll` running?")
+        elif integration.state == STALE:
+            problems.append(
+                f"{name}: no successful sweep for {_text.ago(integration.last_sweep_at, now)}: "
+                "is `dispatcher poll` running?"
+            )
+    if not snapshot.integrations:
+        problems.append("no integration swept yet: set KOMBO_INTEGRATION_IDS and run the poller")
+    for queue in snapshot.queues:
+        listening = [w for w in snapshot.workers if queue.name in w.queues]
+        if queue.queued and not listening:
+            problems.append(
+                f"{_text.plural(queue.queued, 'order')} queued on {queue.name} "
+                "and no worker running"
+            )
+        age = queue.oldest_queued_age(now)
+        if age is not None and age > BACKLOG_AGE:
+            problems.append(
+                f"queue {queue.name}: oldest queued order waiting {_text.duration(age)}"
+            )
+        if queue.failed:
+            latest = (
+                f", latest {_text.ago(queue.last_failed_at, now)}" if queue.last_failed_at else ""
+            )
+            problems.append(
+                f"{_text.plural(queue.failed, 'failed job')} on {queue.name}{latest}: "
+                "see `dispatcher failed`"
+            )
+    return Snapshot(
+        taken_at=snapshot.taken_at,
+        namespace=snapshot.namespace,
+        queues=snapshot.queues,
+        workers=snapshot.workers,
+        orders_seen=snapshot.orders_seen,
+        orders_dispatched=snapshot.orders_dispatched,
+        integrations=snapshot.integrations,
+        handlers=snapshot.handlers,
+        kombo_requests=snapshot.kombo_requests,
+        problems=tuple(problems),
+    )
+
+
+# -- parsing --------------------------------------------------------------------------------
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def _rq_time(value: bytes | str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return str_to_date(value).timestamp()
+    except ValueError:
+        return None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

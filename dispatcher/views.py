@@ -1,0 +1,250 @@
+"""Text views of the operator commands: ``dispatcher status`` and ``show``, and the question
+``forget`` asks. Styled with ANSI colours; ``click.echo`` strips them off a terminal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+
+import click
+
+from . import _text
+from .admin import OrderRecord
+from .status import (
+    FAILING,
+    NEVER_SWEPT,
+    OK,
+    STALE,
+    IntegrationStatus,
+    QueueStatus,
+    Snapshot,
+    StepCounts,
+    WorkerStatus,
+)
+from .telemetry import RequestSeries
+
+__all__ = ["describe_forget", "render_order", "render_status"]
+
+_STATE_COLOURS = {OK: "green", FAILING: "red", STALE: "yellow", NEVER_SWEPT: "yellow"}
+
+
+def render_status(snapshot: Snapshot, *, redis_url: str = "") -> str:
+    """The one-screen text view. Styled with ANSI colours: the caller strips them off a
+    non-terminal (``click.echo`` does)."""
+    now = snapshot.taken_at
+    where = f" · redis {redis_url}" if redis_url else ""
+    lines = [
+        click.style(f"dispatcher status · namespace {snapshot.namespace}{where}", bold=True)
+        + f" · {_text.timestamp(now)}",
+        "",
+    ]
+    if snapshot.problems:
+        lines.append(
+            click.style(
+                f"ATTENTION: {_text.plural(len(snapshot.problems), 'problem')}", fg="red", bold=True
+            )
+        )
+        lines.extend(f"  - {problem}" for problem in snapshot.problems)
+    else:
+        lines.append(click.style("OK: orders are flowing", fg="green", bold=True))
+    lines.append("")
+    lines.extend(_queue_lines(snapshot.queues, now))
+    lines.append("")
+    lines.extend(_worker_lines(snapshot.workers, now))
+    lines.append("")
+    lines.append(
+        f"ORDERS  {snapshot.orders_seen} remembered · {snapshot.orders_dispatched} dispatched"
+    )
+    lines.append("")
+    lines.extend(_integration_lines(snapshot.integrations, now))
+    lines.append("")
+    lines.extend(_handler_lines(snapshot.handlers))
+    if snapshot.kombo_requests:
+        lines.append("")
+        lines.extend(_request_lines(snapshot.kombo_requests))
+    return "\n".join(lines)
+
+
+def _queue_lines(queues: Sequence[QueueStatus], now: float) -> list[str]:
+    rows = []
+    for q in queues:
+        age = q.oldest_queued_age(now)
+        rows.append(
+            [
+                q.name,
+                str(q.queued),
+                str(q.started),
+                str(q.scheduled),
+                str(q.deferred),
+                str(q.finished),
+                click.style(str(q.failed), fg="red") if q.failed else "0",
+                "-" if age is None else _text.duration(age),
+            ]
+        )
+    header = ["QUEUE", "QUEUED", "STARTED", "SCHEDULED", "DEFERRED", "FINISHED", "FAILED"]
+    return _text.table([*header, "OLDEST QUEUED"], rows, right=set(range(1, 7)))
+
+
+def _worker_lines(workers: Sequence[WorkerStatus], now: float) -> list[str]:
+    if not workers:
+        return [f"WORKERS  {click.style('none running', fg='yellow')}"]
+    rows = []
+    for w in workers:
+        order = "-"
+        if w.current_order_id:
+            order = f"{w.current_order_id} ({w.current_integration_id})"
+        elif w.current_job_id:
+            order = w.current_job_id
+        rows.append(
+            [
+                w.name,
+                w.state,
+                f"{w.hostname or '?'}/{w.pid or '?'}",
+                _text.ago(w.last_heartbeat, now),
+                str(w.successful_jobs),
+                str(w.failed_jobs),
+                order,
+            ]
+        )
+    header = ["WORKER", "STATE", "HOST/PID", "HEARTBEAT", "DONE", "FAILED", "CURRENT ORDER"]
+    return _text.table(header, rows, right={4, 5})
+
+
+def _integration_lines(integrations: Sequence[IntegrationStatus], now: float) -> list[str]:
+    if not integrations:
+        return ["INTEGRATIONS  none swept yet"]
+    rows = []
+    for i in integrations:
+        error = "-"
+        if i.last_error is not None:
+            error = _text.ellipsis(
+                f"{i.last_error.code or 'error'}: {i.last_error.message} "
+                f"({_text.ago(i.last_error.at, now)})",
+                70,
+            )
+        state = click.style(i.state, fg=_STATE_COLOURS.get(i.state))
+        if i.configured is False:
+            state += " (not configured)"
+        rows.append(
+            [
+                i.integration_id,
+                state,
+                _text.ago(i.last_sweep_at, now),
+                "-" if i.orders_seen is None else str(i.orders_seen),
+                "-" if i.orders_new is None else str(i.orders_new),
+                str(i.remembered),
+                str(i.error_count),
+                error,
+            ]
+        )
+    header = ["INTEGRATION", "STATE", "LAST SWEEP", "SEEN", "NEW", "REMEMBERED", "ERRORS"]
+    return _text.table([*header, "LAST ERROR"], rows, right={3, 4, 5, 6})
+
+
+def _handler_lines(handlers: Mapping[str, StepCounts]) -> list[str]:
+    if not handlers:
+        return ["HANDLERS  no steps recorded yet"]
+    rows = [
+        [name, str(c.completed), click.style(str(c.failed), fg="red") if c.failed else "0"]
+        for name, c in handlers.items()
+    ]
+    return _text.table(["HANDLER", "COMPLETED", "FAILED"], rows, right={1, 2})
+
+
+def _request_lines(series: Iterable[RequestSeries]) -> list[str]:
+    rows = [
+        [
+            s.endpoint,
+            s.status,
+            str(s.count),
+            f"{1000 * s.seconds_sum / s.count:.0f} ms" if s.count else "-",
+        ]
+        for s in series
+    ]
+    return _text.table(["KOMBO REQUEST", "STATUS", "COUNT", "MEAN"], rows, right={2, 3})
+
+
+def render_order(
+    record: OrderRecord, *, now: float, payload: bool = False, order: Sequence[str] = ()
+) -> str:
+    """The text view of ``dispatcher show``; ``order`` is the configured chain, whose steps
+    are listed first (and shown as not completed when they have no record)."""
+    lines = [
+        click.style(f"order {record.order_id} · integration {record.integration_id}", bold=True)
+    ]
+
+    def row(label: str, value: str) -> None:
+        lines.append(f"  {label:<11}  {value}")
+
+    row("seen", _when(record.seen_at, now) if record.seen_at else "no (forgotten, or never seen)")
+    if record.job_status is None:
+        row("job", f"{record.job_id}: gone (expired after its TTL, or forgotten)")
+    else:
+        colour = {"failed": "red", "finished": "green"}.get(record.job_status)
+        package = f" · package {record.package_id}" if record.package_id else ""
+        row("job", f"{record.job_id} · {click.style(record.job_status, fg=colour)}{package}")
+        for label, when in (
+            ("enqueued", record.enqueued_at),
+            ("started", record.started_at),
+            ("ended", record.ended_at),
+            ("retry at", record.retry_at),
+        ):
+            if when is not None:
+                row(label, _when(when, now))
+        if record.attempts is not None:
+            row("attempts", str(record.attempts))
+        if record.worker:
+            row("worker", record.worker)
+    lines.extend(_step_lines(record, order, now))
+    if record.last_error is not None:
+        where = f"{record.last_error.handler}: " if record.last_error.handler else ""
+        at = f" ({_text.ago(record.last_error_at, now)})" if record.last_error_at else ""
+        row("last error", click.style(f"{where}{record.last_error.reason}", fg="red") + at)
+    else:
+        row("last error", "-")
+    if payload:
+        body = json.dumps(record.payload, indent=2, ensure_ascii=False, sort_keys=True)
+        lines.append("  payload")
+        lines.extend(f"    {line}" for line in body.splitlines())
+    return "\n".join(lines)
+
+
+def _step_lines(record: OrderRecord, order: Sequence[str], now: float) -> list[str]:
+    done = {step.handler: step for step in record.steps}
+    names = list(order)
+    names += [step.handler for step in record.steps if step.handler not in order]
+    if not names:
+        return ["  steps        none recorded"]
+    width = max(len(name) for name in names)
+    lines = []
+    for index, name in enumerate(names):
+        label = "steps" if index == 0 else ""
+        step = done.get(name)
+        if step is None:
+            value = f"{name:<{width}}  not completed"
+        else:
+            value = (
+                f"{name:<{width}}  {click.style('completed', fg='green')} "
+                f"{_text.ago(step.completed_at, now)}  {_text.compact_json(step.output)}"
+            )
+        lines.append(f"  {label:<11}  {value}")
+    return lines
+
+
+def describe_forget(record: OrderRecord, *, now: float) -> str:
+    """What ``dispatcher forget`` is about to remove, asked before it does."""
+    parts = [f"order {record.order_id} (integration {record.integration_id}):"]
+    parts.append(f"seen {_text.ago(record.seen_at, now)}" if record.seen_at else "not seen")
+    if record.job_status is not None:
+        parts.append(f"job {record.job_status}")
+    if record.steps:
+        parts.append(f"{len(record.steps)} completed step(s)")
+    return (
+        " ".join(parts[:1]) + " " + ", ".join(parts[1:]) + ".\n"
+        "Forgetting removes all of it: the next sweep dispatches the order again "
+        "(if it is still OPEN in Kombo) and every handler runs again."
+    )
+
+
+def _when(when: float, now: float) -> str:
+    return f"{_text.timestamp(when)} ({_text.ago(when, now)})"

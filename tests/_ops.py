@@ -1,0 +1,215 @@
+"""Support for the operations tests: run a sweep and a worker in process, call the CLI."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from redis import Redis
+from rq import Queue
+
+from _support import dispatcher_env
+from dispatcher import HandlerContext, Order, PermanentFailure, Settings
+from dispatcher.cli import cli
+from dispatcher.jobs import Runtime, install_runtime
+from dispatcher.kombo import KomboClient
+from dispatcher.ledger import JobOptions, Ledger
+from dispatcher.poller import Poller, SweepReport
+from dispatcher.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.telemetry import RequestStats
+from dispatcher.worker import DispatcherSimpleWorker
+
+TESTS = Path(__file__).parent
+
+
+def settings_for(redis_url: str, sim: Simulator, namespace: str, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "REDIS_URL": redis_url,
+        "KOMBO_API_KEY": DEFAULT_API_KEY,
+        "KOMBO_INTEGRATION_IDS": ",".join(sim.integration_ids),
+        "DISPATCHER_NAMESPACE": namespace,
+        **extra,
+    }
+    return Settings(**values)
+
+
+def env_for(redis_url: str, settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a CLI call with these settings (and no others leaking in)."""
+    values = {
+        "KOMBO_API_KEY": DEFAULT_API_KEY,
+        "KOMBO_INTEGRATION_IDS": ",".join(settings.kombo_integration_ids),
+        "DISPATCHER_NAMESPACE": settings.namespace,
+        "DISPATCHER_HANDLERS": ",".join(settings.handlers),
+        **extra,
+    }
+    return dispatcher_env(redis_url, **values)
+
+
+def sweep(
+    redis: Redis,
+    settings: Settings,
+    sim: Simulator,
+    *,
+    integration_ids: Sequence[str] | None = None,
+    page_size: int = 7,
+) -> SweepReport:
+    """One sweep, as ``dispatcher poll --once`` does it, on the in-process simulator."""
+    stats = RequestStats()
+    ledger = Ledger(
+        redis,
+        Queue(settings.queue, connection=redis),
+        settings.namespace,
+        job_options=JobOptions(
+            timeout=settings.job_timeout,
+            result_ttl=settings.result_ttl,
+            failure_ttl=settings.failure_ttl,
+        ),
+    )
+    with KomboClient(
+        DEFAULT_API_KEY,
+        sim.base_url,
+        transport=sim.transport(),
+        retry_budget=0,
+        observer=stats.observe,
+    ) as client:
+        poller = Poller(
+            client,
+            ledger,
+            integration_ids or settings.kombo_integration_ids,
+            page_size=page_size,
+            request_stats=stats,
+        )
+        return poller.sweep()
+
+
+def work(
+    redis: Redis,
+    settings: Settings,
+    chain: Sequence[Any],
+    *,
+    plain: bool = False,
+    logging_level: str = "WARNING",
+) -> None:
+    """Work the queue until empty in this process (RQ's SimpleWorker, ours unless plain)."""
+    from rq import SimpleWorker
+
+    install_runtime(Runtime(settings=settings, chain=list(chain)))
+    worker_class = SimpleWorker if plain else DispatcherSimpleWorker
+    # RQ installs its own SIGINT/SIGTERM handlers and leaves them: put pytest's back.
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker = worker_class([Queue(settings.queue, connection=redis)], connection=redis)
+        worker.work(burst=True, logging_level=logging_level)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+class Returns:
+    """A handler returning a fixed output."""
+
+    def __init__(self, name: str, output: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.output = output or {"ok": True}
+
+    def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
+        return dict(self.output)
+
+
+class FailsFor:
+    """A handler failing permanently for the given order ids, passing the others."""
+
+    def __init__(
+        self,
+        name: str,
+        order_ids: set[str],
+        reason: str = "vendor said no",
+        error: type[Exception] = PermanentFailure,
+    ) -> None:
+        self.name = name
+        self.order_ids = order_ids
+        self.reason = reason
+        self.error = error
+
+    def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
+        if order.id in self.order_ids:
+            raise self.error(f"{self.reason} ({order.package_id})")
+        return {"passed": order.id}
+
+
+def invoke(args: list[str], env: dict[str, str], **kwargs: Any) -> Result:
+    """Run the CLI in process; stdout and stderr are kept apart (``result.stdout/stderr``)."""
+    return CliRunner().invoke(cli, args, env=env, catch_exceptions=False, **kwargs)
+
+
+def dispatcher(
+    args: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def blocked_worker(
+    redis: Redis, redis_url: str, sim: Simulator, namespace: str
+) -> Iterator[dict[str, Any]]:
+    """A real worker process busy on one order of the first integration until released."""
+    settings = settings_for(redis_url, sim, namespace, DISPATCHER_HANDLERS="blocks")
+    sweep(redis, settings, sim, integration_ids=[sim.integration_ids[0]])
+    started, release = f"{namespace}-test:started", f"{namespace}-test:release"
+    env = env_for(
+        redis_url,
+        settings,
+        TEST_CHAIN="blocks",
+        TEST_STARTED_KEY=started,
+        TEST_RELEASE_KEY=release,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(TESTS / "_test_worker.py")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: redis.exists(started) == 1, what="the worker to start a job")
+        order_id = redis.get(started)
+        assert order_id is not None
+        yield {"settings": settings, "env": env, "order_id": order_id.decode(), "proc": proc}
+    finally:
+        redis.set(release, 1)
+        _, stderr = proc.communicate(timeout=60)
+        redis.delete(started, release)
+    assert proc.returncode == 0, stderr
+
+
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    """The CLI reconfigures the root logger; give the next test the one it had."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
