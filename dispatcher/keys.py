@@ -50,8 +50,19 @@ class Keys:
 
     @property
     def stats(self) -> str:
-        """Hash of counters (orders dispatched, ...)."""
+        """Hash of counters: ``orders_dispatched``, ``orders_rejected``, ``results_written``."""
         return f"{self.namespace}:stats"
+
+    def rejected(self, integration_id: str) -> str:
+        """Hash: order id -> JSON {"reason": message shown in the ATS, "at": unix time} of
+        each order the webhook receiver rejected (answered 422). Written in the same atomic
+        step that marks the order seen as ``rejected:<unix time>``, so polling skips it."""
+        return f"{self.namespace}:rejected:{integration_id}"
+
+    def results(self, integration_id: str) -> str:
+        """Hash: order id -> JSON {"status": COMPLETED|CANCELLED, "at": unix time} of each
+        order whose result was written back to Kombo (``dispatcher result``): finished."""
+        return f"{self.namespace}:results:{integration_id}"
 
 
 def job_id_for(namespace: str, integration_id: str, order_id: str) -> str:
