@@ -126,10 +126,11 @@ class PackagesDiff:
         """One line per package added (+), changed (~) or marked deleted (-)."""
         out = [f"  + {p.id} ({p.type}): {p.name}" for p in self.added]
         for old, new in self.changed:
+            before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
             fields = ", ".join(
-                f"{name} {getattr(old, name)!r} -> {getattr(new, name)!r}"
+                f"{name} {before[name]!r} -> {after[name]!r}"
                 for name in PACKAGE_FIELDS
-                if getattr(old, name) != getattr(new, name)
+                if before[name] != after[name]
             )
             out.append(f"  ~ {new.id}: {fields}")
         out += [f"  - {p.id} ({p.type}): {p.name}  [marked deleted]" for p in self.deleted]
