@@ -280,57 +280,79 @@ class _Receiver:
             while self._pending:
                 batch = self._pending[:_MAX_BATCH]
                 del self._pending[:_MAX_BATCH]
+                outcomes: Sequence[_Outcome | Exception]
                 try:
                     outcomes = await run_in_threadpool(
                         self._admit_batch, [(item.integration_id, item.order) for item in batch]
                     )
-                except BaseException as exc:
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise  # cancelled: the server is stopping
-                    continue
+                except Exception as exc:  # a bug: every request of the batch answers 500
+                    outcomes = [exc] * len(batch)
+                except BaseException:
+                    for item in batch:  # cancelled: the server is stopping
+                        item.future.cancel()
+                    raise
                 for item, outcome in zip(batch, outcomes, strict=True):
-                    if not item.future.done():  # the request may have been cancelled
+                    if item.future.done():  # the request was cancelled meanwhile
+                        continue
+                    if isinstance(outcome, Exception):
+                        item.future.set_exception(outcome)
+                    else:
                         item.future.set_result(outcome)
         finally:
             self._draining = False
             for item in self._pending:  # only left when cancelled
-                if not item.future.done():
-                    item.future.set_exception(RuntimeError("the receiver is stopping"))
+                item.future.cancel()
             self._pending.clear()
 
-    def _admit_batch(self, items: Sequence[tuple[str, Order]]) -> list[_Outcome]:
-        """Reject or dispatch a batch of orders (blocking: runs in a worker thread)."""
-        outcomes: list[_Outcome | None] = [None] * len(items)
+    def _admit_batch(self, items: Sequence[tuple[str, Order]]) -> list[_Outcome | RedisError]:
+        """Reject or dispatch a batch of orders (blocking: runs in a worker thread).
+
+        A Redis failure fails only the orders it concerns (one integration's dispatch, one
+        rejection); the same order twice in one batch gets one decision, and the later
+        deliveries are answered as replays of the first.
+        """
+        decided: dict[int, _Outcome | RedisError] = {}
         first: dict[tuple[str, str], int] = {}
         to_dispatch: dict[str, list[int]] = {}
         for index, (integration_id, order) in enumerate(items):
             if first.setdefault((integration_id, order.id), index) != index:
-                continue  # the same order twice in one batch: the first delivery decides
+                continue
             reason = self._refusal(integration_id, order)
             if reason is None:
                 to_dispatch.setdefault(integration_id, []).append(index)
-            elif self.ledger.reject(integration_id, order.id, reason):
-                outcomes[index] = _Outcome("rejected", reason)
-            else:
-                outcomes[index] = self._seen_before(integration_id, order.id)
-        for integration_id, indexes in to_dispatch.items():
-            orders = [items[index][1] for index in indexes]
-            enqueued = set(self.ledger.dispatch(integration_id, orders).enqueued)
-            for index, order in zip(indexes, orders, strict=True):
-                outcomes[index] = (
-                    _Outcome("enqueued")
-                    if order.id in enqueued
+                continue
+            try:
+                decided[index] = (
+                    _Outcome("rejected", reason)
+                    if self.ledger.reject(integration_id, order.id, reason)
                     else self._seen_before(integration_id, order.id)
                 )
+            except RedisError as exc:
+                decided[index] = exc
+        for integration_id, indexes in to_dispatch.items():
+            orders = [items[index][1] for index in indexes]
+            try:
+                enqueued = set(self.ledger.dispatch(integration_id, orders).enqueued)
+                for index, order in zip(indexes, orders, strict=True):
+                    decided[index] = (
+                        _Outcome("enqueued")
+                        if order.id in enqueued
+                        else self._seen_before(integration_id, order.id)
+                    )
+            except RedisError as exc:
+                decided.update(dict.fromkeys(indexes, exc))
+        outcomes: list[_Outcome | RedisError] = []
         for index, (integration_id, order) in enumerate(items):
-            if outcomes[index] is None:  # a repeat within the batch
-                decided = outcomes[first[(integration_id, order.id)]]
-                rejected = decided is not None and decided.kind == "rejected"
-                outcomes[index] = decided if rejected else _Outcome("already_seen")
-        return [outcome for outcome in outcomes if outcome is not None]
+            first_index = first[(integration_id, order.id)]
+            outcome = decided[first_index]
+            if (
+                first_index != index
+                and isinstance(outcome, _Outcome)
+                and outcome.kind != "rejected"
+            ):
+                outcome = _Outcome("already_seen")
+            outcomes.append(outcome)
+        return outcomes
 
     def _seen_before(self, integration_id: str, order_id: str) -> _Outcome:
         # A replay of a rejected order is rejected again (Kombo may have missed the first

@@ -509,3 +509,24 @@ def test_concurrent_deliveries_of_one_order_in_one_batch_enqueue_it_once(
         "ORD1",
         "ORD2",
     ]
+
+
+def test_a_redis_failure_fails_only_the_orders_it_concerns(ledger: Ledger, redis: Redis) -> None:
+    # A seen "hash" of the wrong type: every Redis call on it fails for integration B.
+    redis.set(ledger.keys.seen("lever:B"), "not a hash")
+    app = make_app(ledger)
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            bodies = [
+                event_body(order_payload(f"ORD{n}"), "lever:A" if n % 2 else "lever:B")
+                for n in range(20)
+            ]
+            return await asyncio.gather(
+                *(client.post(WEBHOOK_PATH, content=b, headers=signed(b)) for b in bodies)
+            )
+
+    answers = asyncio.run(burst())
+    assert [a.status_code for a in answers] == [503, 200] * 10
+    assert ledger.queue.count == 10
