@@ -226,7 +226,7 @@ class Ledger:
             reason = json.loads(record)["reason"] if record is not None else None
         except (ValueError, TypeError, KeyError):
             reason = None
-        return reason if isinstance(reason, str) else "rejected"
+        return reason if isinstance(reason, str) else "This order was rejected by the vendor."
 
 
 # The seen value of a rejected order: "rejected:<unix time>" (never a bare number, so it

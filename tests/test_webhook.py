@@ -22,11 +22,13 @@ from _webhook_support import (
 )
 from pydantic import SecretStr
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rq import Queue
 
 from dispatcher import Order
 from dispatcher.ledger import Ledger
-from dispatcher.plugins import Acceptor, HandlerConfigError, find_acceptors
+from dispatcher.plugins import HandlerConfigError, find_acceptors
 from dispatcher.settings import ConfigError, Settings
 from dispatcher.webhook import (
     INLINE_ORDER_EVENT,
@@ -322,7 +324,8 @@ def test_the_receiver_refuses_to_start_without_the_secret(ledger: Ledger) -> Non
 
 
 def test_redis_down_is_503_and_kombo_keeps_the_order(ledger: Ledger) -> None:
-    dead = Redis(port=1, socket_connect_timeout=0.5)  # nothing listens on port 1
+    # Nothing listens on port 1; no retries (redis-py's default backoff takes seconds).
+    dead = Redis(port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     client = AppClient(make_app(make_ledger(dead)))
     response = post(client, event_body(order_payload("ORD1"), INTEGRATION))
     assert response.status_code == 503
@@ -474,9 +477,7 @@ def test_accepts_hooks_are_checked_when_the_receiver_starts() -> None:
         find_acceptors([NotCallable()])  # type: ignore[list-item]
     with pytest.raises(HandlerConfigError, match=r"handler 'arity': `accepts` must take"):
         find_acceptors([WrongArity()])  # type: ignore[list-item]
-    assert find_acceptors([object.__new__(Picky)]) != []
-    plain: list[Acceptor] = find_acceptors([])
-    assert plain == []
+    assert find_acceptors([]) == []
 
 
 # -- concurrency in one process --------------------------------------------------------------------
