@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -185,14 +185,22 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 def measure(
-    deliveries: int, concurrency: int, sender: str, warmup: int, replays: float
+    deliveries: int,
+    concurrency: int,
+    sender: str,
+    warmup: int,
+    replays: float,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark; the figures as a dict (what ``--json`` prints)."""
+    """Run the benchmark; the figures as a dict (what ``--json`` prints).
+
+    ``redis_url``: an empty Redis to use instead of starting a private one.
+    """
     bodies = _deliveries(warmup + deliveries)
     first, measured = bodies[:warmup], bodies[warmup:]
     sends = measured + measured[: int(len(measured) * replays)]
     random.Random(0).shuffle(sends)  # a replay may even arrive before its original
-    with private_redis() as redis_url:
+    with nullcontext(redis_url) if redis_url else private_redis() as redis_url:
         port = _free_port()
         env = {
             **os.environ,
@@ -250,6 +258,7 @@ def main() -> None:
         "--replays", type=float, default=0.0, help="fraction of deliveries sent a second time"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--redis-url", help="an empty Redis to use (default: a private one)")
     parser.add_argument(
         "--no-gc-freeze",
         action="store_true",
@@ -262,7 +271,14 @@ def main() -> None:
         return
     if args.no_gc_freeze:
         os.environ["BENCH_GC_FREEZE"] = "0"  # read by the receiver process
-    r = measure(args.deliveries, args.concurrency, args.sender, args.warmup, args.replays)
+    r = measure(
+        args.deliveries,
+        args.concurrency,
+        args.sender,
+        args.warmup,
+        args.replays,
+        args.redis_url,
+    )
     if args.json:
         print(json.dumps(r))
         return

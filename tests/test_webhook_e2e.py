@@ -172,7 +172,9 @@ def test_an_oversize_body_is_refused_over_a_real_socket(redis: Redis) -> None:
 
 
 @pytest.mark.slow
-def test_p99_latency_under_50_concurrent_deliveries_is_under_100_ms() -> None:
+def test_p99_latency_under_50_concurrent_deliveries_is_under_100_ms(
+    redis_url: str, redis: Redis
+) -> None:
     """The benchmark itself: real uvicorn in its own process, 50 deliveries in flight.
 
     The raw sender is used: httpx's client spends three times the receiver's CPU per request
@@ -189,6 +191,8 @@ def test_p99_latency_under_50_concurrent_deliveries_is_under_100_ms() -> None:
             "--replays",
             "0.1",
             "--json",
+            "--redis-url",
+            redis_url,
         ],
         capture_output=True,
         text=True,
