@@ -1,10 +1,13 @@
-"""The ``dispatcher`` command line: poll, worker, handlers, sim, demo, and the operator's
-commands status, failed, show, forget and web."""
+"""The ``dispatcher`` command line: poll, worker, handlers, integrations, retry, sim, demo,
+the operator's commands status, failed, show, forget and web, and the write-back commands
+result and packages."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -12,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from types import FrameType
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -23,11 +27,26 @@ from rq import Queue
 
 from .integrations import IntegrationRegistry, check_integration_id
 from .keys import Keys
-from .kombo import KomboClient
+from .kombo import KomboClient, KomboError
 from .ledger import JobOptions, Ledger
 from .logs import configure_logging, protect_secrets, secret_values
+from .packages import (
+    InvalidPackagesError,
+    Package,
+    PackagesDiff,
+    diff_packages,
+    load_packages,
+)
 from .plugins import HandlerConfigError, discover_handlers, load_handlers
 from .poller import Poller, SweepPolicy
+from .results import (
+    MAX_ATTACHMENTS,
+    AssessmentResult,
+    InvalidResultError,
+    attachment_from_file,
+    build_result,
+    record_result,
+)
 from .schedule import Schedule
 from .settings import ConfigError, Settings, load_settings
 from .telemetry import RequestStats
@@ -738,8 +757,26 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
         )
     except ValueError as exc:
         _fail(f"REDIS_URL: {exc}")
-    app = create_app(settings, redis)
-    log.info("serving /metrics and /healthz on http://%s:%d", host, port)
+    routes = []
+    if settings.kombo_webhook_secret is not None:
+        from .webhook import webhook_routes
+
+        try:
+            routes = webhook_routes(settings, _ledger(settings, redis))
+        except (ConfigError, HandlerConfigError) as exc:
+            _fail(str(exc))
+    else:
+        log.warning("KOMBO_WEBHOOK_SECRET is not set: the webhook receiver is off")
+    app = create_app(settings, redis, extra_routes=routes)
+    # The app's objects live as long as the process: keep them out of the garbage collector's
+    # full passes, which otherwise stall every request in flight for ~30 ms.
+    gc.freeze()
+    log.info(
+        "serving /metrics, /healthz%s on http://%s:%d",
+        " and /webhooks/kombo" if routes else "",
+        host,
+        port,
+    )
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again with the
     # handlers it found; these make that a clean exit 0, like the other commands.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -751,6 +788,295 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
 
 def _ignore_signal(signum: int, frame: FrameType | None) -> None:
     log.info("received %s, stopped", signal.Signals(signum).name)
+
+
+# -- write-back: results and packages --------------------------------------------------------
+
+# The CLI option behind each field of a result, for error messages.
+_RESULT_OPTIONS = {
+    "status": "--status",
+    "result_url": "--result-url",
+    "completed_at": "--completed-at",
+    "score": "--score",
+    "max_score": "--max-score",
+    "attributes": "--attribute",
+    "attachments": "--attachment",
+}
+
+
+def _kombo_client(settings: Settings) -> KomboClient:
+    return KomboClient(
+        _or_fail(settings.require_kombo),
+        settings.kombo_base_url,
+        timeout=settings.kombo_timeout,
+        retry_budget=settings.kombo_retry_budget,
+    )
+
+
+def _kombo_failure(exc: KomboError) -> str:
+    return f"{exc} (log: {exc.log_url})" if exc.log_url else str(exc)
+
+
+def _number(option: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        _fail(f"{option}: not a number: {value!r}")
+    if not math.isfinite(number):
+        _fail(f"{option}: must be a finite number, got {value!r}")
+    return number
+
+
+def _result_from_options(
+    status: str | None,
+    result_url: str | None,
+    completed_at: str | None,
+    score: str | None,
+    max_score: str | None,
+    attributes: tuple[str, ...],
+    attachments: tuple[str, ...],
+) -> AssessmentResult:
+    """Validate every option (one-line error naming the option) and build the result."""
+    if not status or status.upper() not in ("COMPLETED", "CANCELLED"):
+        _fail(f"--status: required, COMPLETED or CANCELLED (got {status!r})")
+    if not result_url:
+        _fail("--result-url: required (where the customer sees the full result)")
+    when: datetime | None = None
+    if completed_at is not None:
+        try:
+            when = datetime.fromisoformat(completed_at)
+        except ValueError:
+            _fail(f"--completed-at: not an ISO 8601 date-time: {completed_at!r}")
+    numbers = {"score": _number("--score", score), "max_score": _number("--max-score", max_score)}
+    if (numbers["score"] is None) != (numbers["max_score"] is None):
+        _fail("--score and --max-score go together: give both or neither")
+    text_attributes: list[dict[str, str]] = []
+    for item in attributes:
+        label, sep, value = item.partition("=")
+        if not sep or not label.strip():
+            _fail(f"--attribute: expected LABEL=VALUE, got {item!r}")
+        text_attributes.append({"type": "TEXT", "label": label.strip(), "value": value})
+    if len(attachments) > MAX_ATTACHMENTS:
+        _fail(f"--attachment: at most {MAX_ATTACHMENTS} attachments, got {len(attachments)}")
+    files = []
+    for path in attachments:
+        try:
+            files.append(attachment_from_file(path))
+        except InvalidResultError as exc:
+            _fail(f"--attachment {path}: {exc.problem}")
+    try:
+        return build_result(
+            status=status.upper(),
+            result_url=result_url,
+            completed_at=when,
+            attributes=text_attributes,
+            attachments=files,
+            **numbers,
+        )
+    except InvalidResultError as exc:
+        head, _, rest = exc.field.partition("[")
+        option = _RESULT_OPTIONS.get(head.split(".")[0], exc.field)
+        where = f"{option} #{int(rest.split(']')[0]) + 1}" if rest[:1].isdigit() else option
+        _fail(f"{where}: {exc.problem}")
+
+
+@cli.command()
+@click.argument("order_id", required=False)
+@click.option("--integration", "integration_id", metavar="ID", help="The order's integration.")
+@click.option("--status", metavar="COMPLETED|CANCELLED", help="The order's final status.")
+@click.option("--result-url", metavar="URL", help="Where the customer sees the full result.")
+@click.option("--completed-at", metavar="TIME", help="ISO 8601 date-time; default: now.")
+@click.option("--score", metavar="S", help="Overall score (with --max-score).")
+@click.option("--max-score", metavar="M", help="Highest possible score (with --score).")
+@click.option(
+    "--attribute", "attributes", multiple=True, metavar="LABEL=VALUE", help="A text attribute."
+)
+@click.option(
+    "--attachment",
+    "attachments",
+    multiple=True,
+    metavar="FILE",
+    help=f"A file to attach (at most {MAX_ATTACHMENTS}).",
+)
+@click.pass_context
+def result(
+    ctx: click.Context,
+    order_id: str | None,
+    integration_id: str | None,
+    status: str | None,
+    result_url: str | None,
+    completed_at: str | None,
+    score: str | None,
+    max_score: str | None,
+    attributes: tuple[str, ...],
+    attachments: tuple[str, ...],
+) -> None:
+    """Write an order's result back to Kombo, and mark the order finished.
+
+    Everything is checked before anything is sent; Kombo's warnings are printed.
+    """
+    if not order_id:
+        _fail("ORDER_ID: required (the Kombo assessment order id)")
+    if not integration_id:
+        _fail("--integration: required (the integration the order belongs to)")
+    body = _result_from_options(
+        status, result_url, completed_at, score, max_score, attributes, attachments
+    )
+    settings = _settings(ctx)
+    client = _kombo_client(settings)
+    redis = _redis(settings)  # reachable before anything is written to Kombo
+    with client:
+        try:
+            warnings = client.put_result(integration_id, order_id, body)
+        except KomboError as exc:
+            _fail(f"order {order_id}: {_kombo_failure(exc)}", code=1)
+    for warning in warnings:
+        click.echo(f"dispatcher: kombo warning: {warning}", err=True)
+    try:
+        record_result(redis, Keys(settings.namespace), integration_id, order_id, body.status)
+    except RedisError as exc:
+        _fail(
+            f"order {order_id}: result written to Kombo, but not recorded in Redis: {exc}", code=1
+        )
+    click.echo(f"order {order_id} ({integration_id}): result {body.status} written")
+
+
+def _package_targets(settings: Settings, integration_id: str | None, all_: bool) -> list[str]:
+    if integration_id and all_:
+        _fail("--integration and --all: give one, not both")
+    if integration_id:
+        return [integration_id]
+    if not all_:
+        _fail("--integration ID or --all: required (which integrations to address)")
+    if not settings.kombo_integration_ids:
+        _fail("KOMBO_INTEGRATION_IDS: not set (--all addresses every configured integration)")
+    return list(settings.kombo_integration_ids)
+
+
+@cli.group()
+def packages() -> None:
+    """Publish the vendor's assessment packages to Kombo, or show them."""
+
+
+@packages.command("get")
+@click.option("--integration", "integration_id", metavar="ID", help="One integration.")
+@click.option("--all", "all_", is_flag=True, help="Every integration in KOMBO_INTEGRATION_IDS.")
+@click.pass_context
+def packages_get(ctx: click.Context, integration_id: str | None, all_: bool) -> None:
+    """Print the packages Kombo holds, as JSON (the format `packages set` reads).
+
+    With --all: one object keyed by integration id.
+    """
+    settings = _settings(ctx)
+    targets = _package_targets(settings, integration_id, all_)
+    found: dict[str, Any] = {}
+    failed = False
+    with _kombo_client(settings) as client:
+        for target in targets:
+            try:
+                listed = client.get_packages(target)
+            except KomboError as exc:
+                click.echo(f"dispatcher: error: {_kombo_failure(exc)}", err=True)
+                failed = True
+                continue
+            found[target] = {"packages": [package.model_dump(mode="json") for package in listed]}
+    if found:
+        out = found if all_ else found[targets[0]]
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+    sys.exit(1 if failed else 0)
+
+
+@packages.command("set")
+@click.argument("file", required=False)
+@click.option("--integration", "integration_id", metavar="ID", help="One integration.")
+@click.option("--all", "all_", is_flag=True, help="Every integration in KOMBO_INTEGRATION_IDS.")
+@click.option("--yes", is_flag=True, help="Replace without asking.")
+@click.pass_context
+def packages_set(
+    ctx: click.Context, file: str | None, integration_id: str | None, all_: bool, yes: bool
+) -> None:
+    """Replace the package list with FILE (JSON, or TOML with a .toml name).
+
+    Shows what is added, changed and marked deleted in each integration, then asks (unless
+    --yes). Packages left out of FILE are marked deleted by Kombo.
+    """
+    if not file:
+        _fail("FILE: required (a JSON or TOML package list)")
+    settings = _settings(ctx)
+    targets = _package_targets(settings, integration_id, all_)
+    try:
+        wanted = load_packages(file)
+    except InvalidPackagesError as exc:
+        _fail(str(exc))
+    with _kombo_client(settings) as client:
+        changing = _show_package_diffs(_current_diffs(client, targets, wanted))
+        if not changing:
+            click.echo("nothing to change")
+            return
+        if not yes and not _confirm(f"Replace the package list of {len(changing)} integration(s)?"):
+            _fail("aborted: nothing changed", code=1)
+        failed = _replace_packages(client, changing, wanted)
+    if failed:
+        _fail(f"{failed} of {len(changing)} integration(s) not updated", code=1)
+
+
+def _confirm(question: str) -> bool:
+    try:
+        return click.confirm(question, default=False, err=True)
+    except click.Abort:  # end of input, or Ctrl-C, at the prompt
+        click.echo(err=True)
+        return False
+
+
+def _current_diffs(
+    client: KomboClient, targets: list[str], wanted: list[Package]
+) -> dict[str, PackagesDiff]:
+    """Each integration's diff against Kombo's list; exit 1 if any list cannot be read."""
+    diffs: dict[str, PackagesDiff] = {}
+    errors: list[str] = []
+    for target in targets:
+        try:
+            diffs[target] = diff_packages(client.get_packages(target), wanted)
+        except KomboError as exc:
+            errors.append(_kombo_failure(exc))
+    if errors:
+        for error in errors:
+            click.echo(f"dispatcher: error: {error}", err=True)
+        _fail("could not read the current packages: nothing changed", code=1)
+    return diffs
+
+
+def _replace_packages(client: KomboClient, targets: list[str], wanted: list[Package]) -> int:
+    """PUT the list to each integration; return how many failed (each reported)."""
+    failed = 0
+    for target in targets:
+        try:
+            warnings = client.set_packages(target, wanted)
+        except KomboError as exc:
+            click.echo(f"dispatcher: error: {_kombo_failure(exc)}", err=True)
+            failed += 1
+            continue
+        for warning in warnings:
+            click.echo(f"dispatcher: kombo warning: integration {target}: {warning}", err=True)
+        click.echo(f"integration {target}: packages replaced")
+    return failed
+
+
+def _show_package_diffs(diffs: dict[str, PackagesDiff]) -> list[str]:
+    """Print each integration's diff; return the integrations that change."""
+    changing: list[str] = []
+    for target, diff in diffs.items():
+        click.echo(
+            f"integration {target}: {len(diff.added)} added, {len(diff.changed)} changed, "
+            f"{len(diff.deleted)} marked deleted, {len(diff.unchanged)} unchanged"
+        )
+        for line in diff.lines():
+            click.echo(line)
+        if not diff.empty:
+            changing.append(target)
+    return changing
 
 
 def main() -> None:

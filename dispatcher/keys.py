@@ -70,7 +70,7 @@ class Keys:
 
     @property
     def stats(self) -> str:
-        """Hash of counters (orders dispatched, ...)."""
+        """Hash of counters: ``orders_dispatched``, ``orders_rejected``, ``results_written``."""
         return f"{self.namespace}:stats"
 
     @property
@@ -82,6 +82,17 @@ class Keys:
     def kombo_requests(self) -> str:
         """Hash of Kombo request counters by endpoint and HTTP status (count, seconds, buckets)."""
         return f"{self.namespace}:kombo-requests"
+
+    def rejected(self, integration_id: str) -> str:
+        """Hash: order id -> JSON {"reason": message shown in the ATS, "at": unix time} of
+        each order the webhook receiver rejected (answered 422). Written in the same atomic
+        step that marks the order seen as ``rejected:<unix time>``, so polling skips it."""
+        return f"{self.namespace}:rejected:{integration_id}"
+
+    def results(self, integration_id: str) -> str:
+        """Hash: order id -> JSON {"status": COMPLETED|CANCELLED, "at": unix time} of each
+        order whose result was written back to Kombo (``dispatcher result``): finished."""
+        return f"{self.namespace}:results:{integration_id}"
 
 
 def job_id_for(namespace: str, integration_id: str, order_id: str) -> str:
@@ -147,7 +158,7 @@ SCHEMA: tuple[KeySpec, ...] = (
     KeySpec(
         "{ns}:stats",
         "hash",
-        "counters: `orders_dispatched`",
+        "counters: `orders_dispatched`, `orders_rejected`, `results_written`",
         "kept",
     ),
     KeySpec(
@@ -184,6 +195,18 @@ SCHEMA: tuple[KeySpec, ...] = (
         "set",
         "sub-effects a step already performed (e.g. recipients mailed)",
         "DISPATCHER_RESULT_TTL; `forget` deletes it",
+    ),
+    KeySpec(
+        "{ns}:rejected:{integration}",
+        "hash",
+        'order id -> JSON `{"reason", "at"}` of orders the webhook receiver rejected (422)',
+        "kept (ids and the message shown in the ATS)",
+    ),
+    KeySpec(
+        "{ns}:results:{integration}",
+        "hash",
+        'order id -> JSON `{"status", "at"}` of results written back with `dispatcher result`',
+        "kept",
     ),
     KeySpec(
         "{ns}:integrations",

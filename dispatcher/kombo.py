@@ -10,11 +10,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
 
 from .models import Order, OrderValidationError, parse_order
+from .packages import PACKAGE_FIELDS, InvalidPackagesError, Package, parse_packages
+from .results import AssessmentResult
 
 __all__ = [
     "RETRYABLE_CODES",
@@ -299,6 +302,52 @@ class KomboClient:
         if self._observer is not None:
             self._observer(f"{method} /{path}", status, time.perf_counter() - sent)
 
+    # -- write-back -------------------------------------------------------------------------
+
+    def put_result(self, integration_id: str, order_id: str, result: AssessmentResult) -> list[str]:
+        """``PUT /assessment/orders/{id}/result``; returns Kombo's warnings (messages)."""
+        body = self._request(
+            "PUT",
+            f"assessment/orders/{quote(order_id, safe='')}/result",
+            integration_id,
+            json=result.to_body(),
+        )
+        return _warnings(body)
+
+    def get_packages(self, integration_id: str) -> list[Package]:
+        """``GET /assessment/packages``: the packages Kombo holds for the integration."""
+        body = self._request("GET", "assessment/packages", integration_id)
+        data = body.get("data") if isinstance(body, dict) else None
+        raw = data.get("packages") if isinstance(data, dict) else None
+        if not isinstance(raw, list):
+            raise KomboError(
+                "GET /assessment/packages: data.packages missing or not a list",
+                status_code=200,
+                integration_id=integration_id,
+            )
+        # Kombo may add fields: only the four it takes back are compared and shown.
+        trimmed = [
+            {k: v for k, v in item.items() if k in PACKAGE_FIELDS}
+            if isinstance(item, dict)
+            else item
+            for item in raw
+        ]
+        try:
+            return parse_packages(trimmed, source="GET /assessment/packages")
+        except InvalidPackagesError as exc:
+            raise KomboError(str(exc), status_code=200, integration_id=integration_id) from None
+
+    def set_packages(self, integration_id: str, packages: Sequence[Package]) -> list[str]:
+        """``PUT /assessment/packages``: replace the whole list (left-out packages are marked
+        deleted); returns Kombo's warnings (messages)."""
+        body = self._request(
+            "PUT",
+            "assessment/packages",
+            integration_id,
+            json={"packages": [package.model_dump(mode="json") for package in packages]},
+        )
+        return _warnings(body)
+
 
 def _decode(response: httpx.Response, integration_id: str) -> tuple[Any, KomboError | None]:
     try:
@@ -325,6 +374,13 @@ def _decode(response: httpx.Response, integration_id: str) -> tuple[Any, KomboEr
         status_code=response.status_code,
         integration_id=integration_id,
     )
+
+
+def _warnings(body: Any) -> list[str]:
+    warnings = body.get("warnings") if isinstance(body, dict) else None
+    if not isinstance(warnings, list):
+        return []
+    return [str(item.get("message")) if isinstance(item, dict) else str(item) for item in warnings]
 
 
 def _str_or_none(value: object) -> str | None:

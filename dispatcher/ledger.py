@@ -17,6 +17,7 @@ Invariants (see docs/design.md):
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -264,6 +265,60 @@ class Ledger:
         )
         job.enqueued_at = now()
         return job
+
+    def reject(self, integration_id: str, order_id: str, reason: str) -> bool:
+        """Remember an order as rejected so that no path ever dispatches it; atomic.
+
+        Marks the order seen with ``rejected:<unix time>`` and stores ``reason`` (the message
+        Kombo shows in the ATS) under :meth:`Keys.rejected`, in one script, only if the order
+        is not seen yet. Returns whether this call rejected it: ``False`` means it was already
+        dispatched or rejected, and nothing was written.
+        """
+        now_ = int(self._clock())
+        record = json.dumps({"reason": reason, "at": now_}, ensure_ascii=False)
+        keys = [
+            self.keys.seen(integration_id),
+            self.keys.rejected(integration_id),
+            self.keys.seen_integrations,
+            self.keys.stats,
+        ]
+        done = self.redis.eval(
+            _REJECT_SCRIPT, len(keys), *keys, order_id, f"{REJECTED_PREFIX}{now_}", record,
+            integration_id,
+        )  # fmt: skip
+        return bool(done)
+
+    def rejection(self, integration_id: str, order_id: str) -> str | None:
+        """The reason an order was rejected, or None if it is not marked rejected."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.seen(integration_id), order_id)
+            pipe.hget(self.keys.rejected(integration_id), order_id)
+            seen, record = pipe.execute()
+        # The seen mark decides: a rejection record outliving a forgotten order means nothing.
+        if seen is None or not _text(seen).startswith(REJECTED_PREFIX):
+            return None
+        try:
+            reason = json.loads(record)["reason"] if record is not None else None
+        except (ValueError, TypeError, KeyError):
+            reason = None
+        return reason if isinstance(reason, str) else "This order was rejected by the vendor."
+
+
+# The seen value of a rejected order: "rejected:<unix time>" (never a bare number, so it
+# cannot be mistaken for a dispatch time).
+REJECTED_PREFIX = "rejected:"
+
+# KEYS: 1 seen hash, 2 rejected hash, 3 seen-integrations set, 4 stats hash.
+# ARGV: 1 order id, 2 seen value, 3 rejection record (JSON), 4 integration id.
+_REJECT_SCRIPT = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('HINCRBY', KEYS[4], 'orders_rejected', 1)
+return 1
+"""
 
 
 # KEYS: 1 seen hash. ARGV: field, expected value pairs. Deletes a field only if it still holds

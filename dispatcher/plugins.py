@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -22,14 +22,17 @@ from .settings import Settings
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Acceptor",
     "DiscoveredHandler",
     "Effects",
     "Handler",
     "HandlerConfigError",
     "HandlerContext",
+    "OrderAcceptor",
     "PermanentFailure",
     "RetryLater",
     "discover_handlers",
+    "find_acceptors",
     "handler_settings",
     "load_handlers",
 ]
@@ -210,3 +213,52 @@ def handler_settings(model: type[_SettingsT]) -> _SettingsT:
         if first["type"] == "missing":
             message = "not set"
         raise HandlerConfigError(f"{name}: {message}") from None
+
+
+# -- an optional capability: refusing orders at the door -------------------------------------
+
+
+class OrderAcceptor(Protocol):
+    """What a handler may add to refuse, at the webhook, orders it can never serve.
+
+    ``accepts(order)`` returns ``None`` to accept the order, or a human message (shown to the
+    customer in their ATS) to reject it. It runs in the webhook request, before Kombo gets
+    its answer: keep it fast and free of I/O. Orders reaching the dispatcher by polling are
+    not checked (the poller cannot answer Kombo with a rejection).
+    """
+
+    def accepts(self, order: Order) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptor:
+    """One handler's ``accepts`` check, with the handler's name for messages and logs."""
+
+    handler: str
+    check: Callable[[Order], str | None]
+
+
+def find_acceptors(chain: Sequence[Handler]) -> list[Acceptor]:
+    """The ``accepts`` checks of the handlers in ``chain`` that have one, in chain order.
+
+    Raises HandlerConfigError naming the handler when its ``accepts`` is not a callable
+    taking the order, so the receiver fails at start rather than at the first webhook.
+    """
+    found: list[Acceptor] = []
+    for handler in chain:
+        accepts = getattr(handler, "accepts", None)
+        if accepts is None:
+            continue
+        if not callable(accepts):
+            raise HandlerConfigError(f"handler {handler.name!r}: `accepts` is not callable")
+        try:
+            inspect.signature(accepts).bind(None)
+        except TypeError:
+            raise HandlerConfigError(
+                f"handler {handler.name!r}: `accepts` must take (order), "
+                f"not {inspect.signature(accepts)}"
+            ) from None
+        except ValueError:  # builtins without a signature: trust them
+            pass
+        found.append(Acceptor(handler.name, accepts))
+    return found

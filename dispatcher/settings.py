@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -12,6 +13,10 @@ __all__ = ["ConfigError", "Settings", "load_settings"]
 
 class ConfigError(Exception):
     """A setting is missing or invalid; the message names the environment variable."""
+
+
+# What DISPATCHER_INLINE_ASSESSMENT_URL may name.
+_URL_PLACEHOLDERS = ("order_id", "integration_id", "package_id")
 
 
 def _split_csv(value: object) -> object:
@@ -92,6 +97,25 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", alias="DISPATCHER_LOG_LEVEL"
     )
+    # The webhook receiver (`dispatcher web`).
+    kombo_webhook_secret: SecretStr | None = Field(
+        None,
+        alias="KOMBO_WEBHOOK_SECRET",
+        description="Kombo's webhook signing secret; the receiver refuses to start without it.",
+    )
+    accepted_packages: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        alias="DISPATCHER_ACCEPTED_PACKAGES",
+        description="Package ids the receiver accepts (comma-separated); empty accepts all.",
+    )
+    inline_assessment_url: str | None = Field(
+        None,
+        alias="DISPATCHER_INLINE_ASSESSMENT_URL",
+        description=(
+            "Link answered to inline-assessment webhooks; may use {order_id}, "
+            "{integration_id} and {package_id}."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -167,6 +191,40 @@ class Settings(BaseSettings):
         if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("accepted_packages", mode="before")
+    @classmethod
+    def _packages_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("inline_assessment_url")
+    @classmethod
+    def _url_template(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError:
+            raise ValueError("is not a valid template (unbalanced braces)") from None
+        unknown = sorted(set(fields) - set(_URL_PLACEHOLDERS))
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder {{{unknown[0]}}} (use {{order_id}}, {{integration_id}}, "
+                "{package_id})"
+            )
+        return value
+
+    def require_webhook_secret(self) -> SecretStr:
+        """The webhook secret, or a ConfigError naming KOMBO_WEBHOOK_SECRET when it is not set."""
+        secret = self.kombo_webhook_secret
+        if secret is None or not secret.get_secret_value():
+            raise ConfigError(
+                "KOMBO_WEBHOOK_SECRET: not set (the webhook receiver needs it to verify "
+                "Kombo's signatures)"
+            )
+        return secret
 
     def require_kombo(self) -> SecretStr:
         """The API key, or a ConfigError naming KOMBO_API_KEY when it is not set."""

@@ -53,6 +53,8 @@ def test_every_key_method_of_keys_is_in_the_schema() -> None:
         keys.paused,
         keys.schedule,
         keys.lease("{integration}"),
+        keys.rejected("{integration}"),
+        keys.results("{integration}"),
     }
     methods = {name for name in dir(Keys) if not name.startswith("_") and name != "namespace"}
     assert len(methods) == len(named), "a new Keys member: add it here and to SCHEMA"

@@ -1,0 +1,296 @@
+"""Webhook-to-enqueue latency: signed order-received deliveries against a real receiver.
+
+Starts a private redis-server and the receiver (``POST /webhooks/kombo`` on a Starlette app
+under uvicorn) in its own process, then keeps ``--concurrency`` deliveries in flight (each
+sender posts its next as soon as the previous is answered) until ``--deliveries`` distinct
+orders were sent, and prints the latency of each answer as the sender saw it: p50, p90, p99,
+max. Every answer must be 200 and every order must be enqueued exactly once, or the run fails.
+
+Two senders: ``httpx`` (one ``httpx.AsyncClient`` per in-flight delivery) and ``raw`` (HTTP/1.1
+written and read on asyncio streams). On a 2-core machine the sender shares the CPUs with the
+receiver, and httpx spends about three times the receiver's CPU per request: its figure
+includes that queueing. The raw sender costs little, so its figure is the receiver's.
+
+    python bench/webhook_latency.py                    # httpx, 2,000 deliveries, 50 in flight
+    python bench/webhook_latency.py --sender raw --replays 0.2 --json
+
+The receiver process calls ``gc.freeze()`` once its app is built, as ``dispatcher web``
+should: without it a full garbage collection of the start-up objects stalls every delivery
+in flight for about 30 ms every second or two (``--no-gc-freeze`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack, nullcontext
+from pathlib import Path
+from typing import Any
+
+import httpx
+from redis import Redis
+from rq import Queue
+
+from _support import private_redis
+from dispatcher.simulator import Simulator
+from dispatcher.webhook import ORDER_EVENT, SIGNATURE_HEADER, WEBHOOK_PATH, sign
+
+SECRET = "bench-webhook-secret"
+QUEUE = "bench-orders"
+
+# One delivery: post a body, return the HTTP status.
+Post = Callable[[bytes], Awaitable[int]]
+
+
+def _serve(port: int) -> None:
+    """The receiver process: the webhook routes on a Starlette app under uvicorn."""
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from dispatcher.ledger import Ledger
+    from dispatcher.settings import load_settings
+    from dispatcher.webhook import webhook_routes
+
+    settings = load_settings()
+    redis = Redis.from_url(settings.redis_url.get_secret_value())
+    ledger = Ledger(redis, Queue(settings.queue, connection=redis), settings.namespace)
+    app = Starlette(routes=webhook_routes(settings, ledger, acceptors=()))
+    if os.environ.get("BENCH_GC_FREEZE") != "0":
+        # What `dispatcher web` should do once its app is built: move the objects of start-up
+        # (imported modules, pydantic schemas) out of the collector's reach, so that a full
+        # collection stays short instead of stalling every delivery in flight (~30 ms here).
+        gc.freeze()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _deliveries(count: int) -> list[bytes]:
+    """Bodies of ``count`` order-received events for distinct, realistic orders."""
+    sim = Simulator(1, count, closed=0, seed=7)
+    integration = sim.integration_ids[0]
+    return [
+        json.dumps(
+            {
+                "id": f"evt-{n}",
+                "type": ORDER_EVENT,
+                "data": {**order, "integration_id": integration},
+            }
+        ).encode()
+        for n, order in enumerate(sim.orders(integration))
+    ]
+
+
+async def _httpx_sender(stack: AsyncExitStack, url: str) -> Post:
+    # One client (one kept-alive connection) per sender, as Kombo's would be: one pool shared
+    # by every sender costs more CPU than the receiver spends.
+    client = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=30))
+
+    async def post(body: bytes) -> int:
+        headers = {SIGNATURE_HEADER: sign(SECRET, body), "Content-Type": "application/json"}
+        response = await client.post(WEBHOOK_PATH, content=body, headers=headers)
+        return response.status_code
+
+    return post
+
+
+_CONTENT_LENGTH = re.compile(rb"(?im)^content-length:\s*(\d+)\s*$")
+
+
+async def _raw_sender(stack: AsyncExitStack, url: str) -> Post:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    stack.callback(writer.close)
+
+    async def post(body: bytes) -> int:
+        head = (
+            f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{SIGNATURE_HEADER}: {sign(SECRET, body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        answer = await reader.readuntil(b"\r\n\r\n")
+        length = _CONTENT_LENGTH.search(answer)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        return int(answer.split(b" ", 2)[1])
+
+    return post
+
+
+async def _run(
+    url: str, sender: str, phases: list[list[bytes]], concurrency: int
+) -> list[tuple[list[float], float]]:
+    """Send each phase's bodies, ``concurrency`` in flight; per phase: latencies, wall time.
+
+    Senders (and their connections) are made before the first phase: making an httpx
+    client costs milliseconds of CPU, which is not the receiver's latency.
+    """
+    make = _httpx_sender if sender == "httpx" else _raw_sender
+    async with AsyncExitStack() as stack:
+        posts = [await make(stack, url) for _ in range(concurrency)]
+        return [await _phase(posts, bodies) for bodies in phases]
+
+
+async def _phase(posts: list[Post], bodies: list[bytes]) -> tuple[list[float], float]:
+    todo = iter(bodies)
+    latencies: list[float] = []
+
+    async def deliver(post: Post) -> None:
+        for body in todo:
+            started = time.perf_counter()
+            status = await post(body)
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                raise SystemExit(f"bench: HTTP {status} for a valid delivery")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(deliver(post) for post in posts))
+    return latencies, time.perf_counter() - started
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("bench: the receiver exited at start")
+        try:
+            httpx.get(url + WEBHOOK_PATH, timeout=1)  # 405: it is up (and logs nothing)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise SystemExit("bench: the receiver did not start")
+
+
+def measure(
+    deliveries: int,
+    concurrency: int,
+    sender: str,
+    warmup: int,
+    replays: float,
+    redis_url: str | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark; the figures as a dict (what ``--json`` prints).
+
+    ``redis_url``: an empty Redis to use instead of starting a private one.
+    """
+    bodies = _deliveries(warmup + deliveries)
+    first, measured = bodies[:warmup], bodies[warmup:]
+    sends = measured + measured[: int(len(measured) * replays)]
+    random.Random(0).shuffle(sends)  # a replay may even arrive before its original
+    with nullcontext(redis_url) if redis_url else private_redis() as redis_url:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "KOMBO_WEBHOOK_SECRET": SECRET,
+            "DISPATCHER_QUEUE": QUEUE,
+            "DISPATCHER_LOG_LEVEL": "WARNING",
+        }
+        command = [sys.executable, str(Path(__file__)), "--serve", str(port)]
+        proc = subprocess.Popen(command, env=env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url, proc)
+            cpu_before = _cpu_seconds(proc.pid), time.process_time()
+            phases = asyncio.run(_run(url, sender, [first, sends], concurrency))
+            receiver_cpu = _cpu_seconds(proc.pid) - cpu_before[0]
+            sender_cpu = time.process_time() - cpu_before[1]
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        redis = Redis.from_url(redis_url)
+        enqueued = Queue(QUEUE, connection=redis).count
+        redis.close()
+    if enqueued != len(bodies):
+        raise SystemExit(f"bench: {enqueued} jobs enqueued, expected {len(bodies)}")
+    latencies, wall = phases[1]
+    ms = sorted(latency * 1000 for latency in latencies)
+    cuts = statistics.quantiles(ms, n=100, method="inclusive")
+    total = len(first) + len(sends)
+    return {
+        "sender": sender,
+        "deliveries": len(ms),
+        "replays": len(sends) - len(measured),
+        "concurrency": concurrency,
+        "per_second": round(len(ms) / wall),
+        "p50_ms": round(cuts[49], 1),
+        "p90_ms": round(cuts[89], 1),
+        "p99_ms": round(cuts[98], 1),
+        "max_ms": round(ms[-1], 1),
+        "jobs_enqueued": enqueued,
+        "receiver_cpu_ms": round(receiver_cpu * 1000 / total, 2),
+        "sender_cpu_ms": round(sender_cpu * 1000 / total, 2),
+        "cpus": os.cpu_count(),
+        "load_average": [round(load, 1) for load in os.getloadavg()],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deliveries", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--sender", choices=["httpx", "raw"], default="httpx")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument(
+        "--replays", type=float, default=0.0, help="fraction of deliveries sent a second time"
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--redis-url", help="an empty Redis to use (default: a private one)")
+    parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave the receiver's start-up objects to the garbage collector (slower tail)",
+    )
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        _serve(args.serve)
+        return
+    if args.no_gc_freeze:
+        os.environ["BENCH_GC_FREEZE"] = "0"  # read by the receiver process
+    r = measure(
+        args.deliveries,
+        args.concurrency,
+        args.sender,
+        args.warmup,
+        args.replays,
+        args.redis_url,
+    )
+    if args.json:
+        print(json.dumps(r))
+        return
+    print(
+        f"{r['deliveries']} deliveries ({r['replays']} replays), {r['concurrency']} in flight, "
+        f"{r['sender']} sender: {r['per_second']}/s; {r['cpus']} CPUs, load average "
+        f"{' '.join(map(str, r['load_average']))}"
+    )
+    print(f"latency ms: p50 {r['p50_ms']}  p90 {r['p90_ms']}  p99 {r['p99_ms']}  max {r['max_ms']}")
+    print(f"jobs enqueued: {r['jobs_enqueued']} (each order once)")
+    print(f"CPU per delivery: receiver {r['receiver_cpu_ms']} ms, sender {r['sender_cpu_ms']} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Writing an order's result back to Kombo: the typed body, and the dispatcher's record of it.
+
+:class:`AssessmentResult` is the body of ``PUT /assessment/orders/{id}/result``, validated
+before anything is sent (Kombo's rules: ``result_url`` required, ``completed_at`` required for
+COMPLETED and CANCELLED and here defaulting to now, at most 5 attachments, each with base64
+``data`` and a ``content_type`` or a ``data_url``). After Kombo accepted a result,
+:func:`record_result` marks the order finished in Redis for ``dispatcher status``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import mimetypes
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from redis import Redis
+
+from .keys import Keys
+
+__all__ = [
+    "MAX_ATTACHMENTS",
+    "AssessmentResult",
+    "Attachment",
+    "InvalidResultError",
+    "ResultStatus",
+    "SubResultAttribute",
+    "SubResultScore",
+    "TextAttribute",
+    "attachment_from_file",
+    "build_result",
+    "record_result",
+    "recorded_result",
+]
+
+MAX_ATTACHMENTS = 5
+
+
+class ResultStatus(StrEnum):
+    """What a result can set an order to (OPEN: a partial result, the order stays open)."""
+
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+    OPEN = "OPEN"
+
+
+class InvalidResultError(ValueError):
+    """A result (or one of its parts) fails validation; the message names the field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+_NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class _Strict(BaseModel):
+    # A field Kombo does not know is a typo here, not schema drift: refuse it.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class TextAttribute(_Strict):
+    """A labelled text shown with the result."""
+
+    type: Literal["TEXT"] = "TEXT"
+    label: _NonEmpty
+    value: str
+
+
+class SubResultScore(_Strict):
+    value: float
+    max: float
+
+    @field_validator("value", "max")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        _finite(value)
+        return value
+
+
+class SubResultAttribute(_Strict):
+    """A scored part of the assessment."""
+
+    type: Literal["SUB_RESULT"] = "SUB_RESULT"
+    id: _NonEmpty
+    label: _NonEmpty
+    score: SubResultScore
+    status: Literal["COMPLETED", "CANCELLED"]
+
+
+Attribute = Annotated[TextAttribute | SubResultAttribute, Field(discriminator="type")]
+
+
+class Attachment(_Strict):
+    """A file shown with the result: inline (``data``, base64, with ``content_type``) or by
+    reference (``data_url``)."""
+
+    name: _NonEmpty
+    content_type: str | None = None
+    data: str | None = None
+    data_url: str | None = None
+
+    @field_validator("data")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("is not valid base64") from None
+        return value
+
+    @field_validator("data_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return _http_url(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Attachment:
+        if (self.data is None) == (self.data_url is None):
+            raise ValueError("give exactly one of data (base64) and data_url")
+        if self.data is not None and not self.content_type:
+            raise ValueError("content_type is required with data")
+        return self
+
+
+class AssessmentResult(_Strict):
+    """The body of ``PUT /assessment/orders/{id}/result``, checked against Kombo's rules.
+
+    ``completed_at`` defaults to now for COMPLETED and CANCELLED (Kombo requires it then).
+    """
+
+    status: ResultStatus
+    result_url: _NonEmpty
+    completed_at: datetime | None = None
+    score: float | None = None
+    max_score: float | None = None
+    attributes: list[Attribute] = Field(default_factory=list)
+    attachments: list[Attachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
+    remote_fields: dict[str, Any] | None = None
+
+    @field_validator("result_url")
+    @classmethod
+    def _result_url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("score", "max_score")
+    @classmethod
+    def _scores(cls, value: float | None) -> float | None:
+        return _finite(value)
+
+    @field_validator("completed_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        # A naive time is taken as UTC: Kombo stores instants.
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_completed_at(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and data.get("completed_at") is None
+            and data.get("status") in (ResultStatus.COMPLETED, ResultStatus.CANCELLED)
+        ):
+            data = {**data, "completed_at": datetime.now(UTC)}
+        return data
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON body Kombo expects (unset optional fields left out)."""
+        body = self.model_dump(mode="json", exclude_none=True)
+        if self.completed_at is not None:
+            body["completed_at"] = _kombo_time(self.completed_at)
+        if not self.attributes:
+            body.pop("attributes", None)
+        if not self.attachments:
+            body.pop("attachments", None)
+        return body
+
+
+def build_result(**fields: Any) -> AssessmentResult:
+    """Validate a result, raising InvalidResultError naming the first bad field."""
+    try:
+        return AssessmentResult.model_validate(fields)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def attachment_from_file(path: str | Path) -> Attachment:
+    """An inline attachment of a file: its name, guessed content type and base64 data.
+
+    Raises InvalidResultError naming the file when it cannot be read.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidResultError(f"attachment {path}", exc.strerror or str(exc)) from None
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return Attachment(
+        name=path.name, content_type=content_type, data=base64.b64encode(data).decode("ascii")
+    )
+
+
+# KEYS: 1 results hash, 2 stats hash. ARGV: 1 order id, 2 record (JSON).
+# The counter counts finished orders: a second write for the same order does not add one.
+_RECORD_SCRIPT = """
+if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[2], 'results_written', 1)
+end
+return 1
+"""
+
+
+def record_result(
+    redis: Redis,
+    keys: Keys,
+    integration_id: str,
+    order_id: str,
+    status: ResultStatus | str,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Mark an order finished after Kombo accepted its result (atomic: record and counter)."""
+    record = json.dumps({"status": str(status), "at": int(clock())})
+    redis.eval(_RECORD_SCRIPT, 2, keys.results(integration_id), keys.stats, order_id, record)
+
+
+def recorded_result(redis: Redis, keys: Keys, integration_id: str, order_id: str) -> Any:
+    """The recorded result of an order (``{"status", "at"}``), or None."""
+    raw = redis.hget(keys.results(integration_id), order_id)
+    return json.loads(raw) if raw is not None else None
+
+
+def _kombo_time(value: datetime) -> str:
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _invalid(exc: ValidationError) -> InvalidResultError:
+    first = exc.errors()[0]
+    # Drop the tag pydantic adds for a discriminated union member (attributes.0.TEXT.label).
+    parts = [str(part) for part in first["loc"] if part not in ("TEXT", "SUB_RESULT")]
+    field = ""
+    for part in parts:
+        field += f"[{part}]" if part.isdigit() else (f".{part}" if field else part)
+    problem = first["msg"].removeprefix("Value error, ")
+    if len(exc.errors()) > 1:
+        problem += f" (and {len(exc.errors()) - 1} more)"
+    return InvalidResultError(field or "result", problem)

@@ -1,0 +1,451 @@
+"""The Kombo webhook receiver: ``POST /webhooks/kombo`` (needs the ``web`` extra).
+
+Kombo pushes every new order as an ``assessment:order-received`` (or
+``inline-assessment:order-received``) event. The receiver checks ``X-Kombo-Signature`` over the
+raw body, validates the order, may reject it at the door, and hands it to
+:meth:`Ledger.dispatch <dispatcher.ledger.Ledger.dispatch>`: the same atomic dedupe-and-enqueue
+step the poller uses, so an order that arrives by webhook and by polling is dispatched once.
+The handlers run later, in a worker; the answer does not wait for them.
+
+========  ===================================================================================
+answer    when
+========  ===================================================================================
+200       order enqueued; order already seen (a replay, or the poller was first); any other
+          event type (logged and ignored)
+400       body not JSON, or the event or its order fails validation (``{"message": ...}``)
+401       ``X-Kombo-Signature`` missing or wrong; nothing is read further
+413       body over 1 MiB (refused from ``Content-Length``, or counted while streaming)
+422       order rejected: its package is not in ``DISPATCHER_ACCEPTED_PACKAGES`` or a handler's
+          ``accepts`` refused it; ``{"message": ...}`` is shown in the ATS and the order is
+          remembered as rejected, so polling never dispatches it
+503       Redis unreachable: Kombo keeps the order OPEN and polling picks it up later
+========  ===================================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote
+
+from pydantic import SecretStr
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .ledger import Ledger
+from .models import Order, OrderStatus, OrderValidationError, parse_order
+from .plugins import Acceptor, find_acceptors, load_handlers
+from .settings import Settings
+
+__all__ = [
+    "INLINE_ORDER_EVENT",
+    "MAX_BODY_BYTES",
+    "ORDER_EVENT",
+    "SIGNATURE_HEADER",
+    "WEBHOOK_PATH",
+    "sign",
+    "verify_signature",
+    "webhook_routes",
+]
+
+log = logging.getLogger("dispatcher.webhook")
+
+WEBHOOK_PATH = "/webhooks/kombo"
+SIGNATURE_HEADER = "X-Kombo-Signature"
+MAX_BODY_BYTES = 1024 * 1024
+ORDER_EVENT = "assessment:order-received"
+INLINE_ORDER_EVENT = "inline-assessment:order-received"
+_ORDER_EVENTS = frozenset({ORDER_EVENT, INLINE_ORDER_EVENT})
+
+
+def sign(secret: SecretStr | str | bytes, body: bytes) -> str:
+    """Kombo's signature of ``body``: base64url, without ``=`` padding, of its HMAC-SHA256."""
+    digest = hmac.new(_key(secret), body, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def verify_signature(secret: SecretStr | str | bytes, body: bytes, header: str | None) -> bool:
+    """Whether ``header`` is Kombo's signature of the raw ``body`` under ``secret``.
+
+    The comparison takes constant time. Only the exact unpadded base64url form is accepted:
+    a padded or standard-base64 spelling of the right digest is refused like a wrong one,
+    since Kombo never sends it.
+    """
+    if not header:
+        return False
+    try:
+        given = header.encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(sign(secret, body).encode("ascii"), given)
+
+
+def _key(secret: SecretStr | str | bytes) -> bytes:
+    if isinstance(secret, SecretStr):
+        secret = secret.get_secret_value()
+    return secret.encode("utf-8") if isinstance(secret, str) else secret
+
+
+def webhook_routes(
+    settings: Settings,
+    ledger: Ledger,
+    *,
+    acceptors: Sequence[Acceptor] | None = None,
+) -> list[Route]:
+    """The receiver's routes (``POST /webhooks/kombo``), to mount in the web app.
+
+    Raises ConfigError naming ``KOMBO_WEBHOOK_SECRET`` when it is not set. ``acceptors``
+    default to the ``accepts`` checks of the configured handler chain (loading it may raise
+    HandlerConfigError, as a worker would at start).
+    """
+    secret = settings.require_webhook_secret()
+    if acceptors is None:
+        acceptors = find_acceptors(load_handlers(settings.handlers))
+    receiver = _Receiver(
+        secret=secret,
+        ledger=ledger,
+        accepted_packages=frozenset(settings.accepted_packages),
+        acceptors=tuple(acceptors),
+        inline_url=settings.inline_assessment_url,
+    )
+    return [Route(WEBHOOK_PATH, receiver.receive, methods=["POST"], name="kombo_webhook")]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Invalid(Exception):
+    """The event cannot be used; the message says which field and why (never a value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    id: str
+    type: str
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    kind: Literal["enqueued", "already_seen", "rejected"]
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    integration_id: str
+    order: Order
+    future: asyncio.Future[_Outcome]
+
+
+# Orders admitted in one batch at most: Kombo's page size, the size the ledger is built for.
+_MAX_BATCH = 250
+
+# Strong references to running drain tasks: the event loop keeps only weak ones.
+_TASKS: set[asyncio.Task[None]] = set()
+
+
+def _background(coroutine: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
+class _Receiver:
+    """Answers deliveries; admits their orders in batches (see :meth:`_admit`)."""
+
+    def __init__(
+        self,
+        *,
+        secret: SecretStr,
+        ledger: Ledger,
+        accepted_packages: frozenset[str],
+        acceptors: tuple[Acceptor, ...],
+        inline_url: str | None,
+    ) -> None:
+        self.secret = secret
+        self.ledger = ledger
+        self.accepted_packages = accepted_packages
+        self.acceptors = acceptors
+        self.inline_url = inline_url
+        self._pending: list[_Pending] = []
+        self._draining = False
+
+    async def receive(self, request: Request) -> Response:
+        """Answer one delivery (see the module docstring for the answers)."""
+        started = time.perf_counter()
+        body = await self._signed_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            event = _parse_event(body)
+        except _Invalid as exc:
+            log.warning("webhook refused: %s", exc)
+            return _message(400, str(exc))
+        if event.type not in _ORDER_EVENTS:
+            log.info("webhook %s: event type %s ignored", event.id, event.type)
+            return JSONResponse({"status": "ignored"})
+        try:
+            integration_id, order = _parse_order(event.data)
+        except _Invalid as exc:
+            log.warning("webhook %s refused: %s", event.id, exc)
+            return _message(400, f"event {event.id}: {exc}")
+        extra = {"order_id": order.id, "integration_id": integration_id}
+        if order.status not in (None, OrderStatus.OPEN):
+            log.info(
+                "webhook %s: order is %s, not OPEN: ignored", event.id, order.status, extra=extra
+            )
+            return JSONResponse({"status": "ignored"})
+        try:
+            outcome = await self._admit(integration_id, order)
+        except RedisError as exc:
+            log.error("webhook %s: redis: %s: %s", event.id, type(exc).__name__, exc, extra=extra)
+            return _message(503, "the dispatcher cannot reach its store; retry later")
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if outcome.kind == "rejected":
+            log.info(
+                "webhook %s: order rejected (%.1f ms): %s",
+                event.id,
+                elapsed_ms,
+                outcome.reason,
+                extra=extra,
+            )
+            return _message(422, outcome.reason or "rejected")
+        log.info("webhook %s: order %s (%.1f ms)", event.id, outcome.kind, elapsed_ms, extra=extra)
+        answer: dict[str, str] = {"status": outcome.kind, "order_id": order.id}
+        if event.type == INLINE_ORDER_EVENT:
+            answer.update(self._inline_answer(event, integration_id, order))
+        return JSONResponse(answer)
+
+    async def _signed_body(self, request: Request) -> bytes | Response:
+        """The body if it is small enough and signed by Kombo, else the refusal to send."""
+        header = request.headers.get(SIGNATURE_HEADER)
+        if not header:
+            log.warning("webhook refused: no %s header", SIGNATURE_HEADER)
+            return _message(401, f"missing {SIGNATURE_HEADER} header")
+        try:
+            body = await _read_body(request, MAX_BODY_BYTES)
+        except _TooLarge:
+            log.warning("webhook refused: body over %d bytes", MAX_BODY_BYTES)
+            # The rest of the body is never read: close rather than drain the connection.
+            return _message(413, "body larger than 1 MiB", headers={"Connection": "close"})
+        except ClientDisconnect:
+            return _message(400, "client disconnected before the body was complete")
+        if not verify_signature(self.secret, body, header):
+            log.warning("webhook refused: %s does not match the body", SIGNATURE_HEADER)
+            return _message(401, f"{SIGNATURE_HEADER} does not match the body")
+        return body
+
+    def _inline_answer(self, event: _Event, integration_id: str, order: Order) -> dict[str, str]:
+        if self.inline_url:
+            return {"assessment_url": _inline_url(self.inline_url, integration_id, order)}
+        log.warning(
+            "webhook %s: inline order but DISPATCHER_INLINE_ASSESSMENT_URL is not set: "
+            "Kombo gets no assessment_url",
+            event.id,
+            extra={"order_id": order.id, "integration_id": integration_id},
+        )
+        return {}
+
+    async def _admit(self, integration_id: str, order: Order) -> _Outcome:
+        """Reject or dispatch one order, together with every other order arriving meanwhile.
+
+        The ledger's Redis client blocks, so the work runs in a worker thread; one batch at
+        a time, holding every order that arrived while the previous batch ran. A batch costs
+        :meth:`Ledger.dispatch`'s two round trips per integration, however many orders it
+        holds, where one thread per order would cost two each and leave dozens of threads
+        fighting over the GIL under a burst of deliveries.
+        """
+        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(integration_id, order, future))
+        if not self._draining:
+            self._draining = True
+            _background(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[:_MAX_BATCH]
+                del self._pending[:_MAX_BATCH]
+                outcomes: Sequence[_Outcome | Exception]
+                try:
+                    outcomes = await run_in_threadpool(
+                        self._admit_batch, [(item.integration_id, item.order) for item in batch]
+                    )
+                except Exception as exc:  # a bug: every request of the batch answers 500
+                    outcomes = [exc] * len(batch)
+                except BaseException:
+                    for item in batch:  # cancelled: the server is stopping
+                        item.future.cancel()
+                    raise
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    if item.future.done():  # the request was cancelled meanwhile
+                        continue
+                    if isinstance(outcome, Exception):
+                        item.future.set_exception(outcome)
+                    else:
+                        item.future.set_result(outcome)
+        finally:
+            self._draining = False
+            for item in self._pending:  # only left when cancelled
+                item.future.cancel()
+            self._pending.clear()
+
+    def _admit_batch(self, items: Sequence[tuple[str, Order]]) -> list[_Outcome | RedisError]:
+        """Reject or dispatch a batch of orders (blocking: runs in a worker thread).
+
+        A Redis failure fails only the orders it concerns (one integration's dispatch, one
+        rejection); the same order twice in one batch gets one decision, and the later
+        deliveries are answered as replays of the first.
+        """
+        decided: dict[int, _Outcome | RedisError] = {}
+        first: dict[tuple[str, str], int] = {}
+        to_dispatch: dict[str, list[int]] = {}
+        for index, (integration_id, order) in enumerate(items):
+            if first.setdefault((integration_id, order.id), index) != index:
+                continue
+            reason = self._refusal(integration_id, order)
+            if reason is None:
+                to_dispatch.setdefault(integration_id, []).append(index)
+                continue
+            try:
+                decided[index] = (
+                    _Outcome("rejected", reason)
+                    if self.ledger.reject(integration_id, order.id, reason)
+                    else self._seen_before(integration_id, order.id)
+                )
+            except RedisError as exc:
+                decided[index] = exc
+        for integration_id, indexes in to_dispatch.items():
+            orders = [items[index][1] for index in indexes]
+            try:
+                enqueued = set(self.ledger.dispatch(integration_id, orders).enqueued)
+                for index, order in zip(indexes, orders, strict=True):
+                    decided[index] = (
+                        _Outcome("enqueued")
+                        if order.id in enqueued
+                        else self._seen_before(integration_id, order.id)
+                    )
+            except RedisError as exc:
+                decided.update(dict.fromkeys(indexes, exc))
+        outcomes: list[_Outcome | RedisError] = []
+        for index, (integration_id, order) in enumerate(items):
+            first_index = first[(integration_id, order.id)]
+            outcome = decided[first_index]
+            if (
+                first_index != index
+                and isinstance(outcome, _Outcome)
+                and outcome.kind != "rejected"
+            ):
+                outcome = _Outcome("already_seen")
+            outcomes.append(outcome)
+        return outcomes
+
+    def _seen_before(self, integration_id: str, order_id: str) -> _Outcome:
+        # A replay of a rejected order is rejected again (Kombo may have missed the first
+        # answer); any other order seen before was dispatched already.
+        earlier = self.ledger.rejection(integration_id, order_id)
+        if earlier is not None:
+            return _Outcome("rejected", earlier)
+        return _Outcome("already_seen")
+
+    def _refusal(self, integration_id: str, order: Order) -> str | None:
+        """The message rejecting the order, or None to accept it."""
+        if self.accepted_packages and order.package_id not in self.accepted_packages:
+            return f"Package {order.package_id} is not offered by this vendor."
+        for acceptor in self.acceptors:
+            try:
+                message = acceptor.check(order)
+            except Exception as exc:
+                # A broken check must neither reject (final, in Kombo) nor lose the order.
+                log.error(
+                    "handler %s: accepts failed, order accepted: %s: %s",
+                    acceptor.handler,
+                    type(exc).__name__,
+                    exc,
+                    extra={"order_id": order.id, "integration_id": integration_id},
+                )
+                continue
+            if message is None:
+                continue
+            if not isinstance(message, str) or not message.strip():
+                log.error(
+                    "handler %s: accepts returned %r, not None or a message: order accepted",
+                    acceptor.handler,
+                    type(message).__name__,
+                    extra={"order_id": order.id, "integration_id": integration_id},
+                )
+                continue
+            return message.strip()
+        return None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing from ``Content-Length`` or mid-stream once it passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge
+    return bytes(body)
+
+
+def _parse_event(body: bytes) -> _Event:
+    try:
+        event = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        # json's messages name a position, never the content.
+        raise _Invalid(f"body is not valid JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise _Invalid("body must be a JSON object")
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise _Invalid("field id: required, the event id (a non-empty string)")
+    event_type = event.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        raise _Invalid(f"event {event_id}: field type: required (a non-empty string)")
+    return _Event(event_id, event_type, event.get("data"))
+
+
+def _parse_order(data: Any) -> tuple[str, Order]:
+    if not isinstance(data, dict):
+        raise _Invalid("field data: required, the order (a JSON object)")
+    integration_id = data.get("integration_id")
+    if not isinstance(integration_id, str) or not integration_id:
+        raise _Invalid("field data.integration_id: required (a non-empty string)")
+    # The poller's orders do not carry it (the job does, beside the order): keep both paths'
+    # jobs the same.
+    fields = {key: value for key, value in data.items() if key != "integration_id"}
+    try:
+        return integration_id, parse_order(fields)
+    except OrderValidationError as exc:
+        raise _Invalid(f"order {exc.order_id}: field data.{exc.field}: {exc.problem}") from None
+
+
+def _inline_url(template: str, integration_id: str, order: Order) -> str:
+    return template.format(
+        order_id=quote(order.id, safe=""),
+        integration_id=quote(integration_id, safe=""),
+        package_id=quote(order.package_id, safe=""),
+    )
+
+
+def _message(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    # Kombo shows the `message` of a 422 in the ATS; every other error answer has the same shape.
+    return JSONResponse({"message": message}, status_code=status, headers=headers)
