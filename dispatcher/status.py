@@ -12,7 +12,7 @@ keys are only ever added.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,7 @@ OK = "ok"
 FAILING = "failing"
 STALE = "stale"
 NEVER_SWEPT = "never swept"
+PAUSED = "paused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,13 @@ class IntegrationStatus:
     pages: int | None
     error_count: int
     last_error: SweepError | None
+    paused: bool = False
+    lease: str | None = None
+    next_sweep_at: float | None = None
+    consecutive_failures: int = 0
+    watermark: float | None = None
+    last_sweep_kind: str | None = None
+    results_written: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +191,11 @@ class Snapshot:
                 }
                 for w in self.workers
             ],
-            "orders": {"seen": self.orders_seen, "dispatched": self.orders_dispatched},
+            "orders": {
+                "seen": self.orders_seen,
+                "dispatched": self.orders_dispatched,
+                "finished": sum(i.results_written for i in self.integrations),
+            },
             "integrations": {
                 i.integration_id: {
                     "state": i.state,
@@ -199,6 +211,13 @@ class Snapshot:
                     "orders_new": i.orders_new,
                     "pages": i.pages,
                     "error_count": i.error_count,
+                    "paused": i.paused,
+                    "lease": i.lease,
+                    "next_sweep_at": _round(i.next_sweep_at),
+                    "consecutive_failures": i.consecutive_failures,
+                    "watermark": _round(i.watermark),
+                    "last_sweep_kind": i.last_sweep_kind,
+                    "results_written": i.results_written,
                     "last_error": (
                         None
                         if i.last_error is None
@@ -242,6 +261,7 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
     with redis.pipeline(transaction=False) as pipe:
         pipe.smembers(keys.seen_integrations)
         pipe.smembers(keys.swept_integrations)
+        pipe.smembers(keys.integrations)
         pipe.hget(keys.stats, "orders_dispatched")
         pipe.hgetall(keys.step_stats)
         pipe.hgetall(keys.kombo_requests)
@@ -252,11 +272,19 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         for key in expiring:
             pipe.zcount(key, live, "+inf")
         pipe.zrevrange(FailedJobRegistry(queue=queue).key, 0, 0)
-        (seen_ids, swept_ids, dispatched, step_stats, requests, queued, head, *counts) = (
-            pipe.execute()
-        )
+        (
+            seen_ids,
+            swept_ids,
+            registered_ids,
+            dispatched,
+            step_stats,
+            requests,
+            queued,
+            head,
+            *counts,
+        ) = pipe.execute()
     started, scheduled, deferred, finished, failed, canceled, newest_failed = counts
-    configured = settings.kombo_integration_ids
+    configured = [*settings.kombo_integration_ids, *(_str(i) for i in registered_ids)]
     integration_ids = sorted(
         set(configured) | {_str(i) for i in seen_ids} | {_str(i) for i in swept_ids}
     )
@@ -264,6 +292,10 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         for integration_id in integration_ids:
             pipe.hlen(keys.seen(integration_id))
             pipe.hgetall(keys.sweep(integration_id))
+            pipe.get(keys.lease(integration_id))
+            pipe.zscore(keys.schedule, integration_id)
+            pipe.sismember(keys.paused, integration_id)
+            pipe.hlen(keys.results(integration_id))
         # A missing job reads as None: the same answer as "no such job".
         pipe.hget(Job.key_for(_str(head or b"-")), "enqueued_at")
         pipe.hget(Job.key_for(_str(newest_failed[0] if newest_failed else b"-")), "ended_at")
@@ -271,8 +303,9 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
     integrations = tuple(
         _integration(
             integration_id,
-            int(per_integration[2 * index]),
-            per_integration[2 * index + 1],
+            int(per_integration[_PER_INTEGRATION * index]),
+            per_integration[_PER_INTEGRATION * index + 1],
+            fleet=per_integration[_PER_INTEGRATION * index + 2 : _PER_INTEGRATION * (index + 1)],
             configured=(integration_id in configured) if configured else None,
             now=taken_at,
             stale_after=3 * settings.poll_interval + 60,
@@ -307,16 +340,23 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
     return _with_problems(snapshot)
 
 
+# Answers per integration in the snapshot's second pipeline: seen count, sweep hash, lease,
+# due time, paused, results written.
+_PER_INTEGRATION = 6
+
+
 def _integration(
     integration_id: str,
     remembered: int,
     raw: Mapping[bytes, bytes],
     *,
+    fleet: Sequence[Any] = (None, None, False, 0),
     configured: bool | None,
     now: float,
     stale_after: float,
 ) -> IntegrationStatus:
     sweep = {_str(k): _str(v) for k, v in raw.items()}
+    lease, due, paused, results = fleet
     last_sweep_at = _float(sweep.get("last_sweep_at"))
     last_error_at = _float(sweep.get("last_error_at"))
     error: SweepError | None = None
@@ -325,7 +365,9 @@ def _integration(
         error = SweepError(
             code, _error_message(integration_id, code, sweep["last_error"]), last_error_at
         )
-    if not sweep:
+    if paused:
+        state = PAUSED
+    elif not sweep:
         state = NEVER_SWEPT
     elif error is not None and (last_sweep_at is None or (last_error_at or 0) >= last_sweep_at):
         state = FAILING
@@ -346,6 +388,13 @@ def _integration(
         pages=_int(sweep.get("pages")),
         error_count=_int(sweep.get("error_count")) or 0,
         last_error=error,
+        paused=bool(paused),
+        lease=_str(lease) if lease is not None else None,
+        next_sweep_at=float(due) if due is not None else None,
+        consecutive_failures=_int(sweep.get("consecutive_failures")) or 0,
+        watermark=_float(sweep.get("watermark")),
+        last_sweep_kind=sweep.get("last_sweep_kind"),
+        results_written=int(results or 0),
     )
 
 

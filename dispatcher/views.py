@@ -134,11 +134,24 @@ def _integration_lines(integrations: Sequence[IntegrationStatus], now: float) ->
                 "-" if i.orders_new is None else str(i.orders_new),
                 str(i.remembered),
                 str(i.error_count),
+                _next_sweep(i, now),
+                i.lease or "-",
                 error,
             ]
         )
     header = ["INTEGRATION", "STATE", "LAST SWEEP", "SEEN", "NEW", "REMEMBERED", "ERRORS"]
-    return _text.table([*header, "LAST ERROR"], rows, right={3, 4, 5, 6})
+    return _text.table([*header, "NEXT SWEEP", "LEASE", "LAST ERROR"], rows, right={3, 4, 5, 6})
+
+
+def _next_sweep(i: IntegrationStatus, now: float) -> str:
+    """When the fleet sweeps the integration next; "backoff, N failures" while it keeps failing."""
+    if i.next_sweep_at is None:
+        return "-"
+    seconds = i.next_sweep_at - now
+    when = "due" if seconds <= 0 else f"in {seconds:.0f}s"
+    if i.consecutive_failures > 1:
+        return f"{when} (backoff, {i.consecutive_failures} failures)"
+    return when
 
 
 def _handler_lines(handlers: Mapping[str, StepCounts]) -> list[str]:

@@ -88,10 +88,10 @@ def test_status_shows_where_orders_flow_and_where_and_why_not(
     assert "ORDERS  12 remembered · 12 dispatched" in text
     for integration in GOOD:
         assert re.search(
-            rf"^{integration}\s+ok\s+\S+ ago\s+6\s+6\s+6\s+0\s+-$", text, re.MULTILINE
+            rf"^{integration}\s+ok\s+\S+ ago\s+6\s+6\s+6\s+0\s+-\s+-\s+-$", text, re.MULTILINE
         ), text
     assert re.search(
-        rf"^{MISSING}\s+failing\s+never\s+-\s+-\s+0\s+1\s+PLATFORM.INTEGRATION_NOT_FOUND: ",
+        rf"^{MISSING}\s+failing\s+never\s+-\s+-\s+0\s+1\s+-\s+-\s+PLATFORM.INTEGRATION_NOT_FOUND: ",
         text,
         re.MULTILINE,
     ), text
@@ -127,7 +127,7 @@ def test_status_json_has_the_documented_stable_keys(
     )
     assert (queue["finished"], queue["failed"], queue["oldest_queued_age"]) == (11, 1, None)
     assert data["workers"] == []
-    assert data["orders"] == {"seen": 12, "dispatched": 12}
+    assert data["orders"] == {"seen": 12, "dispatched": 12, "finished": 0}
     assert set(data["integrations"]) == {*GOOD, MISSING}
     good = data["integrations"][GOOD[0]]
     assert good["state"] == "ok" and good["orders_seen"] == 6 and good["last_error"] is None
@@ -290,8 +290,8 @@ def test_two_namespaces_on_one_redis_do_not_see_each_other(redis: Redis, redis_u
     work(redis, b, [Returns("log")])
     seen_a = json.loads(invoke(["status", "--json"], env_for(redis_url, a)).stdout)
     seen_b = json.loads(invoke(["status", "--json"], env_for(redis_url, b)).stdout)
-    assert seen_a["orders"] == {"seen": 5, "dispatched": 5}
-    assert seen_b["orders"] == {"seen": 14, "dispatched": 14}
+    assert seen_a["orders"] == {"seen": 5, "dispatched": 5, "finished": 0}
+    assert seen_b["orders"] == {"seen": 14, "dispatched": 14, "finished": 0}
     assert set(seen_a["integrations"]) == {"greenhouse:TenantA"}
     assert set(seen_b["integrations"]) == {"greenhouse:TenantB", "lever:TenantB"}
     assert list(seen_a["queues"]) == ["tenant-a-orders"]
@@ -329,3 +329,42 @@ def test_durations_read_well() -> None:
     assert _text.ago(100.0, 160.0) == "1m 00s ago"
     assert _text.ago(3700.0, 100.0) == "in 1h 00m"
     assert _text.ago(None, 100.0) == "never"
+
+
+def test_status_shows_the_fleet_pause_lease_backoff_watermark_and_results(
+    redis: Redis, redis_url: str
+) -> None:
+    settings = Settings(REDIS_URL=redis_url, DISPATCHER_NAMESPACE="fleetns")
+    keys = Keys("fleetns")
+    now = time.time()
+    redis.sadd(keys.integrations, "lever:Registered", "lever:Paused")
+    redis.sadd(keys.paused, "lever:Paused")
+    redis.zadd(keys.schedule, {"lever:Registered": now + 120})
+    redis.set(keys.lease("lever:Registered"), "host:4242:abc")
+    redis.hset(
+        keys.sweep("lever:Registered"),
+        mapping={
+            "last_attempt_at": now, "last_error": "integration lever:Registered: HTTP 500: x",
+            "last_error_code": "PLATFORM.UNKNOWN_ERROR", "last_error_at": now,
+            "consecutive_failures": 3, "watermark": now - 600, "last_sweep_at": now - 700,
+            "last_sweep_kind": "incremental",
+        },
+    )  # fmt: skip
+    redis.hset(keys.results("lever:Registered"), "O1", '{"status": "COMPLETED", "at": 1}')
+    snapshot = take_snapshot(redis, settings, now=now).as_dict()
+    registered = snapshot["integrations"]["lever:Registered"]
+    assert registered["lease"] == "host:4242:abc"
+    assert registered["consecutive_failures"] == 3
+    assert registered["next_sweep_at"] == pytest.approx(now + 120, abs=0.01)
+    assert registered["watermark"] == pytest.approx(now - 600, abs=0.01)
+    assert registered["last_sweep_kind"] == "incremental"
+    assert registered["results_written"] == 1
+    assert snapshot["integrations"]["lever:Paused"]["state"] == "paused"
+    assert snapshot["orders"]["finished"] == 1
+    text = invoke(["status"], {"REDIS_URL": redis_url, "DISPATCHER_NAMESPACE": "fleetns"}).stdout
+    assert re.search(
+        r"^lever:Registered\s+failing.*in 1[12]\ds \(backoff, 3 failures\)\s+host:4242:abc",
+        text,
+        re.M,
+    ), text
+    assert re.search(r"^lever:Paused\s+paused", text, re.M), text
