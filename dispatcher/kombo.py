@@ -269,6 +269,18 @@ class KomboClient:
                 self._observe(method, path, response.status_code, sent)
                 body, error = _decode(response, integration_id)
                 retry_after = _retry_after(response)
+                if error is not None and method != "GET" and response.is_success:
+                    # Kombo took the write (2xx) but its answer was garbled in transit: a
+                    # retry would repeat the write (and a result, no longer OPEN, would be
+                    # refused). Only a read needs the body.
+                    log.warning(
+                        "kombo %s /%s: unreadable answer to a successful write (HTTP %d)",
+                        method,
+                        path,
+                        response.status_code,
+                        extra={"integration_id": integration_id},
+                    )
+                    return {}
             except httpx.TransportError as exc:
                 self._observe(method, path, None, sent)
                 body = None

@@ -235,3 +235,19 @@ def test_the_api_key_never_shows(caplog: pytest.LogCaptureFixture) -> None:
     ]
     assert not [text for text in shown if API_KEY in text]
     assert "kombo" in caplog.text.lower()  # the retry was logged, without the key
+
+
+def test_a_garbled_answer_to_a_successful_write_is_not_retried() -> None:
+    from dispatcher.results import AssessmentResult
+
+    recorder = Recorder(httpx.Response(200, content=b'{"status": "succ'), page([]))
+    result = AssessmentResult.model_validate(
+        {
+            "status": "COMPLETED",
+            "result_url": "https://r.example/1",
+            "completed_at": "2026-01-01T00:00:00Z",
+        }
+    )
+    warnings = client_for(recorder).put_result(INTEGRATION, "O1", result)
+    assert warnings == []
+    assert len(recorder.requests) == 1  # the write is not repeated
