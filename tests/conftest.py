@@ -8,6 +8,7 @@ import fakeredis
 import pytest
 from redis import Redis
 
+from _servers import Mailbox, VendorAPI
 from _support import RedisServer
 from dispatcher.jobs import install_runtime
 
@@ -69,3 +70,19 @@ def namespace() -> str:
 def _reset_runtime() -> Iterator[None]:
     yield
     install_runtime(None)
+
+
+@pytest.fixture
+def vendor() -> Iterator[VendorAPI]:
+    """A stand-in of the vendor's provisioning API on a real socket."""
+    api = VendorAPI()
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    """A real SMTP server (aiosmtpd) keeping what it receives."""
+    box = Mailbox()
+    yield box
+    box.close()

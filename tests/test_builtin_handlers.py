@@ -42,20 +42,6 @@ def context(
     )
 
 
-@pytest.fixture
-def vendor() -> Iterator[VendorAPI]:
-    api = VendorAPI()
-    yield api
-    api.close()
-
-
-@pytest.fixture
-def mailbox() -> Iterator[Mailbox]:
-    box = Mailbox()
-    yield box
-    box.close()
-
-
 _open_handlers: list[ProvisionHttpHandler] = []
 
 

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -42,20 +42,6 @@ EXPECTED_MAIL = {  # (order index, recipient)
     (0, "rita@example.com"), (0, "hank@example.com"), (1, "rita@example.com"),
     (2, "rita@example.com"), (2, "zed@example.com"),
 }  # fmt: skip
-
-
-@pytest.fixture
-def vendor() -> Iterator[VendorAPI]:
-    api = VendorAPI()
-    yield api
-    api.close()
-
-
-@pytest.fixture
-def mailbox() -> Iterator[Mailbox]:
-    box = Mailbox()
-    yield box
-    box.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 from redis import Redis
@@ -21,20 +20,6 @@ from dispatcher.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.worker import RECOVERY_BOUND
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def vendor() -> Iterator[VendorAPI]:
-    api = VendorAPI()
-    yield api
-    api.close()
-
-
-@pytest.fixture
-def mailbox() -> Iterator[Mailbox]:
-    box = Mailbox()
-    yield box
-    box.close()
 
 
 def test_a_job_of_a_killed_worker_is_finished_by_another_within_60s(
