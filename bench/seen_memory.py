@@ -34,7 +34,7 @@ def measure(redis: Redis, orders: int) -> tuple[int, float]:
     redis.flushall()
     key = Keys("dispatcher").seen("greenhouse:HWUTwvyx2wLoSUHphiWVrp28")
     before = int(redis.info("memory")["used_memory"])
-    now = "1764000000"
+    now = "1764000000:12"  # first seen : generation of the last full sweep (what the script writes)
     with redis.pipeline(transaction=False) as pipe:
         for start in range(0, orders, 1000):
             # Exactly what the dispatch script writes: HSETNX order id -> unix time.
