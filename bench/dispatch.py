@@ -1,14 +1,15 @@
 """Dispatch throughput with handlers that wait on I/O, against one default ``rq worker``.
 
-    python bench/dispatch.py [--processes 16] [--orders 600] [--baseline-orders 40]
-                             [--delay 0.1] [--reps 3]
+    python bench/dispatch.py [--processes 16] [--orders 600] [--baseline-orders 30]
+                             [--delay 0.1] [--modes inprocess,fork] [--reps 3]
 
 The chain is the built-in ``provision_http`` handler posting each order to a local vendor
 API (bench/_vendor_server.py, another process) that answers after ``--delay`` seconds: each
 step waits 100 ms on a real socket, as on a slow vendor API.
 
 - the dispatcher: ``dispatcher worker --processes N`` (RQ's worker pool of the dispatcher's
-  workers), as deployed;
+  workers), as deployed, in both worker modes: ``DISPATCHER_FORK_PER_JOB=false`` (each job
+  in its worker process) and the default (RQ's work horse forked per job);
 - THE BASELINE: one default ``rq worker`` process on the same queue and job function.
 
 Workers are started first and waited for (start-up is not measured); then the orders are
@@ -150,7 +151,17 @@ def _run_batch(
     return Run(orders, wall, cpu, sum(spans) / len(spans))
 
 
-def run(processes: int, orders: int, baseline_orders: int, delay: float, reps: int) -> list[Row]:
+MODES = {"inprocess": "false", "fork": "true"}
+
+
+def run(
+    processes: int,
+    orders: int,
+    baseline_orders: int,
+    delay: float,
+    modes: list[str],
+    reps: int,
+) -> list[Row]:
     rq_binary = shutil.which("rq", path=str(Path(sys.executable).parent)) or "rq"
     with private_redis() as redis_url, vendor_process(delay) as vendor_url:
         redis = Redis.from_url(redis_url)
@@ -165,10 +176,12 @@ def run(processes: int, orders: int, baseline_orders: int, delay: float, reps: i
         if processes == 1:
             dispatcher = dispatcher[:-2]
         rq_worker = [rq_binary, "worker", "--url", redis_url, QUEUE]
-        mine: list[Run] = []
+        mine: dict[str, list[Run]] = {mode: [] for mode in modes}
         base: list[Run] = []
         for _ in range(reps):
-            mine.append(_run_batch(redis, dispatcher, env, processes, orders))
+            for mode in modes:
+                mode_env = {**env, "DISPATCHER_FORK_PER_JOB": MODES[mode]}
+                mine[mode].append(_run_batch(redis, dispatcher, mode_env, processes, orders))
             base.append(_run_batch(redis, rq_worker, env, 1, baseline_orders))
 
     def rates(runs: list[Run]) -> list[float]:
@@ -188,40 +201,51 @@ def run(processes: int, orders: int, baseline_orders: int, delay: float, reps: i
             f"CPU {cpu * 1e3:.1f} ms/order"
         )
 
-    subject, baseline = rates(mine), rates(base)
-    ratio = median(subject) / median(baseline)
-    detail = (
-        f"dispatcher: {processes} processes, {orders} orders; {describe(mine, processes)}. "
-        f"rq worker: 1 process, {baseline_orders} orders; {describe(base, 1)}. "
-        f"Handler provision_http, vendor answers after {delay * 1e3:g} ms; median of {reps}"
-    )
-    return [
-        Row(
-            bench="dispatch",
-            measure=f"orders/s with a {delay * 1e3:g} ms I/O handler, --processes {processes}",
-            value=median(subject),
-            unit="orders/s",
-            baseline="one default `rq worker` process",
-            baseline_value=median(baseline),
-            ratio=ratio,
-            target=">= 100 orders/s and >= 10x rq worker",
-            met=median(subject) >= 100 and ratio >= 10,
-            detail=detail,
-            samples=subject,
-            baseline_samples=baseline,
+    baseline = rates(base)
+    rows: list[Row] = []
+    for mode in modes:
+        subject = rates(mine[mode])
+        ratio = median(subject) / median(baseline)
+        setting = f"DISPATCHER_FORK_PER_JOB={MODES[mode]}"
+        rows.append(
+            Row(
+                bench="dispatch",
+                measure=(
+                    f"orders/s with a {delay * 1e3:g} ms I/O handler, `dispatcher worker "
+                    f"--processes {processes}`, {setting}"
+                ),
+                value=median(subject),
+                unit="orders/s",
+                baseline="one default `rq worker` process",
+                baseline_value=median(baseline),
+                ratio=ratio,
+                target=">= 100 orders/s and >= 10x rq worker",
+                met=median(subject) >= 100 and ratio >= 10,
+                detail=(
+                    f"{orders} orders; {describe(mine[mode], processes)}. Baseline: "
+                    f"{baseline_orders} orders; {describe(base, 1)}. Handler provision_http, "
+                    f"vendor answers after {delay * 1e3:g} ms; median of {reps}"
+                ),
+                samples=subject,
+                baseline_samples=baseline,
+            )
         )
-    ]
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=16, help="dispatcher worker processes")
     parser.add_argument("--orders", type=int, default=600, help="orders for the dispatcher")
-    parser.add_argument("--baseline-orders", type=int, default=40, help="orders for rq worker")
+    parser.add_argument("--baseline-orders", type=int, default=30, help="orders for rq worker")
     parser.add_argument("--delay", type=float, default=0.1, help="seconds each handler waits")
+    parser.add_argument("--modes", default="inprocess,fork", help="worker modes to measure")
     common_args(parser)
     args = parser.parse_args()
-    rows = run(args.processes, args.orders, args.baseline_orders, args.delay, args.reps)
+    modes = args.modes.split(",")
+    if not modes or set(modes) - set(MODES):
+        parser.error(f"--modes: a comma-separated subset of {', '.join(MODES)}")
+    rows = run(args.processes, args.orders, args.baseline_orders, args.delay, modes, args.reps)
     report(rows, args.json, header=__doc__.splitlines()[0])
 
 
