@@ -41,7 +41,8 @@ _T = TypeVar("_T")
 #       6.. one job hash per candidate order.
 # ARGV: 1 now, 2 integration id, 3 queue key (member of rq:queues), 4 generation suffix of
 #       new values ("" or ":<generation>"), 5 m = number of seen orders to mark, then m order
-#       ids, then per candidate: order id, job id, n, n job-hash field/value items.
+#       ids, then c = number of job-hash items all the page's jobs share, c field/value items,
+#       then per candidate: order id, job id, n, n job-hash field/value items of its own.
 # Seen values are "<first seen unix time>" or "<first seen unix time>:<generation of the last
 # full sweep that saw the order OPEN>" (what pruning reads).
 _DISPATCH_SCRIPT = """
@@ -53,7 +54,9 @@ for i = 6, 5 + m do
     if first_seen then redis.call('HSET', KEYS[1], ARGV[i], first_seen .. ARGV[4]) end
   end
 end
-local pos = 6 + m
+local c = tonumber(ARGV[6 + m])
+local shared = 7 + m
+local pos = shared + c
 local new = {}
 for i = 6, #KEYS do
   local order_id = ARGV[pos]
@@ -62,6 +65,7 @@ for i = 6, #KEYS do
   if redis.call('HSETNX', KEYS[1], order_id, ARGV[1] .. ARGV[4]) == 1 then
     -- A job hash left from an earlier dispatch of a forgotten order must not leak fields.
     redis.call('DEL', KEYS[i])
+    if c > 0 then redis.call('HSET', KEYS[i], unpack(ARGV, shared, shared + c - 1)) end
     redis.call('HSET', KEYS[i], unpack(ARGV, pos + 3, pos + 2 + n))
     redis.call('RPUSH', KEYS[2], job_id)
     new[#new + 1] = order_id
@@ -168,7 +172,10 @@ class Ledger:
         args: list[Any] = [int(self._clock()), integration_id, self.queue.key, suffix]
         args.append(len(to_mark))
         args.extend(to_mark)
-        for order, job_id, fields in self._job_hashes(integration_id, candidates):
+        shared, jobs = self._job_hashes(integration_id, candidates)
+        args.append(len(shared))
+        args.extend(shared)
+        for order, job_id, fields in jobs:
             keys.append(Job.key_for(job_id))
             args.extend((order.id, job_id, len(fields)))
             args.extend(fields)
@@ -236,30 +243,40 @@ class Ledger:
 
     def _job_hashes(
         self, integration_id: str, orders: Sequence[Order]
-    ) -> Iterator[tuple[Order, str, list[Any]]]:
-        """(order, job id, job hash items) of each order: the hash ``_build_job(...)`` would
-        save, with RQ's Job.create and to_dict run once for the page instead of per order.
+    ) -> tuple[list[Any], Iterator[tuple[Order, str, list[Any]]]]:
+        """The job hash ``_build_job(...)`` would save for each order, in two parts: the
+        items all the page's jobs share, sent once, and (order, job id, its own items).
 
-        They cost more per order than the rest of a dispatch (bench/ingest.py), and the jobs
-        of a page differ only in their arguments, description and meta;
-        tests/test_ledger_jobs.py checks the hashes against RQ's own and runs them.
+        RQ's Job.create and to_dict run once for the page instead of per order: they cost
+        more per order than the rest of a dispatch (bench/ingest.py), and the jobs of a
+        page differ only in their arguments, description and meta. Sending the shared
+        fields once spares redis-py packing them per order. tests/test_ledger_jobs.py checks
+        the hashes against RQ's own and runs them.
         """
         if not orders:
-            return
+            return [], iter(())
         template_job = self._build_job(integration_id, orders[0])
         template = dict(_pairs(_hset_items(template_job)))
         dumps = template_job.serializer.dumps
-        for order in orders:
-            fields = dict(template)
-            # Job.data: the pickled (function, instance, args, kwargs). Not zlibbed as in
-            # to_dict: compressing 1 KB costs more than the rest of the job, RQ reads
-            # uncompressed data as such, and it compresses the data when it saves the job
-            # at the end (the copy kept for the result TTL).
-            fields["data"] = dumps((JOB_FUNCTION, None, (), _job_kwargs(integration_id, order)))
-            fields["description"] = _description(integration_id, order)
-            fields["meta"] = dumps(_meta(integration_id, order))
-            items = [item for pair in fields.items() for item in pair]
-            yield order, self.job_id(integration_id, order.id), items
+        shared = [
+            item for key, value in template.items() if key not in _OWN for item in (key, value)
+        ]
+
+        def own() -> Iterator[tuple[Order, str, list[Any]]]:
+            for order in orders:
+                # Job.data: the pickled (function, instance, args, kwargs). Not zlibbed as in
+                # to_dict: compressing 1 KB costs more than the rest of the job, RQ reads
+                # uncompressed data as such, and it compresses the data when it saves the
+                # job at the end (the copy kept for the result TTL).
+                data = dumps((JOB_FUNCTION, None, (), _job_kwargs(integration_id, order)))
+                items = [
+                    "data", data,
+                    "description", _description(integration_id, order),
+                    "meta", dumps(_meta(integration_id, order)),
+                ]  # fmt: skip
+                yield order, self.job_id(integration_id, order.id), items
+
+        return shared, own()
 
     def _build_job(self, integration_id: str, order: Order) -> Job:
         options = self.job_options
@@ -317,6 +334,10 @@ def _batches(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
             batch = []
     if batch:
         yield batch
+
+
+# The job-hash fields that differ between the jobs of a page (see Ledger._job_hashes).
+_OWN = frozenset({"data", "description", "meta"})
 
 
 def _job_kwargs(integration_id: str, order: Order) -> dict[str, Any]:
