@@ -1,6 +1,6 @@
 """Dispatch throughput with handlers that wait on I/O, against one default ``rq worker``.
 
-    python bench/dispatch.py [--processes 16] [--orders 600] [--baseline-orders 30]
+    python bench/dispatch.py [--processes 32] [--orders 600] [--baseline-orders 20]
                              [--delay 0.1] [--modes inprocess,fork] [--reps 3]
 
 The chain is the built-in ``provision_http`` handler posting each order to a local vendor
@@ -235,9 +235,9 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--processes", type=int, default=16, help="dispatcher worker processes")
+    parser.add_argument("--processes", type=int, default=32, help="dispatcher worker processes")
     parser.add_argument("--orders", type=int, default=600, help="orders for the dispatcher")
-    parser.add_argument("--baseline-orders", type=int, default=30, help="orders for rq worker")
+    parser.add_argument("--baseline-orders", type=int, default=20, help="orders for rq worker")
     parser.add_argument("--delay", type=float, default=0.1, help="seconds each handler waits")
     parser.add_argument("--modes", default="inprocess,fork", help="worker modes to measure")
     common_args(parser)
