@@ -1,16 +1,51 @@
-"""Shared by the benchmarks: a private redis-server on a free port."""
+"""Shared by the benchmarks: private servers, timing, the baseline jobs, and result rows.
+
+Every benchmark script measures the dispatcher and its baseline in the same run, repeats
+both, and reports medians and the ratio of the medians as :class:`Row` objects. With
+``--json PATH`` a script also writes its rows there; ``bench/run_all.py`` collects them
+into one markdown table.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import shutil
 import socket
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
 from redis import Redis
+from rq import Queue, Retry
+
+from dispatcher.keys import job_id_for
+from dispatcher.ledger import JOB_FUNCTION, JobOptions
+from dispatcher.models import Order
+from dispatcher.simulator import DEFAULT_API_KEY
+
+BENCH_DIR = Path(__file__).resolve().parent
+QUEUE = "dispatcher-orders"
+NAMESPACE = "dispatcher"
+API_KEY = DEFAULT_API_KEY
+_T = TypeVar("_T")
+
+
+# ------------------------------------------------------------------------------ servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -19,13 +54,11 @@ def private_redis() -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("bench: redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir],
+         "--dir", workdir, "--loglevel", "warning"],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     client = Redis(port=port)
@@ -42,3 +75,230 @@ def private_redis() -> Iterator[str]:
         proc.kill()
         proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class SimServer:
+    """A simulator serving over a real socket from another process."""
+
+    url: str
+    integration_ids: list[str]
+    pid: int
+
+
+@contextmanager
+def _helper_process(args: list[str]) -> Iterator[dict[str, Any]]:
+    """Run a bench helper server that prints one JSON line when ready and exits when its
+    stdin closes (so it never outlives the benchmark); yield that line."""
+    proc = subprocess.Popen(
+        [sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"bench: {args[0]} exited early (code {proc.wait()})")
+        ready: dict[str, Any] = json.loads(line)
+        ready["pid"] = proc.pid
+        yield ready
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def simulator_process(
+    integrations: int,
+    orders: int,
+    *,
+    latency: float = 0.0,
+    seed: int = 0,
+    pregenerate: bool = True,
+) -> Iterator[SimServer]:
+    """Run the simulator (``bench/_sim_server.py``) in its own process, as a remote API would
+    be (its CPU is not the poller's GIL), and yield its URL and integration ids."""
+    args = [
+        str(BENCH_DIR / "_sim_server.py"),
+        "--integrations", str(integrations), "--orders", str(orders),
+        "--latency", str(latency), "--seed", str(seed),
+    ]  # fmt: skip
+    if not pregenerate:
+        args.append("--lazy")
+    with _helper_process(args) as ready:
+        yield SimServer(ready["url"], ready["integration_ids"], ready["pid"])
+
+
+@contextmanager
+def vendor_process(delay: float) -> Iterator[str]:
+    """Run the slow vendor API (``bench/_vendor_server.py``) and yield its provisioning URL."""
+    with _helper_process([str(BENCH_DIR / "_vendor_server.py"), "--delay", str(delay)]) as ready:
+        yield str(ready["url"])
+
+
+def bench_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """An environment for a ``dispatcher`` or ``rq`` subprocess, free of the caller's
+    dispatcher settings (and of a stray .env: subprocesses run in a temporary directory)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("KOMBO_", "DISPATCHER_", "REDIS_", "PROVISION_", "SMTP_", "NOTIFY_"))
+    }
+    env["REDIS_URL"] = redis_url
+    env.update(extra)
+    return env
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def timed(fn: Callable[[], _T]) -> tuple[float, _T]:
+    """Wall-clock seconds of one call, and what it returned."""
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits, thousands separated."""
+    if value == 0 or not (abs(value) < float("inf")):
+        return str(value)
+    if abs(value) >= 10 ** (digits - 1):
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}g}"
+
+
+# ------------------------------------------------------------------------------ baselines
+
+
+def job_options() -> JobOptions:
+    """The job options the dispatcher uses by default (the baselines create the same jobs)."""
+    return JobOptions()
+
+
+def rq_job_arguments(integration_id: str, order: Order) -> dict[str, Any]:
+    """Everything the dispatcher puts in an order's RQ job, as ``Queue.enqueue`` arguments.
+
+    The baselines enqueue jobs identical to the dispatcher's (same function, payload, id,
+    description, meta, timeouts and retries), so only how they get there differs.
+    """
+    options = job_options()
+    return {
+        "kwargs": {"integration_id": integration_id, "order": order.to_payload()},
+        "job_id": job_id_for(NAMESPACE, integration_id, order.id),
+        "description": f"order {order.id} integration {integration_id} package {order.package_id}",
+        "meta": {
+            "order_id": order.id,
+            "integration_id": integration_id,
+            "package_id": order.package_id,
+        },
+        "timeout": options.timeout,
+        "result_ttl": options.result_ttl,
+        "failure_ttl": options.failure_ttl,
+        "retry": Retry(max=len(options.retry_intervals), interval=list(options.retry_intervals)),
+    }
+
+
+def naive_seen_key(integration_id: str) -> str:
+    return f"naive:seen:{integration_id}"
+
+
+def naive_dispatch(redis: Redis, queue: Queue, integration_id: str, orders: Sequence[Order]) -> int:
+    """THE NAIVE BASELINE: what one writes first. For each order, ``SADD`` it to a set of
+    seen ids and, if it was not there, ``Queue.enqueue`` its job. Two round trips and more
+    per order, and a crash between the two loses the order; returns how many were new."""
+    new = 0
+    for order in orders:
+        if redis.sadd(naive_seen_key(integration_id), order.id):
+            arguments = rq_job_arguments(integration_id, order)
+            arguments["job_timeout"] = arguments.pop("timeout")
+            queue.enqueue(JOB_FUNCTION, **arguments)
+            new += 1
+    return new
+
+
+def enqueue_many_dispatch(queue: Queue, integration_id: str, orders: Sequence[Order]) -> int:
+    """THE RQ BASELINE: RQ's own ``enqueue_many`` in one pipeline, with no dedupe at all."""
+    datas = [
+        Queue.prepare_data(JOB_FUNCTION, **rq_job_arguments(integration_id, order))
+        for order in orders
+    ]
+    with queue.connection.pipeline() as pipe:
+        jobs = queue.enqueue_many(datas, pipeline=pipe)
+        pipe.execute()
+    return len(jobs)
+
+
+# ------------------------------------------------------------------------------ results
+
+
+@dataclass
+class Row:
+    """One measured figure next to its baseline, with the target it is held to.
+
+    ``ratio`` is always "how many times better than the baseline" (throughput / throughput,
+    or time / time inverted), unless ``ratio_note`` says otherwise.
+    """
+
+    bench: str
+    measure: str
+    value: float | None
+    unit: str
+    baseline: str = ""
+    baseline_value: float | None = None
+    ratio: float | None = None
+    ratio_note: str = ""
+    target: str = ""
+    met: bool | None = None
+    detail: str = ""
+    samples: list[float] = field(default_factory=list)
+    baseline_samples: list[float] = field(default_factory=list)
+
+
+def common_args(parser: argparse.ArgumentParser, *, reps: int = 3) -> None:
+    parser.add_argument(
+        "--reps", type=int, default=reps, help=f"repetitions of each contender (default {reps})"
+    )
+    parser.add_argument("--json", type=Path, help="also write the result rows to this file")
+
+
+def report(rows: list[Row], json_path: Path | None, *, header: str = "") -> None:
+    """Print the rows readably and write them as JSON for run_all.py."""
+    if header:
+        print(header)
+    for row in rows:
+        value = "-" if row.value is None else f"{fmt(row.value)} {row.unit}"
+        print(f"\n[{row.bench}] {row.measure}: {value}")
+        if row.samples:
+            print(f"    samples: {', '.join(fmt(s) for s in row.samples)}")
+        if row.baseline:
+            base = "-" if row.baseline_value is None else f"{fmt(row.baseline_value)} {row.unit}"
+            print(f"    baseline ({row.baseline}): {base}")
+            if row.baseline_samples:
+                print(f"    baseline samples: {', '.join(fmt(s) for s in row.baseline_samples)}")
+        if row.ratio is not None:
+            print(f"    ratio: {fmt(row.ratio)}x {row.ratio_note}".rstrip())
+        if row.target:
+            verdict = {True: "MET", False: "MISSED", None: "-"}[row.met]
+            print(f"    target: {row.target}: {verdict}")
+        if row.detail:
+            print(f"    {row.detail}")
+    if json_path is not None:
+        json_path.write_text(json.dumps([asdict(row) for row in rows], indent=1))
+
+
+def redis_version(redis: Redis) -> str:
+    return str(redis.info("server")["redis_version"])
+
+
+def flush(redis: Redis) -> None:
+    redis.flushall()
+    # Give back the memory of big runs before the next repetition measures anything.
+    redis.memory_purge()

@@ -42,7 +42,8 @@ _T = TypeVar("_T")
 #       6.. one job hash per candidate order.
 # ARGV: 1 now, 2 integration id, 3 queue key (member of rq:queues), 4 generation suffix of
 #       new values ("" or ":<generation>"), 5 m = number of seen orders to mark, then m order
-#       ids, then per candidate: order id, job id, n, n job-hash field/value items.
+#       ids, then c = number of job-hash items all the page's jobs share, c field/value items,
+#       then per candidate: order id, job id, n, n job-hash field/value items of its own.
 # Seen values are "<first seen unix time>" or "<first seen unix time>:<generation of the last
 # full sweep that saw the order OPEN>" (what pruning reads).
 _DISPATCH_SCRIPT = """
@@ -54,7 +55,9 @@ for i = 6, 5 + m do
     if first_seen then redis.call('HSET', KEYS[1], ARGV[i], first_seen .. ARGV[4]) end
   end
 end
-local pos = 6 + m
+local c = tonumber(ARGV[6 + m])
+local shared = 7 + m
+local pos = shared + c
 local new = {}
 for i = 6, #KEYS do
   local order_id = ARGV[pos]
@@ -63,6 +66,7 @@ for i = 6, #KEYS do
   if redis.call('HSETNX', KEYS[1], order_id, ARGV[1] .. ARGV[4]) == 1 then
     -- A job hash left from an earlier dispatch of a forgotten order must not leak fields.
     redis.call('DEL', KEYS[i])
+    if c > 0 then redis.call('HSET', KEYS[i], unpack(ARGV, shared, shared + c - 1)) end
     redis.call('HSET', KEYS[i], unpack(ARGV, pos + 3, pos + 2 + n))
     redis.call('RPUSH', KEYS[2], job_id)
     new[#new + 1] = order_id
@@ -169,11 +173,12 @@ class Ledger:
         args: list[Any] = [int(self._clock()), integration_id, self.queue.key, suffix]
         args.append(len(to_mark))
         args.extend(to_mark)
-        for order in candidates:
-            job = self._build_job(integration_id, order)
-            fields = _hset_items(job)
-            keys.append(job.key)
-            args.extend((order.id, job.id, len(fields)))
+        shared, jobs = self._job_hashes(integration_id, candidates)
+        args.append(len(shared))
+        args.extend(shared)
+        for order, job_id, fields in jobs:
+            keys.append(Job.key_for(job_id))
+            args.extend((order.id, job_id, len(fields)))
             args.extend(fields)
         enqueued = self._run_script(keys, args)
         result.enqueued = [_text(order_id) for order_id in enqueued]
@@ -237,23 +242,54 @@ class Ledger:
                 pipe.hlen(self.keys.seen(_text(integration)))
             return sum(pipe.execute())
 
+    def _job_hashes(
+        self, integration_id: str, orders: Sequence[Order]
+    ) -> tuple[list[Any], Iterator[tuple[Order, str, list[Any]]]]:
+        """The job hash ``_build_job(...)`` would save for each order, in two parts: the
+        items all the page's jobs share, sent once, and (order, job id, its own items).
+
+        RQ's Job.create and to_dict run once for the page instead of per order: they cost
+        more per order than the rest of a dispatch (bench/ingest.py), and the jobs of a
+        page differ only in their arguments, description and meta. Sending the shared
+        fields once spares redis-py packing them per order. tests/test_ledger_jobs.py checks
+        the hashes against RQ's own and runs them.
+        """
+        if not orders:
+            return [], iter(())
+        template_job = self._build_job(integration_id, orders[0])
+        template = dict(_pairs(_hset_items(template_job)))
+        dumps = template_job.serializer.dumps
+        shared = [
+            item for key, value in template.items() if key not in _OWN for item in (key, value)
+        ]
+
+        def own() -> Iterator[tuple[Order, str, list[Any]]]:
+            for order in orders:
+                # Job.data: the pickled (function, instance, args, kwargs). Not zlibbed as in
+                # to_dict: compressing 1 KB costs more than the rest of the job, RQ reads
+                # uncompressed data as such, and it compresses the data when it saves the
+                # job at the end (the copy kept for the result TTL).
+                data = dumps((JOB_FUNCTION, None, (), _job_kwargs(integration_id, order)))
+                items = [
+                    "data", data,
+                    "description", _description(integration_id, order),
+                    "meta", dumps(_meta(integration_id, order)),
+                ]  # fmt: skip
+                yield order, self.job_id(integration_id, order.id), items
+
+        return shared, own()
+
     def _build_job(self, integration_id: str, order: Order) -> Job:
         options = self.job_options
         job = Job.create(
             JOB_FUNCTION,
-            kwargs={"integration_id": integration_id, "order": order.to_payload()},
+            kwargs=_job_kwargs(integration_id, order),
             connection=self.redis,
             id=self.job_id(integration_id, order.id),
             origin=self.queue.name,
             status=JobStatus.QUEUED,
-            description=(
-                f"order {order.id} integration {integration_id} package {order.package_id}"
-            ),
-            meta={
-                "order_id": order.id,
-                "integration_id": integration_id,
-                "package_id": order.package_id,
-            },
+            description=_description(integration_id, order),
+            meta=_meta(integration_id, order),
             timeout=options.timeout,
             result_ttl=options.result_ttl,
             failure_ttl=options.failure_ttl,
@@ -353,6 +389,26 @@ def _batches(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
             batch = []
     if batch:
         yield batch
+
+
+# The job-hash fields that differ between the jobs of a page (see Ledger._job_hashes).
+_OWN = frozenset({"data", "description", "meta"})
+
+
+def _job_kwargs(integration_id: str, order: Order) -> dict[str, Any]:
+    return {"integration_id": integration_id, "order": order.to_payload()}
+
+
+def _description(integration_id: str, order: Order) -> str:
+    return f"order {order.id} integration {integration_id} package {order.package_id}"
+
+
+def _meta(integration_id: str, order: Order) -> dict[str, str]:
+    return {"order_id": order.id, "integration_id": integration_id, "package_id": order.package_id}
+
+
+def _pairs(items: list[Any]) -> Iterator[tuple[Any, Any]]:
+    return zip(items[::2], items[1::2], strict=True)
 
 
 def _hset_items(job: Job) -> list[Any]:

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
         description="Longest total time one Kombo request may spend retrying.",
     )
     job_timeout: int = Field(600, alias="DISPATCHER_JOB_TIMEOUT", gt=0)
+    # RQ forks a work horse per job by default; without, a job runs in its worker process.
+    fork_per_job: bool = Field(True, alias="DISPATCHER_FORK_PER_JOB")
     max_retries: int = Field(
         5, alias="DISPATCHER_MAX_RETRIES", ge=0, le=50, description="Retries of a failing job."
     )

@@ -1,0 +1,253 @@
+"""Dispatch throughput with handlers that wait on I/O, against one default ``rq worker``.
+
+    python bench/dispatch.py [--processes 32] [--orders 600] [--baseline-orders 20]
+                             [--delay 0.1] [--modes inprocess,fork] [--reps 3]
+
+The chain is the built-in ``provision_http`` handler posting each order to a local vendor
+API (bench/_vendor_server.py, another process) that answers after ``--delay`` seconds: each
+step waits 100 ms on a real socket, as on a slow vendor API.
+
+- the dispatcher: ``dispatcher worker --processes N`` (RQ's worker pool of the dispatcher's
+  workers), as deployed, in both worker modes: ``DISPATCHER_FORK_PER_JOB=false`` (each job
+  in its worker process) and the default (RQ's work horse forked per job);
+- THE BASELINE: one default ``rq worker`` process on the same queue and job function.
+
+Workers are started first and waited for (start-up is not measured); then the orders are
+enqueued at once (``Ledger.dispatch``) and the clock runs until every job has finished.
+Per-order overhead is the time a worker process spends per order beyond the ``--delay`` wait
+(N x wall / orders - delay), split into the part inside the job (started_at..ended_at: step
+records, the handler's HTTP client) and outside it (dequeue, fork of the work horse,
+registries). CPU per order is that of the whole worker process tree, from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
+from _support import (
+    NAMESPACE,
+    QUEUE,
+    Row,
+    bench_env,
+    common_args,
+    flush,
+    median,
+    private_redis,
+    report,
+    vendor_process,
+)
+from dispatcher.ledger import Ledger
+from dispatcher.models import Order
+from dispatcher.simulator import Simulator
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    """One timed batch through one worker set-up."""
+
+    orders: int
+    wall: float
+    cpu: float
+    in_job: float  # mean seconds from a job's started_at to its ended_at
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of a process and its descendants, including reaped children."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        # utime, stime, cutime, cstime: fields 14-17 of stat(5), 11-14 after the name.
+        ticks[int(entry)] = sum(int(x) for x in fields[11:15])
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(ticks.get(pid, 0) for pid in tree) / _CLOCK_TICKS
+
+
+def _orders(count: int) -> tuple[str, list[Order]]:
+    sim = Simulator(1, count, closed=0, seed=7)
+    integration_id = sim.integration_ids[0]
+    return integration_id, [Order.model_validate(o) for o in sim.orders(integration_id)]
+
+
+def _run_batch(
+    redis: Redis, command: list[str], env: dict[str, str], workers: int, orders: int
+) -> Run:
+    flush(redis)
+    queue = Queue(QUEUE, connection=redis)
+    integration_id, batch = _orders(orders)
+    workdir = tempfile.mkdtemp(prefix="bench-worker-")  # no stray .env is read
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while Worker.count(connection=redis) < workers:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"bench: {command[:3]} did not start {workers} workers")
+            time.sleep(0.05)
+        time.sleep(0.5)  # let every worker reach its blocking pop
+        cpu_before = _tree_cpu_seconds(proc.pid)
+        started = time.perf_counter()
+        Ledger(redis, queue, NAMESPACE).dispatch(integration_id, batch)
+        finished = FinishedJobRegistry(queue=queue)
+        failed = FailedJobRegistry(queue=queue)
+        deadline = time.monotonic() + 30 + orders * 0.2
+        while finished.count < orders:
+            if failed.count:
+                job = Job.fetch(failed.get_job_ids()[0], connection=redis)
+                raise SystemExit(f"bench: a job failed: {job.latest_result()}")
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"bench: {finished.count} of {orders} jobs finished in time")
+            time.sleep(0.01)
+        wall = time.perf_counter() - started
+        cpu = _tree_cpu_seconds(proc.pid) - cpu_before
+        jobs = [j for j in Job.fetch_many(finished.get_job_ids(), connection=redis) if j]
+        spans = [
+            (j.ended_at - j.started_at).total_seconds() for j in jobs if j.started_at and j.ended_at
+        ]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # warm shutdown of the pool and its workers
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return Run(orders, wall, cpu, sum(spans) / len(spans))
+
+
+MODES = {"inprocess": "false", "fork": "true"}
+
+
+def run(
+    processes: int,
+    orders: int,
+    baseline_orders: int,
+    delay: float,
+    modes: list[str],
+    reps: int,
+) -> list[Row]:
+    rq_binary = shutil.which("rq", path=str(Path(sys.executable).parent)) or "rq"
+    with private_redis() as redis_url, vendor_process(delay) as vendor_url:
+        redis = Redis.from_url(redis_url)
+        env = bench_env(
+            redis_url,
+            DISPATCHER_HANDLERS="provision_http",
+            PROVISION_URL=vendor_url,
+            DISPATCHER_QUEUE=QUEUE,
+            DISPATCHER_NAMESPACE=NAMESPACE,
+        )
+        dispatcher = [sys.executable, "-m", "dispatcher", "worker", "--processes", str(processes)]
+        if processes == 1:
+            dispatcher = dispatcher[:-2]
+        rq_worker = [rq_binary, "worker", "--url", redis_url, QUEUE]
+        mine: dict[str, list[Run]] = {mode: [] for mode in modes}
+        base: list[Run] = []
+        for _ in range(reps):
+            for mode in modes:
+                mode_env = {**env, "DISPATCHER_FORK_PER_JOB": MODES[mode]}
+                mine[mode].append(_run_batch(redis, dispatcher, mode_env, processes, orders))
+            base.append(_run_batch(redis, rq_worker, env, 1, baseline_orders))
+
+    def rates(runs: list[Run]) -> list[float]:
+        return [r.orders / r.wall for r in runs]
+
+    def overheads(runs: list[Run], workers: int) -> tuple[float, float, float, float]:
+        per_order = median([workers * r.wall / r.orders for r in runs]) - delay
+        in_job = median([r.in_job for r in runs]) - delay
+        cpu = median([r.cpu / r.orders for r in runs])
+        return per_order, in_job, per_order - in_job, cpu
+
+    def describe(runs: list[Run], workers: int) -> str:
+        total, in_job, outside, cpu = overheads(runs, workers)
+        return (
+            f"per order beyond the {delay * 1e3:g} ms wait: {total * 1e3:.1f} ms "
+            f"({in_job * 1e3:.1f} ms inside the job, {outside * 1e3:.1f} ms outside it), "
+            f"CPU {cpu * 1e3:.1f} ms/order"
+        )
+
+    baseline = rates(base)
+    rows: list[Row] = []
+    for mode in modes:
+        subject = rates(mine[mode])
+        ratio = median(subject) / median(baseline)
+        setting = f"DISPATCHER_FORK_PER_JOB={MODES[mode]}"
+        rows.append(
+            Row(
+                bench="dispatch",
+                measure=(
+                    f"orders/s with a {delay * 1e3:g} ms I/O handler, `dispatcher worker "
+                    f"--processes {processes}`, {setting}"
+                ),
+                value=median(subject),
+                unit="orders/s",
+                baseline="one default `rq worker` process",
+                baseline_value=median(baseline),
+                ratio=ratio,
+                target=">= 100 orders/s and >= 10x rq worker",
+                met=median(subject) >= 100 and ratio >= 10,
+                detail=(
+                    f"{orders} orders; {describe(mine[mode], processes)}. Baseline: "
+                    f"{baseline_orders} orders; {describe(base, 1)}. Handler provision_http, "
+                    f"vendor answers after {delay * 1e3:g} ms; median of {reps}"
+                ),
+                samples=subject,
+                baseline_samples=baseline,
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=32, help="dispatcher worker processes")
+    parser.add_argument("--orders", type=int, default=600, help="orders for the dispatcher")
+    parser.add_argument("--baseline-orders", type=int, default=20, help="orders for rq worker")
+    parser.add_argument("--delay", type=float, default=0.1, help="seconds each handler waits")
+    parser.add_argument("--modes", default="inprocess,fork", help="worker modes to measure")
+    common_args(parser)
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    if not modes or set(modes) - set(MODES):
+        parser.error(f"--modes: a comma-separated subset of {', '.join(MODES)}")
+    rows = run(args.processes, args.orders, args.baseline_orders, args.delay, modes, args.reps)
+    report(rows, args.json, header=__doc__.splitlines()[0])
+
+
+if __name__ == "__main__":
+    main()
