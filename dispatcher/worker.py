@@ -110,6 +110,18 @@ def _by_name(queue: Queue | str) -> Queue | str:
     return queue.name if isinstance(queue, Queue) and not isinstance(queue, _OrderQueue) else queue
 
 
+# KEYS: 1 intermediate list, 2 queue list. ARGV: 1 job id. A job a worker popped (RQ moves it
+# to the intermediate list first) but never started: put it back, at most once.
+_REQUEUE_STRANDED = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+# How long a job may sit popped but not started before it counts as stranded (a live worker
+# takes microseconds).
+STRANDED_AFTER = 10
+
+
 class _DispatcherWorkerMixin:
     """What the dispatcher adds to RQ's workers: abandoned jobs are requeued within
     ``RECOVERY_BOUND`` seconds, log lines during a job carry its order and integration (and
@@ -143,7 +155,41 @@ class _DispatcherWorkerMixin:
         # requeue it at once.
         for queue in self.queues:  # type: ignore[attr-defined]
             self.requeue_abandoned(queue)
+            self.requeue_stranded(queue)
         super().clean_registries()  # type: ignore[misc]
+
+    def requeue_stranded(self, queue: Queue) -> int:
+        """Put back jobs a dead worker popped but never started; returns how many.
+
+        RQ rescues them only after a minute, through the retry schedule (which a dead
+        worker's scheduler lock can block for another minute).
+        """
+        connection: Redis = self.connection  # type: ignore[attr-defined]
+        intermediate = queue.intermediate_queue
+        job_ids = intermediate.get_job_ids()
+        if not job_ids:
+            return 0
+        started = {
+            queue.started_job_registry.parse_job_id(entry)
+            for entry in cast(
+                "list[bytes]", connection.zrange(queue.started_job_registry.key, 0, -1)
+            )
+        }
+        requeued = 0
+        for job_id in job_ids:
+            if job_id in started:
+                continue
+            first_seen = intermediate.get_first_seen(job_id)
+            if first_seen is None:
+                intermediate.set_first_seen(job_id)
+                continue
+            if time.time() - first_seen.timestamp() < STRANDED_AFTER:
+                continue
+            if connection.eval(_REQUEUE_STRANDED, 2, intermediate.key, queue.key, job_id):
+                connection.delete(intermediate.get_first_seen_key(job_id))
+                requeued += 1
+                log.warning("requeued job %s: popped by a worker that never started it", job_id)
+        return requeued
 
     def requeue_abandoned(self, queue: Queue) -> int:
         """Put jobs whose worker stopped heartbeating back on the queue; returns how many."""

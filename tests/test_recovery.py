@@ -82,3 +82,21 @@ def test_a_job_of_a_killed_worker_is_finished_by_another_within_60s(
     assert len(vendor.calls) == 1  # provisioning was not repeated
     assert mailbox.by_recipient() == {"rita@example.com": 1, "hank@example.com": 1}
     print(f"recovered in {recovered_in:.1f}s")
+
+
+def test_a_job_popped_by_a_dead_worker_but_never_started_is_put_back(redis: Redis) -> None:
+    """Given a job a worker moved to RQ's intermediate list and died before starting, when
+    live workers' maintenance passes see it there twice, STRANDED_AFTER apart, it is queued
+    again (once), instead of waiting a minute for RQ's retry schedule."""
+    from dispatcher.worker import DispatcherWorker
+
+    queue = Queue("dispatcher-orders", connection=redis)
+    redis.rpush(queue.intermediate_queue.key, "order-stranded")
+    first, second = (DispatcherWorker([queue], connection=redis) for _ in range(2))
+    assert first.requeue_stranded(queue) == 0  # first sighting only
+    assert queue.count == 0
+    redis.set(queue.intermediate_queue.get_first_seen_key("order-stranded"), time.time() - 11)
+    assert first.requeue_stranded(queue) == 1
+    assert second.requeue_stranded(queue) == 0
+    assert queue.job_ids == ["order-stranded"]
+    assert redis.llen(queue.intermediate_queue.key) == 0

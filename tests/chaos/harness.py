@@ -291,6 +291,7 @@ def _settled(
         queue = Queue("dispatcher-orders", connection=redis)
         busy = (
             queue.count
+            + redis.llen(queue.intermediate_queue.key)
             + StartedJobRegistry(queue=queue).count
             + ScheduledJobRegistry(queue=queue).count
         )
@@ -324,7 +325,8 @@ def _assess(
     report.raw_repeat_provisionings = sum(succeeded.values()) - len(succeeded)
     report.raw_repeat_emails = sum(received.values()) - len(received)
     queue = Queue("dispatcher-orders", connection=redis)
-    report.left_queued = queue.count
+    # Popped by a worker (RQ's intermediate list) but never started counts as queued.
+    report.left_queued = queue.count + redis.llen(queue.intermediate_queue.key)
     report.left_started = StartedJobRegistry(queue=queue).count
     report.left_scheduled = ScheduledJobRegistry(queue=queue).count
     report.left_failed = FailedJobRegistry(queue=queue).count
