@@ -14,6 +14,7 @@ from .models import (
     Location,
     Order,
     OrderStatus,
+    RawOrder,
 )
 from .plugins import (
     Effects,
@@ -49,6 +50,7 @@ __all__ = [
     "OrderStatus",
     "OrdersPage",
     "PermanentFailure",
+    "RawOrder",
     "RetryLater",
     "Settings",
     "__version__",

@@ -144,9 +144,10 @@ SCHEMA: tuple[KeySpec, ...] = (
     KeySpec(
         "{ns}:seen:{integration}",
         "hash",
-        "order id -> `<unix time of first dispatch>[:<generation of the last full sweep that "
+        "order id -> `<unix time of first dispatch>[:<generation of a recent full sweep that "
         "saw it OPEN>]`, or `rejected:<unix time>`: the dedupe store (ids only, no payload)",
-        "pruned after DISPATCHER_PRUNE_AFTER_SWEEPS full sweeps without the order OPEN and "
+        "pruned after DISPATCHER_PRUNE_AFTER_SWEEPS (to twice as many less one) full sweeps "
+        "without the order OPEN and "
         "DISPATCHER_SEEN_RETENTION; `dispatcher forget` removes one order",
     ),
     KeySpec(

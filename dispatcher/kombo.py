@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from .models import Order, OrderValidationError, parse_order
+from .models import Order, OrderValidationError, RawOrder
 from .packages import PACKAGE_FIELDS, InvalidPackagesError, Package, parse_packages
 from .results import AssessmentResult
 
@@ -108,10 +108,24 @@ class InvalidPageError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OrdersPage:
-    """One page of orders and the cursor of the next (``None`` on the last page)."""
+    """One page of orders and the cursor of the next (``None`` on the last page).
 
-    orders: list[Order]
+    The orders are kept as Kombo sent them (``results``, each id checked) and validated when
+    asked for: :attr:`orders` validates them all, the ledger only those it has not seen.
+    """
+
+    integration_id: str
+    results: list[RawOrder]
     next: str | None
+
+    @property
+    def orders(self) -> list[Order]:
+        """Every order of the page, validated (again on each access); InvalidPageError names
+        the first invalid order and field."""
+        try:
+            return [raw.parse() for raw in self.results]
+        except OrderValidationError as exc:
+            raise InvalidPageError(self.integration_id, exc) from None
 
 
 class KomboClient:
@@ -427,13 +441,11 @@ def _parse_page(integration_id: str, body: Any) -> OrdersPage:
         raise InvalidPageError(
             integration_id, OrderValidationError("(page)", "data.next", "not a string or null")
         )
-    orders: list[Order] = []
-    for position, raw in enumerate(results):
-        try:
-            orders.append(parse_order(raw, position=position))
-        except OrderValidationError as exc:
-            raise InvalidPageError(integration_id, exc) from None
-    return OrdersPage(orders=orders, next=next_cursor or None)
+    try:
+        raw_orders = [RawOrder.check(raw, position) for position, raw in enumerate(results)]
+    except OrderValidationError as exc:
+        raise InvalidPageError(integration_id, exc) from None
+    return OrdersPage(integration_id, raw_orders, next_cursor or None)
 
 
 def _format_created_after(value: datetime | str) -> str:

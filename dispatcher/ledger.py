@@ -30,7 +30,7 @@ from rq.job import Job, JobStatus
 from rq.utils import now
 
 from .keys import Keys, job_id_for
-from .models import Order
+from .models import Order, RawOrder
 from .settings import Settings
 
 __all__ = ["DispatchResult", "JobOptions", "Ledger", "parse_seen"]
@@ -139,12 +139,21 @@ class Ledger:
         return job_id_for(self.namespace, integration_id, order_id)
 
     def dispatch(
-        self, integration_id: str, orders: Sequence[Order], *, generation: int | None = None
+        self,
+        integration_id: str,
+        orders: Sequence[Order | RawOrder],
+        *,
+        generation: int | None = None,
+        keep_generations: int = 3,
     ) -> DispatchResult:
         """Enqueue every order not seen before, atomically marking it seen; skip the rest.
 
+        A :class:`RawOrder` (an order as Kombo sent it) is validated only if it was not seen
+        before; an invalid one raises OrderValidationError and nothing of the call is written.
         ``generation`` is the number of the full sweep in progress, if any: orders it sees
-        are marked with it, so that pruning never forgets an order that is still OPEN.
+        are marked with it, so that pruning never forgets an order that is still OPEN (see
+        :meth:`prune`; a mark is renewed only when it is about to fall out of the
+        ``keep_generations`` window, which spares most full sweeps a write per order).
         Safe to call concurrently from any number of processes with overlapping orders.
         """
         if not orders:
@@ -152,12 +161,15 @@ class Ledger:
         unique = list({order.id: order for order in orders}.values())
         seen_key = self.keys.seen(integration_id)
         values = self.redis.hmget(seen_key, [order.id for order in unique])
-        candidates: list[Order] = []
+        candidates: list[tuple[Order, dict[str, Any] | None]] = []
         to_mark: list[str] = []
+        stale_below = _stale_below(generation, keep_generations)
         for order, value in zip(unique, values, strict=True):
             if value is None:
-                candidates.append(order)
-            elif generation is not None and parse_seen(value)[1] != generation:
+                candidates.append(
+                    (order.parse(), order.data) if isinstance(order, RawOrder) else (order, None)
+                )
+            elif stale_below is not None and _generation(value) < stale_below:
                 to_mark.append(order.id)
         result = DispatchResult(already_seen=len(orders) - len(candidates))
         if not candidates and not to_mark:
@@ -207,12 +219,14 @@ class Ledger:
         retention: float = 30 * 24 * 3600,
     ) -> int:
         """Forget orders no full sweep has seen OPEN in the last ``keep_generations`` full
-        sweeps and first seen more than ``retention`` seconds ago. Returns how many.
+        sweeps (or up to ``keep_generations - 1`` more: marks are renewed lazily, see
+        :meth:`dispatch`) and first seen more than ``retention`` seconds ago. Returns how many.
 
         Call it only after full sweep ``generation`` completed: an order still OPEN carries
-        that generation and is never pruned, so it is never dispatched twice.
+        a mark of that generation or at most ``keep_generations - 1`` before, and is never
+        pruned, so it is never dispatched twice.
         """
-        cutoff_generation = generation - keep_generations
+        cutoff_generation = generation - keep_generations - _mark_slack(keep_generations)
         if cutoff_generation < 0:
             return 0
         cutoff_time = self._clock() - retention
@@ -243,10 +257,11 @@ class Ledger:
             return sum(pipe.execute())
 
     def _job_hashes(
-        self, integration_id: str, orders: Sequence[Order]
+        self, integration_id: str, orders: Sequence[tuple[Order, dict[str, Any] | None]]
     ) -> tuple[list[Any], Iterator[tuple[Order, str, list[Any]]]]:
-        """The job hash ``_build_job(...)`` would save for each order, in two parts: the
-        items all the page's jobs share, sent once, and (order, job id, its own items).
+        """The job hash ``_build_job(...)`` would save for each (order, its payload if the
+        caller has it), in two parts: the items all the page's jobs share, sent once, and
+        (order, job id, its own items).
 
         RQ's Job.create and to_dict run once for the page instead of per order: they cost
         more per order than the rest of a dispatch (bench/ingest.py), and the jobs of a
@@ -256,7 +271,7 @@ class Ledger:
         """
         if not orders:
             return [], iter(())
-        template_job = self._build_job(integration_id, orders[0])
+        template_job = self._build_job(integration_id, *orders[0])
         template = dict(_pairs(_hset_items(template_job)))
         dumps = template_job.serializer.dumps
         shared = [
@@ -264,12 +279,13 @@ class Ledger:
         ]
 
         def own() -> Iterator[tuple[Order, str, list[Any]]]:
-            for order in orders:
+            for order, payload in orders:
                 # Job.data: the pickled (function, instance, args, kwargs). Not zlibbed as in
                 # to_dict: compressing 1 KB costs more than the rest of the job, RQ reads
                 # uncompressed data as such, and it compresses the data when it saves the
                 # job at the end (the copy kept for the result TTL).
-                data = dumps((JOB_FUNCTION, None, (), _job_kwargs(integration_id, order)))
+                kwargs = _job_kwargs(integration_id, order, payload)
+                data = dumps((JOB_FUNCTION, None, (), kwargs))
                 items = [
                     "data", data,
                     "description", _description(integration_id, order),
@@ -279,11 +295,13 @@ class Ledger:
 
         return shared, own()
 
-    def _build_job(self, integration_id: str, order: Order) -> Job:
+    def _build_job(
+        self, integration_id: str, order: Order, payload: dict[str, Any] | None = None
+    ) -> Job:
         options = self.job_options
         job = Job.create(
             JOB_FUNCTION,
-            kwargs=_job_kwargs(integration_id, order),
+            kwargs=_job_kwargs(integration_id, order, payload),
             connection=self.redis,
             id=self.job_id(integration_id, order.id),
             origin=self.queue.name,
@@ -380,6 +398,30 @@ def parse_seen(value: bytes | str) -> tuple[float | None, int]:
     return float(first), int(generation) if generation.isdigit() else 0
 
 
+def _mark_slack(keep_generations: int) -> int:
+    # How many full sweeps an OPEN order's mark may lag behind: a full sweep re-marks only
+    # marks older than that, so with the default (3 sweeps) it writes one in three sweeps;
+    # pruning waits the same number of sweeps longer.
+    return max(0, keep_generations - 1)
+
+
+def _stale_below(generation: int | None, keep_generations: int) -> int | None:
+    """Marks of a generation below this are renewed by full sweep ``generation``."""
+    return None if generation is None else generation - _mark_slack(keep_generations)
+
+
+def _generation(value: bytes | str) -> int:
+    """The generation in a seen value; a huge one for a rejected order (never re-marked)."""
+    text = value.decode() if isinstance(value, bytes) else value
+    first, _, generation = text.partition(":")
+    if not first.isdigit():
+        return _NOT_MARKED
+    return int(generation) if generation.isdigit() else 0
+
+
+_NOT_MARKED = 1 << 62
+
+
 def _batches(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
     batch: list[_T] = []
     for item in items:
@@ -395,8 +437,15 @@ def _batches(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
 _OWN = frozenset({"data", "description", "meta"})
 
 
-def _job_kwargs(integration_id: str, order: Order) -> dict[str, Any]:
-    return {"integration_id": integration_id, "order": order.to_payload()}
+def _job_kwargs(
+    integration_id: str, order: Order, payload: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    # ``payload``: the order as Kombo sent it, when the caller has it; the same as
+    # to_payload() (tests/test_properties.py), without the cost of dumping the model.
+    return {
+        "integration_id": integration_id,
+        "order": payload if payload is not None else order.to_payload(),
+    }
 
 
 def _description(integration_id: str, order: Order) -> str:

@@ -6,6 +6,7 @@ plain string) and strict where a wrong value would mislead a handler (types, req
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "Order",
     "OrderStatus",
     "OrderValidationError",
+    "RawOrder",
     "parse_order",
 ]
 
@@ -131,3 +133,31 @@ def parse_order(raw: Any, *, position: int | None = None) -> Order:
         if len(exc.errors()) > 1:
             problem += f" (and {len(exc.errors()) - 1} more)"
         raise OrderValidationError(order_id, field, problem) from None
+
+
+@dataclass(frozen=True, slots=True)
+class RawOrder:
+    """An order as Kombo sent it, with its id checked and the rest validated on demand.
+
+    A page of 250 orders costs far more to validate than to dedupe: the ledger validates only
+    the orders it has not seen (:meth:`parse`), and sends ``data``, what Kombo sent, on to
+    the handlers' job.
+    """
+
+    id: str
+    data: dict[str, Any]
+    position: int
+
+    @classmethod
+    def check(cls, raw: Any, position: int) -> RawOrder:
+        """Wrap one element of a page; OrderValidationError unless it is an object with a
+        non-empty string id (what deduplication needs)."""
+        order_id = raw.get("id") if isinstance(raw, dict) else None
+        if not isinstance(order_id, str) or not order_id:
+            parse_order(raw, position=position)  # raises, naming the field
+            raise OrderValidationError(f"#{position}", "id", "not a non-empty string")
+        return cls(order_id, raw, position)
+
+    def parse(self) -> Order:
+        """The validated order; OrderValidationError names the order and the field."""
+        return parse_order(self.data, position=self.position)

@@ -30,6 +30,7 @@ from redis.typing import EncodableT, FieldT
 from .integrations import IntegrationRegistry
 from .kombo import InvalidPageError, KomboClient, KomboError, OrdersPage
 from .ledger import Ledger
+from .models import OrderValidationError
 from .schedule import Schedule
 from .telemetry import RequestStats
 
@@ -225,9 +226,17 @@ class Poller:
         client or Redis raise."""
         integration_id = result.integration_id
         for page in self._pages(integration_id, created_after):
-            dispatched = self.ledger.dispatch(integration_id, page.orders, generation=generation)
+            try:
+                dispatched = self.ledger.dispatch(
+                    integration_id,
+                    page.results,
+                    generation=generation,
+                    keep_generations=self.policy.prune_after_sweeps,
+                )
+            except OrderValidationError as exc:
+                raise InvalidPageError(integration_id, exc) from None
             result.pages += 1
-            result.orders_seen += len(page.orders)
+            result.orders_seen += len(page.results)
             result.orders_new += len(dispatched.enqueued)
             if leased and page.next and not self.schedule.renew(integration_id):
                 result.error = f"integration {integration_id}: lease lost mid-sweep"

@@ -223,6 +223,9 @@ def test_pruning_forgets_closed_old_orders_and_never_open_ones(redis: Redis) -> 
         clock.now += 3600
         assert poller.sweep_integration(integration, full=True).pruned == 0
     clock.now += 31 * 86400
+    # Their marks are of the first sweep, the freshest an order can carry: they go once they
+    # were missing from 3 + (3 - 1) full sweeps (the slack of lazily renewed marks).
+    assert poller.sweep_integration(integration, full=True).pruned == 0
     result = poller.sweep_integration(integration, full=True)
     assert result.pruned == 3
     remaining = {f.decode() for f in redis.hkeys(seen_key)}

@@ -201,14 +201,25 @@ def test_an_invalid_order_fails_the_page_naming_order_and_field() -> None:
     bad = order_payload("BAD7")
     bad["candidate"]["email"] = None
     recorder = Recorder(page([order_payload("A"), bad]))
+    fetched = client_for(recorder).get_orders(INTEGRATION)  # ids checked, the rest on demand
+    assert [raw.id for raw in fetched.results] == ["A", "BAD7"]
     with pytest.raises(InvalidPageError) as info:
-        client_for(recorder).get_orders(INTEGRATION)
+        fetched.orders  # noqa: B018
     assert info.value.order_id == "BAD7"
     assert info.value.field == "candidate.email"
     assert str(info.value) == (
         f"integration {INTEGRATION}: order BAD7: field candidate.email: "
         "Input should be a valid string"
     )
+
+
+def test_an_order_without_an_id_fails_the_page_at_once() -> None:
+    bad = order_payload("X")
+    del bad["id"]
+    recorder = Recorder(page([order_payload("A"), bad]))
+    with pytest.raises(InvalidPageError) as info:
+        client_for(recorder).get_orders(INTEGRATION)
+    assert str(info.value) == f"integration {INTEGRATION}: order #1: field id: Field required"
 
 
 def test_a_page_without_results_is_invalid() -> None:

@@ -4,15 +4,18 @@ import re
 import threading
 from typing import Any
 
+import fakeredis
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
 from _support import order_payload
 from dispatcher.keys import job_id_for
-from dispatcher.ledger import Ledger
-from dispatcher.models import Order, parse_order
+from dispatcher.ledger import Ledger, parse_seen
+from dispatcher.models import Order, OrderValidationError, RawOrder, parse_order
 
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"
 
@@ -168,3 +171,119 @@ def test_namespaces_do_not_see_each_other(any_redis: Redis) -> None:
     first.dispatch(INTEGRATION, orders("A"))
     assert second.dispatch(INTEGRATION, orders("A")).enqueued == ["A"]
     assert len(set(first.queue.job_ids)) == 2
+
+
+# -- raw orders: validated only when new ------------------------------------------------------
+
+
+def raw_orders(*payloads: dict[str, Any]) -> list[RawOrder]:
+    return [RawOrder.check(p, position) for position, p in enumerate(payloads)]
+
+
+def test_a_raw_order_is_validated_only_when_it_is_new(any_redis: Redis) -> None:
+    ledger = make_ledger(any_redis)
+    ledger.dispatch(INTEGRATION, orders("A"))
+    broken = order_payload("A")
+    broken["candidate"]["email"] = 42  # invalid, but already dispatched: not looked at again
+    result = ledger.dispatch(INTEGRATION, raw_orders(broken, order_payload("B")))
+    assert result.enqueued == ["B"]
+    assert result.already_seen == 1
+
+    bad_new = order_payload("C")
+    bad_new["candidate"]["email"] = 42
+    with pytest.raises(OrderValidationError) as info:
+        ledger.dispatch(INTEGRATION, raw_orders(order_payload("D"), bad_new))
+    assert str(info.value) == "order C: field candidate.email: Input should be a valid string"
+    # Nothing of that call was written: not even the valid new order beside it.
+    assert ledger.seen_at(INTEGRATION, "D") is None
+    assert ledger.queue.count == 2
+
+
+def test_a_raw_order_is_enqueued_as_kombo_sent_it(any_redis: Redis) -> None:
+    ledger = make_ledger(any_redis)
+    raw = order_payload("A", custom_fields={"x": [1, {"y": None}]})
+    ledger.dispatch(INTEGRATION, raw_orders(raw))
+    job = Job.fetch(ledger.queue.job_ids[0], connection=any_redis)
+    assert job.kwargs == {"integration_id": INTEGRATION, "order": raw}
+    assert job.meta["package_id"] == "typescript_test"
+
+
+def test_a_raw_order_needs_a_string_id() -> None:
+    with pytest.raises(OrderValidationError, match=r"^order #3: field id: "):
+        RawOrder.check({"package_id": "p"}, 3)
+    with pytest.raises(OrderValidationError, match=r"^order #0: field id: "):
+        RawOrder.check({**order_payload("A"), "id": 7}, 0)
+    with pytest.raises(OrderValidationError, match=r"^order #1: "):
+        RawOrder.check(["not", "an", "object"], 1)
+
+
+# -- generation marks: renewed lazily, never letting an OPEN order be pruned ------------------
+
+
+def _marks(redis: Redis, ledger: Ledger) -> dict[str, int]:
+    stored = redis.hgetall(ledger.keys.seen(INTEGRATION))
+    return {k.decode(): parse_seen(v)[1] for k, v in stored.items()}
+
+
+def test_a_full_sweep_renews_only_marks_about_to_go_stale(redis_url: str) -> None:
+    redis = _CountingRedis.from_url(redis_url)
+    redis.flushall()
+    ledger = make_ledger(redis)
+    page = orders("A", "B")
+    ledger.dispatch(INTEGRATION, page, generation=1, keep_generations=3)
+    assert _marks(redis, ledger) == {"A": 1, "B": 1}
+    for generation in (2, 3):  # within the slack of 3 - 1 sweeps: one HMGET, no write
+        _CountingRedis.round_trips = 0
+        ledger.dispatch(INTEGRATION, page, generation=generation, keep_generations=3)
+        assert _CountingRedis.round_trips == 1
+        assert _marks(redis, ledger) == {"A": 1, "B": 1}
+    ledger.dispatch(INTEGRATION, page, generation=4, keep_generations=3)
+    assert _marks(redis, ledger) == {"A": 4, "B": 4}
+    # keep_generations=1 renews on every full sweep, as before the slack.
+    ledger.dispatch(INTEGRATION, page, generation=5, keep_generations=1)
+    assert _marks(redis, ledger) == {"A": 5, "B": 5}
+
+
+def test_an_order_seen_only_by_incremental_sweeps_is_marked_by_the_next_full_one(
+    any_redis: Redis,
+) -> None:
+    ledger = make_ledger(any_redis)
+    ledger.dispatch(INTEGRATION, orders("A"))  # incremental: no generation
+    assert _marks(any_redis, ledger) == {"A": 0}
+    ledger.dispatch(INTEGRATION, orders("A"), generation=7)
+    assert _marks(any_redis, ledger) == {"A": 7}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keep=st.integers(min_value=1, max_value=4),
+    open_in=st.lists(st.booleans(), min_size=1, max_size=14),
+)
+def test_pruning_never_forgets_an_open_order_and_forgets_a_closed_one_in_time(
+    keep: int, open_in: list[bool]
+) -> None:
+    """Full sweep g sees the order iff open_in[g - 1]; it is old enough from the start."""
+    redis = fakeredis.FakeRedis()
+    clock = [1_000_000_000.0]
+    ledger = Ledger(redis, Queue("q", connection=redis), "dispatcher", clock=lambda: clock[0])
+    dispatched = expected = 0
+    remembered = False
+    last_open = 0
+    for generation, is_open in enumerate(open_in, start=1):
+        if is_open:
+            expected += not remembered  # forgotten (or never seen): dispatched anew
+            dispatched += len(
+                ledger.dispatch(
+                    INTEGRATION, orders("A"), generation=generation, keep_generations=keep
+                ).enqueued
+            )
+            last_open = generation
+        clock[0] += 40 * 86400
+        ledger.prune(INTEGRATION, generation=generation, keep_generations=keep, retention=86400)
+        remembered = ledger.seen_at(INTEGRATION, "A") is not None
+        missing = generation - last_open
+        if last_open and missing < keep:
+            assert remembered, (generation, missing)  # OPEN, or missing from < keep sweeps
+        if missing >= 2 * keep - 1:
+            assert not remembered, (generation, missing)  # missing long enough: forgotten
+    assert dispatched == expected

@@ -143,7 +143,7 @@ def test_an_invalid_order_names_order_and_field_and_nothing_is_dispatched(
     ledger = Ledger(redis, Queue("q", connection=redis), "dispatcher")
     with _client(_page(broken)) as client:
         with pytest.raises(InvalidPageError) as info:
-            client.get_orders(INTEGRATION)
+            client.get_orders(INTEGRATION).orders  # noqa: B018
         expected_id = broken[bad_index]["id"] if path != "id" else f"#{bad_index}"
         assert info.value.order_id == expected_id
         assert info.value.field.startswith(path)
