@@ -9,13 +9,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, NotRequired
 from urllib.parse import quote
 
 import httpx
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, TypeAdapter
+from pydantic_core import from_json
+from typing_extensions import TypedDict
 
-from .models import Order, OrderValidationError, RawOrder
+from .models import Order, OrderValidationError, RawOrder, RawOrders
 from .packages import PACKAGE_FIELDS, InvalidPackagesError, Package, parse_packages
 from .results import AssessmentResult
 
@@ -110,12 +112,13 @@ class InvalidPageError(Exception):
 class OrdersPage:
     """One page of orders and the cursor of the next (``None`` on the last page).
 
-    The orders are kept as Kombo sent them (``results``, each id checked) and validated when
-    asked for: :attr:`orders` validates them all, the ledger only those it has not seen.
+    The orders are kept as Kombo sent them (``results``: ids checked, the orders decoded
+    when first accessed) and validated when asked for: :attr:`orders` validates them all,
+    the ledger only those it has not seen.
     """
 
     integration_id: str
-    results: list[RawOrder]
+    results: Sequence[RawOrder]
     next: str | None
 
     @property
@@ -203,8 +206,14 @@ class KomboClient:
             params["page_size"] = str(page_size)
         if cursor:
             params["cursor"] = cursor
-        body = self._request("GET", "assessment/orders", integration_id, params=params)
-        return _parse_page(integration_id, body)
+        body = self._request(
+            "GET",
+            "assessment/orders",
+            integration_id,
+            params=params,
+            fast_decode=lambda content: _read_page(integration_id, content),
+        )
+        return body if isinstance(body, OrdersPage) else _parse_page(integration_id, body)
 
     def get_open_orders(
         self, integration_id: str, *, page_size: int | None = None, cursor: str | None = None
@@ -215,8 +224,14 @@ class KomboClient:
             params["page_size"] = str(page_size)
         if cursor:
             params["cursor"] = cursor
-        body = self._request("GET", "assessment/orders/open", integration_id, params=params)
-        return _parse_page(integration_id, body)
+        body = self._request(
+            "GET",
+            "assessment/orders/open",
+            integration_id,
+            params=params,
+            fast_decode=lambda content: _read_page(integration_id, content),
+        )
+        return body if isinstance(body, OrdersPage) else _parse_page(integration_id, body)
 
     def iter_order_pages(
         self,
@@ -265,7 +280,13 @@ class KomboClient:
         *,
         params: dict[str, str] | None = None,
         json: Any = None,
+        fast_decode: Callable[[bytes], Any] | None = None,
     ) -> Any:
+        """The decoded body of a successful answer, retrying what is worth retrying.
+
+        ``fast_decode``, when given, is tried first on a 2xx body; when it returns None, the
+        body is decoded in full and judged as usual.
+        """
         headers = {
             "Authorization": f"Bearer {self._api_key.get_secret_value()}",
             "X-Integration-Id": integration_id,
@@ -281,6 +302,10 @@ class KomboClient:
                     method, path, params=params, json=json, headers=headers
                 )
                 self._observe(method, path, response.status_code, sent)
+                if fast_decode is not None and response.is_success:
+                    decoded = fast_decode(response.content)
+                    if decoded is not None:
+                        return decoded
                 body, error = _decode(response, integration_id)
                 retry_after = _retry_after(response)
                 if error is not None and method != "GET" and response.is_success:
@@ -377,7 +402,9 @@ class KomboClient:
 
 def _decode(response: httpx.Response, integration_id: str) -> tuple[Any, KomboError | None]:
     try:
-        body = response.json()
+        # pydantic-core's parser (pydantic's own): twice as fast as json.loads on a page of
+        # 250 orders, which is most of a re-sweep's CPU.
+        body = from_json(response.content)
     except ValueError:
         # A truncated or garbled body is most often a transient proxy fault: retry it.
         return None, KomboError(
@@ -426,6 +453,44 @@ def _retry_after(response: httpx.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class _OrderId(TypedDict):
+    id: Annotated[str, Field(min_length=1)]
+
+
+class _PageData(TypedDict):
+    results: list[_OrderId]
+    next: NotRequired[str | None]
+
+
+class _PageIds(TypedDict):
+    status: NotRequired[str]
+    data: _PageData
+
+
+# Reads a page's cursor and order ids in pydantic-core, skipping over the rest of each order:
+# a tenth of the cost of decoding the orders into Python objects (bench/resweep.py).
+_PAGE_IDS: TypeAdapter[_PageIds] = TypeAdapter(_PageIds)
+
+
+def _read_page(integration_id: str, content: bytes) -> OrdersPage | None:
+    """The page with its orders left undecoded; None when the body is anything but a
+    well-formed page (the full decode then says what is wrong)."""
+    try:
+        envelope = _PAGE_IDS.validate_json(content)
+    except ValueError:  # pydantic's ValidationError is one
+        return None
+    if envelope.get("status") == "error":
+        return None
+    data = envelope["data"]
+    ids = [order["id"] for order in data["results"]]
+
+    def decode() -> list[Any]:
+        results: list[Any] = from_json(content)["data"]["results"]
+        return results
+
+    return OrdersPage(integration_id, RawOrders(ids, decode), data.get("next") or None)
 
 
 def _parse_page(integration_id: str, body: Any) -> OrdersPage:

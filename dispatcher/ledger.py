@@ -30,7 +30,7 @@ from rq.job import Job, JobStatus
 from rq.utils import now
 
 from .keys import Keys, job_id_for
-from .models import Order, RawOrder
+from .models import Order, RawOrder, RawOrders
 from .settings import Settings
 
 __all__ = ["DispatchResult", "JobOptions", "Ledger", "parse_seen"]
@@ -158,19 +158,23 @@ class Ledger:
         """
         if not orders:
             return DispatchResult()
-        unique = list({order.id: order for order in orders}.values())
+        # RawOrders know their ids before they are decoded: a page of orders all seen
+        # before is never decoded at all.
+        ids = orders.ids if isinstance(orders, RawOrders) else [order.id for order in orders]
+        last_at = {order_id: index for index, order_id in enumerate(ids)}  # one per id
         seen_key = self.keys.seen(integration_id)
-        values = self.redis.hmget(seen_key, [order.id for order in unique])
+        values = self.redis.hmget(seen_key, list(last_at))
         candidates: list[tuple[Order, dict[str, Any] | None]] = []
         to_mark: list[str] = []
         stale_below = _stale_below(generation, keep_generations)
-        for order, value in zip(unique, values, strict=True):
+        for (order_id, index), value in zip(last_at.items(), values, strict=True):
             if value is None:
+                order = orders[index]
                 candidates.append(
                     (order.parse(), order.data) if isinstance(order, RawOrder) else (order, None)
                 )
             elif stale_below is not None and _generation(value) < stale_below:
-                to_mark.append(order.id)
+                to_mark.append(order_id)
         result = DispatchResult(already_seen=len(orders) - len(candidates))
         if not candidates and not to_mark:
             return result
@@ -412,8 +416,8 @@ def _stale_below(generation: int | None, keep_generations: int) -> int | None:
 
 def _generation(value: bytes | str) -> int:
     """The generation in a seen value; a huge one for a rejected order (never re-marked)."""
-    text = value.decode() if isinstance(value, bytes) else value
-    first, _, generation = text.partition(":")
+    raw = value.encode() if isinstance(value, str) else value
+    first, _, generation = raw.partition(b":")
     if not first.isdigit():
         return _NOT_MARKED
     return int(generation) if generation.isdigit() else 0

@@ -83,7 +83,7 @@ _FAULT_KINDS: tuple[FaultKind, ...] = ("rate_limit", "server_error", "malformed"
 JSON = dict[str, Any]
 _T = TypeVar("_T")
 _Key = tuple[int, str]  # (created_at in µs since the Unix epoch, order id): the keyset order
-_Route = Callable[[httpx.Request, str], tuple[int, JSON]]
+_Route = Callable[[httpx.Request, str], tuple[int, "JSON | _RenderedPage"]]
 
 
 @dataclass
@@ -332,6 +332,7 @@ class _Order:
     """
 
     __slots__ = (
+        "_json",
         "application",
         "candidate",
         "created_us",
@@ -351,6 +352,8 @@ class _Order:
         self.application: Any = None
         self.job: Any = None
         self.extra: JSON | None = None  # unknown top-level fields
+        # (status, with_status, the rendered JSON): only the status changes once stored.
+        self._json: tuple[str, bool, bytes] | None = None
 
     @property
     def key(self) -> _Key:
@@ -374,6 +377,17 @@ class _Order:
         if self.extra:
             body.update(self.extra)
         return body
+
+    def render_json(self, *, with_status: bool = True, keep: bool = False) -> bytes:
+        """:meth:`render` as JSON; ``keep``: kept until the status changes (nothing else
+        does once the order is stored)."""
+        cached = self._json
+        if cached is not None and cached[0] == self.status and cached[1] == with_status:
+            return cached[2]
+        rendered = _dumps(self.render(with_status=with_status))
+        if keep:
+            self._json = (self.status, with_status, rendered)
+        return rendered
 
 
 def _make_order(
@@ -711,13 +725,32 @@ def _dumps(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+@dataclass(frozen=True, slots=True)
+class _RenderedPage:
+    """A page whose orders are already JSON: joined, not serialized again."""
+
+    next: str | None
+    results: list[bytes]
+
+    def to_json(self) -> bytes:
+        return b"".join(
+            (
+                b'{"status":"success","data":{"next":',
+                _dumps(self.next),
+                b',"results":[',
+                b",".join(self.results),
+                b"]}}",
+            )
+        )
+
+
 def _json_response(
     status: int, payload: Any, headers: dict[str, str] | None = None
 ) -> httpx.Response:
     return httpx.Response(
         status,
         headers={"Content-Type": "application/json", **(headers or {})},
-        content=_dumps(payload),
+        content=payload.to_json() if isinstance(payload, _RenderedPage) else _dumps(payload),
     )
 
 
@@ -732,6 +765,9 @@ class Simulator:
         seed: makes integration ids, orders and random faults reproducible.
         faults: random fault probabilities and latency; mutable later through ``faults``.
         sleep: how latency waits (tests inject a fake).
+        keep_rendered: keep each order's JSON once rendered (about 1 KB an order), so that
+            serving a page costs next to nothing: the benchmarks measure the poller, not the
+            stand-in for Kombo's servers.
     """
 
     def __init__(
@@ -744,6 +780,7 @@ class Simulator:
         seed: int = 0,
         faults: Faults | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        keep_rendered: bool = False,
     ) -> None:
         if orders < 0 or (closed is not None and closed < 0):
             raise ValueError("orders and closed must not be negative")
@@ -758,6 +795,7 @@ class Simulator:
         self._open_per_integration = orders
         self._closed_per_integration = orders // 10 if closed is None else closed
         self._sleep = sleep
+        self._keep_rendered = keep_rendered
         self._lock = threading.Lock()
         self._index = {iid: i for i, iid in enumerate(self.integration_ids)}
         # Orders are generated per integration on first access: 1,000 integrations start
@@ -1018,7 +1056,7 @@ class Simulator:
 
     # ---------------------------------------------------------------- endpoints
 
-    def _get_orders(self, request: httpx.Request, integration_id: str) -> tuple[int, JSON]:
+    def _get_orders(self, request: httpx.Request, integration_id: str) -> tuple[int, _RenderedPage]:
         params = request.url.params
         page_size = _parse_page_size(params.get("page_size"))
         ids = _parse_csv(params.get("ids"), "ids")
@@ -1031,11 +1069,13 @@ class Simulator:
             items = self._state(integration_id).scan(ids, lower, after)
             page, last = _take_page(items, statuses, page_size)
             # Rendered under the lock so that each order's status is read consistently.
-            results = [order.render() for order in page]
+            results = [order.render_json(keep=self._keep_rendered) for order in page]
         cursor = None if last is None else _encode_cursor(last, fingerprint)
-        return 200, {"status": "success", "data": {"next": cursor, "results": results}}
+        return 200, _RenderedPage(cursor, results)
 
-    def _get_open_orders(self, request: httpx.Request, integration_id: str) -> tuple[int, JSON]:
+    def _get_open_orders(
+        self, request: httpx.Request, integration_id: str
+    ) -> tuple[int, _RenderedPage]:
         params = request.url.params
         page_size = _parse_page_size(params.get("page_size"))
         fingerprint = _filter_hash("orders/open", integration_id)
@@ -1044,9 +1084,11 @@ class Simulator:
             items = self._state(integration_id).scan(None, None, after)
             page, last = _take_page(items, frozenset({"OPEN"}), page_size)
             # The deprecated endpoint predates the status field.
-            results = [order.render(with_status=False) for order in page]
+            results = [
+                order.render_json(with_status=False, keep=self._keep_rendered) for order in page
+            ]
         cursor = None if last is None else _encode_cursor(last, fingerprint)
-        return 200, {"status": "success", "data": {"next": cursor, "results": results}}
+        return 200, _RenderedPage(cursor, results)
 
     def _put_result(
         self, request: httpx.Request, integration_id: str, *, order_id: str

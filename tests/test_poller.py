@@ -9,6 +9,7 @@ import httpx
 import pytest
 from rq import Queue
 
+from dispatcher import kombo
 from dispatcher.kombo import KomboClient
 from dispatcher.ledger import Ledger
 from dispatcher.poller import Poller
@@ -154,3 +155,45 @@ def test_concurrent_pollers_on_one_integration_enqueue_each_order_once(
         for t in threads:
             t.join()
         assert queued(pollers[0]) == open_ids(sim)
+
+
+def test_a_re_sweep_reads_only_ids_and_decodes_a_page_only_for_new_orders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim = Simulator(1, 12, seed=8)
+    integration = sim.integration_ids[0]
+    decoded: list[int] = []
+    real_from_json = kombo.from_json
+
+    def counting_from_json(content: bytes) -> Any:
+        decoded.append(len(content))
+        return real_from_json(content)
+
+    monkeypatch.setattr(kombo, "from_json", counting_from_json)
+    seen_id = sim.orders(integration, status="OPEN")[0]["id"]
+    corrupt = False
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        response = sim.handle(request)
+        if not corrupt:
+            return response
+        body = json.loads(response.content)
+        for order in body["data"]["results"]:
+            if order["id"] == seen_id:
+                order["candidate"]["email"] = 42  # already dispatched: never looked at again
+        return httpx.Response(200, json=body)
+
+    poller = build(sim, transport=httpx.MockTransport(transport), page_size=5)
+    assert poller.sweep().orders_new == 12
+    assert len(decoded) == 3  # every page had new orders
+
+    decoded.clear()
+    corrupt = True
+    again = poller.sweep()
+    assert (again.orders_seen, again.orders_new, again.errors) == (12, 0, {})
+    assert decoded == []  # ids only: no page decoded
+
+    sim.add_order(integration)
+    third = poller.sweep()
+    assert (third.orders_new, third.errors) == (1, {})
+    assert len(decoded) == 1  # only the last page, which holds the new order

@@ -805,3 +805,22 @@ def test_real_socket_latency_overlaps() -> None:
             c.close()
     assert codes == [200] * 8
     assert 0.2 <= elapsed < 1.0  # 8 sequential requests would take 1.6 s
+
+
+@pytest.mark.parametrize("path", [ORDERS, OPEN_ORDERS])
+def test_kept_renderings_serve_the_same_bytes_and_follow_status_changes(path: str) -> None:
+    plain, kept = Simulator(1, 7, seed=41), Simulator(1, 7, seed=41, keep_rendered=True)
+    iid = plain.integration_ids[0]
+    with make_client(plain, iid) as a, make_client(kept, iid) as b:
+        for _ in range(2):  # the second time from what was kept
+            assert a.get(path, params={"page_size": 3}).content == (
+                b.get(path, params={"page_size": 3}).content
+            )
+        first = kept.orders(iid, status="OPEN")[0]["id"]
+        for sim in (plain, kept):
+            sim.set_status(iid, first, "CANCELLED")
+        page_a = a.get(ORDERS, params={"statuses": "CANCELLED"}).content
+        assert page_a == b.get(ORDERS, params={"statuses": "CANCELLED"}).content
+        assert first.encode() in page_a and b'"status":"CANCELLED"' in page_a
+        assert first.encode() not in b.get(OPEN_ORDERS).content  # no longer OPEN anywhere
+        assert first.encode() not in b.get(ORDERS, params={"statuses": "OPEN"}).content
