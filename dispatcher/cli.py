@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ from .packages import (
     load_packages,
 )
 from .plugins import HandlerConfigError, discover_handlers, load_handlers
-from .poller import Poller, SweepPolicy
+from .poller import Poller, SweepPolicy, SweepReport
 from .results import (
     MAX_ATTACHMENTS,
     AssessmentResult,
@@ -151,8 +152,17 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
 @cli.command()
 @click.option("--once", is_flag=True, help="Sweep every integration once, then exit.")
 @click.option("--json", "as_json", is_flag=True, help="With --once: print the report as JSON.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Poller processes: a sweep is CPU-bound in one (parsing, enqueuing), more use more "
+    "cores. They share the fleet schedule; with --once each sweeps a share of the integrations.",
+)
+@click.option("--share", hidden=True, help="I/N: sweep the I-th of N shares (for --processes).")
 @click.pass_context
-def poll(ctx: click.Context, once: bool, as_json: bool) -> None:
+def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: str | None) -> None:
     """Poll Kombo for OPEN orders and enqueue the new ones.
 
     Loops every DISPATCHER_POLL_INTERVAL seconds (with jitter) until SIGTERM or SIGINT,
@@ -160,6 +170,7 @@ def poll(ctx: click.Context, once: bool, as_json: bool) -> None:
     integration still failed after retries.
     """
     settings = _settings(ctx)
+    share_of = _parse_share(share) if share is not None else None
     api_key = _or_fail(settings.require_kombo)
     redis = _redis(settings)
     ledger = _ledger(settings, redis)
@@ -169,6 +180,8 @@ def poll(ctx: click.Context, once: bool, as_json: bool) -> None:
             "KOMBO_INTEGRATION_IDS: no integrations to poll (set it, comma-separated, or "
             "register them with `dispatcher integrations add`)"
         )
+    if processes > 1:  # checked the settings above: the children would fail alike
+        _poll_in_processes(ctx, once=once, as_json=as_json, processes=processes)
     stop = threading.Event()
     request_stats = RequestStats()
     with (
@@ -202,10 +215,99 @@ def poll(ctx: click.Context, once: bool, as_json: bool) -> None:
             stop=stop,
             request_stats=request_stats,
         )
+        # What was imported and built so far lives as long as the process: out of the
+        # garbage collector's passes, which otherwise walk it while each new page is
+        # built (~10% of a first sweep's CPU, bench/full_sweep.py).
+        gc.freeze()
         if not once:
             poller.run_forever()
             return
-        report = poller.sweep()
+        report = poller.sweep(share=share_of)
+    _echo_report(report, as_json)
+    for error in report.errors.values():
+        click.echo(f"dispatcher: error: {error}", err=True)
+    sys.exit(1 if report.errors else 0)
+
+
+def _parse_share(value: str) -> tuple[int, int]:
+    index, _, count = value.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        _fail(f"--share: expected I/N with I < N, got {value!r}")
+    return int(index), int(count)
+
+
+def _poll_in_processes(
+    ctx: click.Context, *, once: bool, as_json: bool, processes: int
+) -> NoReturn:
+    """Run ``processes`` pollers as child processes (each the one-process command, so each
+    has its own connections and GIL); forward SIGTERM/SIGINT; exit as they did.
+
+    In the fleet loop they share the schedule like pollers on several machines. With
+    --once, child I sweeps share I of N of the integrations (sorted), and the reports add up.
+    """
+    group = ctx.parent.params if ctx.parent is not None else {}
+    base = [sys.executable, "-m", "dispatcher"]
+    for name in ("log_level", "log_format"):
+        if group.get(name):
+            base += [f"--{name.replace('_', '-')}", str(group[name])]
+    base.append("poll")
+    children = [
+        subprocess.Popen(
+            [*base, "--once", "--json", "--share", f"{index}/{processes}"] if once else base,
+            stdout=subprocess.PIPE if once else None,
+            text=True,
+        )
+        for index in range(processes)
+    ]
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    if once:
+        _gather_reports(children, as_json)
+    _supervise_fleet(children, forward)
+
+
+def _gather_reports(children: list[subprocess.Popen[str]], as_json: bool) -> NoReturn:
+    report = SweepReport()
+    for child in children:
+        output = child.communicate()[0]
+        try:
+            part = json.loads(output.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            _fail(f"poll: a poller process failed (exit {child.returncode})", code=1)
+        report.integrations += part["integrations"]
+        report.pages += part["pages"]
+        report.orders_seen += part["orders_seen"]
+        report.orders_new += part["orders_new"]
+        report.errors.update(part["errors"])  # each child printed its own error lines
+    _echo_report(report, as_json)
+    sys.exit(1 if report.errors else 0)
+
+
+def _supervise_fleet(
+    children: list[subprocess.Popen[str]], forward: Callable[[int, FrameType | None], None]
+) -> NoReturn:
+    # When one poller exits (a crash, or a signal), stop the others and exit as it did, so
+    # that a process manager restarts the set.
+    first_exit: int | None = None
+    while first_exit is None:
+        for child in children:
+            if child.poll() is not None:
+                first_exit = child.returncode
+                break
+        else:
+            time.sleep(0.2)
+    forward(signal.SIGTERM, None)
+    codes = [child.wait() for child in children]
+    sys.exit(max([first_exit, *codes], key=abs))
+
+
+def _echo_report(report: SweepReport, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.as_dict(), sort_keys=True))
     else:
@@ -213,9 +315,6 @@ def poll(ctx: click.Context, once: bool, as_json: bool) -> None:
             f"{report.integrations} integrations, {report.pages} pages, "
             f"{report.orders_seen} OPEN orders seen, {report.orders_new} new"
         )
-    for error in report.errors.values():
-        click.echo(f"dispatcher: error: {error}", err=True)
-    sys.exit(1 if report.errors else 0)
 
 
 def _sleep_unless(stop: threading.Event, seconds: float) -> None:

@@ -167,13 +167,23 @@ class Ledger:
         candidates: list[tuple[Order, dict[str, Any] | None]] = []
         to_mark: list[str] = []
         stale_below = _stale_below(generation, keep_generations)
+        # The values of marks still fresh end in one of these: most values of a full sweep.
+        fresh = (
+            tuple(f":{g}".encode() for g in range(max(0, stale_below), generation + 1))
+            if generation is not None and stale_below is not None
+            else ()
+        )
         for (order_id, index), value in zip(last_at.items(), values, strict=True):
             if value is None:
                 order = orders[index]
                 candidates.append(
                     (order.parse(), order.data) if isinstance(order, RawOrder) else (order, None)
                 )
-            elif stale_below is not None and _generation(value) < stale_below:
+            elif (
+                stale_below is not None
+                and not (isinstance(value, bytes) and value.endswith(fresh))
+                and _generation(value) < stale_below
+            ):
                 to_mark.append(order_id)
         result = DispatchResult(already_seen=len(orders) - len(candidates))
         if not candidates and not to_mark:

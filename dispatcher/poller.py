@@ -147,11 +147,18 @@ class Poller:
 
     # -- one sweep of everything --------------------------------------------------------------
 
-    def sweep(self) -> SweepReport:
+    def sweep(self, *, share: tuple[int, int] | None = None) -> SweepReport:
         """Sweep every active integration once, fully and concurrently; never raises for one
-        integration's failure."""
+        integration's failure.
+
+        ``share=(i, n)``: only the i-th of n shares of the integrations (sorted), so that n
+        processes sweep them all between them (``dispatcher poll --once --processes n``).
+        """
         report = SweepReport()
         ids = self.integration_ids
+        if share is not None:
+            index, count = share
+            ids = sorted(ids)[index::count]
         if not ids:
             return report
         with ThreadPoolExecutor(

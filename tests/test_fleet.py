@@ -409,3 +409,66 @@ def test_pollers_ride_out_a_redis_restart(tmp_path: Any) -> None:
     assert len(outage_lines) == 1, stderr
     assert "Redis available again" in stderr
     assert "Traceback" not in stderr
+
+
+def test_poll_once_in_processes_sweeps_each_integration_once_between_them(
+    redis: Redis, redis_url: str
+) -> None:
+    sim = Simulator(5, 12, seed=61)
+    with sim.serve() as server:
+        env = dispatcher_env(
+            redis_url,
+            KOMBO_BASE_URL=server.url,
+            KOMBO_API_KEY=DEFAULT_API_KEY,
+            KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
+            DISPATCHER_PAGE_SIZE="5",
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "dispatcher", "poll", "--once", "--json", "--processes", "2"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == {
+        "integrations": 5, "pages": 15, "orders_seen": 60, "orders_new": 60, "errors": {},
+    }  # fmt: skip
+    queued = queued_pairs(redis)
+    assert len(queued) == len(set(queued)) == 60
+    assert set(queued) == open_pairs(sim)
+    # Two processes swept: each integration once, by one of them (3 pages each, no more).
+    assert sum(sim.requests_by_path.values()) == 15
+
+
+def test_poll_in_processes_forwards_sigterm_and_exits_zero(redis: Redis, redis_url: str) -> None:
+    sim = Simulator(4, 30, seed=62, faults=Faults(latency=0.01))
+    with sim.serve() as server:
+        env = dispatcher_env(
+            redis_url,
+            KOMBO_BASE_URL=server.url,
+            KOMBO_API_KEY=DEFAULT_API_KEY,
+            KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
+            DISPATCHER_PAGE_SIZE="5",
+            DISPATCHER_POLL_INTERVAL="1",
+        )
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher", "poll", "--processes", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while len(queued_pairs(redis)) < 120 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            pollers = {
+                (redis.get(key) or b"").decode().split(":")[1]
+                for key in redis.scan_iter("dispatcher:lease:*")
+            }
+            parent.send_signal(signal.SIGTERM)
+            _, stderr = parent.communicate(timeout=30)
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+    assert parent.returncode == 0, stderr
+    assert str(parent.pid) not in pollers  # the children poll, the parent supervises
+    queued = queued_pairs(redis)
+    assert len(queued) == len(set(queued)) == 120
+    assert stderr.count("stopping after the current page") == 2
