@@ -12,7 +12,9 @@ orders a sweep is bound by the poller's CPU (its detail says how much per integr
 second scenario, 20 orders per integration, is bound by the latency.
 
 - the dispatcher: ``Poller.sweep()`` with ``--concurrency`` integrations at a time (the
-  ``DISPATCHER_SWEEP_CONCURRENCY`` setting);
+  ``DISPATCHER_SWEEP_CONCURRENCY`` setting); then ``--processes`` (2) poller processes, each
+  sweeping its share as ``dispatcher poll --once --processes 2`` does: one Python process
+  cannot use more than one core, and a sweep of 250-order pages is CPU-bound;
 - THE SEQUENTIAL BASELINE (below): one integration after another, one request at a time,
   each page handed to the same ``Ledger.dispatch``.
 
@@ -28,9 +30,11 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import multiprocessing
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
 
 from redis import Redis
 from rq import Queue
@@ -78,6 +82,60 @@ def _incremental(poller: Poller, ids: Sequence[str], concurrency: int) -> int:
         return sum(one.orders_new for one in done)
 
 
+class _PollerProcesses:
+    """``processes`` poller processes, each sweeping its share of the integrations as
+    ``dispatcher poll --once --processes N`` has them do; started (forked) once, outside the
+    timings, as a fleet's pollers are long-lived."""
+
+    def __init__(
+        self, processes: int, redis_url: str, sim_url: str, ids: list[str], concurrency: int
+    ) -> None:
+        context = multiprocessing.get_context("fork")
+        self._orders: list[Connection] = []
+        self._processes = []
+        for index in range(processes):
+            mine, theirs = context.Pipe()
+            args = (theirs, (index, processes), redis_url, sim_url, ids, concurrency)
+            process = context.Process(target=_poller_process, args=args, daemon=True)
+            process.start()
+            self._orders.append(mine)
+            self._processes.append(process)
+        for pipe in self._orders:
+            pipe.recv()  # set up
+
+    def sweep(self, times: int) -> int:
+        for pipe in self._orders:
+            pipe.send(times)
+        return sum(int(pipe.recv()) for pipe in self._orders)
+
+    def __enter__(self) -> _PollerProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pipe in self._orders:
+            pipe.send(0)
+        for process in self._processes:
+            process.join(30)
+
+
+def _poller_process(
+    pipe: Connection,
+    share: tuple[int, int],
+    redis_url: str,
+    sim_url: str,
+    ids: list[str],
+    concurrency: int,
+) -> None:
+    redis = Redis.from_url(redis_url)
+    ledger = Ledger(redis, Queue(QUEUE, connection=redis), NAMESPACE)
+    with KomboClient(API_KEY, sim_url, max_connections=concurrency) as client:
+        poller = Poller(client, ledger, ids, page_size=PAGE_SIZE, concurrency=concurrency)
+        gc.freeze()
+        pipe.send("ready")
+        while times := int(pipe.recv()):
+            pipe.send(sum(poller.sweep(share=share).orders_new for _ in range(times)))
+
+
 def _measure(
     integrations: int,
     orders: int,
@@ -85,6 +143,7 @@ def _measure(
     concurrency: int,
     subsets: list[int],
     reps: int,
+    processes: int,
 ) -> tuple[dict[tuple[str, int], list[float]], str]:
     """Seconds of each sweep by (kind, integrations); the dispatcher's CPU seconds too."""
     times: dict[tuple[str, int], list[float]] = {}
@@ -121,6 +180,15 @@ def _measure(
             elapsed, count = timed(lambda: _incremental(poller, ids, concurrency))
             record("incremental", integrations, elapsed)
             check("the dispatcher's sweeps", new + count, integrations * orders)
+            if processes > 1:
+                flush(redis)
+                with _PollerProcesses(processes, redis_url, sim.url, ids, concurrency) as fleet:
+                    new = 0
+                    for kind, sweeps in (("first", 1), ("steady", CYCLE)):
+                        elapsed, new_ = timed(lambda n=sweeps: fleet.sweep(n))
+                        record(f"{kind} x{processes}", integrations, elapsed / sweeps)
+                        new += new_
+                check(f"{processes} processes' sweeps", new, integrations * orders)
             for size in subsets:
                 flush(redis)
                 new = 0
@@ -158,17 +226,32 @@ def run(
     concurrency: int,
     subsets: list[int],
     reps: int,
+    processes: int,
 ) -> list[Row]:
-    times, version = _measure(integrations, orders, latency, concurrency, subsets, reps)
+    times, version = _measure(integrations, orders, latency, concurrency, subsets, reps, processes)
     scenario = f"{integrations} integrations x {orders} OPEN orders, {latency * 1e3:g} ms/request"
     rows: list[Row] = []
-    for kind, label in (
-        ("first", "first sweep, all new"),
-        ("steady", f"re-sweep, all seen (mean of {CYCLE})"),
-    ):
-        mine = times[(kind, integrations)]
+    kinds = [
+        ("first", "first sweep, all new", 1),
+        ("steady", f"re-sweep, all seen (mean of {CYCLE})", 1),
+    ]
+    if processes > 1:
+        kinds += [
+            ("first", f"first sweep, all new, {processes} poller processes", processes),
+            ("steady", f"re-sweep, all seen (mean of {CYCLE}), {processes} poller processes",
+             processes),
+        ]  # fmt: skip
+    for kind, label, n in kinds:
+        mine = times[(kind if n == 1 else f"{kind} x{n}", integrations)]
         baseline, how = _baseline(times, kind, subsets, integrations)
         cpu = median(times[(f"{kind} cpu", integrations)]) / integrations
+        how_swept = (
+            f"`Poller.sweep()`, concurrency {concurrency}; poller CPU {cpu * 1e3:.1f} ms per "
+            f"integration (latency {latency * 1e3:g} ms)"
+            if n == 1
+            else f"{n} processes each sweeping a share, as `dispatcher poll --once --processes "
+            f"{n}` (started beforehand, as a fleet's pollers are), concurrency {concurrency} each"
+        )
         ratio = baseline / median(mine)
         rows.append(
             Row(
@@ -182,11 +265,7 @@ def run(
                 ratio_note="(sequential time / dispatcher time)",
                 target="<= 1/8 of sequential (ratio >= 8)",
                 met=ratio >= 8,
-                detail=(
-                    f"`Poller.sweep()`, concurrency {concurrency}; poller CPU "
-                    f"{cpu * 1e3:.1f} ms per integration (latency {latency * 1e3:g} ms); "
-                    f"{how}; Redis {version}; median of {reps}"
-                ),
+                detail=f"{how_swept}; {how}; Redis {version}; median of {reps}",
                 samples=mine,
                 baseline_samples=times[(f"sequential {kind}", max(subsets))],
             )
@@ -229,6 +308,12 @@ def main() -> None:
         default="25,50",
         help="two subset sizes on which the sequential sweep is timed (A,B)",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="also time the sweeps with this many poller processes (1: not)",
+    )
     common_args(parser, reps=2)
     args = parser.parse_args()
     subsets = sorted({int(x) for x in args.baseline_integrations.split(",")})
@@ -236,7 +321,15 @@ def main() -> None:
         parser.error("--baseline-integrations: sizes between 1 and --integrations")
     rows: list[Row] = []
     for orders in (int(x) for x in args.orders.split(",")):
-        rows += run(args.integrations, orders, args.latency, args.concurrency, subsets, args.reps)
+        rows += run(
+            args.integrations,
+            orders,
+            args.latency,
+            args.concurrency,
+            subsets,
+            args.reps,
+            args.processes,
+        )
     report(rows, args.json, header=__doc__.splitlines()[0])
 
 
