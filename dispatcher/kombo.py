@@ -206,14 +206,7 @@ class KomboClient:
             params["page_size"] = str(page_size)
         if cursor:
             params["cursor"] = cursor
-        body = self._request(
-            "GET",
-            "assessment/orders",
-            integration_id,
-            params=params,
-            fast_decode=lambda content: _read_page(integration_id, content),
-        )
-        return body if isinstance(body, OrdersPage) else _parse_page(integration_id, body)
+        return self._get_page("assessment/orders", integration_id, params)
 
     def get_open_orders(
         self, integration_id: str, *, page_size: int | None = None, cursor: str | None = None
@@ -224,14 +217,7 @@ class KomboClient:
             params["page_size"] = str(page_size)
         if cursor:
             params["cursor"] = cursor
-        body = self._request(
-            "GET",
-            "assessment/orders/open",
-            integration_id,
-            params=params,
-            fast_decode=lambda content: _read_page(integration_id, content),
-        )
-        return body if isinstance(body, OrdersPage) else _parse_page(integration_id, body)
+        return self._get_page("assessment/orders/open", integration_id, params)
 
     def iter_order_pages(
         self,
@@ -269,6 +255,16 @@ class KomboClient:
             if not page.next:
                 return
             cursor = page.next
+
+    def _get_page(self, path: str, integration_id: str, params: dict[str, str]) -> OrdersPage:
+        body = self._request(
+            "GET",
+            path,
+            integration_id,
+            params=params,
+            fast_decode=lambda content: _read_page(integration_id, content),
+        )
+        return body if isinstance(body, OrdersPage) else _parse_page(integration_id, body)
 
     # -- transport --------------------------------------------------------------------------
 

@@ -166,13 +166,13 @@ class Ledger:
         values = self.redis.hmget(seen_key, list(last_at))
         candidates: list[tuple[Order, dict[str, Any] | None]] = []
         to_mark: list[str] = []
-        stale_below = _stale_below(generation, keep_generations)
-        # The values of marks still fresh end in one of these: most values of a full sweep.
-        fresh = (
-            tuple(f":{g}".encode() for g in range(max(0, stale_below), generation + 1))
-            if generation is not None and stale_below is not None
-            else ()
-        )
+        # A full sweep renews marks of a generation below stale_below; the values of marks
+        # still fresh end in one of ``fresh``: most values of a full sweep, checked unparsed.
+        stale_below: int | None = None
+        fresh: tuple[bytes, ...] = ()
+        if generation is not None:
+            stale_below = generation - _mark_slack(keep_generations)
+            fresh = tuple(f":{g}".encode() for g in range(max(0, stale_below), generation + 1))
         for (order_id, index), value in zip(last_at.items(), values, strict=True):
             if value is None:
                 order = orders[index]
@@ -419,18 +419,10 @@ def _mark_slack(keep_generations: int) -> int:
     return max(0, keep_generations - 1)
 
 
-def _stale_below(generation: int | None, keep_generations: int) -> int | None:
-    """Marks of a generation below this are renewed by full sweep ``generation``."""
-    return None if generation is None else generation - _mark_slack(keep_generations)
-
-
 def _generation(value: bytes | str) -> int:
     """The generation in a seen value; a huge one for a rejected order (never re-marked)."""
-    raw = value.encode() if isinstance(value, str) else value
-    first, _, generation = raw.partition(b":")
-    if not first.isdigit():
-        return _NOT_MARKED
-    return int(generation) if generation.isdigit() else 0
+    first_seen, generation = parse_seen(value)
+    return _NOT_MARKED if first_seen is None else generation
 
 
 _NOT_MARKED = 1 << 62

@@ -196,12 +196,11 @@ class RawOrders(Sequence[RawOrder]):
     def _load(self) -> list[RawOrder]:
         if self._orders is None:
             assert self._decode is not None
-            raws = self._decode()
-            if len(raws) != len(self._ids):
-                raise ValueError("the decoded page differs from its ids")
             self._orders = [
                 RawOrder(order_id, raw, position)
-                for position, (order_id, raw) in enumerate(zip(self._ids, raws, strict=True))
+                for position, (order_id, raw) in enumerate(
+                    zip(self._ids, self._decode(), strict=True)  # ValueError if they differ
+                )
             ]
             self._decode = None
         return self._orders

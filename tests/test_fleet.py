@@ -304,6 +304,18 @@ def test_three_pollers_share_the_work_without_doubling_it(redis: Redis) -> None:
         assert 2 <= len(starts) <= 5
 
 
+def poll_env(redis_url: str, sim: Simulator, kombo_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a `dispatcher poll` of every integration of ``sim``, 5 per page."""
+    return dispatcher_env(
+        redis_url,
+        KOMBO_BASE_URL=kombo_url,
+        KOMBO_API_KEY=DEFAULT_API_KEY,
+        KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
+        DISPATCHER_PAGE_SIZE="5",
+        **extra,
+    )
+
+
 def _url(redis: Redis) -> str:
     kwargs = redis.connection_pool.connection_kwargs
     return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
@@ -312,12 +324,10 @@ def _url(redis: Redis) -> str:
 def test_a_killed_poller_is_taken_over_within_the_lease_ttl(redis: Redis, redis_url: str) -> None:
     sim = Simulator(6, 300, seed=37, faults=Faults(latency=0.03))
     with sim.serve() as server:
-        env = dispatcher_env(
+        env = poll_env(
             redis_url,
-            KOMBO_BASE_URL=server.url,
-            KOMBO_API_KEY=DEFAULT_API_KEY,
-            KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
-            DISPATCHER_PAGE_SIZE="5",
+            sim,
+            server.url,
             DISPATCHER_POLL_INTERVAL="2",
             DISPATCHER_LEASE_TTL="2",
             DISPATCHER_SWEEP_CONCURRENCY="2",
@@ -416,13 +426,7 @@ def test_poll_once_in_processes_sweeps_each_integration_once_between_them(
 ) -> None:
     sim = Simulator(5, 12, seed=61)
     with sim.serve() as server:
-        env = dispatcher_env(
-            redis_url,
-            KOMBO_BASE_URL=server.url,
-            KOMBO_API_KEY=DEFAULT_API_KEY,
-            KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
-            DISPATCHER_PAGE_SIZE="5",
-        )
+        env = poll_env(redis_url, sim, server.url)
         result = subprocess.run(
             [sys.executable, "-m", "dispatcher", "poll", "--once", "--json", "--processes", "2"],
             env=env, capture_output=True, text=True, timeout=120,
@@ -442,12 +446,10 @@ def test_poll_once_in_processes_sweeps_each_integration_once_between_them(
 def test_poll_in_processes_forwards_sigterm_and_exits_zero(redis: Redis, redis_url: str) -> None:
     sim = Simulator(4, 30, seed=62, faults=Faults(latency=0.01))
     with sim.serve() as server:
-        env = dispatcher_env(
+        env = poll_env(
             redis_url,
-            KOMBO_BASE_URL=server.url,
-            KOMBO_API_KEY=DEFAULT_API_KEY,
-            KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
-            DISPATCHER_PAGE_SIZE="5",
+            sim,
+            server.url,
             DISPATCHER_POLL_INTERVAL="1",
         )
         parent = subprocess.Popen(
