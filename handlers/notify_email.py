@@ -5,6 +5,11 @@ over SMTP (``SMTP_URL``: ``smtp://`` with STARTTLS when the server offers it, or
 from ``NOTIFY_FROM``. Each recipient mailed is recorded as a sub-effect, so a retry mails only
 those not yet mailed; the Message-ID is stable per (order, recipient), so a mail system can
 drop the one resend a crash between sending and recording can cause.
+
+Members' addresses and names come from the customer's ATS: attacker-controlled. A member's
+``email`` must be exactly one plain addr-spec (``local@domain``), else the member is skipped
+with a warning; each message goes to that one address as its only envelope recipient, and
+every name that reaches a header is reduced to one line and quoted by the ``email`` package.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ import hashlib
 import html
 import smtplib
 import ssl
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formataddr, parseaddr
-from typing import Annotated, Any
+from email.utils import parseaddr
+from typing import Annotated, Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -84,80 +92,122 @@ class NotifyEmailHandler:
         self._password = unquote(parts.password) if parts.password else None
         self._domain = parseaddr(self.settings.sender)[1].rpartition("@")[2] or "localhost"
 
-    def recipients(self, order: Order, context: HandlerContext) -> list[str]:
-        """Distinct addresses of members with a notified role; members without one logged."""
+    def recipients(self, order: Order, context: HandlerContext) -> Recipients:
+        """Distinct valid addresses of members with a notified role (the first member's name
+        for each), and how many such members were skipped for an invalid address."""
         wanted = set(self.settings.roles)
-        seen: dict[str, str] = {}
-        for member in order.job.hiring_team:
+        seen: dict[str, Address] = {}
+        invalid = 0
+        for index, member in enumerate(order.job.hiring_team):
             if not wanted.intersection(str(role) for role in member.hiring_team_roles):
                 continue
-            if not member.email:
+            field = f"job.hiring_team[{index}].email"
+            raw = (member.email or "").strip(" ")
+            if not raw:
                 context.logger.info(
-                    "hiring-team member %s has no email address: skipped",
-                    member.remote_id or "(no remote id)",
+                    "order %s: %s is empty: member skipped", _one_line(order.id, 100), field
                 )
                 continue
-            seen.setdefault(member.email.strip().lower(), member.email.strip())
-        return list(seen.values())
+            try:
+                addr_spec = _addr_spec(raw)
+            except ValueError as exc:
+                invalid += 1
+                # The address itself is contact data (and may be an attack): DEBUG only.
+                context.logger.warning(
+                    "order %s: %s is not one email address (%s): member skipped",
+                    _one_line(order.id, 100),
+                    field,
+                    exc,
+                )
+                context.logger.debug("%s rejected: %r", field, raw)
+                continue
+            name = _one_line(" ".join(filter(None, (member.first_name, member.last_name))), 100)
+            seen.setdefault(addr_spec.lower(), Address(display_name=name, addr_spec=addr_spec))
+        return Recipients(list(seen.values()), invalid)
 
     def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
         recipients = self.recipients(order, context)
-        pending = [r for r in recipients if not context.effects.done(_effect(r))]
-        refused = 0
+        pending = [r for r in recipients.addresses if not context.effects.done(_effect(r))]
+        sent = refused = 0
+        deferred: list[int] = []
         if pending:
             test_url = find_test_url(context)
             with self._connect() as smtp:
                 for recipient in pending:
                     message = self.message(order, context, recipient, test_url)
                     try:
-                        smtp.send_message(message)
+                        # Explicit envelope: without to_addrs smtplib takes the recipients
+                        # from the To: header, so the header would decide who gets mail.
+                        smtp.send_message(message, to_addrs=[recipient.addr_spec])
                     except smtplib.SMTPRecipientsRefused as exc:
-                        code = next(iter(exc.recipients.values()))[0]
+                        # One envelope recipient, so one entry; the default only keeps an
+                        # empty answer from raising StopIteration out of the step.
+                        code = next(iter(exc.recipients.values()), (550, b""))[0]
                         if code < 500:
-                            raise RetryLater(f"SMTP server deferred a recipient ({code})") from None
+                            # Mail the others now; the retry mails only this one.
+                            deferred.append(code)
+                            continue
                         refused += 1
                         context.logger.warning("SMTP server refused a recipient (%s)", code)
                         context.effects.record(_effect(recipient))
                         continue
                     except smtplib.SMTPResponseException as exc:
                         raise _classify(exc) from None
+                    sent += 1
                     context.effects.record(_effect(recipient))
         context.logger.info(
-            "notified %d of %d recipients (%d earlier)",
-            len(pending) - refused,
-            len(recipients),
-            len(recipients) - len(pending),
+            "notified %d of %d recipients (%d earlier, %d refused, %d deferred); "
+            "%d members skipped for an invalid email",
+            sent,
+            len(recipients.addresses),
+            len(recipients.addresses) - len(pending),
+            refused,
+            len(deferred),
+            recipients.invalid,
         )
-        return {"recipients": len(recipients), "sent": len(pending) - refused, "refused": refused}
+        if deferred:
+            raise RetryLater(f"SMTP server deferred {len(deferred)} recipient(s) ({deferred[0]})")
+        return {
+            "recipients": len(recipients.addresses),
+            "sent": sent,
+            "refused": refused,
+            "invalid": recipients.invalid,
+        }
 
     def message(
-        self, order: Order, context: HandlerContext, recipient: str, test_url: str | None
+        self, order: Order, context: HandlerContext, recipient: Address, test_url: str | None
     ) -> EmailMessage:
-        """The notification to one recipient (plain text with an HTML alternative)."""
-        candidate = order.candidate.full_name
-        job = order.job.name or "an open position"
+        """The notification to one recipient (plain text with an HTML alternative).
+
+        Names, the job title and ids come from the ATS: each is reduced to one line before it
+        reaches a header (a line break there is a new header) or the text.
+        """
+        candidate = _one_line(order.candidate.full_name, 200)
+        job = _one_line(order.job.name or "", 200) or "an open position"
+        order_id = _one_line(order.id, 200)
+        package_id = _one_line(order.package_id, 200)
         message = EmailMessage()
         message["Subject"] = f"Assessment ordered for {candidate}: {job}"
         message["From"] = self.settings.sender
-        message["To"] = formataddr(("", recipient))
+        message["To"] = recipient
         digest = hashlib.sha256(
-            "\x00".join((context.idempotency_key, recipient.lower())).encode()
+            "\x00".join((context.idempotency_key, recipient.addr_spec.lower())).encode()
         ).hexdigest()[:32]
         message["Message-ID"] = f"<{digest}@{self._domain}>"
-        message["X-Kombo-Order-Id"] = order.id
+        message["X-Kombo-Order-Id"] = order_id
         link = f"Test link: {test_url}\n" if test_url else ""
         message.set_content(
-            f"{candidate} has been sent the {order.package_id} assessment for {job}.\n"
-            f"{link}\nKombo order reference: {order.id}\n"
+            f"{candidate} has been sent the {package_id} assessment for {job}.\n"
+            f"{link}\nKombo order reference: {order_id}\n"
         )
         e = html.escape
         link_html = (
             f'<p>Test link: <a href="{e(test_url)}">{e(test_url)}</a></p>' if test_url else ""
         )
         message.add_alternative(
-            f"<p><strong>{e(candidate)}</strong> has been sent the <em>{e(order.package_id)}"
+            f"<p><strong>{e(candidate)}</strong> has been sent the <em>{e(package_id)}"
             f"</em> assessment for <strong>{e(job)}</strong>.</p>{link_html}"
-            f"<p>Kombo order reference: <code>{e(order.id)}</code></p>",
+            f"<p>Kombo order reference: <code>{e(order_id)}</code></p>",
             subtype="html",
         )
         return message
@@ -196,8 +246,65 @@ class NotifyEmailHandler:
                 smtp.close()
 
 
-def _effect(recipient: str) -> str:
-    return f"mail:{recipient.lower()}"
+class Recipients(NamedTuple):
+    """Whom an order's notification goes to, and how many members had an invalid email."""
+
+    addresses: list[Address]
+    invalid: int
+
+
+# RFC 5321: a path is at most 256 octets with its angle brackets, a local part at most 64.
+_MAX_ADDRESS = 254
+_MAX_LOCAL_PART = 64
+# Characters that end or hide a line (str.splitlines() splits on Zl/Zp and some Cc too),
+# invisible formatting, lone surrogates (unencodable) and unassigned code points.
+_UNPRINTABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def _addr_spec(raw: str) -> str:
+    """``raw`` as one plain ASCII ``local@domain``, or ValueError saying (safely) why not.
+
+    The stdlib parser decides what an addr-spec is; on top of it we refuse what it accepts but
+    no hiring-team member needs and where mail software disagrees: comments and folding
+    whitespace (the parsed form differs from the input), quoted local parts and domain
+    literals. A non-ASCII domain is IDNA-encoded so the server needs no SMTPUTF8.
+    """
+    if any(unicodedata.category(char) in _UNPRINTABLE for char in raw):
+        raise ValueError("control characters")
+    if any(char.isspace() for char in raw):
+        raise ValueError("whitespace")
+    if len(raw) > _MAX_ADDRESS:
+        raise ValueError(f"longer than {_MAX_ADDRESS} characters")
+    try:
+        parsed = Address(addr_spec=raw)
+    except (ValueError, HeaderParseError, IndexError):
+        # IndexError: the 3.11 parser's answer to a bare 'local@'.
+        raise ValueError("not a plain local@domain address") from None
+    local, domain = parsed.username, parsed.domain
+    if parsed.addr_spec != raw or '"' in raw or domain.startswith("[") or not local.isascii():
+        raise ValueError("not a plain local@domain address")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError("domain cannot be IDNA-encoded") from None
+    if len(local) > _MAX_LOCAL_PART or len(local) + 1 + len(domain) > _MAX_ADDRESS:
+        raise ValueError("too long")
+    return f"{local}@{domain}"
+
+
+def _one_line(text: str, limit: int) -> str:
+    """``text`` with every unprintable character or line break made a space, whitespace runs
+    collapsed, cut to ``limit`` characters."""
+    printable = "".join(
+        " " if unicodedata.category(char) in _UNPRINTABLE else char for char in text
+    )
+    line = " ".join(printable.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _effect(recipient: Address) -> str:
+    return f"mail:{recipient.addr_spec.lower()}"
 
 
 def _classify(exc: smtplib.SMTPResponseException) -> Exception:

@@ -137,6 +137,8 @@ class _Collector:
 
         while self.mailbox.hold.is_set():
             await asyncio.sleep(0.02)
+        if address.lower() in self.mailbox.defer:
+            return "450 4.2.1 Mailbox busy, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -151,13 +153,15 @@ class _Collector:
 class Mailbox:
     """A real SMTP server (aiosmtpd) on a free port, keeping what it receives.
 
-    Set ``hold`` to make it stall every RCPT until cleared (to catch a sender mid-send).
+    Set ``hold`` to make it stall every RCPT until cleared (to catch a sender mid-send); put
+    an address in ``defer`` to answer its RCPT with a temporary failure (450).
     """
 
     def __init__(self, auth: tuple[str, str] | None = None) -> None:
         self.messages: list[tuple[list[str], EmailMessage]] = []
         self.lock = threading.Lock()
         self.hold = threading.Event()
+        self.defer: set[str] = set()
         self.logins: list[str] = []
         options: dict[str, Any] = {}
         if auth is not None:

@@ -154,8 +154,8 @@ def test_one_mail_per_distinct_eligible_address_none_to_the_others(
     caplog.set_level(logging.INFO)
     output = mailer(mailbox).handle(team_order(), context("notify_email"))
     assert mailbox.by_recipient() == {"rita@example.com": 1, "hank@example.com": 1}
-    assert output == {"recipients": 2, "sent": 2, "refused": 0}
-    assert "member 6 has no email address: skipped" in caplog.text
+    assert output == {"recipients": 2, "sent": 2, "refused": 0, "invalid": 0}
+    assert "order O1: job.hiring_team[5].email is empty: member skipped" in caplog.text
 
 
 def test_roles_are_configurable(mailbox: Mailbox) -> None:

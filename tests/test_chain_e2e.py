@@ -152,6 +152,7 @@ def test_every_order_provisioned_once_and_every_eligible_member_mailed_once(
         "recipients": 2,
         "sent": 2,
         "refused": 0,
+        "invalid": 0,
     }
     stats = redis.hgetall("dispatcher:step-stats")
     assert stats[b"provision_http:completed"] == b"3"
