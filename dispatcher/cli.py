@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from rq import Queue
 
 from .integrations import IntegrationRegistry, check_integration_id
@@ -51,6 +51,7 @@ from .results import (
 from .schedule import Schedule
 from .settings import ConfigError, Settings, load_settings
 from .telemetry import RequestStats
+from .wrongtype import describe, find_wrong_types, shared_keys
 
 __all__ = ["main"]
 
@@ -95,7 +96,35 @@ def _redis(settings: Settings, *, ping: bool = True) -> Redis:
             redis.ping()
     except (RedisError, ValueError) as exc:
         _fail(f"REDIS_URL: cannot reach Redis at {redacted_url(url)}: {exc}", code=1)
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.ensure_object(dict)["redis"] = redis  # for _Commands to diagnose a refusal
     return redis
+
+
+class _Commands(click.Group):
+    """The command group: a key of the wrong type met by any command is one line naming it,
+    exit 1, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ResponseError as exc:
+            _fail(f"Redis refused a command: {_refusal(ctx, exc)}", code=1)
+
+
+def _refusal(ctx: click.Context, exc: ResponseError) -> str:
+    obj = ctx.obj if isinstance(ctx.obj, dict) else {}
+    settings, redis = obj.get("settings"), obj.get("redis")
+    if not isinstance(settings, Settings) or not isinstance(redis, Redis):
+        return describe(exc, [])
+    queue_key = Queue(settings.queue, connection=redis).key
+    try:
+        wrong = find_wrong_types(redis, shared_keys(Keys(settings.namespace), queue_key))
+    except RedisError:
+        wrong = []
+    # Not a shared key: redis-py's line names the pipeline's command and key, if any.
+    return describe(exc, wrong)
 
 
 def _ledger(settings: Settings, redis: Redis) -> Ledger:
@@ -123,7 +152,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),

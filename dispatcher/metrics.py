@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from .status import OK, Snapshot
 from .telemetry import LATENCY_BUCKETS
@@ -47,15 +47,33 @@ class SnapshotCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         up = GaugeMetricFamily("dispatcher_redis_up", "1 when Redis answered this scrape.")
+        problems = GaugeMetricFamily(
+            "dispatcher_status_problems",
+            "Problems `dispatcher status` lists (0: ok); broken keys included.",
+        )
+        broken = GaugeMetricFamily(
+            "dispatcher_redis_broken_keys",
+            "Keys Redis refused to read this scrape (another type than belongs there).",
+        )
         try:
             snapshot = self._take()
+        except ResponseError as exc:
+            # Redis answered, and refused: not "down". The snapshot names broken keys
+            # itself; this is a refusal it could not place.
+            log.warning("metrics: Redis refused a read: %s", exc)
+            up.add_metric([], 1)
+            problems.add_metric([], 1)
+            yield from (up, problems)
+            return
         except (RedisError, OSError) as exc:
             log.warning("metrics: cannot read Redis: %s", exc)
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
-        yield up
+        problems.add_metric([], len(snapshot.problems))
+        broken.add_metric([], len(snapshot.broken_keys))
+        yield from (up, problems, broken)
         yield from _queue_metrics(snapshot)
         yield from _order_metrics(snapshot)
         yield from _integration_metrics(snapshot)

@@ -13,6 +13,7 @@ so memory stays flat however many orders an integration has.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -33,6 +34,15 @@ from .ledger import Ledger
 from .models import OrderValidationError
 from .schedule import Schedule
 from .telemetry import RequestStats
+from .wrongtype import (
+    WRONGTYPE_CODE,
+    describe,
+    find_wrong_types,
+    integration_keys,
+    is_refusal,
+    is_wrong_type,
+    shared_keys,
+)
 
 __all__ = ["IntegrationSweep", "Poller", "SweepPolicy", "SweepReport"]
 
@@ -183,6 +193,8 @@ class Poller:
         try:
             state = self._state(integration_id)
         except RedisError as exc:
+            if is_refusal(exc):
+                return self._refused(IntegrationSweep(integration_id), exc, started)
             return self._redis_failure(IntegrationSweep(integration_id), exc)
         if full is None:
             full = self._full_due(integration_id, state, started)
@@ -202,6 +214,8 @@ class Poller:
             result.error = str(exc)
             result.error_code = exc.code or (f"HTTP {exc.status_code}" if exc.status_code else None)
         except RedisError as exc:
+            if is_refusal(exc):
+                return self._refused(result, exc, started)
             return self._redis_failure(result, exc)
         if result.error is not None:
             result.consecutive_failures += 1
@@ -270,6 +284,32 @@ class Poller:
         log.debug("sweep interrupted: %s", result.error)
         return result
 
+    def _refused(
+        self, result: IntegrationSweep, exc: RedisError, started: float
+    ) -> IntegrationSweep:
+        """Redis refused a command of this integration's sweep (a key of the wrong type): an
+        error of this integration, reported and recorded like Kombo's, retried with backoff;
+        the other integrations are swept as usual."""
+        integration_id = result.integration_id
+        result.error = f"integration {integration_id}: {self._diagnose(integration_id, exc)}"
+        result.error_code = WRONGTYPE_CODE if is_wrong_type(exc) else "REDIS.ERROR"
+        result.consecutive_failures += 1
+        log.error("sweep failed: %s", result.error, extra={"integration_id": integration_id})
+        self._record(result, started, None)
+        return result
+
+    def _diagnose(self, integration_id: str | None, exc: RedisError) -> str:
+        """One line naming the key Redis refused (it names none itself)."""
+        keys = self.ledger.keys
+        expected = shared_keys(keys, self.ledger.queue.key)
+        if integration_id is not None:
+            expected = {**integration_keys(keys, integration_id), **expected}
+        try:
+            wrong = find_wrong_types(self.redis, expected)
+        except RedisError:
+            wrong = []  # Redis went away meanwhile: Redis's own words must do
+        return describe(exc, wrong)
+
     def _state(self, integration_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(self.ledger.keys.sweep(integration_id))
         return {_text(k): _text(v) for k, v in raw.items()}
@@ -332,11 +372,22 @@ class Poller:
                     pipe.hincrby(keys.kombo_requests, name, count)
                 for name, total in seconds.items():
                     pipe.hincrbyfloat(keys.kombo_requests, name, total)
-                pipe.execute()
+                # Refusals come back as replies: the commands on healthy keys still count.
+                replies = pipe.execute(raise_on_error=False)
         except RedisError as exc:
             if self.request_stats is not None:
                 self.request_stats.restore(counts, seconds)
             log.debug("could not record the sweep of %s: %s", result.integration_id, exc)
+            return
+        refused = next((r for r in replies if isinstance(r, RedisError)), None)
+        if refused is not None:
+            problem = self._diagnose(result.integration_id, refused)
+            if problem not in (result.error or ""):  # else the sweep's error line said it
+                log.error(
+                    "could not record the sweep: %s",
+                    problem,
+                    extra={"integration_id": result.integration_id},
+                )
             return
         if result.error is None and not result.interrupted and result.full:
             self._fully_swept.add(result.integration_id)
@@ -349,6 +400,9 @@ class Poller:
         running: dict[str, Future[IntegrationSweep]] = {}
         last_sync = -sync_every
         outage_since: float | None = None
+        # The shared key Redis refuses (a schedule of the wrong type...): said once at ERROR,
+        # again only if it changes, and once more when it is repaired.
+        refused: str | None = None
         backoff = 1.0
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sweep") as pool:
             while not self.stop.is_set():
@@ -359,7 +413,15 @@ class Poller:
                     self._claim_due(pool, running)
                     wait_for = self.schedule.next_due_in()
                 except RedisError as exc:
-                    if outage_since is None:
+                    if is_refusal(exc):
+                        problem = self._diagnose(None, exc)
+                        if problem != refused:
+                            refused = problem
+                            log.error(
+                                "cannot use the fleet schedule: %s; retrying with backoff",
+                                problem,
+                            )
+                    elif outage_since is None:
                         outage_since = time.monotonic()
                         log.error("Redis unavailable (%s); retrying with backoff", exc)
                     self.stop.wait(backoff)
@@ -370,6 +432,9 @@ class Poller:
                         "Redis available again after %.0fs", time.monotonic() - outage_since
                     )
                     outage_since, backoff = None, 1.0
+                if refused is not None:
+                    log.warning("fleet schedule usable again (was: %s)", refused)
+                    refused, backoff = None, 1.0
                 timeout = min(1.0, wait_for if wait_for is not None else 1.0)
                 if running:
                     wait(list(running.values()), timeout=timeout, return_when=FIRST_COMPLETED)
@@ -388,10 +453,32 @@ class Poller:
         for integration_id in self.schedule.due(limit=free + len(running)):
             if integration_id in running:
                 continue
-            if self.schedule.claim(integration_id):
+            try:
+                claimed = self.schedule.claim(integration_id)
+            except RedisError as exc:
+                if not is_refusal(exc):
+                    raise  # an outage: the loop's to report
+                self._unclaimable(integration_id, exc)
+                continue
+            if claimed:
                 running[integration_id] = pool.submit(self._sweep_claimed, integration_id)
                 if len(running) >= self.concurrency:
                     return
+
+    def _unclaimable(self, integration_id: str, exc: RedisError) -> None:
+        """The integration's lease key is broken (another type, so it never expires): a
+        failed sweep of that integration, recorded, and due again after the backoff, instead
+        of an integration silently never claimed again."""
+        started = self._clock()
+        result = IntegrationSweep(integration_id)
+        # The sweep hash may be the broken key, or missing: then count from zero.
+        with contextlib.suppress(RedisError, KeyError, ValueError):
+            result.consecutive_failures = int(self._state(integration_id)["consecutive_failures"])
+        self._refused(result, exc, started)
+        try:
+            self.schedule.reschedule(integration_id, self._next_due(result, started))
+        except RedisError as again:
+            log.debug("could not reschedule %s: %s", integration_id, again)
 
     def _sweep_claimed(self, integration_id: str) -> IntegrationSweep:
         started = self._clock()

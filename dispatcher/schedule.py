@@ -24,10 +24,15 @@ from .keys import Keys
 __all__ = ["Schedule", "spread_offset"]
 
 # KEYS: 1 schedule zset, 2 lease key. ARGV: 1 integration id, 2 now, 3 owner, 4 ttl ms.
+# SET NX fails alike on a held lease and on a key of another type; only the first expires, so
+# the second would starve the integration without a word: it is refused as WRONGTYPE.
 _CLAIM = """
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
 if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then return 1 end
+if redis.call('TYPE', KEYS[2])['ok'] ~= 'string' then
+  return redis.error_reply('WRONGTYPE the lease key holds the wrong kind of value')
+end
 return 0
 """
 # KEYS: 1 lease. ARGV: 1 owner, 2 ttl ms.
@@ -99,7 +104,9 @@ class Schedule:
         return max(0.0, float(first[0][1]) - self._clock())
 
     def claim(self, integration_id: str) -> bool:
-        """Take the integration's lease if it is still due and nobody holds it."""
+        """Take the integration's lease if it is still due and nobody holds it.
+
+        Raises redis's ResponseError (WRONGTYPE) when the lease key holds another type."""
         return bool(
             self._claim(
                 keys=[self.keys.schedule, self.keys.lease(integration_id)],

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import ResponseError
 from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import (
@@ -33,6 +35,7 @@ from . import _text
 from .keys import Keys
 from .settings import Settings
 from .telemetry import RequestSeries, read_request_series
+from .wrongtype import describe, find_wrong_types, printable
 
 __all__ = [
     "BACKLOG_AGE",
@@ -40,6 +43,7 @@ __all__ = [
     "NEVER_SWEPT",
     "OK",
     "STALE",
+    "BrokenKey",
     "IntegrationStatus",
     "QueueStatus",
     "Snapshot",
@@ -106,6 +110,15 @@ class SweepError:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokenKey:
+    """A key Redis refused to read (another type than belongs there): shown as a problem."""
+
+    key: str
+    integration_id: str | None  # None: a key every integration shares
+    problem: str  # one line naming the key (dispatcher.wrongtype)
+
+
+@dataclass(frozen=True, slots=True)
 class IntegrationStatus:
     """What the poller recorded about one integration."""
 
@@ -128,6 +141,7 @@ class IntegrationStatus:
     watermark: float | None = None
     last_sweep_kind: str | None = None
     results_written: int = 0
+    broken_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +166,7 @@ class Snapshot:
     handlers: Mapping[str, StepCounts]
     kombo_requests: tuple[RequestSeries, ...]
     problems: tuple[str, ...]
+    broken_keys: tuple[BrokenKey, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The stable JSON shape of ``dispatcher status --json`` (see the README)."""
@@ -161,6 +176,10 @@ class Snapshot:
             "namespace": self.namespace,
             "ok": not self.problems,
             "problems": list(self.problems),
+            "broken_keys": [
+                {"key": b.key, "integration": b.integration_id, "problem": b.problem}
+                for b in self.broken_keys
+            ],
             "queues": {
                 q.name: {
                     "queued": q.queued,
@@ -218,6 +237,7 @@ class Snapshot:
                     "watermark": _round(i.watermark),
                     "last_sweep_kind": i.last_sweep_kind,
                     "results_written": i.results_written,
+                    "broken_keys": list(i.broken_keys),
                     "last_error": (
                         None
                         if i.last_error is None
@@ -258,20 +278,22 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         CanceledJobRegistry(queue=queue).key,
     ]
     live = f"({int(taken_at)}"
-    with redis.pipeline(transaction=False) as pipe:
-        pipe.smembers(keys.seen_integrations)
-        pipe.smembers(keys.swept_integrations)
-        pipe.smembers(keys.integrations)
-        pipe.hget(keys.stats, "orders_dispatched")
-        pipe.hgetall(keys.step_stats)
-        pipe.hgetall(keys.kombo_requests)
-        pipe.llen(queue.key)
-        pipe.lindex(queue.key, 0)
+    refused = _Refused()
+    with _Reads(redis, refused) as read:
+        read(keys.seen_integrations, "set", set()).smembers(keys.seen_integrations)
+        read(keys.swept_integrations, "set", set()).smembers(keys.swept_integrations)
+        read(keys.integrations, "set", set()).smembers(keys.integrations)
+        read(keys.stats, "hash", None).hget(keys.stats, "orders_dispatched")
+        read(keys.step_stats, "hash", {}).hgetall(keys.step_stats)
+        read(keys.kombo_requests, "hash", {}).hgetall(keys.kombo_requests)
+        read(queue.key, "list", 0).llen(queue.key)
+        read(queue.key, "list", None).lindex(queue.key, 0)
         for key in registries:
-            pipe.zcard(key)
+            read(key, "zset", 0).zcard(key)
         for key in expiring:
-            pipe.zcount(key, live, "+inf")
-        pipe.zrevrange(FailedJobRegistry(queue=queue).key, 0, 0)
+            read(key, "zset", 0).zcount(key, live, "+inf")
+        failed_key = FailedJobRegistry(queue=queue).key
+        read(failed_key, "zset", []).zrevrange(failed_key, 0, 0)
         (
             seen_ids,
             swept_ids,
@@ -282,24 +304,30 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
             queued,
             head,
             *counts,
-        ) = pipe.execute()
+        ) = read.execute()
     started, scheduled, deferred, finished, failed, canceled, newest_failed = counts
     configured = [*settings.kombo_integration_ids, *(_str(i) for i in registered_ids)]
     integration_ids = sorted(
         set(configured) | {_str(i) for i in seen_ids} | {_str(i) for i in swept_ids}
     )
-    with redis.pipeline(transaction=False) as pipe:
+    with _Reads(redis, refused) as read:
         for integration_id in integration_ids:
-            pipe.hlen(keys.seen(integration_id))
-            pipe.hgetall(keys.sweep(integration_id))
-            pipe.get(keys.lease(integration_id))
-            pipe.zscore(keys.schedule, integration_id)
-            pipe.sismember(keys.paused, integration_id)
-            pipe.hlen(keys.results(integration_id))
+            seen, sweep, lease = (f(integration_id) for f in (keys.seen, keys.sweep, keys.lease))
+            results = keys.results(integration_id)
+            read(seen, "hash", 0, integration_id).hlen(seen)
+            read(sweep, "hash", {}, integration_id).hgetall(sweep)
+            read(lease, "string", None, integration_id).get(lease)
+            read(keys.schedule, "zset", None).zscore(keys.schedule, integration_id)
+            read(keys.paused, "set", False).sismember(keys.paused, integration_id)
+            read(results, "hash", 0, integration_id).hlen(results)
         # A missing job reads as None: the same answer as "no such job".
-        pipe.hget(Job.key_for(_str(head or b"-")), "enqueued_at")
-        pipe.hget(Job.key_for(_str(newest_failed[0] if newest_failed else b"-")), "ended_at")
-        *per_integration, head_enqueued, newest_failed_ended = pipe.execute()
+        head_job = Job.key_for(_str(head or b"-"))
+        read(head_job, "hash", None).hget(head_job, "enqueued_at")
+        failed_job = Job.key_for(_str(newest_failed[0] if newest_failed else b"-"))
+        read(failed_job, "hash", None).hget(failed_job, "ended_at")
+        *per_integration, head_enqueued, newest_failed_ended = read.execute()
+    workers = _workers(queue, refused)
+    broken = refused.explain(redis)
     integrations = tuple(
         _integration(
             integration_id,
@@ -309,6 +337,7 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
             configured=(integration_id in configured) if configured else None,
             now=taken_at,
             stale_after=3 * settings.poll_interval + 60,
+            broken=tuple(b.key for b in broken if b.integration_id == integration_id),
         )
         for index, integration_id in enumerate(integration_ids)
     )
@@ -324,7 +353,6 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         oldest_queued_at=_rq_time(head_enqueued),
         last_failed_at=_rq_time(newest_failed_ended),
     )
-    workers = _workers(queue)
     snapshot = Snapshot(
         taken_at=taken_at,
         namespace=settings.namespace,
@@ -336,8 +364,69 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         handlers=_step_counts(step_stats),
         kombo_requests=tuple(read_request_series(requests)),
         problems=(),
+        broken_keys=broken,
     )
     return _with_problems(snapshot)
+
+
+class _Refused:
+    """Keys Redis refused to read while taking a snapshot (key -> expected type, integration,
+    the error): the snapshot shows the rest, and one problem per key."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[str, str | None, ResponseError]] = {}
+
+    def add(self, key: str, kind: str, integration_id: str | None, exc: ResponseError) -> None:
+        self.keys.setdefault(key, (kind, integration_id, exc))
+
+    def explain(self, redis: Redis) -> tuple[BrokenKey, ...]:
+        if not self.keys:
+            return ()
+        wrong = {w.key: w for w in find_wrong_types(redis, {k: v[0] for k, v in self.keys.items()})}
+        return tuple(
+            BrokenKey(
+                key,
+                integration_id,
+                str(wrong[key]) if key in wrong else f"key {printable(key)}: {describe(exc, [])}",
+            )
+            for key, (_, integration_id, exc) in self.keys.items()
+        )
+
+
+class _Reads:
+    """One pipeline of reads, each with its key, the key's type and the answer that stands in
+    when Redis refuses it: a key of the wrong type costs its own numbers, not the snapshot."""
+
+    def __init__(self, redis: Redis, refused: _Refused) -> None:
+        self._pipe = redis.pipeline(transaction=False)
+        self._refused = refused
+        self._reads: list[tuple[str, str, Any, str | None]] = []
+
+    def __enter__(self) -> _Reads:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pipe.reset()
+
+    def __call__(
+        self, key: str, kind: str, default: Any, integration_id: str | None = None
+    ) -> Pipeline:
+        """Declare the next command's key; returns the pipeline to queue the command on."""
+        self._reads.append((key, kind, default, integration_id))
+        return self._pipe
+
+    def execute(self) -> list[Any]:
+        # Connection errors still raise (Redis is away: nothing to show); refusals come back
+        # as replies.
+        replies = self._pipe.execute(raise_on_error=False)
+        answers = []
+        for (key, kind, default, integration_id), reply in zip(self._reads, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                self._refused.add(key, kind, integration_id, reply)
+                answers.append(default)
+            else:
+                answers.append(reply)
+        return answers
 
 
 # Answers per integration in the snapshot's second pipeline: seen count, sweep hash, lease,
@@ -354,6 +443,7 @@ def _integration(
     configured: bool | None,
     now: float,
     stale_after: float,
+    broken: tuple[str, ...] = (),
 ) -> IntegrationStatus:
     sweep = {_str(k): _str(v) for k, v in raw.items()}
     lease, due, paused, results = fleet
@@ -365,7 +455,9 @@ def _integration(
         error = SweepError(
             code, _error_message(integration_id, code, sweep["last_error"]), last_error_at
         )
-    if paused:
+    if broken:
+        state = FAILING  # whatever was recorded, the poller cannot work with this key
+    elif paused:
         state = PAUSED
     elif not sweep:
         state = NEVER_SWEPT
@@ -395,6 +487,7 @@ def _integration(
         watermark=_float(sweep.get("watermark")),
         last_sweep_kind=sweep.get("last_sweep_kind"),
         results_written=int(results or 0),
+        broken_keys=broken,
     )
 
 
@@ -407,7 +500,16 @@ def _error_message(integration_id: str, code: str | None, text: str) -> str:
     return text
 
 
-def _workers(queue: Queue) -> tuple[WorkerStatus, ...]:
+def _workers(queue: Queue, refused: _Refused) -> tuple[WorkerStatus, ...]:
+    try:
+        return _read_workers(queue)
+    except ResponseError as exc:
+        # RQ reads its worker set, then each worker's hash: the set is the likely culprit.
+        refused.add(f"rq:workers:{queue.name}", "set", None, exc)
+        return ()
+
+
+def _read_workers(queue: Queue) -> tuple[WorkerStatus, ...]:
     workers = sorted(Worker.all(queue=queue), key=lambda w: w.name)
     current = {w.name: w.get_current_job_id() for w in workers}
     job_ids = [job_id for job_id in current.values() if job_id]
@@ -455,11 +557,19 @@ def _step_counts(raw: Mapping[bytes, bytes]) -> dict[str, StepCounts]:
 
 def _with_problems(snapshot: Snapshot) -> Snapshot:
     now = snapshot.taken_at
-    problems: list[str] = []
+    problems: list[str] = [b.problem for b in snapshot.broken_keys if b.integration_id is None]
     for integration in snapshot.integrations:
-        name = f"integration {integration.integration_id}"
+        # Ids come from Kombo and webhooks: a problem stays one line whatever they hold.
+        name = f"integration {printable(integration.integration_id)}"
         error = integration.last_error
-        if integration.state == FAILING and error is not None:
+        if integration.broken_keys:
+            # The broken key is the news; a recorded error or "never swept" only echoes it.
+            problems.extend(
+                f"{name}: {b.problem}"
+                for b in snapshot.broken_keys
+                if b.integration_id == integration.integration_id
+            )
+        elif integration.state == FAILING and error is not None:
             errors = _text.plural(integration.error_count, "error")
             problems.append(
                 f"{name}: sweep failing: {error.code or 'error'}: {error.message} "
@@ -505,6 +615,7 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
         handlers=snapshot.handlers,
         kombo_requests=snapshot.kombo_requests,
         problems=tuple(problems),
+        broken_keys=snapshot.broken_keys,
     )
 
 
