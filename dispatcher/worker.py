@@ -25,7 +25,7 @@ from rq.registry import StartedJobRegistry
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from .failures import parse_failure
+from .failures import clean_traceback, parse_failure
 from .jobs import Runtime, install_runtime
 from .logs import OrderLogContext, contact_values, set_order_context
 from .settings import Settings
@@ -222,6 +222,9 @@ class _DispatcherWorkerMixin:
         exc_string: str = "",
         execution: Execution | None = None,
     ) -> Any:
+        # RQ stores this text with the job and in its results stream: a vendor's error body
+        # echoing a token, or megabytes of one, must not get there.
+        exc_string = clean_traceback(exc_string)
         _record_failure(job, exc_string)
         return super().handle_job_failure(  # type: ignore[misc]
             job,
