@@ -65,11 +65,15 @@ def clean_traceback(text: str) -> str:
     return "\n".join([*head, f"... ({cut} lines left out) ...", *tail])
 
 
-# dispatcher.jobs.HandlerFailed's message; the integration id may contain ":" and ")".
+# dispatcher.jobs.HandlerFailed's message, matched from its start only: the ids in it come
+# from Kombo and may hold spaces, ":", ")" or a whole fake "handler ... failed" line. The
+# handler name (from the operator's settings) is always right; the reason is, unless an id
+# holds "): ".
 _HANDLER_FAILED = re.compile(
-    r"handler (?P<handler>\S+) failed on order (?P<order>\S+) "
-    r"\(integration (?P<integration>.+?)\): (?P<reason>.*)$"
+    r"handler (?P<handler>\S+) failed on order (?P<order>.*?) "
+    r"\(integration (?P<integration>.*?)\): (?P<reason>.*)$"
 )
+_HANDLER_FAILED_TYPE = "dispatcher.jobs.HandlerFailed: "
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +103,7 @@ def parse_failure(exc_string: str | None) -> Failure:
         return Failure(None, "unknown (no error was recorded)")
     last = lines[-1]
     # "dispatcher.jobs.HandlerFailed: handler ..." or a bare "handler ..." message.
-    _, sep, message = last.partition("HandlerFailed: ")
-    match = _HANDLER_FAILED.search(message if sep else last)
+    match = _HANDLER_FAILED.match(last.removeprefix(_HANDLER_FAILED_TYPE))
     if match is not None:
         return Failure(match["handler"], match["reason"].strip() or "(no reason given)")
     return Failure(None, last)

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from _ops import (
+    FailsFor,
     dispatcher,
     env_for,
     keep_logging,  # noqa: F401 (autouse fixture)
@@ -45,8 +46,9 @@ from redis import Redis
 
 from _support import free_port
 from dispatcher import HandlerContext, Order, PermanentFailure, handler_settings
-from dispatcher.failures import MAX_REASON_LENGTH, MAX_TRACEBACK_LENGTH
+from dispatcher.failures import MAX_REASON_LENGTH, MAX_TRACEBACK_LENGTH, clean_reason
 from dispatcher.logs import configure_logging, escape_controls
+from dispatcher.redact import protect_secrets
 from dispatcher.simulator import Simulator
 from dispatcher.webhook import WEBHOOK_PATH
 from dispatcher_handlers.log import LogHandler
@@ -461,3 +463,30 @@ def test_every_json_record_is_one_object_on_one_line_holding_the_exact_values(
     (line,) = stream.getvalue().splitlines()
     entry = json.loads(line)
     assert entry["message"] == f"job {name}" and entry["order_id"] == order_id
+
+
+@pytest.mark.redis
+def test_an_order_id_forging_a_failure_line_cannot_blame_another_handler(
+    redis: Redis, redis_url: str, namespace: str, sim: Simulator
+) -> None:
+    # The handler and reason shown by `dispatcher failed` are read back from the exception
+    # line RQ stores: an order id holding a newline and a fake line must not become it.
+    forged_id = "o1\nhandler innocent failed on order o2 (integration x): forged reason"
+    sim.add_order(sim.integration_ids[0], id=forged_id)
+    settings = settings_for(redis_url, sim, namespace, DISPATCHER_MAX_RETRIES="0")
+    sweep(redis, settings, sim)
+    work(redis, settings, [FailsFor("guilty", {forged_id}, reason="vendor said no")])
+    failed = json.loads(dispatcher(["failed", "--json"], env_for(redis_url, settings)).stdout)
+    assert failed["handler"] == "guilty"
+    assert failed["reason"].startswith("vendor said no") and "forged" not in failed["reason"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=_hostile_text, padding=st.integers(0, 3 * MAX_REASON_LENGTH))
+def test_a_cleaned_reason_is_one_bounded_line_without_a_registered_secret(
+    text: str, padding: int
+) -> None:
+    protect_secrets([PROVISION_TOKEN])
+    reason = clean_reason(f"{text}{'y' * padding} Bearer {PROVISION_TOKEN} {text}")
+    assert len(reason) <= MAX_REASON_LENGTH and len(reason.splitlines()) <= 1
+    assert PROVISION_TOKEN not in reason and PROVISION_TOKEN[:-1] not in reason
