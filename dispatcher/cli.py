@@ -30,7 +30,7 @@ from .integrations import IntegrationRegistry, check_integration_id
 from .keys import Keys
 from .kombo import KomboClient, KomboError
 from .ledger import JobOptions, Ledger
-from .logs import configure_logging, protect_secrets, secret_values
+from .logs import configure_logging
 from .packages import (
     InvalidPackagesError,
     Package,
@@ -82,8 +82,6 @@ def _settings(ctx: click.Context) -> Settings:
             obj["settings"] = load_settings()
         except ConfigError as exc:
             _fail(str(exc))
-        # Defence in depth: whatever logs them by mistake, these values print as ***.
-        protect_secrets(secret_values(obj["settings"]))
     settings: Settings = obj["settings"]
     return settings
 

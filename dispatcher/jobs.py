@@ -26,9 +26,12 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import BaseTimeoutException, TimerDeathPenalty
 
+from .failures import clean_reason
 from .keys import Keys
+from .logs import escape_controls
 from .models import Order
 from .plugins import Handler, HandlerContext, PermanentFailure, RetryLater, load_handlers
+from .redact import scrub
 from .settings import Settings, load_settings
 
 __all__ = [
@@ -77,15 +80,20 @@ def current_runtime() -> Runtime:
 
 
 class HandlerFailed(Exception):
-    """A handler raised; the message names the handler and the order (RQ shows it)."""
+    """A handler raised; the message names the handler and the order (RQ shows it).
+
+    The message is one line with secrets masked, whatever the ids and the reason hold: RQ
+    stores it, and ``dispatcher failed`` reads the handler and reason back from it.
+    """
 
     def __init__(self, handler: str, integration_id: str, order_id: str, reason: str) -> None:
         self.handler = handler
         self.integration_id = integration_id
         self.order_id = order_id
-        self.reason = reason
+        self.reason = clean_reason(reason)
         super().__init__(
-            f"handler {handler} failed on order {order_id} (integration {integration_id}): {reason}"
+            f"handler {handler} failed on order {escape_controls(order_id)} "
+            f"(integration {escape_controls(integration_id)}): {self.reason}"
         )
 
 
@@ -272,7 +280,7 @@ def _run_step(
         with TimerDeathPenalty(timeout, HandlerTimeout):  # type: ignore[no-untyped-call]
             output = handler.handle(order, context)
     except Exception as exc:
-        reason = _reason(exc)
+        reason = clean_reason(_reason(exc))
         if isinstance(exc, HandlerTimeout):
             reason = f"timed out after {timeout:g}s"
         log.warning("handler %s failed: %s", handler.name, reason, extra=extra)
@@ -287,8 +295,9 @@ def _run_step(
             f"returned {type(output).__name__}, expected a mapping or None",
         )
     try:
-        # Outputs are stored in Redis and passed to later steps: only JSON goes through.
-        return dict(json.loads(json.dumps(output)))
+        # Outputs are stored in Redis and passed to later steps: only JSON goes through, and
+        # no secret (a vendor's answer may echo the token it was sent).
+        return dict(_scrub_json(json.loads(json.dumps(output))))
     except (TypeError, ValueError) as exc:
         raise HandlerFailed(
             handler.name,
@@ -296,6 +305,16 @@ def _run_step(
             order.id,
             f"returned a value that is not JSON-serialisable ({exc})",
         ) from None
+
+
+def _scrub_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {scrub(key): _scrub_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub_json(item) for item in value]
+    return value
 
 
 def _reason(exc: BaseException) -> str:

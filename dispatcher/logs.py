@@ -9,9 +9,17 @@ Two filters guard every line, as defence in depth behind code that should not lo
 things in the first place:
 
 - secret values (the API key, passwords, tokens, the webhook secret: every ``SecretStr`` of
-  the settings, and a password inside a URL) are replaced by ``***`` at every level;
+  the dispatcher's and the handlers' settings, and a password inside a URL; see
+  :mod:`dispatcher.redact`) are replaced by ``***`` at every level;
 - the contact data of the candidate of the order at hand (email, phone, names), and any
   email address, are replaced by ``<redacted>`` above DEBUG: they may appear at DEBUG only.
+
+In the text format every record is one line: control characters anywhere in it (CR, LF and
+the rest of C0, DEL, C1, the Unicode line and paragraph separators, bidi overrides) are
+written as backslash escapes, so that an order id, name or vendor message holding a newline
+cannot forge a line of its own. A traceback becomes part of its record's line the same way
+(``\n`` between its lines). Backslashes are not doubled: the text format is for reading; the
+JSON format is the exact one.
 """
 
 from __future__ import annotations
@@ -21,19 +29,19 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, SecretStr
+from .redact import protect_secrets, scrub, secret_values
 
 __all__ = [
     "OrderLogContext",
     "configure_logging",
     "contact_values",
+    "escape_controls",
     "order_context",
     "protect_secrets",
     "secret_values",
@@ -41,10 +49,7 @@ __all__ = [
 ]
 
 _CONTEXT_FIELDS = ("integration_id", "order_id", "handler", "job_id")
-_SECRET_MASK = "***"
 _PERSONAL_MASK = "<redacted>"
-# Shorter values would mask ordinary words; no real key, token or password is that short.
-_MIN_SECRET_LENGTH = 6
 _EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 
 
@@ -94,10 +99,6 @@ def contact_values(order: Mapping[str, Any]) -> tuple[str, ...]:
 class _Guard(logging.Filter):
     """Adds the order context, then masks secrets and (above DEBUG) personal data."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             self._guard(record)
@@ -127,9 +128,7 @@ class _Guard(logging.Filter):
             record.stack_info = self._scrub(record.stack_info, contact, personal)
 
     def _scrub(self, text: str, contact: tuple[str, ...], personal: bool) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, _SECRET_MASK)
+        text = scrub(text)
         if personal:
             for value in sorted(contact, key=len, reverse=True):
                 text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", _PERSONAL_MASK, text)
@@ -141,41 +140,27 @@ _FORMATTER = logging.Formatter()
 _guard = _Guard()
 
 
-def protect_secrets(values: Iterable[str]) -> None:
-    """Mask these values (and their JSON-escaped forms) wherever they would be logged."""
-    for value in values:
-        if len(value) >= _MIN_SECRET_LENGTH:
-            _guard.secrets.add(value)
-            _guard.secrets.add(json.dumps(value)[1:-1])
+# C0 controls, DEL and C1 (U+0085 NEL among them), the Unicode line and paragraph
+# separators, and the bidi embeddings, overrides and isolates (they reorder how a line is
+# shown): every character str.splitlines() breaks at, and those that disguise a line.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_JSON_BREAKS = re.compile("[\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def secret_values(settings: BaseModel) -> list[str]:
-    """Every secret the settings hold: ``SecretStr`` fields (also inside lists and mappings)
-    and passwords inside secret URLs."""
-    found: list[str] = []
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
-    def visit(value: object) -> None:
-        if isinstance(value, SecretStr):
-            secret = value.get_secret_value()
-            found.append(secret)
-            try:
-                password = urlsplit(secret).password
-            except ValueError:
-                password = None
-            if password:
-                found.append(password)
-        elif isinstance(value, Mapping):
-            for item in value.values():
-                visit(item)
-        elif isinstance(value, list | tuple | set | frozenset):
-            for item in value:
-                visit(item)
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                visit(getattr(value, name))
 
-    visit(settings)
-    return [value for value in found if value]
+def escape_controls(text: str) -> str:
+    """``text`` on one line: control characters as backslash escapes (``\\n``, ``\\x1b``,
+    ``\\u2028``)."""
+    return _CONTROLS.sub(_escape_one, text)
 
 
 class _TextFormatter(logging.Formatter):
@@ -183,13 +168,26 @@ class _TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        # logging.Formatter.format, with the context before the traceback and the whole
+        # record escaped onto one line (the message, the context values and the traceback
+        # all carry text from Kombo, the ATSs and vendors).
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
         context = " ".join(
             f"{name}={getattr(record, name)}"
             for name in _CONTEXT_FIELDS
             if getattr(record, name, None) is not None
         )
-        return f"{line} [{context}]" if context else line
+        if context:
+            line = f"{line} [{context}]"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line = f"{line}\n{record.exc_text}"
+        if record.stack_info:
+            line = f"{line}\n{self.formatStack(record.stack_info)}"
+        return escape_controls(line)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -208,7 +206,11 @@ class _JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exception"] = record.exc_text
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        line = json.dumps(entry, ensure_ascii=False, default=str)
+        # json.dumps escapes C0 controls only; these are line breaks to str.splitlines() and
+        # to some log shippers. They can only occur inside JSON strings: \u escapes there
+        # decode to the same value.
+        return _JSON_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 def configure_logging(

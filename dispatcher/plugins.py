@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from pydantic import BaseModel, ValidationError
 
 from .models import Order
+from .redact import protect_settings
 from .settings import Settings
 
 __all__ = [
@@ -200,10 +201,12 @@ def handler_settings(model: type[_SettingsT]) -> _SettingsT:
     """Build a handler's own settings (a pydantic-settings class), or raise HandlerConfigError.
 
     The error names the environment variable and never echoes its value, so a handler whose
-    configuration is missing stops the worker at start with one clear line.
+    configuration is missing stops the worker at start with one clear line. Every field
+    declared ``SecretStr`` (and the password of a secret URL) is registered to be masked in
+    logs and in failure reasons before they are stored (:mod:`dispatcher.redact`).
     """
     try:
-        return model()
+        settings = model()
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = str(first["loc"][0]) if first["loc"] else model.__name__
@@ -213,6 +216,8 @@ def handler_settings(model: type[_SettingsT]) -> _SettingsT:
         if first["type"] == "missing":
             message = "not set"
         raise HandlerConfigError(f"{name}: {message}") from None
+    protect_settings(settings)
+    return settings
 
 
 # -- an optional capability: refusing orders at the door -------------------------------------

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .redact import protect_settings
+
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 
@@ -239,10 +241,11 @@ def load_settings(**overrides: object) -> Settings:
     """Build the settings, turning a validation error into a one-line ConfigError.
 
     The message names the environment variable and never echoes the value, which may be
-    a secret.
+    a secret. Every secret of the settings is registered to be masked in logs and failure
+    reasons (:mod:`dispatcher.redact`).
     """
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = first["loc"][0] if first["loc"] else "settings"
@@ -250,6 +253,8 @@ def load_settings(**overrides: object) -> Settings:
         msg = first["msg"].removeprefix("Value error, ")
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise ConfigError(f"{name}: {msg}{more}") from None
+    protect_settings(settings)
+    return settings
 
 
 def _env_name(loc: str) -> str:

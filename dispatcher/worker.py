@@ -11,6 +11,7 @@ log lines with the order in hand and records every failed attempt in the job's m
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -25,8 +26,8 @@ from rq.registry import StartedJobRegistry
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from .failures import parse_failure
-from .jobs import Runtime, install_runtime
+from .failures import Failure, clean_traceback, parse_failure
+from .jobs import HandlerFailed, Runtime, install_runtime
 from .logs import OrderLogContext, contact_values, set_order_context
 from .settings import Settings
 
@@ -92,7 +93,7 @@ class _OrderQueue(Queue):
 def _record_failure(job: Job, exc_string: str) -> None:
     """Keep the failed attempt in the job's meta: RQ stores an attempt's error only when it is
     the last (no retry left), and ``dispatcher show`` / ``failed`` need every one."""
-    failure = parse_failure(exc_string)
+    failure = _live_failure(job) or parse_failure(exc_string)
     try:
         meta = job.get_meta(refresh=True)
         meta["failures"] = int(meta.get("failures", 0)) + 1
@@ -104,6 +105,15 @@ def _record_failure(job: Job, exc_string: str) -> None:
         job.save_meta()  # type: ignore[no-untyped-call]
     except (RedisError, ValueError, TypeError) as exc:
         log.warning("could not record the failure of job %s: %s", job.id, exc)
+
+
+def _live_failure(job: Job) -> Failure | None:
+    # RQ calls handle_job_failure in the block handling the job's exception: from the
+    # exception itself the handler and reason are exact, whatever the ids in its text hold.
+    exc = sys.exc_info()[1]
+    if isinstance(exc, HandlerFailed) and exc.order_id == (job.meta or {}).get("order_id"):
+        return Failure(exc.handler, exc.reason)
+    return None
 
 
 def _by_name(queue: Queue | str) -> Queue | str:
@@ -222,6 +232,9 @@ class _DispatcherWorkerMixin:
         exc_string: str = "",
         execution: Execution | None = None,
     ) -> Any:
+        # RQ stores this text with the job and in its results stream: a vendor's error body
+        # echoing a token, or megabytes of one, must not get there.
+        exc_string = clean_traceback(exc_string)
         _record_failure(job, exc_string)
         return super().handle_job_failure(  # type: ignore[misc]
             job,

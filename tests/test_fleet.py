@@ -104,7 +104,7 @@ def test_integrations_cli(redis: Redis, redis_url: str) -> None:
 def test_poll_without_any_integration_is_a_one_line_error(redis: Redis, redis_url: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dispatcher", "poll", "--once"],
-        env=dispatcher_env(redis_url, KOMBO_API_KEY="k"),
+        env=dispatcher_env(redis_url, KOMBO_API_KEY="sim-api-key"),
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2
