@@ -60,6 +60,7 @@ def _serve(port: int) -> None:
 
     from dispatcher.ledger import Ledger
     from dispatcher.settings import load_settings
+    from dispatcher.web import server_config
     from dispatcher.webhook import webhook_routes
 
     settings = load_settings()
@@ -71,7 +72,8 @@ def _serve(port: int) -> None:
         # (imported modules, pydantic schemas) out of the collector's reach, so that a full
         # collection stays short instead of stalling every delivery in flight (~30 ms here).
         gc.freeze()
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # Served as `dispatcher web` serves it (header deadline, connection limit).
+    uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port)).run()
 
 
 def _free_port() -> int:

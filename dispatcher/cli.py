@@ -860,7 +860,7 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
     try:
         import uvicorn
 
-        from .web import create_app
+        from .web import create_app, server_config
     except ImportError as exc:
         _fail(
             "dispatcher web needs the web extra: pip install 'kombo-dispatcher[web]' "
@@ -907,9 +907,12 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
     # handlers it found; these make that a clean exit 0, like the other commands.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _ignore_signal)
-    uvicorn.run(
-        app, host=host, port=port, log_config=None, access_log=access_log, server_header=False
+    server = uvicorn.Server(
+        server_config(app, settings, host=host, port=port, access_log=access_log)
     )
+    server.run()
+    if not server.started:
+        _fail(f"dispatcher web: could not serve on {host}:{port} (see the error above)", 1)
 
 
 def _ignore_signal(signum: int, frame: FrameType | None) -> None:

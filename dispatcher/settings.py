@@ -121,6 +121,32 @@ class Settings(BaseSettings):
         ),
     )
 
+    # `dispatcher web`: bounds on what an unauthenticated client may hold (see web.py).
+    web_header_timeout: float = Field(
+        10.0,
+        alias="DISPATCHER_WEB_HEADER_TIMEOUT",
+        gt=0,
+        description="Seconds a client has to send a request's headers; then it is disconnected.",
+    )
+    web_body_timeout: float = Field(
+        30.0,
+        alias="DISPATCHER_WEB_BODY_TIMEOUT",
+        gt=0,
+        description="Seconds a webhook delivery has to send its body once its headers are in.",
+    )
+    web_body_budget: int = Field(
+        8 * 1024 * 1024,
+        alias="DISPATCHER_WEB_BODY_BUDGET",
+        ge=1024 * 1024,
+        description="Bytes of webhook bodies held at once, across deliveries; then 503.",
+    )
+    web_max_connections: int = Field(
+        1000,
+        alias="DISPATCHER_WEB_MAX_CONNECTIONS",
+        ge=1,
+        description="Open connections (or requests) beyond which `dispatcher web` answers 503.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _queue_per_namespace(cls, data: object) -> object:

@@ -1,14 +1,19 @@
 """The dispatcher's web app (needs the ``web`` extra): ``/metrics`` and ``/healthz``.
 
 Other features add their routes through ``extra_routes`` (the webhook receiver does), so
-one ``dispatcher web`` process serves them all.
+one ``dispatcher web`` process serves them all. :func:`server_config` is how ``dispatcher
+web`` runs it under uvicorn, with the bounds an Internet-facing receiver needs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from typing import ClassVar
 
+import h11
+import uvicorn
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
@@ -16,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .keys import Keys
 from .metrics import CONTENT_TYPE, exposition
@@ -23,7 +29,7 @@ from .settings import Settings
 from .status import take_snapshot
 from .wrongtype import find_wrong_types, shared_keys
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "server_config"]
 
 log = logging.getLogger("dispatcher.web")
 
@@ -67,3 +73,91 @@ def create_app(
         *extra_routes,
     ]
     return Starlette(routes=routes)
+
+
+def server_config(
+    app: Starlette, settings: Settings, *, host: str, port: int, access_log: bool = False
+) -> uvicorn.Config:
+    """How ``dispatcher web`` serves ``app``: uvicorn's h11 server with a deadline on request
+    headers (``DISPATCHER_WEB_HEADER_TIMEOUT``), at most ``DISPATCHER_WEB_MAX_CONNECTIONS``
+    connections or requests at once (503 beyond), and h11's 16 KiB cap on a request's headers.
+    """
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=_header_deadline_protocol(settings.web_header_timeout),
+        limit_concurrency=settings.web_max_connections,
+        log_config=None,
+        access_log=access_log,
+        server_header=False,
+    )
+
+
+def _header_deadline_protocol(seconds: float) -> type[_HeaderDeadlineProtocol]:
+    # uvicorn builds the protocol itself, from the class: the deadline rides on a subclass.
+    return type("HeaderDeadlineProtocol", (_HeaderDeadlineProtocol,), {"header_timeout": seconds})
+
+
+class _HeaderDeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol, with a deadline on each request's headers.
+
+    uvicorn has no header timeout: ``timeout_keep_alive`` starts only after a response, and
+    any byte received cancels it. A client that connects and sends nothing, or sends its
+    headers a byte at a time (slowloris), kept its connection forever. Here, whenever the
+    connection waits for a request (from the connection's start, or the previous answer), the
+    request's headers must be complete within ``header_timeout`` seconds, however they trickle
+    in; else the connection is closed. The body's deadline is the app's (the webhook answers
+    408). A response sent before the client finished its body (a refusal, a GET with a body)
+    closes the connection: uvicorn would otherwise read and discard whatever trickles in
+    for ever, since each byte cancels its keep-alive timer.
+    """
+
+    header_timeout: ClassVar[float] = 10.0
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._watch_headers()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        self._watch_headers()
+
+    def on_response_complete(self) -> None:
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self.transport.close()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_deadline()
+        super().connection_lost(exc)
+
+    def _watch_headers(self) -> None:
+        # h11's client state is IDLE until a request's headers are complete.
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            self._stop_deadline()
+        elif self._header_deadline is None:
+            self._header_deadline = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _stop_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _too_slow(self) -> None:
+        self._header_deadline = None
+        if self.transport.is_closing():
+            return
+        # A client that began a request is worth a line; an idle kept-alive one is closed as
+        # quietly as uvicorn's keep-alive timeout closes it.
+        started, _ = self.conn.trailing_data
+        if started:
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            log.info(
+                "closed the connection of %s: request headers not complete within %g s "
+                "(DISPATCHER_WEB_HEADER_TIMEOUT)",
+                client,
+                self.header_timeout,
+            )
+        self.transport.close()

@@ -12,13 +12,16 @@ answer    when
 ========  ===================================================================================
 200       order enqueued; order already seen (a replay, or the poller was first); any other
           event type (logged and ignored)
-400       body not JSON, or the event or its order fails validation (``{"message": ...}``)
+400       body not JSON (or not UTF-8, or holding a lone surrogate such as ``"\ud800"``), or
+          the event or its order fails validation (``{"message": ...}``)
 401       ``X-Kombo-Signature`` missing or wrong; nothing is read further
+408       body not complete within ``DISPATCHER_WEB_BODY_TIMEOUT`` of the headers
 413       body over 1 MiB (refused from ``Content-Length``, or counted while streaming)
 422       order rejected: its package is not in ``DISPATCHER_ACCEPTED_PACKAGES`` or a handler's
           ``accepts`` refused it; ``{"message": ...}`` is shown in the ATS and the order is
           remembered as rejected, so polling never dispatches it
-503       Redis unreachable: Kombo keeps the order OPEN and polling picks it up later
+503       Redis unreachable: Kombo keeps the order OPEN and polling picks it up later; or
+          the bodies being read, not yet verified, hold ``DISPATCHER_WEB_BODY_BUDGET`` bytes
 ========  ===================================================================================
 """
 
@@ -28,7 +31,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import time
 from collections.abc import Coroutine, Sequence
@@ -37,6 +39,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import SecretStr
+from pydantic_core import from_json
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -71,8 +74,7 @@ _ORDER_EVENTS = frozenset({ORDER_EVENT, INLINE_ORDER_EVENT})
 
 def sign(secret: SecretStr | str | bytes, body: bytes) -> str:
     """Kombo's signature of ``body``: base64url, without ``=`` padding, of its HMAC-SHA256."""
-    digest = hmac.new(_key(secret), body, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return _signature(hmac.new(_key(secret), body, hashlib.sha256))
 
 
 def verify_signature(secret: SecretStr | str | bytes, body: bytes, header: str | None) -> bool:
@@ -82,13 +84,21 @@ def verify_signature(secret: SecretStr | str | bytes, body: bytes, header: str |
     a padded or standard-base64 spelling of the right digest is refused like a wrong one,
     since Kombo never sends it.
     """
+    return _matches(hmac.new(_key(secret), body, hashlib.sha256), header)
+
+
+def _signature(mac: hmac.HMAC) -> str:
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+
+
+def _matches(mac: hmac.HMAC, header: str | None) -> bool:
     if not header:
         return False
     try:
         given = header.encode("ascii")
     except UnicodeEncodeError:
         return False
-    return hmac.compare_digest(sign(secret, body).encode("ascii"), given)
+    return hmac.compare_digest(_signature(mac).encode("ascii"), given)
 
 
 def _key(secret: SecretStr | str | bytes) -> bytes:
@@ -118,12 +128,41 @@ def webhook_routes(
         accepted_packages=frozenset(settings.accepted_packages),
         acceptors=tuple(acceptors),
         inline_url=settings.inline_assessment_url,
+        body_timeout=settings.web_body_timeout,
+        body_budget=_BodyBudget(settings.web_body_budget),
     )
     return [Route(WEBHOOK_PATH, receiver.receive, methods=["POST"], name="kombo_webhook")]
 
 
 class _TooLarge(Exception):
     pass
+
+
+class _Busy(Exception):
+    """The body budget is spent: other deliveries' bodies are being read."""
+
+
+class _BodyBudget:
+    """Bytes of bodies read but not yet verified, across all deliveries at once.
+
+    Anyone can send a body: until its signature is checked it is a stranger's, and 40
+    strangers' bodies of 1 MiB each cost 40 MB. Kombo's deliveries are a few KB, so the
+    budget is reached only by a flood (answered 503, which Kombo retries and polling covers).
+    The receiver runs on one event loop: no lock needed.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
 
 
 class _Invalid(Exception):
@@ -174,12 +213,16 @@ class _Receiver:
         accepted_packages: frozenset[str],
         acceptors: tuple[Acceptor, ...],
         inline_url: str | None,
+        body_timeout: float,
+        body_budget: _BodyBudget,
     ) -> None:
         self.secret = secret
         self.ledger = ledger
         self.accepted_packages = accepted_packages
         self.acceptors = acceptors
         self.inline_url = inline_url
+        self.body_timeout = body_timeout
+        self.body_budget = body_budget
         self._pending: list[_Pending] = []
         self._draining = False
 
@@ -235,18 +278,35 @@ class _Receiver:
         if not header:
             log.warning("webhook refused: no %s header", SIGNATURE_HEADER)
             return _message(401, f"missing {SIGNATURE_HEADER} header")
+        # The rest of a refused body is never read: each refusal closes the connection rather
+        # than drain it.
+        close = {"Connection": "close"}
+        mac = hmac.new(_key(self.secret), digestmod=hashlib.sha256)
         try:
-            body = await _read_body(request, MAX_BODY_BYTES)
+            async with asyncio.timeout(self.body_timeout):
+                chunks = await _read_body(request, MAX_BODY_BYTES, self.body_budget, mac)
         except _TooLarge:
             log.warning("webhook refused: body over %d bytes", MAX_BODY_BYTES)
-            # The rest of the body is never read: close rather than drain the connection.
-            return _message(413, "body larger than 1 MiB", headers={"Connection": "close"})
+            return _message(413, "body larger than 1 MiB", headers=close)
+        except _Busy:
+            log.warning(
+                "webhook refused: %d bytes of unverified bodies are being read "
+                "(DISPATCHER_WEB_BODY_BUDGET)",
+                self.body_budget.held,
+            )
+            return _message(503, "too many deliveries being read; retry later", headers=close)
+        except TimeoutError:
+            log.warning(
+                "webhook refused: body not complete within %g s (DISPATCHER_WEB_BODY_TIMEOUT)",
+                self.body_timeout,
+            )
+            return _message(408, "body not complete in time", headers=close)
         except ClientDisconnect:
             return _message(400, "client disconnected before the body was complete")
-        if not verify_signature(self.secret, body, header):
+        if not _matches(mac, header):
             log.warning("webhook refused: %s does not match the body", SIGNATURE_HEADER)
             return _message(401, f"{SIGNATURE_HEADER} does not match the body")
-        return body
+        return b"".join(chunks)  # only now: a stranger's body is never copied whole
 
     def _inline_answer(self, event: _Event, integration_id: str, order: Order) -> dict[str, str]:
         if self.inline_url:
@@ -393,24 +453,41 @@ class _Receiver:
         return None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing from ``Content-Length`` or mid-stream once it passes ``limit``."""
+async def _read_body(
+    request: Request, limit: int, budget: _BodyBudget, mac: hmac.HMAC
+) -> list[bytes]:
+    """The body's chunks, each fed to ``mac`` as it arrives; refused from ``Content-Length``
+    or mid-stream once it passes ``limit``, or once ``budget`` has no room for a chunk."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _TooLarge
-    return bytes(body)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            if size + len(chunk) > limit:
+                raise _TooLarge
+            if not budget.take(len(chunk)):
+                raise _Busy
+            size += len(chunk)
+            mac.update(chunk)
+            chunks.append(chunk)
+        return chunks
+    finally:
+        # Given back on return too: the caller verifies the body before its next await, so
+        # no other delivery reads meanwhile; once verified, the body is Kombo's, not a
+        # stranger's.
+        budget.give(size)
 
 
 def _parse_event(body: bytes) -> _Event:
     try:
-        event = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        # json's messages name a position, never the content.
+        # pydantic-core's parser, as for Kombo's pages: unlike json.loads it refuses what no
+        # str may hold on its way to Redis, the logs or a URL (a lone surrogate, "\ud800", or
+        # its raw UTF-8 bytes) and any body not in UTF-8, so all that is a 400 here, never a
+        # 500 later. Its messages name a position, never the content.
+        event = from_json(body)
+    except ValueError as exc:
         raise _Invalid(f"body is not valid JSON: {exc}") from None
     if not isinstance(event, dict):
         raise _Invalid("body must be a JSON object")
