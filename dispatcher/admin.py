@@ -443,7 +443,14 @@ def _effect_keys(
     }
     found = {keys.effects(integration_id, order_id, name) for name in names}
     prefix = keys.effects(integration_id, order_id, "")
-    found.update(_str(key) for key in redis.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+    # A glob's "*" also matches ':': the effects of another order whose key starts the same
+    # (integration "a:b" order "c" after integration "a" order "b") are not this order's.
+    # Handler names hold no ':', so this order's keys have none after the prefix.
+    found.update(
+        key
+        for key in map(_str, redis.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+        if ":" not in key[len(prefix) :]
+    )
     return sorted(found)
 
 

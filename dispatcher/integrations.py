@@ -19,12 +19,13 @@ __all__ = ["IntegrationRegistry", "RegisteredIntegration", "check_integration_id
 
 # Kombo's ids look like "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"; be liberal but refuse what
 # would break key names or logs (whitespace, control characters).
-_INTEGRATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}$")
+_INTEGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}")
 
 
 def check_integration_id(value: str) -> str:
     """Return ``value`` if it can be an integration id, else raise ValueError naming it."""
-    if not _INTEGRATION_ID.match(value):
+    # fullmatch: a "$" would let a trailing newline through.
+    if not _INTEGRATION_ID.fullmatch(value):
         raise ValueError(
             f"{value!r} is not an integration id (expected something like greenhouse:HWUT…)"
         )

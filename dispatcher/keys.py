@@ -9,9 +9,43 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["SCHEMA", "KeySpec", "Keys", "job_id_for", "schema_markdown"]
+from redis.exceptions import ResponseError
+
+__all__ = [
+    "SCHEMA",
+    "KeySpec",
+    "Keys",
+    "WrongKeyTypeError",
+    "job_id_for",
+    "key_types_checked",
+    "lua_type_guard",
+    "order_ref",
+    "schema_markdown",
+]
+
+
+def order_ref(integration_id: str, order_id: str) -> str:
+    """One order as a key segment: ``integration:order``, unambiguous whatever the ids hold.
+
+    Real Kombo integration ids have exactly one ``:`` (``greenhouse:HWUT...``) and order ids
+    none: those pairs keep the plain form ``greenhouse:HWUT...:ORDER`` (two colons), so the
+    step records of deployed versions keep working. Any other pair has ``%`` and ``:``
+    percent-escaped in each id, joined by one ``:`` (exactly one colon). The two forms never
+    meet, and each is reversible, so two different pairs never share a key: integration
+    ``acme:AAA`` with order ``B:C`` is ``acme%3AAAA:B%3AC``, integration ``acme:AAA:B`` with
+    order ``C`` is ``acme%3AAAA%3AB:C``.
+    """
+    if integration_id.count(":") == 1 and ":" not in order_id:
+        return f"{integration_id}:{order_id}"
+    return f"{_escape(integration_id)}:{_escape(order_id)}"
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%25").replace(":", "%3A")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +70,15 @@ class Keys:
     def steps(self, integration_id: str, order_id: str) -> str:
         """Hash: handler name -> JSON {"output": ..., "completed_at": unix time} of each
         completed step of one order. Expires with the result TTL (outputs may hold personal
-        data)."""
-        return f"{self.namespace}:steps:{integration_id}:{order_id}"
+        data). The order is named by :func:`order_ref`."""
+        return f"{self.namespace}:steps:{order_ref(integration_id, order_id)}"
 
     def effects(self, integration_id: str, order_id: str, handler: str) -> str:
         """Set of sub-effects a step already performed (e.g. the recipients already mailed),
-        so a retried step skips them. Expires with the result TTL."""
-        return f"{self.namespace}:effects:{integration_id}:{order_id}:{handler}"
+        so a retried step skips them. Expires with the result TTL. The order is named by
+        :func:`order_ref`; handler names never contain ``:`` (plugins.check_handler), so the
+        handler is what follows the last ``:``."""
+        return f"{self.namespace}:effects:{order_ref(integration_id, order_id)}:{handler}"
 
     @property
     def step_stats(self) -> str:
@@ -95,12 +131,83 @@ class Keys:
         return f"{self.namespace}:results:{integration_id}"
 
 
+class WrongKeyTypeError(ResponseError):
+    """A key holds another type than the dispatcher writes there; nothing was written.
+
+    A ResponseError, as Redis's own WRONGTYPE answer is, so that whoever handles that
+    handles this; the message names the key, the type found and the type expected.
+    """
+
+    def __init__(
+        self, key: str, found: str, expected: str, *, integration_id: str | None = None
+    ) -> None:
+        self.key = key
+        self.found = found
+        self.expected = expected
+        self.integration_id = integration_id
+        where = f"integration {integration_id}: " if integration_id is not None else ""
+        super().__init__(
+            f"{where}Redis key {key} holds a {found}, expected a {expected}; nothing was "
+            "written (delete or repair the key)"
+        )
+
+
+# The error a guarded script answers: "<marker> <index of the key in KEYS> <type found>".
+_WRONG_TYPE = "DISPATCHER_WRONGTYPE"
+
+
+def lua_type_guard(expected: Sequence[str]) -> str:
+    """Lua that checks KEYS[1..n] against ``expected`` (Redis type names) before a script
+    writes anything, and answers an error naming the first key of another type (an absent
+    key is fine).
+
+    Redis does not roll back a script that fails part-way: a WRONGTYPE on its third write
+    leaves the first two written (an order marked seen but never enqueued). TYPE is cheap,
+    and nothing can change a key between the check and the writes of one script.
+    :func:`key_types_checked` turns the answer into a :class:`WrongKeyTypeError`.
+    """
+    types = ", ".join(f"'{name}'" for name in expected)
+    return f"""
+for i, expected in ipairs({{{types}}}) do
+  local found = redis.call('TYPE', KEYS[i])['ok']
+  if found ~= 'none' and found ~= expected then
+    return redis.error_reply('{_WRONG_TYPE} ' .. i .. ' ' .. found)
+  end
+end
+"""
+
+
+@contextmanager
+def key_types_checked(
+    keys: Sequence[str], expected: Sequence[str], *, integration_id: str | None = None
+) -> Iterator[None]:
+    """Around a script that starts with ``lua_type_guard(expected)``: its answer about a key
+    of the wrong type is raised as a :class:`WrongKeyTypeError` naming the key."""
+    try:
+        yield
+    except ResponseError as exc:
+        marker, _, rest = str(exc).partition(" ")
+        index, _, found = rest.partition(" ")
+        if marker != _WRONG_TYPE or not index.isdigit() or not 1 <= int(index) <= len(expected):
+            raise
+        position = int(index) - 1
+        raise WrongKeyTypeError(
+            keys[position],
+            found.split()[0] if found else "?",
+            expected[position],
+            integration_id=integration_id,
+        ) from None
+
+
 def job_id_for(namespace: str, integration_id: str, order_id: str) -> str:
     """The RQ job id of one order: deterministic, unique per (namespace, integration, order).
 
     RQ job ids allow only letters, digits, ``_`` and ``-``, and integration ids contain ``:``,
     so the triple is hashed rather than escaped. The namespace is part of it because RQ's job
-    keys (``rq:job:<id>``) are shared by every namespace on one Redis.
+    keys (``rq:job:<id>``) are shared by every namespace on one Redis. Joining with NUL is
+    unambiguous because no id holds one: order ids and the webhook's integration ids with
+    control characters are refused (:func:`dispatcher.models.check_id`); the namespace and
+    the configured integration ids are the operator's (``integrations add`` refuses them too).
     """
     digest = hashlib.blake2b(
         "\x00".join((namespace, integration_id, order_id)).encode(), digest_size=16
@@ -115,7 +222,8 @@ class KeySpec:
     ``pattern`` uses placeholders: ``{ns}`` (DISPATCHER_NAMESPACE), ``{queue}``
     (DISPATCHER_QUEUE), ``{job_id}`` (an order's job id, :func:`job_id_for`), and
     ``{integration}``, ``{order}``, ``{handler}``, ``{worker}``, ``{execution}``,
-    ``{scheduler}`` for ids.
+    ``{scheduler}`` for ids. ``{integration}:{order}`` is :func:`order_ref` of the pair: the
+    ids as they are for Kombo's usual shapes, else each escaped (``%3A``, ``%25``).
     """
 
     pattern: str
@@ -188,13 +296,16 @@ SCHEMA: tuple[KeySpec, ...] = (
         "{ns}:steps:{integration}:{order}",
         "hash",
         'handler -> JSON `{"output": ..., "completed_at": unix time}` of each completed step; '
-        "`_attempts`: runs of the job so far",
+        "`_attempts`: runs of the job so far. `{integration}:{order}` as they are when the "
+        "integration id has one `:` and the order id none, else each with `%`, `:` escaped "
+        "(`%25`, `%3A`)",
         "DISPATCHER_RESULT_TTL; `forget` deletes it",
     ),
     KeySpec(
         "{ns}:effects:{integration}:{order}:{handler}",
         "set",
-        "sub-effects a step already performed (e.g. recipients mailed)",
+        "sub-effects a step already performed (e.g. recipients mailed); "
+        "`{integration}:{order}` as in the steps key; handler names hold no `:`",
         "DISPATCHER_RESULT_TTL; `forget` deletes it",
     ),
     KeySpec(

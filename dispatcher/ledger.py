@@ -4,7 +4,10 @@ dedupe-and-enqueue step that the poller and the webhook receiver share.
 Invariants (see docs/design.md):
 
 - an order is marked seen in the same atomic Redis step (one Lua script) that writes its RQ
-  job and pushes it on the queue: a crash never leaves one without the other;
+  job and pushes it on the queue: a crash never leaves one without the other, nor does a key
+  of the wrong type (Redis does not roll back a script that fails part-way, so the script
+  checks the type of every key before it writes any, and answers WrongKeyTypeError naming
+  the key);
 - two callers dispatching the same order at the same time enqueue it once (the script's
   ``HSETNX`` is the arbiter, not a prior read);
 - a page costs at most three round trips, whatever its size: one ``HMGET`` to skip orders
@@ -24,16 +27,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import now
 
-from .keys import Keys, job_id_for
+from .keys import Keys, WrongKeyTypeError, job_id_for, key_types_checked, lua_type_guard
 from .models import Order, RawOrder, RawOrders
 from .settings import Settings
 
-__all__ = ["DispatchResult", "JobOptions", "Ledger", "parse_seen"]
+__all__ = ["DispatchResult", "JobOptions", "Ledger", "WrongKeyTypeError", "parse_seen"]
 
 JOB_FUNCTION = "dispatcher.jobs.process_order"
 _T = TypeVar("_T")
@@ -46,7 +49,13 @@ _T = TypeVar("_T")
 #       then per candidate: order id, job id, n, n job-hash field/value items of its own.
 # Seen values are "<first seen unix time>" or "<first seen unix time>:<generation of the last
 # full sweep that saw the order OPEN>" (what pruning reads).
-_DISPATCH_SCRIPT = """
+# The types of keys 1-5 are checked before anything is written (a WRONGTYPE part-way would
+# leave an order seen but never enqueued); a job key of another type is deleted before it is
+# written, as a stale job hash is.
+_DISPATCH_TYPES = ("hash", "list", "set", "set", "hash")
+_DISPATCH_SCRIPT = (
+    lua_type_guard(_DISPATCH_TYPES)
+    + """
 local m = tonumber(ARGV[5])
 for i = 6, 5 + m do
   local value = redis.call('HGET', KEYS[1], ARGV[i])
@@ -80,6 +89,7 @@ if #new > 0 then
 end
 return new
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +173,10 @@ class Ledger:
         ids = orders.ids if isinstance(orders, RawOrders) else [order.id for order in orders]
         last_at = {order_id: index for index, order_id in enumerate(ids)}  # one per id
         seen_key = self.keys.seen(integration_id)
-        values = self.redis.hmget(seen_key, list(last_at))
+        try:
+            values = self.redis.hmget(seen_key, list(last_at))
+        except ResponseError as exc:
+            raise self._wrong_type(exc, seen_key, "hash", integration_id) from None
         candidates: list[tuple[Order, dict[str, Any] | None]] = []
         to_mark: list[str] = []
         # A full sweep renews marks of a generation below stale_below; the values of marks
@@ -206,7 +219,8 @@ class Ledger:
             keys.append(Job.key_for(job_id))
             args.extend((order.id, job_id, len(fields)))
             args.extend(fields)
-        enqueued = self._run_script(keys, args)
+        with key_types_checked(keys, _DISPATCH_TYPES, integration_id=integration_id):
+            enqueued = self._run_script(keys, args)
         result.enqueued = [_text(order_id) for order_id in enqueued]
         result.already_seen += len(candidates) - len(result.enqueued)
         return result
@@ -218,6 +232,15 @@ class Ledger:
             # EVAL runs and caches the script in one round trip (redis-py's Script would
             # spend two: SCRIPT LOAD, then EVALSHA again).
             return self.redis.eval(_DISPATCH_SCRIPT, len(keys), *keys, *args)  # type: ignore[no-any-return]
+
+    def _wrong_type(
+        self, exc: ResponseError, key: str, expected: str, integration_id: str
+    ) -> ResponseError:
+        """Redis's bare WRONGTYPE answer (it names no key) as a WrongKeyTypeError."""
+        if not str(exc).startswith("WRONGTYPE"):
+            return exc
+        found = self.redis.type(key)
+        return WrongKeyTypeError(key, _text(found), expected, integration_id=integration_id)
 
     def seen_at(self, integration_id: str, order_id: str) -> float | None:
         """When an order was first dispatched (unix time), or None if it never was."""
@@ -350,10 +373,11 @@ class Ledger:
             self.keys.seen_integrations,
             self.keys.stats,
         ]
-        done = self.redis.eval(
-            _REJECT_SCRIPT, len(keys), *keys, order_id, f"{REJECTED_PREFIX}{now_}", record,
-            integration_id,
-        )  # fmt: skip
+        with key_types_checked(keys, _REJECT_TYPES, integration_id=integration_id):
+            done = self.redis.eval(
+                _REJECT_SCRIPT, len(keys), *keys, order_id, f"{REJECTED_PREFIX}{now_}", record,
+                integration_id,
+            )  # fmt: skip
         return bool(done)
 
     def rejection(self, integration_id: str, order_id: str) -> str | None:
@@ -378,7 +402,11 @@ REJECTED_PREFIX = "rejected:"
 
 # KEYS: 1 seen hash, 2 rejected hash, 3 seen-integrations set, 4 stats hash.
 # ARGV: 1 order id, 2 seen value, 3 rejection record (JSON), 4 integration id.
-_REJECT_SCRIPT = """
+# Types checked first, as in the dispatch script: never marked rejected without its reason.
+_REJECT_TYPES = ("hash", "hash", "set", "hash")
+_REJECT_SCRIPT = (
+    lua_type_guard(_REJECT_TYPES)
+    + """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return 0
 end
@@ -387,6 +415,7 @@ redis.call('SADD', KEYS[3], ARGV[4])
 redis.call('HINCRBY', KEYS[4], 'orders_rejected', 1)
 return 1
 """
+)
 
 
 # KEYS: 1 seen hash. ARGV: field, expected value pairs. Deletes a field only if it still holds

@@ -6,11 +6,12 @@ plain string) and strict where a wrong value would mislead a handler (types, req
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, NamedTuple, overload
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "Application",
@@ -24,8 +25,41 @@ __all__ = [
     "OrderValidationError",
     "RawOrder",
     "RawOrders",
+    "check_id",
+    "id_problem",
     "parse_order",
 ]
+
+# Ids from Kombo name Redis keys, job ids and log lines: bounded, and without the characters
+# that would forge a log line or a key (C0 controls, NUL included, DEL, C1 controls) or that
+# cannot be encoded (a lone surrogate, which json.loads lets through). Real Kombo ids are a
+# few dozen letters and digits.
+MAX_ID_LENGTH = 256
+_BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def id_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as an id from Kombo, or None when it can be one."""
+    if not value:
+        return "must not be empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {len(value)} characters long, at most {MAX_ID_LENGTH} allowed"
+    bad = _BAD_ID_CHAR.search(value)
+    if bad is not None:
+        kind = "a lone surrogate" if "\ud800" <= bad.group() <= "\udfff" else "a control character"
+        return f"contains {kind} (U+{ord(bad.group()):04X}) at position {bad.start()}"
+    return None
+
+
+def check_id(value: str) -> str:
+    """Return ``value`` if it can be an id from Kombo, else raise ValueError saying why."""
+    problem = id_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+KomboId = Annotated[str, AfterValidator(check_id)]
 
 
 class OrderStatus(StrEnum):
@@ -98,8 +132,8 @@ class Job(_KomboModel):
 class Order(_KomboModel):
     """One assessment order. ``status`` is absent on the deprecated open-orders endpoint."""
 
-    id: str = Field(min_length=1)
-    package_id: str
+    id: KomboId
+    package_id: KomboId
     status: OrderStatus | str | None = Field(None, union_mode="left_to_right")
     candidate: Candidate
     application: Application
@@ -126,11 +160,12 @@ def parse_order(raw: Any, *, position: int | None = None) -> Order:
         return Order.model_validate(raw)
     except ValidationError as exc:
         order_id = raw.get("id") if isinstance(raw, dict) else None
-        if not isinstance(order_id, str) or not order_id:
+        if not isinstance(order_id, str) or id_problem(order_id) is not None:
+            # An id that is not one is not echoed (it may be huge, or forge a log line).
             order_id = f"#{position}" if position is not None else "?"
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(order)"
-        problem = first["msg"]
+        problem = first["msg"].removeprefix("Value error, ")
         if len(exc.errors()) > 1:
             problem += f" (and {len(exc.errors()) - 1} more)"
         raise OrderValidationError(order_id, field, problem) from None

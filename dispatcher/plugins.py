@@ -176,6 +176,12 @@ def check_handler(name: str, handler: object) -> None:
         raise HandlerConfigError(f"handler {name!r}: has no `name` string attribute")
     if handler_name.startswith("_"):
         raise HandlerConfigError(f"handler {name!r}: names starting with '_' are reserved")
+    if ":" in handler_name or not handler_name.isprintable():
+        # The name ends Redis keys ({ns}:effects:<order>:<handler>) and counter fields
+        # (<handler>:completed): a ':' would make them ambiguous.
+        raise HandlerConfigError(
+            f"handler {name!r}: names must not contain ':' or control characters"
+        )
     if handler_name != name:
         raise HandlerConfigError(
             f"handler {name!r}: its `name` is {handler_name!r}; it must match the entry point"

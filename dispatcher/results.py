@@ -31,7 +31,7 @@ from pydantic import (
 )
 from redis import Redis
 
-from .keys import Keys
+from .keys import Keys, key_types_checked, lua_type_guard
 
 __all__ = [
     "MAX_ATTACHMENTS",
@@ -235,12 +235,17 @@ def attachment_from_file(path: str | Path) -> Attachment:
 
 # KEYS: 1 results hash, 2 stats hash. ARGV: 1 order id, 2 record (JSON).
 # The counter counts finished orders: a second write for the same order does not add one.
-_RECORD_SCRIPT = """
+# Types are checked first, so that the record and the counter are written together or not.
+_RECORD_TYPES = ("hash", "hash")
+_RECORD_SCRIPT = (
+    lua_type_guard(_RECORD_TYPES)
+    + """
 if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 then
   redis.call('HINCRBY', KEYS[2], 'results_written', 1)
 end
 return 1
 """
+)
 
 
 def record_result(
@@ -254,7 +259,9 @@ def record_result(
 ) -> None:
     """Mark an order finished after Kombo accepted its result (atomic: record and counter)."""
     record = json.dumps({"status": str(status), "at": int(clock())})
-    redis.eval(_RECORD_SCRIPT, 2, keys.results(integration_id), keys.stats, order_id, record)
+    names = [keys.results(integration_id), keys.stats]
+    with key_types_checked(names, _RECORD_TYPES, integration_id=integration_id):
+        redis.eval(_RECORD_SCRIPT, len(names), *names, order_id, record)
 
 
 def recorded_result(redis: Redis, keys: Keys, integration_id: str, order_id: str) -> Any:

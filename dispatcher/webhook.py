@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .ledger import Ledger
-from .models import Order, OrderStatus, OrderValidationError, parse_order
+from .models import Order, OrderStatus, OrderValidationError, id_problem, parse_order
 from .plugins import Acceptor, find_acceptors, load_handlers
 from .settings import Settings
 
@@ -506,6 +506,10 @@ def _parse_order(data: Any) -> tuple[str, Order]:
     integration_id = data.get("integration_id")
     if not isinstance(integration_id, str) or not integration_id:
         raise _Invalid("field data.integration_id: required (a non-empty string)")
+    # It names Redis keys and log lines, like the order id: the same rules.
+    problem = id_problem(integration_id)
+    if problem is not None:
+        raise _Invalid(f"field data.integration_id: {problem}")
     # The poller's orders do not carry it (the job does, beside the order): keep both paths'
     # jobs the same.
     fields = {key: value for key, value in data.items() if key != "integration_id"}

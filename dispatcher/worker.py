@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from redis import Redis
@@ -28,6 +28,7 @@ from rq.worker_pool import WorkerPool
 
 from .failures import Failure, clean_traceback, parse_failure
 from .jobs import HandlerFailed, Runtime, install_runtime
+from .keys import WrongKeyTypeError, key_types_checked, lua_type_guard
 from .logs import OrderLogContext, contact_values, set_order_context
 from .settings import Settings
 
@@ -56,13 +57,18 @@ RECOVERY_BOUND = HEARTBEAT_INTERVAL + HEARTBEAT_GRACE + (WORKER_TTL - 15) + MAIN
 # KEYS: 1 started registry, 2 job hash, 3 queue list. ARGV: 1 registry entry, 2 job id.
 # Whoever removes the registry entry requeues the job: at most one worker does, and the job is
 # never out of both the registry and the queue.
-_REQUEUE_ABANDONED = """
+# Types are checked first: a WRONGTYPE after the ZREM would lose the job.
+_REQUEUE_ABANDONED_TYPES = ("zset", "hash", "list")
+_REQUEUE_ABANDONED = (
+    lua_type_guard(_REQUEUE_ABANDONED_TYPES)
+    + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 if redis.call('HGET', KEYS[2], 'status') ~= 'started' then return 0 end
 redis.call('HSET', KEYS[2], 'status', 'queued')
 redis.call('RPUSH', KEYS[3], ARGV[2])
 return 1
 """
+)
 
 
 def _log_context(job: Job) -> OrderLogContext | None:
@@ -76,6 +82,24 @@ def _log_context(job: Job) -> OrderLogContext | None:
     except Exception:  # an unreadable payload fails the job later, with RQ's own report
         contact = ()
     return OrderLogContext(order_id, integration_id, job.id, contact)
+
+
+def _requeue(
+    connection: Redis,
+    script: str,
+    types: Sequence[str],
+    keys: list[str],
+    args: list[Any],
+    job_id: str,
+) -> bool:
+    """Run a requeue script; a key of the wrong type is logged (naming it) and skipped, the
+    job left where it is, rather than stopping the worker's maintenance."""
+    try:
+        with key_types_checked(keys, types):
+            return bool(connection.eval(script, len(keys), *keys, *args))
+    except WrongKeyTypeError as exc:
+        log.error("cannot requeue job %s: %s", job_id, exc)
+        return False
 
 
 class _OrderQueue(Queue):
@@ -122,11 +146,15 @@ def _by_name(queue: Queue | str) -> Queue | str:
 
 # KEYS: 1 intermediate list, 2 queue list. ARGV: 1 job id. A job a worker popped (RQ moves it
 # to the intermediate list first) but never started: put it back, at most once.
-_REQUEUE_STRANDED = """
+_REQUEUE_STRANDED_TYPES = ("list", "list")
+_REQUEUE_STRANDED = (
+    lua_type_guard(_REQUEUE_STRANDED_TYPES)
+    + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 return 1
 """
+)
 # How long a job may sit popped but not started before it counts as stranded (a live worker
 # takes microseconds).
 STRANDED_AFTER = 10
@@ -195,7 +223,14 @@ class _DispatcherWorkerMixin:
                 continue
             if time.time() - first_seen.timestamp() < STRANDED_AFTER:
                 continue
-            if connection.eval(_REQUEUE_STRANDED, 2, intermediate.key, queue.key, job_id):
+            if _requeue(
+                connection,
+                _REQUEUE_STRANDED,
+                _REQUEUE_STRANDED_TYPES,
+                [intermediate.key, queue.key],
+                [job_id],
+                job_id,
+            ):
                 connection.delete(intermediate.get_first_seen_key(job_id))
                 requeued += 1
                 log.warning("requeued job %s: popped by a worker that never started it", job_id)
@@ -209,10 +244,14 @@ class _DispatcherWorkerMixin:
         entries = connection.zrangebyscore(registry.key, 0, time.time())
         for entry in cast("list[bytes]", entries):
             job_id = registry.parse_job_id(entry)
-            done = connection.eval(
-                _REQUEUE_ABANDONED, 3, registry.key, Job.key_for(job_id), queue.key, entry, job_id
-            )
-            if done:
+            if _requeue(
+                connection,
+                _REQUEUE_ABANDONED,
+                _REQUEUE_ABANDONED_TYPES,
+                [registry.key, Job.key_for(job_id), queue.key],
+                [entry, job_id],
+                job_id,
+            ):
                 requeued += 1
                 log.warning("requeued job %s: its worker stopped heartbeating", job_id)
         return requeued

@@ -56,11 +56,22 @@ locations = st.none() | st.fixed_dictionaries(
 )
 
 
+# Ids as Kombo may send them: any unicode but control characters (models.check_id).
+kombo_ids = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cc"]), min_size=1, max_size=20
+)
+# Ids that would forge a log line or a key, or are too long. (A lone surrogate does not even
+# parse as JSON from Kombo: tests/test_hostile_keys.py sends one by webhook.)
+hostile_ids = st.text(st.characters(categories=["Cc"]), min_size=1, max_size=3).flatmap(
+    lambda bad: st.sampled_from([bad, f"ORD{bad}", f"{bad}x"])
+) | st.just("O" * 257)
+
+
 @st.composite
 def orders(draw: st.DrawFn, order_id: str) -> dict[str, Any]:
     order = {
         "id": order_id,
-        "package_id": draw(st.text(min_size=1, max_size=20)),
+        "package_id": draw(kombo_ids),
         "status": draw(st.sampled_from(["OPEN", "COMPLETED", "CANCELLED", "REJECTED", "NEW_ONE"])),
         "candidate": {
             "remote_id": draw(nullable),
@@ -91,8 +102,8 @@ def pages(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 # Where a wrong value must be refused, and values that are wrong there.
 REQUIRED_PATHS = [
-    ("id", st.none() | st.integers() | st.just("")),
-    ("package_id", st.none() | st.integers() | st.lists(text, max_size=1)),
+    ("id", st.none() | st.integers() | st.just("") | hostile_ids),
+    ("package_id", st.none() | st.integers() | st.lists(text, max_size=1) | hostile_ids),
     ("candidate", st.none() | text | st.integers()),
     ("candidate.email", st.none() | st.integers() | st.lists(text, max_size=1)),
     ("application", st.none() | text),
