@@ -147,8 +147,8 @@ class WrongKeyTypeError(ResponseError):
         self.integration_id = integration_id
         where = f"integration {integration_id}: " if integration_id is not None else ""
         super().__init__(
-            f"{where}Redis key {key} holds a {found}, expected a {expected}; nothing was "
-            "written (delete or repair the key)"
+            f"{where}key {key} holds a {found} where a {expected} belongs; nothing was "
+            "written: repair or delete it"
         )
 
 

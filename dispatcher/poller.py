@@ -30,7 +30,7 @@ from redis.typing import EncodableT, FieldT
 
 from .integrations import IntegrationRegistry
 from .kombo import InvalidPageError, KomboClient, KomboError, OrdersPage
-from .ledger import Ledger, WrongKeyTypeError
+from .ledger import Ledger
 from .models import OrderValidationError
 from .schedule import Schedule
 from .telemetry import RequestStats
@@ -213,11 +213,9 @@ class Poller:
         except KomboError as exc:
             result.error = str(exc)
             result.error_code = exc.code or (f"HTTP {exc.status_code}" if exc.status_code else None)
-        except WrongKeyTypeError as exc:
-            # Not an outage: one key of this integration needs repair; the others go on.
-            result.error = str(exc)
-            result.error_code = "WRONG_KEY_TYPE"
         except RedisError as exc:
+            # A refusal (a key of the wrong type, WrongKeyTypeError from a guarded script
+            # included) is not an outage: one key of this integration needs repair.
             if is_refusal(exc):
                 return self._refused(result, exc, started)
             return self._redis_failure(result, exc)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import ReadOnlyError, ResponseError
 
-from .keys import Keys
+from .keys import Keys, WrongKeyTypeError
 
 __all__ = [
     "WRONGTYPE_CODE",
@@ -39,7 +39,9 @@ WRONGTYPE_CODE = "REDIS.WRONGTYPE"
 
 def is_wrong_type(exc: BaseException) -> bool:
     """True for Redis's ``WRONGTYPE`` answer (a script's error reply of that kind included)."""
-    return isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc)
+    return isinstance(exc, WrongKeyTypeError) or (
+        isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc)
+    )
 
 
 def is_refusal(exc: BaseException) -> bool:

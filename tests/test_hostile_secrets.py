@@ -383,8 +383,9 @@ def test_an_order_forging_log_lines_through_the_poller_and_the_worker_stays_on_i
 ) -> None:
     sim = Simulator(["greenhouse:Forge1", "lever:Forge2"], 0, seed=6)
     job = {"remote_id": "j1", "name": f"Engineer{FORGED}", "hiring_team": []}
-    sim.add_order(sim.integration_ids[0], id=FORGED, package_id=f"pkg{FORGED}", job=job)
-    # An order that cannot parse: the poller's error names it.
+    # Ids with control characters are refused at the door (they never reach a log line raw);
+    # names are not, and the worker logs the job's name.
+    sim.add_order(sim.integration_ids[0], id="ok1", package_id="pkg1", job=job)
     sim.add_order(sim.integration_ids[1], id=f"bad{FORGED}", candidate={"email": 5})
     settings = settings_for(redis_url, sim, namespace)
     stream = io.StringIO()
@@ -393,9 +394,9 @@ def test_an_order_forging_log_lines_through_the_poller_and_the_worker_stays_on_i
     work(redis, settings, [LogHandler()], logging_level="DEBUG")
     text = stream.getvalue()
     lines = assert_one_line_per_record(text, len(text.splitlines()))
-    assert escape_controls(FORGED) in text
-    assert any("sweep failed" in line and "order badx\\n2026" in line for line in lines)
+    assert "FORGED" in text  # the name is shown, escaped, on its own record's line
     assert any(f"job Engineer{escape_controls(FORGED)}" in line for line in lines)
+    assert any("lever:Forge2" in line and "field id" in line for line in lines)
 
 
 def test_a_webhook_event_and_integration_id_cannot_forge_log_lines(fake_redis: Redis) -> None:
@@ -470,8 +471,9 @@ def test_an_order_id_forging_a_failure_line_cannot_blame_another_handler(
     redis: Redis, redis_url: str, namespace: str, sim: Simulator
 ) -> None:
     # The handler and reason shown by `dispatcher failed` are read back from the exception
-    # line RQ stores: an order id holding a newline and a fake line must not become it.
-    forged_id = "o1\nhandler innocent failed on order o2 (integration x): forged reason"
+    # line RQ stores: an order id holding a fake failure line must not become it. (A newline
+    # in an id is refused at the door now; spaces are not, and Kombo ids are opaque.)
+    forged_id = "o1 handler innocent failed on order o2 (integration x): forged reason"
     sim.add_order(sim.integration_ids[0], id=forged_id)
     settings = settings_for(redis_url, sim, namespace, DISPATCHER_MAX_RETRIES="0")
     sweep(redis, settings, sim)
