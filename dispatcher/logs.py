@@ -50,7 +50,12 @@ __all__ = [
 
 _CONTEXT_FIELDS = ("integration_id", "order_id", "handler", "job_id")
 _PERSONAL_MASK = "<redacted>"
-_EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+# The lookbehind makes a match start only where a run of address characters starts: without
+# it a long run with no "@" (a vendor's megabyte error page) costs quadratic time.
+_EMAIL = re.compile(r"(?<![\w.+\-])[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+# A record's text is cut to this many characters before it is scrubbed and written: error
+# bodies come from vendors and can be megabytes.
+MAX_RECORD_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +133,12 @@ class _Guard(logging.Filter):
             record.stack_info = self._scrub(record.stack_info, contact, personal)
 
     def _scrub(self, text: str, contact: tuple[str, ...], personal: bool) -> str:
+        if len(text) > MAX_RECORD_CHARS:
+            cut = len(text) - MAX_RECORD_CHARS
+            text = (
+                f"{text[: MAX_RECORD_CHARS // 2]} [... {cut} characters cut ...] "
+                + (text[-MAX_RECORD_CHARS // 2 :])
+            )
         text = scrub(text)
         if personal:
             for value in sorted(contact, key=len, reverse=True):

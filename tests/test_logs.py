@@ -186,3 +186,16 @@ def test_poll_and_worker_logs_in_json_name_the_order_and_never_the_key(
     for entry in about_orders:
         assert entry.get("order_id") in order_ids, entry
         assert entry.get("integration_id") in sim.integration_ids, entry
+
+
+@pytest.mark.timeout(20)
+def test_a_megabyte_message_without_an_address_is_cut_and_scrubbed_in_linear_time() -> None:
+    # A vendor's error page is attacker-controlled: a long run of word characters without
+    # "@" made the address mask backtrack quadratically (minutes for 1 MB, the worker stuck).
+    stream = io.StringIO()
+    configure_logging("INFO", "text", stream=stream)
+    logging.getLogger("dispatcher.test").error("vendor said %s", "y" * 2_000_000 + " a@b.example")
+    line = stream.getvalue()
+    assert "characters cut" in line
+    assert len(line) < 70_000
+    assert "a@b.example" not in line
