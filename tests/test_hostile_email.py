@@ -189,7 +189,9 @@ def test_a_hostile_member_name_adds_no_recipient_and_no_header(
 def test_hostile_candidate_job_and_order_id_inject_no_header(mailbox: Mailbox) -> None:
     order = order_with(
         member(GOOD),
-        order_id="O1\r\nBcc: evil@x.com",
+        # An order id with CR/LF is refused by the models before any handler sees it; one
+        # with a header-like tail is not.
+        order_id="O1 Bcc: evil@x.com",
         candidate={"remote_id": "c", "email": "c@x.com", "first_name": "Zoë\r\nBcc: evil@x.com"},
         job={"name": "Opener\nCc: evil@x.com", "hiring_team": []},
     )
