@@ -128,6 +128,10 @@ class IntegrationStatus:
     watermark: float | None = None
     last_sweep_kind: str | None = None
     results_written: int = 0
+    # New orders left out as invalid (they can never validate): how many the last sweep that
+    # met any found, and the first of them, until a full sweep finds none.
+    invalid_orders: int = 0
+    last_invalid_order: SweepError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +222,15 @@ class Snapshot:
                     "watermark": _round(i.watermark),
                     "last_sweep_kind": i.last_sweep_kind,
                     "results_written": i.results_written,
+                    "invalid_orders": i.invalid_orders,
+                    "last_invalid_order": (
+                        None
+                        if i.last_invalid_order is None
+                        else {
+                            "message": i.last_invalid_order.message,
+                            "at": _round(i.last_invalid_order.at),
+                        }
+                    ),
                     "last_error": (
                         None
                         if i.last_error is None
@@ -395,6 +408,14 @@ def _integration(
         watermark=_float(sweep.get("watermark")),
         last_sweep_kind=sweep.get("last_sweep_kind"),
         results_written=int(results or 0),
+        invalid_orders=_int(sweep.get("invalid_orders")) or 0,
+        last_invalid_order=(
+            SweepError(
+                "INVALID_ORDER", sweep["last_invalid_order"], _float(sweep.get("last_invalid_at"))
+            )
+            if sweep.get("last_invalid_order")
+            else None
+        ),
     )
 
 
@@ -465,7 +486,13 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
                 f"{name}: sweep failing: {error.code or 'error'}: {error.message} "
                 f"({_text.ago(error.at, now)}, {errors} so far)"
             )
-        elif integration.state == NEVER_SWEPT:
+        if integration.invalid_orders and integration.last_invalid_order is not None:
+            invalid = integration.last_invalid_order
+            problems.append(
+                f"{name}: {_text.plural(integration.invalid_orders, 'invalid order')} not "
+                f"dispatched: {invalid.message} ({_text.ago(invalid.at, now)})"
+            )
+        if integration.state == NEVER_SWEPT:
             problems.append(f"{name}: never swept: is `dispatcher poll` running?")
         elif integration.state == STALE:
             problems.append(
