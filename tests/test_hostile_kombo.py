@@ -310,6 +310,9 @@ def test_the_backoff_never_overflows_however_many_attempts() -> None:
 # -- item 7: pages that never end ---------------------------------------------------------------
 
 
+# Requests after which a stub attack gives up (answers a last, empty page).
+ATTACK_REQUESTS = 50
+
 LOOPS = {
     # cursor -> (orders of its page, next cursor); None is the first page
     "A->A": {None: ("P", "A"), "A": ("Q", "A")},
@@ -322,10 +325,13 @@ def test_a_cursor_loop_is_its_integrations_error_and_no_page_is_fetched_twice(
     redis: Redis, redis_url: str, stub_factory: Any, loop: str
 ) -> None:
     pages = LOOPS[loop]
+    stub: StubKombo
 
     def route(integration: str, cursor: str | None) -> Answer:
         if integration == GOOD:
             return ok(page(orders("G", 2)))
+        if stub.count(BAD) > ATTACK_REQUESTS:
+            return ok(page([]))  # the attack ends: a client that falls for it fails, not hangs
         prefix, next_cursor = pages[cursor]
         return ok(page(orders(prefix, 2), next_cursor))
 
@@ -351,7 +357,11 @@ def test_a_cursor_loop_is_its_integrations_error_and_no_page_is_fetched_twice(
 
 
 def test_cursors_that_never_end_stop_at_the_page_cap(redis: Redis, stub_factory: Any) -> None:
+    stub: StubKombo
+
     def route(integration: str, cursor: str | None) -> Answer:
+        if stub.count(BAD) > ATTACK_REQUESTS:
+            return ok(page([]))  # the attack ends: a client that falls for it fails, not hangs
         n = int(cursor or 0)
         return ok(page(orders(f"N{n}-", 1), str(n + 1)))  # a new cursor, forever
 
