@@ -365,7 +365,9 @@ class KomboClient:
                         extra={"integration_id": integration_id},
                     )
                     return {}
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                # DecodingError: a body its Content-Encoding cannot undo (garbled gzip),
+                # judged like a garbled body: retried.
                 body = None
                 error = KomboError(
                     f"{type(exc).__name__} on {method} /{path}",
@@ -424,7 +426,7 @@ class KomboClient:
                         raise _too_large(
                             method, path, integration_id, status, f"more than {limit} bytes"
                         )
-            except httpx.TransportError:
+            except (httpx.TransportError, httpx.DecodingError):
                 status = None  # no whole answer came
                 raise
             finally:

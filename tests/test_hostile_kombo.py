@@ -426,6 +426,19 @@ def test_the_size_cap_stops_reading_an_endless_body() -> None:
     assert sent <= 17  # 1 MiB and one chunk more, not 256 MiB
 
 
+def test_a_body_its_content_encoding_cannot_undo_is_retried_not_a_crash(
+    redis: Redis, stub_factory: Any
+) -> None:
+    # httpx raises DecodingError for a garbled gzip body: it used to escape the sweep (and
+    # crash `poll --once` with a traceback).
+    stub = stub_factory(lambda integration, cursor: (200, {"Content-Encoding": "gzip"}, b"junk"))
+    report = make_poller(stub, redis, [BAD], retry_budget=0).sweep()
+    assert (
+        report.errors[BAD] == f"integration {BAD}: network: DecodingError on GET /assessment/orders"
+    )
+    assert stub.count(BAD) == 1
+
+
 # -- item 7: orders that never parse ------------------------------------------------------------
 
 
