@@ -3,7 +3,14 @@
 The public surface for handler authors and embedders; everything else is internal.
 """
 
-from .kombo import InvalidPageError, KomboClient, KomboError, OrdersPage
+from .kombo import (
+    InvalidPageError,
+    KomboClient,
+    KomboError,
+    KomboLimitError,
+    KomboStopped,
+    OrdersPage,
+)
 from .ledger import DispatchResult, Ledger
 from .models import (
     Application,
@@ -44,6 +51,8 @@ __all__ = [
     "Job",
     "KomboClient",
     "KomboError",
+    "KomboLimitError",
+    "KomboStopped",
     "Ledger",
     "Location",
     "Order",

@@ -194,7 +194,8 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
 
     Loops every DISPATCHER_POLL_INTERVAL seconds (with jitter) until SIGTERM or SIGINT,
     which finish the current page and exit 0. With --once: one sweep, exit 1 if an
-    integration still failed after retries.
+    integration still failed after retries; SIGTERM or SIGINT stop it the same way (no
+    further request, retries included) and it prints the report of what it swept.
     """
     settings = _settings(ctx)
     share_of = _parse_share(share) if share is not None else None
@@ -220,6 +221,10 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
             max_connections=settings.sweep_concurrency,
             sleep=lambda seconds: _sleep_unless(stop, seconds),
             observer=request_stats.observe,
+            # Once stopping, no retry: the sleep above returns at once, and retrying on
+            # would send Kombo a request a millisecond.
+            should_stop=stop.is_set,
+            max_response_bytes=settings.max_response_bytes,
         ) as client,
         _stop_on_signals(stop),
     ):
@@ -237,6 +242,7 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
                 backoff_cap=settings.backoff_cap,
                 seen_retention=settings.seen_retention,
                 prune_after_sweeps=settings.prune_after_sweeps,
+                max_pages=settings.max_pages_per_sweep,
             ),
             schedule=Schedule(redis, ledger.keys, lease_ttl=settings.lease_ttl),
             stop=stop,
@@ -311,6 +317,8 @@ def _gather_reports(children: list[subprocess.Popen[str]], as_json: bool) -> NoR
         report.pages += part["pages"]
         report.orders_seen += part["orders_seen"]
         report.orders_new += part["orders_new"]
+        report.interrupted += part["interrupted"]
+        report.invalid_orders += part["invalid_orders"]
         report.errors.update(part["errors"])  # each child printed its own error lines
     _echo_report(report, as_json)
     sys.exit(1 if report.errors else 0)
@@ -341,6 +349,8 @@ def _echo_report(report: SweepReport, as_json: bool) -> None:
         click.echo(
             f"{report.integrations} integrations, {report.pages} pages, "
             f"{report.orders_seen} OPEN orders seen, {report.orders_new} new"
+            + (f", {report.invalid_orders} invalid" if report.invalid_orders else "")
+            + (f", {report.interrupted} interrupted by a stop" if report.interrupted else "")
         )
 
 
@@ -939,6 +949,7 @@ def _kombo_client(settings: Settings) -> KomboClient:
         settings.kombo_base_url,
         timeout=settings.kombo_timeout,
         retry_budget=settings.kombo_retry_budget,
+        max_response_bytes=settings.max_response_bytes,
     )
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json import loads as _json_loads
 from typing import Annotated, Any, NotRequired
 from urllib.parse import quote
 
@@ -22,10 +25,13 @@ from .packages import PACKAGE_FIELDS, InvalidPackagesError, Package, parse_packa
 from .results import AssessmentResult
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "RETRYABLE_CODES",
     "InvalidPageError",
     "KomboClient",
     "KomboError",
+    "KomboLimitError",
+    "KomboStopped",
     "OrdersPage",
     "RequestObserver",
 ]
@@ -53,6 +59,13 @@ seconds it took."""
 
 _BACKOFF_BASE = 1.0
 _BACKOFF_CAP = 30.0
+# 2**16 seconds is far past the cap already: a larger exponent only risks overflowing a float
+# (a client retrying in a tight loop once reached attempt 1,025).
+_BACKOFF_MAX_EXPONENT = 16
+
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+"""The largest Kombo answer read (DISPATCHER_MAX_RESPONSE_BYTES): a page of 250 orders with
+long job descriptions is a few MB."""
 
 
 class KomboError(Exception):
@@ -98,8 +111,27 @@ class KomboError(Exception):
         return self.status_code == 429 or self.status_code >= 500
 
 
+class KomboLimitError(KomboError):
+    """Kombo's answer broke one of the client's limits: a response larger than
+    ``max_response_bytes``, a cursor already followed in the same listing (``CURSOR_LOOP``),
+    more pages than ``max_pages`` (``TOO_MANY_PAGES``). Never retried: asking again would
+    break it again. ``code`` is the client's own (Kombo's codes have a ``PLATFORM.`` or
+    ``REMOTE.`` prefix)."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class KomboStopped(Exception):
+    """The client was asked to stop (``should_stop``): it sends no further request, not even
+    a retry. Not a failure of the integration: the work is left for the next sweep."""
+
+
 class InvalidPageError(Exception):
-    """A page of orders failed validation; nothing of it may be dispatched."""
+    """A page failed validation as a whole (no list of orders, a cursor that is not text):
+    nothing of it may be dispatched. One invalid order does not fail its page: see
+    :attr:`OrdersPage.invalid` and :attr:`RawOrder.problem`."""
 
     def __init__(self, integration_id: str, error: OrderValidationError) -> None:
         self.integration_id = integration_id
@@ -120,11 +152,16 @@ class OrdersPage:
     integration_id: str
     results: Sequence[RawOrder]
     next: str | None
+    # Orders without a usable id (none, not a string, not Unicode): they cannot be deduped,
+    # so they are reported on every sweep and never dispatched; the rest of the page is.
+    invalid: Sequence[OrderValidationError] = ()
 
     @property
     def orders(self) -> list[Order]:
         """Every order of the page, validated (again on each access); InvalidPageError names
         the first invalid order and field."""
+        if self.invalid:
+            raise InvalidPageError(self.integration_id, self.invalid[0])
         try:
             return [raw.parse() for raw in self.results]
         except OrderValidationError as exc:
@@ -136,6 +173,9 @@ class KomboClient:
 
     Retries 429s, 5xx, timeouts and connection errors with exponential backoff and full
     jitter, honouring ``Retry-After``, for at most ``retry_budget`` seconds per request.
+    Once ``should_stop()`` is true it sends nothing more, retries included, and raises
+    :class:`KomboStopped`. An answer is read up to ``max_response_bytes`` (decompressed);
+    a larger one is a :class:`KomboLimitError`.
     The API key is held as a secret and never logged, raised or shown in a repr.
     ``observer``, when given, is called after every request (see :data:`RequestObserver`).
     """
@@ -153,8 +193,12 @@ class KomboClient:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         observer: RequestObserver | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self._observer = observer
+        self._should_stop = should_stop
+        self.max_response_bytes = max_response_bytes
         self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
         self._http = httpx.Client(
             base_url=base_url.rstrip("/") + "/",
@@ -227,34 +271,37 @@ class KomboClient:
         ids: Sequence[str] | None = None,
         created_after: datetime | str | None = None,
         page_size: int | None = None,
+        max_pages: int | None = None,
     ) -> Iterator[OrdersPage]:
-        """Every page of ``GET /assessment/orders``, keeping the filters while paging."""
-        cursor: str | None = None
-        while True:
-            page = self.get_orders(
+        """Every page of ``GET /assessment/orders``, keeping the filters while paging.
+
+        Raises :class:`KomboLimitError` instead of following a cursor already followed
+        (``CURSOR_LOOP``) or reading more than ``max_pages`` pages (``TOO_MANY_PAGES``).
+        """
+        return _follow(
+            "GET /assessment/orders",
+            integration_id,
+            lambda cursor: self.get_orders(
                 integration_id,
                 statuses=statuses,
                 ids=ids,
                 created_after=created_after,
                 page_size=page_size,
                 cursor=cursor,
-            )
-            yield page
-            if not page.next:
-                return
-            cursor = page.next
+            ),
+            max_pages,
+        )
 
     def iter_open_order_pages(
-        self, integration_id: str, *, page_size: int | None = None
+        self, integration_id: str, *, page_size: int | None = None, max_pages: int | None = None
     ) -> Iterator[OrdersPage]:
-        """Every page of the deprecated open-orders endpoint."""
-        cursor: str | None = None
-        while True:
-            page = self.get_open_orders(integration_id, page_size=page_size, cursor=cursor)
-            yield page
-            if not page.next:
-                return
-            cursor = page.next
+        """Every page of the deprecated open-orders endpoint (limits as in iter_order_pages)."""
+        return _follow(
+            "GET /assessment/orders/open",
+            integration_id,
+            lambda cursor: self.get_open_orders(integration_id, page_size=page_size, cursor=cursor),
+            max_pages,
+        )
 
     def _get_page(self, path: str, integration_id: str, params: dict[str, str]) -> OrdersPage:
         body = self._request(
@@ -291,18 +338,20 @@ class KomboClient:
         attempt = 0
         while True:
             attempt += 1
+            # Checked before every attempt: a stop request ends retrying at once (the
+            # retry's sleep returns early then; looping on would hammer Kombo).
+            if self._should_stop is not None and self._should_stop():
+                raise KomboStopped(f"integration {integration_id}: stopped before {method} /{path}")
             retry_after: float | None = None
-            sent = time.perf_counter()
             try:
-                response = self._http.request(
-                    method, path, params=params, json=json, headers=headers
+                response, content = self._send(
+                    method, path, integration_id, params=params, json=json, headers=headers
                 )
-                self._observe(method, path, response.status_code, sent)
                 if fast_decode is not None and response.is_success:
-                    decoded = fast_decode(response.content)
+                    decoded = fast_decode(content)
                     if decoded is not None:
                         return decoded
-                body, error = _decode(response, integration_id)
+                body, error = _decode(response, content, integration_id)
                 retry_after = _retry_after(response)
                 if error is not None and method != "GET" and response.is_success:
                     # Kombo took the write (2xx) but its answer was garbled in transit: a
@@ -316,8 +365,9 @@ class KomboClient:
                         extra={"integration_id": integration_id},
                     )
                     return {}
-            except httpx.TransportError as exc:
-                self._observe(method, path, None, sent)
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                # DecodingError: a body its Content-Encoding cannot undo (garbled gzip),
+                # judged like a garbled body: retried.
                 body = None
                 error = KomboError(
                     f"{type(exc).__name__} on {method} /{path}",
@@ -327,11 +377,7 @@ class KomboClient:
                 return body
             if not error.retryable:
                 raise error
-            delay = (
-                retry_after
-                if retry_after is not None
-                else self._rng.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1)))
-            )
+            delay = retry_after if retry_after is not None else self._backoff(attempt)
             if self._clock() - started + delay > self.retry_budget:
                 raise error
             log.warning(
@@ -344,6 +390,50 @@ class KomboClient:
                 extra={"integration_id": integration_id},
             )
             self._sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter over an exponential ceiling, capped (the exponent too)."""
+        exponent = min(attempt - 1, _BACKOFF_MAX_EXPONENT)
+        return self._rng.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**exponent))
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        integration_id: str,
+        *,
+        params: dict[str, str] | None,
+        json: Any,
+        headers: dict[str, str],
+    ) -> tuple[httpx.Response, bytes]:
+        """One request: the response and its body, read no further than max_response_bytes
+        (a page of huge orders, or an endless body, must not fill the poller's memory)."""
+        request = self._http.build_request(method, path, params=params, json=json, headers=headers)
+        sent = time.perf_counter()
+        status: int | None = None
+        try:
+            response = self._http.send(request, stream=True)
+            status = response.status_code
+            try:
+                limit = self.max_response_bytes
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise _too_large(method, path, integration_id, status, f"{declared} bytes")
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        raise _too_large(
+                            method, path, integration_id, status, f"more than {limit} bytes"
+                        )
+            except (httpx.TransportError, httpx.DecodingError):
+                status = None  # no whole answer came
+                raise
+            finally:
+                response.close()
+        finally:
+            self._observe(method, path, status, sent)
+        return response, bytes(body)
 
     def _observe(self, method: str, path: str, status: int | None, sent: float) -> None:
         if self._observer is not None:
@@ -396,11 +486,59 @@ class KomboClient:
         return _warnings(body)
 
 
-def _decode(response: httpx.Response, integration_id: str) -> tuple[Any, KomboError | None]:
+def _too_large(
+    method: str, path: str, integration_id: str, status: int, size: str
+) -> KomboLimitError:
+    return KomboLimitError(
+        f"{method} /{path}: answer of {size} is over the limit (DISPATCHER_MAX_RESPONSE_BYTES)",
+        code="RESPONSE_TOO_LARGE",
+        status_code=status,
+        integration_id=integration_id,
+    )
+
+
+def _follow(
+    endpoint: str,
+    integration_id: str,
+    fetch: Callable[[str | None], OrdersPage],
+    max_pages: int | None,
+) -> Iterator[OrdersPage]:
+    """Pages from the first to the last, following each cursor once: a cursor already
+    followed (A -> A, A -> B -> A) would repeat pages forever, so it ends the listing with
+    ``CURSOR_LOOP`` before its page is fetched again; past ``max_pages`` pages,
+    ``TOO_MANY_PAGES`` (cursors that never repeat and never end)."""
+    followed: dict[bytes, int] = {}  # digest of a cursor -> the page it fetched
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = fetch(cursor)
+        pages += 1
+        yield page
+        if not page.next:
+            return
+        if max_pages is not None and pages >= max_pages:
+            raise KomboLimitError(
+                f"{endpoint}: still more pages after {pages} (DISPATCHER_MAX_PAGES_PER_SWEEP)",
+                code="TOO_MANY_PAGES",
+                integration_id=integration_id,
+            )
+        # A digest, not the cursor: Kombo's cursors are short, a hostile one need not be.
+        digest = hashlib.blake2b(page.next.encode(), digest_size=16).digest()
+        if digest in followed:
+            raise KomboLimitError(
+                f"{endpoint}: page {pages} leads back to page {followed[digest]} (a cursor loop)",
+                code="CURSOR_LOOP",
+                integration_id=integration_id,
+            )
+        followed[digest] = pages + 1
+        cursor = page.next
+
+
+def _decode(
+    response: httpx.Response, content: bytes, integration_id: str
+) -> tuple[Any, KomboError | None]:
     try:
-        # pydantic-core's parser (pydantic's own): twice as fast as json.loads on a page of
-        # 250 orders, which is most of a re-sweep's CPU.
-        body = from_json(response.content)
+        body = _loads(content)
     except ValueError:
         # A truncated or garbled body is most often a transient proxy fault: retry it.
         return None, KomboError(
@@ -423,6 +561,69 @@ def _decode(response: httpx.Response, integration_id: str) -> tuple[Any, KomboEr
         status_code=response.status_code,
         integration_id=integration_id,
     )
+
+
+class _Unreadable:
+    """Stands in for a value that cannot be read, such as a number of 5,000 digits (more
+    than Python converts): only the order holding it is spoiled, not its page."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+    def __repr__(self) -> str:
+        return f"<{self.problem}>"
+
+
+def _parse_int(text: str) -> int | _Unreadable:
+    try:
+        return int(text)
+    except ValueError:  # more digits than sys.get_int_max_str_digits()
+        return _Unreadable(f"a number of {len(text.lstrip('-'))} digits, too large to read")
+
+
+def _loads(content: bytes) -> Any:
+    """The JSON body, decoded by pydantic-core (twice as fast as json.loads on a page of 250
+    orders, which is most of a re-sweep's CPU). When pydantic-core refuses it, the stdlib
+    tries again, with any number too large to read replaced by an :class:`_Unreadable` and
+    lone surrogates kept (:func:`_unreadable` finds both): one order's bad value must not
+    make its whole page unreadable. ValueError when the body is not JSON at all."""
+    try:
+        return from_json(content)
+    except ValueError:
+        pass
+    try:
+        return _json_loads(content, parse_int=_parse_int)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+# A UTF-16 surrogate on its own: JSON can spell one ("\ud800"), UTF-8 cannot encode it, so
+# neither Redis nor a log line could take the text.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unreadable(value: Any) -> tuple[str, str] | None:
+    """(field path, problem) of the first value in ``value`` that cannot be passed on: an
+    :class:`_Unreadable` number, or text (a value or a key) holding a lone surrogate."""
+    stack: list[tuple[str, Any]] = [("", value)]  # iterative: nesting may be deep
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, _Unreadable):
+            return path or "(order)", item.problem
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item):
+                return path or "(order)", "text that is not valid Unicode"
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                if _LONE_SURROGATE.search(key):
+                    return path or "(order)", "a key that is not valid Unicode"
+                stack.append((f"{path}.{key}" if path else key, child))
+        elif isinstance(item, list):
+            for index in reversed(range(len(item))):
+                stack.append((f"{path}.{index}" if path else str(index), item[index]))
+    return None
 
 
 def _warnings(body: Any) -> list[str]:
@@ -498,15 +699,35 @@ def _parse_page(integration_id: str, body: Any) -> OrdersPage:
             OrderValidationError("(page)", "data.results", "missing or not a list"),
         )
     next_cursor = data.get("next")
-    if next_cursor is not None and not isinstance(next_cursor, str):
+    if next_cursor is not None and (
+        not isinstance(next_cursor, str) or _LONE_SURROGATE.search(next_cursor)
+    ):
         raise InvalidPageError(
-            integration_id, OrderValidationError("(page)", "data.next", "not a string or null")
+            integration_id,
+            OrderValidationError("(page)", "data.next", "not a string (valid Unicode) or null"),
         )
-    try:
-        raw_orders = [RawOrder.check(raw, position) for position, raw in enumerate(results)]
-    except OrderValidationError as exc:
-        raise InvalidPageError(integration_id, exc) from None
-    return OrdersPage(integration_id, raw_orders, next_cursor or None)
+    raw_orders: list[RawOrder] = []
+    invalid: list[OrderValidationError] = []
+    for position, raw in enumerate(results):
+        # This path runs only when the fast one could not read the page: checking every
+        # value of every order is affordable here.
+        try:
+            order = RawOrder.check(raw, position)
+        except OrderValidationError as exc:
+            invalid.append(exc)
+            continue
+        if _LONE_SURROGATE.search(order.id):  # an id Redis cannot store cannot be deduped
+            invalid.append(
+                OrderValidationError(f"#{position}", "id", "text that is not valid Unicode")
+            )
+            continue
+        found = _unreadable(raw)
+        if found is None:
+            raw_orders.append(order)
+        else:
+            problem = OrderValidationError(order.id, *found)
+            raw_orders.append(order._replace(problem=problem))
+    return OrdersPage(integration_id, raw_orders, next_cursor or None, invalid)
 
 
 def _format_created_after(value: datetime | str) -> str:

@@ -33,7 +33,7 @@ from rq.job import Job, JobStatus
 from rq.utils import now
 
 from .keys import Keys, WrongKeyTypeError, job_id_for, key_types_checked, lua_type_guard
-from .models import Order, RawOrder, RawOrders
+from .models import Order, OrderValidationError, RawOrder, RawOrders
 from .settings import Settings
 
 __all__ = ["DispatchResult", "JobOptions", "Ledger", "WrongKeyTypeError", "parse_seen"]
@@ -113,14 +113,17 @@ class JobOptions:
 
 @dataclass(slots=True)
 class DispatchResult:
-    """What one dispatch call did: the order ids it enqueued and how many were already seen."""
+    """What one dispatch call did: the order ids it enqueued, how many were already seen, and
+    the new orders it left out because they failed validation (``invalid``)."""
 
     enqueued: list[str] = field(default_factory=list)
     already_seen: int = 0
+    invalid: list[OrderValidationError] = field(default_factory=list)
 
     def __iadd__(self, other: DispatchResult) -> DispatchResult:
         self.enqueued.extend(other.enqueued)
         self.already_seen += other.already_seen
+        self.invalid.extend(other.invalid)
         return self
 
 
@@ -159,7 +162,9 @@ class Ledger:
         """Enqueue every order not seen before, atomically marking it seen; skip the rest.
 
         A :class:`RawOrder` (an order as Kombo sent it) is validated only if it was not seen
-        before; an invalid one raises OrderValidationError and nothing of the call is written.
+        before; an invalid one is left out, neither enqueued nor marked seen (so that it is
+        dispatched once its ATS corrects it), and returned in ``invalid``: one order that
+        can never validate must not hold up the orders beside it.
         ``generation`` is the number of the full sweep in progress, if any: orders it sees
         are marked with it, so that pruning never forgets an order that is still OPEN (see
         :meth:`prune`; a mark is renewed only when it is about to fall out of the
@@ -178,6 +183,7 @@ class Ledger:
         except ResponseError as exc:
             raise self._wrong_type(exc, seen_key, "hash", integration_id) from None
         candidates: list[tuple[Order, dict[str, Any] | None]] = []
+        invalid: list[OrderValidationError] = []
         to_mark: list[str] = []
         # A full sweep renews marks of a generation below stale_below; the values of marks
         # still fresh end in one of ``fresh``: most values of a full sweep, checked unparsed.
@@ -189,16 +195,22 @@ class Ledger:
         for (order_id, index), value in zip(last_at.items(), values, strict=True):
             if value is None:
                 order = orders[index]
-                candidates.append(
-                    (order.parse(), order.data) if isinstance(order, RawOrder) else (order, None)
-                )
+                if not isinstance(order, RawOrder):
+                    candidates.append((order, None))
+                    continue
+                try:
+                    candidates.append((order.parse(), order.data))
+                except OrderValidationError as exc:
+                    invalid.append(exc)
             elif (
                 stale_below is not None
                 and not (isinstance(value, bytes) and value.endswith(fresh))
                 and _generation(value) < stale_below
             ):
                 to_mark.append(order_id)
-        result = DispatchResult(already_seen=len(orders) - len(candidates))
+        result = DispatchResult(
+            already_seen=len(orders) - len(candidates) - len(invalid), invalid=invalid
+        )
         if not candidates and not to_mark:
             return result
         suffix = f":{generation}" if generation is not None else ""

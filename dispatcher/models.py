@@ -182,6 +182,9 @@ class RawOrder(NamedTuple):
     id: str
     data: dict[str, Any]
     position: int
+    # Set when the order can never validate whatever the ledger knows (a number too large to
+    # read, text that is not Unicode): parse() raises it, and only for an order not seen yet.
+    problem: OrderValidationError | None = None
 
     @classmethod
     def check(cls, raw: Any, position: int) -> RawOrder:
@@ -195,6 +198,8 @@ class RawOrder(NamedTuple):
 
     def parse(self) -> Order:
         """The validated order; OrderValidationError names the order and the field."""
+        if self.problem is not None:
+            raise self.problem
         return parse_order(self.data, position=self.position)
 
 

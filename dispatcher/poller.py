@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from .integrations import IntegrationRegistry
-from .kombo import InvalidPageError, KomboClient, KomboError, OrdersPage
+from .kombo import InvalidPageError, KomboClient, KomboError, KomboStopped, OrdersPage
 from .ledger import Ledger
 from .models import OrderValidationError
 from .schedule import Schedule
@@ -59,6 +59,9 @@ class SweepPolicy:
     backoff_cap: float = 900.0
     seen_retention: float = 30 * 24 * 3600.0
     prune_after_sweeps: int = 3
+    # Pages one sweep of one integration may read: a listing whose cursors never end is
+    # an error, not a poller stuck for good (250 orders a page: 5,000,000 orders).
+    max_pages: int = 20_000
 
 
 @dataclass(slots=True)
@@ -76,6 +79,9 @@ class IntegrationSweep:
     error_order_id: str | None = None
     interrupted: bool = False
     consecutive_failures: int = 0
+    # New orders left out because they can never validate ("order X: field Y: problem"):
+    # not a failure of the sweep, which dispatched the orders beside them.
+    invalid_orders: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -86,6 +92,9 @@ class SweepReport:
     pages: int = 0
     orders_seen: int = 0
     orders_new: int = 0
+    # Integrations not swept to the end because a stop was requested (SIGTERM, SIGINT).
+    interrupted: int = 0
+    invalid_orders: int = 0
     errors: dict[str, str] = field(default_factory=dict)
     results: list[IntegrationSweep] = field(default_factory=list)
 
@@ -95,6 +104,8 @@ class SweepReport:
         self.pages += one.pages
         self.orders_seen += one.orders_seen
         self.orders_new += one.orders_new
+        self.interrupted += one.interrupted
+        self.invalid_orders += len(one.invalid_orders)
         if one.error is not None:
             self.errors[one.integration_id] = one.error
 
@@ -104,6 +115,8 @@ class SweepReport:
             "pages": self.pages,
             "orders_seen": self.orders_seen,
             "orders_new": self.orders_new,
+            "interrupted": self.interrupted,
+            "invalid_orders": self.invalid_orders,
             "errors": dict(self.errors),
         }
 
@@ -206,6 +219,11 @@ class Poller:
             created_after = float(state["watermark"]) - self.policy.incremental_overlap
         try:
             self._sweep_pages(result, created_after, generation, leased)
+        except KomboStopped:
+            # Stopping: the client sent nothing more. The pages in hand stay dispatched; the
+            # rest is the next sweep's, as after a stop between pages.
+            result.interrupted = True
+            log.info("stopping after page %d", result.pages, extra=extra)
         except InvalidPageError as exc:
             result.error = str(exc)
             result.error_code = "INVALID_PAGE"
@@ -259,8 +277,17 @@ class Poller:
             except OrderValidationError as exc:
                 raise InvalidPageError(integration_id, exc) from None
             result.pages += 1
-            result.orders_seen += len(page.results)
+            result.orders_seen += len(page.results) + len(page.invalid)
             result.orders_new += len(dispatched.enqueued)
+            for problem in (*page.invalid, *dispatched.invalid):
+                # Once per sweep that meets the order: it stays unseen, so that it is
+                # dispatched as soon as its ATS corrects it.
+                log.error(
+                    "order not dispatched: %s",
+                    problem,
+                    extra={"integration_id": integration_id, "order_id": problem.order_id},
+                )
+                result.invalid_orders.append(str(problem))
             if leased and page.next and not self.schedule.renew(integration_id):
                 result.error = f"integration {integration_id}: lease lost mid-sweep"
                 result.error_code = "LEASE_LOST"
@@ -324,12 +351,16 @@ class Poller:
         return now - float(state.get("full_sweep_at", 0)) >= self.policy.full_sweep_interval
 
     def _pages(self, integration_id: str, created_after: float | None) -> Iterator[OrdersPage]:
+        max_pages = self.policy.max_pages
         if self.endpoint == "open":
-            return self.client.iter_open_order_pages(integration_id, page_size=self.page_size)
+            return self.client.iter_open_order_pages(
+                integration_id, page_size=self.page_size, max_pages=max_pages
+            )
         return self.client.iter_order_pages(
             integration_id,
             statuses=("OPEN",),
             page_size=self.page_size,
+            max_pages=max_pages,
             created_after=(
                 datetime.fromtimestamp(created_after, UTC) if created_after is not None else None
             ),
@@ -338,34 +369,16 @@ class Poller:
     def _record(self, result: IntegrationSweep, started: float, generation: int | None) -> None:
         """Keep the integration's sweep state in Redis: for the next sweep and for status."""
         now = self._clock()
-        fields: dict[FieldT, EncodableT] = {
-            "last_attempt_at": now,
-            "duration": round(now - started, 3),
-            "consecutive_failures": result.consecutive_failures,
-        }
-        if result.error is None and not result.interrupted:
-            fields.update(
-                last_sweep_at=now,
-                watermark=started,
-                orders_seen=result.orders_seen,
-                orders_new=result.orders_new,
-                pages=result.pages,
-                last_sweep_kind="full" if result.full else "incremental",
-            )
-            if generation is not None:
-                fields.update(full_sweep_at=started, generation=generation)
-        elif result.error is not None:
-            fields.update(
-                last_error=result.error,
-                last_error_code=result.error_code or "",
-                last_error_at=now,
-            )
+        fields = _sweep_fields(result, started, now, generation)
+        forget_invalid = _record_invalid(result, fields, now)
         keys = self.ledger.keys
         key = keys.sweep(result.integration_id)
         counts, seconds = self.request_stats.drain() if self.request_stats else ({}, {})
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hset(key, mapping=fields)
+                if forget_invalid:
+                    pipe.hdel(key, "invalid_orders", "last_invalid_order", "last_invalid_at")
                 if result.error is not None:
                     pipe.hincrby(key, "error_count", 1)
                 pipe.sadd(keys.swept_integrations, result.integration_id)
@@ -512,5 +525,55 @@ class Poller:
         return started + interval * (1.0 + self._rng.uniform(0.0, 0.1))
 
 
+def _record_invalid(result: IntegrationSweep, fields: dict[FieldT, EncodableT], now: float) -> bool:
+    """Add the sweep's invalid orders to its record's ``fields``; True when the last ones
+    recorded are to be forgotten.
+
+    They stay recorded until a complete full sweep (which sees every OPEN order) finds none:
+    an incremental sweep does not see older orders again.
+    """
+    if result.invalid_orders:
+        fields.update(
+            invalid_orders=len(result.invalid_orders),
+            # Bounded: the message quotes an order id, which Kombo chose.
+            last_invalid_order=result.invalid_orders[0][:_MAX_STORED_MESSAGE],
+            last_invalid_at=now,
+        )
+        return False
+    return result.full and result.error is None and not result.interrupted
+
+
+_MAX_STORED_MESSAGE = 500
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _sweep_fields(
+    result: IntegrationSweep, started: float, now: float, generation: int | None
+) -> dict[FieldT, EncodableT]:
+    """The sweep hash fields one sweep sets (the invalid-order fields aside)."""
+    fields: dict[FieldT, EncodableT] = {
+        "last_attempt_at": now,
+        "duration": round(now - started, 3),
+        "consecutive_failures": result.consecutive_failures,
+    }
+    if result.error is None and not result.interrupted:
+        fields.update(
+            last_sweep_at=now,
+            watermark=started,
+            orders_seen=result.orders_seen,
+            orders_new=result.orders_new,
+            pages=result.pages,
+            last_sweep_kind="full" if result.full else "incremental",
+        )
+        if generation is not None:
+            fields.update(full_sweep_at=started, generation=generation)
+    elif result.error is not None:
+        fields.update(
+            last_error=result.error,
+            last_error_code=result.error_code or "",
+            last_error_at=now,
+        )
+    return fields

@@ -78,6 +78,20 @@ class Settings(BaseSettings):
         ge=0,
         description="Longest total time one Kombo request may spend retrying.",
     )
+    # Limits on what Kombo may answer: far above a real listing, they turn an endless or
+    # enormous answer into one integration's error instead of a stuck or swollen poller.
+    max_pages_per_sweep: int = Field(
+        20_000,
+        alias="DISPATCHER_MAX_PAGES_PER_SWEEP",
+        ge=1,
+        description="Pages one sweep of one integration may read (cursors that never end).",
+    )
+    max_response_bytes: int = Field(
+        32 * 1024 * 1024,
+        alias="DISPATCHER_MAX_RESPONSE_BYTES",
+        ge=1024,
+        description="Largest Kombo answer read, decompressed; a larger one fails the request.",
+    )
     job_timeout: int = Field(600, alias="DISPATCHER_JOB_TIMEOUT", gt=0)
     # RQ forks a work horse per job by default; without, a job runs in its worker process.
     fork_per_job: bool = Field(True, alias="DISPATCHER_FORK_PER_JOB")

@@ -142,6 +142,10 @@ class IntegrationStatus:
     last_sweep_kind: str | None = None
     results_written: int = 0
     broken_keys: tuple[str, ...] = ()
+    # New orders left out as invalid (they can never validate): how many the last sweep that
+    # met any found, and the first of them, until a full sweep finds none.
+    invalid_orders: int = 0
+    last_invalid_order: SweepError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +242,15 @@ class Snapshot:
                     "last_sweep_kind": i.last_sweep_kind,
                     "results_written": i.results_written,
                     "broken_keys": list(i.broken_keys),
+                    "invalid_orders": i.invalid_orders,
+                    "last_invalid_order": (
+                        None
+                        if i.last_invalid_order is None
+                        else {
+                            "message": i.last_invalid_order.message,
+                            "at": _round(i.last_invalid_order.at),
+                        }
+                    ),
                     "last_error": (
                         None
                         if i.last_error is None
@@ -488,6 +501,14 @@ def _integration(
         last_sweep_kind=sweep.get("last_sweep_kind"),
         results_written=int(results or 0),
         broken_keys=broken,
+        invalid_orders=_int(sweep.get("invalid_orders")) or 0,
+        last_invalid_order=(
+            SweepError(
+                "INVALID_ORDER", sweep["last_invalid_order"], _float(sweep.get("last_invalid_at"))
+            )
+            if sweep.get("last_invalid_order")
+            else None
+        ),
     )
 
 
@@ -575,7 +596,13 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
                 f"{name}: sweep failing: {error.code or 'error'}: {error.message} "
                 f"({_text.ago(error.at, now)}, {errors} so far)"
             )
-        elif integration.state == NEVER_SWEPT:
+        if integration.invalid_orders and integration.last_invalid_order is not None:
+            invalid = integration.last_invalid_order
+            problems.append(
+                f"{name}: {_text.plural(integration.invalid_orders, 'invalid order')} not "
+                f"dispatched: {invalid.message} ({_text.ago(invalid.at, now)})"
+            )
+        if integration.state == NEVER_SWEPT:
             problems.append(f"{name}: never swept: is `dispatcher poll` running?")
         elif integration.state == STALE:
             problems.append(

@@ -71,6 +71,8 @@ def test_poll_once_then_burst_worker_handles_every_open_order_once(
             "pages": 9,
             "orders_seen": 120,
             "orders_new": 120,
+            "interrupted": 0,
+            "invalid_orders": 0,
             "errors": {},
         }
         assert sorted(queued_orders(redis)) == sorted(open_orders(sim))

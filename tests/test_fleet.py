@@ -435,6 +435,7 @@ def test_poll_once_in_processes_sweeps_each_integration_once_between_them(
     report = json.loads(result.stdout)
     assert report == {
         "integrations": 5, "pages": 15, "orders_seen": 60, "orders_new": 60, "errors": {},
+        "interrupted": 0, "invalid_orders": 0,
     }  # fmt: skip
     queued = queued_pairs(redis)
     assert len(queued) == len(set(queued)) == 60

@@ -213,12 +213,17 @@ def test_an_invalid_order_fails_the_page_naming_order_and_field() -> None:
     )
 
 
-def test_an_order_without_an_id_fails_the_page_at_once() -> None:
+def test_an_order_without_an_id_is_reported_and_the_rest_of_its_page_kept() -> None:
+    # An order without an id is that order's problem (it can never be deduped, so it is
+    # never dispatched); until issue 12 it failed its whole page, and so the integration.
     bad = order_payload("X")
     del bad["id"]
     recorder = Recorder(page([order_payload("A"), bad]))
+    fetched = client_for(recorder).get_orders(INTEGRATION)
+    assert [raw.id for raw in fetched.results] == ["A"]
+    assert [str(problem) for problem in fetched.invalid] == ["order #1: field id: Field required"]
     with pytest.raises(InvalidPageError) as info:
-        client_for(recorder).get_orders(INTEGRATION)
+        fetched.orders  # noqa: B018
     assert str(info.value) == f"integration {INTEGRATION}: order #1: field id: Field required"
 
 

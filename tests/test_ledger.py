@@ -191,12 +191,15 @@ def test_a_raw_order_is_validated_only_when_it_is_new(any_redis: Redis) -> None:
 
     bad_new = order_payload("C")
     bad_new["candidate"]["email"] = 42
-    with pytest.raises(OrderValidationError) as info:
-        ledger.dispatch(INTEGRATION, raw_orders(order_payload("D"), bad_new))
-    assert str(info.value) == "order C: field candidate.email: Input should be a valid string"
-    # Nothing of that call was written: not even the valid new order beside it.
-    assert ledger.seen_at(INTEGRATION, "D") is None
-    assert ledger.queue.count == 2
+    result = ledger.dispatch(INTEGRATION, raw_orders(order_payload("D"), bad_new))
+    # The invalid new order is left out and returned (issue 12: one order that can never
+    # validate used to fail the whole call); the valid one beside it is dispatched.
+    assert [str(problem) for problem in result.invalid] == [
+        "order C: field candidate.email: Input should be a valid string"
+    ]
+    assert result.enqueued == ["D"]
+    assert ledger.seen_at(INTEGRATION, "C") is None  # unseen: dispatched once corrected
+    assert ledger.queue.count == 3
 
 
 def test_a_raw_order_is_enqueued_as_kombo_sent_it(any_redis: Redis) -> None:

@@ -96,7 +96,7 @@ def test_one_failing_integration_does_not_stop_the_others() -> None:
     assert healthy[b"orders_seen"] == b"4" and b"last_error" not in healthy
 
 
-def test_an_invalid_page_is_not_dispatched_and_names_the_order() -> None:
+def test_an_invalid_order_is_reported_and_the_rest_of_its_page_dispatched() -> None:
     sim = Simulator(1, 9, seed=5)
     integration = sim.integration_ids[0]
 
@@ -111,14 +111,18 @@ def test_an_invalid_page_is_not_dispatched_and_names_the_order() -> None:
 
     poller = build(sim, transport=httpx.MockTransport(corrupt_second_page), page_size=3)
     report = poller.sweep()
-    bad_order = sim.orders(integration, status="OPEN")[4]["id"]
-    assert report.errors[integration] == (
-        f"integration {integration}: order {bad_order}: field candidate.email: "
-        "Input should be a valid string"
-    )
-    # The first page went through; nothing of the bad one did.
-    assert len(queued(poller)) == 3
-    assert poller.redis.hget(poller.ledger.keys.seen(integration), bad_order) is None
+    open_orders = sim.orders(integration, status="OPEN")
+    bad_orders = [open_orders[4]["id"], open_orders[7]["id"]]  # second of pages 2 and 3
+    # Issue 12: an invalid order is that order's problem, not its page's (which used to
+    # fail, and with it every later page of the integration, on every sweep).
+    assert report.errors == {}
+    [result] = report.results
+    assert result.invalid_orders == [
+        f"order {bad}: field candidate.email: Input should be a valid string" for bad in bad_orders
+    ]
+    assert len(queued(poller)) == 7
+    for bad in bad_orders:
+        assert poller.redis.hget(poller.ledger.keys.seen(integration), bad) is None
 
 
 def test_a_stop_request_finishes_the_current_page_and_returns() -> None:
