@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 from redis import Redis
 from rq import Queue, Retry
 
-from dispatcher.keys import job_id_for
-from dispatcher.ledger import JOB_FUNCTION, JobOptions
-from dispatcher.models import Order
-from dispatcher.simulator import DEFAULT_API_KEY
+from dispatcher.kombo.models import Order
+from dispatcher.store.keys import job_id_for
+from dispatcher.store.ledger import JOB_FUNCTION, JobOptions
+from dispatcher.testing.simulator import DEFAULT_API_KEY
 
 BENCH_DIR = Path(__file__).resolve().parent
 QUEUE = "dispatcher-orders"

@@ -50,9 +50,9 @@ from _support import (
     report,
     vendor_process,
 )
-from dispatcher.ledger import Ledger
-from dispatcher.models import Order
-from dispatcher.simulator import Simulator
+from dispatcher.kombo.models import Order
+from dispatcher.store.ledger import Ledger
+from dispatcher.testing.simulator import Simulator
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -54,10 +54,10 @@ from _support import (
     simulator_process,
     timed,
 )
-from dispatcher.kombo import KomboClient
-from dispatcher.ledger import Ledger
-from dispatcher.poller import Poller
+from dispatcher.kombo.client import KomboClient
+from dispatcher.poller.poller import Poller
 from dispatcher.settings import Settings
+from dispatcher.store.ledger import Ledger
 
 PAGE_SIZE = 250
 # A full sweep renews the seen orders' generation marks one sweep in

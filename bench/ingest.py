@@ -42,11 +42,11 @@ from _support import (
     simulator_process,
     timed,
 )
-from dispatcher.kombo import KomboClient
-from dispatcher.ledger import Ledger
-from dispatcher.models import Order
-from dispatcher.poller import Poller
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.models import Order
+from dispatcher.poller.poller import Poller
 from dispatcher.settings import Settings
+from dispatcher.store.ledger import Ledger
 
 PAGE_SIZE = 250
 Pages = list[tuple[str, list[Order]]]

@@ -40,7 +40,7 @@ from _support import (
     report,
     simulator_process,
 )
-from dispatcher.keys import Keys
+from dispatcher.store.keys import Keys
 
 
 def poll_once(env: dict[str, str]) -> tuple[float, float, dict[str, object]]:

@@ -49,11 +49,11 @@ from _support import (
     simulator_process,
     timed,
 )
-from dispatcher.kombo import KomboClient
-from dispatcher.ledger import Ledger
-from dispatcher.models import Order
-from dispatcher.poller import Poller
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.models import Order
+from dispatcher.poller.poller import Poller
 from dispatcher.settings import Settings
+from dispatcher.store.ledger import Ledger
 
 PAGE_SIZE = 250
 # A full sweep renews an order's generation mark one sweep in DISPATCHER_PRUNE_AFTER_SWEEPS

@@ -22,7 +22,7 @@ import string
 from redis import Redis
 
 from _support import Row, common_args, private_redis, redis_version, report
-from dispatcher.keys import Keys
+from dispatcher.store.keys import Keys
 
 ALPHABET = string.ascii_letters + string.digits
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"

@@ -43,8 +43,8 @@ from redis import Redis
 from rq import Queue
 
 from _support import private_redis
-from dispatcher.simulator import Simulator
-from dispatcher.webhook import ORDER_EVENT, SIGNATURE_HEADER, WEBHOOK_PATH, sign
+from dispatcher.testing.simulator import Simulator
+from dispatcher.web.webhook import ORDER_EVENT, SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
 SECRET = "bench-webhook-secret"
 QUEUE = "bench-orders"
@@ -58,10 +58,10 @@ def _serve(port: int) -> None:
     import uvicorn
     from starlette.applications import Starlette
 
-    from dispatcher.ledger import Ledger
     from dispatcher.settings import load_settings
-    from dispatcher.web import server_config
-    from dispatcher.webhook import webhook_routes
+    from dispatcher.store.ledger import Ledger
+    from dispatcher.web.app import server_config
+    from dispatcher.web.webhook import webhook_routes
 
     settings = load_settings()
     redis = Redis.from_url(settings.redis_url.get_secret_value())

@@ -3,7 +3,7 @@
 The public surface for handler authors and embedders; everything else is internal.
 """
 
-from .kombo import (
+from dispatcher.kombo.client import (
     InvalidPageError,
     KomboClient,
     KomboError,
@@ -11,8 +11,7 @@ from .kombo import (
     KomboStopped,
     OrdersPage,
 )
-from .ledger import DispatchResult, Ledger
-from .models import (
+from dispatcher.kombo.models import (
     Application,
     Candidate,
     HiringTeamMember,
@@ -23,7 +22,7 @@ from .models import (
     OrderStatus,
     RawOrder,
 )
-from .plugins import (
+from dispatcher.plugins import (
     Effects,
     Handler,
     HandlerConfigError,
@@ -32,9 +31,22 @@ from .plugins import (
     RetryLater,
     handler_settings,
 )
-from .settings import ConfigError, Settings, load_settings
+from dispatcher.settings import ConfigError, Settings, load_settings
+from dispatcher.store.ledger import DispatchResult, Ledger
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # Jobs queued before the package was split into subpackages name their function
+    # ``dispatcher.jobs.process_order``; RQ resolves that by getattr on this package once the
+    # module import fails, so the old path keeps working without a module of that name.
+    if name == "jobs":
+        from .worker import jobs
+
+        return jobs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Application",

@@ -26,21 +26,15 @@ from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 from rq import Queue
 
-from .integrations import IntegrationRegistry, check_integration_id
-from .keys import Keys
-from .kombo import KomboClient, KomboError
-from .ledger import JobOptions, Ledger
-from .logs import configure_logging
-from .packages import (
+from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.packages import (
     InvalidPackagesError,
     Package,
     PackagesDiff,
     diff_packages,
     load_packages,
 )
-from .plugins import HandlerConfigError, discover_handlers, load_handlers
-from .poller import Poller, SweepPolicy, SweepReport
-from .results import (
+from dispatcher.kombo.results import (
     MAX_ATTACHMENTS,
     AssessmentResult,
     InvalidResultError,
@@ -48,10 +42,16 @@ from .results import (
     build_result,
     record_result,
 )
-from .schedule import Schedule
-from .settings import ConfigError, Settings, load_settings
-from .telemetry import RequestStats
-from .wrongtype import describe, find_wrong_types, shared_keys
+from dispatcher.logs import configure_logging
+from dispatcher.plugins import HandlerConfigError, discover_handlers, load_handlers
+from dispatcher.poller.integrations import IntegrationRegistry, check_integration_id
+from dispatcher.poller.poller import Poller, SweepPolicy, SweepReport
+from dispatcher.poller.schedule import Schedule
+from dispatcher.poller.telemetry import RequestStats
+from dispatcher.settings import ConfigError, Settings, load_settings
+from dispatcher.store.keys import Keys
+from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.wrongtype import describe, find_wrong_types, shared_keys
 
 __all__ = ["main"]
 
@@ -378,8 +378,8 @@ def _or_fail(get: Callable[[], Any]) -> Any:
 @click.pass_context
 def worker(ctx: click.Context, burst: bool, processes: int) -> None:
     """Run the handler chain on queued orders (RQ workers with the scheduler)."""
-    from .jobs import Runtime
-    from .worker import run_worker
+    from dispatcher.worker.jobs import Runtime
+    from dispatcher.worker.worker import run_worker
 
     settings = _settings(ctx)
     try:
@@ -600,7 +600,7 @@ def sim(
     malformed: float,
 ) -> None:
     """Serve a simulated Kombo assessment API (for the demo, tests and benchmarks)."""
-    from .simulator import Faults, Simulator
+    from dispatcher.testing.simulator import Faults, Simulator
 
     simulator = Simulator(
         integrations,
@@ -627,7 +627,7 @@ def sim(
 @click.option("--orders", type=click.IntRange(1, 500), default=12, show_default=True)
 def demo(integrations: int, orders: int) -> None:
     """Run the whole pipeline in process: no Redis server, no Kombo key needed."""
-    from .demo import run_demo
+    from dispatcher.demo import run_demo
 
     logging.getLogger().setLevel(logging.WARNING)
     sys.exit(run_demo(integrations=integrations, orders=orders, echo=click.echo))
@@ -661,8 +661,8 @@ def status(
     ctx: click.Context, as_json: bool, watch: bool, interval: float, iterations: int | None
 ) -> None:
     """Are orders flowing? Queues, workers, integrations, handler steps, on one screen."""
-    from .status import take_snapshot
-    from .views import render_status
+    from dispatcher.ops.status import take_snapshot
+    from dispatcher.ops.views import render_status
 
     settings = _settings(ctx)
     redis = _redis(settings)
@@ -715,8 +715,8 @@ def status(
 @click.pass_context
 def failed(ctx: click.Context, limit: int, as_json: bool) -> None:
     """List failed jobs: order, integration, handler, reason, attempts, when."""
-    from . import _text
-    from .admin import failed_jobs
+    from dispatcher import _text
+    from dispatcher.ops.admin import failed_jobs
 
     settings = _settings(ctx)
     redis = _redis(settings)
@@ -770,9 +770,9 @@ def show(
 
     Without --integration every integration that knows the order id is shown.
     """
-    from .admin import describe_order, known_integrations
-    from .keys import Keys
-    from .views import render_order
+    from dispatcher.ops.admin import describe_order, known_integrations
+    from dispatcher.ops.views import render_order
+    from dispatcher.store.keys import Keys
 
     settings = _settings(ctx)
     redis = _redis(settings)
@@ -814,8 +814,8 @@ def forget(ctx: click.Context, order_id: str, integration_id: str, yes: bool) ->
     Removes it from the seen store together with its RQ job and its step records: its
     handlers all run again. Refused while a worker is running its job.
     """
-    from .admin import ForgetRefused, describe_order, forget_order
-    from .views import describe_forget
+    from dispatcher.ops.admin import ForgetRefused, describe_order, forget_order
+    from dispatcher.ops.views import describe_forget
 
     settings = _settings(ctx)
     redis = _redis(settings)
@@ -870,7 +870,7 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
     try:
         import uvicorn
 
-        from .web import create_app, server_config
+        from dispatcher.web.app import create_app, server_config
     except ImportError as exc:
         _fail(
             "dispatcher web needs the web extra: pip install 'kombo-dispatcher[web]' "
@@ -895,7 +895,7 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
         _fail(f"REDIS_URL: {exc}")
     routes = []
     if settings.kombo_webhook_secret is not None:
-        from .webhook import webhook_routes
+        from dispatcher.web.webhook import webhook_routes
 
         try:
             routes = webhook_routes(settings, _ledger(settings, redis))

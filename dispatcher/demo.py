@@ -20,12 +20,12 @@ import httpx
 from rq import Queue, SimpleWorker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-from .jobs import Runtime, install_runtime
-from .kombo import KomboClient
-from .ledger import Ledger
-from .poller import Poller
-from .settings import Settings
-from .simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.kombo.client import KomboClient
+from dispatcher.poller.poller import Poller
+from dispatcher.settings import Settings
+from dispatcher.store.ledger import Ledger
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.worker.jobs import Runtime, install_runtime
 
 __all__ = ["run_demo"]
 

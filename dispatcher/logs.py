@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
-from .redact import protect_secrets, scrub, secret_values
+from dispatcher.redact import protect_secrets, scrub, secret_values
 
 __all__ = [
     "OrderLogContext",

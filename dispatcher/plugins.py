@@ -17,9 +17,9 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
-from .models import Order
-from .redact import protect_settings
-from .settings import Settings
+from dispatcher.kombo.models import Order
+from dispatcher.redact import protect_settings
+from dispatcher.settings import Settings
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .redact import protect_settings
+from dispatcher.redact import protect_settings
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import ReadOnlyError, ResponseError
 
-from .keys import Keys, WrongKeyTypeError
+from dispatcher.store.keys import Keys, WrongKeyTypeError
 
 __all__ = [
     "WRONGTYPE_CODE",

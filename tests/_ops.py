@@ -19,13 +19,13 @@ from rq import Queue
 from _support import dispatcher_env
 from dispatcher import HandlerContext, Order, PermanentFailure, Settings
 from dispatcher.cli import cli
-from dispatcher.jobs import Runtime, install_runtime
-from dispatcher.kombo import KomboClient
-from dispatcher.ledger import JobOptions, Ledger
-from dispatcher.poller import Poller, SweepReport
-from dispatcher.simulator import DEFAULT_API_KEY, Simulator
-from dispatcher.telemetry import RequestStats
-from dispatcher.worker import DispatcherSimpleWorker
+from dispatcher.kombo.client import KomboClient
+from dispatcher.poller.poller import Poller, SweepReport
+from dispatcher.poller.telemetry import RequestStats
+from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.worker.jobs import Runtime, install_runtime
+from dispatcher.worker.worker import DispatcherSimpleWorker
 
 TESTS = Path(__file__).parent
 

@@ -18,10 +18,10 @@ from typing import Any
 from redis import Redis
 
 from dispatcher import HandlerContext, Order, PermanentFailure, RetryLater
-from dispatcher.jobs import Runtime
 from dispatcher.logs import configure_logging
 from dispatcher.settings import load_settings
-from dispatcher.worker import run_worker
+from dispatcher.worker.jobs import Runtime
+from dispatcher.worker.worker import run_worker
 
 
 class Blocks:

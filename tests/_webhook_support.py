@@ -17,10 +17,10 @@ from rq import Queue
 from starlette.applications import Starlette
 
 from _support import free_port
-from dispatcher.ledger import Ledger
 from dispatcher.plugins import Acceptor
 from dispatcher.settings import Settings
-from dispatcher.webhook import ORDER_EVENT, SIGNATURE_HEADER, sign, webhook_routes
+from dispatcher.store.ledger import Ledger
+from dispatcher.web.webhook import ORDER_EVENT, SIGNATURE_HEADER, sign, webhook_routes
 
 SECRET = "kombo-test-secret"
 QUEUE = "dispatcher-orders"

@@ -10,7 +10,7 @@ from redis import Redis
 
 from _servers import Mailbox, VendorAPI
 from _support import RedisServer
-from dispatcher.jobs import install_runtime
+from dispatcher.worker.jobs import install_runtime
 
 
 def _require_real_redis() -> bool:

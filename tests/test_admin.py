@@ -25,13 +25,13 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from dispatcher import Settings
-from dispatcher.admin import ForgetRefused, forget_order
-from dispatcher.failures import parse_failure
-from dispatcher.keys import Keys, job_id_for
-from dispatcher.ledger import Ledger
-from dispatcher.models import Order
+from dispatcher.kombo.models import Order
+from dispatcher.ops.admin import ForgetRefused, forget_order
 from dispatcher.plugins import RetryLater
-from dispatcher.simulator import Simulator
+from dispatcher.store.failures import parse_failure
+from dispatcher.store.keys import Keys, job_id_for
+from dispatcher.store.ledger import Ledger
+from dispatcher.testing.simulator import Simulator
 
 INTEGRATIONS = ["greenhouse:AdminOne", "lever:AdminTwo"]
 
@@ -57,7 +57,7 @@ The above exception was the direct cause of the following exception:
 
 Traceback (most recent call last):
   File "/app/rq/job.py", line 1539, in _execute
-dispatcher.jobs.HandlerFailed: handler provision_http failed on order Ab12 (integration \
+dispatcher.worker.jobs.HandlerFailed: handler provision_http failed on order Ab12 (integration \
 lever:x (eu)): vendor said 400: unknown package
 """
 
@@ -170,7 +170,7 @@ def test_show_prints_seen_job_steps_outputs_and_last_error(
     good, bad = (o["id"] for o in sim.orders(INTEGRATIONS[0])[:2])
     work(redis, settings, [Returns("log", {"package": "p"}), FailsFor("provision", {bad})])
     keys = Keys(settings.namespace)
-    # The handler chain records each completed step (see dispatcher.jobs); write them here.
+    # The handler chain records each completed step (see dispatcher.worker.jobs); write them here.
     done = time.time() - 5
     redis.hset(
         keys.steps(INTEGRATIONS[0], bad),

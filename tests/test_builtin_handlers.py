@@ -17,8 +17,8 @@ from dispatcher import (
     RetryLater,
     Settings,
 )
-from dispatcher.jobs import _MemoryEffects, step_key
-from dispatcher.models import Order, parse_order
+from dispatcher.kombo.models import Order, parse_order
+from dispatcher.worker.jobs import _MemoryEffects, step_key
 from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
 from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
 

@@ -20,8 +20,8 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 
 from _servers import Mailbox, VendorAPI
 from _support import dispatcher_env
-from dispatcher.jobs import step_key
-from dispatcher.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.worker.jobs import step_key
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"

@@ -21,9 +21,9 @@ from redis import Redis
 
 from _support import dispatcher_env
 from dispatcher.cli import cli
-from dispatcher.keys import Keys
-from dispatcher.results import recorded_result
-from dispatcher.simulator import (
+from dispatcher.kombo.results import recorded_result
+from dispatcher.store.keys import Keys
+from dispatcher.testing.simulator import (
     DEFAULT_API_KEY,
     Faults,
     Simulator,

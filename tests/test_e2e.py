@@ -16,7 +16,7 @@ from rq import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from _support import dispatcher_env
-from dispatcher.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"

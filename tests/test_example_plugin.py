@@ -11,7 +11,7 @@ import pytest
 from redis import Redis
 
 from _support import dispatcher_env
-from dispatcher.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "dispatcher-hello"
 

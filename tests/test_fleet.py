@@ -19,13 +19,13 @@ from redis import Redis
 from rq import Queue
 
 from _support import dispatcher_env
-from dispatcher.integrations import IntegrationRegistry
-from dispatcher.keys import Keys
-from dispatcher.kombo import KomboClient
-from dispatcher.ledger import Ledger
-from dispatcher.poller import Poller, SweepPolicy
-from dispatcher.schedule import Schedule
-from dispatcher.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.kombo.client import KomboClient
+from dispatcher.poller.integrations import IntegrationRegistry
+from dispatcher.poller.poller import Poller, SweepPolicy
+from dispatcher.poller.schedule import Schedule
+from dispatcher.store.keys import Keys
+from dispatcher.store.ledger import Ledger
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
 
 pytestmark = pytest.mark.redis
 KEYS = Keys("dispatcher")

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from _servers import Mailbox
 from _support import order_payload
 from dispatcher import HandlerContext, RetryLater, Settings
-from dispatcher.jobs import _MemoryEffects, step_key
-from dispatcher.models import Order, parse_order
+from dispatcher.kombo.models import Order, parse_order
+from dispatcher.worker.jobs import _MemoryEffects, step_key
 from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler, _addr_spec
 
 INTEGRATION = "greenhouse:HOSTILE00000000000000000"

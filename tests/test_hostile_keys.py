@@ -29,17 +29,23 @@ from rq import Queue
 from rq.job import Job
 
 from _servers import VendorAPI
-from dispatcher.admin import forget_order
-from dispatcher.integrations import check_integration_id
-from dispatcher.jobs import StepStore, step_key
-from dispatcher.keys import Keys, WrongKeyTypeError, job_id_for, order_ref
-from dispatcher.ledger import Ledger
-from dispatcher.models import MAX_ID_LENGTH, Order, OrderValidationError, id_problem, parse_order
+from dispatcher.kombo.models import (
+    MAX_ID_LENGTH,
+    Order,
+    OrderValidationError,
+    id_problem,
+    parse_order,
+)
+from dispatcher.kombo.results import record_result
+from dispatcher.ops.admin import forget_order
 from dispatcher.plugins import HandlerConfigError, check_handler
-from dispatcher.results import record_result
-from dispatcher.simulator import Simulator
-from dispatcher.webhook import WEBHOOK_PATH
-from dispatcher.worker import DispatcherSimpleWorker
+from dispatcher.poller.integrations import check_integration_id
+from dispatcher.store.keys import Keys, WrongKeyTypeError, job_id_for, order_ref
+from dispatcher.store.ledger import Ledger
+from dispatcher.testing.simulator import Simulator
+from dispatcher.web.webhook import WEBHOOK_PATH
+from dispatcher.worker.jobs import StepStore, step_key
+from dispatcher.worker.worker import DispatcherSimpleWorker
 from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
 
 NS = "dispatcher"
@@ -258,7 +264,7 @@ def test_forget_leaves_the_effects_of_an_order_whose_key_starts_the_same(redis: 
 # -- item 3: ids are bounded and printable -------------------------------------------------------
 
 BAD_IDS = {
-    "newline": "O1\nERROR dispatcher.poller: FORGED",
+    "newline": "O1\nERROR dispatcher.poller.poller: FORGED",
     "nul": "O1\x00x",
     "escape": "O1\x1b[31m",
     "c1": "O1\x85",
@@ -454,7 +460,7 @@ def test_a_stranded_job_is_not_lost_to_a_wrong_type_queue(
     redis.set(intermediate.get_first_seen_key("order-stranded"), 1.0)  # popped long ago
     redis.set(queue.key, "x")
     worker = DispatcherSimpleWorker([queue], connection=redis)
-    with caplog.at_level(logging.ERROR, "dispatcher.worker"):
+    with caplog.at_level(logging.ERROR, "dispatcher.worker.worker"):
         assert worker.requeue_stranded(queue) == 0
     assert redis.lrange(intermediate.key, 0, -1) == [b"order-stranded"]
     assert f"key {queue.key} holds a string where a list belongs" in caplog.text
@@ -473,7 +479,7 @@ def test_an_abandoned_job_is_not_lost_to_a_wrong_type_queue(
     redis.zadd(registry.key, {"order-abandoned:exec1": 1})  # heartbeat long expired
     redis.set(queue.key, "x")
     worker = DispatcherSimpleWorker([queue], connection=redis)
-    with caplog.at_level(logging.ERROR, "dispatcher.worker"):
+    with caplog.at_level(logging.ERROR, "dispatcher.worker.worker"):
         assert worker.requeue_abandoned(queue) == 0
     assert redis.zrange(registry.key, 0, -1) == [b"order-abandoned:exec1"]
     assert f"key {queue.key} holds a string where a list belongs" in caplog.text

@@ -30,17 +30,17 @@ from redis import Redis
 from rq import Queue
 
 from _support import dispatcher_env, free_port, order_payload
-from dispatcher.kombo import (
+from dispatcher.kombo.client import (
     InvalidPageError,
     KomboClient,
     KomboLimitError,
     KomboStopped,
 )
-from dispatcher.ledger import Ledger
-from dispatcher.models import id_problem
-from dispatcher.poller import Poller, SweepPolicy
+from dispatcher.kombo.models import id_problem
+from dispatcher.ops.status import take_snapshot
+from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.settings import Settings
-from dispatcher.status import take_snapshot
+from dispatcher.store.ledger import Ledger
 
 API_KEY = "sk_test_hostile_kombo_0001"
 QUEUE = "dispatcher-orders"

@@ -46,11 +46,11 @@ from redis import Redis
 
 from _support import free_port
 from dispatcher import HandlerContext, Order, PermanentFailure, handler_settings
-from dispatcher.failures import MAX_REASON_LENGTH, MAX_TRACEBACK_LENGTH, clean_reason
 from dispatcher.logs import configure_logging, escape_controls
 from dispatcher.redact import protect_secrets
-from dispatcher.simulator import Simulator
-from dispatcher.webhook import WEBHOOK_PATH
+from dispatcher.store.failures import MAX_REASON_LENGTH, MAX_TRACEBACK_LENGTH, clean_reason
+from dispatcher.testing.simulator import Simulator
+from dispatcher.web.webhook import WEBHOOK_PATH
 from dispatcher_handlers.log import LogHandler
 from dispatcher_handlers.notify_email import EmailSettings
 
@@ -365,7 +365,7 @@ def test_a_short_secret_does_not_garble_the_logs_and_its_setting_is_named(
 
 # -- item 6: one record, one line ---------------------------------------------------------------
 
-FORGED = "x\n2026-01-01 00:00:00,000 ERROR   dispatcher.poller: FORGED"
+FORGED = "x\n2026-01-01 00:00:00,000 ERROR   dispatcher.poller.poller: FORGED"
 _RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ +\S+: ")
 
 

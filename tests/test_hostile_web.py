@@ -33,10 +33,10 @@ from hypothesis import strategies as st
 from redis import Redis
 
 from _support import dispatcher_env, free_port, order_payload
-from dispatcher.keys import Keys
 from dispatcher.settings import ConfigError, Settings, load_settings
-from dispatcher.web import create_app, server_config
-from dispatcher.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER, WEBHOOK_PATH
+from dispatcher.store.keys import Keys
+from dispatcher.web.app import create_app, server_config
+from dispatcher.web.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER, WEBHOOK_PATH
 
 pytestmark = pytest.mark.redis
 

@@ -25,14 +25,14 @@ from rq import Queue
 from test_web import samples, serving
 
 from dispatcher import Settings
-from dispatcher.keys import SCHEMA, Keys
-from dispatcher.kombo import KomboClient
-from dispatcher.ledger import Ledger
-from dispatcher.poller import Poller, SweepPolicy
-from dispatcher.schedule import Schedule
-from dispatcher.simulator import DEFAULT_API_KEY, Simulator
-from dispatcher.status import take_snapshot
-from dispatcher.web import create_app
+from dispatcher.kombo.client import KomboClient
+from dispatcher.ops.status import take_snapshot
+from dispatcher.poller.poller import Poller, SweepPolicy
+from dispatcher.poller.schedule import Schedule
+from dispatcher.store.keys import SCHEMA, Keys
+from dispatcher.store.ledger import Ledger
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.web.app import create_app
 from dispatcher.wrongtype import (
     WRONGTYPE_CODE,
     describe,

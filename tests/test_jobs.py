@@ -6,7 +6,7 @@ import pytest
 
 from _support import order_payload
 from dispatcher import HandlerContext, Order, PermanentFailure, Settings
-from dispatcher.jobs import HandlerFailed, Runtime, install_runtime, process_order, step_key
+from dispatcher.worker.jobs import HandlerFailed, Runtime, install_runtime, process_order, step_key
 
 INTEGRATION = "lever:abc"
 

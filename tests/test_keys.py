@@ -1,4 +1,4 @@
-"""The Redis key schema: documented once (dispatcher.keys.SCHEMA, shown in
+"""The Redis key schema: documented once (dispatcher.store.keys.SCHEMA, shown in
 docs/redis-keys.md), and a full run writes nothing else."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from _ops import (
 from redis import Redis
 from rq.job import Job
 
-from dispatcher.keys import SCHEMA, Keys, job_id_for, schema_markdown
-from dispatcher.simulator import Simulator
+from dispatcher.store.keys import SCHEMA, Keys, job_id_for, schema_markdown
+from dispatcher.testing.simulator import Simulator
 
 DOC = TESTS.parent / "docs" / "redis-keys.md"
 
@@ -33,7 +33,7 @@ def test_the_document_shows_the_schema_of_the_code() -> None:
     text = DOC.read_text()
     assert schema_markdown() in text, (
         "docs/redis-keys.md is out of date: paste the table "
-        "`python -c 'from dispatcher.keys import schema_markdown; print(schema_markdown())'`"
+        "`python -c 'from dispatcher.store.keys import schema_markdown; print(schema_markdown())'`"
     )
 
 
@@ -134,7 +134,7 @@ def test_a_full_run_writes_only_documented_keys(
     )
     assert worker.returncode == 0, worker.stderr
     keys = Keys(namespace)
-    # What the handler chain records (dispatcher.jobs), written here as it would.
+    # What the handler chain records (dispatcher.worker.jobs), written here as it would.
     for order_id in orders[2:]:
         redis.hset(
             keys.steps("greenhouse:KeysOne", order_id),

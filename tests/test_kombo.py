@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from _support import order_payload
-from dispatcher.kombo import InvalidPageError, KomboClient, KomboError
+from dispatcher.kombo.client import InvalidPageError, KomboClient, KomboError
 
 API_KEY = "sk_test_do_not_leak_9f8e7d"
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"
@@ -254,7 +254,7 @@ def test_the_api_key_never_shows(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_a_garbled_answer_to_a_successful_write_is_not_retried() -> None:
-    from dispatcher.results import AssessmentResult
+    from dispatcher.kombo.results import AssessmentResult
 
     recorder = Recorder(httpx.Response(200, content=b'{"status": "succ'), page([]))
     result = AssessmentResult.model_validate(

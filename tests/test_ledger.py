@@ -13,9 +13,9 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from _support import order_payload
-from dispatcher.keys import job_id_for
-from dispatcher.ledger import Ledger, parse_seen
-from dispatcher.models import Order, OrderValidationError, RawOrder, parse_order
+from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, parse_order
+from dispatcher.store.keys import job_id_for
+from dispatcher.store.ledger import Ledger, parse_seen
 
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"
 
@@ -69,7 +69,7 @@ def test_the_job_carries_the_order_and_names_it_for_rq_tools(any_redis: Redis) -
     raw = order_payload("A", custom_fields={"x": 1})
     ledger.dispatch(INTEGRATION, [parse_order(raw)])
     job = Job.fetch(ledger.queue.job_ids[0], connection=any_redis)
-    assert job.func_name == "dispatcher.jobs.process_order"
+    assert job.func_name == "dispatcher.worker.jobs.process_order"
     assert job.kwargs == {"integration_id": INTEGRATION, "order": raw}
     assert job.get_status() == JobStatus.QUEUED
     assert job.origin == "dispatcher-orders"

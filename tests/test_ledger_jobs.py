@@ -11,13 +11,13 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job
 
-from dispatcher.jobs import Runtime
-from dispatcher.ledger import Ledger, _hset_items
-from dispatcher.models import Order
+from dispatcher.kombo.models import Order
 from dispatcher.plugins import HandlerContext
 from dispatcher.settings import Settings
-from dispatcher.simulator import Simulator
-from dispatcher.worker import run_worker
+from dispatcher.store.ledger import JOB_FUNCTION, Ledger, _hset_items
+from dispatcher.testing.simulator import Simulator
+from dispatcher.worker.jobs import Runtime
+from dispatcher.worker.worker import run_worker
 
 pytestmark = pytest.mark.redis
 
@@ -54,7 +54,7 @@ def test_every_job_hash_of_a_page_is_what_rq_would_save(redis: Redis) -> None:
         }
         # and RQ reads it back as the job of that order
         job = Job.fetch(ledger.job_id(integration_id, order.id), connection=redis)
-        assert job.func_name == "dispatcher.jobs.process_order"
+        assert job.func_name == "dispatcher.worker.jobs.process_order"
         assert job.args == ()
         got: dict[str, Any] = job.kwargs
         assert got == {"integration_id": integration_id, "order": order.to_payload()}
@@ -92,3 +92,13 @@ class _Echo:
 
     def handle(self, order: Order, context: HandlerContext) -> dict[str, str]:
         return {"order": order.id}
+
+
+def test_jobs_queued_before_the_layout_change_still_find_their_function() -> None:
+    # RQ stores the function's import path in the job; queues at an upgrade hold the old one.
+    from rq.utils import import_attribute
+
+    from dispatcher.worker.jobs import process_order
+
+    assert import_attribute("dispatcher.jobs.process_order") is process_order
+    assert import_attribute(JOB_FUNCTION) is process_order

@@ -9,8 +9,8 @@ from redis import Redis
 from rq import Queue
 
 from _support import order_payload
-from dispatcher.ledger import Ledger
-from dispatcher.models import Order
+from dispatcher.kombo.models import Order
+from dispatcher.store.ledger import Ledger
 
 INTEGRATION = "lever:abc"
 

@@ -21,7 +21,6 @@ from pydantic import BaseModel, SecretStr
 from redis import Redis
 
 from dispatcher import HandlerContext, Order, Settings
-from dispatcher.keys import job_id_for
 from dispatcher.logs import (
     OrderLogContext,
     configure_logging,
@@ -29,7 +28,8 @@ from dispatcher.logs import (
     protect_secrets,
     secret_values,
 )
-from dispatcher.simulator import Simulator
+from dispatcher.store.keys import job_id_for
+from dispatcher.testing.simulator import Simulator
 
 API_KEY = "sk_live_Z3xTopSecretKey9"
 REDIS_PASSWORD = "Hunter2-Redis-Pass"

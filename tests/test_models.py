@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from _support import order_payload
-from dispatcher.models import HiringTeamRole, OrderStatus, OrderValidationError, parse_order
+from dispatcher.kombo.models import HiringTeamRole, OrderStatus, OrderValidationError, parse_order
 
 
 def test_a_schema_shaped_order_parses_with_nulls_and_unicode() -> None:

@@ -9,11 +9,11 @@ import httpx
 import pytest
 from rq import Queue
 
-from dispatcher import kombo
-from dispatcher.kombo import KomboClient
-from dispatcher.ledger import Ledger
-from dispatcher.poller import Poller
-from dispatcher.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.client import client as kombo
+from dispatcher.poller.poller import Poller
+from dispatcher.store.ledger import Ledger
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 
 
 def build(

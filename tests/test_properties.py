@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rq import Queue
 
-from dispatcher.kombo import InvalidPageError, KomboClient
-from dispatcher.ledger import Ledger
-from dispatcher.models import parse_order
-from dispatcher.poller import Poller
+from dispatcher.kombo.client import InvalidPageError, KomboClient
+from dispatcher.kombo.models import parse_order
+from dispatcher.poller.poller import Poller
 from dispatcher.settings import ConfigError, load_settings
+from dispatcher.store.ledger import Ledger
 
 INTEGRATION = "greenhouse:PROPERTY0000000000000"
 text = st.text(max_size=20)

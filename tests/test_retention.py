@@ -20,8 +20,8 @@ from _ops import (
 )
 from redis import Redis
 
-from dispatcher.keys import Keys, job_id_for
-from dispatcher.simulator import Simulator
+from dispatcher.store.keys import Keys, job_id_for
+from dispatcher.testing.simulator import Simulator
 
 pytestmark = pytest.mark.redis
 INTEGRATION = "greenhouse:Retention"

@@ -21,7 +21,7 @@ from _ops import (
 from redis import Redis
 from rq import Queue
 
-from dispatcher.simulator import Simulator
+from dispatcher.testing.simulator import Simulator
 
 pytestmark = pytest.mark.redis
 

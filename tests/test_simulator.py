@@ -1,4 +1,4 @@
-"""Tests for the fake Kombo assessment API (dispatcher.simulator).
+"""Tests for the fake Kombo assessment API (dispatcher.testing.simulator).
 
 They talk to the simulator with a plain httpx.Client, in process through its transport and,
 once, over a real socket, so they pin the HTTP behaviour clients depend on.
@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatcher.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
 
 ORDERS = "/assessment/orders"
 OPEN_ORDERS = "/assessment/orders/open"

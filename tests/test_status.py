@@ -29,9 +29,9 @@ from redis import Redis
 
 from _support import free_port
 from dispatcher import Settings
-from dispatcher.keys import Keys
-from dispatcher.simulator import Simulator
-from dispatcher.status import take_snapshot
+from dispatcher.ops.status import take_snapshot
+from dispatcher.store.keys import Keys
+from dispatcher.testing.simulator import Simulator
 
 pytestmark = pytest.mark.redis
 

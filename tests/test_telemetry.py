@@ -6,15 +6,15 @@ import pytest
 from _ops import settings_for, sweep
 from redis import Redis
 
-from dispatcher.keys import Keys
-from dispatcher.kombo import KomboClient, KomboError
-from dispatcher.simulator import DEFAULT_API_KEY, Simulator
-from dispatcher.telemetry import (
+from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.poller.telemetry import (
     LATENCY_BUCKETS,
     RequestStats,
     normalise_endpoint,
     read_request_series,
 )
+from dispatcher.store.keys import Keys
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 
 
 def test_ids_in_paths_fold_into_one_label() -> None:

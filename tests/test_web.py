@@ -33,10 +33,10 @@ from starlette.routing import Route
 
 from _support import free_port
 from dispatcher import Settings
-from dispatcher.keys import Keys
-from dispatcher.simulator import Simulator
-from dispatcher.telemetry import LATENCY_BUCKETS
-from dispatcher.web import create_app
+from dispatcher.poller.telemetry import LATENCY_BUCKETS
+from dispatcher.store.keys import Keys
+from dispatcher.testing.simulator import Simulator
+from dispatcher.web.app import create_app
 
 
 @contextmanager

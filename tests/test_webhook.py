@@ -27,10 +27,10 @@ from rq import Queue
 
 from _support import order_payload, text
 from dispatcher import Order
-from dispatcher.ledger import Ledger
 from dispatcher.plugins import HandlerConfigError, find_acceptors
 from dispatcher.settings import ConfigError, Settings
-from dispatcher.webhook import (
+from dispatcher.store.ledger import Ledger
+from dispatcher.web.webhook import (
     INLINE_ORDER_EVENT,
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,

@@ -29,12 +29,12 @@ from rq.registry import FinishedJobRegistry
 
 from _support import text
 from dispatcher import Settings
-from dispatcher.jobs import Runtime, install_runtime
-from dispatcher.kombo import KomboClient
-from dispatcher.ledger import Ledger
-from dispatcher.poller import Poller
-from dispatcher.simulator import DEFAULT_API_KEY, Simulator, SimulatorServer
-from dispatcher.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER, WEBHOOK_PATH, sign
+from dispatcher.kombo.client import KomboClient
+from dispatcher.poller.poller import Poller
+from dispatcher.store.ledger import Ledger
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator, SimulatorServer
+from dispatcher.web.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER, WEBHOOK_PATH, sign
+from dispatcher.worker.jobs import Runtime, install_runtime
 
 pytestmark = pytest.mark.redis
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,14 +13,14 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
-import dispatcher.worker
-from dispatcher.jobs import Runtime
-from dispatcher.ledger import Ledger
-from dispatcher.models import Order
+import dispatcher.worker.worker
+from dispatcher.kombo.models import Order
 from dispatcher.plugins import HandlerContext
 from dispatcher.settings import Settings
-from dispatcher.simulator import Simulator
-from dispatcher.worker import HEARTBEAT_GRACE, run_worker
+from dispatcher.store.ledger import Ledger
+from dispatcher.testing.simulator import Simulator
+from dispatcher.worker.jobs import Runtime
+from dispatcher.worker.worker import HEARTBEAT_GRACE, run_worker
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"
@@ -66,7 +66,7 @@ def test_the_heartbeat_of_a_job_in_the_worker_process_is_kept_short_and_fresh(
     redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given one-second heartbeats and a three-second job run without a work horse
-    monkeypatch.setattr(dispatcher.worker, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(dispatcher.worker.worker, "HEARTBEAT_INTERVAL", 1)
     started = StartedJobRegistry(queue=Queue(QUEUE, connection=redis))
     expiries: list[tuple[float, float]] = []
 

@@ -12,9 +12,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from dispatcher.keys import Keys
-from dispatcher.kombo import KomboClient, KomboError
-from dispatcher.packages import (
+from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.packages import (
     InvalidPackagesError,
     Package,
     PackageType,
@@ -22,7 +21,7 @@ from dispatcher.packages import (
     load_packages,
     parse_packages,
 )
-from dispatcher.results import (
+from dispatcher.kombo.results import (
     InvalidResultError,
     ResultStatus,
     attachment_from_file,
@@ -30,7 +29,8 @@ from dispatcher.results import (
     record_result,
     recorded_result,
 )
-from dispatcher.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.store.keys import Keys
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
 
 URL = "https://vendor.example/results/1"
 

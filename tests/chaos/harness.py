@@ -36,8 +36,8 @@ from rq.registry import (
 
 from _servers import Mailbox, VendorAPI
 from _support import RedisServer, dispatcher_env, kill_tree
-from dispatcher.jobs import step_key
-from dispatcher.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.worker.jobs import step_key
 
 ROLES = {"RECRUITER", "HIRING_MANAGER"}
 

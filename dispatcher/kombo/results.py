@@ -31,7 +31,7 @@ from pydantic import (
 )
 from redis import Redis
 
-from .keys import Keys, key_types_checked, lua_type_guard
+from dispatcher.store.keys import Keys, key_types_checked, lua_type_guard
 
 __all__ = [
     "MAX_ATTACHMENTS",

@@ -56,7 +56,7 @@ def _bucket(seconds: float) -> str | None:
 class RequestStats:
     """Aggregates Kombo requests in memory until :meth:`drain` hands them over.
 
-    :meth:`observe` fits :data:`dispatcher.kombo.RequestObserver`; it is called from every
+    :meth:`observe` fits :data:`dispatcher.kombo.client.RequestObserver`; it is called from every
     sweep thread, hence the lock.
     """
 

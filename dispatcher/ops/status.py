@@ -1,6 +1,6 @@
 """One snapshot of the dispatcher's state, read from Redis and RQ's registries.
 
-``dispatcher status`` (text: :mod:`dispatcher.views`, and ``--json``) and ``/metrics`` all
+``dispatcher status`` (text: :mod:`dispatcher.ops.views`, and ``--json``) and ``/metrics`` all
 render the same :class:`Snapshot`, taken by :func:`take_snapshot` in a handful of round
 trips. Reading is side-effect free on the dispatcher's keys; RQ's worker listing may drop
 dead workers from RQ's worker set, as ``rq info`` does.
@@ -31,11 +31,11 @@ from rq.registry import (
 )
 from rq.utils import str_to_date
 
-from . import _text
-from .keys import Keys
-from .settings import Settings
-from .telemetry import RequestSeries, read_request_series
-from .wrongtype import describe, find_wrong_types, printable
+from dispatcher import _text
+from dispatcher.poller.telemetry import RequestSeries, read_request_series
+from dispatcher.settings import Settings
+from dispatcher.store.keys import Keys
+from dispatcher.wrongtype import describe, find_wrong_types, printable
 
 __all__ = [
     "BACKLOG_AGE",

@@ -1,6 +1,6 @@
 """Prometheus exposition of the status snapshot (needs the ``web`` extra: prometheus-client).
 
-Every scrape takes a fresh :class:`~dispatcher.status.Snapshot`, so the numbers are Redis's,
+Every scrape takes a fresh :class:`~dispatcher.ops.status.Snapshot`, so the numbers are Redis's,
 shared by every process, not one process's memory. The metric names are listed in the
 README ("Operating it").
 """
@@ -22,8 +22,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError, ResponseError
 
-from .status import OK, Snapshot
-from .telemetry import LATENCY_BUCKETS
+from dispatcher.ops.status import OK, Snapshot
+from dispatcher.poller.telemetry import LATENCY_BUCKETS
 
 __all__ = ["CONTENT_TYPE", "SnapshotCollector", "exposition"]
 

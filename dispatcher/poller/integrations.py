@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from .keys import Keys
+from dispatcher.store.keys import Keys
 
 __all__ = ["IntegrationRegistry", "RegisteredIntegration", "check_integration_id"]
 

@@ -3,9 +3,9 @@
 Kombo pushes every new order as an ``assessment:order-received`` (or
 ``inline-assessment:order-received``) event. The receiver checks ``X-Kombo-Signature`` over the
 raw body, validates the order, may reject it at the door, and hands it to
-:meth:`Ledger.dispatch <dispatcher.ledger.Ledger.dispatch>`: the same atomic dedupe-and-enqueue
-step the poller uses, so an order that arrives by webhook and by polling is dispatched once.
-The handlers run later, in a worker; the answer does not wait for them.
+:meth:`Ledger.dispatch <dispatcher.store.ledger.Ledger.dispatch>`: the same atomic
+dedupe-and-enqueue step the poller uses, so an order that arrives by webhook and by polling is
+dispatched once. The handlers run later, in a worker; the answer does not wait for them.
 
 ========  ===================================================================================
 answer    when
@@ -46,10 +46,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .ledger import Ledger
-from .models import Order, OrderStatus, OrderValidationError, id_problem, parse_order
-from .plugins import Acceptor, find_acceptors, load_handlers
-from .settings import Settings
+from dispatcher.kombo.models import (
+    Order,
+    OrderStatus,
+    OrderValidationError,
+    id_problem,
+    parse_order,
+)
+from dispatcher.plugins import Acceptor, find_acceptors, load_handlers
+from dispatcher.settings import Settings
+from dispatcher.store.ledger import Ledger
 
 __all__ = [
     "INLINE_ORDER_EVENT",

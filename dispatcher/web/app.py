@@ -23,11 +23,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .keys import Keys
-from .metrics import CONTENT_TYPE, exposition
-from .settings import Settings
-from .status import take_snapshot
-from .wrongtype import find_wrong_types, shared_keys
+from dispatcher.ops.status import take_snapshot
+from dispatcher.settings import Settings
+from dispatcher.store.keys import Keys
+from dispatcher.web.metrics import CONTENT_TYPE, exposition
+from dispatcher.wrongtype import find_wrong_types, shared_keys
 
 __all__ = ["create_app", "server_config"]
 

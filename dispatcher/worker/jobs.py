@@ -26,13 +26,13 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import BaseTimeoutException, TimerDeathPenalty
 
-from .failures import clean_reason
-from .keys import Keys
-from .logs import escape_controls
-from .models import Order
-from .plugins import Handler, HandlerContext, PermanentFailure, RetryLater, load_handlers
-from .redact import scrub
-from .settings import Settings, load_settings
+from dispatcher.kombo.models import Order
+from dispatcher.logs import escape_controls
+from dispatcher.plugins import Handler, HandlerContext, PermanentFailure, RetryLater, load_handlers
+from dispatcher.redact import scrub
+from dispatcher.settings import Settings, load_settings
+from dispatcher.store.failures import clean_reason
+from dispatcher.store.keys import Keys
 
 __all__ = [
     "HandlerFailed",

@@ -20,9 +20,9 @@ from pydantic import Field, SecretStr, TypeAdapter
 from pydantic_core import from_json
 from typing_extensions import TypedDict
 
-from .models import Order, OrderValidationError, RawOrder, RawOrders
-from .packages import PACKAGE_FIELDS, InvalidPackagesError, Package, parse_packages
-from .results import AssessmentResult
+from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders
+from dispatcher.kombo.packages import PACKAGE_FIELDS, InvalidPackagesError, Package, parse_packages
+from dispatcher.kombo.results import AssessmentResult
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",

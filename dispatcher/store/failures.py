@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .logs import escape_controls
-from .redact import scrub
+from dispatcher.logs import escape_controls
+from dispatcher.redact import scrub
 
 __all__ = [
     "MAX_REASON_LENGTH",
@@ -65,7 +65,7 @@ def clean_traceback(text: str) -> str:
     return "\n".join([*head, f"... ({cut} lines left out) ...", *tail])
 
 
-# dispatcher.jobs.HandlerFailed's message, matched from its start only: the ids in it come
+# dispatcher.worker.jobs.HandlerFailed's message, matched from its start only: the ids in it come
 # from Kombo and may hold spaces, ":", ")" or a whole fake "handler ... failed" line. The
 # handler name (from the operator's settings) is always right; the reason is, unless an id
 # holds "): ".
@@ -73,7 +73,7 @@ _HANDLER_FAILED = re.compile(
     r"handler (?P<handler>\S+) failed on order (?P<order>.*?) "
     r"\(integration (?P<integration>.*?)\): (?P<reason>.*)$"
 )
-_HANDLER_FAILED_TYPE = "dispatcher.jobs.HandlerFailed: "
+_HANDLER_FAILED_TYPE = "dispatcher.worker.jobs.HandlerFailed: "
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,7 @@ def parse_failure(exc_string: str | None) -> Failure:
     """Read the handler and reason from RQ's stored traceback text (or any exception line).
 
     The last non-blank line of a traceback is the exception that failed the job; for
-    :class:`dispatcher.jobs.HandlerFailed` it names the handler. Anything else is reported as
+    :class:`dispatcher.worker.jobs.HandlerFailed` it names the handler. Anything else is reported as
     that line, the exception type included.
     """
     # Split at "\n" only: tracebacks are joined with it, and a message may hold U+2028 etc.
@@ -102,7 +102,7 @@ def parse_failure(exc_string: str | None) -> Failure:
     if not lines:
         return Failure(None, "unknown (no error was recorded)")
     last = lines[-1]
-    # "dispatcher.jobs.HandlerFailed: handler ..." or a bare "handler ..." message.
+    # "dispatcher.worker.jobs.HandlerFailed: handler ..." or a bare "handler ..." message.
     match = _HANDLER_FAILED.match(last.removeprefix(_HANDLER_FAILED_TYPE))
     if match is not None:
         return Failure(match["handler"], match["reason"].strip() or "(no reason given)")

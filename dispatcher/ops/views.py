@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import click
 
-from . import _text
-from .admin import OrderRecord
-from .status import (
+from dispatcher import _text
+from dispatcher.ops.admin import OrderRecord
+from dispatcher.ops.status import (
     FAILING,
     NEVER_SWEPT,
     OK,
@@ -21,7 +21,7 @@ from .status import (
     StepCounts,
     WorkerStatus,
 )
-from .telemetry import RequestSeries
+from dispatcher.poller.telemetry import RequestSeries
 
 __all__ = ["describe_forget", "render_order", "render_status"]
 

@@ -32,13 +32,19 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import now
 
-from .keys import Keys, WrongKeyTypeError, job_id_for, key_types_checked, lua_type_guard
-from .models import Order, OrderValidationError, RawOrder, RawOrders
-from .settings import Settings
+from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders
+from dispatcher.settings import Settings
+from dispatcher.store.keys import (
+    Keys,
+    WrongKeyTypeError,
+    job_id_for,
+    key_types_checked,
+    lua_type_guard,
+)
 
 __all__ = ["DispatchResult", "JobOptions", "Ledger", "WrongKeyTypeError", "parse_seen"]
 
-JOB_FUNCTION = "dispatcher.jobs.process_order"
+JOB_FUNCTION = "dispatcher.worker.jobs.process_order"
 _T = TypeVar("_T")
 
 # KEYS: 1 seen hash, 2 queue list, 3 rq:queues set, 4 seen-integrations set, 5 stats hash,

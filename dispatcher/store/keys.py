@@ -206,7 +206,7 @@ def job_id_for(namespace: str, integration_id: str, order_id: str) -> str:
     so the triple is hashed rather than escaped. The namespace is part of it because RQ's job
     keys (``rq:job:<id>``) are shared by every namespace on one Redis. Joining with NUL is
     unambiguous because no id holds one: order ids and the webhook's integration ids with
-    control characters are refused (:func:`dispatcher.models.check_id`); the namespace and
+    control characters are refused (:func:`dispatcher.kombo.models.check_id`); the namespace and
     the configured integration ids are the operator's (``integrations add`` refuses them too).
     """
     digest = hashlib.blake2b(

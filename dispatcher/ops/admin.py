@@ -1,7 +1,7 @@
 """Operator views and actions on single orders: failed jobs, one order's record, forgetting.
 
 ``dispatcher failed``, ``show`` and ``forget`` are thin wrappers over :func:`failed_jobs`,
-:func:`describe_order` and :func:`forget_order` (text views: :mod:`dispatcher.views`).
+:func:`describe_order` and :func:`forget_order` (text views: :mod:`dispatcher.ops.views`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from rq.registry import (
 )
 from rq.results import Result
 
-from .failures import Failure, parse_failure
-from .keys import Keys, job_id_for
-from .ledger import parse_seen
+from dispatcher.store.failures import Failure, parse_failure
+from dispatcher.store.keys import Keys, job_id_for
+from dispatcher.store.ledger import parse_seen
 
 __all__ = [
     "FailedJob",

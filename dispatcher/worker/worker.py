@@ -26,11 +26,11 @@ from rq.registry import StartedJobRegistry
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from .failures import Failure, clean_traceback, parse_failure
-from .jobs import HandlerFailed, Runtime, install_runtime
-from .keys import WrongKeyTypeError, key_types_checked, lua_type_guard
-from .logs import OrderLogContext, contact_values, set_order_context
-from .settings import Settings
+from dispatcher.logs import OrderLogContext, contact_values, set_order_context
+from dispatcher.settings import Settings
+from dispatcher.store.failures import Failure, clean_traceback, parse_failure
+from dispatcher.store.keys import WrongKeyTypeError, key_types_checked, lua_type_guard
+from dispatcher.worker.jobs import HandlerFailed, Runtime, install_runtime
 
 __all__ = [
     "RECOVERY_BOUND",

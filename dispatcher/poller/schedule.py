@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from redis import Redis
 
-from .keys import Keys
+from dispatcher.store.keys import Keys
 
 __all__ = ["Schedule", "spread_offset"]
 

@@ -28,13 +28,19 @@ from redis import Redis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
-from .integrations import IntegrationRegistry
-from .kombo import InvalidPageError, KomboClient, KomboError, KomboStopped, OrdersPage
-from .ledger import Ledger
-from .models import OrderValidationError
-from .schedule import Schedule
-from .telemetry import RequestStats
-from .wrongtype import (
+from dispatcher.kombo.client import (
+    InvalidPageError,
+    KomboClient,
+    KomboError,
+    KomboStopped,
+    OrdersPage,
+)
+from dispatcher.kombo.models import OrderValidationError
+from dispatcher.poller.integrations import IntegrationRegistry
+from dispatcher.poller.schedule import Schedule
+from dispatcher.poller.telemetry import RequestStats
+from dispatcher.store.ledger import Ledger
+from dispatcher.wrongtype import (
     WRONGTYPE_CODE,
     describe,
     find_wrong_types,

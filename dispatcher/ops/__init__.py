@@ -1,0 +1,1 @@
+"""Operator views and actions: status snapshot, failed jobs, one order's record."""

@@ -1,0 +1,1 @@
+"""The poller process (``dispatcher poll``): sweeps, the fleet schedule, the registry."""

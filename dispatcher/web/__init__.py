@@ -1,0 +1,1 @@
+"""The web process (``dispatcher web``): /metrics, /healthz and the webhook receiver."""

@@ -1,0 +1,1 @@
+"""The worker process (``dispatcher worker``): RQ workers running the handler chain."""
