@@ -20,6 +20,7 @@ from redis import Redis
 from redis.exceptions import ReadOnlyError, ResponseError
 
 from dispatcher.store.keys import Keys, WrongKeyTypeError
+from dispatcher.store.rq_internals import QUEUES_KEY
 
 __all__ = [
     "WRONGTYPE_CODE",
@@ -111,7 +112,7 @@ def shared_keys(keys: Keys, queue_key: str) -> dict[str, str]:
         keys.step_stats: "hash",
         keys.kombo_requests: "hash",
         queue_key: "list",
-        "rq:queues": "set",
+        QUEUES_KEY: "set",
     }
 
 

@@ -14,7 +14,8 @@ from rq.job import Job
 from dispatcher.kombo.models import Order
 from dispatcher.plugins import HandlerContext
 from dispatcher.settings import Settings
-from dispatcher.store.ledger import JOB_FUNCTION, Ledger, _hset_items
+from dispatcher.store.ledger import JOB_FUNCTION, Ledger
+from dispatcher.store.rq_internals import job_hash_items
 from dispatcher.testing.simulator import Simulator
 from dispatcher.worker.jobs import Runtime
 from dispatcher.worker.worker import run_worker
@@ -27,7 +28,7 @@ _TIMESTAMPS = {b"created_at", b"enqueued_at"}
 
 def rq_hash(job: Job) -> dict[bytes, bytes]:
     # As redis-py encodes them: str.encode, which gives a str enum's value (status "queued").
-    items = [item if isinstance(item, bytes) else item.encode() for item in _hset_items(job)]
+    items = [item if isinstance(item, bytes) else item.encode() for item in job_hash_items(job)]
     return dict(zip(items[::2], items[1::2], strict=True))
 
 

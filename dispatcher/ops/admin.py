@@ -14,22 +14,19 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import WatchError
-from rq import Queue
-from rq.executions import ExecutionRegistry
-from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
-from rq.registry import (
-    CanceledJobRegistry,
-    DeferredJobRegistry,
-    FailedJobRegistry,
-    FinishedJobRegistry,
-    ScheduledJobRegistry,
-)
 from rq.results import Result
 
 from dispatcher.store.failures import Failure, parse_failure
 from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.ledger import parse_seen
+from dispatcher.store.rq_internals import (
+    delete_job,
+    failed_key,
+    job_key,
+    results_key,
+    scheduled_key,
+)
 
 __all__ = [
     "FailedJob",
@@ -154,12 +151,12 @@ def failed_jobs(
 ) -> tuple[list[FailedJob], int]:
     """The newest ``limit`` failed jobs of the queue (all when ``None``), and how many there
     are in all. Entries whose job already expired are skipped, as RQ's own cleanup would."""
-    registry = FailedJobRegistry(queue_name, connection=redis)
+    registry = failed_key(queue_name)
     live = f"({int(time.time())}"
-    total = int(redis.zcount(registry.key, live, "+inf"))
+    total = int(redis.zcount(registry, live, "+inf"))
     # Scored by expiry (failure time + TTL): the highest scores are the newest failures.
     raw_ids: list[bytes] = redis.zrevrangebyscore(  # type: ignore[assignment]
-        registry.key, "+inf", live, start=0, num=-1 if limit is None else limit
+        registry, "+inf", live, start=0, num=-1 if limit is None else limit
     )
     ids = [_str(job_id) for job_id in raw_ids]
     jobs = [job for job in Job.fetch_many(ids, connection=redis) if job is not None]
@@ -200,7 +197,7 @@ def _failures(redis: Redis, jobs: Sequence[Job]) -> dict[str, tuple[Failure, flo
     if missing:
         with redis.pipeline(transaction=False) as pipe:
             for job in missing:
-                pipe.xrevrange(_results_key(job.id), "+", "-", count=1)
+                pipe.xrevrange(results_key(job.id), "+", "-", count=1)
             for job, entries in zip(missing, pipe.execute(), strict=True):
                 found[job.id] = _failure_from_results(redis, job, entries)
     return found
@@ -252,7 +249,7 @@ def describe_order(
     with redis.pipeline(transaction=False) as pipe:
         for integration_id in candidates:
             pipe.hget(keys.seen(integration_id), order_id)
-            pipe.exists(Job.key_for(job_id_for(namespace, integration_id, order_id)))
+            pipe.exists(job_key(job_id_for(namespace, integration_id, order_id)))
             pipe.hgetall(keys.steps(integration_id, order_id))
         answers = pipe.execute()
     records = []
@@ -292,7 +289,7 @@ def _record(
     has_failed = (job.meta or {}).get("last_failure") or status == JobStatus.FAILED
     retry_at = None
     if status == JobStatus.SCHEDULED:
-        retry_at = _float(redis.zscore(_scheduled_key(queue_name, redis), job_id))
+        retry_at = _float(redis.zscore(scheduled_key(queue_name), job_id))
     try:
         payload = job.kwargs.get("order")
     except Exception:  # a payload this process cannot read is still worth the rest
@@ -372,15 +369,14 @@ def forget_order(
     """
     keys = Keys(namespace)
     job_id = job_id_for(namespace, integration_id, order_id)
-    job_key = Job.key_for(job_id)
-    queue = Queue(queue_name, connection=redis)
+    job_hash = job_key(job_id)
     effect_keys = _effect_keys(redis, keys, integration_id, order_id, handlers)
     steps_key = keys.steps(integration_id, order_id)
     for _ in range(_WATCH_RETRIES):
         with redis.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(job_key)  # type: ignore[no-untyped-call]
-                status = pipe.hget(job_key, "status")
+                pipe.watch(job_hash)  # type: ignore[no-untyped-call]
+                status = pipe.hget(job_hash, "status")
                 seen = pipe.hexists(keys.seen(integration_id), order_id)
                 steps = sum(1 for f in pipe.hkeys(steps_key) if not _str(f).startswith("_"))
                 effects = sum(pipe.exists(key) for key in effect_keys)
@@ -395,7 +391,7 @@ def forget_order(
                     )
                 pipe.multi()
                 pipe.hdel(keys.seen(integration_id), order_id)
-                _delete_job(pipe, queue, job_id)
+                delete_job(pipe, queue_name, job_id)
                 pipe.delete(steps_key, *effect_keys)
                 pipe.execute()
             except WatchError:
@@ -408,28 +404,6 @@ def forget_order(
         )
     raise ForgetRefused(
         f"order {order_id} (integration {integration_id}): its job kept changing; try again"
-    )
-
-
-def _delete_job(pipe: Any, queue: Queue, job_id: str) -> None:
-    # Every place RQ may hold the job: the queue (and its intermediate list), each registry,
-    # the job hash, its results stream and its execution registry. Started jobs are refused
-    # before this, so no execution hash is live.
-    pipe.lrem(queue.key, 0, job_id)
-    pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 0, job_id)
-    for registry in (
-        FinishedJobRegistry,
-        FailedJobRegistry,
-        ScheduledJobRegistry,
-        DeferredJobRegistry,
-        CanceledJobRegistry,
-    ):
-        pipe.zrem(registry(queue.name, connection=queue.connection).key, job_id)
-    pipe.delete(
-        Job.key_for(job_id),
-        Job.dependents_key_for(job_id),
-        _results_key(job_id),
-        ExecutionRegistry(job_id, connection=queue.connection).key,
     )
 
 
@@ -452,16 +426,6 @@ def _effect_keys(
         if ":" not in key[len(prefix) :]
     )
     return sorted(found)
-
-
-def _scheduled_key(queue_name: str, redis: Redis) -> str:
-    key: str = ScheduledJobRegistry(queue_name, connection=redis).key  # type: ignore[no-untyped-call]
-    return key
-
-
-def _results_key(job_id: str) -> str:
-    key: str = Result.get_key(job_id)  # type: ignore[no-untyped-call]
-    return key
 
 
 def _glob_escape(text: str) -> str:

@@ -21,20 +21,22 @@ from redis.client import Pipeline
 from redis.exceptions import ResponseError
 from rq import Queue, Worker
 from rq.job import Job
-from rq.registry import (
-    CanceledJobRegistry,
-    DeferredJobRegistry,
-    FailedJobRegistry,
-    FinishedJobRegistry,
-    ScheduledJobRegistry,
-    StartedJobRegistry,
-)
 from rq.utils import str_to_date
 
 from dispatcher import _text
 from dispatcher.poller.telemetry import RequestSeries, read_request_series
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
+from dispatcher.store.rq_internals import (
+    canceled_key,
+    deferred_key,
+    failed_key,
+    finished_key,
+    job_key,
+    scheduled_key,
+    started_key,
+    workers_key,
+)
 from dispatcher.wrongtype import describe, find_wrong_types, printable
 
 __all__ = [
@@ -279,17 +281,9 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
     keys = Keys(settings.namespace)
     queue = Queue(settings.queue, connection=redis)
     taken_at = time.time() if now is None else now
-    registries = [
-        StartedJobRegistry(queue=queue).key,
-        ScheduledJobRegistry(queue=queue).key,  # type: ignore[no-untyped-call]
-        DeferredJobRegistry(queue=queue).key,
-    ]
+    registries = [started_key(queue.name), scheduled_key(queue.name), deferred_key(queue.name)]
     # Finished, failed and canceled entries are scored by their expiry: count the live ones.
-    expiring = [
-        FinishedJobRegistry(queue=queue).key,
-        FailedJobRegistry(queue=queue).key,
-        CanceledJobRegistry(queue=queue).key,
-    ]
+    expiring = [finished_key(queue.name), failed_key(queue.name), canceled_key(queue.name)]
     live = f"({int(taken_at)}"
     refused = _Refused()
     with _Reads(redis, refused) as read:
@@ -305,8 +299,8 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
             read(key, "zset", 0).zcard(key)
         for key in expiring:
             read(key, "zset", 0).zcount(key, live, "+inf")
-        failed_key = FailedJobRegistry(queue=queue).key
-        read(failed_key, "zset", []).zrevrange(failed_key, 0, 0)
+        failed_registry = failed_key(queue.name)
+        read(failed_registry, "zset", []).zrevrange(failed_registry, 0, 0)
         (
             seen_ids,
             swept_ids,
@@ -334,9 +328,9 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
             read(keys.paused, "set", False).sismember(keys.paused, integration_id)
             read(results, "hash", 0, integration_id).hlen(results)
         # A missing job reads as None: the same answer as "no such job".
-        head_job = Job.key_for(_str(head or b"-"))
+        head_job = job_key(_str(head or b"-"))
         read(head_job, "hash", None).hget(head_job, "enqueued_at")
-        failed_job = Job.key_for(_str(newest_failed[0] if newest_failed else b"-"))
+        failed_job = job_key(_str(newest_failed[0] if newest_failed else b"-"))
         read(failed_job, "hash", None).hget(failed_job, "ended_at")
         *per_integration, head_enqueued, newest_failed_ended = read.execute()
     workers = _workers(queue, refused)
@@ -526,7 +520,7 @@ def _workers(queue: Queue, refused: _Refused) -> tuple[WorkerStatus, ...]:
         return _read_workers(queue)
     except ResponseError as exc:
         # RQ reads its worker set, then each worker's hash: the set is the likely culprit.
-        refused.add(f"rq:workers:{queue.name}", "set", None, exc)
+        refused.add(workers_key(queue.name), "set", None, exc)
         return ()
 
 

@@ -41,6 +41,15 @@ from dispatcher.store.keys import (
     key_types_checked,
     lua_type_guard,
 )
+from dispatcher.store.rq_internals import (
+    JOB_OWN_FIELDS,
+    QUEUES_KEY,
+    RQ_ENQUEUE_LUA,
+    job_data,
+    job_hash_items,
+    job_key,
+    queue_key,
+)
 
 __all__ = ["DispatchResult", "JobOptions", "Ledger", "WrongKeyTypeError", "parse_seen"]
 
@@ -55,12 +64,14 @@ _T = TypeVar("_T")
 #       then per candidate: order id, job id, n, n job-hash field/value items of its own.
 # Seen values are "<first seen unix time>" or "<first seen unix time>:<generation of the last
 # full sweep that saw the order OPEN>" (what pruning reads).
+# Writing RQ's job hash, queue and queue set is RQ_ENQUEUE_LUA's (rq_internals.py).
 # The types of keys 1-5 are checked before anything is written (a WRONGTYPE part-way would
 # leave an order seen but never enqueued); a job key of another type is deleted before it is
 # written, as a stale job hash is.
 _DISPATCH_TYPES = ("hash", "list", "set", "set", "hash")
 _DISPATCH_SCRIPT = (
     lua_type_guard(_DISPATCH_TYPES)
+    + RQ_ENQUEUE_LUA
     + """
 local m = tonumber(ARGV[5])
 for i = 6, 5 + m do
@@ -79,17 +90,14 @@ for i = 6, #KEYS do
   local job_id = ARGV[pos + 1]
   local n = tonumber(ARGV[pos + 2])
   if redis.call('HSETNX', KEYS[1], order_id, ARGV[1] .. ARGV[4]) == 1 then
-    -- A job hash left from an earlier dispatch of a forgotten order must not leak fields.
-    redis.call('DEL', KEYS[i])
-    if c > 0 then redis.call('HSET', KEYS[i], unpack(ARGV, shared, shared + c - 1)) end
-    redis.call('HSET', KEYS[i], unpack(ARGV, pos + 3, pos + 2 + n))
-    redis.call('RPUSH', KEYS[2], job_id)
+    rq_save_job(KEYS[i], shared, c, pos + 3, n)
+    rq_push_job(KEYS[2], job_id)
     new[#new + 1] = order_id
   end
   pos = pos + 3 + n
 end
 if #new > 0 then
-  redis.call('SADD', KEYS[3], ARGV[3])
+  rq_register_queue(KEYS[3], ARGV[3])
   redis.call('SADD', KEYS[4], ARGV[2])
   redis.call('HINCRBY', KEYS[5], 'orders_dispatched', #new)
 end
@@ -220,21 +228,22 @@ class Ledger:
         if not candidates and not to_mark:
             return result
         suffix = f":{generation}" if generation is not None else ""
+        rq_queue = queue_key(self.queue.name)
         keys = [
             seen_key,
-            self.queue.key,
-            self.queue.redis_queues_keys,
+            rq_queue,
+            QUEUES_KEY,
             self.keys.seen_integrations,
             self.keys.stats,
         ]
-        args: list[Any] = [int(self._clock()), integration_id, self.queue.key, suffix]
+        args: list[Any] = [int(self._clock()), integration_id, rq_queue, suffix]
         args.append(len(to_mark))
         args.extend(to_mark)
         shared, jobs = self._job_hashes(integration_id, candidates)
         args.append(len(shared))
         args.extend(shared)
         for order, job_id, fields in jobs:
-            keys.append(Job.key_for(job_id))
+            keys.append(job_key(job_id))
             args.extend((order.id, job_id, len(fields)))
             args.extend(fields)
         with key_types_checked(keys, _DISPATCH_TYPES, integration_id=integration_id):
@@ -327,20 +336,18 @@ class Ledger:
         if not orders:
             return [], iter(())
         template_job = self._build_job(integration_id, *orders[0])
-        template = dict(_pairs(_hset_items(template_job)))
+        template = dict(_pairs(job_hash_items(template_job)))
         dumps = template_job.serializer.dumps
         shared = [
-            item for key, value in template.items() if key not in _OWN for item in (key, value)
+            item
+            for key, value in template.items()
+            if key not in JOB_OWN_FIELDS
+            for item in (key, value)
         ]
 
         def own() -> Iterator[tuple[Order, str, list[Any]]]:
             for order, payload in orders:
-                # Job.data: the pickled (function, instance, args, kwargs). Not zlibbed as in
-                # to_dict: compressing 1 KB costs more than the rest of the job, RQ reads
-                # uncompressed data as such, and it compresses the data when it saves the
-                # job at the end (the copy kept for the result TTL).
-                kwargs = _job_kwargs(integration_id, order, payload)
-                data = dumps((JOB_FUNCTION, None, (), kwargs))
+                data = job_data(dumps, JOB_FUNCTION, _job_kwargs(integration_id, order, payload))
                 items = [
                     "data", data,
                     "description", _description(integration_id, order),
@@ -486,10 +493,6 @@ def _batches(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
         yield batch
 
 
-# The job-hash fields that differ between the jobs of a page (see Ledger._job_hashes).
-_OWN = frozenset({"data", "description", "meta"})
-
-
 def _job_kwargs(
     integration_id: str, order: Order, payload: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -511,18 +514,6 @@ def _meta(integration_id: str, order: Order) -> dict[str, str]:
 
 def _pairs(items: list[Any]) -> Iterator[tuple[Any, Any]]:
     return zip(items[::2], items[1::2], strict=True)
-
-
-def _hset_items(job: Job) -> list[Any]:
-    # The same hash RQ writes in Job.save(); RQ's own unique enqueue (rq/scripts.py) passes
-    # it to Lua the same way.
-    items: list[Any] = []
-    for key, value in job.to_dict().items():
-        if value is None:
-            continue
-        items.append(key)
-        items.append(value if isinstance(value, bytes | str) else str(value))
-    return items
 
 
 def _text(value: bytes | str) -> str:

@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, cast
 
 from redis import Redis
@@ -29,7 +29,23 @@ from rq.worker_pool import WorkerPool
 from dispatcher.logs import OrderLogContext, contact_values, set_order_context
 from dispatcher.settings import Settings
 from dispatcher.store.failures import Failure, clean_traceback, parse_failure
-from dispatcher.store.keys import WrongKeyTypeError, key_types_checked, lua_type_guard
+from dispatcher.store.keys import WrongKeyTypeError, key_types_checked
+from dispatcher.store.rq_internals import (
+    REQUEUE_ABANDONED,
+    REQUEUE_STRANDED,
+    GuardedScript,
+    WorkerBase,
+    first_seen_key,
+    intermediate_job_ids,
+    intermediate_key,
+    job_key,
+    queue_key,
+    save_meta,
+    started_job_id,
+    started_key,
+)
+from dispatcher.store.rq_internals import first_seen as rq_first_seen
+from dispatcher.store.rq_internals import mark_first_seen as rq_mark_first_seen
 from dispatcher.worker.jobs import HandlerFailed, Runtime, install_runtime
 
 __all__ = [
@@ -54,22 +70,6 @@ MAINTENANCE_INTERVAL = 10
 # then a live worker's next maintenance pass (an idle one wakes every WORKER_TTL - 15 s).
 RECOVERY_BOUND = HEARTBEAT_INTERVAL + HEARTBEAT_GRACE + (WORKER_TTL - 15) + MAINTENANCE_INTERVAL
 
-# KEYS: 1 started registry, 2 job hash, 3 queue list. ARGV: 1 registry entry, 2 job id.
-# Whoever removes the registry entry requeues the job: at most one worker does, and the job is
-# never out of both the registry and the queue.
-# Types are checked first: a WRONGTYPE after the ZREM would lose the job.
-_REQUEUE_ABANDONED_TYPES = ("zset", "hash", "list")
-_REQUEUE_ABANDONED = (
-    lua_type_guard(_REQUEUE_ABANDONED_TYPES)
-    + """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-if redis.call('HGET', KEYS[2], 'status') ~= 'started' then return 0 end
-redis.call('HSET', KEYS[2], 'status', 'queued')
-redis.call('RPUSH', KEYS[3], ARGV[2])
-return 1
-"""
-)
-
 
 def _log_context(job: Job) -> OrderLogContext | None:
     meta: dict[str, Any] = job.meta or {}
@@ -85,18 +85,13 @@ def _log_context(job: Job) -> OrderLogContext | None:
 
 
 def _requeue(
-    connection: Redis,
-    script: str,
-    types: Sequence[str],
-    keys: list[str],
-    args: list[Any],
-    job_id: str,
+    connection: Redis, script: GuardedScript, keys: list[str], args: list[Any], job_id: str
 ) -> bool:
-    """Run a requeue script; a key of the wrong type is logged (naming it) and skipped, the
-    job left where it is, rather than stopping the worker's maintenance."""
+    """Run a requeue script (rq_internals.py); a key of the wrong type is logged (naming it)
+    and skipped, the job left where it is, rather than stopping the worker's maintenance."""
     try:
-        with key_types_checked(keys, types):
-            return bool(connection.eval(script, len(keys), *keys, *args))
+        with key_types_checked(keys, script.types):
+            return bool(connection.eval(script.lua, len(keys), *keys, *args))
     except WrongKeyTypeError as exc:
         log.error("cannot requeue job %s: %s", job_id, exc)
         return False
@@ -126,7 +121,7 @@ def _record_failure(job: Job, exc_string: str) -> None:
             "reason": failure.reason,
             "at": round(time.time(), 3),
         }
-        job.save_meta()  # type: ignore[no-untyped-call]
+        save_meta(job)
     except (RedisError, ValueError, TypeError) as exc:
         log.warning("could not record the failure of job %s: %s", job.id, exc)
 
@@ -144,23 +139,12 @@ def _by_name(queue: Queue | str) -> Queue | str:
     return queue.name if isinstance(queue, Queue) and not isinstance(queue, _OrderQueue) else queue
 
 
-# KEYS: 1 intermediate list, 2 queue list. ARGV: 1 job id. A job a worker popped (RQ moves it
-# to the intermediate list first) but never started: put it back, at most once.
-_REQUEUE_STRANDED_TYPES = ("list", "list")
-_REQUEUE_STRANDED = (
-    lua_type_guard(_REQUEUE_STRANDED_TYPES)
-    + """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-return 1
-"""
-)
 # How long a job may sit popped but not started before it counts as stranded (a live worker
 # takes microseconds).
 STRANDED_AFTER = 10
 
 
-class _DispatcherWorkerMixin:
+class _DispatcherWorkerMixin(WorkerBase):
     """What the dispatcher adds to RQ's workers: abandoned jobs are requeued within
     ``RECOVERY_BOUND`` seconds, log lines during a job carry its order and integration (and
     mask the candidate's contact data above DEBUG), and every failed attempt is recorded in
@@ -177,11 +161,12 @@ class _DispatcherWorkerMixin:
                 q.name if isinstance(q, Queue) and not isinstance(q, _OrderQueue) else q
                 for q in queues
             ]
-        super().__init__(queues, *args, **kwargs)  # type: ignore[call-arg]
+        # RQ takes a mix of names and queues, whatever its annotation says.
+        super().__init__(queues, *args, **kwargs)  # type: ignore[arg-type]
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ adds a fixed 60 s of grace; a job whose worker is gone waits that long.
-        interval: float = self.job_monitoring_interval  # type: ignore[attr-defined]
+        interval: float = self.job_monitoring_interval
         if job.timeout and job.timeout > 0:
             interval = min(job.timeout - working_time, interval)
         return int(interval) + HEARTBEAT_GRACE
@@ -191,10 +176,10 @@ class _DispatcherWorkerMixin:
         # holding the queue's lock moves on; when that scheduler died with the worker, the
         # lock blocks everyone for a minute. The job did not fail, its worker vanished:
         # requeue it at once.
-        for queue in self.queues:  # type: ignore[attr-defined]
+        for queue in self.queues:
             self.requeue_abandoned(queue)
             self.requeue_stranded(queue)
-        super().clean_registries()  # type: ignore[misc]
+        super().clean_registries()  # type: ignore[no-untyped-call]  # RQ leaves it unannotated
 
     def requeue_stranded(self, queue: Queue) -> int:
         """Put back jobs a dead worker popped but never started; returns how many.
@@ -202,53 +187,49 @@ class _DispatcherWorkerMixin:
         RQ rescues them only after a minute, through the retry schedule (which a dead
         worker's scheduler lock can block for another minute).
         """
-        connection: Redis = self.connection  # type: ignore[attr-defined]
-        intermediate = queue.intermediate_queue
-        job_ids = intermediate.get_job_ids()
+        connection = self.connection
+        intermediate = intermediate_key(queue.name)
+        job_ids = intermediate_job_ids(connection, queue.name)
         if not job_ids:
             return 0
         started = {
-            queue.started_job_registry.parse_job_id(entry)
-            for entry in cast(
-                "list[bytes]", connection.zrange(queue.started_job_registry.key, 0, -1)
-            )
+            started_job_id(entry)
+            for entry in cast("list[bytes]", connection.zrange(started_key(queue.name), 0, -1))
         }
         requeued = 0
         for job_id in job_ids:
             if job_id in started:
                 continue
-            first_seen = intermediate.get_first_seen(job_id)
+            first_seen = rq_first_seen(connection, queue.name, job_id)
             if first_seen is None:
-                intermediate.set_first_seen(job_id)
+                rq_mark_first_seen(connection, queue.name, job_id)
                 continue
             if time.time() - first_seen.timestamp() < STRANDED_AFTER:
                 continue
             if _requeue(
                 connection,
-                _REQUEUE_STRANDED,
-                _REQUEUE_STRANDED_TYPES,
-                [intermediate.key, queue.key],
+                REQUEUE_STRANDED,
+                [intermediate, queue_key(queue.name)],
                 [job_id],
                 job_id,
             ):
-                connection.delete(intermediate.get_first_seen_key(job_id))
+                connection.delete(first_seen_key(queue.name, job_id))
                 requeued += 1
                 log.warning("requeued job %s: popped by a worker that never started it", job_id)
         return requeued
 
     def requeue_abandoned(self, queue: Queue) -> int:
         """Put jobs whose worker stopped heartbeating back on the queue; returns how many."""
-        connection: Redis = self.connection  # type: ignore[attr-defined]
-        registry = queue.started_job_registry
+        connection = self.connection
+        registry = started_key(queue.name)
         requeued = 0
-        entries = connection.zrangebyscore(registry.key, 0, time.time())
+        entries = connection.zrangebyscore(registry, 0, time.time())
         for entry in cast("list[bytes]", entries):
-            job_id = registry.parse_job_id(entry)
+            job_id = started_job_id(entry)
             if _requeue(
                 connection,
-                _REQUEUE_ABANDONED,
-                _REQUEUE_ABANDONED_TYPES,
-                [registry.key, Job.key_for(job_id), queue.key],
+                REQUEUE_ABANDONED,
+                [registry, job_key(job_id), queue_key(queue.name)],
                 [entry, job_id],
                 job_id,
             ):
@@ -259,7 +240,7 @@ class _DispatcherWorkerMixin:
     def execute_job(self, job: Job, queue: Queue) -> Any:
         set_order_context(_log_context(job))
         try:
-            return super().execute_job(job, queue)  # type: ignore[misc]
+            return super().execute_job(job, queue)
         finally:
             set_order_context(None)
 
@@ -275,7 +256,7 @@ class _DispatcherWorkerMixin:
         # echoing a token, or megabytes of one, must not get there.
         exc_string = clean_traceback(exc_string)
         _record_failure(job, exc_string)
-        return super().handle_job_failure(  # type: ignore[misc]
+        return super().handle_job_failure(
             job,
             queue,
             started_job_registry=started_job_registry,

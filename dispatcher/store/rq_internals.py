@@ -1,0 +1,346 @@
+"""Every dependency of the dispatcher on RQ's internals, in one place. Supported: rq>=3,<4
+(``SUPPORTED_RQ``; pyproject.toml says the same).
+
+RQ's public API (``Queue``, ``Job.create``/``fetch_many``, ``Worker.work``, ``Retry``...) is
+used where it is needed. Listed here is what RQ does not promise to keep: its Redis layout,
+which the dispatcher reads and writes directly (from Lua, so that an order is marked seen and
+enqueued in one atomic step and a page costs one round trip), and the methods of RQ's
+classes that the dispatcher overrides. tests/test_rq_internals.py checks every item against
+the installed RQ and names the one that changed; after an RQ upgrade, start there.
+
+Keys (``PREFIX`` is RQ's ``RQ_KEY_PREFIX``, ``rq`` unless set in the environment):
+
+- ``rq:queue:<queue>`` list, job ids waiting (``Queue.key``). The dispatch script RPUSHes new
+  jobs (ledger.py); the requeue scripts RPUSH recovered ones (worker/worker.py).
+- ``rq:queues`` set of queue keys (``Queue.redis_queues_keys``): the dispatch script SADDs the
+  queue's key, as ``Queue.enqueue`` does, so ``rq info`` lists the queue.
+- ``rq:queue:<queue>:intermediate`` list, jobs a worker popped but has not started
+  (``IntermediateQueue.get_intermediate_queue_key``); ``...:first_seen:<job id>`` string, when
+  a job was first seen there (``IntermediateQueue.get_first_seen_key``, set NX for a day, read
+  by RQ's own cleanup too). Stranded jobs are LREMmed from it and requeued; forget LREMs.
+- ``rq:job:<job id>`` hash (``Job.key_for``); ``rq:job:<job id>:dependents`` set
+  (``Job.dependents_key_for``); ``rq:results:<job id>`` stream (``Result.get_key``),
+  its entries read with ``Result.restore``; ``rq:executions:<job id>`` zset
+  (``ExecutionRegistry``). Forget deletes them all.
+- Registries, zsets ``rq:<kind>:<queue>`` (``<Kind>JobRegistry(...).key``): ``wip``
+  (started), ``finished``, ``failed``, ``scheduled``, ``deferred``, ``canceled``. Status counts
+  them; forget removes a job from each but the started one (a started job is refused).
+- ``rq:workers:<queue>`` set (``worker_registration.WORKERS_BY_QUEUE_KEY``): named when status
+  cannot read the workers.
+
+Registry semantics (what the scores and members mean):
+
+- started (``rq:wip``): members ``<job id>:<execution id>`` (``StartedJobRegistry.parse_job_id``
+  splits them), scored by the unix time the job's heartbeat runs out. A score in the past is
+  an abandoned job: ``requeue_abandoned`` ZREMs it and requeues the job.
+- finished, failed, canceled: job ids scored by their expiry (end + TTL): the live ones score
+  above now, the newest failure scores highest.
+- scheduled: job ids scored by the unix time they run again (``dispatcher show``'s retry at).
+
+Job hash fields:
+
+- the dispatch script writes exactly what RQ's ``Job.save`` would, read off ``Job.to_dict()``
+  of a template job (:func:`job_hash_items`), but for ``data``, ``description`` and ``meta``
+  (``JOB_OWN_FIELDS``), which it writes per order. ``data`` is the serialized
+  ``(function name, instance, args, kwargs)`` tuple (``Job._deserialize_data``), stored
+  uncompressed: ``Job.restore`` falls back to uncompressed data when zlib refuses it.
+- ``status`` (``JobStatus`` values ``queued``, ``started``): the abandoned requeue script moves
+  ``started`` back to ``queued``; forget refuses a ``started`` job.
+- ``enqueued_at``, ``ended_at`` (RQ's ``utcformat``, read with ``rq.utils.str_to_date``): status
+  reads the oldest queued and the newest failed job's.
+- ``meta`` holds the dispatcher's own keys (order, integration, failures); RQ's field.
+
+Methods of RQ's classes overridden in dispatcher/worker/worker.py (``OVERRIDDEN``): on
+``BaseWorker`` ``__init__`` (with ``job_monitoring_interval``, ``maintenance_interval``,
+``worker_ttl``, ``queue_class``), ``get_heartbeat_ttl``, ``clean_registries``,
+``execute_job`` (twice: the mixin and ``InProcessWorker``), ``handle_job_failure``; on
+``Queue`` the classmethod ``dequeue_any``. ``InProcessWorker`` also calls
+``prepare_execution``, ``perform_job``, ``set_state`` and ``maintain_heartbeats``, as RQ's
+``Worker.execute_job`` does. ``RECOVERY_BOUND`` relies on RQ's rule that an idle worker wakes
+from its blocking pop every ``worker_ttl - 15`` seconds (``BaseWorker.dequeue_timeout``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from redis import Redis
+from rq.defaults import RQ_KEY_PREFIX
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+
+from dispatcher.store.keys import lua_type_guard
+
+if TYPE_CHECKING:
+    from rq.worker import BaseWorker
+
+    # A mixin over RQ's workers is, for the type checker, the BaseWorker it is always
+    # combined with (Worker, SimpleWorker): its attributes and super() calls are checked
+    # against RQ's own signatures instead of being ignored.
+    WorkerBase = BaseWorker
+else:
+    WorkerBase = object
+
+__all__ = [
+    "JOB_OWN_FIELDS",
+    "OVERRIDDEN",
+    "PREFIX",
+    "QUEUES_KEY",
+    "REQUEUE_ABANDONED",
+    "REQUEUE_STRANDED",
+    "RQ_ENQUEUE_LUA",
+    "SUPPORTED_RQ",
+    "GuardedScript",
+    "WorkerBase",
+    "canceled_key",
+    "deferred_key",
+    "delete_job",
+    "dependents_key",
+    "executions_key",
+    "failed_key",
+    "finished_key",
+    "first_seen",
+    "first_seen_key",
+    "intermediate_job_ids",
+    "intermediate_key",
+    "job_data",
+    "job_hash_items",
+    "job_key",
+    "mark_first_seen",
+    "queue_key",
+    "results_key",
+    "save_meta",
+    "scheduled_key",
+    "started_job_id",
+    "started_key",
+    "workers_key",
+]
+
+# The RQ versions this module is written against: [from, to).
+SUPPORTED_RQ = ((3,), (4,))
+
+# (RQ class, method) pairs the dispatcher overrides; the test checks each still exists with a
+# signature the override accepts.
+OVERRIDDEN = (
+    ("rq.worker.BaseWorker", "__init__"),
+    ("rq.worker.BaseWorker", "get_heartbeat_ttl"),
+    ("rq.worker.BaseWorker", "clean_registries"),
+    ("rq.worker.Worker", "execute_job"),
+    ("rq.worker.SimpleWorker", "execute_job"),
+    ("rq.worker.BaseWorker", "handle_job_failure"),
+    ("rq.queue.Queue", "dequeue_any"),
+)
+
+# -- keys -------------------------------------------------------------------------------------
+
+PREFIX = RQ_KEY_PREFIX
+QUEUES_KEY = f"{PREFIX}:queues"
+
+
+def queue_key(queue: str) -> str:
+    """List of the job ids waiting on ``queue``."""
+    return f"{PREFIX}:queue:{queue}"
+
+
+def intermediate_key(queue: str) -> str:
+    """List of the job ids a worker popped from ``queue`` but has not started."""
+    return f"{queue_key(queue)}:intermediate"
+
+
+def first_seen_key(queue: str, job_id: str) -> str:
+    """String: when RQ first saw ``job_id`` in the intermediate list."""
+    return f"{intermediate_key(queue)}:first_seen:{job_id}"
+
+
+def job_key(job_id: str) -> str:
+    """Hash of one job."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def dependents_key(job_id: str) -> str:
+    """Set of the jobs depending on ``job_id``."""
+    return f"{job_key(job_id)}:dependents"
+
+
+def results_key(job_id: str) -> str:
+    """Stream of a job's results."""
+    return f"{PREFIX}:results:{job_id}"
+
+
+def executions_key(job_id: str) -> str:
+    """Zset of a job's live executions."""
+    return f"{PREFIX}:executions:{job_id}"
+
+
+def started_key(queue: str) -> str:
+    """Started registry: ``<job id>:<execution id>`` scored by heartbeat deadline."""
+    return f"{PREFIX}:wip:{queue}"
+
+
+def finished_key(queue: str) -> str:
+    """Finished registry: job ids scored by expiry."""
+    return f"{PREFIX}:finished:{queue}"
+
+
+def failed_key(queue: str) -> str:
+    """Failed registry: job ids scored by expiry."""
+    return f"{PREFIX}:failed:{queue}"
+
+
+def scheduled_key(queue: str) -> str:
+    """Scheduled registry: job ids scored by when they run again."""
+    return f"{PREFIX}:scheduled:{queue}"
+
+
+def deferred_key(queue: str) -> str:
+    """Deferred registry (the dispatcher defers none)."""
+    return f"{PREFIX}:deferred:{queue}"
+
+
+def canceled_key(queue: str) -> str:
+    """Canceled registry: job ids scored by expiry."""
+    return f"{PREFIX}:canceled:{queue}"
+
+
+def workers_key(queue: str) -> str:
+    """Set of the worker keys listening on ``queue``."""
+    return f"{PREFIX}:workers:{queue}"
+
+
+def started_job_id(entry: bytes | str) -> str:
+    """The job id of a started-registry member (``<job id>:<execution id>``)."""
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    return StartedJobRegistry.parse_job_id(text)
+
+
+# -- the intermediate list's first-seen marks (shared with RQ's own cleanup) --------------------
+
+
+def intermediate_job_ids(connection: Redis, queue: str) -> list[str]:
+    """The job ids in the intermediate list of ``queue``."""
+    return _intermediate(connection, queue).get_job_ids()
+
+
+def first_seen(connection: Redis, queue: str, job_id: str) -> datetime | None:
+    """When RQ (or we) first saw ``job_id`` popped but not started; None if not marked."""
+    return _intermediate(connection, queue).get_first_seen(job_id)
+
+
+def mark_first_seen(connection: Redis, queue: str, job_id: str) -> None:
+    """Mark ``job_id`` first seen now, as RQ's cleanup does (kept if already set)."""
+    _intermediate(connection, queue).set_first_seen(job_id)
+
+
+def _intermediate(connection: Redis, queue: str) -> IntermediateQueue:
+    return IntermediateQueue(queue_key(queue), connection)
+
+
+# -- job hashes ---------------------------------------------------------------------------------
+
+# The job-hash fields that differ between the jobs of a page (see Ledger._job_hashes).
+JOB_OWN_FIELDS = frozenset({"data", "description", "meta"})
+
+
+def job_hash_items(job: Job) -> list[Any]:
+    """The hash RQ writes in ``Job.save()``, as HSET field/value items; RQ's own unique
+    enqueue (rq/scripts.py) passes it to Lua the same way."""
+    items: list[Any] = []
+    for key, value in job.to_dict().items():
+        if value is None:
+            continue
+        items.append(key)
+        items.append(value if isinstance(value, bytes | str) else str(value))
+    return items
+
+
+def job_data(dumps: Any, function: str, kwargs: dict[str, Any]) -> bytes:
+    """A job's ``data`` field: the serialized (function, instance, args, kwargs), uncompressed
+    (``Job.to_dict`` zlibs it; compressing 1 KB costs more than the rest of the job, RQ reads
+    uncompressed data as such and compresses it when it saves the job at the end)."""
+    data: bytes = dumps((function, None, (), kwargs))
+    return data
+
+
+def save_meta(job: Job) -> None:
+    """``Job.save_meta()``, which RQ leaves unannotated."""
+    job.save_meta()  # type: ignore[no-untyped-call]
+
+
+def delete_job(pipe: Any, queue: str, job_id: str) -> None:
+    """Queue on ``pipe`` the removal of every place RQ may hold a job that is not running: the
+    queue (and its intermediate list), each registry, the job hash, its dependents, its
+    results stream and its execution registry."""
+    pipe.lrem(queue_key(queue), 0, job_id)
+    pipe.lrem(intermediate_key(queue), 0, job_id)
+    for registry in (finished_key, failed_key, scheduled_key, deferred_key, canceled_key):
+        pipe.zrem(registry(queue), job_id)
+    pipe.delete(
+        job_key(job_id), dependents_key(job_id), results_key(job_id), executions_key(job_id)
+    )
+
+
+# -- Lua that writes RQ's structures ------------------------------------------------------------
+
+# Local Lua functions for a script that enqueues as Queue.enqueue does (Job.save, then
+# Queue.push_job_id, and the queue registered in rq:queues). The job's fields come in ARGV as
+# field/value items: ``shared`` items ARGV[shared_at .. shared_at + shared_n - 1] common to
+# every job of the call, then its own ARGV[own_at .. own_at + own_n - 1].
+RQ_ENQUEUE_LUA = """
+local function rq_save_job(job_key, shared_at, shared_n, own_at, own_n)
+  -- A job hash left from an earlier dispatch of a forgotten order must not leak fields.
+  redis.call('DEL', job_key)
+  if shared_n > 0 then
+    redis.call('HSET', job_key, unpack(ARGV, shared_at, shared_at + shared_n - 1))
+  end
+  redis.call('HSET', job_key, unpack(ARGV, own_at, own_at + own_n - 1))
+end
+local function rq_push_job(queue_key, job_id)
+  redis.call('RPUSH', queue_key, job_id)
+end
+local function rq_register_queue(queues_key, queue_key)
+  redis.call('SADD', queues_key, queue_key)
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class GuardedScript:
+    """A Lua script that checks the type of each of its KEYS (``types``) before it writes."""
+
+    types: tuple[str, ...]
+    lua: str
+
+    @classmethod
+    def of(cls, types: Sequence[str], body: str) -> GuardedScript:
+        return cls(tuple(types), lua_type_guard(types) + body)
+
+
+# KEYS: 1 started registry, 2 job hash, 3 queue list. ARGV: 1 registry entry, 2 job id.
+# Whoever removes the registry entry requeues the job: at most one worker does, and the job is
+# never out of both the registry and the queue. Types are checked first: a WRONGTYPE after the
+# ZREM would lose the job.
+REQUEUE_ABANDONED = GuardedScript.of(
+    ("zset", "hash", "list"),
+    """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[2], 'status') ~= 'started' then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'queued')
+redis.call('RPUSH', KEYS[3], ARGV[2])
+return 1
+""",
+)
+
+# KEYS: 1 intermediate list, 2 queue list. ARGV: 1 job id. A job a worker popped (RQ moves it
+# to the intermediate list first) but never started: put it back, at most once.
+REQUEUE_STRANDED = GuardedScript.of(
+    ("list", "list"),
+    """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 1
+""",
+)
