@@ -53,6 +53,7 @@ from dispatcher.kombo.models import (
     id_problem,
     parse_order,
 )
+from dispatcher.logs import escape_controls
 from dispatcher.plugins import Acceptor, find_acceptors, load_handlers
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
@@ -535,4 +536,5 @@ def _inline_url(template: str, integration_id: str, order: Order) -> str:
 
 def _message(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     # Kombo shows the `message` of a 422 in the ATS; every other error answer has the same shape.
-    return JSONResponse({"message": message}, status_code=status, headers=headers)
+    # Messages may quote ids from the body (attacker-controlled): one line, controls escaped.
+    return JSONResponse({"message": escape_controls(message)}, status_code=status, headers=headers)
