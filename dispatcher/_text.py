@@ -20,12 +20,15 @@ def as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def as_float(value: bytes | str | float | None) -> float | None:
-    """A number read back from Redis, or None when it is missing or not a number."""
-    if value is None:
+def as_float(value: object) -> float | None:
+    """A number read back from Redis (or a stored JSON record), or None when it is missing or
+    not a number."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if not isinstance(value, str | int | float):
         return None
     try:
-        return float(as_str(value) if isinstance(value, bytes | str) else value)
+        return float(value)
     except ValueError:
         return None
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import ReadOnlyError, ResponseError
 
+from dispatcher._text import as_str
 from dispatcher.store.keys import Keys, WrongKeyTypeError
 
 __all__ = [
@@ -82,7 +83,7 @@ def find_wrong_types(redis: Redis, expected: Mapping[str, str]) -> list[WrongTyp
     with redis.pipeline(transaction=False) as pipe:
         for key in expected:
             pipe.type(key)
-        found = [_text(t) for t in pipe.execute()]
+        found = [as_str(t) for t in pipe.execute()]
     return [
         WrongType(key, kind, want)
         for (key, want), kind in zip(expected.items(), found, strict=True)
@@ -122,7 +123,3 @@ def integration_keys(keys: Keys, integration_id: str) -> dict[str, str]:
         keys.sweep(integration_id): "hash",
         keys.lease(integration_id): "string",
     }
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -32,6 +32,7 @@ from rq.registry import (
 from rq.utils import str_to_date
 
 from dispatcher import _text
+from dispatcher._text import as_float, as_str
 from dispatcher.poller.telemetry import RequestSeries, read_request_series
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
@@ -319,9 +320,9 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
             *counts,
         ) = read.execute()
     started, scheduled, deferred, finished, failed, canceled, newest_failed = counts
-    configured = [*settings.kombo_integration_ids, *(_str(i) for i in registered_ids)]
+    configured = [*settings.kombo_integration_ids, *(as_str(i) for i in registered_ids)]
     integration_ids = sorted(
-        set(configured) | {_str(i) for i in seen_ids} | {_str(i) for i in swept_ids}
+        set(configured) | {as_str(i) for i in seen_ids} | {as_str(i) for i in swept_ids}
     )
     with _Reads(redis, refused) as read:
         for integration_id in integration_ids:
@@ -334,9 +335,9 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
             read(keys.paused, "set", False).sismember(keys.paused, integration_id)
             read(results, "hash", 0, integration_id).hlen(results)
         # A missing job reads as None: the same answer as "no such job".
-        head_job = Job.key_for(_str(head or b"-"))
+        head_job = Job.key_for(as_str(head or b"-"))
         read(head_job, "hash", None).hget(head_job, "enqueued_at")
-        failed_job = Job.key_for(_str(newest_failed[0] if newest_failed else b"-"))
+        failed_job = Job.key_for(as_str(newest_failed[0] if newest_failed else b"-"))
         read(failed_job, "hash", None).hget(failed_job, "ended_at")
         *per_integration, head_enqueued, newest_failed_ended = read.execute()
     workers = _workers(queue, refused)
@@ -458,10 +459,10 @@ def _integration(
     stale_after: float,
     broken: tuple[str, ...] = (),
 ) -> IntegrationStatus:
-    sweep = {_str(k): _str(v) for k, v in raw.items()}
+    sweep = {as_str(k): as_str(v) for k, v in raw.items()}
     lease, due, paused, results = fleet
-    last_sweep_at = _float(sweep.get("last_sweep_at"))
-    last_error_at = _float(sweep.get("last_error_at"))
+    last_sweep_at = as_float(sweep.get("last_sweep_at"))
+    last_error_at = as_float(sweep.get("last_error_at"))
     error: SweepError | None = None
     if sweep.get("last_error"):
         code = sweep.get("last_error_code") or None
@@ -486,25 +487,25 @@ def _integration(
         configured=configured,
         remembered=remembered,
         last_sweep_at=last_sweep_at,
-        last_attempt_at=_float(sweep.get("last_attempt_at")),
-        duration=_float(sweep.get("duration")),
+        last_attempt_at=as_float(sweep.get("last_attempt_at")),
+        duration=as_float(sweep.get("duration")),
         orders_seen=_int(sweep.get("orders_seen")),
         orders_new=_int(sweep.get("orders_new")),
         pages=_int(sweep.get("pages")),
         error_count=_int(sweep.get("error_count")) or 0,
         last_error=error,
         paused=bool(paused),
-        lease=_str(lease) if lease is not None else None,
+        lease=as_str(lease) if lease is not None else None,
         next_sweep_at=float(due) if due is not None else None,
         consecutive_failures=_int(sweep.get("consecutive_failures")) or 0,
-        watermark=_float(sweep.get("watermark")),
+        watermark=as_float(sweep.get("watermark")),
         last_sweep_kind=sweep.get("last_sweep_kind"),
         results_written=int(results or 0),
         broken_keys=broken,
         invalid_orders=_int(sweep.get("invalid_orders")) or 0,
         last_invalid_order=(
             SweepError(
-                "INVALID_ORDER", sweep["last_invalid_order"], _float(sweep.get("last_invalid_at"))
+                "INVALID_ORDER", sweep["last_invalid_order"], as_float(sweep.get("last_invalid_at"))
             )
             if sweep.get("last_invalid_order")
             else None
@@ -567,7 +568,7 @@ def _read_workers(queue: Queue) -> tuple[WorkerStatus, ...]:
 def _step_counts(raw: Mapping[bytes, bytes]) -> dict[str, StepCounts]:
     found: dict[str, dict[str, int]] = {}
     for raw_field, raw_value in raw.items():
-        handler, _, outcome = _str(raw_field).rpartition(":")
+        handler, _, outcome = as_str(raw_field).rpartition(":")
         if handler and outcome in {"completed", "failed"}:
             found.setdefault(handler, {})[outcome] = int(raw_value)
     return {
@@ -647,17 +648,6 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
 
 
 # -- parsing --------------------------------------------------------------------------------
-
-
-def _str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 def _int(value: str | None) -> int | None:

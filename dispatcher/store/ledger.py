@@ -32,6 +32,7 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import now
 
+from dispatcher._text import as_str
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders
 from dispatcher.settings import Settings
 from dispatcher.store.keys import (
@@ -239,7 +240,7 @@ class Ledger:
             args.extend(fields)
         with key_types_checked(keys, _DISPATCH_TYPES, integration_id=integration_id):
             enqueued = self._run_script(keys, args)
-        result.enqueued = [_text(order_id) for order_id in enqueued]
+        result.enqueued = [as_str(order_id) for order_id in enqueued]
         result.already_seen += len(candidates) - len(result.enqueued)
         return result
 
@@ -258,7 +259,7 @@ class Ledger:
         if not str(exc).startswith("WRONGTYPE"):
             return exc
         found = self.redis.type(key)
-        return WrongKeyTypeError(key, _text(found), expected, integration_id=integration_id)
+        return WrongKeyTypeError(key, as_str(found), expected, integration_id=integration_id)
 
     def seen_at(self, integration_id: str, order_id: str) -> float | None:
         """When an order was first dispatched (unix time), or None if it never was."""
@@ -308,7 +309,7 @@ class Ledger:
             return 0
         with self.redis.pipeline(transaction=False) as pipe:
             for integration in integrations:
-                pipe.hlen(self.keys.seen(_text(integration)))
+                pipe.hlen(self.keys.seen(as_str(integration)))
             return sum(pipe.execute())
 
     def _job_hashes(
@@ -405,7 +406,7 @@ class Ledger:
             pipe.hget(self.keys.rejected(integration_id), order_id)
             seen, record = pipe.execute()
         # The seen mark decides: a rejection record outliving a forgotten order means nothing.
-        if seen is None or not _text(seen).startswith(REJECTED_PREFIX):
+        if seen is None or not as_str(seen).startswith(REJECTED_PREFIX):
             return None
         try:
             reason = json.loads(record)["reason"] if record is not None else None
@@ -452,7 +453,7 @@ return deleted
 def parse_seen(value: bytes | str) -> tuple[float | None, int]:
     """(first seen unix time, generation of the last full sweep that saw it OPEN) of a seen
     value; (None, 0) for a value this version does not write."""
-    text = value.decode() if isinstance(value, bytes) else value
+    text = as_str(value)
     first, _, generation = text.partition(":")
     if not first.isdigit():
         return None, 0
@@ -523,7 +524,3 @@ def _hset_items(job: Job) -> list[Any]:
         items.append(key)
         items.append(value if isinstance(value, bytes | str) else str(value))
     return items
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
