@@ -40,8 +40,9 @@ from dispatcher.kombo.results import record_result
 from dispatcher.ops.admin import forget_order
 from dispatcher.plugins import HandlerConfigError, check_handler
 from dispatcher.poller.integrations import check_integration_id
-from dispatcher.store.keys import Keys, WrongKeyTypeError, job_id_for, order_ref
+from dispatcher.store.keys import Keys, job_id_for, order_ref
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.wrongtype import WrongKeyTypeError
 from dispatcher.testing.simulator import Simulator
 from dispatcher.web.webhook import WEBHOOK_PATH
 from dispatcher.worker.jobs import StepStore, step_key

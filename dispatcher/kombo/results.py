@@ -33,7 +33,8 @@ from redis import Redis
 
 from dispatcher._text import first_problem, is_http_url
 from dispatcher.kombo.models import kombo_time
-from dispatcher.store.keys import Keys, key_types_checked, lua_type_guard
+from dispatcher.store.keys import Keys
+from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 
 __all__ = [
     "MAX_ATTACHMENTS",

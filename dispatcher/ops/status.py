@@ -33,10 +33,11 @@ from rq.utils import str_to_date
 
 from dispatcher import _text
 from dispatcher._text import as_float, as_str
+from dispatcher.logs import escape_controls
 from dispatcher.poller.telemetry import RequestSeries, read_request_series
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
-from dispatcher.wrongtype import describe, find_wrong_types, printable
+from dispatcher.store.wrongtype import describe, find_wrong_types
 
 __all__ = [
     "BACKLOG_AGE",
@@ -401,7 +402,9 @@ class _Refused:
             BrokenKey(
                 key,
                 integration_id,
-                str(wrong[key]) if key in wrong else f"key {printable(key)}: {describe(exc, [])}",
+                str(wrong[key])
+                if key in wrong
+                else f"key {escape_controls(key)}: {describe(exc, [])}",
             )
             for key, (_, integration_id, exc) in self.keys.items()
         )
@@ -582,7 +585,7 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
     problems: list[str] = [b.problem for b in snapshot.broken_keys if b.integration_id is None]
     for integration in snapshot.integrations:
         # Ids come from Kombo and webhooks: a problem stays one line whatever they hold.
-        name = f"integration {printable(integration.integration_id)}"
+        name = f"integration {escape_controls(integration.integration_id)}"
         error = integration.last_error
         if integration.broken_keys:
             # The broken key is the news; a recorded error or "never swept" only echoes it.

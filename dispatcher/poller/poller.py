@@ -41,7 +41,7 @@ from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.store.ledger import Ledger
-from dispatcher.wrongtype import (
+from dispatcher.store.wrongtype import (
     WRONGTYPE_CODE,
     describe,
     find_wrong_types,

@@ -35,12 +35,12 @@ from rq.utils import now
 from dispatcher._text import as_str
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders
 from dispatcher.settings import Settings
-from dispatcher.store.keys import (
-    Keys,
+from dispatcher.store.keys import Keys, job_id_for
+from dispatcher.store.wrongtype import (
     WrongKeyTypeError,
-    job_id_for,
     key_types_checked,
     lua_type_guard,
+    name_wrong_type,
 )
 
 __all__ = ["DispatchResult", "JobOptions", "Ledger", "WrongKeyTypeError", "parse_seen"]
@@ -188,7 +188,9 @@ class Ledger:
         try:
             values = self.redis.hmget(seen_key, list(last_at))
         except ResponseError as exc:
-            raise self._wrong_type(exc, seen_key, "hash", integration_id) from None
+            raise name_wrong_type(
+                self.redis, exc, seen_key, "hash", integration_id=integration_id
+            ) from None
         candidates: list[tuple[Order, dict[str, Any] | None]] = []
         invalid: list[OrderValidationError] = []
         to_mark: list[str] = []
@@ -251,15 +253,6 @@ class Ledger:
             # EVAL runs and caches the script in one round trip (redis-py's Script would
             # spend two: SCRIPT LOAD, then EVALSHA again).
             return self.redis.eval(_DISPATCH_SCRIPT, len(keys), *keys, *args)  # type: ignore[no-any-return]
-
-    def _wrong_type(
-        self, exc: ResponseError, key: str, expected: str, integration_id: str
-    ) -> ResponseError:
-        """Redis's bare WRONGTYPE answer (it names no key) as a WrongKeyTypeError."""
-        if not str(exc).startswith("WRONGTYPE"):
-            return exc
-        found = self.redis.type(key)
-        return WrongKeyTypeError(key, as_str(found), expected, integration_id=integration_id)
 
     def seen_at(self, integration_id: str, order_id: str) -> float | None:
         """When an order was first dispatched (unix time), or None if it never was."""

@@ -29,7 +29,7 @@ from rq.worker_pool import WorkerPool
 from dispatcher.logs import OrderLogContext, contact_values, set_order_context
 from dispatcher.settings import Settings
 from dispatcher.store.failures import Failure, clean_traceback, parse_failure
-from dispatcher.store.keys import WrongKeyTypeError, key_types_checked, lua_type_guard
+from dispatcher.store.wrongtype import WrongKeyTypeError, key_types_checked, lua_type_guard
 from dispatcher.worker.jobs import HandlerFailed, Runtime, install_runtime
 
 __all__ = [
