@@ -11,12 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +27,8 @@ from rq import Queue, Retry
 from dispatcher.kombo.models import Order
 from dispatcher.store.keys import job_id_for
 from dispatcher.store.ledger import JOB_FUNCTION, JobOptions
+from dispatcher.testing import free_port as free_port
+from dispatcher.testing.redis_server import private_redis as private_redis
 from dispatcher.testing.simulator import DEFAULT_API_KEY
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -40,41 +39,6 @@ _T = TypeVar("_T")
 
 
 # ------------------------------------------------------------------------------ servers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def private_redis() -> Iterator[str]:
-    """Start a throwaway redis-server (nothing on disk) and yield its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("bench: redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="bench-redis-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = Redis(port=port)
-    try:
-        for _ in range(500):
-            try:
-                client.ping()
-                break
-            except Exception:
-                time.sleep(0.01)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @dataclass(frozen=True)

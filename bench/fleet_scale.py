@@ -25,21 +25,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from redis import Redis
 
-from _support import private_redis
+from _support import free_port, private_redis
 
 QUEUE = "rq:queue:dispatcher-orders"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run(pollers: int, integrations: int, orders: int, latency: float) -> dict[str, float]:
-    port = _free_port()
+    port = free_port()
     sim = subprocess.Popen(
         [sys.executable, "-m", "dispatcher", "sim", "--port", str(port),
          "--integrations", str(integrations), "--orders", str(orders), "--closed", "0",

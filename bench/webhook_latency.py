@@ -28,7 +28,6 @@ import json
 import os
 import random
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,7 @@ import httpx
 from redis import Redis
 from rq import Queue
 
-from _support import private_redis
+from _support import free_port, private_redis
 from dispatcher.testing.simulator import Simulator
 from dispatcher.web.webhook import ORDER_EVENT, SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
@@ -74,12 +73,6 @@ def _serve(port: int) -> None:
         gc.freeze()
     # Served as `dispatcher web` serves it (header deadline, connection limit).
     uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port)).run()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _deliveries(count: int) -> list[bytes]:
@@ -203,7 +196,7 @@ def measure(
     sends = measured + measured[: int(len(measured) * replays)]
     random.Random(0).shuffle(sends)  # a replay may even arrive before its original
     with nullcontext(redis_url) if redis_url else private_redis() as redis_url:
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "REDIS_URL": redis_url,

@@ -1,12 +1,85 @@
-"""Small text helpers shared by the command-line views (durations, tables)."""
+"""Small text helpers shared across the package: Redis replies as text, one-line problems,
+and the command-line views (durations, tables)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
+
+
+def as_str(value: bytes | str) -> str:
+    """A Redis reply as text (a client without ``decode_responses`` answers bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def as_float(value: object) -> float | None:
+    """A number read back from Redis (or a stored JSON record), or None when it is missing or
+    not a number."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if not isinstance(value, str | int | float):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def is_http_url(text: str) -> bool:
+    """True for an ``http://`` or ``https://`` address (the only schemes we call out to)."""
+    return text.startswith(("http://", "https://"))
+
+
+def dotted(location: Sequence[int | str]) -> str:
+    """Where a pydantic error is, as ``hiring_team.0.email``."""
+    return ".".join(str(part) for part in location)
+
+
+def error_message(error: ErrorDetails) -> str:
+    """pydantic's message for one error, without the ``Value error,`` of our own validators."""
+    return error["msg"].removeprefix("Value error, ")
+
+
+def first_problem(
+    exc: ValidationError,
+    *,
+    field: Callable[[Sequence[int | str]], str] = dotted,
+    default: str = "(value)",
+    describe: Callable[[ErrorDetails], str] | None = None,
+) -> tuple[str, str]:
+    """The field and the problem of ``exc``'s first error, for a one-line message.
+
+    ``field`` names the location (``default`` when it is empty); the problem is pydantic's
+    message without its ``Value error,`` prefix (or what ``describe`` says), with
+    ``(and N more)`` when there are other errors.
+    """
+    errors = exc.errors()
+    first = errors[0]
+    problem = (describe or error_message)(first)
+    if len(errors) > 1:
+        problem += f" (and {len(errors) - 1} more)"
+    return field(first["loc"]) or default, problem
+
+
+def validation_line(
+    exc: ValidationError,
+    prefix: str = "",
+    *,
+    field: Callable[[Sequence[int | str]], str] = dotted,
+    default: str = "(value)",
+    describe: Callable[[ErrorDetails], str] | None = None,
+) -> str:
+    """``{prefix}{field}: {problem}`` for ``exc``'s first error (see :func:`first_problem`)."""
+    name, problem = first_problem(exc, field=field, default=default, describe=describe)
+    return f"{prefix}{name}: {problem}"
 
 
 def duration(seconds: float) -> str:

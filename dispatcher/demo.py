@@ -1,22 +1,20 @@
 """``dispatcher demo``: the whole pipeline in one process.
 
 The simulated Kombo API, fakeredis, the poller, and a worker running the built-in chain
-``log → provision_http → notify_email`` against an in-process stand-in of the vendor's API
-and an in-process SMTP server (aiosmtpd). Nothing leaves the machine.
+``log → provision_http → notify_email`` against the stand-ins of :mod:`dispatcher.testing`:
+the vendor's API and an SMTP server (aiosmtpd), in process on loopback. Nothing leaves the
+machine.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
-import httpx
 from rq import Queue, SimpleWorker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
@@ -24,7 +22,9 @@ from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.poller import Poller
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
+from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import Runtime, install_runtime
 
 __all__ = ["run_demo"]
@@ -33,8 +33,8 @@ __all__ = ["run_demo"]
 def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], None]) -> int:
     """Sweep, work, sweep again; print a summary. Returns the exit status."""
     try:
+        import aiosmtpd  # noqa: F401  (the mailbox's SMTP server)
         import fakeredis
-        from aiosmtpd.controller import Controller
     except ImportError:
         echo("demo: needs the demo extra: pip install 'kombo-dispatcher[demo]'")
         return 2
@@ -44,26 +44,19 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
 
     started = time.monotonic()
     simulator = Simulator(integrations, orders, seed=7)
-    vendor = _VendorStandIn()
-    mailbox = _Mailbox()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=_free_port())
+    vendor = VendorAPI()
+    mailbox = Mailbox()
     redis = fakeredis.FakeRedis()
     settings = Settings(
         KOMBO_API_KEY=DEFAULT_API_KEY,
         DISPATCHER_HANDLERS="log,provision_http,notify_email",
     )
-    provision = ProvisionHttpHandler(
-        ProvisionSettings(PROVISION_URL="http://vendor.demo/provision"),
-        transport=httpx.MockTransport(vendor),
-    )
+    provision = ProvisionHttpHandler(ProvisionSettings(PROVISION_URL=vendor.url))
     chain: list[Any] = [
         LogHandler(),
         provision,
         NotifyEmailHandler(
-            EmailSettings(
-                SMTP_URL=f"smtp://127.0.0.1:{controller.port}",
-                NOTIFY_FROM="Acme Assessments <tests@acme.example>",
-            )
+            EmailSettings(SMTP_URL=mailbox.url, NOTIFY_FROM="Acme Assessments <tests@acme.example>")
         ),
     ]
     install_runtime(Runtime(settings=settings, chain=chain))
@@ -76,7 +69,8 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
         "fakeredis; handlers: " + " -> ".join(settings.handlers)
     )
     with (
-        _running(controller),
+        closing(vendor),
+        closing(mailbox),
         KomboClient(
             DEFAULT_API_KEY, simulator.base_url, transport=simulator.transport(), retry_budget=5
         ) as client,
@@ -92,7 +86,8 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
         failed = FailedJobRegistry(queue=queue)
         echo(
             f"worker: {finished.count} orders handled, {failed.count} failed; "
-            f"{len(vendor.keys)} tests provisioned, {len(mailbox.messages)} emails sent"
+            f"{len(vendor.succeeded_per_key())} tests provisioned, "
+            f"{len(mailbox.messages)} emails sent"
         )
         second = poller.sweep()
         echo(
@@ -115,7 +110,8 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
     total_handled = sum(handled.values())
     echo(f"{'total':<{width}}  {first.orders_seen:>5}  {first.orders_new:>8}  {total_handled:>7}")
     echo(
-        f"\nprovisioned tests: {len(vendor.keys)} (one per order, {vendor.calls} calls); "
+        f"\nprovisioned tests: {len(vendor.succeeded_per_key())} (one per order, "
+        f"{len(vendor.calls)} calls); "
         f"emails to hiring teams: {len(mailbox.messages)}"
     )
     echo(f"done in {time.monotonic() - started:.1f}s")
@@ -124,48 +120,6 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
         and not second.errors
         and second.orders_new == 0
         and total_handled == first.orders_new == first.orders_seen
-        and len(vendor.keys) == total_handled
+        and len(vendor.succeeded_per_key()) == total_handled
     )
     return 0 if ok else 1
-
-
-class _VendorStandIn:
-    """The vendor's provisioning API, in process: one test link per idempotency key."""
-
-    def __init__(self) -> None:
-        self.keys: set[str] = set()
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        key = request.headers.get("Idempotency-Key", "")
-        with self._lock:
-            self.calls += 1
-            self.keys.add(key)
-        return httpx.Response(200, json={"test_url": f"https://tests.acme.example/t/{key[:12]}"})
-
-
-class _Mailbox:
-    """aiosmtpd handler keeping every message it accepts."""
-
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(envelope.content)
-        return "250 Message accepted"
-
-
-@contextmanager
-def _running(controller: Any) -> Iterator[None]:
-    controller.start()
-    try:
-        yield
-    finally:
-        controller.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -15,11 +15,11 @@ things in the first place:
   email address, are replaced by ``<redacted>`` above DEBUG: they may appear at DEBUG only.
 
 In the text format every record is one line: control characters anywhere in it (CR, LF and
-the rest of C0, DEL, C1, the Unicode line and paragraph separators, bidi overrides) are
-written as backslash escapes, so that an order id, name or vendor message holding a newline
-cannot forge a line of its own. A traceback becomes part of its record's line the same way
-(``\n`` between its lines). Backslashes are not doubled: the text format is for reading; the
-JSON format is the exact one.
+the rest of C0, DEL, C1, the Unicode line and paragraph separators, bidi overrides, and every
+other character ``str.isprintable`` refuses) are written as backslash escapes, so that an
+order id, name or vendor message holding a newline cannot forge a line of its own. A
+traceback becomes part of its record's line the same way (``\n`` between its lines).
+Backslashes are not doubled: the text format is for reading; the JSON format is the exact one.
 """
 
 from __future__ import annotations
@@ -151,27 +151,33 @@ _FORMATTER = logging.Formatter()
 _guard = _Guard()
 
 
-# C0 controls, DEL and C1 (U+0085 NEL among them), the Unicode line and paragraph
-# separators, and the bidi embeddings, overrides and isolates (they reorder how a line is
-# shown): every character str.splitlines() breaks at, and those that disguise a line.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _JSON_BREAKS = re.compile("[\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def _escape_one(match: re.Match[str]) -> str:
-    char = match.group()
+def _escape_one(char: str) -> str:
     named = _NAMED.get(char)
     if named is not None:
         return named
     code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def escape_controls(text: str) -> str:
-    """``text`` on one line: control characters as backslash escapes (``\\n``, ``\\x1b``,
-    ``\\u2028``)."""
-    return _CONTROLS.sub(_escape_one, text)
+    """``text`` on one line, shown as it is: every character ``str.isprintable`` refuses as a
+    backslash escape (``\\n``, ``\\x1b``, ``\\u2028``).
+
+    That is C0 controls, DEL and C1 (U+0085 NEL among them), the Unicode line and paragraph
+    separators (every character ``str.splitlines`` breaks at), the bidi embeddings, overrides
+    and isolates (they reorder how a line is shown), other invisible format characters and
+    lone surrogates. Ids, names and vendor messages are attacker-controlled: a log line, a
+    failure reason or a problem in ``dispatcher status`` must stay one honest line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape_one(char) for char in text)
 
 
 class _TextFormatter(logging.Formatter):

@@ -16,7 +16,9 @@ from importlib import metadata
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
+from dispatcher._text import dotted, error_message, validation_line
 from dispatcher.kombo.models import Order
 from dispatcher.redact import protect_settings
 from dispatcher.settings import Settings
@@ -214,14 +216,16 @@ def handler_settings(model: type[_SettingsT]) -> _SettingsT:
     try:
         settings = model()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = str(first["loc"][0]) if first["loc"] else model.__name__
-        field = model.model_fields.get(loc)
-        name = field.alias if field is not None and field.alias else loc
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "missing":
-            message = "not set"
-        raise HandlerConfigError(f"{name}: {message}") from None
+
+        def variable(location: Sequence[int | str]) -> str:
+            field = model.model_fields.get(str(location[0])) if location else None
+            return field.alias if field is not None and field.alias else dotted(location[:1])
+
+        def problem(error: ErrorDetails) -> str:
+            return "not set" if error["type"] == "missing" else error_message(error)
+
+        line = validation_line(exc, field=variable, default=model.__name__, describe=problem)
+        raise HandlerConfigError(line) from None
     protect_settings(settings)
     return settings
 

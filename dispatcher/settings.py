@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from dispatcher._text import is_http_url, validation_line
 from dispatcher.redact import protect_settings
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -225,7 +227,7 @@ class Settings(BaseSettings):
     @field_validator("kombo_base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
+        if not is_http_url(value):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
@@ -246,7 +248,7 @@ class Settings(BaseSettings):
     def _url_template(cls, value: str | None) -> str | None:
         if not value:
             return None
-        if not value.startswith(("http://", "https://")):
+        if not is_http_url(value):
             raise ValueError("must start with http:// or https://")
         try:
             fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
@@ -287,17 +289,16 @@ def load_settings(**overrides: object) -> Settings:
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = first["loc"][0] if first["loc"] else "settings"
-        name = _env_name(str(loc))
-        msg = first["msg"].removeprefix("Value error, ")
-        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise ConfigError(f"{name}: {msg}{more}") from None
+        raise ConfigError(validation_line(exc, field=_env_name, default="settings")) from None
     protect_settings(settings)
     return settings
 
 
-def _env_name(loc: str) -> str:
+def _env_name(location: Sequence[int | str]) -> str:
+    """The environment variable of the field an error is about."""
+    if not location:
+        return ""
+    loc = str(location[0])
     field = Settings.model_fields.get(loc)
     if field is not None and field.alias:
         return field.alias

@@ -1,14 +1,52 @@
-"""What the HTTP handlers share: posting with an idempotency key, and sorting failures into
-retry-later and never-retry the same way."""
+"""What the HTTP handlers share: settings from the environment, one HTTP client each,
+posting with an idempotency key, and sorting failures into retry-later and never-retry the
+same way."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import httpx
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher import HandlerContext, PermanentFailure, RetryLater
+from dispatcher import HandlerContext, PermanentFailure, RetryLater, handler_settings
+
+from ._text import one_line
+
+
+class HttpSettings(BaseSettings):
+    """Settings every HTTP handler has: read from the environment and ``.env``, and a request
+    timeout (each handler names its own variable for it)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    timeout: float = Field(30.0, gt=0)
+
+
+_SettingsT = TypeVar("_SettingsT", bound=HttpSettings)
+
+
+class HttpHandler(Generic[_SettingsT]):
+    """A handler that calls one HTTP endpoint: its settings (from the environment unless
+    given) and one connection pool, closed by the worker at shutdown."""
+
+    settings_class: ClassVar[type[HttpSettings]]
+
+    def __init__(
+        self,
+        settings: _SettingsT | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        # settings_class is _SettingsT's class; a ClassVar cannot say so to mypy.
+        self.settings = settings or cast("_SettingsT", handler_settings(self.settings_class))
+        self._client = httpx.Client(timeout=self.settings.timeout, transport=transport)
+
+    def close(self) -> None:
+        """Release the HTTP connection pool (the worker calls this at shutdown)."""
+        self._client.close()
 
 
 def post_json(
@@ -50,11 +88,6 @@ def vendor_message(response: httpx.Response, limit: int = 300) -> str:
             if isinstance(value, dict):
                 value = value.get("message")
             if isinstance(value, str) and value.strip():
-                return _one_line(value, limit)
+                return one_line(value, limit)
     text = response.text.strip()
-    return _one_line(text, limit) if text else response.reason_phrase
-
-
-def _one_line(text: str, limit: int) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return one_line(text, limit) if text else response.reason_phrase

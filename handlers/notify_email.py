@@ -18,7 +18,6 @@ import hashlib
 import html
 import smtplib
 import ssl
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.errors import HeaderParseError
@@ -32,6 +31,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dispatcher import HandlerContext, Order, PermanentFailure, RetryLater, handler_settings
+
+from ._text import one_line, unprintable
 
 
 class EmailSettings(BaseSettings):
@@ -105,7 +106,7 @@ class NotifyEmailHandler:
             raw = (member.email or "").strip(" ")
             if not raw:
                 context.logger.info(
-                    "order %s: %s is empty: member skipped", _one_line(order.id, 100), field
+                    "order %s: %s is empty: member skipped", one_line(order.id, 100), field
                 )
                 continue
             try:
@@ -115,13 +116,13 @@ class NotifyEmailHandler:
                 # The address itself is contact data (and may be an attack): DEBUG only.
                 context.logger.warning(
                     "order %s: %s is not one email address (%s): member skipped",
-                    _one_line(order.id, 100),
+                    one_line(order.id, 100),
                     field,
                     exc,
                 )
                 context.logger.debug("%s rejected: %r", field, raw)
                 continue
-            name = _one_line(" ".join(filter(None, (member.first_name, member.last_name))), 100)
+            name = one_line(" ".join(filter(None, (member.first_name, member.last_name))), 100)
             seen.setdefault(addr_spec.lower(), Address(display_name=name, addr_spec=addr_spec))
         return Recipients(list(seen.values()), invalid)
 
@@ -182,10 +183,10 @@ class NotifyEmailHandler:
         Names, the job title and ids come from the ATS: each is reduced to one line before it
         reaches a header (a line break there is a new header) or the text.
         """
-        candidate = _one_line(order.candidate.full_name, 200)
-        job = _one_line(order.job.name or "", 200) or "an open position"
-        order_id = _one_line(order.id, 200)
-        package_id = _one_line(order.package_id, 200)
+        candidate = one_line(order.candidate.full_name, 200)
+        job = one_line(order.job.name or "", 200) or "an open position"
+        order_id = one_line(order.id, 200)
+        package_id = one_line(order.package_id, 200)
         message = EmailMessage()
         message["Subject"] = f"Assessment ordered for {candidate}: {job}"
         message["From"] = self.settings.sender
@@ -256,9 +257,6 @@ class Recipients(NamedTuple):
 # RFC 5321: a path is at most 256 octets with its angle brackets, a local part at most 64.
 _MAX_ADDRESS = 254
 _MAX_LOCAL_PART = 64
-# Characters that end or hide a line (str.splitlines() splits on Zl/Zp and some Cc too),
-# invisible formatting, lone surrogates (unencodable) and unassigned code points.
-_UNPRINTABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
 def _addr_spec(raw: str) -> str:
@@ -269,7 +267,7 @@ def _addr_spec(raw: str) -> str:
     whitespace (the parsed form differs from the input), quoted local parts and domain
     literals. A non-ASCII domain is IDNA-encoded so the server needs no SMTPUTF8.
     """
-    if any(unicodedata.category(char) in _UNPRINTABLE for char in raw):
+    if any(unprintable(char) for char in raw):
         raise ValueError("control characters")
     if any(char.isspace() for char in raw):
         raise ValueError("whitespace")
@@ -291,16 +289,6 @@ def _addr_spec(raw: str) -> str:
     if len(local) > _MAX_LOCAL_PART or len(local) + 1 + len(domain) > _MAX_ADDRESS:
         raise ValueError("too long")
     return f"{local}@{domain}"
-
-
-def _one_line(text: str, limit: int) -> str:
-    """``text`` with every unprintable character or line break made a space, whitespace runs
-    collapsed, cut to ``limit`` characters."""
-    printable = "".join(
-        " " if unicodedata.category(char) in _UNPRINTABLE else char for char in text
-    )
-    line = " ".join(printable.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _effect(recipient: Address) -> str:

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from pydantic import AnyHttpUrl, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher import HandlerContext, Order, handler_settings
+from dispatcher import HandlerContext, Order
 
-from ._http import post_json
+from ._http import HttpHandler, HttpSettings, post_json
 from .notify_email import find_test_url
 
 
-class WebhookSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
-
+class WebhookSettings(HttpSettings):
     url: AnyHttpUrl = Field(alias="NOTIFY_WEBHOOK_URL")
     timeout: float = Field(15.0, alias="NOTIFY_WEBHOOK_TIMEOUT", gt=0)
 
@@ -26,23 +22,11 @@ def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-class NotifyWebhookHandler:
+class NotifyWebhookHandler(HttpHandler[WebhookSettings]):
     """Tell a chat channel (Slack, Mattermost, Teams via a bridge) about the order."""
 
     name = "notify_webhook"
-
-    def __init__(
-        self,
-        settings: WebhookSettings | None = None,
-        *,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.settings = settings or handler_settings(WebhookSettings)
-        self._client = httpx.Client(timeout=self.settings.timeout, transport=transport)
-
-    def close(self) -> None:
-        """Release the HTTP connection pool (the worker calls this at shutdown)."""
-        self._client.close()
+    settings_class = WebhookSettings
 
     def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
         job = order.job.name or "a job"

@@ -10,40 +10,24 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from pydantic import AnyHttpUrl, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher import HandlerContext, Order, PermanentFailure, handler_settings
+from dispatcher import HandlerContext, Order, PermanentFailure
 
-from ._http import post_json
+from ._http import HttpHandler, HttpSettings, post_json
 
 
-class ProvisionSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
-
+class ProvisionSettings(HttpSettings):
     url: AnyHttpUrl = Field(alias="PROVISION_URL")
     token: SecretStr | None = Field(None, alias="PROVISION_TOKEN")
     timeout: float = Field(30.0, alias="PROVISION_TIMEOUT", gt=0)
 
 
-class ProvisionHttpHandler:
+class ProvisionHttpHandler(HttpHandler[ProvisionSettings]):
     """POST the order to the vendor's provisioning endpoint."""
 
     name = "provision_http"
-
-    def __init__(
-        self,
-        settings: ProvisionSettings | None = None,
-        *,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.settings = settings or handler_settings(ProvisionSettings)
-        self._client = httpx.Client(timeout=self.settings.timeout, transport=transport)
-
-    def close(self) -> None:
-        """Release the HTTP connection pool (the worker calls this at shutdown)."""
-        self._client.close()
+    settings_class = ProvisionSettings
 
     def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
         body = {**order.to_payload(), "integration_id": context.integration_id}

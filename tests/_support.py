@@ -1,94 +1,18 @@
-"""Test support: a private redis-server, and small builders shared by the tests."""
+"""Test support: small builders shared by the tests.
+
+The private redis-server and ``free_port`` are the package's own stand-ins
+(:mod:`dispatcher.testing`), re-exported here for the tests that import them from here."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from redis import Redis
-from redis.exceptions import AuthenticationError as AuthenticationError_
-from redis.exceptions import ResponseError
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A private ``redis-server`` on a free port that tests may stop, kill and restart."""
-
-    def __init__(self, *, appendonly: bool = False) -> None:
-        self.binary = shutil.which("redis-server")
-        if self.binary is None:
-            raise RuntimeError("redis-server is not installed")
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="dispatcher-redis-"))
-        self.appendonly = appendonly
-        self.extra_args: list[str] = []
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [
-            str(self.binary),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
-            "--daemonize", "no",
-            "--loglevel", "warning",
-            *self.extra_args,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        client = Redis(port=self.port, socket_connect_timeout=0.5)
-        while True:
-            try:
-                client.ping()
-                break
-            except (AuthenticationError_, ResponseError):
-                break  # up, and asking for the password we did not give
-            except Exception:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    err = self.process.stderr.read().decode() if self.process.stderr else ""
-                    raise RuntimeError(f"redis-server did not start: {err}") from None
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self, *, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        self.process.wait(10)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def cleanup(self) -> None:
-        self.stop(kill=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
+from dispatcher.testing import free_port as free_port
+from dispatcher.testing.redis_server import RedisServer as RedisServer
 
 
 def order_payload(order_id: str, **overrides: Any) -> dict[str, Any]:

@@ -8,8 +8,9 @@ import fakeredis
 import pytest
 from redis import Redis
 
-from _servers import Mailbox, VendorAPI
 from _support import RedisServer
+from dispatcher.testing.mailbox import Mailbox
+from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import install_runtime
 
 

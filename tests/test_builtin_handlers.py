@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from _servers import Mailbox, VendorAPI
 from _support import order_payload
 from dispatcher import (
     HandlerConfigError,
@@ -18,6 +17,8 @@ from dispatcher import (
     Settings,
 )
 from dispatcher.kombo.models import Order, parse_order
+from dispatcher.testing.mailbox import Mailbox
+from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import _MemoryEffects, step_key
 from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
 from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings

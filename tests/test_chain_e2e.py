@@ -18,9 +18,10 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-from _servers import Mailbox, VendorAPI
 from _support import dispatcher_env
+from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import step_key
 
 pytestmark = pytest.mark.redis

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _servers import Mailbox
 from _support import order_payload
 from dispatcher import HandlerContext, RetryLater, Settings
 from dispatcher.kombo.models import Order, parse_order
+from dispatcher.testing.mailbox import Mailbox
 from dispatcher.worker.jobs import _MemoryEffects, step_key
 from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler, _addr_spec
 

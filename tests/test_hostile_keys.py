@@ -28,7 +28,6 @@ from redis.exceptions import ResponseError
 from rq import Queue
 from rq.job import Job
 
-from _servers import VendorAPI
 from dispatcher.kombo.models import (
     MAX_ID_LENGTH,
     Order,
@@ -40,9 +39,11 @@ from dispatcher.kombo.results import record_result
 from dispatcher.ops.admin import forget_order
 from dispatcher.plugins import HandlerConfigError, check_handler
 from dispatcher.poller.integrations import check_integration_id
-from dispatcher.store.keys import Keys, WrongKeyTypeError, job_id_for, order_ref
+from dispatcher.store.keys import Keys, job_id_for, order_ref
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.wrongtype import WrongKeyTypeError
 from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.vendor import VendorAPI
 from dispatcher.web.webhook import WEBHOOK_PATH
 from dispatcher.worker.jobs import StepStore, step_key
 from dispatcher.worker.worker import DispatcherSimpleWorker

@@ -26,21 +26,21 @@ from test_web import samples, serving
 
 from dispatcher import Settings
 from dispatcher.kombo.client import KomboClient
+from dispatcher.logs import escape_controls
 from dispatcher.ops.status import take_snapshot
 from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.poller.schedule import Schedule
 from dispatcher.store.keys import SCHEMA, Keys
 from dispatcher.store.ledger import Ledger
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
-from dispatcher.web.app import create_app
-from dispatcher.wrongtype import (
+from dispatcher.store.wrongtype import (
     WRONGTYPE_CODE,
     describe,
     find_wrong_types,
     integration_keys,
-    printable,
     shared_keys,
 )
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.web.app import create_app
 
 pytestmark = pytest.mark.redis
 
@@ -372,12 +372,12 @@ def test_a_broken_key_of_any_integration_id_is_one_line_naming_it(
         redis.sadd(keys.swept_integrations, integration_id)
         redis.set(keys.seen(integration_id), "planted")
         snapshot = take_snapshot(redis, conf)
-        mine = [p for p in snapshot.problems if printable(keys.seen(integration_id)) in p]
+        mine = [p for p in snapshot.problems if escape_controls(keys.seen(integration_id)) in p]
         assert len(mine) == 1
         assert all(p.isprintable() for p in snapshot.problems)
         wrong = find_wrong_types(redis, {keys.seen(integration_id): "hash"})
         line = describe(RuntimeError("WRONGTYPE"), wrong)
-        assert line.isprintable() and printable(keys.seen(integration_id)) in line
+        assert line.isprintable() and escape_controls(keys.seen(integration_id)) in line
     finally:
         for key in redis.scan_iter(f"{namespace}:*"):
             redis.delete(key)

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
-from _servers import Mailbox, VendorAPI
 from _support import RedisServer, dispatcher_env
+from dispatcher.testing.mailbox import Mailbox
+from dispatcher.testing.vendor import VendorAPI
 
 pytestmark = pytest.mark.redis
 

@@ -20,7 +20,7 @@ from pydantic import Field, SecretStr, TypeAdapter
 from pydantic_core import from_json
 from typing_extensions import TypedDict
 
-from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders
+from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders, kombo_time
 from dispatcher.kombo.packages import PACKAGE_FIELDS, InvalidPackagesError, Package, parse_packages
 from dispatcher.kombo.results import AssessmentResult
 
@@ -731,8 +731,4 @@ def _parse_page(integration_id: str, body: Any) -> OrdersPage:
 
 
 def _format_created_after(value: datetime | str) -> str:
-    if isinstance(value, str):
-        return value
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return value if isinstance(value, str) else kombo_time(value)

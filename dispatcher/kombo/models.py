@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, NamedTuple, overload
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from dispatcher._text import first_problem
 
 __all__ = [
     "Application",
@@ -27,6 +30,7 @@ __all__ = [
     "RawOrders",
     "check_id",
     "id_problem",
+    "kombo_time",
     "parse_order",
 ]
 
@@ -36,6 +40,15 @@ __all__ = [
 # few dozen letters and digits.
 MAX_ID_LENGTH = 256
 _BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def kombo_time(value: datetime) -> str:
+    """A time as Kombo writes one: UTC, milliseconds, ``Z`` (``2024-05-01T12:00:03.250Z``).
+
+    A naive time is taken as UTC: Kombo stores instants.
+    """
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 def id_problem(value: str) -> str | None:
@@ -163,12 +176,7 @@ def parse_order(raw: Any, *, position: int | None = None) -> Order:
         if not isinstance(order_id, str) or id_problem(order_id) is not None:
             # An id that is not one is not echoed (it may be huge, or forge a log line).
             order_id = f"#{position}" if position is not None else "?"
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "(order)"
-        problem = first["msg"].removeprefix("Value error, ")
-        if len(exc.errors()) > 1:
-            problem += f" (and {len(exc.errors()) - 1} more)"
-        raise OrderValidationError(order_id, field, problem) from None
+        raise OrderValidationError(order_id, *first_problem(exc, default="(order)")) from None
 
 
 class RawOrder(NamedTuple):

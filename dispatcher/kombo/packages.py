@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
+
+from dispatcher._text import error_message, validation_line
 
 __all__ = [
     "InvalidPackagesError",
@@ -82,9 +85,8 @@ def parse_packages(raw: Any, *, source: str = "packages") -> list[Package]:
         try:
             package = Package.model_validate(item)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field_name = ".".join(str(part) for part in first["loc"]) or "(package)"
-            raise InvalidPackagesError(where, f"field {field_name}: {_problem(first)}") from None
+            line = validation_line(exc, "field ", default="(package)", describe=_problem)
+            raise InvalidPackagesError(where, line) from None
         if package.id in seen:
             raise InvalidPackagesError(where, f"id {package.id!r} appears twice")
         seen.add(package.id)
@@ -154,8 +156,7 @@ def diff_packages(current: Sequence[Package], new: Sequence[Package]) -> Package
     return diff
 
 
-def _problem(error: Any) -> str:
+def _problem(error: ErrorDetails) -> str:
     if error["type"] == "enum":
         return f"must be one of {', '.join(PackageType)}, got {error['input']!r}"
-    message: str = error["msg"]
-    return message
+    return error_message(error)

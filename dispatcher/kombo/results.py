@@ -15,7 +15,7 @@ import json
 import math
 import mimetypes
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -31,7 +31,10 @@ from pydantic import (
 )
 from redis import Redis
 
-from dispatcher.store.keys import Keys, key_types_checked, lua_type_guard
+from dispatcher._text import first_problem, is_http_url
+from dispatcher.kombo.models import kombo_time
+from dispatcher.store.keys import Keys
+from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 
 __all__ = [
     "MAX_ATTACHMENTS",
@@ -69,7 +72,7 @@ class InvalidResultError(ValueError):
 
 
 def _http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
+    if not is_http_url(value):
         raise ValueError("must be an http(s) URL")
     return value
 
@@ -201,7 +204,7 @@ class AssessmentResult(_Strict):
         """The JSON body Kombo expects (unset optional fields left out)."""
         body = self.model_dump(mode="json", exclude_none=True)
         if self.completed_at is not None:
-            body["completed_at"] = _kombo_time(self.completed_at)
+            body["completed_at"] = kombo_time(self.completed_at)
         if not self.attributes:
             body.pop("attributes", None)
         if not self.attachments:
@@ -270,19 +273,15 @@ def recorded_result(redis: Redis, keys: Keys, integration_id: str, order_id: str
     return json.loads(raw) if raw is not None else None
 
 
-def _kombo_time(value: datetime) -> str:
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
 def _invalid(exc: ValidationError) -> InvalidResultError:
-    first = exc.errors()[0]
+    return InvalidResultError(*first_problem(exc, field=_result_field, default="result"))
+
+
+def _result_field(location: Sequence[int | str]) -> str:
+    """``attributes[0].label``: indexes in brackets, as the result's JSON is written."""
     # Drop the tag pydantic adds for a discriminated union member (attributes.0.TEXT.label).
-    parts = [str(part) for part in first["loc"] if part not in ("TEXT", "SUB_RESULT")]
+    parts = [str(part) for part in location if part not in ("TEXT", "SUB_RESULT")]
     field = ""
     for part in parts:
         field += f"[{part}]" if part.isdigit() else (f".{part}" if field else part)
-    problem = first["msg"].removeprefix("Value error, ")
-    if len(exc.errors()) > 1:
-        problem += f" (and {len(exc.errors()) - 1} more)"
-    return InvalidResultError(field or "result", problem)
+    return field

@@ -17,6 +17,7 @@ from redis.exceptions import WatchError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
+from dispatcher._text import as_float, as_str
 from dispatcher.store.failures import Failure, parse_failure
 from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.ledger import parse_seen
@@ -158,7 +159,7 @@ def failed_jobs(
     raw_ids: list[bytes] = redis.zrevrangebyscore(  # type: ignore[assignment]
         registry, "+inf", live, start=0, num=-1 if limit is None else limit
     )
-    ids = [_str(job_id) for job_id in raw_ids]
+    ids = [as_str(job_id) for job_id in raw_ids]
     jobs = [job for job in Job.fetch_many(ids, connection=redis) if job is not None]
     failures = _failures(redis, jobs)
     result = []
@@ -190,7 +191,7 @@ def _failures(redis: Redis, jobs: Sequence[Job]) -> dict[str, tuple[Failure, flo
         if isinstance(recorded, dict) and recorded.get("reason"):
             found[job.id] = (
                 Failure(recorded.get("handler"), str(recorded["reason"])),
-                _float(recorded.get("at")),
+                as_float(recorded.get("at")),
             )
         else:
             missing.append(job)
@@ -208,7 +209,7 @@ def _failure_from_results(
 ) -> tuple[Failure, float | None]:
     if entries:
         result_id, payload = entries[0]
-        result = Result.restore(job.id, _str(result_id), payload, connection=redis)
+        result = Result.restore(job.id, as_str(result_id), payload, connection=redis)
         if result.type == Result.Type.FAILED:
             return parse_failure(result.exc_string), result.created_at.timestamp()
     return Failure(None, "unknown (no error was recorded)"), None
@@ -236,7 +237,7 @@ def known_integrations(redis: Redis, keys: Keys, configured: Iterable[str] = ())
         pipe.smembers(keys.seen_integrations)
         pipe.smembers(keys.swept_integrations)
         seen, swept = pipe.execute()
-    return sorted(set(configured) | {_str(i) for i in seen} | {_str(i) for i in swept})
+    return sorted(set(configured) | {as_str(i) for i in seen} | {as_str(i) for i in swept})
 
 
 def describe_order(
@@ -289,7 +290,7 @@ def _record(
     has_failed = (job.meta or {}).get("last_failure") or status == JobStatus.FAILED
     retry_at = None
     if status == JobStatus.SCHEDULED:
-        retry_at = _float(redis.zscore(scheduled_key(queue_name), job_id))
+        retry_at = as_float(redis.zscore(scheduled_key(queue_name), job_id))
     try:
         payload = job.kwargs.get("order")
     except Exception:  # a payload this process cannot read is still worth the rest
@@ -330,16 +331,16 @@ def _steps_from_result(job: Job) -> tuple[StepRecord, ...]:
 def _steps(raw: Mapping[bytes, bytes]) -> tuple[StepRecord, ...]:
     records = []
     for name, value in raw.items():
-        if _str(name).startswith("_"):
+        if as_str(name).startswith("_"):
             continue  # bookkeeping (the attempt counter), not a step
         try:
             record = json.loads(value)
         except ValueError:
-            record = {"output": _str(value)}
+            record = {"output": as_str(value)}
         if not isinstance(record, dict):
             record = {"output": record}
         records.append(
-            StepRecord(_str(name), record.get("output"), _float(record.get("completed_at")))
+            StepRecord(as_str(name), record.get("output"), as_float(record.get("completed_at")))
         )
     # In the order they completed: the chain's order.
     return tuple(sorted(records, key=lambda r: (r.completed_at is None, r.completed_at or 0)))
@@ -378,13 +379,13 @@ def forget_order(
                 pipe.watch(job_hash)  # type: ignore[no-untyped-call]
                 status = pipe.hget(job_hash, "status")
                 seen = pipe.hexists(keys.seen(integration_id), order_id)
-                steps = sum(1 for f in pipe.hkeys(steps_key) if not _str(f).startswith("_"))
+                steps = sum(1 for f in pipe.hkeys(steps_key) if not as_str(f).startswith("_"))
                 effects = sum(pipe.exists(key) for key in effect_keys)
                 if not seen and status is None and not steps and not effects:
                     raise ForgetRefused(
                         f"order {order_id} is not known in integration {integration_id}"
                     )
-                if status is not None and _str(status) == JobStatus.STARTED.value:
+                if status is not None and as_str(status) == JobStatus.STARTED.value:
                     raise ForgetRefused(
                         f"order {order_id} (integration {integration_id}) is being worked on "
                         f"right now (job {job_id}); try again when it has finished"
@@ -398,7 +399,7 @@ def forget_order(
                 continue
         return ForgetResult(
             was_seen=bool(seen),
-            job_status=None if status is None else _str(status),
+            job_status=None if status is None else as_str(status),
             steps=int(steps),
             effects=effects,
         )
@@ -413,7 +414,7 @@ def _effect_keys(
     """The effect sets of the order: of the named handlers, of its recorded steps, and any
     other a SCAN finds (a handler may have left effects without completing its step)."""
     names = set(handlers) | {
-        _str(name) for name in redis.hkeys(keys.steps(integration_id, order_id))
+        as_str(name) for name in redis.hkeys(keys.steps(integration_id, order_id))
     }
     found = {keys.effects(integration_id, order_id, name) for name in names}
     prefix = keys.effects(integration_id, order_id, "")
@@ -422,7 +423,7 @@ def _effect_keys(
     # Handler names hold no ':', so this order's keys have none after the prefix.
     found.update(
         key
-        for key in map(_str, redis.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+        for key in map(as_str, redis.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
         if ":" not in key[len(prefix) :]
     )
     return sorted(found)
@@ -430,16 +431,3 @@ def _effect_keys(
 
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
-
-
-def _str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _float(value: object) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value.decode() if isinstance(value, bytes) else value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None

@@ -24,6 +24,8 @@ from rq.job import Job
 from rq.utils import str_to_date
 
 from dispatcher import _text
+from dispatcher._text import as_float, as_str
+from dispatcher.logs import escape_controls
 from dispatcher.poller.telemetry import RequestSeries, read_request_series
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
@@ -37,7 +39,7 @@ from dispatcher.store.rq_internals import (
     started_key,
     workers_key,
 )
-from dispatcher.wrongtype import describe, find_wrong_types, printable
+from dispatcher.store.wrongtype import describe, find_wrong_types
 
 __all__ = [
     "BACKLOG_AGE",
@@ -313,9 +315,9 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
             *counts,
         ) = read.execute()
     started, scheduled, deferred, finished, failed, canceled, newest_failed = counts
-    configured = [*settings.kombo_integration_ids, *(_str(i) for i in registered_ids)]
+    configured = [*settings.kombo_integration_ids, *(as_str(i) for i in registered_ids)]
     integration_ids = sorted(
-        set(configured) | {_str(i) for i in seen_ids} | {_str(i) for i in swept_ids}
+        set(configured) | {as_str(i) for i in seen_ids} | {as_str(i) for i in swept_ids}
     )
     with _Reads(redis, refused) as read:
         for integration_id in integration_ids:
@@ -328,9 +330,9 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
             read(keys.paused, "set", False).sismember(keys.paused, integration_id)
             read(results, "hash", 0, integration_id).hlen(results)
         # A missing job reads as None: the same answer as "no such job".
-        head_job = job_key(_str(head or b"-"))
+        head_job = job_key(as_str(head or b"-"))
         read(head_job, "hash", None).hget(head_job, "enqueued_at")
-        failed_job = job_key(_str(newest_failed[0] if newest_failed else b"-"))
+        failed_job = job_key(as_str(newest_failed[0] if newest_failed else b"-"))
         read(failed_job, "hash", None).hget(failed_job, "ended_at")
         *per_integration, head_enqueued, newest_failed_ended = read.execute()
     workers = _workers(queue, refused)
@@ -394,7 +396,9 @@ class _Refused:
             BrokenKey(
                 key,
                 integration_id,
-                str(wrong[key]) if key in wrong else f"key {printable(key)}: {describe(exc, [])}",
+                str(wrong[key])
+                if key in wrong
+                else f"key {escape_controls(key)}: {describe(exc, [])}",
             )
             for key, (_, integration_id, exc) in self.keys.items()
         )
@@ -452,10 +456,10 @@ def _integration(
     stale_after: float,
     broken: tuple[str, ...] = (),
 ) -> IntegrationStatus:
-    sweep = {_str(k): _str(v) for k, v in raw.items()}
+    sweep = {as_str(k): as_str(v) for k, v in raw.items()}
     lease, due, paused, results = fleet
-    last_sweep_at = _float(sweep.get("last_sweep_at"))
-    last_error_at = _float(sweep.get("last_error_at"))
+    last_sweep_at = as_float(sweep.get("last_sweep_at"))
+    last_error_at = as_float(sweep.get("last_error_at"))
     error: SweepError | None = None
     if sweep.get("last_error"):
         code = sweep.get("last_error_code") or None
@@ -480,25 +484,25 @@ def _integration(
         configured=configured,
         remembered=remembered,
         last_sweep_at=last_sweep_at,
-        last_attempt_at=_float(sweep.get("last_attempt_at")),
-        duration=_float(sweep.get("duration")),
+        last_attempt_at=as_float(sweep.get("last_attempt_at")),
+        duration=as_float(sweep.get("duration")),
         orders_seen=_int(sweep.get("orders_seen")),
         orders_new=_int(sweep.get("orders_new")),
         pages=_int(sweep.get("pages")),
         error_count=_int(sweep.get("error_count")) or 0,
         last_error=error,
         paused=bool(paused),
-        lease=_str(lease) if lease is not None else None,
+        lease=as_str(lease) if lease is not None else None,
         next_sweep_at=float(due) if due is not None else None,
         consecutive_failures=_int(sweep.get("consecutive_failures")) or 0,
-        watermark=_float(sweep.get("watermark")),
+        watermark=as_float(sweep.get("watermark")),
         last_sweep_kind=sweep.get("last_sweep_kind"),
         results_written=int(results or 0),
         broken_keys=broken,
         invalid_orders=_int(sweep.get("invalid_orders")) or 0,
         last_invalid_order=(
             SweepError(
-                "INVALID_ORDER", sweep["last_invalid_order"], _float(sweep.get("last_invalid_at"))
+                "INVALID_ORDER", sweep["last_invalid_order"], as_float(sweep.get("last_invalid_at"))
             )
             if sweep.get("last_invalid_order")
             else None
@@ -561,7 +565,7 @@ def _read_workers(queue: Queue) -> tuple[WorkerStatus, ...]:
 def _step_counts(raw: Mapping[bytes, bytes]) -> dict[str, StepCounts]:
     found: dict[str, dict[str, int]] = {}
     for raw_field, raw_value in raw.items():
-        handler, _, outcome = _str(raw_field).rpartition(":")
+        handler, _, outcome = as_str(raw_field).rpartition(":")
         if handler and outcome in {"completed", "failed"}:
             found.setdefault(handler, {})[outcome] = int(raw_value)
     return {
@@ -575,7 +579,7 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
     problems: list[str] = [b.problem for b in snapshot.broken_keys if b.integration_id is None]
     for integration in snapshot.integrations:
         # Ids come from Kombo and webhooks: a problem stays one line whatever they hold.
-        name = f"integration {printable(integration.integration_id)}"
+        name = f"integration {escape_controls(integration.integration_id)}"
         error = integration.last_error
         if integration.broken_keys:
             # The broken key is the news; a recorded error or "never swept" only echoes it.
@@ -641,17 +645,6 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
 
 
 # -- parsing --------------------------------------------------------------------------------
-
-
-def _str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 def _int(value: str | None) -> int | None:

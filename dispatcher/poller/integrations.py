@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
+from dispatcher._text import as_str
 from dispatcher.store.keys import Keys
 
 __all__ = ["IntegrationRegistry", "RegisteredIntegration", "check_integration_id"]
@@ -75,8 +76,8 @@ class IntegrationRegistry:
             pipe.smembers(self.keys.integrations)
             pipe.smembers(self.keys.paused)
             registered_raw, paused_raw = pipe.execute()
-        registered = {_text(i) for i in registered_raw}
-        paused = {_text(i) for i in paused_raw}
+        registered = {as_str(i) for i in registered_raw}
+        paused = {as_str(i) for i in paused_raw}
         ordered = list(dict.fromkeys([*self.configured, *sorted(registered)]))
         result = []
         for integration_id in ordered:
@@ -89,7 +90,3 @@ class IntegrationRegistry:
     def active(self) -> list[str]:
         """The integrations to sweep now."""
         return [i.integration_id for i in self.all() if not i.paused]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

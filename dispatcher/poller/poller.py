@@ -28,6 +28,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
+from dispatcher._text import as_str
 from dispatcher.kombo.client import (
     InvalidPageError,
     KomboClient,
@@ -40,7 +41,7 @@ from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.store.ledger import Ledger
-from dispatcher.wrongtype import (
+from dispatcher.store.wrongtype import (
     WRONGTYPE_CODE,
     describe,
     find_wrong_types,
@@ -347,7 +348,7 @@ class Poller:
 
     def _state(self, integration_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(self.ledger.keys.sweep(integration_id))
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {as_str(k): as_str(v) for k, v in raw.items()}
 
     def _full_due(self, integration_id: str, state: dict[str, str], now: float) -> bool:
         if self.endpoint == "open":
@@ -550,10 +551,6 @@ def _record_invalid(result: IntegrationSweep, fields: dict[FieldT, EncodableT], 
 
 
 _MAX_STORED_MESSAGE = 500
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _sweep_fields(

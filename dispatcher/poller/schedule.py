@@ -16,9 +16,11 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from redis import Redis
 
+from dispatcher._text import as_str
 from dispatcher.store.keys import Keys
 
 __all__ = ["Schedule", "spread_offset"]
@@ -78,7 +80,7 @@ class Schedule:
     def sync(self, active: Sequence[str], interval: float) -> None:
         """Give new integrations a due time spread over the interval; drop inactive ones."""
         now = self._clock()
-        current = {_text(m) for m in self.redis.zrange(self.keys.schedule, 0, -1)}
+        current = {as_str(m) for m in _members(self.redis.zrange(self.keys.schedule, 0, -1))}
         wanted = set(active)
         with self.redis.pipeline(transaction=False) as pipe:
             new = {i: now + spread_offset(i, interval) for i in wanted - current}
@@ -94,7 +96,7 @@ class Schedule:
         members = self.redis.zrangebyscore(
             self.keys.schedule, "-inf", self._clock(), start=0, num=limit
         )
-        return [_text(m) for m in members]
+        return [as_str(m) for m in _members(members)]
 
     def next_due_in(self) -> float | None:
         """Seconds until the next integration is due (None when nothing is scheduled)."""
@@ -132,8 +134,10 @@ class Schedule:
 
     def holder(self, integration_id: str) -> str | None:
         value = self.redis.get(self.keys.lease(integration_id))
-        return value.decode() if isinstance(value, bytes) else value
+        return None if value is None else as_str(value)
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _members(reply: object) -> list[bytes | str]:
+    # redis-py types a sorted-set range as any reply (it may carry scores); without
+    # ``withscores`` it is a list of members.
+    return cast("list[bytes | str]", reply)

@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dispatcher._text import as_str
+
 __all__ = [
     "LATENCY_BUCKETS",
     "RequestSeries",
@@ -119,8 +121,7 @@ def read_request_series(raw: Mapping[bytes | str, bytes | str]) -> list[RequestS
     sums: dict[tuple[str, str], float] = {}
     per_bucket: dict[tuple[str, str], dict[str, int]] = {}
     for raw_field, raw_value in raw.items():
-        field = raw_field.decode() if isinstance(raw_field, bytes) else raw_field
-        value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+        field, value = as_str(raw_field), as_str(raw_value)
         parts = field.split("|")
         if len(parts) < 3:
             continue  # not ours: ignore rather than break the whole read

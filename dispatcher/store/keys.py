@@ -9,20 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-
-from redis.exceptions import ResponseError
 
 __all__ = [
     "SCHEMA",
     "KeySpec",
     "Keys",
-    "WrongKeyTypeError",
     "job_id_for",
-    "key_types_checked",
-    "lua_type_guard",
     "order_ref",
     "schema_markdown",
 ]
@@ -129,74 +122,6 @@ class Keys:
         """Hash: order id -> JSON {"status": COMPLETED|CANCELLED, "at": unix time} of each
         order whose result was written back to Kombo (``dispatcher result``): finished."""
         return f"{self.namespace}:results:{integration_id}"
-
-
-class WrongKeyTypeError(ResponseError):
-    """A key holds another type than the dispatcher writes there; nothing was written.
-
-    A ResponseError, as Redis's own WRONGTYPE answer is, so that whoever handles that
-    handles this; the message names the key, the type found and the type expected.
-    """
-
-    def __init__(
-        self, key: str, found: str, expected: str, *, integration_id: str | None = None
-    ) -> None:
-        self.key = key
-        self.found = found
-        self.expected = expected
-        self.integration_id = integration_id
-        where = f"integration {integration_id}: " if integration_id is not None else ""
-        super().__init__(
-            f"{where}key {key} holds a {found} where a {expected} belongs; nothing was "
-            "written: repair or delete it"
-        )
-
-
-# The error a guarded script answers: "<marker> <index of the key in KEYS> <type found>".
-_WRONG_TYPE = "DISPATCHER_WRONGTYPE"
-
-
-def lua_type_guard(expected: Sequence[str]) -> str:
-    """Lua that checks KEYS[1..n] against ``expected`` (Redis type names) before a script
-    writes anything, and answers an error naming the first key of another type (an absent
-    key is fine).
-
-    Redis does not roll back a script that fails part-way: a WRONGTYPE on its third write
-    leaves the first two written (an order marked seen but never enqueued). TYPE is cheap,
-    and nothing can change a key between the check and the writes of one script.
-    :func:`key_types_checked` turns the answer into a :class:`WrongKeyTypeError`.
-    """
-    types = ", ".join(f"'{name}'" for name in expected)
-    return f"""
-for i, expected in ipairs({{{types}}}) do
-  local found = redis.call('TYPE', KEYS[i])['ok']
-  if found ~= 'none' and found ~= expected then
-    return redis.error_reply('{_WRONG_TYPE} ' .. i .. ' ' .. found)
-  end
-end
-"""
-
-
-@contextmanager
-def key_types_checked(
-    keys: Sequence[str], expected: Sequence[str], *, integration_id: str | None = None
-) -> Iterator[None]:
-    """Around a script that starts with ``lua_type_guard(expected)``: its answer about a key
-    of the wrong type is raised as a :class:`WrongKeyTypeError` naming the key."""
-    try:
-        yield
-    except ResponseError as exc:
-        marker, _, rest = str(exc).partition(" ")
-        index, _, found = rest.partition(" ")
-        if marker != _WRONG_TYPE or not index.isdigit() or not 1 <= int(index) <= len(expected):
-            raise
-        position = int(index) - 1
-        raise WrongKeyTypeError(
-            keys[position],
-            found.split()[0] if found else "?",
-            expected[position],
-            integration_id=integration_id,
-        ) from None
 
 
 def job_id_for(namespace: str, integration_id: str, order_id: str) -> str:

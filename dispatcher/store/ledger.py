@@ -32,15 +32,10 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import now
 
+from dispatcher._text import as_str
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders
 from dispatcher.settings import Settings
-from dispatcher.store.keys import (
-    Keys,
-    WrongKeyTypeError,
-    job_id_for,
-    key_types_checked,
-    lua_type_guard,
-)
+from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.rq_internals import (
     JOB_OWN_FIELDS,
     QUEUES_KEY,
@@ -49,6 +44,12 @@ from dispatcher.store.rq_internals import (
     job_hash_items,
     job_key,
     queue_key,
+)
+from dispatcher.store.wrongtype import (
+    WrongKeyTypeError,
+    key_types_checked,
+    lua_type_guard,
+    name_wrong_type,
 )
 
 __all__ = ["DispatchResult", "JobOptions", "Ledger", "WrongKeyTypeError", "parse_seen"]
@@ -195,7 +196,9 @@ class Ledger:
         try:
             values = self.redis.hmget(seen_key, list(last_at))
         except ResponseError as exc:
-            raise self._wrong_type(exc, seen_key, "hash", integration_id) from None
+            raise name_wrong_type(
+                self.redis, exc, seen_key, "hash", integration_id=integration_id
+            ) from None
         candidates: list[tuple[Order, dict[str, Any] | None]] = []
         invalid: list[OrderValidationError] = []
         to_mark: list[str] = []
@@ -248,7 +251,7 @@ class Ledger:
             args.extend(fields)
         with key_types_checked(keys, _DISPATCH_TYPES, integration_id=integration_id):
             enqueued = self._run_script(keys, args)
-        result.enqueued = [_text(order_id) for order_id in enqueued]
+        result.enqueued = [as_str(order_id) for order_id in enqueued]
         result.already_seen += len(candidates) - len(result.enqueued)
         return result
 
@@ -259,15 +262,6 @@ class Ledger:
             # EVAL runs and caches the script in one round trip (redis-py's Script would
             # spend two: SCRIPT LOAD, then EVALSHA again).
             return self.redis.eval(_DISPATCH_SCRIPT, len(keys), *keys, *args)  # type: ignore[no-any-return]
-
-    def _wrong_type(
-        self, exc: ResponseError, key: str, expected: str, integration_id: str
-    ) -> ResponseError:
-        """Redis's bare WRONGTYPE answer (it names no key) as a WrongKeyTypeError."""
-        if not str(exc).startswith("WRONGTYPE"):
-            return exc
-        found = self.redis.type(key)
-        return WrongKeyTypeError(key, _text(found), expected, integration_id=integration_id)
 
     def seen_at(self, integration_id: str, order_id: str) -> float | None:
         """When an order was first dispatched (unix time), or None if it never was."""
@@ -317,7 +311,7 @@ class Ledger:
             return 0
         with self.redis.pipeline(transaction=False) as pipe:
             for integration in integrations:
-                pipe.hlen(self.keys.seen(_text(integration)))
+                pipe.hlen(self.keys.seen(as_str(integration)))
             return sum(pipe.execute())
 
     def _job_hashes(
@@ -412,7 +406,7 @@ class Ledger:
             pipe.hget(self.keys.rejected(integration_id), order_id)
             seen, record = pipe.execute()
         # The seen mark decides: a rejection record outliving a forgotten order means nothing.
-        if seen is None or not _text(seen).startswith(REJECTED_PREFIX):
+        if seen is None or not as_str(seen).startswith(REJECTED_PREFIX):
             return None
         try:
             reason = json.loads(record)["reason"] if record is not None else None
@@ -459,7 +453,7 @@ return deleted
 def parse_seen(value: bytes | str) -> tuple[float | None, int]:
     """(first seen unix time, generation of the last full sweep that saw it OPEN) of a seen
     value; (None, 0) for a value this version does not write."""
-    text = value.decode() if isinstance(value, bytes) else value
+    text = as_str(value)
     first, _, generation = text.partition(":")
     if not first.isdigit():
         return None, 0
@@ -514,7 +508,3 @@ def _meta(integration_id: str, order: Order) -> dict[str, str]:
 
 def _pairs(items: list[Any]) -> Iterator[tuple[Any, Any]]:
     return zip(items[::2], items[1::2], strict=True)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

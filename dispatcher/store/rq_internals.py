@@ -73,7 +73,7 @@ from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from dispatcher.store.keys import lua_type_guard
+from dispatcher.store.wrongtype import lua_type_guard
 
 if TYPE_CHECKING:
     from rq.worker import BaseWorker

@@ -26,8 +26,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from dispatcher.ops.status import take_snapshot
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
+from dispatcher.store.wrongtype import find_wrong_types, shared_keys
 from dispatcher.web.metrics import CONTENT_TYPE, exposition
-from dispatcher.wrongtype import find_wrong_types, shared_keys
 
 __all__ = ["create_app", "server_config"]
 

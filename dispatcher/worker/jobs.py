@@ -26,6 +26,7 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import BaseTimeoutException, TimerDeathPenalty
 
+from dispatcher._text import as_str
 from dispatcher.kombo.models import Order
 from dispatcher.logs import escape_controls
 from dispatcher.plugins import Handler, HandlerContext, PermanentFailure, RetryLater, load_handlers
@@ -136,7 +137,7 @@ class StepStore:
             attempt, *_, raw = pipe.execute()
         outputs: dict[str, dict[str, Any]] = {}
         for name, value in raw.items():
-            handler = name.decode() if isinstance(name, bytes) else name
+            handler = as_str(name)
             if handler != _ATTEMPTS:
                 outputs[handler] = json.loads(value)["output"]
         return int(attempt), outputs

@@ -29,7 +29,6 @@ from rq.worker_pool import WorkerPool
 from dispatcher.logs import OrderLogContext, contact_values, set_order_context
 from dispatcher.settings import Settings
 from dispatcher.store.failures import Failure, clean_traceback, parse_failure
-from dispatcher.store.keys import WrongKeyTypeError, key_types_checked
 from dispatcher.store.rq_internals import (
     REQUEUE_ABANDONED,
     REQUEUE_STRANDED,
@@ -46,6 +45,7 @@ from dispatcher.store.rq_internals import (
 )
 from dispatcher.store.rq_internals import first_seen as rq_first_seen
 from dispatcher.store.rq_internals import mark_first_seen as rq_mark_first_seen
+from dispatcher.store.wrongtype import WrongKeyTypeError, key_types_checked
 from dispatcher.worker.jobs import HandlerFailed, Runtime, install_runtime
 
 __all__ = [

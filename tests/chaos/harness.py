@@ -34,9 +34,10 @@ from rq.registry import (
     StartedJobRegistry,
 )
 
-from _servers import Mailbox, VendorAPI
 from _support import RedisServer, dispatcher_env, kill_tree
+from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import step_key
 
 ROLES = {"RECRUITER", "HIRING_MANAGER"}

@@ -1,0 +1,212 @@
+"""Keys of the wrong type: a data problem to name, not an outage to wait out.
+
+Redis answers a command on a key holding another type (a string where the seen hash belongs)
+with ``WRONGTYPE Operation against a key holding the wrong kind of value``: a
+:class:`redis.exceptions.ResponseError` that names no key. A ``ConnectionError`` or
+``TimeoutError`` means Redis is away and waiting helps; a wrong-type key stays broken until an
+operator repairs or deletes it, so it must be reported, naming the key, by whoever meets it.
+This module is the one place that knows about wrong-type keys:
+
+- before a script writes: :func:`lua_type_guard` checks its keys' types first (Redis does not
+  roll back a script that fails part-way) and :func:`key_types_checked` turns its answer into
+  a :class:`WrongKeyTypeError` naming the key;
+- after a command failed: :func:`is_wrong_type` and :func:`is_refusal` tell a data problem
+  from an outage, and :func:`find_wrong_types` (callers pass the keys their failed commands
+  touched, one ``TYPE`` per key, pipelined) finds the culprit;
+- :class:`WrongType` renders the one line every report uses (logs, sweep records,
+  ``dispatcher status``, ``/healthz``), with the error code :data:`WRONGTYPE_CODE`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.exceptions import ReadOnlyError, ResponseError
+
+from dispatcher._text import as_str
+from dispatcher.logs import escape_controls
+from dispatcher.store.keys import Keys
+
+__all__ = [
+    "WRONGTYPE_CODE",
+    "WrongKeyTypeError",
+    "WrongType",
+    "describe",
+    "find_wrong_types",
+    "integration_keys",
+    "is_refusal",
+    "is_wrong_type",
+    "key_types_checked",
+    "lua_type_guard",
+    "name_wrong_type",
+    "shared_keys",
+]
+
+WRONGTYPE_CODE = "REDIS.WRONGTYPE"
+"""The error code a sweep record carries when one of the integration's keys is broken."""
+
+
+def is_wrong_type(exc: BaseException) -> bool:
+    """True for Redis's ``WRONGTYPE`` answer (a script's error reply of that kind included)."""
+    return isinstance(exc, WrongKeyTypeError) or (
+        isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc)
+    )
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """True when Redis answered but refused the command (a wrong-type key, a script's error):
+    a problem of the data that retrying does not fix. A read-only replica (a failover in
+    progress) is an outage, like a connection error."""
+    return isinstance(exc, ResponseError) and not isinstance(exc, ReadOnlyError)
+
+
+@dataclass(frozen=True, slots=True)
+class WrongType:
+    """One key holding another type than the dispatcher (or RQ) keeps there."""
+
+    key: str
+    found: str
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{_holds(self.key, self.found, self.expected)}: repair or delete it"
+
+
+class WrongKeyTypeError(ResponseError):
+    """A key holds another type than the dispatcher writes there; nothing was written.
+
+    A ResponseError, as Redis's own WRONGTYPE answer is, so that whoever handles that
+    handles this; the message names the key, the type found and the type expected.
+    """
+
+    def __init__(
+        self, key: str, found: str, expected: str, *, integration_id: str | None = None
+    ) -> None:
+        self.key = key
+        self.found = found
+        self.expected = expected
+        self.integration_id = integration_id
+        where = f"integration {integration_id}: " if integration_id is not None else ""
+        super().__init__(
+            f"{where}{_holds(key, found, expected)}; nothing was written: repair or delete it"
+        )
+
+
+# The error a guarded script answers: "<marker> <index of the key in KEYS> <type found>".
+_WRONG_TYPE = "DISPATCHER_WRONGTYPE"
+
+
+def lua_type_guard(expected: Sequence[str]) -> str:
+    """Lua that checks KEYS[1..n] against ``expected`` (Redis type names) before a script
+    writes anything, and answers an error naming the first key of another type (an absent
+    key is fine).
+
+    Redis does not roll back a script that fails part-way: a WRONGTYPE on its third write
+    leaves the first two written (an order marked seen but never enqueued). TYPE is cheap,
+    and nothing can change a key between the check and the writes of one script.
+    :func:`key_types_checked` turns the answer into a :class:`WrongKeyTypeError`.
+    """
+    types = ", ".join(f"'{name}'" for name in expected)
+    return f"""
+for i, expected in ipairs({{{types}}}) do
+  local found = redis.call('TYPE', KEYS[i])['ok']
+  if found ~= 'none' and found ~= expected then
+    return redis.error_reply('{_WRONG_TYPE} ' .. i .. ' ' .. found)
+  end
+end
+"""
+
+
+@contextmanager
+def key_types_checked(
+    keys: Sequence[str], expected: Sequence[str], *, integration_id: str | None = None
+) -> Iterator[None]:
+    """Around a script that starts with ``lua_type_guard(expected)``: its answer about a key
+    of the wrong type is raised as a :class:`WrongKeyTypeError` naming the key."""
+    try:
+        yield
+    except ResponseError as exc:
+        marker, _, rest = str(exc).partition(" ")
+        index, _, found = rest.partition(" ")
+        if marker != _WRONG_TYPE or not index.isdigit() or not 1 <= int(index) <= len(expected):
+            raise
+        position = int(index) - 1
+        raise WrongKeyTypeError(
+            keys[position],
+            found.split()[0] if found else "?",
+            expected[position],
+            integration_id=integration_id,
+        ) from None
+
+
+def name_wrong_type(
+    redis: Redis, exc: ResponseError, key: str, expected: str, *, integration_id: str
+) -> ResponseError:
+    """Redis's bare WRONGTYPE answer to a command on ``key`` (it names no key) as a
+    :class:`WrongKeyTypeError`; any other refusal as it is."""
+    if not str(exc).startswith("WRONGTYPE"):
+        return exc
+    found = redis.type(key)
+    return WrongKeyTypeError(key, as_str(found), expected, integration_id=integration_id)
+
+
+def find_wrong_types(redis: Redis, expected: Mapping[str, str]) -> list[WrongType]:
+    """The keys of ``expected`` (key -> Redis type) that hold another type, in one round trip.
+
+    A missing key (``none``) is never wrong: every command treats it as empty.
+    """
+    if not expected:
+        return []
+    with redis.pipeline(transaction=False) as pipe:
+        for key in expected:
+            pipe.type(key)
+        found = [as_str(t) for t in pipe.execute()]
+    return [
+        WrongType(key, kind, want)
+        for (key, want), kind in zip(expected.items(), found, strict=True)
+        if kind not in ("none", want)
+    ]
+
+
+def describe(exc: BaseException, wrong: Iterable[WrongType]) -> str:
+    """One line for a failed command: the broken keys found, else Redis's own first line."""
+    found = "; ".join(str(w) for w in wrong)
+    if found:
+        return found
+    return escape_controls(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def shared_keys(keys: Keys, queue_key: str) -> dict[str, str]:
+    """The keys every poller, worker and webhook shares (key -> type), for ``/healthz`` and
+    for diagnosing a failed command: one broken, and nothing works."""
+    # rq_internals builds its guarded scripts with lua_type_guard (below): imported late.
+    from dispatcher.store.rq_internals import QUEUES_KEY
+
+    return {
+        keys.schedule: "zset",
+        keys.integrations: "set",
+        keys.paused: "set",
+        keys.seen_integrations: "set",
+        keys.swept_integrations: "set",
+        keys.stats: "hash",
+        keys.step_stats: "hash",
+        keys.kombo_requests: "hash",
+        queue_key: "list",
+        QUEUES_KEY: "set",
+    }
+
+
+def integration_keys(keys: Keys, integration_id: str) -> dict[str, str]:
+    """The keys of one integration the poller touches (key -> type)."""
+    return {
+        keys.seen(integration_id): "hash",
+        keys.sweep(integration_id): "hash",
+        keys.lease(integration_id): "string",
+    }
+
+
+def _holds(key: str, found: str, expected: str) -> str:
+    return f"key {escape_controls(key)} holds a {found} where a {expected} belongs"
