@@ -10,7 +10,7 @@ import pytest
 from rq import Queue
 
 from dispatcher.kombo.client import KomboClient
-from dispatcher.kombo.client import client as kombo
+from dispatcher.kombo import client as kombo
 from dispatcher.poller.poller import Poller
 from dispatcher.store.ledger import Ledger
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
