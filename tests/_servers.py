@@ -136,6 +136,7 @@ class _Collector:
         import asyncio
 
         while self.mailbox.hold.is_set():
+            self.mailbox.stalled.set()
             await asyncio.sleep(0.02)
         if address.lower() in self.mailbox.defer:
             return "450 4.2.1 Mailbox busy, try again later"
@@ -153,14 +154,15 @@ class _Collector:
 class Mailbox:
     """A real SMTP server (aiosmtpd) on a free port, keeping what it receives.
 
-    Set ``hold`` to make it stall every RCPT until cleared (to catch a sender mid-send); put
-    an address in ``defer`` to answer its RCPT with a temporary failure (450).
+    Set ``hold`` to make it stall every RCPT until cleared (to catch a sender mid-send;
+    ``stalled`` is set once one is held); put an address in ``defer`` to answer its RCPT with a temporary failure (450).
     """
 
     def __init__(self, auth: tuple[str, str] | None = None) -> None:
         self.messages: list[tuple[list[str], EmailMessage]] = []
         self.lock = threading.Lock()
         self.hold = threading.Event()
+        self.stalled = threading.Event()
         self.defer: set[str] = set()
         self.logins: list[str] = []
         options: dict[str, Any] = {}

@@ -119,7 +119,7 @@ def test_two_concurrent_poller_processes_enqueue_each_order_once(
     with sim.serve() as server:
         env = env_for(server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="5")
         for _ in range(4):
-            redis.flushall()
+            redis.flushdb()
             procs = [
                 subprocess.Popen(
                     [sys.executable, "-m", "dispatcher", "poll", "--once", "--json"],
@@ -142,7 +142,7 @@ def test_a_poller_killed_mid_sweep_loses_and_doubles_nothing(redis: Redis, redis
     with sim.serve() as server:
         env = env_for(server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="3")
         for _ in range(3):
-            redis.flushall()
+            redis.flushdb()
             poller = subprocess.Popen(
                 [sys.executable, "-m", "dispatcher", "poll", "--once"],
                 env=env,
