@@ -293,17 +293,22 @@ def test_three_pollers_share_the_work_without_doubling_it(redis: Redis) -> None:
     for t in threads:
         t.start()
 
+    expected = len(open_pairs(sim))
+    queue = Queue("dispatcher-orders", connection=redis)
+
     def swept_twice_and_all_queued() -> bool:
         with lock:
             counts = [len(starts) for starts in sweeps.values()]
         return (
-            len(counts) == len(sim.integration_ids)
-            and min(counts) >= 2
-            and len(queued_pairs(redis)) >= len(open_pairs(sim))
+            len(counts) == len(sim.integration_ids) and min(counts) >= 2 and queue.count >= expected
         )
 
     try:
-        wait_until(swept_twice_and_all_queued, timeout=30, what="two sweeps of each integration")
+        wait_until(
+            swept_twice_and_all_queued,
+            timeout=30,
+            what="two sweeps of each integration, every order queued",
+        )
     finally:
         stop.set()
     for t in threads:
