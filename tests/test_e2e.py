@@ -175,7 +175,11 @@ def test_a_poller_killed_mid_sweep_loses_and_doubles_nothing(redis: Redis, redis
 def test_sigterm_finishes_the_current_page_and_exits_0(redis: Redis, redis_url: str) -> None:
     sim = Simulator(1, 400, seed=13, faults=Faults(latency=0.05))
     with sim.serve() as server:
-        env = env_for(server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="2")
+        # A short interval: the schedule spreads first sweeps over it, so that the default
+        # (60 s) would keep the test waiting seconds for its one integration to fall due.
+        env = env_for(
+            server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="2", DISPATCHER_POLL_INTERVAL="1"
+        )
         poller = subprocess.Popen(
             [sys.executable, "-m", "dispatcher", "poll"],
             env=env,
