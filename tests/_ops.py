@@ -6,8 +6,7 @@ import logging
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from redis import Redis
 from rq import Queue
 
 from _support import dispatcher_env
+from _support import wait_until as wait_for
 from dispatcher import HandlerContext, Order, PermanentFailure, Settings
 from dispatcher.cli import cli
 from dispatcher.kombo.client import KomboClient
@@ -161,14 +161,6 @@ def dispatcher(
         text=True,
         timeout=timeout,
     )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

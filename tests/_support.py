@@ -7,12 +7,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from dispatcher.testing import free_port as free_port
 from dispatcher.testing.redis_server import RedisServer as RedisServer
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 30, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` every 20 ms until it is true; fail naming ``what`` after ``timeout``
+    seconds. How a test waits for something to happen: a fixed sleep is either too long
+    (slow) or too short (flaky)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
 
 
 def order_payload(order_id: str, **overrides: Any) -> dict[str, Any]:

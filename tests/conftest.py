@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import NoReturn
 
 import fakeredis
 import pytest
@@ -19,20 +20,51 @@ def _require_real_redis() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def _refuse(reason: str) -> NoReturn:
+    if _require_real_redis():
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def claim_test_redis(url: str) -> None:
+    """Refuse a ``TEST_REDIS_URL`` whose database already holds keys.
+
+    The tests flush their database before each test; a shared server's data must not go
+    with it. Only the URL's database is ever flushed (FLUSHDB, never FLUSHALL), so an empty
+    database number of a busy server (``redis://host:6379/15``) is fine.
+    """
+    client = Redis.from_url(url)
+    kwargs = client.connection_pool.connection_kwargs
+    where = f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"  # no password
+    try:
+        held = client.dbsize()
+    finally:
+        client.close()
+    if held:
+        _refuse(
+            f"TEST_REDIS_URL (database {where}) holds {held} keys and the tests would flush them:"
+            " point it at an empty database (e.g. .../15), or FLUSHDB it if an earlier test run"
+            " left them"
+        )
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A real Redis: a private redis-server when installed, else TEST_REDIS_URL, else skip."""
+    """A real Redis: a private redis-server when installed, else TEST_REDIS_URL (its
+    database empty at start), else skip."""
     try:
         server = RedisServer()
     except RuntimeError:
         url = os.environ.get("TEST_REDIS_URL")
-        if url:
-            yield url
-            return
-        reason = "no redis-server binary and no TEST_REDIS_URL: real-Redis tests need one"
-        if _require_real_redis():
-            pytest.fail(reason)
-        pytest.skip(reason)
+        if not url:
+            _refuse("no redis-server binary and no TEST_REDIS_URL: real-Redis tests need one")
+        claim_test_redis(url)
+        yield url
+        # Empty at start, so what it holds now is ours: leave it empty for the next run.
+        client = Redis.from_url(url)
+        client.flushdb()
+        client.close()
+        return
     server.start()
     try:
         yield server.url
@@ -42,9 +74,9 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def redis(redis_url: str) -> Iterator[Redis]:
-    """A flushed connection to the real test Redis."""
+    """A connection to the real test Redis, its database flushed (only that database)."""
     client = Redis.from_url(redis_url)
-    client.flushall()
+    client.flushdb()
     yield client
     client.close()
 

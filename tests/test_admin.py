@@ -354,7 +354,7 @@ def test_forget_racing_sweeps_leaves_seen_and_enqueued_in_step(
     keys = Keys(settings.namespace)
     job_id = job_id_for(settings.namespace, integration, order.id)
     for _ in range(15):
-        redis.flushall()
+        redis.flushdb()
         ledger.dispatch(integration, [order])
         stop = threading.Event()
 

@@ -21,7 +21,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
-pytestmark = [pytest.mark.bench, pytest.mark.redis]
+pytestmark = [pytest.mark.bench, pytest.mark.slow, pytest.mark.redis]
 
 
 def smoke_sizes() -> dict[str, list[str]]:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-from _support import dispatcher_env
+from _support import dispatcher_env, wait_until
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
@@ -103,14 +102,6 @@ class Stack:
         return self.sim.orders(self.sim.integration_ids[0], status="OPEN")
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
 def mail_received(mailbox: Mailbox) -> list[tuple[int, str]]:
     return sorted(
         (int(str(message["X-Kombo-Order-Id"]).removeprefix("ORDER")), rcpt.lower())
@@ -172,8 +163,8 @@ def test_a_worker_killed_between_provisioning_and_mail_repeats_neither(
         assert stack.run("poll", "--once").returncode == 0
         worker = stack.start("worker")
         steps_key = f"dispatcher:steps:{integration}:ORDER0"
-        wait_for(lambda: redis.hexists(steps_key, "provision_http"))
-        time.sleep(0.5)  # let it connect to SMTP and stall
+        wait_until(lambda: redis.hexists(steps_key, "provision_http"), what="provisioning")
+        assert mailbox.stalled.wait(30), "the worker never reached SMTP"
         assert not redis.hexists(steps_key, "notify_email")
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()

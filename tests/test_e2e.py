@@ -119,7 +119,7 @@ def test_two_concurrent_poller_processes_enqueue_each_order_once(
     with sim.serve() as server:
         env = env_for(server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="5")
         for _ in range(4):
-            redis.flushall()
+            redis.flushdb()
             procs = [
                 subprocess.Popen(
                     [sys.executable, "-m", "dispatcher", "poll", "--once", "--json"],
@@ -142,7 +142,7 @@ def test_a_poller_killed_mid_sweep_loses_and_doubles_nothing(redis: Redis, redis
     with sim.serve() as server:
         env = env_for(server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="3")
         for _ in range(3):
-            redis.flushall()
+            redis.flushdb()
             poller = subprocess.Popen(
                 [sys.executable, "-m", "dispatcher", "poll", "--once"],
                 env=env,
@@ -175,7 +175,11 @@ def test_a_poller_killed_mid_sweep_loses_and_doubles_nothing(redis: Redis, redis
 def test_sigterm_finishes_the_current_page_and_exits_0(redis: Redis, redis_url: str) -> None:
     sim = Simulator(1, 400, seed=13, faults=Faults(latency=0.05))
     with sim.serve() as server:
-        env = env_for(server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="2")
+        # A short interval: the schedule spreads first sweeps over it, so that the default
+        # (60 s) would keep the test waiting seconds for its one integration to fall due.
+        env = env_for(
+            server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="2", DISPATCHER_POLL_INTERVAL="1"
+        )
         poller = subprocess.Popen(
             [sys.executable, "-m", "dispatcher", "poll"],
             env=env,

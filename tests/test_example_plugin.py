@@ -13,6 +13,7 @@ from redis import Redis
 from _support import dispatcher_env
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 
+pytestmark = pytest.mark.slow  # a real pip install of examples/dispatcher-hello
 EXAMPLE = Path(__file__).parent.parent / "examples" / "dispatcher-hello"
 
 

@@ -18,7 +18,7 @@ import pytest
 from redis import Redis
 from rq import Queue
 
-from _support import dispatcher_env
+from _support import dispatcher_env, wait_until
 from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.poller.poller import Poller, SweepPolicy
@@ -129,7 +129,8 @@ def test_claiming_needs_the_integration_due_and_unleased(redis: Redis) -> None:
     assert not second.claim("a:1")  # released but no longer due: no second sweep this interval
     clock.now = 1061
     assert second.claim("a:1")
-    time.sleep(0.4)  # p2 dies holding the lease; it expires
+    # p2 dies holding the lease; it expires (Redis's own TTL: the clock above is the schedule's)
+    wait_until(lambda: not redis.exists(KEYS.lease("a:1")), timeout=5, what="the lease to expire")
     assert first.claim("a:1")
     assert first.holder("a:1") == "p1"
 
@@ -291,8 +292,25 @@ def test_three_pollers_share_the_work_without_doubling_it(redis: Redis) -> None:
     threads = [threading.Thread(target=p.run_forever, kwargs={"sync_every": 0.2}) for p in pollers]
     for t in threads:
         t.start()
-    time.sleep(3.5)
-    stop.set()
+
+    expected = len(open_pairs(sim))
+    queue = Queue("dispatcher-orders", connection=redis)
+
+    def swept_twice_and_all_queued() -> bool:
+        with lock:
+            counts = [len(starts) for starts in sweeps.values()]
+        return (
+            len(counts) == len(sim.integration_ids) and min(counts) >= 2 and queue.count >= expected
+        )
+
+    try:
+        wait_until(
+            swept_twice_and_all_queued,
+            timeout=30,
+            what="two sweeps of each integration, every order queued",
+        )
+    finally:
+        stop.set()
     for t in threads:
         t.join(10)
     queued = queued_pairs(redis)
@@ -321,6 +339,7 @@ def _url(redis: Redis) -> str:
     return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
 
 
+@pytest.mark.slow  # scale: three poller processes, 1800 orders, a lease TTL to wait out
 def test_a_killed_poller_is_taken_over_within_the_lease_ttl(redis: Redis, redis_url: str) -> None:
     sim = Simulator(6, 300, seed=37, faults=Faults(latency=0.03))
     with sim.serve() as server:
@@ -394,16 +413,24 @@ def test_pollers_ride_out_a_redis_restart(tmp_path: Any) -> None:
                 KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
                 DISPATCHER_POLL_INTERVAL="0.5",
             )  # fmt: skip
-            poller = subprocess.Popen(
-                [sys.executable, "-m", "dispatcher", "poll"], env=env,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+            log = tmp_path / "poller.log"
+            with log.open("w") as sink:
+                poller = subprocess.Popen(
+                    [sys.executable, "-m", "dispatcher", "poll"], env=env,
+                    stdout=subprocess.DEVNULL, stderr=sink, text=True,
+                )  # fmt: skip
             redis = Redis.from_url(server.url)
             deadline = time.monotonic() + 20
             while len(queued_pairs(redis)) < 40 and time.monotonic() < deadline:
                 time.sleep(0.05)
             server.stop(kill=True)  # Redis dies (and, without persistence, forgets everything)
-            time.sleep(2)
+            wait_until(
+                lambda: "Redis unavailable" in log.read_text() or poller.poll() is not None,
+                what="the poller to notice the outage",
+            )
+            # The outage outlasts the poller's first backoff (1 s): a second failed attempt,
+            # which must not log the outage again. A scenario's length, not a synchronisation.
+            time.sleep(1.5)
             assert poller.poll() is None, "the poller must not crash"
             server.start()
             deadline = time.monotonic() + 30
@@ -411,7 +438,8 @@ def test_pollers_ride_out_a_redis_restart(tmp_path: Any) -> None:
                 time.sleep(0.1)
             assert sorted(queued_pairs(redis)) == sorted(open_pairs(sim))
             poller.send_signal(signal.SIGTERM)
-            _, stderr = poller.communicate(timeout=30)
+            poller.wait(30)
+            stderr = log.read_text()
     finally:
         server.cleanup()
     assert poller.returncode == 0

@@ -438,7 +438,7 @@ def test_hostile_ids_and_names_are_answered_never_500_and_400_writes_nothing(
     if surrogate is not None:
         field, at, char = surrogate
         values[field] = values[field][:at] + char + values[field][at:]
-    redis.flushall()
+    redis.flushdb()
     client = AppClient(make_app(make_ledger(redis)))
     event = _event(values["order_id"], id=values["event_id"])
     event["data"]["integration_id"] = values["integration_id"]

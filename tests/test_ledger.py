@@ -119,7 +119,7 @@ class _CountingRedis(Redis):
 @pytest.mark.parametrize("page_size", [1, 50, 250])
 def test_a_page_costs_at_most_three_round_trips(redis_url: str, page_size: int) -> None:
     redis = _CountingRedis.from_url(redis_url)
-    redis.flushall()
+    redis.flushdb()
     ledger = make_ledger(redis)
     ledger.dispatch("warm:up", orders("W"))  # Queue's one-off server version probe
     page = orders(*(f"O{i}" for i in range(page_size)))
@@ -138,7 +138,7 @@ def test_a_page_costs_at_most_three_round_trips(redis_url: str, page_size: int) 
 def test_concurrent_dispatchers_enqueue_each_order_once(redis_url: str) -> None:
     ids = [f"O{i}" for i in range(200)]
     for _ in range(10):
-        Redis.from_url(redis_url).flushall()
+        Redis.from_url(redis_url).flushdb()
         barrier = threading.Barrier(4)
         results: list[list[str]] = []
 
@@ -230,7 +230,7 @@ def _marks(redis: Redis, ledger: Ledger) -> dict[str, int]:
 
 def test_a_full_sweep_renews_only_marks_about_to_go_stale(redis_url: str) -> None:
     redis = _CountingRedis.from_url(redis_url)
-    redis.flushall()
+    redis.flushdb()
     ledger = make_ledger(redis)
     page = orders("A", "B")
     ledger.dispatch(INTEGRATION, page, generation=1, keep_generations=3)

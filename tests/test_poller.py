@@ -150,7 +150,7 @@ def test_concurrent_pollers_on_one_integration_enqueue_each_order_once(
     from redis import Redis
 
     for _ in range(rounds):
-        Redis.from_url(redis_url).flushall()
+        Redis.from_url(redis_url).flushdb()
         sim = Simulator(2, 60, seed=_)
         pollers = [build(sim, Redis.from_url(redis_url), page_size=7) for _ in range(3)]
         threads = [threading.Thread(target=p.sweep) for p in pollers]

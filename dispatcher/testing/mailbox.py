@@ -30,6 +30,7 @@ class _Collector:
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
     ) -> str:
         while self.mailbox.hold.is_set():
+            self.mailbox.stalled.set()
             await asyncio.sleep(0.02)
         if address.lower() in self.mailbox.defer:
             return "450 4.2.1 Mailbox busy, try again later"
@@ -58,6 +59,7 @@ class Mailbox:
         self.messages: list[tuple[list[str], EmailMessage]] = []
         self.lock = threading.Lock()
         self.hold = threading.Event()
+        self.stalled = threading.Event()  # set once a held RCPT is waiting
         self.defer: set[str] = set()
         self.logins: list[str] = []
         options: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""The short chaos run, on every change (the long one: python tests/chaos/harness.py)."""
+"""The short chaos run, in CI's `slow` step (the long one: python tests/chaos/harness.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from chaos.harness import ChaosConfig, run_chaos
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 def test_nothing_lost_nothing_doubled_under_kills_restarts_and_faults(redis_url: str) -> None:
