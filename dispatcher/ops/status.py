@@ -35,6 +35,7 @@ from dispatcher import _text
 from dispatcher.poller.telemetry import RequestSeries, read_request_series
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
+from dispatcher.store.sweeps import SweepRecord
 from dispatcher.wrongtype import describe, find_wrong_types, printable
 
 __all__ = [
@@ -458,21 +459,21 @@ def _integration(
     stale_after: float,
     broken: tuple[str, ...] = (),
 ) -> IntegrationStatus:
-    sweep = {_str(k): _str(v) for k, v in raw.items()}
+    sweep = SweepRecord.from_hash(raw)
     lease, due, paused, results = fleet
-    last_sweep_at = _float(sweep.get("last_sweep_at"))
-    last_error_at = _float(sweep.get("last_error_at"))
+    last_sweep_at = sweep.last_sweep_at
+    last_error_at = sweep.last_error_at
     error: SweepError | None = None
-    if sweep.get("last_error"):
-        code = sweep.get("last_error_code") or None
+    if sweep.last_error:
+        code = sweep.last_error_code or None
         error = SweepError(
-            code, _error_message(integration_id, code, sweep["last_error"]), last_error_at
+            code, _error_message(integration_id, code, sweep.last_error), last_error_at
         )
     if broken:
         state = FAILING  # whatever was recorded, the poller cannot work with this key
     elif paused:
         state = PAUSED
-    elif not sweep:
+    elif not raw:
         state = NEVER_SWEPT
     elif error is not None and (last_sweep_at is None or (last_error_at or 0) >= last_sweep_at):
         state = FAILING
@@ -486,27 +487,25 @@ def _integration(
         configured=configured,
         remembered=remembered,
         last_sweep_at=last_sweep_at,
-        last_attempt_at=_float(sweep.get("last_attempt_at")),
-        duration=_float(sweep.get("duration")),
-        orders_seen=_int(sweep.get("orders_seen")),
-        orders_new=_int(sweep.get("orders_new")),
-        pages=_int(sweep.get("pages")),
-        error_count=_int(sweep.get("error_count")) or 0,
+        last_attempt_at=sweep.last_attempt_at,
+        duration=sweep.duration,
+        orders_seen=sweep.orders_seen,
+        orders_new=sweep.orders_new,
+        pages=sweep.pages,
+        error_count=sweep.error_count or 0,
         last_error=error,
         paused=bool(paused),
         lease=_str(lease) if lease is not None else None,
         next_sweep_at=float(due) if due is not None else None,
-        consecutive_failures=_int(sweep.get("consecutive_failures")) or 0,
-        watermark=_float(sweep.get("watermark")),
-        last_sweep_kind=sweep.get("last_sweep_kind"),
+        consecutive_failures=sweep.consecutive_failures or 0,
+        watermark=sweep.watermark,
+        last_sweep_kind=sweep.last_sweep_kind,
         results_written=int(results or 0),
         broken_keys=broken,
-        invalid_orders=_int(sweep.get("invalid_orders")) or 0,
+        invalid_orders=sweep.invalid_orders or 0,
         last_invalid_order=(
-            SweepError(
-                "INVALID_ORDER", sweep["last_invalid_order"], _float(sweep.get("last_invalid_at"))
-            )
-            if sweep.get("last_invalid_order")
+            SweepError("INVALID_ORDER", sweep.last_invalid_order, sweep.last_invalid_at)
+            if sweep.last_invalid_order
             else None
         ),
     )
@@ -651,20 +650,6 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
 
 def _str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None
 
 
 def _rq_time(value: bytes | str | None) -> float | None:
