@@ -9,8 +9,8 @@ import httpx
 import pytest
 from rq import Queue
 
+from dispatcher.kombo import client as kombo
 from dispatcher.kombo.client import KomboClient
-from dispatcher.kombo.client import client as kombo
 from dispatcher.poller.poller import Poller
 from dispatcher.store.ledger import Ledger
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
