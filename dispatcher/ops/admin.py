@@ -14,7 +14,10 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import WatchError
+from rq import Queue
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
 from rq.results import Result
 
 from dispatcher._text import as_float, as_str
@@ -34,11 +37,13 @@ __all__ = [
     "ForgetRefused",
     "ForgetResult",
     "OrderRecord",
+    "RetryResult",
     "StepRecord",
     "describe_order",
     "failed_jobs",
     "forget_order",
     "known_integrations",
+    "retry_failed",
 ]
 
 
@@ -229,6 +234,36 @@ def _attempts(job: Job) -> int:
 
 
 # -- one order ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryResult:
+    """What :func:`retry_failed` did: the jobs re-queued (id, description), in order, and
+    the ids that were not in the failed registry."""
+
+    requeued: list[tuple[str, str | None]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def retry_failed(
+    redis: Redis, queue_name: str, job_ids: Sequence[str] | None, *, max_retries: int
+) -> RetryResult:
+    """Re-queue failed jobs (``None``: every one in the failed registry), each with a fresh
+    set of ``max_retries`` retries; their completed steps are skipped when they run again.
+    Through RQ's public API: ``Job.fetch``, ``Job.save`` and ``FailedJobRegistry.requeue``."""
+    registry = FailedJobRegistry(queue=Queue(queue_name, connection=redis))
+    result = RetryResult()
+    for job_id in list(job_ids) if job_ids is not None else registry.get_job_ids():
+        try:
+            job = Job.fetch(job_id, connection=redis)
+            job.retries_left = max_retries
+            job.save(include_meta=False)
+            registry.requeue(job)
+        except (NoSuchJobError, InvalidJobOperation):
+            result.missing.append(job_id)
+            continue
+        result.requeued.append((job_id, job.description))
+    return result
 
 
 def known_integrations(redis: Redis, keys: Keys, configured: Iterable[str] = ()) -> list[str]:

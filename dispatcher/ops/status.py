@@ -24,7 +24,7 @@ from rq.job import Job
 from rq.utils import str_to_date
 
 from dispatcher import _text
-from dispatcher._text import as_float, as_str
+from dispatcher._text import as_str
 from dispatcher.logs import escape_controls
 from dispatcher.poller.telemetry import RequestSeries, read_request_series
 from dispatcher.settings import Settings
@@ -39,6 +39,7 @@ from dispatcher.store.rq_internals import (
     started_key,
     workers_key,
 )
+from dispatcher.store.sweeps import SweepRecord
 from dispatcher.store.wrongtype import describe, find_wrong_types
 
 __all__ = [
@@ -119,7 +120,7 @@ class BrokenKey:
 
     key: str
     integration_id: str | None  # None: a key every integration shares
-    problem: str  # one line naming the key (dispatcher.wrongtype)
+    problem: str  # one line naming the key (dispatcher.store.wrongtype)
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,21 +457,21 @@ def _integration(
     stale_after: float,
     broken: tuple[str, ...] = (),
 ) -> IntegrationStatus:
-    sweep = {as_str(k): as_str(v) for k, v in raw.items()}
+    sweep = SweepRecord.from_hash(raw)
     lease, due, paused, results = fleet
-    last_sweep_at = as_float(sweep.get("last_sweep_at"))
-    last_error_at = as_float(sweep.get("last_error_at"))
+    last_sweep_at = sweep.last_sweep_at
+    last_error_at = sweep.last_error_at
     error: SweepError | None = None
-    if sweep.get("last_error"):
-        code = sweep.get("last_error_code") or None
+    if sweep.last_error:
+        code = sweep.last_error_code or None
         error = SweepError(
-            code, _error_message(integration_id, code, sweep["last_error"]), last_error_at
+            code, _error_message(integration_id, code, sweep.last_error), last_error_at
         )
     if broken:
         state = FAILING  # whatever was recorded, the poller cannot work with this key
     elif paused:
         state = PAUSED
-    elif not sweep:
+    elif not raw:
         state = NEVER_SWEPT
     elif error is not None and (last_sweep_at is None or (last_error_at or 0) >= last_sweep_at):
         state = FAILING
@@ -484,27 +485,25 @@ def _integration(
         configured=configured,
         remembered=remembered,
         last_sweep_at=last_sweep_at,
-        last_attempt_at=as_float(sweep.get("last_attempt_at")),
-        duration=as_float(sweep.get("duration")),
-        orders_seen=_int(sweep.get("orders_seen")),
-        orders_new=_int(sweep.get("orders_new")),
-        pages=_int(sweep.get("pages")),
-        error_count=_int(sweep.get("error_count")) or 0,
+        last_attempt_at=sweep.last_attempt_at,
+        duration=sweep.duration,
+        orders_seen=sweep.orders_seen,
+        orders_new=sweep.orders_new,
+        pages=sweep.pages,
+        error_count=sweep.error_count or 0,
         last_error=error,
         paused=bool(paused),
         lease=as_str(lease) if lease is not None else None,
         next_sweep_at=float(due) if due is not None else None,
-        consecutive_failures=_int(sweep.get("consecutive_failures")) or 0,
-        watermark=as_float(sweep.get("watermark")),
-        last_sweep_kind=sweep.get("last_sweep_kind"),
+        consecutive_failures=sweep.consecutive_failures or 0,
+        watermark=sweep.watermark,
+        last_sweep_kind=sweep.last_sweep_kind,
         results_written=int(results or 0),
         broken_keys=broken,
-        invalid_orders=_int(sweep.get("invalid_orders")) or 0,
+        invalid_orders=sweep.invalid_orders or 0,
         last_invalid_order=(
-            SweepError(
-                "INVALID_ORDER", sweep["last_invalid_order"], as_float(sweep.get("last_invalid_at"))
-            )
-            if sweep.get("last_invalid_order")
+            SweepError("INVALID_ORDER", sweep.last_invalid_order, sweep.last_invalid_at)
+            if sweep.last_invalid_order
             else None
         ),
     )
@@ -645,13 +644,6 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
 
 
 # -- parsing --------------------------------------------------------------------------------
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None
 
 
 def _rq_time(value: bytes | str | None) -> float | None:

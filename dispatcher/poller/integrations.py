@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 
 from dispatcher._text import as_str
 from dispatcher.store.keys import Keys
+from dispatcher.store.sweeps import SweepRecord
 
 __all__ = ["IntegrationRegistry", "RegisteredIntegration", "check_integration_id"]
 
@@ -90,3 +92,28 @@ class IntegrationRegistry:
     def active(self) -> list[str]:
         """The integrations to sweep now."""
         return [i.integration_id for i in self.all() if not i.paused]
+
+    def overview(self, now: float) -> list[dict[str, Any]]:
+        """Every integration with its schedule, lease and last sweep: the rows of
+        ``dispatcher integrations list`` (``--json`` prints them as they are)."""
+        rows: list[dict[str, Any]] = []
+        for entry in self.all():
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zscore(self.keys.schedule, entry.integration_id)
+                pipe.get(self.keys.lease(entry.integration_id))
+                pipe.hgetall(self.keys.sweep(entry.integration_id))
+                due, lease, raw_sweep = pipe.execute()
+            sweep = SweepRecord.from_hash(raw_sweep)
+            rows.append(
+                {
+                    "integration_id": entry.integration_id,
+                    "source": entry.source,
+                    "paused": entry.paused,
+                    "next_sweep_in": round(float(due) - now, 1) if due is not None else None,
+                    "lease": as_str(lease) if lease else None,
+                    "consecutive_failures": sweep.consecutive_failures or 0,
+                    "watermark": sweep.watermark,
+                    "last_sweep_at": sweep.last_sweep_at,
+                }
+            )
+        return rows

@@ -20,15 +20,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from redis import Redis
 from redis.exceptions import RedisError
-from redis.typing import EncodableT, FieldT
 
-from dispatcher._text import as_str
 from dispatcher.kombo.client import (
     InvalidPageError,
     KomboClient,
@@ -41,6 +39,7 @@ from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.sweeps import ERROR_COUNT, INVALID_ORDER_FIELDS, SweepRecord
 from dispatcher.store.wrongtype import (
     WRONGTYPE_CODE,
     describe,
@@ -219,11 +218,11 @@ class Poller:
         if full is None:
             full = self._full_due(integration_id, state, started)
         result = IntegrationSweep(integration_id, full=full)
-        result.consecutive_failures = int(state.get("consecutive_failures", 0))
-        generation = int(state.get("generation", 0)) + 1 if full else None
+        result.consecutive_failures = state.consecutive_failures or 0
+        generation = (state.generation or 0) + 1 if full else None
         created_after = None
-        if not full:
-            created_after = float(state["watermark"]) - self.policy.incremental_overlap
+        if not full and state.watermark is not None:  # (not full: _full_due saw a watermark)
+            created_after = state.watermark - self.policy.incremental_overlap
         try:
             self._sweep_pages(result, created_after, generation, leased)
         except KomboStopped:
@@ -346,16 +345,15 @@ class Poller:
             wrong = []  # Redis went away meanwhile: Redis's own words must do
         return describe(exc, wrong)
 
-    def _state(self, integration_id: str) -> dict[str, str]:
-        raw = self.redis.hgetall(self.ledger.keys.sweep(integration_id))
-        return {as_str(k): as_str(v) for k, v in raw.items()}
+    def _state(self, integration_id: str) -> SweepRecord:
+        return SweepRecord.from_hash(self.redis.hgetall(self.ledger.keys.sweep(integration_id)))
 
-    def _full_due(self, integration_id: str, state: dict[str, str], now: float) -> bool:
+    def _full_due(self, integration_id: str, state: SweepRecord, now: float) -> bool:
         if self.endpoint == "open":
             return True  # the deprecated endpoint has no created_after filter
-        if "watermark" not in state or integration_id not in self._fully_swept:
+        if state.watermark is None or integration_id not in self._fully_swept:
             return True
-        return now - float(state.get("full_sweep_at", 0)) >= self.policy.full_sweep_interval
+        return now - (state.full_sweep_at or 0) >= self.policy.full_sweep_interval
 
     def _pages(self, integration_id: str, created_after: float | None) -> Iterator[OrdersPage]:
         max_pages = self.policy.max_pages
@@ -376,18 +374,19 @@ class Poller:
     def _record(self, result: IntegrationSweep, started: float, generation: int | None) -> None:
         """Keep the integration's sweep state in Redis: for the next sweep and for status."""
         now = self._clock()
-        fields = _sweep_fields(result, started, now, generation)
-        forget_invalid = _record_invalid(result, fields, now)
+        record, forget_invalid = _record_invalid(
+            result, _sweep_record(result, started, now, generation), now
+        )
         keys = self.ledger.keys
         key = keys.sweep(result.integration_id)
         counts, seconds = self.request_stats.drain() if self.request_stats else ({}, {})
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(key, mapping=fields)
+                pipe.hset(key, mapping=record.to_fields())
                 if forget_invalid:
-                    pipe.hdel(key, "invalid_orders", "last_invalid_order", "last_invalid_at")
+                    pipe.hdel(key, *INVALID_ORDER_FIELDS)
                 if result.error is not None:
-                    pipe.hincrby(key, "error_count", 1)
+                    pipe.hincrby(key, ERROR_COUNT, 1)
                 pipe.sadd(keys.swept_integrations, result.integration_id)
                 # Kombo request telemetry rides along: no round trip of its own.
                 for name, count in counts.items():
@@ -494,8 +493,8 @@ class Poller:
         started = self._clock()
         result = IntegrationSweep(integration_id)
         # The sweep hash may be the broken key, or missing: then count from zero.
-        with contextlib.suppress(RedisError, KeyError, ValueError):
-            result.consecutive_failures = int(self._state(integration_id)["consecutive_failures"])
+        with contextlib.suppress(RedisError):
+            result.consecutive_failures = self._state(integration_id).consecutive_failures or 0
         self._refused(result, exc, started)
         try:
             self.schedule.reschedule(integration_id, self._next_due(result, started))
@@ -532,38 +531,41 @@ class Poller:
         return started + interval * (1.0 + self._rng.uniform(0.0, 0.1))
 
 
-def _record_invalid(result: IntegrationSweep, fields: dict[FieldT, EncodableT], now: float) -> bool:
-    """Add the sweep's invalid orders to its record's ``fields``; True when the last ones
-    recorded are to be forgotten.
+def _record_invalid(
+    result: IntegrationSweep, record: SweepRecord, now: float
+) -> tuple[SweepRecord, bool]:
+    """The sweep's ``record`` with its invalid orders; and True when the last ones recorded
+    are to be forgotten.
 
     They stay recorded until a complete full sweep (which sees every OPEN order) finds none:
     an incremental sweep does not see older orders again.
     """
     if result.invalid_orders:
-        fields.update(
+        return replace(
+            record,
             invalid_orders=len(result.invalid_orders),
             # Bounded: the message quotes an order id, which Kombo chose.
             last_invalid_order=result.invalid_orders[0][:_MAX_STORED_MESSAGE],
             last_invalid_at=now,
-        )
-        return False
-    return result.full and result.error is None and not result.interrupted
+        ), False
+    return record, result.full and result.error is None and not result.interrupted
 
 
 _MAX_STORED_MESSAGE = 500
 
 
-def _sweep_fields(
+def _sweep_record(
     result: IntegrationSweep, started: float, now: float, generation: int | None
-) -> dict[FieldT, EncodableT]:
+) -> SweepRecord:
     """The sweep hash fields one sweep sets (the invalid-order fields aside)."""
-    fields: dict[FieldT, EncodableT] = {
-        "last_attempt_at": now,
-        "duration": round(now - started, 3),
-        "consecutive_failures": result.consecutive_failures,
-    }
+    record = SweepRecord(
+        last_attempt_at=now,
+        duration=round(now - started, 3),
+        consecutive_failures=result.consecutive_failures,
+    )
     if result.error is None and not result.interrupted:
-        fields.update(
+        record = replace(
+            record,
             last_sweep_at=now,
             watermark=started,
             orders_seen=result.orders_seen,
@@ -572,11 +574,12 @@ def _sweep_fields(
             last_sweep_kind="full" if result.full else "incremental",
         )
         if generation is not None:
-            fields.update(full_sweep_at=started, generation=generation)
+            record = replace(record, full_sweep_at=started, generation=generation)
     elif result.error is not None:
-        fields.update(
+        record = replace(
+            record,
             last_error=result.error,
             last_error_code=result.error_code or "",
             last_error_at=now,
         )
-    return fields
+    return record

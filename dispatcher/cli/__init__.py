@@ -1,0 +1,148 @@
+"""The ``dispatcher`` command line: one module per command group, each parsing its options,
+calling the package that does the work and printing the outcome.
+
+- :mod:`.poll` ``poll`` · :mod:`.worker` ``worker`` · :mod:`.web` ``web`` (the Procfile's
+  processes)
+- :mod:`.integrations` ``integrations add|remove|pause|resume|list``
+- :mod:`.ops` ``status``, ``failed``, ``show``, ``forget``, ``retry``, ``handlers``
+- :mod:`.writeback` ``result``, ``packages get|set``
+- :mod:`.dev` ``sim``, ``demo``
+
+Every error is one line, ``dispatcher: error: ...``: a usage error (exit 2) as well as a
+key of the wrong type met by any command (exit 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from redis import Redis
+from redis.exceptions import RedisError, ResponseError
+from rq import Queue
+
+from dispatcher.cli import dev, integrations, ops, poll, web, worker, writeback
+from dispatcher.cli._common import fail
+from dispatcher.logs import configure_logging
+from dispatcher.settings import Settings
+from dispatcher.store.keys import Keys
+from dispatcher.store.wrongtype import describe, find_wrong_types, shared_keys
+
+__all__ = ["cli", "main"]
+
+
+class _OneLineUsageError(click.UsageError):
+    """A usage error shown in the house style: one line, no usage text (exit 2)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"dispatcher: error: {self.message}", err=True)
+
+
+def _one_line(exc: click.UsageError) -> _OneLineUsageError:
+    """``--status: required, COMPLETED or CANCELLED``, ``--score: 'ten' is not a valid
+    float``: the parameter first, as the commands' own errors name it."""
+    if isinstance(exc, _OneLineUsageError):
+        return exc
+    message = exc.format_message()
+    param = getattr(exc, "param", None)
+    if isinstance(exc, click.BadParameter) and param is not None:
+        hint = (
+            param.human_readable_name if isinstance(param, click.Argument) else "/".join(param.opts)
+        )
+        if isinstance(exc, click.MissingParameter):
+            message = f"{hint}: required"
+            if isinstance(param.type, click.Choice):
+                *rest, last = [str(choice) for choice in param.type.choices]
+                message += ", " + (f"{', '.join(rest)} or {last}" if rest else last)
+        else:
+            message = f"{hint}: {exc.message.removesuffix('.')}"
+    return _OneLineUsageError(message, exc.ctx)
+
+
+class _Commands(click.Group):
+    """The command group: every usage error, and a key of the wrong type met by any command,
+    is one line instead of click's usage text or a traceback."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's
+            raise _one_line(exc) from None
+        except ResponseError as exc:
+            fail(f"Redis refused a command: {_refusal(ctx, exc)}", code=1)
+
+
+def _refusal(ctx: click.Context, exc: ResponseError) -> str:
+    obj = ctx.obj if isinstance(ctx.obj, dict) else {}
+    settings, redis = obj.get("settings"), obj.get("redis")
+    if not isinstance(settings, Settings) or not isinstance(redis, Redis):
+        return describe(exc, [])
+    queue_key = Queue(settings.queue, connection=redis).key
+    try:
+        wrong = find_wrong_types(redis, shared_keys(Keys(settings.namespace), queue_key))
+    except RedisError:
+        wrong = []
+    # Not a shared key: redis-py's line names the pipeline's command and key, if any.
+    return describe(exc, wrong)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    envvar="DISPATCHER_LOG_LEVEL",
+    default="INFO",
+    show_default=True,
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    envvar="DISPATCHER_LOG_FORMAT",
+    default="text",
+    show_default=True,
+)
+@click.version_option(package_name="kombo-dispatcher")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
+    """Dispatch Kombo assessment orders to pluggable handlers through RQ on Redis.
+
+    Settings come from the environment (and an optional .env file); see the README.
+    """
+    ctx.ensure_object(dict)
+    configure_logging(log_level.upper(), "json" if log_format == "json" else "text")
+
+
+for _command in (
+    poll.poll,
+    worker.worker,
+    integrations.integrations,
+    ops.retry,
+    ops.handlers,
+    dev.sim,
+    dev.demo,
+    ops.status,
+    ops.failed,
+    ops.show,
+    ops.forget,
+    web.web,
+    writeback.result,
+    writeback.packages,
+):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="dispatcher")

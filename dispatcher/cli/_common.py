@@ -1,0 +1,127 @@
+"""What every command module shares: the one-line error, settings, Redis, the Kombo client."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+
+from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.settings import ConfigError, Settings, load_settings
+from dispatcher.store.ledger import JobOptions, Ledger
+
+__all__ = [
+    "colour",
+    "confirm",
+    "connect_redis",
+    "fail",
+    "kombo_client",
+    "kombo_failure",
+    "make_ledger",
+    "or_fail",
+    "redacted_url",
+    "redis_failed",
+    "settings_of",
+]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """The house style for every error: ``dispatcher: error: ...``, one line, then exit."""
+    click.echo(f"dispatcher: error: {message}", err=True)
+    sys.exit(code)
+
+
+def redacted_url(url: str) -> str:
+    """A connection URL with its password replaced, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    """The settings, loaded once per invocation; a configuration error is one line, exit 2."""
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        try:
+            obj["settings"] = load_settings()
+        except ConfigError as exc:
+            fail(str(exc))
+    settings: Settings = obj["settings"]
+    return settings
+
+
+def connect_redis(settings: Settings, *, ping: bool = True) -> Redis:
+    """A Redis client for ``REDIS_URL``, checked with a PING; unreachable: one line, exit 1."""
+    url = settings.redis_url.get_secret_value()
+    try:
+        redis = Redis.from_url(url, health_check_interval=30, socket_connect_timeout=5)
+        if ping:
+            redis.ping()
+    except (RedisError, ValueError) as exc:
+        fail(f"REDIS_URL: cannot reach Redis at {redacted_url(url)}: {exc}", code=1)
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.ensure_object(dict)["redis"] = redis  # for the group to diagnose a refusal
+    return redis
+
+
+def make_ledger(settings: Settings, redis: Redis) -> Ledger:
+    return Ledger(
+        redis,
+        Queue(settings.queue, connection=redis),
+        settings.namespace,
+        job_options=JobOptions.from_settings(settings),
+    )
+
+
+def or_fail(get: Callable[[], Any]) -> Any:
+    """``get()``, a :class:`ConfigError` being one line, exit 2."""
+    try:
+        return get()
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def redis_failed(exc: RedisError) -> NoReturn:
+    fail(f"cannot read Redis: {type(exc).__name__}: {exc}", code=1)
+
+
+def colour() -> bool | None:
+    # None lets click decide (styles only on a terminal); NO_COLOR (no-color.org) turns them off.
+    return False if os.environ.get("NO_COLOR") else None
+
+
+def confirm(question: str) -> bool:
+    """Ask on stderr; no answer (end of input, Ctrl-C) is no."""
+    try:
+        return click.confirm(question, default=False, err=True)
+    except click.Abort:  # end of input, or Ctrl-C, at the prompt
+        click.echo(err=True)
+        return False
+
+
+def kombo_client(settings: Settings) -> KomboClient:
+    """A Kombo client for the write-back commands (``KOMBO_API_KEY`` required)."""
+    return KomboClient(
+        or_fail(settings.require_kombo),
+        settings.kombo_base_url,
+        timeout=settings.kombo_timeout,
+        retry_budget=settings.kombo_retry_budget,
+        max_response_bytes=settings.max_response_bytes,
+    )
+
+
+def kombo_failure(exc: KomboError) -> str:
+    return f"{exc} (log: {exc.log_url})" if exc.log_url else str(exc)

@@ -1,0 +1,77 @@
+"""Commands for trying the dispatcher out: ``sim`` (a simulated Kombo) and ``demo``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--integrations", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--orders",
+    type=click.IntRange(0),
+    default=20,
+    show_default=True,
+    help="OPEN orders per integration.",
+)
+@click.option(
+    "--closed", type=click.IntRange(0), default=None, help="Closed orders per integration."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--api-key", default="sim-api-key", show_default=True, envvar="SIM_API_KEY")
+@click.option("--latency", type=click.FloatRange(0), default=0.0, help="Seconds per request.")
+@click.option("--rate-limit", type=click.FloatRange(0, 1), default=0.0, help="P(429).")
+@click.option("--retry-after", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--server-error", type=click.FloatRange(0, 1), default=0.0, help="P(500).")
+@click.option("--malformed", type=click.FloatRange(0, 1), default=0.0, help="P(bad JSON).")
+def sim(
+    host: str,
+    port: int,
+    integrations: int,
+    orders: int,
+    closed: int | None,
+    seed: int,
+    api_key: str,
+    latency: float,
+    rate_limit: float,
+    retry_after: float,
+    server_error: float,
+    malformed: float,
+) -> None:
+    """Serve a simulated Kombo assessment API (for the demo, tests and benchmarks)."""
+    from dispatcher.testing.simulator import Faults, Simulator
+
+    simulator = Simulator(
+        integrations,
+        orders,
+        closed=closed,
+        api_key=api_key,
+        seed=seed,
+        faults=Faults(
+            rate_limit=rate_limit,
+            retry_after=retry_after,
+            server_error=server_error,
+            malformed=malformed,
+            latency=latency,
+        ),
+    )
+    click.echo(f"KOMBO_BASE_URL=http://{host}:{port}/v1", err=True)
+    click.echo(f"KOMBO_API_KEY={api_key}", err=True)
+    click.echo(f"KOMBO_INTEGRATION_IDS={','.join(simulator.integration_ids)}", err=True)
+    simulator.serve_forever(host, port)
+
+
+@click.command()
+@click.option("--integrations", type=click.IntRange(1, 50), default=3, show_default=True)
+@click.option("--orders", type=click.IntRange(1, 500), default=12, show_default=True)
+def demo(integrations: int, orders: int) -> None:
+    """Run the whole pipeline in process: no Redis server, no Kombo key needed."""
+    from dispatcher.demo import run_demo
+
+    logging.getLogger().setLevel(logging.WARNING)
+    sys.exit(run_demo(integrations=integrations, orders=orders, echo=click.echo))

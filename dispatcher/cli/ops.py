@@ -1,0 +1,280 @@
+"""The operator's commands: ``status``, ``failed``, ``show``, ``forget``, ``retry`` and
+``handlers`` (the work is done in :mod:`dispatcher.ops` and :mod:`dispatcher.plugins`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+from redis.exceptions import RedisError
+
+from dispatcher import _text
+from dispatcher.cli._common import (
+    colour,
+    connect_redis,
+    fail,
+    redacted_url,
+    redis_failed,
+    settings_of,
+)
+from dispatcher.plugins import HandlerConfigError, discover_handlers, load_handlers
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys: README).")
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
+@click.option("--iterations", type=click.IntRange(1), default=None, hidden=True)
+@click.pass_context
+def status(
+    ctx: click.Context, as_json: bool, watch: bool, interval: float, iterations: int | None
+) -> None:
+    """Are orders flowing? Queues, workers, integrations, handler steps, on one screen."""
+    from dispatcher.ops.status import take_snapshot
+    from dispatcher.ops.views import render_status
+
+    settings = settings_of(ctx)
+    redis = connect_redis(settings)
+    url = redacted_url(settings.redis_url.get_secret_value())
+    in_place = watch and not as_json and sys.stdout.isatty()
+    shown = 0
+    try:
+        while True:
+            try:
+                snapshot = take_snapshot(redis, settings)
+            except RedisError as exc:
+                redis_failed(exc)
+            if as_json:
+                click.echo(json.dumps(snapshot.as_dict(), sort_keys=True))
+            else:
+                text = render_status(snapshot, redis_url=url)
+                if in_place:
+                    # Home, then each line erases its rest: no flicker, no leftovers. Written
+                    # directly: click would strip these codes along with the colours.
+                    body = text if colour() is None else click.unstyle(text)
+                    sys.stdout.write(
+                        ("\x1b[H\x1b[2J" if shown == 0 else "\x1b[H")
+                        + body.replace("\n", "\x1b[K\n")
+                        + "\x1b[K\n\x1b[J"
+                    )
+                    sys.stdout.flush()
+                else:
+                    if watch and shown:
+                        click.echo("")
+                    click.echo(text, color=colour())
+            shown += 1
+            if not watch or (iterations is not None and shown >= iterations):
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        if in_place:
+            click.echo("")
+        return
+
+
+@click.command()
+@click.option(
+    "--limit",
+    type=click.IntRange(0),
+    default=50,
+    show_default=True,
+    help="Show the newest N (0: all).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
+@click.pass_context
+def failed(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """List failed jobs: order, integration, handler, reason, attempts, when."""
+    from dispatcher.ops.admin import failed_jobs
+
+    settings = settings_of(ctx)
+    redis = connect_redis(settings)
+    try:
+        jobs, total = failed_jobs(redis, settings.queue, limit=limit or None)
+    except RedisError as exc:
+        redis_failed(exc)
+    if as_json:
+        for job in jobs:
+            click.echo(json.dumps(job.as_dict(), sort_keys=True))
+        return
+    if not jobs:
+        click.echo(f"no failed jobs on {settings.queue}")
+        return
+    now = time.time()
+    rows = [
+        [
+            _text.ago(job.failed_at, now),
+            job.order_id or "?",
+            job.integration_id or "?",
+            job.handler or "-",
+            str(job.attempts),
+            job.reason,
+        ]
+        for job in jobs
+    ]
+    header = ["FAILED", "ORDER", "INTEGRATION", "HANDLER", "ATTEMPTS", "REASON"]
+    for line in _text.table(header, rows, right={4}):
+        click.echo(line)
+    shown = f"showing the newest {len(jobs)}, --limit 0 for all" if len(jobs) < total else "all"
+    click.echo(
+        f"\n{_text.plural(total, 'failed job')} on {settings.queue} ({shown}); "
+        "details: dispatcher show ORDER_ID --integration ID"
+    )
+
+
+@click.command()
+@click.argument("order_id")
+@click.option("--integration", "integration_id", help="Only this integration.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a match.")
+@click.option(
+    "--payload",
+    is_flag=True,
+    help="Also print the order as Kombo sent it (holds candidate personal data).",
+)
+@click.pass_context
+def show(
+    ctx: click.Context, order_id: str, integration_id: str | None, as_json: bool, payload: bool
+) -> None:
+    """Everything the dispatcher knows about one order: seen, job, steps, last error.
+
+    Without --integration every integration that knows the order id is shown.
+    """
+    from dispatcher.ops.admin import describe_order, known_integrations
+    from dispatcher.ops.views import render_order
+    from dispatcher.store.keys import Keys
+
+    settings = settings_of(ctx)
+    redis = connect_redis(settings)
+    try:
+        integrations = (
+            [integration_id]
+            if integration_id
+            else known_integrations(redis, Keys(settings.namespace), settings.kombo_integration_ids)
+        )
+        records = describe_order(redis, settings.namespace, settings.queue, order_id, integrations)
+    except RedisError as exc:
+        redis_failed(exc)
+    if not records:
+        where = f"integration {integration_id}" if integration_id else "any integration"
+        fail(f"order {order_id} is not known in {where}", code=1)
+    for index, record in enumerate(records):
+        if as_json:
+            data = record.as_dict()
+            if payload:
+                data["payload"] = record.payload
+            click.echo(json.dumps(data, sort_keys=True, default=str))
+            continue
+        if index:
+            click.echo("")
+        click.echo(
+            render_order(record, now=time.time(), payload=payload, order=settings.handlers),
+            color=colour(),
+        )
+
+
+@click.command()
+@click.argument("order_id")
+@click.option("--integration", "integration_id", required=True, help="The order's integration.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def forget(ctx: click.Context, order_id: str, integration_id: str, yes: bool) -> None:
+    """Forget an order, so that the next sweep dispatches it again (if still OPEN).
+
+    Removes it from the seen store together with its RQ job and its step records: its
+    handlers all run again. Refused while a worker is running its job.
+    """
+    from dispatcher.ops.admin import ForgetRefused, describe_order, forget_order
+    from dispatcher.ops.views import describe_forget
+
+    settings = settings_of(ctx)
+    redis = connect_redis(settings)
+    try:
+        records = describe_order(
+            redis, settings.namespace, settings.queue, order_id, [integration_id]
+        )
+        if not records:
+            fail(f"order {order_id} is not known in integration {integration_id}", code=1)
+        if not yes:
+            click.echo(describe_forget(records[0], now=time.time()))
+            try:
+                confirmed = click.confirm("Forget it?", default=False)
+            except click.Abort:
+                confirmed = False
+            if not confirmed:
+                fail("not confirmed: nothing was changed", code=1)
+        result = forget_order(
+            redis,
+            settings.namespace,
+            settings.queue,
+            integration_id,
+            order_id,
+            handlers=settings.handlers,
+        )
+    except ForgetRefused as exc:
+        fail(str(exc), code=1)
+    except RedisError as exc:
+        redis_failed(exc)
+    removed = ["seen mark" if result.was_seen else "no seen mark"]
+    if result.job_status is not None:
+        removed.append(f"{result.job_status} job")
+    if result.steps:
+        removed.append(f"{result.steps} step record(s)")
+    if result.effects:
+        removed.append(f"{result.effects} effect record(s)")
+    click.echo(
+        f"forgot order {order_id} (integration {integration_id}): removed {', '.join(removed)}; "
+        "the next sweep dispatches it again if it is still OPEN"
+    )
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1)
+@click.option("--all-failed", is_flag=True, help="Re-queue every failed job of the queue.")
+@click.pass_context
+def retry(ctx: click.Context, job_ids: tuple[str, ...], all_failed: bool) -> None:
+    """Re-queue failed jobs; their completed steps are skipped when they run again.
+
+    Each job gets a fresh set of DISPATCHER_MAX_RETRIES retries.
+    """
+    from dispatcher.ops.admin import retry_failed
+
+    if bool(job_ids) == all_failed:
+        fail("name failed job ids, or give --all-failed (not both)")
+    settings = settings_of(ctx)
+    redis = connect_redis(settings)
+    result = retry_failed(redis, settings.queue, job_ids or None, max_retries=settings.max_retries)
+    for job_id, description in result.requeued:
+        click.echo(f"re-queued {job_id} ({description})")
+    if not result.requeued and not result.missing:
+        click.echo("no failed jobs")
+    for job_id in result.missing:
+        click.echo(f"dispatcher: error: job {job_id} is not in the failed registry", err=True)
+    sys.exit(1 if result.missing else 0)
+
+
+@click.command()
+@click.pass_context
+def handlers(ctx: click.Context) -> None:
+    """List every installed handler, and check the configured chain."""
+    settings = settings_of(ctx)
+    discovered = discover_handlers()
+    rows = []
+    for name in sorted(discovered):
+        entry = discovered[name]
+        position = str(settings.handlers.index(name) + 1) if name in settings.handlers else "-"
+        detail = entry.distribution if entry.error is None else f"BROKEN: {entry.error}"
+        rows.append([name, position, detail])
+    for line in _text.table(["HANDLER", "CONFIGURED", "DISTRIBUTION / PROBLEM"], rows, right=set()):
+        click.echo(line)
+    try:
+        load_handlers(settings.handlers, discovered)
+    except HandlerConfigError as exc:
+        fail(str(exc))
+    click.echo(f"chain: {' -> '.join(settings.handlers)}")

@@ -1,0 +1,168 @@
+"""``dispatcher poll``: the poller process (one, or a fleet of them)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+import click
+
+from dispatcher.cli._common import connect_redis, fail, make_ledger, or_fail, settings_of
+from dispatcher.kombo.client import KomboClient
+from dispatcher.poller.fleet import FleetError, parse_share, run_fleet, sweep_in_processes
+from dispatcher.poller.integrations import IntegrationRegistry
+from dispatcher.poller.poller import Poller, SweepPolicy, SweepReport
+from dispatcher.poller.schedule import Schedule
+from dispatcher.poller.telemetry import RequestStats
+
+log = logging.getLogger("dispatcher.cli")
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Sweep every integration once, then exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print the report as JSON.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Poller processes: a sweep is CPU-bound in one (parsing, enqueuing), more use more "
+    "cores. They share the fleet schedule; with --once each sweeps a share of the integrations.",
+)
+@click.option("--share", hidden=True, help="I/N: sweep the I-th of N shares (for --processes).")
+@click.pass_context
+def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: str | None) -> None:
+    """Poll Kombo for OPEN orders and enqueue the new ones.
+
+    Loops every DISPATCHER_POLL_INTERVAL seconds (with jitter) until SIGTERM or SIGINT,
+    which finish the current page and exit 0. With --once: one sweep, exit 1 if an
+    integration still failed after retries; SIGTERM or SIGINT stop it the same way (no
+    further request, retries included) and it prints the report of what it swept.
+    """
+    settings = settings_of(ctx)
+    share_of: tuple[int, int] | None = None
+    if share is not None:
+        try:
+            share_of = parse_share(share)
+        except ValueError as exc:
+            fail(str(exc))
+    api_key = or_fail(settings.require_kombo)
+    redis = connect_redis(settings)
+    ledger = make_ledger(settings, redis)
+    registry = IntegrationRegistry(redis, ledger.keys, settings.kombo_integration_ids)
+    if not registry.all():
+        fail(
+            "KOMBO_INTEGRATION_IDS: no integrations to poll (set it, comma-separated, or "
+            "register them with `dispatcher integrations add`)"
+        )
+    if processes > 1:  # checked the settings above: the children would fail alike
+        _poll_in_processes(ctx, once=once, as_json=as_json, processes=processes)
+    stop = threading.Event()
+    request_stats = RequestStats()
+    with (
+        KomboClient(
+            api_key,
+            settings.kombo_base_url,
+            timeout=settings.kombo_timeout,
+            retry_budget=settings.kombo_retry_budget,
+            max_connections=settings.sweep_concurrency,
+            sleep=lambda seconds: _sleep_unless(stop, seconds),
+            observer=request_stats.observe,
+            # Once stopping, no retry: the sleep above returns at once, and retrying on
+            # would send Kombo a request a millisecond.
+            should_stop=stop.is_set,
+            max_response_bytes=settings.max_response_bytes,
+        ) as client,
+        _stop_on_signals(stop),
+    ):
+        poller = Poller(
+            client,
+            ledger,
+            registry,
+            endpoint=settings.orders_endpoint,
+            page_size=settings.page_size,
+            concurrency=settings.sweep_concurrency,
+            policy=SweepPolicy(
+                interval=settings.poll_interval,
+                full_sweep_interval=settings.full_sweep_interval,
+                incremental_overlap=settings.incremental_overlap,
+                backoff_cap=settings.backoff_cap,
+                seen_retention=settings.seen_retention,
+                prune_after_sweeps=settings.prune_after_sweeps,
+                max_pages=settings.max_pages_per_sweep,
+            ),
+            schedule=Schedule(redis, ledger.keys, lease_ttl=settings.lease_ttl),
+            stop=stop,
+            request_stats=request_stats,
+        )
+        # What was imported and built so far lives as long as the process: out of the
+        # garbage collector's passes, which otherwise walk it while each new page is
+        # built (~10% of a first sweep's CPU, bench/full_sweep.py).
+        gc.freeze()
+        if not once:
+            poller.run_forever()
+            return
+        report = poller.sweep(share=share_of)
+    _echo_report(report, as_json)
+    for error in report.errors.values():
+        click.echo(f"dispatcher: error: {error}", err=True)
+    sys.exit(1 if report.errors else 0)
+
+
+def _poll_in_processes(ctx: click.Context, *, once: bool, as_json: bool, processes: int) -> None:
+    """Run ``processes`` pollers, each this command in a process of its own; exit as they
+    did (:mod:`dispatcher.poller.fleet`)."""
+    group = ctx.parent.params if ctx.parent is not None else {}
+    command = [sys.executable, "-m", "dispatcher"]
+    for name in ("log_level", "log_format"):
+        if group.get(name):
+            command += [f"--{name.replace('_', '-')}", str(group[name])]
+    command.append("poll")
+    if not once:
+        sys.exit(run_fleet(command, processes))
+    try:
+        report = sweep_in_processes(command, processes)
+    except FleetError as exc:
+        fail(str(exc), code=1)
+    _echo_report(report, as_json)
+    sys.exit(1 if report.errors else 0)
+
+
+def _sleep_unless(stop: threading.Event, seconds: float) -> None:
+    # A retry backoff must not hold up a stop request.
+    stop.wait(seconds)
+
+
+def _echo_report(report: SweepReport, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), sort_keys=True))
+    else:
+        click.echo(
+            f"{report.integrations} integrations, {report.pages} pages, "
+            f"{report.orders_seen} OPEN orders seen, {report.orders_new} new"
+            + (f", {report.invalid_orders} invalid" if report.invalid_orders else "")
+            + (f", {report.interrupted} interrupted by a stop" if report.interrupted else "")
+        )
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT ask for a clean stop (the current page is finished first)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s, stopping after the current page", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

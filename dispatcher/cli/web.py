@@ -1,0 +1,88 @@
+"""``dispatcher web``: the web process (/metrics, /healthz, the webhook receiver)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+from types import FrameType
+
+import click
+from redis import Redis
+
+from dispatcher.cli._common import fail, make_ledger, settings_of
+from dispatcher.plugins import HandlerConfigError
+from dispatcher.settings import ConfigError
+
+log = logging.getLogger("dispatcher.cli")
+
+
+@click.command()
+@click.option("--host", envvar="DISPATCHER_WEB_HOST", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port", envvar="PORT", type=click.IntRange(0, 65535), default=8000, show_default=True
+)
+@click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
+@click.pass_context
+def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
+    """Serve /metrics (Prometheus) and /healthz over HTTP (needs the web extra)."""
+    try:
+        import uvicorn
+
+        from dispatcher.web.app import create_app, server_config
+    except ImportError as exc:
+        fail(
+            "dispatcher web needs the web extra: pip install 'kombo-dispatcher[web]' "
+            f"({exc.name or 'a dependency'} is not installed)"
+        )
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    settings = settings_of(ctx)
+    # Start even when Redis is down: /healthz then says 503, which is what it is for; and
+    # say it fast (probes time out after a second or so): one quick retry, not redis-py's
+    # default backoff of several seconds.
+    try:
+        redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            health_check_interval=30,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        )
+    except ValueError as exc:
+        fail(f"REDIS_URL: {exc}")
+    routes = []
+    if settings.kombo_webhook_secret is not None:
+        from dispatcher.web.webhook import webhook_routes
+
+        try:
+            routes = webhook_routes(settings, make_ledger(settings, redis))
+        except (ConfigError, HandlerConfigError) as exc:
+            fail(str(exc))
+    else:
+        log.warning("KOMBO_WEBHOOK_SECRET is not set: the webhook receiver is off")
+    app = create_app(settings, redis, extra_routes=routes)
+    # The app's objects live as long as the process: keep them out of the garbage collector's
+    # full passes, which otherwise stall every request in flight for ~30 ms.
+    gc.freeze()
+    log.info(
+        "serving /metrics, /healthz%s on http://%s:%d",
+        " and /webhooks/kombo" if routes else "",
+        host,
+        port,
+    )
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again with the
+    # handlers it found; these make that a clean exit 0, like the other commands.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore_signal)
+    server = uvicorn.Server(
+        server_config(app, settings, host=host, port=port, access_log=access_log)
+    )
+    server.run()
+    if not server.started:
+        fail(f"dispatcher web: could not serve on {host}:{port} (see the error above)", 1)
+
+
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    log.info("received %s, stopped", signal.Signals(signum).name)
