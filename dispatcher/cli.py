@@ -26,6 +26,7 @@ from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 from rq import Queue
 
+from dispatcher.handler import HandlerConfigError
 from dispatcher.kombo.client import KomboClient, KomboError
 from dispatcher.kombo.packages import (
     InvalidPackagesError,
@@ -43,7 +44,7 @@ from dispatcher.kombo.results import (
     record_result,
 )
 from dispatcher.logs import configure_logging
-from dispatcher.plugins import HandlerConfigError, discover_handlers, load_handlers
+from dispatcher.plugins import discover_handlers, load_handlers
 from dispatcher.poller.integrations import IntegrationRegistry, check_integration_id
 from dispatcher.poller.poller import Poller, SweepPolicy, SweepReport
 from dispatcher.poller.schedule import Schedule

@@ -8,7 +8,7 @@ import httpx
 from pydantic import AnyHttpUrl, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher import HandlerContext, Order, handler_settings
+from dispatcher import BaseHandler, HandlerContext, Order, handler_settings
 
 from ._http import post_json
 from .notify_email import find_test_url
@@ -26,7 +26,7 @@ def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-class NotifyWebhookHandler:
+class NotifyWebhookHandler(BaseHandler):
     """Tell a chat channel (Slack, Mattermost, Teams via a bridge) about the order."""
 
     name = "notify_webhook"

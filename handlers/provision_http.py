@@ -14,7 +14,7 @@ import httpx
 from pydantic import AnyHttpUrl, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher import HandlerContext, Order, PermanentFailure, handler_settings
+from dispatcher import BaseHandler, HandlerContext, Order, PermanentFailure, handler_settings
 
 from ._http import post_json
 
@@ -27,7 +27,7 @@ class ProvisionSettings(BaseSettings):
     timeout: float = Field(30.0, alias="PROVISION_TIMEOUT", gt=0)
 
 
-class ProvisionHttpHandler:
+class ProvisionHttpHandler(BaseHandler):
     """POST the order to the vendor's provisioning endpoint."""
 
     name = "provision_http"

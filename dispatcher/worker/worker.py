@@ -140,10 +140,6 @@ def _live_failure(job: Job) -> Failure | None:
     return None
 
 
-def _by_name(queue: Queue | str) -> Queue | str:
-    return queue.name if isinstance(queue, Queue) and not isinstance(queue, _OrderQueue) else queue
-
-
 # KEYS: 1 intermediate list, 2 queue list. ARGV: 1 job id. A job a worker popped (RQ moves it
 # to the intermediate list first) but never started: put it back, at most once.
 _REQUEUE_STRANDED_TYPES = ("list", "list")
@@ -358,6 +354,6 @@ def run_worker(
             pool.start(burst=burst, logging_level=settings.log_level)
     finally:
         for handler in runtime.chain:
-            close = getattr(handler, "close", None)
+            close = getattr(handler, "close", None)  # optional: see BaseHandler.close
             if callable(close):
                 close()
