@@ -3,6 +3,16 @@
 The public surface for handler authors and embedders; everything else is internal.
 """
 
+from dispatcher.handler import (
+    BaseHandler,
+    Effects,
+    Handler,
+    HandlerConfigError,
+    HandlerContext,
+    PermanentFailure,
+    RetryLater,
+    handler_settings,
+)
 from dispatcher.kombo.client import (
     InvalidPageError,
     KomboClient,
@@ -21,15 +31,6 @@ from dispatcher.kombo.models import (
     Order,
     OrderStatus,
     RawOrder,
-)
-from dispatcher.plugins import (
-    Effects,
-    Handler,
-    HandlerConfigError,
-    HandlerContext,
-    PermanentFailure,
-    RetryLater,
-    handler_settings,
 )
 from dispatcher.settings import ConfigError, Settings, load_settings
 from dispatcher.store.ledger import DispatchResult, Ledger
@@ -50,6 +51,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "Application",
+    "BaseHandler",
     "Candidate",
     "ConfigError",
     "DispatchResult",

@@ -1,113 +1,37 @@
-"""The handler plugin contract: what a vendor implements, and how handlers are found.
+"""How handlers are found and loaded: entry points, the name rule, the contract check.
 
-A handler is any object with a ``name`` and a ``handle(order, context)`` method. Handlers are
-published under the entry-point group ``dispatcher.handlers``; the entry point names a class
-(or any callable) that takes no arguments and returns the handler. The built-in handlers in
-``dispatcher_handlers`` register the same way.
+What a handler is (the :class:`~dispatcher.handler.Handler` protocol, the optional
+:class:`~dispatcher.handler.BaseHandler`, the context and the exceptions) is
+:mod:`dispatcher.handler`. Handlers are published under the entry-point group
+``dispatcher.handlers``; the entry point names a class (or any callable) that takes no
+arguments and returns the handler, and its name is the handler's name. The built-in handlers
+in ``dispatcher_handlers`` register the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
-
-from dispatcher._text import dotted, error_message, validation_line
+from dispatcher.handler import BaseHandler, Handler, HandlerConfigError
 from dispatcher.kombo.models import Order
-from dispatcher.redact import protect_settings
-from dispatcher.settings import Settings
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Acceptor",
     "DiscoveredHandler",
-    "Effects",
-    "Handler",
-    "HandlerConfigError",
-    "HandlerContext",
-    "OrderAcceptor",
-    "PermanentFailure",
-    "RetryLater",
+    "check_handler",
     "discover_handlers",
     "find_acceptors",
-    "handler_settings",
+    "load_acceptors",
     "load_handlers",
 ]
 
 ENTRY_POINT_GROUP = "dispatcher.handlers"
-
-
-@dataclass(frozen=True, slots=True)
-class HandlerContext:
-    """What a handler gets besides the order.
-
-    ``outputs`` maps the name of every handler that already ran on this order to what it
-    returned, so a later step can use an earlier one's result (a test link, say).
-    ``idempotency_key`` is the same for every attempt of this step on this order and differs
-    for every other (step, order): send it along with a side effect so that a repeat after a
-    crash can be dropped downstream.
-    """
-
-    integration_id: str
-    order_id: str
-    job_id: str
-    handler_name: str
-    idempotency_key: str
-    attempt: int
-    outputs: Mapping[str, Mapping[str, Any]]
-    settings: Settings
-    logger: logging.LoggerAdapter[logging.Logger]
-    effects: Effects
-
-
-class Effects(Protocol):
-    """Sub-effects a step has already performed on this order, remembered across retries.
-
-    A step with several side effects (one email per recipient, say) records each as it
-    completes and skips the recorded ones when it is retried, so a retry repeats only what
-    had not happened.
-    """
-
-    def done(self, name: str) -> bool:
-        """Whether the sub-effect ``name`` was recorded on an earlier attempt."""
-        ...
-
-    def record(self, name: str) -> None:
-        """Remember that the sub-effect ``name`` has happened."""
-        ...
-
-
-@runtime_checkable
-class Handler(Protocol):
-    """One step of the chain run on every order.
-
-    ``handle`` returns a JSON-serialisable mapping (the step's output, passed to later steps)
-    or ``None``. Raise :class:`RetryLater` for a failure that may pass (the job is retried
-    with backoff), :class:`PermanentFailure` for one that will not. Any other exception is
-    treated as retryable.
-    """
-
-    name: str
-
-    def handle(self, order: Order, context: HandlerContext) -> Mapping[str, Any] | None: ...
-
-
-class RetryLater(Exception):
-    """The step failed but may succeed later: retry the job with backoff."""
-
-
-class PermanentFailure(Exception):
-    """The step can never succeed for this order: fail the job without retrying."""
-
-
-class HandlerConfigError(Exception):
-    """A configured handler is missing, fails to import, or breaks the contract."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,27 +72,74 @@ def load_handlers(
     start rather than at the first order.
     """
     discovered = discover_handlers() if discovered is None else discovered
-    chain: list[Handler] = []
-    for name in names:
-        entry = discovered.get(name)
-        if entry is None:
-            known = ", ".join(sorted(discovered)) or "none"
-            raise HandlerConfigError(
-                f"DISPATCHER_HANDLERS: handler {name!r} is not installed (known: {known})"
-            )
-        if entry.error is not None or entry.factory is None:
-            raise HandlerConfigError(f"handler {name!r}: {entry.error}")
-        try:
-            handler = entry.factory()
-        except HandlerConfigError:
-            raise
-        except Exception as exc:
-            raise HandlerConfigError(
-                f"handler {name!r}: could not be created: {type(exc).__name__}: {exc}"
-            ) from None
-        check_handler(name, handler)
-        chain.append(handler)
-    return chain
+    return [_create(name, _factory(name, discovered)) for name in names]
+
+
+def load_acceptors(
+    names: list[str], discovered: Mapping[str, DiscoveredHandler] | None = None
+) -> list[Acceptor]:
+    """The ``accepts`` checks of the configured chain, for the ``web`` process.
+
+    Every configured handler must be installed and import, as for a worker; but only those
+    that may have an ``accepts`` of their own (:func:`may_accept`) are created, so the
+    ``web`` process does not need the settings of the others (``PROVISION_URL``,
+    ``SMTP_URL``...). Raises HandlerConfigError like :func:`load_handlers`.
+    """
+    discovered = discover_handlers() if discovered is None else discovered
+    factories = [(name, _factory(name, discovered)) for name in names]
+    return find_acceptors([_create(name, make) for name, make in factories if may_accept(make)])
+
+
+def may_accept(factory: Callable[[], Any]) -> bool:
+    """Whether the handler ``factory`` makes may refuse orders at the webhook: False for a
+    class that has no ``accepts`` or only :class:`BaseHandler`'s no-op one. A factory that is
+    not a class can only tell by being called: True."""
+    if not isinstance(factory, type):
+        return True
+    accepts = getattr(factory, "accepts", None)
+    return accepts is not None and accepts is not BaseHandler.accepts
+
+
+def _factory(name: str, discovered: Mapping[str, DiscoveredHandler]) -> Callable[[], Any]:
+    """The loaded entry point ``name``, or HandlerConfigError saying why there is none."""
+    entry = discovered.get(name)
+    if entry is None:
+        known = ", ".join(sorted(discovered)) or "none"
+        raise HandlerConfigError(
+            f"DISPATCHER_HANDLERS: handler {name!r} is not installed (known: {known})"
+        )
+    if entry.error is not None or entry.factory is None:
+        raise HandlerConfigError(f"handler {name!r}: {entry.error}")
+    declared = getattr(entry.factory, "name", None) if isinstance(entry.factory, type) else None
+    if isinstance(declared, str) and declared != name:
+        raise _mismatch(name, declared)  # before creating it: no settings needed to say so
+    return entry.factory
+
+
+def _create(name: str, factory: Callable[[], Any]) -> Handler:
+    """Call ``factory``; name the handler after its entry point unless it has a name."""
+    try:
+        handler = factory()
+    except HandlerConfigError:
+        raise
+    except Exception as exc:
+        raise HandlerConfigError(
+            f"handler {name!r}: could not be created: {type(exc).__name__}: {exc}"
+        ) from None
+    if getattr(handler, "name", None) is None:
+        # The entry point's name is the handler's: it need not be written twice. An object
+        # that refuses the attribute (__slots__, frozen) is reported by check_handler.
+        with contextlib.suppress(AttributeError, TypeError):
+            handler.name = name
+    check_handler(name, handler)
+    return handler  # type: ignore[no-any-return]
+
+
+def _mismatch(name: str, declared: str) -> HandlerConfigError:
+    return HandlerConfigError(
+        f"handler {name!r}: its `name` is {declared!r}; it must match the entry point "
+        "(or be left out)"
+    )
 
 
 def check_handler(name: str, handler: object) -> None:
@@ -185,9 +156,7 @@ def check_handler(name: str, handler: object) -> None:
             f"handler {name!r}: names must not contain ':' or control characters"
         )
     if handler_name != name:
-        raise HandlerConfigError(
-            f"handler {name!r}: its `name` is {handler_name!r}; it must match the entry point"
-        )
+        raise _mismatch(name, handler_name)
     handle = getattr(handler, "handle", None)
     if not callable(handle):
         raise HandlerConfigError(f"handler {name!r}: has no callable `handle(order, context)`")
@@ -200,49 +169,6 @@ def check_handler(name: str, handler: object) -> None:
         ) from None
     except ValueError:  # builtins without a signature: trust them
         pass
-
-
-_SettingsT = TypeVar("_SettingsT", bound=BaseModel)
-
-
-def handler_settings(model: type[_SettingsT]) -> _SettingsT:
-    """Build a handler's own settings (a pydantic-settings class), or raise HandlerConfigError.
-
-    The error names the environment variable and never echoes its value, so a handler whose
-    configuration is missing stops the worker at start with one clear line. Every field
-    declared ``SecretStr`` (and the password of a secret URL) is registered to be masked in
-    logs and in failure reasons before they are stored (:mod:`dispatcher.redact`).
-    """
-    try:
-        settings = model()
-    except ValidationError as exc:
-
-        def variable(location: Sequence[int | str]) -> str:
-            field = model.model_fields.get(str(location[0])) if location else None
-            return field.alias if field is not None and field.alias else dotted(location[:1])
-
-        def problem(error: ErrorDetails) -> str:
-            return "not set" if error["type"] == "missing" else error_message(error)
-
-        line = validation_line(exc, field=variable, default=model.__name__, describe=problem)
-        raise HandlerConfigError(line) from None
-    protect_settings(settings)
-    return settings
-
-
-# -- an optional capability: refusing orders at the door -------------------------------------
-
-
-class OrderAcceptor(Protocol):
-    """What a handler may add to refuse, at the webhook, orders it can never serve.
-
-    ``accepts(order)`` returns ``None`` to accept the order, or a human message (shown to the
-    customer in their ATS) to reject it. It runs in the webhook request, before Kombo gets
-    its answer: keep it fast and free of I/O. Orders reaching the dispatcher by polling are
-    not checked (the poller cannot answer Kombo with a rejection).
-    """
-
-    def accepts(self, order: Order) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,8 +188,8 @@ def find_acceptors(chain: Sequence[Handler]) -> list[Acceptor]:
     found: list[Acceptor] = []
     for handler in chain:
         accepts = getattr(handler, "accepts", None)
-        if accepts is None:
-            continue
+        if accepts is None or getattr(accepts, "__func__", None) is BaseHandler.accepts:
+            continue  # none, or BaseHandler's, which accepts everything
         if not callable(accepts):
             raise HandlerConfigError(f"handler {handler.name!r}: `accepts` is not callable")
         try:

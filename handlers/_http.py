@@ -11,7 +11,7 @@ import httpx
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher import HandlerContext, PermanentFailure, RetryLater, handler_settings
+from dispatcher import BaseHandler, HandlerContext, PermanentFailure, RetryLater, handler_settings
 
 from ._text import one_line
 
@@ -28,7 +28,7 @@ class HttpSettings(BaseSettings):
 _SettingsT = TypeVar("_SettingsT", bound=HttpSettings)
 
 
-class HttpHandler(Generic[_SettingsT]):
+class HttpHandler(BaseHandler, Generic[_SettingsT]):
     """A handler that calls one HTTP endpoint: its settings (from the environment unless
     given) and one connection pool, closed by the worker at shutdown."""
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dispatcher import HandlerContext, Order
+from dispatcher import BaseHandler, HandlerContext, Order
 
 
-class LogHandler:
+class LogHandler(BaseHandler):
     """Logs the order and returns a summary, which later handlers can read."""
 
     name = "log"

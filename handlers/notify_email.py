@@ -30,7 +30,14 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from dispatcher import HandlerContext, Order, PermanentFailure, RetryLater, handler_settings
+from dispatcher import (
+    BaseHandler,
+    HandlerContext,
+    Order,
+    PermanentFailure,
+    RetryLater,
+    handler_settings,
+)
 
 from ._text import one_line, unprintable
 
@@ -78,7 +85,7 @@ def find_test_url(context: HandlerContext) -> str | None:
     return None
 
 
-class NotifyEmailHandler:
+class NotifyEmailHandler(BaseHandler):
     """Mail the hiring team."""
 
     name = "notify_email"

@@ -25,9 +25,9 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from dispatcher import Settings
+from dispatcher.handler import RetryLater
 from dispatcher.kombo.models import Order
 from dispatcher.ops.admin import ForgetRefused, forget_order
-from dispatcher.plugins import RetryLater
 from dispatcher.store.failures import parse_failure
 from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.ledger import Ledger

@@ -28,6 +28,7 @@ from redis.exceptions import ResponseError
 from rq import Queue
 from rq.job import Job
 
+from dispatcher.handler import HandlerConfigError
 from dispatcher.kombo.models import (
     MAX_ID_LENGTH,
     Order,
@@ -37,7 +38,7 @@ from dispatcher.kombo.models import (
 )
 from dispatcher.kombo.results import record_result
 from dispatcher.ops.admin import forget_order
-from dispatcher.plugins import HandlerConfigError, check_handler
+from dispatcher.plugins import check_handler
 from dispatcher.poller.integrations import check_integration_id
 from dispatcher.store.keys import Keys, job_id_for, order_ref
 from dispatcher.store.ledger import Ledger

@@ -11,8 +11,8 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job
 
+from dispatcher.handler import HandlerContext
 from dispatcher.kombo.models import Order
-from dispatcher.plugins import HandlerContext
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import JOB_FUNCTION, Ledger
 from dispatcher.store.rq_internals import job_hash_items

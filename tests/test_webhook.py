@@ -27,7 +27,8 @@ from rq import Queue
 
 from _support import order_payload, text
 from dispatcher import Order
-from dispatcher.plugins import HandlerConfigError, find_acceptors
+from dispatcher.handler import HandlerConfigError
+from dispatcher.plugins import find_acceptors
 from dispatcher.settings import ConfigError, Settings
 from dispatcher.store.ledger import Ledger
 from dispatcher.web.webhook import (

@@ -14,8 +14,8 @@ from rq.job import Job
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
 import dispatcher.worker.worker
+from dispatcher.handler import HandlerContext
 from dispatcher.kombo.models import Order
-from dispatcher.plugins import HandlerContext
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
 from dispatcher.testing.simulator import Simulator

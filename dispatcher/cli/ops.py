@@ -19,7 +19,8 @@ from dispatcher.cli._common import (
     redis_failed,
     settings_of,
 )
-from dispatcher.plugins import HandlerConfigError, discover_handlers, load_handlers
+from dispatcher.handler import HandlerConfigError
+from dispatcher.plugins import discover_handlers, load_handlers
 
 
 @click.command()

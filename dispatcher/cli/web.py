@@ -11,7 +11,7 @@ import click
 from redis import Redis
 
 from dispatcher.cli._common import fail, make_ledger, settings_of
-from dispatcher.plugins import HandlerConfigError
+from dispatcher.handler import HandlerConfigError
 from dispatcher.settings import ConfigError
 
 log = logging.getLogger("dispatcher.cli")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from dispatcher.cli._common import connect_redis, fail, settings_of
-from dispatcher.plugins import HandlerConfigError
+from dispatcher.handler import HandlerConfigError
 
 
 @click.command()

@@ -54,7 +54,7 @@ from dispatcher.kombo.models import (
     parse_order,
 )
 from dispatcher.logs import escape_controls
-from dispatcher.plugins import Acceptor, find_acceptors, load_handlers
+from dispatcher.plugins import Acceptor, load_acceptors
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
 
@@ -123,12 +123,13 @@ def webhook_routes(
     """The receiver's routes (``POST /webhooks/kombo``), to mount in the web app.
 
     Raises ConfigError naming ``KOMBO_WEBHOOK_SECRET`` when it is not set. ``acceptors``
-    default to the ``accepts`` checks of the configured handler chain (loading it may raise
-    HandlerConfigError, as a worker would at start).
+    default to the ``accepts`` checks of the configured handler chain: only the handlers
+    whose class defines ``accepts`` are created (see ``plugins.load_acceptors``); a missing
+    or broken one raises HandlerConfigError, as a worker would at start.
     """
     secret = settings.require_webhook_secret()
     if acceptors is None:
-        acceptors = find_acceptors(load_handlers(settings.handlers))
+        acceptors = load_acceptors(settings.handlers)
     receiver = _Receiver(
         secret=secret,
         ledger=ledger,

@@ -27,9 +27,10 @@ from rq.job import Job
 from rq.timeouts import BaseTimeoutException, TimerDeathPenalty
 
 from dispatcher._text import as_str
+from dispatcher.handler import Handler, HandlerContext, PermanentFailure, RetryLater
 from dispatcher.kombo.models import Order
 from dispatcher.logs import escape_controls
-from dispatcher.plugins import Handler, HandlerContext, PermanentFailure, RetryLater, load_handlers
+from dispatcher.plugins import load_handlers
 from dispatcher.redact import scrub
 from dispatcher.settings import Settings, load_settings
 from dispatcher.store.failures import clean_reason

@@ -135,10 +135,6 @@ def _live_failure(job: Job) -> Failure | None:
     return None
 
 
-def _by_name(queue: Queue | str) -> Queue | str:
-    return queue.name if isinstance(queue, Queue) and not isinstance(queue, _OrderQueue) else queue
-
-
 # How long a job may sit popped but not started before it counts as stranded (a live worker
 # takes microseconds).
 STRANDED_AFTER = 10
@@ -339,6 +335,6 @@ def run_worker(
             pool.start(burst=burst, logging_level=settings.log_level)
     finally:
         for handler in runtime.chain:
-            close = getattr(handler, "close", None)
+            close = getattr(handler, "close", None)  # optional: see BaseHandler.close
             if callable(close):
                 close()

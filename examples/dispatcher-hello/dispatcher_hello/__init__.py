@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dispatcher import HandlerContext, Order, PermanentFailure
+from dispatcher import BaseHandler, HandlerContext, Order, PermanentFailure
 
 
-class HelloHandler:
-    name = "hello"
+class HelloHandler(BaseHandler):
+    # No `name`: the loader gives it the entry point's ("hello", in pyproject.toml).
 
     def __init__(self) -> None:
         # Read configuration once, at worker start: a missing setting fails the worker then,
