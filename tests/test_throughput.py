@@ -7,10 +7,10 @@ import time
 
 import pytest
 from _ops import settings_for, sweep
-from _support import order_payload
 from redis import Redis
 from rq import Queue
 
+from _support import order_payload
 from dispatcher.kombo.models import Order
 from dispatcher.kombo.results import record_result
 from dispatcher.store import throughput
@@ -26,7 +26,9 @@ NOW = int(time.time()) // 60 * 60 - 40
 
 
 def ledger(redis: Redis, namespace: str, now: float = NOW) -> Ledger:
-    return Ledger(redis, Queue(f"{namespace}-orders", connection=redis), namespace, clock=lambda: now)
+    return Ledger(
+        redis, Queue(f"{namespace}-orders", connection=redis), namespace, clock=lambda: now
+    )
 
 
 def orders(*ids: str) -> list[Order]:
