@@ -99,6 +99,8 @@ class _Console:
             Route("/console/failures/retry", self.action(self.retry), methods=["POST"]),
             Route("/console/order", self.page(self.order), methods=["GET"]),
             Route("/console/static/{name}", self.static_file, methods=["GET"]),
+            # Browsers ask for it on every page; no icon, and no 404 in their consoles.
+            Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
         ]
 
     # -- plumbing -------------------------------------------------------------------------
