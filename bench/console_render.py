@@ -171,6 +171,9 @@ def main() -> None:
             unit="round trips",
             baseline=f"{max(1, n // 10)} integrations",
             baseline_value=float(trips[f"{max(1, n // 10)} integrations, 0 workers"]),
+            ratio=trips[f"{max(1, n // 10)} integrations, 0 workers"]
+            / trips[f"{n} integrations, 0 workers"],
+            ratio_note=f"(1.0: the same with {n // max(1, n // 10)}x the integrations)",
             target="constant in the number of integrations",
             met=len({trips[k] for k in trips if k.endswith("0 workers")}) == 1,
             detail="; ".join(f"{k}: {v}" for k, v in trips.items())
