@@ -165,7 +165,9 @@ class _Console:
         )
         return HTMLResponse(html)
 
-    def set_cookie(self, request: Request, response: Response, name: str, value: str, age: float):  # type: ignore[no-untyped-def]
+    def set_cookie(
+        self, request: Request, response: Response, name: str, value: str, age: float
+    ) -> None:
         response.set_cookie(
             name,
             value,
