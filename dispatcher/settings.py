@@ -163,6 +163,31 @@ class Settings(BaseSettings):
         description="Open connections (or requests) beyond which `dispatcher web` answers 503.",
     )
 
+    # The operator console (`dispatcher web`, dispatcher/web/console/).
+    console_token: SecretStr | None = Field(
+        None,
+        alias="DISPATCHER_CONSOLE_TOKEN",
+        description="Password of the operator console at /; the console is off without it.",
+    )
+    console_session_ttl: float = Field(
+        8 * 3600.0,
+        alias="DISPATCHER_CONSOLE_SESSION_TTL",
+        gt=0,
+        description="Seconds a console login lasts.",
+    )
+    console_login_attempts: int = Field(
+        10,
+        alias="DISPATCHER_CONSOLE_LOGIN_ATTEMPTS",
+        ge=1,
+        description="Console login attempts allowed per client address and window; then 429.",
+    )
+    console_login_window: int = Field(
+        300,
+        alias="DISPATCHER_CONSOLE_LOGIN_WINDOW",
+        ge=1,
+        description="Seconds of the console's login rate-limit window.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _queue_per_namespace(cls, data: object) -> object:
@@ -236,6 +261,15 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("console_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (it is the console's password)")
         return value
 
     @field_validator("accepted_packages", mode="before")

@@ -38,6 +38,7 @@ from dispatcher.kombo.models import OrderValidationError
 from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
+from dispatcher.store import throughput
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.sweeps import ERROR_COUNT, INVALID_ORDER_FIELDS, SweepRecord
 from dispatcher.store.wrongtype import (
@@ -393,8 +394,11 @@ class Poller:
                     pipe.hincrby(keys.kombo_requests, name, count)
                 for name, total in seconds.items():
                     pipe.hincrbyfloat(keys.kombo_requests, name, total)
+                recorded = len(pipe)
+                if result.orders_seen:  # the console's chart (never fatal: not checked below)
+                    throughput.count(pipe, keys, "found", result.orders_seen, now)
                 # Refusals come back as replies: the commands on healthy keys still count.
-                replies = pipe.execute(raise_on_error=False)
+                replies = pipe.execute(raise_on_error=False)[:recorded]
         except RedisError as exc:
             if self.request_stats is not None:
                 self.request_stats.restore(counts, seconds)

@@ -123,6 +123,16 @@ class Keys:
         order whose result was written back to Kombo (``dispatcher result``): finished."""
         return f"{self.namespace}:results:{integration_id}"
 
+    def throughput(self, hour: int) -> str:
+        """Hash: ``<kind>:<unix minute>`` -> count of orders found, dispatched and results
+        written in that minute, for the console's chart; one hash per hour (``unix time //
+        3600``), expiring a day after its hour (:mod:`dispatcher.store.throughput`)."""
+        return f"{self.namespace}:throughput:{hour}"
+
+    def console_login(self, client: str) -> str:
+        """String: failed console logins of one client address in the current window."""
+        return f"{self.namespace}:console-login:{client}"
+
 
 def job_id_for(namespace: str, integration_id: str, order_id: str) -> str:
     """The RQ job id of one order: deterministic, unique per (namespace, integration, order).
@@ -244,6 +254,20 @@ SCHEMA: tuple[KeySpec, ...] = (
         "hash",
         'order id -> JSON `{"status", "at"}` of results written back with `dispatcher result`',
         "kept",
+    ),
+    KeySpec(
+        "{ns}:throughput:{hour}",
+        "hash",
+        "per-minute counters of one hour (`{hour}` = unix time // 3600): `found:<unix minute>` "
+        "(orders the sweeps listed), `dispatched:<unix minute>`, `results:<unix minute>` "
+        "(results written back): the console's chart",
+        "expires 25 hours after its hour began (EXPIREAT on each write)",
+    ),
+    KeySpec(
+        "{ns}:console-login:{client}",
+        "string",
+        "login attempts of one client address (the console's rate limit)",
+        "DISPATCHER_CONSOLE_LOGIN_WINDOW after the window's first attempt",
     ),
     KeySpec(
         "{ns}:integrations",

@@ -45,6 +45,7 @@ from dispatcher.store.rq_internals import (
     job_key,
     queue_key,
 )
+from dispatcher.store.throughput import hour_key, lua_count
 from dispatcher.store.wrongtype import (
     WrongKeyTypeError,
     key_types_checked,
@@ -58,7 +59,7 @@ JOB_FUNCTION = "dispatcher.worker.jobs.process_order"
 _T = TypeVar("_T")
 
 # KEYS: 1 seen hash, 2 queue list, 3 rq:queues set, 4 seen-integrations set, 5 stats hash,
-#       6.. one job hash per candidate order.
+#       6 the hour's throughput hash (store/throughput.py), 7.. one job hash per candidate.
 # ARGV: 1 now, 2 integration id, 3 queue key (member of rq:queues), 4 generation suffix of
 #       new values ("" or ":<generation>"), 5 m = number of seen orders to mark, then m order
 #       ids, then c = number of job-hash items all the page's jobs share, c field/value items,
@@ -86,7 +87,7 @@ local c = tonumber(ARGV[6 + m])
 local shared = 7 + m
 local pos = shared + c
 local new = {}
-for i = 6, #KEYS do
+for i = 7, #KEYS do
   local order_id = ARGV[pos]
   local job_id = ARGV[pos + 1]
   local n = tonumber(ARGV[pos + 2])
@@ -101,6 +102,9 @@ if #new > 0 then
   rq_register_queue(KEYS[3], ARGV[3])
   redis.call('SADD', KEYS[4], ARGV[2])
   redis.call('HINCRBY', KEYS[5], 'orders_dispatched', #new)
+"""
+    + lua_count("KEYS[6]", "dispatched", "ARGV[1]", "#new")
+    + """
 end
 return new
 """
@@ -232,14 +236,16 @@ class Ledger:
             return result
         suffix = f":{generation}" if generation is not None else ""
         rq_queue = queue_key(self.queue.name)
+        now_ = int(self._clock())
         keys = [
             seen_key,
             rq_queue,
             QUEUES_KEY,
             self.keys.seen_integrations,
             self.keys.stats,
+            hour_key(self.keys, now_),
         ]
-        args: list[Any] = [int(self._clock()), integration_id, rq_queue, suffix]
+        args: list[Any] = [now_, integration_id, rq_queue, suffix]
         args.append(len(to_mark))
         args.extend(to_mark)
         shared, jobs = self._job_hashes(integration_id, candidates)

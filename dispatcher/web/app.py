@@ -39,7 +39,8 @@ def create_app(
 ) -> Starlette:
     """The Starlette app: ``GET /metrics`` (Prometheus text), ``GET /healthz`` (200 when
     Redis answers and the keys every process shares hold their types, 503 otherwise), plus
-    ``extra_routes``.
+    ``extra_routes``, plus the operator console at ``/`` when ``DISPATCHER_CONSOLE_TOKEN``
+    is set.
 
     Endpoints are plain functions: Starlette runs them in its thread pool, where the
     blocking Redis client belongs.
@@ -72,6 +73,12 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         *extra_routes,
     ]
+    if settings.console_token is not None:
+        # The operator console at / (dispatcher/web/console/): off without its token.
+        from dispatcher.web.console import console_routes
+
+        routes.extend(console_routes(settings, redis))
+        log.info("the operator console is on at /")
     return Starlette(routes=routes)
 
 
