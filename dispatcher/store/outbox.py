@@ -27,12 +27,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
-from rq.registry import ScheduledJobRegistry
 from rq.utils import now as rq_now
 
 from dispatcher.kombo.results import AssessmentResult, InvalidResultError, build_result
@@ -161,7 +160,9 @@ def result_job_id(namespace: str, integration_id: str, order_id: str, nonce: str
 
 def _digest(body: Mapping[str, Any], defaulted_completed_at: bool) -> str:
     # ``completed_at`` defaults to now: two submits of one body without it are the same body.
-    material = {k: v for k, v in body.items() if not (k == "completed_at" and defaulted_completed_at)}
+    material = {
+        k: v for k, v in body.items() if not (k == "completed_at" and defaulted_completed_at)
+    }
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -190,7 +191,9 @@ if (state == 'pending' or state == 'written') and digest == ARGV[2] then
 end
 local function event()
   redis.call('RPUSH', KEYS[8], ARGV[12])
-  redis.call('LTRIM', KEYS[8], -""" + str(TIMELINE_MAX_EVENTS) + """, -1)
+  redis.call('LTRIM', KEYS[8], -"""
+    + str(TIMELINE_MAX_EVENTS)
+    + """, -1)
   redis.call('EXPIRE', KEYS[8], ARGV[11])
 end
 redis.call('HSET', KEYS[1], 'integration', ARGV[7], 'order', ARGV[1], 'digest', ARGV[2],
@@ -246,7 +249,9 @@ redis.call('HINCRBY', KEYS[8], ARGV[13] .. '|written', 1)
 redis.call('HINCRBYFLOAT', KEYS[8], ARGV[13] .. '|latency_sum', ARGV[14])
 for i = 15, #ARGV do redis.call('HINCRBY', KEYS[8], ARGV[13] .. '|le|' .. ARGV[i], 1) end
 redis.call('RPUSH', KEYS[6], ARGV[12])
-redis.call('LTRIM', KEYS[6], -""" + str(TIMELINE_MAX_EVENTS) + """, -1)
+redis.call('LTRIM', KEYS[6], -"""
+    + str(TIMELINE_MAX_EVENTS)
+    + """, -1)
 redis.call('EXPIRE', KEYS[6], ARGV[11])
 return 'written'
 """
@@ -268,7 +273,9 @@ redis.call('ZREM', KEYS[2], ARGV[5])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[5])
 redis.call('HINCRBY', KEYS[5], ARGV[8] .. '|failed', 1)
 redis.call('RPUSH', KEYS[4], ARGV[7])
-redis.call('LTRIM', KEYS[4], -""" + str(TIMELINE_MAX_EVENTS) + """, -1)
+redis.call('LTRIM', KEYS[4], -"""
+    + str(TIMELINE_MAX_EVENTS)
+    + """, -1)
 redis.call('EXPIRE', KEYS[4], ARGV[6])
 return 'failed'
 """
@@ -428,11 +435,11 @@ class Outbox:
         raw = self.redis.hgetall(self.keys.outbox(integration_id, order_id))
         return _record(raw) if raw else None
 
-    def list(
+    def in_state(
         self, state: ResultState, *, integration_id: str | None = None, limit: int = 1000
     ) -> list[OutboxRecord]:
         """Results in one state, oldest first (at most ``limit``)."""
-        refs = self.redis.zrange(self.keys.outbox_index(state), 0, -1)
+        refs = cast("list[bytes]", self.redis.zrange(self.keys.outbox_index(state), 0, -1))
         records: list[OutboxRecord] = []
         for batch in _chunks([_text(r) for r in refs], 500):
             with self.redis.pipeline(transaction=False) as pipe:
@@ -550,7 +557,7 @@ class Outbox:
         now = self._clock()
         nonce = f"{record.submission_id}:{uuid.uuid4().hex}"
         new_id = result_job_id(self.namespace, record.integration_id, record.order_id, nonce)
-        registry = ScheduledJobRegistry(queue=self.queue)
+        registry = self.queue.scheduled_job_registry
         keys = [
             self.keys.outbox(record.integration_id, record.order_id),
             registry.key,
@@ -575,7 +582,7 @@ class Outbox:
         """Submit failed results again (the same body, a new write): ``dispatcher retry``
         for writes. Returns a receipt per result queued again."""
         receipts: list[ResultReceipt] = []
-        for record in self.list("failed", integration_id=integration_id, limit=100_000):
+        for record in self.in_state("failed", integration_id=integration_id, limit=100_000):
             if order_ids is not None and record.order_id not in order_ids:
                 continue
             try:
@@ -649,7 +656,7 @@ def _record(raw: Mapping[bytes | str, bytes | str]) -> OutboxRecord:
     return OutboxRecord(
         integration_id=fields.get("integration", ""),
         order_id=fields.get("order", ""),
-        state=state if state in STATES else "pending",  # type: ignore[arg-type]
+        state=_state(state),
         status=fields.get("status", ""),
         body=body if isinstance(body, dict) else {},
         submission_id=fields.get("submission", ""),
@@ -664,6 +671,13 @@ def _record(raw: Mapping[bytes | str, bytes | str]) -> OutboxRecord:
         reason=fields.get("reason"),
         failed_at=_float(fields.get("failed_at")),
     )
+
+
+def _state(value: str) -> ResultState:
+    for state in STATES:
+        if value == state:
+            return state
+    return "pending"
 
 
 def _float(value: str | None) -> float | None:

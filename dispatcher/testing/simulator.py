@@ -1100,7 +1100,12 @@ class Simulator:
             # when a test flips faults on and off.
             draw = self._fault_rng.random()
         faults = self.faults
-        probabilities = (faults.rate_limit, faults.server_error, faults.malformed, faults.drop_answer)
+        probabilities = (
+            faults.rate_limit,
+            faults.server_error,
+            faults.malformed,
+            faults.drop_answer,
+        )
         for kind, probability in zip(_FAULT_KINDS, probabilities, strict=True):
             if draw < probability:
                 return kind
