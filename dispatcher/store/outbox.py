@@ -46,6 +46,7 @@ __all__ = [
     "ResultReceipt",
     "ResultState",
     "WriteLeases",
+    "mark_provisioned",
     "parse_result",
     "result_job_id",
 ]
@@ -590,6 +591,51 @@ class Outbox:
             except (FinalResultError, InvalidResultError):
                 continue
         return receipts
+
+
+# KEYS: 1 provisioned zset, 2 results hash, 3 timeline list. ARGV: 1 now, 2 order ref, 3 order
+# id, 4 event, 5 timeline TTL. An order whose final result is already written is not stale.
+_PROVISIONED_TYPES = ("zset", "hash", "list")
+_PROVISIONED_SCRIPT = (
+    lua_type_guard(_PROVISIONED_TYPES)
+    + """
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then
+  redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
+end
+redis.call('RPUSH', KEYS[3], ARGV[4])
+redis.call('LTRIM', KEYS[3], -"""
+    + str(TIMELINE_MAX_EVENTS)
+    + """, -1)
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+return 1
+"""
+)
+
+
+def mark_provisioned(
+    redis: Redis,
+    keys: Keys,
+    integration_id: str,
+    order_id: str,
+    steps: list[str],
+    *,
+    timeline_ttl: int = 30 * 24 * 3600,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Record that the order's handler chain finished (its timeline, and the set ``status``
+    reads for orders provisioned long ago without a final result)."""
+    now = clock()
+    names = [
+        keys.provisioned,
+        keys.results(integration_id),
+        keys.timeline(integration_id, order_id),
+    ]
+    event = _event(now, "provisioned", steps=steps)
+    with key_types_checked(names, _PROVISIONED_TYPES, integration_id=integration_id):
+        redis.eval(
+            _PROVISIONED_SCRIPT, len(names), *names, repr(now),
+            order_ref(integration_id, order_id), order_id, event, max(1, timeline_ttl),
+        )  # fmt: skip
 
 
 class WriteLeases:
