@@ -113,6 +113,7 @@ def submit_and_wait(
     order_id: str,
     result: AssessmentResult,
     *,
+    completed_at_defaulted: bool = False,
     wait: bool = True,
     timeout: float = 60.0,
     poll: float = 0.2,
@@ -123,7 +124,9 @@ def submit_and_wait(
     ``timeout`` seconds for the write to end; returns the receipt and the record as last
     read (``state`` pending when the wait timed out; the write goes on)."""
     outbox = Outbox.from_settings(redis, settings)
-    receipt = outbox.submit(integration_id, order_id, result)
+    receipt = outbox.submit(
+        integration_id, order_id, result, completed_at_defaulted=completed_at_defaulted
+    )
     if not wait:
         return receipt, None
     deadline = clock() + timeout

@@ -353,15 +353,24 @@ class Outbox:
     # -- submit ---------------------------------------------------------------------------
 
     def submit(
-        self, integration_id: str, order_id: str, result: AssessmentResult | Mapping[str, Any]
+        self,
+        integration_id: str,
+        order_id: str,
+        result: AssessmentResult | Mapping[str, Any],
+        *,
+        completed_at_defaulted: bool = False,
     ) -> ResultReceipt:
         """Store a result and queue its write, in one atomic step (see the module doc).
+
+        ``completed_at_defaulted``: the caller's body had no ``completed_at`` (a validated
+        result got now): such a body is compared without it, so that sending it again is a
+        duplicate. Worked out here when ``result`` is a mapping.
 
         Raises InvalidResultError (a body Kombo would refuse, naming the field),
         FinalResultError (a final result was already written), WrongKeyTypeError, or
         redis-py's errors (nothing was stored then).
         """
-        defaulted = False
+        defaulted = completed_at_defaulted
         if not isinstance(result, AssessmentResult):
             defaulted = result.get("completed_at") is None
             result = parse_result(dict(result))

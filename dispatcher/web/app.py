@@ -27,6 +27,7 @@ from dispatcher.ops.status import take_snapshot
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
 from dispatcher.web.metrics import CONTENT_TYPE, exposition
+from dispatcher.web.results_api import results_routes
 from dispatcher.wrongtype import find_wrong_types, shared_keys
 
 __all__ = ["create_app", "server_config"]
@@ -67,9 +68,14 @@ def create_app(
             return PlainTextResponse(lines, status_code=503)
         return PlainTextResponse("ok\n")
 
+    # The results API (web/results_api.py) needs its token; without one it is not mounted.
+    results = results_routes(settings, redis)
+    if not results:
+        log.warning("DISPATCHER_API_TOKEN is not set: the results API (/orders/...) is off")
     routes: list[BaseRoute] = [
         Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        *results,
         *extra_routes,
     ]
     return Starlette(routes=routes)
