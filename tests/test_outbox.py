@@ -297,3 +297,17 @@ def test_leases_never_exceed_the_cap_under_contention(redis: Redis, namespace: s
     assert len(held) == 5 and leases.in_flight(INTEGRATION) == 5
     leases.release(INTEGRATION, held[0])
     assert leases.in_flight(INTEGRATION) == 4
+
+
+def test_the_public_submit_result_goes_through_the_outbox(redis_url: str, namespace: str) -> None:
+    import dispatcher
+    from dispatcher.settings import load_settings
+
+    settings = load_settings(REDIS_URL=redis_url, DISPATCHER_NAMESPACE=namespace)
+    redis = Redis.from_url(redis_url)
+    receipt = dispatcher.submit_result(INTEGRATION, "o9", body(), redis=redis, settings=settings)
+    assert isinstance(receipt, dispatcher.ResultReceipt) and receipt.outcome == "queued"
+    again = dispatcher.submit_result(INTEGRATION, "o9", body(), redis=redis, settings=settings)
+    assert again.outcome == "duplicate"
+    assert redis.llen(f"rq:queue:{namespace}-results") == 1
+    redis.close()

@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from _webhook_support import ReceiverServer
 from redis import Redis
 
 from _support import dispatcher_env, free_port, kill_tree
-from _webhook_support import ReceiverServer
 from dispatcher.settings import load_settings
 from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import Outbox

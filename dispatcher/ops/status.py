@@ -608,6 +608,19 @@ def _step_counts(raw: Mapping[bytes, bytes]) -> dict[str, StepCounts]:
     }
 
 
+def _result_problems(snapshot: Snapshot, stale_after: float) -> list[str]:
+    problems = []
+    stale = snapshot.stale.problem(stale_after) if snapshot.stale else None
+    if stale:
+        problems.append(stale)
+    if snapshot.results and snapshot.results.get("failed"):
+        failed = _text.plural(snapshot.results["failed"], "result")
+        problems.append(
+            f"{failed} failed to be written to Kombo: see `dispatcher results --state failed`"
+        )
+    return problems
+
+
 def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Snapshot:
     now = snapshot.taken_at
     problems: list[str] = [b.problem for b in snapshot.broken_keys if b.integration_id is None]
@@ -641,14 +654,7 @@ def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Sna
                 f"{name}: no successful sweep for {_text.ago(integration.last_sweep_at, now)}: "
                 "is `dispatcher poll` running?"
             )
-    stale = snapshot.stale.problem(stale_after) if snapshot.stale else None
-    if stale:
-        problems.append(stale)
-    if snapshot.results and snapshot.results.get("failed"):
-        failed = _text.plural(snapshot.results["failed"], "result")
-        problems.append(
-            f"{failed} failed to be written to Kombo: see `dispatcher results --state failed`"
-        )
+    problems.extend(_result_problems(snapshot, stale_after))
     if not snapshot.integrations:
         problems.append("no integration swept yet: set KOMBO_INTEGRATION_IDS and run the poller")
     for queue in snapshot.queues:

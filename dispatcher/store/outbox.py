@@ -49,6 +49,7 @@ __all__ = [
     "mark_provisioned",
     "parse_result",
     "result_job_id",
+    "submit_result",
 ]
 
 RESULT_JOB_FUNCTION = "dispatcher.worker.writeback.write_result"
@@ -755,3 +756,27 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def submit_result(
+    integration_id: str,
+    order_id: str,
+    result: AssessmentResult | Mapping[str, Any],
+    *,
+    redis: Redis,
+    settings: Any,
+) -> ResultReceipt:
+    """Hand an order's result to the dispatcher for writing back to Kombo.
+
+    Validates ``result`` (Kombo's rules; InvalidResultError names the first bad field),
+    stores it and queues its write on ``DISPATCHER_RESULTS_QUEUE`` in one atomic Redis step,
+    and returns once that step is done: from then on the results workers write it, retrying
+    for ``DISPATCHER_RESULT_RETRY_FOR``. The same body again returns the same receipt; a
+    different one while the first is pending replaces it (Kombo gets the last); after a
+    final result (COMPLETED or CANCELLED) was written, FinalResultError. ``settings`` is a
+    :class:`dispatcher.Settings`.
+    """
+    defaulted = not isinstance(result, AssessmentResult) and result.get("completed_at") is None
+    return Outbox.from_settings(redis, settings).submit(
+        integration_id, order_id, result, completed_at_defaulted=defaulted
+    )

@@ -44,24 +44,44 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
+_UNAUTHORIZED = "missing or wrong bearer token (DISPATCHER_API_TOKEN)"
+
+
 def results_routes(settings: Settings, redis: Redis) -> list[BaseRoute]:
     """The routes above, or none when ``DISPATCHER_API_TOKEN`` is not set."""
     tokens = [t.get_secret_value().encode() for t in settings.api_token if t.get_secret_value()]
     if not tokens:
         return []
-    outbox = Outbox.from_settings(redis, settings)
-    limit = settings.result_max_bytes
+    api = _ResultsAPI(settings, redis, tokens)
+    path = "/orders/{integration_id}/{order_id}"
+    return [
+        Route(f"{path}/result", api.put_result, methods=["PUT"], name="put_result"),
+        Route(f"{path}/result", api.get_result, methods=["GET"], name="get_result"),
+        Route(path, api.get_order, methods=["GET"], name="get_order"),
+    ]
 
-    def authorized(request: Request) -> bool:
+
+class _ResultsAPI:
+    def __init__(self, settings: Settings, redis: Redis, tokens: list[bytes]) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.tokens = tokens
+        self.outbox = Outbox.from_settings(redis, settings)
+        self.limit = settings.result_max_bytes
+
+    def _authorized(self, request: Request) -> bool:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:
             return False
         candidate = given.strip().encode()
         # Every token is compared, in constant time, whichever matches.
-        matches = [hmac.compare_digest(candidate, token) for token in tokens]
+        matches = [hmac.compare_digest(candidate, token) for token in self.tokens]
         return any(matches)
 
-    def ids(request: Request) -> tuple[str, str] | JSONResponse:
+    def _ids(self, request: Request) -> tuple[str, str] | JSONResponse:
+        """The order named by the path, or the answer refusing the request."""
+        if not self._authorized(request):
+            return _error(401, _UNAUTHORIZED)
         integration_id = request.path_params["integration_id"]
         order_id = request.path_params["order_id"]
         for name, value in (("integration_id", integration_id), ("order_id", order_id)):
@@ -71,26 +91,31 @@ def results_routes(settings: Settings, redis: Redis) -> list[BaseRoute]:
                 return _error(422, f"{name}: {exc}", field=name)
         return integration_id, order_id
 
-    async def put_result(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "missing or wrong bearer token (DISPATCHER_API_TOKEN)")
-        found = ids(request)
-        if isinstance(found, JSONResponse):
-            return found
-        integration_id, order_id = found
+    async def _body(self, request: Request) -> bytes | JSONResponse:
+        too_large = _error(
+            413, f"result body over {self.limit} bytes (DISPATCHER_RESULT_MAX_BYTES)"
+        )
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            return _error(413, f"result body over {limit} bytes (DISPATCHER_RESULT_MAX_BYTES)")
+        if declared.isdigit() and int(declared) > self.limit:
+            return too_large
         raw = bytearray()
         try:
             async for chunk in request.stream():
                 raw += chunk
-                if len(raw) > limit:
-                    return _error(
-                        413, f"result body over {limit} bytes (DISPATCHER_RESULT_MAX_BYTES)"
-                    )
+                if len(raw) > self.limit:
+                    return too_large
         except ClientDisconnect:
-            return Response(status_code=400)
+            return _error(400, "the client went away before the body was complete")
+        return bytes(raw)
+
+    async def put_result(self, request: Request) -> Response:
+        found = self._ids(request)
+        if isinstance(found, JSONResponse):
+            return found
+        integration_id, order_id = found
+        raw = await self._body(request)
+        if not isinstance(raw, bytes):
+            return raw
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError):
@@ -102,14 +127,12 @@ def results_routes(settings: Settings, redis: Redis) -> list[BaseRoute]:
         defaulted = isinstance(data, dict) and data.get("completed_at") is None
         try:
             receipt = await run_in_threadpool(
-                lambda: outbox.submit(
+                lambda: self.outbox.submit(
                     integration_id, order_id, result, completed_at_defaulted=defaulted
                 )
             )
         except FinalResultError as exc:
             return _error(409, str(exc))
-        except InvalidResultError as exc:  # pragma: no cover: validated above
-            return _error(422, f"{exc.field}: {exc.problem}", field=exc.field)
         except (RedisError, OSError) as exc:
             log.warning(
                 "results API: order %s (integration %s) not stored: %s",
@@ -120,30 +143,26 @@ def results_routes(settings: Settings, redis: Redis) -> list[BaseRoute]:
             return _error(503, "storage unavailable: nothing stored, submit again later")
         return JSONResponse(receipt.as_dict(), status_code=202)
 
-    async def get_result(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "missing or wrong bearer token (DISPATCHER_API_TOKEN)")
-        found = ids(request)
+    async def get_result(self, request: Request) -> Response:
+        found = self._ids(request)
         if isinstance(found, JSONResponse):
             return found
         try:
-            record = await run_in_threadpool(outbox.get, *found)
+            record = await run_in_threadpool(self.outbox.get, *found)
         except (RedisError, OSError):
             return _error(503, "storage unavailable")
         if record is None:
             return _error(404, "no result was submitted for this order (or it expired)")
         return JSONResponse(record.as_dict())
 
-    async def get_order(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "missing or wrong bearer token (DISPATCHER_API_TOKEN)")
-        found = ids(request)
+    async def get_order(self, request: Request) -> Response:
+        found = self._ids(request)
         if isinstance(found, JSONResponse):
             return found
         integration_id, order_id = found
         try:
             events = await run_in_threadpool(
-                order_timeline, redis, settings, integration_id, order_id
+                order_timeline, self.redis, self.settings, integration_id, order_id
             )
         except (RedisError, OSError):
             return _error(503, "storage unavailable")
@@ -152,19 +171,3 @@ def results_routes(settings: Settings, redis: Redis) -> list[BaseRoute]:
         return JSONResponse(
             {"integration_id": integration_id, "order_id": order_id, "timeline": events}
         )
-
-    return [
-        Route(
-            "/orders/{integration_id}/{order_id}/result",
-            put_result,
-            methods=["PUT"],
-            name="put_result",
-        ),
-        Route(
-            "/orders/{integration_id}/{order_id}/result",
-            get_result,
-            methods=["GET"],
-            name="get_result",
-        ),
-        Route("/orders/{integration_id}/{order_id}", get_order, methods=["GET"]),
-    ]
