@@ -177,6 +177,7 @@ def run_chaos(
     integrations: int,
     worker_processes: int,
     timeout: float,
+    cap: int = 10,
 ) -> None:
     ids = [f"greenhouse:I{n:03d}" for n in range(integrations)]
     per = -(-results // integrations)
@@ -190,7 +191,6 @@ def run_chaos(
     )
     sim.write_concurrency_limit = 30
     orders = [(i, str(o["id"])) for i in ids for o in sim.orders(i, "OPEN")][:results]
-    cap = 10
     env = dispatcher_env(
         redis_url,
         DISPATCHER_NAMESPACE=namespace,
@@ -252,9 +252,10 @@ def test_results_put_by_concurrent_clients_are_each_written_once(
         namespace,
         results=80,
         clients=8,
-        integrations=4,
+        integrations=2,
         worker_processes=4,
         timeout=90,
+        cap=2,  # below the workers: the cap, not the worker count, bounds what is in flight
     )
 
 
