@@ -54,6 +54,9 @@ BENCHES = (
           ("--orders", "300",)),
     Bench("poller_rss", "poller_rss.py", ("--orders", "100000,1000000"),
           ("--orders", "200,400", "--per-integration", "100")),
+    Bench("results_writeback", "results_writeback.py", ("--reps", "3"),
+          ("--results", "20", "--integrations", "2", "--processes", "2",
+           "--baseline-results", "5", "--reps", "1")),
 )  # fmt: skip
 
 # The webhook benchmark is written by the webhook receiver's author; it prints one JSON object
