@@ -311,3 +311,32 @@ def test_the_public_submit_result_goes_through_the_outbox(redis_url: str, namesp
     assert again.outcome == "duplicate"
     assert redis.llen(f"rq:queue:{namespace}-results") == 1
     redis.close()
+
+
+def test_status_and_metrics_show_results(
+    redis_url: str, redis: Redis, namespace: str, sim: Simulator
+) -> None:
+    from dispatcher.ops.status import take_snapshot
+    from dispatcher.settings import load_settings
+    from dispatcher.store.outbox import mark_provisioned
+    from dispatcher.web.metrics import exposition
+
+    settings = load_settings(REDIS_URL=redis_url, DISPATCHER_NAMESPACE=namespace)
+    outbox = Outbox.from_settings(redis, settings)
+    order = first_order(sim)
+    outbox.submit(INTEGRATION, order, body())
+    run_pending(outbox, make_writer(outbox, sim), INTEGRATION, order)
+    outbox.submit(INTEGRATION, "nope", body())
+    run_pending(outbox, make_writer(outbox, sim), INTEGRATION, "nope")
+    old = Clock(1_000_000.0)
+    mark_provisioned(redis, Keys(namespace), INTEGRATION, "o-old", ["log"], clock=old)
+    snapshot = take_snapshot(redis, settings)
+    assert snapshot.as_dict()["results"] == {"pending": 0, "written": 1, "failed": 1}
+    assert any("1 order provisioned more than 14 days ago has no result" in p
+               for p in snapshot.problems)  # fmt: skip
+    assert any("1 result failed to be written" in p for p in snapshot.problems)
+    text = exposition(lambda: snapshot).decode()
+    assert f'dispatcher_results_written_total{{integration="{INTEGRATION}"}} 1.0' in text
+    assert f'dispatcher_results_failed_total{{integration="{INTEGRATION}"}} 1.0' in text
+    assert 'dispatcher_results{state="pending"} 0.0' in text
+    assert "dispatcher_result_write_seconds_bucket" in text

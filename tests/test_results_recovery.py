@@ -32,9 +32,7 @@ def aof_redis() -> Iterator[RedisServer]:
     server.cleanup()
 
 
-def test_submits_racing_on_one_order_leave_one_pending_write(
-    redis: Redis, namespace: str
-) -> None:
+def test_submits_racing_on_one_order_leave_one_pending_write(redis: Redis, namespace: str) -> None:
     outbox = Outbox(redis, namespace, f"{namespace}-results")
     barrier = threading.Barrier(12)
 

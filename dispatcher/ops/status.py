@@ -176,6 +176,8 @@ class Snapshot:
     # The way back (dispatcher/store/outbox.py): results by state, orders left without one.
     results: Mapping[str, int] | None = None
     stale: StaleOrders | None = None
+    # {integration: {"written", "failed", "latency_sum", "le|<bound>"...}} for /metrics.
+    result_stats: Mapping[str, Mapping[str, float]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The stable JSON shape of ``dispatcher status --json`` (see the README)."""
@@ -390,6 +392,7 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         broken_keys=broken,
         results=_results(redis, settings, keys, taken_at),
         stale=_stale(redis, settings, keys, taken_at),
+        result_stats=_result_stats(redis, keys),
     )
     return _with_problems(snapshot, settings.stale_after)
 
@@ -405,6 +408,21 @@ def _results(redis: Redis, settings: Settings, keys: Keys, now: float) -> dict[s
         ).counts()
     except ResponseError:  # a key of the wrong type: shown by the broken-key checks
         return None
+
+
+def _result_stats(redis: Redis, keys: Keys) -> dict[str, dict[str, float]] | None:
+    try:
+        raw = redis.hgetall(keys.result_stats)
+    except ResponseError:
+        return None
+    stats: dict[str, dict[str, float]] = {}
+    for field, value in raw.items():
+        integration, _, name = _str(field).partition("|")
+        try:
+            stats.setdefault(integration, {})[name] = float(value)
+        except ValueError:
+            continue
+    return stats
 
 
 def _stale(redis: Redis, settings: Settings, keys: Keys, now: float) -> StaleOrders | None:
@@ -691,6 +709,7 @@ def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Sna
         broken_keys=snapshot.broken_keys,
         results=snapshot.results,
         stale=snapshot.stale,
+        result_stats=snapshot.result_stats,
     )
 
 
