@@ -109,7 +109,9 @@ def run_outbox(redis_url: str, orders: list[tuple[str, str]], rep: int) -> float
         time.sleep(0.01)
     elapsed = time.perf_counter() - started
     if counts["failed"]:
-        raise SystemExit(f"bench: {counts['failed']} results failed: {outbox.in_state('failed')[:1]}")
+        raise SystemExit(
+            f"bench: {counts['failed']} results failed: {outbox.in_state('failed')[:1]}"
+        )
     redis.close()
     return len(orders) / elapsed
 

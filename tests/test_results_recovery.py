@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 from redis import Redis
+from test_results_api import Fleet, wait_for
 
 from _support import RedisServer, dispatcher_env
-from test_results_api import Fleet, wait_for
 from dispatcher.settings import load_settings
 from dispatcher.store.outbox import Outbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
