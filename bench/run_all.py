@@ -56,6 +56,9 @@ BENCHES = (
           ("--orders", "200,400", "--per-integration", "100")),
     Bench("console_render", "console_render.py", ("--integrations", "1000", "--reps", "15"),
           ("--integrations", "20", "--reps", "1")),
+    Bench("results_writeback", "results_writeback.py", ("--reps", "3"),
+          ("--results", "20", "--integrations", "2", "--processes", "2",
+           "--baseline-results", "5", "--reps", "1")),
 )  # fmt: skip
 
 # The webhook benchmark is written by the webhook receiver's author; it prints one JSON object

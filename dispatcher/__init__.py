@@ -32,8 +32,10 @@ from dispatcher.kombo.models import (
     OrderStatus,
     RawOrder,
 )
+from dispatcher.kombo.results import AssessmentResult, InvalidResultError
 from dispatcher.settings import ConfigError, Settings, load_settings
 from dispatcher.store.ledger import DispatchResult, Ledger
+from dispatcher.store.outbox import FinalResultError, OutboxRecord, ResultReceipt, submit_result
 
 __version__ = "0.1.0"
 
@@ -51,17 +53,20 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "Application",
+    "AssessmentResult",
     "BaseHandler",
     "Candidate",
     "ConfigError",
     "DispatchResult",
     "Effects",
+    "FinalResultError",
     "Handler",
     "HandlerConfigError",
     "HandlerContext",
     "HiringTeamMember",
     "HiringTeamRole",
     "InvalidPageError",
+    "InvalidResultError",
     "Job",
     "KomboClient",
     "KomboError",
@@ -72,11 +77,14 @@ __all__ = [
     "Order",
     "OrderStatus",
     "OrdersPage",
+    "OutboxRecord",
     "PermanentFailure",
     "RawOrder",
+    "ResultReceipt",
     "RetryLater",
     "Settings",
     "__version__",
     "handler_settings",
     "load_settings",
+    "submit_result",
 ]

@@ -187,6 +187,41 @@ class Settings(BaseSettings):
         ge=1,
         description="Seconds of the console's login rate-limit window.",
     )
+    # The way back: results to Kombo through the outbox (dispatcher/store/outbox.py).
+    # Defaults to "{namespace}-results" (see _queue_per_namespace).
+    results_queue: str = Field(
+        "dispatcher-results", alias="DISPATCHER_RESULTS_QUEUE", pattern=r"^[A-Za-z0-9_.\-]+$"
+    )
+    api_token: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        alias="DISPATCHER_API_TOKEN",
+        description="Bearer token(s) of the results API, comma-separated (rotation).",
+    )
+    result_max_bytes: int = Field(
+        10 * 1024 * 1024,
+        alias="DISPATCHER_RESULT_MAX_BYTES",
+        ge=1024,
+        description="Largest result body the results API takes (413 beyond).",
+    )
+    kombo_write_concurrency: int = Field(
+        10,
+        alias="DISPATCHER_KOMBO_WRITE_CONCURRENCY",
+        ge=1,
+        le=30,
+        description="Kombo writes in flight per integration, across every process.",
+    )
+    result_retry_for: float = Field(
+        24 * 3600.0,
+        alias="DISPATCHER_RESULT_RETRY_FOR",
+        gt=0,
+        description="How long a result's write is retried before it is failed.",
+    )
+    stale_after: float = Field(
+        14 * 24 * 3600.0,
+        alias="DISPATCHER_STALE_AFTER",
+        gt=0,
+        description="Age of a provisioned order without a final result that status reports.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -195,7 +230,20 @@ class Settings(BaseSettings):
             namespace = data.get("DISPATCHER_NAMESPACE", data.get("namespace", "dispatcher"))
             if isinstance(namespace, str):
                 data = {**data, "DISPATCHER_QUEUE": f"{namespace}-orders"}
+        if (
+            isinstance(data, dict)
+            and "DISPATCHER_RESULTS_QUEUE" not in data
+            and "results_queue" not in data
+        ):
+            namespace = data.get("DISPATCHER_NAMESPACE", data.get("namespace", "dispatcher"))
+            if isinstance(namespace, str):
+                data = {**data, "DISPATCHER_RESULTS_QUEUE": f"{namespace}-results"}
         return data
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _tokens(cls, value: object) -> object:
+        return _split_csv(value)
 
     @field_validator("kombo_integration_ids", "handlers", mode="before")
     @classmethod

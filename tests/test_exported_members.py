@@ -38,6 +38,13 @@ EXPORTED = {
     "load_settings",
     "DispatchResult",
     "Ledger",
+    # The way back: results to Kombo through the outbox.
+    "AssessmentResult",
+    "FinalResultError",
+    "InvalidResultError",
+    "OutboxRecord",
+    "ResultReceipt",
+    "submit_result",
     "__version__",
 }
 

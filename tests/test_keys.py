@@ -57,6 +57,12 @@ def test_every_key_method_of_keys_is_in_the_schema() -> None:
         keys.results("{integration}"),
         keys.throughput("{hour}"),  # type: ignore[arg-type]
         keys.console_login("{client}"),
+        keys.outbox("{integration}", "{order}"),
+        keys.outbox_index("{state}"),
+        keys.kombo_writes("{integration}"),
+        keys.timeline("{integration}", "{order}"),
+        keys.provisioned,
+        keys.result_stats,
     }
     methods = {name for name in dir(Keys) if not name.startswith("_") and name != "namespace"}
     assert len(methods) == len(named), "a new Keys member: add it here and to SCHEMA"

@@ -72,8 +72,11 @@ class KomboError(Exception):
     """Kombo answered with an error (its envelope), or could not be reached.
 
     ``code`` is Kombo's error code (``None`` when Kombo sent none or for network errors),
-    ``status_code`` the HTTP status (``None`` for network errors).
+    ``status_code`` the HTTP status (``None`` for network errors), ``retry_after`` the
+    seconds of Kombo's ``Retry-After`` header when it sent one.
     """
+
+    retry_after: float | None = None
 
     def __init__(
         self,
@@ -375,6 +378,8 @@ class KomboClient:
                 )
             if error is None:
                 return body
+            # Whoever retries later (the results outbox) honours Kombo's Retry-After too.
+            error.retry_after = retry_after
             if not error.retryable:
                 raise error
             delay = retry_after if retry_after is not None else self._backoff(attempt)

@@ -26,9 +26,11 @@ from rq.utils import str_to_date
 from dispatcher import _text
 from dispatcher._text import as_str
 from dispatcher.logs import escape_controls
+from dispatcher.ops.results import StaleOrders, stale_orders
 from dispatcher.poller.telemetry import RequestSeries, read_request_series
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
+from dispatcher.store.outbox import Outbox
 from dispatcher.store.rq_internals import (
     canceled_key,
     deferred_key,
@@ -176,6 +178,11 @@ class Snapshot:
     kombo_requests: tuple[RequestSeries, ...]
     problems: tuple[str, ...]
     broken_keys: tuple[BrokenKey, ...] = ()
+    # The way back (dispatcher/store/outbox.py): results by state, orders left without one.
+    results: Mapping[str, int] | None = None
+    stale: StaleOrders | None = None
+    # {integration: {"written", "failed", "latency_sum", "le|<bound>"...}} for /metrics.
+    result_stats: Mapping[str, Mapping[str, float]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The stable JSON shape of ``dispatcher status --json`` (see the README)."""
@@ -273,6 +280,11 @@ class Snapshot:
                 for name, counts in self.handlers.items()
             },
             "kombo_requests": [series.as_dict() for series in self.kombo_requests],
+            "results": dict(self.results or {"pending": 0, "written": 0, "failed": 0}),
+            "stale_orders": {
+                "count": self.stale.count if self.stale else 0,
+                "oldest_age": _round(self.stale.oldest_age if self.stale else None),
+            },
         }
 
 
@@ -375,8 +387,46 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         kombo_requests=tuple(read_request_series(requests)),
         problems=(),
         broken_keys=broken,
+        results=_results(redis, settings, keys, taken_at),
+        stale=_stale(redis, settings, keys, taken_at),
+        result_stats=_result_stats(redis, keys),
     )
-    return _with_problems(snapshot)
+    return _with_problems(snapshot, settings.stale_after)
+
+
+def _results(redis: Redis, settings: Settings, keys: Keys, now: float) -> dict[str, int] | None:
+    try:
+        return Outbox(
+            redis,
+            keys.namespace,
+            settings.results_queue,
+            result_ttl=settings.result_ttl,
+            clock=lambda: now,
+        ).counts()
+    except ResponseError:  # a key of the wrong type: shown by the broken-key checks
+        return None
+
+
+def _result_stats(redis: Redis, keys: Keys) -> dict[str, dict[str, float]] | None:
+    try:
+        raw = redis.hgetall(keys.result_stats)
+    except ResponseError:
+        return None
+    stats: dict[str, dict[str, float]] = {}
+    for field, value in raw.items():
+        integration, _, name = as_str(field).partition("|")
+        try:
+            stats.setdefault(integration, {})[name] = float(value)
+        except ValueError:
+            continue
+    return stats
+
+
+def _stale(redis: Redis, settings: Settings, keys: Keys, now: float) -> StaleOrders | None:
+    try:
+        return stale_orders(redis, keys, settings.stale_after, now=now)
+    except ResponseError:
+        return None
 
 
 class _Refused:
@@ -573,7 +623,20 @@ def _step_counts(raw: Mapping[bytes, bytes]) -> dict[str, StepCounts]:
     }
 
 
-def _with_problems(snapshot: Snapshot) -> Snapshot:
+def _result_problems(snapshot: Snapshot, stale_after: float) -> list[str]:
+    problems = []
+    stale = snapshot.stale.problem(stale_after) if snapshot.stale else None
+    if stale:
+        problems.append(stale)
+    if snapshot.results and snapshot.results.get("failed"):
+        failed = _text.plural(snapshot.results["failed"], "result")
+        problems.append(
+            f"{failed} failed to be written to Kombo: see `dispatcher results --state failed`"
+        )
+    return problems
+
+
+def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Snapshot:
     now = snapshot.taken_at
     problems: list[str] = [b.problem for b in snapshot.broken_keys if b.integration_id is None]
     for integration in snapshot.integrations:
@@ -606,6 +669,7 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
                 f"{name}: no successful sweep for {_text.ago(integration.last_sweep_at, now)}: "
                 "is `dispatcher poll` running?"
             )
+    problems.extend(_result_problems(snapshot, stale_after))
     if not snapshot.integrations:
         problems.append("no integration swept yet: set KOMBO_INTEGRATION_IDS and run the poller")
     for queue in snapshot.queues:
@@ -640,6 +704,9 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
         kombo_requests=snapshot.kombo_requests,
         problems=tuple(problems),
         broken_keys=snapshot.broken_keys,
+        results=snapshot.results,
+        stale=snapshot.stale,
+        result_stats=snapshot.result_stats,
     )
 
 

@@ -129,6 +129,38 @@ class Keys:
         3600``), expiring a day after its hour (:mod:`dispatcher.store.throughput`)."""
         return f"{self.namespace}:throughput:{hour}"
 
+    def outbox(self, integration_id: str, order_id: str) -> str:
+        """Hash: one order's result on its way to Kombo (body, state, attempts, outcome);
+        see dispatcher/store/outbox.py. The order is named by :func:`order_ref`."""
+        return f"{self.namespace}:outbox:{order_ref(integration_id, order_id)}"
+
+    def outbox_index(self, state: str) -> str:
+        """Sorted set: order ref -> unix time, of the results in one state (``pending``:
+        submitted, ``written``: written, ``failed``: failed)."""
+        return f"{self.namespace}:outbox-{state}"
+
+    def kombo_writes(self, integration_id: str) -> str:
+        """Sorted set: holder -> lease expiry of the Kombo writes in flight for one
+        integration (the DISPATCHER_KOMBO_WRITE_CONCURRENCY cap)."""
+        return f"{self.namespace}:kombo-writes:{integration_id}"
+
+    def timeline(self, integration_id: str, order_id: str) -> str:
+        """List of JSON events of one order's life that no other record keeps (provisioned,
+        result submitted, written, failed). The order is named by :func:`order_ref`."""
+        return f"{self.namespace}:timeline:{order_ref(integration_id, order_id)}"
+
+    @property
+    def provisioned(self) -> str:
+        """Sorted set: order ref -> unix time its handler chain finished, until its final
+        result is written (what ``status`` reports as stale)."""
+        return f"{self.namespace}:provisioned"
+
+    @property
+    def result_stats(self) -> str:
+        """Hash of result counters per integration: ``<integration>|written``, ``|failed``,
+        ``|latency_sum``, ``|le|<bound>`` (write latency buckets)."""
+        return f"{self.namespace}:result-stats"
+
     def console_login(self, client: str) -> str:
         """String: failed console logins of one client address in the current window."""
         return f"{self.namespace}:console-login:{client}"
@@ -171,7 +203,7 @@ class KeySpec:
         parts = re.split(r"(\{[a-z_]+\})", self.pattern)
         fixed = {"{ns}": re.escape(namespace), "{queue}": re.escape(queue)}
         body = "".join(
-            fixed.get(part, _JOB_ID_RE if part == "{job_id}" else ".+")
+            fixed.get(part, _PLACEHOLDER_RES.get(part, ".+"))
             if part.startswith("{")
             else re.escape(part)
             for part in parts
@@ -180,6 +212,12 @@ class KeySpec:
 
 
 _JOB_ID_RE = "order-[0-9a-f]{32}"
+_RESULT_JOB_ID_RE = "result-[0-9a-f]{32}"
+_PLACEHOLDER_RES = {
+    "{job_id}": _JOB_ID_RE,
+    "{result_job_id}": _RESULT_JOB_ID_RE,
+    "{state}": "(?:pending|written|failed)",
+}
 
 # The dispatcher's own keys, then RQ's keys that the dispatcher's queue and workers cause.
 # docs/redis-keys.md shows this table (tests/test_keys.py checks that it is the same).
@@ -270,6 +308,52 @@ SCHEMA: tuple[KeySpec, ...] = (
         "DISPATCHER_CONSOLE_LOGIN_WINDOW after the window's first attempt",
     ),
     KeySpec(
+        "{ns}:outbox:{integration}:{order}",
+        "hash",
+        "one order's result for Kombo: `integration`, `order`, `state` (pending, written, "
+        "failed), `status`, `body` (the JSON body, attachments included), `digest`, "
+        "`submission`, `submitted_at`, `job` (the write job that owns it), `attempts`, "
+        "`next_attempt_at`, `last_error`, `written_at`, `warnings`, `lost_answer`, `reason`, "
+        "`failed_at`; `{integration}:{order}` as in the steps key",
+        "kept while pending; DISPATCHER_RESULT_TTL once written, DISPATCHER_FAILURE_TTL once "
+        "failed",
+    ),
+    KeySpec(
+        "{ns}:outbox-{state}",
+        "zset",
+        "`{state}` is pending, written or failed: order ref (`{integration}:{order}`) -> "
+        "unix time it entered the state",
+        "an entry leaves with its state; written entries older than DISPATCHER_RESULT_TTL "
+        "are trimmed on each write",
+    ),
+    KeySpec(
+        "{ns}:kombo-writes:{integration}",
+        "zset",
+        "write job id -> lease expiry of Kombo writes in flight "
+        "(DISPATCHER_KOMBO_WRITE_CONCURRENCY)",
+        "entries expire with their lease (KOMBO_TIMEOUT + 10 s); the key shortly after",
+    ),
+    KeySpec(
+        "{ns}:timeline:{integration}:{order}",
+        "list",
+        'JSON events `{"at", "event", ...}` of an order no other key keeps (provisioned, '
+        "result submitted, written, failed), the last 200",
+        "DISPATCHER_SEEN_RETENTION after its last event",
+    ),
+    KeySpec(
+        "{ns}:provisioned",
+        "zset",
+        "order ref -> unix time its handler chain finished, until a final result is written",
+        "kept until the final result (`status` reports the stale ones)",
+    ),
+    KeySpec(
+        "{ns}:result-stats",
+        "hash",
+        "per integration: `<integration>|written`, `|failed`, `|latency_sum`, "
+        "`|le|<bound>` (submit-to-written seconds)",
+        "kept (a few fields per integration)",
+    ),
+    KeySpec(
         "{ns}:integrations",
         "set",
         "integration ids registered with `dispatcher integrations add`",
@@ -329,6 +413,21 @@ SCHEMA: tuple[KeySpec, ...] = (
         "RQ: one order's job: payload (the order, candidate data included), status, "
         "times, description `order X integration Y package Z`, meta (ids, failures)",
         "DISPATCHER_RESULT_TTL once finished, DISPATCHER_FAILURE_TTL once failed",
+    ),
+    KeySpec(
+        "rq:job:{result_job_id}",
+        "hash",
+        "RQ: one write attempt of a result (`result-` + 32 hex digits): the ids only, the "
+        "body stays in the outbox hash",
+        "1 hour once finished, DISPATCHER_FAILURE_TTL once failed",
+    ),
+    KeySpec(
+        "rq:queue:{results_queue}",
+        "list",
+        "RQ: write jobs waiting (DISPATCHER_RESULTS_QUEUE); RQ's registries of that queue "
+        "(`rq:wip:`, `rq:finished:`, `rq:failed:`, `rq:scheduled:` ...) as for the orders "
+        "queue",
+        "emptied by the results workers",
     ),
     KeySpec(
         "rq:job:{job_id}:dependents",

@@ -77,8 +77,8 @@ _CREATED_AFTER_RE = re.compile(
 )
 _PAGE_SIZE_RE = re.compile(r"[0-9]{1,6}")
 
-FaultKind = Literal["rate_limit", "server_error", "malformed"]
-_FAULT_KINDS: tuple[FaultKind, ...] = ("rate_limit", "server_error", "malformed")
+FaultKind = Literal["rate_limit", "server_error", "malformed", "drop_answer"]
+_FAULT_KINDS: tuple[FaultKind, ...] = ("rate_limit", "server_error", "malformed", "drop_answer")
 
 JSON = dict[str, Any]
 _T = TypeVar("_T")
@@ -100,6 +100,9 @@ class Faults:
     """Probability per request of a 200 whose body is truncated, invalid JSON."""
     latency: float = 0.0
     """Seconds every request waits before it is answered (simulated network latency)."""
+    drop_answer: float = 0.0
+    """Probability per request that it is processed (a write applied) but its answer is
+    lost: the connection drops (over a socket) or the transport raises (in process)."""
 
 
 class _ApiError(Exception):
@@ -791,6 +794,14 @@ class Simulator:
         self.request_count = 0
         self.requests_by_path: collections.Counter[str] = collections.Counter()
         self.results: dict[tuple[str, str], JSON] = {}
+        # Result writes Kombo applied, per (integration, order): what exactly-once tests count.
+        self.applied_writes: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.write_concurrency_limit: int | None = None
+        """Result writes in flight per integration beyond which a write is answered 429
+        ``PLATFORM.CONCURRENCY_LIMIT_EXCEEDED`` (Kombo's is about 30); None: no limit."""
+        self.writes_in_flight: collections.Counter[str] = collections.Counter()
+        self.max_writes_in_flight: collections.Counter[str] = collections.Counter()
+        """The most result writes ever in flight at once, per integration."""
         self.packages: dict[str, list[JSON]] = {}
         self._open_per_integration = orders
         self._closed_per_integration = orders // 10 if closed is None else closed
@@ -938,7 +949,7 @@ class Simulator:
 
     def fail_next(
         self,
-        kind: Literal["rate_limit", "server_error", "malformed"],
+        kind: FaultKind,
         count: int = 1,
         *,
         integration_id: str | None = None,
@@ -958,7 +969,46 @@ class Simulator:
     # ---------------------------------------------------------------- request handling
 
     def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one API request. Thread-safe; latency is spent outside the lock."""
+        """Answer one API request. Thread-safe; latency is spent outside the lock.
+
+        A result write counts as in flight for its integration from its arrival to its
+        answer (latency included); beyond ``write_concurrency_limit`` it is refused with 429
+        ``PLATFORM.CONCURRENCY_LIMIT_EXCEEDED`` and Kombo's two headers. A ``drop_answer``
+        fault raises httpx.RemoteProtocolError after the request was processed.
+        """
+        writing = _is_result_write(request)
+        integration = request.headers.get("X-Integration-Id", "")
+        limit: int | None = None
+        in_flight = 0
+        if writing:
+            with self._lock:
+                self.writes_in_flight[integration] += 1
+                in_flight = self.writes_in_flight[integration]
+                limit = self.write_concurrency_limit
+                if limit is None or in_flight <= limit:
+                    self.max_writes_in_flight[integration] = max(
+                        self.max_writes_in_flight[integration], in_flight
+                    )
+        try:
+            if writing and limit is not None and in_flight > limit:
+                with self._lock:
+                    self.request_count += 1
+                    interaction = self.request_count
+                    self.requests_by_path[request.url.path] += 1
+                error = _ApiError(
+                    429,
+                    "PLATFORM.CONCURRENCY_LIMIT_EXCEEDED",
+                    f"More than {limit} write requests in flight for this integration.",
+                    {"Concurrency-Limit": str(limit), "Concurrency-Remaining": "0"},
+                )
+                return _error_response(error, interaction)
+            return self._handle(request)
+        finally:
+            if writing:
+                with self._lock:
+                    self.writes_in_flight[integration] -= 1
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
         latency = self.faults.latency
         if latency > 0:
             self._sleep(latency)
@@ -986,6 +1036,10 @@ class Simulator:
         except Exception as exc:  # a simulator bug must still look like an API answer
             error = _ApiError(500, "PLATFORM.UNKNOWN_ERROR", f"simulator error: {exc!r}")
             response = _error_response(error, interaction)
+        if fault == "drop_answer":
+            raise httpx.RemoteProtocolError(
+                "simulated: the request was processed, its answer lost", request=request
+            )
         if fault == "malformed":
             # The request was processed (a write did happen) but the answer is cut short, as
             # when a connection drops mid-body: clients must not assume a garbled 200 did nothing.
@@ -1046,9 +1100,13 @@ class Simulator:
             # when a test flips faults on and off.
             draw = self._fault_rng.random()
         faults = self.faults
-        for kind, probability in zip(
-            _FAULT_KINDS, (faults.rate_limit, faults.server_error, faults.malformed), strict=True
-        ):
+        probabilities = (
+            faults.rate_limit,
+            faults.server_error,
+            faults.malformed,
+            faults.drop_answer,
+        )
+        for kind, probability in zip(_FAULT_KINDS, probabilities, strict=True):
             if draw < probability:
                 return kind
             draw -= probability
@@ -1108,6 +1166,7 @@ class Simulator:
                     f"order {order_id} is {order.status}; a result can change it only while OPEN"
                 )
             self.results[(integration_id, order_id)] = body
+            self.applied_writes[(integration_id, order_id)] += 1
             order.status = body["status"]
         return 200, {"status": "success", "data": {}, "warnings": warnings}
 
@@ -1161,6 +1220,11 @@ def _take_page(
             return page, page[-1].key  # a further match exists, so there is a next page
         page.append(order)
     return page, None
+
+
+def _is_result_write(request: httpx.Request) -> bool:
+    parts = request.url.path.rstrip("/").split("/")
+    return request.method == "PUT" and len(parts) == 6 and parts[-1] == "result"
 
 
 def _error_response(error: _ApiError, interaction: int) -> httpx.Response:
@@ -1232,7 +1296,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except (ValueError, httpx.InvalidURL):
             self.send_error(400, "Bad request")
             return
-        response = self.server.simulator.handle(request)
+        try:
+            response = self.server.simulator.handle(request)
+        except httpx.TransportError:
+            # A drop_answer fault: the write happened, the client never hears of it.
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         data = response.content
         self.send_response(response.status_code)
         for key, value in response.headers.multi_items():

@@ -28,6 +28,7 @@ from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
 from dispatcher.store.wrongtype import find_wrong_types, shared_keys
 from dispatcher.web.metrics import CONTENT_TYPE, exposition
+from dispatcher.web.results_api import results_routes
 
 __all__ = ["create_app", "server_config"]
 
@@ -68,9 +69,14 @@ def create_app(
             return PlainTextResponse(lines, status_code=503)
         return PlainTextResponse("ok\n")
 
+    # The results API (web/results_api.py) needs its token; without one it is not mounted.
+    results = results_routes(settings, redis)
+    if not results:
+        log.warning("DISPATCHER_API_TOKEN is not set: the results API (/orders/...) is off")
     routes: list[BaseRoute] = [
         Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        *results,
         *extra_routes,
     ]
     if settings.console_token is not None:

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from dispatcher.ops.status import OK, Snapshot
 from dispatcher.poller.telemetry import LATENCY_BUCKETS
+from dispatcher.store.outbox import LATENCY_BUCKETS as RESULT_BUCKETS
 
 __all__ = ["CONTENT_TYPE", "SnapshotCollector", "exposition"]
 
@@ -79,6 +80,7 @@ class SnapshotCollector(Collector):
         yield from _integration_metrics(snapshot)
         yield from _handler_metrics(snapshot)
         yield from _kombo_metrics(snapshot)
+        yield from _result_metrics(snapshot)
         took = GaugeMetricFamily(
             "dispatcher_snapshot_duration_seconds", "Seconds this scrape spent reading Redis."
         )
@@ -216,3 +218,33 @@ def _kombo_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         buckets.append(("+Inf", float(series.count)))
         latency.add_metric(names, buckets, series.seconds_sum)
     yield from (requests, latency)
+
+
+def _result_metrics(snapshot: Snapshot) -> Iterator[Metric]:
+    """The way back: results by state, and per integration written, failed, latency."""
+    states = GaugeMetricFamily(
+        "dispatcher_results", "Results in the outbox by state.", labels=["state"]
+    )
+    for state, count in (snapshot.results or {}).items():
+        states.add_metric([state], count)
+    written = CounterMetricFamily(
+        "dispatcher_results_written", "Results written to Kombo.", labels=["integration"]
+    )
+    failed = CounterMetricFamily(
+        "dispatcher_results_failed", "Results that failed permanently.", labels=["integration"]
+    )
+    latency = HistogramMetricFamily(
+        "dispatcher_result_write_seconds",
+        "Seconds from a result's submit to its write.",
+        labels=["integration"],
+    )
+    for integration, stats in sorted((snapshot.result_stats or {}).items()):
+        written.add_metric([integration], stats.get("written", 0.0))
+        failed.add_metric([integration], stats.get("failed", 0.0))
+        if stats.get("written"):
+            buckets = [
+                (_go_float(bound), stats.get(f"le|{bound}", 0.0)) for bound in RESULT_BUCKETS
+            ]
+            buckets.append(("+Inf", stats.get("le|+Inf", 0.0)))
+            latency.add_metric([integration], buckets, stats.get("latency_sum", 0.0))
+    yield from (states, written, failed, latency)

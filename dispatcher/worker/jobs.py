@@ -35,6 +35,7 @@ from dispatcher.redact import scrub
 from dispatcher.settings import Settings, load_settings
 from dispatcher.store.failures import clean_reason
 from dispatcher.store.keys import Keys
+from dispatcher.store.outbox import mark_provisioned
 
 __all__ = [
     "HandlerFailed",
@@ -237,6 +238,16 @@ def process_order(integration_id: str, order: dict[str, Any]) -> dict[str, Any]:
         if store is not None:
             store.complete(handler.name, output)
         outputs[handler.name] = output
+    if job is not None:
+        # The order's timeline, and what `status` reads for orders that never get a result.
+        mark_provisioned(
+            job.connection,
+            Keys(settings.namespace),
+            integration_id,
+            parsed.id,
+            list(outputs),
+            timeline_ttl=int(settings.seen_retention),
+        )
     return {"order_id": parsed.id, "integration_id": integration_id, "steps": outputs}
 
 

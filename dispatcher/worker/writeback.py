@@ -1,0 +1,317 @@
+"""The write job: one pending result of the outbox PUT to Kombo, with the guarantees of orders.
+
+:func:`write_result` is the RQ job :meth:`dispatcher.store.outbox.Outbox.submit` queues on
+``DISPATCHER_RESULTS_QUEUE``. It runs in the results workers (:func:`run_results_worker`: own
+processes, see below) and:
+
+1. reads the order's outbox hash; a job that does not own the pending write does nothing (a
+   recovered duplicate, a write already ended);
+2. takes one of the integration's write slots (:class:`~dispatcher.store.outbox.WriteLeases`,
+   ``DISPATCHER_KOMBO_WRITE_CONCURRENCY`` across every process; a lease expires when its
+   holder dies); when none frees up within a moment it hands the write to a new job a moment
+   later instead of blocking the worker;
+3. PUTs the body once (the client's own retries are off: a result's retries span hours);
+4. written: ends the write (``superseded``: a new body arrived meanwhile, write it too);
+   429, 5xx, timeouts, connection errors: hands the write to a new job after Kombo's
+   ``Retry-After`` or a jittered exponential backoff, until ``DISPATCHER_RESULT_RETRY_FOR``
+   after the submit; any other refusal of a final result: reads the order back (``GET
+   /assessment/orders?ids=``), and when Kombo already holds the submitted status the earlier
+   attempt landed and its answer was lost: written (``lost_answer``), not failed; otherwise
+   failed with Kombo's message.
+
+Why results have their own workers: RQ takes a job off several queues with BLPOP, which
+moves nothing to the intermediate list; a worker killed between that pop and the job's start
+loses the job. Off one queue RQ uses BLMOVE into the intermediate list, which
+:meth:`DispatcherWorker.requeue_stranded` recovers from. So each worker process listens on
+one queue, and the Procfile has a ``results`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from redis import Redis
+from rq import Queue, get_current_job
+from rq.worker_pool import WorkerPool
+
+from dispatcher import _text
+from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.results import AssessmentResult, InvalidResultError
+from dispatcher.logs import escape_controls
+from dispatcher.settings import Settings, load_settings
+from dispatcher.store.failures import clean_reason
+from dispatcher.store.keys import Keys
+from dispatcher.store.outbox import (
+    FINAL_STATUSES,
+    Outbox,
+    OutboxRecord,
+    WriteLeases,
+    parse_result,
+)
+
+__all__ = [
+    "ResultWriter",
+    "WriterRuntime",
+    "current_writer",
+    "install_writer",
+    "run_results_worker",
+    "write_result",
+]
+
+log = logging.getLogger("dispatcher.writeback")
+
+_BACKOFF_BASE = 1.0
+_BACKOFF_CAP = 300.0
+# How long a write waits for a free slot of its integration before it lets another job try.
+_LEASE_WAIT = 2.0
+# New bodies submitted while one job writes: after this many rounds the job hands over.
+_MAX_ROUNDS = 5
+
+
+class ResultWriter:
+    """Writes pending results of the outbox to Kombo (see the module doc)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        leases: WriteLeases,
+        client: KomboClient,
+        *,
+        retry_for: float = 24 * 3600.0,
+        lease_ttl: float = 40.0,
+        lease_wait: float = _LEASE_WAIT,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.leases = leases
+        self.client = client
+        self.retry_for = retry_for
+        self.lease_ttl = lease_ttl
+        self.lease_wait = lease_wait
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    def run(self, integration_id: str, order_id: str, job_id: str) -> str:
+        """One write job: returns what became of the write (``written``, ``failed``,
+        ``rescheduled``, ``stale``)."""
+        for _ in range(_MAX_ROUNDS):
+            record = self.outbox.get(integration_id, order_id)
+            if record is None or record.state != "pending" or record.job_id != job_id:
+                return "stale"
+            try:
+                body = parse_result(record.body)
+            except InvalidResultError as exc:  # stored by an older version with other rules
+                return self.outbox.mark_failed(record, job_id, f"invalid result: {exc}")
+            if not self._acquire(integration_id, job_id):
+                delay = self._rng.uniform(0.2, 1.0)
+                return self.outbox.reschedule(record, job_id, delay, count_attempt=False)
+            error: KomboError | None = None
+            warnings: list[str] = []
+            try:
+                warnings = self.client.put_result(integration_id, order_id, body)
+            except KomboError as exc:
+                error = exc
+            finally:
+                self.leases.release(integration_id, job_id)
+            if error is not None:
+                return self._after_error(record, job_id, body, error)
+            outcome = self.outbox.mark_written(record, job_id, warnings)
+            if outcome != "superseded":
+                if outcome == "written":
+                    log.info(
+                        "order %s (integration %s): result %s written",
+                        escape_controls(order_id),
+                        escape_controls(integration_id),
+                        record.status,
+                    )
+                return outcome
+        record = self.outbox.get(integration_id, order_id)
+        if record is None or record.job_id != job_id:
+            return "stale"
+        return self.outbox.reschedule(record, job_id, 0.0, count_attempt=False)
+
+    def _acquire(self, integration_id: str, holder: str) -> bool:
+        deadline = self._clock() + self.lease_wait
+        while True:
+            if self.leases.acquire(integration_id, holder, self.lease_ttl):
+                return True
+            if self._clock() >= deadline:
+                return False
+            self._sleep(self._rng.uniform(0.01, 0.05))
+
+    def _after_error(
+        self, record: OutboxRecord, job_id: str, body: AssessmentResult, error: KomboError
+    ) -> str:
+        if error.retryable:
+            return self._retry(record, job_id, error)
+        if str(body.status) in FINAL_STATUSES:
+            # Refused: perhaps because an earlier attempt landed and its answer was lost
+            # (the order is no longer OPEN). Kombo's own record decides.
+            try:
+                status = self._status_in_kombo(record.integration_id, record.order_id)
+            except KomboError as read_error:
+                if read_error.retryable:
+                    return self._retry(record, job_id, error)
+                status = None
+            if status == str(body.status):
+                outcome = self.outbox.mark_written(record, job_id, [], lost_answer=True)
+                if outcome == "written":
+                    log.warning(
+                        "order %s (integration %s): Kombo refused the result but already "
+                        "holds it (%s): an earlier attempt landed, its answer was lost",
+                        escape_controls(record.order_id),
+                        escape_controls(record.integration_id),
+                        status,
+                    )
+                return outcome
+            if status is not None and status != "OPEN":
+                reason = f"order is {status} in Kombo: {_kombo_reason(error)}"
+                return self._fail(record, job_id, reason)
+        return self._fail(record, job_id, _kombo_reason(error))
+
+    def _status_in_kombo(self, integration_id: str, order_id: str) -> str | None:
+        page = self.client.get_orders(integration_id, ids=[order_id])
+        for raw in page.results:  # only the status matters: the rest need not validate
+            if raw.id == order_id:
+                status = raw.data.get("status")
+                return status if isinstance(status, str) else None
+        return None
+
+    def _retry(self, record: OutboxRecord, job_id: str, error: KomboError) -> str:
+        now = self._clock()
+        elapsed = now - record.submitted_at
+        reason = _kombo_reason(error)
+        if elapsed >= self.retry_for:
+            attempts = record.attempts + 1
+            return self._fail(
+                record,
+                job_id,
+                f"gave up after {attempts} attempts over {_text.duration(elapsed)} "
+                f"(DISPATCHER_RESULT_RETRY_FOR): {reason}",
+            )
+        if error.retry_after is not None:
+            delay = error.retry_after
+        else:
+            exponent = min(record.attempts, 16)
+            delay = self._rng.uniform(0.1, min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**exponent))
+        delay = min(delay, max(0.0, self.retry_for - elapsed))
+        return self.outbox.reschedule(record, job_id, delay, error=reason)
+
+    def _fail(self, record: OutboxRecord, job_id: str, reason: str) -> str:
+        outcome = self.outbox.mark_failed(record, job_id, reason)
+        if outcome == "failed":
+            log.error(
+                "order %s (integration %s): result write failed: %s",
+                escape_controls(record.order_id),
+                escape_controls(record.integration_id),
+                reason,
+            )
+        return outcome
+
+
+def _kombo_reason(error: KomboError) -> str:
+    # Kombo's message is the vendor's to read, bounded and masked like any failure reason.
+    return clean_reason(str(error))
+
+
+@dataclass(frozen=True, slots=True)
+class WriterRuntime:
+    """What a results worker process needs: settings, Redis and the writer."""
+
+    settings: Settings
+    redis: Redis
+    writer: ResultWriter
+
+    @classmethod
+    def from_settings(cls, settings: Settings, redis: Redis | None = None) -> WriterRuntime:
+        redis = redis or Redis.from_url(settings.redis_url.get_secret_value())
+        client = KomboClient(
+            settings.require_kombo(),
+            settings.kombo_base_url,
+            timeout=settings.kombo_timeout,
+            retry_budget=0.0,  # the outbox retries, over hours
+            max_response_bytes=settings.max_response_bytes,
+        )
+        writer = ResultWriter(
+            Outbox.from_settings(redis, settings),
+            WriteLeases(redis, Keys(settings.namespace), settings.kombo_write_concurrency),
+            client,
+            retry_for=settings.result_retry_for,
+            lease_ttl=settings.kombo_timeout + 10.0,
+        )
+        return cls(settings=settings, redis=redis, writer=writer)
+
+
+_writer: WriterRuntime | None = None
+_writer_lock = threading.Lock()
+
+
+def install_writer(runtime: WriterRuntime | None) -> None:
+    """Make ``runtime`` the one write jobs of this process use (``None`` to reset)."""
+    global _writer
+    with _writer_lock:
+        _writer = runtime
+
+
+def current_writer() -> WriterRuntime:
+    """The installed writer, built from the environment when none was installed."""
+    global _writer
+    with _writer_lock:
+        if _writer is None:
+            _writer = WriterRuntime.from_settings(load_settings())
+        return _writer
+
+
+def write_result(integration_id: str, order_id: str) -> str:
+    """The RQ job: write the order's pending result (see :meth:`ResultWriter.run`)."""
+    job = get_current_job()
+    return current_writer().writer.run(integration_id, order_id, job.id if job else "")
+
+
+def run_results_worker(
+    settings: Settings,
+    redis: Redis,
+    *,
+    burst: bool = False,
+    processes: int = 1,
+    runtime: WriterRuntime | None = None,
+) -> None:
+    """Run RQ worker(s) on the results queue until stopped (or until empty with ``burst``),
+    with the scheduler (which queues retries when their delay is up)."""
+    from dispatcher.worker.worker import InProcessWorker
+
+    install_writer(runtime or WriterRuntime.from_settings(settings, redis))
+    queue = Queue(settings.results_queue, connection=redis)
+    if processes <= 1:
+        worker = InProcessWorker([queue], connection=redis)
+        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+    else:
+        pool = WorkerPool(
+            [queue], connection=redis, num_workers=processes, worker_class=InProcessWorker
+        )
+        pool.start(burst=burst, logging_level=settings.log_level)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m dispatcher.worker.writeback``: the results workers (the Procfile's
+    ``results`` line, until ``dispatcher worker --results`` exists)."""
+    parser = argparse.ArgumentParser(prog="python -m dispatcher.worker.writeback")
+    parser.add_argument("--burst", action="store_true", help="stop once the queue is empty")
+    parser.add_argument("--processes", type=int, default=1, help="worker processes")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    redis = Redis.from_url(settings.redis_url.get_secret_value())
+    run_results_worker(settings, redis, burst=args.burst, processes=args.processes)
+
+
+if __name__ == "__main__":
+    main()

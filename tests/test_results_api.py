@@ -1,0 +1,274 @@
+"""The results API of `dispatcher web` over a real socket, and results written end to end by
+real results workers (subprocesses) against the simulator over HTTP, with faults."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from _webhook_support import ReceiverServer
+from redis import Redis
+
+from _support import dispatcher_env, free_port, kill_tree
+from dispatcher.settings import load_settings
+from dispatcher.store.keys import Keys
+from dispatcher.store.outbox import Outbox
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
+from dispatcher.web.app import create_app
+
+TOKEN = "results-token-0123456789"
+OLD_TOKEN = "previous-token-9876543210"
+URL = "https://vendor.example/r/1"
+INTEGRATION = "greenhouse:AAAA"
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def api(redis_url: str, namespace: str) -> Iterator[str]:
+    settings = load_settings(
+        REDIS_URL=redis_url,
+        DISPATCHER_NAMESPACE=namespace,
+        DISPATCHER_API_TOKEN=f"{TOKEN},{OLD_TOKEN}",
+        DISPATCHER_RESULT_MAX_BYTES=4096,
+    )
+    redis = Redis.from_url(redis_url)
+    with ReceiverServer(create_app(settings, redis)) as server:
+        yield server.url
+    redis.close()
+
+
+def put(api: str, order: str, payload: Any, **kw: Any) -> httpx.Response:
+    headers = kw.pop("headers", auth())
+    content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return httpx.put(
+        f"{api}/orders/{INTEGRATION}/{order}/result", content=content, headers=headers, **kw
+    )
+
+
+def test_a_result_put_is_accepted_with_its_receipt_and_readable(api: str, redis: Redis) -> None:
+    answer = put(api, "o1", {"status": "COMPLETED", "result_url": URL})
+    assert answer.status_code == 202
+    receipt = answer.json()
+    assert receipt["state"] == "pending" and receipt["outcome"] == "queued"
+    again = put(api, "o1", {"status": "COMPLETED", "result_url": URL}, headers=auth(OLD_TOKEN))
+    assert again.status_code == 202 and again.json()["outcome"] == "duplicate"
+    assert again.json()["submission_id"] == receipt["submission_id"]
+    state = httpx.get(f"{api}/orders/{INTEGRATION}/o1/result", headers=auth())
+    assert state.status_code == 200 and state.json()["state"] == "pending"
+    timeline = httpx.get(f"{api}/orders/{INTEGRATION}/o1", headers=auth()).json()["timeline"]
+    assert [event["event"] for event in timeline] == ["result_submitted"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "headers", "status", "message"),
+    [
+        (b"{not json", None, 400, "not valid JSON"),
+        ({"status": "COMPLETED", "result_url": URL}, {}, 401, "bearer token"),
+        ({"status": "COMPLETED", "result_url": URL}, {"Authorization": "Bearer nope"}, 401, ""),
+        ({"status": "COMPLETED", "result_url": "x" * 5000}, None, 413, "DISPATCHER_RESULT_MAX"),
+        ({"status": "COMPLETED", "result_url": "ftp://x"}, None, 422, "result_url:"),
+        ({"status": "COMPLETED"}, None, 422, "result_url:"),
+        ({"status": "COMPLETED", "result_url": URL, "scroe": 1}, None, 422, "scroe:"),
+        ([1, 2], None, 422, "must be a JSON object"),
+    ],
+)
+def test_each_bad_input_has_its_status_and_one_clear_message(
+    api: str,
+    redis: Redis,
+    payload: Any,
+    headers: dict[str, str] | None,
+    status: int,
+    message: str,
+) -> None:
+    answer = put(api, "o1", payload, headers=auth() if headers is None else headers)
+    assert answer.status_code == status
+    error = answer.json()["error"]
+    assert message in error and "\n" not in error and "Traceback" not in error
+    assert redis.keys("*") == []  # nothing stored
+
+
+def test_a_result_after_a_final_one_was_written_is_409(
+    api: str, redis: Redis, namespace: str
+) -> None:
+    redis.hset(Keys(namespace).results(INTEGRATION), "o1", json.dumps({"status": "CANCELLED"}))
+    answer = put(api, "o1", {"status": "COMPLETED", "result_url": URL})
+    assert answer.status_code == 409
+    assert "final result (CANCELLED) was already written" in answer.json()["error"]
+
+
+def test_redis_unreachable_is_503_and_nothing_stored(namespace: str) -> None:
+    port = free_port()
+    settings = load_settings(
+        REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        DISPATCHER_NAMESPACE=namespace,
+        DISPATCHER_API_TOKEN=TOKEN,
+    )
+    redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=0.5)
+    with ReceiverServer(create_app(settings, redis)) as server:
+        answer = put(server.url, "o1", {"status": "COMPLETED", "result_url": URL})
+    assert answer.status_code == 503 and "nothing stored" in answer.json()["error"]
+
+
+def test_without_a_token_the_routes_are_not_mounted_and_one_warning_says_so(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(REDIS_URL=redis_url)
+    with caplog.at_level(logging.WARNING, logger="dispatcher.web"):
+        app = create_app(settings, Redis.from_url(redis_url))
+    assert [r.getMessage() for r in caplog.records if "DISPATCHER_API_TOKEN" in r.getMessage()]
+    with ReceiverServer(app) as server:
+        answer = put(server.url, "o1", {"status": "COMPLETED", "result_url": URL})
+    assert answer.status_code == 404
+
+
+# -- end to end: HTTP in, results workers, simulator over HTTP ----------------------------------
+
+
+class Fleet:
+    """Results workers (``python -m dispatcher.worker.writeback``) as subprocesses."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, processes: int = 1) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.worker.writeback", "--processes", str(processes)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                kill_tree(proc.pid)
+                proc.wait(10)
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def run_chaos(
+    redis_url: str,
+    namespace: str,
+    *,
+    results: int,
+    clients: int,
+    integrations: int,
+    worker_processes: int,
+    timeout: float,
+    cap: int = 10,
+) -> None:
+    ids = [f"greenhouse:I{n:03d}" for n in range(integrations)]
+    per = -(-results // integrations)
+    sim = Simulator(
+        ids,
+        orders=per,
+        closed=0,
+        faults=Faults(
+            rate_limit=0.10, server_error=0.05, drop_answer=0.05, retry_after=0.2, latency=0.02
+        ),
+    )
+    sim.write_concurrency_limit = 30
+    orders = [(i, str(o["id"])) for i in ids for o in sim.orders(i, "OPEN")][:results]
+    env = dispatcher_env(
+        redis_url,
+        DISPATCHER_NAMESPACE=namespace,
+        KOMBO_API_KEY=DEFAULT_API_KEY,
+        DISPATCHER_KOMBO_WRITE_CONCURRENCY=str(cap),
+        DISPATCHER_LOG_LEVEL="WARNING",
+        DISPATCHER_API_TOKEN=TOKEN,
+    )
+    settings = load_settings(
+        REDIS_URL=redis_url, DISPATCHER_NAMESPACE=namespace, DISPATCHER_API_TOKEN=TOKEN
+    )
+    redis = Redis.from_url(redis_url)
+    fleet = Fleet(env)
+    with SimulatorServer(sim, "127.0.0.1", 0) as kombo:
+        env["KOMBO_BASE_URL"] = kombo.url
+        fleet.start(worker_processes)
+        try:
+            with ReceiverServer(create_app(settings, redis)) as web:
+                errors: list[str] = []
+
+                def client(mine: list[tuple[str, str]]) -> None:
+                    with httpx.Client(base_url=web.url, headers=auth(), timeout=30) as http:
+                        for integration, order in mine:
+                            payload = {"status": "COMPLETED", "result_url": URL, "score": 1,
+                                       "max_score": 2}  # fmt: skip
+                            answer = http.put(f"/orders/{integration}/{order}/result", json=payload)
+                            if answer.status_code != 202:
+                                errors.append(f"{order}: {answer.status_code} {answer.text}")
+
+                threads = [
+                    threading.Thread(target=client, args=(orders[n::clients],))
+                    for n in range(clients)
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                assert errors == []
+            outbox = Outbox.from_settings(redis, settings)
+            wait_for(lambda: outbox.counts()["pending"] == 0, timeout, "every result to be written")
+        finally:
+            fleet.stop()
+    counts = outbox.counts()
+    failed = outbox.in_state("failed")
+    assert [f.reason for f in failed] == []
+    assert counts == {"pending": 0, "written": len(orders), "failed": 0}
+    assert all(sim.applied_writes[key] == 1 for key in orders), "a write applied twice or never"
+    assert sum(sim.applied_writes.values()) == len(orders)
+    assert max(sim.max_writes_in_flight.values()) <= cap
+    assert any(r.lost_answer for r in outbox.in_state("written", limit=10_000))
+    redis.close()
+
+
+def test_results_put_by_concurrent_clients_are_each_written_once(
+    redis_url: str, namespace: str
+) -> None:
+    run_chaos(
+        redis_url,
+        namespace,
+        results=80,
+        clients=8,
+        integrations=2,
+        worker_processes=4,
+        timeout=90,
+        cap=2,  # below the workers: the cap, not the worker count, bounds what is in flight
+    )
+
+
+@pytest.mark.slow
+def test_500_results_by_20_clients_across_20_integrations_are_each_written_once(
+    redis_url: str, namespace: str
+) -> None:
+    run_chaos(
+        redis_url,
+        namespace,
+        results=500,
+        clients=20,
+        integrations=20,
+        worker_processes=int(os.environ.get("RESULTS_TEST_WORKERS", "6")),
+        timeout=300,
+    )
