@@ -202,7 +202,7 @@ def _sentinel_client(url: str, tls: bool, kwargs: dict[str, Any]) -> Redis:
         )
     )
     try:
-        node = parse_url(plain)
+        node: dict[str, Any] = parse_url(plain)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise UnsuitableRedisError(f"REDIS_URL: {exc}") from None
     node.pop("host", None)
@@ -218,8 +218,11 @@ def _sentinel_client(url: str, tls: bool, kwargs: dict[str, Any]) -> Redis:
         sentinel_kwargs["username"] = query["sentinel_username"]
     if "sentinel_password" in query:
         sentinel_kwargs["password"] = query["sentinel_password"]
-    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **{**kwargs, **node})
-    return sentinel.master_for(service, redis_class=Redis)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels, sentinel_kwargs=sentinel_kwargs, **{**kwargs, **node}
+    )
+    client: Redis = sentinel.master_for(service, redis_class=Redis)  # type: ignore[no-untyped-call]
+    return client
 
 
 def _seconds(text: str, name: str) -> float:
