@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
@@ -34,6 +34,7 @@ from rq.utils import str_to_date
 from dispatcher import _text
 from dispatcher.poller.telemetry import RequestSeries, read_request_series
 from dispatcher.settings import Settings
+from dispatcher.store.connection import ServerCheck, check_server
 from dispatcher.store.keys import Keys
 from dispatcher.wrongtype import describe, find_wrong_types, printable
 
@@ -171,6 +172,9 @@ class Snapshot:
     kombo_requests: tuple[RequestSeries, ...]
     problems: tuple[str, ...]
     broken_keys: tuple[BrokenKey, ...] = ()
+    # What the server is (dispatcher.store.connection.check_server): its refusal and problems
+    # join ``problems``; its notices are shown apart (worth knowing, nothing is wrong yet).
+    server: ServerCheck = field(default_factory=ServerCheck)
 
     def as_dict(self) -> dict[str, Any]:
         """The stable JSON shape of ``dispatcher status --json`` (see the README)."""
@@ -180,6 +184,8 @@ class Snapshot:
             "namespace": self.namespace,
             "ok": not self.problems,
             "problems": list(self.problems),
+            "notices": list(self.server.notices),
+            "redis": {"version": self.server.version, **self.server.facts},
             "broken_keys": [
                 {"key": b.key, "integration": b.integration_id, "problem": b.problem}
                 for b in self.broken_keys
@@ -378,8 +384,16 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         kombo_requests=tuple(read_request_series(requests)),
         problems=(),
         broken_keys=broken,
+        server=_server(redis),
     )
     return _with_problems(snapshot)
+
+
+def _server(redis: Redis) -> ServerCheck:
+    try:
+        return check_server(redis)
+    except ResponseError:  # INFO refused (an ACL): nothing to judge by
+        return ServerCheck()
 
 
 class _Refused:
@@ -576,9 +590,15 @@ def _step_counts(raw: Mapping[bytes, bytes]) -> dict[str, StepCounts]:
     }
 
 
+def _server_problems(server: ServerCheck) -> list[str]:
+    refusal = [server.refusal] if server.refusal is not None else []
+    return [*refusal, *server.problems]
+
+
 def _with_problems(snapshot: Snapshot) -> Snapshot:
     now = snapshot.taken_at
     problems: list[str] = [b.problem for b in snapshot.broken_keys if b.integration_id is None]
+    problems.extend(_server_problems(snapshot.server))
     for integration in snapshot.integrations:
         # Ids come from Kombo and webhooks: a problem stays one line whatever they hold.
         name = f"integration {printable(integration.integration_id)}"
@@ -643,6 +663,7 @@ def _with_problems(snapshot: Snapshot) -> Snapshot:
         kombo_requests=snapshot.kombo_requests,
         problems=tuple(problems),
         broken_keys=snapshot.broken_keys,
+        server=snapshot.server,
     )
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "UnsuitableRedisError",
     "check_server",
     "connect",
+    "open_redis",
     "reachable",
     "redacted_url",
     "startup_check",
@@ -356,3 +357,28 @@ def reachable(redis: Redis) -> str | None:
     except (RedisError, OSError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def open_redis(url: str, *, role: Role = "cli", ping: bool = True, **overrides: Any) -> Redis:
+    """What a process does first: :func:`connect`, PING, :func:`startup_check`.
+
+    Every failure is one :class:`UnsuitableRedisError` line naming ``REDIS_URL`` (without
+    its password): a malformed URL, an unreachable server or a failed TLS handshake (a wrong
+    CA), a Cluster, a sentinel port, too old a version. With ``ping=False`` nothing is sent
+    (``dispatcher web`` starts while Redis is down: /healthz then says so).
+    """
+    redis = connect(url, role=role, **overrides)
+    if not ping:
+        return redis
+    try:
+        redis.ping()
+        startup_check(redis, process=role)
+    except (RedisError, OSError) as exc:
+        raise UnsuitableRedisError(
+            f"REDIS_URL: cannot reach Redis at {redacted_url(url)}: {_one_line(exc)}"
+        ) from None
+    return redis
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500] or type(exc).__name__
