@@ -54,6 +54,8 @@ BENCHES = (
           ("--orders", "300",)),
     Bench("poller_rss", "poller_rss.py", ("--orders", "100000,1000000"),
           ("--orders", "200,400", "--per-integration", "100")),
+    Bench("replica_ack", "replica_ack.py", ("--reps", "5"),
+          ("--integrations", "2", "--orders", "20", "--reps", "1")),
 )  # fmt: skip
 
 # The webhook benchmark is written by the webhook receiver's author; it prints one JSON object
