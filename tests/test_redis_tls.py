@@ -134,7 +134,9 @@ def test_web_healthz_over_tls(tls: TlsRedis, runner: str) -> None:
                 time.sleep(0.05)
         assert answer.status_code == 200
         assert answer.text.splitlines()[0] == "ok"
-        assert any(line.startswith("notice: Redis persistence is off") for line in answer.text.splitlines())
+        assert any(
+            line.startswith("notice: Redis persistence is off") for line in answer.text.splitlines()
+        )
     finally:
         web.send_signal(signal.SIGTERM)
         web.wait(10)
