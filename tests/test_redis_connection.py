@@ -155,11 +155,13 @@ def test_a_real_cluster_node_is_refused_with_one_line(tmp_path: Any) -> None:
     server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = Redis(port=port)
-        for _ in range(200):
+        deadline = time.monotonic() + 15
+        while True:
             try:
                 client.ping()
                 break
             except Exception:
+                assert server.poll() is None and time.monotonic() < deadline, "no cluster node"
                 time.sleep(0.02)
         with pytest.raises(UnsuitableRedisError, match="Redis Cluster: RQ's keys span hash"):
             open_redis(f"redis://127.0.0.1:{port}/0")
