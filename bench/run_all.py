@@ -59,6 +59,8 @@ BENCHES = (
     Bench("results_writeback", "results_writeback.py", ("--reps", "3"),
           ("--results", "20", "--integrations", "2", "--processes", "2",
            "--baseline-results", "5", "--reps", "1")),
+    Bench("replica_ack", "replica_ack.py", ("--reps", "5"),
+          ("--integrations", "2", "--orders", "20", "--reps", "1")),
 )  # fmt: skip
 
 # The webhook benchmark is written by the webhook receiver's author; it prints one JSON object

@@ -19,6 +19,9 @@ class ConfigError(Exception):
     """A setting is missing or invalid; the message names the environment variable."""
 
 
+# What REDIS_URL may start with (dispatcher.store.connection reads each form).
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+
 # What DISPATCHER_INLINE_ASSESSMENT_URL may name.
 _URL_PLACEHOLDERS = ("order_id", "integration_id", "package_id")
 
@@ -46,7 +49,24 @@ class Settings(BaseSettings):
     redis_url: SecretStr = Field(
         SecretStr("redis://localhost:6379/0"),
         alias="REDIS_URL",
-        description="Redis connection URL (redis://, rediss://, unix://); may hold a password.",
+        description=(
+            "Redis connection URL (redis://, rediss://, unix://, redis+sentinel://, "
+            "rediss+sentinel://); may hold a password."
+        ),
+    )
+    redis_min_replicas_ack: int = Field(
+        0,
+        alias="DISPATCHER_REDIS_MIN_REPLICAS_ACK",
+        ge=0,
+        le=16,
+        description="Replicas that must acknowledge a dispatch or step record (WAIT); 0: none.",
+    )
+    redis_replicas_ack_timeout: float = Field(
+        1.0,
+        alias="DISPATCHER_REDIS_REPLICAS_ACK_TIMEOUT",
+        gt=0,
+        le=60,
+        description="Seconds to wait for those acknowledgements before failing (retryably).",
     )
     kombo_api_key: SecretStr | None = Field(None, alias="KOMBO_API_KEY")
     kombo_base_url: str = Field("https://api.kombo.dev/v1", alias="KOMBO_BASE_URL")
@@ -307,8 +327,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.get_secret_value().lower().startswith(_REDIS_SCHEMES):
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+sentinel:// or "
+                "rediss+sentinel://"
+            )
         return value
 
     @field_validator("console_token")

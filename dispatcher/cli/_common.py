@@ -6,7 +6,6 @@ import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 from redis import Redis
@@ -15,6 +14,7 @@ from rq import Queue
 
 from dispatcher.kombo.client import KomboClient, KomboError
 from dispatcher.settings import ConfigError, Settings, load_settings
+from dispatcher.store.connection import Role, UnsuitableRedisError, open_redis
 from dispatcher.store.ledger import JobOptions, Ledger
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "kombo_failure",
     "make_ledger",
     "or_fail",
-    "redacted_url",
     "redis_failed",
     "settings_of",
 ]
@@ -36,18 +35,6 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """The house style for every error: ``dispatcher: error: ...``, one line, then exit."""
     click.echo(f"dispatcher: error: {message}", err=True)
     sys.exit(code)
-
-
-def redacted_url(url: str) -> str:
-    """A connection URL with its password replaced, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -62,15 +49,13 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
-def connect_redis(settings: Settings, *, ping: bool = True) -> Redis:
+def connect_redis(settings: Settings, *, ping: bool = True, role: Role = "cli") -> Redis:
     """A Redis client for ``REDIS_URL``, checked with a PING; unreachable: one line, exit 1."""
-    url = settings.redis_url.get_secret_value()
+    # TLS, Sentinel, the start-up guards (Cluster, eviction, version): dispatcher.store.connection.
     try:
-        redis = Redis.from_url(url, health_check_interval=30, socket_connect_timeout=5)
-        if ping:
-            redis.ping()
-    except (RedisError, ValueError) as exc:
-        fail(f"REDIS_URL: cannot reach Redis at {redacted_url(url)}: {exc}", code=1)
+        redis = open_redis(settings.redis_url.get_secret_value(), role=role, ping=ping)
+    except UnsuitableRedisError as exc:
+        fail(str(exc), code=1)
     context = click.get_current_context(silent=True)
     if context is not None:
         context.ensure_object(dict)["redis"] = redis  # for the group to diagnose a refusal

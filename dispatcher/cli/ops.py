@@ -15,12 +15,12 @@ from dispatcher.cli._common import (
     colour,
     connect_redis,
     fail,
-    redacted_url,
     redis_failed,
     settings_of,
 )
 from dispatcher.handler import HandlerConfigError
 from dispatcher.plugins import discover_handlers, load_handlers
+from dispatcher.store.connection import redacted_url
 
 
 @click.command()

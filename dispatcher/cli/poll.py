@@ -54,7 +54,8 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
         except ValueError as exc:
             fail(str(exc))
     api_key = or_fail(settings.require_kombo)
-    redis = connect_redis(settings)
+    # A one-off sweep is a command: server notices only at DEBUG (status shows them).
+    redis = connect_redis(settings, role="cli" if once else "poller")
     ledger = make_ledger(settings, redis)
     registry = IntegrationRegistry(redis, ledger.keys, settings.kombo_integration_ids)
     if not registry.all():

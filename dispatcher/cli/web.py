@@ -8,11 +8,12 @@ import signal
 from types import FrameType
 
 import click
-from redis import Redis
+from redis.exceptions import RedisError
 
 from dispatcher.cli._common import fail, make_ledger, settings_of
 from dispatcher.handler import HandlerConfigError
 from dispatcher.settings import ConfigError
+from dispatcher.store.connection import UnsuitableRedisError, connect, startup_check
 
 log = logging.getLogger("dispatcher.cli")
 
@@ -43,15 +44,19 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
     # say it fast (probes time out after a second or so): one quick retry, not redis-py's
     # default backoff of several seconds.
     try:
-        redis = Redis.from_url(
+        redis = connect(
             settings.redis_url.get_secret_value(),
-            health_check_interval=30,
-            socket_connect_timeout=2,
-            socket_timeout=5,
+            role="web",
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
         )
-    except ValueError as exc:
-        fail(f"REDIS_URL: {exc}")
+    except UnsuitableRedisError as exc:
+        fail(str(exc))
+    try:
+        startup_check(redis, process="web")
+    except UnsuitableRedisError as exc:
+        fail(str(exc), code=1)
+    except RedisError:
+        pass  # Redis is down: /healthz says so
     routes = []
     if settings.kombo_webhook_secret is not None:
         from dispatcher.web.webhook import webhook_routes

@@ -28,5 +28,5 @@ def worker(ctx: click.Context, burst: bool, processes: int) -> None:
         runtime = Runtime.from_settings(settings)
     except HandlerConfigError as exc:
         fail(str(exc))
-    redis = connect_redis(settings)
+    redis = connect_redis(settings, role="worker")
     run_worker(settings, redis, burst=burst, processes=processes, runtime=runtime)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
@@ -29,6 +29,7 @@ from dispatcher.logs import escape_controls
 from dispatcher.ops.results import StaleOrders, stale_orders
 from dispatcher.poller.telemetry import RequestSeries, read_request_series
 from dispatcher.settings import Settings
+from dispatcher.store.connection import ServerCheck, check_server
 from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import Outbox
 from dispatcher.store.rq_internals import (
@@ -183,6 +184,9 @@ class Snapshot:
     stale: StaleOrders | None = None
     # {integration: {"written", "failed", "latency_sum", "le|<bound>"...}} for /metrics.
     result_stats: Mapping[str, Mapping[str, float]] | None = None
+    # What the server is (dispatcher.store.connection.check_server): its refusal and problems
+    # join ``problems``; its notices are shown apart (worth knowing, nothing is wrong yet).
+    server: ServerCheck = field(default_factory=ServerCheck)
 
     def as_dict(self) -> dict[str, Any]:
         """The stable JSON shape of ``dispatcher status --json`` (see the README)."""
@@ -192,6 +196,8 @@ class Snapshot:
             "namespace": self.namespace,
             "ok": not self.problems,
             "problems": list(self.problems),
+            "notices": list(self.server.notices),
+            "redis": {"version": self.server.version, **self.server.facts},
             "broken_keys": [
                 {"key": b.key, "integration": b.integration_id, "problem": b.problem}
                 for b in self.broken_keys
@@ -390,6 +396,7 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         results=_results(redis, settings, keys, taken_at),
         stale=_stale(redis, settings, keys, taken_at),
         result_stats=_result_stats(redis, keys),
+        server=_server(redis),
     )
     return _with_problems(snapshot, settings.stale_after)
 
@@ -413,8 +420,8 @@ def _result_stats(redis: Redis, keys: Keys) -> dict[str, dict[str, float]] | Non
     except ResponseError:
         return None
     stats: dict[str, dict[str, float]] = {}
-    for field, value in raw.items():
-        integration, _, name = as_str(field).partition("|")
+    for raw_field, value in raw.items():
+        integration, _, name = as_str(raw_field).partition("|")
         try:
             stats.setdefault(integration, {})[name] = float(value)
         except ValueError:
@@ -427,6 +434,13 @@ def _stale(redis: Redis, settings: Settings, keys: Keys, now: float) -> StaleOrd
         return stale_orders(redis, keys, settings.stale_after, now=now)
     except ResponseError:
         return None
+
+
+def _server(redis: Redis) -> ServerCheck:
+    try:
+        return check_server(redis)
+    except ResponseError:  # INFO refused (an ACL): nothing to judge by
+        return ServerCheck()
 
 
 class _Refused:
@@ -636,9 +650,15 @@ def _result_problems(snapshot: Snapshot, stale_after: float) -> list[str]:
     return problems
 
 
+def _server_problems(server: ServerCheck) -> list[str]:
+    refusal = [server.refusal] if server.refusal is not None else []
+    return [*refusal, *server.problems]
+
+
 def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Snapshot:
     now = snapshot.taken_at
     problems: list[str] = [b.problem for b in snapshot.broken_keys if b.integration_id is None]
+    problems.extend(_server_problems(snapshot.server))
     for integration in snapshot.integrations:
         # Ids come from Kombo and webhooks: a problem stays one line whatever they hold.
         name = f"integration {escape_controls(integration.integration_id)}"
@@ -707,6 +727,7 @@ def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Sna
         results=snapshot.results,
         stale=snapshot.stale,
         result_stats=snapshot.result_stats,
+        server=snapshot.server,
     )
 
 

@@ -47,6 +47,7 @@ def render_status(snapshot: Snapshot, *, redis_url: str = "") -> str:
         lines.extend(f"  - {problem}" for problem in snapshot.problems)
     else:
         lines.append(click.style("OK: orders are flowing", fg="green", bold=True))
+    lines.extend(f"  notice: {notice}" for notice in snapshot.server.notices)
     lines.append("")
     lines.extend(_queue_lines(snapshot.queues, now))
     lines.append("")

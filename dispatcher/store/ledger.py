@@ -27,15 +27,17 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis import Redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import now
 
 from dispatcher._text import as_str
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders
+from dispatcher.logs import escape_controls
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys, job_id_for
+from dispatcher.store.replication import ReplicaAck, run_script
 from dispatcher.store.rq_internals import (
     JOB_OWN_FIELDS,
     QUEUES_KEY,
@@ -119,6 +121,8 @@ class JobOptions:
     result_ttl: int = 7 * 24 * 3600
     failure_ttl: int = 30 * 24 * 3600
     retry_intervals: tuple[int, ...] = (10, 20, 40, 80, 160)
+    # Replicas that must hold a dispatch before it counts (DISPATCHER_REDIS_MIN_REPLICAS_ACK).
+    replica_ack: ReplicaAck | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobOptions:
@@ -127,6 +131,7 @@ class JobOptions:
             result_ttl=settings.result_ttl,
             failure_ttl=settings.failure_ttl,
             retry_intervals=tuple(settings.retry_intervals()),
+            replica_ack=ReplicaAck.from_settings(settings),
         )
 
 
@@ -262,12 +267,17 @@ class Ledger:
         return result
 
     def _run_script(self, keys: list[str], args: list[Any]) -> list[bytes | str]:
-        try:
-            return self.redis.evalsha(self._script_sha, len(keys), *keys, *args)  # type: ignore[no-any-return]
-        except NoScriptError:
-            # EVAL runs and caches the script in one round trip (redis-py's Script would
-            # spend two: SCRIPT LOAD, then EVALSHA again).
-            return self.redis.eval(_DISPATCH_SCRIPT, len(keys), *keys, *args)  # type: ignore[no-any-return]
+        # With a replica_ack, WAIT rides in the same round trip (dispatcher.store.replication).
+        answer: list[bytes | str] = run_script(
+            self.redis,
+            _DISPATCH_SCRIPT,
+            keys,
+            args,
+            ack=self.job_options.replica_ack,
+            what=f"dispatch of integration {escape_controls(as_str(args[1]))}",
+            sha=self._script_sha,
+        )
+        return answer
 
     def seen_at(self, integration_id: str, order_id: str) -> float | None:
         """When an order was first dispatched (unix time), or None if it never was."""

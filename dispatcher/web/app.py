@@ -25,6 +25,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dispatcher.ops.status import take_snapshot
 from dispatcher.settings import Settings
+from dispatcher.store.connection import ServerCheck, check_server
 from dispatcher.store.keys import Keys
 from dispatcher.store.wrongtype import find_wrong_types, shared_keys
 from dispatcher.web.metrics import CONTENT_TYPE, exposition
@@ -63,11 +64,16 @@ def create_app(
         except (RedisError, OSError) as exc:
             log.warning("healthz: Redis does not answer: %s", exc)
             return PlainTextResponse(f"redis: {type(exc).__name__}\n", status_code=503)
-        if wrong:
+        server = _server(redis)
+        if wrong or server.refusal:
             lines = "".join(f"redis: {w}\n" for w in wrong)
+            lines += f"redis: {server.refusal}\n" if server.refusal else ""
             log.warning("healthz: %s", lines.strip().replace("\n", "; "))
             return PlainTextResponse(lines, status_code=503)
-        return PlainTextResponse("ok\n")
+        # Settings that risk data are detail, not ill health: restarting would not fix them.
+        detail = "".join(f"problem: {p}\n" for p in server.problems)
+        detail += "".join(f"notice: {n}\n" for n in server.notices)
+        return PlainTextResponse("ok\n" + detail)
 
     # The results API (web/results_api.py) needs its token; without one it is not mounted.
     results = results_routes(settings, redis)
@@ -86,6 +92,13 @@ def create_app(
         routes.extend(console_routes(settings, redis))
         log.info("the operator console is on at /")
     return Starlette(routes=routes)
+
+
+def _server(redis: Redis) -> ServerCheck:
+    try:
+        return check_server(redis)
+    except (RedisError, OSError):  # INFO refused (an ACL), or Redis went away since the PING
+        return ServerCheck()
 
 
 def server_config(

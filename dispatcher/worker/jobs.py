@@ -36,6 +36,8 @@ from dispatcher.settings import Settings, load_settings
 from dispatcher.store.failures import clean_reason
 from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import mark_provisioned
+from dispatcher.store.replication import ReplicaAck, run_script
+from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 
 __all__ = [
     "HandlerFailed",
@@ -115,13 +117,36 @@ def step_key(namespace: str, integration_id: str, order_id: str, handler: str) -
 _ATTEMPTS = "_attempts"
 
 
+# KEYS: 1 steps hash, 2 step-stats hash. ARGV: 1 handler, 2 record, 3 ttl, 4 stats field.
+# One script: a step is recorded with its TTL and counted, or (a key of another type) nothing.
+_COMPLETE_TYPES = ("hash", "hash")
+_COMPLETE = (
+    lua_type_guard(_COMPLETE_TYPES)
+    + """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
+return 1
+"""
+)
+_COMPLETE_SHA = hashlib.sha1(_COMPLETE.encode()).hexdigest()
+
+
 class StepStore:
     """The step records of one order in Redis, and its sub-effect sets."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, integration_id: str, order_id: str, ttl: int
+        self,
+        redis: Redis,
+        keys: Keys,
+        integration_id: str,
+        order_id: str,
+        ttl: int,
+        *,
+        ack: ReplicaAck | None = None,
     ) -> None:
         self.redis = redis
+        self.ack = ack
         self.keys = keys
         self.integration_id = integration_id
         self.order_id = order_id
@@ -145,14 +170,20 @@ class StepStore:
         return int(attempt), outputs
 
     def complete(self, handler: str, output: Mapping[str, Any]) -> None:
-        """Record a completed step and its output (one round trip)."""
+        """Record a completed step and its output (one round trip; with ``ack``, the
+        replicas' acknowledgement rides in it too, see dispatcher.store.replication)."""
         record = json.dumps({"output": output, "completed_at": round(time.time(), 3)})
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.key, handler, record)
-            if self.ttl > 0:
-                pipe.expire(self.key, self.ttl)
-            pipe.hincrby(self.keys.step_stats, f"{handler}:completed", 1)
-            pipe.execute()
+        keys = [self.key, self.keys.step_stats]
+        with key_types_checked(keys, _COMPLETE_TYPES):
+            run_script(
+                self.redis,
+                _COMPLETE,
+                keys,
+                [handler, record, self.ttl, f"{handler}:completed"],
+                ack=self.ack,
+                what=f"step {handler} of order {escape_controls(self.order_id)}",
+                sha=_COMPLETE_SHA,
+            )
 
     def failed(self, handler: str) -> None:
         self.redis.hincrby(self.keys.step_stats, f"{handler}:failed", 1)
@@ -204,7 +235,12 @@ def process_order(integration_id: str, order: dict[str, Any]) -> dict[str, Any]:
     parsed = Order.model_validate(order)
     store = (
         StepStore(
-            job.connection, Keys(settings.namespace), integration_id, parsed.id, settings.result_ttl
+            job.connection,
+            Keys(settings.namespace),
+            integration_id,
+            parsed.id,
+            settings.result_ttl,
+            ack=ReplicaAck.from_settings(settings),
         )
         if job is not None
         else None
