@@ -24,7 +24,7 @@ from typing import Any
 from redis import Redis
 from rq import get_current_job
 from rq.job import Job
-from rq.timeouts import BaseTimeoutException, TimerDeathPenalty
+from rq.timeouts import BaseTimeoutException
 
 from dispatcher.kombo.models import Order
 from dispatcher.logs import escape_controls
@@ -33,6 +33,7 @@ from dispatcher.redact import scrub
 from dispatcher.settings import Settings, load_settings
 from dispatcher.store.failures import clean_reason
 from dispatcher.store.keys import Keys
+from dispatcher.worker.deadlines import deadline
 
 __all__ = [
     "HandlerFailed",
@@ -276,8 +277,9 @@ def _run_step(
 ) -> Mapping[str, Any]:
     extra = _extra(context.integration_id, order.id, handler.name)
     try:
-        # A timer, not SIGALRM: RQ's own job timeout already owns the alarm in the work horse.
-        with TimerDeathPenalty(timeout, HandlerTimeout):  # type: ignore[no-untyped-call]
+        # A timer, not SIGALRM: RQ's own job timeout already owns the alarm in the work horse,
+        # and jobs run in threads with --threads. One watcher thread keeps every deadline.
+        with deadline(timeout, HandlerTimeout):
             output = handler.handle(order, context)
     except Exception as exc:
         reason = clean_reason(_reason(exc))
