@@ -36,7 +36,9 @@ def dispatch(redis: Redis, orders: int) -> list[str]:
     return [o.id for o in batch]
 
 
-def start_worker(redis_url: str, threads: int, *, burst: bool = False, **env: str) -> subprocess.Popen[bytes]:
+def start_worker(
+    redis_url: str, threads: int, *, burst: bool = False, **env: str
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, SCRIPT],
         env=dispatcher_env(
