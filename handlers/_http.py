@@ -10,6 +10,9 @@ import httpx
 
 from dispatcher import HandlerContext, PermanentFailure, RetryLater
 
+# The connection pool of a handler's one httpx.Client, shared by a worker's threads.
+SHARED_POOL = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+
 
 def post_json(
     client: httpx.Client,

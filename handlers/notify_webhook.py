@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher import HandlerContext, Order, handler_settings
 
-from ._http import post_json
+from ._http import SHARED_POOL, post_json
 from .notify_email import find_test_url
 
 
@@ -38,7 +38,12 @@ class NotifyWebhookHandler:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.settings = settings or handler_settings(WebhookSettings)
-        self._client = httpx.Client(timeout=self.settings.timeout, transport=transport)
+        # One client for every thread of the worker (httpx.Client is thread-safe). httpx
+        # keeps 20 idle connections by default: with --threads 50 the other 30 would be
+        # opened and closed on every request. The thread count bounds the open ones.
+        self._client = httpx.Client(
+            timeout=self.settings.timeout, transport=transport, limits=SHARED_POOL
+        )
 
     def close(self) -> None:
         """Release the HTTP connection pool (the worker calls this at shutdown)."""
