@@ -1,7 +1,8 @@
 """Dispatch throughput with handlers that wait on I/O, against one default ``rq worker``.
 
     python bench/dispatch.py [--processes 32] [--orders 600] [--baseline-orders 20]
-                             [--delay 0.1] [--modes inprocess,fork] [--reps 3]
+                             [--delay 0.1] [--modes inprocess,fork,threads] [--reps 3]
+                             [--threads 50] [--threaded-processes 2] [--fairness 5000]
 
 The chain is the built-in ``provision_http`` handler posting each order to a local vendor
 API (bench/_vendor_server.py, another process) that answers after ``--delay`` seconds: each
@@ -10,7 +11,16 @@ step waits 100 ms on a real socket, as on a slow vendor API.
 - the dispatcher: ``dispatcher worker --processes N`` (RQ's worker pool of the dispatcher's
   workers), as deployed, in both worker modes: ``DISPATCHER_FORK_PER_JOB=false`` (each job
   in its worker process) and the default (RQ's work horse forked per job);
+- the threaded worker: ``dispatcher worker --processes P --threads T``
+  (``--threaded-processes``, ``--threads``), each process running T jobs at once;
 - THE BASELINE: one default ``rq worker`` process on the same queue and job function.
+
+Memory is the RSS and PSS (``/proc/<pid>/smaps_rollup``: shared pages split between the
+processes sharing them) of the whole worker process tree, the peak of samples taken every
+half second while the batch runs.
+
+Fairness (``--fairness N``, threaded mode): N orders of one integration are queued first,
+then one order of another; its wait is the time from its dispatch to its job's start.
 
 Workers are started first and waited for (start-up is not measured); then the orders are
 enqueued at once (``Ledger.dispatch``) and the clock runs until every job has finished.
@@ -51,6 +61,7 @@ from _support import (
     vendor_process,
 )
 from dispatcher.kombo.models import Order
+from dispatcher.store.keys import job_id_for
 from dispatcher.store.ledger import Ledger
 from dispatcher.testing.simulator import Simulator
 
@@ -65,6 +76,44 @@ class Run:
     wall: float
     cpu: float
     in_job: float  # mean seconds from a job's started_at to its ended_at
+    rss: float = 0.0  # peak bytes, whole worker process tree
+    pss: float = 0.0
+
+
+def _tree(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return tree
+
+
+def _tree_memory(root: int) -> tuple[float, float]:
+    """RSS and PSS in bytes of a process and its descendants (smaps_rollup)."""
+    rss = pss = 0
+    for pid in _tree(root):
+        try:
+            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("Rss:"):
+                rss += int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss += int(line.split()[1]) * 1024
+    return rss, pss
 
 
 def _tree_cpu_seconds(root: int) -> float:
@@ -100,7 +149,12 @@ def _orders(count: int) -> tuple[str, list[Order]]:
 
 
 def _run_batch(
-    redis: Redis, command: list[str], env: dict[str, str], workers: int, orders: int
+    redis: Redis,
+    command: list[str],
+    env: dict[str, str],
+    workers: int,
+    orders: int,
+    fairness: int = 0,
 ) -> Run:
     flush(redis)
     queue = Queue(QUEUE, connection=redis)
@@ -127,7 +181,13 @@ def _run_batch(
         finished = FinishedJobRegistry(queue=queue)
         failed = FailedJobRegistry(queue=queue)
         deadline = time.monotonic() + 30 + orders * 0.2
+        rss = pss = 0.0
+        sampled = 0.0
         while finished.count < orders:
+            if time.monotonic() - sampled > 0.5:
+                sampled = time.monotonic()
+                now_rss, now_pss = _tree_memory(proc.pid)
+                rss, pss = max(rss, now_rss), max(pss, now_pss)
             if failed.count:
                 job = Job.fetch(failed.get_job_ids()[0], connection=redis)
                 raise SystemExit(f"bench: a job failed: {job.latest_result()}")
@@ -148,10 +208,97 @@ def _run_batch(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
-    return Run(orders, wall, cpu, sum(spans) / len(spans))
+    return Run(orders, wall, cpu, sum(spans) / len(spans), rss, pss)
 
 
-MODES = {"inprocess": "false", "fork": "true"}
+def _fairness_wait(
+    redis: Redis, command: list[str], env: dict[str, str], workers: int, burst: int
+) -> float:
+    """Seconds another integration's new order waits behind a burst of ``burst`` orders of
+    one integration queued first (its dispatch to its job's start)."""
+    flush(redis)
+    queue = Queue(QUEUE, connection=redis)
+    sim = Simulator(2, burst, closed=0, seed=9)
+    first, second = sim.integration_ids
+    big = [Order.model_validate(o) for o in sim.orders(first)]
+    late = [Order.model_validate(o) for o in sim.orders(second)][:1]
+    workdir = tempfile.mkdtemp(prefix="bench-worker-")
+    proc = subprocess.Popen(
+        command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while Worker.count(connection=redis) < workers:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"bench: {command[:3]} did not start {workers} workers")
+            time.sleep(0.05)
+        ledger = Ledger(redis, queue, NAMESPACE)
+        ledger.dispatch(first, big)
+        time.sleep(0.2)
+        dispatched = time.time()
+        ledger.dispatch(second, late)
+        job_id = job_id_for(NAMESPACE, second, late[0].id)
+        deadline = time.monotonic() + 600
+        while True:
+            job = Job.fetch(job_id, connection=redis)
+            if job.started_at is not None:
+                return job.started_at.timestamp() - dispatched
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("bench: the late order never started")
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+MODES = ("inprocess", "fork", "threads")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How one mode's workers are started."""
+
+    label: str
+    env: dict[str, str]
+    processes: int
+    threads: int = 1
+
+    @property
+    def slots(self) -> int:
+        return self.processes * self.threads
+
+
+def _setups(modes: list[str], processes: int, threads: int, threaded: int) -> dict[str, Setup]:
+    setups = {
+        "inprocess": Setup(
+            f"`dispatcher worker --processes {processes}`, DISPATCHER_FORK_PER_JOB=false",
+            {"DISPATCHER_FORK_PER_JOB": "false"},
+            processes,
+        ),
+        "fork": Setup(
+            f"`dispatcher worker --processes {processes}`, DISPATCHER_FORK_PER_JOB=true",
+            {"DISPATCHER_FORK_PER_JOB": "true"},
+            processes,
+        ),
+        "threads": Setup(
+            f"`dispatcher worker --processes {threaded} --threads {threads}`",
+            {"DISPATCHER_FORK_PER_JOB": "false", "DISPATCHER_WORKER_THREADS": str(threads)},
+            threaded,
+            threads,
+        ),
+    }
+    return {mode: setups[mode] for mode in modes}
+
+
+def _command(processes: int) -> list[str]:
+    command = [sys.executable, "-m", "dispatcher", "worker"]
+    return command if processes == 1 else [*command, "--processes", str(processes)]
 
 
 def run(
@@ -161,8 +308,13 @@ def run(
     delay: float,
     modes: list[str],
     reps: int,
+    threads: int = 50,
+    threaded_processes: int = 2,
+    fairness: int = 0,
 ) -> list[Row]:
     rq_binary = shutil.which("rq", path=str(Path(sys.executable).parent)) or "rq"
+    setups = _setups(modes, processes, threads, threaded_processes)
+    waits: list[float] = []
     with private_redis() as redis_url, vendor_process(delay) as vendor_url:
         redis = Redis.from_url(redis_url)
         env = bench_env(
@@ -172,57 +324,80 @@ def run(
             DISPATCHER_QUEUE=QUEUE,
             DISPATCHER_NAMESPACE=NAMESPACE,
         )
-        dispatcher = [sys.executable, "-m", "dispatcher", "worker", "--processes", str(processes)]
-        if processes == 1:
-            dispatcher = dispatcher[:-2]
         rq_worker = [rq_binary, "worker", "--url", redis_url, QUEUE]
-        mine: dict[str, list[Run]] = {mode: [] for mode in modes}
+        mine: dict[str, list[Run]] = {mode: [] for mode in setups}
         base: list[Run] = []
         for _ in range(reps):
-            for mode in modes:
-                mode_env = {**env, "DISPATCHER_FORK_PER_JOB": MODES[mode]}
-                mine[mode].append(_run_batch(redis, dispatcher, mode_env, processes, orders))
+            for mode, setup in setups.items():
+                mine[mode].append(
+                    _run_batch(
+                        redis, _command(setup.processes), {**env, **setup.env},
+                        setup.processes, orders,
+                    )
+                )  # fmt: skip
             base.append(_run_batch(redis, rq_worker, env, 1, baseline_orders))
+        if fairness and "threads" in setups:
+            setup = setups["threads"]
+            waits.append(
+                _fairness_wait(
+                    redis, _command(setup.processes), {**env, **setup.env}, setup.processes,
+                    fairness,
+                )
+            )  # fmt: skip
 
     def rates(runs: list[Run]) -> list[float]:
         return [r.orders / r.wall for r in runs]
 
-    def overheads(runs: list[Run], workers: int) -> tuple[float, float, float, float]:
-        per_order = median([workers * r.wall / r.orders for r in runs]) - delay
+    def overheads(runs: list[Run], slots: int) -> tuple[float, float, float, float]:
+        per_order = median([slots * r.wall / r.orders for r in runs]) - delay
         in_job = median([r.in_job for r in runs]) - delay
         cpu = median([r.cpu / r.orders for r in runs])
         return per_order, in_job, per_order - in_job, cpu
 
-    def describe(runs: list[Run], workers: int) -> str:
-        total, in_job, outside, cpu = overheads(runs, workers)
+    def describe(runs: list[Run], slots: int) -> str:
+        total, in_job, outside, cpu = overheads(runs, slots)
+        mib = 1024 * 1024
         return (
             f"per order beyond the {delay * 1e3:g} ms wait: {total * 1e3:.1f} ms "
             f"({in_job * 1e3:.1f} ms inside the job, {outside * 1e3:.1f} ms outside it), "
-            f"CPU {cpu * 1e3:.1f} ms/order"
+            f"CPU {cpu * 1e3:.2f} ms/order; worker tree RSS "
+            f"{median([r.rss for r in runs]) / mib:.0f} MiB, PSS "
+            f"{median([r.pss for r in runs]) / mib:.0f} MiB"
         )
 
     baseline = rates(base)
     rows: list[Row] = []
-    for mode in modes:
+    for mode, setup in setups.items():
         subject = rates(mine[mode])
         ratio = median(subject) / median(baseline)
-        setting = f"DISPATCHER_FORK_PER_JOB={MODES[mode]}"
+        if mode == "threads":
+            target = ">= 600 orders/s at <= 250 MB" if delay < 0.5 else ">= 300 orders/s"
+            rss = median([r.rss for r in mine[mode]])
+            met = median(subject) >= (600 if delay < 0.5 else 300) and (
+                delay >= 0.5 or rss <= 250e6
+            )
+        else:
+            target = ">= 100 orders/s and >= 10x rq worker"
+            met = median(subject) >= 100 and ratio >= 10
+        wait = (
+            f"; fairness: another integration's order waited {waits[0]:.1f} s behind "
+            f"{fairness} queued first"
+            if waits and mode == "threads"
+            else ""
+        )
         rows.append(
             Row(
                 bench="dispatch",
-                measure=(
-                    f"orders/s with a {delay * 1e3:g} ms I/O handler, `dispatcher worker "
-                    f"--processes {processes}`, {setting}"
-                ),
+                measure=(f"orders/s with a {delay * 1e3:g} ms I/O handler, {setup.label}"),
                 value=median(subject),
                 unit="orders/s",
                 baseline="one default `rq worker` process",
                 baseline_value=median(baseline),
                 ratio=ratio,
-                target=">= 100 orders/s and >= 10x rq worker",
-                met=median(subject) >= 100 and ratio >= 10,
+                target=target,
+                met=met,
                 detail=(
-                    f"{orders} orders; {describe(mine[mode], processes)}. Baseline: "
+                    f"{orders} orders; {describe(mine[mode], setup.slots)}{wait}. Baseline: "
                     f"{baseline_orders} orders; {describe(base, 1)}. Handler provision_http, "
                     f"vendor answers after {delay * 1e3:g} ms; median of {reps}"
                 ),
@@ -239,13 +414,23 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=600, help="orders for the dispatcher")
     parser.add_argument("--baseline-orders", type=int, default=20, help="orders for rq worker")
     parser.add_argument("--delay", type=float, default=0.1, help="seconds each handler waits")
-    parser.add_argument("--modes", default="inprocess,fork", help="worker modes to measure")
+    parser.add_argument("--modes", default="inprocess,fork,threads", help="worker modes to measure")
+    parser.add_argument("--threads", type=int, default=50, help="threads per process (threads)")
+    parser.add_argument(
+        "--threaded-processes", type=int, default=2, help="worker processes (threads mode)"
+    )
+    parser.add_argument(
+        "--fairness", type=int, default=0, help="burst size for the fairness wait (0: skip)"
+    )
     common_args(parser)
     args = parser.parse_args()
     modes = args.modes.split(",")
     if not modes or set(modes) - set(MODES):
         parser.error(f"--modes: a comma-separated subset of {', '.join(MODES)}")
-    rows = run(args.processes, args.orders, args.baseline_orders, args.delay, modes, args.reps)
+    rows = run(
+        args.processes, args.orders, args.baseline_orders, args.delay, modes, args.reps,
+        args.threads, args.threaded_processes, args.fairness,
+    )  # fmt: skip
     report(rows, args.json, header=__doc__.splitlines()[0])
 
 

@@ -49,7 +49,7 @@ BENCHES = (
            "--concurrency", "4", "--baseline-integrations", "2,4", "--reps", "1")),
     Bench("dispatch", "dispatch.py", ("--reps", "3"),
           ("--processes", "2", "--orders", "4", "--baseline-orders", "2", "--delay", "0.01",
-           "--reps", "1")),
+           "--threads", "4", "--reps", "1")),
     Bench("seen_memory", "seen_memory.py", ("--orders", "100000"),
           ("--orders", "300",)),
     Bench("poller_rss", "poller_rss.py", ("--orders", "100000,1000000"),

@@ -117,6 +117,21 @@ class Settings(BaseSettings):
     job_timeout: int = Field(600, alias="DISPATCHER_JOB_TIMEOUT", gt=0)
     # RQ forks a work horse per job by default; without, a job runs in its worker process.
     fork_per_job: bool = Field(True, alias="DISPATCHER_FORK_PER_JOB")
+    worker_threads: int = Field(
+        1,
+        alias="DISPATCHER_WORKER_THREADS",
+        ge=1,
+        le=1000,
+        description="Jobs one worker process runs at once, each in a thread (above 1, jobs "
+        "run in the worker process whatever DISPATCHER_FORK_PER_JOB says).",
+    )
+    worker_shutdown_timeout: float = Field(
+        25.0,
+        alias="DISPATCHER_WORKER_SHUTDOWN_TIMEOUT",
+        ge=0,
+        description="On SIGTERM, seconds a threaded worker lets the jobs in flight finish "
+        "before it puts the rest back on the queue and exits.",
+    )
     max_retries: int = Field(
         5, alias="DISPATCHER_MAX_RETRIES", ge=0, le=50, description="Retries of a failing job."
     )

@@ -58,8 +58,9 @@ def queued_orders(redis: Redis) -> list[tuple[str, str]]:
     return [(j.meta["integration_id"], j.meta["order_id"]) for j in queue.get_jobs()]
 
 
+@pytest.mark.parametrize("threads", [[], ["--threads", "8"]], ids=["one-at-a-time", "threads"])
 def test_poll_once_then_burst_worker_handles_every_open_order_once(
-    sim: Simulator, redis: Redis, redis_url: str
+    sim: Simulator, redis: Redis, redis_url: str, threads: list[str]
 ) -> None:
     with sim.serve() as server:
         env = env_for(server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="15")
@@ -77,7 +78,7 @@ def test_poll_once_then_burst_worker_handles_every_open_order_once(
         }
         assert sorted(queued_orders(redis)) == sorted(open_orders(sim))
 
-        worker = run(["worker", "--burst"], env)
+        worker = run(["worker", "--burst", *threads], env)
         assert worker.returncode == 0, worker.stderr
         queue = Queue(QUEUE, connection=redis)
         assert queue.count == 0

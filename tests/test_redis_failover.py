@@ -24,7 +24,6 @@ import pytest
 from rq import Queue
 
 from _redis_topology import SentinelSet
-from _servers import VendorAPI
 from _support import dispatcher_env, kill_tree, order_payload
 from dispatcher.kombo.models import Order
 from dispatcher.store.connection import connect
@@ -32,6 +31,7 @@ from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import JobOptions, Ledger
 from dispatcher.store.replication import ReplicaAck, ReplicasNotAcknowledged
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import StepStore, step_key
 
 pytestmark = [pytest.mark.redis]

@@ -42,6 +42,7 @@ from dispatcher.store.keys import SCHEMA
 from dispatcher.store.ledger import JOB_FUNCTION, JobOptions, Ledger
 from dispatcher.testing.simulator import Simulator
 from dispatcher.worker import worker as dispatcher_worker
+from dispatcher.worker.threaded import ThreadedWorker
 from dispatcher.worker.worker import (
     HEARTBEAT_GRACE,
     HEARTBEAT_INTERVAL,
@@ -390,6 +391,11 @@ _OVERRIDES: dict[tuple[str, str], Callable[..., Any]] = {
     ("rq.worker.SimpleWorker", "execute_job"): DispatcherSimpleWorker.execute_job,
     ("rq.worker.BaseWorker", "handle_job_failure"): DispatcherWorker.handle_job_failure,
     ("rq.queue.Queue", "dequeue_any"): dispatcher_worker._OrderQueue.dequeue_any,
+    ("rq.worker.BaseWorker", "work"): ThreadedWorker.work,
+    ("rq.worker.BaseWorker", "set_state"): ThreadedWorker.set_state,
+    ("rq.worker.BaseWorker", "_shutdown"): ThreadedWorker._shutdown,
+    ("rq.worker.BaseWorker", "request_force_stop"): ThreadedWorker.request_force_stop,
+    ("rq.worker.BaseWorker", "handle_job_success"): ThreadedWorker.handle_job_success,
 }
 
 

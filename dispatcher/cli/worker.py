@@ -18,7 +18,14 @@ from dispatcher.handler import HandlerConfigError
     help="Worker processes (RQ's worker pool).",
 )
 @click.pass_context
-def worker(ctx: click.Context, burst: bool, processes: int) -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Jobs each worker process runs at once, each in a thread "
+    "(default DISPATCHER_WORKER_THREADS, 1). Combines with --processes.",
+)
+def worker(ctx: click.Context, burst: bool, processes: int, threads: int | None) -> None:
     """Run the handler chain on queued orders (RQ workers with the scheduler)."""
     from dispatcher.worker.jobs import Runtime
     from dispatcher.worker.worker import run_worker
@@ -29,4 +36,4 @@ def worker(ctx: click.Context, burst: bool, processes: int) -> None:
     except HandlerConfigError as exc:
         fail(str(exc))
     redis = connect_redis(settings, role="worker")
-    run_worker(settings, redis, burst=burst, processes=processes, runtime=runtime)
+    run_worker(settings, redis, burst=burst, processes=processes, runtime=runtime, threads=threads)

@@ -56,8 +56,19 @@ Methods of RQ's classes overridden in dispatcher/worker/worker.py (``OVERRIDDEN`
 ``execute_job`` (twice: the mixin and ``InProcessWorker``), ``handle_job_failure``; on
 ``Queue`` the classmethod ``dequeue_any``. ``InProcessWorker`` also calls
 ``prepare_execution``, ``perform_job``, ``set_state`` and ``maintain_heartbeats``, as RQ's
-``Worker.execute_job`` does. ``RECOVERY_BOUND`` relies on RQ's rule that an idle worker wakes
-from its blocking pop every ``worker_ttl - 15`` seconds (``BaseWorker.dequeue_timeout``).
+``Worker.execute_job`` does.
+``ThreadedWorker`` (worker/threaded.py, ``--threads N``) overrides ``work`` (its own loop:
+one dequeue thread, N job threads), ``set_state`` (BUSY while any job is in flight),
+``_shutdown`` and ``request_force_stop`` (SIGTERM: drain, then requeue) and
+``handle_job_success`` / ``handle_job_failure`` (dropped for a job requeued at shutdown). It
+relies on RQ 3 keeping several executions per worker (``BaseWorker.executions``, one
+started-registry member ``<job id>:<execution id>`` each, the worker's execution set), calls
+``bootstrap``, ``_start_scheduler``, ``_install_signal_handlers``, ``reorder_queues``,
+``heartbeat``, ``Execution.heartbeat`` and ``Job.heartbeat`` as RQ's loop and
+``maintain_heartbeats`` do, and reads ``_ordered_queues``, ``_stop_requested``,
+``_shutdown_requested_date`` and ``_state``.
+``RECOVERY_BOUND`` relies on RQ's rule that an idle worker wakes from its blocking pop every
+``worker_ttl - 15`` seconds (``BaseWorker.dequeue_timeout``).
 """
 
 from __future__ import annotations
@@ -133,6 +144,12 @@ OVERRIDDEN = (
     ("rq.worker.SimpleWorker", "execute_job"),
     ("rq.worker.BaseWorker", "handle_job_failure"),
     ("rq.queue.Queue", "dequeue_any"),
+    # dispatcher/worker/threaded.py (ThreadedWorker, --threads N)
+    ("rq.worker.BaseWorker", "work"),
+    ("rq.worker.BaseWorker", "set_state"),
+    ("rq.worker.BaseWorker", "_shutdown"),
+    ("rq.worker.BaseWorker", "request_force_stop"),
+    ("rq.worker.BaseWorker", "handle_job_success"),
 )
 
 # -- keys -------------------------------------------------------------------------------------

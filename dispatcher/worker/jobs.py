@@ -24,7 +24,7 @@ from typing import Any
 from redis import Redis
 from rq import get_current_job
 from rq.job import Job
-from rq.timeouts import BaseTimeoutException, TimerDeathPenalty
+from rq.timeouts import BaseTimeoutException
 
 from dispatcher._text import as_str
 from dispatcher.handler import Handler, HandlerContext, PermanentFailure, RetryLater
@@ -38,6 +38,7 @@ from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import mark_provisioned
 from dispatcher.store.replication import ReplicaAck, run_script
 from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
+from dispatcher.worker.deadlines import deadline
 
 __all__ = [
     "HandlerFailed",
@@ -325,8 +326,9 @@ def _run_step(
 ) -> Mapping[str, Any]:
     extra = _extra(context.integration_id, order.id, handler.name)
     try:
-        # A timer, not SIGALRM: RQ's own job timeout already owns the alarm in the work horse.
-        with TimerDeathPenalty(timeout, HandlerTimeout):  # type: ignore[no-untyped-call]
+        # A timer, not SIGALRM: RQ's own job timeout already owns the alarm in the work horse,
+        # and jobs run in threads with --threads. One watcher thread keeps every deadline.
+        with deadline(timeout, HandlerTimeout):
             output = handler.handle(order, context)
     except Exception as exc:
         reason = clean_reason(_reason(exc))

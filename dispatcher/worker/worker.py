@@ -312,16 +312,26 @@ def run_worker(
     burst: bool = False,
     processes: int = 1,
     runtime: Runtime | None = None,
+    threads: int | None = None,
 ) -> None:
     """Run RQ worker(s) on the dispatcher queue until stopped (or until empty with ``burst``).
 
-    The handler chain is loaded and checked first, so a missing or broken handler stops the
-    worker at start with a HandlerConfigError instead of failing every order.
+    With ``threads`` above 1 (default: ``DISPATCHER_WORKER_THREADS``) each process runs that
+    many jobs at once (dispatcher/worker/threaded.py). The handler chain is loaded and
+    checked first, so a missing or broken handler stops the worker at start with a
+    HandlerConfigError instead of failing every order.
     """
     runtime = runtime or Runtime.from_settings(settings)
     install_runtime(runtime)
     queue = Queue(settings.queue, connection=redis)
-    worker_class = DispatcherWorker if settings.fork_per_job else InProcessWorker
+    threads = settings.worker_threads if threads is None else threads
+    worker_class: type[WorkerBase]
+    if threads > 1:
+        from dispatcher.worker.threaded import threaded_worker_class
+
+        worker_class = threaded_worker_class(threads, settings.worker_shutdown_timeout)
+    else:
+        worker_class = DispatcherWorker if settings.fork_per_job else InProcessWorker
     try:
         if processes <= 1:
             worker = worker_class([queue], connection=redis)

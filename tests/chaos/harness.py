@@ -52,6 +52,8 @@ class ChaosConfig:
     workers: int = 3
     fault_seconds: float = 40.0
     min_kills: int = 20
+    # Jobs per worker process (DISPATCHER_WORKER_THREADS): above 1, threaded workers.
+    worker_threads: int = 1
     settle_timeout: float = 180.0
     seed: int = 1
 
@@ -194,6 +196,7 @@ def run_chaos(config: ChaosConfig, log: Any = print) -> ChaosReport:
                 DISPATCHER_RETRY_BACKOFF="1",
                 DISPATCHER_MAX_RETRIES="10",
                 DISPATCHER_LOG_LEVEL="WARNING",
+                DISPATCHER_WORKER_THREADS=str(config.worker_threads),
                 PROVISION_URL=vendor.url,
                 PROVISION_TIMEOUT="1",
                 SMTP_URL=mailbox.url,

@@ -17,3 +17,18 @@ def test_nothing_lost_nothing_doubled_under_kills_restarts_and_faults(redis_url:
     assert report.redis_restarts == 1
     assert report.orders >= 1200
     assert report.longest_recovery_seconds < 60
+
+
+@pytest.mark.slow
+def test_threaded_workers_lose_nothing_and_double_nothing_under_the_same_chaos(
+    redis_url: str,
+) -> None:
+    # The same run with 3 worker processes of 16 threads: a kill takes up to 16 jobs at once.
+    report = run_chaos(
+        ChaosConfig(integrations=4, orders=300, fault_seconds=40, min_kills=20, worker_threads=16)
+    )
+    print(report)
+    assert report.failures == []
+    assert sum(report.kills.values()) >= 20
+    assert report.orders >= 1200
+    assert report.longest_recovery_seconds < 60

@@ -1,0 +1,338 @@
+"""A worker process that runs up to N jobs at once, each in a thread (``--threads N``).
+
+Handlers mostly wait on vendor APIs and SMTP, so one process can keep many jobs in flight:
+the GIL is released while they wait. Each job keeps the guarantees of the one-job workers
+because it runs through the same RQ code paths (``prepare_execution``, ``perform_job``,
+``handle_job_failure``...):
+
+- it is a real RQ execution: a member ``<job id>:<execution id>`` of the started registry,
+  listed in the worker's execution set (``rq info``, rq-dashboard), with a heartbeat. One
+  heartbeat thread beats for every job in flight, in one pipeline, every
+  ``HEARTBEAT_INTERVAL`` seconds;
+- the job timeout and the per-step timeouts are deadlines kept by one watcher thread
+  (:mod:`dispatcher.worker.deadlines`), not SIGALRM (main thread only);
+- retries, failure reasons and step records are those of :mod:`dispatcher.worker.jobs`.
+
+One main thread takes a job off the queue only when a thread is free, and runs RQ's
+maintenance (the requeue of abandoned and stranded jobs) while all are busy, so a saturated
+worker still recovers the jobs of dead ones. If the process dies (SIGKILL, OOM), its N
+executions stop heartbeating and every live worker's maintenance requeues each of them
+(``requeue_abandoned`` handles every member of the registry on its own) within
+``RECOVERY_BOUND``.
+
+SIGTERM (or SIGINT): take no new job, let those in flight finish for up to
+``DISPATCHER_WORKER_SHUTDOWN_TIMEOUT`` seconds, then put the rest back on the queue (their
+completed steps are kept and skipped when they run again) and exit. A second signal
+requeues at once.
+"""
+
+from __future__ import annotations
+
+import queue as stdlib_queue
+import threading
+import time
+from datetime import timedelta
+from typing import Any, ClassVar
+
+import redis.exceptions
+from redis.exceptions import RedisError
+from rq import Queue, SimpleWorker
+from rq.exceptions import DequeueTimeout, StopRequested
+from rq.executions import Execution
+from rq.job import Job
+from rq.utils import now
+from rq.worker import WorkerStatus
+
+from dispatcher.logs import set_order_context
+from dispatcher.store.rq_internals import REQUEUE_ABANDONED, job_key, queue_key, started_key
+from dispatcher.worker.deadlines import DeadlinePenalty
+from dispatcher.worker.worker import _DispatcherWorkerMixin, _log_context, _requeue
+
+__all__ = ["ThreadedWorker", "threaded_worker_class"]
+
+# How often the main thread, waiting for a free thread, wakes to run maintenance.
+_SLOT_POLL = 1.0
+
+
+class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
+    """An RQ worker running up to ``threads`` jobs at once in its own process (see module)."""
+
+    threads: ClassVar[int] = 8
+    shutdown_timeout: ClassVar[float] = 25.0
+    death_penalty_class = DeadlinePenalty
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.Semaphore(self.threads)
+        self._handoff: stdlib_queue.SimpleQueue[tuple[Job, Queue] | None] = (
+            stdlib_queue.SimpleQueue()
+        )
+        self._pool: list[threading.Thread] = []
+        self._in_flight: dict[str, tuple[Job, Execution]] = {}  # by execution id
+        self._in_flight_lock = threading.Lock()
+        self._taken = 0  # jobs handed to threads and not yet done
+        self._requeued: set[str] = set()  # execution ids put back at shutdown
+        self._idle = threading.Condition(self._in_flight_lock)
+        self._interruptible = False
+        self._beat_stop = threading.Event()
+
+    # -- state: BUSY while any job is in flight ---------------------------------------------
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if state == WorkerStatus.IDLE and getattr(self, "_in_flight", None):
+            state = WorkerStatus.BUSY
+        if state == self._state and pipeline is None:
+            return  # a round trip saved per job: the state did not change
+        super().set_state(state, pipeline=pipeline)
+
+    # -- the main loop -------------------------------------------------------------------------
+
+    def work(  # type: ignore[override]  # the same parameters, typed
+        self,
+        burst: bool = False,
+        logging_level: str | None = None,
+        date_format: str | None = None,
+        log_format: str | None = None,
+        max_jobs: int | None = None,
+        max_idle_time: int | None = None,
+        with_scheduler: bool = False,
+        **kwargs: Any,
+    ) -> bool:
+        """Take jobs off the queues and run up to ``threads`` at once until stopped (or, with
+        ``burst``, until the queues are empty and every job in flight has finished)."""
+        options = {k: v for k, v in (("date_format", date_format), ("log_format", log_format)) if v}
+        self.bootstrap(logging_level, **options)
+        self._dequeue_strategy = kwargs.get("dequeue_strategy")
+        if with_scheduler:
+            self._start_scheduler(burst, logging_level, **options)
+        self._install_signal_handlers()  # type: ignore[no-untyped-call]
+        beat = threading.Thread(target=self._beat, name="rq-heartbeat", daemon=True)
+        beat.start()
+        taken = 0
+        try:
+            while not self._stop_requested:
+                if not self._wait_for_slot():
+                    break
+                job_and_queue = self._dequeue(None if burst else self.dequeue_timeout)
+                if job_and_queue is None:
+                    self._slots.release()
+                    if burst:
+                        break
+                    continue
+                self._start(job_and_queue)
+                taken += 1
+                if max_jobs is not None and taken >= max_jobs:
+                    break
+        except StopRequested:
+            pass
+        except redis.exceptions.TimeoutError:
+            self.log.error("Worker %s: Redis connection timeout, quitting...", self.name)
+        finally:
+            self._interruptible = False
+            try:
+                self._drain(self.shutdown_timeout if self._stop_requested else None)
+            finally:
+                self._beat_stop.set()
+                for _ in self._pool:
+                    self._handoff.put(None)
+                self.teardown()  # type: ignore[no-untyped-call]
+        return taken > 0
+
+    def _wait_for_slot(self) -> bool:
+        """Block until a thread is free, running maintenance meanwhile; False when stopping."""
+        self._interruptible = True
+        try:
+            while not self._slots.acquire(timeout=_SLOT_POLL):
+                if self._stop_requested:
+                    return False
+                if self.should_run_maintenance_tasks:
+                    self._interruptible = False
+                    self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+                    self._interruptible = True
+        finally:
+            self._interruptible = False
+        return not self._stop_requested or self._release_slot_false()
+
+    def _release_slot_false(self) -> bool:
+        self._slots.release()
+        return False
+
+    def _dequeue(self, timeout: int | None) -> tuple[Job, Queue] | None:
+        """One blocking pop (RQ's ``dequeue_any``), without the per-job worker heartbeats of
+        ``dequeue_job_and_maintain_ttl``: the heartbeat thread keeps the worker alive."""
+        wait = 1.0
+        while True:
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+            if self._stop_requested:
+                return None
+            self.set_state(WorkerStatus.IDLE)
+            self._interruptible = True
+            try:
+                result = self.queue_class.dequeue_any(
+                    self._ordered_queues,
+                    timeout,
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+            except DequeueTimeout:
+                return None
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                self.log.error("Worker %s: cannot reach Redis (%s), retrying", self.name, exc)
+                time.sleep(wait)
+                wait = min(wait * 2, 60.0)
+                continue
+            finally:
+                self._interruptible = False
+                set_order_context(None)  # the queue class tags the main thread; jobs tag theirs
+            if result is not None:
+                job, queue = result
+                self.reorder_queues(reference_queue=queue)
+                job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
+                self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
+            return result
+
+    def _start(self, job_and_queue: tuple[Job, Queue]) -> None:
+        """Hand a job to a free thread; start one more thread while all are busy."""
+        with self._in_flight_lock:
+            self._taken += 1
+            spawn = self._taken > len(self._pool)
+        if spawn:
+            thread = threading.Thread(
+                target=self._run_jobs, name=f"rq-job-{len(self._pool) + 1}", daemon=True
+            )
+            self._pool.append(thread)
+            thread.start()
+        self._handoff.put(job_and_queue)
+
+    # -- job threads --------------------------------------------------------------------------
+
+    def _run_jobs(self) -> None:
+        while (item := self._handoff.get()) is not None:
+            job, queue = item
+            try:
+                self._run_one(job, queue)
+            except Exception:  # RQ handles a job's own failures; this is RQ's bookkeeping
+                self.log.exception("Worker %s: job %s: unexpected error", self.name, job.id)
+            finally:
+                with self._in_flight_lock:
+                    self._taken -= 1
+                self._slots.release()
+
+    def _run_one(self, job: Job, queue: Queue) -> None:
+        set_order_context(_log_context(job))
+        try:
+            execution = self.prepare_execution(job)
+            with self._in_flight_lock:
+                self._in_flight[execution.id] = (job, execution)
+            try:
+                self.perform_job(job, queue, execution)
+            finally:
+                with self._idle:
+                    self._in_flight.pop(execution.id, None)
+                    self._idle.notify_all()
+        finally:
+            set_order_context(None)
+
+    def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> Any:
+        if self._was_requeued(kwargs.get("execution")):
+            return None
+        return super().handle_job_success(job, queue, *args, **kwargs)
+
+    def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> Any:
+        if self._was_requeued(kwargs.get("execution")):
+            return None
+        return super().handle_job_failure(job, queue, *args, **kwargs)
+
+    def _was_requeued(self, execution: Execution | None) -> bool:
+        # A job put back on the queue at shutdown may still finish here before the process
+        # exits: its result is not recorded, the requeued copy runs (its steps are skipped).
+        return execution is not None and execution.id in self._requeued
+
+    # -- heartbeats ---------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        while not self._beat_stop.wait(self.job_monitoring_interval):
+            try:
+                self.beat_all()
+            except RedisError as exc:  # the next beat may get through; the jobs go on
+                self.log.warning("Worker %s: heartbeat failed: %s", self.name, exc)
+
+    def beat_all(self) -> None:
+        """One pipeline: the worker's heartbeat and that of every job in flight (RQ's
+        ``maintain_heartbeats`` for each, in one round trip)."""
+        with self._in_flight_lock:
+            in_flight = list(self._in_flight.values())
+        worker_ttl = self.job_monitoring_interval + 60
+        with self.connection.pipeline() as pipeline:
+            self.heartbeat(worker_ttl, pipeline=pipeline)
+            for job, execution in in_flight:
+                working = (now() - job.started_at).total_seconds() if job.started_at else 0.0
+                ttl = self.get_heartbeat_ttl(job, working_time=working)
+                execution.heartbeat(job.started_job_registry, ttl, pipeline=pipeline)
+                job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
+            pipeline.execute()
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        # RQ raises StopRequested only when idle; with jobs in flight it sets a flag. The main
+        # thread may be blocked in a pop for seconds: interrupt it there instead.
+        self._stop_requested = True
+        self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]
+        if self._interruptible:
+            raise StopRequested()
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        # A second signal: requeue what is in flight now, then exit. RQ's worker pool and
+        # the terminal may both deliver the first one: a repeat within a second is that.
+        requested = self._shutdown_requested_date
+        if requested is not None and now() - requested < timedelta(seconds=1):
+            return
+        self.log.warning("Worker %s: cold shut down, requeueing the jobs in flight", self.name)
+        self.requeue_in_flight()
+        raise SystemExit()
+
+    def _drain(self, timeout: float | None) -> None:
+        """Wait for the jobs in flight (at most ``timeout`` seconds), then requeue the rest."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._idle.wait(left)
+        if self._in_flight:
+            self.requeue_in_flight()
+
+    def requeue_in_flight(self) -> int:
+        """Put every job in flight back on its queue (as a dead worker's would be); returns
+        how many. Their threads' later results are dropped."""
+        with self._in_flight_lock:
+            in_flight = list(self._in_flight.values())
+            self._requeued.update(execution.id for _, execution in in_flight)
+        requeued = 0
+        for job, execution in in_flight:
+            registry = started_key(job.origin)
+            if _requeue(
+                self.connection,
+                REQUEUE_ABANDONED,
+                [registry, job_key(job.id), queue_key(job.origin)],
+                [execution.composite_key, job.id],
+                job.id,
+            ):
+                requeued += 1
+                self.log.warning("Worker %s: job %s put back on the queue", self.name, job.id)
+        return requeued
+
+
+def threaded_worker_class(threads: int, shutdown_timeout: float) -> type[ThreadedWorker]:
+    """A ThreadedWorker class with these settings (RQ's worker pool builds workers from a
+    class, so the settings travel as class attributes)."""
+    return type(
+        "ThreadedWorker",
+        (ThreadedWorker,),
+        {"threads": threads, "shutdown_timeout": shutdown_timeout, "__module__": __name__},
+    )

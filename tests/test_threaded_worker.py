@@ -1,0 +1,170 @@
+"""`--threads N` (DISPATCHER_WORKER_THREADS): one worker process runs up to N jobs at once,
+each a real RQ execution with its heartbeat, step records, timeouts and retries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.registry import (
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+
+from dispatcher import HandlerContext, PermanentFailure
+from dispatcher.kombo.models import Order
+from dispatcher.settings import Settings
+from dispatcher.store.ledger import Ledger
+from dispatcher.testing.simulator import Simulator
+from dispatcher.worker.jobs import Runtime
+from dispatcher.worker.worker import run_worker
+
+pytestmark = pytest.mark.redis
+QUEUE = "dispatcher-orders"
+
+
+def dispatch(redis: Redis, orders: int, seed: int = 5) -> list[str]:
+    sim = Simulator(1, orders, closed=0, seed=seed)
+    integration_id = sim.integration_ids[0]
+    batch = [Order.model_validate(o) for o in sim.orders(integration_id)]
+    Ledger(redis, Queue(QUEUE, connection=redis), "dispatcher").dispatch(integration_id, batch)
+    return [o.id for o in batch]
+
+
+def finished_jobs(redis: Redis) -> list[Job]:
+    registry = FinishedJobRegistry(queue=Queue(QUEUE, connection=redis))
+    return [j for j in Job.fetch_many(registry.get_job_ids(), connection=redis) if j]
+
+
+class Concurrency:
+    """A handler that waits, and remembers how many ran at once and in which threads."""
+
+    name = "conc"
+
+    def __init__(self, wait: float = 0.3) -> None:
+        self.wait = wait
+        self.lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+        self.threads: set[int] = set()
+
+    def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            self.threads.add(threading.get_ident())
+        time.sleep(self.wait)
+        with self.lock:
+            self.now -= 1
+        return {"order": order.id, "attempt": context.attempt}
+
+
+def test_one_process_runs_n_jobs_at_once_each_through_the_whole_chain(
+    redis: Redis, redis_url: str
+) -> None:
+    # Given 24 orders and a worker with 8 threads
+    ids = dispatch(redis, 24)
+    handler = Concurrency(0.3)
+    settings = Settings(REDIS_URL=redis_url, DISPATCHER_WORKER_THREADS=8)
+    started = time.monotonic()
+    # When it runs them
+    run_worker(settings, redis, burst=True, runtime=Runtime(settings, [handler]))  # type: ignore[list-item]
+    took = time.monotonic() - started
+    # Then all finished, 8 at a time, each once, with its step recorded
+    jobs = finished_jobs(redis)
+    assert sorted(j.return_value()["steps"]["conc"]["order"] for j in jobs) == sorted(ids)
+    assert handler.peak == 8
+    assert len(handler.threads) == 8
+    assert took < 24 * 0.3 / 2, f"took {took:.1f}s: not concurrent"
+    assert redis.zcard(StartedJobRegistry(queue=Queue(QUEUE, connection=redis)).key) == 0
+    assert not redis.keys("rq:worker:*:executions")
+
+
+def test_rq_sees_every_job_in_flight_with_a_fresh_heartbeat(
+    redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given one-second heartbeats and 5 jobs of 2.5 s in a worker with 5 threads
+    import dispatcher.worker.worker
+
+    monkeypatch.setattr(dispatcher.worker.worker, "HEARTBEAT_INTERVAL", 1)
+    dispatch(redis, 5)
+    queue = Queue(QUEUE, connection=redis)
+    seen: list[tuple[float, list[float], int]] = []
+
+    class Watch:
+        name = "watch"
+
+        def handle(self, order: Order, context: HandlerContext) -> None:
+            for _ in range(10):
+                scores = [
+                    s
+                    for _, s in redis.zrange(queue.started_job_registry.key, 0, -1, withscores=True)
+                ]
+                workers = Worker.all(connection=redis)
+                running = sum(len(w.get_current_executions(refresh=True)) for w in workers)
+                seen.append((time.time(), scores, running))
+                time.sleep(0.25)
+
+    settings = Settings(REDIS_URL=redis_url, DISPATCHER_WORKER_THREADS=5)
+    # When it runs them
+    run_worker(settings, redis, burst=True, runtime=Runtime(settings, [Watch()]))  # type: ignore[list-item]
+    # Then while they ran, RQ's started registry and the worker's executions (what `rq info`
+    # and rq-dashboard read) listed all 5, and their expiries moved on, never far ahead
+    assert len(finished_jobs(redis)) == 5
+    assert max(len(scores) for _, scores, _ in seen) == 5
+    assert max(running for _, _, running in seen) == 5
+    all_scores = [s for _, scores, _ in seen for s in scores]
+    assert max(all_scores) - min(all_scores) >= 1.5
+    assert all(s - now <= 1 + 10 + 1 for now, scores, _ in seen for s in scores)
+
+
+def test_step_timeouts_retries_and_permanent_failures_hold_per_thread(
+    redis: Redis, redis_url: str
+) -> None:
+    # Given 6 orders: two hang, two fail for good, two pass, in a worker with 6 threads
+    ids = dispatch(redis, 6)
+    hang, fail = set(ids[:2]), set(ids[2:4])
+
+    class Mixed:
+        name = "mixed"
+
+        def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
+            if order.id in hang:
+                for _ in range(100):  # Python code: the deadline interrupts it
+                    time.sleep(0.05)
+            if order.id in fail:
+                raise PermanentFailure(f"no package for {order.id}")
+            return {"ok": order.id}
+
+    settings = Settings(
+        REDIS_URL=redis_url,
+        DISPATCHER_WORKER_THREADS=6,
+        DISPATCHER_HANDLER_TIMEOUT=0.5,
+    )
+    started = time.monotonic()
+    run_worker(settings, redis, burst=True, runtime=Runtime(settings, [Mixed()]))  # type: ignore[list-item]
+    # Then the passing ones finished; the hung ones wait for their retry, the refused ones
+    # failed for good, each with its own reason
+    assert time.monotonic() - started < 4
+    assert sorted(j.return_value()["steps"]["mixed"]["ok"] for j in finished_jobs(redis)) == sorted(
+        ids[4:]
+    )
+    queue = Queue(QUEUE, connection=redis)
+    failed = FailedJobRegistry(queue=queue).get_job_ids()
+    retrying = ScheduledJobRegistry(queue=queue).get_job_ids()
+    reasons = {}
+    for job in Job.fetch_many(failed + retrying, connection=redis):
+        assert job is not None
+        reasons[job.meta["order_id"]] = (job.id in failed, job.meta["last_failure"]["reason"])
+    assert set(reasons) == hang | fail
+    for order_id in hang:
+        assert reasons[order_id] == (False, "timed out after 0.5s")
+    for order_id in fail:
+        assert reasons[order_id] == (True, f"no package for {order_id}")
