@@ -156,7 +156,10 @@ class Settings(BaseSettings):
     kombo_webhook_secret: SecretStr | None = Field(
         None,
         alias="KOMBO_WEBHOOK_SECRET",
-        description="Kombo's webhook signing secret; the receiver refuses to start without it.",
+        description=(
+            "Kombo's webhook signing secret; without it `dispatcher web` serves no receiver"
+            " (/webhooks/kombo answers 404)."
+        ),
     )
     accepted_packages: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
