@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from datetime import datetime
@@ -42,7 +43,7 @@ from dispatcher.logs import escape_controls
 from dispatcher.ops.results import list_results, submit_and_wait
 from dispatcher.settings import Settings
 from dispatcher.store.outbox import STATES, FinalResultError, OutboxRecord, ResultState
-from dispatcher.worker.writeback import results_workers_running
+from dispatcher.worker.writeback import WriterRuntime, results_workers_running
 
 
 class IsoDateTime(click.ParamType[datetime]):
@@ -262,10 +263,28 @@ def _write_or_wait(
 ) -> OutboxRecord | None:
     """Until the write ends or the deadline: claim its job and write it here when no results
     worker took it (retries too, when no results worker runs), else watch the outbox."""
-    from dispatcher.worker.writeback import WriterRuntime, write_claimed
-
     runtime = WriterRuntime.from_settings(settings, redis)
     submission_id = record.submission_id if record is not None else ""
+    # The command prints the outcome itself: the writer's log lines would say it twice.
+    writer_log = logging.getLogger("dispatcher.writeback")
+    was_disabled, writer_log.disabled = writer_log.disabled, True
+    try:
+        return _work(runtime, integration_id, order_id, submission_id, deadline, record)
+    finally:
+        writer_log.disabled = was_disabled
+
+
+def _work(
+    runtime: WriterRuntime,
+    integration_id: str,
+    order_id: str,
+    submission_id: str,
+    deadline: float,
+    record: OutboxRecord | None,
+) -> OutboxRecord | None:
+    from dispatcher.worker.writeback import write_claimed
+
+    settings, redis = runtime.settings, runtime.redis
     with runtime.writer.client:
         while _still_ours(record, submission_id) and time.monotonic() < deadline:
             alone = not results_workers_running(settings, redis)

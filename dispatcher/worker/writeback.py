@@ -222,8 +222,10 @@ class ResultWriter:
 
 
 def _kombo_reason(error: KomboError) -> str:
-    # Kombo's message is the vendor's to read, bounded and masked like any failure reason.
-    return clean_reason(str(error))
+    # Kombo's message is the vendor's to read, bounded and masked like any failure reason;
+    # with the link to Kombo's log of the request when Kombo gave one.
+    text = f"{error} (log: {error.log_url})" if error.log_url else str(error)
+    return clean_reason(text)
 
 
 @dataclass(frozen=True, slots=True)
