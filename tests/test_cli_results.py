@@ -272,7 +272,7 @@ def test_show_appends_the_orders_timeline(env: dict[str, str], sim: Simulator) -
     assert result(integration, order).exit_code == 0
     shown = run("show", order, "--integration", integration)
     assert shown.exit_code == 0, shown.stderr
-    head, sep, timeline = shown.stdout.partition("\ntimeline:\n")
+    _, sep, timeline = shown.stdout.partition("\ntimeline:\n")
     assert sep, shown.stdout
     events = [line.split()[3] for line in timeline.splitlines()]
     assert events[0] == "first_seen" and "enqueued" in events
