@@ -187,11 +187,11 @@ def test_with_a_results_worker_running_the_command_leaves_the_write_to_it(
         env=dispatcher_env(redis_url, KOMBO_BASE_URL=kombo.url, KOMBO_API_KEY=DEFAULT_API_KEY),
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    try:
-        from dispatcher.settings import load_settings
+    from dispatcher.settings import load_settings
 
-        settings = load_settings(REDIS_URL=redis_url)
-        redis = Redis.from_url(redis_url)
+    settings = load_settings(REDIS_URL=redis_url)
+    redis = Redis.from_url(redis_url)
+    try:
         wait_until(lambda: writeback.results_workers_running(settings, redis), 30)
         integration, order = order_of(sim)
         done = result(integration, order, "--timeout", "30")
@@ -201,6 +201,7 @@ def test_with_a_results_worker_running_the_command_leaves_the_write_to_it(
     finally:
         kill_tree(worker.pid)
         worker.wait(10)
+        redis.close()
 
 
 # -- 2. dispatcher results ---------------------------------------------------------------------
