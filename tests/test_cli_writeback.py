@@ -23,6 +23,7 @@ from _support import dispatcher_env
 from dispatcher.cli import cli
 from dispatcher.kombo.results import recorded_result
 from dispatcher.store.keys import Keys
+from dispatcher.store.outbox import Outbox
 from dispatcher.testing.simulator import (
     DEFAULT_API_KEY,
     Faults,
@@ -162,10 +163,13 @@ def test_a_kombo_error_is_one_line_with_its_code_and_nothing_is_recorded(
     assert result.exit_code == 1
     line = one_error_line(result)
     assert line.startswith(
-        f"order NO_SUCH_ORDER: integration {integration}: PLATFORM.INPUT_INVALID"
+        f"order NO_SUCH_ORDER: result write failed: integration {integration}: "
+        "PLATFORM.INPUT_INVALID"
     )
     assert "(log: https://" in line
     assert redis.hlen(Keys("dispatcher").results(integration)) == 0
+    record = Outbox(redis, "dispatcher", "dispatcher-results").get(integration, "NO_SUCH_ORDER")
+    assert record is not None and record.state == "failed" and record.reason in line
 
 
 def _result_args(**changes: str | None) -> list[str]:

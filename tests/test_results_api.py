@@ -137,7 +137,8 @@ def test_without_a_token_the_routes_are_not_mounted_and_one_warning_says_so(
 
 
 class Fleet:
-    """Results workers (``python -m dispatcher.worker.writeback``) as subprocesses."""
+    """Results workers (``python -m dispatcher.worker.writeback``, what ``dispatcher worker
+    --results`` runs) as subprocesses."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env

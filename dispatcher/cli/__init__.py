@@ -1,11 +1,12 @@
 """The ``dispatcher`` command line: one module per command group, each parsing its options,
 calling the package that does the work and printing the outcome.
 
-- :mod:`.poll` ``poll`` · :mod:`.worker` ``worker`` · :mod:`.web` ``web`` (the Procfile's
-  processes)
+- :mod:`.poll` ``poll`` · :mod:`.worker` ``worker`` (and ``worker --results``) · :mod:`.web`
+  ``web`` (the Procfile's processes)
 - :mod:`.integrations` ``integrations add|remove|pause|resume|list``
-- :mod:`.ops` ``status``, ``failed``, ``show``, ``forget``, ``retry``, ``handlers``
-- :mod:`.writeback` ``result``, ``packages get|set``
+- :mod:`.ops` ``status``, ``failed``, ``show``, ``forget``, ``retry`` (``--results``: of
+  result writes), ``handlers``
+- :mod:`.writeback` ``result``, ``results``, ``packages get|set``
 - :mod:`.dev` ``sim``, ``demo``
 
 Every error is one line, ``dispatcher: error: ...``: a usage error (exit 2) as well as a
@@ -138,6 +139,7 @@ for _command in (
     ops.forget,
     web.web,
     writeback.result,
+    writeback.results,
     writeback.packages,
 ):
     cli.add_command(_command)

@@ -1,5 +1,6 @@
-"""The operator's commands: ``status``, ``failed``, ``show``, ``forget``, ``retry`` and
-``handlers`` (the work is done in :mod:`dispatcher.ops` and :mod:`dispatcher.plugins`)."""
+"""The operator's commands: ``status``, ``failed``, ``show``, ``forget``, ``retry`` (of jobs
+or of result writes) and ``handlers`` (the work is done in :mod:`dispatcher.ops` and
+:mod:`dispatcher.plugins`)."""
 
 from __future__ import annotations
 
@@ -143,11 +144,13 @@ def failed(ctx: click.Context, limit: int, as_json: bool) -> None:
 def show(
     ctx: click.Context, order_id: str, integration_id: str | None, as_json: bool, payload: bool
 ) -> None:
-    """Everything the dispatcher knows about one order: seen, job, steps, last error.
+    """Everything the dispatcher knows about one order: seen, job, steps, last error, and
+    its timeline (handler steps, results submitted, written or failed).
 
     Without --integration every integration that knows the order id is shown.
     """
     from dispatcher.ops.admin import describe_order, known_integrations
+    from dispatcher.ops.results import order_timeline, timeline_lines
     from dispatcher.ops.views import render_order
     from dispatcher.store.keys import Keys
 
@@ -166,10 +169,15 @@ def show(
         where = f"integration {integration_id}" if integration_id else "any integration"
         fail(f"order {order_id} is not known in {where}", code=1)
     for index, record in enumerate(records):
+        try:
+            timeline = order_timeline(redis, settings, record.integration_id, order_id)
+        except RedisError as exc:
+            redis_failed(exc)
         if as_json:
             data = record.as_dict()
             if payload:
                 data["payload"] = record.payload
+            data["timeline"] = timeline
             click.echo(json.dumps(data, sort_keys=True, default=str))
             continue
         if index:
@@ -178,6 +186,9 @@ def show(
             render_order(record, now=time.time(), payload=payload, order=settings.handlers),
             color=colour(),
         )
+        click.echo("timeline:")
+        for line in timeline_lines(timeline):
+            click.echo(f"  {line}")
 
 
 @click.command()
@@ -236,16 +247,39 @@ def forget(ctx: click.Context, order_id: str, integration_id: str, yes: bool) ->
 
 
 @click.command()
-@click.argument("job_ids", nargs=-1)
+@click.argument("job_ids", nargs=-1, metavar="[JOB_ID|ORDER_ID]...")
 @click.option("--all-failed", is_flag=True, help="Re-queue every failed job of the queue.")
+@click.option(
+    "--results",
+    "results_",
+    is_flag=True,
+    help="Retry failed result writes instead (all, or the ORDER_IDs named; same body).",
+)
+@click.option(
+    "--integration", "integration_id", metavar="ID", help="With --results: only this integration."
+)
 @click.pass_context
-def retry(ctx: click.Context, job_ids: tuple[str, ...], all_failed: bool) -> None:
+def retry(
+    ctx: click.Context,
+    job_ids: tuple[str, ...],
+    all_failed: bool,
+    results_: bool,
+    integration_id: str | None,
+) -> None:
     """Re-queue failed jobs; their completed steps are skipped when they run again.
 
-    Each job gets a fresh set of DISPATCHER_MAX_RETRIES retries.
+    Each job gets a fresh set of DISPATCHER_MAX_RETRIES retries. With --results: queue the
+    failed result writes again (every one, or those of the ORDER_IDs named).
     """
     from dispatcher.ops.admin import retry_failed
 
+    if results_:
+        if all_failed:
+            fail("--results and --all-failed: give one, not both")
+        _retry_results(ctx, integration_id, list(job_ids) or None)
+        return
+    if integration_id is not None:
+        fail("--integration: only with --results")
     if bool(job_ids) == all_failed:
         fail("name failed job ids, or give --all-failed (not both)")
     settings = settings_of(ctx)
@@ -258,6 +292,28 @@ def retry(ctx: click.Context, job_ids: tuple[str, ...], all_failed: bool) -> Non
     for job_id in result.missing:
         click.echo(f"dispatcher: error: job {job_id} is not in the failed registry", err=True)
     sys.exit(1 if result.missing else 0)
+
+
+def _retry_results(
+    ctx: click.Context, integration_id: str | None, order_ids: list[str] | None
+) -> None:
+    from dispatcher.logs import escape_controls
+    from dispatcher.ops.results import retry_failed_writes
+
+    settings = settings_of(ctx)
+    redis = connect_redis(settings)
+    try:
+        receipts = retry_failed_writes(
+            redis, settings, integration_id=integration_id, order_ids=order_ids
+        )
+    except RedisError as exc:
+        redis_failed(exc)
+    click.echo(f"requeued {_text.plural(len(receipts), 'failed result write')}")
+    for receipt in receipts:
+        click.echo(
+            f"order {escape_controls(receipt.order_id)} "
+            f"({escape_controls(receipt.integration_id)}): submission {receipt.submission_id}"
+        )
 
 
 @click.command()

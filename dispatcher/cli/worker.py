@@ -1,10 +1,11 @@
-"""``dispatcher worker``: the worker process."""
+"""``dispatcher worker``: the worker process (the handler chain, or with ``--results`` the
+results workers)."""
 
 from __future__ import annotations
 
 import click
 
-from dispatcher.cli._common import connect_redis, fail, settings_of
+from dispatcher.cli._common import connect_redis, fail, or_fail, settings_of
 from dispatcher.handler import HandlerConfigError
 
 
@@ -25,12 +26,33 @@ from dispatcher.handler import HandlerConfigError
     help="Jobs each worker process runs at once, each in a thread "
     "(default DISPATCHER_WORKER_THREADS, 1). Combines with --processes.",
 )
-def worker(ctx: click.Context, burst: bool, processes: int, threads: int | None) -> None:
-    """Run the handler chain on queued orders (RQ workers with the scheduler)."""
+@click.option(
+    "--results",
+    "results_",
+    is_flag=True,
+    help="Write queued results back to Kombo instead (DISPATCHER_RESULTS_QUEUE).",
+)
+def worker(
+    ctx: click.Context, burst: bool, processes: int, threads: int | None, results_: bool
+) -> None:
+    """Run the handler chain on queued orders (RQ workers with the scheduler).
+
+    With --results: write the results of the outbox back to Kombo (the Procfile's
+    ``results`` line); each process listens on the results queue only.
+    """
     from dispatcher.worker.jobs import Runtime
     from dispatcher.worker.worker import run_worker
 
     settings = settings_of(ctx)
+    if results_:
+        from dispatcher.worker.writeback import WriterRuntime, run_results_worker
+
+        if threads is not None:
+            fail("--threads: not with --results (a write waits on Kombo, not the CPU)")
+        redis = connect_redis(settings, role="worker")
+        writer = or_fail(lambda: WriterRuntime.from_settings(settings, redis))
+        run_results_worker(settings, redis, burst=burst, processes=processes, runtime=writer)
+        return
     try:
         runtime = Runtime.from_settings(settings)
     except HandlerConfigError as exc:

@@ -1,21 +1,27 @@
-"""The write-back commands: ``dispatcher result`` and ``dispatcher packages get|set``."""
+"""The write-back commands: ``dispatcher result``, ``results`` and ``packages get|set``."""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
 import click
+from redis import Redis
 from redis.exceptions import RedisError
 
+from dispatcher import _text
 from dispatcher.cli._common import (
     confirm,
     connect_redis,
     fail,
     kombo_client,
     kombo_failure,
+    or_fail,
+    redis_failed,
     settings_of,
 )
 from dispatcher.kombo.client import KomboClient, KomboError
@@ -32,10 +38,12 @@ from dispatcher.kombo.results import (
     InvalidResultError,
     attachment_from_file,
     build_result,
-    record_result,
 )
+from dispatcher.logs import escape_controls
+from dispatcher.ops.results import list_results, submit_and_wait
 from dispatcher.settings import Settings
-from dispatcher.store.keys import Keys
+from dispatcher.store.outbox import STATES, FinalResultError, OutboxRecord, ResultState
+from dispatcher.worker.writeback import WriterRuntime, results_workers_running
 
 
 class IsoDateTime(click.ParamType[datetime]):
@@ -140,6 +148,20 @@ def _result_from_options(
     metavar="FILE",
     help=f"A file to attach (at most {MAX_ATTACHMENTS}).",
 )
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait for the write to end (--no-wait: return once it is stored and queued).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --wait: how long to wait; the write goes on after it.",
+)
 @click.pass_context
 def result(
     ctx: click.Context,
@@ -152,29 +174,189 @@ def result(
     max_score: float | None,
     attributes: tuple[str, ...],
     attachments: tuple[str, ...],
+    wait: bool,
+    timeout: float,
 ) -> None:
-    """Write an order's result back to Kombo, and mark the order finished.
+    """Write an order's result back to Kombo, through the results outbox.
 
-    Everything is checked before anything is sent; Kombo's warnings are printed.
+    Everything is checked before anything is stored. The result is stored in Redis and its
+    write queued in one step (the same as PUT /orders/.../result); with --wait (the default)
+    the command waits for the write and prints Kombo's warnings. When no results worker takes
+    the write within a second, the command writes it itself, so that it works with Redis and
+    Kombo alone.
     """
     body = _result_from_options(
         status, result_url, completed_at, score, max_score, attributes, attachments
     )
     settings = settings_of(ctx)
-    client = kombo_client(settings)
-    redis = connect_redis(settings)  # reachable before anything is written to Kombo
-    with client:
-        try:
-            warnings = client.put_result(integration_id, order_id, body)
-        except KomboError as exc:
-            fail(f"order {order_id}: {kombo_failure(exc)}", code=1)
-    for warning in warnings:
-        click.echo(f"dispatcher: kombo warning: {warning}", err=True)
+    if wait:
+        or_fail(settings.require_kombo)  # the write may be done here
+    redis = connect_redis(settings)
+    started = time.monotonic()
     try:
-        record_result(redis, Keys(settings.namespace), integration_id, order_id, body.status)
+        # Results workers running: leave the write to them for a moment (they take it at
+        # once); none: the command writes it itself without waiting.
+        grace = _WORKER_GRACE if wait and results_workers_running(settings, redis) else 0.0
+        receipt, record = submit_and_wait(
+            redis,
+            settings,
+            integration_id,
+            order_id,
+            body,
+            completed_at_defaulted=(completed_at is None),
+            wait=wait,
+            timeout=min(timeout, grace),
+        )
+        if wait and _still_ours(record, receipt.submission_id):
+            record = _write_or_wait(
+                redis, settings, integration_id, order_id, started + timeout, record
+            )
+    except FinalResultError as exc:
+        fail(str(exc), code=1)
     except RedisError as exc:
-        fail(f"order {order_id}: result written to Kombo, but not recorded in Redis: {exc}", code=1)
-    click.echo(f"order {order_id} ({integration_id}): result {body.status} written")
+        redis_failed(exc)
+    where = f"order {order_id} ({integration_id}): result {body.status}"
+    if not wait:
+        done = "already submitted" if receipt.outcome == "duplicate" else "submitted"
+        click.echo(f"{where} {done} ({receipt.state}, submission {receipt.submission_id})")
+        return
+    if record is None:
+        fail(f"order {order_id}: the result vanished from Redis while waiting", code=1)
+    if record.submission_id != receipt.submission_id:
+        click.echo(
+            f"{where} replaced by a later submission ({record.status}, {record.state}, "
+            f"submission {record.submission_id})"
+        )
+        return
+    if record.state == "written":
+        for warning in record.warnings:
+            click.echo(f"dispatcher: kombo warning: {warning}", err=True)
+        lost = " (Kombo's answer was lost; read back)" if record.lost_answer else ""
+        click.echo(f"{where} written{lost}")
+    elif record.state == "failed":
+        fail(f"order {order_id}: result write failed: {record.reason}", code=1)
+    else:
+        click.echo(
+            f"{where} still pending after {timeout:g}s (attempts {record.attempts}, "
+            f"last error {record.last_error or 'none'}); the results workers keep trying"
+        )
+
+
+# How long ``dispatcher result --wait`` leaves a queued write to the results workers before
+# it writes it itself.
+_WORKER_GRACE = 1.0
+
+
+def _still_ours(record: OutboxRecord | None, submission_id: str) -> bool:
+    return (
+        record is not None and record.state == "pending" and record.submission_id == submission_id
+    )
+
+
+def _write_or_wait(
+    redis: Redis,
+    settings: Settings,
+    integration_id: str,
+    order_id: str,
+    deadline: float,
+    record: OutboxRecord | None,
+) -> OutboxRecord | None:
+    """Until the write ends or the deadline: claim its job and write it here when no results
+    worker took it (retries too, when no results worker runs), else watch the outbox."""
+    runtime = WriterRuntime.from_settings(settings, redis)
+    submission_id = record.submission_id if record is not None else ""
+    # The command prints the outcome itself: the writer's log lines would say it twice.
+    writer_log = logging.getLogger("dispatcher.writeback")
+    was_disabled, writer_log.disabled = writer_log.disabled, True
+    try:
+        return _work(runtime, integration_id, order_id, submission_id, deadline, record)
+    finally:
+        writer_log.disabled = was_disabled
+
+
+def _work(
+    runtime: WriterRuntime,
+    integration_id: str,
+    order_id: str,
+    submission_id: str,
+    deadline: float,
+    record: OutboxRecord | None,
+) -> OutboxRecord | None:
+    from dispatcher.worker.writeback import write_claimed
+
+    settings, redis = runtime.settings, runtime.redis
+    with runtime.writer.client:
+        while _still_ours(record, submission_id) and time.monotonic() < deadline:
+            alone = not results_workers_running(settings, redis)
+            if write_claimed(runtime, integration_id, order_id, scheduled=alone) is None:
+                time.sleep(0.05 if alone else 0.2)
+            record = runtime.writer.outbox.get(integration_id, order_id)
+    return record
+
+
+@click.command()
+@click.option(
+    "--state",
+    type=click.Choice(["pending", "failed", "written"]),
+    default=None,
+    help="Only results in this state (default: all three).",
+)
+@click.option("--integration", "integration_id", metavar="ID", help="Only this integration.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
+@click.option(
+    "--limit", type=click.IntRange(1), default=1000, show_default=True, help="At most N results."
+)
+@click.pass_context
+def results(
+    ctx: click.Context, state: str | None, integration_id: str | None, as_json: bool, limit: int
+) -> None:
+    """List the results of the outbox: pending, failed, written (oldest first)."""
+    settings = settings_of(ctx)
+    redis = connect_redis(settings)
+    chosen: ResultState | None = None
+    for one in STATES:
+        if one == state:
+            chosen = one
+    try:
+        records = list_results(
+            redis, settings, state=chosen, integration_id=integration_id, limit=limit
+        )
+    except RedisError as exc:
+        redis_failed(exc)
+    if as_json:
+        for record in records:
+            click.echo(json.dumps(record.as_dict(), sort_keys=True))
+        return
+    if not records:
+        click.echo("no results")
+        return
+    now = time.time()
+    rows = [
+        [
+            record.state,
+            escape_controls(record.integration_id),
+            escape_controls(record.order_id),
+            escape_controls(record.status),
+            _text.ago(record.submitted_at, now),
+            str(record.attempts),
+            _result_detail(record),
+        ]
+        for record in records
+    ]
+    header = ["STATE", "INTEGRATION", "ORDER", "STATUS", "SUBMITTED", "ATTEMPTS", "DETAIL"]
+    for line in _text.table(header, rows, right={5}):
+        click.echo(line)
+
+
+def _result_detail(record: OutboxRecord) -> str:
+    if record.state == "failed":
+        return escape_controls(record.reason or "")
+    if record.state == "written":
+        parts = [f"{len(record.warnings)} warning(s)"] if record.warnings else []
+        if record.lost_answer:
+            parts.append("answer lost, read back")
+        return ", ".join(parts)
+    return escape_controls(f"last error: {record.last_error}") if record.last_error else ""
 
 
 def _package_targets(settings: Settings, integration_id: str | None, all_: bool) -> list[str]:

@@ -1,7 +1,7 @@
 """Results for operators: an order's timeline, the CLI's result commands, status lines.
 
 The functions ``dispatcher result``, ``results``, ``retry`` (of writes) and ``show`` call
-(see the README, "The way back: results"); they print nothing themselves.
+(see the README, "Writing results back", and docs/writeback.md); they print nothing themselves.
 """
 
 from __future__ import annotations

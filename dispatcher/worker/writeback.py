@@ -37,7 +37,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from redis import Redis
-from rq import Queue, get_current_job
+from rq import Queue, Worker, get_current_job
+from rq.job import Job
 from rq.worker_pool import WorkerPool
 
 from dispatcher import _text
@@ -60,7 +61,9 @@ __all__ = [
     "WriterRuntime",
     "current_writer",
     "install_writer",
+    "results_workers_running",
     "run_results_worker",
+    "write_claimed",
     "write_result",
 ]
 
@@ -219,8 +222,10 @@ class ResultWriter:
 
 
 def _kombo_reason(error: KomboError) -> str:
-    # Kombo's message is the vendor's to read, bounded and masked like any failure reason.
-    return clean_reason(str(error))
+    # Kombo's message is the vendor's to read, bounded and masked like any failure reason;
+    # with the link to Kombo's log of the request when Kombo gave one.
+    text = f"{error} (log: {error.log_url})" if error.log_url else str(error)
+    return clean_reason(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +282,48 @@ def write_result(integration_id: str, order_id: str) -> str:
     return current_writer().writer.run(integration_id, order_id, job.id if job else "")
 
 
+def results_workers_running(settings: Settings, redis: Redis) -> bool:
+    """Whether a results worker is registered on ``DISPATCHER_RESULTS_QUEUE`` (a live one, or
+    one that died less than RQ's worker TTL ago)."""
+    queue = Queue(settings.results_queue, connection=redis)
+    return bool(Worker.all(queue=queue))
+
+
+def write_claimed(
+    runtime: WriterRuntime,
+    integration_id: str,
+    order_id: str,
+    *,
+    scheduled: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> str | None:
+    """Work the order's pending write in this process, as a results worker would, if its job
+    can be claimed: ``dispatcher result`` when no results worker takes it.
+
+    The job is claimed by removing it from the results queue (LREM, atomic against a worker's
+    BLMOVE: one of them gets it); with ``scheduled``, also a retry whose time has come, from
+    the scheduled registry. Only claim scheduled jobs when no results worker (and so no RQ
+    scheduler, which moves them without a claim) runs. Returns what became of the write (see
+    :meth:`ResultWriter.run`), or None when there was nothing to claim (no pending write, a
+    retry not yet due, or a worker has the job).
+    """
+    redis = runtime.redis
+    record = runtime.writer.outbox.get(integration_id, order_id)
+    if record is None or record.state != "pending" or not record.job_id:
+        return None
+    queue = Queue(runtime.settings.results_queue, connection=redis)
+    claimed = bool(redis.lrem(queue.key, 1, record.job_id))
+    if not claimed and scheduled:
+        due = record.next_attempt_at is None or record.next_attempt_at <= clock()
+        claimed = due and bool(redis.zrem(queue.scheduled_job_registry.key, record.job_id))
+    if not claimed:
+        return None
+    try:
+        return runtime.writer.run(integration_id, order_id, record.job_id)
+    finally:
+        redis.delete(Job.key_for(record.job_id))  # run here, not by RQ: no job left behind
+
+
 def run_results_worker(
     settings: Settings,
     redis: Redis,
@@ -302,8 +349,8 @@ def run_results_worker(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dispatcher.worker.writeback``: the results workers (the Procfile's
-    ``results`` line, until ``dispatcher worker --results`` exists)."""
+    """``python -m dispatcher.worker.writeback``: the results workers, as ``dispatcher worker
+    --results`` runs them (kept for scripts and benchmarks that start them this way)."""
     parser = argparse.ArgumentParser(prog="python -m dispatcher.worker.writeback")
     parser.add_argument("--burst", action="store_true", help="stop once the queue is empty")
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
