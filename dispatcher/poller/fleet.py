@@ -111,9 +111,15 @@ def _forwarding_signals(
 ) -> Iterator[Callable[[int, FrameType | None], None]]:
     """SIGTERM and SIGINT, while inside, go to every child still running."""
 
+    signalled: set[tuple[int, int]] = set()
+
     def forward(signum: int, frame: FrameType | None) -> None:
+        # Each signal reaches each child once: the stop that follows the first child's exit
+        # must not be a second SIGTERM to a poller already finishing its page (a second
+        # signal stops a poller at once).
         for child in children:
-            if child.poll() is None:
+            if child.poll() is None and (child.pid, signum) not in signalled:
+                signalled.add((child.pid, signum))
                 child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
