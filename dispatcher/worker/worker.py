@@ -139,9 +139,10 @@ _demote = _DemoteRqChatter()
 
 def demote_rq_chatter() -> None:
     """Put RQ's per-job and maintenance INFO lines at DEBUG (idempotent)."""
-    rq_log = logging.getLogger("rq.worker")
-    if _demote not in rq_log.filters:
-        rq_log.addFilter(_demote)
+    for name in ("rq.worker", "rq.job"):  # rq.job: "scheduled for retry at ..."
+        rq_log = logging.getLogger(name)
+        if _demote not in rq_log.filters:
+            rq_log.addFilter(_demote)
 
 
 # A worker that met a job of another namespace waits this long once the queue holds nothing
@@ -244,10 +245,12 @@ def _exc_info(
     return type(exc), exc, exc.__traceback__
 
 
-def _steps_text(job: Job) -> str:
+def _steps_text(job: Job, *, failed: bool = False) -> str:
     report = take_report(job.id)
-    if report is None:
+    if report is None or (failed and not report.ran):
         return ""
+    if failed:
+        return "after steps " + ", ".join(report.ran)
     text = "steps " + (", ".join(report.ran) or "none")
     if report.skipped:
         text += f" (already done: {', '.join(report.skipped)})"
@@ -430,7 +433,7 @@ class _DispatcherWorkerMixin(WorkerBase):
             execution=execution,
         )
         where = f"handler {failure.handler}: " if failure.handler else ""
-        steps = _steps_text(job)
+        steps = _steps_text(job, failed=True)
         steps = f" ({steps})" if steps else ""
         if retry_in is not None:
             log.warning(
