@@ -4,7 +4,7 @@ calling the package that does the work and printing the outcome.
 - :mod:`.poll` ``poll`` · :mod:`.worker` ``worker`` · :mod:`.web` ``web`` (the Procfile's
   processes)
 - :mod:`.integrations` ``integrations add|remove|pause|resume|list``
-- :mod:`.ops` ``status``, ``failed``, ``show``, ``forget``, ``retry``, ``handlers``
+- :mod:`.ops` ``status``, ``failed``, ``show``, ``forget``, ``retry``, ``replay``, ``handlers``
 - :mod:`.writeback` ``result``, ``packages get|set``
 - :mod:`.dev` ``sim``, ``demo``
 
@@ -136,6 +136,7 @@ for _command in (
     ops.failed,
     ops.show,
     ops.forget,
+    ops.replay,
     web.web,
     writeback.result,
     writeback.packages,
