@@ -129,7 +129,7 @@ def replay(
 def _enqueue(
     ledger: Ledger,
     integration_id: str,
-    order: Any,
+    order: Order,
     payload: dict[str, Any],
     handlers: Sequence[str],
 ) -> str:
