@@ -537,10 +537,16 @@ class BurstSummary:
             self.queued, self.scheduled, first, self.failed_on_queue = pipe.execute()
         self.next_retry_in = max(0.0, float(first[0][1]) - now) if first else None
 
-    def line(self, queue: str) -> str:
+    def line(self, queue: str, *, counted: bool = True) -> str:
+        """The summary; without ``counted`` (a pool: its children counted their own jobs)
+        only what is left."""
+        did = (
+            f"{self.done} done, {self.failed} failed, {self.retried} put back for a retry; "
+            if counted
+            else ""
+        )
         text = (
-            f"burst finished on {queue}: {self.done} done, {self.failed} failed, "
-            f"{self.retried} put back for a retry; left: {self.queued} queued, "
+            f"burst finished on {queue}: {did}left: {self.queued} queued, "
             f"{self.scheduled} scheduled for a retry"
         )
         if self.scheduled and self.next_retry_in is not None:
@@ -599,7 +605,7 @@ def run_worker(
             return None
         summary.look(redis, queue.name, time.time())
         level = logging.WARNING if summary.scheduled or summary.queued else logging.INFO
-        log.log(level, "%s", summary.line(queue.name))
+        log.log(level, "%s", summary.line(queue.name, counted=processes <= 1))
         return summary
     finally:
         for handler in runtime.chain:
