@@ -70,7 +70,8 @@ def test_the_job_carries_the_order_and_names_it_for_rq_tools(any_redis: Redis) -
     ledger.dispatch(INTEGRATION, [parse_order(raw)])
     job = Job.fetch(ledger.queue.job_ids[0], connection=any_redis)
     assert job.func_name == "dispatcher.worker.jobs.process_order"
-    assert job.kwargs == {"integration_id": INTEGRATION, "order": raw}
+    # The namespace travels with the job: a worker of another namespace must not run it.
+    assert job.kwargs == {"integration_id": INTEGRATION, "order": raw, "namespace": "dispatcher"}
     assert job.get_status() == JobStatus.QUEUED
     assert job.origin == "dispatcher-orders"
     assert job.enqueued_at is not None
@@ -79,6 +80,8 @@ def test_the_job_carries_the_order_and_names_it_for_rq_tools(any_redis: Redis) -
         "order_id": "A",
         "integration_id": INTEGRATION,
         "package_id": "typescript_test",
+        "namespace": "dispatcher",
+        "chain": [],
     }
     # rq's own listing of queues sees the queue.
     assert [q.name for q in Queue.all(connection=any_redis)] == ["dispatcher-orders"]
@@ -207,7 +210,7 @@ def test_a_raw_order_is_enqueued_as_kombo_sent_it(any_redis: Redis) -> None:
     raw = order_payload("A", custom_fields={"x": [1, {"y": None}]})
     ledger.dispatch(INTEGRATION, raw_orders(raw))
     job = Job.fetch(ledger.queue.job_ids[0], connection=any_redis)
-    assert job.kwargs == {"integration_id": INTEGRATION, "order": raw}
+    assert job.kwargs == {"integration_id": INTEGRATION, "order": raw, "namespace": "dispatcher"}
     assert job.meta["package_id"] == "typescript_test"
 
 

@@ -58,11 +58,17 @@ def test_every_job_hash_of_a_page_is_what_rq_would_save(redis: Redis) -> None:
         assert job.func_name == "dispatcher.worker.jobs.process_order"
         assert job.args == ()
         got: dict[str, Any] = job.kwargs
-        assert got == {"integration_id": integration_id, "order": order.to_payload()}
+        assert got == {
+            "integration_id": integration_id,
+            "order": order.to_payload(),
+            "namespace": ledger.namespace,
+        }
         assert job.meta == {
             "order_id": order.id,
             "integration_id": integration_id,
             "package_id": order.package_id,
+            "namespace": ledger.namespace,
+            "chain": [],
         }
         assert job.description == (
             f"order {order.id} integration {integration_id} package {order.package_id}"

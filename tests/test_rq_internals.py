@@ -390,12 +390,13 @@ _OVERRIDES: dict[tuple[str, str], Callable[..., Any]] = {
     ("rq.worker.Worker", "execute_job"): InProcessWorker.execute_job,
     ("rq.worker.SimpleWorker", "execute_job"): DispatcherSimpleWorker.execute_job,
     ("rq.worker.BaseWorker", "handle_job_failure"): DispatcherWorker.handle_job_failure,
+    ("rq.worker.BaseWorker", "handle_job_success"): DispatcherWorker.handle_job_success,
+    ("rq.worker.BaseWorker", "handle_exception"): DispatcherWorker.handle_exception,
     ("rq.queue.Queue", "dequeue_any"): dispatcher_worker._OrderQueue.dequeue_any,
     ("rq.worker.BaseWorker", "work"): ThreadedWorker.work,
     ("rq.worker.BaseWorker", "set_state"): ThreadedWorker.set_state,
     ("rq.worker.BaseWorker", "_shutdown"): ThreadedWorker._shutdown,
     ("rq.worker.BaseWorker", "request_force_stop"): ThreadedWorker.request_force_stop,
-    ("rq.worker.BaseWorker", "handle_job_success"): ThreadedWorker.handle_job_success,
 }
 
 
@@ -507,3 +508,13 @@ def test_the_worker_classes_are_rqs_with_the_mixin_first() -> None:
         mro = ours.__mro__
         assert mro.index(dispatcher_worker._DispatcherWorkerMixin) < mro.index(theirs)
         assert ours.get_heartbeat_ttl is dispatcher_worker._DispatcherWorkerMixin.get_heartbeat_ttl
+
+
+def test_rq_still_logs_each_lifecycle_message_the_worker_keeps_at_info() -> None:
+    import rq.worker.base
+
+    source = inspect.getsource(rq.worker.base)
+    for prefix in rqi.RQ_LIFECYCLE_MESSAGES:
+        assert f"'{prefix}" in source or f'"{prefix}' in source, changed(
+            f"RQ no longer logs a line starting {prefix!r}", "RQ_LIFECYCLE_MESSAGES"
+        )

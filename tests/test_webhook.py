@@ -121,7 +121,7 @@ def test_a_signed_order_is_enqueued_with_the_order_as_kombo_sent_it(
     assert job.id == ledger.job_id(INTEGRATION, "ORD1")
     # Same job as the poller's: the order without the webhook's integration_id, unknown
     # fields kept; the integration id beside it.
-    assert job.kwargs == {"integration_id": INTEGRATION, "order": order}
+    assert job.kwargs == {"integration_id": INTEGRATION, "order": order, "namespace": "dispatcher"}
     assert ledger.seen_at(INTEGRATION, "ORD1") is not None
 
 

@@ -5,7 +5,7 @@ calling the package that does the work and printing the outcome.
   ``web`` (the Procfile's processes)
 - :mod:`.integrations` ``integrations add|remove|pause|resume|list``
 - :mod:`.ops` ``status``, ``failed``, ``show``, ``forget``, ``retry`` (``--results``: of
-  result writes), ``handlers``
+  result writes), ``replay``, ``handlers``
 - :mod:`.writeback` ``result``, ``results``, ``packages get|set``
 - :mod:`.dev` ``sim``, ``demo``
 
@@ -137,6 +137,7 @@ for _command in (
     ops.failed,
     ops.show,
     ops.forget,
+    ops.replay,
     web.web,
     writeback.result,
     writeback.results,

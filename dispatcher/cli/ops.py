@@ -1,5 +1,5 @@
 """The operator's commands: ``status``, ``failed``, ``show``, ``forget``, ``retry`` (of jobs
-or of result writes) and ``handlers`` (the work is done in :mod:`dispatcher.ops` and
+or of result writes), ``replay`` and ``handlers`` (the work is done in :mod:`dispatcher.ops` and
 :mod:`dispatcher.plugins`)."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import UTC, datetime
 
 import click
 from redis.exceptions import RedisError
@@ -16,6 +17,9 @@ from dispatcher.cli._common import (
     colour,
     connect_redis,
     fail,
+    kombo_client,
+    kombo_failure,
+    make_ledger,
     redis_failed,
     settings_of,
 )
@@ -335,3 +339,74 @@ def handlers(ctx: click.Context) -> None:
     except HandlerConfigError as exc:
         fail(str(exc))
     click.echo(f"chain: {' -> '.join(settings.handlers)}")
+
+
+@click.command()
+@click.option("--integration", "integration_id", required=True, help="The integration id.")
+@click.option(
+    "--handlers",
+    "handler_names",
+    required=True,
+    metavar="NAME,…",
+    help="The steps to run, comma-separated (each in DISPATCHER_HANDLERS).",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%SZ"]),
+    default=None,
+    help="Only orders created after this (UTC), e.g. 2026-11-01.",
+)
+@click.pass_context
+def replay(
+    ctx: click.Context, integration_id: str, handler_names: str, since: datetime | None
+) -> None:
+    """Run only the named steps on the dispatched orders of an integration still OPEN.
+
+    The OPEN orders are read from Kombo; each one the dispatcher dispatched gets a job that
+    runs only those steps, with the usual step records and idempotency keys (a step already
+    completed for an order is skipped). Orders never dispatched are left to the poller.
+    """
+    from dispatcher.kombo.client import KomboError
+    from dispatcher.ops.replay import replay as replay_orders
+
+    settings = settings_of(ctx)
+    names = list(dict.fromkeys(name.strip() for name in handler_names.split(",") if name.strip()))
+    if not names:
+        fail("--handlers: give at least one handler name")
+    unknown = [name for name in names if name not in settings.handlers]
+    if unknown:
+        fail(
+            f"--handlers: {', '.join(unknown)} not in DISPATCHER_HANDLERS "
+            f"({', '.join(settings.handlers)}): the workers would refuse the jobs"
+        )
+    redis = connect_redis(settings)
+    ledger = make_ledger(settings, redis)
+    try:
+        with kombo_client(settings) as client:
+            result = replay_orders(
+                ledger,
+                client,
+                integration_id,
+                names,
+                since=since.replace(tzinfo=UTC) if since is not None else None,
+                page_size=settings.page_size,
+                max_pages=settings.max_pages_per_sweep,
+            )
+    except KomboError as exc:
+        fail(f"integration {integration_id}: {kombo_failure(exc)}", code=1)
+    except RedisError as exc:
+        redis_failed(exc)
+    steps = ", ".join(names)
+    click.echo(
+        f"{_text.plural(len(result.queued), 'order')} of {integration_id} queued for "
+        f"{steps} on {settings.queue} ({result.open_orders} OPEN)"
+    )
+    for label, ids in (
+        ("never dispatched, left to the poller (it runs the whole chain)", result.not_dispatched),
+        ("job still in progress, skipped (it runs the chain itself)", result.in_progress),
+        ("rejected at the webhook, skipped", result.rejected),
+    ):
+        if ids:
+            click.echo(f"  {len(ids)} {label}: {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''}")
+    for problem in result.invalid:
+        click.echo(f"  invalid, skipped: {problem}")

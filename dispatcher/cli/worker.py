@@ -10,7 +10,21 @@ from dispatcher.handler import HandlerConfigError
 
 
 @click.command()
-@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+@click.option(
+    "--burst",
+    is_flag=True,
+    help="Exit once the queue is empty, saying what is left (retries scheduled, failed).",
+)
+@click.option(
+    "--wait-retries",
+    type=click.FloatRange(0),
+    is_flag=False,
+    flag_value=900.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="With --burst: also wait for the jobs scheduled for a retry and work them, for at "
+    "most SECONDS (900 without a value).",
+)
 @click.option(
     "--processes",
     type=click.IntRange(1, 256),
@@ -33,7 +47,12 @@ from dispatcher.handler import HandlerConfigError
     help="Write queued results back to Kombo instead (DISPATCHER_RESULTS_QUEUE).",
 )
 def worker(
-    ctx: click.Context, burst: bool, processes: int, threads: int | None, results_: bool
+    ctx: click.Context,
+    burst: bool,
+    wait_retries: float | None,
+    processes: int,
+    threads: int | None,
+    results_: bool,
 ) -> None:
     """Run the handler chain on queued orders (RQ workers with the scheduler).
 
@@ -53,9 +72,21 @@ def worker(
         writer = or_fail(lambda: WriterRuntime.from_settings(settings, redis))
         run_results_worker(settings, redis, burst=burst, processes=processes, runtime=writer)
         return
+    if wait_retries is not None and not burst:
+        fail("--wait-retries: only with --burst (a worker without it waits for everything)")
+    if wait_retries is not None and processes > 1:
+        fail("--wait-retries: only with one process (--processes 1)")
     try:
         runtime = Runtime.from_settings(settings)
     except HandlerConfigError as exc:
         fail(str(exc))
     redis = connect_redis(settings, role="worker")
-    run_worker(settings, redis, burst=burst, processes=processes, runtime=runtime, threads=threads)
+    run_worker(
+        settings,
+        redis,
+        burst=burst,
+        processes=processes,
+        runtime=runtime,
+        threads=threads,
+        wait_retries=wait_retries,
+    )

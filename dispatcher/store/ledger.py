@@ -123,6 +123,9 @@ class JobOptions:
     retry_intervals: tuple[int, ...] = (10, 20, 40, 80, 160)
     # Replicas that must hold a dispatch before it counts (DISPATCHER_REDIS_MIN_REPLICAS_ACK).
     replica_ack: ReplicaAck | None = None
+    # The configured handler chain, recorded in each job's meta (what the dispatcher meant to
+    # run; the worker runs its own DISPATCHER_HANDLERS).
+    chain: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobOptions:
@@ -132,6 +135,7 @@ class JobOptions:
             failure_ttl=settings.failure_ttl,
             retry_intervals=tuple(settings.retry_intervals()),
             replica_ack=ReplicaAck.from_settings(settings),
+            chain=tuple(settings.handlers),
         )
 
 
@@ -357,11 +361,13 @@ class Ledger:
 
         def own() -> Iterator[tuple[Order, str, list[Any]]]:
             for order, payload in orders:
-                data = job_data(dumps, JOB_FUNCTION, _job_kwargs(integration_id, order, payload))
+                data = job_data(
+                    dumps, JOB_FUNCTION, self.job_kwargs(integration_id, order, payload)
+                )
                 items = [
                     "data", data,
                     "description", _description(integration_id, order),
-                    "meta", dumps(_meta(integration_id, order)),
+                    "meta", dumps(self.job_meta(integration_id, order)),
                 ]  # fmt: skip
                 yield order, self.job_id(integration_id, order.id), items
 
@@ -373,13 +379,13 @@ class Ledger:
         options = self.job_options
         job = Job.create(
             JOB_FUNCTION,
-            kwargs=_job_kwargs(integration_id, order, payload),
+            kwargs=self.job_kwargs(integration_id, order, payload),
             connection=self.redis,
             id=self.job_id(integration_id, order.id),
             origin=self.queue.name,
             status=JobStatus.QUEUED,
             description=_description(integration_id, order),
-            meta=_meta(integration_id, order),
+            meta=self.job_meta(integration_id, order),
             timeout=options.timeout,
             result_ttl=options.result_ttl,
             failure_ttl=options.failure_ttl,
@@ -391,6 +397,30 @@ class Ledger:
         )
         job.enqueued_at = now()
         return job
+
+    def job_kwargs(
+        self, integration_id: str, order: Order, payload: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The arguments of an order's job: the integration, the order as Kombo sent it
+        (``payload``, when the caller has it; the same as ``to_payload()``, see
+        tests/test_properties.py, without the cost of dumping the model) and the namespace,
+        which a worker of another namespace refuses."""
+        return {
+            "integration_id": integration_id,
+            "order": payload if payload is not None else order.to_payload(),
+            "namespace": self.namespace,
+        }
+
+    def job_meta(self, integration_id: str, order: Order) -> dict[str, Any]:
+        """An order's job meta: what RQ's tools show, the namespace (a worker of another
+        namespace leaves the job on the queue) and the configured chain."""
+        return {
+            "order_id": order.id,
+            "integration_id": integration_id,
+            "package_id": order.package_id,
+            "namespace": self.namespace,
+            "chain": list(self.job_options.chain),
+        }
 
     def reject(self, integration_id: str, order_id: str, reason: str) -> bool:
         """Remember an order as rejected so that no path ever dispatches it; atomic.
@@ -503,23 +533,8 @@ def _batches(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
         yield batch
 
 
-def _job_kwargs(
-    integration_id: str, order: Order, payload: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    # ``payload``: the order as Kombo sent it, when the caller has it; the same as
-    # to_payload() (tests/test_properties.py), without the cost of dumping the model.
-    return {
-        "integration_id": integration_id,
-        "order": payload if payload is not None else order.to_payload(),
-    }
-
-
 def _description(integration_id: str, order: Order) -> str:
     return f"order {order.id} integration {integration_id} package {order.package_id}"
-
-
-def _meta(integration_id: str, order: Order) -> dict[str, str]:
-    return {"order_id": order.id, "integration_id": integration_id, "package_id": order.package_id}
 
 
 def _pairs(items: list[Any]) -> Iterator[tuple[Any, Any]]:

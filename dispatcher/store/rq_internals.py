@@ -53,8 +53,16 @@ Job hash fields:
 Methods of RQ's classes overridden in dispatcher/worker/worker.py (``OVERRIDDEN``): on
 ``BaseWorker`` ``__init__`` (with ``job_monitoring_interval``, ``maintenance_interval``,
 ``worker_ttl``, ``queue_class``), ``get_heartbeat_ttl``, ``clean_registries``,
-``execute_job`` (twice: the mixin and ``InProcessWorker``), ``handle_job_failure``; on
-``Queue`` the classmethod ``dequeue_any``. ``InProcessWorker`` also calls
+``execute_job`` (twice: the mixin and ``InProcessWorker``), ``handle_job_failure``,
+``handle_job_success`` (the outcome line), ``handle_exception`` (RQ's ERROR line with the
+chained traceback replaced by the outcome line; the exception handlers still run, through
+``rq.job_lifecycle.call_exception_handlers``); on ``Queue`` the classmethod ``dequeue_any``
+(its second argument is the timeout, ``None`` in a burst; raising ``DequeueTimeout`` makes
+the worker run its heartbeat and maintenance and dequeue again). A burst that waits for
+retries reads the worker's ``_stop_requested`` (set by SIGTERM/SIGINT).
+``RQ_LIFECYCLE_MESSAGES`` are the format strings of RQ's ``rq.worker`` INFO lines about a
+worker's life; every other INFO line of that logger is demoted to DEBUG.
+``InProcessWorker`` also calls
 ``prepare_execution``, ``perform_job``, ``set_state`` and ``maintain_heartbeats``, as RQ's
 ``Worker.execute_job`` does.
 ``ThreadedWorker`` (worker/threaded.py, ``--threads N``) overrides ``work`` (its own loop:
@@ -82,6 +90,7 @@ from redis import Redis
 from rq.defaults import RQ_KEY_PREFIX
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
+from rq.job_lifecycle import call_exception_handlers
 from rq.registry import StartedJobRegistry
 
 from dispatcher.store.wrongtype import lua_type_guard
@@ -104,9 +113,11 @@ __all__ = [
     "REQUEUE_ABANDONED",
     "REQUEUE_STRANDED",
     "RQ_ENQUEUE_LUA",
+    "RQ_LIFECYCLE_MESSAGES",
     "SUPPORTED_RQ",
     "GuardedScript",
     "WorkerBase",
+    "call_exception_handlers",
     "canceled_key",
     "deferred_key",
     "delete_job",
@@ -143,6 +154,8 @@ OVERRIDDEN = (
     ("rq.worker.Worker", "execute_job"),
     ("rq.worker.SimpleWorker", "execute_job"),
     ("rq.worker.BaseWorker", "handle_job_failure"),
+    ("rq.worker.BaseWorker", "handle_job_success"),
+    ("rq.worker.BaseWorker", "handle_exception"),
     ("rq.queue.Queue", "dequeue_any"),
     # dispatcher/worker/threaded.py (ThreadedWorker, --threads N)
     ("rq.worker.BaseWorker", "work"),
@@ -150,6 +163,16 @@ OVERRIDDEN = (
     ("rq.worker.BaseWorker", "_shutdown"),
     ("rq.worker.BaseWorker", "request_force_stop"),
     ("rq.worker.BaseWorker", "handle_job_success"),
+)
+
+# Prefixes of the format strings of RQ's rq.worker INFO lines about a worker's life (start,
+# queues, shutdown, suspension), kept at INFO; its per-job lines go to DEBUG.
+RQ_LIFECYCLE_MESSAGES = (
+    "Worker %s: started with PID",
+    "*** Listening on",
+    "Worker %s [PID %d]: warm shut down requested",
+    "Worker %s: stopping on request",
+    "Worker %s: suspended",
 )
 
 # -- keys -------------------------------------------------------------------------------------

@@ -41,13 +41,16 @@ from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 from dispatcher.worker.deadlines import deadline
 
 __all__ = [
+    "ForeignNamespace",
     "HandlerFailed",
     "HandlerTimeout",
+    "RunReport",
     "Runtime",
     "StepStore",
     "install_runtime",
     "process_order",
     "step_key",
+    "take_report",
 ]
 
 log = logging.getLogger("dispatcher.jobs")
@@ -105,6 +108,50 @@ class HandlerFailed(Exception):
 
 class HandlerTimeout(BaseTimeoutException):
     """A handler ran past its timeout (retryable)."""
+
+
+class ForeignNamespace(Exception):
+    """The job belongs to another namespace than the worker's: running it would run the wrong
+    chain and write step records under the wrong keys. Never retried."""
+
+    def __init__(self, job_namespace: str, worker_namespace: str) -> None:
+        self.job_namespace = job_namespace
+        self.worker_namespace = worker_namespace
+        super().__init__(
+            f"job of namespace {escape_controls(job_namespace)} refused by a worker of namespace "
+            f"{escape_controls(worker_namespace)} (DISPATCHER_NAMESPACE): run "
+            f"`DISPATCHER_NAMESPACE={escape_controls(job_namespace)} dispatcher worker` "
+            "on its queue, then `dispatcher retry`"
+        )
+
+
+@dataclass(slots=True)
+class RunReport:
+    """What one run of a job did, for the worker's outcome line: the steps it ran and those
+    an earlier attempt had completed."""
+
+    ran: list[str]
+    skipped: list[str]
+
+
+# Job id -> the report of its last run in this process (the worker takes it when it logs the
+# job's outcome; a stock ``rq worker`` never does, so it is bounded).
+_reports: dict[str, RunReport] = {}
+_reports_lock = threading.Lock()
+_MAX_REPORTS = 1024
+
+
+def take_report(job_id: str) -> RunReport | None:
+    """The report of the last run of ``job_id`` in this process, removed."""
+    with _reports_lock:
+        return _reports.pop(job_id, None)
+
+
+def _keep_report(job_id: str, report: RunReport) -> None:
+    with _reports_lock:
+        if len(_reports) >= _MAX_REPORTS:
+            _reports.pop(next(iter(_reports)))
+        _reports[job_id] = report
 
 
 def step_key(namespace: str, integration_id: str, order_id: str, handler: str) -> str:
@@ -225,14 +272,23 @@ class _MemoryEffects:
         self._done.add(name)
 
 
-def process_order(integration_id: str, order: dict[str, Any]) -> dict[str, Any]:
+def process_order(
+    integration_id: str,
+    order: dict[str, Any],
+    namespace: str | None = None,
+    handlers: list[str] | None = None,
+) -> dict[str, Any]:
     """Run every configured handler, in order, on one order; return their outputs.
 
     Steps recorded as completed by an earlier attempt are skipped; their outputs are passed on.
+    ``namespace`` is the dispatching namespace (jobs queued before it was recorded have none:
+    they are the worker's own); a worker of another namespace refuses the job, for good.
+    ``handlers`` restricts the run to those steps of the chain (``dispatcher replay``).
     """
     runtime = current_runtime()
     settings = runtime.settings
     job = get_current_job()
+    chain = _chain_for(runtime, job, namespace, handlers)
     parsed = Order.model_validate(order)
     store = (
         StepStore(
@@ -253,9 +309,13 @@ def process_order(integration_id: str, order: dict[str, Any]) -> dict[str, Any]:
         job.meta["attempt"] = attempt
         job.save_meta()  # type: ignore[no-untyped-call]
     outputs: dict[str, Mapping[str, Any]] = dict(completed)
-    for handler in runtime.chain:
+    report = RunReport(ran=[], skipped=[])
+    if job is not None:
+        _keep_report(job.id, report)
+    for handler in chain:
         if handler.name in outputs:
-            log.info(
+            report.skipped.append(handler.name)
+            log.debug(
                 "step %s already completed, skipped",
                 handler.name,
                 extra=_extra(integration_id, parsed.id, handler.name),
@@ -274,6 +334,7 @@ def process_order(integration_id: str, order: dict[str, Any]) -> dict[str, Any]:
             raise
         if store is not None:
             store.complete(handler.name, output)
+        report.ran.append(handler.name)
         outputs[handler.name] = output
     if job is not None:
         # The order's timeline, and what `status` reads for orders that never get a result.
@@ -286,6 +347,31 @@ def process_order(integration_id: str, order: dict[str, Any]) -> dict[str, Any]:
             timeline_ttl=int(settings.seen_retention),
         )
     return {"order_id": parsed.id, "integration_id": integration_id, "steps": outputs}
+
+
+def _chain_for(
+    runtime: Runtime, job: Job | None, namespace: str | None, names: list[str] | None
+) -> list[Handler]:
+    """The steps to run: the worker's chain, or only the named steps of it (in chain order).
+    A job of another namespace, or naming a step the worker lacks, fails for good."""
+    worker_namespace = runtime.settings.namespace
+    problem: Exception | None = None
+    if namespace is not None and namespace != worker_namespace:
+        problem = ForeignNamespace(namespace, worker_namespace)
+    elif names is not None:
+        loaded = {handler.name for handler in runtime.chain}
+        missing = [name for name in names if name not in loaded]
+        if missing:
+            problem = PermanentFailure(
+                f"handler {', '.join(missing)} is not in this worker's chain (DISPATCHER_HANDLERS)"
+            )
+    if problem is not None:
+        if job is not None:
+            job.retries_left = 0  # another worker of this namespace would refuse it too
+        raise problem
+    if names is None:
+        return runtime.chain
+    return [handler for handler in runtime.chain if handler.name in names]
 
 
 def _context(
@@ -334,7 +420,8 @@ def _run_step(
         reason = clean_reason(_reason(exc))
         if isinstance(exc, HandlerTimeout):
             reason = f"timed out after {timeout:g}s"
-        log.warning("handler %s failed: %s", handler.name, reason, extra=extra)
+        # The worker logs the job's outcome (one line); this one is for debugging.
+        log.debug("handler %s failed: %s", handler.name, reason, extra=extra)
         raise HandlerFailed(handler.name, context.integration_id, order.id, reason) from exc
     if output is None:
         return {}

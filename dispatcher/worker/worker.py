@@ -6,6 +6,11 @@ by a pass that an idle worker runs about every 7 minutes. :class:`DispatcherWork
 all three so that an abandoned job is back on the queue within a bounded time (see
 ``RECOVERY_BOUND``), with its completed steps still skipped when it runs again. It also tags
 log lines with the order in hand and records every failed attempt in the job's meta.
+
+Logs: one line per job outcome (INFO done, WARNING retried, ERROR failed; a traceback only
+for an exception no handler meant), RQ's own per-job lines at DEBUG, and a summary when a
+burst ends. A job of another namespace (a queue name shared by two namespaces) is put back
+on its queue untouched for that namespace's workers.
 """
 
 from __future__ import annotations
@@ -15,44 +20,63 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, cast
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, Worker
+from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from rq.timeouts import BaseTimeoutException
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
+from dispatcher.handler import PermanentFailure, RetryLater
 from dispatcher.logs import OrderLogContext, contact_values, set_order_context
 from dispatcher.settings import Settings
 from dispatcher.store.failures import Failure, clean_traceback, parse_failure
 from dispatcher.store.rq_internals import (
     REQUEUE_ABANDONED,
     REQUEUE_STRANDED,
+    RQ_LIFECYCLE_MESSAGES,
     GuardedScript,
     WorkerBase,
+    call_exception_handlers,
+    failed_key,
     first_seen_key,
     intermediate_job_ids,
     intermediate_key,
     job_key,
     queue_key,
     save_meta,
+    scheduled_key,
     started_job_id,
     started_key,
 )
 from dispatcher.store.rq_internals import first_seen as rq_first_seen
 from dispatcher.store.rq_internals import mark_first_seen as rq_mark_first_seen
 from dispatcher.store.wrongtype import WrongKeyTypeError, key_types_checked
-from dispatcher.worker.jobs import HandlerFailed, Runtime, install_runtime
+from dispatcher.worker.jobs import (
+    ForeignNamespace,
+    HandlerFailed,
+    HandlerTimeout,
+    Runtime,
+    current_runtime,
+    install_runtime,
+    take_report,
+)
 
 __all__ = [
     "RECOVERY_BOUND",
+    "BurstSummary",
     "DispatcherSimpleWorker",
     "DispatcherWorker",
     "InProcessWorker",
+    "demote_rq_chatter",
     "run_worker",
 ]
 
@@ -97,19 +121,88 @@ def _requeue(
         return False
 
 
+class _DemoteRqChatter(logging.Filter):
+    """RQ logs five INFO lines per job (taken, completed, OK, result kept...) and two per
+    maintenance pass: those become DEBUG; its lifecycle lines stay INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or (
+            isinstance(record.msg, str) and record.msg.startswith(RQ_LIFECYCLE_MESSAGES)
+        ):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+_demote = _DemoteRqChatter()
+
+
+def demote_rq_chatter() -> None:
+    """Put RQ's per-job and maintenance INFO lines at DEBUG (idempotent)."""
+    for name in ("rq.worker", "rq.job"):  # rq.job: "scheduled for retry at ..."
+        rq_log = logging.getLogger(name)
+        if _demote not in rq_log.filters:
+            rq_log.addFilter(_demote)
+
+
+# A worker that met a job of another namespace waits this long once the queue holds nothing
+# else, before looking again (so that it does not spin on jobs it leaves alone).
+FOREIGN_PAUSE = 1.0
+_foreign_reported: set[tuple[str, str]] = set()
+
+
+def _job_namespace(job: Job) -> str | None:
+    namespace = (job.meta or {}).get("namespace")
+    return namespace if isinstance(namespace, str) else None
+
+
 class _OrderQueue(Queue):
     """RQ's queue, but taking a job off it puts the worker in the job's log context at once,
-    so that RQ's own lines about taking the job name the order too."""
+    so that RQ's own lines about taking the job name the order too; and a job of another
+    namespace is put back, untouched, for that namespace's workers (jobs queued before the
+    namespace was recorded are the worker's own)."""
 
     @classmethod
     def dequeue_any(cls, *args: Any, **kwargs: Any) -> tuple[Job, Queue] | None:
-        result = super().dequeue_any(*args, **kwargs)
-        if result is not None:
-            set_order_context(_log_context(result[0]))
-        return result
+        namespace = current_runtime().settings.namespace
+        timeout = args[1] if len(args) > 1 else kwargs.get("timeout")
+        passed: set[str] = set()
+        while True:
+            result = super().dequeue_any(*args, **kwargs)
+            if result is None:
+                return None
+            job, queue = result
+            other = _job_namespace(job)
+            if other is None or other == namespace:
+                set_order_context(_log_context(job))
+                return result
+            _leave_foreign(job, queue, other, namespace)
+            if job.id in passed:
+                # Round the queue once and nothing of ours: a burst is done; a long-running
+                # worker waits before it looks again.
+                if timeout is None:
+                    return None
+                time.sleep(FOREIGN_PAUSE)
+                raise DequeueTimeout(timeout, [q.key for q in args[0]])
+            passed.add(job.id)
 
 
-def _record_failure(job: Job, exc_string: str) -> None:
+def _leave_foreign(job: Job, queue: Queue, other: str, namespace: str) -> None:
+    """Put a job of another namespace back at the end of its queue, untouched; say so once."""
+    keys = [intermediate_key(queue.name), queue_key(queue.name)]
+    _requeue(queue.connection, REQUEUE_STRANDED, keys, [job.id], job.id)
+    if (queue.name, other) not in _foreign_reported:
+        _foreign_reported.add((queue.name, other))
+        log.error(
+            "queue %s holds jobs of namespace %s; this worker (namespace %s) leaves them to "
+            "that namespace's workers: give each namespace its own DISPATCHER_QUEUE",
+            queue.name,
+            other,
+            namespace,
+        )
+
+
+def _record_failure(job: Job, exc_string: str) -> Failure:
     """Keep the failed attempt in the job's meta: RQ stores an attempt's error only when it is
     the last (no retry left), and ``dispatcher show`` / ``failed`` need every one."""
     failure = _live_failure(job) or parse_failure(exc_string)
@@ -124,6 +217,60 @@ def _record_failure(job: Job, exc_string: str) -> None:
         save_meta(job)
     except (RedisError, ValueError, TypeError) as exc:
         log.warning("could not record the failure of job %s: %s", job.id, exc)
+    return failure
+
+
+# Exceptions a job is expected to meet (a handler said so, or ran out of time): their outcome
+# line carries the reason, no traceback.
+_EXPECTED = (RetryLater, PermanentFailure, HandlerTimeout, BaseTimeoutException, ForeignNamespace)
+
+
+def _unexpected() -> BaseException | None:
+    """The live exception of a failed job if no handler meant it (a bug, not an outcome):
+    the handler's own exception for a HandlerFailed, so that its traceback is logged once."""
+    exc = sys.exc_info()[1]
+    if exc is None:
+        return None
+    cause = exc.__cause__ if isinstance(exc, HandlerFailed) else exc
+    if cause is None or isinstance(cause, _EXPECTED):
+        return None
+    if isinstance(exc, HandlerFailed) and exc.__cause__ is None:
+        return None  # the chain's own verdict (an output that is not a mapping...)
+    return cause
+
+
+def _exc_info(
+    exc: BaseException,
+) -> tuple[type[BaseException], BaseException, TracebackType | None]:
+    return type(exc), exc, exc.__traceback__
+
+
+def _steps_text(job: Job, *, failed: bool = False) -> str:
+    report = take_report(job.id)
+    if report is None or (failed and not report.ran):
+        return ""
+    if failed:
+        return "after steps " + ", ".join(report.ran)
+    text = "steps " + (", ".join(report.ran) or "none")
+    if report.skipped:
+        text += f" (already done: {', '.join(report.skipped)})"
+    return text
+
+
+def _seconds(job: Job) -> str:
+    if job.started_at is None or job.ended_at is None:
+        return "?"
+    return f"{(job.ended_at - job.started_at).total_seconds():.3f}s"
+
+
+def _who(job: Job) -> str:
+    meta: dict[str, Any] = job.meta or {}
+    return f"order {meta.get('order_id', '?')} (integration {meta.get('integration_id', '?')})"
+
+
+def _attempt(job: Job) -> str:
+    attempt = (job.meta or {}).get("attempt")
+    return f"attempt {attempt}" if isinstance(attempt, int) else "an attempt"
 
 
 def _live_failure(job: Job) -> Failure | None:
@@ -147,6 +294,8 @@ class _DispatcherWorkerMixin(WorkerBase):
     the job's meta."""
 
     def __init__(self, queues: Iterable[Queue | str], *args: Any, **kwargs: Any) -> None:
+        demote_rq_chatter()
+        self.tally = BurstSummary()
         kwargs.setdefault("job_monitoring_interval", HEARTBEAT_INTERVAL)
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
         kwargs.setdefault("worker_ttl", WORKER_TTL)
@@ -239,6 +388,24 @@ class _DispatcherWorkerMixin(WorkerBase):
             return super().execute_job(job, queue)
         finally:
             set_order_context(None)
+            self.tally.count(job)
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        # RQ logs every failed attempt at ERROR with the whole (chained) traceback; the
+        # dispatcher logs one outcome line in handle_job_failure instead.
+        call_exception_handlers(self._exc_handlers, job, *exc_info)
+
+    def handle_job_success(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry,
+        execution: Execution,
+    ) -> Any:
+        done = super().handle_job_success(job, queue, started_job_registry, execution)
+        steps = _steps_text(job)
+        log.info("%s done in %s%s", _who(job), _seconds(job), f": {steps}" if steps else "")
+        return done
 
     def handle_job_failure(
         self,
@@ -251,14 +418,32 @@ class _DispatcherWorkerMixin(WorkerBase):
         # RQ stores this text with the job and in its results stream: a vendor's error body
         # echoing a token, or megabytes of one, must not get there.
         exc_string = clean_traceback(exc_string)
-        _record_failure(job, exc_string)
-        return super().handle_job_failure(
+        failure = _record_failure(job, exc_string)
+        retry_in = job.get_retry_interval() if job.should_retry else None
+        unexpected = _unexpected()
+        done = super().handle_job_failure(
             job,
             queue,
             started_job_registry=started_job_registry,
             exc_string=exc_string,
             execution=execution,
         )
+        where = f"handler {failure.handler}: " if failure.handler else ""
+        steps = _steps_text(job, failed=True)
+        steps = f" ({steps})" if steps else ""
+        if retry_in is not None:
+            log.warning(
+                "%s: %s failed%s: %s%s; retry in %ss",
+                _who(job), _attempt(job), steps, where, failure.reason, retry_in,
+                exc_info=_exc_info(unexpected) if unexpected is not None else None,
+            )  # fmt: skip
+        else:
+            log.error(
+                "%s failed for good (%s)%s: %s%s: see `dispatcher failed`",
+                _who(job), _attempt(job), steps, where, failure.reason,
+                exc_info=_exc_info(unexpected) if unexpected is not None else None,
+            )  # fmt: skip
+        return done
 
 
 class DispatcherWorker(_DispatcherWorkerMixin, Worker):
@@ -295,6 +480,7 @@ class InProcessWorker(DispatcherWorker):
             set_order_context(None)
             done.set()
             beat.join()
+            self.tally.count(job)
         self.set_state(WorkerStatus.IDLE)
 
     def _heartbeat_until(self, done: threading.Event, job: Job, execution: Execution) -> None:
@@ -305,6 +491,75 @@ class InProcessWorker(DispatcherWorker):
                 self.log.warning("heartbeat of job %s failed: %s", job.id, exc)
 
 
+@dataclass(slots=True)
+class BurstSummary:
+    """What a burst did (jobs done, failed for good, put back for a retry) and what it left
+    on the queue."""
+
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    queued: int = 0
+    scheduled: int = 0
+    next_retry_in: float | None = None
+    failed_on_queue: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def count(self, job: Job) -> None:
+        """Count a job the worker just ran, by the status it ended in."""
+        try:
+            status = job.get_status(refresh=True)
+        except (RedisError, ValueError):
+            return
+        if status == JobStatus.FINISHED:
+            self.done += 1
+        elif status == JobStatus.FAILED:
+            self.failed += 1
+        elif status in (JobStatus.SCHEDULED, JobStatus.QUEUED):
+            self.retried += 1
+
+    def add(self, other: BurstSummary) -> None:
+        self.done += other.done
+        self.failed += other.failed
+        self.retried += other.retried
+
+    def look(self, redis: Redis, queue: str, now: float) -> None:
+        """Read what is left on ``queue``."""
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.llen(queue_key(queue))
+            pipe.zcard(scheduled_key(queue))
+            pipe.zrange(scheduled_key(queue), 0, 0, withscores=True)
+            pipe.zcount(failed_key(queue), now, "+inf")
+            self.queued, self.scheduled, first, self.failed_on_queue = pipe.execute()
+        self.next_retry_in = max(0.0, float(first[0][1]) - now) if first else None
+
+    def line(self, queue: str, *, counted: bool = True) -> str:
+        """The summary; without ``counted`` (a pool: its children counted their own jobs)
+        only what is left."""
+        did = (
+            f"{self.done} done, {self.failed} failed, {self.retried} put back for a retry; "
+            if counted
+            else ""
+        )
+        text = (
+            f"burst finished on {queue}: {did}left: {self.queued} queued, "
+            f"{self.scheduled} scheduled for a retry"
+        )
+        if self.scheduled and self.next_retry_in is not None:
+            text += (
+                f" (next in {self.next_retry_in:.0f}s: `dispatcher worker --burst "
+                "--wait-retries` waits for them)"
+            )
+        text += f", {self.failed_on_queue} failed"
+        if self.failed_on_queue:
+            text += " (`dispatcher failed`)"
+        return text
+
+
+# --wait-retries without a value: at most this many seconds.
+WAIT_RETRIES_DEFAULT = 900.0
+
+
 def run_worker(
     settings: Settings,
     redis: Redis,
@@ -313,16 +568,21 @@ def run_worker(
     processes: int = 1,
     runtime: Runtime | None = None,
     threads: int | None = None,
-) -> None:
+    wait_retries: float | None = None,
+    clock: Any = time.monotonic,
+) -> BurstSummary | None:
     """Run RQ worker(s) on the dispatcher queue until stopped (or until empty with ``burst``).
 
     With ``threads`` above 1 (default: ``DISPATCHER_WORKER_THREADS``) each process runs that
     many jobs at once (dispatcher/worker/threaded.py). The handler chain is loaded and
     checked first, so a missing or broken handler stops the worker at start with a
-    HandlerConfigError instead of failing every order.
+    HandlerConfigError instead of failing every order. A burst logs
+    what it did and what it left, and returns that; with ``wait_retries`` (seconds) it also
+    waits for jobs scheduled for a retry, working each once due, for at most that long.
     """
     runtime = runtime or Runtime.from_settings(settings)
     install_runtime(runtime)
+    demote_rq_chatter()
     queue = Queue(settings.queue, connection=redis)
     threads = settings.worker_threads if threads is None else threads
     worker_class: type[WorkerBase]
@@ -333,18 +593,64 @@ def run_worker(
     else:
         worker_class = DispatcherWorker if settings.fork_per_job else InProcessWorker
     try:
-        if processes <= 1:
-            worker = worker_class([queue], connection=redis)
-            # The scheduler moves retried jobs back to the queue when their backoff expires.
-            worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
-        else:
+        if processes > 1:
             # Forked children inherit the installed runtime.
             pool = WorkerPool(
                 [queue], connection=redis, num_workers=processes, worker_class=worker_class
             )
             pool.start(burst=burst, logging_level=settings.log_level)
+            summary = BurstSummary()
+        elif not burst:
+            worker = worker_class([queue], connection=redis)
+            # The scheduler moves retried jobs back to the queue when their backoff expires.
+            worker.work(burst=False, with_scheduler=True, logging_level=settings.log_level)
+            return None
+        else:
+            # ThreadedWorker is a DispatcherWorker too (the same mixin over SimpleWorker).
+            burst_class = cast("type[DispatcherWorker]", worker_class)
+            summary = _burst(burst_class, queue, redis, settings, wait_retries, clock)
+        if not burst:
+            return None
+        summary.look(redis, queue.name, time.time())
+        level = logging.WARNING if summary.scheduled or summary.queued else logging.INFO
+        log.log(level, "%s", summary.line(queue.name, counted=processes <= 1))
+        return summary
     finally:
         for handler in runtime.chain:
             close = getattr(handler, "close", None)  # optional: see BaseHandler.close
             if callable(close):
                 close()
+
+
+def _burst(
+    worker_class: type[DispatcherWorker],
+    queue: Queue,
+    redis: Redis,
+    settings: Settings,
+    wait_retries: float | None,
+    clock: Any,
+) -> BurstSummary:
+    """Burst workers, one after the other while retries are due within ``wait_retries``."""
+    summary = BurstSummary()
+    deadline = clock() + (wait_retries or 0.0)
+    while True:
+        worker = worker_class([queue], connection=redis)
+        # In a burst the scheduler moves the retries already due to the queue, once.
+        worker.work(burst=True, with_scheduler=True, logging_level=settings.log_level)
+        summary.add(worker.tally)
+        if wait_retries is None or worker._stop_requested:
+            return summary
+        first = redis.zrange(scheduled_key(queue.name), 0, 0, withscores=True)
+        if not first and not redis.llen(queue_key(queue.name)):
+            return summary
+        due_in = max(0.0, float(first[0][1]) - time.time()) if first else 0.0
+        if clock() + due_in > deadline:
+            log.warning(
+                "--wait-retries: the next retry is due in %.0fs, past the %gs allowed",
+                due_in,
+                wait_retries,
+            )
+            return summary
+        log.info("waiting %.1fs for the next scheduled retry", due_in)
+        # RQ's scheduler moves a job whose time has come on its next pass: a little past it.
+        time.sleep(due_in + 0.05)
