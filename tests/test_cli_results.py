@@ -298,7 +298,6 @@ def test_worker_results_burst_writes_what_was_submitted(
     assert all(sim.applied_writes[key] == 1 for key in orders)
 
 
-
 def test_worker_results_with_threads_writes_each_result_once(
     env: dict[str, str], sim: Simulator, outbox: Outbox
 ) -> None:
