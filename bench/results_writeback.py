@@ -1,11 +1,13 @@
 """Results written back to Kombo per second, end to end, with 20 ms of Kombo latency.
 
-    python bench/results_writeback.py [--results 600] [--integrations 20] [--processes 12]
-                                      [--latency 0.02] [--baseline-results 100] [--reps 3]
+    python bench/results_writeback.py [--results 600] [--integrations 20] [--processes 2]
+                                      [--threads 32] [--latency 0.02]
+                                      [--baseline-results 100] [--reps 3]
 
 - the dispatcher: ``--results`` results submitted through the outbox (``Outbox.submit``,
   the path of ``dispatcher.submit_result`` and ``PUT /orders/.../result``), written by the
-  results workers (``python -m dispatcher.worker.writeback --processes N``, started and
+  results workers (``python -m dispatcher.worker.writeback --processes N --threads T``,
+  as ``dispatcher worker --results`` runs them; started and
   waited for first); the clock runs from the first submit until the last result is written
   (every one through the per-integration write cap, ``DISPATCHER_KOMBO_WRITE_CONCURRENCY``);
 - THE BASELINE: the same results PUT one at a time with the Kombo client (what ``dispatcher
@@ -65,7 +67,9 @@ def _orders(integrations: int, per: int, total: int) -> list[tuple[str, str]]:
     return mixed[:total]
 
 
-def _workers(redis_url: str, kombo_url: str, processes: int, tmp: str) -> subprocess.Popen[bytes]:
+def _workers(
+    redis_url: str, kombo_url: str, processes: int, threads: int, tmp: str
+) -> subprocess.Popen[bytes]:
     env = bench_env(
         redis_url,
         DISPATCHER_NAMESPACE=NAMESPACE,
@@ -74,7 +78,15 @@ def _workers(redis_url: str, kombo_url: str, processes: int, tmp: str) -> subpro
         DISPATCHER_LOG_LEVEL="WARNING",
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "dispatcher.worker.writeback", "--processes", str(processes)],
+        [
+            sys.executable,
+            "-m",
+            "dispatcher.worker.writeback",
+            "--processes",
+            str(processes),
+            "--threads",
+            str(threads),
+        ],
         env=env,
         cwd=tmp,
         stdout=subprocess.DEVNULL,
@@ -132,7 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=int, default=600)
     parser.add_argument("--integrations", type=int, default=20)
-    parser.add_argument("--processes", type=int, default=12, help="results worker processes")
+    parser.add_argument("--processes", type=int, default=2, help="results worker processes")
+    parser.add_argument("--threads", type=int, default=32, help="write jobs per process")
     parser.add_argument("--latency", type=float, default=0.02, help="Kombo seconds per request")
     parser.add_argument("--baseline-results", type=int, default=100)
     common_args(parser)
@@ -147,7 +160,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
     ):
         redis = Redis.from_url(redis_url)
-        workers = _workers(redis_url, kombo.url, args.processes, tmp)
+        workers = _workers(redis_url, kombo.url, args.processes, args.threads, tmp)
         try:
             _wait_workers(redis, args.processes)
             for rep in range(args.reps):
@@ -176,7 +189,8 @@ def main() -> None:
                 baseline_samples=baseline,
                 detail=(
                     f"{len(orders)} results over {args.integrations} integrations, "
-                    f"{args.processes} results worker processes, write cap 10 per integration; "
+                    f"{args.processes} results worker processes x {args.threads} threads, "
+                    "write cap 10 per integration; "
                     f"baseline {args.baseline_results} sequential PUTs"
                 ),
             )

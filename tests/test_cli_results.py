@@ -296,5 +296,21 @@ def test_worker_results_burst_writes_what_was_submitted(
     assert worked.exit_code == 0, worked.stderr
     assert outbox.counts() == {"pending": 0, "written": 3, "failed": 0}
     assert all(sim.applied_writes[key] == 1 for key in orders)
-    refused = run("worker", "--results", "--threads", "4")
-    assert refused.exit_code == 2 and "--threads: not with --results" in refused.stderr
+
+
+def test_worker_results_with_threads_writes_each_result_once(
+    env: dict[str, str], sim: Simulator, outbox: Outbox
+) -> None:
+    # Given six results over two integrations, and a Kombo that takes 0.3 s per request
+    orders = [order_of(sim, n, i) for i in range(2) for n in range(3)]
+    for integration, order in orders:
+        assert result(integration, order, "--no-wait").exit_code == 0
+    sim.faults.latency = 0.3
+    # When one process with 4 threads works the results queue
+    worked = run("worker", "--results", "--threads", "4", "--burst")
+    # Then every result is written, each with exactly one PUT applied by Kombo, and writes
+    # of one integration were in flight at the same time (one at a time: never above 1)
+    assert worked.exit_code == 0, worked.stderr
+    assert outbox.counts() == {"pending": 0, "written": 6, "failed": 0}
+    assert all(sim.applied_writes[key] == 1 for key in orders)
+    assert max(sim.max_writes_in_flight.values()) >= 2

@@ -57,7 +57,9 @@ def worker(
     """Run the handler chain on queued orders (RQ workers with the scheduler).
 
     With --results: write the results of the outbox back to Kombo (the Procfile's
-    ``results`` line); each process listens on the results queue only.
+    ``results`` line); each process listens on the results queue only. There --threads
+    (default 1, not DISPATCHER_WORKER_THREADS) is how many writes each process has in
+    flight: a write waits on Kombo, so e.g. --processes 2 --threads 32.
     """
     from dispatcher.worker.jobs import Runtime
     from dispatcher.worker.worker import run_worker
@@ -66,11 +68,20 @@ def worker(
     if results_:
         from dispatcher.worker.writeback import WriterRuntime, run_results_worker
 
-        if threads is not None:
-            fail("--threads: not with --results (a write waits on Kombo, not the CPU)")
+        # DISPATCHER_WORKER_THREADS sizes the handler workers; results take --threads only.
+        write_threads = threads or 1
         redis = connect_redis(settings, role="worker")
-        writer = or_fail(lambda: WriterRuntime.from_settings(settings, redis))
-        run_results_worker(settings, redis, burst=burst, processes=processes, runtime=writer)
+        writer = or_fail(
+            lambda: WriterRuntime.from_settings(settings, redis, threads=write_threads)
+        )
+        run_results_worker(
+            settings,
+            redis,
+            burst=burst,
+            processes=processes,
+            threads=write_threads,
+            runtime=writer,
+        )
         return
     if wait_retries is not None and not burst:
         fail("--wait-retries: only with --burst (a worker without it waits for everything)")

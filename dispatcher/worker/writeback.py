@@ -55,6 +55,7 @@ from dispatcher.store.outbox import (
     WriteLeases,
     parse_result,
 )
+from dispatcher.store.rq_internals import WorkerBase
 
 __all__ = [
     "ResultWriter",
@@ -237,13 +238,17 @@ class WriterRuntime:
     writer: ResultWriter
 
     @classmethod
-    def from_settings(cls, settings: Settings, redis: Redis | None = None) -> WriterRuntime:
+    def from_settings(
+        cls, settings: Settings, redis: Redis | None = None, *, threads: int = 1
+    ) -> WriterRuntime:
+        """``threads``: write jobs this process runs at once (each may hold a connection)."""
         redis = redis or Redis.from_url(settings.redis_url.get_secret_value())
         client = KomboClient(
             settings.require_kombo(),
             settings.kombo_base_url,
             timeout=settings.kombo_timeout,
             retry_budget=0.0,  # the outbox retries, over hours
+            max_connections=max(16, threads),
             max_response_bytes=settings.max_response_bytes,
         )
         writer = ResultWriter(
@@ -330,22 +335,45 @@ def run_results_worker(
     *,
     burst: bool = False,
     processes: int = 1,
+    threads: int = 1,
     runtime: WriterRuntime | None = None,
 ) -> None:
     """Run RQ worker(s) on the results queue until stopped (or until empty with ``burst``),
-    with the scheduler (which queues retries when their delay is up)."""
+    with the scheduler (which queues retries when their delay is up).
+
+    With ``threads`` above 1 each process runs that many write jobs at once
+    (:class:`~dispatcher.worker.threaded.ThreadedWorker`): a write mostly waits on Kombo.
+    Write jobs are safe side by side: the write cap is a lease per job id in Redis, whichever
+    thread or process holds it, every end of a write (written, failed, rescheduled) is one
+    Lua script that checks the job still owns it, and the Kombo client and Redis pool are
+    shared by the threads (the client's connection pool is sized to ``threads``). On SIGTERM a
+    threaded worker lets the writes in flight finish for up to
+    ``DISPATCHER_WORKER_SHUTDOWN_TIMEOUT`` seconds (a write is bounded by
+    ``KOMBO_TIMEOUT``), then puts the rest back on the queue.
+    """
     from dispatcher.worker.worker import InProcessWorker
 
-    install_writer(runtime or WriterRuntime.from_settings(settings, redis))
+    runtime = runtime or WriterRuntime.from_settings(settings, redis, threads=threads)
+    install_writer(runtime)
     queue = Queue(settings.results_queue, connection=redis)
-    if processes <= 1:
-        worker = InProcessWorker([queue], connection=redis)
-        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+    worker_class: type[WorkerBase]
+    if threads > 1:
+        from dispatcher.worker.threaded import threaded_worker_class
+
+        worker_class = threaded_worker_class(threads, settings.worker_shutdown_timeout)
     else:
-        pool = WorkerPool(
-            [queue], connection=redis, num_workers=processes, worker_class=InProcessWorker
-        )
-        pool.start(burst=burst, logging_level=settings.log_level)
+        worker_class = InProcessWorker
+    try:
+        if processes <= 1:
+            worker = worker_class([queue], connection=redis)
+            worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+        else:
+            pool = WorkerPool(
+                [queue], connection=redis, num_workers=processes, worker_class=worker_class
+            )
+            pool.start(burst=burst, logging_level=settings.log_level)
+    finally:
+        runtime.writer.client.close()  # its Kombo connections (one per thread that wrote)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -354,10 +382,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dispatcher.worker.writeback")
     parser.add_argument("--burst", action="store_true", help="stop once the queue is empty")
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
+    parser.add_argument("--threads", type=int, default=1, help="write jobs per process at once")
     args = parser.parse_args(argv)
     settings = load_settings()
     redis = Redis.from_url(settings.redis_url.get_secret_value())
-    run_results_worker(settings, redis, burst=args.burst, processes=args.processes)
+    run_results_worker(
+        settings, redis, burst=args.burst, processes=args.processes, threads=args.threads
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """The chaos run: thousands of orders through several pollers and workers while processes
 are SIGKILLed, Redis restarts and Kombo and the vendor API misbehave; then, with the faults
 stopped, everything must settle with every order provisioned and every recruiter mailed,
-once in effect.
+once in effect. Meanwhile results are submitted for dispatched orders (``submit_result``,
+final ``COMPLETED`` results) and written back by results workers that are killed too, under
+Kombo's faults (dropped answers included): each must end written, with exactly one write
+applied by Kombo, none failed (an order "no longer OPEN" is the lost-answer case).
 
     python tests/chaos/harness.py --integrations 8 --orders 1500 --fault-seconds 120
 
@@ -35,6 +38,8 @@ from rq.registry import (
 )
 
 from _support import RedisServer, dispatcher_env, kill_tree
+from dispatcher.settings import load_settings
+from dispatcher.store.outbox import Outbox, submit_result
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
 from dispatcher.testing.vendor import VendorAPI
@@ -54,6 +59,11 @@ class ChaosConfig:
     min_kills: int = 20
     # Jobs per worker process (DISPATCHER_WORKER_THREADS): above 1, threaded workers.
     worker_threads: int = 1
+    # Results workers (dispatcher worker --results --threads N) and results submitted per
+    # second, for orders already dispatched, while the faults run.
+    results_workers: int = 2
+    results_threads: int = 4
+    results_per_second: float = 8.0
     settle_timeout: float = 180.0
     seed: int = 1
 
@@ -78,6 +88,13 @@ class ChaosReport:
     left_started: int = 0
     left_scheduled: int = 0
     left_failed: int = 0
+    results_submitted: int = 0
+    results_written: int = 0
+    results_lost_answer: int = 0
+    results_not_written: int = 0
+    results_failed: int = 0
+    results_applied_twice: int = 0
+    results_never_applied: int = 0
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -90,17 +107,26 @@ class _Fleet:
         self.env = env
         self.redis = redis
         self.rng = rng
-        self.procs: dict[str, list[subprocess.Popen[bytes]]] = {"poller": [], "worker": []}
+        self.procs: dict[str, list[subprocess.Popen[bytes]]] = {
+            "poller": [],
+            "worker": [],
+            "results": [],
+        }
+        self.results_threads = 1
         self.kills: Counter[str] = Counter()
         # (job id, name of the dead worker, killed at)
         self.pending_recoveries: list[tuple[str, str, float]] = []
         self.recoveries: list[float] = []
 
     def start(self, kind: str) -> None:
-        command = "poll" if kind == "poller" else "worker"
+        command = {
+            "poller": ["poll"],
+            "worker": ["worker"],
+            "results": ["worker", "--results", "--threads", str(self.results_threads)],
+        }[kind]
         self.procs[kind].append(
             subprocess.Popen(
-                [sys.executable, "-m", "dispatcher", command],
+                [sys.executable, "-m", "dispatcher", *command],
                 env=self.env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -109,9 +135,10 @@ class _Fleet:
         )
 
     def kill_one(self) -> None:
-        kind = self.rng.choice(["poller", "worker", "worker"])
+        kinds = ["poller", "worker", "worker"] + (["results"] if self.procs["results"] else [])
+        kind = self.rng.choice(kinds)
         victim = self.rng.choice(self.procs[kind])
-        if kind == "worker":
+        if kind != "poller":
             self._remember_jobs_of(victim.pid)
             # Half the time the work horse dies too (a lost machine); half the time it is
             # orphaned and finishes on its own (the OOM killer took only the worker).
@@ -203,13 +230,22 @@ def run_chaos(config: ChaosConfig, log: Any = print) -> ChaosReport:
                 NOTIFY_FROM="Acme Tests <tests@acme.example>",
             )
             fleet = _Fleet(env, redis, rng)
+            fleet.results_threads = config.results_threads
             for _ in range(config.pollers):
                 fleet.start("poller")
             for _ in range(config.workers):
                 fleet.start("worker")
+            for _ in range(config.results_workers):
+                fleet.start("results")
+            results = _Results(redis, server.url, rng)
 
             faults = Faults(
-                rate_limit=0.05, retry_after=0.2, server_error=0.05, malformed=0.02, latency=0.01
+                rate_limit=0.05,
+                retry_after=0.2,
+                server_error=0.05,
+                malformed=0.02,
+                latency=0.01,
+                drop_answer=0.05,
             )
             report.kombo_faults = asdict(faults)
             sim.faults = faults
@@ -218,11 +254,15 @@ def run_chaos(config: ChaosConfig, log: Any = print) -> ChaosReport:
             next_kill = started + kill_every
             restart_at = started + config.fault_seconds / 2
             added = 0.0
+            submitted = 0.0
             while time.monotonic() - started < config.fault_seconds:
                 now = time.monotonic()
                 while added < (now - started) * config.added_per_second:
                     sim.add_order(rng.choice(sim.integration_ids))
                     added += 1
+                while submitted < (now - started) * config.results_per_second:
+                    submitted += 1
+                    results.submit_one(sim.integration_ids)
                 if now >= next_kill:
                     fleet.kill_one()
                     next_kill = now + kill_every * rng.uniform(0.5, 1.5)
@@ -242,12 +282,15 @@ def run_chaos(config: ChaosConfig, log: Any = print) -> ChaosReport:
             settle_start = time.monotonic()
             while time.monotonic() - settle_start < config.settle_timeout:
                 fleet.check_recoveries()
-                if _settled(redis, vendor, mailbox, expected_keys, expected_mail):
+                if _settled(redis, vendor, mailbox, expected_keys, expected_mail) and (
+                    results.settled()
+                ):
                     break
                 time.sleep(0.5)
             report.settle_seconds = round(time.monotonic() - settle_start, 1)
             fleet.check_recoveries()
             _assess(report, redis, vendor, mailbox, expected_keys, expected_mail)
+            results.assess(report, sim)
             report.kills = dict(fleet.kills)
             report.longest_recovery_seconds = round(max(fleet.recoveries, default=0.0), 1)
             if fleet.pending_recoveries:
@@ -263,11 +306,77 @@ def run_chaos(config: ChaosConfig, log: Any = print) -> ChaosReport:
     return report
 
 
+class _Results:
+    """Final results submitted during the run, for orders the dispatcher has dispatched."""
+
+    def __init__(self, redis: Redis, redis_url: str, rng: random.Random) -> None:
+        self.redis = redis
+        self.rng = rng
+        self.settings = load_settings(REDIS_URL=redis_url)
+        self.submitted: set[tuple[str, str]] = set()
+
+    def submit_one(self, integrations: list[str]) -> None:
+        integration = self.rng.choice(integrations)
+        try:
+            raw = self.redis.hkeys(f"dispatcher:seen:{integration}")
+            seen = [o.decode() if isinstance(o, bytes) else str(o) for o in raw]
+            candidates = [o for o in seen if (integration, o) not in self.submitted]
+            if not candidates:
+                return
+            order = self.rng.choice(candidates)
+            submit_result(
+                integration,
+                order,
+                {"status": "COMPLETED", "result_url": f"https://vendor.example/r/{order}"},
+                redis=self.redis,
+                settings=self.settings,
+            )
+        except Exception:
+            return  # Redis restarting: not submitted, nothing to expect
+        self.submitted.add((integration, order))
+
+    def _outbox(self) -> Outbox:
+        return Outbox.from_settings(self.redis, self.settings)
+
+    def settled(self) -> bool:
+        try:
+            return self._outbox().counts()["pending"] == 0
+        except Exception:
+            return False
+
+    def assess(self, report: ChaosReport, sim: Simulator) -> None:
+        outbox = self._outbox()
+        report.results_submitted = len(self.submitted)
+        for integration, order in sorted(self.submitted):
+            record = outbox.get(integration, order)
+            applied = sim.applied_writes[(integration, order)]
+            if applied > 1:
+                report.results_applied_twice += 1
+            elif applied == 0:
+                report.results_never_applied += 1
+            if record is None or record.state == "pending":
+                report.results_not_written += 1
+            elif record.state == "failed":
+                report.results_failed += 1
+                report.failures.append(f"result of {order} failed: {record.reason}")
+            else:
+                report.results_written += 1
+                report.results_lost_answer += int(record.lost_answer)
+        for name in (
+            "results_not_written", "results_applied_twice", "results_never_applied",
+        ):  # fmt: skip
+            if getattr(report, name):
+                report.failures.append(f"{name} = {getattr(report, name)}")
+        if not self.submitted:
+            report.failures.append("no result submitted")
+
+
 def _expectations(sim: Simulator) -> tuple[set[str], set[tuple[str, str]]]:
     keys: set[str] = set()
     mail: set[tuple[str, str]] = set()
     for integration in sim.integration_ids:
-        for order in sim.orders(integration, status="OPEN"):
+        # OPEN, or COMPLETED by a result written during the run (all started OPEN)
+        for order in sim.orders(integration):
             keys.add(step_key("dispatcher", integration, order["id"], "provision_http"))
             for member in order["job"]["hiring_team"]:
                 if member["email"] and ROLES.intersection(member["hiring_team_roles"]):

@@ -17,6 +17,11 @@ def test_nothing_lost_nothing_doubled_under_kills_restarts_and_faults(redis_url:
     assert report.redis_restarts == 1
     assert report.orders >= 1200
     assert report.longest_recovery_seconds < 60
+    # Results written back meanwhile: each written once (failures above name any left failed,
+    # applied twice or never), some of them after Kombo's answer was lost.
+    assert report.results_submitted >= 100
+    assert report.results_written == report.results_submitted
+    assert report.results_lost_answer >= 1
 
 
 @pytest.mark.slow
