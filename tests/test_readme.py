@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
 from dispatcher.testing import free_port
 
@@ -133,7 +134,8 @@ def _group_alive(group: int) -> bool:
 
 
 @pytest.fixture
-def shell(tmp_path: Path, redis_url: str) -> Iterator[ReadmeShell]:
+def shell(tmp_path: Path, redis_url: str, redis: Redis) -> Iterator[ReadmeShell]:
+    # `redis` empties the shared test database first: the blocks count what they create.
     sh = ReadmeShell(tmp_path, redis_url)
     yield sh
     sh.stop()
