@@ -82,6 +82,7 @@ def test_the_job_carries_the_order_and_names_it_for_rq_tools(any_redis: Redis) -
         "package_id": "typescript_test",
         "namespace": "dispatcher",
         "chain": [],
+        "source": "poll",
     }
     # rq's own listing of queues sees the queue.
     assert [q.name for q in Queue.all(connection=any_redis)] == ["dispatcher-orders"]

@@ -69,6 +69,7 @@ def test_every_job_hash_of_a_page_is_what_rq_would_save(redis: Redis) -> None:
             "package_id": order.package_id,
             "namespace": ledger.namespace,
             "chain": [],
+            "source": "poll",
         }
         assert job.description == (
             f"order {order.id} integration {integration_id} package {order.package_id}"

@@ -92,6 +92,7 @@ class OrderRecord:
     seen_at: float | None
     job_status: str | None
     package_id: str | None = None
+    source: str | None = None  # "poll" or "webhook" (jobs dispatched before it was recorded: None)
     enqueued_at: float | None = None
     started_at: float | None = None
     ended_at: float | None = None
@@ -339,6 +340,7 @@ def _record(
         seen_at=seen_at,
         job_status=str(status.value if isinstance(status, JobStatus) else status),
         package_id=(job.meta or {}).get("package_id"),
+        source=(job.meta or {}).get("source"),
         enqueued_at=job.enqueued_at.timestamp() if job.enqueued_at else None,
         started_at=job.started_at.timestamp() if job.started_at else None,
         ended_at=job.ended_at.timestamp() if job.ended_at else None,

@@ -51,7 +51,10 @@ def order_timeline(
         redis, settings.namespace, settings.queue, order_id, [integration_id]
     ):
         if record.seen_at is not None:
-            events.append({"at": record.seen_at, "event": "first_seen"})
+            first: dict[str, Any] = {"at": record.seen_at, "event": "first_seen"}
+            if record.source is not None:
+                first["source"] = record.source  # poll or webhook
+            events.append(first)
         if record.enqueued_at is not None:
             events.append({"at": record.enqueued_at, "event": "enqueued", "job_id": record.job_id})
         for step in record.steps:

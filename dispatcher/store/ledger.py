@@ -186,6 +186,7 @@ class Ledger:
         *,
         generation: int | None = None,
         keep_generations: int = 3,
+        source: str = "poll",
     ) -> DispatchResult:
         """Enqueue every order not seen before, atomically marking it seen; skip the rest.
 
@@ -257,7 +258,7 @@ class Ledger:
         args: list[Any] = [now_, integration_id, rq_queue, suffix]
         args.append(len(to_mark))
         args.extend(to_mark)
-        shared, jobs = self._job_hashes(integration_id, candidates)
+        shared, jobs = self._job_hashes(integration_id, candidates, source)
         args.append(len(shared))
         args.extend(shared)
         for order, job_id, fields in jobs:
@@ -335,7 +336,10 @@ class Ledger:
             return sum(pipe.execute())
 
     def _job_hashes(
-        self, integration_id: str, orders: Sequence[tuple[Order, dict[str, Any] | None]]
+        self,
+        integration_id: str,
+        orders: Sequence[tuple[Order, dict[str, Any] | None]],
+        source: str = "poll",
     ) -> tuple[list[Any], Iterator[tuple[Order, str, list[Any]]]]:
         """The job hash ``_build_job(...)`` would save for each (order, its payload if the
         caller has it), in two parts: the items all the page's jobs share, sent once, and
@@ -349,7 +353,7 @@ class Ledger:
         """
         if not orders:
             return [], iter(())
-        template_job = self._build_job(integration_id, *orders[0])
+        template_job = self._build_job(integration_id, *orders[0], source=source)
         template = dict(_pairs(job_hash_items(template_job)))
         dumps = template_job.serializer.dumps
         shared = [
@@ -367,14 +371,19 @@ class Ledger:
                 items = [
                     "data", data,
                     "description", _description(integration_id, order),
-                    "meta", dumps(self.job_meta(integration_id, order)),
+                    "meta", dumps(self.job_meta(integration_id, order, source)),
                 ]  # fmt: skip
                 yield order, self.job_id(integration_id, order.id), items
 
         return shared, own()
 
     def _build_job(
-        self, integration_id: str, order: Order, payload: dict[str, Any] | None = None
+        self,
+        integration_id: str,
+        order: Order,
+        payload: dict[str, Any] | None = None,
+        *,
+        source: str = "poll",
     ) -> Job:
         options = self.job_options
         job = Job.create(
@@ -385,7 +394,7 @@ class Ledger:
             origin=self.queue.name,
             status=JobStatus.QUEUED,
             description=_description(integration_id, order),
-            meta=self.job_meta(integration_id, order),
+            meta=self.job_meta(integration_id, order, source),
             timeout=options.timeout,
             result_ttl=options.result_ttl,
             failure_ttl=options.failure_ttl,
@@ -411,10 +420,12 @@ class Ledger:
             "namespace": self.namespace,
         }
 
-    def job_meta(self, integration_id: str, order: Order) -> dict[str, Any]:
+    def job_meta(self, integration_id: str, order: Order, source: str = "poll") -> dict[str, Any]:
         """An order's job meta: what RQ's tools show, the namespace (a worker of another
-        namespace leaves the job on the queue) and the configured chain."""
+        namespace leaves the job on the queue), the configured chain and how the order came
+        (``poll`` or ``webhook``: the order's timeline shows it)."""
         return {
+            "source": source,
             "order_id": order.id,
             "integration_id": integration_id,
             "package_id": order.package_id,

@@ -400,7 +400,9 @@ class _Receiver:
         for integration_id, indexes in to_dispatch.items():
             orders = [items[index][1] for index in indexes]
             try:
-                enqueued = set(self.ledger.dispatch(integration_id, orders).enqueued)
+                enqueued = set(
+                    self.ledger.dispatch(integration_id, orders, source="webhook").enqueued
+                )
                 for index, order in zip(indexes, orders, strict=True):
                     decided[index] = (
                         _Outcome("enqueued")
