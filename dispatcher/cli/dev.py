@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from dispatcher.cli._common import fail
+
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -71,7 +73,11 @@ def sim(
 @click.option("--orders", type=click.IntRange(1, 500), default=12, show_default=True)
 def demo(integrations: int, orders: int) -> None:
     """Run the whole pipeline in process: no Redis server, no Kombo key needed."""
-    from dispatcher.demo import run_demo
+    from dispatcher.demo import DemoUnavailable, run_demo
 
     logging.getLogger().setLevel(logging.WARNING)
-    sys.exit(run_demo(integrations=integrations, orders=orders, echo=click.echo))
+    try:
+        code = run_demo(integrations=integrations, orders=orders, echo=click.echo)
+    except DemoUnavailable as exc:
+        fail(str(exc))
+    sys.exit(code)

@@ -14,6 +14,7 @@ from types import FrameType
 
 import click
 
+from dispatcher._text import plural
 from dispatcher.cli._common import connect_redis, fail, make_ledger, or_fail, settings_of
 from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.fleet import FleetError, parse_share, run_fleet, sweep_in_processes
@@ -145,7 +146,7 @@ def _echo_report(report: SweepReport, as_json: bool) -> None:
         click.echo(json.dumps(report.as_dict(), sort_keys=True))
     else:
         click.echo(
-            f"{report.integrations} integrations, {report.pages} pages, "
+            f"{plural(report.integrations, 'integration')}, {plural(report.pages, 'page')}, "
             f"{report.orders_seen} OPEN orders seen, {report.orders_new} new"
             + (f", {report.invalid_orders} invalid" if report.invalid_orders else "")
             + (f", {report.interrupted} interrupted by a stop" if report.interrupted else "")
