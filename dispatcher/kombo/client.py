@@ -470,7 +470,7 @@ class KomboClient:
             for item in raw
         ]
         try:
-            return parse_packages(trimmed, source="GET /assessment/packages")
+            return parse_packages(trimmed, source="GET /assessment/packages", listed=True)
         except InvalidPackagesError as exc:
             raise KomboError(str(exc), status_code=200, integration_id=integration_id) from None
 
