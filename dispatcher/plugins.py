@@ -160,8 +160,11 @@ def load_handlers(
             raise HandlerConfigError(f"handler {name!r}: {entry.error}")
         try:
             handler = entry.factory()
-        except HandlerConfigError:
-            raise
+        except HandlerConfigError as exc:
+            # handler_settings() names the variable (PROVISION_URL: not set): name the handler.
+            if str(exc).startswith(f"handler {name!r}"):
+                raise
+            raise HandlerConfigError(f"handler {name!r}: {exc}") from None
         except Exception as exc:
             raise HandlerConfigError(
                 f"handler {name!r}: could not be created: {type(exc).__name__}: {exc}"
