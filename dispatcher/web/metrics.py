@@ -168,7 +168,9 @@ def _integration_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     )
     for integration in snapshot.integrations:
         name = [integration.integration_id]
-        healthy.add_metric(name, 1 if integration.state == OK else 0)
+        if integration.configured is not False:
+            # Not configured nor registered: not polled, so neither healthy nor unhealthy.
+            healthy.add_metric(name, 1 if integration.state == OK else 0)
         errors.add_metric(name, integration.error_count)
         remembered.add_metric(name, integration.remembered)
         if integration.last_sweep_at is not None:
