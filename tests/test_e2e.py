@@ -197,3 +197,23 @@ def test_sigterm_finishes_the_current_page_and_exits_0(redis: Redis, redis_url: 
     assert "received SIGTERM" in stderr
     assert 10 <= queue.count < 400
     assert queue.count % 2 == 0  # whole pages only
+
+
+def test_a_refused_api_key_is_one_error_line_for_every_integration(
+    sim: Simulator, redis_url: str, redis: Redis
+) -> None:
+    # Issue 14, item 3: three integrations, one wrong key: one line says what is wrong (the
+    # key), on stderr and in the log, instead of Kombo's header message six times.
+    with sim.serve() as server:
+        env = {**env_for(server.url, sim, redis_url), "KOMBO_API_KEY": "not-the-right-key"}
+        result = run(["poll", "--once"], env)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dispatcher: ")]
+    assert errors == [
+        "dispatcher: error: PLATFORM.AUTHENTICATION_INVALID: the key in KOMBO_API_KEY was "
+        f"refused (3 integrations: {', '.join(sim.integration_ids)})"
+    ]
+    logged = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(logged) == 1, result.stderr
+    assert "the key in KOMBO_API_KEY was refused" in logged[0]
+    assert "Authorization header" not in result.stderr

@@ -112,9 +112,28 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
             return
         report = poller.sweep(share=share_of)
     _echo_report(report, as_json)
-    for error in report.errors.values():
-        click.echo(f"dispatcher: error: {error}", err=True)
+    for line in distinct_errors(report.errors):
+        click.echo(f"dispatcher: error: {line}", err=True)
     sys.exit(1 if report.errors else 0)
+
+
+def distinct_errors(errors: dict[str, str], shown: int = 5) -> list[str]:
+    """One line per distinct error: ``integration X: E`` for one integration, ``E (3
+    integrations: X, Y, Z)`` for several (a refused API key fails them all alike)."""
+    by_problem: dict[str, list[str]] = {}
+    for integration_id, error in errors.items():
+        problem = error.removeprefix(f"integration {integration_id}: ")
+        by_problem.setdefault(problem, []).append(integration_id)
+    lines = []
+    for problem, ids in by_problem.items():
+        if len(ids) == 1:
+            lines.append(f"integration {ids[0]}: {problem}")
+            continue
+        names = ", ".join(ids[:shown]) + (
+            f" and {len(ids) - shown} more" if len(ids) > shown else ""
+        )
+        lines.append(f"{problem} ({plural(len(ids), 'integration')}: {names})")
+    return lines
 
 
 def _poll_in_processes(ctx: click.Context, *, once: bool, as_json: bool, processes: int) -> None:
