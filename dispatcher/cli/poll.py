@@ -8,20 +8,31 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from urllib.parse import urlsplit
 
 import click
+from redis import Redis
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from dispatcher._text import plural
-from dispatcher.cli._common import connect_redis, fail, make_ledger, or_fail, settings_of
+from dispatcher.cli._common import (
+    connect_redis,
+    fail,
+    make_ledger,
+    or_fail,
+    settings_of,
+)
 from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.fleet import FleetError, parse_share, run_fleet, sweep_in_processes
 from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.poller.poller import Poller, SweepPolicy, SweepReport
 from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
+from dispatcher.settings import Settings
 
 log = logging.getLogger("dispatcher.cli")
 
@@ -55,7 +66,8 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
         except ValueError as exc:
             fail(str(exc))
     api_key = or_fail(settings.require_kombo)
-    redis = connect_redis(settings)
+    # --once fails fast; the loop rides out Redis outages, the one at start included.
+    redis = connect_redis(settings) if once else _redis_when_up(settings)
     ledger = make_ledger(settings, redis)
     registry = IntegrationRegistry(redis, ledger.keys, settings.kombo_integration_ids)
     if not registry.all():
@@ -153,6 +165,42 @@ def _poll_in_processes(ctx: click.Context, *, once: bool, as_json: bool, process
         fail(str(exc), code=1)
     _echo_report(report, as_json)
     sys.exit(1 if report.errors else 0)
+
+
+def _redis_when_up(settings: Settings, cap: float = 30.0) -> Redis:
+    """Loop mode: Redis, once it answers. Unreachable at start, it is waited for with
+    backoff (1 s doubling to ``cap``), said once, as the loop does for a later outage;
+    SIGTERM or SIGINT meanwhile exit 0. A refused password is a configuration error: exit 1."""
+    redis = connect_redis(settings, ping=False)
+    # The URL itself is a secret to the log filter (it may hold a password): name the host.
+    url = urlsplit(settings.redis_url.get_secret_value())
+    where = url.path if url.scheme == "unix" else f"{url.hostname}:{url.port or 6379}"
+    stop = threading.Event()
+    delay, down_since = 1.0, None
+    with _stop_on_signals(stop):
+        while True:
+            try:
+                redis.ping()
+            except (AuthenticationError, AuthorizationError) as exc:
+                fail(f"REDIS_URL: Redis at {where} refused us: {exc}", code=1)
+            except RedisError as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.error(
+                        "cannot reach Redis at %s: %s: %s; waiting for it (retrying with backoff)",
+                        where,
+                        type(exc).__name__,
+                        exc,
+                    )
+                if stop.wait(delay):
+                    sys.exit(0)
+                delay = min(delay * 2, cap)
+                continue
+            if down_since is not None:
+                log.info(
+                    "Redis at %s answers after %.0fs: polling", where, time.monotonic() - down_since
+                )
+            return redis
 
 
 def _sleep_unless(stop: threading.Event, seconds: float) -> None:
