@@ -109,12 +109,18 @@ def _first_exit(children: list[subprocess.Popen[str]]) -> int:
 def _forwarding_signals(
     children: list[subprocess.Popen[str]],
 ) -> Iterator[Callable[[int, FrameType | None], None]]:
-    """SIGTERM and SIGINT, while inside, go to every child still running."""
+    """SIGTERM and SIGINT, while inside, go to every child still running; a child is sent
+    SIGTERM once (a second one, once it has put the default handler back on its way out,
+    would kill it: exit -15 instead of 0)."""
+    terminated: set[int] = set()
 
     def forward(signum: int, frame: FrameType | None) -> None:
         for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+            if child.poll() is not None or (signum == signal.SIGTERM and child.pid in terminated):
+                continue
+            if signum == signal.SIGTERM:
+                terminated.add(child.pid)
+            child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
