@@ -41,7 +41,7 @@ def run(pollers: int, integrations: int, orders: int, latency: float) -> dict[st
     ids: list[str] = []
     assert sim.stderr is not None
     for line in sim.stderr:
-        if line.startswith("KOMBO_INTEGRATION_IDS="):
+        if line.startswith("export KOMBO_INTEGRATION_IDS="):
             ids = line.strip().split("=", 1)[1].split(",")
             break
     time.sleep(0.5)

@@ -18,6 +18,7 @@ from typing import Any
 from rq import Queue, SimpleWorker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
+from dispatcher._text import plural
 from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.poller import Poller
 from dispatcher.settings import Settings
@@ -27,17 +28,26 @@ from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import Runtime, install_runtime
 
-__all__ = ["run_demo"]
+__all__ = ["DemoUnavailable", "run_demo"]
+
+
+class DemoUnavailable(Exception):
+    """The demo's extra (fakeredis, aiosmtpd) is not installed; the message says how to."""
 
 
 def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], None]) -> int:
-    """Sweep, work, sweep again; print a summary. Returns the exit status."""
+    """Sweep, work, sweep again; print a summary. Returns the exit status.
+
+    Raises :class:`DemoUnavailable` when the demo extra is not installed.
+    """
     try:
         import aiosmtpd  # noqa: F401  (the mailbox's SMTP server)
         import fakeredis
-    except ImportError:
-        echo("demo: needs the demo extra: pip install 'kombo-dispatcher[demo]'")
-        return 2
+    except ImportError as exc:
+        raise DemoUnavailable(
+            f"demo: needs the demo extra ({exc.name} is missing): "
+            "pip install 'kombo-dispatcher[demo]'"
+        ) from None
     from dispatcher_handlers.log import LogHandler
     from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
     from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
@@ -78,7 +88,7 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
         poller = Poller(client, ledger, simulator.integration_ids, page_size=5)
         first = poller.sweep()
         echo(
-            f"sweep 1: {first.pages} pages, {first.orders_seen} OPEN orders found, "
+            f"sweep 1: {plural(first.pages, 'page')}, {first.orders_seen} OPEN orders found, "
             f"{first.orders_new} enqueued (queue length {queue.count})"
         )
         SimpleWorker([queue], connection=redis).work(burst=True, logging_level="WARNING")

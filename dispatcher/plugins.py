@@ -120,8 +120,11 @@ def _create(name: str, factory: Callable[[], Any]) -> Handler:
     """Call ``factory``; name the handler after its entry point unless it has a name."""
     try:
         handler = factory()
-    except HandlerConfigError:
-        raise
+    except HandlerConfigError as exc:
+        # handler_settings() names the variable (PROVISION_URL: not set): name the handler.
+        if str(exc).startswith(f"handler {name!r}"):
+            raise
+        raise HandlerConfigError(f"handler {name!r}: {exc}") from None
     except Exception as exc:
         raise HandlerConfigError(
             f"handler {name!r}: could not be created: {type(exc).__name__}: {exc}"

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from dispatcher._text import is_http_url, validation_line
+from dispatcher._text import error_message, is_http_url
 from dispatcher.redact import protect_settings
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
+        # `DISPATCHER_POLL_INTERVAL=` means unset, as an empty `KOMBO_API_KEY=` does: an
+        # emptied line of a .env or a Procfile must not be a number that fails to parse.
+        env_ignore_empty=True,
         extra="ignore",
         populate_by_name=True,
         frozen=True,
@@ -283,6 +286,12 @@ class Settings(BaseSettings):
     def _tokens(cls, value: object) -> object:
         return _split_csv(value)
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        # --log-level (the same variable, read by click) takes any case.
+        return value.upper() if isinstance(value, str) else value
+
     @field_validator("kombo_integration_ids", "handlers", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
@@ -405,14 +414,19 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Build the settings, turning a validation error into a one-line ConfigError.
 
-    The message names the environment variable and never echoes the value, which may be
-    a secret. Every secret of the settings is registered to be masked in logs and failure
-    reasons (:mod:`dispatcher.redact`).
+    The message names the environment variable of every invalid setting (``A: problem;
+    B: problem``) and never echoes a value, which may be a secret. Every secret of the
+    settings is registered to be masked in logs and failure reasons (:mod:`dispatcher.redact`).
     """
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise ConfigError(validation_line(exc, field=_env_name, default="settings")) from None
+        raise ConfigError(
+            "; ".join(
+                f"{_env_name(error['loc']) or 'settings'}: {error_message(error)}"
+                for error in exc.errors()
+            )
+        ) from None
     protect_settings(settings)
     return settings
 

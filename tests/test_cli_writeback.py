@@ -389,3 +389,31 @@ def test_result_as_a_subprocess(
     assert "kombo warning" in done.stderr
     assert sim.results[(integration, order_id)]["status"] == "COMPLETED"
     assert recorded_result(redis, Keys("dispatcher"), integration, order_id) is not None
+
+
+def test_kombo_packages_of_a_null_or_unknown_type_are_read_and_replaced(
+    env: dict[str, str], sim: Simulator, packages_file: Path, tmp_path: Path
+) -> None:
+    # Issue 14, item 11: Kombo's schema allows `type: null` (its SDK takes it), and a type
+    # added after this release must not sink the list either.
+    first = sim.integration_ids[0]
+    listed = [
+        {"id": "legacy", "type": None, "name": "Legacy", "description": ""},
+        {"id": "ac", "type": "ASSESSMENT_CENTER", "name": "Centre", "description": "New."},
+    ]
+    sim.packages[first] = listed
+    got = run("packages", "get", "--integration", first)
+    assert got.exit_code == 0, got.stderr
+    assert json.loads(got.stdout) == {"packages": listed}
+
+    replaced = run("packages", "set", str(packages_file), "--integration", first, "--yes")
+    assert replaced.exit_code == 0, replaced.stderr
+    assert "  - legacy (None): Legacy  [marked deleted]" in replaced.stdout.splitlines()
+    assert sim.packages[first] == PACKAGES
+
+    # What we send stays strict: the listed file is refused, naming the package and field.
+    (tmp_path / "got.json").write_text(got.stdout)
+    refused = run("packages", "set", str(tmp_path / "got.json"), "--integration", first)
+    assert refused.exit_code == 2
+    assert "packages[0] (id legacy): field type: must be one of " in one_error_line(refused)
+    assert sim.packages[first] == PACKAGES

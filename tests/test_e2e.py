@@ -198,3 +198,66 @@ def test_sigterm_finishes_the_current_page_and_exits_0(redis: Redis, redis_url: 
     assert "received SIGTERM" in stderr
     assert 10 <= queue.count < 400
     assert queue.count % 2 == 0  # whole pages only
+
+
+def test_a_refused_api_key_is_one_error_line_for_every_integration(
+    sim: Simulator, redis_url: str, redis: Redis
+) -> None:
+    # Issue 14, item 3: three integrations, one wrong key: one line says what is wrong (the
+    # key), on stderr and in the log, instead of Kombo's header message six times.
+    with sim.serve() as server:
+        env = {**env_for(server.url, sim, redis_url), "KOMBO_API_KEY": "not-the-right-key"}
+        result = run(["poll", "--once"], env)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dispatcher: ")]
+    assert errors == [
+        "dispatcher: error: PLATFORM.AUTHENTICATION_INVALID: the key in KOMBO_API_KEY was "
+        f"refused (3 integrations: {', '.join(sim.integration_ids)})"
+    ]
+    logged = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(logged) == 1, result.stderr
+    assert "the key in KOMBO_API_KEY was refused" in logged[0]
+    assert "Authorization header" not in result.stderr
+
+
+def test_the_poll_loop_waits_for_redis_at_start_and_once_does_not(sim: Simulator) -> None:
+    # Issue 14, item 5: the README says pollers ride out Redis outages; one at start too.
+    from _support import RedisServer, wait_until
+
+    server = RedisServer()  # its port is chosen; nothing listens on it yet
+    try:
+        with sim.serve() as kombo:
+            env = env_for(kombo.url, sim, server.url, DISPATCHER_POLL_INTERVAL="1")
+            once = run(["poll", "--once"], env)
+            assert once.returncode == 1  # --once still fails fast
+            assert once.stderr.startswith("dispatcher: error: REDIS_URL: cannot reach Redis")
+
+            poller = subprocess.Popen(
+                [sys.executable, "-m", "dispatcher", "poll"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert poller.stderr is not None
+                first = poller.stderr.readline()
+                assert f"cannot reach Redis at 127.0.0.1:{server.port}: ConnectionError" in first
+                assert "waiting for it (retrying with backoff)" in first
+                assert poller.poll() is None  # still there
+                server.start()
+                redis = Redis.from_url(server.url)
+                wait_until(
+                    lambda: len(queued_orders(redis)) == len(open_orders(sim)),
+                    timeout=60,
+                    what="the poller to sweep once Redis is up",
+                )
+                redis.close()
+            finally:
+                poller.send_signal(signal.SIGTERM)
+                _, rest = poller.communicate(timeout=30)
+            assert poller.returncode == 0, rest
+            assert "cannot reach Redis" not in rest  # said once
+            assert "Traceback" not in rest
+    finally:
+        server.cleanup()

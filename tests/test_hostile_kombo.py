@@ -537,7 +537,7 @@ def test_poll_once_reports_an_invalid_order_and_exits_0(
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "1 integrations, 1 pages, 2 OPEN orders seen, 1 new, 1 invalid"
+    assert result.stdout.strip() == "1 integration, 1 page, 2 OPEN orders seen, 1 new, 1 invalid"
     assert "order not dispatched: order L000: field candidate.email: " in result.stderr
     status = subprocess.run(
         [sys.executable, "-m", "dispatcher", "status"],

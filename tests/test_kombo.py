@@ -267,3 +267,57 @@ def test_a_garbled_answer_to_a_successful_write_is_not_retried() -> None:
     warnings = client_for(recorder).put_result(INTEGRATION, "O1", result)
     assert warnings == []
     assert len(recorder.requests) == 1  # the write is not repeated
+
+
+# Issue 14, items 2 and 3: what a wrong KOMBO_BASE_URL or KOMBO_API_KEY looks like.
+
+
+def test_a_wrong_base_url_is_said_at_once_with_its_host(caplog: pytest.LogCaptureFixture) -> None:
+    from _support import free_port
+
+    port = free_port()  # nothing listens there
+    clock = [0.0]
+    said_before_retrying: list[bool] = []
+
+    def sleep(seconds: float) -> None:
+        said_before_retrying.append(any("cannot connect" in r.message for r in caplog.records))
+        clock[0] += seconds
+
+    client = KomboClient(
+        API_KEY, f"http://127.0.0.1:{port}/v1", sleep=sleep, clock=lambda: clock[0], retry_budget=20
+    )
+    with caplog.at_level(logging.WARNING, logger="dispatcher.kombo.client"), client:
+        for integration in ("lever:a", "lever:b"):
+            with pytest.raises(KomboError) as info:
+                client.get_orders(integration)
+            # The error names the host it could not reach, and why.
+            assert f"ConnectError on GET /assessment/orders to 127.0.0.1:{port}: " in str(
+                info.value
+            )
+    assert said_before_retrying and all(said_before_retrying)  # logged before the first retry
+    connect = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+    assert connect == [
+        f"kombo: cannot connect to 127.0.0.1:{port} (KOMBO_BASE_URL): ConnectError: "
+        + connect[0].split("ConnectError: ", 1)[1]
+    ]  # once for the outage, not once per request
+    assert connect[0].endswith("; retrying for up to 20s")
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        envelope(
+            "PLATFORM.AUTHENTICATION_INVALID",
+            "The Authorization header must be 'Bearer <your API key>'.",
+            401,
+        ),
+        httpx.Response(401, text="Unauthorized"),
+    ],
+)
+def test_a_refused_key_says_so_naming_the_setting(response: httpx.Response) -> None:
+    with pytest.raises(KomboError) as info:
+        client_for(Recorder(response)).get_orders(INTEGRATION)
+    assert str(info.value).endswith(": the key in KOMBO_API_KEY was refused")
+    assert "Authorization header" not in str(info.value)
+    assert info.value.status_code == 401
+    assert not info.value.retryable

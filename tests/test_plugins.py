@@ -304,6 +304,24 @@ def test_handlers_command_fails_clearly_on_a_missing_handler() -> None:
     )
 
 
+def test_handlers_command_shows_a_setup_error_in_the_handlers_row() -> None:
+    # Issue 14, item 8: a handler whose own setting is missing was listed as fine, then the
+    # error line did not say which handler it was.
+    result = run_cli("handlers", DISPATCHER_HANDLERS="log,provision_http")
+    assert result.returncode == 2
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert rows["provision_http"].split(None, 2)[1:] == ["2", "BROKEN: PROVISION_URL: not set"]
+    assert "BROKEN" not in rows["log"]
+    assert "BROKEN" not in rows["notify_email"]  # not configured: not created, not a problem
+    assert result.stderr == "dispatcher: error: handler 'provision_http': PROVISION_URL: not set\n"
+
+
+def test_a_worker_names_the_handler_whose_setup_fails() -> None:
+    result = run_cli("worker", "--burst", DISPATCHER_HANDLERS="log,provision_http")
+    assert result.returncode == 2
+    assert result.stderr == "dispatcher: error: handler 'provision_http': PROVISION_URL: not set\n"
+
+
 def test_worker_refuses_to_start_with_a_missing_handler() -> None:
     result = run_cli("worker", "--burst", DISPATCHER_HANDLERS="nope")
     assert result.returncode == 2

@@ -110,3 +110,92 @@ def test_cli_config_errors_are_one_line_exit_2(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"dispatcher: error: {variable}: ")
     assert "Traceback" not in result.stderr
+
+
+# Issue 14, item 4: settings errors in the house style.
+
+
+def _run(*args: str, cwd: object = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args],
+        env=dispatcher_env("redis://127.0.0.1:1/0", **env),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("DISPATCHER_LOG_LEVEL", "loud"), ("DISPATCHER_LOG_FORMAT", "xml")]
+)
+def test_a_bad_log_setting_names_the_variable_in_one_line(
+    tmp_path, variable: str, value: str
+) -> None:  # type: ignore[no-untyped-def]
+    result = _run("status", cwd=tmp_path, **{variable: value})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"dispatcher: error: {variable}: '{value}' is not one of ")
+
+
+def test_the_log_option_is_named_when_given_as_an_option(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = _run("--log-level", "loud", "status", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("dispatcher: error: --log-level: 'loud' ")
+
+
+def test_every_invalid_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPATCHER_POLL_INTERVAL", "x")
+    monkeypatch.setenv("DISPATCHER_PAGE_SIZE", "0")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "more)" not in message
+    assert message.startswith("DISPATCHER_POLL_INTERVAL: ")
+    assert "; DISPATCHER_PAGE_SIZE: " in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("variable", ["DISPATCHER_POLL_INTERVAL", "KOMBO_API_KEY", "KOMBO_TIMEOUT"])
+def test_an_empty_setting_means_unset(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    monkeypatch.setenv(variable, "")
+    settings = load_settings()
+    assert settings.poll_interval == 60.0
+    assert settings.kombo_timeout == 30.0
+    assert settings.kombo_api_key is None
+
+
+def test_the_log_level_setting_takes_any_case_as_the_option_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DISPATCHER_LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
+
+
+def test_demo_without_its_extra_is_one_error_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    code = (
+        "import sys; sys.modules['fakeredis'] = None; sys.argv = ['dispatcher', 'demo'];"
+        " from dispatcher.cli import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dispatcher_env("redis://127.0.0.1:1/0"),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        "dispatcher: error: demo: needs the demo extra (fakeredis is missing): "
+        "pip install 'kombo-dispatcher[demo]'\n"
+    )
+
+
+def test_the_sweep_report_counts_in_the_singular(capsys: pytest.CaptureFixture[str]) -> None:
+    from dispatcher.cli.poll import _echo_report
+    from dispatcher.poller.poller import SweepReport
+
+    _echo_report(SweepReport(integrations=1, pages=1, orders_seen=3, orders_new=1), False)
+    assert capsys.readouterr().out.startswith("1 integration, 1 page, 3 OPEN orders seen")

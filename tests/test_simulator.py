@@ -454,11 +454,19 @@ def test_packages_put_and_get(sim: Simulator, iid: str, client: httpx.Client) ->
 
     response = client.put("/assessment/packages", json={"packages": packages})
     assert response.status_code == 200 and response.json()["status"] == "success"
-    assert get_page(client, "/assessment/packages") == {"packages": packages}
+    listed = get_page(client, "/assessment/packages")["packages"]
+    # Kombo's schema (and its official SDK) has updated_at on every listed package.
+    updated_at = listed[0]["updated_at"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", updated_at)
+    assert listed == [{**p, "updated_at": updated_at} for p in packages]
     assert sim.packages[iid] == packages
 
     client.put("/assessment/packages", json={"packages": packages[1:]})  # replaces the list
-    assert get_page(client, "/assessment/packages") == {"packages": packages[1:]}
+    listed = get_page(client, "/assessment/packages")["packages"]
+    assert [{k: v for k, v in p.items() if k != "updated_at"} for p in listed] == packages[1:]
+    sim.packages[iid] = packages  # set directly: never PUT, so null (the key is still there)
+    sim.packages_updated.pop(iid)
+    assert get_page(client, "/assessment/packages")["packages"][0]["updated_at"] is None
     with make_client(sim, sim.integration_ids[1]) as other:
         assert get_page(other, "/assessment/packages") == {"packages": []}
 
@@ -675,6 +683,24 @@ def test_generated_orders_exercise_tolerant_clients() -> None:
     assert 0.02 < len(drifted) / len(orders) < 0.10  # about one in twenty
 
 
+def test_schema_drift_can_be_turned_off_leaving_the_orders_otherwise_the_same() -> None:
+    # Issue 14, item 12: Kombo's official SDK rejects the unknown hiring-team role.
+    drifting = all_orders(Simulator(integrations=3, orders=150, closed=15, seed=7))
+    strict = all_orders(
+        Simulator(integrations=3, orders=150, closed=15, seed=7, schema_drift=False)
+    )
+    roles = {"RECRUITER", "HIRING_MANAGER"}
+    assert [o["id"] for o in strict] == [o["id"] for o in drifting]
+    differing = 0
+    for plain, drifted in zip(strict, drifting, strict=True):
+        assert set(plain) == ORDER_KEYS
+        assert set(plain["candidate"]) == CANDIDATE_KEYS
+        assert set(plain["job"]) == JOB_KEYS
+        assert all(set(m["hiring_team_roles"]) <= roles for m in plain["job"]["hiring_team"])
+        differing += plain != drifted
+    assert 0.02 < differing / len(strict) < 0.10  # only the drifted orders differ
+
+
 def test_generated_data_is_deterministic_per_seed() -> None:
     a, b = Simulator(3, 40, seed=3), Simulator(3, 40, seed=3)
     assert a.integration_ids == b.integration_ids
@@ -824,3 +850,54 @@ def test_kept_renderings_serve_the_same_bytes_and_follow_status_changes(path: st
         assert first.encode() in page_a and b'"status":"CANCELLED"' in page_a
         assert first.encode() not in b.get(OPEN_ORDERS).content  # no longer OPEN anywhere
         assert first.encode() not in b.get(ORDERS, params={"statuses": "OPEN"}).content
+
+
+def test_sim_prints_export_lines_ready_to_paste(tmp_path: Any) -> None:
+    # Issue 14, item 12: `dispatcher sim` as a newcomer runs it, on a port the OS picks.
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KOMBO_", "DISPATCHER_"))}
+    command = [sys.executable, "-m", "dispatcher", "sim", "--port", "0", "--integrations", "2"]
+    sim = subprocess.Popen(
+        [*command, "--orders", "3", "--no-schema-drift"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert sim.stderr is not None
+        lines = [sim.stderr.readline() for _ in range(3)]
+        assert [line.split("=")[0] for line in lines] == [
+            "export KOMBO_BASE_URL",
+            "export KOMBO_API_KEY",
+            "export KOMBO_INTEGRATION_IDS",
+        ]
+        # Pasted into a shell, they set what the dispatcher reads; the server already listens.
+        shell = subprocess.run(
+            ["bash", "-c", "".join(lines) + 'env | grep "^KOMBO_" | sort'],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        values = dict(line.split("=", 1) for line in shell.stdout.splitlines())
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", values["KOMBO_BASE_URL"])
+        assert not values["KOMBO_BASE_URL"].endswith(":0/v1")
+        first = values["KOMBO_INTEGRATION_IDS"].split(",")[0]
+        response = httpx.get(
+            values["KOMBO_BASE_URL"] + "/assessment/orders",
+            headers={
+                "Authorization": f"Bearer {values['KOMBO_API_KEY']}",
+                "X-Integration-Id": first,
+            },
+            timeout=10,
+        )
+        assert response.status_code == 200
+        assert len(response.json()["data"]["results"]) == 3
+    finally:
+        sim.terminate()
+        sim.communicate(timeout=10)  # closes the pipe

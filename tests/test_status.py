@@ -368,3 +368,45 @@ def test_status_shows_the_fleet_pause_lease_backoff_watermark_and_results(
         re.M,
     ), text
     assert re.search(r"^lever:Paused\s+paused", text, re.M), text
+
+
+def test_a_typo_polled_once_is_no_problem_and_integrations_remove_drops_it(
+    redis_url: str, redis: Redis, sim: Simulator, namespace: str
+) -> None:
+    # Issue 14, item 1. Given a sweep of a mistyped integration id (Kombo: 404), then the
+    # right ids swept and their orders worked,
+    typo = "nope:123"
+    sweep(redis, settings_for(redis_url, sim, namespace, KOMBO_INTEGRATION_IDS=typo), sim)
+    right = settings_for(redis_url, sim, namespace, KOMBO_INTEGRATION_IDS=",".join(GOOD))
+    sweep(redis, right, sim)
+    work(redis, right, [Returns("log")])
+
+    # then status is ok: the typo is listed (not configured) but is no problem,
+    status = invoke(["status", "--json"], env_for(redis_url, right))
+    report = json.loads(status.stdout)
+    assert report["ok"] is True, report["problems"]
+    assert typo in report["integrations"]
+    # and /metrics has no unhealthy series for it.
+    from dispatcher.web.metrics import exposition
+
+    metrics = exposition(lambda: take_snapshot(redis, right)).decode()
+    assert f'dispatcher_integration_healthy{{integration="{typo}"}}' not in metrics
+    assert f'dispatcher_integration_healthy{{integration="{GOOD[0]}"}} 1.0' in metrics
+
+    # `integrations remove` drops its sweep record: status no longer lists it.
+    removed = invoke(["integrations", "remove", typo], env_for(redis_url, right))
+    assert removed.exit_code == 0, removed.output
+    assert removed.stdout == f"removed 0; dropped the sweep records of {typo}\n"
+    assert (
+        typo
+        not in json.loads(invoke(["status", "--json"], env_for(redis_url, right)).stdout)[
+            "integrations"
+        ]
+    )
+    keys = Keys(namespace)
+    assert not redis.exists(keys.sweep(typo))
+    assert redis.zscore(keys.schedule, typo) is None
+    # A configured integration keeps its record (and stays polled), removed or not.
+    kept = invoke(["integrations", "remove", GOOD[0]], env_for(redis_url, right))
+    assert kept.stdout == "removed 0\n"
+    assert redis.exists(keys.sweep(GOOD[0]))

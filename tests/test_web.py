@@ -116,11 +116,17 @@ def test_metrics_expose_the_snapshot(redis: Redis, settings: Settings, sim: Simu
     assert value("dispatcher_integration_sweep_errors_total", integration=MISSING) == 2
     assert value("dispatcher_integration_sweep_errors_total", integration=GOOD[1]) == 0
     assert value("dispatcher_integration_orders_seen", integration=GOOD[1]) == 5
-    assert 0 <= value("dispatcher_integration_seconds_since_last_sweep", integration=GOOD[0]) < 30
+    last = value("dispatcher_integration_last_sweep_timestamp_seconds", integration=GOOD[0])
+    assert 0 <= time.time() - last < 30
     assert (
-        "dispatcher_integration_seconds_since_last_sweep",
+        "dispatcher_integration_last_sweep_timestamp_seconds",
         (("integration", MISSING),),
     ) not in got
+    # Issue 14, item 13: the age is Prometheus's to compute from the timestamp.
+    assert not any(name.endswith("seconds_since_last_sweep") for name, _ in got)
+    # No worker runs: 0, not an absent series.
+    assert value("dispatcher_workers", state="busy") == 0
+    assert value("dispatcher_workers", state="idle") == 0
     assert value("dispatcher_handler_steps_total", handler="provision", outcome="failed") == 1
     assert value("dispatcher_handler_steps_total", handler="log", outcome="completed") == 10
     # Two sweeps of two integrations, three pages each (5 orders, 2 a page), and two 404s.

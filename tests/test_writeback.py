@@ -389,7 +389,8 @@ def test_packages_round_trip_per_integration(sim: Simulator) -> None:
 
 def test_a_package_list_kombo_garbled_is_an_error_naming_the_field() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
-        bad = [{**PACKAGES[0], "type": "QUIZ", "created_at": "2026-01-01"}]
+        # Not text: garbled (a null or unknown type is Kombo's right, see test_cli_writeback).
+        bad = [{**PACKAGES[0], "type": 5, "created_at": "2026-01-01"}]
         return httpx.Response(200, json={"status": "success", "data": {"packages": bad}})
 
     client = KomboClient("k", "https://kombo.test/v1", transport=httpx.MockTransport(answer))

@@ -50,6 +50,9 @@ def _one_line(exc: click.UsageError) -> _OneLineUsageError:
         hint = (
             param.human_readable_name if isinstance(param, click.Argument) else "/".join(param.opts)
         )
+        if _from_environment(exc.ctx, param):
+            # DISPATCHER_LOG_LEVEL=loud: the operator never typed --log-level.
+            hint = str(param.envvar)
         if isinstance(exc, click.MissingParameter):
             message = f"{hint}: required"
             if isinstance(param.type, click.Choice):
@@ -58,6 +61,13 @@ def _one_line(exc: click.UsageError) -> _OneLineUsageError:
         else:
             message = f"{hint}: {exc.message.removesuffix('.')}"
     return _OneLineUsageError(message, exc.ctx)
+
+
+def _from_environment(ctx: click.Context | None, param: click.Parameter) -> bool:
+    """Whether ``param``'s value came from its environment variable."""
+    if ctx is None or param.name is None or not isinstance(param.envvar, str):
+        return False
+    return ctx.get_parameter_source(param.name) is click.core.ParameterSource.ENVIRONMENT
 
 
 class _Commands(click.Group):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 
 import click
+
+from dispatcher.cli._common import fail
 
 
 @click.command()
@@ -29,6 +32,13 @@ import click
 @click.option("--retry-after", type=click.FloatRange(0), default=1.0, show_default=True)
 @click.option("--server-error", type=click.FloatRange(0, 1), default=0.0, help="P(500).")
 @click.option("--malformed", type=click.FloatRange(0, 1), default=0.0, help="P(bad JSON).")
+@click.option(
+    "--schema-drift/--no-schema-drift",
+    default=True,
+    show_default=True,
+    help="About one order in twenty carries an unknown field or hiring-team role; "
+    "--no-schema-drift for strict clients (Kombo's official SDK).",
+)
 def sim(
     host: str,
     port: int,
@@ -42,8 +52,12 @@ def sim(
     retry_after: float,
     server_error: float,
     malformed: float,
+    schema_drift: bool,
 ) -> None:
-    """Serve a simulated Kombo assessment API (for the demo, tests and benchmarks)."""
+    """Serve a simulated Kombo assessment API (for the demo, tests and benchmarks).
+
+    Prints the settings that point the dispatcher at it as ``export`` lines, ready to paste.
+    """
     from dispatcher.testing.simulator import Faults, Simulator
 
     simulator = Simulator(
@@ -59,11 +73,19 @@ def sim(
             malformed=malformed,
             latency=latency,
         ),
+        schema_drift=schema_drift,
     )
-    click.echo(f"KOMBO_BASE_URL=http://{host}:{port}/v1", err=True)
-    click.echo(f"KOMBO_API_KEY={api_key}", err=True)
-    click.echo(f"KOMBO_INTEGRATION_IDS={','.join(simulator.integration_ids)}", err=True)
-    simulator.serve_forever(host, port)
+
+    def announce(base_url: str) -> None:
+        # Once the socket listens (so a script may go on at once), ready to paste.
+        for name, value in (
+            ("KOMBO_BASE_URL", base_url),
+            ("KOMBO_API_KEY", api_key),
+            ("KOMBO_INTEGRATION_IDS", ",".join(simulator.integration_ids)),
+        ):
+            click.echo(f"export {name}={shlex.quote(value)}", err=True)
+
+    simulator.serve_forever(host, port, ready=announce)
 
 
 @click.command()
@@ -71,7 +93,11 @@ def sim(
 @click.option("--orders", type=click.IntRange(1, 500), default=12, show_default=True)
 def demo(integrations: int, orders: int) -> None:
     """Run the whole pipeline in process: no Redis server, no Kombo key needed."""
-    from dispatcher.demo import run_demo
+    from dispatcher.demo import DemoUnavailable, run_demo
 
     logging.getLogger().setLevel(logging.WARNING)
-    sys.exit(run_demo(integrations=integrations, orders=orders, echo=click.echo))
+    try:
+        code = run_demo(integrations=integrations, orders=orders, echo=click.echo)
+    except DemoUnavailable as exc:
+        fail(str(exc))
+    sys.exit(code)

@@ -44,11 +44,20 @@ def integrations_add(ctx: click.Context, integration_ids: tuple[str, ...]) -> No
 @click.argument("integration_ids", nargs=-1, required=True)
 @click.pass_context
 def integrations_remove(ctx: click.Context, integration_ids: tuple[str, ...]) -> None:
-    """Unregister integrations (their remembered orders are kept)."""
+    """Unregister integrations (their remembered orders are kept).
+
+    An integration that is then neither registered nor in KOMBO_INTEGRATION_IDS (such as a
+    typo polled once) also loses its sweep record, so that `status` stops listing it.
+    """
     registry = _registry(ctx)
     from_env = [i for i in integration_ids if i in registry.configured]
     removed = registry.remove(list(integration_ids))
-    click.echo(f"removed {removed}")
+    gone = [i for i in dict.fromkeys(integration_ids) if i not in registry.configured]
+    dropped = registry.drop_sweep_records(gone)
+    click.echo(
+        f"removed {removed}"
+        + (f"; dropped the sweep records of {', '.join(dropped)}" if dropped else "")
+    )
     for integration_id in from_env:
         click.echo(
             f"dispatcher: warning: {integration_id} is also in KOMBO_INTEGRATION_IDS "

@@ -326,18 +326,32 @@ def handlers(ctx: click.Context) -> None:
     """List every installed handler, and check the configured chain."""
     settings = settings_of(ctx)
     discovered = discover_handlers()
+    # Each configured handler is created on its own, so that its setup error (a setting of
+    # its own missing) shows in its row, not only as one line about the chain.
+    problems: dict[str, str] = {}
+    for name in settings.handlers:
+        if name in discovered:
+            try:
+                load_handlers([name], discovered)
+            except HandlerConfigError as exc:
+                problems[name] = str(exc)
     rows = []
     for name in sorted(discovered):
         entry = discovered[name]
         position = str(settings.handlers.index(name) + 1) if name in settings.handlers else "-"
-        detail = entry.distribution if entry.error is None else f"BROKEN: {entry.error}"
+        problem = entry.error or problems.get(name, "").removeprefix(f"handler {name!r}: ")
+        detail = f"BROKEN: {problem}" if problem else entry.distribution
         rows.append([name, position, detail])
     for line in _text.table(["HANDLER", "CONFIGURED", "DISTRIBUTION / PROBLEM"], rows, right=set()):
         click.echo(line)
+    missing = [name for name in settings.handlers if name not in discovered]
     try:
-        load_handlers(settings.handlers, discovered)
+        load_handlers(missing, discovered)  # not installed: raises before creating anything
     except HandlerConfigError as exc:
         fail(str(exc))
+    if problems:
+        first, *rest = problems.values()
+        fail(first + (f" (and {_text.plural(len(rest), 'more broken handler')})" if rest else ""))
     click.echo(f"chain: {' -> '.join(settings.handlers)}")
 
 

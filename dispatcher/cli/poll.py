@@ -8,19 +8,32 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from urllib.parse import urlsplit
 
 import click
+from redis import Redis
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
-from dispatcher.cli._common import connect_redis, fail, make_ledger, or_fail, settings_of
+from dispatcher._text import plural
+from dispatcher.cli._common import (
+    connect_redis,
+    fail,
+    make_ledger,
+    or_fail,
+    settings_of,
+)
 from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.fleet import FleetError, parse_share, run_fleet, sweep_in_processes
 from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.poller.poller import Poller, SweepPolicy, SweepReport
 from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
+from dispatcher.settings import Settings
+from dispatcher.store.connection import UnsuitableRedisError, startup_check
 
 log = logging.getLogger("dispatcher.cli")
 
@@ -54,8 +67,9 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
         except ValueError as exc:
             fail(str(exc))
     api_key = or_fail(settings.require_kombo)
-    # A one-off sweep is a command: server notices only at DEBUG (status shows them).
-    redis = connect_redis(settings, role="cli" if once else "poller")
+    # --once fails fast; the loop rides out Redis outages, the one at start included. A
+    # one-off sweep is a command: server notices only at DEBUG (status shows them).
+    redis = connect_redis(settings, role="cli") if once else _redis_when_up(settings)
     ledger = make_ledger(settings, redis)
     registry = IntegrationRegistry(redis, ledger.keys, settings.kombo_integration_ids)
     if not registry.all():
@@ -112,9 +126,28 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
             return
         report = poller.sweep(share=share_of)
     _echo_report(report, as_json)
-    for error in report.errors.values():
-        click.echo(f"dispatcher: error: {error}", err=True)
+    for line in distinct_errors(report.errors):
+        click.echo(f"dispatcher: error: {line}", err=True)
     sys.exit(1 if report.errors else 0)
+
+
+def distinct_errors(errors: dict[str, str], shown: int = 5) -> list[str]:
+    """One line per distinct error: ``integration X: E`` for one integration, ``E (3
+    integrations: X, Y, Z)`` for several (a refused API key fails them all alike)."""
+    by_problem: dict[str, list[str]] = {}
+    for integration_id, error in errors.items():
+        problem = error.removeprefix(f"integration {integration_id}: ")
+        by_problem.setdefault(problem, []).append(integration_id)
+    lines = []
+    for problem, ids in by_problem.items():
+        if len(ids) == 1:
+            lines.append(f"integration {ids[0]}: {problem}")
+            continue
+        names = ", ".join(ids[:shown]) + (
+            f" and {len(ids) - shown} more" if len(ids) > shown else ""
+        )
+        lines.append(f"{problem} ({plural(len(ids), 'integration')}: {names})")
+    return lines
 
 
 def _poll_in_processes(ctx: click.Context, *, once: bool, as_json: bool, processes: int) -> None:
@@ -136,6 +169,48 @@ def _poll_in_processes(ctx: click.Context, *, once: bool, as_json: bool, process
     sys.exit(1 if report.errors else 0)
 
 
+def _redis_when_up(settings: Settings, cap: float = 30.0) -> Redis:
+    """Loop mode: Redis, once it answers. Unreachable at start, it is waited for with
+    backoff (1 s doubling to ``cap``), said once, as the loop does for a later outage;
+    SIGTERM or SIGINT meanwhile exit 0. A refused password is a configuration error: exit 1."""
+    redis = connect_redis(settings, ping=False)
+    # The URL itself is a secret to the log filter (it may hold a password): name the host.
+    url = urlsplit(settings.redis_url.get_secret_value())
+    where = url.path if url.scheme == "unix" else f"{url.hostname}:{url.port or 6379}"
+    stop = threading.Event()
+    delay, down_since = 1.0, None
+    with _stop_on_signals(stop):
+        while True:
+            try:
+                redis.ping()
+            except (AuthenticationError, AuthorizationError) as exc:
+                fail(f"REDIS_URL: Redis at {where} refused us: {exc}", code=1)
+            except RedisError as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.error(
+                        "cannot reach Redis at %s: %s: %s; waiting for it (retrying with backoff)",
+                        where,
+                        type(exc).__name__,
+                        exc,
+                    )
+                if stop.wait(delay):
+                    sys.exit(0)
+                delay = min(delay * 2, cap)
+                continue
+            if down_since is not None:
+                log.info(
+                    "Redis at %s answers after %.0fs: polling", where, time.monotonic() - down_since
+                )
+            try:
+                startup_check(redis, process="poller")
+            except UnsuitableRedisError as exc:
+                fail(str(exc), code=1)
+            except RedisError:
+                pass  # gone again already: the loop rides it out
+            return redis
+
+
 def _sleep_unless(stop: threading.Event, seconds: float) -> None:
     # A retry backoff must not hold up a stop request.
     stop.wait(seconds)
@@ -146,7 +221,7 @@ def _echo_report(report: SweepReport, as_json: bool) -> None:
         click.echo(json.dumps(report.as_dict(), sort_keys=True))
     else:
         click.echo(
-            f"{report.integrations} integrations, {report.pages} pages, "
+            f"{plural(report.integrations, 'integration')}, {plural(report.pages, 'page')}, "
             f"{report.orders_seen} OPEN orders seen, {report.orders_new} new"
             + (f", {report.invalid_orders} invalid" if report.invalid_orders else "")
             + (f", {report.interrupted} interrupted by a stop" if report.interrupted else "")

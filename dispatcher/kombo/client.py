@@ -7,6 +7,7 @@ import hashlib
 import logging
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -213,6 +214,10 @@ class KomboClient:
             headers={"Accept": "application/json", "User-Agent": "kombo-dispatcher"},
         )
         self.retry_budget = retry_budget
+        # Where requests go, for network errors: a wrong KOMBO_BASE_URL shows at once.
+        self._host = self._http.base_url.netloc.decode("ascii", "replace")
+        # Set at the first connection failure, cleared by an answer: said once per outage.
+        self._unreachable_said = threading.Event()
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
@@ -355,6 +360,8 @@ class KomboClient:
                     if decoded is not None:
                         return decoded
                 body, error = _decode(response, content, integration_id)
+                if error is not None and _refused_key(error):
+                    error = _key_refused(error)
                 retry_after = _retry_after(response)
                 if error is not None and method != "GET" and response.is_success:
                     # Kombo took the write (2xx) but its answer was garbled in transit: a
@@ -372,10 +379,7 @@ class KomboClient:
                 # DecodingError: a body its Content-Encoding cannot undo (garbled gzip),
                 # judged like a garbled body: retried.
                 body = None
-                error = KomboError(
-                    f"{type(exc).__name__} on {method} /{path}",
-                    integration_id=integration_id,
-                )
+                error = self._network_error(exc, method, path, integration_id)
             if error is None:
                 return body
             # Whoever retries later (the results outbox) honours Kombo's Retry-After too.
@@ -395,6 +399,35 @@ class KomboClient:
                 extra={"integration_id": integration_id},
             )
             self._sleep(delay)
+
+    def _network_error(
+        self,
+        exc: httpx.TransportError | httpx.DecodingError,
+        method: str,
+        path: str,
+        integration_id: str,
+    ) -> KomboError:
+        """The error of a request that got no answer, naming the host; the first connection
+        failure of an outage is logged at once (retries go on as usual)."""
+        if isinstance(exc, httpx.DecodingError):  # an answer came, garbled
+            return KomboError(
+                f"{type(exc).__name__} on {method} /{path}", integration_id=integration_id
+            )
+        reason = str(exc) or type(exc).__name__
+        connecting = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+        if connecting and not self._unreachable_said.is_set():
+            self._unreachable_said.set()
+            log.warning(
+                "kombo: cannot connect to %s (KOMBO_BASE_URL): %s: %s; retrying for up to %.0fs",
+                self._host,
+                type(exc).__name__,
+                reason,
+                self.retry_budget,
+            )
+        return KomboError(
+            f"{type(exc).__name__} on {method} /{path} to {self._host}: {reason}",
+            integration_id=integration_id,
+        )
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter over an exponential ceiling, capped (the exponent too)."""
@@ -419,6 +452,7 @@ class KomboClient:
         try:
             response = self._http.send(request, stream=True)
             status = response.status_code
+            self._unreachable_said.clear()  # an answer came: a later outage is news
             try:
                 limit = self.max_response_bytes
                 declared = response.headers.get("Content-Length", "")
@@ -475,7 +509,7 @@ class KomboClient:
             for item in raw
         ]
         try:
-            return parse_packages(trimmed, source="GET /assessment/packages")
+            return parse_packages(trimmed, source="GET /assessment/packages", listed=True)
         except InvalidPackagesError as exc:
             raise KomboError(str(exc), status_code=200, integration_id=integration_id) from None
 
@@ -489,6 +523,26 @@ class KomboClient:
             json={"packages": [package.model_dump(mode="json") for package in packages]},
         )
         return _warnings(body)
+
+
+def _refused_key(error: KomboError) -> bool:
+    """Whether Kombo refused the API key (not this integration: every request will fail)."""
+    if error.code is not None:
+        return error.code.startswith("PLATFORM.AUTHENTICATION")
+    return error.status_code == 401
+
+
+def _key_refused(error: KomboError) -> KomboError:
+    # Kombo's own message ("The Authorization header must be 'Bearer <your API key>'")
+    # sends the operator looking at headers they never wrote: the key is what is wrong.
+    return KomboError(
+        "the key in KOMBO_API_KEY was refused",
+        code=error.code,
+        title=error.title,
+        log_url=error.log_url,
+        status_code=error.status_code,
+        integration_id=error.integration_id,
+    )
 
 
 def _too_large(

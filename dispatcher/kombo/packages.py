@@ -16,10 +16,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from dispatcher._text import error_message, validation_line
+from dispatcher._text import validation_line
 
 __all__ = [
     "InvalidPackagesError",
@@ -44,13 +43,29 @@ class PackageType(StrEnum):
     REFERENCE_CHECK = "REFERENCE_CHECK"
 
 
+def _known_type(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return PackageType(value)
+    except ValueError:
+        return value
+
+
 class Package(BaseModel):
-    """One package as Kombo takes it: every field required."""
+    """One package: every field required.
+
+    What we send is strict (:func:`load_packages`: ``type`` one of :class:`PackageType`).
+    What Kombo lists may be laxer: its schema allows ``type: null`` and its SDK takes types
+    added after this release, so a listed package's ``type`` may be ``None`` or other text
+    (``parse_packages(..., listed=True)``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: Annotated[str, Field(min_length=1)]
-    type: PackageType
+    # A known type is a PackageType (a str); anything else stays as Kombo sent it.
+    type: Annotated[str | None, AfterValidator(_known_type)]
     name: Annotated[str, Field(min_length=1)]
     description: str
 
@@ -64,9 +79,11 @@ class InvalidPackagesError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
-def parse_packages(raw: Any, *, source: str = "packages") -> list[Package]:
+def parse_packages(raw: Any, *, source: str = "packages", listed: bool = False) -> list[Package]:
     """Validate a list of packages (or ``{"packages": [...]}``); ids must be unique.
 
+    ``listed``: the list is Kombo's answer, whose ``type`` may be null or a type unknown
+    here; otherwise (a list to send) ``type`` must be one of :class:`PackageType`.
     Raises InvalidPackagesError naming ``source``, the package and the field.
     """
     if isinstance(raw, dict):
@@ -85,8 +102,11 @@ def parse_packages(raw: Any, *, source: str = "packages") -> list[Package]:
         try:
             package = Package.model_validate(item)
         except ValidationError as exc:
-            line = validation_line(exc, "field ", default="(package)", describe=_problem)
+            line = validation_line(exc, "field ", default="(package)")
             raise InvalidPackagesError(where, line) from None
+        if not listed and not isinstance(package.type, PackageType):
+            problem = f"must be one of {', '.join(PackageType)}, got {package.type!r}"
+            raise InvalidPackagesError(where, f"field type: {problem}")
         if package.id in seen:
             raise InvalidPackagesError(where, f"id {package.id!r} appears twice")
         seen.add(package.id)
@@ -154,9 +174,3 @@ def diff_packages(current: Sequence[Package], new: Sequence[Package]) -> Package
             diff.unchanged.append(package)
     diff.deleted.extend(package for package in current if package.id not in after)
     return diff
-
-
-def _problem(error: ErrorDetails) -> str:
-    if error["type"] == "enum":
-        return f"must be one of {', '.join(PackageType)}, got {error['input']!r}"
-    return error_message(error)

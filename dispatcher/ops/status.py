@@ -650,6 +650,46 @@ def _result_problems(snapshot: Snapshot, stale_after: float) -> list[str]:
     return problems
 
 
+def _integration_problems(snapshot: Snapshot, integration: IntegrationStatus) -> list[str]:
+    now = snapshot.taken_at
+    problems: list[str] = []
+    # Ids come from Kombo and webhooks: a problem stays one line whatever they hold.
+    name = f"integration {escape_controls(integration.integration_id)}"
+    if integration.configured is False and not integration.broken_keys:
+        # Neither configured nor registered (a typo polled once, a retired customer):
+        # nobody polls it, so its last sweep is history, not a problem. Listed still;
+        # `dispatcher integrations remove` drops its sweep record.
+        return problems
+    error = integration.last_error
+    if integration.broken_keys:
+        # The broken key is the news; a recorded error or "never swept" only echoes it.
+        problems.extend(
+            f"{name}: {b.problem}"
+            for b in snapshot.broken_keys
+            if b.integration_id == integration.integration_id
+        )
+    elif integration.state == FAILING and error is not None:
+        errors = _text.plural(integration.error_count, "error")
+        problems.append(
+            f"{name}: sweep failing: {error.code or 'error'}: {error.message} "
+            f"({_text.ago(error.at, now)}, {errors} so far)"
+        )
+    if integration.invalid_orders and integration.last_invalid_order is not None:
+        invalid = integration.last_invalid_order
+        problems.append(
+            f"{name}: {_text.plural(integration.invalid_orders, 'invalid order')} not "
+            f"dispatched: {invalid.message} ({_text.ago(invalid.at, now)})"
+        )
+    if integration.state == NEVER_SWEPT:
+        problems.append(f"{name}: never swept: is `dispatcher poll` running?")
+    elif integration.state == STALE:
+        problems.append(
+            f"{name}: no successful sweep for {_text.ago(integration.last_sweep_at, now)}: "
+            "is `dispatcher poll` running?"
+        )
+    return problems
+
+
 def _server_problems(server: ServerCheck) -> list[str]:
     refusal = [server.refusal] if server.refusal is not None else []
     return [*refusal, *server.problems]
@@ -660,35 +700,7 @@ def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Sna
     problems: list[str] = [b.problem for b in snapshot.broken_keys if b.integration_id is None]
     problems.extend(_server_problems(snapshot.server))
     for integration in snapshot.integrations:
-        # Ids come from Kombo and webhooks: a problem stays one line whatever they hold.
-        name = f"integration {escape_controls(integration.integration_id)}"
-        error = integration.last_error
-        if integration.broken_keys:
-            # The broken key is the news; a recorded error or "never swept" only echoes it.
-            problems.extend(
-                f"{name}: {b.problem}"
-                for b in snapshot.broken_keys
-                if b.integration_id == integration.integration_id
-            )
-        elif integration.state == FAILING and error is not None:
-            errors = _text.plural(integration.error_count, "error")
-            problems.append(
-                f"{name}: sweep failing: {error.code or 'error'}: {error.message} "
-                f"({_text.ago(error.at, now)}, {errors} so far)"
-            )
-        if integration.invalid_orders and integration.last_invalid_order is not None:
-            invalid = integration.last_invalid_order
-            problems.append(
-                f"{name}: {_text.plural(integration.invalid_orders, 'invalid order')} not "
-                f"dispatched: {invalid.message} ({_text.ago(invalid.at, now)})"
-            )
-        if integration.state == NEVER_SWEPT:
-            problems.append(f"{name}: never swept: is `dispatcher poll` running?")
-        elif integration.state == STALE:
-            problems.append(
-                f"{name}: no successful sweep for {_text.ago(integration.last_sweep_at, now)}: "
-                "is `dispatcher poll` running?"
-            )
+        problems.extend(_integration_problems(snapshot, integration))
     problems.extend(_result_problems(snapshot, stale_after))
     if not snapshot.integrations:
         problems.append("no integration swept yet: set KOMBO_INTEGRATION_IDS and run the poller")

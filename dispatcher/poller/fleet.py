@@ -109,8 +109,9 @@ def _first_exit(children: list[subprocess.Popen[str]]) -> int:
 def _forwarding_signals(
     children: list[subprocess.Popen[str]],
 ) -> Iterator[Callable[[int, FrameType | None], None]]:
-    """SIGTERM and SIGINT, while inside, go to every child still running."""
-
+    """SIGTERM and SIGINT, while inside, go to every child still running; a child is sent
+    SIGTERM once (a second one, once it has put the default handler back on its way out,
+    would kill it: exit -15 instead of 0)."""
     signalled: set[tuple[int, int]] = set()
 
     def forward(signum: int, frame: FrameType | None) -> None:

@@ -66,6 +66,27 @@ class IntegrationRegistry:
             removed, *_ = pipe.execute()
         return int(removed)
 
+    def drop_sweep_records(self, integration_ids: Sequence[str]) -> list[str]:
+        """Drop what the pollers recorded about integrations no longer polled (the sweep
+        hash, schedule entry, lease and pause); returns the ids that had a sweep record.
+
+        Their seen orders stay remembered: added back, an integration dispatches no order
+        twice. For ids neither configured nor registered (a typo polled once), which
+        ``status`` would otherwise keep listing with their last error.
+        """
+        if not integration_ids:
+            return []
+        with self.redis.pipeline(transaction=True) as pipe:
+            for integration_id in integration_ids:
+                pipe.delete(self.keys.sweep(integration_id))
+                pipe.delete(self.keys.lease(integration_id))
+            pipe.srem(self.keys.swept_integrations, *integration_ids)
+            pipe.srem(self.keys.paused, *integration_ids)
+            pipe.zrem(self.keys.schedule, *integration_ids)
+            replies = pipe.execute()
+        had = replies[0 : 2 * len(integration_ids) : 2]
+        return [i for i, deleted in zip(integration_ids, had, strict=True) if deleted]
+
     def pause(self, integration_ids: Sequence[str]) -> None:
         self.redis.sadd(self.keys.paused, *integration_ids)
 

@@ -164,6 +164,10 @@ class Poller:
         self._clock = clock
         self.request_stats = request_stats
         self._rng = random.Random()
+        # Distinct sweep errors (without their integration) -> when last logged at ERROR: a
+        # refused API key fails every integration alike, and one line says it.
+        self._errors_said: dict[str, float] = {}
+        self._errors_lock = threading.Lock()
         # Integrations this process has fully swept: the first sweep after a start is full.
         self._fully_swept: set[str] = set()
 
@@ -248,7 +252,8 @@ class Poller:
             result.consecutive_failures += 1
             if result.error_order_id is not None:
                 extra["order_id"] = result.error_order_id
-            log.error("sweep failed: %s", result.error, extra=extra)
+            level = logging.ERROR if self._news(integration_id, result.error) else logging.DEBUG
+            log.log(level, "sweep failed: %s", result.error, extra=extra)
         else:
             result.consecutive_failures = 0
             log.info(
@@ -262,6 +267,21 @@ class Poller:
             )
         self._record(result, started, generation)
         return result
+
+    def _news(self, integration_id: str, error: str) -> bool:
+        """Whether ``error`` (one integration's) was not already logged for another within a
+        poll interval: the same error of many integrations is one ERROR line, the rest DEBUG
+        (``status`` lists every integration's)."""
+        problem = error.removeprefix(f"integration {integration_id}: ")
+        now = time.monotonic()
+        with self._errors_lock:
+            said = self._errors_said.get(problem)
+            if said is not None and now - said < self.policy.interval:
+                return False
+            if len(self._errors_said) > 1000:  # many distinct errors: forget the old ones
+                self._errors_said.clear()
+            self._errors_said[problem] = now
+            return True
 
     def _sweep_pages(
         self,

@@ -250,13 +250,14 @@ SCHEMA: tuple[KeySpec, ...] = (
         "`orders_new`, `pages`, `last_error`, `last_error_code`, `last_error_at`, `error_count`, "
         "`consecutive_failures`, `watermark` (start of the last successful sweep), "
         "`full_sweep_at`, `generation` (full sweeps so far), `last_sweep_kind`",
-        "kept (one per integration)",
+        "kept (one per integration); `integrations remove` drops it once the integration is "
+        "neither configured nor registered",
     ),
     KeySpec(
         "{ns}:swept-integrations",
         "set",
         "integration ids that have a sweep hash (failing ones too)",
-        "kept",
+        "kept; entries follow the sweep hashes",
     ),
     KeySpec(
         "{ns}:kombo-requests",

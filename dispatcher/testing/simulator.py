@@ -8,8 +8,10 @@ transport (:meth:`Simulator.transport`) or over a real socket (:meth:`Simulator.
 Generated data is deterministic for a seed and deliberately awkward: nullable fields are
 sometimes null, names carry unicode and the odd bit of HTML, and about one order in twenty
 carries schema drift (an unknown field or an unknown hiring-team role) that a tolerant
-client must accept. Faults (429, 500, truncated bodies, latency) can be forced one by one
-with :meth:`Simulator.fail_next` or drawn at random with the :class:`Faults` probabilities.
+client must accept (``schema_drift=False``, ``sim --no-schema-drift``: none, for clients
+such as Kombo's official SDK that reject it; the orders are otherwise the same). Faults
+(429, 500, truncated bodies, latency) can be forced one by one with
+:meth:`Simulator.fail_next` or drawn at random with the :class:`Faults` probabilities.
 """
 
 from __future__ import annotations
@@ -394,7 +396,13 @@ class _Order:
 
 
 def _make_order(
-    rng: random.Random, jobs: Sequence[JSON], tag: str, status: str, created_us: int
+    rng: random.Random,
+    jobs: Sequence[JSON],
+    tag: str,
+    status: str,
+    created_us: int,
+    *,
+    drift: bool = True,
 ) -> _Order:
     first = _person_name(rng, _FIRST_NAMES)
     last = _person_name(rng, _LAST_NAMES)
@@ -411,7 +419,9 @@ def _make_order(
     order.application = _maybe(rng, 0.1, _digits(rng, 100_000, 10_000_000))
     order.job = _pick(rng, jobs)
     if rng.random() < 0.05:
-        _add_drift(rng, order)
+        # Without drift it goes on a throwaway copy: the random draws, and so every later
+        # order, stay those of a run with drift.
+        _add_drift(rng, order if drift else copy.copy(order))
     return order
 
 
@@ -427,6 +437,11 @@ def _add_drift(rng: random.Random, order: _Order) -> None:
         order.job = _drift_job(rng, order.job)  # jobs are shared: drift goes on a copy
     else:
         order.job = {**order.job, "department": {"remote_id": "42", "name": "Engineering"}}
+
+
+def _iso_now() -> str:
+    """Now as Kombo writes a time: ``2024-05-01T12:00:00.000Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _us(dt: datetime) -> int:
@@ -771,6 +786,9 @@ class Simulator:
         keep_rendered: keep each order's JSON once rendered (about 1 KB an order), so that
             serving a page costs next to nothing: the benchmarks measure the poller, not the
             stand-in for Kombo's servers.
+        schema_drift: give about one order in twenty something newer than the published
+            schema (an unknown field, an unknown hiring-team role); False for clients that
+            validate strictly, such as Kombo's official SDK.
     """
 
     def __init__(
@@ -784,6 +802,7 @@ class Simulator:
         faults: Faults | None = None,
         sleep: Callable[[float], None] = time.sleep,
         keep_rendered: bool = False,
+        schema_drift: bool = True,
     ) -> None:
         if orders < 0 or (closed is not None and closed < 0):
             raise ValueError("orders and closed must not be negative")
@@ -803,10 +822,13 @@ class Simulator:
         self.max_writes_in_flight: collections.Counter[str] = collections.Counter()
         """The most result writes ever in flight at once, per integration."""
         self.packages: dict[str, list[JSON]] = {}
+        # When each integration's list was last PUT (GET answers it as updated_at).
+        self.packages_updated: dict[str, str] = {}
         self._open_per_integration = orders
         self._closed_per_integration = orders // 10 if closed is None else closed
         self._sleep = sleep
         self._keep_rendered = keep_rendered
+        self.schema_drift = schema_drift
         self._lock = threading.Lock()
         self._index = {iid: i for i, iid in enumerate(self.integration_ids)}
         # Orders are generated per integration on first access: 1,000 integrations start
@@ -871,6 +893,7 @@ class Simulator:
                     f"{index}-{n}",
                     status,
                     self._epoch_us - int(rng.random() * window_ms) * 1000,
+                    drift=self.schema_drift,
                 )
                 for n, status in enumerate(statuses)
             ]
@@ -911,7 +934,7 @@ class Simulator:
             state.added += 1
             rng = random.Random(f"kombo-sim/{self.seed}/{integration_id}/added/{state.added}")
             tag = f"{state.index}-a{state.added}"
-            order = _make_order(rng, state.jobs, tag, status, created_us)
+            order = _make_order(rng, state.jobs, tag, status, created_us, drift=self.schema_drift)
             for name, value in fields.items():
                 if name in _ORDER_ATTRIBUTES:
                     setattr(order, name, value)
@@ -1173,12 +1196,16 @@ class Simulator:
     def _get_packages(self, request: httpx.Request, integration_id: str) -> tuple[int, JSON]:
         with self._lock:
             packages = copy.deepcopy(self.packages.get(integration_id, []))
-        return 200, {"status": "success", "data": {"packages": packages}}
+            updated_at = self.packages_updated.get(integration_id)
+        # Kombo's schema (and its SDK) has updated_at on every listed package, maybe null.
+        listed = [{**package, "updated_at": updated_at} for package in packages]
+        return 200, {"status": "success", "data": {"packages": listed}}
 
     def _put_packages(self, request: httpx.Request, integration_id: str) -> tuple[int, JSON]:
         packages = _validate_packages(_json_body(request))
         with self._lock:
             self.packages[integration_id] = packages
+            self.packages_updated[integration_id] = _iso_now()
         return 200, {"status": "success", "data": {}, "warnings": []}
 
     # ---------------------------------------------------------------- sockets
@@ -1187,9 +1214,17 @@ class Simulator:
         """Serve the API over HTTP in a daemon thread; ``port=0`` picks a free port."""
         return SimulatorServer(self, host, port)
 
-    def serve_forever(self, host: str, port: int) -> None:
-        """Serve the API over HTTP in this thread until KeyboardInterrupt (for the CLI)."""
+    def serve_forever(
+        self, host: str, port: int, ready: Callable[[str], None] | None = None
+    ) -> None:
+        """Serve the API over HTTP in this thread until KeyboardInterrupt (for the CLI).
+
+        ``ready`` is called with the base URL once the socket listens (``port=0``: the port
+        picked).
+        """
         server = _HTTPServer((host, port), self)
+        if ready is not None:
+            ready(_base_url(host, int(server.server_address[1])))
         try:
             server.serve_forever()
         except KeyboardInterrupt:
@@ -1357,6 +1392,14 @@ class _HTTPServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def _base_url(host: str, port: int) -> str:
+    """The base URL a client on this machine uses for a server bound to ``host:port``."""
+    url_host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, host)
+    if ":" in url_host and not url_host.startswith("["):
+        url_host = f"[{url_host}]"
+    return f"http://{url_host}:{port}/v1"
+
+
 class SimulatorServer:
     """A running socket server for a :class:`Simulator`; close it or use it as a context."""
 
@@ -1364,10 +1407,7 @@ class SimulatorServer:
         self._httpd = _HTTPServer((host, port), simulator)
         self.host = host
         self.port: int = int(self._httpd.server_address[1])
-        url_host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, host)
-        if ":" in url_host and not url_host.startswith("["):
-            url_host = f"[{url_host}]"
-        self.url = f"http://{url_host}:{self.port}/v1"
+        self.url = _base_url(host, self.port)
         self._closed = False
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,

@@ -1,8 +1,13 @@
 """Prometheus exposition of the status snapshot (needs the ``web`` extra: prometheus-client).
 
 Every scrape takes a fresh :class:`~dispatcher.ops.status.Snapshot`, so the numbers are Redis's,
-shared by every process, not one process's memory. The metric names are listed in the
-README ("Operating it").
+shared by every process, not one process's memory: every ``web`` process serves the same
+gauges (scrape one, or aggregate with ``max``, never ``sum``). The metric names are listed
+in the README ("Operating it").
+
+An integration's age since its last sweep is not a metric: Prometheus computes it from the
+timestamp gauge (``time() - dispatcher_integration_last_sweep_timestamp_seconds``), and a
+stored age would be as old as the scrape anyway.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ log = logging.getLogger("dispatcher.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+_WORKER_STATES = ("busy", "idle")
 _JOB_STATES = ("queued", "started", "scheduled", "deferred", "finished", "failed", "canceled")
 
 
@@ -113,7 +119,9 @@ def _queue_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     workers = GaugeMetricFamily(
         "dispatcher_workers", "RQ workers on the dispatcher queue by state.", labels=["state"]
     )
-    states: dict[str, int] = {}
+    # Busy and idle always: no worker running is 0, not an absent series (which an alert
+    # on `dispatcher_workers == 0` would never see).
+    states: dict[str, int] = dict.fromkeys(_WORKER_STATES, 0)
     for worker in snapshot.workers:
         states[worker.state] = states.get(worker.state, 0) + 1
     for state, count in sorted(states.items()):
@@ -145,11 +153,6 @@ def _integration_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         "Unix time of the integration's last successful sweep.",
         labels=labels,
     )
-    since = GaugeMetricFamily(
-        "dispatcher_integration_seconds_since_last_sweep",
-        "Seconds since the integration's last successful sweep.",
-        labels=labels,
-    )
     errors = CounterMetricFamily(
         "dispatcher_integration_sweep_errors",
         "Sweeps of the integration that failed.",
@@ -167,15 +170,16 @@ def _integration_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     )
     for integration in snapshot.integrations:
         name = [integration.integration_id]
-        healthy.add_metric(name, 1 if integration.state == OK else 0)
+        if integration.configured is not False:
+            # Not configured nor registered: not polled, so neither healthy nor unhealthy.
+            healthy.add_metric(name, 1 if integration.state == OK else 0)
         errors.add_metric(name, integration.error_count)
         remembered.add_metric(name, integration.remembered)
         if integration.last_sweep_at is not None:
             last.add_metric(name, integration.last_sweep_at)
-            since.add_metric(name, max(0.0, snapshot.taken_at - integration.last_sweep_at))
         if integration.orders_seen is not None:
             seen.add_metric(name, integration.orders_seen)
-    yield from (healthy, last, since, errors, seen, remembered)
+    yield from (healthy, last, errors, seen, remembered)
 
 
 def _handler_metrics(snapshot: Snapshot) -> Iterator[Metric]:
