@@ -19,7 +19,9 @@ from dispatcher.ops.status import take_snapshot
 from dispatcher.store import throughput
 from dispatcher.web.console.data import y_of
 
-pytestmark = [pytest.mark.redis, pytest.mark.browser]
+# Slow: Chromium and uvicorn per test; CI runs it in its second step (and fails if Chromium
+# is missing there).
+pytestmark = [pytest.mark.redis, pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path(os.environ.get("TEST_CHROMIUM", "/usr/bin/chromium"))
 ARGS = [

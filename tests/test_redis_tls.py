@@ -25,7 +25,8 @@ from _support import dispatcher_env, free_port
 from dispatcher.store.connection import connect
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 
-pytestmark = pytest.mark.redis
+# Slow: a TLS redis-server and a dozen CLI subprocesses; CI runs it in its second step.
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 TESTS = Path(__file__).parent
 # Every command builds its Redis client with dispatcher.store.connection.
