@@ -18,7 +18,9 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker, Worker
 from rq.executions import Execution
 from rq.job import Job
@@ -57,6 +59,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("dispatcher.worker")
+
+# What a Redis failover raises: the old primary gone (refused, reset, no primary known yet),
+# or still answering as the replica it became.
+REDIS_LOST = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 # Seconds between heartbeats of a running job, and how long past a missed heartbeat a job
 # counts as abandoned.
@@ -159,6 +165,15 @@ class _DispatcherWorkerMixin(WorkerBase):
             ]
         # RQ takes a mix of names and queues, whatever its annotation says.
         super().__init__(queues, *args, **kwargs)  # type: ignore[arg-type]
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        # RQ's loop beats right after each job, outside its reconnect handling: a Redis lost
+        # there (a failover) would end the worker ("unhandled exception, quitting"), and with
+        # --processes 1 the whole process. The next dequeue waits for Redis and beats again.
+        try:
+            super().heartbeat(timeout, pipeline)
+        except REDIS_LOST as exc:
+            self.log.warning("Worker %s: heartbeat failed, Redis lost: %s", self.name, exc)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ adds a fixed 60 s of grace; a job whose worker is gone waits that long.
@@ -282,7 +297,12 @@ class InProcessWorker(DispatcherWorker):
     """
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        execution = self.prepare_execution(job)
+        try:
+            execution = self.prepare_execution(job)
+        except REDIS_LOST as exc:  # popped, not started: requeue_stranded puts it back
+            self.log.warning("Worker %s: job %s: Redis lost at its start: %s", self.name,
+                             job.id, exc)  # fmt: skip
+            return
         done = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat_until, args=(done, job, execution), name="rq-heartbeat"
@@ -291,6 +311,14 @@ class InProcessWorker(DispatcherWorker):
         set_order_context(_log_context(job))
         try:
             self.perform_job(job, queue, execution)
+        except REDIS_LOST as exc:
+            # Redis went away while the job was being finished (RQ records the outcome, or
+            # the failure, outside its reconnect handling): the worker stays up. The job is
+            # left as the new primary knows it; a started job whose heartbeat runs out is
+            # requeued (requeue_abandoned), and its recorded steps are not run again.
+            self.log.warning("Worker %s: job %s: Redis lost while finishing it: %s", self.name,
+                             job.id, exc)  # fmt: skip
+            return
         finally:
             set_order_context(None)
             done.set()
