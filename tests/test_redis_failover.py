@@ -270,10 +270,15 @@ def test_failover_under_load_loses_no_order_and_repeats_no_step(
             _wait(probe_scheduled, 10, "the probe's write rescheduled after its 429")
             time.sleep(1.5)  # under load; and the probe's schedule reaches the replica
 
-            # When the primary is SIGKILLed
+            # When the primary is SIGKILLed while jobs and result writes are in flight (slow
+            # answers: each finishes, and records its outcome, with Redis gone)
+            vendor.slow, sim.faults.latency = 1.5, 1.0
+            time.sleep(0.5)
             old = sentinels.primary_address()
             killed_at, killed_utc = time.monotonic(), datetime.now(UTC)
             sentinels.kill_primary()
+            time.sleep(1.5)
+            vendor.slow, sim.faults.latency = 0, 0.0
             assert sim.applied_writes[(PROBE_INTEGRATION, probe)] == 0
 
             # Then Sentinel promotes the replica, and an order created after the kill is

@@ -166,14 +166,28 @@ class _DispatcherWorkerMixin(WorkerBase):
         # RQ takes a mix of names and queues, whatever its annotation says.
         super().__init__(queues, *args, **kwargs)  # type: ignore[arg-type]
 
+    # RQ's loop checks for suspension, runs maintenance and beats outside its reconnect
+    # handling (only the dequeue waits for Redis): a Redis lost there (a failover) would end
+    # the worker ("unhandled exception, quitting"), and with --processes 1 the whole process.
+    # Each is skipped instead; the next dequeue waits for the new primary.
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        # RQ's loop beats right after each job, outside its reconnect handling: a Redis lost
-        # there (a failover) would end the worker ("unhandled exception, quitting"), and with
-        # --processes 1 the whole process. The next dequeue waits for Redis and beats again.
         try:
             super().heartbeat(timeout, pipeline)
         except REDIS_LOST as exc:
-            self.log.warning("Worker %s: heartbeat failed, Redis lost: %s", self.name, exc)
+            self.log.warning("Worker %s: heartbeat skipped, Redis lost: %s", self.name, exc)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except REDIS_LOST as exc:
+            self.log.warning("Worker %s: suspension check skipped, Redis lost: %s", self.name, exc)
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        except REDIS_LOST as exc:
+            self.log.warning("Worker %s: maintenance skipped, Redis lost: %s", self.name, exc)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ adds a fixed 60 s of grace; a job whose worker is gone waits that long.
