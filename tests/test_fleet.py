@@ -135,6 +135,23 @@ def test_claiming_needs_the_integration_due_and_unleased(redis: Redis) -> None:
     assert first.holder("a:1") == "p1"
 
 
+def test_a_lease_left_by_our_own_sweep_is_claimed_again_at_once(redis: Redis) -> None:
+    # A sweep that lost Redis mid-way (a failover) could not release its lease; the lease
+    # reached the new primary. Its poller claims it again when due, not 30 s later; another
+    # poller still cannot.
+    clock = Clock(1000.0)
+    mine = Schedule(redis, KEYS, lease_ttl=30, owner="p1", clock=clock)
+    other = Schedule(redis, KEYS, lease_ttl=30, owner="p2", clock=clock)
+    mine.sync(["a:1"], interval=60)
+    redis.zadd(KEYS.schedule, {"a:1": 999})
+    assert mine.claim("a:1")
+    redis.pexpire(KEYS.lease("a:1"), 5000)  # the lease as the unreleased sweep left it
+    assert not other.claim("a:1")
+    assert mine.claim("a:1")
+    assert mine.holder("a:1") == "p1"
+    assert redis.pttl(KEYS.lease("a:1")) > 20_000  # taken for a whole TTL again
+
+
 def test_due_times_are_spread_over_the_interval(redis: Redis) -> None:
     clock = Clock(0.0)
     schedule = Schedule(redis, KEYS, clock=clock)

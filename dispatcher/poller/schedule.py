@@ -35,6 +35,10 @@ if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then return 1 end
 if redis.call('TYPE', KEYS[2])['ok'] ~= 'string' then
   return redis.error_reply('WRONGTYPE the lease key holds the wrong kind of value')
 end
+if redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  return 1
+end
 return 0
 """
 # KEYS: 1 lease. ARGV: 1 owner, 2 ttl ms.
@@ -106,7 +110,12 @@ class Schedule:
         return max(0.0, float(first[0][1]) - self._clock())
 
     def claim(self, integration_id: str) -> bool:
-        """Take the integration's lease if it is still due and nobody holds it.
+        """Take the integration's lease if it is still due and nobody else holds it.
+
+        A lease already ours is one our last sweep could not release (Redis lost mid-sweep,
+        a failover): taken again at once rather than after its TTL (30 s of an integration
+        not swept). The caller runs at most one sweep per integration (the poller skips
+        those running), so this never doubles a sweep.
 
         Raises redis's ResponseError (WRONGTYPE) when the lease key holds another type."""
         return bool(

@@ -147,7 +147,7 @@ class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
                     return False
                 if self.should_run_maintenance_tasks:
                     self._interruptible = False
-                    self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+                    self.run_maintenance_tasks()
                     self._interruptible = True
         finally:
             self._interruptible = False
@@ -163,7 +163,7 @@ class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
         wait = 1.0
         while True:
             if self.should_run_maintenance_tasks:
-                self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+                self.run_maintenance_tasks()
             if self._stop_requested:
                 return None
             self.set_state(WorkerStatus.IDLE)

@@ -25,7 +25,9 @@ from types import TracebackType
 from typing import Any, cast
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker, Worker
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
@@ -82,6 +84,10 @@ __all__ = [
 
 log = logging.getLogger("dispatcher.worker")
 
+# What a Redis failover raises: the old primary gone (refused, reset, no primary known yet),
+# or still answering as the replica it became.
+REDIS_LOST = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
+
 # Seconds between heartbeats of a running job, and how long past a missed heartbeat a job
 # counts as abandoned.
 HEARTBEAT_INTERVAL = 5
@@ -90,6 +96,8 @@ HEARTBEAT_GRACE = 10
 # from its blocking pop every WORKER_TTL - 15 seconds (RQ's rule) to run maintenance.
 WORKER_TTL = 25
 MAINTENANCE_INTERVAL = 10
+# The longest wait between two dequeue tries while Redis is unreachable (RQ's default: 60 s).
+RECONNECT_WAIT_MAX = 2.0
 # Worst case from a worker's death to its job being queued again: the heartbeat runs out,
 # then a live worker's next maintenance pass (an idle one wakes every WORKER_TTL - 15 s).
 RECOVERY_BOUND = HEARTBEAT_INTERVAL + HEARTBEAT_GRACE + (WORKER_TTL - 15) + MAINTENANCE_INTERVAL
@@ -293,6 +301,11 @@ class _DispatcherWorkerMixin(WorkerBase):
     mask the candidate's contact data above DEBUG), and every failed attempt is recorded in
     the job's meta."""
 
+    # RQ's dequeue waits 1, 2, 4, 8, ... up to 60 s between tries while Redis is away: a
+    # failover of a few seconds cost up to 30 s more of stopped workers. A try every 2 s
+    # at most (one BLMOVE) finds the new primary as soon as Sentinel names it.
+    max_connection_wait_time = RECONNECT_WAIT_MAX
+
     def __init__(self, queues: Iterable[Queue | str], *args: Any, **kwargs: Any) -> None:
         demote_rq_chatter()
         self.tally = BurstSummary()
@@ -308,6 +321,40 @@ class _DispatcherWorkerMixin(WorkerBase):
             ]
         # RQ takes a mix of names and queues, whatever its annotation says.
         super().__init__(queues, *args, **kwargs)  # type: ignore[arg-type]
+
+    # RQ's loop checks for suspension, runs maintenance and beats outside its reconnect
+    # handling (only the dequeue waits for Redis): a Redis lost there (a failover) would end
+    # the worker ("unhandled exception, quitting"), and with --processes 1 the whole process.
+    # Each is skipped instead; the next dequeue waits for the new primary.
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        try:
+            super().heartbeat(timeout, pipeline)
+        except REDIS_LOST as exc:
+            self.log.warning("Worker %s: heartbeat skipped, Redis lost: %s", self.name, exc)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except REDIS_LOST as exc:
+            self.log.warning("Worker %s: suspension check skipped, Redis lost: %s", self.name, exc)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        # RQ marks the worker idle before its reconnecting loop: a Redis lost there too.
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except REDIS_LOST as exc:
+                self.log.warning("Worker %s: dequeue waits, Redis lost: %s", self.name, exc)
+                time.sleep(1)
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        except REDIS_LOST as exc:
+            self.log.warning("Worker %s: maintenance skipped, Redis lost: %s", self.name, exc)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ adds a fixed 60 s of grace; a job whose worker is gone waits that long.
@@ -467,7 +514,12 @@ class InProcessWorker(DispatcherWorker):
     """
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        execution = self.prepare_execution(job)
+        try:
+            execution = self.prepare_execution(job)
+        except REDIS_LOST as exc:  # popped, not started: requeue_stranded puts it back
+            self.log.warning("Worker %s: job %s: Redis lost at its start: %s", self.name,
+                             job.id, exc)  # fmt: skip
+            return
         done = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat_until, args=(done, job, execution), name="rq-heartbeat"
@@ -476,6 +528,14 @@ class InProcessWorker(DispatcherWorker):
         set_order_context(_log_context(job))
         try:
             self.perform_job(job, queue, execution)
+        except REDIS_LOST as exc:
+            # Redis went away while the job was being finished (RQ records the outcome, or
+            # the failure, outside its reconnect handling): the worker stays up. The job is
+            # left as the new primary knows it; a started job whose heartbeat runs out is
+            # requeued (requeue_abandoned), and its recorded steps are not run again.
+            self.log.warning("Worker %s: job %s: Redis lost while finishing it: %s", self.name,
+                             job.id, exc)  # fmt: skip
+            return
         finally:
             set_order_context(None)
             done.set()
