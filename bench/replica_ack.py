@@ -145,6 +145,7 @@ def run(integrations: int, orders: int, reps: int) -> list[Row]:
                 baseline_value=median(plain),
                 ratio=ratio,
                 ratio_note="(throughput with WAIT / without)",
+                target="reported",
                 detail=(
                     f"{total:,} orders ({integrations} x {orders}), page {PAGE_SIZE}, one replica "
                     f"on loopback, Redis {version}, median of {reps}"
