@@ -96,6 +96,8 @@ class ChaosReport:
     results_applied_twice: int = 0
     results_never_applied: int = 0
     failures: list[str] = field(default_factory=list)
+    # What Redis knows of each lost order (seen mark, job status, steps): where to start.
+    lost_orders: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -290,6 +292,8 @@ def run_chaos(config: ChaosConfig, log: Any = print) -> ChaosReport:
             report.settle_seconds = round(time.monotonic() - settle_start, 1)
             fleet.check_recoveries()
             _assess(report, redis, vendor, mailbox, expected_keys, expected_mail)
+            if report.orders_lost:
+                report.lost_orders = _describe_lost(redis, sim, set(vendor.succeeded_per_key()))
             results.assess(report, sim)
             report.kills = dict(fleet.kills)
             report.longest_recovery_seconds = round(max(fleet.recoveries, default=0.0), 1)
@@ -382,6 +386,35 @@ def _expectations(sim: Simulator) -> tuple[set[str], set[tuple[str, str]]]:
                 if member["email"] and ROLES.intersection(member["hiring_team_roles"]):
                     mail.add((order["id"], member["email"].strip().lower()))
     return keys, mail
+
+
+def _describe_lost(redis: Redis, sim: Simulator, succeeded: set[str]) -> list[str]:
+    """One line per order never provisioned: what the seen store, its job and its step
+    records say (a loss is rare: this is what its investigation starts from)."""
+    from dispatcher.ops.admin import describe_order
+
+    lines = []
+    for integration in sim.integration_ids:
+        for order in sim.orders(integration):
+            if step_key("dispatcher", integration, order["id"], "provision_http") in succeeded:
+                continue
+            try:
+                records = describe_order(
+                    redis, "dispatcher", "dispatcher-orders", order["id"], [integration]
+                )
+                what = (
+                    "; ".join(
+                        f"seen_at={r.seen_at} job={r.job_id} status={r.job_status} "
+                        f"attempts={r.attempts} steps={[s.handler for s in r.steps]} "
+                        f"last_error={r.last_error}"
+                        for r in records
+                    )
+                    or "unknown to Redis (never dispatched)"
+                )
+            except Exception as exc:  # a diagnostic must not hide the failure it explains
+                what = f"could not describe: {type(exc).__name__}: {exc}"
+            lines.append(f"{integration} {order['id']}: {what}")
+    return lines
 
 
 def _received_mail(mailbox: Mailbox) -> Counter[tuple[str, str]]:
