@@ -4,6 +4,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from typing import NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 import fakeredis
 import pytest
@@ -48,6 +49,18 @@ def claim_test_redis(url: str) -> None:
         )
 
 
+def _per_worker(url: str) -> str:
+    """With pytest-xdist, each worker its own database of TEST_REDIS_URL: the one given for
+    the first worker, the next ones for the others (a private server needs none of this)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw") or 0)
+    if index == 0:
+        return url
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{base + index}"))
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real Redis: a private redis-server when installed, else TEST_REDIS_URL (its
@@ -58,6 +71,7 @@ def redis_url() -> Iterator[str]:
         url = os.environ.get("TEST_REDIS_URL")
         if not url:
             _refuse("no redis-server binary and no TEST_REDIS_URL: real-Redis tests need one")
+        url = _per_worker(url)
         claim_test_redis(url)
         yield url
         # Empty at start, so what it holds now is ours: leave it empty for the next run.

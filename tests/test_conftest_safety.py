@@ -46,7 +46,9 @@ def shared() -> Iterator[RedisServer]:
 def run_probe(tmp_path: Path, test_redis_url: str, *, ci: bool) -> subprocess.CompletedProcess[str]:
     probe = tmp_path / "test_probe.py"
     probe.write_text(PROBE)
-    env = {k: v for k, v in os.environ.items() if k not in {"CI", "TEST_REDIS_URL"}}
+    # Not an xdist worker itself: the probe session must use the database it is given.
+    dropped = {"CI", "TEST_REDIS_URL", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"}
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(
         TEST_REDIS_URL=test_redis_url,
         PATH=str(tmp_path),  # no redis-server here: the fixture falls back to TEST_REDIS_URL
