@@ -175,8 +175,10 @@ def _redis_when_up(settings: Settings, cap: float = 30.0) -> Redis:
     SIGTERM or SIGINT meanwhile exit 0. A refused password is a configuration error: exit 1."""
     redis = connect_redis(settings, ping=False)
     # The URL itself is a secret to the log filter (it may hold a password): name the host.
-    url = urlsplit(settings.redis_url.get_secret_value())
-    where = url.path if url.scheme == "unix" else f"{url.hostname}:{url.port or 6379}"
+    # Not urlsplit's hostname/port: a Sentinel URL lists several hosts (h1:26379,h2:26379).
+    raw = settings.redis_url.get_secret_value()
+    url = urlsplit(raw)
+    where = url.path if url.scheme == "unix" else url.netloc.rpartition("@")[2]
     stop = threading.Event()
     delay, down_since = 1.0, None
     with _stop_on_signals(stop):
