@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from rq import Retry
 from rq.job import JobStatus
 
 from dispatcher._text import as_str
@@ -147,10 +146,6 @@ def _enqueue(
         timeout=options.timeout,
         result_ttl=options.result_ttl,
         failure_ttl=options.failure_ttl,
-        retry=(
-            Retry(max=len(options.retry_intervals), interval=list(options.retry_intervals))
-            if options.retry_intervals
-            else None
-        ),
+        retry=options.retry(),
     )
     return job_id

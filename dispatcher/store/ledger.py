@@ -138,6 +138,12 @@ class JobOptions:
             chain=tuple(settings.handlers),
         )
 
+    def retry(self) -> Retry | None:
+        """RQ's retry policy for a job: one retry per interval, or none."""
+        if not self.retry_intervals:
+            return None
+        return Retry(max=len(self.retry_intervals), interval=list(self.retry_intervals))
+
 
 @dataclass(slots=True)
 class DispatchResult:
@@ -398,11 +404,7 @@ class Ledger:
             timeout=options.timeout,
             result_ttl=options.result_ttl,
             failure_ttl=options.failure_ttl,
-            retry=(
-                Retry(max=len(options.retry_intervals), interval=list(options.retry_intervals))
-                if options.retry_intervals
-                else None
-            ),
+            retry=options.retry(),
         )
         job.enqueued_at = now()
         return job

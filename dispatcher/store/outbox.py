@@ -36,6 +36,7 @@ from rq.utils import now as rq_now
 
 from dispatcher.kombo.results import AssessmentResult, InvalidResultError, build_result
 from dispatcher.store.keys import Keys, order_ref
+from dispatcher.store.rq_internals import job_hash_items
 from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 
 __all__ = [
@@ -432,13 +433,7 @@ class Outbox:
             failure_ttl=self.failure_ttl,
         )
         job.enqueued_at = rq_now()
-        items: list[Any] = []
-        for key, value in job.to_dict().items():
-            if value is None:
-                continue
-            items.append(key)
-            items.append(value if isinstance(value, bytes | str) else str(value))
-        return items
+        return job_hash_items(job)
 
     # -- read -----------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import mark_provisioned
 from dispatcher.store.replication import ReplicaAck, run_script
 from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
+from dispatcher.worker._slot import ProcessSlot
 from dispatcher.worker.deadlines import deadline
 
 __all__ = [
@@ -68,24 +69,17 @@ class Runtime:
         return cls(settings=settings, chain=load_handlers(settings.handlers))
 
 
-_runtime: Runtime | None = None
-_runtime_lock = threading.Lock()
+_runtime: ProcessSlot[Runtime] = ProcessSlot(lambda: Runtime.from_settings(load_settings()))
 
 
 def install_runtime(runtime: Runtime | None) -> None:
     """Make ``runtime`` the one jobs of this process use (``None`` to reset)."""
-    global _runtime
-    with _runtime_lock:
-        _runtime = runtime
+    _runtime.install(runtime)
 
 
 def current_runtime() -> Runtime:
     """The installed runtime, built from the environment when none was installed."""
-    global _runtime
-    with _runtime_lock:
-        if _runtime is None:
-            _runtime = Runtime.from_settings(load_settings())
-        return _runtime
+    return _runtime.get()
 
 
 class HandlerFailed(Exception):

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from dispatcher.store.outbox import (
     parse_result,
 )
 from dispatcher.store.rq_internals import WorkerBase
+from dispatcher.worker._slot import ProcessSlot
 
 __all__ = [
     "ResultWriter",
@@ -261,24 +261,19 @@ class WriterRuntime:
         return cls(settings=settings, redis=redis, writer=writer)
 
 
-_writer: WriterRuntime | None = None
-_writer_lock = threading.Lock()
+_writer: ProcessSlot[WriterRuntime] = ProcessSlot(
+    lambda: WriterRuntime.from_settings(load_settings())
+)
 
 
 def install_writer(runtime: WriterRuntime | None) -> None:
     """Make ``runtime`` the one write jobs of this process use (``None`` to reset)."""
-    global _writer
-    with _writer_lock:
-        _writer = runtime
+    _writer.install(runtime)
 
 
 def current_writer() -> WriterRuntime:
     """The installed writer, built from the environment when none was installed."""
-    global _writer
-    with _writer_lock:
-        if _writer is None:
-            _writer = WriterRuntime.from_settings(load_settings())
-        return _writer
+    return _writer.get()
 
 
 def write_result(integration_id: str, order_id: str) -> str:
