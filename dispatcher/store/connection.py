@@ -219,10 +219,10 @@ def _sentinel_client(url: str, tls: bool, kwargs: dict[str, Any]) -> Redis:
         sentinel_kwargs["username"] = query["sentinel_username"]
     if "sentinel_password" in query:
         sentinel_kwargs["password"] = query["sentinel_password"]
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        sentinels, sentinel_kwargs=sentinel_kwargs, **{**kwargs, **node}
-    )
-    client: Redis = sentinel.master_for(service, redis_class=Redis)  # type: ignore[no-untyped-call]
+    # Through Any: redis-py < 8.2 leaves Sentinel untyped, 8.2 types it; either passes mypy.
+    sentinel_class: Any = Sentinel
+    sentinel = sentinel_class(sentinels, sentinel_kwargs=sentinel_kwargs, **{**kwargs, **node})
+    client: Redis = sentinel.master_for(service, redis_class=Redis)
     return client
 
 
