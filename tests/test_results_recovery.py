@@ -6,15 +6,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
+from _webhook_support import ReceiverServer
 from redis import Redis
-from test_results_api import Fleet, wait_for
+from test_results_api import TOKEN, Fleet, auth, wait_for
 
 from _support import RedisServer, dispatcher_env
-from dispatcher.settings import load_settings
+from dispatcher.settings import Settings, load_settings
+from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import Outbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
+from dispatcher.web.app import create_app
 from dispatcher.worker.worker import RECOVERY_BOUND
 
 URL = "https://vendor.example/r/1"
@@ -119,4 +124,142 @@ def test_a_redis_restart_loses_no_submitted_result(aof_redis: RedisServer, names
             fleet.stop()
     assert outbox.counts() == {"pending": 0, "written": len(orders), "failed": 0}
     assert all(sim.applied_writes[(INTEGRATION, o)] == 1 for o in orders)
+    redis.close()
+
+
+# -- one truth: bodies racing a write in flight ---------------------------------------------
+
+
+def _mark_dispatched(redis: Redis, namespace: str, integration: str, order: str) -> None:
+    # What the ledger writes when it dispatches an order (the results API wants it).
+    redis.hset(Keys(namespace).seen(integration), order, str(int(time.time())))
+
+
+def _truth_rig(
+    redis_url: str, namespace: str, latency: float
+) -> tuple[Simulator, str, Settings, Redis, Outbox]:
+    sim = Simulator([INTEGRATION], orders=3, closed=0, faults=Faults(latency=latency))
+    order = str(sim.orders(INTEGRATION, "OPEN")[0]["id"])
+    settings = load_settings(
+        REDIS_URL=redis_url, DISPATCHER_NAMESPACE=namespace, DISPATCHER_API_TOKEN=TOKEN
+    )
+    redis = Redis.from_url(redis_url)
+    _mark_dispatched(redis, namespace, INTEGRATION, order)
+    return sim, order, settings, redis, Outbox.from_settings(redis, settings)
+
+
+def _assert_record_matches_kombo(outbox: Outbox, sim: Simulator, order: str) -> dict[str, Any]:
+    record = outbox.get(INTEGRATION, order)
+    assert record is not None and record.state == "written", record
+    held = sim.results[(INTEGRATION, order)]
+    assert record.body == held, (record.body, held)
+    assert record.attempts >= 1
+    assert outbox.counts()["pending"] == 0
+    return held
+
+
+def _result_put(
+    http: httpx.Client, order: str, payload: dict[str, Any]
+) -> httpx.Response:
+    return http.put(f"/orders/{INTEGRATION}/{order}/result", json=payload)
+
+
+@pytest.mark.parametrize("status", ["COMPLETED", "OPEN"])
+def test_50_concurrent_puts_of_different_bodies_leave_one_truth(
+    redis_url: str, namespace: str, status: str
+) -> None:
+    """Given a results worker and Kombo answering in 0.5 s, when 50 clients PUT 50 different
+    bodies for one order at once, then nothing stays pending, the outbox holds the body Kombo
+    holds, and Kombo applied one final write (partial results: the defined sequence, the last
+    one written last)."""
+    sim, order, settings, redis, outbox = _truth_rig(redis_url, namespace, 0.5)
+    with SimulatorServer(sim, "127.0.0.1", 0) as kombo:
+        env = dispatcher_env(
+            redis_url, DISPATCHER_NAMESPACE=namespace, KOMBO_API_KEY=DEFAULT_API_KEY,
+            KOMBO_BASE_URL=kombo.url, DISPATCHER_LOG_LEVEL="WARNING",
+        )  # fmt: skip
+        fleet = Fleet(env)
+        answers: list[httpx.Response] = []
+        try:
+            fleet.start()
+            with ReceiverServer(create_app(settings, redis)) as web:
+                first = {"status": status, "result_url": f"{URL}/first"}
+                with httpx.Client(base_url=web.url, headers=auth(), timeout=30) as http:
+                    assert _result_put(http, order, first).status_code == 202
+                wait_for(lambda: sim.writes_in_flight[INTEGRATION] > 0, 30, "the write")
+                barrier = threading.Barrier(50)
+
+                def client(n: int) -> None:
+                    with httpx.Client(base_url=web.url, headers=auth(), timeout=30) as http:
+                        barrier.wait()
+                        payload = {"status": status, "result_url": f"{URL}/{n}"}
+                        answers.append(_result_put(http, order, payload))
+
+                threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                wait_for(lambda: outbox.counts()["pending"] == 0, 60, "nothing pending")
+                # Anything accepted is written or refused: a late PUT is never left pending.
+                with httpx.Client(base_url=web.url, headers=auth(), timeout=30) as http:
+                    late = _result_put(http, order, {"status": status, "result_url": URL})
+                    wait_for(lambda: outbox.counts()["pending"] == 0, 60, "the late one")
+                    shown = http.get(f"/orders/{INTEGRATION}/{order}/result").json()
+        finally:
+            fleet.stop()
+    codes = sorted({a.status_code for a in answers})
+    assert all(a.status_code in (202, 409) for a in answers), [a.text for a in answers]
+    assert "Traceback" not in "".join(a.text for a in answers)
+    held = _assert_record_matches_kombo(outbox, sim, order)
+    assert shown["result_url"] == held["result_url"] and shown["state"] == "written"
+    if status == "COMPLETED":
+        # The first body was on its way: Kombo takes no other final result.
+        assert codes == [409] and late.status_code == 409, codes
+        assert held["result_url"] == f"{URL}/first"
+        assert sim.applied_writes[(INTEGRATION, order)] == 1
+    else:
+        # Partial results: each accepted body is either written in turn or replaced by a
+        # later one before it was sent; the last accepted one is what Kombo holds.
+        assert late.status_code == 202
+        assert held["result_url"] == URL
+        assert sim.applied_writes[(INTEGRATION, order)] <= 52
+    redis.close()
+
+
+def test_six_puts_a_fifth_of_a_second_apart_strand_nothing(
+    redis_url: str, namespace: str
+) -> None:
+    sim, order, settings, redis, outbox = _truth_rig(redis_url, namespace, 0.5)
+    with SimulatorServer(sim, "127.0.0.1", 0) as kombo:
+        env = dispatcher_env(
+            redis_url, DISPATCHER_NAMESPACE=namespace, KOMBO_API_KEY=DEFAULT_API_KEY,
+            KOMBO_BASE_URL=kombo.url, DISPATCHER_LOG_LEVEL="WARNING",
+        )  # fmt: skip
+        fleet = Fleet(env)
+        try:
+            fleet.start()
+            with (
+                ReceiverServer(create_app(settings, redis)) as web,
+                httpx.Client(base_url=web.url, headers=auth(), timeout=30) as http,
+            ):
+                answers = []
+                for n in range(6):
+                    payload = {"status": "COMPLETED", "result_url": f"{URL}/{n}"}
+                    answers.append(_result_put(http, order, payload))
+                    time.sleep(0.2)  # the scenario under test: PUTs spaced while one writes
+                wait_for(lambda: outbox.counts()["pending"] == 0, 60, "nothing pending")
+                again = _result_put(http, order, {"status": "COMPLETED", "result_url": f"{URL}/0"})
+        finally:
+            fleet.stop()
+    held = _assert_record_matches_kombo(outbox, sim, order)
+    accepted = [a for a in answers if a.status_code == 202]
+    assert accepted and all(a.status_code in (202, 409) for a in answers)
+    assert sim.applied_writes[(INTEGRATION, order)] == 1
+    # The written body again: 200 with its receipt; the others: 409.
+    if held["result_url"] == f"{URL}/0":
+        assert again.status_code == 200 and again.json()["state"] == "written"
+        assert again.json()["submission_id"] == accepted[0].json()["submission_id"]
+    else:
+        assert again.status_code == 409
     redis.close()

@@ -7,14 +7,23 @@ hash (``{ns}:outbox:{integration}:{order}``) and writes and queues the RQ write 
 ends the result in one of the scripts below. Invariants:
 
 - one pending write per (integration, order): an identical body submitted again returns the
-  same receipt and queues nothing; a different one while the first is pending replaces it
-  (the queued job writes whatever body is pending when it runs: Kombo gets the last one);
+  same receipt and queues nothing (also once written: the receipt of the written body); a
+  different one replaces the pending body as long as no attempt of it was sent to Kombo;
+- once an attempt of the pending body was sent (``sent``; :meth:`Outbox.begin` marks it and
+  counts the attempt in the same step), that body is what Kombo may hold: a different body
+  submitted then is refused when the body on its way is final (Kombo takes one final result,
+  :class:`ResultInFlightError`) and otherwise kept as the ``next_*`` body, which becomes the
+  pending body when the one on its way ends (written or failed) and is written by the same
+  job: no body is left behind without a job;
 - the outbox hash names the one job that owns the pending write (``job``); a job that is not
   the owner (a duplicate of a recovered job, a job whose write was already ended) does
   nothing, so a result is written by one job at a time;
 - a result is ``pending`` (in ``{ns}:outbox-pending``), then ``written`` or ``failed`` (in the
   matching index), moved by one script each; a final result (COMPLETED or CANCELLED) once
-  written is recorded in ``{ns}:results:{integration}`` and every later submit is refused;
+  written is recorded in ``{ns}:results:{integration}`` with its digest and receipt, and every
+  later submit of another body is refused;
+- with ``require_dispatched`` (the results API) a submit for an order the ledger never
+  dispatched stores nothing (:class:`UnknownOrderError`), checked in the same script;
 - every script checks the types of the keys it writes before it writes any (see
   :func:`dispatcher.store.keys.lua_type_guard`).
 """
@@ -45,8 +54,10 @@ __all__ = [
     "FinalResultError",
     "Outbox",
     "OutboxRecord",
+    "ResultInFlightError",
     "ResultReceipt",
     "ResultState",
+    "UnknownOrderError",
     "WriteLeases",
     "mark_provisioned",
     "parse_result",
@@ -77,6 +88,33 @@ class FinalResultError(Exception):
         )
 
 
+class ResultInFlightError(FinalResultError):
+    """A final result of the order is on its way to Kombo (an attempt was sent): Kombo may
+    already hold it and takes no other, so a different body is refused (nothing stored)."""
+
+    def __init__(self, integration_id: str, order_id: str, status: str) -> None:
+        super().__init__(integration_id, order_id, status)
+        Exception.__init__(
+            self,
+            f"order {order_id} (integration {integration_id}): a final result ({status}) is "
+            "being written; Kombo takes no other result",
+        )
+
+
+class UnknownOrderError(LookupError):
+    """The dispatcher never dispatched the order (unknown, rejected, or an unknown
+    integration): nothing was stored."""
+
+    def __init__(self, integration_id: str, order_id: str, rejected: bool = False) -> None:
+        self.integration_id = integration_id
+        self.order_id = order_id
+        why = "it rejected it" if rejected else "unknown order or integration"
+        super().__init__(
+            f"order {order_id} (integration {integration_id}): the dispatcher never "
+            f"dispatched this order ({why})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ResultReceipt:
     """What :meth:`Outbox.submit` did: the submission (its id and time), the result's state
@@ -89,6 +127,11 @@ class ResultReceipt:
     submitted_at: float
     state: ResultState
     outcome: Literal["queued", "replaced", "duplicate"]
+
+    @property
+    def written(self) -> bool:
+        """The body was already written (a duplicate of the written one)."""
+        return self.state == "written"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +164,19 @@ class OutboxRecord:
     lost_answer: bool
     reason: str | None
     failed_at: float | None
+    digest: str = ""
+    sent: bool = False
+    read_back: str | None = None
+    kombo_result: dict[str, Any] | None = None
+    next_submission_id: str | None = None
+
+    @property
+    def result_url(self) -> str | None:
+        """Where the customer sees the result: the written body's, or the one Kombo showed
+        it holds when a read-back found another body there."""
+        held = self.kombo_result or self.body
+        url = held.get("result_url")
+        return url if isinstance(url, str) else None
 
     def as_dict(self, *, with_body: bool = False) -> dict[str, Any]:
         """The JSON shape of ``GET /orders/{integration}/{order}/result`` and ``results
@@ -130,6 +186,7 @@ class OutboxRecord:
             "order_id": self.order_id,
             "state": self.state,
             "status": self.status,
+            "result_url": self.result_url,
             "submission_id": self.submission_id,
             "submitted_at": round(self.submitted_at, 3),
             "attempts": self.attempts,
@@ -140,7 +197,12 @@ class OutboxRecord:
             "lost_answer": self.lost_answer,
             "reason": self.reason,
             "failed_at": _round(self.failed_at),
+            "read_back": self.read_back,
         }
+        if self.kombo_result is not None:
+            out["kombo_result"] = self.kombo_result
+        if self.next_submission_id is not None:
+            out["next_submission_id"] = self.next_submission_id
         if with_body:
             out["body"] = self.body
         return out
@@ -171,27 +233,61 @@ def _digest(body: Mapping[str, Any], defaulted_completed_at: bool) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# Lua: when a body is on its way, a new one waits as ``next_*`` (see the module doc); these
+# are the fields that move.
+_NEXT_FIELDS = "'next_body', 'next_submission', 'next_digest', 'next_status', 'next_submitted_at'"
+# Lua (KEYS[1] the outbox hash): make the waiting body the pending one; false when none.
+_LUA_PROMOTE = (
+    """
+local function promote()
+  local n = redis.call('HMGET', KEYS[1], """
+    + _NEXT_FIELDS
+    + """)
+  if not n[2] then return false end
+  redis.call('HSET', KEYS[1], 'body', n[1], 'submission', n[2], 'digest', n[3], 'status', n[4],
+    'submitted_at', n[5], 'attempts', 0)
+  redis.call('HDEL', KEYS[1], """
+    + _NEXT_FIELDS
+    + """, 'sent', 'next_attempt_at', 'last_error')
+  return true
+end
+"""
+)
+
 # KEYS: 1 outbox hash, 2 results hash, 3 pending zset, 4 failed zset, 5 written zset,
-#       6 queue list, 7 rq:queues set, 8 timeline list, 9 job hash.
+#       6 queue list, 7 rq:queues set, 8 timeline list, 9 seen hash (the ledger's), 10 job hash.
 # ARGV: 1 order id, 2 digest, 3 body, 4 status, 5 now, 6 submission id, 7 integration id,
-#       8 order ref, 9 queue key, 10 job id, 11 timeline TTL, 12 event (JSON), 13.. job hash
-#       field/value items.
-_SUBMIT_TYPES = ("hash", "hash", "zset", "zset", "zset", "list", "set", "list")
+#       8 order ref, 9 queue key, 10 job id, 11 timeline TTL, 12 event (JSON), 13 require the
+#       order dispatched ("1"/"0"), 14.. job hash field/value items.
+_SUBMIT_TYPES = ("hash", "hash", "zset", "zset", "zset", "list", "set", "list", "hash")
 _SUBMIT_SCRIPT = (
     lua_type_guard(_SUBMIT_TYPES)
     + """
+if ARGV[13] == '1' then
+  local seen = redis.call('HGET', KEYS[9], ARGV[1])
+  if not seen then return {'unknown'} end
+  if string.sub(seen, 1, 9) == 'rejected:' then return {'rejected'} end
+end
 local record = redis.call('HGET', KEYS[2], ARGV[1])
 if record then
   local ok, decoded = pcall(cjson.decode, record)
   if ok and type(decoded) == 'table' and (decoded['status'] == 'COMPLETED'
       or decoded['status'] == 'CANCELLED') then
+    if decoded['digest'] == ARGV[2] then
+      return {'duplicate', tostring(decoded['submission']), tostring(decoded['submitted_at']),
+        'written'}
+    end
     return {'final', decoded['status']}
   end
 end
-local current = redis.call('HMGET', KEYS[1], 'state', 'digest', 'submission', 'submitted_at')
+local current = redis.call('HMGET', KEYS[1], 'state', 'digest', 'submission', 'submitted_at',
+  'sent', 'status', 'next_digest', 'next_submission', 'next_submitted_at')
 local state, digest = current[1], current[2]
 if (state == 'pending' or state == 'written') and digest == ARGV[2] then
   return {'duplicate', current[3], current[4], state}
+end
+if state == 'pending' and current[7] == ARGV[2] then
+  return {'duplicate', current[8], current[9], state}
 end
 local function event()
   redis.call('RPUSH', KEYS[8], ARGV[12])
@@ -199,6 +295,17 @@ local function event()
     + str(TIMELINE_MAX_EVENTS)
     + """, -1)
   redis.call('EXPIRE', KEYS[8], ARGV[11])
+end
+if state == 'pending' and current[5] == '1' then
+  -- An attempt of the pending body was sent: Kombo may hold it. A final one takes no other;
+  -- after a partial one, this body waits its turn (the same job writes it next).
+  if current[6] == 'COMPLETED' or current[6] == 'CANCELLED' then
+    return {'busy', current[6]}
+  end
+  redis.call('HSET', KEYS[1], 'next_body', ARGV[3], 'next_submission', ARGV[6],
+    'next_digest', ARGV[2], 'next_status', ARGV[4], 'next_submitted_at', ARGV[5])
+  event()
+  return {current[8] and 'replaced' or 'queued', ARGV[6], ARGV[5], 'pending'}
 end
 redis.call('HSET', KEYS[1], 'integration', ARGV[7], 'order', ARGV[1], 'digest', ARGV[2],
   'body', ARGV[3], 'status', ARGV[4], 'submission', ARGV[6], 'submitted_at', ARGV[5])
@@ -209,17 +316,34 @@ if state == 'pending' then
 end
 redis.call('HSET', KEYS[1], 'state', 'pending', 'job', ARGV[10], 'attempts', 0)
 redis.call('HDEL', KEYS[1], 'next_attempt_at', 'last_error', 'written_at', 'warnings',
-  'lost_answer', 'reason', 'failed_at')
+  'lost_answer', 'reason', 'failed_at', 'sent', 'read_back', 'kombo_result', """
+    + _NEXT_FIELDS
+    + """)
 redis.call('PERSIST', KEYS[1])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[8])
 redis.call('ZREM', KEYS[4], ARGV[8])
 redis.call('ZREM', KEYS[5], ARGV[8])
-if redis.call('TYPE', KEYS[9])['ok'] ~= 'none' then redis.call('DEL', KEYS[9]) end
-redis.call('HSET', KEYS[9], unpack(ARGV, 13, #ARGV))
+if redis.call('TYPE', KEYS[10])['ok'] ~= 'none' then redis.call('DEL', KEYS[10]) end
+redis.call('HSET', KEYS[10], unpack(ARGV, 14, #ARGV))
 redis.call('RPUSH', KEYS[6], ARGV[10])
 redis.call('SADD', KEYS[7], ARGV[9])
 event()
 return {'queued', ARGV[6], ARGV[5], 'pending'}
+"""
+)
+
+# KEYS: 1 outbox hash. ARGV: 1 job id, 2 submission id.
+# An attempt of the pending body is about to be sent: counted, and the body locked (``sent``).
+_BEGIN_TYPES = ("hash",)
+_BEGIN_SCRIPT = (
+    lua_type_guard(_BEGIN_TYPES)
+    + """
+local current = redis.call('HMGET', KEYS[1], 'state', 'job', 'submission')
+if current[1] ~= 'pending' or current[2] ~= ARGV[1] then return 'stale' end
+if current[3] ~= ARGV[2] then return 'changed' end
+redis.call('HSET', KEYS[1], 'sent', '1')
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return 'begun'
 """
 )
 
@@ -228,17 +352,34 @@ return {'queued', ARGV[6], ARGV[5], 'pending'}
 # ARGV: 1 job id, 2 submission id, 3 now, 4 warnings (JSON), 5 lost answer ("1"/"0"),
 #       6 outbox TTL, 7 order id, 8 results record (JSON, "" for a partial result), 9 order
 #       ref, 10 written-index cutoff, 11 timeline TTL, 12 event, 13 integration id,
-#       14 latency seconds, 15.. histogram bucket fields to bump.
+#       14 latency seconds, 15 read-back verdict ("" without a read-back), 16 the result Kombo
+#       showed it holds (JSON, "" when none), 17.. histogram bucket fields to bump.
+# A partial result written while another body waits (``next_*``): that one becomes the pending
+# body, for the same job to write next ('next').
 _WRITTEN_TYPES = ("hash", "hash", "hash", "zset", "zset", "list", "zset", "hash")
 _WRITTEN_SCRIPT = (
     lua_type_guard(_WRITTEN_TYPES)
+    + _LUA_PROMOTE
     + """
 local current = redis.call('HMGET', KEYS[1], 'state', 'job', 'submission')
 if current[1] ~= 'pending' or current[2] ~= ARGV[1] then return 'stale' end
 if current[3] ~= ARGV[2] then return 'superseded' end
+redis.call('HINCRBY', KEYS[8], ARGV[13] .. '|written', 1)
+redis.call('HINCRBYFLOAT', KEYS[8], ARGV[13] .. '|latency_sum', ARGV[14])
+for i = 17, #ARGV do redis.call('HINCRBY', KEYS[8], ARGV[13] .. '|le|' .. ARGV[i], 1) end
+redis.call('RPUSH', KEYS[6], ARGV[12])
+redis.call('LTRIM', KEYS[6], -"""
+    + str(TIMELINE_MAX_EVENTS)
+    + """, -1)
+redis.call('EXPIRE', KEYS[6], ARGV[11])
+if ARGV[8] == '' and promote() then return 'next' end
 redis.call('HSET', KEYS[1], 'state', 'written', 'written_at', ARGV[3], 'warnings', ARGV[4],
   'lost_answer', ARGV[5])
-redis.call('HDEL', KEYS[1], 'next_attempt_at')
+redis.call('HDEL', KEYS[1], 'next_attempt_at', 'read_back', 'kombo_result', """
+    + _NEXT_FIELDS
+    + """)
+if ARGV[15] ~= '' then redis.call('HSET', KEYS[1], 'read_back', ARGV[15]) end
+if ARGV[16] ~= '' then redis.call('HSET', KEYS[1], 'kombo_result', ARGV[16]) end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('ZREM', KEYS[4], ARGV[9])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[9])
@@ -249,14 +390,6 @@ if ARGV[8] ~= '' then
   end
   redis.call('ZREM', KEYS[7], ARGV[9])
 end
-redis.call('HINCRBY', KEYS[8], ARGV[13] .. '|written', 1)
-redis.call('HINCRBYFLOAT', KEYS[8], ARGV[13] .. '|latency_sum', ARGV[14])
-for i = 15, #ARGV do redis.call('HINCRBY', KEYS[8], ARGV[13] .. '|le|' .. ARGV[i], 1) end
-redis.call('RPUSH', KEYS[6], ARGV[12])
-redis.call('LTRIM', KEYS[6], -"""
-    + str(TIMELINE_MAX_EVENTS)
-    + """, -1)
-redis.call('EXPIRE', KEYS[6], ARGV[11])
 return 'written'
 """
 )
@@ -267,27 +400,30 @@ return 'written'
 _FAILED_TYPES = ("hash", "zset", "zset", "list", "hash")
 _FAILED_SCRIPT = (
     lua_type_guard(_FAILED_TYPES)
+    + _LUA_PROMOTE
     + """
 local current = redis.call('HMGET', KEYS[1], 'state', 'job')
 if current[1] ~= 'pending' or current[2] ~= ARGV[1] then return 'stale' end
-redis.call('HSET', KEYS[1], 'state', 'failed', 'failed_at', ARGV[2], 'reason', ARGV[3])
-redis.call('HDEL', KEYS[1], 'next_attempt_at')
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('ZREM', KEYS[2], ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[5])
 redis.call('HINCRBY', KEYS[5], ARGV[8] .. '|failed', 1)
 redis.call('RPUSH', KEYS[4], ARGV[7])
 redis.call('LTRIM', KEYS[4], -"""
     + str(TIMELINE_MAX_EVENTS)
     + """, -1)
 redis.call('EXPIRE', KEYS[4], ARGV[6])
+if promote() then return 'next' end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'failed_at', ARGV[2], 'reason', ARGV[3])
+redis.call('HDEL', KEYS[1], 'next_attempt_at')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZREM', KEYS[2], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[5])
 return 'failed'
 """
 )
 
 # KEYS: 1 outbox hash, 2 scheduled registry zset, 3 queue list, 4 rq:queues set, 5 new job
 #       hash. ARGV: 1 current job id, 2 new job id, 3 when (unix time; <= now: queued at once),
-#       4 count the attempt ("1"/"0"), 5 last error, 6 queue key, 7 now, 8.. job hash items.
+#       4 unused (attempts are counted when sent, by _BEGIN_SCRIPT), 5 last error, 6 queue key,
+#       7 now, 8.. job hash items.
 # Hands the pending write to a new job: the current one ends, the new one runs at ``when``.
 _RESCHEDULE_TYPES = ("hash", "zset", "list", "set")
 _RESCHEDULE_SCRIPT = (
@@ -296,7 +432,6 @@ _RESCHEDULE_SCRIPT = (
 local current = redis.call('HMGET', KEYS[1], 'state', 'job')
 if current[1] ~= 'pending' or current[2] ~= ARGV[1] then return 'stale' end
 redis.call('HSET', KEYS[1], 'job', ARGV[2], 'next_attempt_at', ARGV[3])
-if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[5]) end
 if redis.call('TYPE', KEYS[5])['ok'] ~= 'none' then redis.call('DEL', KEYS[5]) end
 redis.call('HSET', KEYS[5], unpack(ARGV, 8, #ARGV))
@@ -362,16 +497,19 @@ class Outbox:
         result: AssessmentResult | Mapping[str, Any],
         *,
         completed_at_defaulted: bool = False,
+        require_dispatched: bool = False,
     ) -> ResultReceipt:
         """Store a result and queue its write, in one atomic step (see the module doc).
 
         ``completed_at_defaulted``: the caller's body had no ``completed_at`` (a validated
         result got now): such a body is compared without it, so that sending it again is a
-        duplicate. Worked out here when ``result`` is a mapping.
+        duplicate. Worked out here when ``result`` is a mapping. ``require_dispatched``: refuse
+        an order the ledger never dispatched (UnknownOrderError).
 
         Raises InvalidResultError (a body Kombo would refuse, naming the field),
-        FinalResultError (a final result was already written), WrongKeyTypeError, or
-        redis-py's errors (nothing was stored then).
+        FinalResultError (a final result was already written; ResultInFlightError: one is on
+        its way), UnknownOrderError, WrongKeyTypeError, or redis-py's errors (nothing was
+        stored then).
         """
         defaulted = completed_at_defaulted
         if not isinstance(result, AssessmentResult):
@@ -393,12 +531,13 @@ class Outbox:
             self.queue.key,
             self.queue.redis_queues_keys,
             self.keys.timeline(integration_id, order_id),
+            self.keys.seen(integration_id),
             Job.key_for(job_id),
         ]
         args: list[Any] = [
             order_id, digest, json.dumps(body, ensure_ascii=False), str(result.status),
             repr(now), submission, integration_id, ref, self.queue.key, job_id,
-            self.timeline_ttl, event,
+            self.timeline_ttl, event, "1" if require_dispatched else "0",
         ]  # fmt: skip
         args.extend(self._job_items(integration_id, order_id, job_id, JobStatus.QUEUED))
         with key_types_checked(keys, _SUBMIT_TYPES, integration_id=integration_id):
@@ -406,11 +545,15 @@ class Outbox:
         outcome = _text(answer[0])
         if outcome == "final":
             raise FinalResultError(integration_id, order_id, _text(answer[1]))
+        if outcome == "busy":
+            raise ResultInFlightError(integration_id, order_id, _text(answer[1]))
+        if outcome in ("unknown", "rejected"):
+            raise UnknownOrderError(integration_id, order_id, rejected=outcome == "rejected")
         return ResultReceipt(
             integration_id=integration_id,
             order_id=order_id,
             submission_id=_text(answer[1]),
-            submitted_at=float(answer[2]),
+            submitted_at=_float(_text(answer[2])) or 0.0,
             state=_text(answer[3]),  # type: ignore[arg-type]
             outcome=outcome,  # type: ignore[arg-type]
         )
@@ -487,7 +630,18 @@ class Outbox:
                 events.append(event)
         return events
 
-    # -- ending a write (the write job) -----------------------------------------------------
+    # -- a write (the write job) ------------------------------------------------------------
+
+    def begin(self, record: OutboxRecord, job_id: str) -> str:
+        """Before an attempt of ``record``'s body is sent: count it and lock the body (a new
+        body waits its turn or is refused, see the module doc). ``begun``; ``stale`` when
+        ``job_id`` no longer owns the write; ``changed`` when another body replaced it (read
+        the record again)."""
+        key = self.keys.outbox(record.integration_id, record.order_id)
+        with key_types_checked([key], _BEGIN_TYPES, integration_id=record.integration_id):
+            return _text(
+                self.redis.eval(_BEGIN_SCRIPT, 1, key, job_id, record.submission_id)
+            )
 
     def mark_written(
         self,
@@ -496,9 +650,16 @@ class Outbox:
         warnings: list[str],
         *,
         lost_answer: bool = False,
+        read_back: str | None = None,
+        kombo_result: Mapping[str, Any] | None = None,
     ) -> str:
         """End the pending write as written; ``stale`` when ``job_id`` no longer owns it,
-        ``superseded`` when another body was submitted meanwhile (write that one too)."""
+        ``superseded`` when another body replaced it, ``next`` when a partial result was
+        written and another body waits (it is now the pending one: write it too).
+
+        ``read_back``: what reading the order back after a lost answer showed (``matched``,
+        ``status only``, ``another body``); ``kombo_result``: the result Kombo showed it holds
+        when it is not the submitted body."""
         now = self._clock()
         integration_id, order_id = record.integration_id, record.order_id
         final = record.status in FINAL_STATUSES
@@ -521,19 +682,35 @@ class Outbox:
             self.keys.provisioned,
             self.keys.result_stats,
         ]
-        record_json = json.dumps({"status": record.status, "at": int(now)}) if final else ""
+        record_json = (
+            json.dumps(
+                {
+                    "status": record.status,
+                    "at": int(now),
+                    # What a later submit of the same body answers with (200, this receipt).
+                    "digest": record.digest,
+                    "submission": record.submission_id,
+                    "submitted_at": round(record.submitted_at, 3),
+                }
+            )
+            if final
+            else ""
+        )
         args: list[Any] = [
             job_id, record.submission_id, repr(now), json.dumps(warnings, ensure_ascii=False),
             "1" if lost_answer else "0", self.result_ttl, order_id, record_json,
             order_ref(integration_id, order_id), repr(now - self.result_ttl),
-            self.timeline_ttl, event, integration_id, repr(latency), *buckets,
+            self.timeline_ttl, event, integration_id, repr(latency), read_back or "",
+            json.dumps(kombo_result, ensure_ascii=False) if kombo_result is not None else "",
+            *buckets,
         ]  # fmt: skip
         with key_types_checked(keys, _WRITTEN_TYPES, integration_id=integration_id):
             return _text(self.redis.eval(_WRITTEN_SCRIPT, len(keys), *keys, *args))
 
     def mark_failed(self, record: OutboxRecord, job_id: str, reason: str) -> str:
         """End the pending write as failed (permanently) with ``reason``; ``stale`` when
-        ``job_id`` no longer owns it."""
+        ``job_id`` no longer owns it; ``next`` when another body waited (it is now the pending
+        one: write it)."""
         now = self._clock()
         integration_id, order_id = record.integration_id, record.order_id
         keys = [
@@ -560,7 +737,8 @@ class Outbox:
         count_attempt: bool = True,
     ) -> str:
         """Hand the pending write to a new job run ``delay`` seconds from now (RQ's scheduler
-        queues it); ``stale`` when ``job_id`` no longer owns it."""
+        queues it); ``stale`` when ``job_id`` no longer owns it. ``count_attempt`` is kept
+        for callers: attempts are counted when sent (:meth:`begin`)."""
         now = self._clock()
         nonce = f"{record.submission_id}:{uuid.uuid4().hex}"
         new_id = result_job_id(self.namespace, record.integration_id, record.order_id, nonce)
@@ -574,8 +752,8 @@ class Outbox:
         ]
         when = now + max(0.0, delay)
         args: list[Any] = [
-            job_id, new_id, repr(when) if delay > 0 else repr(now), "1" if count_attempt else "0",
-            error, self.queue.key, repr(now),
+            job_id, new_id, repr(when) if delay > 0 else repr(now), "0", error, self.queue.key,
+            repr(now),
         ]  # fmt: skip
         args.extend(
             self._job_items(record.integration_id, record.order_id, new_id, JobStatus.SCHEDULED)
@@ -705,6 +883,10 @@ def _record(raw: Mapping[bytes | str, bytes | str]) -> OutboxRecord:
     except (ValueError, TypeError):
         warnings = ()
     state = fields.get("state", "pending")
+    try:
+        kombo_result = json.loads(fields["kombo_result"]) if "kombo_result" in fields else None
+    except ValueError:
+        kombo_result = None
     return OutboxRecord(
         integration_id=fields.get("integration", ""),
         order_id=fields.get("order", ""),
@@ -722,6 +904,11 @@ def _record(raw: Mapping[bytes | str, bytes | str]) -> OutboxRecord:
         lost_answer=fields.get("lost_answer") == "1",
         reason=fields.get("reason"),
         failed_at=_float(fields.get("failed_at")),
+        digest=fields.get("digest", ""),
+        sent=fields.get("sent") == "1",
+        read_back=fields.get("read_back"),
+        kombo_result=kombo_result if isinstance(kombo_result, dict) else None,
+        next_submission_id=fields.get("next_submission"),
     )
 
 
@@ -768,8 +955,9 @@ def submit_result(
     stores it and queues its write on ``DISPATCHER_RESULTS_QUEUE`` in one atomic Redis step,
     and returns once that step is done: from then on the results workers write it, retrying
     for ``DISPATCHER_RESULT_RETRY_FOR``. The same body again returns the same receipt; a
-    different one while the first is pending replaces it (Kombo gets the last); after a
-    final result (COMPLETED or CANCELLED) was written, FinalResultError. ``settings`` is a
+    different one while the first is pending and not yet sent replaces it (Kombo gets the
+    last); after a partial one was sent it is written next; once a final result (COMPLETED
+    or CANCELLED) was sent or written, FinalResultError. ``settings`` is a
     :class:`dispatcher.Settings`.
     """
     defaulted = not isinstance(result, AssessmentResult) and result.get("completed_at") is None

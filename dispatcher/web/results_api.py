@@ -32,7 +32,7 @@ from dispatcher.kombo.results import InvalidResultError
 from dispatcher.logs import escape_controls
 from dispatcher.ops.results import order_timeline
 from dispatcher.settings import Settings
-from dispatcher.store.outbox import FinalResultError, Outbox, parse_result
+from dispatcher.store.outbox import FinalResultError, Outbox, UnknownOrderError, parse_result
 
 __all__ = ["results_routes"]
 
@@ -128,9 +128,15 @@ class _ResultsAPI:
         try:
             receipt = await run_in_threadpool(
                 lambda: self.outbox.submit(
-                    integration_id, order_id, result, completed_at_defaulted=defaulted
+                    integration_id,
+                    order_id,
+                    result,
+                    completed_at_defaulted=defaulted,
+                    require_dispatched=True,
                 )
             )
+        except UnknownOrderError as exc:
+            return _error(404, str(exc))
         except FinalResultError as exc:
             return _error(409, str(exc))
         except (RedisError, OSError) as exc:
@@ -141,7 +147,8 @@ class _ResultsAPI:
                 exc,
             )
             return _error(503, "storage unavailable: nothing stored, submit again later")
-        return JSONResponse(receipt.as_dict(), status_code=202)
+        # The written body again: done, here is its receipt; anything stored: accepted.
+        return JSONResponse(receipt.as_dict(), status_code=200 if receipt.written else 202)
 
     async def get_result(self, request: Request) -> Response:
         found = self._ids(request)
