@@ -21,6 +21,7 @@ from dispatcher.store.outbox import Outbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
 from dispatcher.web.app import create_app
 from dispatcher.worker.worker import RECOVERY_BOUND
+from dispatcher.worker.writeback import READ_BACK_STATUS_ONLY
 
 URL = "https://vendor.example/r/1"
 INTEGRATION = "greenhouse:AAAA"
@@ -91,6 +92,10 @@ def test_a_results_worker_killed_mid_write_loses_nothing_and_writes_once(
     assert record is not None and record.state == "written", record
     assert record.lost_answer  # the killed attempt landed; the recovered one read it back
     assert sim.applied_writes[(INTEGRATION, order)] == 1
+    assert record.body == sim.results[(INTEGRATION, order)]  # the record matches Kombo
+    assert record.attempts == 2  # the killed attempt and the recovered one, both counted
+    # Kombo shows the status only: the record says so rather than claim which body landed.
+    assert record.read_back == READ_BACK_STATUS_ONLY
     assert recovered_in < RECOVERY_BOUND + 15
     redis.close()
 
@@ -158,9 +163,7 @@ def _assert_record_matches_kombo(outbox: Outbox, sim: Simulator, order: str) -> 
     return held
 
 
-def _result_put(
-    http: httpx.Client, order: str, payload: dict[str, Any]
-) -> httpx.Response:
+def _result_put(http: httpx.Client, order: str, payload: dict[str, Any]) -> httpx.Response:
     return http.put(f"/orders/{INTEGRATION}/{order}/result", json=payload)
 
 
@@ -227,9 +230,7 @@ def test_50_concurrent_puts_of_different_bodies_leave_one_truth(
     redis.close()
 
 
-def test_six_puts_a_fifth_of_a_second_apart_strand_nothing(
-    redis_url: str, namespace: str
-) -> None:
+def test_six_puts_a_fifth_of_a_second_apart_strand_nothing(redis_url: str, namespace: str) -> None:
     sim, order, settings, redis, outbox = _truth_rig(redis_url, namespace, 0.5)
     with SimulatorServer(sim, "127.0.0.1", 0) as kombo:
         env = dispatcher_env(

@@ -43,7 +43,12 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
 
-from dispatcher.kombo.results import AssessmentResult, InvalidResultError, build_result
+from dispatcher.kombo.results import (
+    AssessmentResult,
+    InvalidResultError,
+    build_result,
+    check_integration_id,
+)
 from dispatcher.store.keys import Keys, order_ref
 from dispatcher.store.rq_internals import job_hash_items
 from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
@@ -511,6 +516,7 @@ class Outbox:
         its way), UnknownOrderError, WrongKeyTypeError, or redis-py's errors (nothing was
         stored then).
         """
+        check_integration_id(integration_id)  # a header of the write: refused now, not then
         defaulted = completed_at_defaulted
         if not isinstance(result, AssessmentResult):
             defaulted = result.get("completed_at") is None
@@ -639,9 +645,7 @@ class Outbox:
         the record again)."""
         key = self.keys.outbox(record.integration_id, record.order_id)
         with key_types_checked([key], _BEGIN_TYPES, integration_id=record.integration_id):
-            return _text(
-                self.redis.eval(_BEGIN_SCRIPT, 1, key, job_id, record.submission_id)
-            )
+            return _text(self.redis.eval(_BEGIN_SCRIPT, 1, key, job_id, record.submission_id))
 
     def mark_written(
         self,
