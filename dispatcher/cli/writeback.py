@@ -227,7 +227,20 @@ def result(
         return
     if record is None:
         fail(f"order {order_id}: the result vanished from Redis while waiting", code=1)
-    if receipt.submission_id not in (record.submission_id, record.next_submission_id):
+    _report(where, order_id, receipt.submission_id, record, timeout, settings, redis)
+
+
+def _report(
+    where: str,
+    order_id: str,
+    submission_id: str,
+    record: OutboxRecord,
+    timeout: float,
+    settings: Settings,
+    redis: Redis,
+) -> None:
+    """What ``dispatcher result --wait`` prints of the write it waited for."""
+    if submission_id not in (record.submission_id, record.next_submission_id):
         click.echo(
             f"{where} replaced by a later submission ({record.status}, {record.state}, "
             f"submission {record.submission_id})"
@@ -248,7 +261,7 @@ def result(
             if results_workers_running(settings, redis)
             else "no results worker is running: `dispatcher worker --results` will write it"
         )
-        behind = record.submission_id != receipt.submission_id
+        behind = record.submission_id != submission_id
         waiting = " (waiting behind a partial result)" if behind else ""
         click.echo(
             f"{where} still pending after {timeout:g}s{waiting} (attempts {record.attempts}, "
