@@ -482,3 +482,13 @@ def test_the_written_body_again_is_200_with_its_receipt_and_another_409(
     shown = httpx.get(f"{api}/orders/{INTEGRATION}/{order}/result", headers=auth()).json()
     assert shown["result_url"] == URL and shown["attempts"] == 1
     assert sim.applied_writes[(INTEGRATION, order)] == 1
+
+
+def test_the_timeline_route_decodes_its_ids_strictly_too(
+    api: str, redis: Redis, namespace: str
+) -> None:
+    dispatched(redis, namespace, "o\ufffd1")
+    answer = httpx.get(f"{api}/orders/{INTEGRATION}/o%FF1", headers=auth())
+    assert answer.status_code == 400 and answer.json()["field"] == "order_id", answer.text
+    named = httpx.get(f"{api}/orders/{INTEGRATION}/o%EF%BF%BD1", headers=auth())
+    assert named.status_code == 200  # a real U+FFFD, sent as such, is that order

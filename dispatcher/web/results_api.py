@@ -195,12 +195,13 @@ class _ResultsAPI:
         self.guard.failed(client, "wrong")
         return _error(401, _UNAUTHORIZED)
 
-    def _ids(self, request: Request) -> tuple[str, str] | JSONResponse:
-        """The order named by the path, or the answer refusing the request."""
+    def _ids(self, request: Request, *, suffix: int = 1) -> tuple[str, str] | JSONResponse:
+        """The order named by the path (``suffix``: path segments after the ids), or the
+        answer refusing the request."""
         refused = self._authorized(request)
         if refused is not None:
             return refused
-        ids = _raw_path_ids(request)
+        ids = _raw_path_ids(request, suffix)
         if isinstance(ids, JSONResponse):
             return ids
         integration_id, order_id = ids
@@ -289,7 +290,7 @@ class _ResultsAPI:
         return JSONResponse(record.as_dict())
 
     async def get_order(self, request: Request) -> Response:
-        found = self._ids(request)
+        found = self._ids(request, suffix=0)
         if isinstance(found, JSONResponse):
             return found
         integration_id, order_id = found
@@ -306,7 +307,7 @@ class _ResultsAPI:
         )
 
 
-def _raw_path_ids(request: Request) -> tuple[str, str] | JSONResponse:
+def _raw_path_ids(request: Request, suffix: int) -> tuple[str, str] | JSONResponse:
     """The path's ids decoded strictly from the raw path: the server's decoding replaces
     bytes that are not UTF-8 (``%FF``, an encoded lone surrogate) with U+FFFD, which would
     name another order."""
@@ -315,9 +316,10 @@ def _raw_path_ids(request: Request) -> tuple[str, str] | JSONResponse:
     if not isinstance(raw, bytes):
         return params["integration_id"], params["order_id"]
     parts = raw.split(b"?", 1)[0].split(b"/")
-    # /orders/{integration_id}/{order_id}[/result]
+    # [<root path>]/orders/{integration_id}/{order_id}[/result]: counted from the end.
+    end = len(parts) - suffix
     decoded: list[str] = []
-    for name, part in zip(("integration_id", "order_id"), parts[2:4], strict=False):
+    for name, part in zip(("integration_id", "order_id"), parts[end - 2 : end], strict=False):
         octets = unquote_to_bytes(part)
         try:
             decoded.append(octets.decode("utf-8"))
