@@ -4,7 +4,7 @@ An order's result goes to Kombo through Redis, never straight from the caller:
 :meth:`Outbox.submit` validates the body, then one Lua script stores it in the order's outbox
 hash (``{ns}:outbox:{integration}:{order}``) and writes and queues the RQ write job on
 ``DISPATCHER_RESULTS_QUEUE``. The write job (``dispatcher/worker/writeback.py``) PUTs it and
-ends the result in one of the scripts below. Invariants:
+ends the result in one of the scripts of :mod:`dispatcher.store.outbox_scripts`. Invariants:
 
 - one pending write per (integration, order): an identical body submitted again returns the
   same receipt and queues nothing (also once written: the receipt of the written body); a
@@ -50,6 +50,20 @@ from dispatcher.kombo.results import (
     check_integration_id,
 )
 from dispatcher.store.keys import Keys, order_ref
+from dispatcher.store.outbox_scripts import (
+    BEGIN_SCRIPT,
+    BEGIN_TYPES,
+    FAILED_SCRIPT,
+    FAILED_TYPES,
+    PROVISIONED_SCRIPT,
+    PROVISIONED_TYPES,
+    RESCHEDULE_SCRIPT,
+    RESCHEDULE_TYPES,
+    SUBMIT_SCRIPT,
+    SUBMIT_TYPES,
+    WRITTEN_SCRIPT,
+    WRITTEN_TYPES,
+)
 from dispatcher.store.rq_internals import job_hash_items
 from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 
@@ -74,9 +88,6 @@ RESULT_JOB_FUNCTION = "dispatcher.worker.writeback.write_result"
 FINAL_STATUSES = frozenset({"COMPLETED", "CANCELLED"})
 ResultState = Literal["pending", "written", "failed"]
 STATES: tuple[ResultState, ...] = ("pending", "written", "failed")
-# The timeline of an order keeps its last events only (a client submitting partial results
-# in a loop must not grow it without end).
-TIMELINE_MAX_EVENTS = 200
 
 
 class FinalResultError(Exception):
@@ -238,220 +249,6 @@ def _digest(body: Mapping[str, Any], defaulted_completed_at: bool) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-# Lua: when a body is on its way, a new one waits as ``next_*`` (see the module doc); these
-# are the fields that move.
-_NEXT_FIELDS = "'next_body', 'next_submission', 'next_digest', 'next_status', 'next_submitted_at'"
-# Lua (KEYS[1] the outbox hash): make the waiting body the pending one; false when none.
-_LUA_PROMOTE = (
-    """
-local function promote()
-  local n = redis.call('HMGET', KEYS[1], """
-    + _NEXT_FIELDS
-    + """)
-  if not n[2] then return false end
-  redis.call('HSET', KEYS[1], 'body', n[1], 'submission', n[2], 'digest', n[3], 'status', n[4],
-    'submitted_at', n[5], 'attempts', 0)
-  redis.call('HDEL', KEYS[1], """
-    + _NEXT_FIELDS
-    + """, 'sent', 'next_attempt_at', 'last_error')
-  return true
-end
-"""
-)
-
-# KEYS: 1 outbox hash, 2 results hash, 3 pending zset, 4 failed zset, 5 written zset,
-#       6 queue list, 7 rq:queues set, 8 timeline list, 9 seen hash (the ledger's), 10 job hash.
-# ARGV: 1 order id, 2 digest, 3 body, 4 status, 5 now, 6 submission id, 7 integration id,
-#       8 order ref, 9 queue key, 10 job id, 11 timeline TTL, 12 event (JSON), 13 require the
-#       order dispatched ("1"/"0"), 14.. job hash field/value items.
-_SUBMIT_TYPES = ("hash", "hash", "zset", "zset", "zset", "list", "set", "list", "hash")
-_SUBMIT_SCRIPT = (
-    lua_type_guard(_SUBMIT_TYPES)
-    + """
-if ARGV[13] == '1' then
-  local seen = redis.call('HGET', KEYS[9], ARGV[1])
-  if not seen then return {'unknown'} end
-  if string.sub(seen, 1, 9) == 'rejected:' then return {'rejected'} end
-end
-local record = redis.call('HGET', KEYS[2], ARGV[1])
-if record then
-  local ok, decoded = pcall(cjson.decode, record)
-  if ok and type(decoded) == 'table' and (decoded['status'] == 'COMPLETED'
-      or decoded['status'] == 'CANCELLED') then
-    if decoded['digest'] == ARGV[2] then
-      return {'duplicate', tostring(decoded['submission']), tostring(decoded['submitted_at']),
-        'written'}
-    end
-    return {'final', decoded['status']}
-  end
-end
-local current = redis.call('HMGET', KEYS[1], 'state', 'digest', 'submission', 'submitted_at',
-  'sent', 'status', 'next_digest', 'next_submission', 'next_submitted_at')
-local state, digest = current[1], current[2]
-if (state == 'pending' or state == 'written') and digest == ARGV[2] then
-  return {'duplicate', current[3], current[4], state}
-end
-if state == 'pending' and current[7] == ARGV[2] then
-  return {'duplicate', current[8], current[9], state}
-end
-local function event()
-  redis.call('RPUSH', KEYS[8], ARGV[12])
-  redis.call('LTRIM', KEYS[8], -"""
-    + str(TIMELINE_MAX_EVENTS)
-    + """, -1)
-  redis.call('EXPIRE', KEYS[8], ARGV[11])
-end
-if state == 'pending' and current[5] == '1' then
-  -- An attempt of the pending body was sent: Kombo may hold it. A final one takes no other;
-  -- after a partial one, this body waits its turn (the same job writes it next).
-  if current[6] == 'COMPLETED' or current[6] == 'CANCELLED' then
-    return {'busy', current[6]}
-  end
-  redis.call('HSET', KEYS[1], 'next_body', ARGV[3], 'next_submission', ARGV[6],
-    'next_digest', ARGV[2], 'next_status', ARGV[4], 'next_submitted_at', ARGV[5])
-  event()
-  return {current[8] and 'replaced' or 'queued', ARGV[6], ARGV[5], 'pending'}
-end
-redis.call('HSET', KEYS[1], 'integration', ARGV[7], 'order', ARGV[1], 'digest', ARGV[2],
-  'body', ARGV[3], 'status', ARGV[4], 'submission', ARGV[6], 'submitted_at', ARGV[5])
-if state == 'pending' then
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[8])
-  event()
-  return {'replaced', ARGV[6], ARGV[5], 'pending'}
-end
-redis.call('HSET', KEYS[1], 'state', 'pending', 'job', ARGV[10], 'attempts', 0)
-redis.call('HDEL', KEYS[1], 'next_attempt_at', 'last_error', 'written_at', 'warnings',
-  'lost_answer', 'reason', 'failed_at', 'sent', 'read_back', 'kombo_result', """
-    + _NEXT_FIELDS
-    + """)
-redis.call('PERSIST', KEYS[1])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[8])
-redis.call('ZREM', KEYS[4], ARGV[8])
-redis.call('ZREM', KEYS[5], ARGV[8])
-if redis.call('TYPE', KEYS[10])['ok'] ~= 'none' then redis.call('DEL', KEYS[10]) end
-redis.call('HSET', KEYS[10], unpack(ARGV, 14, #ARGV))
-redis.call('RPUSH', KEYS[6], ARGV[10])
-redis.call('SADD', KEYS[7], ARGV[9])
-event()
-return {'queued', ARGV[6], ARGV[5], 'pending'}
-"""
-)
-
-# KEYS: 1 outbox hash. ARGV: 1 job id, 2 submission id.
-# An attempt of the pending body is about to be sent: counted, and the body locked (``sent``).
-_BEGIN_TYPES = ("hash",)
-_BEGIN_SCRIPT = (
-    lua_type_guard(_BEGIN_TYPES)
-    + """
-local current = redis.call('HMGET', KEYS[1], 'state', 'job', 'submission')
-if current[1] ~= 'pending' or current[2] ~= ARGV[1] then return 'stale' end
-if current[3] ~= ARGV[2] then return 'changed' end
-redis.call('HSET', KEYS[1], 'sent', '1')
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return 'begun'
-"""
-)
-
-# KEYS: 1 outbox hash, 2 results hash, 3 stats hash, 4 pending zset, 5 written zset,
-#       6 timeline list, 7 provisioned zset, 8 result-stats hash.
-# ARGV: 1 job id, 2 submission id, 3 now, 4 warnings (JSON), 5 lost answer ("1"/"0"),
-#       6 outbox TTL, 7 order id, 8 results record (JSON, "" for a partial result), 9 order
-#       ref, 10 written-index cutoff, 11 timeline TTL, 12 event, 13 integration id,
-#       14 latency seconds, 15 read-back verdict ("" without a read-back), 16 the result Kombo
-#       showed it holds (JSON, "" when none), 17.. histogram bucket fields to bump.
-# A partial result written while another body waits (``next_*``): that one becomes the pending
-# body, for the same job to write next ('next').
-_WRITTEN_TYPES = ("hash", "hash", "hash", "zset", "zset", "list", "zset", "hash")
-_WRITTEN_SCRIPT = (
-    lua_type_guard(_WRITTEN_TYPES)
-    + _LUA_PROMOTE
-    + """
-local current = redis.call('HMGET', KEYS[1], 'state', 'job', 'submission')
-if current[1] ~= 'pending' or current[2] ~= ARGV[1] then return 'stale' end
-if current[3] ~= ARGV[2] then return 'superseded' end
-redis.call('HINCRBY', KEYS[8], ARGV[13] .. '|written', 1)
-redis.call('HINCRBYFLOAT', KEYS[8], ARGV[13] .. '|latency_sum', ARGV[14])
-for i = 17, #ARGV do redis.call('HINCRBY', KEYS[8], ARGV[13] .. '|le|' .. ARGV[i], 1) end
-redis.call('RPUSH', KEYS[6], ARGV[12])
-redis.call('LTRIM', KEYS[6], -"""
-    + str(TIMELINE_MAX_EVENTS)
-    + """, -1)
-redis.call('EXPIRE', KEYS[6], ARGV[11])
-if ARGV[8] == '' and promote() then return 'next' end
-redis.call('HSET', KEYS[1], 'state', 'written', 'written_at', ARGV[3], 'warnings', ARGV[4],
-  'lost_answer', ARGV[5])
-redis.call('HDEL', KEYS[1], 'next_attempt_at', 'read_back', 'kombo_result', """
-    + _NEXT_FIELDS
-    + """)
-if ARGV[15] ~= '' then redis.call('HSET', KEYS[1], 'read_back', ARGV[15]) end
-if ARGV[16] ~= '' then redis.call('HSET', KEYS[1], 'kombo_result', ARGV[16]) end
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('ZREM', KEYS[4], ARGV[9])
-redis.call('ZADD', KEYS[5], ARGV[3], ARGV[9])
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[10])
-if ARGV[8] ~= '' then
-  if redis.call('HSET', KEYS[2], ARGV[7], ARGV[8]) == 1 then
-    redis.call('HINCRBY', KEYS[3], 'results_written', 1)
-  end
-  redis.call('ZREM', KEYS[7], ARGV[9])
-end
-return 'written'
-"""
-)
-
-# KEYS: 1 outbox hash, 2 pending zset, 3 failed zset, 4 timeline list, 5 result-stats hash.
-# ARGV: 1 job id, 2 now, 3 reason, 4 outbox TTL, 5 order ref, 6 timeline TTL, 7 event,
-#       8 integration id.
-_FAILED_TYPES = ("hash", "zset", "zset", "list", "hash")
-_FAILED_SCRIPT = (
-    lua_type_guard(_FAILED_TYPES)
-    + _LUA_PROMOTE
-    + """
-local current = redis.call('HMGET', KEYS[1], 'state', 'job')
-if current[1] ~= 'pending' or current[2] ~= ARGV[1] then return 'stale' end
-redis.call('HINCRBY', KEYS[5], ARGV[8] .. '|failed', 1)
-redis.call('RPUSH', KEYS[4], ARGV[7])
-redis.call('LTRIM', KEYS[4], -"""
-    + str(TIMELINE_MAX_EVENTS)
-    + """, -1)
-redis.call('EXPIRE', KEYS[4], ARGV[6])
-if promote() then return 'next' end
-redis.call('HSET', KEYS[1], 'state', 'failed', 'failed_at', ARGV[2], 'reason', ARGV[3])
-redis.call('HDEL', KEYS[1], 'next_attempt_at')
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('ZREM', KEYS[2], ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[5])
-return 'failed'
-"""
-)
-
-# KEYS: 1 outbox hash, 2 scheduled registry zset, 3 queue list, 4 rq:queues set, 5 new job
-#       hash. ARGV: 1 current job id, 2 new job id, 3 when (unix time; <= now: queued at once),
-#       4 unused (attempts are counted when sent, by _BEGIN_SCRIPT), 5 last error, 6 queue key,
-#       7 now, 8.. job hash items.
-# Hands the pending write to a new job: the current one ends, the new one runs at ``when``.
-_RESCHEDULE_TYPES = ("hash", "zset", "list", "set")
-_RESCHEDULE_SCRIPT = (
-    lua_type_guard(_RESCHEDULE_TYPES)
-    + """
-local current = redis.call('HMGET', KEYS[1], 'state', 'job')
-if current[1] ~= 'pending' or current[2] ~= ARGV[1] then return 'stale' end
-redis.call('HSET', KEYS[1], 'job', ARGV[2], 'next_attempt_at', ARGV[3])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[5]) end
-if redis.call('TYPE', KEYS[5])['ok'] ~= 'none' then redis.call('DEL', KEYS[5]) end
-redis.call('HSET', KEYS[5], unpack(ARGV, 8, #ARGV))
-if tonumber(ARGV[3]) <= tonumber(ARGV[7]) then
-  redis.call('HSET', KEYS[5], 'status', 'queued')
-  redis.call('RPUSH', KEYS[3], ARGV[2])
-else
-  redis.call('HSET', KEYS[5], 'status', 'scheduled')
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-end
-redis.call('SADD', KEYS[4], ARGV[6])
-return 'rescheduled'
-"""
-)
-
 # Latency buckets of a result's write (submit to written), seconds.
 LATENCY_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
 
@@ -546,8 +343,8 @@ class Outbox:
             self.timeline_ttl, event, "1" if require_dispatched else "0",
         ]  # fmt: skip
         args.extend(self._job_items(integration_id, order_id, job_id, JobStatus.QUEUED))
-        with key_types_checked(keys, _SUBMIT_TYPES, integration_id=integration_id):
-            answer = self.redis.eval(_SUBMIT_SCRIPT, len(keys), *keys, *args)
+        with key_types_checked(keys, SUBMIT_TYPES, integration_id=integration_id):
+            answer = self.redis.eval(SUBMIT_SCRIPT, len(keys), *keys, *args)
         outcome = _text(answer[0])
         if outcome == "final":
             raise FinalResultError(integration_id, order_id, _text(answer[1]))
@@ -644,8 +441,8 @@ class Outbox:
         ``job_id`` no longer owns the write; ``changed`` when another body replaced it (read
         the record again)."""
         key = self.keys.outbox(record.integration_id, record.order_id)
-        with key_types_checked([key], _BEGIN_TYPES, integration_id=record.integration_id):
-            return _text(self.redis.eval(_BEGIN_SCRIPT, 1, key, job_id, record.submission_id))
+        with key_types_checked([key], BEGIN_TYPES, integration_id=record.integration_id):
+            return _text(self.redis.eval(BEGIN_SCRIPT, 1, key, job_id, record.submission_id))
 
     def mark_written(
         self,
@@ -708,8 +505,8 @@ class Outbox:
             json.dumps(kombo_result, ensure_ascii=False) if kombo_result is not None else "",
             *buckets,
         ]  # fmt: skip
-        with key_types_checked(keys, _WRITTEN_TYPES, integration_id=integration_id):
-            return _text(self.redis.eval(_WRITTEN_SCRIPT, len(keys), *keys, *args))
+        with key_types_checked(keys, WRITTEN_TYPES, integration_id=integration_id):
+            return _text(self.redis.eval(WRITTEN_SCRIPT, len(keys), *keys, *args))
 
     def mark_failed(self, record: OutboxRecord, job_id: str, reason: str) -> str:
         """End the pending write as failed (permanently) with ``reason``; ``stale`` when
@@ -728,8 +525,8 @@ class Outbox:
             job_id, repr(now), reason, self.failure_ttl, order_ref(integration_id, order_id),
             self.timeline_ttl, _event(now, "result_failed", reason=reason), integration_id,
         ]  # fmt: skip
-        with key_types_checked(keys, _FAILED_TYPES, integration_id=integration_id):
-            return _text(self.redis.eval(_FAILED_SCRIPT, len(keys), *keys, *args))
+        with key_types_checked(keys, FAILED_TYPES, integration_id=integration_id):
+            return _text(self.redis.eval(FAILED_SCRIPT, len(keys), *keys, *args))
 
     def reschedule(
         self,
@@ -762,8 +559,8 @@ class Outbox:
         args.extend(
             self._job_items(record.integration_id, record.order_id, new_id, JobStatus.SCHEDULED)
         )
-        with key_types_checked(keys, _RESCHEDULE_TYPES, integration_id=record.integration_id):
-            return _text(self.redis.eval(_RESCHEDULE_SCRIPT, len(keys), *keys, *args))
+        with key_types_checked(keys, RESCHEDULE_TYPES, integration_id=record.integration_id):
+            return _text(self.redis.eval(RESCHEDULE_SCRIPT, len(keys), *keys, *args))
 
     def retry_failed(
         self, *, integration_id: str | None = None, order_ids: list[str] | None = None
@@ -779,25 +576,6 @@ class Outbox:
             except (FinalResultError, InvalidResultError):
                 continue
         return receipts
-
-
-# KEYS: 1 provisioned zset, 2 results hash, 3 timeline list. ARGV: 1 now, 2 order ref, 3 order
-# id, 4 event, 5 timeline TTL. An order whose final result is already written is not stale.
-_PROVISIONED_TYPES = ("zset", "hash", "list")
-_PROVISIONED_SCRIPT = (
-    lua_type_guard(_PROVISIONED_TYPES)
-    + """
-if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then
-  redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
-end
-redis.call('RPUSH', KEYS[3], ARGV[4])
-redis.call('LTRIM', KEYS[3], -"""
-    + str(TIMELINE_MAX_EVENTS)
-    + """, -1)
-redis.call('EXPIRE', KEYS[3], ARGV[5])
-return 1
-"""
-)
 
 
 def mark_provisioned(
@@ -819,9 +597,9 @@ def mark_provisioned(
         keys.timeline(integration_id, order_id),
     ]
     event = _event(now, "provisioned", steps=steps)
-    with key_types_checked(names, _PROVISIONED_TYPES, integration_id=integration_id):
+    with key_types_checked(names, PROVISIONED_TYPES, integration_id=integration_id):
         redis.eval(
-            _PROVISIONED_SCRIPT, len(names), *names, repr(now),
+            PROVISIONED_SCRIPT, len(names), *names, repr(now),
             order_ref(integration_id, order_id), order_id, event, max(1, timeline_ttl),
         )  # fmt: skip
 
