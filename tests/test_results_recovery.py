@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -141,9 +141,11 @@ def _mark_dispatched(redis: Redis, namespace: str, integration: str, order: str)
 
 
 def _truth_rig(
-    redis_url: str, namespace: str, latency: float
+    redis_url: str, namespace: str, latency: float, sleep: Callable[[float], Any] = time.sleep
 ) -> tuple[Simulator, str, Settings, Redis, Outbox]:
-    sim = Simulator([INTEGRATION], orders=3, closed=0, faults=Faults(latency=latency))
+    sim = Simulator(
+        [INTEGRATION], orders=3, closed=0, faults=Faults(latency=latency), sleep=sleep
+    )
     order = str(sim.orders(INTEGRATION, "OPEN")[0]["id"])
     settings = load_settings(
         REDIS_URL=redis_url, DISPATCHER_NAMESPACE=namespace, DISPATCHER_API_TOKEN=TOKEN
@@ -171,11 +173,15 @@ def _result_put(http: httpx.Client, order: str, payload: dict[str, Any]) -> http
 def test_50_concurrent_puts_of_different_bodies_leave_one_truth(
     redis_url: str, namespace: str, status: str
 ) -> None:
-    """Given a results worker and Kombo answering in 0.5 s, when 50 clients PUT 50 different
-    bodies for one order at once, then nothing stays pending, the outbox holds the body Kombo
-    holds, and Kombo applied one final write (partial results: the defined sequence, the last
-    one written last)."""
-    sim, order, settings, redis, outbox = _truth_rig(redis_url, namespace, 0.5)
+    """Given a results worker whose first PUT Kombo holds in flight (a gate, not a guess at
+    timing), when 50 clients PUT 50 different bodies for the order at once, then: final
+    bodies are refused (409, the one on its way is what Kombo gets); partial ones wait their
+    turn and the last one is written after the first. Nothing stays pending, the outbox
+    holds the body Kombo holds, and a later PUT is written or refused, never left behind."""
+    gate = threading.Event()  # Kombo's "latency": the first PUT stays in flight until set
+    sim, order, settings, redis, outbox = _truth_rig(
+        redis_url, namespace, 0.01, sleep=lambda seconds: gate.wait(60)
+    )
     with SimulatorServer(sim, "127.0.0.1", 0) as kombo:
         env = dispatcher_env(
             redis_url, DISPATCHER_NAMESPACE=namespace, KOMBO_API_KEY=DEFAULT_API_KEY,
@@ -203,30 +209,42 @@ def test_50_concurrent_puts_of_different_bodies_leave_one_truth(
                     thread.start()
                 for thread in threads:
                     thread.join()
+                assert sim.writes_in_flight[INTEGRATION] == 1  # all 50 came while it flew
+                gate.set()
                 wait_for(lambda: outbox.counts()["pending"] == 0, 60, "nothing pending")
+                held = _assert_record_matches_kombo(outbox, sim, order)
+                written = outbox.get(INTEGRATION, order)
+                applied = sim.applied_writes[(INTEGRATION, order)]
                 # Anything accepted is written or refused: a late PUT is never left pending.
                 with httpx.Client(base_url=web.url, headers=auth(), timeout=30) as http:
                     late = _result_put(http, order, {"status": status, "result_url": URL})
                     wait_for(lambda: outbox.counts()["pending"] == 0, 60, "the late one")
                     shown = http.get(f"/orders/{INTEGRATION}/{order}/result").json()
         finally:
+            gate.set()
             fleet.stop()
-    codes = sorted({a.status_code for a in answers})
-    assert all(a.status_code in (202, 409) for a in answers), [a.text for a in answers]
-    assert "Traceback" not in "".join(a.text for a in answers)
-    held = _assert_record_matches_kombo(outbox, sim, order)
-    assert shown["result_url"] == held["result_url"] and shown["state"] == "written"
+    texts = [a.text for a in answers]
+    assert len(answers) == 50 and "Traceback" not in "".join(texts)
     if status == "COMPLETED":
         # The first body was on its way: Kombo takes no other final result.
-        assert codes == [409] and late.status_code == 409, codes
-        assert held["result_url"] == f"{URL}/first"
-        assert sim.applied_writes[(INTEGRATION, order)] == 1
+        assert {a.status_code for a in answers} == {409}, texts
+        assert all("is being written" in a.json()["error"] for a in answers), texts
+        assert held["result_url"] == f"{URL}/first" and applied == 1
+        assert late.status_code == 409 and "already written" in late.json()["error"]
+        final = held
     else:
-        # Partial results: each accepted body is either written in turn or replaced by a
-        # later one before it was sent; the last accepted one is what Kombo holds.
+        # Partial results: each body waited behind the one on its way, a later one replacing
+        # a waiting one; so Kombo got the first, then the last one accepted.
+        assert {a.status_code for a in answers} == {202}, texts
+        assert applied == 2
+        assert written is not None
+        assert written.submission_id in {a.json()["submission_id"] for a in answers}
+        assert held["result_url"] in {f"{URL}/{n}" for n in range(50)}
         assert late.status_code == 202
-        assert held["result_url"] == URL
-        assert sim.applied_writes[(INTEGRATION, order)] <= 52
+        final = _assert_record_matches_kombo(outbox, sim, order)
+        assert final["result_url"] == URL
+        assert sim.applied_writes[(INTEGRATION, order)] == 3
+    assert shown["result_url"] == final["result_url"] and shown["state"] == "written"
     redis.close()
 
 
