@@ -143,9 +143,7 @@ def _mark_dispatched(redis: Redis, namespace: str, integration: str, order: str)
 def _truth_rig(
     redis_url: str, namespace: str, latency: float, sleep: Callable[[float], Any] = time.sleep
 ) -> tuple[Simulator, str, Settings, Redis, Outbox]:
-    sim = Simulator(
-        [INTEGRATION], orders=3, closed=0, faults=Faults(latency=latency), sleep=sleep
-    )
+    sim = Simulator([INTEGRATION], orders=3, closed=0, faults=Faults(latency=latency), sleep=sleep)
     order = str(sim.orders(INTEGRATION, "OPEN")[0]["id"])
     settings = load_settings(
         REDIS_URL=redis_url, DISPATCHER_NAMESPACE=namespace, DISPATCHER_API_TOKEN=TOKEN
