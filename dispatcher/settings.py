@@ -22,6 +22,9 @@ class ConfigError(Exception):
 # What REDIS_URL may start with (dispatcher.store.connection reads each form).
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
+# The shortest DISPATCHER_API_TOKEN taken (each, when several are given for rotation).
+MIN_API_TOKEN_LENGTH = 24
+
 # What DISPATCHER_INLINE_ASSESSMENT_URL may name.
 _URL_PLACEHOLDERS = ("order_id", "integration_id", "package_id")
 
@@ -285,6 +288,19 @@ class Settings(BaseSettings):
     @classmethod
     def _tokens(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("api_token")
+    @classmethod
+    def _strong_api_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
+        # A short bearer token is guessed online (2 characters fell in 0.3 s); the length of
+        # a weak one is named, never the token.
+        for n, token in enumerate(value, 1):
+            if len(token.get_secret_value()) < MIN_API_TOKEN_LENGTH:
+                raise ValueError(
+                    f"token {n} is {len(token.get_secret_value())} characters long, at least "
+                    f"{MIN_API_TOKEN_LENGTH} required (it guards the results API)"
+                )
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -124,7 +124,7 @@ def test_waiting_without_results_workers_writes_in_process_with_retries(
     assert sim.results[(integration, order)]["score"] == 3
     assert sim.applied_writes[(integration, order)] == 1
     record = record_of(outbox, integration, order)
-    assert record.state == "written" and record.attempts == 2
+    assert record.state == "written" and record.attempts == 3  # every PUT sent counts
     assert outbox.queue.count == 0 and outbox.queue.scheduled_job_registry.count == 0
 
 
@@ -154,7 +154,7 @@ def test_a_result_after_a_final_one_is_refused_in_one_line(
     assert sim.applied_writes[(integration, order)] == 1
 
 
-def test_still_pending_at_the_timeout_exits_0_and_says_the_workers_keep_trying(
+def test_still_pending_at_the_timeout_exits_0_and_says_who_writes_it(
     env: dict[str, str], sim: Simulator, outbox: Outbox
 ) -> None:
     integration, order = order_of(sim)
@@ -163,11 +163,17 @@ def test_still_pending_at_the_timeout_exits_0_and_says_the_workers_keep_trying(
     assert done.exit_code == 0, done.stderr
     record = record_of(outbox, integration, order)
     assert record.state == "pending" and record.attempts >= 1
+    # No results worker runs here: the message says so (it said "the workers keep trying").
     assert re.fullmatch(
         rf"order {order} \({integration}\): result COMPLETED still pending after 1s "
-        r"\(attempts \d+, last error .*PLATFORM.UNKNOWN_ERROR.*\); the results workers keep trying\n",
+        r"\(attempts \d+, last error .*PLATFORM.UNKNOWN_ERROR.*\); no results worker is "
+        r"running: `dispatcher worker --results` will write it\n",
         done.stdout,
     ), done.stdout
+    # ... and the write keeps its job for that worker.
+    assert record.job_id in outbox.queue.get_job_ids() + (
+        outbox.queue.scheduled_job_registry.get_job_ids()
+    )
 
 
 def test_with_a_results_worker_running_the_command_leaves_the_write_to_it(
@@ -314,3 +320,32 @@ def test_worker_results_with_threads_writes_each_result_once(
     assert outbox.counts() == {"pending": 0, "written": 6, "failed": 0}
     assert all(sim.applied_writes[key] == 1 for key in orders)
     assert max(sim.max_writes_in_flight.values()) >= 2
+
+
+def test_the_written_result_again_says_so_and_another_is_refused(
+    env: dict[str, str], sim: Simulator, outbox: Outbox, redis: Redis
+) -> None:
+    integration, order = order_of(sim)
+    first = result(integration, order, "--score", "3", "--max-score", "4")
+    assert first.exit_code == 0, first.stderr
+    submission = record_of(outbox, integration, order).submission_id
+    redis.delete(outbox.keys.outbox(integration, order))  # expired: the results record answers
+    again = result(integration, order, "--score", "3", "--max-score", "4")
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout == (
+        f"order {order} ({integration}): result COMPLETED already written "
+        f"(submission {submission})\n"
+    )
+    other = result(integration, order, "--score", "4", "--max-score", "4")
+    assert other.exit_code == 1 and "already written" in other.stderr
+    assert sim.applied_writes[(integration, order)] == 1
+
+
+def test_an_integration_id_that_cannot_be_a_header_is_one_line_and_stores_nothing(
+    env: dict[str, str], redis: Redis
+) -> None:
+    done = result("greenhouse:\u00e9t\u00e9", "o1", "--no-wait")
+    assert done.exit_code == 2
+    assert done.stderr.startswith("dispatcher: error: --integration: contains U+00E9")
+    assert len(done.stderr.splitlines()) == 1
+    assert redis.keys("*") == []

@@ -8,6 +8,7 @@ import random
 import threading
 from typing import Any
 
+import httpx
 import pytest
 from redis import Redis
 from rq import Queue
@@ -15,10 +16,21 @@ from rq import Queue
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.results import InvalidResultError
 from dispatcher.store.keys import Keys
-from dispatcher.store.outbox import FinalResultError, Outbox, WriteLeases
+from dispatcher.store.outbox import (
+    FinalResultError,
+    Outbox,
+    ResultInFlightError,
+    UnknownOrderError,
+    WriteLeases,
+)
 from dispatcher.store.wrongtype import WrongKeyTypeError
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
-from dispatcher.worker.writeback import ResultWriter
+from dispatcher.worker.writeback import (
+    READ_BACK_MATCHED,
+    READ_BACK_OTHER,
+    READ_BACK_STATUS_ONLY,
+    ResultWriter,
+)
 
 URL = "https://vendor.example/r/1"
 INTEGRATION = "greenhouse:AAAA"
@@ -341,3 +353,141 @@ def test_status_and_metrics_show_results(
     assert f'dispatcher_results_failed_total{{integration="{INTEGRATION}"}} 1.0' in text
     assert 'dispatcher_results{state="pending"} 0.0' in text
     assert "dispatcher_result_write_seconds_bucket" in text
+
+
+# -- one truth: a body on its way, the written receipt, the read-back -----------------------
+
+
+def begun(outbox: Outbox, order: str) -> str:
+    """An attempt of the pending body is on its way (what a write job does just before the
+    PUT); returns the job id."""
+    record = outbox.get(INTEGRATION, order)
+    assert record is not None
+    assert outbox.begin(record, record.job_id) == "begun"
+    return record.job_id
+
+
+def test_a_different_final_body_while_a_final_one_is_on_its_way_is_refused(
+    redis: Redis, outbox: Outbox, sim: Simulator
+) -> None:
+    order = first_order(sim)
+    first = outbox.submit(INTEGRATION, order, body(score=1, max_score=5))
+    begun(outbox, order)
+    with pytest.raises(ResultInFlightError, match=f"order {order} .*COMPLETED.* being written"):
+        outbox.submit(INTEGRATION, order, body(score=4, max_score=5))
+    with pytest.raises(FinalResultError):  # a partial one neither: Kombo would refuse it
+        outbox.submit(INTEGRATION, order, body("OPEN"))
+    same = outbox.submit(INTEGRATION, order, body(score=1, max_score=5))
+    assert same.outcome == "duplicate" and same.submission_id == first.submission_id
+    assert run_pending(outbox, make_writer(outbox, sim), INTEGRATION, order) == "written"
+    record = outbox.get(INTEGRATION, order)
+    assert record is not None and record.body == sim.results[(INTEGRATION, order)]
+    assert record.attempts == 2  # the one begun above (never sent here) and the real one
+
+
+def test_a_body_after_a_partial_one_on_its_way_is_written_next_by_the_same_job(
+    redis: Redis, outbox: Outbox, sim: Simulator
+) -> None:
+    order = first_order(sim)
+    outbox.submit(INTEGRATION, order, body("OPEN", score=1, max_score=5))
+    job = begun(outbox, order)
+    assert outbox.submit(INTEGRATION, order, body("OPEN", score=2, max_score=5)).outcome == (
+        "queued"
+    )
+    last = outbox.submit(INTEGRATION, order, body(score=5, max_score=5))
+    assert last.outcome == "replaced"  # the waiting body, not the one on its way
+    record = outbox.get(INTEGRATION, order)
+    assert record is not None and record.next_submission_id == last.submission_id
+    assert len(queued(redis, outbox)) == 1  # one job for all of it
+    assert make_writer(outbox, sim).run(INTEGRATION, order, job) == "written"
+    assert sim.applied_writes[(INTEGRATION, order)] == 2  # the partial one, then the last
+    record = outbox.get(INTEGRATION, order)
+    assert record is not None and record.state == "written"
+    assert record.submission_id == last.submission_id and record.next_submission_id is None
+    assert record.body == sim.results[(INTEGRATION, order)] and record.attempts == 1
+    assert outbox.counts()["pending"] == 0
+
+
+def test_the_written_body_again_answers_its_receipt_another_is_refused(
+    redis: Redis, outbox: Outbox, sim: Simulator
+) -> None:
+    order = first_order(sim)
+    first = outbox.submit(INTEGRATION, order, body(score=3, max_score=5))
+    run_pending(outbox, make_writer(outbox, sim), INTEGRATION, order)
+    # Even once the outbox hash expired, the results record keeps the written receipt.
+    redis.delete(outbox.keys.outbox(INTEGRATION, order))
+    again = outbox.submit(INTEGRATION, order, body(score=3, max_score=5))
+    assert again.outcome == "duplicate" and again.written
+    assert (again.submission_id, again.submitted_at) == (
+        first.submission_id,
+        round(first.submitted_at, 3),
+    )
+    with pytest.raises(FinalResultError, match="already written"):
+        outbox.submit(INTEGRATION, order, body(score=4, max_score=5))
+    assert outbox.counts()["pending"] == 0
+
+
+def test_a_result_for_an_order_never_dispatched_stores_nothing(
+    redis: Redis, outbox: Outbox
+) -> None:
+    with pytest.raises(UnknownOrderError, match="never dispatched"):
+        outbox.submit(INTEGRATION, "o1", body(), require_dispatched=True)
+    redis.hset(outbox.keys.seen(INTEGRATION), "o2", "rejected:1700000000")
+    with pytest.raises(UnknownOrderError, match="rejected it"):
+        outbox.submit(INTEGRATION, "o2", body(), require_dispatched=True)
+    assert redis.keys("*") == [outbox.keys.seen(INTEGRATION).encode()]
+    redis.hset(outbox.keys.seen(INTEGRATION), "o3", "1700000000")
+    assert outbox.submit(INTEGRATION, "o3", body(), require_dispatched=True).outcome == "queued"
+
+
+def echoing_writer(outbox: Outbox, sim: Simulator, shown: dict[str, Any] | None) -> ResultWriter:
+    """A writer whose Kombo shows a result with each order it reads back: ``shown``, or the
+    one it holds when None."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        answer = sim.handle(request)
+        if request.method != "GET" or not request.url.path.endswith("/assessment/orders"):
+            return answer
+        data = json.loads(answer.content)
+        for order in data["data"]["results"]:
+            order["result"] = shown or sim.results.get((INTEGRATION, order["id"]))
+        return httpx.Response(answer.status_code, json=data)
+
+    client = KomboClient(
+        DEFAULT_API_KEY, sim.base_url, transport=httpx.MockTransport(handle), retry_budget=0
+    )
+    return ResultWriter(
+        outbox, WriteLeases(outbox.redis, outbox.keys, 10), client, sleep=lambda s: None,
+        rng=random.Random(1),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("shown", "verdict"),
+    [
+        ("none", READ_BACK_STATUS_ONLY),
+        ("held", READ_BACK_MATCHED),
+        ("other", READ_BACK_OTHER),
+    ],
+)
+def test_after_a_lost_answer_the_read_back_decides_which_body_landed(
+    outbox: Outbox, sim: Simulator, shown: str, verdict: str
+) -> None:
+    order = first_order(sim)
+    sim.fail_next("drop_answer")  # Kombo applies the write; the answer never arrives
+    outbox.submit(INTEGRATION, order, body(score=3, max_score=5))
+    other = {"result_url": "https://elsewhere.example/r/9", "score": 1}
+    if shown == "none":
+        writer = make_writer(outbox, sim)
+    else:
+        writer = echoing_writer(outbox, sim, other if shown == "other" else None)
+    assert run_pending(outbox, writer, INTEGRATION, order) == "rescheduled"
+    assert run_pending(outbox, writer, INTEGRATION, order) == "written"
+    record = outbox.get(INTEGRATION, order)
+    assert record is not None and record.lost_answer and record.read_back == verdict
+    assert record.attempts == 2
+    if shown == "other":
+        assert record.kombo_result == other
+        assert record.as_dict()["result_url"] == other["result_url"]
+    else:
+        assert record.kombo_result is None and record.result_url == URL

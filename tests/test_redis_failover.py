@@ -258,6 +258,9 @@ def test_failover_under_load_loses_no_order_and_repeats_no_step(
             probe = sim.orders(PROBE_INTEGRATION, status="OPEN")[0]["id"]
             sim.faults.retry_after = PROBE_RETRY_AFTER
             sim.fail_next("rate_limit", 1, integration_id=PROBE_INTEGRATION)
+            # The results API takes results of dispatched orders only: mark it as the ledger
+            # would (this integration is not polled).
+            redis.hset(Keys(settings.namespace).seen(PROBE_INTEGRATION), probe, int(time.time()))
             headers = {"Authorization": f"Bearer {API_TOKEN}"}
             put = httpx.put(f"{web_url}/orders/{PROBE_INTEGRATION}/{probe}/result",
                             json=RESULT, headers=headers, timeout=5)  # fmt: skip

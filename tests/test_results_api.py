@@ -19,11 +19,14 @@ from _webhook_support import ReceiverServer
 from redis import Redis
 
 from _support import dispatcher_env, free_port, kill_tree
+from dispatcher.kombo.client import KomboClient
 from dispatcher.settings import load_settings
 from dispatcher.store.keys import Keys
-from dispatcher.store.outbox import Outbox
+from dispatcher.store.outbox import Outbox, WriteLeases
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
 from dispatcher.web.app import create_app
+from dispatcher.web.results_api import TokenGuard, client_key
+from dispatcher.worker.writeback import ResultWriter
 
 TOKEN = "results-token-0123456789"
 OLD_TOKEN = "previous-token-9876543210"
@@ -33,6 +36,12 @@ INTEGRATION = "greenhouse:AAAA"
 
 def auth(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def dispatched(redis: Redis, namespace: str, *orders: str, integration: str = INTEGRATION) -> None:
+    """Mark orders dispatched, as the ledger does (the results API takes results for those)."""
+    seen = Keys(namespace).seen(integration)
+    redis.hset(seen, mapping={order: str(int(time.time())) for order in orders})
 
 
 @pytest.fixture
@@ -57,7 +66,10 @@ def put(api: str, order: str, payload: Any, **kw: Any) -> httpx.Response:
     )
 
 
-def test_a_result_put_is_accepted_with_its_receipt_and_readable(api: str, redis: Redis) -> None:
+def test_a_result_put_is_accepted_with_its_receipt_and_readable(
+    api: str, redis: Redis, namespace: str
+) -> None:
+    dispatched(redis, namespace, "o1")
     answer = put(api, "o1", {"status": "COMPLETED", "result_url": URL})
     assert answer.status_code == 202
     receipt = answer.json()
@@ -68,7 +80,7 @@ def test_a_result_put_is_accepted_with_its_receipt_and_readable(api: str, redis:
     state = httpx.get(f"{api}/orders/{INTEGRATION}/o1/result", headers=auth())
     assert state.status_code == 200 and state.json()["state"] == "pending"
     timeline = httpx.get(f"{api}/orders/{INTEGRATION}/o1", headers=auth()).json()["timeline"]
-    assert [event["event"] for event in timeline] == ["result_submitted"]
+    assert [event["event"] for event in timeline] == ["first_seen", "result_submitted"]
 
 
 @pytest.mark.parametrize(
@@ -102,6 +114,7 @@ def test_each_bad_input_has_its_status_and_one_clear_message(
 def test_a_result_after_a_final_one_was_written_is_409(
     api: str, redis: Redis, namespace: str
 ) -> None:
+    dispatched(redis, namespace, "o1")
     redis.hset(Keys(namespace).results(INTEGRATION), "o1", json.dumps({"status": "CANCELLED"}))
     answer = put(api, "o1", {"status": "COMPLETED", "result_url": URL})
     assert answer.status_code == 409
@@ -192,6 +205,10 @@ def run_chaos(
     )
     sim.write_concurrency_limit = 30
     orders = [(i, str(o["id"])) for i in ids for o in sim.orders(i, "OPEN")][:results]
+    marks = Redis.from_url(redis_url)
+    for integration, order in orders:
+        dispatched(marks, namespace, order, integration=integration)
+    marks.close()
     env = dispatcher_env(
         redis_url,
         DISPATCHER_NAMESPACE=namespace,
@@ -273,3 +290,205 @@ def test_500_results_by_20_clients_across_20_integrations_are_each_written_once(
         worker_processes=int(os.environ.get("RESULTS_TEST_WORKERS", "6")),
         timeout=300,
     )
+
+
+# -- issue 22, item 4: the results API's trust boundary ---------------------------------------
+
+
+def test_a_short_api_token_is_refused_at_start_with_one_line(redis_url: str) -> None:
+    weak = "s3cret-but-short-012"  # 20 characters
+    done = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "web", "--port", str(free_port())],
+        env=dispatcher_env(redis_url, DISPATCHER_API_TOKEN=f"{TOKEN},{weak}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "dispatcher: error: DISPATCHER_API_TOKEN: token 2 is 20 characters long, at least 24 "
+        "required (it guards the results API)"
+    ]
+    assert weak not in done.stdout + done.stderr
+
+
+def test_wrong_tokens_are_logged_without_the_token_and_limited_per_client(
+    api: str, redis: Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dispatched(redis, namespace, "o1")
+    guess = "guess-0123456789-guess-0123456789"
+    with caplog.at_level(logging.WARNING, logger="dispatcher.web.results"):
+        codes = [
+            httpx.get(f"{api}/orders/{INTEGRATION}/o1/result", headers=auth(guess)).status_code
+            for _ in range(12)
+        ]
+        # Limited: even the right token waits now (the budget is spent before any compare).
+        limited = httpx.get(f"{api}/orders/{INTEGRATION}/o1/result", headers=auth())
+        # Another client (another loopback address) is not.
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+        with other:
+            fine = put_with(other, api, "o1", {"status": "COMPLETED", "result_url": URL})
+    assert codes == [401] * 10 + [429] * 2
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert "try again in" in limited.json()["error"]
+    assert fine.status_code == 202
+    lines = [r.getMessage() for r in caplog.records if r.name == "dispatcher.web.results"]
+    assert len(lines) == 1, lines  # rate-limited: one line a minute per client
+    assert "wrong bearer token from 127.0.0.1" in lines[0]
+    assert guess not in caplog.text and TOKEN not in caplog.text
+
+
+def put_with(http: httpx.Client, api: str, order: str, payload: Any) -> httpx.Response:
+    return http.put(f"{api}/orders/{INTEGRATION}/{order}/result", json=payload, headers=auth())
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("192.0.2.7", "192.0.2.7"),
+    ],
+)
+def test_an_ipv6_client_is_limited_per_64(host: str, key: str) -> None:
+    assert client_key(host) == key
+
+
+def test_the_budget_refills_and_clients_are_bounded() -> None:
+    now = [0.0]
+    guard = TokenGuard(burst=2, per_minute=6, max_clients=2, clock=lambda: now[0])
+    guard.failed("a", "wrong")
+    guard.failed("a", "wrong")
+    assert guard.retry_after("a") == pytest.approx(10.0)
+    now[0] += 10
+    assert guard.retry_after("a") is None
+    for client in ("b", "c", "d"):
+        guard.failed(client, "wrong")
+    assert len(guard._clients) == 2
+
+
+@pytest.mark.parametrize("integration", [INTEGRATION, "lever:NEVER"])
+def test_a_result_for_an_order_never_dispatched_is_404_and_stores_nothing(
+    api: str, redis: Redis, namespace: str, integration: str
+) -> None:
+    dispatched(redis, namespace, "o1")  # another order of a known integration
+    before = sorted(redis.keys("*"))
+    answer = httpx.put(
+        f"{api}/orders/{integration}/o2/result",
+        json={"status": "COMPLETED", "result_url": URL, "attachments": [
+            {"name": "big.pdf", "content_type": "application/pdf", "data": "QUJD" * 500}]},
+        headers=auth(),
+    )  # fmt: skip
+    assert answer.status_code == 404
+    assert "never dispatched" in answer.json()["error"]
+    assert sorted(redis.keys("*")) == before
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "message"),
+    [
+        ('"remote_fields": {"x": ' + '{"a": ' * 300 + "1" + "}" * 300 + "}",
+         "remote_fields.x.a.a…", "nested deeper than 32 levels"),
+        ('"remote_fields": {"x": ' + _nested(1500) + "}", "result", "nested too deeply"),
+        ('"remote_fields": {"x": "\\ud800"}', "remote_fields.x", "lone surrogate (U+D800)"),
+        ('"remote_fields": {"\\udc00": 1}', 'remote_fields."\\udc00"', "lone surrogate"),
+        ('"attributes": [{"type": "TEXT", "label": "a\\ud83d", "value": "v"}]',
+         "attributes[0].label", "lone surrogate (U+D83D)"),
+        ('"score": "87", "max_score": 100', "score", "valid number"),
+        ('"score": true, "max_score": 100', "score", "valid number"),
+        ('"score": 3, "max_score": false', "max_score", "valid number"),
+        ('"completed_at": 0', "completed_at", "ISO 8601"),
+    ],
+)  # fmt: skip
+def test_a_body_kombo_would_refuse_or_that_cannot_be_sent_is_422_naming_the_field(
+    api: str, redis: Redis, raw: str, field: str, message: str
+) -> None:
+    body = f'{{"status": "COMPLETED", "result_url": "{URL}", {raw}}}'.encode()
+    answer = put(api, "o1", body)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()
+    assert error["field"] == field and error["error"].startswith(f"{field}: ")
+    assert message in error["error"] and "\n" not in error["error"]
+    assert redis.keys("*") == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"{URL}\r\nX-Injected: 1", f"{URL}\n", "https://user:pw@vendor.example/r/1",
+     "https://vendor.example/r 1"],
+)  # fmt: skip
+def test_cr_lf_or_user_info_in_result_url_is_422(api: str, redis: Redis, url: str) -> None:
+    answer = put(api, "o1", {"status": "COMPLETED", "result_url": url})
+    assert answer.status_code == 422 and answer.json()["field"] == "result_url", answer.text
+    assert "pw" not in answer.text.replace("password", "")
+    assert redis.keys("*") == []
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "field"),
+    [
+        ("/orders/greenhouse:%C3%A9t%C3%A9/o1/result", 422, "integration_id"),
+        ("/orders/greenhouse:AAAA/o%FF1/result", 400, "order_id"),
+        ("/orders/greenhouse:AAAA/o%ED%A0%801/result", 400, "order_id"),
+        ("/orders/greenhouse:%FF/o1/result", 400, "integration_id"),
+    ],
+)
+def test_path_ids_are_never_replaced_or_sent_as_bad_headers(
+    api: str, redis: Redis, namespace: str, path: str, status: int, field: str
+) -> None:
+    # Dispatched under the name U+FFFD would give it: the old decoding would have taken it.
+    dispatched(redis, namespace, "o\ufffd1")
+    dispatched(redis, namespace, "o1", integration="greenhouse:\ufffd")
+    dispatched(redis, namespace, "o1", integration="greenhouse:\u00e9t\u00e9")
+    before = sorted(redis.keys("*"))
+    for method in ("PUT", "GET"):
+        answer = httpx.request(
+            method,
+            api + path,
+            json={"status": "COMPLETED", "result_url": URL},
+            headers=auth(),
+        )
+        assert answer.status_code == status, answer.text
+        assert answer.json()["field"] == field and "\ufffd" not in answer.text
+    assert sorted(redis.keys("*")) == before
+
+
+def test_the_written_body_again_is_200_with_its_receipt_and_another_409(
+    api: str, redis: Redis, namespace: str
+) -> None:
+    sim = Simulator([INTEGRATION], orders=2, closed=0)
+    order = str(sim.orders(INTEGRATION, "OPEN")[0]["id"])
+    dispatched(redis, namespace, order)
+    payload = {"status": "COMPLETED", "result_url": URL, "score": 3, "max_score": 5}
+    first = put(api, order, payload)
+    assert first.status_code == 202
+    outbox = Outbox(redis, namespace, f"{namespace}-results")
+    client = KomboClient(DEFAULT_API_KEY, sim.base_url, transport=sim.transport(), retry_budget=0)
+    writer = ResultWriter(outbox, WriteLeases(redis, outbox.keys, 5), client)
+    record = outbox.get(INTEGRATION, order)
+    assert record is not None and writer.run(INTEGRATION, order, record.job_id) == "written"
+    again = put(api, order, payload)
+    assert again.status_code == 200
+    assert again.json()["submission_id"] == first.json()["submission_id"]
+    assert again.json()["state"] == "written"
+    other = put(api, order, {**payload, "score": 4})
+    assert other.status_code == 409 and "already written" in other.json()["error"]
+    shown = httpx.get(f"{api}/orders/{INTEGRATION}/{order}/result", headers=auth()).json()
+    assert shown["result_url"] == URL and shown["attempts"] == 1
+    assert sim.applied_writes[(INTEGRATION, order)] == 1
+
+
+def test_the_timeline_route_decodes_its_ids_strictly_too(
+    api: str, redis: Redis, namespace: str
+) -> None:
+    dispatched(redis, namespace, "o\ufffd1")
+    answer = httpx.get(f"{api}/orders/{INTEGRATION}/o%FF1", headers=auth())
+    assert answer.status_code == 400 and answer.json()["field"] == "order_id", answer.text
+    named = httpx.get(f"{api}/orders/{INTEGRATION}/o%EF%BF%BD1", headers=auth())
+    assert named.status_code == 200  # a real U+FFFD, sent as such, is that order

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import httpx
 import pytest
+from _webhook_support import ReceiverServer
 from redis import Redis
-from test_results_api import Fleet, wait_for
+from test_results_api import TOKEN, Fleet, auth, wait_for
 
 from _support import RedisServer, dispatcher_env
-from dispatcher.settings import load_settings
+from dispatcher.settings import Settings, load_settings
+from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import Outbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
+from dispatcher.web.app import create_app
 from dispatcher.worker.worker import RECOVERY_BOUND
+from dispatcher.worker.writeback import READ_BACK_STATUS_ONLY
 
 URL = "https://vendor.example/r/1"
 INTEGRATION = "greenhouse:AAAA"
@@ -86,6 +92,10 @@ def test_a_results_worker_killed_mid_write_loses_nothing_and_writes_once(
     assert record is not None and record.state == "written", record
     assert record.lost_answer  # the killed attempt landed; the recovered one read it back
     assert sim.applied_writes[(INTEGRATION, order)] == 1
+    assert record.body == sim.results[(INTEGRATION, order)]  # the record matches Kombo
+    assert record.attempts == 2  # the killed attempt and the recovered one, both counted
+    # Kombo shows the status only: the record says so rather than claim which body landed.
+    assert record.read_back == READ_BACK_STATUS_ONLY
     assert recovered_in < RECOVERY_BOUND + 15
     redis.close()
 
@@ -119,4 +129,154 @@ def test_a_redis_restart_loses_no_submitted_result(aof_redis: RedisServer, names
             fleet.stop()
     assert outbox.counts() == {"pending": 0, "written": len(orders), "failed": 0}
     assert all(sim.applied_writes[(INTEGRATION, o)] == 1 for o in orders)
+    redis.close()
+
+
+# -- one truth: bodies racing a write in flight ---------------------------------------------
+
+
+def _mark_dispatched(redis: Redis, namespace: str, integration: str, order: str) -> None:
+    # What the ledger writes when it dispatches an order (the results API wants it).
+    redis.hset(Keys(namespace).seen(integration), order, str(int(time.time())))
+
+
+def _truth_rig(
+    redis_url: str, namespace: str, latency: float, sleep: Callable[[float], Any] = time.sleep
+) -> tuple[Simulator, str, Settings, Redis, Outbox]:
+    sim = Simulator([INTEGRATION], orders=3, closed=0, faults=Faults(latency=latency), sleep=sleep)
+    order = str(sim.orders(INTEGRATION, "OPEN")[0]["id"])
+    settings = load_settings(
+        REDIS_URL=redis_url, DISPATCHER_NAMESPACE=namespace, DISPATCHER_API_TOKEN=TOKEN
+    )
+    redis = Redis.from_url(redis_url)
+    _mark_dispatched(redis, namespace, INTEGRATION, order)
+    return sim, order, settings, redis, Outbox.from_settings(redis, settings)
+
+
+def _assert_record_matches_kombo(outbox: Outbox, sim: Simulator, order: str) -> dict[str, Any]:
+    record = outbox.get(INTEGRATION, order)
+    assert record is not None and record.state == "written", record
+    held = sim.results[(INTEGRATION, order)]
+    assert record.body == held, (record.body, held)
+    assert record.attempts >= 1
+    assert outbox.counts()["pending"] == 0
+    return held
+
+
+def _result_put(http: httpx.Client, order: str, payload: dict[str, Any]) -> httpx.Response:
+    return http.put(f"/orders/{INTEGRATION}/{order}/result", json=payload)
+
+
+@pytest.mark.parametrize("status", ["COMPLETED", "OPEN"])
+def test_50_concurrent_puts_of_different_bodies_leave_one_truth(
+    redis_url: str, namespace: str, status: str
+) -> None:
+    """Given a results worker whose first PUT Kombo holds in flight (a gate, not a guess at
+    timing), when 50 clients PUT 50 different bodies for the order at once, then: final
+    bodies are refused (409, the one on its way is what Kombo gets); partial ones wait their
+    turn and the last one is written after the first. Nothing stays pending, the outbox
+    holds the body Kombo holds, and a later PUT is written or refused, never left behind."""
+    gate = threading.Event()  # Kombo's "latency": the first PUT stays in flight until set
+    sim, order, settings, redis, outbox = _truth_rig(
+        redis_url, namespace, 0.01, sleep=lambda seconds: gate.wait(60)
+    )
+    with SimulatorServer(sim, "127.0.0.1", 0) as kombo:
+        env = dispatcher_env(
+            redis_url, DISPATCHER_NAMESPACE=namespace, KOMBO_API_KEY=DEFAULT_API_KEY,
+            KOMBO_BASE_URL=kombo.url, DISPATCHER_LOG_LEVEL="WARNING",
+        )  # fmt: skip
+        fleet = Fleet(env)
+        answers: list[httpx.Response] = []
+        try:
+            fleet.start()
+            with ReceiverServer(create_app(settings, redis)) as web:
+                first = {"status": status, "result_url": f"{URL}/first"}
+                with httpx.Client(base_url=web.url, headers=auth(), timeout=30) as http:
+                    assert _result_put(http, order, first).status_code == 202
+                wait_for(lambda: sim.writes_in_flight[INTEGRATION] > 0, 30, "the write")
+                barrier = threading.Barrier(50)
+
+                def client(n: int) -> None:
+                    with httpx.Client(base_url=web.url, headers=auth(), timeout=30) as http:
+                        barrier.wait()
+                        payload = {"status": status, "result_url": f"{URL}/{n}"}
+                        answers.append(_result_put(http, order, payload))
+
+                threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                assert sim.writes_in_flight[INTEGRATION] == 1  # all 50 came while it flew
+                gate.set()
+                wait_for(lambda: outbox.counts()["pending"] == 0, 60, "nothing pending")
+                held = _assert_record_matches_kombo(outbox, sim, order)
+                written = outbox.get(INTEGRATION, order)
+                applied = sim.applied_writes[(INTEGRATION, order)]
+                # Anything accepted is written or refused: a late PUT is never left pending.
+                with httpx.Client(base_url=web.url, headers=auth(), timeout=30) as http:
+                    late = _result_put(http, order, {"status": status, "result_url": URL})
+                    wait_for(lambda: outbox.counts()["pending"] == 0, 60, "the late one")
+                    shown = http.get(f"/orders/{INTEGRATION}/{order}/result").json()
+        finally:
+            gate.set()
+            fleet.stop()
+    texts = [a.text for a in answers]
+    assert len(answers) == 50 and "Traceback" not in "".join(texts)
+    if status == "COMPLETED":
+        # The first body was on its way: Kombo takes no other final result.
+        assert {a.status_code for a in answers} == {409}, texts
+        assert all("is being written" in a.json()["error"] for a in answers), texts
+        assert held["result_url"] == f"{URL}/first" and applied == 1
+        assert late.status_code == 409 and "already written" in late.json()["error"]
+        final = held
+    else:
+        # Partial results: each body waited behind the one on its way, a later one replacing
+        # a waiting one; so Kombo got the first, then the last one accepted.
+        assert {a.status_code for a in answers} == {202}, texts
+        assert applied == 2
+        assert written is not None
+        assert written.submission_id in {a.json()["submission_id"] for a in answers}
+        assert held["result_url"] in {f"{URL}/{n}" for n in range(50)}
+        assert late.status_code == 202
+        final = _assert_record_matches_kombo(outbox, sim, order)
+        assert final["result_url"] == URL
+        assert sim.applied_writes[(INTEGRATION, order)] == 3
+    assert shown["result_url"] == final["result_url"] and shown["state"] == "written"
+    redis.close()
+
+
+def test_six_puts_a_fifth_of_a_second_apart_strand_nothing(redis_url: str, namespace: str) -> None:
+    sim, order, settings, redis, outbox = _truth_rig(redis_url, namespace, 0.5)
+    with SimulatorServer(sim, "127.0.0.1", 0) as kombo:
+        env = dispatcher_env(
+            redis_url, DISPATCHER_NAMESPACE=namespace, KOMBO_API_KEY=DEFAULT_API_KEY,
+            KOMBO_BASE_URL=kombo.url, DISPATCHER_LOG_LEVEL="WARNING",
+        )  # fmt: skip
+        fleet = Fleet(env)
+        try:
+            fleet.start()
+            with (
+                ReceiverServer(create_app(settings, redis)) as web,
+                httpx.Client(base_url=web.url, headers=auth(), timeout=30) as http,
+            ):
+                answers = []
+                for n in range(6):
+                    payload = {"status": "COMPLETED", "result_url": f"{URL}/{n}"}
+                    answers.append(_result_put(http, order, payload))
+                    time.sleep(0.2)  # the scenario under test: PUTs spaced while one writes
+                wait_for(lambda: outbox.counts()["pending"] == 0, 60, "nothing pending")
+                again = _result_put(http, order, {"status": "COMPLETED", "result_url": f"{URL}/0"})
+        finally:
+            fleet.stop()
+    held = _assert_record_matches_kombo(outbox, sim, order)
+    accepted = [a for a in answers if a.status_code == 202]
+    assert accepted and all(a.status_code in (202, 409) for a in answers)
+    assert sim.applied_writes[(INTEGRATION, order)] == 1
+    # The written body again: 200 with its receipt; the others: 409.
+    if held["result_url"] == f"{URL}/0":
+        assert again.status_code == 200 and again.json()["state"] == "written"
+        assert again.json()["submission_id"] == accepted[0].json()["submission_id"]
+    else:
+        assert again.status_code == 409
     redis.close()

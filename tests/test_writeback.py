@@ -121,7 +121,9 @@ ATTACHMENT = {"name": "a.txt", "content_type": "text/plain", "data": "aGk="}
         ({"status": "COMPLETED"}, "result_url", "Field required"),
         ({"status": "COMPLETED", "result_url": ""}, "result_url", "at least 1 character"),
         ({"status": "COMPLETED", "result_url": "ftp://x"}, "result_url", "http(s) URL"),
-        ({"status": "COMPLETED", "result_url": URL, "score": "nan"}, "score", "finite"),
+        ({"status": "COMPLETED", "result_url": URL, "score": float("nan")}, "score", "finite"),
+        # A string is not a number here, not even one that reads as one: no coercion.
+        ({"status": "COMPLETED", "result_url": URL, "score": "87"}, "score", "valid number"),
         ({"status": "COMPLETED", "result_url": URL, "grade": "A"}, "grade", "not permitted"),
         (
             {"status": "COMPLETED", "result_url": URL, "attachments": [ATTACHMENT] * 6},

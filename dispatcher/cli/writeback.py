@@ -213,16 +213,34 @@ def result(
             )
     except FinalResultError as exc:
         fail(str(exc), code=1)
+    except InvalidResultError as exc:  # the integration id cannot be sent as its header
+        fail(f"--integration: {exc.problem}")
     except RedisError as exc:
         redis_failed(exc)
     where = f"order {order_id} ({integration_id}): result {body.status}"
+    if receipt.written:  # the written body again: nothing was stored, nothing to wait for
+        click.echo(f"{where} already written (submission {receipt.submission_id})")
+        return
     if not wait:
         done = "already submitted" if receipt.outcome == "duplicate" else "submitted"
         click.echo(f"{where} {done} ({receipt.state}, submission {receipt.submission_id})")
         return
     if record is None:
         fail(f"order {order_id}: the result vanished from Redis while waiting", code=1)
-    if record.submission_id != receipt.submission_id:
+    _report(where, order_id, receipt.submission_id, record, timeout, settings, redis)
+
+
+def _report(
+    where: str,
+    order_id: str,
+    submission_id: str,
+    record: OutboxRecord,
+    timeout: float,
+    settings: Settings,
+    redis: Redis,
+) -> None:
+    """What ``dispatcher result --wait`` prints of the write it waited for."""
+    if submission_id not in (record.submission_id, record.next_submission_id):
         click.echo(
             f"{where} replaced by a later submission ({record.status}, {record.state}, "
             f"submission {record.submission_id})"
@@ -236,9 +254,18 @@ def result(
     elif record.state == "failed":
         fail(f"order {order_id}: result write failed: {record.reason}", code=1)
     else:
+        # The write keeps its job (queued or scheduled): whoever runs the results queue next
+        # takes it. Say who that is.
+        who = (
+            "the results workers keep trying"
+            if results_workers_running(settings, redis)
+            else "no results worker is running: `dispatcher worker --results` will write it"
+        )
+        behind = record.submission_id != submission_id
+        waiting = " (waiting behind a partial result)" if behind else ""
         click.echo(
-            f"{where} still pending after {timeout:g}s (attempts {record.attempts}, "
-            f"last error {record.last_error or 'none'}); the results workers keep trying"
+            f"{where} still pending after {timeout:g}s{waiting} (attempts {record.attempts}, "
+            f"last error {record.last_error or 'none'}); {who}"
         )
 
 
@@ -248,8 +275,11 @@ _WORKER_GRACE = 1.0
 
 
 def _still_ours(record: OutboxRecord | None, submission_id: str) -> bool:
+    # Pending, as the body on its way or the one waiting behind a partial result.
     return (
-        record is not None and record.state == "pending" and record.submission_id == submission_id
+        record is not None
+        and record.state == "pending"
+        and submission_id in (record.submission_id, record.next_submission_id)
     )
 
 

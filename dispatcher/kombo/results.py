@@ -14,12 +14,14 @@ import binascii
 import json
 import math
 import mimetypes
+import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -32,7 +34,7 @@ from pydantic import (
 from redis import Redis
 
 from dispatcher._text import first_problem, is_http_url
-from dispatcher.kombo.models import kombo_time
+from dispatcher.kombo.models import id_problem, kombo_time
 from dispatcher.store.keys import Keys
 from dispatcher.store.throughput import hour_key, lua_count
 from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
@@ -48,11 +50,18 @@ __all__ = [
     "TextAttribute",
     "attachment_from_file",
     "build_result",
+    "check_integration_id",
     "record_result",
     "recorded_result",
 ]
 
 MAX_ATTACHMENTS = 5
+# How deep a result may nest (remote_fields are flat per-ATS values in practice): deeper
+# bodies are refused before they reach the store, Kombo's JSON parser or a recursion limit.
+MAX_DEPTH = 32
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# What a URL Kombo is given may not contain: controls (CR/LF forge headers), spaces.
+_URL_BAD_CHAR = re.compile("[\x00-\x20\x7f-\x9f]")
 
 
 class ResultStatus(StrEnum):
@@ -75,6 +84,72 @@ class InvalidResultError(ValueError):
 def _http_url(value: str) -> str:
     if not is_http_url(value):
         raise ValueError("must be an http(s) URL")
+    bad = _URL_BAD_CHAR.search(value)
+    if bad is not None:
+        raise ValueError(
+            f"contains a control character or space (U+{ord(bad.group()):04X}) at position "
+            f"{bad.start()}"
+        )
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if "@" in parts.netloc:
+        raise ValueError("must not carry user info (user:password@)")
+    if not host:
+        raise ValueError("has no host")
+    return value
+
+
+def _unsendable(value: Any, field: str, depth: int = 0) -> tuple[str, str] | None:
+    """Where ``value`` (decoded JSON) holds what cannot be sent or stored: nesting deeper than
+    MAX_DEPTH, or a lone surrogate (UTF-8 cannot encode it) in a string or a key."""
+    if depth > MAX_DEPTH:
+        return field, f"nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, str):
+        bad = _LONE_SURROGATE.search(value)
+        if bad is not None:
+            return field, (
+                f"contains a lone surrogate (U+{ord(bad.group()):04X}) at position {bad.start()}"
+            )
+        return None
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = _key_name(key)
+            if isinstance(key, str) and _LONE_SURROGATE.search(key):
+                return _join(field, name), "its name contains a lone surrogate"
+            items.append((_join(field, name), item))
+    elif isinstance(value, list):
+        items = [(f"{field}[{n}]", item) for n, item in enumerate(value)]
+    for where, item in items:
+        found = _unsendable(item, where, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _key_name(key: Any) -> str:
+    # A client's key, named in a one-line answer: plain names as they are, others quoted and
+    # escaped (ASCII, no controls), cut short.
+    text = str(key)
+    if re.fullmatch(r"[A-Za-z0-9_.\-]{1,40}", text):
+        return text
+    return json.dumps(text[:40])
+
+
+def _join(field: str, name: str) -> str:
+    # Only the first levels are named: past them, the path would be as long as the nesting.
+    if field.count(".") + field.count("[") >= 3:
+        return field if field.endswith("…") else field + "…"
+    return f"{field}.{name}" if field else name
+
+
+def _strict_time(value: Any) -> Any:
+    # A number is not a time here: pydantic would read 0 as 1970 (silent coercion).
+    if value is not None and not isinstance(value, (str, datetime)):
+        raise ValueError("must be an ISO 8601 date-time string")
     return value
 
 
@@ -100,9 +175,13 @@ class TextAttribute(_Strict):
     value: str
 
 
+# Numbers stay numbers: "87" and true are refused, not coerced (Kombo would get 87.0, 1.0).
+_Number = Annotated[float, Field(strict=True)]
+
+
 class SubResultScore(_Strict):
-    value: float
-    max: float
+    value: _Number
+    max: _Number
 
     @field_validator("value", "max")
     @classmethod
@@ -166,8 +245,8 @@ class AssessmentResult(_Strict):
     status: ResultStatus
     result_url: _NonEmpty
     completed_at: datetime | None = None
-    score: float | None = None
-    max_score: float | None = None
+    score: _Number | None = None
+    max_score: _Number | None = None
     attributes: list[Attribute] = Field(default_factory=list)
     attachments: list[Attachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
     remote_fields: dict[str, Any] | None = None
@@ -181,6 +260,11 @@ class AssessmentResult(_Strict):
     @classmethod
     def _scores(cls, value: float | None) -> float | None:
         return _finite(value)
+
+    @field_validator("completed_at", mode="before")
+    @classmethod
+    def _time_string(cls, value: Any) -> Any:
+        return _strict_time(value)
 
     @field_validator("completed_at")
     @classmethod
@@ -213,8 +297,31 @@ class AssessmentResult(_Strict):
         return body
 
 
+def check_integration_id(value: str) -> str:
+    """``value`` if it can name an integration in a write (it becomes the X-Integration-Id
+    header: printable ASCII only), else InvalidResultError naming ``integration_id``."""
+    problem = id_problem(value)
+    if problem is None:
+        bad = re.search("[^\x21-\x7e]", value)
+        if bad is not None:
+            problem = (
+                f"contains U+{ord(bad.group()):04X} at position {bad.start()}: it is sent as "
+                "the X-Integration-Id header, which takes printable ASCII only"
+            )
+    if problem is not None:
+        raise InvalidResultError("integration_id", problem)
+    return value
+
+
 def build_result(**fields: Any) -> AssessmentResult:
-    """Validate a result, raising InvalidResultError naming the first bad field."""
+    """Validate a result, raising InvalidResultError naming the first bad field (also what
+    could not be sent at all: nesting deeper than MAX_DEPTH, lone surrogates)."""
+    for name, value in fields.items():
+        if _LONE_SURROGATE.search(name):
+            raise InvalidResultError(_key_name(name), "its name contains a lone surrogate")
+        found = _unsendable(value, name, 1)
+        if found is not None:
+            raise InvalidResultError(*found)
     try:
         return AssessmentResult.model_validate(fields)
     except ValidationError as exc:

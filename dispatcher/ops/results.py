@@ -130,7 +130,7 @@ def submit_and_wait(
     receipt = outbox.submit(
         integration_id, order_id, result, completed_at_defaulted=completed_at_defaulted
     )
-    if not wait:
+    if not wait or receipt.written:
         return receipt, None
     deadline = clock() + timeout
     while True:
@@ -138,7 +138,7 @@ def submit_and_wait(
         if (
             record is None
             or record.state != "pending"
-            or record.submission_id != receipt.submission_id
+            or receipt.submission_id not in (record.submission_id, record.next_submission_id)
             or clock() >= deadline
         ):
             return receipt, record

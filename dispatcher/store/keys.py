@@ -291,7 +291,8 @@ SCHEMA: tuple[KeySpec, ...] = (
     KeySpec(
         "{ns}:results:{integration}",
         "hash",
-        'order id -> JSON `{"status", "at"}` of results written back with `dispatcher result`',
+        'order id -> JSON `{"status", "at", "digest", "submission", "submitted_at"}` of final '
+        "results written back (the digest and receipt answer the same body sent again)",
         "kept",
     ),
     KeySpec(
@@ -315,7 +316,10 @@ SCHEMA: tuple[KeySpec, ...] = (
         "failed), `status`, `body` (the JSON body, attachments included), `digest`, "
         "`submission`, `submitted_at`, `job` (the write job that owns it), `attempts`, "
         "`next_attempt_at`, `last_error`, `written_at`, `warnings`, `lost_answer`, `reason`, "
-        "`failed_at`; `{integration}:{order}` as in the steps key",
+        "`failed_at`, `sent` (an attempt of the body was sent: it is locked), `read_back`, "
+        "`kombo_result`, `next_body`, `next_submission`, `next_digest`, `next_status`, "
+        "`next_submitted_at` (a body waiting behind a partial result on its way); "
+        "`{integration}:{order}` as in the steps key",
         "kept while pending; DISPATCHER_RESULT_TTL once written, DISPATCHER_FAILURE_TTL once "
         "failed",
     ),

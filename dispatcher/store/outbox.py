@@ -4,17 +4,26 @@ An order's result goes to Kombo through Redis, never straight from the caller:
 :meth:`Outbox.submit` validates the body, then one Lua script stores it in the order's outbox
 hash (``{ns}:outbox:{integration}:{order}``) and writes and queues the RQ write job on
 ``DISPATCHER_RESULTS_QUEUE``. The write job (``dispatcher/worker/writeback.py``) PUTs it and
-ends the result in one of the scripts below. Invariants:
+ends the result in one of the scripts of :mod:`dispatcher.store.outbox_scripts`. Invariants:
 
 - one pending write per (integration, order): an identical body submitted again returns the
-  same receipt and queues nothing; a different one while the first is pending replaces it
-  (the queued job writes whatever body is pending when it runs: Kombo gets the last one);
+  same receipt and queues nothing (also once written: the receipt of the written body); a
+  different one replaces the pending body as long as no attempt of it was sent to Kombo;
+- once an attempt of the pending body was sent (``sent``; :meth:`Outbox.begin` marks it and
+  counts the attempt in the same step), that body is what Kombo may hold: a different body
+  submitted then is refused when the body on its way is final (Kombo takes one final result,
+  :class:`ResultInFlightError`) and otherwise kept as the ``next_*`` body, which becomes the
+  pending body when the one on its way ends (written or failed) and is written by the same
+  job: no body is left behind without a job;
 - the outbox hash names the one job that owns the pending write (``job``); a job that is not
   the owner (a duplicate of a recovered job, a job whose write was already ended) does
   nothing, so a result is written by one job at a time;
 - a result is ``pending`` (in ``{ns}:outbox-pending``), then ``written`` or ``failed`` (in the
   matching index), moved by one script each; a final result (COMPLETED or CANCELLED) once
-  written is recorded in ``{ns}:results:{integration}`` and every later submit is refused;
+  written is recorded in ``{ns}:results:{integration}`` with its digest and receipt, and every
+  later submit of another body is refused;
+- with ``require_dispatched`` (the results API) a submit for an order the ledger never
+  dispatched stores nothing (:class:`UnknownOrderError`), checked in the same script;
 - every script checks the types of the keys it writes before it writes any (see
   :func:`dispatcher.store.keys.lua_type_guard`).
 """
@@ -34,8 +43,27 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
 
-from dispatcher.kombo.results import AssessmentResult, InvalidResultError, build_result
+from dispatcher.kombo.results import (
+    AssessmentResult,
+    InvalidResultError,
+    build_result,
+    check_integration_id,
+)
 from dispatcher.store.keys import Keys, order_ref
+from dispatcher.store.outbox_scripts import (
+    BEGIN_SCRIPT,
+    BEGIN_TYPES,
+    FAILED_SCRIPT,
+    FAILED_TYPES,
+    PROVISIONED_SCRIPT,
+    PROVISIONED_TYPES,
+    RESCHEDULE_SCRIPT,
+    RESCHEDULE_TYPES,
+    SUBMIT_SCRIPT,
+    SUBMIT_TYPES,
+    WRITTEN_SCRIPT,
+    WRITTEN_TYPES,
+)
 from dispatcher.store.rq_internals import job_hash_items
 from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 
@@ -45,8 +73,10 @@ __all__ = [
     "FinalResultError",
     "Outbox",
     "OutboxRecord",
+    "ResultInFlightError",
     "ResultReceipt",
     "ResultState",
+    "UnknownOrderError",
     "WriteLeases",
     "mark_provisioned",
     "parse_result",
@@ -58,9 +88,6 @@ RESULT_JOB_FUNCTION = "dispatcher.worker.writeback.write_result"
 FINAL_STATUSES = frozenset({"COMPLETED", "CANCELLED"})
 ResultState = Literal["pending", "written", "failed"]
 STATES: tuple[ResultState, ...] = ("pending", "written", "failed")
-# The timeline of an order keeps its last events only (a client submitting partial results
-# in a loop must not grow it without end).
-TIMELINE_MAX_EVENTS = 200
 
 
 class FinalResultError(Exception):
@@ -77,6 +104,33 @@ class FinalResultError(Exception):
         )
 
 
+class ResultInFlightError(FinalResultError):
+    """A final result of the order is on its way to Kombo (an attempt was sent): Kombo may
+    already hold it and takes no other, so a different body is refused (nothing stored)."""
+
+    def __init__(self, integration_id: str, order_id: str, status: str) -> None:
+        super().__init__(integration_id, order_id, status)
+        Exception.__init__(
+            self,
+            f"order {order_id} (integration {integration_id}): a final result ({status}) is "
+            "being written; Kombo takes no other result",
+        )
+
+
+class UnknownOrderError(LookupError):
+    """The dispatcher never dispatched the order (unknown, rejected, or an unknown
+    integration): nothing was stored."""
+
+    def __init__(self, integration_id: str, order_id: str, rejected: bool = False) -> None:
+        self.integration_id = integration_id
+        self.order_id = order_id
+        why = "it rejected it" if rejected else "unknown order or integration"
+        super().__init__(
+            f"order {order_id} (integration {integration_id}): the dispatcher never "
+            f"dispatched this order ({why})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ResultReceipt:
     """What :meth:`Outbox.submit` did: the submission (its id and time), the result's state
@@ -89,6 +143,11 @@ class ResultReceipt:
     submitted_at: float
     state: ResultState
     outcome: Literal["queued", "replaced", "duplicate"]
+
+    @property
+    def written(self) -> bool:
+        """The body was already written (a duplicate of the written one)."""
+        return self.state == "written"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +180,19 @@ class OutboxRecord:
     lost_answer: bool
     reason: str | None
     failed_at: float | None
+    digest: str = ""
+    sent: bool = False
+    read_back: str | None = None
+    kombo_result: dict[str, Any] | None = None
+    next_submission_id: str | None = None
+
+    @property
+    def result_url(self) -> str | None:
+        """Where the customer sees the result: the written body's, or the one Kombo showed
+        it holds when a read-back found another body there."""
+        held = self.kombo_result or self.body
+        url = held.get("result_url")
+        return url if isinstance(url, str) else None
 
     def as_dict(self, *, with_body: bool = False) -> dict[str, Any]:
         """The JSON shape of ``GET /orders/{integration}/{order}/result`` and ``results
@@ -130,6 +202,7 @@ class OutboxRecord:
             "order_id": self.order_id,
             "state": self.state,
             "status": self.status,
+            "result_url": self.result_url,
             "submission_id": self.submission_id,
             "submitted_at": round(self.submitted_at, 3),
             "attempts": self.attempts,
@@ -140,7 +213,12 @@ class OutboxRecord:
             "lost_answer": self.lost_answer,
             "reason": self.reason,
             "failed_at": _round(self.failed_at),
+            "read_back": self.read_back,
         }
+        if self.kombo_result is not None:
+            out["kombo_result"] = self.kombo_result
+        if self.next_submission_id is not None:
+            out["next_submission_id"] = self.next_submission_id
         if with_body:
             out["body"] = self.body
         return out
@@ -170,147 +248,6 @@ def _digest(body: Mapping[str, Any], defaulted_completed_at: bool) -> str:
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
-
-# KEYS: 1 outbox hash, 2 results hash, 3 pending zset, 4 failed zset, 5 written zset,
-#       6 queue list, 7 rq:queues set, 8 timeline list, 9 job hash.
-# ARGV: 1 order id, 2 digest, 3 body, 4 status, 5 now, 6 submission id, 7 integration id,
-#       8 order ref, 9 queue key, 10 job id, 11 timeline TTL, 12 event (JSON), 13.. job hash
-#       field/value items.
-_SUBMIT_TYPES = ("hash", "hash", "zset", "zset", "zset", "list", "set", "list")
-_SUBMIT_SCRIPT = (
-    lua_type_guard(_SUBMIT_TYPES)
-    + """
-local record = redis.call('HGET', KEYS[2], ARGV[1])
-if record then
-  local ok, decoded = pcall(cjson.decode, record)
-  if ok and type(decoded) == 'table' and (decoded['status'] == 'COMPLETED'
-      or decoded['status'] == 'CANCELLED') then
-    return {'final', decoded['status']}
-  end
-end
-local current = redis.call('HMGET', KEYS[1], 'state', 'digest', 'submission', 'submitted_at')
-local state, digest = current[1], current[2]
-if (state == 'pending' or state == 'written') and digest == ARGV[2] then
-  return {'duplicate', current[3], current[4], state}
-end
-local function event()
-  redis.call('RPUSH', KEYS[8], ARGV[12])
-  redis.call('LTRIM', KEYS[8], -"""
-    + str(TIMELINE_MAX_EVENTS)
-    + """, -1)
-  redis.call('EXPIRE', KEYS[8], ARGV[11])
-end
-redis.call('HSET', KEYS[1], 'integration', ARGV[7], 'order', ARGV[1], 'digest', ARGV[2],
-  'body', ARGV[3], 'status', ARGV[4], 'submission', ARGV[6], 'submitted_at', ARGV[5])
-if state == 'pending' then
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[8])
-  event()
-  return {'replaced', ARGV[6], ARGV[5], 'pending'}
-end
-redis.call('HSET', KEYS[1], 'state', 'pending', 'job', ARGV[10], 'attempts', 0)
-redis.call('HDEL', KEYS[1], 'next_attempt_at', 'last_error', 'written_at', 'warnings',
-  'lost_answer', 'reason', 'failed_at')
-redis.call('PERSIST', KEYS[1])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[8])
-redis.call('ZREM', KEYS[4], ARGV[8])
-redis.call('ZREM', KEYS[5], ARGV[8])
-if redis.call('TYPE', KEYS[9])['ok'] ~= 'none' then redis.call('DEL', KEYS[9]) end
-redis.call('HSET', KEYS[9], unpack(ARGV, 13, #ARGV))
-redis.call('RPUSH', KEYS[6], ARGV[10])
-redis.call('SADD', KEYS[7], ARGV[9])
-event()
-return {'queued', ARGV[6], ARGV[5], 'pending'}
-"""
-)
-
-# KEYS: 1 outbox hash, 2 results hash, 3 stats hash, 4 pending zset, 5 written zset,
-#       6 timeline list, 7 provisioned zset, 8 result-stats hash.
-# ARGV: 1 job id, 2 submission id, 3 now, 4 warnings (JSON), 5 lost answer ("1"/"0"),
-#       6 outbox TTL, 7 order id, 8 results record (JSON, "" for a partial result), 9 order
-#       ref, 10 written-index cutoff, 11 timeline TTL, 12 event, 13 integration id,
-#       14 latency seconds, 15.. histogram bucket fields to bump.
-_WRITTEN_TYPES = ("hash", "hash", "hash", "zset", "zset", "list", "zset", "hash")
-_WRITTEN_SCRIPT = (
-    lua_type_guard(_WRITTEN_TYPES)
-    + """
-local current = redis.call('HMGET', KEYS[1], 'state', 'job', 'submission')
-if current[1] ~= 'pending' or current[2] ~= ARGV[1] then return 'stale' end
-if current[3] ~= ARGV[2] then return 'superseded' end
-redis.call('HSET', KEYS[1], 'state', 'written', 'written_at', ARGV[3], 'warnings', ARGV[4],
-  'lost_answer', ARGV[5])
-redis.call('HDEL', KEYS[1], 'next_attempt_at')
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('ZREM', KEYS[4], ARGV[9])
-redis.call('ZADD', KEYS[5], ARGV[3], ARGV[9])
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[10])
-if ARGV[8] ~= '' then
-  if redis.call('HSET', KEYS[2], ARGV[7], ARGV[8]) == 1 then
-    redis.call('HINCRBY', KEYS[3], 'results_written', 1)
-  end
-  redis.call('ZREM', KEYS[7], ARGV[9])
-end
-redis.call('HINCRBY', KEYS[8], ARGV[13] .. '|written', 1)
-redis.call('HINCRBYFLOAT', KEYS[8], ARGV[13] .. '|latency_sum', ARGV[14])
-for i = 15, #ARGV do redis.call('HINCRBY', KEYS[8], ARGV[13] .. '|le|' .. ARGV[i], 1) end
-redis.call('RPUSH', KEYS[6], ARGV[12])
-redis.call('LTRIM', KEYS[6], -"""
-    + str(TIMELINE_MAX_EVENTS)
-    + """, -1)
-redis.call('EXPIRE', KEYS[6], ARGV[11])
-return 'written'
-"""
-)
-
-# KEYS: 1 outbox hash, 2 pending zset, 3 failed zset, 4 timeline list, 5 result-stats hash.
-# ARGV: 1 job id, 2 now, 3 reason, 4 outbox TTL, 5 order ref, 6 timeline TTL, 7 event,
-#       8 integration id.
-_FAILED_TYPES = ("hash", "zset", "zset", "list", "hash")
-_FAILED_SCRIPT = (
-    lua_type_guard(_FAILED_TYPES)
-    + """
-local current = redis.call('HMGET', KEYS[1], 'state', 'job')
-if current[1] ~= 'pending' or current[2] ~= ARGV[1] then return 'stale' end
-redis.call('HSET', KEYS[1], 'state', 'failed', 'failed_at', ARGV[2], 'reason', ARGV[3])
-redis.call('HDEL', KEYS[1], 'next_attempt_at')
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('ZREM', KEYS[2], ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[5])
-redis.call('HINCRBY', KEYS[5], ARGV[8] .. '|failed', 1)
-redis.call('RPUSH', KEYS[4], ARGV[7])
-redis.call('LTRIM', KEYS[4], -"""
-    + str(TIMELINE_MAX_EVENTS)
-    + """, -1)
-redis.call('EXPIRE', KEYS[4], ARGV[6])
-return 'failed'
-"""
-)
-
-# KEYS: 1 outbox hash, 2 scheduled registry zset, 3 queue list, 4 rq:queues set, 5 new job
-#       hash. ARGV: 1 current job id, 2 new job id, 3 when (unix time; <= now: queued at once),
-#       4 count the attempt ("1"/"0"), 5 last error, 6 queue key, 7 now, 8.. job hash items.
-# Hands the pending write to a new job: the current one ends, the new one runs at ``when``.
-_RESCHEDULE_TYPES = ("hash", "zset", "list", "set")
-_RESCHEDULE_SCRIPT = (
-    lua_type_guard(_RESCHEDULE_TYPES)
-    + """
-local current = redis.call('HMGET', KEYS[1], 'state', 'job')
-if current[1] ~= 'pending' or current[2] ~= ARGV[1] then return 'stale' end
-redis.call('HSET', KEYS[1], 'job', ARGV[2], 'next_attempt_at', ARGV[3])
-if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[5]) end
-if redis.call('TYPE', KEYS[5])['ok'] ~= 'none' then redis.call('DEL', KEYS[5]) end
-redis.call('HSET', KEYS[5], unpack(ARGV, 8, #ARGV))
-if tonumber(ARGV[3]) <= tonumber(ARGV[7]) then
-  redis.call('HSET', KEYS[5], 'status', 'queued')
-  redis.call('RPUSH', KEYS[3], ARGV[2])
-else
-  redis.call('HSET', KEYS[5], 'status', 'scheduled')
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-end
-redis.call('SADD', KEYS[4], ARGV[6])
-return 'rescheduled'
-"""
-)
 
 # Latency buckets of a result's write (submit to written), seconds.
 LATENCY_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
@@ -362,17 +299,21 @@ class Outbox:
         result: AssessmentResult | Mapping[str, Any],
         *,
         completed_at_defaulted: bool = False,
+        require_dispatched: bool = False,
     ) -> ResultReceipt:
         """Store a result and queue its write, in one atomic step (see the module doc).
 
         ``completed_at_defaulted``: the caller's body had no ``completed_at`` (a validated
         result got now): such a body is compared without it, so that sending it again is a
-        duplicate. Worked out here when ``result`` is a mapping.
+        duplicate. Worked out here when ``result`` is a mapping. ``require_dispatched``: refuse
+        an order the ledger never dispatched (UnknownOrderError).
 
         Raises InvalidResultError (a body Kombo would refuse, naming the field),
-        FinalResultError (a final result was already written), WrongKeyTypeError, or
-        redis-py's errors (nothing was stored then).
+        FinalResultError (a final result was already written; ResultInFlightError: one is on
+        its way), UnknownOrderError, WrongKeyTypeError, or redis-py's errors (nothing was
+        stored then).
         """
+        check_integration_id(integration_id)  # a header of the write: refused now, not then
         defaulted = completed_at_defaulted
         if not isinstance(result, AssessmentResult):
             defaulted = result.get("completed_at") is None
@@ -393,24 +334,29 @@ class Outbox:
             self.queue.key,
             self.queue.redis_queues_keys,
             self.keys.timeline(integration_id, order_id),
+            self.keys.seen(integration_id),
             Job.key_for(job_id),
         ]
         args: list[Any] = [
             order_id, digest, json.dumps(body, ensure_ascii=False), str(result.status),
             repr(now), submission, integration_id, ref, self.queue.key, job_id,
-            self.timeline_ttl, event,
+            self.timeline_ttl, event, "1" if require_dispatched else "0",
         ]  # fmt: skip
         args.extend(self._job_items(integration_id, order_id, job_id, JobStatus.QUEUED))
-        with key_types_checked(keys, _SUBMIT_TYPES, integration_id=integration_id):
-            answer = self.redis.eval(_SUBMIT_SCRIPT, len(keys), *keys, *args)
+        with key_types_checked(keys, SUBMIT_TYPES, integration_id=integration_id):
+            answer = self.redis.eval(SUBMIT_SCRIPT, len(keys), *keys, *args)
         outcome = _text(answer[0])
         if outcome == "final":
             raise FinalResultError(integration_id, order_id, _text(answer[1]))
+        if outcome == "busy":
+            raise ResultInFlightError(integration_id, order_id, _text(answer[1]))
+        if outcome in ("unknown", "rejected"):
+            raise UnknownOrderError(integration_id, order_id, rejected=outcome == "rejected")
         return ResultReceipt(
             integration_id=integration_id,
             order_id=order_id,
             submission_id=_text(answer[1]),
-            submitted_at=float(answer[2]),
+            submitted_at=_float(_text(answer[2])) or 0.0,
             state=_text(answer[3]),  # type: ignore[arg-type]
             outcome=outcome,  # type: ignore[arg-type]
         )
@@ -487,7 +433,16 @@ class Outbox:
                 events.append(event)
         return events
 
-    # -- ending a write (the write job) -----------------------------------------------------
+    # -- a write (the write job) ------------------------------------------------------------
+
+    def begin(self, record: OutboxRecord, job_id: str) -> str:
+        """Before an attempt of ``record``'s body is sent: count it and lock the body (a new
+        body waits its turn or is refused, see the module doc). ``begun``; ``stale`` when
+        ``job_id`` no longer owns the write; ``changed`` when another body replaced it (read
+        the record again)."""
+        key = self.keys.outbox(record.integration_id, record.order_id)
+        with key_types_checked([key], BEGIN_TYPES, integration_id=record.integration_id):
+            return _text(self.redis.eval(BEGIN_SCRIPT, 1, key, job_id, record.submission_id))
 
     def mark_written(
         self,
@@ -496,9 +451,16 @@ class Outbox:
         warnings: list[str],
         *,
         lost_answer: bool = False,
+        read_back: str | None = None,
+        kombo_result: Mapping[str, Any] | None = None,
     ) -> str:
         """End the pending write as written; ``stale`` when ``job_id`` no longer owns it,
-        ``superseded`` when another body was submitted meanwhile (write that one too)."""
+        ``superseded`` when another body replaced it, ``next`` when a partial result was
+        written and another body waits (it is now the pending one: write it too).
+
+        ``read_back``: what reading the order back after a lost answer showed (``matched``,
+        ``status only``, ``another body``); ``kombo_result``: the result Kombo showed it holds
+        when it is not the submitted body."""
         now = self._clock()
         integration_id, order_id = record.integration_id, record.order_id
         final = record.status in FINAL_STATUSES
@@ -521,19 +483,35 @@ class Outbox:
             self.keys.provisioned,
             self.keys.result_stats,
         ]
-        record_json = json.dumps({"status": record.status, "at": int(now)}) if final else ""
+        record_json = (
+            json.dumps(
+                {
+                    "status": record.status,
+                    "at": int(now),
+                    # What a later submit of the same body answers with (200, this receipt).
+                    "digest": record.digest,
+                    "submission": record.submission_id,
+                    "submitted_at": round(record.submitted_at, 3),
+                }
+            )
+            if final
+            else ""
+        )
         args: list[Any] = [
             job_id, record.submission_id, repr(now), json.dumps(warnings, ensure_ascii=False),
             "1" if lost_answer else "0", self.result_ttl, order_id, record_json,
             order_ref(integration_id, order_id), repr(now - self.result_ttl),
-            self.timeline_ttl, event, integration_id, repr(latency), *buckets,
+            self.timeline_ttl, event, integration_id, repr(latency), read_back or "",
+            json.dumps(kombo_result, ensure_ascii=False) if kombo_result is not None else "",
+            *buckets,
         ]  # fmt: skip
-        with key_types_checked(keys, _WRITTEN_TYPES, integration_id=integration_id):
-            return _text(self.redis.eval(_WRITTEN_SCRIPT, len(keys), *keys, *args))
+        with key_types_checked(keys, WRITTEN_TYPES, integration_id=integration_id):
+            return _text(self.redis.eval(WRITTEN_SCRIPT, len(keys), *keys, *args))
 
     def mark_failed(self, record: OutboxRecord, job_id: str, reason: str) -> str:
         """End the pending write as failed (permanently) with ``reason``; ``stale`` when
-        ``job_id`` no longer owns it."""
+        ``job_id`` no longer owns it; ``next`` when another body waited (it is now the pending
+        one: write it)."""
         now = self._clock()
         integration_id, order_id = record.integration_id, record.order_id
         keys = [
@@ -547,8 +525,8 @@ class Outbox:
             job_id, repr(now), reason, self.failure_ttl, order_ref(integration_id, order_id),
             self.timeline_ttl, _event(now, "result_failed", reason=reason), integration_id,
         ]  # fmt: skip
-        with key_types_checked(keys, _FAILED_TYPES, integration_id=integration_id):
-            return _text(self.redis.eval(_FAILED_SCRIPT, len(keys), *keys, *args))
+        with key_types_checked(keys, FAILED_TYPES, integration_id=integration_id):
+            return _text(self.redis.eval(FAILED_SCRIPT, len(keys), *keys, *args))
 
     def reschedule(
         self,
@@ -560,7 +538,8 @@ class Outbox:
         count_attempt: bool = True,
     ) -> str:
         """Hand the pending write to a new job run ``delay`` seconds from now (RQ's scheduler
-        queues it); ``stale`` when ``job_id`` no longer owns it."""
+        queues it); ``stale`` when ``job_id`` no longer owns it. ``count_attempt`` is kept
+        for callers: attempts are counted when sent (:meth:`begin`)."""
         now = self._clock()
         nonce = f"{record.submission_id}:{uuid.uuid4().hex}"
         new_id = result_job_id(self.namespace, record.integration_id, record.order_id, nonce)
@@ -574,14 +553,14 @@ class Outbox:
         ]
         when = now + max(0.0, delay)
         args: list[Any] = [
-            job_id, new_id, repr(when) if delay > 0 else repr(now), "1" if count_attempt else "0",
-            error, self.queue.key, repr(now),
+            job_id, new_id, repr(when) if delay > 0 else repr(now), "0", error, self.queue.key,
+            repr(now),
         ]  # fmt: skip
         args.extend(
             self._job_items(record.integration_id, record.order_id, new_id, JobStatus.SCHEDULED)
         )
-        with key_types_checked(keys, _RESCHEDULE_TYPES, integration_id=record.integration_id):
-            return _text(self.redis.eval(_RESCHEDULE_SCRIPT, len(keys), *keys, *args))
+        with key_types_checked(keys, RESCHEDULE_TYPES, integration_id=record.integration_id):
+            return _text(self.redis.eval(RESCHEDULE_SCRIPT, len(keys), *keys, *args))
 
     def retry_failed(
         self, *, integration_id: str | None = None, order_ids: list[str] | None = None
@@ -597,25 +576,6 @@ class Outbox:
             except (FinalResultError, InvalidResultError):
                 continue
         return receipts
-
-
-# KEYS: 1 provisioned zset, 2 results hash, 3 timeline list. ARGV: 1 now, 2 order ref, 3 order
-# id, 4 event, 5 timeline TTL. An order whose final result is already written is not stale.
-_PROVISIONED_TYPES = ("zset", "hash", "list")
-_PROVISIONED_SCRIPT = (
-    lua_type_guard(_PROVISIONED_TYPES)
-    + """
-if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then
-  redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
-end
-redis.call('RPUSH', KEYS[3], ARGV[4])
-redis.call('LTRIM', KEYS[3], -"""
-    + str(TIMELINE_MAX_EVENTS)
-    + """, -1)
-redis.call('EXPIRE', KEYS[3], ARGV[5])
-return 1
-"""
-)
 
 
 def mark_provisioned(
@@ -637,9 +597,9 @@ def mark_provisioned(
         keys.timeline(integration_id, order_id),
     ]
     event = _event(now, "provisioned", steps=steps)
-    with key_types_checked(names, _PROVISIONED_TYPES, integration_id=integration_id):
+    with key_types_checked(names, PROVISIONED_TYPES, integration_id=integration_id):
         redis.eval(
-            _PROVISIONED_SCRIPT, len(names), *names, repr(now),
+            PROVISIONED_SCRIPT, len(names), *names, repr(now),
             order_ref(integration_id, order_id), order_id, event, max(1, timeline_ttl),
         )  # fmt: skip
 
@@ -705,6 +665,10 @@ def _record(raw: Mapping[bytes | str, bytes | str]) -> OutboxRecord:
     except (ValueError, TypeError):
         warnings = ()
     state = fields.get("state", "pending")
+    try:
+        kombo_result = json.loads(fields["kombo_result"]) if "kombo_result" in fields else None
+    except ValueError:
+        kombo_result = None
     return OutboxRecord(
         integration_id=fields.get("integration", ""),
         order_id=fields.get("order", ""),
@@ -722,6 +686,11 @@ def _record(raw: Mapping[bytes | str, bytes | str]) -> OutboxRecord:
         lost_answer=fields.get("lost_answer") == "1",
         reason=fields.get("reason"),
         failed_at=_float(fields.get("failed_at")),
+        digest=fields.get("digest", ""),
+        sent=fields.get("sent") == "1",
+        read_back=fields.get("read_back"),
+        kombo_result=kombo_result if isinstance(kombo_result, dict) else None,
+        next_submission_id=fields.get("next_submission"),
     )
 
 
@@ -768,8 +737,9 @@ def submit_result(
     stores it and queues its write on ``DISPATCHER_RESULTS_QUEUE`` in one atomic Redis step,
     and returns once that step is done: from then on the results workers write it, retrying
     for ``DISPATCHER_RESULT_RETRY_FOR``. The same body again returns the same receipt; a
-    different one while the first is pending replaces it (Kombo gets the last); after a
-    final result (COMPLETED or CANCELLED) was written, FinalResultError. ``settings`` is a
+    different one while the first is pending and not yet sent replaces it (Kombo gets the
+    last); after a partial one was sent it is written next; once a final result (COMPLETED
+    or CANCELLED) was sent or written, FinalResultError. ``settings`` is a
     :class:`dispatcher.Settings`.
     """
     defaulted = not isinstance(result, AssessmentResult) and result.get("completed_at") is None

@@ -11,13 +11,17 @@ processes, see below) and:
    holder dies); when none frees up within a moment it hands the write to a new job a moment
    later instead of blocking the worker;
 3. PUTs the body once (the client's own retries are off: a result's retries span hours);
-4. written: ends the write (``superseded``: a new body arrived meanwhile, write it too);
+   just before it is sent the attempt is counted and the body locked in the same step
+   (:meth:`~dispatcher.store.outbox.Outbox.begin`);
+4. written: ends the write (``next``: a partial result was written and a new body waited,
+   write it too, in the same job);
    429, 5xx, timeouts, connection errors: hands the write to a new job after Kombo's
    ``Retry-After`` or a jittered exponential backoff, until ``DISPATCHER_RESULT_RETRY_FOR``
    after the submit; any other refusal of a final result: reads the order back (``GET
    /assessment/orders?ids=``), and when Kombo already holds the submitted status the earlier
-   attempt landed and its answer was lost: written (``lost_answer``), not failed; otherwise
-   failed with Kombo's message.
+   attempt landed and its answer was lost: written (``lost_answer``), not failed, with what
+   the read-back showed beyond the status (``read_back``: the same body, another body, or
+   only the status, which cannot tell bodies apart); otherwise failed with Kombo's message.
 
 Why results have their own workers: RQ takes a job off several queues with BLPOP, which
 moves nothing to the intermediate list; a worker killed between that pop and the job's start
@@ -32,8 +36,9 @@ import argparse
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from rq import Queue, Worker, get_current_job
@@ -58,6 +63,7 @@ from dispatcher.store.rq_internals import WorkerBase
 from dispatcher.worker._slot import ProcessSlot
 
 __all__ = [
+    "KomboView",
     "ResultWriter",
     "WriterRuntime",
     "current_writer",
@@ -76,6 +82,55 @@ _BACKOFF_CAP = 300.0
 _LEASE_WAIT = 2.0
 # New bodies submitted while one job writes: after this many rounds the job hands over.
 _MAX_ROUNDS = 5
+# What a round answers when the same job should go on with the order's pending body.
+_AGAIN = frozenset({"next", "changed", "superseded"})
+# Read-back verdicts after a lost answer (the record's ``read_back``).
+READ_BACK_MATCHED = "matched"
+READ_BACK_STATUS_ONLY = "status only: Kombo shows no result body, which body landed is unknown"
+READ_BACK_OTHER = "another body: Kombo holds a different result"
+# What of a result Kombo might show with an order, compared after a lost answer.
+_COMPARED = ("result_url", "score", "max_score", "completed_at")
+_KOMBO_RESULT_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class KomboView:
+    """What Kombo shows of an order when it is read back: its status and, when Kombo shows
+    one (a ``result`` object or top-level ``result_url``), the result it holds."""
+
+    status: str | None
+    result: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> KomboView:
+        status = data.get("status")
+        found = data.get("result")
+        if not isinstance(found, dict):
+            found = {k: data[k] for k in _COMPARED if k in data}
+        # Attacker-controlled: keep scalars of the compared fields, bounded.
+        result = {
+            k: v
+            for k, v in found.items()
+            if k in _COMPARED
+            and (isinstance(v, (int, float, str)) and not isinstance(v, bool))
+            and len(str(v)) <= _KOMBO_RESULT_MAX
+        }
+        return cls(status if isinstance(status, str) else None, result or None)
+
+    def compare(self, body: Mapping[str, Any]) -> str:
+        """The read-back verdict for ``body`` (see READ_BACK_*)."""
+        if self.result is None or "result_url" not in self.result:
+            return READ_BACK_STATUS_ONLY
+        for key, value in self.result.items():
+            mine = body.get(key)
+            if key == "completed_at":
+                continue  # Kombo may render the instant its own way
+            if isinstance(value, (int, float)) and isinstance(mine, (int, float)):
+                if float(value) != float(mine):
+                    return READ_BACK_OTHER
+            elif value != mine:
+                return READ_BACK_OTHER
+        return READ_BACK_MATCHED
 
 
 class ResultWriter:
@@ -106,42 +161,52 @@ class ResultWriter:
 
     def run(self, integration_id: str, order_id: str, job_id: str) -> str:
         """One write job: returns what became of the write (``written``, ``failed``,
-        ``rescheduled``, ``stale``)."""
+        ``rescheduled``, ``stale``). A body that waited behind the one written (``next``) is
+        written by the same job, up to a few rounds, then handed to a new job: a write job
+        never ends leaving a pending body without a job."""
         for _ in range(_MAX_ROUNDS):
-            record = self.outbox.get(integration_id, order_id)
-            if record is None or record.state != "pending" or record.job_id != job_id:
-                return "stale"
-            try:
-                body = parse_result(record.body)
-            except InvalidResultError as exc:  # stored by an older version with other rules
-                return self.outbox.mark_failed(record, job_id, f"invalid result: {exc}")
-            if not self._acquire(integration_id, job_id):
-                delay = self._rng.uniform(0.2, 1.0)
-                return self.outbox.reschedule(record, job_id, delay, count_attempt=False)
-            error: KomboError | None = None
-            warnings: list[str] = []
-            try:
-                warnings = self.client.put_result(integration_id, order_id, body)
-            except KomboError as exc:
-                error = exc
-            finally:
-                self.leases.release(integration_id, job_id)
-            if error is not None:
-                return self._after_error(record, job_id, body, error)
-            outcome = self.outbox.mark_written(record, job_id, warnings)
-            if outcome != "superseded":
-                if outcome == "written":
-                    log.info(
-                        "order %s (integration %s): result %s written",
-                        escape_controls(order_id),
-                        escape_controls(integration_id),
-                        record.status,
-                    )
+            outcome = self._round(integration_id, order_id, job_id)
+            if outcome not in _AGAIN:
                 return outcome
         record = self.outbox.get(integration_id, order_id)
-        if record is None or record.job_id != job_id:
+        if record is None or record.state != "pending" or record.job_id != job_id:
             return "stale"
         return self.outbox.reschedule(record, job_id, 0.0, count_attempt=False)
+
+    def _round(self, integration_id: str, order_id: str, job_id: str) -> str:
+        record = self.outbox.get(integration_id, order_id)
+        if record is None or record.state != "pending" or record.job_id != job_id:
+            return "stale"
+        try:
+            body = parse_result(record.body)
+        except InvalidResultError as exc:  # stored by an older version with other rules
+            return self.outbox.mark_failed(record, job_id, f"invalid result: {exc}")
+        if not self._acquire(integration_id, job_id):
+            delay = self._rng.uniform(0.2, 1.0)
+            return self.outbox.reschedule(record, job_id, delay, count_attempt=False)
+        error: KomboError | None = None
+        warnings: list[str] = []
+        try:
+            # Counted and locked before it is sent: from here Kombo may hold this body.
+            began = self.outbox.begin(record, job_id)
+            if began != "begun":
+                return began  # "changed": read the new body; "stale": not ours any more
+            warnings = self.client.put_result(integration_id, order_id, body)
+        except KomboError as exc:
+            error = exc
+        finally:
+            self.leases.release(integration_id, job_id)
+        if error is not None:
+            return self._after_error(record, job_id, body, error)
+        outcome = self.outbox.mark_written(record, job_id, warnings)
+        if outcome in ("written", "next"):
+            log.info(
+                "order %s (integration %s): result %s written",
+                escape_controls(order_id),
+                escape_controls(integration_id),
+                record.status,
+            )
+        return outcome
 
     def _acquire(self, integration_id: str, holder: str) -> bool:
         deadline = self._clock() + self.lease_wait
@@ -161,33 +226,46 @@ class ResultWriter:
             # Refused: perhaps because an earlier attempt landed and its answer was lost
             # (the order is no longer OPEN). Kombo's own record decides.
             try:
-                status = self._status_in_kombo(record.integration_id, record.order_id)
+                held = self._kombo_view(record.integration_id, record.order_id)
             except KomboError as read_error:
                 if read_error.retryable:
                     return self._retry(record, job_id, error)
-                status = None
-            if status == str(body.status):
-                outcome = self.outbox.mark_written(record, job_id, [], lost_answer=True)
-                if outcome == "written":
-                    log.warning(
-                        "order %s (integration %s): Kombo refused the result but already "
-                        "holds it (%s): an earlier attempt landed, its answer was lost",
-                        escape_controls(record.order_id),
-                        escape_controls(record.integration_id),
-                        status,
-                    )
-                return outcome
+                held = None
+            status = held.status if held is not None else None
+            if held is not None and held.status == str(body.status):
+                return self._lost_answer(record, job_id, body, held)
             if status is not None and status != "OPEN":
                 reason = f"order is {status} in Kombo: {_kombo_reason(error)}"
                 return self._fail(record, job_id, reason)
         return self._fail(record, job_id, _kombo_reason(error))
 
-    def _status_in_kombo(self, integration_id: str, order_id: str) -> str | None:
+    def _lost_answer(
+        self, record: OutboxRecord, job_id: str, body: AssessmentResult, held: KomboView
+    ) -> str:
+        # Kombo holds the submitted status. Which body? Compare what Kombo shows beyond the
+        # status; Kombo's orders carry only the status today, and then the record says so
+        # instead of claiming this body landed.
+        verdict = held.compare(body.to_body())
+        kombo_result = held.result if verdict == READ_BACK_OTHER else None
+        outcome = self.outbox.mark_written(
+            record, job_id, [], lost_answer=True, read_back=verdict, kombo_result=kombo_result
+        )
+        if outcome == "written":
+            log.warning(
+                "order %s (integration %s): Kombo refused the result but holds the status "
+                "%s (read back: %s): an earlier attempt landed, its answer was lost",
+                escape_controls(record.order_id),
+                escape_controls(record.integration_id),
+                held.status,
+                verdict,
+            )
+        return outcome
+
+    def _kombo_view(self, integration_id: str, order_id: str) -> KomboView | None:
         page = self.client.get_orders(integration_id, ids=[order_id])
-        for raw in page.results:  # only the status matters: the rest need not validate
+        for raw in page.results:  # only what decides matters: the rest need not validate
             if raw.id == order_id:
-                status = raw.data.get("status")
-                return status if isinstance(status, str) else None
+                return KomboView.of(raw.data)
         return None
 
     def _retry(self, record: OutboxRecord, job_id: str, error: KomboError) -> str:
