@@ -7,6 +7,7 @@ Everything here is plain data (strings, numbers); the templates escape all of it
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "Overview",
     "TimelineEvent",
     "chart",
+    "failed_per_integration",
     "failures",
     "integration_rows",
     "order_timelines",
@@ -147,12 +149,26 @@ SORTS: Mapping[str, Any] = {
 }
 
 
+def failed_per_integration(redis: Redis, settings: Settings) -> dict[str, int]:
+    """How many orders of each integration have a job in the failed registry: they wait for
+    a retry, not for a result."""
+    jobs, _ = failed_jobs(redis, settings.queue, limit=None)
+    return dict(Counter(job.integration_id for job in jobs if job.integration_id is not None))
+
+
 def integration_rows(
-    snapshot: Snapshot, *, query: str = "", state: str = "", sort: str = "state", desc: bool = False
+    snapshot: Snapshot,
+    *,
+    query: str = "",
+    state: str = "",
+    sort: str = "state",
+    desc: bool = False,
+    failed: Mapping[str, int] | None = None,
 ) -> list[IntegrationRow]:
     """One row per integration, filtered (``query`` in the id, state or error; ``state``)
-    and sorted (a key of :data:`SORTS`)."""
+    and sorted (a key of :data:`SORTS`); ``failed``: :func:`failed_per_integration`."""
     now = snapshot.taken_at
+    failed = failed or {}
     rows = []
     needle = query.strip().lower()
     for i in snapshot.integrations:
@@ -167,8 +183,9 @@ def integration_rows(
             last_sweep_at=i.last_sweep_at or 0.0,
             next_sweep=_text.ago(i.next_sweep_at, now) if i.next_sweep_at else "-",
             next_sweep_at=i.next_sweep_at or 0.0,
-            # Dispatched orders without a result written back yet.
-            backlog=max(0, i.remembered - i.results_written),
+            # Dispatched orders without a result written back yet, but for those whose job
+            # failed: no result comes for them until they are retried.
+            backlog=max(0, i.remembered - i.results_written - failed.get(i.integration_id, 0)),
             last_error=_text.ellipsis(error, 300),
             orders_seen=i.remembered,
             results_written=i.results_written,

@@ -255,7 +255,10 @@ class _Console:
         sort = sort if sort in data.SORTS else "state"
         desc = params.get("dir") == "desc"
         snapshot = await run_in_threadpool(_snapshot, self.redis, self.settings)
-        rows = data.integration_rows(snapshot, query=query, state=state, sort=sort, desc=desc)
+        failed = await run_in_threadpool(data.failed_per_integration, self.redis, self.settings)
+        rows = data.integration_rows(
+            snapshot, query=query, state=state, sort=sort, desc=desc, failed=failed
+        )
         filters = {"q": query, "state": state, "sort": sort, "dir": "desc" if desc else "asc"}
         return self.render(
             request, "integrations.html", session, rows=rows, total=len(snapshot.integrations),
