@@ -283,6 +283,6 @@ def test_order_timeline(world: World) -> None:
         page = client.get(f"/console/order?id={FAILING_ID}")
         text = "".join(parse(page.text).text)
         assert f"Order {FAILING_ID} in {GOOD[1]}" in text
-        assert "dispatched (marked seen)" in text and "failed in vendor" in text
+        assert "dispatched (marked seen by poll)" in text and "failed in vendor" in text
         missing = client.get("/console/order?id=NOPE")
         assert "No integration knows order NOPE." in "".join(parse(missing.text).text)

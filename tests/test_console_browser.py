@@ -189,5 +189,5 @@ def test_an_order_timeline_escapes_the_candidate(page: Any, world: World) -> Non
     assert page.locator("section.order script, section.order img").count() == 0
     assert page.locator("script").count() == 1
     timeline = page.inner_text("ol.timeline")
-    assert "dispatched (marked seen)" in timeline and "failed in vendor" in timeline
+    assert "dispatched (marked seen by poll)" in timeline and "failed in vendor" in timeline
     shot(page, "order")

@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 from rq import Queue, Worker
 from rq.job import Job
 from rq.utils import str_to_date
+from rq.worker import BaseWorker
 
 from dispatcher import _text
 from dispatcher._text import as_str
@@ -620,7 +621,7 @@ def _error_message(integration_id: str, code: str | None, text: str) -> str:
 
 
 def _workers(queues: Sequence[Queue], refused: _Refused) -> tuple[WorkerStatus, ...]:
-    found: dict[str, Worker] = {}
+    found: dict[str, BaseWorker] = {}
     for queue in queues:
         try:
             found.update((w.name, w) for w in Worker.all(queue=queue))
@@ -636,7 +637,7 @@ def _workers(queues: Sequence[Queue], refused: _Refused) -> tuple[WorkerStatus, 
         return ()
 
 
-def _read_workers(redis: Redis, workers: list[Worker]) -> tuple[WorkerStatus, ...]:
+def _read_workers(redis: Redis, workers: list[BaseWorker]) -> tuple[WorkerStatus, ...]:
     current = {w.name: w.get_current_job_id() for w in workers}
     job_ids = [job_id for job_id in current.values() if job_id]
     jobs = {

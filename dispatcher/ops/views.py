@@ -256,7 +256,8 @@ def describe_forget(record: OrderRecord, *, now: float) -> str:
         parts.append(f"{len(record.steps)} completed step(s)")
     return (
         " ".join(parts[:1]) + " " + ", ".join(parts[1:]) + ".\n"
-        "Forgetting removes all of it: the next sweep dispatches the order again "
+        "Forgetting removes all of it (with its timeline and any result not yet written): "
+        "the next sweep dispatches the order again "
         "(if it is still OPEN in Kombo) and every handler runs again."
     )
 

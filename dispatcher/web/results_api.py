@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 from dispatcher.kombo.models import check_id
 from dispatcher.kombo.results import InvalidResultError
 from dispatcher.logs import escape_controls
-from dispatcher.ops.results import order_timeline
+from dispatcher.ops.timeline import order_timeline
 from dispatcher.settings import Settings
 from dispatcher.store.outbox import FinalResultError, Outbox, parse_result
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +19,9 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from dispatcher import _text
-from dispatcher.kombo.results import recorded_result
 from dispatcher.ops.admin import FailedJob, describe_order, failed_jobs, known_integrations
 from dispatcher.ops.status import Snapshot, take_snapshot
+from dispatcher.ops.timeline import order_timeline
 from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.settings import Settings
 from dispatcher.store import throughput
@@ -284,47 +284,19 @@ class OrderTimeline:
 def order_timelines(
     redis: Redis, settings: Settings, order_id: str, *, now: float | None = None
 ) -> list[OrderTimeline]:
-    """The order's story in each integration that knows it: dispatched, queued, started,
-    each step (with its output's keys, not values), failures, the result written back."""
+    """The order's story in each integration that knows it, from the timeline ``dispatcher
+    show`` and ``GET /orders/{i}/{o}`` print (:func:`dispatcher.ops.timeline.order_timeline`),
+    each event in words (a step's output keys, not its values)."""
     keys = Keys(settings.namespace)
     integrations = known_integrations(redis, keys, settings.kombo_integration_ids)
     timelines = []
     for record in describe_order(redis, settings.namespace, settings.queue, order_id, integrations):
         events = [
-            TimelineEvent(record.seen_at, "dispatched (marked seen)"),
-            TimelineEvent(record.enqueued_at, "queued", f"job {record.job_id}"),
-            TimelineEvent(record.started_at, "started", record.worker or ""),
+            _event_in_words(event)
+            for event in order_timeline(
+                redis, settings, record.integration_id, order_id, record=record
+            )
         ]
-        for step in record.steps:
-            output_keys = (
-                ", ".join(sorted(map(str, step.output)))
-                if isinstance(step.output, Mapping)
-                else type(step.output).__name__
-            )
-            events.append(
-                TimelineEvent(step.completed_at, f"step {step.handler} completed", output_keys)
-            )
-        if record.last_error is not None:
-            events.append(
-                TimelineEvent(
-                    record.last_error_at,
-                    f"failed in {record.last_error.handler or 'the job'}",
-                    record.last_error.reason,
-                )
-            )
-        if record.retry_at is not None:
-            events.append(TimelineEvent(record.retry_at, "retry scheduled"))
-        if record.ended_at is not None:
-            events.append(TimelineEvent(record.ended_at, f"job {record.job_status}"))
-        result = recorded_result(redis, keys, record.integration_id, order_id)
-        if isinstance(result, Mapping):
-            events.append(
-                TimelineEvent(
-                    _number(result.get("at")), f"result written: {result.get('status', '?')}"
-                )
-            )
-        events = [e for e in events if e.at is not None or e.what.startswith("step ")]
-        events.sort(key=lambda e: e.at or 0.0)
         payload = record.payload or {}
         candidate = payload.get("candidate") if isinstance(payload, Mapping) else None
         job = payload.get("job") if isinstance(payload, Mapping) else None
@@ -347,6 +319,47 @@ def order_timelines(
             )
         )
     return timelines
+
+
+def _event_in_words(event: Mapping[str, Any]) -> TimelineEvent:
+    kind = str(event.get("event"))
+
+    def get(name: str) -> str:
+        value = event.get(name)
+        if isinstance(value, list):
+            return ", ".join(map(str, value))
+        return "" if value is None else str(value)
+
+    words = _EVENT_WORDS.get(kind)
+    what, detail = words(get) if words else (kind.replace("_", " "), "")
+    if kind == "result_written" and event.get("lost_answer"):
+        detail = "; ".join(filter(None, ["Kombo's answer was lost", detail]))
+    return TimelineEvent(_number(event.get("at")), what, detail)
+
+
+# Event kind (dispatcher.ops.timeline) -> (what, detail) from the event's fields as text.
+_EVENT_WORDS: Mapping[str, Callable[[Callable[[str], str]], tuple[str, str]]] = {
+    "first_seen": lambda get: (
+        f"dispatched (marked seen{' by ' + get('source') if get('source') else ''})",
+        "",
+    ),
+    "enqueued": lambda get: ("queued", f"job {get('job_id')}"),
+    "requeued": lambda get: (
+        f"queued again{' for attempt ' + get('attempt') if get('attempt') else ''}",
+        "",
+    ),
+    "started": lambda get: ("started", get("worker")),
+    "step_done": lambda get: (f"step {get('handler')} completed", get("output_keys")),
+    "step_failed": lambda get: (f"failed in {get('handler') or 'the job'}", get("reason")),
+    "retry_scheduled": lambda get: ("retry scheduled", ""),
+    "job_finished": lambda get: ("job finished", ""),
+    "job_failed": lambda get: ("job failed", ""),
+    "provisioned": lambda get: ("provisioned (handler chain done)", get("steps")),
+    "result_submitted": lambda get: (f"result submitted: {get('status')}", ""),
+    "result_written": lambda get: (f"result written: {get('status')}", get("warnings")),
+    "result_failed": lambda get: ("result write failed", get("reason")),
+    "write_retry_due": lambda get: ("result write retry due", get("last_error")),
+}
 
 
 def _number(value: object) -> float | None:
