@@ -4,11 +4,14 @@ Real Redis, the simulator, a worker run, uvicorn on a real socket (tests/_consol
 
 from __future__ import annotations
 
+import html
 import re
+from urllib.parse import quote
 
 import pytest
-from _console import FAILING_ID, GOOD, HOSTILE_ID, World, logged_in
+from _console import BROKEN, FAILING_ID, GOOD, HOSTILE_ID, World, logged_in
 from _console import world as world
+from _ops import env_for, invoke
 
 pytestmark = pytest.mark.redis
 
@@ -30,3 +33,23 @@ def test_awaiting_result_leaves_out_the_orders_whose_job_failed(world: World) ->
         page = client.get("/console/integrations").text
     assert _cell(page, GOOD[0], "num backlog") == "4"
     assert _cell(page, GOOD[1], "num backlog") == "3"
+
+
+def test_problems_link_to_the_console_page_that_explains_them(world: World) -> None:
+    with logged_in(world.url) as client:
+        live = client.get("/console/live").text
+        problems = re.findall(r"<li><a href=\"([^\"]+)\">(.*?)</a></li>", live)
+        links = {html.unescape(text): html.unescape(href) for href, text in problems}
+        failing = next(t for t in links if t.startswith(f"integration {BROKEN}: sweep failing"))
+        failed = next(t for t in links if t.startswith(f"2 failed jobs on {world.settings.queue}"))
+        # The console's words, not the CLI's commands; the CLI keeps its hint.
+        assert "dispatcher" not in failed and "`" not in " ".join(links), links
+        assert links[failed] == "/console/failures"
+        assert links[failing] == f"/console/integrations?q={quote(BROKEN)}"
+        # Each page explains its problem: the failed jobs, the integration's row and error.
+        assert client.get(links[failed]).text.count("<tr data-job=") == 2
+        row = client.get(links[failing]).text
+        assert re.findall(r'<tr data-integration="([^"]+)"', row) == [BROKEN]
+        assert "KOMBO.&lt;b&gt;BAD&lt;/b&gt;" in row
+    text = invoke(["status"], env_for(world.redis_url, world.settings)).stdout
+    assert re.search(r"2 failed jobs on \S+, latest .*: see `dispatcher failed`", text), text

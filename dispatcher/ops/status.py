@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from redis import Redis
 from redis.client import Pipeline
@@ -54,6 +55,7 @@ __all__ = [
     "STALE",
     "BrokenKey",
     "IntegrationStatus",
+    "Problem",
     "QueueStatus",
     "Snapshot",
     "StepCounts",
@@ -71,6 +73,35 @@ FAILING = "failing"
 STALE = "stale"
 NEVER_SWEPT = "never swept"
 PAUSED = "paused"
+
+
+class Problem(str):
+    """One problem line. As a string it is the CLI's line, with the command that looks
+    further (``text: cli``); the console shows ``console`` (``text`` and words for a person
+    at a browser) linked to ``page``, the console page that explains it ("" for none)."""
+
+    text: str
+    cli: str
+    console: str
+    page: str
+
+    def __new__(cls, text: str, *, cli: str = "", console: str = "", page: str = "") -> Problem:
+        line = super().__new__(cls, f"{text}: {cli}" if cli else text)
+        line.text, line.cli, line.page = text, cli, page
+        line.console = f"{text}: {console}" if console else text
+        return line
+
+    @classmethod
+    def linked(cls, line: str, page: str) -> Problem:
+        """``line`` (a plain string or a Problem) linked to the console's ``page``."""
+        if not isinstance(line, Problem):
+            return cls(line, page=page)
+        console = line.console.removeprefix(line.text).removeprefix(": ")
+        return cls(line.text, cli=line.cli, console=console, page=page)
+
+
+def _integration_page(integration_id: str) -> str:
+    return f"/console/integrations?{urlencode({'q': integration_id})}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -690,7 +721,10 @@ def _result_problems(snapshot: Snapshot, stale_after: float) -> list[str]:
     if snapshot.results and snapshot.results.get("failed"):
         failed = _text.plural(snapshot.results["failed"], "result")
         problems.append(
-            f"{failed} failed to be written to Kombo: see `dispatcher results --state failed`"
+            Problem(
+                f"{failed} failed to be written to Kombo",
+                cli="see `dispatcher results --state failed`",
+            )
         )
     return problems
 
@@ -726,13 +760,24 @@ def _integration_problems(snapshot: Snapshot, integration: IntegrationStatus) ->
             f"dispatched: {invalid.message} ({_text.ago(invalid.at, now)})"
         )
     if integration.state == NEVER_SWEPT:
-        problems.append(f"{name}: never swept: is `dispatcher poll` running?")
+        problems.append(
+            Problem(
+                f"{name}: never swept",
+                cli="is `dispatcher poll` running?",
+                console="is the poller running?",
+            )
+        )
     elif integration.state == STALE:
         problems.append(
-            f"{name}: no successful sweep for {_text.ago(integration.last_sweep_at, now)}: "
-            "is `dispatcher poll` running?"
+            Problem(
+                f"{name}: no successful sweep for {_text.ago(integration.last_sweep_at, now)}",
+                cli="is `dispatcher poll` running?",
+                console="is the poller running?",
+            )
         )
-    return problems
+    # Each line of this integration links to its row on the integrations page.
+    page = _integration_page(integration.integration_id)
+    return [Problem.linked(p, page) for p in problems]
 
 
 def _server_problems(server: ServerCheck) -> list[str]:
@@ -748,27 +793,41 @@ def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Sna
         problems.extend(_integration_problems(snapshot, integration))
     problems.extend(_result_problems(snapshot, stale_after))
     if not snapshot.integrations:
-        problems.append("no integration swept yet: set KOMBO_INTEGRATION_IDS and run the poller")
+        problems.append(
+            Problem(
+                "no integration swept yet: set KOMBO_INTEGRATION_IDS and run the poller",
+                page="/console/integrations",
+            )
+        )
     for queue in snapshot.queues:
         listening = [w for w in snapshot.workers if queue.name in w.queues]
         noun = "order" if queue.kind == "orders" else "result"
         if queue.queued and not listening:
             problems.append(
-                f"{_text.plural(queue.queued, noun)} queued on {queue.name} "
-                f"and no {'' if queue.kind == 'orders' else 'results '}worker running"
+                Problem(
+                    f"{_text.plural(queue.queued, noun)} queued on {queue.name} "
+                    f"and no {'' if queue.kind == 'orders' else 'results '}worker running",
+                    page="/#workers",
+                )
             )
         age = queue.oldest_queued_age(now)
         if age is not None and age > BACKLOG_AGE:
             problems.append(
-                f"queue {queue.name}: oldest queued {noun} waiting {_text.duration(age)}"
+                Problem(
+                    f"queue {queue.name}: oldest queued {noun} waiting {_text.duration(age)}",
+                    page="/#workers",
+                )
             )
         if queue.failed:
             latest = (
                 f", latest {_text.ago(queue.last_failed_at, now)}" if queue.last_failed_at else ""
             )
             problems.append(
-                f"{_text.plural(queue.failed, 'failed job')} on {queue.name}{latest}: "
-                "see `dispatcher failed`"
+                Problem(
+                    f"{_text.plural(queue.failed, 'failed job')} on {queue.name}{latest}",
+                    cli="see `dispatcher failed`",
+                    page="/console/failures" if queue.kind == "orders" else "",
+                )
             )
     return Snapshot(
         taken_at=snapshot.taken_at,
