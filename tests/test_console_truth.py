@@ -19,7 +19,7 @@ pytestmark = pytest.mark.redis
 def _cell(page: str, integration: str, css: str) -> str:
     row = re.search(rf'<tr data-integration="{re.escape(integration)}".*?</tr>', page, re.S)
     assert row, page
-    cell = re.search(rf'<td class="{css}">(.*?)</td>', row.group(0), re.S)
+    cell = re.search(rf"<td class=\"{css}\"[^>]*>(.*?)</td>", row.group(0), re.S)
     assert cell, row.group(0)
     return cell.group(1).strip()
 

@@ -28,11 +28,15 @@ from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
 
 __all__ = [
+    "DEFAULT_WINDOW",
+    "KIND_HELP",
     "SORTS",
     "STATES",
+    "WINDOWS",
     "Chart",
     "IntegrationRow",
     "Overview",
+    "Tick",
     "TimelineEvent",
     "chart",
     "failed_per_integration",
@@ -51,9 +55,33 @@ RETRY_ALL_LIMIT = 10_000
 STATES = ("ok", "failing", "stale", "never swept", "paused")
 
 
+# The chart's windows: name -> (minutes, minutes between ticks). The last hour by default.
+WINDOWS: Mapping[str, tuple[int, int]] = {"1h": (60, 10), "24h": (24 * 60, 180)}
+DEFAULT_WINDOW = "1h"
+
+# What each counter counts, for the chart's legend (its tooltip).
+KIND_HELP: Mapping[str, str] = {
+    "found": "Orders listed by sweeps: every sweep lists each OPEN order again, seen or not "
+    "(so found runs ahead of dispatched)",
+    "dispatched": "New orders queued for the handler chain: once per order",
+    "results": "Final results written back to Kombo: once per order",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A time label under the chart: its x (in points), where it sits in percent of the
+    width and how it is anchored (so that the first and last labels stay inside)."""
+
+    x: int
+    percent: float
+    anchor: str  # SVG text-anchor: start, middle or end
+    label: str
+
+
 @dataclass(frozen=True, slots=True)
 class Chart:
-    """The SVG chart of the last 24 hours: one polyline per kind."""
+    """The SVG chart of the window: one polyline per kind, a point per minute."""
 
     width: int
     height: int
@@ -62,8 +90,9 @@ class Chart:
     lines: Mapping[str, str]  # kind -> polyline points
     counts: Mapping[str, str]  # kind -> "minute:count,..." of the minutes with any
     totals: Mapping[str, int]
-    ticks: Sequence[tuple[int, str]]  # x, "HH:MM" (UTC)
+    ticks: Sequence[Tick]
     refused: Sequence[str]
+    window: str = DEFAULT_WINDOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +102,26 @@ class Overview:
     now: float
 
 
-def overview(redis: Redis, settings: Settings, *, now: float | None = None) -> Overview:
-    """The overview: the status snapshot and the chart. Round trips: the snapshot's (three,
-    plus RQ's two per worker) and one for the chart, whatever the number of integrations."""
+def overview(
+    redis: Redis, settings: Settings, *, now: float | None = None, window: str = DEFAULT_WINDOW
+) -> Overview:
+    """The overview: the status snapshot and the chart of ``window`` (a key of
+    :data:`WINDOWS`). Round trips: the snapshot's (three, plus RQ's two per worker) and one
+    for the chart, whatever the number of integrations."""
+    window = window if window in WINDOWS else DEFAULT_WINDOW
     snapshot = take_snapshot(redis, settings, now=now)
-    series = throughput.read_series(redis, Keys(settings.namespace), snapshot.taken_at)
-    return Overview(snapshot, chart(series), snapshot.taken_at)
+    minutes, every = WINDOWS[window]
+    series = throughput.read_series(redis, Keys(settings.namespace), snapshot.taken_at, minutes)
+    return Overview(snapshot, chart(series, tick_every=every, window=window), snapshot.taken_at)
 
 
-def chart(series: throughput.Series, *, height: int = 160) -> Chart:
+def chart(
+    series: throughput.Series,
+    *,
+    height: int = 160,
+    tick_every: int = 180,
+    window: str = DEFAULT_WINDOW,
+) -> Chart:
     width = len(series.counts[throughput.KINDS[0]])
     peak = max([1, *(max(values, default=0) for values in series.counts.values())])
     lines = {}
@@ -92,10 +132,15 @@ def chart(series: throughput.Series, *, height: int = 160) -> Chart:
             f"{series.first_minute + x}:{count}" for x, count in enumerate(values) if count
         )
     ticks = []
+    span = max(1, width - 1)
     for x in range(width):
         minute = series.first_minute + x
-        if minute % 180 == 0:  # every three hours
-            ticks.append((x, time.strftime("%H:%M", time.gmtime(minute * 60))))
+        if minute % tick_every == 0:
+            percent = round(100 * x / span, 2)
+            # A label at an edge is anchored there: centred, half of it would be cut off.
+            anchor = "start" if percent < 6 else "end" if percent > 94 else "middle"
+            label = time.strftime("%H:%M", time.gmtime(minute * 60))
+            ticks.append(Tick(x, percent, anchor, label))
     return Chart(
         width=width,
         height=height,
@@ -106,6 +151,7 @@ def chart(series: throughput.Series, *, height: int = 160) -> Chart:
         totals={kind: series.total(kind) for kind in series.counts},
         ticks=ticks,
         refused=series.refused,
+        window=window,
     )
 
 

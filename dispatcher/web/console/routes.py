@@ -239,12 +239,22 @@ class _Console:
     # -- pages ----------------------------------------------------------------------------
 
     async def overview(self, request: Request, session: Session) -> Response:
-        view = await run_in_threadpool(data.overview, self.redis, self.settings)
-        return self.render(request, "overview.html", session, view=view, page="overview")
+        view = await run_in_threadpool(
+            lambda: data.overview(self.redis, self.settings, window=_window(request))
+        )
+        return self.render(
+            request, "overview.html", session, view=view, page="overview",
+            windows=list(data.WINDOWS), kind_help=data.KIND_HELP,
+        )  # fmt: skip
 
     async def live(self, request: Request, session: Session) -> Response:
-        view = await run_in_threadpool(data.overview, self.redis, self.settings)
-        return self.render(request, "live.html", session, view=view)
+        view = await run_in_threadpool(
+            lambda: data.overview(self.redis, self.settings, window=_window(request))
+        )
+        return self.render(
+            request, "live.html", session, view=view, windows=list(data.WINDOWS),
+            kind_help=data.KIND_HELP,
+        )  # fmt: skip
 
     async def integrations(self, request: Request, session: Session) -> Response:
         params = request.query_params
@@ -359,6 +369,12 @@ async def _read_form(request: Request) -> Mapping[str, list[str]] | Response:
         return parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=300)
     except (UnicodeDecodeError, ValueError):
         return _plain("400: unreadable form", 400)
+
+
+def _window(request: Request) -> str:
+    """The chart's window asked for (``?window=24h``); the default for anything else."""
+    window = request.query_params.get("window") or data.DEFAULT_WINDOW
+    return window if window in data.WINDOWS else data.DEFAULT_WINDOW
 
 
 def _one(form: Mapping[str, list[str]], name: str) -> str | None:
