@@ -41,6 +41,7 @@ PAGES = [
     "/console/integrations?q=%3Cscript%3E&state=failing&sort=error&dir=desc",
     "/console/failures",
     "/console/failures?q=%3Cscript%3E",
+    "/console/results",
     f"/console/order?id={HOSTILE_ID}",
     "/console/order?id=%3Cscript%3Ealert(1)%3C/script%3E",
 ]

@@ -18,6 +18,7 @@ from _ops import FailsFor, Returns, env_for, invoke, sweep, work
 
 from dispatcher.ops.status import take_snapshot
 from dispatcher.store import throughput
+from dispatcher.store.outbox import Outbox
 from dispatcher.web.console.data import y_of
 
 # Slow: Chromium and uvicorn per test; CI runs it in its second step (and fails if Chromium
@@ -244,6 +245,11 @@ def test_every_page_fits_800_px_with_long_errors(browser: Any, world: World) -> 
     world.sim.add_order(GOOD[1], id="LONGREASON1")
     sweep(world.redis, world.settings, world.sim, integration_ids=[GOOD[1]])
     work(world.redis, world.settings, [FailsFor("vendor", {"LONGREASON1"}, reason=LONG_ERROR)])
+    outbox = Outbox.from_settings(world.redis, world.settings)
+    refused = world.sim.orders(GOOD[0])[1]["id"]
+    outbox.submit(GOOD[0], refused, {"status": "COMPLETED", "result_url": "https://v.example/r"})
+    record = outbox.get(GOOD[0], refused)
+    assert record is not None and outbox.mark_failed(record, record.job_id, LONG_ERROR)
     context = browser.new_context(base_url=world.url, viewport={"width": 800, "height": 900})
     tab = context.new_page()
     tab.set_default_timeout(15_000)
@@ -258,6 +264,7 @@ def test_every_page_fits_800_px_with_long_errors(browser: Any, world: World) -> 
             "overview-24h": "/?window=24h",
             "integrations": "/console/integrations",
             "failures": "/console/failures",
+            "results": "/console/results",
             "order": f"/console/order?id={HOSTILE_ID}",
             "order-long": "/console/order?id=LONGREASON1",
         }

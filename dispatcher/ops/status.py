@@ -714,16 +714,17 @@ def _step_counts(raw: Mapping[bytes, bytes]) -> dict[str, StepCounts]:
 
 
 def _result_problems(snapshot: Snapshot, stale_after: float) -> list[str]:
-    problems = []
+    problems: list[str] = []
     stale = snapshot.stale.problem(stale_after) if snapshot.stale else None
     if stale:
-        problems.append(stale)
+        problems.append(Problem(stale, page="/console/results#stale"))
     if snapshot.results and snapshot.results.get("failed"):
         failed = _text.plural(snapshot.results["failed"], "result")
         problems.append(
             Problem(
                 f"{failed} failed to be written to Kombo",
                 cli="see `dispatcher results --state failed`",
+                page="/console/results",
             )
         )
     return problems
@@ -777,7 +778,8 @@ def _integration_problems(snapshot: Snapshot, integration: IntegrationStatus) ->
         )
     # Each line of this integration links to its row on the integrations page.
     page = _integration_page(integration.integration_id)
-    return [Problem.linked(p, page) for p in problems]
+    linked: list[str] = [Problem.linked(p, page) for p in problems]
+    return linked
 
 
 def _server_problems(server: ServerCheck) -> list[str]:

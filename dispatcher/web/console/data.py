@@ -20,12 +20,14 @@ from rq.registry import FailedJobRegistry
 
 from dispatcher import _text
 from dispatcher.ops.admin import FailedJob, describe_order, failed_jobs, known_integrations
+from dispatcher.ops.results import list_results
 from dispatcher.ops.status import Snapshot, take_snapshot
 from dispatcher.ops.timeline import order_timeline
 from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.settings import Settings
 from dispatcher.store import throughput
-from dispatcher.store.keys import Keys
+from dispatcher.store.keys import Keys, parse_order_ref
+from dispatcher.store.outbox import OutboxRecord
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -44,6 +46,7 @@ __all__ = [
     "integration_rows",
     "order_timelines",
     "overview",
+    "results",
     "retry_jobs",
     "set_paused",
 ]
@@ -302,6 +305,45 @@ def retry_jobs(
             continue
         requeued.append(job_id)
     return requeued, missing
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StaleOrder:
+    """An order provisioned ``stale_after`` ago or more without a final result."""
+
+    integration_id: str
+    order_id: str
+    provisioned_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsView:
+    failed: list[OutboxRecord]
+    pending: list[OutboxRecord]
+    stale: list[StaleOrder]
+    stale_after: float
+
+
+def results(redis: Redis, settings: Settings, *, limit: int = FAILURES_SHOWN) -> ResultsView:
+    """The way back: failed and pending result writes, and the orders provisioned long ago
+    without a result (oldest first, at most ``limit`` of each)."""
+    cutoff = time.time() - settings.stale_after
+    provisioned = Keys(settings.namespace).provisioned
+    raw = redis.zrangebyscore(provisioned, "-inf", cutoff, start=0, num=limit, withscores=True)
+    stale = []
+    for ref, score in raw:
+        found = parse_order_ref(ref.decode() if isinstance(ref, bytes) else str(ref))
+        if found is not None:
+            stale.append(StaleOrder(found[0], found[1], float(score)))
+    return ResultsView(
+        failed=list_results(redis, settings, state="failed", limit=limit),
+        pending=list_results(redis, settings, state="pending", limit=limit),
+        stale=stale,
+        stale_after=settings.stale_after,
+    )
 
 
 # -- one order ------------------------------------------------------------------------------

@@ -98,6 +98,7 @@ class _Console:
             Route("/console/failures", self.page(self.failures), methods=["GET"]),
             Route("/console/failures/retry", self.action(self.retry), methods=["POST"]),
             Route("/console/order", self.page(self.order), methods=["GET"]),
+            Route("/console/results", self.page(self.results), methods=["GET"]),
             Route("/console/static/{name}", self.static_file, methods=["GET"]),
             # Browsers ask for it on every page; no icon, and no 404 in their consoles.
             Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
@@ -336,6 +337,11 @@ class _Console:
             request, "order.html", session, order_id=order_id, timelines=timelines,
             page="order", now=_now(),
         )  # fmt: skip
+
+    async def results(self, request: Request, session: Session) -> Response:
+        view = await run_in_threadpool(data.results, self.redis, self.settings)
+        return self.render(request, "results.html", session, view=view, page="results",
+                           now=_now())  # fmt: skip
 
     async def static_file(self, request: Request) -> Response:
         name = request.path_params["name"]
