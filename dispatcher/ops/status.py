@@ -331,7 +331,7 @@ class Snapshot:
 def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None) -> Snapshot:
     """Read the dispatcher's state for ``settings.namespace`` and ``settings.queue``.
 
-    Costs three pipelined round trips plus, for RQ's workers, two per worker.
+    Costs three pipelined round trips plus, for RQ's workers, one per queue and two per worker.
     """
     keys = Keys(settings.namespace)
     # Every queue the dispatcher runs: the orders and the results queue (as `rq info` lists).

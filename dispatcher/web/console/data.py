@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 from rq import Queue
@@ -334,7 +334,7 @@ def results(redis: Redis, settings: Settings, *, limit: int = FAILURES_SHOWN) ->
     provisioned = Keys(settings.namespace).provisioned
     raw = redis.zrangebyscore(provisioned, "-inf", cutoff, start=0, num=limit, withscores=True)
     stale = []
-    for ref, score in raw:
+    for ref, score in cast("list[tuple[bytes | str, float]]", raw):
         found = parse_order_ref(ref.decode() if isinstance(ref, bytes) else str(ref))
         if found is not None:
             stale.append(StaleOrder(found[0], found[1], float(score)))
