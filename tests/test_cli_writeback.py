@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from redis import Redis
 from _support import dispatcher_env
 from dispatcher.cli import cli
 from dispatcher.kombo.results import recorded_result
+from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import Outbox
 from dispatcher.testing.simulator import (
@@ -137,6 +139,8 @@ def test_a_result_is_written_with_everything_and_the_order_marked_finished(
     keys = Keys("dispatcher")
     assert recorded_result(redis, keys, integration, order_id)["status"] == "COMPLETED"
     assert redis.hget(keys.stats, "results_written") == b"1"
+    # The console's chart counts it too (the minute it was written).
+    assert throughput.read_series(redis, keys, time.time()).total("results") == 1
 
 
 def test_a_rate_limited_result_is_retried(env: dict[str, str], sim: Simulator) -> None:

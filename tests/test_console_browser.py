@@ -3,6 +3,7 @@ the simulator and uvicorn on a real socket. Screenshots of each page: tests/arti
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -13,10 +14,11 @@ from typing import Any
 import pytest
 from _console import ARTIFACTS, BROKEN, FAILING_ID, GOOD, HOSTILE_ID, HOSTILE_NAME, TOKEN, World
 from _console import world as world
-from _ops import Returns, env_for, invoke, sweep, work
+from _ops import FailsFor, Returns, env_for, invoke, sweep, work
 
 from dispatcher.ops.status import take_snapshot
 from dispatcher.store import throughput
+from dispatcher.store.outbox import Outbox
 from dispatcher.web.console.data import y_of
 
 # Slow: Chromium and uvicorn per test; CI runs it in its second step (and fails if Chromium
@@ -103,13 +105,18 @@ def test_overview_shows_the_problems_and_refreshes_itself(page: Any, world: Worl
     assert page.evaluate("window.notReloaded") is True
 
 
-def test_the_charts_points_are_the_counters(page: Any, world: World) -> None:
+@pytest.mark.parametrize(("window", "minutes"), [("", 60), ("24h", 24 * 60)])
+def test_the_charts_points_are_the_counters(
+    page: Any, world: World, window: str, minutes: int
+) -> None:
     log_in(page)
+    if window:  # the last hour by default; 24 hours on request
+        page.goto(f"/?window={window}")
     svg = page.locator("svg#chart")
     first = int(svg.get_attribute("data-first-minute"))
     peak = int(svg.get_attribute("data-peak"))
     height = int(svg.get_attribute("data-height"))
-    series = throughput.read_series(world.redis, world.keys(), time.time())
+    series = throughput.read_series(world.redis, world.keys(), time.time(), minutes)
     assert first == series.first_minute
     assert series.total("dispatched") > 0 and series.total("found") > 0
     assert series.total("results") == 1
@@ -125,11 +132,23 @@ def test_the_charts_points_are_the_counters(page: Any, world: World) -> None:
         expected = {first + i: c for i, c in enumerate(series.counts[kind]) if c}
         assert shown == expected, kind
         points = [tuple(map(int, p.split(","))) for p in line.get_attribute("points").split()]
-        assert len(points) == 24 * 60
+        assert len(points) == minutes
         for x, y in points:
             assert y == y_of(series.counts[kind][x], peak, height), (kind, x)
-        # The legend's total is the sum of the counters.
+        # The legend's total is the sum of the counters, and says what it counts.
         assert int(page.inner_text(f"#total-{kind}")) == series.total(kind)
+        assert page.locator(f".legend .key.{kind}").get_attribute("title")
+    # The time labels: 6 (an hour, every 10 minutes) or 8 (a day, every 3 hours), each
+    # whole inside the chart, none over another.
+    labels = page.locator("svg#chart text.tick-label")
+    assert labels.count() in ({6, 7} if minutes == 60 else {8, 9})
+    frame = svg.bounding_box()
+    boxes = [labels.nth(i).bounding_box() for i in range(labels.count())]
+    for box in boxes:
+        assert frame["x"] <= box["x"] and box["x"] + box["width"] <= frame["x"] + frame["width"]
+        assert box["height"] < 20  # not stretched with the plot
+    for left, right in itertools.pairwise(boxes):
+        assert left["x"] + left["width"] < right["x"]
 
 
 def test_filter_integrations_and_pause_one(page: Any, world: World) -> None:
@@ -189,5 +208,82 @@ def test_an_order_timeline_escapes_the_candidate(page: Any, world: World) -> Non
     assert page.locator("section.order script, section.order img").count() == 0
     assert page.locator("script").count() == 1
     timeline = page.inner_text("ol.timeline")
-    assert "dispatched (marked seen)" in timeline and "failed in vendor" in timeline
+    assert "dispatched (marked seen by poll)" in timeline and "failed in vendor" in timeline
     shot(page, "order")
+
+
+# -- 800 px --------------------------------------------------------------------------------
+
+LONG_ERROR = (
+    "upstream ATS answered 502 Bad Gateway at "
+    "https://api.example-ats.com/v3/assessment/orders/aVeryLongPathSegmentWithoutAnySpaces"
+    "ThatMustWrapSomewhere0123456789 after 3 attempts; "
+) * 3
+
+# What a page may show in a scroll box of its own without making the page wider.
+_OVERFLOW = """() => {
+  const width = window.innerWidth;
+  const over = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 && box.height === 0) continue;
+    if (box.right > width + 0.5) {
+      over.push(`${el.tagName.toLowerCase()}.${el.className.baseVal ?? el.className}`
+        + `#${el.id} right=${Math.round(box.right)}`);
+    }
+  }
+  return {scroll: document.documentElement.scrollWidth, width, over: over.slice(0, 10)};
+}"""
+
+
+def test_every_page_fits_800_px_with_long_errors(browser: Any, world: World) -> None:
+    # Realistic and long: a sweep error and a handler's reason with a URL and no spaces.
+    world.redis.hset(
+        world.keys().sweep(BROKEN),
+        mapping={"last_error": f"integration {BROKEN}: {LONG_ERROR}", "error_count": 7},
+    )
+    world.sim.add_order(GOOD[1], id="LONGREASON1")
+    sweep(world.redis, world.settings, world.sim, integration_ids=[GOOD[1]])
+    work(world.redis, world.settings, [FailsFor("vendor", {"LONGREASON1"}, reason=LONG_ERROR)])
+    outbox = Outbox.from_settings(world.redis, world.settings)
+    refused = world.sim.orders(GOOD[0])[1]["id"]
+    outbox.submit(GOOD[0], refused, {"status": "COMPLETED", "result_url": "https://v.example/r"})
+    record = outbox.get(GOOD[0], refused)
+    assert record is not None and outbox.mark_failed(record, record.job_id, LONG_ERROR)
+    context = browser.new_context(base_url=world.url, viewport={"width": 800, "height": 900})
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    try:
+        tab.goto("/")
+        assert tab.evaluate(_OVERFLOW)["over"] == []  # the login form
+        tab.fill("#token", TOKEN)
+        tab.click("button:has-text('Log in')")
+        tab.wait_for_selector("#live")
+        pages = {
+            "overview": "/",
+            "overview-24h": "/?window=24h",
+            "integrations": "/console/integrations",
+            "failures": "/console/failures",
+            "results": "/console/results",
+            "order": f"/console/order?id={HOSTILE_ID}",
+            "order-long": "/console/order?id=LONGREASON1",
+        }
+        for name, path in pages.items():
+            tab.goto(path)
+            found = tab.evaluate(_OVERFLOW)
+            tab.screenshot(path=str(ARTIFACTS / f"console-800-{name}.png"), full_page=True)
+            assert found["scroll"] <= found["width"], (path, found)
+            assert found["over"] == [], (path, found)
+        # "Last error" reads as lines of words, not a column of one or two characters.
+        tab.goto("/console/integrations")
+        cell = tab.locator(f"tr[data-integration='{BROKEN}'] td.error")
+        assert cell.bounding_box()["width"] >= 300
+        assert LONG_ERROR.split(";")[0] in cell.inner_text()
+        # Stacked as cards (each cell a "label value" line), no cell is empty or overlaps.
+        cells = tab.locator("#integrations tbody td")
+        boxes = [cells.nth(i).bounding_box() for i in range(cells.count())]
+        assert all(box["height"] >= 16 for box in boxes), boxes
+        for upper, lower in itertools.pairwise(boxes):
+            assert upper["y"] + upper["height"] <= lower["y"] + 0.5, (upper, lower)
+    finally:
+        context.close()

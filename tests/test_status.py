@@ -165,7 +165,8 @@ def test_a_backlog_without_workers_and_a_stale_poller_are_problems(
     sweep(redis, settings, sim)
     later = time.time() + 900  # a quarter of an hour without a worker or a sweep
     snapshot = take_snapshot(redis, settings, now=later)
-    (queue,) = snapshot.queues
+    queue, results = snapshot.queues
+    assert (queue.kind, results.kind, results.queued) == ("orders", "results", 0)
     age = queue.oldest_queued_age(later)
     assert age is not None and 899 <= age <= 910
     assert queue.queued == 12
@@ -294,7 +295,7 @@ def test_two_namespaces_on_one_redis_do_not_see_each_other(redis: Redis, redis_u
     assert seen_b["orders"] == {"seen": 14, "dispatched": 14, "finished": 0}
     assert set(seen_a["integrations"]) == {"greenhouse:TenantA"}
     assert set(seen_b["integrations"]) == {"greenhouse:TenantB", "lever:TenantB"}
-    assert list(seen_a["queues"]) == ["tenant-a-orders"]
+    assert list(seen_a["queues"]) == ["tenant-a-orders", "tenant-a-results"]
     assert seen_a["queues"]["tenant-a-orders"]["queued"] == 5  # B's worker took none of A's
     assert seen_b["queues"]["tenant-b-orders"]["finished"] == 14
     # Even with no integration configured, A's status lists only what A swept.

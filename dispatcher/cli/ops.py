@@ -154,7 +154,7 @@ def show(
     Without --integration every integration that knows the order id is shown.
     """
     from dispatcher.ops.admin import describe_order, known_integrations
-    from dispatcher.ops.results import order_timeline, timeline_lines
+    from dispatcher.ops.timeline import order_timeline, timeline_lines
     from dispatcher.ops.views import render_order
     from dispatcher.store.keys import Keys
 
@@ -174,7 +174,9 @@ def show(
         fail(f"order {order_id} is not known in {where}", code=1)
     for index, record in enumerate(records):
         try:
-            timeline = order_timeline(redis, settings, record.integration_id, order_id)
+            timeline = order_timeline(
+                redis, settings, record.integration_id, order_id, record=record
+            )
         except RedisError as exc:
             redis_failed(exc)
         if as_json:
@@ -244,6 +246,8 @@ def forget(ctx: click.Context, order_id: str, integration_id: str, yes: bool) ->
         removed.append(f"{result.steps} step record(s)")
     if result.effects:
         removed.append(f"{result.effects} effect record(s)")
+    if result.result is not None:
+        removed.append(f"its {result.result} result")
     click.echo(
         f"forgot order {order_id} (integration {integration_id}): removed {', '.join(removed)}; "
         "the next sweep dispatches it again if it is still OPEN"

@@ -22,7 +22,7 @@ from rq.results import Result
 
 from dispatcher._text import as_float, as_str
 from dispatcher.store.failures import Failure, parse_failure
-from dispatcher.store.keys import Keys, job_id_for
+from dispatcher.store.keys import Keys, job_id_for, order_ref
 from dispatcher.store.ledger import parse_seen
 from dispatcher.store.rq_internals import (
     delete_job,
@@ -148,6 +148,7 @@ class ForgetResult:
     job_status: str | None
     steps: int
     effects: int
+    result: str | None = None  # the state of the result record removed (pending, written...)
 
 
 # -- failed jobs ----------------------------------------------------------------------------
@@ -398,7 +399,9 @@ def forget_order(
     handlers: Iterable[str] = (),
 ) -> ForgetResult:
     """Remove an order from the seen store, with its RQ job (hash, results, queue and registry
-    entries) and its step and effect records, so that the next sweep dispatches it afresh.
+    entries), its step and effect records, and what its dispatch left on the way back (its
+    outbox record and index entries, its timeline, its provisioned entry), so that the next
+    sweep dispatches it afresh. A final result recorded as written stays: Kombo has it.
 
     One MULTI/EXEC does it all, watching the job hash: a sweep running at the same time
     either finds the order still seen (before) or dispatches it again in full (after); a
@@ -410,15 +413,22 @@ def forget_order(
     job_hash = job_key(job_id)
     effect_keys = _effect_keys(redis, keys, integration_id, order_id, handlers)
     steps_key = keys.steps(integration_id, order_id)
+    outbox_key = keys.outbox(integration_id, order_id)
+    timeline_key = keys.timeline(integration_id, order_id)
+    ref = order_ref(integration_id, order_id)
     for _ in range(_WATCH_RETRIES):
         with redis.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(job_hash)  # type: ignore[no-untyped-call]
+                # The outbox record too: a result submitted meanwhile is removed with the rest
+                # or not at all.
+                pipe.watch(job_hash, outbox_key)  # type: ignore[no-untyped-call]
                 status = pipe.hget(job_hash, "status")
                 seen = pipe.hexists(keys.seen(integration_id), order_id)
                 steps = sum(1 for f in pipe.hkeys(steps_key) if not as_str(f).startswith("_"))
                 effects = sum(pipe.exists(key) for key in effect_keys)
-                if not seen and status is None and not steps and not effects:
+                result = pipe.hget(outbox_key, "state")
+                timeline = pipe.exists(timeline_key)
+                if not (seen or status is not None or steps or effects or result or timeline):
                     raise ForgetRefused(
                         f"order {order_id} is not known in integration {integration_id}"
                     )
@@ -430,7 +440,10 @@ def forget_order(
                 pipe.multi()
                 pipe.hdel(keys.seen(integration_id), order_id)
                 delete_job(pipe, queue_name, job_id)
-                pipe.delete(steps_key, *effect_keys)
+                pipe.delete(steps_key, *effect_keys, outbox_key, timeline_key)
+                for state in ("pending", "written", "failed"):
+                    pipe.zrem(keys.outbox_index(state), ref)
+                pipe.zrem(keys.provisioned, ref)
                 pipe.execute()
             except WatchError:
                 continue
@@ -439,6 +452,7 @@ def forget_order(
             job_status=None if status is None else as_str(status),
             steps=int(steps),
             effects=effects,
+            result=None if result is None else as_str(result),
         )
     raise ForgetRefused(
         f"order {order_id} (integration {integration_id}): its job kept changing; try again"

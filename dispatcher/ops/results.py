@@ -1,6 +1,7 @@
-"""Results for operators: an order's timeline, the CLI's result commands, status lines.
+"""Results for operators: the CLI's result commands, status lines (an order's timeline:
+:mod:`dispatcher.ops.timeline`).
 
-The functions ``dispatcher result``, ``results``, ``retry`` (of writes) and ``show`` call
+The functions ``dispatcher result``, ``results`` and ``retry`` (of writes) call
 (see the README, "Writing results back", and docs/writeback.md); they print nothing themselves.
 """
 
@@ -9,13 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from redis import Redis
 
 from dispatcher import _text
 from dispatcher.kombo.results import AssessmentResult
-from dispatcher.ops.admin import describe_order
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import (
@@ -29,84 +28,10 @@ from dispatcher.store.outbox import (
 __all__ = [
     "StaleOrders",
     "list_results",
-    "order_timeline",
     "retry_failed_writes",
     "stale_orders",
     "submit_and_wait",
-    "timeline_lines",
 ]
-
-
-def order_timeline(
-    redis: Redis, settings: Settings, integration_id: str, order_id: str
-) -> list[dict[str, Any]]:
-    """One order's life, oldest first: first seen (dispatched), job enqueued, each handler
-    step (when, output keys), provisioned, each result submitted, written (Kombo's warnings,
-    whether the answer was lost) or failed (why), and a pending write's next attempt.
-
-    Empty when the dispatcher knows nothing of the order.
-    """
-    events: list[dict[str, Any]] = []
-    for record in describe_order(
-        redis, settings.namespace, settings.queue, order_id, [integration_id]
-    ):
-        if record.seen_at is not None:
-            first: dict[str, Any] = {"at": record.seen_at, "event": "first_seen"}
-            if record.source is not None:
-                first["source"] = record.source  # poll or webhook
-            events.append(first)
-        if record.enqueued_at is not None:
-            events.append({"at": record.enqueued_at, "event": "enqueued", "job_id": record.job_id})
-        for step in record.steps:
-            output = step.output if isinstance(step.output, dict) else {}
-            events.append(
-                {
-                    "at": step.completed_at,
-                    "event": "step_done",
-                    "handler": step.handler,
-                    "output_keys": sorted(str(key) for key in output),
-                }
-            )
-        if record.last_error is not None:
-            events.append(
-                {
-                    "at": record.last_error_at,
-                    "event": "step_failed",
-                    "handler": record.last_error.handler,
-                    "reason": record.last_error.reason,
-                }
-            )
-    outbox = Outbox.from_settings(redis, settings)
-    events.extend(outbox.timeline_events(integration_id, order_id))
-    pending = outbox.get(integration_id, order_id)
-    if pending is not None and pending.state == "pending" and pending.next_attempt_at:
-        events.append(
-            {
-                "at": pending.next_attempt_at,
-                "event": "write_retry_due",
-                "attempts": pending.attempts,
-                "last_error": pending.last_error,
-            }
-        )
-    events.sort(key=lambda event: (event.get("at") is None, event.get("at") or 0.0))
-    return events
-
-
-def timeline_lines(events: list[dict[str, Any]]) -> list[str]:
-    """The text of ``dispatcher show``'s timeline: one line an event (ids and reasons from
-    Kombo or handlers shown with control characters escaped)."""
-    from dispatcher.logs import escape_controls
-
-    lines = []
-    for event in events:
-        when = _text.timestamp(event.get("at"))
-        details = ", ".join(
-            f"{key}={escape_controls(_text.compact_json(value, 80))}"
-            for key, value in event.items()
-            if key not in {"at", "event"} and value not in (None, [], "")
-        )
-        lines.append(f"{when}  {event.get('event')}" + (f"  {details}" if details else ""))
-    return lines
 
 
 def submit_and_wait(

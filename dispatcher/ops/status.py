@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from redis import Redis
 from redis.client import Pipeline
@@ -22,6 +23,7 @@ from redis.exceptions import ResponseError
 from rq import Queue, Worker
 from rq.job import Job
 from rq.utils import str_to_date
+from rq.worker import BaseWorker
 
 from dispatcher import _text
 from dispatcher._text import as_str
@@ -53,6 +55,7 @@ __all__ = [
     "STALE",
     "BrokenKey",
     "IntegrationStatus",
+    "Problem",
     "QueueStatus",
     "Snapshot",
     "StepCounts",
@@ -72,6 +75,35 @@ NEVER_SWEPT = "never swept"
 PAUSED = "paused"
 
 
+class Problem(str):
+    """One problem line. As a string it is the CLI's line, with the command that looks
+    further (``text: cli``); the console shows ``console`` (``text`` and words for a person
+    at a browser) linked to ``page``, the console page that explains it ("" for none)."""
+
+    text: str
+    cli: str
+    console: str
+    page: str
+
+    def __new__(cls, text: str, *, cli: str = "", console: str = "", page: str = "") -> Problem:
+        line = super().__new__(cls, f"{text}: {cli}" if cli else text)
+        line.text, line.cli, line.page = text, cli, page
+        line.console = f"{text}: {console}" if console else text
+        return line
+
+    @classmethod
+    def linked(cls, line: str, page: str) -> Problem:
+        """``line`` (a plain string or a Problem) linked to the console's ``page``."""
+        if not isinstance(line, Problem):
+            return cls(line, page=page)
+        console = line.console.removeprefix(line.text).removeprefix(": ")
+        return cls(line.text, cli=line.cli, console=console, page=page)
+
+
+def _integration_page(integration_id: str) -> str:
+    return f"/console/integrations?{urlencode({'q': integration_id})}"
+
+
 @dataclass(frozen=True, slots=True)
 class QueueStatus:
     """Job counts of one RQ queue and its registries."""
@@ -86,6 +118,7 @@ class QueueStatus:
     canceled: int
     oldest_queued_at: float | None
     last_failed_at: float | None
+    kind: str = "orders"  # what its jobs do: "orders" (the handler chain) or "results" (writes)
 
     def oldest_queued_age(self, now: float) -> float | None:
         return None if self.oldest_queued_at is None else max(0.0, now - self.oldest_queued_at)
@@ -204,6 +237,7 @@ class Snapshot:
             ],
             "queues": {
                 q.name: {
+                    "kind": q.kind,
                     "queued": q.queued,
                     "started": q.started,
                     "scheduled": q.scheduled,
@@ -297,14 +331,12 @@ class Snapshot:
 def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None) -> Snapshot:
     """Read the dispatcher's state for ``settings.namespace`` and ``settings.queue``.
 
-    Costs three pipelined round trips plus, for RQ's workers, two per worker.
+    Costs three pipelined round trips plus, for RQ's workers, one per queue and two per worker.
     """
     keys = Keys(settings.namespace)
-    queue = Queue(settings.queue, connection=redis)
+    # Every queue the dispatcher runs: the orders and the results queue (as `rq info` lists).
+    queues = [Queue(name, connection=redis) for name in _queue_names(settings)]
     taken_at = time.time() if now is None else now
-    registries = [started_key(queue.name), scheduled_key(queue.name), deferred_key(queue.name)]
-    # Finished, failed and canceled entries are scored by their expiry: count the live ones.
-    expiring = [finished_key(queue.name), failed_key(queue.name), canceled_key(queue.name)]
     live = f"({int(taken_at)}"
     refused = _Refused()
     with _Reads(redis, refused) as read:
@@ -314,14 +346,8 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         read(keys.stats, "hash", None).hget(keys.stats, "orders_dispatched")
         read(keys.step_stats, "hash", {}).hgetall(keys.step_stats)
         read(keys.kombo_requests, "hash", {}).hgetall(keys.kombo_requests)
-        read(queue.key, "list", 0).llen(queue.key)
-        read(queue.key, "list", None).lindex(queue.key, 0)
-        for key in registries:
-            read(key, "zset", 0).zcard(key)
-        for key in expiring:
-            read(key, "zset", 0).zcount(key, live, "+inf")
-        failed_registry = failed_key(queue.name)
-        read(failed_registry, "zset", []).zrevrange(failed_registry, 0, 0)
+        for queue in queues:
+            _read_queue(read, queue, live)
         (
             seen_ids,
             swept_ids,
@@ -329,11 +355,11 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
             dispatched,
             step_stats,
             requests,
-            queued,
-            head,
-            *counts,
+            *queue_counts,
         ) = read.execute()
-    started, scheduled, deferred, finished, failed, canceled, newest_failed = counts
+    per_queue = [
+        queue_counts[_PER_QUEUE * index : _PER_QUEUE * (index + 1)] for index in range(len(queues))
+    ]
     configured = [*settings.kombo_integration_ids, *(as_str(i) for i in registered_ids)]
     integration_ids = sorted(
         set(configured) | {as_str(i) for i in seen_ids} | {as_str(i) for i in swept_ids}
@@ -348,13 +374,17 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
             read(keys.schedule, "zset", None).zscore(keys.schedule, integration_id)
             read(keys.paused, "set", False).sismember(keys.paused, integration_id)
             read(results, "hash", 0, integration_id).hlen(results)
-        # A missing job reads as None: the same answer as "no such job".
-        head_job = job_key(as_str(head or b"-"))
-        read(head_job, "hash", None).hget(head_job, "enqueued_at")
-        failed_job = job_key(as_str(newest_failed[0] if newest_failed else b"-"))
-        read(failed_job, "hash", None).hget(failed_job, "ended_at")
-        *per_integration, head_enqueued, newest_failed_ended = read.execute()
-    workers = _workers(queue, refused)
+        for counts in per_queue:
+            # A missing job reads as None: the same answer as "no such job".
+            head, newest_failed = counts[1], counts[-1]
+            head_job = job_key(as_str(head or b"-"))
+            read(head_job, "hash", None).hget(head_job, "enqueued_at")
+            failed_job = job_key(as_str(newest_failed[0] if newest_failed else b"-"))
+            read(failed_job, "hash", None).hget(failed_job, "ended_at")
+        answers = read.execute()
+    per_integration = answers[: _PER_INTEGRATION * len(integration_ids)]
+    job_times = answers[_PER_INTEGRATION * len(integration_ids) :]
+    workers = _workers(queues, refused)
     broken = refused.explain(redis)
     integrations = tuple(
         _integration(
@@ -369,22 +399,19 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         )
         for index, integration_id in enumerate(integration_ids)
     )
-    queue_status = QueueStatus(
-        name=queue.name,
-        queued=int(queued),
-        started=int(started),
-        scheduled=int(scheduled),
-        deferred=int(deferred),
-        finished=int(finished),
-        failed=int(failed),
-        canceled=int(canceled),
-        oldest_queued_at=_rq_time(head_enqueued),
-        last_failed_at=_rq_time(newest_failed_ended),
+    queue_statuses = tuple(
+        _queue_status(
+            queue.name,
+            "orders" if index == 0 else "results",
+            counts,
+            job_times[2 * index : 2 * index + 2],
+        )
+        for index, (queue, counts) in enumerate(zip(queues, per_queue, strict=True))
     )
     snapshot = Snapshot(
         taken_at=taken_at,
         namespace=settings.namespace,
-        queues=(queue_status,),
+        queues=queue_statuses,
         workers=workers,
         orders_seen=sum(i.remembered for i in integrations),
         orders_dispatched=int(dispatched or 0),
@@ -399,6 +426,48 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         server=_server(redis),
     )
     return _with_problems(snapshot, settings.stale_after)
+
+
+# Answers per queue in the snapshot's first pipeline: queued, head job id, started,
+# scheduled, deferred, finished, failed, canceled, newest failed job id.
+_PER_QUEUE = 9
+
+
+def _queue_names(settings: Settings) -> list[str]:
+    return list(dict.fromkeys([settings.queue, settings.results_queue]))
+
+
+def _read_queue(read: _Reads, queue: Queue, live: str) -> None:
+    """Queue one queue's reads (:data:`_PER_QUEUE` answers)."""
+    read(queue.key, "list", 0).llen(queue.key)
+    read(queue.key, "list", None).lindex(queue.key, 0)
+    for key in (started_key(queue.name), scheduled_key(queue.name), deferred_key(queue.name)):
+        read(key, "zset", 0).zcard(key)
+    # Finished, failed and canceled entries are scored by their expiry: count the live ones.
+    for key in (finished_key(queue.name), failed_key(queue.name), canceled_key(queue.name)):
+        read(key, "zset", 0).zcount(key, live, "+inf")
+    failed_registry = failed_key(queue.name)
+    read(failed_registry, "zset", []).zrevrange(failed_registry, 0, 0)
+
+
+def _queue_status(
+    name: str, kind: str, counts: Sequence[Any], job_times: Sequence[Any]
+) -> QueueStatus:
+    queued, _, started, scheduled, deferred, finished, failed, canceled, _ = counts
+    head_enqueued, newest_failed_ended = job_times
+    return QueueStatus(
+        name=name,
+        queued=int(queued),
+        started=int(started),
+        scheduled=int(scheduled),
+        deferred=int(deferred),
+        finished=int(finished),
+        failed=int(failed),
+        canceled=int(canceled),
+        oldest_queued_at=_rq_time(head_enqueued),
+        last_failed_at=_rq_time(newest_failed_ended),
+        kind=kind,
+    )
 
 
 def _results(redis: Redis, settings: Settings, keys: Keys, now: float) -> dict[str, int] | None:
@@ -582,22 +651,29 @@ def _error_message(integration_id: str, code: str | None, text: str) -> str:
     return text
 
 
-def _workers(queue: Queue, refused: _Refused) -> tuple[WorkerStatus, ...]:
+def _workers(queues: Sequence[Queue], refused: _Refused) -> tuple[WorkerStatus, ...]:
+    found: dict[str, BaseWorker] = {}
+    for queue in queues:
+        try:
+            found.update((w.name, w) for w in Worker.all(queue=queue))
+        except ResponseError as exc:
+            # RQ reads its worker set, then each worker's hash: the set is the likely culprit.
+            refused.add(workers_key(queue.name), "set", None, exc)
+    if not found:
+        return ()
     try:
-        return _read_workers(queue)
+        return _read_workers(queues[0].connection, sorted(found.values(), key=lambda w: w.name))
     except ResponseError as exc:
-        # RQ reads its worker set, then each worker's hash: the set is the likely culprit.
-        refused.add(workers_key(queue.name), "set", None, exc)
+        refused.add(workers_key(queues[0].name), "set", None, exc)
         return ()
 
 
-def _read_workers(queue: Queue) -> tuple[WorkerStatus, ...]:
-    workers = sorted(Worker.all(queue=queue), key=lambda w: w.name)
+def _read_workers(redis: Redis, workers: list[BaseWorker]) -> tuple[WorkerStatus, ...]:
     current = {w.name: w.get_current_job_id() for w in workers}
     job_ids = [job_id for job_id in current.values() if job_id]
     jobs = {
         job.id: job
-        for job in (Job.fetch_many(job_ids, connection=queue.connection) if job_ids else [])
+        for job in (Job.fetch_many(job_ids, connection=redis) if job_ids else [])
         if job is not None
     }
     result = []
@@ -638,14 +714,18 @@ def _step_counts(raw: Mapping[bytes, bytes]) -> dict[str, StepCounts]:
 
 
 def _result_problems(snapshot: Snapshot, stale_after: float) -> list[str]:
-    problems = []
+    problems: list[str] = []
     stale = snapshot.stale.problem(stale_after) if snapshot.stale else None
     if stale:
-        problems.append(stale)
+        problems.append(Problem(stale, page="/console/results#stale"))
     if snapshot.results and snapshot.results.get("failed"):
         failed = _text.plural(snapshot.results["failed"], "result")
         problems.append(
-            f"{failed} failed to be written to Kombo: see `dispatcher results --state failed`"
+            Problem(
+                f"{failed} failed to be written to Kombo",
+                cli="see `dispatcher results --state failed`",
+                page="/console/results",
+            )
         )
     return problems
 
@@ -681,13 +761,25 @@ def _integration_problems(snapshot: Snapshot, integration: IntegrationStatus) ->
             f"dispatched: {invalid.message} ({_text.ago(invalid.at, now)})"
         )
     if integration.state == NEVER_SWEPT:
-        problems.append(f"{name}: never swept: is `dispatcher poll` running?")
+        problems.append(
+            Problem(
+                f"{name}: never swept",
+                cli="is `dispatcher poll` running?",
+                console="is the poller running?",
+            )
+        )
     elif integration.state == STALE:
         problems.append(
-            f"{name}: no successful sweep for {_text.ago(integration.last_sweep_at, now)}: "
-            "is `dispatcher poll` running?"
+            Problem(
+                f"{name}: no successful sweep for {_text.ago(integration.last_sweep_at, now)}",
+                cli="is `dispatcher poll` running?",
+                console="is the poller running?",
+            )
         )
-    return problems
+    # Each line of this integration links to its row on the integrations page.
+    page = _integration_page(integration.integration_id)
+    linked: list[str] = [Problem.linked(p, page) for p in problems]
+    return linked
 
 
 def _server_problems(server: ServerCheck) -> list[str]:
@@ -703,26 +795,41 @@ def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Sna
         problems.extend(_integration_problems(snapshot, integration))
     problems.extend(_result_problems(snapshot, stale_after))
     if not snapshot.integrations:
-        problems.append("no integration swept yet: set KOMBO_INTEGRATION_IDS and run the poller")
+        problems.append(
+            Problem(
+                "no integration swept yet: set KOMBO_INTEGRATION_IDS and run the poller",
+                page="/console/integrations",
+            )
+        )
     for queue in snapshot.queues:
         listening = [w for w in snapshot.workers if queue.name in w.queues]
+        noun = "order" if queue.kind == "orders" else "result"
         if queue.queued and not listening:
             problems.append(
-                f"{_text.plural(queue.queued, 'order')} queued on {queue.name} "
-                "and no worker running"
+                Problem(
+                    f"{_text.plural(queue.queued, noun)} queued on {queue.name} "
+                    f"and no {'' if queue.kind == 'orders' else 'results '}worker running",
+                    page="/#workers",
+                )
             )
         age = queue.oldest_queued_age(now)
         if age is not None and age > BACKLOG_AGE:
             problems.append(
-                f"queue {queue.name}: oldest queued order waiting {_text.duration(age)}"
+                Problem(
+                    f"queue {queue.name}: oldest queued {noun} waiting {_text.duration(age)}",
+                    page="/#workers",
+                )
             )
         if queue.failed:
             latest = (
                 f", latest {_text.ago(queue.last_failed_at, now)}" if queue.last_failed_at else ""
             )
             problems.append(
-                f"{_text.plural(queue.failed, 'failed job')} on {queue.name}{latest}: "
-                "see `dispatcher failed`"
+                Problem(
+                    f"{_text.plural(queue.failed, 'failed job')} on {queue.name}{latest}",
+                    cli="see `dispatcher failed`",
+                    page="/console/failures" if queue.kind == "orders" else "",
+                )
             )
     return Snapshot(
         taken_at=snapshot.taken_at,

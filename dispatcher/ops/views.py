@@ -100,6 +100,7 @@ def _worker_lines(workers: Sequence[WorkerStatus], now: float) -> list[str]:
             [
                 w.name,
                 w.state,
+                ",".join(w.queues),
                 f"{w.hostname or '?'}/{w.pid or '?'}",
                 _text.ago(w.last_heartbeat, now),
                 str(w.successful_jobs),
@@ -107,8 +108,8 @@ def _worker_lines(workers: Sequence[WorkerStatus], now: float) -> list[str]:
                 order,
             ]
         )
-    header = ["WORKER", "STATE", "HOST/PID", "HEARTBEAT", "DONE", "FAILED", "CURRENT ORDER"]
-    return _text.table(header, rows, right={4, 5})
+    header = ["WORKER", "STATE", "QUEUES", "HOST/PID", "HEARTBEAT", "DONE", "FAILED"]
+    return _text.table([*header, "CURRENT ORDER"], rows, right={5, 6})
 
 
 def _integration_lines(integrations: Sequence[IntegrationStatus], now: float) -> list[str]:
@@ -255,7 +256,8 @@ def describe_forget(record: OrderRecord, *, now: float) -> str:
         parts.append(f"{len(record.steps)} completed step(s)")
     return (
         " ".join(parts[:1]) + " " + ", ".join(parts[1:]) + ".\n"
-        "Forgetting removes all of it: the next sweep dispatches the order again "
+        "Forgetting removes all of it (with its timeline and any result not yet written): "
+        "the next sweep dispatches the order again "
         "(if it is still OPEN in Kombo) and every handler runs again."
     )
 

@@ -17,6 +17,7 @@ __all__ = [
     "Keys",
     "job_id_for",
     "order_ref",
+    "parse_order_ref",
     "schema_markdown",
 ]
 
@@ -37,8 +38,22 @@ def order_ref(integration_id: str, order_id: str) -> str:
     return f"{_escape(integration_id)}:{_escape(order_id)}"
 
 
+def parse_order_ref(ref: str) -> tuple[str, str] | None:
+    """(integration id, order id) of an :func:`order_ref`; None for anything else."""
+    parts = ref.split(":")
+    if len(parts) == 3:
+        return f"{parts[0]}:{parts[1]}", parts[2]
+    if len(parts) == 2:
+        return _unescape(parts[0]), _unescape(parts[1])
+    return None
+
+
 def _escape(text: str) -> str:
     return text.replace("%", "%25").replace(":", "%3A")
+
+
+def _unescape(text: str) -> str:
+    return text.replace("%3A", ":").replace("%25", "%")
 
 
 @dataclass(frozen=True, slots=True)

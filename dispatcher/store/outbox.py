@@ -49,6 +49,7 @@ from dispatcher.kombo.results import (
     build_result,
     check_integration_id,
 )
+from dispatcher.store import throughput
 from dispatcher.store.keys import Keys, order_ref
 from dispatcher.store.outbox_scripts import (
     BEGIN_SCRIPT,
@@ -482,6 +483,7 @@ class Outbox:
             self.keys.timeline(integration_id, order_id),
             self.keys.provisioned,
             self.keys.result_stats,
+            throughput.hour_key(self.keys, now),
         ]
         record_json = (
             json.dumps(

@@ -5,6 +5,7 @@ the types of the keys it writes (:func:`dispatcher.store.wrongtype.lua_type_guar
 
 from __future__ import annotations
 
+from dispatcher.store import throughput
 from dispatcher.store.wrongtype import lua_type_guard
 
 __all__ = [
@@ -142,7 +143,8 @@ return 'begun'
 )
 
 # KEYS: 1 outbox hash, 2 results hash, 3 stats hash, 4 pending zset, 5 written zset,
-#       6 timeline list, 7 provisioned zset, 8 result-stats hash.
+#       6 timeline list, 7 provisioned zset, 8 result-stats hash, 9 the hour's throughput
+#       hash (the console's chart, store/throughput.py: skipped when of another type).
 # ARGV: 1 job id, 2 submission id, 3 now, 4 warnings (JSON), 5 lost answer ("1"/"0"),
 #       6 outbox TTL, 7 order id, 8 results record (JSON, "" for a partial result), 9 order
 #       ref, 10 written-index cutoff, 11 timeline TTL, 12 event, 13 integration id,
@@ -181,6 +183,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[10])
 if ARGV[8] ~= '' then
   if redis.call('HSET', KEYS[2], ARGV[7], ARGV[8]) == 1 then
     redis.call('HINCRBY', KEYS[3], 'results_written', 1)
+"""
+    + throughput.lua_count("KEYS[9]", "results", "ARGV[3]", "1")
+    + """
   end
   redis.call('ZREM', KEYS[7], ARGV[9])
 end

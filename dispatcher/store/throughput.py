@@ -6,7 +6,8 @@ longer. The counters ride on writes that happen anyway, never a round trip of th
 
 - ``found``: orders a sweep listed (the poller's sweep record pipeline);
 - ``dispatched``: orders enqueued (inside the ledger's dispatch script);
-- ``results``: orders whose result was written back (inside the result record script).
+- ``results``: orders whose final result was written back (inside the outbox's written
+  script, where ``results_written`` is counted too).
 
 A counter key of another type is skipped, never fatal: a chart must not stop dispatching.
 Reading the last 24 hours (:func:`read_series`) is one pipelined round trip of 25 ``HGETALL``.

@@ -117,7 +117,7 @@ def _queue_metrics(snapshot: Snapshot) -> Iterator[Metric]:
             jobs.add_metric([queue.name, state], getattr(queue, state))
         oldest.add_metric([queue.name], queue.oldest_queued_age(snapshot.taken_at) or 0.0)
     workers = GaugeMetricFamily(
-        "dispatcher_workers", "RQ workers on the dispatcher queue by state.", labels=["state"]
+        "dispatcher_workers", "RQ workers on the dispatcher's queues by state.", labels=["state"]
     )
     # Busy and idle always: no worker running is 0, not an absent series (which an alert
     # on `dispatcher_workers == 0` would never see).

@@ -46,7 +46,7 @@ from starlette.routing import BaseRoute, Route
 from dispatcher.kombo.models import check_id
 from dispatcher.kombo.results import InvalidResultError, check_integration_id
 from dispatcher.logs import escape_controls
-from dispatcher.ops.results import order_timeline
+from dispatcher.ops.timeline import order_timeline
 from dispatcher.settings import Settings
 from dispatcher.store.outbox import FinalResultError, Outbox, UnknownOrderError, parse_result
 

@@ -7,9 +7,10 @@ Everything here is plain data (strings, numbers); the templates escape all of it
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 from rq import Queue
@@ -18,26 +19,34 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from dispatcher import _text
-from dispatcher.kombo.results import recorded_result
 from dispatcher.ops.admin import FailedJob, describe_order, failed_jobs, known_integrations
+from dispatcher.ops.results import list_results
 from dispatcher.ops.status import Snapshot, take_snapshot
+from dispatcher.ops.timeline import order_timeline
 from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.settings import Settings
 from dispatcher.store import throughput
-from dispatcher.store.keys import Keys
+from dispatcher.store.keys import Keys, parse_order_ref
+from dispatcher.store.outbox import OutboxRecord
 
 __all__ = [
+    "DEFAULT_WINDOW",
+    "KIND_HELP",
     "SORTS",
     "STATES",
+    "WINDOWS",
     "Chart",
     "IntegrationRow",
     "Overview",
+    "Tick",
     "TimelineEvent",
     "chart",
+    "failed_per_integration",
     "failures",
     "integration_rows",
     "order_timelines",
     "overview",
+    "results",
     "retry_jobs",
     "set_paused",
 ]
@@ -49,9 +58,33 @@ RETRY_ALL_LIMIT = 10_000
 STATES = ("ok", "failing", "stale", "never swept", "paused")
 
 
+# The chart's windows: name -> (minutes, minutes between ticks). The last hour by default.
+WINDOWS: Mapping[str, tuple[int, int]] = {"1h": (60, 10), "24h": (24 * 60, 180)}
+DEFAULT_WINDOW = "1h"
+
+# What each counter counts, for the chart's legend (its tooltip).
+KIND_HELP: Mapping[str, str] = {
+    "found": "Orders listed by sweeps: every sweep lists each OPEN order again, seen or not "
+    "(so found runs ahead of dispatched)",
+    "dispatched": "New orders queued for the handler chain: once per order",
+    "results": "Final results written back to Kombo: once per order",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A time label under the chart: its x (in points), where it sits in percent of the
+    width and how it is anchored (so that the first and last labels stay inside)."""
+
+    x: int
+    percent: float
+    anchor: str  # SVG text-anchor: start, middle or end
+    label: str
+
+
 @dataclass(frozen=True, slots=True)
 class Chart:
-    """The SVG chart of the last 24 hours: one polyline per kind."""
+    """The SVG chart of the window: one polyline per kind, a point per minute."""
 
     width: int
     height: int
@@ -60,8 +93,9 @@ class Chart:
     lines: Mapping[str, str]  # kind -> polyline points
     counts: Mapping[str, str]  # kind -> "minute:count,..." of the minutes with any
     totals: Mapping[str, int]
-    ticks: Sequence[tuple[int, str]]  # x, "HH:MM" (UTC)
+    ticks: Sequence[Tick]
     refused: Sequence[str]
+    window: str = DEFAULT_WINDOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +105,26 @@ class Overview:
     now: float
 
 
-def overview(redis: Redis, settings: Settings, *, now: float | None = None) -> Overview:
-    """The overview: the status snapshot and the chart. Round trips: the snapshot's (three,
-    plus RQ's two per worker) and one for the chart, whatever the number of integrations."""
+def overview(
+    redis: Redis, settings: Settings, *, now: float | None = None, window: str = DEFAULT_WINDOW
+) -> Overview:
+    """The overview: the status snapshot and the chart of ``window`` (a key of
+    :data:`WINDOWS`). Round trips: the snapshot's (three, plus RQ's two per worker) and one
+    for the chart, whatever the number of integrations."""
+    window = window if window in WINDOWS else DEFAULT_WINDOW
     snapshot = take_snapshot(redis, settings, now=now)
-    series = throughput.read_series(redis, Keys(settings.namespace), snapshot.taken_at)
-    return Overview(snapshot, chart(series), snapshot.taken_at)
+    minutes, every = WINDOWS[window]
+    series = throughput.read_series(redis, Keys(settings.namespace), snapshot.taken_at, minutes)
+    return Overview(snapshot, chart(series, tick_every=every, window=window), snapshot.taken_at)
 
 
-def chart(series: throughput.Series, *, height: int = 160) -> Chart:
+def chart(
+    series: throughput.Series,
+    *,
+    height: int = 160,
+    tick_every: int = 180,
+    window: str = DEFAULT_WINDOW,
+) -> Chart:
     width = len(series.counts[throughput.KINDS[0]])
     peak = max([1, *(max(values, default=0) for values in series.counts.values())])
     lines = {}
@@ -90,10 +135,15 @@ def chart(series: throughput.Series, *, height: int = 160) -> Chart:
             f"{series.first_minute + x}:{count}" for x, count in enumerate(values) if count
         )
     ticks = []
+    span = max(1, width - 1)
     for x in range(width):
         minute = series.first_minute + x
-        if minute % 180 == 0:  # every three hours
-            ticks.append((x, time.strftime("%H:%M", time.gmtime(minute * 60))))
+        if minute % tick_every == 0:
+            percent = round(100 * x / span, 2)
+            # A label at an edge is anchored there: centred, half of it would be cut off.
+            anchor = "start" if percent < 6 else "end" if percent > 94 else "middle"
+            label = time.strftime("%H:%M", time.gmtime(minute * 60))
+            ticks.append(Tick(x, percent, anchor, label))
     return Chart(
         width=width,
         height=height,
@@ -104,6 +154,7 @@ def chart(series: throughput.Series, *, height: int = 160) -> Chart:
         totals={kind: series.total(kind) for kind in series.counts},
         ticks=ticks,
         refused=series.refused,
+        window=window,
     )
 
 
@@ -147,12 +198,26 @@ SORTS: Mapping[str, Any] = {
 }
 
 
+def failed_per_integration(redis: Redis, settings: Settings) -> dict[str, int]:
+    """How many orders of each integration have a job in the failed registry: they wait for
+    a retry, not for a result."""
+    jobs, _ = failed_jobs(redis, settings.queue, limit=None)
+    return dict(Counter(job.integration_id for job in jobs if job.integration_id is not None))
+
+
 def integration_rows(
-    snapshot: Snapshot, *, query: str = "", state: str = "", sort: str = "state", desc: bool = False
+    snapshot: Snapshot,
+    *,
+    query: str = "",
+    state: str = "",
+    sort: str = "state",
+    desc: bool = False,
+    failed: Mapping[str, int] | None = None,
 ) -> list[IntegrationRow]:
     """One row per integration, filtered (``query`` in the id, state or error; ``state``)
-    and sorted (a key of :data:`SORTS`)."""
+    and sorted (a key of :data:`SORTS`); ``failed``: :func:`failed_per_integration`."""
     now = snapshot.taken_at
+    failed = failed or {}
     rows = []
     needle = query.strip().lower()
     for i in snapshot.integrations:
@@ -167,8 +232,9 @@ def integration_rows(
             last_sweep_at=i.last_sweep_at or 0.0,
             next_sweep=_text.ago(i.next_sweep_at, now) if i.next_sweep_at else "-",
             next_sweep_at=i.next_sweep_at or 0.0,
-            # Dispatched orders without a result written back yet.
-            backlog=max(0, i.remembered - i.results_written),
+            # Dispatched orders without a result written back yet, but for those whose job
+            # failed: no result comes for them until they are retried.
+            backlog=max(0, i.remembered - i.results_written - failed.get(i.integration_id, 0)),
             last_error=_text.ellipsis(error, 300),
             orders_seen=i.remembered,
             results_written=i.results_written,
@@ -241,6 +307,45 @@ def retry_jobs(
     return requeued, missing
 
 
+# -- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StaleOrder:
+    """An order provisioned ``stale_after`` ago or more without a final result."""
+
+    integration_id: str
+    order_id: str
+    provisioned_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsView:
+    failed: list[OutboxRecord]
+    pending: list[OutboxRecord]
+    stale: list[StaleOrder]
+    stale_after: float
+
+
+def results(redis: Redis, settings: Settings, *, limit: int = FAILURES_SHOWN) -> ResultsView:
+    """The way back: failed and pending result writes, and the orders provisioned long ago
+    without a result (oldest first, at most ``limit`` of each)."""
+    cutoff = time.time() - settings.stale_after
+    provisioned = Keys(settings.namespace).provisioned
+    raw = redis.zrangebyscore(provisioned, "-inf", cutoff, start=0, num=limit, withscores=True)
+    stale = []
+    for ref, score in cast("list[tuple[bytes | str, float]]", raw):
+        found = parse_order_ref(ref.decode() if isinstance(ref, bytes) else str(ref))
+        if found is not None:
+            stale.append(StaleOrder(found[0], found[1], float(score)))
+    return ResultsView(
+        failed=list_results(redis, settings, state="failed", limit=limit),
+        pending=list_results(redis, settings, state="pending", limit=limit),
+        stale=stale,
+        stale_after=settings.stale_after,
+    )
+
+
 # -- one order ------------------------------------------------------------------------------
 
 
@@ -267,47 +372,19 @@ class OrderTimeline:
 def order_timelines(
     redis: Redis, settings: Settings, order_id: str, *, now: float | None = None
 ) -> list[OrderTimeline]:
-    """The order's story in each integration that knows it: dispatched, queued, started,
-    each step (with its output's keys, not values), failures, the result written back."""
+    """The order's story in each integration that knows it, from the timeline ``dispatcher
+    show`` and ``GET /orders/{i}/{o}`` print (:func:`dispatcher.ops.timeline.order_timeline`),
+    each event in words (a step's output keys, not its values)."""
     keys = Keys(settings.namespace)
     integrations = known_integrations(redis, keys, settings.kombo_integration_ids)
     timelines = []
     for record in describe_order(redis, settings.namespace, settings.queue, order_id, integrations):
         events = [
-            TimelineEvent(record.seen_at, "dispatched (marked seen)"),
-            TimelineEvent(record.enqueued_at, "queued", f"job {record.job_id}"),
-            TimelineEvent(record.started_at, "started", record.worker or ""),
+            _event_in_words(event)
+            for event in order_timeline(
+                redis, settings, record.integration_id, order_id, record=record
+            )
         ]
-        for step in record.steps:
-            output_keys = (
-                ", ".join(sorted(map(str, step.output)))
-                if isinstance(step.output, Mapping)
-                else type(step.output).__name__
-            )
-            events.append(
-                TimelineEvent(step.completed_at, f"step {step.handler} completed", output_keys)
-            )
-        if record.last_error is not None:
-            events.append(
-                TimelineEvent(
-                    record.last_error_at,
-                    f"failed in {record.last_error.handler or 'the job'}",
-                    record.last_error.reason,
-                )
-            )
-        if record.retry_at is not None:
-            events.append(TimelineEvent(record.retry_at, "retry scheduled"))
-        if record.ended_at is not None:
-            events.append(TimelineEvent(record.ended_at, f"job {record.job_status}"))
-        result = recorded_result(redis, keys, record.integration_id, order_id)
-        if isinstance(result, Mapping):
-            events.append(
-                TimelineEvent(
-                    _number(result.get("at")), f"result written: {result.get('status', '?')}"
-                )
-            )
-        events = [e for e in events if e.at is not None or e.what.startswith("step ")]
-        events.sort(key=lambda e: e.at or 0.0)
         payload = record.payload or {}
         candidate = payload.get("candidate") if isinstance(payload, Mapping) else None
         job = payload.get("job") if isinstance(payload, Mapping) else None
@@ -330,6 +407,47 @@ def order_timelines(
             )
         )
     return timelines
+
+
+def _event_in_words(event: Mapping[str, Any]) -> TimelineEvent:
+    kind = str(event.get("event"))
+
+    def get(name: str) -> str:
+        value = event.get(name)
+        if isinstance(value, list):
+            return ", ".join(map(str, value))
+        return "" if value is None else str(value)
+
+    words = _EVENT_WORDS.get(kind)
+    what, detail = words(get) if words else (kind.replace("_", " "), "")
+    if kind == "result_written" and event.get("lost_answer"):
+        detail = "; ".join(filter(None, ["Kombo's answer was lost", detail]))
+    return TimelineEvent(_number(event.get("at")), what, detail)
+
+
+# Event kind (dispatcher.ops.timeline) -> (what, detail) from the event's fields as text.
+_EVENT_WORDS: Mapping[str, Callable[[Callable[[str], str]], tuple[str, str]]] = {
+    "first_seen": lambda get: (
+        f"dispatched (marked seen{' by ' + get('source') if get('source') else ''})",
+        "",
+    ),
+    "enqueued": lambda get: ("queued", f"job {get('job_id')}"),
+    "requeued": lambda get: (
+        f"queued again{' for attempt ' + get('attempt') if get('attempt') else ''}",
+        "",
+    ),
+    "started": lambda get: ("started", get("worker")),
+    "step_done": lambda get: (f"step {get('handler')} completed", get("output_keys")),
+    "step_failed": lambda get: (f"failed in {get('handler') or 'the job'}", get("reason")),
+    "retry_scheduled": lambda get: ("retry scheduled", ""),
+    "job_finished": lambda get: ("job finished", ""),
+    "job_failed": lambda get: ("job failed", ""),
+    "provisioned": lambda get: ("provisioned (handler chain done)", get("steps")),
+    "result_submitted": lambda get: (f"result submitted: {get('status')}", ""),
+    "result_written": lambda get: (f"result written: {get('status')}", get("warnings")),
+    "result_failed": lambda get: ("result write failed", get("reason")),
+    "write_retry_due": lambda get: ("result write retry due", get("last_error")),
+}
 
 
 def _number(value: object) -> float | None:

@@ -98,6 +98,7 @@ class _Console:
             Route("/console/failures", self.page(self.failures), methods=["GET"]),
             Route("/console/failures/retry", self.action(self.retry), methods=["POST"]),
             Route("/console/order", self.page(self.order), methods=["GET"]),
+            Route("/console/results", self.page(self.results), methods=["GET"]),
             Route("/console/static/{name}", self.static_file, methods=["GET"]),
             # Browsers ask for it on every page; no icon, and no 404 in their consoles.
             Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
@@ -239,12 +240,22 @@ class _Console:
     # -- pages ----------------------------------------------------------------------------
 
     async def overview(self, request: Request, session: Session) -> Response:
-        view = await run_in_threadpool(data.overview, self.redis, self.settings)
-        return self.render(request, "overview.html", session, view=view, page="overview")
+        view = await run_in_threadpool(
+            lambda: data.overview(self.redis, self.settings, window=_window(request))
+        )
+        return self.render(
+            request, "overview.html", session, view=view, page="overview",
+            windows=list(data.WINDOWS), kind_help=data.KIND_HELP,
+        )  # fmt: skip
 
     async def live(self, request: Request, session: Session) -> Response:
-        view = await run_in_threadpool(data.overview, self.redis, self.settings)
-        return self.render(request, "live.html", session, view=view)
+        view = await run_in_threadpool(
+            lambda: data.overview(self.redis, self.settings, window=_window(request))
+        )
+        return self.render(
+            request, "live.html", session, view=view, windows=list(data.WINDOWS),
+            kind_help=data.KIND_HELP,
+        )  # fmt: skip
 
     async def integrations(self, request: Request, session: Session) -> Response:
         params = request.query_params
@@ -255,7 +266,10 @@ class _Console:
         sort = sort if sort in data.SORTS else "state"
         desc = params.get("dir") == "desc"
         snapshot = await run_in_threadpool(_snapshot, self.redis, self.settings)
-        rows = data.integration_rows(snapshot, query=query, state=state, sort=sort, desc=desc)
+        failed = await run_in_threadpool(data.failed_per_integration, self.redis, self.settings)
+        rows = data.integration_rows(
+            snapshot, query=query, state=state, sort=sort, desc=desc, failed=failed
+        )
         filters = {"q": query, "state": state, "sort": sort, "dir": "desc" if desc else "asc"}
         return self.render(
             request, "integrations.html", session, rows=rows, total=len(snapshot.integrations),
@@ -324,6 +338,11 @@ class _Console:
             page="order", now=_now(),
         )  # fmt: skip
 
+    async def results(self, request: Request, session: Session) -> Response:
+        view = await run_in_threadpool(data.results, self.redis, self.settings)
+        return self.render(request, "results.html", session, view=view, page="results",
+                           now=_now())  # fmt: skip
+
     async def static_file(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in self.static:
@@ -356,6 +375,12 @@ async def _read_form(request: Request) -> Mapping[str, list[str]] | Response:
         return parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=300)
     except (UnicodeDecodeError, ValueError):
         return _plain("400: unreadable form", 400)
+
+
+def _window(request: Request) -> str:
+    """The chart's window asked for (``?window=24h``); the default for anything else."""
+    window = request.query_params.get("window") or data.DEFAULT_WINDOW
+    return window if window in data.WINDOWS else data.DEFAULT_WINDOW
 
 
 def _one(form: Mapping[str, list[str]], name: str) -> str | None:
