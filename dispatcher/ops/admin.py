@@ -430,7 +430,7 @@ def forget_order(
                 pipe.multi()
                 pipe.hdel(keys.seen(integration_id), order_id)
                 delete_job(pipe, queue_name, job_id)
-                pipe.delete(steps_key, *effect_keys)
+                pipe.delete(steps_key, keys.dispatched(integration_id, order_id), *effect_keys)
                 pipe.execute()
             except WatchError:
                 continue
