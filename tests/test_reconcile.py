@@ -25,6 +25,7 @@ from rq.registry import DeferredJobRegistry, FailedJobRegistry
 from rq.utils import now
 
 from _support import dispatcher_env, kill_tree, wait_until
+from dispatcher._text import as_str
 from dispatcher.cli import cli
 from dispatcher.store.keys import Keys, job_id_for, order_ref
 from dispatcher.store.outbox import Outbox
@@ -88,13 +89,13 @@ def dispatched(redis: Redis, sim: Simulator) -> list[tuple[str, str, str]]:
     polled = run("poll", "--once")
     assert polled.exit_code == 0, polled.stderr
     integration = sim.integration_ids[0]
-    orders = sorted(o.decode() for o in redis.hkeys(KEYS.seen(integration)))
+    orders = sorted(as_str(o) for o in redis.hkeys(KEYS.seen(integration)))
     assert orders
     return [(integration, o, job_id_for(NS, integration, o)) for o in orders]
 
 
 def queued(redis: Redis) -> list[str]:
-    return [j.decode() for j in redis.lrange(f"rq:queue:{QUEUE}", 0, -1)]
+    return [as_str(j) for j in redis.lrange(f"rq:queue:{QUEUE}", 0, -1)]
 
 
 def lose(redis: Redis, job_id: str) -> None:
@@ -169,7 +170,7 @@ def test_orders_in_every_legitimate_place_are_left_alone(
     # In the intermediate list (popped, not started): RQ's own move.
     popped = redis.lmove(f"rq:queue:{QUEUE}", f"rq:queue:{QUEUE}:intermediate")
     assert popped is not None
-    in_intermediate = popped.decode()
+    in_intermediate = as_str(popped)
     rest = [i for i in ids if i != in_intermediate]
     # Started, as a worker's prepare_execution and prepare_job_execution leave it.
     started = rest[0]
@@ -363,7 +364,7 @@ def test_a_running_poller_reconciles_by_itself(
         wait_until(lambda: read_state(redis, KEYS).get("reconciled") == {"order": 1},
                    what="the pass to be recorded")  # fmt: skip
     finally:
-        kill_tree(proc)
+        kill_tree(proc.pid)
         _, stderr = proc.communicate(timeout=30)
     assert f"order {order} (integration {integration}, job {job_id}): no job" in stderr
     assert stderr.count(f"order {order} ") == 1  # logged once
