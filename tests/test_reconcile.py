@@ -27,9 +27,12 @@ from rq.utils import now
 from _support import dispatcher_env, kill_tree, wait_until
 from dispatcher._text import as_str
 from dispatcher.cli import cli
+from dispatcher.settings import load_settings
 from dispatcher.store.keys import Keys, job_id_for, order_ref
+from dispatcher.store.ledger import Ledger
 from dispatcher.store.outbox import Outbox
-from dispatcher.store.reconcile_state import read_state
+from dispatcher.store.reconcile import Reconciler
+from dispatcher.store.reconcile_state import PeriodicReconcile, read_state
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator, SimulatorServer
 
 pytestmark = pytest.mark.redis
@@ -371,3 +374,25 @@ def test_a_running_poller_reconciles_by_itself(
     assert queued(redis).count(job_id) == 1
     status = json.loads(run("status", "--json").stdout)
     assert status["reconcile"]["reconciled"] == {"order": 1}
+
+
+def test_the_periodic_pass_runs_once_per_interval_under_one_lease(
+    env: dict[str, str], redis: Redis, sim: Simulator
+) -> None:
+    dispatched(redis, sim)
+    settings = load_settings()
+    ledger = Ledger(redis, Queue(QUEUE, connection=redis), NS)
+    reconciler = Reconciler(ledger, Outbox.from_settings(redis, settings), ["log"], grace=0)
+    first = PeriodicReconcile(reconciler, 3600, "poller-a")
+    second = PeriodicReconcile(reconciler, 3600, "poller-b", lease_ttl=0.5)
+    assert first.run_if_due() is not None
+    assert second.run_if_due() is None  # not due for an hour
+    assert not redis.exists(KEYS.reconcile_lease)  # released after the pass
+    # Due again, but a poller that died mid-pass still holds the lease: nobody runs it ...
+    redis.hset(KEYS.reconcile, "next_at", 0)
+    redis.set(KEYS.reconcile_lease, "poller-dead", px=300)
+    assert second.run_if_due() is None
+    # ... until the lease runs out; then one poller does.
+    wait_until(lambda: not redis.exists(KEYS.reconcile_lease), what="the dead lease to expire")
+    assert second.run_if_due() is not None
+    assert first.run_if_due() is None
