@@ -81,8 +81,8 @@ __all__ = [
 log = logging.getLogger("dispatcher.reconcile")
 
 # Orders (or results) per first-look script and per LRANGE chunk of a queue copy: a script
-# over 200 orders runs in about a millisecond or two (bench/reconcile.py), short enough that
-# no other client waits noticeably behind it.
+# over 200 orders runs about 800 commands, a few milliseconds (7 ms on a loaded 2-core
+# machine, bench/reconcile.py): what another client may wait behind it.
 BATCH = 200
 # Between the first look and the atomic second one: far longer than any of RQ's windows
 # (milliseconds), short enough for a command an operator waits for.
