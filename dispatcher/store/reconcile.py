@@ -384,8 +384,13 @@ class Reconciler:
         report = ReconcileReport(dry_run=dry_run, started_at=self._clock())
         began = time.monotonic()
         candidates: list[_Candidate] = []
+        # One copy of the queue per pass, whatever the number of integrations (taken when
+        # the first queued job asks).
+        copy = _QueueCopy(self.redis, self.ledger.queue.name, self.batch)
         for integration in self._integrations(integration_id):
-            candidates.extend(self._look_at_orders(integration, report, not dry_run, keep_alive))
+            candidates.extend(
+                self._look_at_orders(integration, report, copy, not dry_run, keep_alive)
+            )
             if stop.is_set():
                 break
         candidates.extend(self._look_at_results(integration_id, report, keep_alive))
@@ -413,14 +418,13 @@ class Reconciler:
         self,
         integration_id: str,
         report: ReconcileReport,
+        copy: _QueueCopy,
         drop_records: bool,
         keep_alive: Callable[[], None],
     ) -> list[_Candidate]:
         if self.window <= 0:
             return []  # no window: a finished job may be gone at once, nothing to tell by
-        queue = self.ledger.queue.name
         since = self._clock() - self.window
-        copy = _QueueCopy(self.redis, queue, self.batch)
         found: list[_Candidate] = []
         seen_key = self.keys.seen(integration_id)
         batch: list[tuple[str, str]] = []
