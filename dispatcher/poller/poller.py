@@ -168,6 +168,7 @@ class Poller:
         self._clock = clock
         self.request_stats = request_stats
         self.reconcile = reconcile
+        self._reconcile_said: str | None = None
         self._rng = random.Random()
         # Distinct sweep errors (without their integration) -> when last logged at ERROR: a
         # refused API key fails every integration alike, and one line says it.
@@ -514,9 +515,15 @@ class Poller:
         try:
             self.reconcile.run_if_due(self.stop)
         except RedisError as exc:
-            log.warning("reconcile pass not run: %s", exc)
+            # Asked every few seconds: during an outage, one line (the loop says the rest).
+            said = f"{type(exc).__name__}: {exc}"
+            if said != self._reconcile_said:
+                log.warning("reconcile pass not run: %s", said)
+            self._reconcile_said = said
+            return
         except Exception:
             log.exception("reconcile pass crashed")
+        self._reconcile_said = None
 
     def _claim_due(
         self, pool: ThreadPoolExecutor, running: dict[str, Future[IntegrationSweep]]
