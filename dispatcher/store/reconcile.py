@@ -34,9 +34,10 @@ atomic second look, are put back. A window would have to stay open for that long
 
 Cost: the first look is one ``HSCAN`` of each seen hash and one read-only script per batch of
 ``BATCH`` orders (no list is searched: a queued job's presence is checked against one copy of
-the queue taken per pass in ``LRANGE`` chunks); the second look runs ``LPOS`` on the queue,
-but only for the few candidates. No command touches more than ``BATCH`` orders or list
-entries at once, so a sweep of a million orders never blocks Redis.
+the queue taken per pass in ``LRANGE`` chunks). No command of the first look touches more
+than ``BATCH`` orders or list entries, so a pass over a million orders never blocks Redis for
+long. The second look searches the queue with ``LPOS`` (as long as the queue), but only for
+the candidates: the few jobs that were in no place at the first look.
 """
 
 from __future__ import annotations
