@@ -27,6 +27,7 @@ from rq.utils import now
 from _support import dispatcher_env, kill_tree, wait_until
 from dispatcher._text import as_str
 from dispatcher.cli import cli
+from dispatcher.ops.status import take_snapshot
 from dispatcher.settings import load_settings
 from dispatcher.store.keys import Keys, job_id_for, order_ref
 from dispatcher.store.ledger import Ledger
@@ -34,6 +35,7 @@ from dispatcher.store.outbox import Outbox
 from dispatcher.store.reconcile import Reconciler
 from dispatcher.store.reconcile_state import PeriodicReconcile, read_state
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator, SimulatorServer
+from dispatcher.web.metrics import exposition
 
 pytestmark = pytest.mark.redis
 NS = "dispatcher"
@@ -141,6 +143,9 @@ def test_a_job_lost_behind_the_dispatchers_back_is_rebuilt_with_its_id_and_provi
     assert again["findings"] == [] and again["candidates"] == 0
     assert not redis.exists(KEYS.dispatched(integration, order))
     assert read_state(redis, KEYS)["reconciled"] == {"order": 1}
+    metrics = exposition(lambda: take_snapshot(redis, load_settings())).decode()
+    assert 'dispatcher_reconciled_total{kind="order"} 1.0' in metrics
+    assert 'dispatcher_reconciled_total{kind="result"} 0.0' in metrics
 
 
 def test_a_job_in_no_queue_or_registry_is_put_back_as_it_is(
