@@ -61,6 +61,8 @@ BENCHES = (
            "--baseline-results", "5", "--reps", "1")),
     Bench("replica_ack", "replica_ack.py", ("--reps", "5"),
           ("--integrations", "2", "--orders", "20", "--reps", "1")),
+    Bench("reconcile", "reconcile.py", ("--orders", "100000", "--reps", "3"),
+          ("--orders", "300", "--baseline-orders", "50", "--reps", "1")),
 )  # fmt: skip
 
 # The webhook benchmark is written by the webhook receiver's author; it prints one JSON object

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     seen_retention: float = Field(30 * 24 * 3600.0, alias="DISPATCHER_SEEN_RETENTION", ge=0)
     prune_after_sweeps: int = Field(3, alias="DISPATCHER_PRUNE_AFTER_SWEEPS", ge=1)
     sweep_concurrency: int = Field(8, alias="DISPATCHER_SWEEP_CONCURRENCY", ge=1, le=256)
+    # Seconds between the reconciler's passes (store/reconcile.py), one poller at a time.
+    reconcile_interval: float = Field(300.0, alias="DISPATCHER_RECONCILE_INTERVAL", gt=0)
     kombo_timeout: float = Field(30.0, alias="KOMBO_TIMEOUT", gt=0)
     kombo_retry_budget: float = Field(
         120.0,

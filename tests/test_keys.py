@@ -63,6 +63,9 @@ def test_every_key_method_of_keys_is_in_the_schema() -> None:
         keys.timeline("{integration}", "{order}"),
         keys.provisioned,
         keys.result_stats,
+        keys.dispatched("{integration}", "{order}"),
+        keys.reconcile,
+        keys.reconcile_lease,
     }
     methods = {name for name in dir(Keys) if not name.startswith("_") and name != "namespace"}
     assert len(methods) == len(named), "a new Keys member: add it here and to SCHEMA"

@@ -6,6 +6,7 @@ calling the package that does the work and printing the outcome.
 - :mod:`.integrations` ``integrations add|remove|pause|resume|list``
 - :mod:`.ops` ``status``, ``failed``, ``show``, ``forget``, ``retry`` (``--results``: of
   result writes), ``replay``, ``handlers``
+- :mod:`.reconcile` ``reconcile``
 - :mod:`.writeback` ``result``, ``results``, ``packages get|set``
 - :mod:`.dev` ``sim``, ``demo``
 
@@ -22,7 +23,7 @@ from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 from rq import Queue
 
-from dispatcher.cli import dev, integrations, ops, poll, web, worker, writeback
+from dispatcher.cli import dev, integrations, ops, poll, reconcile, web, worker, writeback
 from dispatcher.cli._common import fail
 from dispatcher.logs import configure_logging
 from dispatcher.settings import Settings
@@ -148,6 +149,7 @@ for _command in (
     ops.show,
     ops.forget,
     ops.replay,
+    reconcile.reconcile,
     web.web,
     writeback.result,
     writeback.results,

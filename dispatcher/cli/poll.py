@@ -34,6 +34,9 @@ from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.settings import Settings
 from dispatcher.store.connection import UnsuitableRedisError, startup_check
+from dispatcher.store.outbox import Outbox
+from dispatcher.store.reconcile import Reconciler
+from dispatcher.store.reconcile_state import PeriodicReconcile
 
 log = logging.getLogger("dispatcher.cli")
 
@@ -97,6 +100,7 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
         ) as client,
         _stop_on_signals(stop),
     ):
+        schedule = Schedule(redis, ledger.keys, lease_ttl=settings.lease_ttl)
         poller = Poller(
             client,
             ledger,
@@ -113,9 +117,14 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
                 prune_after_sweeps=settings.prune_after_sweeps,
                 max_pages=settings.max_pages_per_sweep,
             ),
-            schedule=Schedule(redis, ledger.keys, lease_ttl=settings.lease_ttl),
+            schedule=schedule,
             stop=stop,
             request_stats=request_stats,
+            reconcile=PeriodicReconcile(
+                Reconciler(ledger, Outbox.from_settings(redis, settings), settings.handlers),
+                settings.reconcile_interval,
+                schedule.owner,
+            ),
         )
         # What was imported and built so far lives as long as the process: out of the
         # garbage collector's passes, which otherwise walk it while each new page is

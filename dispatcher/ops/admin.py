@@ -440,7 +440,13 @@ def forget_order(
                 pipe.multi()
                 pipe.hdel(keys.seen(integration_id), order_id)
                 delete_job(pipe, queue_name, job_id)
-                pipe.delete(steps_key, *effect_keys, outbox_key, timeline_key)
+                pipe.delete(
+                    steps_key,
+                    keys.dispatched(integration_id, order_id),
+                    *effect_keys,
+                    outbox_key,
+                    timeline_key,
+                )
                 for state in ("pending", "written", "failed"):
                     pipe.zrem(keys.outbox_index(state), ref)
                 pipe.zrem(keys.provisioned, ref)

@@ -34,6 +34,7 @@ from dispatcher.settings import Settings
 from dispatcher.store.connection import ServerCheck, check_server
 from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import Outbox
+from dispatcher.store.reconcile_state import read_state
 from dispatcher.store.rq_internals import (
     canceled_key,
     deferred_key,
@@ -220,6 +221,8 @@ class Snapshot:
     # What the server is (dispatcher.store.connection.check_server): its refusal and problems
     # join ``problems``; its notices are shown apart (worth knowing, nothing is wrong yet).
     server: ServerCheck = field(default_factory=ServerCheck)
+    # The reconciler's record (store/reconcile_state.read_state): last pass, repairs by kind.
+    reconcile: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The stable JSON shape of ``dispatcher status --json`` (see the README)."""
@@ -325,6 +328,7 @@ class Snapshot:
                 "count": self.stale.count if self.stale else 0,
                 "oldest_age": _round(self.stale.oldest_age if self.stale else None),
             },
+            "reconcile": dict(self.reconcile or {}),
         }
 
 
@@ -424,6 +428,7 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         stale=_stale(redis, settings, keys, taken_at),
         result_stats=_result_stats(redis, keys),
         server=_server(redis),
+        reconcile=_reconcile(redis, keys),
     )
     return _with_problems(snapshot, settings.stale_after)
 
@@ -479,6 +484,13 @@ def _results(redis: Redis, settings: Settings, keys: Keys, now: float) -> dict[s
             result_ttl=settings.result_ttl,
             clock=lambda: now,
         ).counts()
+    except ResponseError:  # a key of the wrong type: shown by the broken-key checks
+        return None
+
+
+def _reconcile(redis: Redis, keys: Keys) -> dict[str, Any] | None:
+    try:
+        return read_state(redis, keys)
     except ResponseError:  # a key of the wrong type: shown by the broken-key checks
         return None
 
@@ -794,6 +806,8 @@ def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Sna
     for integration in snapshot.integrations:
         problems.extend(_integration_problems(snapshot, integration))
     problems.extend(_result_problems(snapshot, stale_after))
+    if snapshot.reconcile and snapshot.reconcile.get("last_error"):
+        problems.append(f"the last reconcile pass failed: {snapshot.reconcile['last_error']}")
     if not snapshot.integrations:
         problems.append(
             Problem(
@@ -847,6 +861,7 @@ def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Sna
         stale=snapshot.stale,
         result_stats=snapshot.result_stats,
         server=snapshot.server,
+        reconcile=snapshot.reconcile,
     )
 
 

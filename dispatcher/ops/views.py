@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import click
 
@@ -56,6 +57,7 @@ def render_status(snapshot: Snapshot, *, redis_url: str = "") -> str:
     lines.append(
         f"ORDERS  {snapshot.orders_seen} remembered · {snapshot.orders_dispatched} dispatched"
     )
+    lines.append(_reconcile_line(snapshot.reconcile, now))
     lines.append("")
     lines.extend(_integration_lines(snapshot.integrations, now))
     lines.append("")
@@ -64,6 +66,23 @@ def render_status(snapshot: Snapshot, *, redis_url: str = "") -> str:
         lines.append("")
         lines.extend(_request_lines(snapshot.kombo_requests))
     return "\n".join(lines)
+
+
+def _reconcile_line(state: Mapping[str, Any] | None, now: float) -> str:
+    """When the reconciler last looked, at how much, and what it put back since the start."""
+    if not state or state.get("last_pass_at") is None:
+        return "RECONCILE  no pass yet (the pollers run one every DISPATCHER_RECONCILE_INTERVAL)"
+    last = (
+        f"RECONCILE  last pass {_text.ago(state['last_pass_at'], now)}: "
+        f"{_text.plural(int(state.get('last_orders_checked', 0)), 'order')}, "
+        f"{_text.plural(int(state.get('last_results_checked', 0)), 'pending result')} checked "
+        f"in {float(state.get('last_duration', 0.0)):.1f} s"
+    )
+    repaired = state.get("reconciled") or {}
+    if not repaired:
+        return f"{last} · nothing put back so far"
+    counts = ", ".join(f"{count} {kind}" for kind, count in sorted(repaired.items()))
+    return f"{last} · put back so far: {counts}"
 
 
 def _queue_lines(queues: Sequence[QueueStatus], now: float) -> list[str]:

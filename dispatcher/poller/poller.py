@@ -40,6 +40,7 @@ from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.store import throughput
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.reconcile_state import PeriodicReconcile
 from dispatcher.store.sweeps import ERROR_COUNT, INVALID_ORDER_FIELDS, SweepRecord
 from dispatcher.store.wrongtype import (
     WRONGTYPE_CODE,
@@ -145,9 +146,12 @@ class Poller:
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
         request_stats: RequestStats | None = None,
+        reconcile: PeriodicReconcile | None = None,
     ) -> None:
         """``request_stats``: the Kombo client's observer; what it gathered is saved in Redis
-        with every integration's sweep record (for ``dispatcher status`` and ``/metrics``)."""
+        with every integration's sweep record (for ``dispatcher status`` and ``/metrics``).
+        ``reconcile``: the reconciler's periodic pass, run beside the sweeps by
+        :meth:`run_forever` whenever it is due and this poller takes its lease."""
         self.client = client
         self.ledger = ledger
         self.registry = (
@@ -163,6 +167,8 @@ class Poller:
         self.stop = stop or threading.Event()
         self._clock = clock
         self.request_stats = request_stats
+        self.reconcile = reconcile
+        self._reconcile_said: str | None = None
         self._rng = random.Random()
         # Distinct sweep errors (without their integration) -> when last logged at ERROR: a
         # refused API key fails every integration alike, and one line says it.
@@ -449,8 +455,23 @@ class Poller:
         # again only if it changes, and once more when it is repaired.
         refused: str | None = None
         backoff = 1.0
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sweep") as pool:
+        reconciling: Future[None] | None = None
+        next_reconcile = 0.0
+        with (
+            ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sweep") as pool,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile") as reconciler,
+        ):
             while not self.stop.is_set():
+                # The reconciler's pass runs in its own thread (a pass over a million orders
+                # takes a while; sweeps go on meanwhile); whether it is due is asked of Redis
+                # every few seconds at most.
+                if (
+                    self.reconcile is not None
+                    and (reconciling is None or reconciling.done())
+                    and time.monotonic() >= next_reconcile
+                ):
+                    next_reconcile = time.monotonic() + min(5.0, self.reconcile.interval)
+                    reconciling = reconciler.submit(self._reconcile_if_due)
                 try:
                     if time.monotonic() - last_sync >= sync_every:
                         self.schedule.sync(self.integration_ids, self.policy.interval)
@@ -488,6 +509,21 @@ class Poller:
                 for integration_id in [i for i, f in running.items() if f.done()]:
                     running.pop(integration_id).result()
             wait(list(running.values()))
+
+    def _reconcile_if_due(self) -> None:
+        assert self.reconcile is not None
+        try:
+            self.reconcile.run_if_due(self.stop)
+        except RedisError as exc:
+            # Asked every few seconds: during an outage, one line (the loop says the rest).
+            said = f"{type(exc).__name__}: {exc}"
+            if said != self._reconcile_said:
+                log.warning("reconcile pass not run: %s", said)
+            self._reconcile_said = said
+            return
+        except Exception:
+            log.exception("reconcile pass crashed")
+        self._reconcile_said = None
 
     def _claim_due(
         self, pool: ThreadPoolExecutor, running: dict[str, Future[IntegrationSweep]]

@@ -176,6 +176,22 @@ class Keys:
         ``|latency_sum``, ``|le|<bound>`` (write latency buckets)."""
         return f"{self.namespace}:result-stats"
 
+    def dispatched(self, integration_id: str, order_id: str) -> str:
+        """Hash: the job's own items (``data``, ``description``, ``meta``) as dispatched, so
+        that the reconciler can rebuild a job whose hash was lost. Expires with the
+        reconciler's window. The order is named by :func:`order_ref`."""
+        return f"{self.namespace}:dispatched:{order_ref(integration_id, order_id)}"
+
+    @property
+    def reconcile(self) -> str:
+        """Hash: the reconciler's schedule (``next_at``), its last pass and its counters."""
+        return f"{self.namespace}:reconcile"
+
+    @property
+    def reconcile_lease(self) -> str:
+        """String: the process running the periodic reconcile pass; expires."""
+        return f"{self.namespace}:reconcile-lease"
+
     def console_login(self, client: str) -> str:
         """String: failed console logins of one client address in the current window."""
         return f"{self.namespace}:console-login:{client}"
@@ -372,6 +388,30 @@ SCHEMA: tuple[KeySpec, ...] = (
         "per integration: `<integration>|written`, `|failed`, `|latency_sum`, "
         "`|le|<bound>` (submit-to-written seconds)",
         "kept (a few fields per integration)",
+    ),
+    KeySpec(
+        "{ns}:dispatched:{integration}:{order}",
+        "hash",
+        "the job's own fields as dispatched: `data` (the order as Kombo sent it, candidate "
+        "data included), `description`, `meta`; what the reconciler rebuilds a lost job from. "
+        "`{integration}:{order}` as in the steps key",
+        "the shorter of DISPATCHER_RESULT_TTL and DISPATCHER_FAILURE_TTL after dispatch; "
+        "deleted by the reconciler once the order is provisioned or failed; `forget` deletes it",
+    ),
+    KeySpec(
+        "{ns}:reconcile",
+        "hash",
+        "the reconciler: `next_at` (unix time the next periodic pass is due), the last "
+        "pass (`last_pass_at`, `last_duration`, `last_orders_checked`, "
+        "`last_results_checked`, `last_repaired`, `last_error`), counters "
+        "`reconciled|<kind>`",
+        "kept (a dozen fields)",
+    ),
+    KeySpec(
+        "{ns}:reconcile-lease",
+        "string",
+        "`<host>:<pid>:<id>` of the poller running the periodic reconcile pass",
+        "60 s, renewed per batch, deleted after the pass",
     ),
     KeySpec(
         "{ns}:integrations",

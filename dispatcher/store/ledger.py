@@ -55,17 +55,29 @@ from dispatcher.store.wrongtype import (
     name_wrong_type,
 )
 
-__all__ = ["DispatchResult", "JobOptions", "Ledger", "WrongKeyTypeError", "parse_seen"]
+__all__ = [
+    "DispatchResult",
+    "JobOptions",
+    "Ledger",
+    "WrongKeyTypeError",
+    "parse_seen",
+    "reconcile_window",
+]
 
 JOB_FUNCTION = "dispatcher.worker.jobs.process_order"
 _T = TypeVar("_T")
 
 # KEYS: 1 seen hash, 2 queue list, 3 rq:queues set, 4 seen-integrations set, 5 stats hash,
-#       6 the hour's throughput hash (store/throughput.py), 7.. one job hash per candidate.
+#       6 the hour's throughput hash (store/throughput.py), then j job hashes (one per
+#       candidate), then j dispatch records (Keys.dispatched, in the same order).
 # ARGV: 1 now, 2 integration id, 3 queue key (member of rq:queues), 4 generation suffix of
-#       new values ("" or ":<generation>"), 5 m = number of seen orders to mark, then m order
-#       ids, then c = number of job-hash items all the page's jobs share, c field/value items,
-#       then per candidate: order id, job id, n, n job-hash field/value items of its own.
+#       new values ("" or ":<generation>"), 5 TTL of the dispatch records (seconds; 0: none
+#       written), 6 m = number of seen orders to mark, then m order ids, then c = number of
+#       job-hash items all the page's jobs share, c field/value items, then per candidate:
+#       order id, job id, n, n job-hash field/value items of its own.
+# The dispatch record keeps a job's own items (data, description, meta: the order as Kombo
+# sent it) for the reconciler (store/reconcile.py), which rebuilds the job from it if the
+# job hash is lost while the seen mark stays; it expires with the reconciler's window.
 # Seen values are "<first seen unix time>" or "<first seen unix time>:<generation of the last
 # full sweep that saw the order OPEN>" (what pruning reads).
 # Writing RQ's job hash, queue and queue set is RQ_ENQUEUE_LUA's (rq_internals.py).
@@ -77,25 +89,33 @@ _DISPATCH_SCRIPT = (
     lua_type_guard(_DISPATCH_TYPES)
     + RQ_ENQUEUE_LUA
     + """
-local m = tonumber(ARGV[5])
-for i = 6, 5 + m do
+local m = tonumber(ARGV[6])
+for i = 7, 6 + m do
   local value = redis.call('HGET', KEYS[1], ARGV[i])
   if value then
     local first_seen = string.match(value, '^(%d+)')
     if first_seen then redis.call('HSET', KEYS[1], ARGV[i], first_seen .. ARGV[4]) end
   end
 end
-local c = tonumber(ARGV[6 + m])
-local shared = 7 + m
+local c = tonumber(ARGV[7 + m])
+local shared = 8 + m
 local pos = shared + c
 local new = {}
-for i = 7, #KEYS do
+local jobs = (#KEYS - 6) / 2
+local record_ttl = tonumber(ARGV[5])
+for i = 7, 6 + jobs do
   local order_id = ARGV[pos]
   local job_id = ARGV[pos + 1]
   local n = tonumber(ARGV[pos + 2])
   if redis.call('HSETNX', KEYS[1], order_id, ARGV[1] .. ARGV[4]) == 1 then
     rq_save_job(KEYS[i], shared, c, pos + 3, n)
     rq_push_job(KEYS[2], job_id)
+    if record_ttl > 0 then
+      local record = KEYS[i + jobs]
+      redis.call('DEL', record)
+      redis.call('HSET', record, unpack(ARGV, pos + 3, pos + 2 + n))
+      redis.call('EXPIRE', record, record_ttl)
+    end
     new[#new + 1] = order_id
   end
   pos = pos + 3 + n
@@ -181,6 +201,24 @@ class Ledger:
         self._clock = clock
         self._script_sha = hashlib.sha1(_DISPATCH_SCRIPT.encode()).hexdigest()
 
+    @property
+    def record_ttl(self) -> int:
+        """How long a dispatch record (the job's own items, for the reconciler) is kept: the
+        reconciler's window, the shorter of the job's result and failure TTLs (a finished or
+        failed job is still there to show for itself that long after its dispatch)."""
+        return reconcile_window(self.job_options)
+
+    def shared_job_items(self) -> list[Any]:
+        """The job-hash items every job of this ledger shares (all but ``JOB_OWN_FIELDS``),
+        status ``queued``, enqueued now: with a dispatch record's items, a whole job hash."""
+        job = self._new_job(JOB_FUNCTION, {}, id="order-template", description="", meta={})
+        return [
+            item
+            for key, value in _pairs(job_hash_items(job))
+            if key not in JOB_OWN_FIELDS
+            for item in (key, value)
+        ]
+
     def job_id(self, integration_id: str, order_id: str) -> str:
         """The RQ job id of an order in this namespace."""
         return job_id_for(self.namespace, integration_id, order_id)
@@ -261,16 +299,19 @@ class Ledger:
             self.keys.stats,
             hour_key(self.keys, now_),
         ]
-        args: list[Any] = [now_, integration_id, rq_queue, suffix]
+        args: list[Any] = [now_, integration_id, rq_queue, suffix, self.record_ttl]
         args.append(len(to_mark))
         args.extend(to_mark)
         shared, jobs = self._job_hashes(integration_id, candidates, source)
         args.append(len(shared))
         args.extend(shared)
+        records: list[str] = []
         for order, job_id, fields in jobs:
             keys.append(job_key(job_id))
+            records.append(self.keys.dispatched(integration_id, order.id))
             args.extend((order.id, job_id, len(fields)))
             args.extend(fields)
+        keys.extend(records)
         with key_types_checked(keys, _DISPATCH_TYPES, integration_id=integration_id):
             enqueued = self._run_script(keys, args)
         result.enqueued = [as_str(order_id) for order_id in enqueued]
@@ -391,16 +432,27 @@ class Ledger:
         *,
         source: str = "poll",
     ) -> Job:
-        options = self.job_options
-        job = Job.create(
+        return self._new_job(
             JOB_FUNCTION,
-            kwargs=self.job_kwargs(integration_id, order, payload),
-            connection=self.redis,
+            self.job_kwargs(integration_id, order, payload),
             id=self.job_id(integration_id, order.id),
-            origin=self.queue.name,
-            status=JobStatus.QUEUED,
             description=_description(integration_id, order),
             meta=self.job_meta(integration_id, order, source),
+        )
+
+    def _new_job(
+        self, function: str, kwargs: dict[str, Any], *, id: str, description: str, meta: Any
+    ) -> Job:
+        options = self.job_options
+        job = Job.create(
+            function,
+            kwargs=kwargs,
+            connection=self.redis,
+            id=id,
+            origin=self.queue.name,
+            status=JobStatus.QUEUED,
+            description=description,
+            meta=meta,
             timeout=options.timeout,
             result_ttl=options.result_ttl,
             failure_ttl=options.failure_ttl,
@@ -507,6 +559,13 @@ for i = 1, #ARGV, 2 do
 end
 return deleted
 """
+
+
+def reconcile_window(options: JobOptions) -> int:
+    """Seconds after its dispatch that an order's job is sure to be found if nothing was lost:
+    a finished job is kept ``result_ttl`` after it ended, a failed one ``failure_ttl``. The
+    reconciler checks the orders dispatched within it; 0 when either TTL is 0."""
+    return max(0, min(options.result_ttl, options.failure_ttl))
 
 
 def parse_seen(value: bytes | str) -> tuple[float | None, int]:

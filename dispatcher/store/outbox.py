@@ -362,6 +362,11 @@ class Outbox:
             outcome=outcome,  # type: ignore[arg-type]
         )
 
+    def queued_job_items(self, integration_id: str, order_id: str, job_id: str) -> list[Any]:
+        """The hash of a queued write job ``job_id``: what the reconciler writes back when a
+        pending result's job hash was lost."""
+        return self._job_items(integration_id, order_id, job_id, JobStatus.QUEUED)
+
     def _job_items(
         self, integration_id: str, order_id: str, job_id: str, status: JobStatus
     ) -> list[Any]:

@@ -138,7 +138,16 @@ def _order_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         "dispatcher_orders_dispatched", "Orders dispatched (enqueued) since the namespace began."
     )
     dispatched.add_metric([], snapshot.orders_dispatched)
-    yield from (remembered, dispatched)
+    reconciled = CounterMetricFamily(
+        "dispatcher_reconciled",
+        "Orders and results the reconciler found in no queue or registry and put back, by "
+        "kind: order (re-queued or rebuilt), unmarked (left to the next sweep), result.",
+        labels=["kind"],
+    )
+    counts = (snapshot.reconcile or {}).get("reconciled") or {}
+    for kind in sorted({"order", "unmarked", "result", *counts}):
+        reconciled.add_metric([kind], counts.get(kind, 0))
+    yield from (remembered, dispatched, reconciled)
 
 
 def _integration_metrics(snapshot: Snapshot) -> Iterator[Metric]:

@@ -33,13 +33,25 @@ from redis import Redis
 from rq import Queue
 from rq.registry import (
     FailedJobRegistry,
-    ScheduledJobRegistry,
-    StartedJobRegistry,
 )
 
 from _support import RedisServer, dispatcher_env, kill_tree
+from dispatcher._text import as_str
 from dispatcher.settings import load_settings
+from dispatcher.store.keys import Keys, job_id_for, order_ref
+from dispatcher.store.ledger import REJECTED_PREFIX
 from dispatcher.store.outbox import Outbox, submit_result
+from dispatcher.store.reconcile_state import read_state
+from dispatcher.store.rq_internals import (
+    canceled_key,
+    deferred_key,
+    failed_key,
+    finished_key,
+    intermediate_key,
+    queue_key,
+    scheduled_key,
+    started_key,
+)
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
 from dispatcher.testing.vendor import VendorAPI
@@ -65,6 +77,7 @@ class ChaosConfig:
     results_threads: int = 4
     results_per_second: float = 8.0
     settle_timeout: float = 180.0
+    reconcile_interval: float = 10.0
     seed: int = 1
 
 
@@ -95,8 +108,14 @@ class ChaosReport:
     results_failed: int = 0
     results_applied_twice: int = 0
     results_never_applied: int = 0
+    # The invariant: every order the ledger dispatched is provisioned or visibly failed.
+    dispatched: int = 0
+    dispatched_not_done: int = 0
+    # What the reconciler put back during the run, by kind (store/reconcile_state.py).
+    reconciled: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
-    # What Redis knows of each lost order (seen mark, job status, steps): where to start.
+    # What Redis knows of each lost order (seen mark, job status, steps, the queues and
+    # registries holding its job): where to start.
     lost_orders: list[str] = field(default_factory=list)
 
     @property
@@ -226,6 +245,8 @@ def run_chaos(config: ChaosConfig, log: Any = print) -> ChaosReport:
                 DISPATCHER_MAX_RETRIES="10",
                 DISPATCHER_LOG_LEVEL="WARNING",
                 DISPATCHER_WORKER_THREADS=str(config.worker_threads),
+                # The reconciler's pass, as often as the run's scale allows (300 s by default).
+                DISPATCHER_RECONCILE_INTERVAL=str(config.reconcile_interval),
                 PROVISION_URL=vendor.url,
                 PROVISION_TIMEOUT="1",
                 SMTP_URL=mailbox.url,
@@ -294,6 +315,9 @@ def run_chaos(config: ChaosConfig, log: Any = print) -> ChaosReport:
             _assess(report, redis, vendor, mailbox, expected_keys, expected_mail)
             if report.orders_lost:
                 report.lost_orders = _describe_lost(redis, sim, set(vendor.succeeded_per_key()))
+            not_done = _dispatched_not_done(redis, report)
+            report.lost_orders.extend(not_done)
+            report.reconciled = dict(read_state(redis, _KEYS).get("reconciled") or {})
             results.assess(report, sim)
             report.kills = dict(fleet.kills)
             report.longest_recovery_seconds = round(max(fleet.recoveries, default=0.0), 1)
@@ -406,7 +430,7 @@ def _describe_lost(redis: Redis, sim: Simulator, succeeded: set[str]) -> list[st
                     "; ".join(
                         f"seen_at={r.seen_at} job={r.job_id} status={r.job_status} "
                         f"attempts={r.attempts} steps={[s.handler for s in r.steps]} "
-                        f"last_error={r.last_error}"
+                        f"last_error={r.last_error} in={_places(redis, r.job_id)}"
                         for r in records
                     )
                     or "unknown to Redis (never dispatched)"
@@ -414,6 +438,66 @@ def _describe_lost(redis: Redis, sim: Simulator, succeeded: set[str]) -> list[st
             except Exception as exc:  # a diagnostic must not hide the failure it explains
                 what = f"could not describe: {type(exc).__name__}: {exc}"
             lines.append(f"{integration} {order['id']}: {what}")
+    return lines
+
+
+_KEYS = Keys("dispatcher")
+_QUEUE = "dispatcher-orders"
+_CHAIN = ("provision_http", "notify_email")
+
+
+def _places(redis: Redis, job_id: str) -> list[str]:
+    """The queues and registries holding a job, by ZSCORE/LPOS/ZSCAN: never RQ's ``count``,
+    which cleans up as it counts."""
+    places = [
+        name
+        for name, key in (("queue", queue_key(_QUEUE)), ("intermediate", intermediate_key(_QUEUE)))
+        if redis.lpos(key, job_id) is not None
+    ]
+    if any(True for _ in redis.zscan_iter(started_key(_QUEUE), match=f"{job_id}:*")):
+        places.append("started")
+    for name, registry in (
+        ("scheduled", scheduled_key), ("deferred", deferred_key), ("failed", failed_key),
+        ("finished", finished_key), ("canceled", canceled_key),
+    ):  # fmt: skip
+        if redis.zscore(registry(_QUEUE), job_id) is not None:
+            places.append(name)
+    return places
+
+
+def _dispatched_not_done(redis: Redis, report: ChaosReport) -> list[str]:
+    """The invariant, from the ledger's side: every order marked seen is provisioned (its
+    chain finished, or every step recorded) or failed where ``dispatcher failed`` shows it.
+    One line per order that is neither, saying where its job is."""
+    lines: list[str] = []
+    for raw in sorted(redis.smembers(_KEYS.seen_integrations)):
+        integration = as_str(raw)
+        for raw_order, value in redis.hscan_iter(_KEYS.seen(integration), count=1000):
+            if as_str(value).startswith(REJECTED_PREFIX):
+                continue
+            order = as_str(raw_order)
+            job_id = job_id_for("dispatcher", integration, order)
+            with redis.pipeline(transaction=False) as pipe:
+                pipe.zscore(_KEYS.provisioned, order_ref(integration, order))
+                pipe.hexists(_KEYS.results(integration), order)
+                pipe.hmget(_KEYS.steps(integration, order), list(_CHAIN))
+                pipe.zscore(failed_key(_QUEUE), job_id)
+                pipe.hget(f"rq:job:{job_id}", "status")
+                chain_done, result, steps, failed, status = pipe.execute()
+            report.dispatched += 1
+            if chain_done is not None or result or all(steps) or failed is not None:
+                continue
+            report.dispatched_not_done += 1
+            lines.append(
+                f"{integration} {order}: dispatched, neither provisioned nor visibly failed: "
+                f"seen={as_str(value)} job={job_id} status={status and as_str(status)} "
+                f"steps={[h for h, s in zip(_CHAIN, steps, strict=True) if s]} "
+                f"in={_places(redis, job_id)}"
+            )
+    if report.dispatched_not_done:
+        report.failures.append(
+            f"dispatched but neither provisioned nor visibly failed = {report.dispatched_not_done}"
+        )
     return lines
 
 
@@ -435,11 +519,13 @@ def _settled(
 ) -> bool:
     try:
         queue = Queue("dispatcher-orders", connection=redis)
+        # ZCARD, not the registries' count: that cleans up as it counts (an abandoned job's
+        # entry would vanish from the figure before any worker requeued it).
         busy = (
             queue.count
             + redis.llen(queue.intermediate_queue.key)
-            + StartedJobRegistry(queue=queue).count
-            + ScheduledJobRegistry(queue=queue).count
+            + redis.zcard(started_key(_QUEUE))
+            + redis.zcard(scheduled_key(_QUEUE))
         )
     except Exception:
         return False
@@ -473,8 +559,8 @@ def _assess(
     queue = Queue("dispatcher-orders", connection=redis)
     # Popped by a worker (RQ's intermediate list) but never started counts as queued.
     report.left_queued = queue.count + redis.llen(queue.intermediate_queue.key)
-    report.left_started = StartedJobRegistry(queue=queue).count
-    report.left_scheduled = ScheduledJobRegistry(queue=queue).count
+    report.left_started = int(redis.zcard(started_key(_QUEUE)))
+    report.left_scheduled = int(redis.zcard(scheduled_key(_QUEUE)))
     report.left_failed = FailedJobRegistry(queue=queue).count
     for name in (
         "orders_lost", "emails_missing", "provisioned_twice_after_dedup",
