@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import string
 from collections.abc import Sequence
 from typing import Annotated, Literal
@@ -203,6 +204,26 @@ class Settings(BaseSettings):
         ge=1,
         description="Open connections (or requests) beyond which `dispatcher web` answers 503.",
     )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        alias="DISPATCHER_TRUSTED_PROXIES",
+        description="Addresses or networks (comma-separated) of the reverse proxies whose "
+        "X-Forwarded-For `dispatcher web` believes; empty: none.",
+    )
+    webhook_confirm: bool = Field(
+        True,
+        alias="DISPATCHER_WEBHOOK_CONFIRM",
+        description="Confirm each webhook order OPEN with Kombo before dispatching it "
+        "(a replayed delivery then dispatches nothing); needs KOMBO_API_KEY.",
+    )
+    webhook_confirm_timeout: float = Field(
+        3.0,
+        alias="DISPATCHER_WEBHOOK_CONFIRM_TIMEOUT",
+        gt=0,
+        le=60,
+        description="Seconds the receiver waits for Kombo's confirmation before it keeps the "
+        "order to confirm later.",
+    )
 
     # The operator console (`dispatcher web`, dispatcher/web/console/).
     console_token: SecretStr | None = Field(
@@ -368,6 +389,23 @@ class Settings(BaseSettings):
             return None
         if len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (it is the console's password)")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item[:60]!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/8)"
+                ) from None
         return value
 
     @field_validator("accepted_packages", mode="before")

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from typing import ClassVar
+from urllib.parse import quote
 
 import h11
 import uvicorn
@@ -19,8 +20,9 @@ from redis.exceptions import RedisError
 from rq import Queue
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dispatcher.ops.status import take_snapshot
@@ -28,10 +30,11 @@ from dispatcher.settings import Settings
 from dispatcher.store.connection import ServerCheck, check_server
 from dispatcher.store.keys import Keys
 from dispatcher.store.wrongtype import find_wrong_types, shared_keys
+from dispatcher.web.bodies import body_middleware
 from dispatcher.web.metrics import CONTENT_TYPE, exposition
 from dispatcher.web.results_api import results_routes
 
-__all__ = ["create_app", "server_config"]
+__all__ = ["create_app", "relative_slash_redirects", "server_config"]
 
 log = logging.getLogger("dispatcher.web")
 
@@ -91,7 +94,38 @@ def create_app(
 
         routes.extend(console_routes(settings, redis))
         log.info("the operator console is on at /")
-    return Starlette(routes=routes)
+    app = Starlette(
+        routes=routes,
+        middleware=body_middleware(settings.web_body_timeout, settings.web_body_budget),
+    )
+    relative_slash_redirects(app)
+    return app
+
+
+def relative_slash_redirects(app: Starlette) -> None:
+    """Redirect ``/path/`` to ``/path`` (and back) with a relative ``Location``.
+
+    Starlette's own redirect spells the whole URL from the request's ``Host`` header, which
+    the client chooses: a cache or a proxy keyed on the path would serve a redirect to the
+    attacker's host. A path-only ``Location`` names no host at all.
+    """
+    router = app.router
+    router.redirect_slashes = False
+    not_found = router.default
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if scope["type"] == "http" and path != "/" and not path.startswith("//"):
+            other = {**scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"}
+            if any(route.matches(other)[0] is not Match.NONE for route in router.routes):
+                location = quote(str(scope.get("root_path", "")) + other["path"])
+                query = scope.get("query_string", b"").decode("latin-1")
+                target = f"{location}?{query}" if query else location
+                await RedirectResponse(target, 307)(scope, receive, send)
+                return
+        await not_found(scope, receive, send)
+
+    router.default = default
 
 
 def _server(redis: Redis) -> ServerCheck:
@@ -114,6 +148,11 @@ def server_config(
         port=port,
         http=_header_deadline_protocol(settings.web_header_timeout),
         limit_concurrency=settings.web_max_connections,
+        # X-Forwarded-For and -Proto are believed only from DISPATCHER_TRUSTED_PROXIES
+        # (uvicorn's default believes any loopback client: the console's login limit then
+        # counted whatever address a local client claimed).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies),
         log_config=None,
         access_log=access_log,
         server_header=False,

@@ -42,7 +42,7 @@ from pydantic import SecretStr
 from pydantic_core import from_json
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -136,41 +136,12 @@ def webhook_routes(
         accepted_packages=frozenset(settings.accepted_packages),
         acceptors=tuple(acceptors),
         inline_url=settings.inline_assessment_url,
-        body_timeout=settings.web_body_timeout,
-        body_budget=_BodyBudget(settings.web_body_budget),
     )
     return [Route(WEBHOOK_PATH, receiver.receive, methods=["POST"], name="kombo_webhook")]
 
 
 class _TooLarge(Exception):
     pass
-
-
-class _Busy(Exception):
-    """The body budget is spent: other deliveries' bodies are being read."""
-
-
-class _BodyBudget:
-    """Bytes of bodies read but not yet verified, across all deliveries at once.
-
-    Anyone can send a body: until its signature is checked it is a stranger's, and 40
-    strangers' bodies of 1 MiB each cost 40 MB. Kombo's deliveries are a few KB, so the
-    budget is reached only by a flood (answered 503, which Kombo retries and polling covers).
-    The receiver runs on one event loop: no lock needed.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-
-    def take(self, size: int) -> bool:
-        if self.held + size > self.limit:
-            return False
-        self.held += size
-        return True
-
-    def give(self, size: int) -> None:
-        self.held -= size
 
 
 class _Invalid(Exception):
@@ -221,16 +192,12 @@ class _Receiver:
         accepted_packages: frozenset[str],
         acceptors: tuple[Acceptor, ...],
         inline_url: str | None,
-        body_timeout: float,
-        body_budget: _BodyBudget,
     ) -> None:
         self.secret = secret
         self.ledger = ledger
         self.accepted_packages = accepted_packages
         self.acceptors = acceptors
         self.inline_url = inline_url
-        self.body_timeout = body_timeout
-        self.body_budget = body_budget
         self._pending: list[_Pending] = []
         self._draining = False
 
@@ -290,27 +257,13 @@ class _Receiver:
         # than drain it.
         close = {"Connection": "close"}
         mac = hmac.new(_key(self.secret), digestmod=hashlib.sha256)
+        # The deadline, the budget of bodies being read and a client going away are the
+        # app's, for every route alike (dispatcher/web/bodies.py).
         try:
-            async with asyncio.timeout(self.body_timeout):
-                chunks = await _read_body(request, MAX_BODY_BYTES, self.body_budget, mac)
+            chunks = await _read_body(request, MAX_BODY_BYTES, mac)
         except _TooLarge:
             log.warning("webhook refused: body over %d bytes", MAX_BODY_BYTES)
             return _message(413, "body larger than 1 MiB", headers=close)
-        except _Busy:
-            log.warning(
-                "webhook refused: %d bytes of unverified bodies are being read "
-                "(DISPATCHER_WEB_BODY_BUDGET)",
-                self.body_budget.held,
-            )
-            return _message(503, "too many deliveries being read; retry later", headers=close)
-        except TimeoutError:
-            log.warning(
-                "webhook refused: body not complete within %g s (DISPATCHER_WEB_BODY_TIMEOUT)",
-                self.body_timeout,
-            )
-            return _message(408, "body not complete in time", headers=close)
-        except ClientDisconnect:
-            return _message(400, "client disconnected before the body was complete")
         if not _matches(mac, header):
             log.warning("webhook refused: %s does not match the body", SIGNATURE_HEADER)
             return _message(401, f"{SIGNATURE_HEADER} does not match the body")
@@ -463,31 +416,21 @@ class _Receiver:
         return None
 
 
-async def _read_body(
-    request: Request, limit: int, budget: _BodyBudget, mac: hmac.HMAC
-) -> list[bytes]:
+async def _read_body(request: Request, limit: int, mac: hmac.HMAC) -> list[bytes]:
     """The body's chunks, each fed to ``mac`` as it arrives; refused from ``Content-Length``
-    or mid-stream once it passes ``limit``, or once ``budget`` has no room for a chunk."""
+    or mid-stream once it passes ``limit``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            if size + len(chunk) > limit:
-                raise _TooLarge
-            if not budget.take(len(chunk)):
-                raise _Busy
-            size += len(chunk)
-            mac.update(chunk)
-            chunks.append(chunk)
-        return chunks
-    finally:
-        # Given back on return too: the caller verifies the body before its next await, so
-        # no other delivery reads meanwhile; once verified, the body is Kombo's, not a
-        # stranger's.
-        budget.give(size)
+    async for chunk in request.stream():
+        if size + len(chunk) > limit:
+            raise _TooLarge
+        size += len(chunk)
+        mac.update(chunk)
+        chunks.append(chunk)
+    return chunks
 
 
 def _parse_event(body: bytes) -> _Event:
