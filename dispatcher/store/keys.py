@@ -162,8 +162,19 @@ class Keys:
         return f"{self.namespace}:result-stats"
 
     def console_login(self, client: str) -> str:
-        """String: failed console logins of one client address in the current window."""
+        """String: console login attempts of one client in the current window: an address
+        (an IPv6 client by its /64) or ``device:<nonce>`` (a browser that logged in before)."""
         return f"{self.namespace}:console-login:{client}"
+
+    @property
+    def console_login_all(self) -> str:
+        """String: console login attempts of every client without a device cookie in the
+        current window (the global cap)."""
+        return f"{self.namespace}:console-login-all"
+
+    def console_session(self, nonce: str) -> str:
+        """String: a live console session (deleted at logout: the cookie is dead then)."""
+        return f"{self.namespace}:console-session:{nonce}"
 
 
 def job_id_for(namespace: str, integration_id: str, order_id: str) -> str:
@@ -305,8 +316,21 @@ SCHEMA: tuple[KeySpec, ...] = (
     KeySpec(
         "{ns}:console-login:{client}",
         "string",
-        "login attempts of one client address (the console's rate limit)",
+        "login attempts of one client (the console's rate limit): an address, an IPv6 "
+        "client by its /64, or `device:<nonce>` for a browser that logged in before",
         "DISPATCHER_CONSOLE_LOGIN_WINDOW after the window's first attempt",
+    ),
+    KeySpec(
+        "{ns}:console-login-all",
+        "string",
+        "login attempts of every client without a device cookie (the console's global cap)",
+        "DISPATCHER_CONSOLE_LOGIN_WINDOW after the window's first attempt",
+    ),
+    KeySpec(
+        "{ns}:console-session:{nonce}",
+        "string",
+        "a live console session; deleted at logout, so a captured cookie is dead after it",
+        "DISPATCHER_CONSOLE_SESSION_TTL",
     ),
     KeySpec(
         "{ns}:outbox:{integration}:{order}",
