@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from redis import Redis
-from test_hostile_web import Web, dispatcher_web
+from test_hostile_web import Web, connect, dispatcher_web, read_answer
 
 from dispatcher.store.keys import Keys
 
@@ -136,3 +136,23 @@ def test_someone_elses_failures_never_lock_out_an_operators_browser(
         assert login(operator, TOKEN, **operator_address).status_code == 303
         assert operator.get("/console/integrations").status_code == 200
     redis.delete(*redis.keys(f"{proxied.namespace}:console-login*"))
+
+
+def test_redirects_never_reflect_the_host_header(direct: Web) -> None:
+    hostile = {"Host": "evil.example"}
+    with httpx.Client(base_url=direct.url, timeout=10) as client:
+        answer = client.get("/healthz/", headers=hostile)
+        assert answer.status_code == 307
+        assert answer.headers["location"] == "/healthz"
+        answer = client.get("/console/live/?a=1", headers=hostile)
+        assert answer.status_code == 307
+        assert answer.headers["location"] == "/console/live?a=1"
+        assert login(client, "guess", **hostile).status_code == 403
+        answer = client.get("/console/integrations", headers=hostile)
+        assert answer.status_code == 303 and answer.headers["location"] == "/"
+    # A path that would read as another host (a protocol-relative Location) is not redirected.
+    with connect(direct) as sock:
+        sock.sendall(
+            b"GET //evil.example/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+        )
+        assert read_answer(sock).startswith(b"HTTP/1.1 404 ")
