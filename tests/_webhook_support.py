@@ -50,6 +50,8 @@ def make_ledger(redis: Redis, namespace: str = "dispatcher") -> Ledger:
 
 def make_app(ledger: Ledger, *, acceptors: Sequence[Acceptor] = (), **settings: Any) -> Starlette:
     """The receiver mounted on a bare Starlette app, as `dispatcher web` mounts it."""
+    # Orders are dispatched unconfirmed here unless a test asks (no Kombo to ask).
+    settings.setdefault("DISPATCHER_WEBHOOK_CONFIRM", False)
     config = Settings(_env_file=None, KOMBO_WEBHOOK_SECRET=SECRET, **settings)  # type: ignore[call-arg]
     return Starlette(
         routes=webhook_routes(config, ledger, acceptors=acceptors),

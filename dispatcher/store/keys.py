@@ -172,6 +172,13 @@ class Keys:
         current window (the global cap)."""
         return f"{self.namespace}:console-login-all"
 
+    @property
+    def webhook_unconfirmed(self) -> str:
+        """Hash: order ref -> JSON of a webhook order Kombo could not confirm OPEN yet (Kombo
+        down, or not listing it): ``dispatcher web`` confirms it later, then dispatches it or
+        records that it is not OPEN (dispatcher/web/confirm.py)."""
+        return f"{self.namespace}:webhook-unconfirmed"
+
     def console_session(self, nonce: str) -> str:
         """String: a live console session (deleted at logout: the cookie is dead then)."""
         return f"{self.namespace}:console-session:{nonce}"
@@ -325,6 +332,13 @@ SCHEMA: tuple[KeySpec, ...] = (
         "string",
         "login attempts of every client without a device cookie (the console's global cap)",
         "DISPATCHER_CONSOLE_LOGIN_WINDOW after the window's first attempt",
+    ),
+    KeySpec(
+        "{ns}:webhook-unconfirmed",
+        "hash",
+        "order ref -> JSON (integration, order, event id, received, attempts, last error) of "
+        "a webhook order not yet confirmed OPEN with Kombo; `dispatcher web` retries it",
+        "until confirmed (then dispatched, or recorded as not OPEN)",
     ),
     KeySpec(
         "{ns}:console-session:{nonce}",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import h11
@@ -40,12 +41,17 @@ log = logging.getLogger("dispatcher.web")
 
 
 def create_app(
-    settings: Settings, redis: Redis, *, extra_routes: Sequence[BaseRoute] = ()
+    settings: Settings,
+    redis: Redis,
+    *,
+    extra_routes: Sequence[BaseRoute] = (),
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> Starlette:
     """The Starlette app: ``GET /metrics`` (Prometheus text), ``GET /healthz`` (200 when
     Redis answers and the keys every process shares hold their types, 503 otherwise), plus
     ``extra_routes``, plus the operator console at ``/`` when ``DISPATCHER_CONSOLE_TOKEN``
-    is set.
+    is set. ``background`` tasks run while the app serves (its lifespan), e.g. the webhook
+    receiver's confirmation of kept orders.
 
     Endpoints are plain functions: Starlette runs them in its thread pool, where the
     blocking Redis client belongs.
@@ -94,9 +100,21 @@ def create_app(
 
         routes.extend(console_routes(settings, redis))
         log.info("the operator console is on at /")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(task()) for task in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     app = Starlette(
         routes=routes,
         middleware=body_middleware(settings.web_body_timeout, settings.web_body_budget),
+        lifespan=lifespan,
     )
     relative_slash_redirects(app)
     return app
