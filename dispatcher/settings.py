@@ -190,13 +190,14 @@ class Settings(BaseSettings):
         30.0,
         alias="DISPATCHER_WEB_BODY_TIMEOUT",
         gt=0,
-        description="Seconds a webhook delivery has to send its body once its headers are in.",
+        description="Seconds any request (webhook, results PUT, console form) has to send its "
+        "body once its headers are in; then 408.",
     )
     web_body_budget: int = Field(
         8 * 1024 * 1024,
         alias="DISPATCHER_WEB_BODY_BUDGET",
         ge=1024 * 1024,
-        description="Bytes of webhook bodies held at once, across deliveries; then 503.",
+        description="Bytes of request bodies being read at once, across requests; then 503.",
     )
     web_max_connections: int = Field(
         1000,

@@ -2,16 +2,19 @@
 
 Kombo pushes every new order as an ``assessment:order-received`` (or
 ``inline-assessment:order-received``) event. The receiver checks ``X-Kombo-Signature`` over the
-raw body, validates the order, may reject it at the door, and hands it to
-:meth:`Ledger.dispatch <dispatcher.store.ledger.Ledger.dispatch>`: the same atomic
-dedupe-and-enqueue step the poller uses, so an order that arrives by webhook and by polling is
-dispatched once. The handlers run later, in a worker; the answer does not wait for them.
+raw body, validates the order, may reject it at the door, confirms it OPEN with Kombo
+(dispatcher/web/confirm.py: a replayed delivery of an order Kombo completed dispatches
+nothing) and hands it to :meth:`Ledger.dispatch <dispatcher.store.ledger.Ledger.dispatch>`:
+the same atomic dedupe-and-enqueue step the poller uses, so an order that arrives by webhook
+and by polling is dispatched once. The handlers run later, in a worker; the answer does not
+wait for them. The body's deadline and budget are the app's (dispatcher/web/bodies.py).
 
 ========  ===================================================================================
 answer    when
 ========  ===================================================================================
-200       order enqueued; order already seen (a replay, or the poller was first); any other
-          event type (logged and ignored)
+200       order enqueued; order already seen (a replay, or the poller was first); order not
+          OPEN at Kombo (``not_open``: a replay, recorded on its timeline); order kept to
+          confirm with Kombo later (``unconfirmed``); any other event type (ignored)
 400       body not JSON (or not UTF-8, or holding a lone surrogate such as ``"\ud800"``), or
           the event or its order fails validation (``{"message": ...}``)
 401       ``X-Kombo-Signature`` missing or wrong; nothing is read further
@@ -21,7 +24,7 @@ answer    when
           ``accepts`` refused it; ``{"message": ...}`` is shown in the ATS and the order is
           remembered as rejected, so polling never dispatches it
 503       Redis unreachable: Kombo keeps the order OPEN and polling picks it up later; or
-          the bodies being read, not yet verified, hold ``DISPATCHER_WEB_BODY_BUDGET`` bytes
+          the bodies being read hold ``DISPATCHER_WEB_BODY_BUDGET`` bytes
 ========  ===================================================================================
 """
 
