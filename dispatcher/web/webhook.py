@@ -211,6 +211,9 @@ _Item = tuple[str, Order, str]
 
 # Orders admitted in one batch at most: Kombo's page size, the size the ledger is built for.
 _MAX_BATCH = 250
+# Batches admitted at once: with confirmation a batch waits on Kombo, then on Redis; a second
+# batch overlaps the first's wait instead of queueing behind it.
+_MAX_DRAINS = 2
 
 # Strong references to running drain tasks: the event loop keeps only weak ones.
 _TASKS: set[asyncio.Task[None]] = set()
@@ -247,7 +250,7 @@ class WebhookReceiver:
         self.acceptors = acceptors
         self.inline_url = inline_url
         self._pending: list[_Pending] = []
-        self._draining = False
+        self._drains = 0
 
     async def receive(self, request: Request) -> Response:
         """Answer one delivery (see the module docstring for the answers)."""
@@ -333,16 +336,17 @@ class WebhookReceiver:
     async def _admit(self, integration_id: str, order: Order, event_id: str) -> _Outcome:
         """Reject or dispatch one order, together with every other order arriving meanwhile.
 
-        The ledger's Redis client blocks, so the work runs in a worker thread; one batch at
-        a time, holding every order that arrived while the previous batch ran. A batch costs
+        The ledger's Redis client blocks, so the work runs in a worker thread; at most
+        ``_MAX_DRAINS`` batches at a time, each holding every order that arrived while the
+        batches before it ran. A batch costs
         :meth:`Ledger.dispatch`'s two round trips per integration, however many orders it
         holds, where one thread per order would cost two each and leave dozens of threads
         fighting over the GIL under a burst of deliveries.
         """
         future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(integration_id, order, event_id, future))
-        if not self._draining:
-            self._draining = True
+        if self._drains < _MAX_DRAINS:
+            self._drains += 1
             _background(self._drain())
         return await future
 
@@ -371,10 +375,11 @@ class WebhookReceiver:
                     else:
                         item.future.set_result(outcome)
         finally:
-            self._draining = False
-            for item in self._pending:  # only left when cancelled
-                item.future.cancel()
-            self._pending.clear()
+            self._drains -= 1
+            if not self._drains:
+                for item in self._pending:  # only left when cancelled
+                    item.future.cancel()
+                self._pending.clear()
 
     def _admit_batch(self, items: Sequence[_Item]) -> list[_Outcome | RedisError]:
         """Reject or dispatch a batch of orders (blocking: runs in a worker thread).
