@@ -156,3 +156,14 @@ def test_redirects_never_reflect_the_host_header(direct: Web) -> None:
             b"GET //evil.example/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
         )
         assert read_answer(sock).startswith(b"HTTP/1.1 404 ")
+
+
+def test_one_address_hammering_on_cannot_spend_the_global_cap(proxied: Web, redis: Redis) -> None:
+    with httpx.Client(base_url=proxied.url, timeout=10) as attacker:
+        for _ in range(10 * ATTEMPTS + 2):
+            last = login(attacker, "guess", **{"X-Forwarded-For": "198.51.100.200"})
+        assert last.status_code == 429
+    # A browser that never logged in, at another address, still gets its attempts.
+    with httpx.Client(base_url=proxied.url, timeout=10) as newcomer:
+        assert login(newcomer, TOKEN, **{"X-Forwarded-For": "192.0.2.99"}).status_code == 303
+    redis.delete(*redis.keys(f"{proxied.namespace}:console-login*"))

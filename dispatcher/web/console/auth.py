@@ -139,22 +139,23 @@ class LoginLimiter:
     def attempt(self, client: str, device: Session | None = None) -> float | None:
         """Count one attempt of ``client`` (its address), or of ``device`` when the browser
         has a device cookie; None when allowed, else seconds until the window ends.
-        One round trip. Raises RedisError when Redis does not answer or refuses."""
-        counters = [(self._key(client, device), self.attempts)]
-        if device is None:
-            counters.append((self.keys.console_login_all, self.attempts * GLOBAL_FACTOR))
+        An attempt refused by its client's own limit does not count towards the global cap
+        (one address hammering on cannot spend it). One round trip, two for a client
+        without a device cookie. Raises RedisError when Redis does not answer or refuses."""
+        wait = self._count(self._key(client, device), self.attempts)
+        if wait is None and device is None:
+            wait = self._count(self.keys.console_login_all, self.attempts * GLOBAL_FACTOR)
+        return wait
+
+    def _count(self, key: str, limit: int) -> float | None:
         with self.redis.pipeline(transaction=True) as pipe:
-            for key, _ in counters:
-                pipe.incr(key)
-                pipe.expire(key, self.window, nx=True)
-                pipe.ttl(key)
-            answers = pipe.execute()
-        waits = [
-            float(max(1, int(answers[3 * n + 2])))
-            for n, (_, limit) in enumerate(counters)
-            if int(answers[3 * n]) > limit
-        ]
-        return max(waits) if waits else None
+            pipe.incr(key)
+            pipe.expire(key, self.window, nx=True)
+            pipe.ttl(key)
+            count, _, ttl = pipe.execute()
+        if int(count) > limit:
+            return float(max(1, int(ttl)))
+        return None
 
     def succeeded(self, client: str, device: Session | None = None) -> None:
         """A correct token: the client's count starts again."""
