@@ -7,7 +7,7 @@ when Kombo had completed it. The receiver therefore asks Kombo (``GET /assessmen
 :data:`MAX_IDS` ids a request) and dispatches only the orders Kombo lists as ``OPEN``:
 
 - an order Kombo lists with another status is not dispatched; the timeline records it
-  (``webhook_not_open``, shown by ``dispatcher show`` and the console's Order page);
+  (``webhook_not_open``, shown by ``dispatcher show`` and the results API's order timeline);
 - an order Kombo cannot confirm (Kombo down, slow beyond ``DISPATCHER_WEBHOOK_CONFIRM_TIMEOUT``,
   or not listing it) is kept in Redis (:meth:`Keys.webhook_unconfirmed`) and confirmed
   later by every ``dispatcher web`` (:meth:`UnconfirmedOrders.due`): never dropped. One not
@@ -254,7 +254,7 @@ def _parse(raw: bytes | str) -> Pending:
 def record_event(
     redis: Redis, keys: Keys, integration_id: str, order_id: str, ttl: int, **event: Any
 ) -> None:
-    """Add an event to the order's timeline (``dispatcher show``, the console's Order page)."""
+    """Add an event to the order's timeline (``dispatcher show``, ``GET /orders/{i}/{o}``)."""
     key = keys.timeline(integration_id, order_id)
     text = json.dumps({"at": round(time.time(), 3), **event}, ensure_ascii=False)
     with redis.pipeline(transaction=True) as pipe:
