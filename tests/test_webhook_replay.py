@@ -166,3 +166,15 @@ def test_orders_of_concurrent_deliveries_are_confirmed_in_shared_requests(
     assert asked < len(bodies), f"{asked} Kombo requests for {len(bodies)} deliveries"
     seen = redis.hmget(Keys(web.namespace).seen(INTEGRATION), [o["id"] for o in orders])
     assert all(value is not None for value in seen)
+
+
+def test_the_receiver_without_an_api_key_refuses_to_start_in_one_line(redis_url: str) -> None:
+    env = dispatcher_env(redis_url, KOMBO_WEBHOOK_SECRET="whsec_replay_test")
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "web", "--port", "0"], env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "KOMBO_API_KEY: not set (the webhook receiver confirms each order OPEN" in result.stderr
+    assert "DISPATCHER_WEBHOOK_CONFIRM=false" in result.stderr
+    assert "Traceback" not in result.stderr
