@@ -121,19 +121,28 @@ def _run_webhook(smoke: bool) -> tuple[list[Row], float, str]:
     if proc.returncode != 0 or not lines:
         error = (proc.stderr.strip() or "no output").splitlines()[-1]
         return [Row(WEBHOOK.name, "FAILED", None, "", detail=error)], elapsed, output
-    figures: dict[str, Any] = json.loads(lines[-1])
+    parsed: Any = json.loads(lines[-1])
+    # Side by side (a list): unconfirmed (the baseline), then confirmed with Kombo.
+    base: dict[str, Any] | None = parsed[0] if isinstance(parsed, list) else None
+    figures: dict[str, Any] = parsed[-1] if isinstance(parsed, list) else parsed
     p99 = float(figures["p99_ms"])
+    base_p99 = float(base["p99_ms"]) if base else None
     row = Row(
         WEBHOOK.name,
-        f"webhook to enqueued, p99 under {figures.get('concurrency', '?')} concurrent deliveries",
+        f"webhook to enqueued, p99 under {figures.get('concurrency', '?')} concurrent deliveries"
+        + (", each order confirmed with Kombo" if figures.get("confirm") else ""),
         p99,
         "ms",
+        baseline="unconfirmed" if base else "",
+        baseline_value=base_p99,
+        ratio=round(base_p99 / p99, 2) if base_p99 else None,
         target="p99 <= 100 ms",
         met=p99 <= 100,
         detail=(
             f"{figures.get('deliveries')} deliveries, {figures.get('sender')} sender, "
             f"p50 {figures.get('p50_ms')} ms, max {figures.get('max_ms')} ms, "
-            f"{figures.get('per_second')}/s"
+            f"{figures.get('per_second')}/s, "
+            f"{figures.get('kombo_requests_per_1000_orders', 0)} Kombo requests per 1,000 orders"
         ),
     )
     return [row], elapsed, output

@@ -17,6 +17,12 @@ includes that queueing. The raw sender costs little, so its figure is the receiv
 The receiver process calls ``gc.freeze()`` once its app is built, as ``dispatcher web``
 should: without it a full garbage collection of the start-up objects stalls every delivery
 in flight for about 30 ms every second or two (``--no-gc-freeze`` shows it).
+
+The receiver confirms each new order OPEN with Kombo before dispatching it (issue 22: a
+replayed delivery must not re-dispatch a completed order). ``--confirm both`` (the default)
+runs the same deliveries twice in one run, side by side: without confirmation (the baseline)
+and with it, against the simulator in its own process over a real socket (``--kombo-latency``
+seconds per request), and reports the Kombo requests the confirmation cost per 1,000 orders.
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ import httpx
 from redis import Redis
 from rq import Queue
 
-from _support import free_port, private_redis
-from dispatcher.testing.simulator import Simulator
+from _support import free_port, private_redis, simulator_process
+from dispatcher.kombo.client import KomboClient
+from dispatcher.testing.simulator import DEFAULT_API_KEY
 from dispatcher.web.webhook import ORDER_EVENT, SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
 SECRET = "bench-webhook-secret"
@@ -56,16 +63,30 @@ def _serve(port: int) -> None:
     """The receiver process: the webhook routes on a Starlette app under uvicorn."""
     import uvicorn
     from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
 
     from dispatcher.settings import load_settings
     from dispatcher.store.ledger import Ledger
     from dispatcher.web.app import server_config
-    from dispatcher.web.webhook import webhook_routes
+    from dispatcher.web.bodies import body_middleware
+    from dispatcher.web.webhook import webhook_receiver
 
     settings = load_settings()
     redis = Redis.from_url(settings.redis_url.get_secret_value())
     ledger = Ledger(redis, Queue(settings.queue, connection=redis), settings.namespace)
-    app = Starlette(routes=webhook_routes(settings, ledger, acceptors=()))
+    receiver = webhook_receiver(settings, ledger, acceptors=())
+
+    def kombo_requests(request: Request) -> PlainTextResponse:
+        confirmer = receiver.confirmer
+        return PlainTextResponse(str(confirmer.requests if confirmer else 0))
+
+    # As `dispatcher web` serves it: the body limits of every route, the receiver's routes.
+    app = Starlette(
+        routes=[*receiver.routes, Route("/bench/kombo-requests", kombo_requests)],
+        middleware=body_middleware(settings.web_body_timeout, settings.web_body_budget),
+    )
     if os.environ.get("BENCH_GC_FREEZE") != "0":
         # What `dispatcher web` should do once its app is built: move the objects of start-up
         # (imported modules, pydantic schemas) out of the collector's reach, so that a full
@@ -75,10 +96,13 @@ def _serve(port: int) -> None:
     uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port)).run()
 
 
-def _deliveries(count: int) -> list[bytes]:
-    """Bodies of ``count`` order-received events for distinct, realistic orders."""
-    sim = Simulator(1, count, closed=0, seed=7)
-    integration = sim.integration_ids[0]
+def _deliveries(kombo_url: str, integration: str) -> list[bytes]:
+    """Bodies of order-received events for every OPEN order the simulator holds, read from
+    it as Kombo's own orders (so that confirming them finds them)."""
+    orders: list[dict[str, Any]] = []
+    with KomboClient(DEFAULT_API_KEY, kombo_url) as client:
+        for page in client.iter_order_pages(integration, page_size=250):
+            orders.extend(raw.data for raw in page.results)
     return [
         json.dumps(
             {
@@ -87,7 +111,7 @@ def _deliveries(count: int) -> list[bytes]:
                 "data": {**order, "integration_id": integration},
             }
         ).encode()
-        for n, order in enumerate(sim.orders(integration))
+        for n, order in enumerate(orders)
     ]
 
 
@@ -186,12 +210,31 @@ def measure(
     warmup: int,
     replays: float,
     redis_url: str | None = None,
+    *,
+    confirm: bool = False,
+    kombo_latency: float = 0.0,
 ) -> dict[str, Any]:
     """Run the benchmark; the figures as a dict (what ``--json`` prints).
 
-    ``redis_url``: an empty Redis to use instead of starting a private one.
+    ``redis_url``: an empty Redis to use instead of starting a private one. ``confirm``:
+    the receiver confirms each order with the simulator (``kombo_latency`` s a request).
     """
-    bodies = _deliveries(warmup + deliveries)
+    with simulator_process(1, warmup + deliveries, latency=kombo_latency, seed=7) as kombo:
+        return _measure(
+            _deliveries(kombo.url, kombo.integration_ids[0]), warmup, concurrency, sender,
+            replays, redis_url, kombo.url if confirm else None,
+        )  # fmt: skip
+
+
+def _measure(
+    bodies: list[bytes],
+    warmup: int,
+    concurrency: int,
+    sender: str,
+    replays: float,
+    redis_url: str | None,
+    kombo_url: str | None,
+) -> dict[str, Any]:
     first, measured = bodies[:warmup], bodies[warmup:]
     sends = measured + measured[: int(len(measured) * replays)]
     random.Random(0).shuffle(sends)  # a replay may even arrive before its original
@@ -203,6 +246,9 @@ def measure(
             "KOMBO_WEBHOOK_SECRET": SECRET,
             "DISPATCHER_QUEUE": QUEUE,
             "DISPATCHER_LOG_LEVEL": "WARNING",
+            "DISPATCHER_WEBHOOK_CONFIRM": "true" if kombo_url else "false",
+            "KOMBO_API_KEY": DEFAULT_API_KEY,
+            "KOMBO_BASE_URL": kombo_url or "http://127.0.0.1:1",
         }
         command = [sys.executable, str(Path(__file__)), "--serve", str(port)]
         proc = subprocess.Popen(command, env=env)
@@ -210,9 +256,11 @@ def measure(
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url, proc)
             cpu_before = _cpu_seconds(proc.pid), time.process_time()
+            asked_before = int(httpx.get(url + "/bench/kombo-requests").text)
             phases = asyncio.run(_run(url, sender, [first, sends], concurrency))
             receiver_cpu = _cpu_seconds(proc.pid) - cpu_before[0]
             sender_cpu = time.process_time() - cpu_before[1]
+            asked = int(httpx.get(url + "/bench/kombo-requests").text) - asked_before
         finally:
             proc.terminate()
             proc.wait(10)
@@ -226,6 +274,7 @@ def measure(
     cuts = statistics.quantiles(ms, n=100, method="inclusive")
     total = len(first) + len(sends)
     return {
+        "confirm": kombo_url is not None,
         "sender": sender,
         "deliveries": len(ms),
         "replays": len(sends) - len(measured),
@@ -236,6 +285,9 @@ def measure(
         "p99_ms": round(cuts[98], 1),
         "max_ms": round(ms[-1], 1),
         "jobs_enqueued": enqueued,
+        # Requests of the whole run (warm-up included) per 1,000 distinct orders delivered.
+        "kombo_requests": asked,
+        "kombo_requests_per_1000_orders": round(asked * 1000 / len(bodies), 1),
         "receiver_cpu_ms": round(receiver_cpu * 1000 / total, 2),
         "sender_cpu_ms": round(sender_cpu * 1000 / total, 2),
         "cpus": os.cpu_count(),
@@ -259,6 +311,16 @@ def main() -> None:
         action="store_true",
         help="leave the receiver's start-up objects to the garbage collector (slower tail)",
     )
+    parser.add_argument(
+        "--confirm",
+        choices=["off", "on", "both"],
+        default="both",
+        help="confirm orders with Kombo (the simulator): off (the baseline), on, or both side by "
+        "side (default)",
+    )
+    parser.add_argument(
+        "--kombo-latency", type=float, default=0.0, help="seconds per simulator request"
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -266,25 +328,52 @@ def main() -> None:
         return
     if args.no_gc_freeze:
         os.environ["BENCH_GC_FREEZE"] = "0"  # read by the receiver process
-    r = measure(
-        args.deliveries,
-        args.concurrency,
-        args.sender,
-        args.warmup,
-        args.replays,
-        args.redis_url,
-    )
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.confirm]
+    if args.redis_url and len(modes) > 1:
+        parser.error("--redis-url takes one run: add --confirm on or --confirm off")
+    rows = [
+        measure(
+            args.deliveries,
+            args.concurrency,
+            args.sender,
+            args.warmup,
+            args.replays,
+            args.redis_url,
+            confirm=confirm,
+            kombo_latency=args.kombo_latency,
+        )
+        for confirm in modes
+    ]
     if args.json:
-        print(json.dumps(r))
+        print(json.dumps(rows[0] if len(rows) == 1 else rows))
         return
+    for r in rows:
+        _print(r)
+    if len(rows) == 2:
+        base, confirmed = rows
+        print(
+            f"confirmed / unconfirmed: p50 x{confirmed['p50_ms'] / base['p50_ms']:.2f}, "
+            f"p99 x{confirmed['p99_ms'] / base['p99_ms']:.2f}; Kombo requests per 1,000 "
+            f"orders: {confirmed['kombo_requests_per_1000_orders']}"
+        )
+
+
+def _print(r: dict[str, Any]) -> None:
     print(
+        f"{'confirmed with Kombo' if r['confirm'] else 'unconfirmed (baseline)'}: "
         f"{r['deliveries']} deliveries ({r['replays']} replays), {r['concurrency']} in flight, "
         f"{r['sender']} sender: {r['per_second']}/s; {r['cpus']} CPUs, load average "
         f"{' '.join(map(str, r['load_average']))}"
     )
-    print(f"latency ms: p50 {r['p50_ms']}  p90 {r['p90_ms']}  p99 {r['p99_ms']}  max {r['max_ms']}")
-    print(f"jobs enqueued: {r['jobs_enqueued']} (each order once)")
-    print(f"CPU per delivery: receiver {r['receiver_cpu_ms']} ms, sender {r['sender_cpu_ms']} ms")
+    print(
+        f"  latency ms: p50 {r['p50_ms']}  p90 {r['p90_ms']}  p99 {r['p99_ms']}  max {r['max_ms']}"
+    )
+    print(f"  jobs enqueued: {r['jobs_enqueued']} (each order once)")
+    print(
+        f"  Kombo requests: {r['kombo_requests']} "
+        f"({r['kombo_requests_per_1000_orders']} per 1,000 orders)"
+    )
+    print(f"  CPU per delivery: receiver {r['receiver_cpu_ms']} ms, sender {r['sender_cpu_ms']} ms")
 
 
 if __name__ == "__main__":

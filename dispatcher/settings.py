@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import string
 from collections.abc import Sequence
 from typing import Annotated, Literal
@@ -194,19 +195,40 @@ class Settings(BaseSettings):
         30.0,
         alias="DISPATCHER_WEB_BODY_TIMEOUT",
         gt=0,
-        description="Seconds a webhook delivery has to send its body once its headers are in.",
+        description="Seconds any request (webhook, results PUT, console form) has to send its "
+        "body once its headers are in; then 408.",
     )
     web_body_budget: int = Field(
         8 * 1024 * 1024,
         alias="DISPATCHER_WEB_BODY_BUDGET",
         ge=1024 * 1024,
-        description="Bytes of webhook bodies held at once, across deliveries; then 503.",
+        description="Bytes of request bodies being read at once, across requests; then 503.",
     )
     web_max_connections: int = Field(
         1000,
         alias="DISPATCHER_WEB_MAX_CONNECTIONS",
         ge=1,
         description="Open connections (or requests) beyond which `dispatcher web` answers 503.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        alias="DISPATCHER_TRUSTED_PROXIES",
+        description="Addresses or networks (comma-separated) of the reverse proxies whose "
+        "X-Forwarded-For `dispatcher web` believes; empty: none.",
+    )
+    webhook_confirm: bool = Field(
+        True,
+        alias="DISPATCHER_WEBHOOK_CONFIRM",
+        description="Confirm each webhook order OPEN with Kombo before dispatching it "
+        "(a replayed delivery then dispatches nothing); needs KOMBO_API_KEY.",
+    )
+    webhook_confirm_timeout: float = Field(
+        3.0,
+        alias="DISPATCHER_WEBHOOK_CONFIRM_TIMEOUT",
+        gt=0,
+        le=60,
+        description="Seconds the receiver waits for Kombo's confirmation before it keeps the "
+        "order to confirm later.",
     )
 
     # The operator console (`dispatcher web`, dispatcher/web/console/).
@@ -386,6 +408,23 @@ class Settings(BaseSettings):
             return None
         if len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (it is the console's password)")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item[:60]!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/8)"
+                ) from None
         return value
 
     @field_validator("accepted_packages", mode="before")

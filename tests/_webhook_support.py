@@ -20,6 +20,7 @@ from _support import free_port
 from dispatcher.plugins import Acceptor
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
+from dispatcher.web.bodies import body_middleware
 from dispatcher.web.webhook import ORDER_EVENT, SIGNATURE_HEADER, sign, webhook_routes
 
 SECRET = "kombo-test-secret"
@@ -49,8 +50,13 @@ def make_ledger(redis: Redis, namespace: str = "dispatcher") -> Ledger:
 
 def make_app(ledger: Ledger, *, acceptors: Sequence[Acceptor] = (), **settings: Any) -> Starlette:
     """The receiver mounted on a bare Starlette app, as `dispatcher web` mounts it."""
+    # Orders are dispatched unconfirmed here unless a test asks (no Kombo to ask).
+    settings.setdefault("DISPATCHER_WEBHOOK_CONFIRM", False)
     config = Settings(_env_file=None, KOMBO_WEBHOOK_SECRET=SECRET, **settings)  # type: ignore[call-arg]
-    return Starlette(routes=webhook_routes(config, ledger, acceptors=acceptors))
+    return Starlette(
+        routes=webhook_routes(config, ledger, acceptors=acceptors),
+        middleware=body_middleware(config.web_body_timeout, config.web_body_budget),
+    )
 
 
 class AppClient:

@@ -74,6 +74,9 @@ def dispatcher_web(redis_url: str, tmp: Path, **env: str) -> Iterator[Web]:
     namespace = f"hw{uuid.uuid4().hex[:8]}"
     values = {
         "KOMBO_WEBHOOK_SECRET": SECRET,
+        # No Kombo here: orders are dispatched unconfirmed (tests/test_webhook_replay.py
+        # confirms them with the simulator).
+        "DISPATCHER_WEBHOOK_CONFIRM": "false",
         "DISPATCHER_NAMESPACE": namespace,
         "DISPATCHER_HANDLERS": "log",
         **env,

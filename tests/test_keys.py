@@ -57,6 +57,9 @@ def test_every_key_method_of_keys_is_in_the_schema() -> None:
         keys.results("{integration}"),
         keys.throughput("{hour}"),  # type: ignore[arg-type]
         keys.console_login("{client}"),
+        keys.console_login_all,
+        keys.console_session("{nonce}"),
+        keys.webhook_unconfirmed,
         keys.outbox("{integration}", "{order}"),
         keys.outbox_index("{state}"),
         keys.kombo_writes("{integration}"),

@@ -244,6 +244,7 @@ def test_dispatcher_web_starts_without_the_workers_handler_settings(tmp_path: Pa
         PYTHONPATH=str(tmp_path),
         PICKY_MARK=str(mark),
         KOMBO_WEBHOOK_SECRET="secret",
+        KOMBO_API_KEY="key",  # the receiver confirms webhook orders with Kombo
         DISPATCHER_HANDLERS="log,provision_http,notify_email,notify_webhook,picky",
     )
     proc = subprocess.Popen(

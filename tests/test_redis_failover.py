@@ -165,7 +165,9 @@ def test_failover_under_load_loses_no_order_and_repeats_no_step(
         with httpx.Client(base_url=url, timeout=5) as http:
             while not stop_adding.wait(0.1):
                 order_id = f"WEBHOOK{n:05d}"
-                body = event_body(order_payload(order_id), INTEGRATION, event_id=f"evt_{n}")
+                # Kombo knows the order it announces: the receiver confirms it OPEN there.
+                order = sim.add_order(INTEGRATION, id=order_id)
+                body = event_body(order, INTEGRATION, event_id=f"evt_{n}")
                 try:
                     _until_accepted(
                         lambda b=body: http.post("/webhooks/kombo", content=b, headers=signed(

@@ -58,16 +58,25 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
     except RedisError:
         pass  # Redis is down: /healthz says so
     routes = []
+    background = []
     if settings.kombo_webhook_secret is not None:
-        from dispatcher.web.webhook import webhook_routes
+        from dispatcher.web.webhook import webhook_receiver
 
         try:
-            routes = webhook_routes(settings, make_ledger(settings, redis))
+            receiver = webhook_receiver(settings, make_ledger(settings, redis))
         except (ConfigError, HandlerConfigError) as exc:
             fail(str(exc))
+        routes = receiver.routes
+        if receiver.confirmer is not None:
+            background.append(receiver.confirm_later)
+        else:
+            log.warning(
+                "DISPATCHER_WEBHOOK_CONFIRM is off: webhook orders are dispatched without "
+                "asking Kombo, and a replayed delivery dispatches its order again"
+            )
     else:
         log.warning("KOMBO_WEBHOOK_SECRET is not set: the webhook receiver is off")
-    app = create_app(settings, redis, extra_routes=routes)
+    app = create_app(settings, redis, extra_routes=routes, background=background)
     # The app's objects live as long as the process: keep them out of the garbage collector's
     # full passes, which otherwise stall every request in flight for ~30 ms.
     gc.freeze()

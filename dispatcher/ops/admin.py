@@ -281,7 +281,8 @@ def describe_order(
     redis: Redis, namespace: str, queue_name: str, order_id: str, integrations: Iterable[str]
 ) -> list[OrderRecord]:
     """Everything known about ``order_id`` in each of ``integrations`` that knows it (seen,
-    a job, or step records), in integration order."""
+    a job, step records, or a timeline: a replayed webhook delivery of an order Kombo had
+    completed leaves only that), in integration order."""
     keys = Keys(namespace)
     candidates = list(integrations)
     with redis.pipeline(transaction=False) as pipe:
@@ -289,11 +290,12 @@ def describe_order(
             pipe.hget(keys.seen(integration_id), order_id)
             pipe.exists(job_key(job_id_for(namespace, integration_id, order_id)))
             pipe.hgetall(keys.steps(integration_id, order_id))
+            pipe.exists(keys.timeline(integration_id, order_id))
         answers = pipe.execute()
     records = []
     for index, integration_id in enumerate(candidates):
-        seen, has_job, steps = answers[3 * index : 3 * index + 3]
-        if seen is None and not has_job and not steps:
+        seen, has_job, steps, has_timeline = answers[4 * index : 4 * index + 4]
+        if seen is None and not has_job and not steps and not has_timeline:
             continue
         records.append(
             _record(

@@ -193,8 +193,26 @@ class Keys:
         return f"{self.namespace}:reconcile-lease"
 
     def console_login(self, client: str) -> str:
-        """String: failed console logins of one client address in the current window."""
+        """String: console login attempts of one client in the current window: an address
+        (an IPv6 client by its /64) or ``device:<nonce>`` (a browser that logged in before)."""
         return f"{self.namespace}:console-login:{client}"
+
+    @property
+    def console_login_all(self) -> str:
+        """String: console login attempts of every client without a device cookie in the
+        current window (the global cap)."""
+        return f"{self.namespace}:console-login-all"
+
+    @property
+    def webhook_unconfirmed(self) -> str:
+        """Hash: order ref -> JSON of a webhook order Kombo could not confirm OPEN yet (Kombo
+        down, or not listing it): ``dispatcher web`` confirms it later, then dispatches it or
+        records that it is not OPEN (dispatcher/web/confirm.py)."""
+        return f"{self.namespace}:webhook-unconfirmed"
+
+    def console_session(self, nonce: str) -> str:
+        """String: a live console session (deleted at logout: the cookie is dead then)."""
+        return f"{self.namespace}:console-session:{nonce}"
 
 
 def job_id_for(namespace: str, integration_id: str, order_id: str) -> str:
@@ -337,8 +355,28 @@ SCHEMA: tuple[KeySpec, ...] = (
     KeySpec(
         "{ns}:console-login:{client}",
         "string",
-        "login attempts of one client address (the console's rate limit)",
+        "login attempts of one client (the console's rate limit): an address, an IPv6 "
+        "client by its /64, or `device:<nonce>` for a browser that logged in before",
         "DISPATCHER_CONSOLE_LOGIN_WINDOW after the window's first attempt",
+    ),
+    KeySpec(
+        "{ns}:console-login-all",
+        "string",
+        "login attempts of every client without a device cookie (the console's global cap)",
+        "DISPATCHER_CONSOLE_LOGIN_WINDOW after the window's first attempt",
+    ),
+    KeySpec(
+        "{ns}:webhook-unconfirmed",
+        "hash",
+        "order ref -> JSON (integration, order, event id, received, attempts, last error) of "
+        "a webhook order not yet confirmed OPEN with Kombo; `dispatcher web` retries it",
+        "until confirmed (then dispatched, or recorded as not OPEN)",
+    ),
+    KeySpec(
+        "{ns}:console-session:{nonce}",
+        "string",
+        "a live console session; deleted at logout, so a captured cookie is dead after it",
+        "DISPATCHER_CONSOLE_SESSION_TTL",
     ),
     KeySpec(
         "{ns}:outbox:{integration}:{order}",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+from urllib.parse import quote
 
 import h11
 import uvicorn
@@ -19,8 +21,9 @@ from redis.exceptions import RedisError
 from rq import Queue
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dispatcher.ops.status import take_snapshot
@@ -28,21 +31,27 @@ from dispatcher.settings import Settings
 from dispatcher.store.connection import ServerCheck, check_server
 from dispatcher.store.keys import Keys
 from dispatcher.store.wrongtype import find_wrong_types, shared_keys
+from dispatcher.web.bodies import body_middleware
 from dispatcher.web.metrics import CONTENT_TYPE, exposition
 from dispatcher.web.results_api import results_routes
 
-__all__ = ["create_app", "server_config"]
+__all__ = ["create_app", "relative_slash_redirects", "server_config"]
 
 log = logging.getLogger("dispatcher.web")
 
 
 def create_app(
-    settings: Settings, redis: Redis, *, extra_routes: Sequence[BaseRoute] = ()
+    settings: Settings,
+    redis: Redis,
+    *,
+    extra_routes: Sequence[BaseRoute] = (),
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> Starlette:
     """The Starlette app: ``GET /metrics`` (Prometheus text), ``GET /healthz`` (200 when
     Redis answers and the keys every process shares hold their types, 503 otherwise), plus
     ``extra_routes``, plus the operator console at ``/`` when ``DISPATCHER_CONSOLE_TOKEN``
-    is set.
+    is set. ``background`` tasks run while the app serves (its lifespan), e.g. the webhook
+    receiver's confirmation of kept orders.
 
     Endpoints are plain functions: Starlette runs them in its thread pool, where the
     blocking Redis client belongs.
@@ -91,7 +100,50 @@ def create_app(
 
         routes.extend(console_routes(settings, redis))
         log.info("the operator console is on at /")
-    return Starlette(routes=routes)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(task()) for task in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    app = Starlette(
+        routes=routes,
+        middleware=body_middleware(settings.web_body_timeout, settings.web_body_budget),
+        lifespan=lifespan,
+    )
+    relative_slash_redirects(app)
+    return app
+
+
+def relative_slash_redirects(app: Starlette) -> None:
+    """Redirect ``/path/`` to ``/path`` (and back) with a relative ``Location``.
+
+    Starlette's own redirect spells the whole URL from the request's ``Host`` header, which
+    the client chooses: a cache or a proxy keyed on the path would serve a redirect to the
+    attacker's host. A path-only ``Location`` names no host at all.
+    """
+    router = app.router
+    router.redirect_slashes = False
+    not_found = router.default
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if scope["type"] == "http" and path != "/" and not path.startswith("//"):
+            other = {**scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"}
+            if any(route.matches(other)[0] is not Match.NONE for route in router.routes):
+                location = quote(str(scope.get("root_path", "")) + other["path"])
+                query = scope.get("query_string", b"").decode("latin-1")
+                target = f"{location}?{query}" if query else location
+                await RedirectResponse(target, 307)(scope, receive, send)
+                return
+        await not_found(scope, receive, send)
+
+    router.default = default
 
 
 def _server(redis: Redis) -> ServerCheck:
@@ -114,6 +166,11 @@ def server_config(
         port=port,
         http=_header_deadline_protocol(settings.web_header_timeout),
         limit_concurrency=settings.web_max_connections,
+        # X-Forwarded-For and -Proto are believed only from DISPATCHER_TRUSTED_PROXIES
+        # (uvicorn's default believes any loopback client: the console's login limit then
+        # counted whatever address a local client claimed).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies),
         log_config=None,
         access_log=access_log,
         server_header=False,

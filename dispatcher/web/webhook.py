@@ -2,16 +2,19 @@
 
 Kombo pushes every new order as an ``assessment:order-received`` (or
 ``inline-assessment:order-received``) event. The receiver checks ``X-Kombo-Signature`` over the
-raw body, validates the order, may reject it at the door, and hands it to
-:meth:`Ledger.dispatch <dispatcher.store.ledger.Ledger.dispatch>`: the same atomic
-dedupe-and-enqueue step the poller uses, so an order that arrives by webhook and by polling is
-dispatched once. The handlers run later, in a worker; the answer does not wait for them.
+raw body, validates the order, may reject it at the door, confirms it OPEN with Kombo
+(dispatcher/web/confirm.py: a replayed delivery of an order Kombo completed dispatches
+nothing) and hands it to :meth:`Ledger.dispatch <dispatcher.store.ledger.Ledger.dispatch>`:
+the same atomic dedupe-and-enqueue step the poller uses, so an order that arrives by webhook
+and by polling is dispatched once. The handlers run later, in a worker; the answer does not
+wait for them. The body's deadline and budget are the app's (dispatcher/web/bodies.py).
 
 ========  ===================================================================================
 answer    when
 ========  ===================================================================================
-200       order enqueued; order already seen (a replay, or the poller was first); any other
-          event type (logged and ignored)
+200       order enqueued; order already seen (a replay, or the poller was first); order not
+          OPEN at Kombo (``not_open``: a replay, recorded on its timeline); order kept to
+          confirm with Kombo later (``unconfirmed``); any other event type (ignored)
 400       body not JSON (or not UTF-8, or holding a lone surrogate such as ``"\ud800"``), or
           the event or its order fails validation (``{"message": ...}``)
 401       ``X-Kombo-Signature`` missing or wrong; nothing is read further
@@ -21,7 +24,7 @@ answer    when
           ``accepts`` refused it; ``{"message": ...}`` is shown in the ATS and the order is
           remembered as rejected, so polling never dispatches it
 503       Redis unreachable: Kombo keeps the order OPEN and polling picks it up later; or
-          the bodies being read, not yet verified, hold ``DISPATCHER_WEB_BODY_BUDGET`` bytes
+          the bodies being read hold ``DISPATCHER_WEB_BODY_BUDGET`` bytes
 ========  ===================================================================================
 """
 
@@ -34,7 +37,7 @@ import hmac
 import logging
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -42,7 +45,7 @@ from pydantic import SecretStr
 from pydantic_core import from_json
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -57,6 +60,17 @@ from dispatcher.logs import escape_controls
 from dispatcher.plugins import Acceptor, load_acceptors
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
+from dispatcher.web.confirm import (
+    GIVE_UP_AFTER,
+    NOT_LISTED,
+    RETRY_CAP,
+    RETRY_EVERY,
+    Answer,
+    Confirmer,
+    Pending,
+    UnconfirmedOrders,
+    record_event,
+)
 
 __all__ = [
     "INLINE_ORDER_EVENT",
@@ -64,8 +78,10 @@ __all__ = [
     "ORDER_EVENT",
     "SIGNATURE_HEADER",
     "WEBHOOK_PATH",
+    "WebhookReceiver",
     "sign",
     "verify_signature",
+    "webhook_receiver",
     "webhook_routes",
 ]
 
@@ -120,57 +136,46 @@ def webhook_routes(
     *,
     acceptors: Sequence[Acceptor] | None = None,
 ) -> list[Route]:
-    """The receiver's routes (``POST /webhooks/kombo``), to mount in the web app.
+    """The receiver's routes (``POST /webhooks/kombo``), to mount in the web app (see
+    :func:`webhook_receiver`; without its :meth:`~WebhookReceiver.confirm_later` task,
+    orders Kombo could not confirm wait in Redis for a ``dispatcher web`` that runs it)."""
+    return webhook_receiver(settings, ledger, acceptors=acceptors).routes
 
-    Raises ConfigError naming ``KOMBO_WEBHOOK_SECRET`` when it is not set. ``acceptors``
-    default to the ``accepts`` checks of the configured handler chain: only the handlers
-    whose class defines ``accepts`` are created (see ``plugins.load_acceptors``); a missing
-    or broken one raises HandlerConfigError, as a worker would at start.
+
+def webhook_receiver(
+    settings: Settings,
+    ledger: Ledger,
+    *,
+    acceptors: Sequence[Acceptor] | None = None,
+    confirmer: Confirmer | Literal["settings"] | None = "settings",
+) -> WebhookReceiver:
+    """The receiver: its routes, and the task that confirms kept orders later.
+
+    Raises ConfigError naming ``KOMBO_WEBHOOK_SECRET`` when it is not set, or
+    ``KOMBO_API_KEY`` when orders are to be confirmed (``DISPATCHER_WEBHOOK_CONFIRM``, on by
+    default) without it. ``acceptors`` default to the ``accepts`` checks of the configured
+    handler chain: only the handlers whose class defines ``accepts`` are created (see
+    ``plugins.load_acceptors``); a missing or broken one raises HandlerConfigError, as a
+    worker would at start. ``confirmer`` defaults to the one the settings describe.
     """
     secret = settings.require_webhook_secret()
+    if confirmer == "settings":
+        confirmer = Confirmer.from_settings(settings)
     if acceptors is None:
         acceptors = load_acceptors(settings.handlers)
-    receiver = _Receiver(
+    return WebhookReceiver(
         secret=secret,
         ledger=ledger,
         accepted_packages=frozenset(settings.accepted_packages),
         acceptors=tuple(acceptors),
         inline_url=settings.inline_assessment_url,
-        body_timeout=settings.web_body_timeout,
-        body_budget=_BodyBudget(settings.web_body_budget),
+        confirmer=confirmer,
+        timeline_ttl=int(settings.seen_retention),
     )
-    return [Route(WEBHOOK_PATH, receiver.receive, methods=["POST"], name="kombo_webhook")]
 
 
 class _TooLarge(Exception):
     pass
-
-
-class _Busy(Exception):
-    """The body budget is spent: other deliveries' bodies are being read."""
-
-
-class _BodyBudget:
-    """Bytes of bodies read but not yet verified, across all deliveries at once.
-
-    Anyone can send a body: until its signature is checked it is a stranger's, and 40
-    strangers' bodies of 1 MiB each cost 40 MB. Kombo's deliveries are a few KB, so the
-    budget is reached only by a flood (answered 503, which Kombo retries and polling covers).
-    The receiver runs on one event loop: no lock needed.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-
-    def take(self, size: int) -> bool:
-        if self.held + size > self.limit:
-            return False
-        self.held += size
-        return True
-
-    def give(self, size: int) -> None:
-        self.held -= size
 
 
 class _Invalid(Exception):
@@ -186,7 +191,9 @@ class _Event:
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
-    kind: Literal["enqueued", "already_seen", "rejected"]
+    # not_open: Kombo lists the order with another status (a replay): not dispatched.
+    # unconfirmed: Kombo could not say; kept in Redis and confirmed later.
+    kind: Literal["enqueued", "already_seen", "rejected", "not_open", "unconfirmed"]
     reason: str | None = None
 
 
@@ -194,11 +201,19 @@ class _Outcome:
 class _Pending:
     integration_id: str
     order: Order
+    event_id: str
     future: asyncio.Future[_Outcome]
+
+
+# One order to admit: its integration, the order, the delivery's event id.
+_Item = tuple[str, Order, str]
 
 
 # Orders admitted in one batch at most: Kombo's page size, the size the ledger is built for.
 _MAX_BATCH = 250
+# Batches admitted at once: with confirmation a batch waits on Kombo, then on Redis; a second
+# batch overlaps the first's wait instead of queueing behind it.
+_MAX_DRAINS = 2
 
 # Strong references to running drain tasks: the event loop keeps only weak ones.
 _TASKS: set[asyncio.Task[None]] = set()
@@ -210,8 +225,9 @@ def _background(coroutine: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_TASKS.discard)
 
 
-class _Receiver:
-    """Answers deliveries; admits their orders in batches (see :meth:`_admit`)."""
+class WebhookReceiver:
+    """Answers deliveries; admits their orders in batches (see :meth:`_admit`), each
+    confirmed OPEN with Kombo first when a confirmer is given (dispatcher/web/confirm.py)."""
 
     def __init__(
         self,
@@ -221,18 +237,20 @@ class _Receiver:
         accepted_packages: frozenset[str],
         acceptors: tuple[Acceptor, ...],
         inline_url: str | None,
-        body_timeout: float,
-        body_budget: _BodyBudget,
+        confirmer: Confirmer | None = None,
+        timeline_ttl: int = 30 * 24 * 3600,
     ) -> None:
         self.secret = secret
+        self.confirmer = confirmer
+        self.unconfirmed = UnconfirmedOrders(ledger.redis, ledger.keys)
+        self.timeline_ttl = timeline_ttl
+        self.routes = [Route(WEBHOOK_PATH, self.receive, methods=["POST"], name="kombo_webhook")]
         self.ledger = ledger
         self.accepted_packages = accepted_packages
         self.acceptors = acceptors
         self.inline_url = inline_url
-        self.body_timeout = body_timeout
-        self.body_budget = body_budget
         self._pending: list[_Pending] = []
-        self._draining = False
+        self._drains = 0
 
     async def receive(self, request: Request) -> Response:
         """Answer one delivery (see the module docstring for the answers)."""
@@ -260,7 +278,7 @@ class _Receiver:
             )
             return JSONResponse({"status": "ignored"})
         try:
-            outcome = await self._admit(integration_id, order)
+            outcome = await self._admit(integration_id, order, event.id)
         except RedisError as exc:
             log.error("webhook %s: redis: %s: %s", event.id, type(exc).__name__, exc, extra=extra)
             return _message(503, "the dispatcher cannot reach its store; retry later")
@@ -276,7 +294,9 @@ class _Receiver:
             return _message(422, outcome.reason or "rejected")
         log.info("webhook %s: order %s (%.1f ms)", event.id, outcome.kind, elapsed_ms, extra=extra)
         answer: dict[str, str] = {"status": outcome.kind, "order_id": order.id}
-        if event.type == INLINE_ORDER_EVENT:
+        if outcome.kind == "not_open" and outcome.reason:
+            answer["kombo_status"] = outcome.reason
+        if event.type == INLINE_ORDER_EVENT and outcome.kind != "not_open":
             answer.update(self._inline_answer(event, integration_id, order))
         return JSONResponse(answer)
 
@@ -290,27 +310,13 @@ class _Receiver:
         # than drain it.
         close = {"Connection": "close"}
         mac = hmac.new(_key(self.secret), digestmod=hashlib.sha256)
+        # The deadline, the budget of bodies being read and a client going away are the
+        # app's, for every route alike (dispatcher/web/bodies.py).
         try:
-            async with asyncio.timeout(self.body_timeout):
-                chunks = await _read_body(request, MAX_BODY_BYTES, self.body_budget, mac)
+            chunks = await _read_body(request, MAX_BODY_BYTES, mac)
         except _TooLarge:
             log.warning("webhook refused: body over %d bytes", MAX_BODY_BYTES)
             return _message(413, "body larger than 1 MiB", headers=close)
-        except _Busy:
-            log.warning(
-                "webhook refused: %d bytes of unverified bodies are being read "
-                "(DISPATCHER_WEB_BODY_BUDGET)",
-                self.body_budget.held,
-            )
-            return _message(503, "too many deliveries being read; retry later", headers=close)
-        except TimeoutError:
-            log.warning(
-                "webhook refused: body not complete within %g s (DISPATCHER_WEB_BODY_TIMEOUT)",
-                self.body_timeout,
-            )
-            return _message(408, "body not complete in time", headers=close)
-        except ClientDisconnect:
-            return _message(400, "client disconnected before the body was complete")
         if not _matches(mac, header):
             log.warning("webhook refused: %s does not match the body", SIGNATURE_HEADER)
             return _message(401, f"{SIGNATURE_HEADER} does not match the body")
@@ -327,19 +333,20 @@ class _Receiver:
         )
         return {}
 
-    async def _admit(self, integration_id: str, order: Order) -> _Outcome:
+    async def _admit(self, integration_id: str, order: Order, event_id: str) -> _Outcome:
         """Reject or dispatch one order, together with every other order arriving meanwhile.
 
-        The ledger's Redis client blocks, so the work runs in a worker thread; one batch at
-        a time, holding every order that arrived while the previous batch ran. A batch costs
+        The ledger's Redis client blocks, so the work runs in a worker thread; at most
+        ``_MAX_DRAINS`` batches at a time, each holding every order that arrived while the
+        batches before it ran. A batch costs
         :meth:`Ledger.dispatch`'s two round trips per integration, however many orders it
         holds, where one thread per order would cost two each and leave dozens of threads
         fighting over the GIL under a burst of deliveries.
         """
         future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(integration_id, order, future))
-        if not self._draining:
-            self._draining = True
+        self._pending.append(_Pending(integration_id, order, event_id, future))
+        if self._drains < _MAX_DRAINS:
+            self._drains += 1
             _background(self._drain())
         return await future
 
@@ -351,7 +358,8 @@ class _Receiver:
                 outcomes: Sequence[_Outcome | Exception]
                 try:
                     outcomes = await run_in_threadpool(
-                        self._admit_batch, [(item.integration_id, item.order) for item in batch]
+                        self._admit_batch,
+                        [(item.integration_id, item.order, item.event_id) for item in batch],
                     )
                 except Exception as exc:  # a bug: every request of the batch answers 500
                     outcomes = [exc] * len(batch)
@@ -367,12 +375,13 @@ class _Receiver:
                     else:
                         item.future.set_result(outcome)
         finally:
-            self._draining = False
-            for item in self._pending:  # only left when cancelled
-                item.future.cancel()
-            self._pending.clear()
+            self._drains -= 1
+            if not self._drains:
+                for item in self._pending:  # only left when cancelled
+                    item.future.cancel()
+                self._pending.clear()
 
-    def _admit_batch(self, items: Sequence[tuple[str, Order]]) -> list[_Outcome | RedisError]:
+    def _admit_batch(self, items: Sequence[_Item]) -> list[_Outcome | RedisError]:
         """Reject or dispatch a batch of orders (blocking: runs in a worker thread).
 
         A Redis failure fails only the orders it concerns (one integration's dispatch, one
@@ -382,7 +391,7 @@ class _Receiver:
         decided: dict[int, _Outcome | RedisError] = {}
         first: dict[tuple[str, str], int] = {}
         to_dispatch: dict[str, list[int]] = {}
-        for index, (integration_id, order) in enumerate(items):
+        for index, (integration_id, order, _) in enumerate(items):
             if first.setdefault((integration_id, order.id), index) != index:
                 continue
             reason = self._refusal(integration_id, order)
@@ -397,6 +406,8 @@ class _Receiver:
                 )
             except RedisError as exc:
                 decided[index] = exc
+        if self.confirmer is not None:
+            to_dispatch = self._confirm(self.confirmer, items, to_dispatch, decided)
         for integration_id, indexes in to_dispatch.items():
             orders = [items[index][1] for index in indexes]
             try:
@@ -412,17 +423,145 @@ class _Receiver:
             except RedisError as exc:
                 decided.update(dict.fromkeys(indexes, exc))
         outcomes: list[_Outcome | RedisError] = []
-        for index, (integration_id, order) in enumerate(items):
+        for index, (integration_id, order, _) in enumerate(items):
             first_index = first[(integration_id, order.id)]
             outcome = decided[first_index]
             if (
                 first_index != index
                 and isinstance(outcome, _Outcome)
-                and outcome.kind != "rejected"
+                and outcome.kind == "enqueued"
             ):
                 outcome = _Outcome("already_seen")
             outcomes.append(outcome)
         return outcomes
+
+    def _confirm(
+        self,
+        confirmer: Confirmer,
+        items: Sequence[_Item],
+        to_dispatch: dict[str, list[int]],
+        decided: dict[int, _Outcome | RedisError],
+    ) -> dict[str, list[int]]:
+        """The orders of ``to_dispatch`` that Kombo confirms OPEN; decides the others.
+
+        Orders seen before are answered from the ledger, without asking Kombo (a replay of
+        a dispatched order costs no request); the rest are asked in one request per
+        integration (blocking: runs in the batch's worker thread).
+        """
+        unseen: dict[str, list[int]] = {}
+        for integration_id, indexes in to_dispatch.items():
+            ids = [items[index][1].id for index in indexes]
+            try:
+                values = self.ledger.redis.hmget(self.ledger.keys.seen(integration_id), ids)
+                for index, value in zip(indexes, values, strict=True):
+                    if value is None:
+                        unseen.setdefault(integration_id, []).append(index)
+                    else:
+                        decided[index] = self._seen_before(integration_id, items[index][1].id)
+            except RedisError as exc:
+                decided.update({i: exc for i in indexes if i not in decided})
+        answers = confirmer.statuses(
+            {iid: [items[index][1].id for index in indexes] for iid, indexes in unseen.items()}
+        )
+        confirmed: dict[str, list[int]] = {}
+        for integration_id, indexes in unseen.items():
+            for index in indexes:
+                _, order, event_id = items[index]
+                answer = answers[(integration_id, order.id)]
+                try:
+                    if answer.status == OrderStatus.OPEN.value:
+                        confirmed.setdefault(integration_id, []).append(index)
+                    elif answer.status is not None:
+                        decided[index] = self._not_open(integration_id, order, event_id, answer)
+                    else:
+                        decided[index] = self._keep(integration_id, order, event_id, answer)
+                except RedisError as exc:
+                    decided[index] = exc
+        return confirmed
+
+    def _not_open(
+        self, integration_id: str, order: Order, event_id: str, answer: Answer
+    ) -> _Outcome:
+        status = str(answer.status)
+        record_event(
+            self.ledger.redis, self.ledger.keys, integration_id, order.id, self.timeline_ttl,
+            event="webhook_not_open", kombo_status=escape_controls(status)[:40],
+            event_id=escape_controls(event_id)[:200],
+        )  # fmt: skip
+        log.warning(
+            "webhook %s: Kombo lists the order as %s, not OPEN: not dispatched (a replayed "
+            "delivery?)",
+            escape_controls(event_id),
+            escape_controls(status)[:40],
+            extra={"order_id": order.id, "integration_id": integration_id},
+        )
+        return _Outcome("not_open", escape_controls(status)[:40])
+
+    def _keep(self, integration_id: str, order: Order, event_id: str, answer: Answer) -> _Outcome:
+        problem = answer.problem or "Kombo did not confirm the order"
+        pending = Pending(integration_id, order, event_id, time.time(), 0, problem)
+        if self.unconfirmed.keep(pending):
+            record_event(
+                self.ledger.redis, self.ledger.keys, integration_id, order.id,
+                self.timeline_ttl, event="webhook_unconfirmed", reason=problem,
+                event_id=escape_controls(event_id)[:200],
+            )  # fmt: skip
+            log.warning(
+                "webhook %s: order kept, to confirm with Kombo later: %s",
+                escape_controls(event_id),
+                problem,
+                extra={"order_id": order.id, "integration_id": integration_id},
+            )
+        return _Outcome("unconfirmed", problem)
+
+    async def confirm_later(self) -> None:
+        """Confirm the kept orders, for ever: every few seconds, less often while Kombo
+        keeps failing. ``dispatcher web`` runs it (its app's lifespan)."""
+        delay = RETRY_EVERY
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                failing = await run_in_threadpool(self.confirm_kept)
+            except RedisError as exc:
+                log.warning("webhook: kept orders not confirmed: redis: %s", exc)
+                failing = True
+            except Exception:  # a bug must not end the retries
+                log.exception("webhook: kept orders not confirmed")
+                failing = True
+            delay = min(delay * 2, RETRY_CAP) if failing else RETRY_EVERY
+
+    def confirm_kept(self) -> bool:
+        """One round over the kept orders (blocking); whether Kombo still fails some."""
+        kept = self.unconfirmed.due()
+        if not kept:
+            return False
+        outcomes = self._admit_batch([(p.integration_id, p.order, p.event_id) for p in kept])
+        failing = False
+        now = time.time()
+        for pending, outcome in zip(kept, outcomes, strict=True):
+            extra = {"order_id": pending.order.id, "integration_id": pending.integration_id}
+            if isinstance(outcome, Exception):
+                failing = True
+            elif outcome.kind != "unconfirmed":
+                self.unconfirmed.done(pending.integration_id, pending.order.id)
+                log.info("webhook %s: kept order confirmed: %s", pending.event_id,
+                         outcome.kind, extra=extra)  # fmt: skip
+            elif outcome.reason == NOT_LISTED and now - pending.received_at > GIVE_UP_AFTER:
+                self.unconfirmed.done(pending.integration_id, pending.order.id)
+                record_event(
+                    self.ledger.redis, self.ledger.keys, pending.integration_id,
+                    pending.order.id, self.timeline_ttl, event="webhook_dropped",
+                    reason=f"{NOT_LISTED} after {GIVE_UP_AFTER / 3600:g} h",
+                )  # fmt: skip
+                log.error("webhook %s: Kombo never listed the order: dropped",
+                          pending.event_id, extra=extra)  # fmt: skip
+            else:
+                failing = True
+                self.unconfirmed.update(
+                    replace(pending, attempts=pending.attempts + 1,
+                            last_error=outcome.reason or pending.last_error)
+                )  # fmt: skip
+        return failing
 
     def _seen_before(self, integration_id: str, order_id: str) -> _Outcome:
         # A replay of a rejected order is rejected again (Kombo may have missed the first
@@ -463,31 +602,21 @@ class _Receiver:
         return None
 
 
-async def _read_body(
-    request: Request, limit: int, budget: _BodyBudget, mac: hmac.HMAC
-) -> list[bytes]:
+async def _read_body(request: Request, limit: int, mac: hmac.HMAC) -> list[bytes]:
     """The body's chunks, each fed to ``mac`` as it arrives; refused from ``Content-Length``
-    or mid-stream once it passes ``limit``, or once ``budget`` has no room for a chunk."""
+    or mid-stream once it passes ``limit``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            if size + len(chunk) > limit:
-                raise _TooLarge
-            if not budget.take(len(chunk)):
-                raise _Busy
-            size += len(chunk)
-            mac.update(chunk)
-            chunks.append(chunk)
-        return chunks
-    finally:
-        # Given back on return too: the caller verifies the body before its next await, so
-        # no other delivery reads meanwhile; once verified, the body is Kombo's, not a
-        # stranger's.
-        budget.give(size)
+    async for chunk in request.stream():
+        if size + len(chunk) > limit:
+            raise _TooLarge
+        size += len(chunk)
+        mac.update(chunk)
+        chunks.append(chunk)
+    return chunks
 
 
 def _parse_event(body: bytes) -> _Event:

@@ -1,12 +1,20 @@
 """The console's locks: the session cookie, CSRF tokens and the login rate limit.
 
-No server-side session store: the cookie is ``<payload>.<HMAC-SHA256>``, the payload a random
-nonce and the issue time, signed with a key derived from ``DISPATCHER_CONSOLE_TOKEN`` (so
-changing the token logs everyone out). The CSRF token of a session is the HMAC of its nonce
-under another label: a page carries it in every form, a POST without it (or with another
-session's) is refused. Before login, the login form is bound the same way to a short-lived
-pre-session cookie. Login attempts are counted per client address in Redis
-(:meth:`Keys.console_login`), in a fixed window.
+The cookie is ``<payload>.<HMAC-SHA256>``, the payload a random nonce and the issue time,
+signed with a key derived from ``DISPATCHER_CONSOLE_TOKEN`` (so changing the token logs
+everyone out). A signature is not enough: the session must also be live in Redis
+(:class:`Sessions`, :meth:`Keys.console_session`), and logout deletes it, so a cookie
+captured before logout is dead after it, for pages and POSTs alike. The CSRF token of a
+session is the HMAC of its nonce under another label: a page carries it in every form, a
+POST without it (or with another session's) is refused. Before login, the login form is
+bound the same way to a short-lived pre-session cookie.
+
+Login attempts (:class:`LoginLimiter`) are counted in Redis in a fixed window: per client
+address (an IPv6 client by its /64, since one host holds a whole /64), and across every such
+client (a global cap, against guesses spread over many addresses). A browser that logged in
+before carries a signed device cookie: its attempts are counted on their own and pass the
+address limit and the global cap, so someone else's failures, from the operator's address
+or anywhere, never lock out an operator's browser (OWASP's "device cookies").
 """
 
 from __future__ import annotations
@@ -26,11 +34,16 @@ from redis import Redis
 
 from dispatcher.store.keys import Keys
 
-__all__ = ["LoginLimiter", "Session", "Signer", "client_address"]
+__all__ = ["LoginLimiter", "Session", "Sessions", "Signer", "client_address"]
 
 SESSION_COOKIE = "dispatcher_console"
 LOGIN_COOKIE = "dispatcher_console_login"
+DEVICE_COOKIE = "dispatcher_console_device"
 LOGIN_FORM_TTL = 3600.0
+DEVICE_TTL = 30 * 24 * 3600.0
+# Attempts of clients without a device cookie, all together, per window: this many times
+# the per-client limit.
+GLOBAL_FACTOR = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +108,27 @@ class Signer:
         return _b64(digest)
 
 
+class Sessions:
+    """Live console sessions in Redis, by nonce: created at login, deleted at logout."""
+
+    def __init__(self, redis: Redis, keys: Keys, ttl: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl = ttl
+
+    def start(self, session: Session) -> None:
+        self.redis.set(self.keys.console_session(session.nonce), 1, ex=max(1, int(self.ttl)))
+
+    def alive(self, session: Session) -> bool:
+        return bool(self.redis.exists(self.keys.console_session(session.nonce)))
+
+    def end(self, session: Session) -> None:
+        self.redis.delete(self.keys.console_session(session.nonce))
+
+
 class LoginLimiter:
-    """At most ``attempts`` logins per client address in a window of ``window`` seconds."""
+    """At most ``attempts`` logins per client in a window of ``window`` seconds, and
+    ``GLOBAL_FACTOR`` times as many across every client without a device cookie."""
 
     def __init__(self, redis: Redis, keys: Keys, *, attempts: int, window: int) -> None:
         self.redis = redis
@@ -104,31 +136,49 @@ class LoginLimiter:
         self.attempts = attempts
         self.window = window
 
-    def attempt(self, client: str) -> float | None:
-        """Count one attempt; None when allowed, else seconds until the window ends.
-        One round trip. Raises RedisError when Redis does not answer or refuses."""
-        key = self.keys.console_login(client)
+    def attempt(self, client: str, device: Session | None = None) -> float | None:
+        """Count one attempt of ``client`` (its address), or of ``device`` when the browser
+        has a device cookie; None when allowed, else seconds until the window ends.
+        An attempt refused by its client's own limit does not count towards the global cap
+        (one address hammering on cannot spend it). One round trip, two for a client
+        without a device cookie. Raises RedisError when Redis does not answer or refuses."""
+        wait = self._count(self._key(client, device), self.attempts)
+        if wait is None and device is None:
+            wait = self._count(self.keys.console_login_all, self.attempts * GLOBAL_FACTOR)
+        return wait
+
+    def _count(self, key: str, limit: int) -> float | None:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, self.window, nx=True)
             pipe.ttl(key)
             count, _, ttl = pipe.execute()
-        if int(count) > self.attempts:
+        if int(count) > limit:
             return float(max(1, int(ttl)))
         return None
 
-    def succeeded(self, client: str) -> None:
+    def succeeded(self, client: str, device: Session | None = None) -> None:
         """A correct token: the client's count starts again."""
-        self.redis.delete(self.keys.console_login(client))
+        self.redis.delete(self._key(client, device))
+
+    def _key(self, client: str, device: Session | None) -> str:
+        return self.keys.console_login(f"device:{device.nonce}" if device else client)
 
 
 def client_address(host: str | None) -> str:
-    """The client's address as a key segment: a parsed IP address, else ``unknown``.
-    (Behind a reverse proxy, uvicorn puts the forwarded address here for trusted proxies.)"""
+    """The client's address as a key segment: a parsed IP address (an IPv6 one as its /64
+    network: one host holds a whole /64 and could take a new address per attempt), else
+    ``unknown``. Behind a reverse proxy listed in ``DISPATCHER_TRUSTED_PROXIES``, uvicorn
+    puts the forwarded address here; from anyone else, X-Forwarded-For is ignored."""
     try:
-        return str(ipaddress.ip_address(host or ""))
+        address = ipaddress.ip_address(host or "")
     except ValueError:
         return "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _b64(data: bytes) -> str:

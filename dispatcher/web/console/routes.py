@@ -26,11 +26,14 @@ from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
 from dispatcher.web.console import data
 from dispatcher.web.console.auth import (
+    DEVICE_COOKIE,
+    DEVICE_TTL,
     LOGIN_COOKIE,
     LOGIN_FORM_TTL,
     SESSION_COOKIE,
     LoginLimiter,
     Session,
+    Sessions,
     Signer,
     client_address,
 )
@@ -69,6 +72,7 @@ class _Console:
         self.settings = settings
         self.redis = redis
         self.signer = Signer(settings.console_token, settings.namespace)
+        self.sessions = Sessions(redis, Keys(settings.namespace), settings.console_session_ttl)
         self.limiter = LoginLimiter(
             redis,
             Keys(settings.namespace),
@@ -106,16 +110,24 @@ class _Console:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def session(self, request: Request) -> Session | None:
-        return self.signer.verify(
+    async def session(self, request: Request) -> Session | None:
+        """The request's session: signed, young enough, and live in Redis (not logged out).
+        Raises RedisError when Redis does not answer."""
+        session = self.signer.verify(
             "session", request.cookies.get(SESSION_COOKIE), self.settings.console_session_ttl
         )
+        if session is None or not await run_in_threadpool(self.sessions.alive, session):
+            return None
+        return session
 
     def page(self, view: Callable[[Request, Session], Awaitable[Response]]) -> Endpoint:
         """A page: without a session, back to the login form (401 for the live fragment)."""
 
         async def endpoint(request: Request) -> Response:
-            session = self.session(request)
+            try:
+                session = await self.session(request)
+            except RedisError as exc:
+                return self.unavailable(exc)
             if session is None:
                 if request.url.path.endswith("/console/live"):
                     return self.secured(Response("log in again\n", 401, media_type="text/plain"))
@@ -133,7 +145,10 @@ class _Console:
             form = await _read_form(request)
             if isinstance(form, Response):
                 return self.secured(form)
-            session = self.session(request)
+            try:
+                session = await self.session(request)
+            except RedisError as exc:
+                return self.unavailable(exc)
             if not self.signer.csrf_matches(session, _one(form, "csrf")):
                 return self.secured(_plain("403: missing or wrong CSRF token, or no session", 403))
             assert session is not None
@@ -147,9 +162,12 @@ class _Console:
         try:
             response = await view(request, s)
         except RedisError as exc:
-            log.warning("console: Redis: %s: %s", type(exc).__name__, exc)
-            response = _plain(f"503: Redis does not answer: {type(exc).__name__}", 503)
+            return self.unavailable(exc)
         return self.secured(response)
+
+    def unavailable(self, exc: RedisError) -> Response:
+        log.warning("console: Redis: %s: %s", type(exc).__name__, exc)
+        return self.secured(_plain(f"503: Redis does not answer: {type(exc).__name__}", 503))
 
     def secured(self, response: Response) -> Response:
         response.headers.update(SECURITY_HEADERS)
@@ -182,7 +200,10 @@ class _Console:
     # -- login ----------------------------------------------------------------------------
 
     async def home(self, request: Request) -> Response:
-        session = self.session(request)
+        try:
+            session = await self.session(request)
+        except RedisError as exc:
+            return self.unavailable(exc)
         if session is None:
             return self.login_form(request)
         return await self.guarded(self.overview, request, session)
@@ -203,13 +224,18 @@ class _Console:
         if not self.signer.csrf_matches(pre, _one(form, "csrf")):
             return self.secured(_plain("403: missing or wrong CSRF token: reload the page", 403))
         client = client_address(request.client.host if request.client else None)
+        # A browser that logged in before: its own attempts only (see auth.py).
+        device = self.signer.verify("device", request.cookies.get(DEVICE_COOKIE), DEVICE_TTL)
         try:
-            wait = await run_in_threadpool(self.limiter.attempt, client)
+            wait = await run_in_threadpool(self.limiter.attempt, client, device)
         except RedisError as exc:
-            log.warning("console login: Redis: %s: %s", type(exc).__name__, exc)
-            return self.secured(_plain(f"503: Redis does not answer: {type(exc).__name__}", 503))
+            return self.unavailable(exc)
         if wait is not None:
-            log.warning("console: too many login attempts from %s", client)
+            log.warning(
+                "console: too many login attempts from %s%s",
+                client,
+                " (a known browser)" if device else "",
+            )
             response = self.login_form(
                 request, f"Too many login attempts: try again in {_text.duration(wait)}.", 429
             )
@@ -218,12 +244,19 @@ class _Console:
         if not self.signer.token_matches(_one(form, "token") or ""):
             log.warning("console: wrong token from %s", client)
             return self.login_form(request, "Wrong token.", 403)
-        await run_in_threadpool(self.limiter.succeeded, client)
+        value, session = self.signer.issue("session")
+        try:
+            await run_in_threadpool(self.limiter.succeeded, client, device)
+            await run_in_threadpool(self.sessions.start, session)
+        except RedisError as exc:
+            return self.unavailable(exc)
         log.info("console: login from %s", client)
-        value, _ = self.signer.issue("session")
         response = RedirectResponse(f"{_base(request)}/", 303)
         self.set_cookie(request, response, SESSION_COOKIE, value,
                         self.settings.console_session_ttl)  # fmt: skip
+        if device is None:
+            device_value, _ = self.signer.issue("device")
+            self.set_cookie(request, response, DEVICE_COOKIE, device_value, DEVICE_TTL)
         response.delete_cookie(LOGIN_COOKIE, path=f"{_base(request)}/")
         return self.secured(response)
 
@@ -231,8 +264,19 @@ class _Console:
         form = await _read_form(request)
         if isinstance(form, Response):
             return self.secured(form)
-        if not self.signer.csrf_matches(self.session(request), _one(form, "csrf")):
+        try:
+            session = await self.session(request)
+        except RedisError as exc:
+            return self.unavailable(exc)
+        if not self.signer.csrf_matches(session, _one(form, "csrf")):
             return self.secured(_plain("403: missing or wrong CSRF token, or no session", 403))
+        assert session is not None
+        try:
+            # Server-side: the cookie, wherever a copy of it is, is dead from now on.
+            await run_in_threadpool(self.sessions.end, session)
+        except RedisError as exc:
+            return self.unavailable(exc)
+        log.info("console: logout")
         response = RedirectResponse(f"{_base(request)}/", 303)
         response.delete_cookie(SESSION_COOKIE, path=f"{_base(request)}/")
         return self.secured(response)

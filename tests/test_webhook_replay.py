@@ -1,0 +1,180 @@
+"""Replayed webhook deliveries are harmless (issue 22, W11).
+
+Given the real `dispatcher web` process on a real Redis, the simulator as Kombo over a real
+socket; when a captured signed delivery is sent again after the order was forgotten and
+Kombo completed it, or a delivery names an order Kombo cancelled; then nothing is queued,
+the answer says ``not_open`` and ``dispatcher show`` shows the replay. When Kombo cannot
+answer, the order is kept and dispatched once Kombo confirms it: never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from _webhook_support import event_body, signed
+from redis import Redis
+from rq import Queue
+from test_hostile_web import Web, dispatcher_web
+
+from _support import dispatcher_env
+from dispatcher.store.keys import Keys
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator, SimulatorServer
+from dispatcher.web.webhook import WEBHOOK_PATH
+
+pytestmark = pytest.mark.redis
+
+INTEGRATION = "greenhouse:ReplayOne"
+
+
+@pytest.fixture(scope="module")
+def kombo() -> Iterator[tuple[Simulator, SimulatorServer]]:
+    sim = Simulator([INTEGRATION], 6, closed=0, seed=22)
+    with sim.serve() as server:
+        yield sim, server
+
+
+@pytest.fixture(scope="module")
+def web(
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    kombo: tuple[Simulator, SimulatorServer],
+) -> Iterator[Web]:
+    with dispatcher_web(redis_url, tmp_path_factory.mktemp("replay"), **_kombo_env(kombo)) as w:
+        yield w
+
+
+def _kombo_env(kombo: tuple[Simulator, SimulatorServer]) -> dict[str, str]:
+    return {
+        "DISPATCHER_WEBHOOK_CONFIRM": "true",
+        "KOMBO_API_KEY": DEFAULT_API_KEY,
+        "KOMBO_BASE_URL": kombo[1].url,
+        "KOMBO_INTEGRATION_IDS": INTEGRATION,
+    }
+
+
+def deliver(web: Web, body: bytes) -> dict[str, Any]:
+    answer = httpx.post(web.url + WEBHOOK_PATH, content=body, headers=signed(body), timeout=10)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def cli(redis_url: str, web: Web, kombo: tuple[Simulator, SimulatorServer], *args: str) -> str:
+    env = dispatcher_env(
+        redis_url,
+        DISPATCHER_NAMESPACE=web.namespace,
+        DISPATCHER_HANDLERS="log",
+        **_kombo_env(kombo),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args], env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_a_replayed_delivery_of_a_completed_order_provisions_nothing(
+    web: Web, redis: Redis, redis_url: str, kombo: tuple[Simulator, SimulatorServer]
+) -> None:
+    sim, _ = kombo
+    queue = Queue(f"{web.namespace}-orders", connection=redis)
+    order = sim.orders(INTEGRATION, status="OPEN")[0]
+    captured = event_body(order, INTEGRATION, event_id="evt_captured")
+    # The first delivery: Kombo confirms the order OPEN, it is queued.
+    assert deliver(web, captured) == {"status": "enqueued", "order_id": order["id"]}
+    assert queue.count == 1
+    # The vendor completes it; an operator forgets it (or pruning does, a month later).
+    sim.set_status(INTEGRATION, order["id"], "COMPLETED")
+    queue.empty()
+    cli(redis_url, web, kombo, "forget", order["id"], "--integration", INTEGRATION, "--yes")
+    # The captured delivery, replayed: nothing is queued, and it is on record.
+    answer = deliver(web, captured)
+    assert answer == {"status": "not_open", "order_id": order["id"], "kombo_status": "COMPLETED"}
+    assert queue.count == 0
+    assert not redis.hexists(Keys(web.namespace).seen(INTEGRATION), order["id"])
+    shown = cli(redis_url, web, kombo, "show", order["id"], "--integration", INTEGRATION)
+    assert "webhook_not_open" in shown and 'kombo_status="COMPLETED"' in shown, shown
+    assert "Kombo lists the order as COMPLETED, not OPEN: not dispatched" in web.log.read_text()
+
+
+def test_a_delivery_of_an_order_kombo_cancelled_is_not_dispatched(
+    web: Web, redis: Redis, kombo: tuple[Simulator, SimulatorServer]
+) -> None:
+    sim, _ = kombo
+    queue = Queue(f"{web.namespace}-orders", connection=redis)
+    before = queue.count
+    order = sim.orders(INTEGRATION, status="OPEN")[1]
+    sim.set_status(INTEGRATION, order["id"], "CANCELLED")
+    # The delivery still says OPEN (it was captured while it was).
+    answer = deliver(web, event_body(order, INTEGRATION, event_id="evt_old"))
+    assert answer["status"] == "not_open" and answer["kombo_status"] == "CANCELLED"
+    assert queue.count == before
+
+
+def test_kombo_down_during_confirmation_keeps_the_order_until_it_is_confirmed(
+    web: Web, redis: Redis, kombo: tuple[Simulator, SimulatorServer]
+) -> None:
+    sim, _ = kombo
+    keys = Keys(web.namespace)
+    queue = Queue(f"{web.namespace}-orders", connection=redis)
+    before = queue.count
+    order = sim.orders(INTEGRATION, status="OPEN")[2]
+    sim.fail_next("server_error", 1, integration_id=INTEGRATION)
+    answer = deliver(web, event_body(order, INTEGRATION, event_id="evt_outage"))
+    assert answer == {"status": "unconfirmed", "order_id": order["id"]}
+    assert queue.count == before  # not dispatched unconfirmed...
+    assert redis.hlen(keys.webhook_unconfirmed) == 1  # ... but kept
+    # Kombo answers again: the kept order is confirmed and dispatched, once.
+    wait_for(lambda: redis.hexists(keys.seen(INTEGRATION), order["id"]))
+    wait_for(lambda: redis.hlen(keys.webhook_unconfirmed) == 0)
+    assert queue.count == before + 1
+    assert "kept order confirmed: enqueued" in web.log.read_text()
+
+
+def test_orders_of_concurrent_deliveries_are_confirmed_in_shared_requests(
+    web: Web, redis: Redis, kombo: tuple[Simulator, SimulatorServer]
+) -> None:
+    sim, _ = kombo
+    orders = [sim.add_order(INTEGRATION) for _ in range(40)]
+    bodies = [event_body(o, INTEGRATION, event_id=f"evt_b{n}") for n, o in enumerate(orders)]
+    requests_before = sim.request_count
+
+    async def send_all() -> list[int]:
+        async with httpx.AsyncClient(base_url=web.url, timeout=20) as client:
+            answers = await asyncio.gather(
+                *(client.post(WEBHOOK_PATH, content=b, headers=signed(b)) for b in bodies)
+            )
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(send_all()) == [200] * len(bodies)
+    asked = sim.request_count - requests_before
+    assert asked < len(bodies), f"{asked} Kombo requests for {len(bodies)} deliveries"
+    seen = redis.hmget(Keys(web.namespace).seen(INTEGRATION), [o["id"] for o in orders])
+    assert all(value is not None for value in seen)
+
+
+def test_the_receiver_without_an_api_key_refuses_to_start_in_one_line(redis_url: str) -> None:
+    env = dispatcher_env(redis_url, KOMBO_WEBHOOK_SECRET="whsec_replay_test")
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "web", "--port", "0"], env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "KOMBO_API_KEY: not set (the webhook receiver confirms each order OPEN" in result.stderr
+    assert "DISPATCHER_WEBHOOK_CONFIRM=false" in result.stderr
+    assert "Traceback" not in result.stderr
