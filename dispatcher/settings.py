@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import string
 from collections.abc import Sequence
 from typing import Annotated, Literal
@@ -10,7 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dispatcher._text import error_message, is_http_url
-from dispatcher.redact import protect_settings
+from dispatcher.redact import protect_environment, protect_settings
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -428,6 +429,9 @@ def load_settings(**overrides: object) -> Settings:
             )
         ) from None
     protect_settings(settings)
+    # The handlers' secrets too (SMTP_URL, PROVISION_TOKEN...): a process that does not build
+    # the chain still shows text workers and vendors wrote.
+    protect_environment(os.environ)
     return settings
 
 

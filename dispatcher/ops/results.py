@@ -17,6 +17,7 @@ from dispatcher import _text
 from dispatcher.kombo.results import AssessmentResult
 from dispatcher.ops.admin import describe_order
 from dispatcher.settings import Settings
+from dispatcher.store.failures import MAX_REASON_LENGTH
 from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import (
     STATES,
@@ -25,6 +26,7 @@ from dispatcher.store.outbox import (
     ResultReceipt,
     ResultState,
 )
+from dispatcher.untrusted import untrusted_text
 
 __all__ = [
     "StaleOrders",
@@ -77,7 +79,9 @@ def order_timeline(
                 }
             )
     outbox = Outbox.from_settings(redis, settings)
-    events.extend(outbox.timeline_events(integration_id, order_id))
+    # Reasons in the timeline are Kombo's words: cleaned when written, and again here for
+    # events written by older versions (or by anything else that can write Redis).
+    events.extend(_cleaned(event) for event in outbox.timeline_events(integration_id, order_id))
     pending = outbox.get(integration_id, order_id)
     if pending is not None and pending.state == "pending" and pending.next_attempt_at:
         events.append(
@@ -85,23 +89,31 @@ def order_timeline(
                 "at": pending.next_attempt_at,
                 "event": "write_retry_due",
                 "attempts": pending.attempts,
-                "last_error": pending.last_error,
+                "last_error": _cleaned(pending.last_error),
             }
         )
     events.sort(key=lambda event: (event.get("at") is None, event.get("at") or 0.0))
     return events
 
 
+def _cleaned(value: Any) -> Any:
+    if isinstance(value, str):
+        return untrusted_text(value, MAX_REASON_LENGTH)
+    if isinstance(value, dict):
+        return {key: _cleaned(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    return value
+
+
 def timeline_lines(events: list[dict[str, Any]]) -> list[str]:
     """The text of ``dispatcher show``'s timeline: one line an event (ids and reasons from
-    Kombo or handlers shown with control characters escaped)."""
-    from dispatcher.logs import escape_controls
-
+    Kombo or handlers through :func:`untrusted_text`: masked, then escaped, then cut)."""
     lines = []
     for event in events:
         when = _text.timestamp(event.get("at"))
         details = ", ".join(
-            f"{key}={escape_controls(_text.compact_json(value, 80))}"
+            f"{key}={untrusted_text(_text.compact_json(value, 1_000_000), 80)}"
             for key, value in event.items()
             if key not in {"at", "event"} and value not in (None, [], "")
         )
