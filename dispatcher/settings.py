@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dispatcher._text import error_message, is_http_url
 from dispatcher.redact import protect_environment, protect_settings
+from dispatcher.store.connection import url_problem
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -360,6 +361,11 @@ class Settings(BaseSettings):
                 "must start with redis://, rediss://, unix://, redis+sentinel:// or "
                 "rediss+sentinel://"
             )
+        # A malformed URL is a setting to fix (exit 2), said without the URL: it holds the
+        # password (redis-py and urllib raise with a traceback, or echo the netloc).
+        problem = url_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(f"malformed URL: {problem}")
         return value
 
     @field_validator("console_token")
