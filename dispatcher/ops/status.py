@@ -29,6 +29,7 @@ from dispatcher.logs import escape_controls
 from dispatcher.ops.results import StaleOrders, stale_orders
 from dispatcher.poller.telemetry import RequestSeries, read_request_series
 from dispatcher.settings import Settings
+from dispatcher.store import throughput
 from dispatcher.store.connection import ServerCheck, check_server
 from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import Outbox
@@ -43,7 +44,7 @@ from dispatcher.store.rq_internals import (
     workers_key,
 )
 from dispatcher.store.sweeps import SweepRecord
-from dispatcher.store.wrongtype import describe, find_wrong_types
+from dispatcher.store.wrongtype import describe, find_wrong_types, shared_keys
 
 __all__ = [
     "BACKLOG_AGE",
@@ -297,7 +298,7 @@ class Snapshot:
 def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None) -> Snapshot:
     """Read the dispatcher's state for ``settings.namespace`` and ``settings.queue``.
 
-    Costs three pipelined round trips plus, for RQ's workers, two per worker.
+    Costs four pipelined round trips plus, for RQ's workers, two per worker.
     """
     keys = Keys(settings.namespace)
     queue = Queue(settings.queue, connection=redis)
@@ -356,6 +357,7 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         *per_integration, head_enqueued, newest_failed_ended = read.execute()
     workers = _workers(queue, refused)
     broken = refused.explain(redis)
+    broken += _unread_broken(redis, settings, keys, queue.key, taken_at, {b.key for b in broken})
     integrations = tuple(
         _integration(
             integration_id,
@@ -399,6 +401,25 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         server=_server(redis),
     )
     return _with_problems(snapshot, settings.stale_after)
+
+
+def _unread_broken(
+    redis: Redis, settings: Settings, keys: Keys, queue_key: str, now: float, known: set[str]
+) -> tuple[BrokenKey, ...]:
+    """The shared keys of the wrong type that the reads above do not touch: the outbox's
+    indexes, the results queue, the result stats, the provisioned set, the throughput hashes
+    of the console's chart. Their readers below answer ``None`` on a refusal; this names why.
+    """
+    results_queue = Queue(settings.results_queue, connection=redis).key
+    expected = shared_keys(keys, queue_key, results_queue_key=results_queue, now=now)
+    hour = int(now) // 3600
+    for past in range(hour - throughput.WINDOW_MINUTES // 60, hour):
+        expected[keys.throughput(past)] = "hash"
+    try:
+        wrong = find_wrong_types(redis, {k: v for k, v in expected.items() if k not in known})
+    except ResponseError:  # TYPE refused (an ACL): the refused reads above still show
+        return ()
+    return tuple(BrokenKey(w.key, None, str(w)) for w in wrong)
 
 
 def _results(redis: Redis, settings: Settings, keys: Keys, now: float) -> dict[str, int] | None:
