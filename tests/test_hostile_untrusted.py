@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -54,6 +55,8 @@ SECRETS = {
     "KOMBO_WEBHOOK_SECRET": WEBHOOK_SECRET,
 }
 KINDS = ("repr", "json", "long", "upper")
+# A line Kombo's message tries to forge on `poll --once`'s stderr.
+FORGED = "dispatcher: error: integration greenhouse:Other: FORGED"
 # The candidate's contact data a vendor echoes (W12).
 EMAIL = "jane.leak+w12@example.org"
 PHONE = "+49 151 2345 6789"
@@ -118,6 +121,8 @@ def _kombo(request: BaseHTTPRequestHandler, body: bytes) -> tuple[int, Any]:
     kind = integration.rpartition(":")[2].lower()
     # Kombo's error message is put after "integration X: CODE: " in the sweep record.
     message = _echo(kind, dict(request.headers.items()), 500)
+    if kind != "long":  # (long: the padding must come first)
+        message = f"refused\n{FORGED}\n{message}"
     error = {"code": "PLATFORM.INPUT_INVALID", "title": "bad", "message": message}
     return 400, {"status": "error", "error": error}
 
@@ -197,6 +202,7 @@ def _console_pages(url: str, order_ids: list[str]) -> dict[str, str]:
 
 
 @pytest.mark.redis
+@pytest.mark.timeout(420)  # a dozen and a half processes, on a loaded 2-core machine
 def test_every_secret_echoed_by_kombo_or_a_vendor_leaks_to_no_output_page_or_redis_value(
     redis: Redis, redis_url: str, namespace: str, tmp_path: Path
 ) -> None:
@@ -263,7 +269,7 @@ def test_every_secret_echoed_by_kombo_or_a_vendor_leaks_to_no_output_page_or_red
             (0,),
         )
     # Then an operator looks: every CLI summary, and the console.
-    for args in (
+    looks = [
         ["status"],
         ["status", "--json"],
         ["integrations", "list"],
@@ -272,8 +278,9 @@ def test_every_secret_echoed_by_kombo_or_a_vendor_leaks_to_no_output_page_or_red
         ["failed", "--json"],
         *(["show", order_id] for order_id in orders),
         *(["show", order_id, "--json"] for order_id in orders),
-    ):
-        run(" ".join(args), args, env, (0, 1))
+    ]
+    with ThreadPoolExecutor(4) as pool:  # read-only commands: side by side
+        list(pool.map(lambda args: run(" ".join(args), args, env, (0, 1)), looks))
     with _web({**env}, tmp_path / "web.log") as url:
         pages = _console_pages(url, orders)
     outputs.update({f"console {path}": html for path, html in pages.items()})
@@ -291,6 +298,11 @@ def test_every_secret_echoed_by_kombo_or_a_vendor_leaks_to_no_output_page_or_red
     assert not _redis_exposed(redis)
     assert "***" in outputs["poll --once"] and "***" in outputs["status --json"]
     # A sweep error is one line: Kombo's newlines cannot forge a second one on stderr.
+    for name in ("poll --once", "poll --once --json", "status", "integrations list"):
+        lines = outputs[name].splitlines()
+        assert not [line for line in lines if line.startswith(FORGED)], outputs[name]
+    for name in ("poll --once", "poll --once --json", "status --json"):
+        assert "FORGED" in outputs[name]  # shown, escaped, on its own record's line
     errors = [line for line in outputs["poll --once"].splitlines() if "dispatcher: error" in line]
     assert errors and all("Echo-" in line for line in errors), outputs["poll --once"]
 
