@@ -110,8 +110,15 @@ def url_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
         hosts = parts.netloc.rpartition("@")[2]
-        for host in hosts.split(","):
-            urlsplit(f"//{host}").port  # noqa: B018 (parsing the port is the check)
+        if "+sentinel" not in parts.scheme.lower():
+            parts.port  # noqa: B018 (parsing the port is the check)
+            return None
+        for item in hosts.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host:
+                host, port = port, "26379"
+            if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+                return f"sentinel address {item[:60]!r} is not host:port"
     except ValueError as exc:
         return " ".join(str(exc).split()) or "malformed URL"
     return None
