@@ -34,11 +34,19 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
-from _ops import dispatcher, env_for, keep_logging, settings_for  # noqa: F401 (autouse fixture)
+from _ops import (  # noqa: F401 (keep_logging: an autouse fixture)
+    dispatcher,
+    env_for,
+    keep_logging,
+    settings_for,
+    sweep,
+    work,
+)
 from redis import Redis
 from test_hostile_secrets import redis_values
 
 from _support import free_port
+from dispatcher.redact import protect_secrets
 from dispatcher.testing.simulator import Simulator
 
 API_KEY = "kombo_KEYleaks4d1e9f2a7c"
@@ -312,3 +320,38 @@ def test_every_secret_echoed_by_kombo_or_a_vendor_leaks_to_no_output_page_or_red
     for name in ("failed", "failed --json", "console /console/failures"):
         assert EMAIL not in outputs[name] and PHONE not in outputs[name], name
         assert "&lt;redacted&gt;" in outputs[name] or "<redacted>" in outputs[name], name
+
+
+class _Hostile:
+    """A handler whose vendor answered with line separators and a bidi override."""
+
+    name = "hostile_output"
+
+    def handle(self, order: Any, context: Any) -> dict[str, Any]:
+        return {"note": f"ok{SEPARATORS}{PROVISION_TOKEN}"}
+
+
+SEPARATORS = "\u2028\u2029\u202edlrow\x85"
+_UNSAFE = re.compile("[\u2028\u2029\u202a-\u202e\x85]")
+
+
+@pytest.mark.redis
+def test_show_prints_a_vendors_output_and_the_payload_escaped_and_masked(
+    redis: Redis, redis_url: str, namespace: str
+) -> None:
+    # Given an order whose job name (from the ATS) and step output (from a vendor) hold line
+    # separators and a bidi override, and the output the handler's token
+    sim = Simulator(["lever:ShowEscape"], 0, seed=23)
+    job = {"remote_id": "j1", "name": f"Engineer{SEPARATORS}", "hiring_team": []}
+    order = sim.add_order(sim.integration_ids[0], id="ShowEscape1", job=job)
+    settings = settings_for(redis_url, sim, namespace)
+    sweep(redis, settings, sim)
+    protect_secrets([PROVISION_TOKEN])  # the worker's registry (handler_settings does this)
+    work(redis, settings, [_Hostile()])
+    # When an operator looks at the order
+    shown = dispatcher(["show", order["id"], "--payload"], env_for(redis_url, settings))
+    assert shown.returncode == 0, shown.stderr
+    # Then every line is one line, shown as it is, and the token is masked
+    assert "hostile_output" in shown.stdout and "Engineer\\u2028" in shown.stdout
+    assert not _UNSAFE.search(shown.stdout), [line for line in shown.stdout.split("\n")]
+    assert PROVISION_TOKEN not in shown.stdout

@@ -25,6 +25,7 @@ from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.settings import Settings
 from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
+from dispatcher.untrusted import untrusted_text
 
 __all__ = [
     "SORTS",
@@ -285,7 +286,11 @@ def order_timelines(
                 else type(step.output).__name__
             )
             events.append(
-                TimelineEvent(step.completed_at, f"step {step.handler} completed", output_keys)
+                TimelineEvent(
+                    step.completed_at,
+                    f"step {step.handler} completed",
+                    untrusted_text(output_keys, 300),  # a vendor's keys
+                )
             )
         if record.last_error is not None:
             events.append(
