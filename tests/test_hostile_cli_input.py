@@ -15,6 +15,16 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from test_hostile_untrusted import (
+    API_KEY,
+    API_TOKEN,
+    PROVISION_TOKEN,
+    SMTP_PASSWORD,
+    WEBHOOK_SECRET,
+    _exposed,
+    _kombo,
+    _server,
+)
 
 from _support import dispatcher_env, free_port, order_payload
 from dispatcher.store.keys import Keys
@@ -123,3 +133,32 @@ def test_replay_queues_an_order_listed_twice_on_a_page_once(
     assert len(queue) == 2 and len(set(queue)) == 2, queue
     assert replayed.stdout.splitlines()[0].startswith(f"2 orders of {INTEGRATION} queued")
     assert "1 listed more than once by Kombo, queued once: T1" in replayed.stdout
+
+
+def test_replay_prints_kombos_error_as_one_line_without_the_key(redis_url: str) -> None:
+    # Kombo (or anything at KOMBO_BASE_URL) answers the listing with an error echoing the
+    # request's headers, upper-cased too, after a line break that forges a second line.
+    with _server(_kombo) as url:
+        env = dispatcher_env(
+            redis_url,
+            KOMBO_BASE_URL=url,
+            KOMBO_API_KEY=API_KEY,
+            KOMBO_INTEGRATION_IDS="greenhouse:Echo-repr",
+            DISPATCHER_HANDLERS="log",
+            KOMBO_RETRY_BUDGET="0",
+            # The deployment's other secrets, in the environment as usual.
+            DISPATCHER_API_TOKEN=API_TOKEN,
+            KOMBO_WEBHOOK_SECRET=WEBHOOK_SECRET,
+            SMTP_URL=f"smtp://mailer:{SMTP_PASSWORD}@127.0.0.1:9",
+            PROVISION_TOKEN=PROVISION_TOKEN,
+        )
+        results = [
+            run(["replay", "--integration", f"greenhouse:Echo-{kind}", "--handlers", "log"], env)
+            for kind in ("repr", "upper")
+        ]
+    for result in results:
+        assert result.returncode == 1, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("dispatcher: error: integration greenhouse:Echo-")
+        assert "PLATFORM.INPUT_INVALID" in line and "FORGED" in line
+        assert not _exposed(result.stdout + result.stderr), line
