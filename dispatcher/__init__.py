@@ -36,6 +36,7 @@ from dispatcher.kombo.results import AssessmentResult, InvalidResultError
 from dispatcher.settings import ConfigError, Settings, load_settings
 from dispatcher.store.ledger import DispatchResult, Ledger
 from dispatcher.store.outbox import FinalResultError, OutboxRecord, ResultReceipt, submit_result
+from dispatcher.untrusted import untrusted_text
 
 __version__ = "0.1.0"
 
@@ -87,4 +88,5 @@ __all__ = [
     "handler_settings",
     "load_settings",
     "submit_result",
+    "untrusted_text",
 ]

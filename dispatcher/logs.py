@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 from dispatcher.redact import protect_secrets, scrub, secret_values
+from dispatcher.untrusted import escape_controls, mask_personal
 
 __all__ = [
     "OrderLogContext",
@@ -49,12 +50,8 @@ __all__ = [
 ]
 
 _CONTEXT_FIELDS = ("integration_id", "order_id", "handler", "job_id")
-_PERSONAL_MASK = "<redacted>"
-# The lookbehind makes a match start only where a run of address characters starts: without
-# it a long run with no "@" (a vendor's megabyte error page) costs quadratic time.
-_EMAIL = re.compile(r"(?<![\w.+\-])[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
-# A record's text is cut to this many characters before it is scrubbed and written: error
-# bodies come from vendors and can be megabytes.
+# A record's text is cut to this many characters after it is scrubbed (a cut through a secret
+# would leave its beginning behind): error bodies come from vendors and can be megabytes.
 MAX_RECORD_CHARS = 64 * 1024
 
 
@@ -133,17 +130,15 @@ class _Guard(logging.Filter):
             record.stack_info = self._scrub(record.stack_info, contact, personal)
 
     def _scrub(self, text: str, contact: tuple[str, ...], personal: bool) -> str:
+        text = scrub(text)
         if len(text) > MAX_RECORD_CHARS:
             cut = len(text) - MAX_RECORD_CHARS
             text = (
                 f"{text[: MAX_RECORD_CHARS // 2]} [... {cut} characters cut ...] "
                 + (text[-MAX_RECORD_CHARS // 2 :])
             )
-        text = scrub(text)
         if personal:
-            for value in sorted(contact, key=len, reverse=True):
-                text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", _PERSONAL_MASK, text)
-            text = _EMAIL.sub(_PERSONAL_MASK, text)
+            text = mask_personal(text, contact, phones=False)
         return text
 
 
@@ -152,32 +147,6 @@ _guard = _Guard()
 
 
 _JSON_BREAKS = re.compile("[\x7f-\x9f\u2028\u2029]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_one(char: str) -> str:
-    named = _NAMED.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def escape_controls(text: str) -> str:
-    """``text`` on one line, shown as it is: every character ``str.isprintable`` refuses as a
-    backslash escape (``\\n``, ``\\x1b``, ``\\u2028``).
-
-    That is C0 controls, DEL and C1 (U+0085 NEL among them), the Unicode line and paragraph
-    separators (every character ``str.splitlines`` breaks at), the bidi embeddings, overrides
-    and isolates (they reorder how a line is shown), other invisible format characters and
-    lone surrogates. Ids, names and vendor messages are attacker-controlled: a log line, a
-    failure reason or a problem in ``dispatcher status`` must stay one honest line.
-    """
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else _escape_one(char) for char in text)
 
 
 class _TextFormatter(logging.Formatter):

@@ -10,7 +10,11 @@ built, so no caller has to remember:
 - every handler's settings built through :func:`dispatcher.handler_settings`: each field
   declared ``SecretStr`` (``PROVISION_TOKEN``, ``SMTP_URL``...), so a vendor's plugin gets
   this for free by declaring its tokens as ``SecretStr``;
-- for a secret that is a URL, the password inside it too, as written and percent-decoded.
+- for a secret that is a URL, the password inside it too, as written and percent-decoded;
+- the process environment (:func:`protect_environment`, by ``load_settings``): every variable
+  named like a secret (``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``, ``*API_KEY*``...) and the
+  password of every URL, so that a process masks the secrets of handlers it does not load
+  (the poller and the console never build the chain, yet show what Kombo and workers wrote).
 
 A value shorter than :data:`MIN_SECRET_LENGTH` is not registered: masking every ``ab`` in
 every line would turn logs into garbage and hide nothing a guess would not find. The settings
@@ -31,6 +35,8 @@ from pydantic import BaseModel, SecretStr
 __all__ = [
     "MASK",
     "MIN_SECRET_LENGTH",
+    "environment_secrets",
+    "protect_environment",
     "protect_secrets",
     "protect_settings",
     "scrub",
@@ -66,15 +72,43 @@ def protect_secrets(values: Iterable[str]) -> None:
             return
         _secrets.update(added)
         ordered = sorted(_secrets, key=len, reverse=True)
-        _pattern = re.compile("|".join(re.escape(value) for value in ordered))
+        # Case-insensitive: some servers echo the headers they received upper-cased.
+        _pattern = re.compile("|".join(re.escape(value) for value in ordered), re.IGNORECASE)
 
 
 def scrub(text: str) -> str:
-    """``text`` with every registered secret replaced by ``***``."""
+    """``text`` with every registered secret (in any letter case) replaced by ``***``."""
     pattern = _pattern
     if pattern is None:
         return text
     return pattern.sub(MASK, text)
+
+
+# Variable names that hold a secret by convention (case-insensitive, anywhere in the name).
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
+
+
+def environment_secrets(environ: Mapping[str, str]) -> list[str]:
+    """The secret values of an environment: variables named like a secret, and the password
+    (as written and percent-decoded) of every value that is a URL holding one."""
+    found = []
+    for name, value in environ.items():
+        if _SECRET_NAME.search(name):
+            found.append(value)
+        if "@" in value and "://" in value:
+            try:
+                password = urlsplit(value).password
+            except ValueError:
+                password = None
+            if password:
+                found.extend((value, password, unquote(password)))
+    return [value for value in found if value]
+
+
+def protect_environment(environ: Mapping[str, str]) -> None:
+    """Register :func:`environment_secrets` of ``environ`` (values too short to mask are
+    skipped silently: the environment holds more than the dispatcher's settings)."""
+    protect_secrets(environment_secrets(environ))
 
 
 def _secrets_of(settings: BaseModel) -> Iterator[tuple[str, str]]:

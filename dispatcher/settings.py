@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import string
 from collections.abc import Sequence
 from typing import Annotated, Literal
@@ -11,7 +12,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dispatcher._text import error_message, is_http_url
-from dispatcher.redact import protect_settings
+from dispatcher.redact import protect_environment, protect_settings
+from dispatcher.store.connection import url_problem
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -399,6 +401,11 @@ class Settings(BaseSettings):
                 "must start with redis://, rediss://, unix://, redis+sentinel:// or "
                 "rediss+sentinel://"
             )
+        # A malformed URL is a setting to fix (exit 2), said without the URL: it holds the
+        # password (redis-py and urllib raise with a traceback, or echo the netloc).
+        problem = url_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(f"malformed URL: {problem}")
         return value
 
     @field_validator("console_token")
@@ -485,6 +492,9 @@ def load_settings(**overrides: object) -> Settings:
             )
         ) from None
     protect_settings(settings)
+    # The handlers' secrets too (SMTP_URL, PROVISION_TOKEN...): a process that does not build
+    # the chain still shows text workers and vendors wrote.
+    protect_environment(os.environ)
     return settings
 
 

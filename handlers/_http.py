@@ -11,7 +11,14 @@ import httpx
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher import BaseHandler, HandlerContext, PermanentFailure, RetryLater, handler_settings
+from dispatcher import (
+    BaseHandler,
+    HandlerContext,
+    PermanentFailure,
+    RetryLater,
+    handler_settings,
+    untrusted_text,
+)
 
 from ._text import one_line
 
@@ -85,7 +92,8 @@ def post_json(
 
 
 def vendor_message(response: httpx.Response, limit: int = 300) -> str:
-    """The most telling one-line message in an error response."""
+    """The most telling one-line message in an error response, secrets masked before it is
+    cut (a token straddling the cut would otherwise leave its beginning behind)."""
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -96,6 +104,11 @@ def vendor_message(response: httpx.Response, limit: int = 300) -> str:
             if isinstance(value, dict):
                 value = value.get("message")
             if isinstance(value, str) and value.strip():
-                return one_line(value, limit)
+                return _masked_line(value, limit)
     text = response.text.strip()
-    return one_line(text, limit) if text else response.reason_phrase
+    return _masked_line(text, limit) if text else response.reason_phrase
+
+
+def _masked_line(text: str, limit: int) -> str:
+    # Whitespace and line breaks made single spaces first, as one_line does, then the one rule.
+    return untrusted_text(one_line(text, len(text) + 1), limit)

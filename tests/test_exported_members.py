@@ -45,6 +45,8 @@ EXPORTED = {
     "OutboxRecord",
     "ResultReceipt",
     "submit_result",
+    # The one rule for text from Kombo, vendors and clients (a handler's failure reasons).
+    "untrusted_text",
     "__version__",
 }
 

@@ -102,8 +102,10 @@ def _refusal(ctx: click.Context, exc: ResponseError) -> str:
     if not isinstance(settings, Settings) or not isinstance(redis, Redis):
         return describe(exc, [])
     queue_key = Queue(settings.queue, connection=redis).key
+    results_key = Queue(settings.results_queue, connection=redis).key
+    expected = shared_keys(Keys(settings.namespace), queue_key, results_queue_key=results_key)
     try:
-        wrong = find_wrong_types(redis, shared_keys(Keys(settings.namespace), queue_key))
+        wrong = find_wrong_types(redis, expected)
     except RedisError:
         wrong = []
     # Not a shared key: redis-py's line names the pipeline's command and key, if any.

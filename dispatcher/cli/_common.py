@@ -15,7 +15,9 @@ from rq import Queue
 from dispatcher.kombo.client import KomboClient, KomboError
 from dispatcher.settings import ConfigError, Settings, load_settings
 from dispatcher.store.connection import Role, UnsuitableRedisError, open_redis
+from dispatcher.store.failures import MAX_REASON_LENGTH
 from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.untrusted import untrusted_text
 
 __all__ = [
     "colour",
@@ -109,4 +111,7 @@ def kombo_client(settings: Settings) -> KomboClient:
 
 
 def kombo_failure(exc: KomboError) -> str:
-    return f"{exc} (log: {exc.log_url})" if exc.log_url else str(exc)
+    """Kombo's error as one line for the terminal: its message may echo the API key or hold
+    line breaks (the one rule: :func:`dispatcher.untrusted.untrusted_text`)."""
+    text = f"{exc} (log: {exc.log_url})" if exc.log_url else str(exc)
+    return untrusted_text(text, MAX_REASON_LENGTH)

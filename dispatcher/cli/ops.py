@@ -423,6 +423,7 @@ def replay(
         ("never dispatched, left to the poller (it runs the whole chain)", result.not_dispatched),
         ("job still in progress, skipped (it runs the chain itself)", result.in_progress),
         ("rejected at the webhook, skipped", result.rejected),
+        ("listed more than once by Kombo, queued once", result.duplicates),
     ):
         if ids:
             click.echo(f"  {len(ids)} {label}: {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''}")

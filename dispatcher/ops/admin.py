@@ -21,7 +21,7 @@ from rq.registry import FailedJobRegistry
 from rq.results import Result
 
 from dispatcher._text import as_float, as_str
-from dispatcher.store.failures import Failure, parse_failure
+from dispatcher.store.failures import Failure, clean_reason, parse_failure
 from dispatcher.store.keys import Keys, job_id_for, order_ref
 from dispatcher.store.ledger import parse_seen
 from dispatcher.store.rq_internals import (
@@ -180,7 +180,9 @@ def failed_jobs(
                 integration_id=meta.get("integration_id"),
                 package_id=meta.get("package_id"),
                 handler=failure.handler,
-                reason=failure.reason,
+                # The list is meant to carry no personal data (the Order page shows it whole):
+                # a vendor's error may echo the candidate's e-mail or phone.
+                reason=clean_reason(failure.reason, personal=True),
                 attempts=_attempts(job),
                 failed_at=job.ended_at.timestamp() if job.ended_at else None,
             )

@@ -52,6 +52,8 @@ class ReplayResult:
     in_progress: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     invalid: list[OrderValidationError] = field(default_factory=list)
+    # Orders Kombo listed more than once (on one page or across pages): handled once.
+    duplicates: list[str] = field(default_factory=list)
 
     @property
     def open_orders(self) -> int:
@@ -87,11 +89,20 @@ def replay(
     result = ReplayResult()
     redis = ledger.redis
     seen_key = ledger.keys.seen(integration_id)
+    listed: set[str] = set()
     for page in client.iter_order_pages(
         integration_id, created_after=since, page_size=page_size, max_pages=max_pages
     ):
         result.invalid.extend(page.invalid)
-        raws = list(page.results)
+        # Kombo's listing may name an order twice: the statuses below are read before any
+        # job is queued, so a second copy would push the same job id a second time.
+        raws = []
+        for raw in page.results:
+            if raw.id in listed:
+                result.duplicates.append(raw.id)
+            else:
+                listed.add(raw.id)
+                raws.append(raw)
         if not raws:
             continue
         ids = [raw.id for raw in raws]

@@ -31,6 +31,7 @@ from dispatcher.logs import escape_controls
 from dispatcher.ops.results import StaleOrders, stale_orders
 from dispatcher.poller.telemetry import RequestSeries, read_request_series
 from dispatcher.settings import Settings
+from dispatcher.store import throughput
 from dispatcher.store.connection import ServerCheck, check_server
 from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import Outbox
@@ -46,7 +47,7 @@ from dispatcher.store.rq_internals import (
     workers_key,
 )
 from dispatcher.store.sweeps import SweepRecord
-from dispatcher.store.wrongtype import describe, find_wrong_types
+from dispatcher.store.wrongtype import describe, find_wrong_types, shared_keys
 
 __all__ = [
     "BACKLOG_AGE",
@@ -335,7 +336,7 @@ class Snapshot:
 def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None) -> Snapshot:
     """Read the dispatcher's state for ``settings.namespace`` and ``settings.queue``.
 
-    Costs three pipelined round trips plus, for RQ's workers, one per queue and two per worker.
+    Costs four pipelined round trips plus, for RQ's workers, one per queue and two per worker.
     """
     keys = Keys(settings.namespace)
     # Every queue the dispatcher runs: the orders and the results queue (as `rq info` lists).
@@ -390,6 +391,9 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
     job_times = answers[_PER_INTEGRATION * len(integration_ids) :]
     workers = _workers(queues, refused)
     broken = refused.explain(redis)
+    broken += _unread_broken(
+        redis, settings, keys, queues[0].key, taken_at, {b.key for b in broken}
+    )
     integrations = tuple(
         _integration(
             integration_id,
@@ -473,6 +477,25 @@ def _queue_status(
         last_failed_at=_rq_time(newest_failed_ended),
         kind=kind,
     )
+
+
+def _unread_broken(
+    redis: Redis, settings: Settings, keys: Keys, queue_key: str, now: float, known: set[str]
+) -> tuple[BrokenKey, ...]:
+    """The shared keys of the wrong type that the reads above do not touch: the outbox's
+    indexes, the results queue, the result stats, the provisioned set, the throughput hashes
+    of the console's chart. Their readers below answer ``None`` on a refusal; this names why.
+    """
+    results_queue = Queue(settings.results_queue, connection=redis).key
+    expected = shared_keys(keys, queue_key, results_queue_key=results_queue, now=now)
+    hour = int(now) // 3600
+    for past in range(hour - throughput.WINDOW_MINUTES // 60, hour):
+        expected[keys.throughput(past)] = "hash"
+    try:
+        wrong = find_wrong_types(redis, {k: v for k, v in expected.items() if k not in known})
+    except ResponseError:  # TYPE refused (an ACL): the refused reads above still show
+        return ()
+    return tuple(BrokenKey(w.key, None, str(w)) for w in wrong)
 
 
 def _results(redis: Redis, settings: Settings, keys: Keys, now: float) -> dict[str, int] | None:

@@ -17,10 +17,11 @@ from typing import Any
 from redis import Redis
 
 from dispatcher import _text
-from dispatcher.logs import escape_controls
 from dispatcher.ops.admin import OrderRecord, describe_order
 from dispatcher.settings import Settings
+from dispatcher.store.failures import MAX_REASON_LENGTH
 from dispatcher.store.outbox import Outbox
+from dispatcher.untrusted import untrusted_text
 
 __all__ = ["EVENT_RANK", "order_timeline", "timeline_lines"]
 
@@ -73,7 +74,9 @@ def order_timeline(
         )
         record = records[0] if records else None
     outbox = Outbox.from_settings(redis, settings)
-    recorded = outbox.timeline_events(integration_id, order_id)
+    # Reasons in the timeline are Kombo's words: cleaned when written, and again here for
+    # events written by older versions (or by anything else that can write Redis).
+    recorded = [_cleaned(event) for event in outbox.timeline_events(integration_id, order_id)]
     events = _job_events(record, recorded) if record is not None else []
     events.extend(recorded)
     pending = outbox.get(integration_id, order_id)
@@ -83,10 +86,20 @@ def order_timeline(
                 "at": pending.next_attempt_at,
                 "event": "write_retry_due",
                 "attempts": pending.attempts,
-                "last_error": pending.last_error,
+                "last_error": _cleaned(pending.last_error),
             }
         )
     return sorted(events, key=_causal)
+
+
+def _cleaned(value: Any) -> Any:
+    if isinstance(value, str):
+        return untrusted_text(value, MAX_REASON_LENGTH)
+    if isinstance(value, dict):
+        return {key: _cleaned(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    return value
 
 
 def _causal(event: dict[str, Any]) -> tuple[bool, float, int]:
@@ -156,12 +169,12 @@ def _job_events(record: OrderRecord, recorded: list[dict[str, Any]]) -> list[dic
 
 def timeline_lines(events: list[dict[str, Any]]) -> list[str]:
     """The text of ``dispatcher show``'s timeline: one line an event (ids and reasons from
-    Kombo or handlers shown with control characters escaped)."""
+    Kombo or handlers through :func:`untrusted_text`: masked, then escaped, then cut)."""
     lines = []
     for event in events:
         when = _text.timestamp(event.get("at"))
         details = ", ".join(
-            f"{key}={escape_controls(_text.compact_json(value, 80))}"
+            f"{key}={untrusted_text(_text.compact_json(value, 1_000_000), 80)}"
             for key, value in event.items()
             if key not in {"at", "event"} and value not in (None, [], "")
         )

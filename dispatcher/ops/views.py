@@ -23,6 +23,7 @@ from dispatcher.ops.status import (
     WorkerStatus,
 )
 from dispatcher.poller.telemetry import RequestSeries
+from dispatcher.untrusted import escape_controls, untrusted_text
 
 __all__ = ["describe_forget", "render_order", "render_status"]
 
@@ -239,7 +240,8 @@ def render_order(
     if payload:
         body = json.dumps(record.payload, indent=2, ensure_ascii=False, sort_keys=True)
         lines.append("  payload")
-        lines.extend(f"    {line}" for line in body.splitlines())
+        # ensure_ascii=False keeps names readable, and U+2028 or a bidi override raw: escaped.
+        lines.extend(f"    {escape_controls(line)}" for line in body.split("\n"))
     return "\n".join(lines)
 
 
@@ -259,7 +261,9 @@ def _step_lines(record: OrderRecord, order: Sequence[str], now: float) -> list[s
         else:
             value = (
                 f"{name:<{width}}  {click.style('completed', fg='green')} "
-                f"{_text.ago(step.completed_at, now)}  {_text.compact_json(step.output)}"
+                f"{_text.ago(step.completed_at, now)}  "
+                # A vendor's answer: masked (again), escaped, then cut.
+                + untrusted_text(_text.compact_json(step.output, 1_000_000), 100)
             )
         lines.append(f"  {label:<11}  {value}")
     return lines

@@ -41,7 +41,7 @@ from dispatcher.poller.telemetry import RequestStats
 from dispatcher.store import throughput
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.reconcile_state import PeriodicReconcile
-from dispatcher.store.sweeps import ERROR_COUNT, INVALID_ORDER_FIELDS, SweepRecord
+from dispatcher.store.sweeps import ERROR_COUNT, INVALID_ORDER_FIELDS, MAX_MESSAGE, SweepRecord
 from dispatcher.store.wrongtype import (
     WRONGTYPE_CODE,
     describe,
@@ -51,6 +51,7 @@ from dispatcher.store.wrongtype import (
     is_wrong_type,
     shared_keys,
 )
+from dispatcher.untrusted import untrusted_text
 
 __all__ = ["IntegrationSweep", "Poller", "SweepPolicy", "SweepReport"]
 
@@ -255,6 +256,8 @@ class Poller:
                 return self._refused(result, exc, started)
             return self._redis_failure(result, exc)
         if result.error is not None:
+            # Kombo's words (or anything at KOMBO_BASE_URL): they may echo the API key.
+            result.error = untrusted_text(result.error, _MAX_STORED_MESSAGE)
             result.consecutive_failures += 1
             if result.error_order_id is not None:
                 extra["order_id"] = result.error_order_id
@@ -320,7 +323,7 @@ class Poller:
                     problem,
                     extra={"integration_id": integration_id, "order_id": problem.order_id},
                 )
-                result.invalid_orders.append(str(problem))
+                result.invalid_orders.append(untrusted_text(str(problem), _MAX_STORED_MESSAGE))
             if leased and page.next and not self.schedule.renew(integration_id):
                 result.error = f"integration {integration_id}: lease lost mid-sweep"
                 result.error_code = "LEASE_LOST"
@@ -341,7 +344,10 @@ class Poller:
 
     def _redis_failure(self, result: IntegrationSweep, exc: RedisError) -> IntegrationSweep:
         # The main loop reports an outage once; per-integration lines would repeat it.
-        result.error = f"integration {result.integration_id}: redis: {type(exc).__name__}: {exc}"
+        result.error = untrusted_text(
+            f"integration {result.integration_id}: redis: {type(exc).__name__}: {exc}",
+            _MAX_STORED_MESSAGE,
+        )
         result.error_code = "REDIS"
         log.debug("sweep interrupted: %s", result.error)
         return result
@@ -353,7 +359,10 @@ class Poller:
         error of this integration, reported and recorded like Kombo's, retried with backoff;
         the other integrations are swept as usual."""
         integration_id = result.integration_id
-        result.error = f"integration {integration_id}: {self._diagnose(integration_id, exc)}"
+        result.error = untrusted_text(
+            f"integration {integration_id}: {self._diagnose(integration_id, exc)}",
+            _MAX_STORED_MESSAGE,
+        )
         result.error_code = WRONGTYPE_CODE if is_wrong_type(exc) else "REDIS.ERROR"
         result.consecutive_failures += 1
         log.error("sweep failed: %s", result.error, extra={"integration_id": integration_id})
@@ -604,14 +613,14 @@ def _record_invalid(
         return replace(
             record,
             invalid_orders=len(result.invalid_orders),
-            # Bounded: the message quotes an order id, which Kombo chose.
-            last_invalid_order=result.invalid_orders[0][:_MAX_STORED_MESSAGE],
+            # Cleaned and bounded when recorded: the message quotes an order id, which Kombo chose.
+            last_invalid_order=result.invalid_orders[0],
             last_invalid_at=now,
         ), False
     return record, result.full and result.error is None and not result.interrupted
 
 
-_MAX_STORED_MESSAGE = 500
+_MAX_STORED_MESSAGE = MAX_MESSAGE
 
 
 def _sweep_record(

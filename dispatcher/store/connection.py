@@ -45,6 +45,7 @@ __all__ = [
     "reachable",
     "redacted_url",
     "startup_check",
+    "url_problem",
 ]
 
 log = logging.getLogger("dispatcher.redis")
@@ -102,6 +103,27 @@ class UnsuitableRedisError(Exception):
     The message is one line, names ``REDIS_URL`` and never holds the password."""
 
 
+def url_problem(url: str) -> str | None:
+    """What makes a connection URL unparsable (an unclosed ``[`` of an IPv6 address, a port
+    that is no number or out of range), in words that never hold the URL: it may hold a
+    password. ``None`` when it parses; a Sentinel URL's every ``host:port`` is checked."""
+    try:
+        parts = urlsplit(url)
+        hosts = parts.netloc.rpartition("@")[2]
+        if "+sentinel" not in parts.scheme.lower():
+            parts.port  # noqa: B018 (parsing the port is the check)
+            return None
+        for item in hosts.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host:
+                host, port = port, "26379"
+            if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+                return f"sentinel address {item[:60]!r} is not host:port"
+    except ValueError as exc:
+        return " ".join(str(exc).split()) or "malformed URL"
+    return None
+
+
 def redacted_url(url: str) -> str:
     """A connection URL with its password replaced, fit for messages and logs."""
     parts = urlsplit(url)
@@ -118,6 +140,9 @@ def connect(url: str, *, role: Role = "cli", **overrides: Any) -> Redis:
 
     Raises :class:`UnsuitableRedisError` for a malformed URL or an unknown query parameter.
     """
+    problem = url_problem(url)
+    if problem is not None:
+        raise UnsuitableRedisError(f"REDIS_URL: {problem}")
     kwargs: dict[str, Any] = {"health_check_interval": 30, **_ROLE_KWARGS[role]}
     kwargs.update(overrides)
     scheme = url.partition("://")[0].lower()

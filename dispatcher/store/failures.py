@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dispatcher.logs import escape_controls
 from dispatcher.redact import scrub
+from dispatcher.untrusted import untrusted_text
 
 __all__ = [
     "MAX_REASON_LENGTH",
@@ -34,11 +34,11 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def clean_reason(text: str) -> str:
-    """``text`` with registered secrets masked, control characters escaped (one line), and
-    cut to ``MAX_REASON_LENGTH`` characters."""
-    # Masked before it is cut: a cut through a secret would leave its beginning behind.
-    return _cut(escape_controls(scrub(text)), MAX_REASON_LENGTH)
+def clean_reason(text: str, *, personal: bool = False) -> str:
+    """``text`` as :func:`dispatcher.untrusted.untrusted_text` makes it: registered secrets
+    masked (then, with ``personal``, e-mail addresses and phone numbers), control characters
+    escaped (one line), cut to ``MAX_REASON_LENGTH`` characters."""
+    return untrusted_text(text, MAX_REASON_LENGTH, personal=personal)
 
 
 def clean_traceback(text: str) -> str:

@@ -16,12 +16,18 @@ from typing import Any
 
 from redis.typing import EncodableT, FieldT
 
-__all__ = ["ERROR_COUNT", "INVALID_ORDER_FIELDS", "SweepRecord"]
+from dispatcher.untrusted import untrusted_text
+
+__all__ = ["ERROR_COUNT", "INVALID_ORDER_FIELDS", "MAX_MESSAGE", "SweepRecord"]
 
 # Counted with HINCRBY by the poller (one per failed sweep), never set from a record.
 ERROR_COUNT = "error_count"
 # The invalid-order fields, deleted together once a complete full sweep finds none.
 INVALID_ORDER_FIELDS = ("invalid_orders", "last_invalid_order", "last_invalid_at")
+# Fields holding Kombo's words (an error message, an order id): cleaned again when read, for
+# records written before the poller cleaned them and by whatever else can write Redis.
+_UNTRUSTED = frozenset({"last_error", "last_invalid_order", "last_error_code", "last_sweep_kind"})
+MAX_MESSAGE = 500
 
 _FLOATS = frozenset(
     {
@@ -113,4 +119,4 @@ def _parse(name: str, text: str) -> float | int | str | None:
             return int(text) if text else None
     except ValueError:
         return None
-    return text
+    return untrusted_text(text, MAX_MESSAGE) if name in _UNTRUSTED else text

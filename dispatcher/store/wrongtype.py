@@ -19,6 +19,7 @@ This module is the one place that knows about wrong-type keys:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from dispatcher._text import as_str
 from dispatcher.logs import escape_controls
 from dispatcher.store.keys import Keys
+from dispatcher.store.throughput import hour_key
 
 __all__ = [
     "WRONGTYPE_CODE",
@@ -179,12 +181,34 @@ def describe(exc: BaseException, wrong: Iterable[WrongType]) -> str:
     return escape_controls(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
-def shared_keys(keys: Keys, queue_key: str) -> dict[str, str]:
-    """The keys every poller, worker and webhook shares (key -> type), for ``/healthz`` and
-    for diagnosing a failed command: one broken, and nothing works."""
+def shared_keys(
+    keys: Keys,
+    queue_key: str,
+    *,
+    results_queue_key: str | None = None,
+    now: float | None = None,
+) -> dict[str, str]:
+    """The keys every poller, worker, webhook and results API shares (key -> type), for
+    ``/healthz``, ``status`` and for diagnosing a failed command: one broken, and nothing of
+    its kind works (a string at ``{ns}:outbox-pending`` fails every results PUT; this hour's
+    throughput hash every dispatch script).
+
+    ``results_queue_key``: the results queue's RQ key, when the caller knows it; ``now``:
+    whose hour's throughput hash (default: the current one).
+    """
     # rq_internals builds its guarded scripts with lua_type_guard (below): imported late.
     from dispatcher.store.rq_internals import QUEUES_KEY
 
+    service = {
+        keys.outbox_index("pending"): "zset",
+        keys.outbox_index("written"): "zset",
+        keys.outbox_index("failed"): "zset",
+        keys.provisioned: "zset",
+        keys.result_stats: "hash",
+        hour_key(keys, time.time() if now is None else now): "hash",
+    }
+    if results_queue_key is not None:
+        service[results_queue_key] = "list"
     return {
         keys.schedule: "zset",
         keys.integrations: "set",
@@ -196,6 +220,7 @@ def shared_keys(keys: Keys, queue_key: str) -> dict[str, str]:
         keys.kombo_requests: "hash",
         queue_key: "list",
         QUEUES_KEY: "set",
+        **service,
     }
 
 

@@ -64,9 +64,14 @@ def create_app(
     # The shared keys only: one TYPE each, one round trip, however many integrations. A broken
     # key of one integration is that integration's problem (status, /metrics), like a failing
     # Kombo integration; a broken schedule or queue stops every integration.
-    shared = shared_keys(Keys(settings.namespace), Queue(settings.queue, connection=redis).key)
+    queue_key = Queue(settings.queue, connection=redis).key
+    results_queue_key = Queue(settings.results_queue, connection=redis).key
 
     def healthz(request: Request) -> Response:
+        # Per request: the throughput hash among them is this hour's.
+        shared = shared_keys(
+            Keys(settings.namespace), queue_key, results_queue_key=results_queue_key
+        )
         try:
             redis.ping()
             wrong = find_wrong_types(redis, shared)

@@ -28,6 +28,7 @@ from dispatcher.settings import Settings
 from dispatcher.store import throughput
 from dispatcher.store.keys import Keys, parse_order_ref
 from dispatcher.store.outbox import OutboxRecord
+from dispatcher.untrusted import untrusted_text
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -422,7 +423,8 @@ def _event_in_words(event: Mapping[str, Any]) -> TimelineEvent:
     what, detail = words(get) if words else (kind.replace("_", " "), "")
     if kind == "result_written" and event.get("lost_answer"):
         detail = "; ".join(filter(None, ["Kombo's answer was lost", detail]))
-    return TimelineEvent(_number(event.get("at")), what, detail)
+    # Details are a vendor's or Kombo's words (output keys, reasons, warnings).
+    return TimelineEvent(_number(event.get("at")), what, untrusted_text(detail, 500))
 
 
 # Event kind (dispatcher.ops.timeline) -> (what, detail) from the event's fields as text.
