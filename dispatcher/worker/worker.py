@@ -295,6 +295,10 @@ def _live_failure(job: Job) -> Failure | None:
 STRANDED_AFTER = 10
 
 
+# Seconds the worker's command thread (RQ's pubsub: `rq` suspend, kill-horse) waits per read.
+_PUBSUB_READ_WAIT = 1.0
+
+
 class _DispatcherWorkerMixin(WorkerBase):
     """What the dispatcher adds to RQ's workers: abandoned jobs are requeued within
     ``RECOVERY_BOUND`` seconds, log lines during a job carry its order and integration (and
@@ -326,6 +330,18 @@ class _DispatcherWorkerMixin(WorkerBase):
     # handling (only the dequeue waits for Redis): a Redis lost there (a failover) would end
     # the worker ("unhandled exception, quitting"), and with --processes 1 the whole process.
     # Each is skipped instead; the next dequeue waits for the new primary.
+
+    def subscribe(self) -> None:
+        # RQ's own, but its command thread reads with a 1 s timeout instead of 60 s: since
+        # redis-py 8.2, stopping that thread (at every worker's teardown, a burst's end
+        # included) waits for the read in hand, so each worker took up to a minute to exit.
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
+            sleep_time=_PUBSUB_READ_WAIT,
+            daemon=True,
+            exception_handler=self._pubsub_exception_handler,
+        )
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         try:

@@ -1,0 +1,81 @@
+"""Issue 23, item 4: a DISPATCHER_*/KOMBO_* variable or .env key that is no setting is
+warned about once, naming the closest valid name; handlers' own settings are known."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from _support import dispatcher_env
+from dispatcher.handler import handler_settings
+from dispatcher.unknown_settings import unknown_settings
+
+
+def dispatcher(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args],
+        env=dispatcher_env("redis://127.0.0.1:1/0", **env),
+        cwd=cwd, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " WARNING " in line]
+
+
+def test_misspelled_settings_in_the_environment_and_dotenv_are_each_warned_once(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / ".env").write_text("KOMBO_APIKEY=secret-value\nexport DISPATCHER_POLL_INTERVL=5\n")
+    result = dispatcher(tmp_path, "handlers", DISPATCHER_HANDLER="log,crm")
+    assert result.returncode == 0, result.stderr
+    lines = warnings(result.stderr)
+    assert len(lines) == 3, result.stderr
+    assert lines[0].endswith(
+        "unknown setting DISPATCHER_HANDLER (environment variable), ignored: "
+        "did you mean DISPATCHER_HANDLERS?"
+    )
+    assert lines[1].endswith(
+        "unknown setting KOMBO_APIKEY (key in .env), ignored: did you mean KOMBO_API_KEY?"
+    )
+    assert lines[2].endswith(
+        "unknown setting DISPATCHER_POLL_INTERVL (key in .env), ignored: "
+        "did you mean DISPATCHER_POLL_INTERVAL?"
+    )
+    assert "secret-value" not in result.stderr
+
+
+def test_settings_options_and_handlers_settings_are_not_warned_about(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("NOTIFY_WEBHOOK_TIMEOUT=3\nDISPATCHER_LOG_FORMAT=text\n")
+    result = dispatcher(
+        tmp_path,
+        "handlers",
+        DISPATCHER_HANDLERS="log",
+        dispatcher_handlers="log",  # any case, as pydantic-settings reads it
+        DISPATCHER_WEB_HOST="0.0.0.0",  # an option's variable (dispatcher web --host)
+        PROVISION_URL="http://127.0.0.1:1/",
+        SMTP_TIMEOUT="3",
+        KOMBO_RETRY_BUDGET="5",
+        OTHER_TOOL_SETTING="x",  # not ours
+    )
+    assert result.returncode == 0, result.stderr
+    assert warnings(result.stderr) == [], result.stderr
+
+
+class _CrmSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    url: str = Field("http://crm.example", alias="DISPATCHER_CRM_URL")
+
+
+def test_a_handlers_own_dispatcher_prefixed_setting_is_known() -> None:
+    # Until a handler builds its settings with handler_settings, nothing says it is one
+    assert "DISPATCHER_CRM_URL" in unknown_settings(["DISPATCHER_CRM_URL"], [])
+    handler_settings(_CrmSettings)
+    assert unknown_settings(["DISPATCHER_CRM_URL", "DISPATCHER_CRM_ULR"], []) == {
+        "DISPATCHER_CRM_ULR": "DISPATCHER_CRM_URL"
+    }
