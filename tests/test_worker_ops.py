@@ -207,6 +207,57 @@ def test_the_worker_command_prints_the_summary(redis: Redis, redis_url: str) -> 
     )
 
 
+@pytest.mark.parametrize(
+    ("mode", "extra"),
+    [
+        ("threads", ["--threads", "4"]),
+        ("in-process", []),
+        ("forking", []),
+    ],
+)
+def test_every_burst_mode_counts_what_it_did(
+    redis: Redis, redis_url: str, mode: str, extra: list[str]
+) -> None:
+    # Issue 23: `worker --burst --threads 4` said "0 done, 0 failed" after 48 jobs.
+    config = settings(redis_url)
+    ids = [f"T{i:02d}" for i in range(12)]
+    dispatch(redis, config, *ids)
+    env = dispatcher_env(
+        redis_url,
+        DISPATCHER_NAMESPACE="ops",
+        DISPATCHER_FORK_PER_JOB="true" if mode == "forking" else "false",
+    )
+    run = subprocess.run(
+        [str(BIN / "dispatcher"), "worker", "--burst", *extra],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "burst finished on ops-orders: 12 done, 0 failed, 0 put back for a retry" in (
+        run.stderr
+    ), run.stderr
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_each_child_of_a_burst_pool_says_what_it_did(
+    redis: Redis, redis_url: str, threads: str
+) -> None:
+    config = settings(redis_url)
+    ids = [f"P{i:02d}" for i in range(12)]
+    dispatch(redis, config, *ids)
+    env = dispatcher_env(redis_url, DISPATCHER_NAMESPACE="ops", DISPATCHER_FORK_PER_JOB="false")
+    run = subprocess.run(
+        [str(BIN / "dispatcher"), "worker", "--burst", "--processes", "2", "--threads", threads],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    children = re.findall(
+        r"burst of worker \S+ finished: (\d+) done, (\d+) failed, (\d+) put back", run.stderr
+    )
+    assert len(children) == 2, run.stderr
+    assert sum(int(done) for done, _, _ in children) == 12, children
+    assert "left: 0 queued, 0 scheduled for a retry, 0 failed" in run.stderr
+
+
 # -- item 10: jobs carry their namespace ------------------------------------------------------
 
 

@@ -75,6 +75,7 @@ class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
         self._idle = threading.Condition(self._in_flight_lock)
         self._interruptible = False
         self._beat_stop = threading.Event()
+        self._tally_lock = threading.Lock()
 
     # -- state: BUSY while any job is in flight ---------------------------------------------
 
@@ -233,6 +234,9 @@ class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
                 with self._idle:
                     self._in_flight.pop(execution.id, None)
                     self._idle.notify_all()
+                # The burst summary counts what the threads did (it said "0 done" after 48).
+                with self._tally_lock:
+                    self.tally.count(job)
         finally:
             set_order_context(None)
 

@@ -609,14 +609,14 @@ class BurstSummary:
             self.queued, self.scheduled, first, self.failed_on_queue = pipe.execute()
         self.next_retry_in = max(0.0, float(first[0][1]) - now) if first else None
 
+    def did(self) -> str:
+        """What the jobs run came to: ``3 done, 1 failed, 0 put back for a retry``."""
+        return f"{self.done} done, {self.failed} failed, {self.retried} put back for a retry"
+
     def line(self, queue: str, *, counted: bool = True) -> str:
         """The summary; without ``counted`` (a pool: its children counted their own jobs)
         only what is left."""
-        did = (
-            f"{self.done} done, {self.failed} failed, {self.retried} put back for a retry; "
-            if counted
-            else ""
-        )
+        did = f"{self.did()}; " if counted else ""
         text = (
             f"burst finished on {queue}: {did}left: {self.queued} queued, "
             f"{self.scheduled} scheduled for a retry"
@@ -672,7 +672,10 @@ def run_worker(
         if processes > 1:
             # Forked children inherit the installed runtime.
             pool = WorkerPool(
-                [queue], connection=redis, num_workers=processes, worker_class=worker_class
+                [queue],
+                connection=redis,
+                num_workers=processes,
+                worker_class=_reporting_burst(worker_class),
             )
             pool.start(burst=burst, logging_level=settings.log_level)
             summary = BurstSummary()
@@ -696,6 +699,23 @@ def run_worker(
             close = getattr(handler, "close", None)  # optional: see BaseHandler.close
             if callable(close):
                 close()
+
+
+def _reporting_burst(worker_class: type[WorkerBase]) -> type[WorkerBase]:
+    """``worker_class`` whose burst ends with a line of what it did: a pool's children count
+    their own jobs (the parent only sees what they left)."""
+
+    class _Reporting(worker_class):  # type: ignore[valid-type,misc]
+        def work(self, *args: Any, **kwargs: Any) -> bool:
+            try:
+                return bool(super().work(*args, **kwargs))
+            finally:
+                tally = getattr(self, "tally", None)
+                if kwargs.get("burst") and isinstance(tally, BurstSummary):
+                    log.info("burst of worker %s finished: %s", self.name, tally.did())
+
+    _Reporting.__name__ = _Reporting.__qualname__ = worker_class.__name__
+    return _Reporting
 
 
 def _burst(
