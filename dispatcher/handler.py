@@ -86,7 +86,6 @@ __all__ = [
     "PermanentFailure",
     "RetryLater",
     "handler_settings",
-    "settings_models",
 ]
 
 

@@ -105,6 +105,7 @@ def test_the_age_pattern_of_these_tests_matches_every_age_the_cli_prints(seconds
 def test_failed_lists_order_integration_handler_reason_attempts_and_when(
     redis: Redis, redis_url: str, settings: Settings, sim: Simulator
 ) -> None:
+    started = time.time()
     sweep(redis, settings, sim)
     bad = {sim.orders(INTEGRATIONS[0])[1]["id"], sim.orders(INTEGRATIONS[1])[2]["id"]}
     work(redis, settings, [Returns("log"), FailsFor("provision", bad, "vendor said no")])
@@ -131,7 +132,8 @@ def test_failed_lists_order_integration_handler_reason_attempts_and_when(
     records = [json.loads(line) for line in invoke(["failed", "--json"], env).stdout.splitlines()]
     assert {r["order_id"] for r in records} == bad
     assert all(r["handler"] == "provision" and r["attempts"] == 1 for r in records)
-    assert all(abs(r["failed_at"] - time.time()) < 30 for r in records)
+    # Between the test's start and now, however long a loaded machine took.
+    assert all(started - 1 <= r["failed_at"] <= time.time() + 1 for r in records)
     limited = invoke(["failed", "--limit", "1"], env).stdout
     assert "2 failed jobs on" in limited and "showing the newest 1, --limit 0 for all" in limited
 
