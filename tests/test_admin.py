@@ -80,8 +80,9 @@ def test_parse_failure_falls_back_to_the_last_line() -> None:
         "rq.timeouts.JobTimeoutException: Task exceeded maximum timeout value (600 seconds)\n"
     )
     assert parse_failure(timeout).handler is None
+    # RQ's line for a work horse past its timeout names the setting (issue 23)
     assert parse_failure(timeout).reason == (
-        "rq.timeouts.JobTimeoutException: Task exceeded maximum timeout value (600 seconds)"
+        "job timed out: the chain ran past DISPATCHER_JOB_TIMEOUT (600s)"
     )
     assert parse_failure("Work-horse terminated unexpectedly; waitpid returned 9").reason == (
         "Work-horse terminated unexpectedly; waitpid returned 9"

@@ -33,14 +33,14 @@ from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
-from rq.timeouts import BaseTimeoutException
+from rq.timeouts import BaseTimeoutException, JobTimeoutException
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from dispatcher.handler import PermanentFailure, RetryLater
 from dispatcher.logs import OrderLogContext, contact_values, set_order_context
 from dispatcher.settings import Settings
-from dispatcher.store.failures import Failure, clean_traceback, parse_failure
+from dispatcher.store.failures import Failure, clean_traceback, job_timeout_reason, parse_failure
 from dispatcher.store.rq_internals import (
     REQUEUE_ABANDONED,
     REQUEUE_STRANDED,
@@ -287,6 +287,9 @@ def _live_failure(job: Job) -> Failure | None:
     exc = sys.exc_info()[1]
     if isinstance(exc, HandlerFailed) and exc.order_id == (job.meta or {}).get("order_id"):
         return Failure(exc.handler, exc.reason)
+    if isinstance(exc, JobTimeoutException):
+        # A threaded (or in-process) worker's deadline raises it bare: say what it means.
+        return Failure(None, job_timeout_reason(job.timeout))
     return None
 
 
