@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from _support import dispatcher_env
-from dispatcher.handler import handler_settings
+from dispatcher.handler import HandlerConfigError, handler_settings
 from dispatcher.unknown_settings import unknown_settings
 
 
@@ -79,3 +80,21 @@ def test_a_handlers_own_dispatcher_prefixed_setting_is_known() -> None:
     assert unknown_settings(["DISPATCHER_CRM_URL", "DISPATCHER_CRM_ULR"], []) == {
         "DISPATCHER_CRM_ULR": "DISPATCHER_CRM_URL"
     }
+
+
+class _TwoRequired(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    url: str = Field(alias="CRMX_URL")
+    token: str = Field(alias="CRMX_TOKEN")
+    timeout: float = Field(5.0, alias="CRMX_TIMEOUT", gt=0)
+
+
+def test_a_handlers_missing_settings_are_all_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 23: "CRMX_URL: not set (and 1 more)" left the second to be found by trying again.
+    monkeypatch.setenv("CRMX_TIMEOUT", "-1")
+    with pytest.raises(HandlerConfigError) as raised:
+        handler_settings(_TwoRequired)
+    assert str(raised.value) == (
+        "CRMX_URL: not set; CRMX_TOKEN: not set; CRMX_TIMEOUT: Input should be greater than 0"
+    )
