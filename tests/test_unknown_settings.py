@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from _support import dispatcher_env
 from dispatcher.handler import HandlerConfigError, handler_settings
+from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.unknown_settings import unknown_settings
 
 
@@ -98,3 +99,24 @@ def test_a_handlers_missing_settings_are_all_named(monkeypatch: pytest.MonkeyPat
     assert str(raised.value) == (
         "CRMX_URL: not set; CRMX_TOKEN: not set; CRMX_TIMEOUT: Input should be greater than 0"
     )
+
+
+@pytest.mark.redis
+def test_poll_with_processes_warns_once_not_once_per_poller(tmp_path: Path, redis_url: str) -> None:
+    sim = Simulator(2, 3, seed=7)
+    with sim.serve() as server:
+        result = subprocess.run(
+            [sys.executable, "-m", "dispatcher", "poll", "--once", "--processes", "2"],
+            env=dispatcher_env(
+                redis_url,
+                KOMBO_BASE_URL=server.url,
+                KOMBO_API_KEY=DEFAULT_API_KEY,
+                KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
+                DISPATCHER_POLL_INTERVL="5",
+            ),
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    said = [line for line in warnings(result.stderr) if "unknown setting" in line]
+    assert len(said) == 1, result.stderr
+    assert "DISPATCHER_POLL_INTERVL" in said[0] and "DISPATCHER_POLL_INTERVAL" in said[0]
