@@ -9,6 +9,7 @@ import io
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from dispatcher import HandlerContext, Order, RetryLater, Settings
 from dispatcher.kombo.models import Order as OrderModel
 from dispatcher.logs import configure_logging
 from dispatcher.store.ledger import JOB_FUNCTION, JobOptions, Ledger
-from dispatcher.worker.jobs import Runtime
-from dispatcher.worker.worker import BurstSummary, run_worker
+from dispatcher.worker.jobs import Runtime, install_runtime
+from dispatcher.worker.worker import BurstSummary, DispatcherSimpleWorker, run_worker
 
 pytestmark = pytest.mark.redis
 INTEGRATION = "lever:ops"
@@ -323,3 +324,19 @@ def test_a_stock_rq_worker_fails_another_namespaces_job_saying_why(
     assert "DISPATCHER_NAMESPACE=alpha dispatcher worker" in reason
     # and it wrote no step record under its own namespace
     assert not redis.keys("dispatcher:steps:*")
+
+
+def test_a_burst_worker_stops_without_waiting_out_rqs_command_channel(
+    redis: Redis, redis_url: str
+) -> None:
+    # RQ reads the worker's command channel for 60 s at a time and, with redis-py 8.2,
+    # stopping the reader waits for that read: every worker's teardown (a burst's end, a
+    # SIGTERM) took up to a minute. Ours reads for 1 s at a time.
+    config = settings(redis_url)
+    dispatch(redis, config, "A")
+    install_runtime(Runtime(config, [Flaky()]))  # type: ignore[list-item]
+    worker = DispatcherSimpleWorker([Queue(config.queue, connection=redis)], connection=redis)
+    started = time.monotonic()
+    worker.work(burst=True)
+    assert worker.tally.done == 1
+    assert time.monotonic() - started < 30  # 60 s and more before; about 1 s now
