@@ -45,7 +45,8 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
     # Listen first: a port in use is one line and exit 1, not notices, "serving ... on
     # :5432" and then uvicorn's lines about the bind error.
     try:
-        listener = socket.create_server((host, port), backlog=2048)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET  # "::" is IPv6
+        listener = socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         fail(f"--port: cannot listen on {host}:{port}: {reason}", code=1)
