@@ -52,10 +52,13 @@ skip those for which ``context.effects.done(name)``.
 --processes N`` runs N, each with its own chain). With ``DISPATCHER_FORK_PER_JOB=true`` (the
 default) each job runs in a forked copy of the worker: what ``handle`` changes on ``self``,
 and any connection it opens, is gone after the job. With ``false`` jobs run in the worker
-process itself and the instance (and its connections) lives across jobs. Either way one
-process runs one job at a time: ``handle`` is never called concurrently on one instance (a
-timeout interrupts it from a timer thread). In ``web``, ``accepts`` runs in a thread of the
-pool, one order at a time, and every delivery behind it waits: keep it quick.
+process itself and the instance (and its connections) lives across jobs. With one thread
+per worker (``--threads 1``, the default) a process runs one job at a time. With
+``dispatcher worker --threads N`` (``DISPATCHER_WORKER_THREADS``) the process's one instance
+is shared: ``handle`` is called by up to N threads at the same time, so it must be safe to
+call concurrently (per-order data in locals, never on ``self``; thread-safe clients; see
+docs/handlers.md, 7.). In ``web``, ``accepts`` runs in a thread of the pool, one order at a
+time, and every delivery behind it waits: keep it quick.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from dispatcher._text import dotted, error_message, validation_line
+from dispatcher._text import dotted, error_message
 from dispatcher.kombo.models import Order
 from dispatcher.redact import protect_settings
 from dispatcher.settings import Settings
@@ -179,6 +182,15 @@ class HandlerConfigError(Exception):
 
 _SettingsT = TypeVar("_SettingsT", bound=BaseModel)
 
+# Every model handler_settings built: their variables are settings, not typos
+# (dispatcher.unknown_settings).
+_models: list[type[BaseModel]] = []
+
+
+def settings_models() -> list[type[BaseModel]]:
+    """The settings models handlers of this process built with :func:`handler_settings`."""
+    return list(_models)
+
 
 def handler_settings(model: type[_SettingsT]) -> _SettingsT:
     """Build a handler's own settings (a pydantic-settings class), or raise HandlerConfigError.
@@ -188,6 +200,8 @@ def handler_settings(model: type[_SettingsT]) -> _SettingsT:
     declared ``SecretStr`` (and the password of a secret URL) is registered to be masked in
     logs and in failure reasons before they are stored (:mod:`dispatcher.redact`).
     """
+    if model not in _models:
+        _models.append(model)
     try:
         settings = model()
     except ValidationError as exc:
@@ -199,7 +213,12 @@ def handler_settings(model: type[_SettingsT]) -> _SettingsT:
         def problem(error: ErrorDetails) -> str:
             return "not set" if error["type"] == "missing" else error_message(error)
 
-        line = validation_line(exc, field=variable, default=model.__name__, describe=problem)
+        # Every variable at fault, as load_settings names them: "(and 1 more)" left the
+        # operator to find the second one by fixing the first and starting again.
+        line = "; ".join(
+            f"{variable(error['loc']) or model.__name__}: {problem(error)}"
+            for error in exc.errors()
+        )
         raise HandlerConfigError(line) from None
     protect_settings(settings)
     return settings

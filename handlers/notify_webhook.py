@@ -4,17 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import AnyHttpUrl, Field
+from pydantic import AnyHttpUrl, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 
 from dispatcher import HandlerContext, Order
 
 from ._http import HttpHandler, HttpSettings, post_json
 from .notify_email import find_test_url
 
+_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
+
 
 class WebhookSettings(HttpSettings):
-    url: AnyHttpUrl = Field(alias="NOTIFY_WEBHOOK_URL")
+    # A secret: a Slack (or Mattermost, Teams) incoming-webhook URL is all it takes to post
+    # to the channel, so it is masked in logs and failure reasons like a token.
+    url: SecretStr = Field(alias="NOTIFY_WEBHOOK_URL")
     timeout: float = Field(15.0, alias="NOTIFY_WEBHOOK_TIMEOUT", gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: SecretStr) -> SecretStr:
+        try:
+            _URL.validate_python(value.get_secret_value())
+        except ValidationError:
+            raise ValueError("must be an http(s) URL") from None  # not echoing the value
+        return value
 
 
 def _slack_escape(text: str) -> str:
@@ -40,7 +53,7 @@ class NotifyWebhookHandler(HttpHandler[WebhookSettings]):
         lines.append(f"Kombo order {_slack_escape(order.id)}")
         post_json(
             self._client,
-            str(self.settings.url),
+            self.settings.url.get_secret_value(),
             {"text": "\n".join(lines)},
             context,
             what="notification webhook",

@@ -29,6 +29,24 @@ def wait_until(
         time.sleep(0.02)
 
 
+def wait_while_progressing(
+    process: Any, progress: Callable[[], object], stall: float = 60, what: str = "process"
+) -> None:
+    """Wait for ``process`` (a Popen) to exit for as long as it makes progress: fail only
+    when ``progress()`` (a count of jobs done, say) stayed the same for ``stall`` seconds.
+    A fixed budget for the whole run is what a loaded machine exceeds; a stall is a bug."""
+    last, since = progress(), time.monotonic()
+    while process.poll() is None:
+        time.sleep(0.05)
+        now = progress()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > stall:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"{what} made no progress for {stall}s (at {last!r})")
+
+
 def order_payload(order_id: str, **overrides: Any) -> dict[str, Any]:
     """A minimal valid order as Kombo returns it."""
     order: dict[str, Any] = {

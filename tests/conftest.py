@@ -14,6 +14,7 @@ from _support import RedisServer
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import install_runtime
+from dispatcher.worker.worker import DispatcherWorker
 
 
 def _require_real_redis() -> bool:
@@ -111,6 +112,20 @@ def any_redis(request: pytest.FixtureRequest) -> Redis:
 @pytest.fixture
 def namespace() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _plain_rq_workers_stop_promptly() -> Iterator[None]:
+    """Tests that play a plain RQ worker (``SimpleWorker``) get the dispatcher's prompt
+    teardown: RQ's command thread reads for 60 s at a time and, with redis-py 8.2, a
+    worker's teardown waits for that read, a minute per such test (see
+    DispatcherWorker.subscribe)."""
+    from rq.worker.base import BaseWorker
+
+    original = BaseWorker.subscribe
+    BaseWorker.subscribe = DispatcherWorker.subscribe  # type: ignore[method-assign]
+    yield
+    BaseWorker.subscribe = original  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True)

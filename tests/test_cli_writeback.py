@@ -218,6 +218,20 @@ def test_bad_result_input_is_one_line_naming_the_option_and_nothing_is_sent(
     assert sim.request_count == 0
 
 
+def test_several_bad_result_options_are_all_named_on_the_one_line(
+    env: dict[str, str], sim: Simulator
+) -> None:
+    # Issue 23: only the first was said; fixing it then met the next one.
+    args = _result_args(**{"--result-url": "www.x.com", "--score": "inf", "--max-score": "20"})
+    result = run(*[*args, "--completed-at", "2026-03-01T10:00:00"])
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "--result-url: must be an http(s) URL" in line, line
+    assert "--score: must be a finite number" in line, line
+    assert "more)" not in line
+    assert sim.request_count == 0
+
+
 def test_result_needs_the_api_key(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KOMBO_API_KEY")
     result = run(*_result_args())

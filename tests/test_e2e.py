@@ -9,13 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis import Redis
 from rq import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-from _support import dispatcher_env
+from _support import dispatcher_env, wait_while_progressing
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
 
 pytestmark = pytest.mark.redis
@@ -58,9 +59,11 @@ def queued_orders(redis: Redis) -> list[tuple[str, str]]:
     return [(j.meta["integration_id"], j.meta["order_id"]) for j in queue.get_jobs()]
 
 
+# Bounded by wait_while_progressing (a stall fails it), not by the default 120 s per test.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("threads", [[], ["--threads", "8"]], ids=["one-at-a-time", "threads"])
 def test_poll_once_then_burst_worker_handles_every_open_order_once(
-    sim: Simulator, redis: Redis, redis_url: str, threads: list[str]
+    sim: Simulator, redis: Redis, redis_url: str, threads: list[str], tmp_path: Path
 ) -> None:
     with sim.serve() as server:
         env = env_for(server.url, sim, redis_url, DISPATCHER_PAGE_SIZE="15")
@@ -78,9 +81,18 @@ def test_poll_once_then_burst_worker_handles_every_open_order_once(
         }
         assert sorted(queued_orders(redis)) == sorted(open_orders(sim))
 
-        worker = run(["worker", "--burst", *threads], env)
-        assert worker.returncode == 0, worker.stderr
+        # A burst of 120 jobs (a fork each, one at a time) took 56 s on a loaded machine:
+        # waited for while it makes progress, not for a fixed 120 s.
         queue = Queue(QUEUE, connection=redis)
+        finished_jobs = FinishedJobRegistry(queue=queue)
+        with (tmp_path / "worker.log").open("w+") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "dispatcher", "worker", "--burst", *threads],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            wait_while_progressing(worker, lambda: finished_jobs.count, what="worker --burst")
+            log.seek(0)
+            assert worker.returncode == 0, log.read()
         assert queue.count == 0
         assert FailedJobRegistry(queue=queue).count == 0
         finished = FinishedJobRegistry(queue=queue)

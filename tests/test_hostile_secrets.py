@@ -53,6 +53,7 @@ from dispatcher.testing.simulator import Simulator
 from dispatcher.web.webhook import WEBHOOK_PATH
 from dispatcher_handlers.log import LogHandler
 from dispatcher_handlers.notify_email import EmailSettings
+from dispatcher_handlers.notify_webhook import NotifyWebhookHandler
 
 PROVISION_TOKEN = "tok_ECHOEDvendor7c41"
 # Percent-encoded in SMTP_URL; the client sends it (and the server echoes it) decoded.
@@ -206,6 +207,27 @@ def test_a_vendor_echoing_the_token_leaks_it_to_no_log_cli_output_or_redis_value
     assert f"HTTP {status}" in failed["reason"] and "Bearer ***" in failed["reason"]
     assert "\n" not in failed["reason"]
     assert "Bearer ***" in outputs[2].stdout
+
+
+def test_a_notification_webhook_url_is_a_secret_masked_in_logs_and_reprs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Slack incoming-webhook URL is a credential: whoever has it posts to the channel.
+    url = "https://hooks.slack.example/services/T0000/B0000/XXslackTOKENsecret42"
+    monkeypatch.setenv("NOTIFY_WEBHOOK_URL", url)
+    handler = NotifyWebhookHandler()
+    try:
+        assert "XXslackTOKENsecret42" not in repr(handler.settings)
+        stream = io.StringIO()
+        configure_logging("DEBUG", "text", stream=stream)
+        try:
+            logging.getLogger("dispatcher.handlers.notify_webhook").warning("posting to %s", url)
+        finally:
+            configure_logging("WARNING", "text")
+        assert "XXslackTOKENsecret42" not in stream.getvalue()
+        assert "posting to ***" in stream.getvalue()
+    finally:
+        handler.close()
 
 
 @pytest.mark.redis

@@ -81,12 +81,35 @@ def test_replay_runs_only_the_new_step_on_dispatched_orders_still_open(
             assert recorded["log"]["completed_at"] == logged[f"R{index}"]
         assert set(steps(redis, "R3")) == {"log"}  # closed: not replayed
         assert steps(redis, "NEW") == {}  # not dispatched: left to the poller
-        # And a second replay changes nothing: the step is recorded as completed
-        assert run(new_env, "replay", "--integration", INTEGRATION, "--handlers",
-                   "provision_http").returncode == 0  # fmt: skip
+        # And a second replay queues nothing: the step is recorded as completed (issue 23:
+        # it queued the three again, jobs that did nothing)
+        again = run(new_env, "replay", "--integration", INTEGRATION, "--handlers",
+                    "provision_http")  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.splitlines()[:2] == [
+            f"0 orders of {INTEGRATION} queued for provision_http on dispatcher-orders (4 OPEN)",
+            "  3 with provision_http completed, skipped (--force runs it again): R0, R1, R2",
+        ]
+        assert redis.llen("rq:queue:dispatcher-orders") == 0
         assert run(new_env, "worker", "--burst").returncode == 0
         assert all(count == 1 for count in vendor.succeeded_per_key().values())
         assert len(vendor.succeeded_per_key()) == 3
+        # With --force the three run the step again (the vendor sees the same keys again)
+        provisioned = {
+            f"R{i}": steps(redis, f"R{i}")["provision_http"]["completed_at"] for i in range(3)
+        }
+        forced = run(new_env, "replay", "--integration", INTEGRATION, "--handlers",
+                     "provision_http", "--force")  # fmt: skip
+        assert forced.returncode == 0, forced.stderr
+        assert forced.stdout.splitlines()[0] == (
+            f"3 orders of {INTEGRATION} queued for provision_http on dispatcher-orders (4 OPEN)"
+        )
+        assert run(new_env, "worker", "--burst").returncode == 0
+        assert set(vendor.succeeded_per_key()) == keys
+        for index in range(3):
+            recorded = steps(redis, f"R{index}")
+            assert recorded["log"]["completed_at"] == logged[f"R{index}"]
+            assert recorded["provision_http"]["completed_at"] > provisioned[f"R{index}"]
 
 
 def test_replay_refuses_a_handler_outside_the_chain(redis_url: str) -> None:

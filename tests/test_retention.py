@@ -82,7 +82,10 @@ def test_expired_jobs_leave_no_personal_data_behind(
     env = env_for(redis_url, settings, DISPATCHER_RESULT_TTL="1", DISPATCHER_FAILURE_TTL="2")
     emails = [o["candidate"]["email"].encode() for o in sim.orders(INTEGRATION)]
     run_pipeline(redis_url, env, sim, sim.orders(INTEGRATION)[0]["id"])
-    assert any(email in _everything(redis) for email in emails)  # the payloads, for now
+    # The payloads, for now: unless the 1 s TTL ran out already (a loaded machine) and the
+    # jobs with it.
+    stored = _everything(redis)
+    assert any(email in stored for email in emails) or not redis.keys("rq:job:*")
     wait_for(lambda: not redis.keys("rq:job:*"), timeout=10, what="the jobs to expire")
     everything = _everything(redis)
     assert not any(email in everything for email in emails)

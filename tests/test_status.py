@@ -131,7 +131,7 @@ def test_status_json_has_the_documented_stable_keys(
     assert set(data["integrations"]) == {*GOOD, MISSING}
     good = data["integrations"][GOOD[0]]
     assert good["state"] == "ok" and good["orders_seen"] == 6 and good["last_error"] is None
-    assert abs(good["last_sweep_at"] - time.time()) < 30
+    assert 0 <= time.time() - good["last_sweep_at"] < 3600  # swept by the fixture, however slow
     missing = data["integrations"][MISSING]
     assert missing["state"] == "failing" and missing["last_sweep_at"] is None
     assert missing["orders_seen"] is None and missing["error_count"] == 1

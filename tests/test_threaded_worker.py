@@ -21,7 +21,7 @@ from rq.registry import (
 from dispatcher import HandlerContext, PermanentFailure
 from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
-from dispatcher.store.ledger import Ledger
+from dispatcher.store.ledger import JobOptions, Ledger
 from dispatcher.testing.simulator import Simulator
 from dispatcher.worker.jobs import Runtime
 from dispatcher.worker.worker import run_worker
@@ -168,3 +168,34 @@ def test_step_timeouts_retries_and_permanent_failures_hold_per_thread(
         assert reasons[order_id] == (False, "timed out after 0.5s")
     for order_id in fail:
         assert reasons[order_id] == (True, f"no package for {order_id}")
+
+
+def test_a_threaded_job_timeout_is_one_line_naming_the_setting(
+    redis: Redis, redis_url: str
+) -> None:
+    # Issue 23: the failure read as a bare "JobTimeoutException".
+    sim = Simulator(1, 1, closed=0, seed=9)
+    integration_id = sim.integration_ids[0]
+    batch = [Order.model_validate(o) for o in sim.orders(integration_id)]
+    options = JobOptions(timeout=1, result_ttl=600, failure_ttl=600)
+    ledger = Ledger(redis, Queue(QUEUE, connection=redis), "dispatcher", job_options=options)
+    ledger.dispatch(integration_id, batch)
+
+    class Slow:
+        name = "slow"
+
+        def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
+            for _ in range(200):  # Python code: the job's deadline interrupts it
+                time.sleep(0.05)
+            return {}
+
+    settings = Settings(
+        REDIS_URL=redis_url, DISPATCHER_WORKER_THREADS=2, DISPATCHER_HANDLER_TIMEOUT=30
+    )
+    run_worker(settings, redis, burst=True, runtime=Runtime(settings, [Slow()]))  # type: ignore[list-item]
+    job = Job.fetch(ledger.job_id(integration_id, batch[0].id), connection=redis)
+    assert job.meta["last_failure"] == {
+        "handler": "slow",
+        "reason": "job timed out: the chain ran past DISPATCHER_JOB_TIMEOUT (1s)",
+        "at": job.meta["last_failure"]["at"],
+    }

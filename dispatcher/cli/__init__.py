@@ -16,6 +16,8 @@ key of the wrong type met by any command (exit 1).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import click
@@ -29,6 +31,7 @@ from dispatcher.logs import configure_logging
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
 from dispatcher.store.wrongtype import describe, find_wrong_types, shared_keys
+from dispatcher.unknown_settings import CHECKED, warn_unknown_settings
 
 __all__ = ["cli", "main"]
 
@@ -136,6 +139,19 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
     """
     ctx.ensure_object(dict)
     configure_logging(log_level.upper(), "json" if log_format == "json" else "text")
+    # The pollers `poll --processes N` starts are this command again: the command the
+    # operator ran said it already (see dispatcher.unknown_settings.CHECKED).
+    if not os.environ.get(CHECKED):
+        warn_unknown_settings(os.environ, Path(".env"), known=_option_variables(cli))
+
+
+def _option_variables(command: click.Command) -> set[str]:
+    """The environment variables of every option of ``command`` and its subcommands."""
+    names = {param.envvar for param in command.params if isinstance(param.envvar, str)}
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            names |= _option_variables(sub)
+    return names
 
 
 for _command in (

@@ -374,9 +374,18 @@ def handlers(ctx: click.Context) -> None:
     default=None,
     help="Only orders created after this (UTC), e.g. 2026-11-01.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also orders whose named steps are completed: run those steps again.",
+)
 @click.pass_context
 def replay(
-    ctx: click.Context, integration_id: str, handler_names: str, since: datetime | None
+    ctx: click.Context,
+    integration_id: str,
+    handler_names: str,
+    since: datetime | None,
+    force: bool,
 ) -> None:
     """Run only the named steps on the dispatched orders of an integration still OPEN.
 
@@ -409,6 +418,7 @@ def replay(
                 since=since.replace(tzinfo=UTC) if since is not None else None,
                 page_size=settings.page_size,
                 max_pages=settings.max_pages_per_sweep,
+                force=force,
             )
     except KomboError as exc:
         fail(f"integration {integration_id}: {kombo_failure(exc)}", code=1)
@@ -420,6 +430,7 @@ def replay(
         f"{steps} on {settings.queue} ({result.open_orders} OPEN)"
     )
     for label, ids in (
+        (f"with {steps} completed, skipped (--force runs it again)", result.already_done),
         ("never dispatched, left to the poller (it runs the whole chain)", result.not_dispatched),
         ("job still in progress, skipped (it runs the chain itself)", result.in_progress),
         ("rejected at the webhook, skipped", result.rejected),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -37,8 +38,12 @@ from dispatcher.store.connection import UnsuitableRedisError, startup_check
 from dispatcher.store.outbox import Outbox
 from dispatcher.store.reconcile import Reconciler
 from dispatcher.store.reconcile_state import PeriodicReconcile
+from dispatcher.unknown_settings import CHECKED
 
 log = logging.getLogger("dispatcher.cli")
+
+# Seconds `poll --once` retries a Kombo it cannot connect to (the loop: KOMBO_RETRY_BUDGET).
+ONCE_CONNECT_BUDGET = 10.0
 
 
 @click.command()
@@ -90,6 +95,9 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
             settings.kombo_base_url,
             timeout=settings.kombo_timeout,
             retry_budget=settings.kombo_retry_budget,
+            # A person waits on --once: an unreachable Kombo (a wrong KOMBO_BASE_URL port)
+            # is an answer within seconds, not after each request's KOMBO_RETRY_BUDGET.
+            connect_retry_budget=ONCE_CONNECT_BUDGET if once else None,
             max_connections=settings.sweep_concurrency,
             sleep=lambda seconds: _sleep_unless(stop, seconds),
             observer=request_stats.observe,
@@ -168,6 +176,7 @@ def _poll_in_processes(ctx: click.Context, *, once: bool, as_json: bool, process
         if group.get(name):
             command += [f"--{name.replace('_', '-')}", str(group[name])]
     command.append("poll")
+    os.environ[CHECKED] = "1"  # this command warned about unknown settings: not N times more
     if not once:
         sys.exit(run_fleet(command, processes))
     try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import socket
 from types import FrameType
 
 import click
@@ -40,6 +42,15 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
     from redis.retry import Retry
 
     settings = settings_of(ctx)
+    # Listen first: a port in use is one line and exit 1, not notices, "serving ... on
+    # :5432" and then uvicorn's lines about the bind error.
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET  # "::" is IPv6
+        listener = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        fail(f"--port: cannot listen on {host}:{port}: {reason}", code=1)
+    port = int(listener.getsockname()[1])  # the port given, or the one chosen for 0
     # Start even when Redis is down: /healthz then says 503, which is what it is for; and
     # say it fast (probes time out after a second or so): one quick retry, not redis-py's
     # default backoff of several seconds.
@@ -93,7 +104,7 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
     server = uvicorn.Server(
         server_config(app, settings, host=host, port=port, access_log=access_log)
     )
-    server.run()
+    server.run(sockets=[listener])
     if not server.started:
         fail(f"dispatcher web: could not serve on {host}:{port} (see the error above)", 1)
 

@@ -114,10 +114,15 @@ def _result_from_options(
             max_score=max_score,
         )
     except InvalidResultError as exc:
-        head, _, rest = exc.field.partition("[")
-        option = _RESULT_OPTIONS.get(head.split(".")[0], exc.field)
-        where = f"{option} #{int(rest.split(']')[0]) + 1}" if rest[:1].isdigit() else option
-        fail(f"{where}: {exc.problem}")
+        # Every bad option, not the first one only: "--score: ...; --result-url: ...".
+        fail("; ".join(f"{_option_of(field)}: {problem}" for field, problem in exc.problems))
+
+
+def _option_of(field: str) -> str:
+    """The option a result's field came from: ``--attribute #2`` for ``attributes[1]...``."""
+    head, _, rest = field.partition("[")
+    option = _RESULT_OPTIONS.get(head.split(".")[0], field)
+    return f"{option} #{int(rest.split(']')[0]) + 1}" if rest[:1].isdigit() else option
 
 
 @click.command()

@@ -78,6 +78,9 @@ class KomboError(Exception):
     """
 
     retry_after: float | None = None
+    # No connection could be made (refused, unroutable, timed out connecting): the client
+    # logged it once for the outage, so callers need not log it per request.
+    unreachable: bool = False
 
     def __init__(
         self,
@@ -191,6 +194,7 @@ class KomboClient:
         *,
         timeout: float = 30.0,
         retry_budget: float = 120.0,
+        connect_retry_budget: float | None = None,
         max_connections: int = 16,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -214,6 +218,11 @@ class KomboClient:
             headers={"Accept": "application/json", "User-Agent": "kombo-dispatcher"},
         )
         self.retry_budget = retry_budget
+        # How long connection failures are retried, counted from the first of an outage
+        # and shared by every request: a command a person waits on (poll --once) gives up
+        # on a refused KOMBO_BASE_URL in seconds, not after each request's whole budget.
+        self.connect_retry_budget = min(connect_retry_budget or retry_budget, retry_budget)
+        self._unreachable_since: float | None = None
         # Where requests go, for network errors: a wrong KOMBO_BASE_URL shows at once.
         self._host = self._http.base_url.netloc.decode("ascii", "replace")
         # Set at the first connection failure, cleared by an answer: said once per outage.
@@ -387,9 +396,12 @@ class KomboClient:
             if not error.retryable:
                 raise error
             delay = retry_after if retry_after is not None else self._backoff(attempt)
-            if self._clock() - started + delay > self.retry_budget:
+            if self._out_of_budget(error, started, delay):
                 raise error
-            log.warning(
+            # An unreachable host was said once for the outage (_network_error): its
+            # retries are DEBUG, or a refused port made ~50 WARNING lines a minute.
+            log.log(
+                logging.DEBUG if error.unreachable else logging.WARNING,
                 "kombo %s /%s failed (%s), retry %d in %.1fs",
                 method,
                 path,
@@ -399,6 +411,19 @@ class KomboClient:
                 extra={"integration_id": integration_id},
             )
             self._sleep(delay)
+
+    def _out_of_budget(self, error: KomboError, started: float, delay: float) -> bool:
+        """Whether retrying after ``delay`` would pass the request's retry budget, or, for
+        a host that cannot be reached, the outage's (``connect_retry_budget``)."""
+        now = self._clock()
+        if now - started + delay > self.retry_budget:
+            return True
+        since = self._unreachable_since
+        return (
+            error.unreachable
+            and since is not None
+            and now - since + delay > self.connect_retry_budget
+        )
 
     def _network_error(
         self,
@@ -417,17 +442,20 @@ class KomboClient:
         connecting = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
         if connecting and not self._unreachable_said.is_set():
             self._unreachable_said.set()
+            self._unreachable_since = self._clock()
             log.warning(
                 "kombo: cannot connect to %s (KOMBO_BASE_URL): %s: %s; retrying for up to %.0fs",
                 self._host,
                 type(exc).__name__,
                 reason,
-                self.retry_budget,
+                self.connect_retry_budget,
             )
-        return KomboError(
+        error = KomboError(
             f"{type(exc).__name__} on {method} /{path} to {self._host}: {reason}",
             integration_id=integration_id,
         )
+        error.unreachable = connecting
+        return error
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter over an exponential ceiling, capped (the exponent too)."""
@@ -453,6 +481,7 @@ class KomboClient:
             response = self._http.send(request, stream=True)
             status = response.status_code
             self._unreachable_said.clear()  # an answer came: a later outage is news
+            self._unreachable_since = None
             try:
                 limit = self.max_response_bytes
                 declared = response.headers.get("Content-Length", "")

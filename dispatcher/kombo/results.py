@@ -33,7 +33,7 @@ from pydantic import (
 )
 from redis import Redis
 
-from dispatcher._text import first_problem, is_http_url
+from dispatcher._text import error_message, first_problem, is_http_url
 from dispatcher.kombo.models import id_problem, kombo_time
 from dispatcher.store.keys import Keys
 from dispatcher.store.throughput import hour_key, lua_count
@@ -75,10 +75,22 @@ class ResultStatus(StrEnum):
 class InvalidResultError(ValueError):
     """A result (or one of its parts) fails validation; the message names the field."""
 
-    def __init__(self, field: str, problem: str) -> None:
+    def __init__(self, field: str, problem: str, *, others: Sequence[tuple[str, str]] = ()) -> None:
         self.field = field
         self.problem = problem
+        # Every other (field, problem) of the same result, so that a caller can name them
+        # all (``dispatcher result`` with two bad options says both).
+        self.others = list(others)
         super().__init__(f"{field}: {problem}")
+
+    @property
+    def problems(self) -> list[tuple[str, str]]:
+        """Every (field, problem), the first one first, each field once."""
+        seen: dict[str, str] = {}
+        first = self.problem.removesuffix(f" (and {len(self.others)} more)")
+        for field, problem in [(self.field, first), *self.others]:
+            seen.setdefault(field, problem)
+        return list(seen.items())
 
 
 def _http_url(value: str) -> str:
@@ -387,7 +399,13 @@ def recorded_result(redis: Redis, keys: Keys, integration_id: str, order_id: str
 
 
 def _invalid(exc: ValidationError) -> InvalidResultError:
-    return InvalidResultError(*first_problem(exc, field=_result_field, default="result"))
+    others = [
+        (_result_field(error["loc"]) or "result", error_message(error))
+        for error in exc.errors()[1:]
+    ]
+    return InvalidResultError(
+        *first_problem(exc, field=_result_field, default="result"), others=others
+    )
 
 
 def _result_field(location: Sequence[int | str]) -> str:

@@ -48,6 +48,7 @@ class ReplayResult:
     (never dispatched) or to their own job (still in progress), and invalid ones."""
 
     queued: list[tuple[str, str]] = field(default_factory=list)
+    already_done: list[str] = field(default_factory=list)
     not_dispatched: list[str] = field(default_factory=list)
     in_progress: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
@@ -59,6 +60,7 @@ class ReplayResult:
     def open_orders(self) -> int:
         return (
             len(self.queued)
+            + len(self.already_done)
             + len(self.not_dispatched)
             + len(self.in_progress)
             + len(self.rejected)
@@ -83,9 +85,15 @@ def replay(
     since: datetime | None = None,
     page_size: int | None = None,
     max_pages: int | None = None,
+    force: bool = False,
 ) -> ReplayResult:
     """Queue a job running only ``handlers`` for each dispatched order of ``integration_id``
-    that Kombo lists as OPEN (created after ``since``, if given)."""
+    that Kombo lists as OPEN (created after ``since``, if given).
+
+    An order whose named steps are all recorded as completed is skipped (a second replay
+    queued them all again, to do nothing); with ``force`` their records (and sub-effects)
+    are cleared before the job is queued, so that it runs them again.
+    """
     result = ReplayResult()
     redis = ledger.redis
     seen_key = ledger.keys.seen(integration_id)
@@ -113,9 +121,11 @@ def replay(
                 pipe.hget(
                     job_key(replay_job_id(ledger.namespace, integration_id, order_id)), "status"
                 )
-            seen, *statuses = pipe.execute()
+                pipe.hmget(ledger.keys.steps(integration_id, order_id), list(handlers))
+            seen, *answers = pipe.execute()
         for index, raw in enumerate(raws):
-            mark, status, replay_status = seen[index], statuses[2 * index], statuses[2 * index + 1]
+            mark = seen[index]
+            status, replay_status, recorded = answers[3 * index : 3 * index + 3]
             if mark is None:
                 result.not_dispatched.append(raw.id)
                 continue
@@ -125,13 +135,18 @@ def replay(
             if {as_str(s) for s in (status, replay_status) if s is not None} & _BUSY:
                 result.in_progress.append(raw.id)
                 continue
+            done = all(record is not None for record in recorded)
+            if done and not force:
+                result.already_done.append(raw.id)
+                continue
             try:
                 order = raw.parse()
             except OrderValidationError as exc:
                 result.invalid.append(exc)
                 continue
+            redo = handlers if force else ()
             result.queued.append(
-                (order.id, _enqueue(ledger, integration_id, order, raw.data, handlers))
+                (order.id, _enqueue(ledger, integration_id, order, raw.data, handlers, redo))
             )
     return result
 
@@ -142,10 +157,20 @@ def _enqueue(
     order: Order,
     payload: dict[str, Any],
     handlers: Sequence[str],
+    redo: Sequence[str] = (),
 ) -> str:
-    options = ledger.job_options
     job_id = replay_job_id(ledger.namespace, integration_id, order.id)
     meta = {**ledger.job_meta(integration_id, order), "replay": list(handlers)}
+    keys = ledger.keys
+    if redo:
+        # --force: forget the steps' records (one transaction), then queue the job. A crash
+        # between the two leaves the steps not completed: the next replay, forced or not,
+        # queues them (RQ's enqueue WATCHes: it cannot join this transaction).
+        with ledger.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.steps(integration_id, order.id), *redo)
+            pipe.delete(*(keys.effects(integration_id, order.id, name) for name in redo))
+            pipe.execute()
+    options = ledger.job_options
     ledger.queue.enqueue_call(
         JOB_FUNCTION,
         kwargs={**ledger.job_kwargs(integration_id, order, payload), "handlers": list(handlers)},

@@ -795,7 +795,7 @@ def _integration_problems(snapshot: Snapshot, integration: IntegrationStatus) ->
             f"{name}: {_text.plural(integration.invalid_orders, 'invalid order')} not "
             f"dispatched: {invalid.message} ({_text.ago(invalid.at, now)})"
         )
-    if integration.state == NEVER_SWEPT:
+    if integration.state == NEVER_SWEPT and not _first_sweep_pending(integration, now):
         problems.append(
             Problem(
                 f"{name}: never swept",
@@ -815,6 +815,19 @@ def _integration_problems(snapshot: Snapshot, integration: IntegrationStatus) ->
     page = _integration_page(integration.integration_id)
     linked: list[str] = [Problem.linked(p, page) for p in problems]
     return linked
+
+
+# A poller that has just started has scheduled every integration's first sweep within
+# seconds (poller/schedule.py): until this long past that due time, or while a poller holds
+# the integration's lease, "never swept" is a fresh deployment, not a stopped poller.
+FIRST_SWEEP_GRACE = 60.0
+
+
+def _first_sweep_pending(integration: IntegrationStatus, now: float) -> bool:
+    if integration.lease is not None:
+        return True
+    due = integration.next_sweep_at
+    return due is not None and now - due < FIRST_SWEEP_GRACE
 
 
 def _server_problems(server: ServerCheck) -> list[str]:

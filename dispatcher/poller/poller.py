@@ -233,6 +233,7 @@ class Poller:
         result.consecutive_failures = state.consecutive_failures or 0
         generation = (state.generation or 0) + 1 if full else None
         created_after = None
+        unreachable = False
         if not full and state.watermark is not None:  # (not full: _full_due saw a watermark)
             created_after = state.watermark - self.policy.incremental_overlap
         try:
@@ -248,6 +249,7 @@ class Poller:
             result.error_order_id = exc.order_id
         except KomboError as exc:
             result.error = str(exc)
+            unreachable = exc.unreachable
             result.error_code = exc.code or (f"HTTP {exc.status_code}" if exc.status_code else None)
         except RedisError as exc:
             # A refusal (a key of the wrong type, WrongKeyTypeError from a guarded script
@@ -261,7 +263,9 @@ class Poller:
             result.consecutive_failures += 1
             if result.error_order_id is not None:
                 extra["order_id"] = result.error_order_id
-            level = logging.ERROR if self._news(integration_id, result.error) else logging.DEBUG
+            # Kombo unreachable: the client said so once for the outage (not per sweep).
+            news = not unreachable and self._news(integration_id, result.error)
+            level = logging.ERROR if news else logging.DEBUG
             log.log(level, "sweep failed: %s", result.error, extra=extra)
         else:
             result.consecutive_failures = 0

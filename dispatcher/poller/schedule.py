@@ -23,7 +23,7 @@ from redis import Redis
 from dispatcher._text import as_str
 from dispatcher.store.keys import Keys
 
-__all__ = ["Schedule", "spread_offset"]
+__all__ = ["FIRST_SWEEP_WITHIN", "Schedule", "spread_offset"]
 
 # KEYS: 1 schedule zset, 2 lease key. ARGV: 1 integration id, 2 now, 3 owner, 4 ttl ms.
 # SET NX fails alike on a held lease and on a key of another type; only the first expires, so
@@ -53,6 +53,11 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+# Seconds after a poller's start within which every integration new to the schedule gets its
+# first sweep (spread within them, so that many integrations do not all start at once).
+FIRST_SWEEP_WITHIN = 8.0
 
 
 def spread_offset(integration_id: str, interval: float) -> float:
@@ -87,7 +92,11 @@ class Schedule:
         current = {as_str(m) for m in _members(self.redis.zrange(self.keys.schedule, 0, -1))}
         wanted = set(active)
         with self.redis.pipeline(transaction=False) as pipe:
-            new = {i: now + spread_offset(i, interval) for i in wanted - current}
+            # A first sweep within FIRST_SWEEP_WITHIN of the start, whatever the interval:
+            # spread over a 60 s interval, an operator waited up to a minute for orders
+            # (and `status` said "never swept" meanwhile). Later sweeps keep the spread.
+            first = min(interval, FIRST_SWEEP_WITHIN)
+            new = {i: now + spread_offset(i, first) for i in wanted - current}
             if new:
                 pipe.zadd(self.keys.schedule, new, nx=True)
             stale = current - wanted

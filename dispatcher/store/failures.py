@@ -20,6 +20,7 @@ __all__ = [
     "Failure",
     "clean_reason",
     "clean_traceback",
+    "job_timeout_reason",
     "parse_failure",
 ]
 
@@ -90,6 +91,19 @@ class Failure:
         object.__setattr__(self, "reason", clean_reason(self.reason))
 
 
+# RQ's own line when a forked work horse runs past the job's timeout (SIGALRM).
+_RQ_JOB_TIMEOUT = re.compile(
+    r"^(?:rq\.timeouts\.)?JobTimeoutException: Task exceeded maximum timeout value "
+    r"\((?P<seconds>\d+) seconds\)$"
+)
+
+
+def job_timeout_reason(seconds: float | int | None) -> str:
+    """The one-line reason of a job stopped at its timeout, naming the setting."""
+    limit = f" ({seconds:g}s)" if isinstance(seconds, int | float) else ""
+    return f"job timed out: the chain ran past DISPATCHER_JOB_TIMEOUT{limit}"
+
+
 def parse_failure(exc_string: str | None) -> Failure:
     """Read the handler and reason from RQ's stored traceback text (or any exception line).
 
@@ -106,4 +120,7 @@ def parse_failure(exc_string: str | None) -> Failure:
     match = _HANDLER_FAILED.match(last.removeprefix(_HANDLER_FAILED_TYPE))
     if match is not None:
         return Failure(match["handler"], match["reason"].strip() or "(no reason given)")
+    timeout = _RQ_JOB_TIMEOUT.match(last)
+    if timeout is not None:
+        return Failure(None, job_timeout_reason(int(timeout["seconds"])))
     return Failure(None, last)

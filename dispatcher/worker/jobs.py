@@ -24,7 +24,7 @@ from typing import Any
 from redis import Redis
 from rq import get_current_job
 from rq.job import Job
-from rq.timeouts import BaseTimeoutException
+from rq.timeouts import BaseTimeoutException, JobTimeoutException
 
 from dispatcher._text import as_str
 from dispatcher.handler import Handler, HandlerContext, PermanentFailure, RetryLater
@@ -33,7 +33,7 @@ from dispatcher.logs import escape_controls
 from dispatcher.plugins import load_handlers
 from dispatcher.redact import scrub
 from dispatcher.settings import Settings, load_settings
-from dispatcher.store.failures import clean_reason
+from dispatcher.store.failures import clean_reason, job_timeout_reason
 from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import mark_provisioned
 from dispatcher.store.replication import ReplicaAck, run_script
@@ -414,6 +414,11 @@ def _run_step(
         reason = clean_reason(_reason(exc))
         if isinstance(exc, HandlerTimeout):
             reason = f"timed out after {timeout:g}s"
+        elif isinstance(exc, JobTimeoutException):
+            # The job's deadline, met during this step: raised bare in a threaded worker
+            # ("JobTimeoutException"), RQ's own wording in a work horse. Name the setting.
+            job = get_current_job()
+            reason = job_timeout_reason(job.timeout if job is not None else None)
         # The worker logs the job's outcome (one line); this one is for debugging.
         log.debug("handler %s failed: %s", handler.name, reason, extra=extra)
         raise HandlerFailed(handler.name, context.integration_id, order.id, reason) from exc

@@ -75,6 +75,7 @@ class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
         self._idle = threading.Condition(self._in_flight_lock)
         self._interruptible = False
         self._beat_stop = threading.Event()
+        self._tally_lock = threading.Lock()
 
     # -- state: BUSY while any job is in flight ---------------------------------------------
 
@@ -217,8 +218,9 @@ class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
             except Exception:  # RQ handles a job's own failures; this is RQ's bookkeeping
                 self.log.exception("Worker %s: job %s: unexpected error", self.name, job.id)
             finally:
-                with self._in_flight_lock:
+                with self._idle:
                     self._taken -= 1
+                    self._idle.notify_all()
                 self._slots.release()
 
     def _run_one(self, job: Job, queue: Queue) -> None:
@@ -233,6 +235,9 @@ class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
                 with self._idle:
                     self._in_flight.pop(execution.id, None)
                     self._idle.notify_all()
+                # The burst summary counts what the threads did (it said "0 done" after 48).
+                with self._tally_lock:
+                    self.tally.count(job)
         finally:
             set_order_context(None)
 
@@ -299,7 +304,9 @@ class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
         """Wait for the jobs in flight (at most ``timeout`` seconds), then requeue the rest."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while self._in_flight:
+            # Taken, not only in flight: a job handed to a thread that has not registered its
+            # execution yet (a loaded machine) was left STARTED by a burst that ended at once.
+            while self._in_flight or self._taken:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break

@@ -33,14 +33,14 @@ from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
-from rq.timeouts import BaseTimeoutException
+from rq.timeouts import BaseTimeoutException, JobTimeoutException
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from dispatcher.handler import PermanentFailure, RetryLater
 from dispatcher.logs import OrderLogContext, contact_values, set_order_context
 from dispatcher.settings import Settings
-from dispatcher.store.failures import Failure, clean_traceback, parse_failure
+from dispatcher.store.failures import Failure, clean_traceback, job_timeout_reason, parse_failure
 from dispatcher.store.rq_internals import (
     REQUEUE_ABANDONED,
     REQUEUE_STRANDED,
@@ -287,12 +287,19 @@ def _live_failure(job: Job) -> Failure | None:
     exc = sys.exc_info()[1]
     if isinstance(exc, HandlerFailed) and exc.order_id == (job.meta or {}).get("order_id"):
         return Failure(exc.handler, exc.reason)
+    if isinstance(exc, JobTimeoutException):
+        # A threaded (or in-process) worker's deadline raises it bare: say what it means.
+        return Failure(None, job_timeout_reason(job.timeout))
     return None
 
 
 # How long a job may sit popped but not started before it counts as stranded (a live worker
 # takes microseconds).
 STRANDED_AFTER = 10
+
+
+# Seconds the worker's command thread (RQ's pubsub: `rq` suspend, kill-horse) waits per read.
+_PUBSUB_READ_WAIT = 1.0
 
 
 class _DispatcherWorkerMixin(WorkerBase):
@@ -326,6 +333,18 @@ class _DispatcherWorkerMixin(WorkerBase):
     # handling (only the dequeue waits for Redis): a Redis lost there (a failover) would end
     # the worker ("unhandled exception, quitting"), and with --processes 1 the whole process.
     # Each is skipped instead; the next dequeue waits for the new primary.
+
+    def subscribe(self) -> None:
+        # RQ's own, but its command thread reads with a 1 s timeout instead of 60 s: since
+        # redis-py 8.2, stopping that thread (at every worker's teardown, a burst's end
+        # included) waits for the read in hand, so each worker took up to a minute to exit.
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
+            sleep_time=_PUBSUB_READ_WAIT,
+            daemon=True,
+            exception_handler=self._pubsub_exception_handler,
+        )
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         try:
@@ -593,14 +612,14 @@ class BurstSummary:
             self.queued, self.scheduled, first, self.failed_on_queue = pipe.execute()
         self.next_retry_in = max(0.0, float(first[0][1]) - now) if first else None
 
+    def did(self) -> str:
+        """What the jobs run came to: ``3 done, 1 failed, 0 put back for a retry``."""
+        return f"{self.done} done, {self.failed} failed, {self.retried} put back for a retry"
+
     def line(self, queue: str, *, counted: bool = True) -> str:
         """The summary; without ``counted`` (a pool: its children counted their own jobs)
         only what is left."""
-        did = (
-            f"{self.done} done, {self.failed} failed, {self.retried} put back for a retry; "
-            if counted
-            else ""
-        )
+        did = f"{self.did()}; " if counted else ""
         text = (
             f"burst finished on {queue}: {did}left: {self.queued} queued, "
             f"{self.scheduled} scheduled for a retry"
@@ -656,7 +675,10 @@ def run_worker(
         if processes > 1:
             # Forked children inherit the installed runtime.
             pool = WorkerPool(
-                [queue], connection=redis, num_workers=processes, worker_class=worker_class
+                [queue],
+                connection=redis,
+                num_workers=processes,
+                worker_class=_reporting_burst(worker_class),
             )
             pool.start(burst=burst, logging_level=settings.log_level)
             summary = BurstSummary()
@@ -680,6 +702,23 @@ def run_worker(
             close = getattr(handler, "close", None)  # optional: see BaseHandler.close
             if callable(close):
                 close()
+
+
+def _reporting_burst(worker_class: type[WorkerBase]) -> type[WorkerBase]:
+    """``worker_class`` whose burst ends with a line of what it did: a pool's children count
+    their own jobs (the parent only sees what they left)."""
+
+    class _Reporting(worker_class):  # type: ignore[valid-type,misc]
+        def work(self, *args: Any, **kwargs: Any) -> bool:
+            try:
+                return bool(super().work(*args, **kwargs))
+            finally:
+                tally = getattr(self, "tally", None)
+                if kwargs.get("burst") and isinstance(tally, BurstSummary):
+                    log.info("burst of worker %s finished: %s", self.name, tally.did())
+
+    _Reporting.__name__ = _Reporting.__qualname__ = worker_class.__name__
+    return _Reporting
 
 
 def _burst(
