@@ -248,6 +248,8 @@ def forget(ctx: click.Context, order_id: str, integration_id: str, yes: bool) ->
         removed.append(f"{result.effects} effect record(s)")
     if result.result is not None:
         removed.append(f"its {result.result} result")
+    if result.unconfirmed:
+        removed.append("its webhook delivery waiting for Kombo's confirmation")
     click.echo(
         f"forgot order {order_id} (integration {integration_id}): removed {', '.join(removed)}; "
         "the next sweep dispatches it again if it is still OPEN"

@@ -149,6 +149,7 @@ class ForgetResult:
     steps: int
     effects: int
     result: str | None = None  # the state of the result record removed (pending, written...)
+    unconfirmed: bool = False  # a webhook delivery waiting for Kombo's confirmation removed
 
 
 # -- failed jobs ----------------------------------------------------------------------------
@@ -402,8 +403,8 @@ def forget_order(
 ) -> ForgetResult:
     """Remove an order from the seen store, with its RQ job (hash, results, queue and registry
     entries), its step and effect records, and what its dispatch left on the way back (its
-    outbox record and index entries, its timeline, its provisioned entry), so that the next
-    sweep dispatches it afresh. A final result recorded as written stays: Kombo has it.
+    outbox record and index entries, its timeline, its provisioned entry, a webhook delivery
+    of it waiting for Kombo's confirmation), so that the next sweep dispatches it afresh. A final result recorded as written stays: Kombo has it.
 
     One MULTI/EXEC does it all, watching the job hash: a sweep running at the same time
     either finds the order still seen (before) or dispatches it again in full (after); a
@@ -430,7 +431,9 @@ def forget_order(
                 effects = sum(pipe.exists(key) for key in effect_keys)
                 result = pipe.hget(outbox_key, "state")
                 timeline = pipe.exists(timeline_key)
-                if not (seen or status is not None or steps or effects or result or timeline):
+                unconfirmed = pipe.hexists(keys.webhook_unconfirmed, ref)
+                known = seen or status is not None or steps or effects or result or timeline
+                if not (known or unconfirmed):
                     raise ForgetRefused(
                         f"order {order_id} is not known in integration {integration_id}"
                     )
@@ -452,6 +455,9 @@ def forget_order(
                 for state in ("pending", "written", "failed"):
                     pipe.zrem(keys.outbox_index(state), ref)
                 pipe.zrem(keys.provisioned, ref)
+                # Else `dispatcher web` would confirm and dispatch it again later.
+                pipe.hdel(keys.webhook_unconfirmed, ref)
+                pipe.zrem(keys.webhook_unconfirmed_since, ref)
                 pipe.execute()
             except WatchError:
                 continue
@@ -461,6 +467,7 @@ def forget_order(
             steps=int(steps),
             effects=effects,
             result=None if result is None else as_str(result),
+            unconfirmed=bool(unconfirmed),
         )
     raise ForgetRefused(
         f"order {order_id} (integration {integration_id}): its job kept changing; try again"
