@@ -404,7 +404,8 @@ def forget_order(
     """Remove an order from the seen store, with its RQ job (hash, results, queue and registry
     entries), its step and effect records, and what its dispatch left on the way back (its
     outbox record and index entries, its timeline, its provisioned entry, a webhook delivery
-    of it waiting for Kombo's confirmation), so that the next sweep dispatches it afresh. A final result recorded as written stays: Kombo has it.
+    of it waiting for Kombo's confirmation), so that the next sweep dispatches it afresh. A
+    final result recorded as written stays: Kombo has it.
 
     One MULTI/EXEC does it all, watching the job hash: a sweep running at the same time
     either finds the order still seen (before) or dispatches it again in full (after); a

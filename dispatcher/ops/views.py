@@ -73,7 +73,7 @@ def _unconfirmed_line(snapshot: Snapshot) -> str:
     """Webhook orders waiting for Kombo's confirmation (dispatcher/web/confirm.py)."""
     waiting = snapshot.webhook_unconfirmed
     if waiting is None:
-        return "WEBHOOK  orders waiting for Kombo's confirmation: unreadable (a key of the wrong type)"
+        return "WEBHOOK  orders waiting for Kombo's confirmation: unreadable (wrong key type)"
     if not waiting.count:
         return "WEBHOOK  no order waiting for Kombo's confirmation"
     oldest = "" if waiting.oldest_age is None else f", oldest {_text.duration(waiting.oldest_age)}"
