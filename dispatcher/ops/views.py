@@ -78,8 +78,7 @@ def _unconfirmed_line(snapshot: Snapshot) -> str:
         return "WEBHOOK  no order waiting for Kombo's confirmation"
     oldest = "" if waiting.oldest_age is None else f", oldest {_text.duration(waiting.oldest_age)}"
     return (
-        f"WEBHOOK  {_text.plural(waiting.count, 'order')} waiting for Kombo's confirmation"
-        f"{oldest}"
+        f"WEBHOOK  {_text.plural(waiting.count, 'order')} waiting for Kombo's confirmation{oldest}"
     )
 
 
