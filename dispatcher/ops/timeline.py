@@ -22,7 +22,7 @@ from dispatcher.ops.admin import OrderRecord, describe_order
 from dispatcher.settings import Settings
 from dispatcher.store.outbox import Outbox
 
-__all__ = ["EVENT_RANK", "order_timeline", "timeline_lines"]
+__all__ = ["EVENT_RANK", "event_details", "order_timeline", "timeline_lines"]
 
 _IN_THE_JOB = {"step_done", "step_failed", "provisioned"}
 
@@ -160,10 +160,17 @@ def timeline_lines(events: list[dict[str, Any]]) -> list[str]:
     lines = []
     for event in events:
         when = _text.timestamp(event.get("at"))
-        details = ", ".join(
-            f"{key}={escape_controls(_text.compact_json(value, 80))}"
-            for key, value in event.items()
-            if key not in {"at", "event"} and value not in (None, [], "")
-        )
+        details = event_details(event)
         lines.append(f"{when}  {event.get('event')}" + (f"  {details}" if details else ""))
     return lines
+
+
+def event_details(event: dict[str, Any]) -> str:
+    """An event's fields but its time and kind, as ``dispatcher show`` prints them
+    (``kombo_status="COMPLETED", event_id="evt_1"``; control characters escaped); the
+    console's order page shows the same for the events it has no words of its own for."""
+    return ", ".join(
+        f"{key}={escape_controls(_text.compact_json(value, 80))}"
+        for key, value in event.items()
+        if key not in {"at", "event"} and value not in (None, [], "")
+    )
