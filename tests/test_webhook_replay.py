@@ -38,12 +38,14 @@ from dispatcher.web.webhook import WEBHOOK_PATH
 pytestmark = pytest.mark.redis
 
 INTEGRATION = "greenhouse:ReplayOne"
+# An integration the web process is not configured with, that no order was dispatched from.
+OTHER = "lever:ReplayOther"
 API_TOKEN = "results-api-token-for-replay-tests-0123456789"
 
 
 @pytest.fixture(scope="module")
 def kombo() -> Iterator[tuple[Simulator, SimulatorServer]]:
-    sim = Simulator([INTEGRATION], 6, closed=0, seed=22)
+    sim = Simulator([INTEGRATION, OTHER], 6, closed=0, seed=22)
     with sim.serve() as server:
         yield sim, server
 
@@ -235,6 +237,27 @@ def test_the_api_and_the_console_show_the_replay_as_show_does(
     assert what == "webhook delivery not dispatched: Kombo lists it as COMPLETED", what
     assert detail == details, (detail, details)
     assert "<b>seen</b>" not in page.text  # the event id is Kombo's (attacker's) text
+
+
+def test_an_order_known_only_by_its_timeline_in_an_otherwise_unknown_integration_has_a_page(
+    web: Web, redis: Redis, redis_url: str, kombo: tuple[Simulator, SimulatorServer]
+) -> None:
+    """Given an integration nothing was dispatched from, swept or configured; when a delivery
+    of one of its orders Kombo cancelled comes; then the console's order page, looked up by
+    the order id alone, tells its timeline, and so does `show` without --integration."""
+    sim, _ = kombo
+    order = sim.orders(OTHER, status="OPEN")[0]
+    sim.set_status(OTHER, order["id"], "CANCELLED")
+    assert deliver(web, event_body(order, OTHER, event_id="evt_other"))["status"] == "not_open"
+    assert not redis.sismember(Keys(web.namespace).seen_integrations, OTHER)
+    with logged_in(web.url) as client:
+        page = client.get("/console/order", params={"id": order["id"]})
+    assert page.status_code == 200, page.text
+    assert 'id="not-found"' not in page.text, page.text
+    assert f'data-integration="{OTHER}"' in page.text
+    assert "Kombo lists it as CANCELLED" in html.unescape(page.text)
+    shown = cli(redis_url, web, kombo, "show", order["id"])
+    assert "webhook_not_open" in shown and 'kombo_status="CANCELLED"' in shown, shown
 
 
 # -- Kombo down: orders wait, and say so ----------------------------------------------------

@@ -22,7 +22,7 @@ from rq.results import Result
 
 from dispatcher._text import as_float, as_str
 from dispatcher.store.failures import Failure, parse_failure
-from dispatcher.store.keys import Keys, job_id_for, order_ref
+from dispatcher.store.keys import Keys, job_id_for, order_ref, parse_order_ref
 from dispatcher.store.ledger import parse_seen
 from dispatcher.store.rq_internals import (
     delete_job,
@@ -44,6 +44,7 @@ __all__ = [
     "forget_order",
     "known_integrations",
     "retry_failed",
+    "timeline_integrations",
 ]
 
 
@@ -276,6 +277,25 @@ def known_integrations(redis: Redis, keys: Keys, configured: Iterable[str] = ())
         pipe.smembers(keys.swept_integrations)
         seen, swept = pipe.execute()
     return sorted(set(configured) | {as_str(i) for i in seen} | {as_str(i) for i in swept})
+
+
+def timeline_integrations(redis: Redis, keys: Keys, order_id: str) -> list[str]:
+    """The integrations holding a timeline of ``order_id``, found by SCAN (a walk of the
+    keyspace: for a lookup that :func:`known_integrations` left empty). Such an order can
+    be known by its timeline alone in an integration nothing was dispatched from, swept or
+    configured: a webhook delivery of an order Kombo lists as not OPEN (a replay)."""
+    prefix = f"{keys.namespace}:timeline:"
+    # The order's segment of an order_ref: the id itself, or (in the escaped form of ids
+    # holding ':' or '%') the id percent-escaped.
+    tails = {order_id, order_id.replace("%", "%25").replace(":", "%3A")}
+    found = set()
+    for tail in tails:
+        pattern = _glob_escape(prefix) + "*:" + _glob_escape(tail)
+        for key in redis.scan_iter(match=pattern, count=1000):
+            ref = parse_order_ref(as_str(key)[len(prefix) :])
+            if ref is not None and ref[1] == order_id:
+                found.add(ref[0])
+    return sorted(found)
 
 
 def describe_order(

@@ -19,7 +19,13 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from dispatcher import _text
-from dispatcher.ops.admin import FailedJob, describe_order, failed_jobs, known_integrations
+from dispatcher.ops.admin import (
+    FailedJob,
+    describe_order,
+    failed_jobs,
+    known_integrations,
+    timeline_integrations,
+)
 from dispatcher.ops.results import list_results
 from dispatcher.ops.status import Snapshot, take_snapshot
 from dispatcher.ops.timeline import event_details, order_timeline
@@ -377,8 +383,12 @@ def order_timelines(
     each event in words (a step's output keys, not its values)."""
     keys = Keys(settings.namespace)
     integrations = known_integrations(redis, keys, settings.kombo_integration_ids)
+    records = describe_order(redis, settings.namespace, settings.queue, order_id, integrations)
+    if not records:  # a replayed delivery's order of an integration known for nothing else
+        others = timeline_integrations(redis, keys, order_id)
+        records = describe_order(redis, settings.namespace, settings.queue, order_id, others)
     timelines = []
-    for record in describe_order(redis, settings.namespace, settings.queue, order_id, integrations):
+    for record in records:
         events = [
             _event_in_words(event)
             for event in order_timeline(
