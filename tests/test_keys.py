@@ -60,6 +60,7 @@ def test_every_key_method_of_keys_is_in_the_schema() -> None:
         keys.console_login_all,
         keys.console_session("{nonce}"),
         keys.webhook_unconfirmed,
+        keys.webhook_unconfirmed_since,
         keys.outbox("{integration}", "{order}"),
         keys.outbox_index("{state}"),
         keys.kombo_writes("{integration}"),

@@ -153,7 +153,7 @@ def show(
 
     Without --integration every integration that knows the order id is shown.
     """
-    from dispatcher.ops.admin import describe_order, known_integrations
+    from dispatcher.ops.admin import describe_order, known_integrations, timeline_integrations
     from dispatcher.ops.timeline import order_timeline, timeline_lines
     from dispatcher.ops.views import render_order
     from dispatcher.store.keys import Keys
@@ -167,6 +167,9 @@ def show(
             else known_integrations(redis, Keys(settings.namespace), settings.kombo_integration_ids)
         )
         records = describe_order(redis, settings.namespace, settings.queue, order_id, integrations)
+        if not records and not integration_id:  # known by a timeline alone (the console too)
+            others = timeline_integrations(redis, Keys(settings.namespace), order_id)
+            records = describe_order(redis, settings.namespace, settings.queue, order_id, others)
     except RedisError as exc:
         redis_failed(exc)
     if not records:
@@ -248,6 +251,8 @@ def forget(ctx: click.Context, order_id: str, integration_id: str, yes: bool) ->
         removed.append(f"{result.effects} effect record(s)")
     if result.result is not None:
         removed.append(f"its {result.result} result")
+    if result.unconfirmed:
+        removed.append("its webhook delivery waiting for Kombo's confirmation")
     click.echo(
         f"forgot order {order_id} (integration {integration_id}): removed {', '.join(removed)}; "
         "the next sweep dispatches it again if it is still OPEN"

@@ -22,7 +22,7 @@ from rq.results import Result
 
 from dispatcher._text import as_float, as_str
 from dispatcher.store.failures import Failure, clean_reason, parse_failure
-from dispatcher.store.keys import Keys, job_id_for, order_ref
+from dispatcher.store.keys import Keys, job_id_for, order_ref, parse_order_ref
 from dispatcher.store.ledger import parse_seen
 from dispatcher.store.rq_internals import (
     delete_job,
@@ -44,6 +44,7 @@ __all__ = [
     "forget_order",
     "known_integrations",
     "retry_failed",
+    "timeline_integrations",
 ]
 
 
@@ -149,6 +150,7 @@ class ForgetResult:
     steps: int
     effects: int
     result: str | None = None  # the state of the result record removed (pending, written...)
+    unconfirmed: bool = False  # a webhook delivery waiting for Kombo's confirmation removed
 
 
 # -- failed jobs ----------------------------------------------------------------------------
@@ -279,6 +281,25 @@ def known_integrations(redis: Redis, keys: Keys, configured: Iterable[str] = ())
     return sorted(set(configured) | {as_str(i) for i in seen} | {as_str(i) for i in swept})
 
 
+def timeline_integrations(redis: Redis, keys: Keys, order_id: str) -> list[str]:
+    """The integrations holding a timeline of ``order_id``, found by SCAN (a walk of the
+    keyspace: for a lookup that :func:`known_integrations` left empty). Such an order can
+    be known by its timeline alone in an integration nothing was dispatched from, swept or
+    configured: a webhook delivery of an order Kombo lists as not OPEN (a replay)."""
+    prefix = f"{keys.namespace}:timeline:"
+    # The order's segment of an order_ref: the id itself, or (in the escaped form of ids
+    # holding ':' or '%') the id percent-escaped.
+    tails = {order_id, order_id.replace("%", "%25").replace(":", "%3A")}
+    found = set()
+    for tail in tails:
+        pattern = _glob_escape(prefix) + "*:" + _glob_escape(tail)
+        for key in redis.scan_iter(match=pattern, count=1000):
+            ref = parse_order_ref(as_str(key)[len(prefix) :])
+            if ref is not None and ref[1] == order_id:
+                found.add(ref[0])
+    return sorted(found)
+
+
 def describe_order(
     redis: Redis, namespace: str, queue_name: str, order_id: str, integrations: Iterable[str]
 ) -> list[OrderRecord]:
@@ -404,8 +425,9 @@ def forget_order(
 ) -> ForgetResult:
     """Remove an order from the seen store, with its RQ job (hash, results, queue and registry
     entries), its step and effect records, and what its dispatch left on the way back (its
-    outbox record and index entries, its timeline, its provisioned entry), so that the next
-    sweep dispatches it afresh. A final result recorded as written stays: Kombo has it.
+    outbox record and index entries, its timeline, its provisioned entry, a webhook delivery
+    of it waiting for Kombo's confirmation), so that the next sweep dispatches it afresh. A
+    final result recorded as written stays: Kombo has it.
 
     One MULTI/EXEC does it all, watching the job hash: a sweep running at the same time
     either finds the order still seen (before) or dispatches it again in full (after); a
@@ -432,7 +454,9 @@ def forget_order(
                 effects = sum(pipe.exists(key) for key in effect_keys)
                 result = pipe.hget(outbox_key, "state")
                 timeline = pipe.exists(timeline_key)
-                if not (seen or status is not None or steps or effects or result or timeline):
+                unconfirmed = pipe.hexists(keys.webhook_unconfirmed, ref)
+                known = seen or status is not None or steps or effects or result or timeline
+                if not (known or unconfirmed):
                     raise ForgetRefused(
                         f"order {order_id} is not known in integration {integration_id}"
                     )
@@ -454,6 +478,9 @@ def forget_order(
                 for state in ("pending", "written", "failed"):
                     pipe.zrem(keys.outbox_index(state), ref)
                 pipe.zrem(keys.provisioned, ref)
+                # Else `dispatcher web` would confirm and dispatch it again later.
+                pipe.hdel(keys.webhook_unconfirmed, ref)
+                pipe.zrem(keys.webhook_unconfirmed_since, ref)
                 pipe.execute()
             except WatchError:
                 continue
@@ -463,6 +490,7 @@ def forget_order(
             steps=int(steps),
             effects=effects,
             result=None if result is None else as_str(result),
+            unconfirmed=bool(unconfirmed),
         )
     raise ForgetRefused(
         f"order {order_id} (integration {integration_id}): its job kept changing; try again"

@@ -62,6 +62,7 @@ __all__ = [
     "Snapshot",
     "StepCounts",
     "SweepError",
+    "Unconfirmed",
     "WorkerStatus",
     "take_snapshot",
 ]
@@ -192,6 +193,27 @@ class IntegrationStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Unconfirmed:
+    """Webhook orders waiting for Kombo to confirm them OPEN (dispatcher/web/confirm.py):
+    how many, and how long the oldest has waited (None: none, or no receiving time)."""
+
+    count: int
+    oldest_age: float | None
+
+    def problem(self) -> Problem | None:
+        if not self.count or self.oldest_age is None or self.oldest_age <= BACKLOG_AGE:
+            return None
+        return Problem(
+            f"{_text.plural(self.count, 'webhook order')} waiting for Kombo to confirm "
+            f"{'it' if self.count == 1 else 'them'} OPEN, the oldest for "
+            f"{_text.duration(self.oldest_age)}",
+            cli="is Kombo answering? see `dispatcher web`'s log",
+            console="is Kombo answering? see the web process's log",
+            page="/#webhooks",
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class StepCounts:
     """How often one handler's step completed and failed (failed attempts included)."""
 
@@ -224,6 +246,8 @@ class Snapshot:
     server: ServerCheck = field(default_factory=ServerCheck)
     # The reconciler's record (store/reconcile_state.read_state): last pass, repairs by kind.
     reconcile: Mapping[str, Any] | None = None
+    # Webhook orders kept until Kombo confirms them OPEN (None: the key is of another type).
+    webhook_unconfirmed: Unconfirmed | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The stable JSON shape of ``dispatcher status --json`` (see the README)."""
@@ -330,6 +354,12 @@ class Snapshot:
                 "oldest_age": _round(self.stale.oldest_age if self.stale else None),
             },
             "reconcile": dict(self.reconcile or {}),
+            "webhook_unconfirmed": {
+                "count": self.webhook_unconfirmed.count if self.webhook_unconfirmed else 0,
+                "oldest_age": _round(
+                    self.webhook_unconfirmed.oldest_age if self.webhook_unconfirmed else None
+                ),
+            },
         }
 
 
@@ -433,6 +463,7 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         result_stats=_result_stats(redis, keys),
         server=_server(redis),
         reconcile=_reconcile(redis, keys),
+        webhook_unconfirmed=_unconfirmed(redis, keys, taken_at),
     )
     return _with_problems(snapshot, settings.stale_after)
 
@@ -516,6 +547,20 @@ def _reconcile(redis: Redis, keys: Keys) -> dict[str, Any] | None:
         return read_state(redis, keys)
     except ResponseError:  # a key of the wrong type: shown by the broken-key checks
         return None
+
+
+def _unconfirmed(redis: Redis, keys: Keys, now: float) -> Unconfirmed | None:
+    """Two commands, whatever the number of orders: the count is the hash's (the truth), the
+    oldest's receiving time the index's first (written with each entry, confirm.py)."""
+    try:
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.hlen(keys.webhook_unconfirmed)
+            pipe.zrange(keys.webhook_unconfirmed_since, 0, 0, withscores=True)
+            count, oldest = pipe.execute()
+    except ResponseError:  # a key of the wrong type
+        return None
+    age = max(0.0, now - float(oldest[0][1])) if count and oldest else None
+    return Unconfirmed(int(count), age)
 
 
 def _result_stats(redis: Redis, keys: Keys) -> dict[str, dict[str, float]] | None:
@@ -842,6 +887,9 @@ def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Sna
     for integration in snapshot.integrations:
         problems.extend(_integration_problems(snapshot, integration))
     problems.extend(_result_problems(snapshot, stale_after))
+    waiting = snapshot.webhook_unconfirmed.problem() if snapshot.webhook_unconfirmed else None
+    if waiting is not None:
+        problems.append(waiting)
     if snapshot.reconcile and snapshot.reconcile.get("last_error"):
         problems.append(f"the last reconcile pass failed: {snapshot.reconcile['last_error']}")
     if not snapshot.integrations:
@@ -898,6 +946,7 @@ def _with_problems(snapshot: Snapshot, stale_after: float = 14 * 86400.0) -> Sna
         result_stats=snapshot.result_stats,
         server=snapshot.server,
         reconcile=snapshot.reconcile,
+        webhook_unconfirmed=snapshot.webhook_unconfirmed,
     )
 
 

@@ -23,7 +23,7 @@ from dispatcher.store.failures import MAX_REASON_LENGTH
 from dispatcher.store.outbox import Outbox
 from dispatcher.untrusted import untrusted_text
 
-__all__ = ["EVENT_RANK", "order_timeline", "timeline_lines"]
+__all__ = ["EVENT_RANK", "event_details", "order_timeline", "timeline_lines"]
 
 _IN_THE_JOB = {"step_done", "step_failed", "provisioned"}
 
@@ -173,10 +173,17 @@ def timeline_lines(events: list[dict[str, Any]]) -> list[str]:
     lines = []
     for event in events:
         when = _text.timestamp(event.get("at"))
-        details = ", ".join(
-            f"{key}={untrusted_text(_text.compact_json(value, 1_000_000), 80)}"
-            for key, value in event.items()
-            if key not in {"at", "event"} and value not in (None, [], "")
-        )
+        details = event_details(event)
         lines.append(f"{when}  {event.get('event')}" + (f"  {details}" if details else ""))
     return lines
+
+
+def event_details(event: dict[str, Any]) -> str:
+    """An event's fields but its time and kind, as ``dispatcher show`` prints them
+    (``kombo_status="COMPLETED", event_id="evt_1"``; through :func:`untrusted_text`); the
+    console's order page shows the same for the events it has no words of its own for."""
+    return ", ".join(
+        f"{key}={untrusted_text(_text.compact_json(value, 1_000_000), 80)}"
+        for key, value in event.items()
+        if key not in {"at", "event"} and value not in (None, [], "")
+    )

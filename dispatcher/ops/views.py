@@ -59,6 +59,7 @@ def render_status(snapshot: Snapshot, *, redis_url: str = "") -> str:
         f"ORDERS  {snapshot.orders_seen} remembered · {snapshot.orders_dispatched} dispatched"
     )
     lines.append(_reconcile_line(snapshot.reconcile, now))
+    lines.append(_unconfirmed_line(snapshot))
     lines.append("")
     lines.extend(_integration_lines(snapshot.integrations, now))
     lines.append("")
@@ -67,6 +68,19 @@ def render_status(snapshot: Snapshot, *, redis_url: str = "") -> str:
         lines.append("")
         lines.extend(_request_lines(snapshot.kombo_requests))
     return "\n".join(lines)
+
+
+def _unconfirmed_line(snapshot: Snapshot) -> str:
+    """Webhook orders waiting for Kombo's confirmation (dispatcher/web/confirm.py)."""
+    waiting = snapshot.webhook_unconfirmed
+    if waiting is None:
+        return "WEBHOOK  orders waiting for Kombo's confirmation: unreadable (wrong key type)"
+    if not waiting.count:
+        return "WEBHOOK  no order waiting for Kombo's confirmation"
+    oldest = "" if waiting.oldest_age is None else f", oldest {_text.duration(waiting.oldest_age)}"
+    return (
+        f"WEBHOOK  {_text.plural(waiting.count, 'order')} waiting for Kombo's confirmation{oldest}"
+    )
 
 
 def _reconcile_line(state: Mapping[str, Any] | None, now: float) -> str:

@@ -210,6 +210,13 @@ class Keys:
         records that it is not OPEN (dispatcher/web/confirm.py)."""
         return f"{self.namespace}:webhook-unconfirmed"
 
+    @property
+    def webhook_unconfirmed_since(self) -> str:
+        """Sorted set: order ref -> when a kept webhook order was received (beside
+        :attr:`webhook_unconfirmed`, written with it): the oldest one's age in ``status``
+        without reading every entry."""
+        return f"{self.namespace}:webhook-unconfirmed-since"
+
     def console_session(self, nonce: str) -> str:
         """String: a live console session (deleted at logout: the cookie is dead then)."""
         return f"{self.namespace}:console-session:{nonce}"
@@ -371,6 +378,13 @@ SCHEMA: tuple[KeySpec, ...] = (
         "order ref -> JSON (integration, order, event id, received, attempts, last error) of "
         "a webhook order not yet confirmed OPEN with Kombo; `dispatcher web` retries it",
         "until confirmed (then dispatched, or recorded as not OPEN)",
+    ),
+    KeySpec(
+        "{ns}:webhook-unconfirmed-since",
+        "zset",
+        "order ref -> when it was received, of each entry of `{ns}:webhook-unconfirmed` "
+        "(written and removed with it): the oldest one's age for `dispatcher status`",
+        "as `{ns}:webhook-unconfirmed`",
     ),
     KeySpec(
         "{ns}:console-session:{nonce}",

@@ -196,16 +196,31 @@ class UnconfirmedOrders:
         self.clock = clock
 
     def keep(self, pending: Pending) -> bool:
-        """Keep an order to confirm later; False when it is kept already (a replay)."""
+        """Keep an order to confirm later; False when it is kept already (a replay).
+        With its receiving time in :attr:`Keys.webhook_unconfirmed_since`, in one MULTI
+        (``NX``: a replay keeps the first time)."""
         field = order_ref(pending.integration_id, pending.order.id)
-        return bool(self.redis.hsetnx(self.keys.webhook_unconfirmed, field, pending.to_json()))
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(self.keys.webhook_unconfirmed, field, pending.to_json())
+            pipe.zadd(self.keys.webhook_unconfirmed_since, {field: pending.received_at}, nx=True)
+            kept, _ = pipe.execute()
+        return bool(kept)
 
     def update(self, pending: Pending) -> None:
         field = order_ref(pending.integration_id, pending.order.id)
-        self.redis.hset(self.keys.webhook_unconfirmed, field, pending.to_json())
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.webhook_unconfirmed, field, pending.to_json())
+            pipe.zadd(self.keys.webhook_unconfirmed_since, {field: pending.received_at}, nx=True)
+            pipe.execute()
 
     def done(self, integration_id: str, order_id: str) -> None:
-        self.redis.hdel(self.keys.webhook_unconfirmed, order_ref(integration_id, order_id))
+        self._drop(order_ref(integration_id, order_id))
+
+    def _drop(self, field: str) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.webhook_unconfirmed, field)
+            pipe.zrem(self.keys.webhook_unconfirmed_since, field)
+            pipe.execute()
 
     def count(self) -> int:
         return int(self.redis.hlen(self.keys.webhook_unconfirmed))
@@ -224,7 +239,7 @@ class UnconfirmedOrders:
                     self.keys.webhook_unconfirmed,
                     clean_reason(str(exc)),
                 )
-                self.redis.hdel(self.keys.webhook_unconfirmed, field)
+                self._drop(field)
                 continue
             kept.append(pending)
         return kept

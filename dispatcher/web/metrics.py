@@ -147,7 +147,19 @@ def _order_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     counts = (snapshot.reconcile or {}).get("reconciled") or {}
     for kind in sorted({"order", "unmarked", "result", *counts}):
         reconciled.add_metric([kind], counts.get(kind, 0))
-    yield from (remembered, dispatched, reconciled)
+    unconfirmed = GaugeMetricFamily(
+        "dispatcher_webhook_unconfirmed",
+        "Webhook orders waiting for Kombo to confirm them OPEN (kept while Kombo is down).",
+    )
+    oldest = GaugeMetricFamily(
+        "dispatcher_webhook_unconfirmed_oldest_age_seconds",
+        "How long the oldest webhook order has waited for Kombo's confirmation (0: none).",
+    )
+    waiting = snapshot.webhook_unconfirmed
+    if waiting is not None:  # a key of the wrong type: no number rather than a false 0
+        unconfirmed.add_metric([], waiting.count)
+        oldest.add_metric([], waiting.oldest_age or 0.0)
+    yield from (remembered, dispatched, reconciled, unconfirmed, oldest)
 
 
 def _integration_metrics(snapshot: Snapshot) -> Iterator[Metric]:

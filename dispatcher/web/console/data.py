@@ -19,10 +19,16 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from dispatcher import _text
-from dispatcher.ops.admin import FailedJob, describe_order, failed_jobs, known_integrations
+from dispatcher.ops.admin import (
+    FailedJob,
+    describe_order,
+    failed_jobs,
+    known_integrations,
+    timeline_integrations,
+)
 from dispatcher.ops.results import list_results
 from dispatcher.ops.status import Snapshot, take_snapshot
-from dispatcher.ops.timeline import order_timeline
+from dispatcher.ops.timeline import event_details, order_timeline
 from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.settings import Settings
 from dispatcher.store import throughput
@@ -378,8 +384,12 @@ def order_timelines(
     each event in words (a step's output keys, not its values)."""
     keys = Keys(settings.namespace)
     integrations = known_integrations(redis, keys, settings.kombo_integration_ids)
+    records = describe_order(redis, settings.namespace, settings.queue, order_id, integrations)
+    if not records:  # a replayed delivery's order of an integration known for nothing else
+        others = timeline_integrations(redis, keys, order_id)
+        records = describe_order(redis, settings.namespace, settings.queue, order_id, others)
     timelines = []
-    for record in describe_order(redis, settings.namespace, settings.queue, order_id, integrations):
+    for record in records:
         events = [
             _event_in_words(event)
             for event in order_timeline(
@@ -421,6 +431,8 @@ def _event_in_words(event: Mapping[str, Any]) -> TimelineEvent:
 
     words = _EVENT_WORDS.get(kind)
     what, detail = words(get) if words else (kind.replace("_", " "), "")
+    if words is None or kind in _DETAILS_AS_SHOWN:
+        detail = event_details(dict(event))
     if kind == "result_written" and event.get("lost_answer"):
         detail = "; ".join(filter(None, ["Kombo's answer was lost", detail]))
     # Details are a vendor's or Kombo's words (output keys, reasons, warnings).
@@ -449,7 +461,16 @@ _EVENT_WORDS: Mapping[str, Callable[[Callable[[str], str]], tuple[str, str]]] = 
     "result_written": lambda get: (f"result written: {get('status')}", get("warnings")),
     "result_failed": lambda get: ("result write failed", get("reason")),
     "write_retry_due": lambda get: ("result write retry due", get("last_error")),
+    # Recorded by the webhook receiver (dispatcher/web/webhook.py): never dispatched, or not
+    # yet; their details are told as `dispatcher show` tells them.
+    "webhook_not_open": lambda get: (
+        f"webhook delivery not dispatched: Kombo lists it as {get('kombo_status')}",
+        "",
+    ),
+    "webhook_unconfirmed": lambda get: ("webhook delivery waiting for Kombo's confirmation", ""),
+    "webhook_dropped": lambda get: ("webhook delivery dropped: Kombo never listed it", ""),
 }
+_DETAILS_AS_SHOWN = {"webhook_not_open", "webhook_unconfirmed", "webhook_dropped"}
 
 
 def _number(value: object) -> float | None:
