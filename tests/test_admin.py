@@ -31,6 +31,7 @@ from dispatcher.ops.admin import ForgetRefused, forget_order
 from dispatcher.store.failures import parse_failure
 from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import Simulator
 
 INTEGRATIONS = ["greenhouse:AdminOne", "lever:AdminTwo"]
@@ -280,7 +281,7 @@ def test_forget_removes_seen_job_and_steps_and_the_next_sweep_dispatches_again(
         keys.steps(INTEGRATIONS[0], bad), "log", json.dumps({"output": {}, "completed_at": 1})
     )
     redis.sadd(keys.effects(INTEGRATIONS[0], bad, "provision"), "created-account")
-    queue = Queue(settings.queue, connection=redis)
+    queue = Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER)
     assert job_id in FailedJobRegistry(queue=queue)
     # The same order id in the other integration must not be touched.
     other_job = job_id_for(
@@ -307,7 +308,7 @@ def test_forget_removes_seen_job_and_steps_and_the_next_sweep_dispatches_again(
     again = sweep(redis, settings, sim)
     assert again.orders_new == 1
     assert queue.job_ids == [job_id]
-    assert Job.fetch(job_id, connection=redis).meta["order_id"] == bad
+    assert Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER).meta["order_id"] == bad
     shown = invoke(["show", bad], env_for(redis_url, settings)).stdout
     assert "· queued ·" in shown and "last error   -" in shown
 
@@ -329,7 +330,7 @@ def test_forget_of_a_finished_order_clears_the_finished_registry(
     work(redis, settings, [Returns("log")])
     order_id = sim.orders(INTEGRATIONS[1])[1]["id"]
     job_id = job_id_for(settings.namespace, INTEGRATIONS[1], order_id)
-    queue = Queue(settings.queue, connection=redis)
+    queue = Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER)
     assert job_id in FinishedJobRegistry(queue=queue)
     result = invoke(
         ["forget", order_id, "--integration", INTEGRATIONS[1], "--yes"],
@@ -349,7 +350,7 @@ def test_forget_racing_sweeps_leaves_seen_and_enqueued_in_step(
     integration = INTEGRATIONS[0]
     raw = sim.orders(integration)[0]
     order = Order.model_validate(raw)
-    queue = Queue(settings.queue, connection=redis)
+    queue = Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER)
     ledger = Ledger(redis, queue, settings.namespace)
     keys = Keys(settings.namespace)
     job_id = job_id_for(settings.namespace, integration, order.id)

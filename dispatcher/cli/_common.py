@@ -16,6 +16,7 @@ from dispatcher.kombo.client import KomboClient, KomboError
 from dispatcher.settings import ConfigError, Settings, load_settings
 from dispatcher.store.connection import Role, UnsuitableRedisError, open_redis
 from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 
 __all__ = [
     "colour",
@@ -65,7 +66,7 @@ def connect_redis(settings: Settings, *, ping: bool = True, role: Role = "cli") 
 def make_ledger(settings: Settings, redis: Redis) -> Ledger:
     return Ledger(
         redis,
-        Queue(settings.queue, connection=redis),
+        Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER),
         settings.namespace,
         job_options=JobOptions.from_settings(settings),
     )

@@ -33,6 +33,7 @@ from dispatcher.store.connection import ServerCheck, check_server
 from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import Outbox
 from dispatcher.store.rq_internals import (
+    JOB_SERIALIZER,
     canceled_key,
     deferred_key,
     failed_key,
@@ -300,7 +301,7 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
     Costs three pipelined round trips plus, for RQ's workers, two per worker.
     """
     keys = Keys(settings.namespace)
-    queue = Queue(settings.queue, connection=redis)
+    queue = Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER)
     taken_at = time.time() if now is None else now
     registries = [started_key(queue.name), scheduled_key(queue.name), deferred_key(queue.name)]
     # Finished, failed and canceled entries are scored by their expiry: count the live ones.
@@ -597,7 +598,11 @@ def _read_workers(queue: Queue) -> tuple[WorkerStatus, ...]:
     job_ids = [job_id for job_id in current.values() if job_id]
     jobs = {
         job.id: job
-        for job in (Job.fetch_many(job_ids, connection=queue.connection) if job_ids else [])
+        for job in (
+            Job.fetch_many(job_ids, connection=queue.connection, serializer=JOB_SERIALIZER)
+            if job_ids
+            else []
+        )
         if job is not None
     }
     result = []

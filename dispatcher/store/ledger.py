@@ -40,6 +40,7 @@ from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.replication import ReplicaAck, run_script
 from dispatcher.store.rq_internals import (
     JOB_OWN_FIELDS,
+    JOB_SERIALIZER,
     QUEUES_KEY,
     RQ_ENQUEUE_LUA,
     job_data,
@@ -405,6 +406,7 @@ class Ledger:
             result_ttl=options.result_ttl,
             failure_ttl=options.failure_ttl,
             retry=options.retry(),
+            serializer=JOB_SERIALIZER,
         )
         job.enqueued_at = now()
         return job

@@ -36,7 +36,7 @@ from rq.utils import now as rq_now
 
 from dispatcher.kombo.results import AssessmentResult, InvalidResultError, build_result
 from dispatcher.store.keys import Keys, order_ref
-from dispatcher.store.rq_internals import job_hash_items
+from dispatcher.store.rq_internals import JOB_SERIALIZER, job_hash_items
 from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 
 __all__ = [
@@ -334,7 +334,7 @@ class Outbox:
         self.redis = redis
         self.namespace = namespace
         self.keys = Keys(namespace)
-        self.queue = Queue(queue_name, connection=redis)
+        self.queue = Queue(queue_name, connection=redis, serializer=JOB_SERIALIZER)
         self.job_timeout = job_timeout
         self.result_ttl = max(1, result_ttl)
         self.failure_ttl = max(1, failure_ttl)
@@ -431,6 +431,7 @@ class Outbox:
             timeout=self.job_timeout,
             result_ttl=3600,
             failure_ttl=self.failure_ttl,
+            serializer=JOB_SERIALIZER,
         )
         job.enqueued_at = rq_now()
         return job_hash_items(job)

@@ -25,6 +25,7 @@ from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.settings import Settings
 from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 
 __all__ = [
     "SORTS",
@@ -225,12 +226,14 @@ def retry_jobs(
     """Re-queue failed jobs with a fresh set of DISPATCHER_MAX_RETRIES retries (completed
     steps are skipped when they run again), as ``dispatcher retry`` does: RQ's
     ``FailedJobRegistry.requeue``. Returns (re-queued, not in the failed registry)."""
-    registry = FailedJobRegistry(queue=Queue(settings.queue, connection=redis))
+    registry = FailedJobRegistry(
+        queue=Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER)
+    )
     requeued: list[str] = []
     missing: list[str] = []
     for job_id in job_ids:
         try:
-            job = Job.fetch(job_id, connection=redis)
+            job = Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER)
             job.retries_left = settings.max_retries
             job.save(include_meta=False)
             registry.requeue(job)
