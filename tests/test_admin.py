@@ -128,7 +128,11 @@ def test_failed_counts_attempts_of_a_retried_job(
 ) -> None:
     sweep(redis, settings, sim, integration_ids=[INTEGRATIONS[0]])
     bad = sim.orders(INTEGRATIONS[0])[0]["id"]
-    job = Job.fetch(job_id_for(settings.namespace, INTEGRATIONS[0], bad), connection=redis)
+    job = Job.fetch(
+        job_id_for(settings.namespace, INTEGRATIONS[0], bad),
+        connection=redis,
+        serializer=JOB_SERIALIZER,
+    )
     job.retries_left, job.retry_intervals = 2, [0, 0]  # two immediate retries
     job.save()
     # RetryLater: a PermanentFailure is never retried.
@@ -383,7 +387,11 @@ def test_show_and_status_of_an_order_waiting_for_its_retry(
 ) -> None:
     sweep(redis, settings, sim, integration_ids=[INTEGRATIONS[0]])
     flaky = sim.orders(INTEGRATIONS[0])[2]["id"]
-    job = Job.fetch(job_id_for(settings.namespace, INTEGRATIONS[0], flaky), connection=redis)
+    job = Job.fetch(
+        job_id_for(settings.namespace, INTEGRATIONS[0], flaky),
+        connection=redis,
+        serializer=JOB_SERIALIZER,
+    )
     job.retries_left, job.retry_intervals = 1, [3600]
     job.save()
     work(redis, settings, [FailsFor("provision", {flaky}, "vendor down", error=RetryLater)])

@@ -16,6 +16,7 @@ from rq import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from _support import dispatcher_env
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
 
 pytestmark = pytest.mark.redis
@@ -54,7 +55,7 @@ def open_orders(sim: Simulator) -> set[tuple[str, str]]:
 
 
 def queued_orders(redis: Redis) -> list[tuple[str, str]]:
-    queue = Queue(QUEUE, connection=redis)
+    queue = Queue(QUEUE, connection=redis, serializer=JOB_SERIALIZER)
     return [(j.meta["integration_id"], j.meta["order_id"]) for j in queue.get_jobs()]
 
 
@@ -80,13 +81,15 @@ def test_poll_once_then_burst_worker_handles_every_open_order_once(
 
         worker = run(["worker", "--burst", *threads], env)
         assert worker.returncode == 0, worker.stderr
-        queue = Queue(QUEUE, connection=redis)
+        queue = Queue(QUEUE, connection=redis, serializer=JOB_SERIALIZER)
         assert queue.count == 0
         assert FailedJobRegistry(queue=queue).count == 0
         finished = FinishedJobRegistry(queue=queue)
         handled = {
             (job.meta["integration_id"], job.meta["order_id"])
-            for job in queue.job_class.fetch_many(finished.get_job_ids(), connection=redis)
+            for job in queue.job_class.fetch_many(
+                finished.get_job_ids(), connection=redis, serializer=JOB_SERIALIZER
+            )
             if job is not None and job.return_value()["steps"]["log"]
         }
         assert handled == open_orders(sim)
@@ -150,7 +153,7 @@ def test_a_poller_killed_mid_sweep_loses_and_doubles_nothing(redis: Redis, redis
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            queue = Queue(QUEUE, connection=redis)
+            queue = Queue(QUEUE, connection=redis, serializer=JOB_SERIALIZER)
             deadline = time.monotonic() + 30
             while queue.count < 30 and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -188,7 +191,7 @@ def test_sigterm_finishes_the_current_page_and_exits_0(redis: Redis, redis_url: 
             stderr=subprocess.PIPE,
             text=True,
         )
-        queue = Queue(QUEUE, connection=redis)
+        queue = Queue(QUEUE, connection=redis, serializer=JOB_SERIALIZER)
         deadline = time.monotonic() + 30
         while queue.count < 10 and time.monotonic() < deadline:
             time.sleep(0.01)

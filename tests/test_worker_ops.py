@@ -23,6 +23,7 @@ from dispatcher import HandlerContext, Order, RetryLater, Settings
 from dispatcher.kombo.models import Order as OrderModel
 from dispatcher.logs import configure_logging
 from dispatcher.store.ledger import JOB_FUNCTION, JobOptions, Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.worker.jobs import Runtime
 from dispatcher.worker.worker import BurstSummary, run_worker
 
@@ -241,7 +242,7 @@ def test_a_job_queued_before_the_upgrade_is_the_workers_own(
 ) -> None:
     config = settings(redis_url)
     # The job shape of before: no namespace in its kwargs or meta
-    Queue(config.queue, connection=redis).enqueue(
+    Queue(config.queue, connection=redis, serializer=JOB_SERIALIZER).enqueue(
         JOB_FUNCTION,
         kwargs={"integration_id": INTEGRATION, "order": order_payload("OLD")},
         meta={"order_id": "OLD", "integration_id": INTEGRATION},

@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from rq import Queue
 from rq.job import JobStatus
 
 from dispatcher._text import as_str
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.models import Order, OrderValidationError
 from dispatcher.store.ledger import JOB_FUNCTION, REJECTED_PREFIX, Ledger
-from dispatcher.store.rq_internals import JOB_SERIALIZER, job_key
+from dispatcher.store.rq_internals import job_key
 
 __all__ = ["ReplayResult", "replay", "replay_job_id"]
 
@@ -136,9 +135,7 @@ def _enqueue(
     options = ledger.job_options
     job_id = replay_job_id(ledger.namespace, integration_id, order.id)
     meta = {**ledger.job_meta(integration_id, order), "replay": list(handlers)}
-    # JSON whatever the ledger's queue was given: a worker refuses any other job.
-    queue = Queue(ledger.queue.name, connection=ledger.redis, serializer=JOB_SERIALIZER)
-    queue.enqueue_call(
+    ledger.queue.enqueue_call(
         JOB_FUNCTION,
         kwargs={**ledger.job_kwargs(integration_id, order, payload), "handlers": list(handlers)},
         job_id=job_id,

@@ -175,6 +175,10 @@ class Ledger:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
+        # Its jobs are JSON (rq_internals.JOB_SERIALIZER): the queue reads them so, whatever
+        # serializer the queue it was given has (RQ's default is pickle).
+        if queue.serializer is not JOB_SERIALIZER:
+            queue = Queue(queue.name, connection=queue.connection, serializer=JOB_SERIALIZER)
         self.queue = queue
         self.keys = Keys(namespace)
         self.namespace = namespace
