@@ -111,16 +111,27 @@ def _lines_naming(text: str, job_id: str) -> list[str]:
 # -- the worker ---------------------------------------------------------------------------------
 
 
+# Every worker class: RQ's forking worker, in-process, threaded, and the results workers.
+WORKERS = {
+    "forking": ([], {}, "orders"),
+    "in-process": ([], {"DISPATCHER_FORK_PER_JOB": "false"}, "orders"),
+    "threaded": (["--threads", "3"], {}, "orders"),
+    "results": (["--results", "--threads", "2"], {}, "results"),
+}
+
+
+@pytest.mark.parametrize("mode", list(WORKERS))
 def test_a_pickled_job_planted_in_the_queue_is_refused_by_the_worker_in_one_line(
-    redis: Redis, redis_url: str, namespace: str, tmp_path: Path
+    redis: Redis, redis_url: str, namespace: str, tmp_path: Path, mode: str
 ) -> None:
-    # Given a pickled job that runs a command when loaded, queued before an order of ours
+    # Given a pickled job that runs a command when loaded, on the queue the worker works
+    args, extra, kind = WORKERS[mode]
     marker = tmp_path / "ran"
-    env = _env(redis_url, namespace)
-    queue = f"{namespace}-orders"
+    env = _env(redis_url, namespace, **extra)
+    queue = f"{namespace}-{kind}"
     planted = _plant_pickled_job(redis, queue, marker)
     # When `dispatcher worker` works the queue
-    worker = _run(["worker", "--burst"], env)
+    worker = _run(["worker", "--burst", *args], env)
     # Then nothing ran: no file, no traceback; the job is failed, not run, in one line
     output = worker.stdout + worker.stderr
     assert worker.returncode == 0, output
@@ -133,6 +144,8 @@ def test_a_pickled_job_planted_in_the_queue_is_refused_by_the_worker_in_one_line
     assert redis.zscore(failed_key(queue), planted) is not None
     assert redis.llen(queue_key(queue)) == 0
     assert redis.llen(f"{queue_key(queue)}:intermediate") == 0
+    if kind == "results":
+        return
     # and `dispatcher failed` lists it as one line, still without loading it
     failed = _run(["failed"], env)
     assert failed.returncode == 0, failed.stderr
