@@ -338,6 +338,8 @@ def job_refusal(job: Job, functions: Collection[str]) -> str | None:
 def unreadable_job(job: Job) -> str | None:
     """Why ``job`` (fetched with ``JOB_SERIALIZER``) cannot be read, its data or its meta not
     being JSON, or None. Reads the data with the job's serializer, never with pickle."""
+    if job.serializer is not JOB_SERIALIZER:  # a caller's slip: nothing is read then
+        return "it was fetched with another serializer than JOB_SERIALIZER, not read"
     unreadable_meta: bytes | None = getattr(job, "_unreadable_meta", None)
     if unreadable_meta is not None:
         return f"its meta {_not_json(unreadable_meta)}"
