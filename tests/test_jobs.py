@@ -143,7 +143,7 @@ def test_steps_are_recorded_and_skipped_when_the_job_runs_again() -> None:
     redis = fakeredis.FakeRedis()
     queue = Queue("q", connection=redis, serializer=JOB_SERIALIZER)
     job = queue.enqueue(process_order, INTEGRATION, order_payload("A"), retry=Retry(max=2))
-    SimpleWorker([queue], connection=redis).work(burst=True)
+    SimpleWorker([queue], connection=redis, serializer=JOB_SERIALIZER).work(burst=True)
     assert len(first.contexts) == 1
     assert len(second.contexts) == 2
     assert second.contexts[1].attempt == 2
@@ -167,6 +167,6 @@ def test_a_permanent_failure_is_not_retried_by_rq() -> None:
     redis = fakeredis.FakeRedis()
     queue = Queue("q", connection=redis, serializer=JOB_SERIALIZER)
     job = queue.enqueue(process_order, INTEGRATION, order_payload("A"), retry=Retry(max=3))
-    SimpleWorker([queue], connection=redis).work(burst=True)
+    SimpleWorker([queue], connection=redis, serializer=JOB_SERIALIZER).work(burst=True)
     assert len(handler.contexts) == 1
     assert job.get_status() == "failed"

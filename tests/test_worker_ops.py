@@ -260,11 +260,12 @@ def test_a_stock_rq_worker_fails_another_namespaces_job_saying_why(
     config = settings(redis_url, "alpha", DISPATCHER_QUEUE="shared")
     ledger = dispatch(redis, config, "A")
     run = subprocess.run(
-        [str(BIN / "rq"), "worker", "--burst", "--url", redis_url, "shared"],
+        [str(BIN / "rq"), "worker", "--burst", "--serializer", "json", "--url", redis_url,
+         "shared"],
         env=dispatcher_env(redis_url), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    job = Job.fetch(ledger.job_id(INTEGRATION, "A"), connection=redis)
+    job = Job.fetch(ledger.job_id(INTEGRATION, "A"), connection=redis, serializer=JOB_SERIALIZER)
     # Then it failed, for good (no retry), with a reason that says whose job it is
     assert job.get_status() == JobStatus.FAILED
     assert job.retries_left == 0
