@@ -63,6 +63,7 @@ from _support import (
 from dispatcher.kombo.models import Order
 from dispatcher.store.keys import job_id_for
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import Simulator
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -189,14 +190,22 @@ def _run_batch(
                 now_rss, now_pss = _tree_memory(proc.pid)
                 rss, pss = max(rss, now_rss), max(pss, now_pss)
             if failed.count:
-                job = Job.fetch(failed.get_job_ids()[0], connection=redis)
+                job = Job.fetch(
+                    failed.get_job_ids()[0], connection=redis, serializer=JOB_SERIALIZER
+                )
                 raise SystemExit(f"bench: a job failed: {job.latest_result()}")
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"bench: {finished.count} of {orders} jobs finished in time")
             time.sleep(0.01)
         wall = time.perf_counter() - started
         cpu = _tree_cpu_seconds(proc.pid) - cpu_before
-        jobs = [j for j in Job.fetch_many(finished.get_job_ids(), connection=redis) if j]
+        jobs = [
+            j
+            for j in Job.fetch_many(
+                finished.get_job_ids(), connection=redis, serializer=JOB_SERIALIZER
+            )
+            if j
+        ]
         spans = [
             (j.ended_at - j.started_at).total_seconds() for j in jobs if j.started_at and j.ended_at
         ]
@@ -241,7 +250,7 @@ def _fairness_wait(
         job_id = job_id_for(NAMESPACE, second, late[0].id)
         deadline = time.monotonic() + 600
         while True:
-            job = Job.fetch(job_id, connection=redis)
+            job = Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER)
             if job.started_at is not None:
                 return job.started_at.timestamp() - dispatched
             if proc.poll() is not None or time.monotonic() > deadline:

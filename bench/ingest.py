@@ -47,6 +47,7 @@ from dispatcher.kombo.models import Order
 from dispatcher.poller.poller import Poller
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 
 PAGE_SIZE = 250
 Pages = list[tuple[str, list[Order]]]
@@ -80,7 +81,7 @@ def run(integrations: int, orders: int, reps: int) -> list[Row]:
         KomboClient(API_KEY, sim.url, max_connections=concurrency) as client,
     ):
         redis = Redis.from_url(redis_url)
-        queue = Queue(QUEUE, connection=redis)
+        queue = Queue(QUEUE, connection=redis, serializer=JOB_SERIALIZER)
         ledger = Ledger(redis, queue, NAMESPACE)
         ids = sim.integration_ids
         poller = Poller(client, ledger, ids, page_size=PAGE_SIZE, concurrency=concurrency)

@@ -23,6 +23,7 @@ from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.poller import Poller
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
@@ -70,7 +71,7 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
         ),
     ]
     install_runtime(Runtime(settings=settings, chain=chain))
-    queue = Queue(settings.queue, connection=redis)
+    queue = Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER)
     ledger = Ledger(redis, queue, settings.namespace)
     logging.getLogger("rq").setLevel(logging.WARNING)
     logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -91,7 +92,9 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
             f"sweep 1: {plural(first.pages, 'page')}, {first.orders_seen} OPEN orders found, "
             f"{first.orders_new} enqueued (queue length {queue.count})"
         )
-        SimpleWorker([queue], connection=redis).work(burst=True, logging_level="WARNING")
+        SimpleWorker([queue], connection=redis, serializer=JOB_SERIALIZER).work(
+            burst=True, logging_level="WARNING"
+        )
         finished = FinishedJobRegistry(queue=queue)
         failed = FailedJobRegistry(queue=queue)
         echo(
@@ -106,7 +109,9 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
         )
     provision.close()
     handled: Counter[str] = Counter()
-    for job in queue.job_class.fetch_many(finished.get_job_ids(), connection=redis):
+    for job in queue.job_class.fetch_many(
+        finished.get_job_ids(), connection=redis, serializer=JOB_SERIALIZER
+    ):
         if job is not None:
             handled[job.meta.get("integration_id", "?")] += 1
     width = max(len(i) for i in simulator.integration_ids)

@@ -23,6 +23,7 @@ from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.poller import Poller, SweepReport
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.worker.jobs import Runtime, install_runtime
 from dispatcher.worker.worker import DispatcherSimpleWorker
@@ -106,7 +107,10 @@ def work(
     # RQ installs its own SIGINT/SIGTERM handlers and leaves them: put pytest's back.
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        worker = worker_class([Queue(settings.queue, connection=redis)], connection=redis)
+        # A plain `rq worker` reads the dispatcher's jobs with `--serializer json`.
+        worker = worker_class(
+            [Queue(settings.queue, connection=redis)], connection=redis, serializer=JOB_SERIALIZER
+        )
         worker.work(burst=True, logging_level=logging_level)
     finally:
         for sig, handler in saved.items():

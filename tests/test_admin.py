@@ -32,6 +32,7 @@ from dispatcher.ops.admin import ForgetRefused, forget_order
 from dispatcher.store.failures import parse_failure
 from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import Simulator
 
 INTEGRATIONS = ["greenhouse:AdminOne", "lever:AdminTwo"]
@@ -144,7 +145,11 @@ def test_failed_counts_attempts_of_a_retried_job(
 ) -> None:
     sweep(redis, settings, sim, integration_ids=[INTEGRATIONS[0]])
     bad = sim.orders(INTEGRATIONS[0])[0]["id"]
-    job = Job.fetch(job_id_for(settings.namespace, INTEGRATIONS[0], bad), connection=redis)
+    job = Job.fetch(
+        job_id_for(settings.namespace, INTEGRATIONS[0], bad),
+        connection=redis,
+        serializer=JOB_SERIALIZER,
+    )
     job.retries_left, job.retry_intervals = 2, [0, 0]  # two immediate retries
     job.save()
     # RetryLater: a PermanentFailure is never retried.
@@ -297,7 +302,7 @@ def test_forget_removes_seen_job_and_steps_and_the_next_sweep_dispatches_again(
         keys.steps(INTEGRATIONS[0], bad), "log", json.dumps({"output": {}, "completed_at": 1})
     )
     redis.sadd(keys.effects(INTEGRATIONS[0], bad, "provision"), "created-account")
-    queue = Queue(settings.queue, connection=redis)
+    queue = Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER)
     assert job_id in FailedJobRegistry(queue=queue)
     # The same order id in the other integration must not be touched.
     other_job = job_id_for(
@@ -324,7 +329,7 @@ def test_forget_removes_seen_job_and_steps_and_the_next_sweep_dispatches_again(
     again = sweep(redis, settings, sim)
     assert again.orders_new == 1
     assert queue.job_ids == [job_id]
-    assert Job.fetch(job_id, connection=redis).meta["order_id"] == bad
+    assert Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER).meta["order_id"] == bad
     shown = invoke(["show", bad], env_for(redis_url, settings)).stdout
     assert "· queued ·" in shown and "last error   -" in shown
 
@@ -346,7 +351,7 @@ def test_forget_of_a_finished_order_clears_the_finished_registry(
     work(redis, settings, [Returns("log")])
     order_id = sim.orders(INTEGRATIONS[1])[1]["id"]
     job_id = job_id_for(settings.namespace, INTEGRATIONS[1], order_id)
-    queue = Queue(settings.queue, connection=redis)
+    queue = Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER)
     assert job_id in FinishedJobRegistry(queue=queue)
     result = invoke(
         ["forget", order_id, "--integration", INTEGRATIONS[1], "--yes"],
@@ -366,7 +371,7 @@ def test_forget_racing_sweeps_leaves_seen_and_enqueued_in_step(
     integration = INTEGRATIONS[0]
     raw = sim.orders(integration)[0]
     order = Order.model_validate(raw)
-    queue = Queue(settings.queue, connection=redis)
+    queue = Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER)
     ledger = Ledger(redis, queue, settings.namespace)
     keys = Keys(settings.namespace)
     job_id = job_id_for(settings.namespace, integration, order.id)
@@ -399,7 +404,11 @@ def test_show_and_status_of_an_order_waiting_for_its_retry(
 ) -> None:
     sweep(redis, settings, sim, integration_ids=[INTEGRATIONS[0]])
     flaky = sim.orders(INTEGRATIONS[0])[2]["id"]
-    job = Job.fetch(job_id_for(settings.namespace, INTEGRATIONS[0], flaky), connection=redis)
+    job = Job.fetch(
+        job_id_for(settings.namespace, INTEGRATIONS[0], flaky),
+        connection=redis,
+        serializer=JOB_SERIALIZER,
+    )
     job.retries_left, job.retry_intervals = 1, [3600]
     job.save()
     work(redis, settings, [FailsFor("provision", {flaky}, "vendor down", error=RetryLater)])

@@ -18,6 +18,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from _support import dispatcher_env, wait_until
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
@@ -195,7 +196,7 @@ def test_a_permanent_failure_is_not_retried_and_retry_finishes_it_later(
         assert stack.run("worker", "--burst").returncode == 0
         failed = FailedJobRegistry(queue=stack.queue)
         [job_id] = failed.get_job_ids()
-        job = Job.fetch(job_id, connection=redis)
+        job = Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER)
         assert job.retries_left == 0
         assert len(vendor.calls) == 3  # no retry of the permanent failure
         result = job.latest_result()

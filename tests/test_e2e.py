@@ -17,6 +17,7 @@ from rq import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from _support import dispatcher_env, wait_while_progressing
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
 
 pytestmark = pytest.mark.redis
@@ -55,7 +56,7 @@ def open_orders(sim: Simulator) -> set[tuple[str, str]]:
 
 
 def queued_orders(redis: Redis) -> list[tuple[str, str]]:
-    queue = Queue(QUEUE, connection=redis)
+    queue = Queue(QUEUE, connection=redis, serializer=JOB_SERIALIZER)
     return [(j.meta["integration_id"], j.meta["order_id"]) for j in queue.get_jobs()]
 
 
@@ -83,7 +84,7 @@ def test_poll_once_then_burst_worker_handles_every_open_order_once(
 
         # A burst of 120 jobs (a fork each, one at a time) took 56 s on a loaded machine:
         # waited for while it makes progress, not for a fixed 120 s.
-        queue = Queue(QUEUE, connection=redis)
+        queue = Queue(QUEUE, connection=redis, serializer=JOB_SERIALIZER)
         finished_jobs = FinishedJobRegistry(queue=queue)
         with (tmp_path / "worker.log").open("w+") as log:
             worker = subprocess.Popen(
@@ -98,7 +99,9 @@ def test_poll_once_then_burst_worker_handles_every_open_order_once(
         finished = FinishedJobRegistry(queue=queue)
         handled = {
             (job.meta["integration_id"], job.meta["order_id"])
-            for job in queue.job_class.fetch_many(finished.get_job_ids(), connection=redis)
+            for job in queue.job_class.fetch_many(
+                finished.get_job_ids(), connection=redis, serializer=JOB_SERIALIZER
+            )
             if job is not None and job.return_value()["steps"]["log"]
         }
         assert handled == open_orders(sim)
@@ -162,7 +165,7 @@ def test_a_poller_killed_mid_sweep_loses_and_doubles_nothing(redis: Redis, redis
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            queue = Queue(QUEUE, connection=redis)
+            queue = Queue(QUEUE, connection=redis, serializer=JOB_SERIALIZER)
             deadline = time.monotonic() + 30
             while queue.count < 30 and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -200,7 +203,7 @@ def test_sigterm_finishes_the_current_page_and_exits_0(redis: Redis, redis_url: 
             stderr=subprocess.PIPE,
             text=True,
         )
-        queue = Queue(QUEUE, connection=redis)
+        queue = Queue(QUEUE, connection=redis, serializer=JOB_SERIALIZER)
         deadline = time.monotonic() + 30
         while queue.count < 10 and time.monotonic() < deadline:
             time.sleep(0.01)

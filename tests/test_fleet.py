@@ -25,6 +25,7 @@ from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.poller.schedule import FIRST_SWEEP_WITHIN, Schedule
 from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
 
 pytestmark = pytest.mark.redis
@@ -50,7 +51,7 @@ def make_poller(sim: Simulator, redis: Redis, *, clock: Any = None, **kw: Any) -
 
 
 def queued_pairs(redis: Redis) -> list[tuple[str, str]]:
-    jobs = Queue("dispatcher-orders", connection=redis).get_jobs()
+    jobs = Queue("dispatcher-orders", connection=redis, serializer=JOB_SERIALIZER).get_jobs()
     return [(j.meta["integration_id"], j.meta["order_id"]) for j in jobs]
 
 

@@ -42,6 +42,7 @@ from dispatcher.plugins import check_handler
 from dispatcher.poller.integrations import check_integration_id
 from dispatcher.store.keys import Keys, job_id_for, order_ref
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.store.wrongtype import WrongKeyTypeError
 from dispatcher.testing.simulator import Simulator
 from dispatcher.testing.vendor import VendorAPI
@@ -136,7 +137,9 @@ def test_colliding_integration_and_order_ids_each_get_their_own_provisioning(
     assert provisioned == [("acme:AAA", "B:C"), ("acme:AAA:B", "C")]
     links = {}
     for integration_id, order_id in provisioned:
-        job = Job.fetch(job_id_for(NS, integration_id, order_id), connection=redis)
+        job = Job.fetch(
+            job_id_for(NS, integration_id, order_id), connection=redis, serializer=JOB_SERIALIZER
+        )
         assert job.get_status() == "finished"
         call = next(
             c
@@ -408,7 +411,7 @@ def test_a_wrong_type_job_key_is_replaced_by_the_order_s_job(redis: Redis) -> No
     job_id = job_id_for(NS, INTEGRATION, "O1")
     redis.rpush(Job.key_for(job_id), "junk")
     assert ledger.dispatch(INTEGRATION, [an_order("O1")]).enqueued == ["O1"]
-    job = Job.fetch(job_id, connection=redis)
+    job = Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER)
     assert job.kwargs["order"]["id"] == "O1"
     assert redis.lrange(f"rq:queue:{QUEUE}", 0, -1) == [job_id.encode()]
 

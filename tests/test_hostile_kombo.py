@@ -41,6 +41,7 @@ from dispatcher.ops.status import take_snapshot
 from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 
 API_KEY = "sk_test_hostile_kombo_0001"
 QUEUE = "dispatcher-orders"
@@ -184,7 +185,7 @@ def queued(redis: Redis) -> list[tuple[str, str]]:
     from rq.job import Job
 
     queue = Queue(QUEUE, connection=redis)
-    jobs = Job.fetch_many(queue.job_ids, connection=redis)
+    jobs = Job.fetch_many(queue.job_ids, connection=redis, serializer=JOB_SERIALIZER)
     return [(job.meta["integration_id"], job.meta["order_id"]) for job in jobs if job]
 
 

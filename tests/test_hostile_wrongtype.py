@@ -32,6 +32,7 @@ from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.poller.schedule import Schedule
 from dispatcher.store.keys import SCHEMA, Keys
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.store.wrongtype import (
     WRONGTYPE_CODE,
     describe,
@@ -87,7 +88,7 @@ def start(poller: Poller) -> threading.Thread:
 
 
 def queued(redis: Redis, conf: Settings) -> set[tuple[str, str]]:
-    jobs = Queue(conf.queue, connection=redis).get_jobs()
+    jobs = Queue(conf.queue, connection=redis, serializer=JOB_SERIALIZER).get_jobs()
     return {(j.meta["integration_id"], j.meta["order_id"]) for j in jobs}
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from _support import order_payload
 from dispatcher import HandlerContext, Order, PermanentFailure, Settings
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.worker.jobs import HandlerFailed, Runtime, install_runtime, process_order, step_key
 
 INTEGRATION = "lever:abc"
@@ -140,9 +141,9 @@ def test_steps_are_recorded_and_skipped_when_the_job_runs_again() -> None:
     second = FailsOnce("notify")
     install(first, second)
     redis = fakeredis.FakeRedis()
-    queue = Queue("q", connection=redis)
+    queue = Queue("q", connection=redis, serializer=JOB_SERIALIZER)
     job = queue.enqueue(process_order, INTEGRATION, order_payload("A"), retry=Retry(max=2))
-    SimpleWorker([queue], connection=redis).work(burst=True)
+    SimpleWorker([queue], connection=redis, serializer=JOB_SERIALIZER).work(burst=True)
     assert len(first.contexts) == 1
     assert len(second.contexts) == 2
     assert second.contexts[1].attempt == 2
@@ -164,8 +165,8 @@ def test_a_permanent_failure_is_not_retried_by_rq() -> None:
     handler = Recording("provision", error=PermanentFailure("unknown package"))
     install(handler)
     redis = fakeredis.FakeRedis()
-    queue = Queue("q", connection=redis)
+    queue = Queue("q", connection=redis, serializer=JOB_SERIALIZER)
     job = queue.enqueue(process_order, INTEGRATION, order_payload("A"), retry=Retry(max=3))
-    SimpleWorker([queue], connection=redis).work(burst=True)
+    SimpleWorker([queue], connection=redis, serializer=JOB_SERIALIZER).work(burst=True)
     assert len(handler.contexts) == 1
     assert job.get_status() == "failed"

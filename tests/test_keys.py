@@ -24,6 +24,7 @@ from redis import Redis
 from rq.job import Job
 
 from dispatcher.store.keys import SCHEMA, Keys, job_id_for, schema_markdown
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import Simulator
 
 DOC = TESTS.parent / "docs" / "redis-keys.md"
@@ -130,7 +131,11 @@ def test_a_full_run_writes_only_documented_keys(
     )
     sweep(redis, settings, sim)
     orders = [o["id"] for o in sim.orders("greenhouse:KeysOne")]
-    retried = Job.fetch(job_id_for(namespace, "greenhouse:KeysOne", orders[1]), connection=redis)
+    retried = Job.fetch(
+        job_id_for(namespace, "greenhouse:KeysOne", orders[1]),
+        connection=redis,
+        serializer=JOB_SERIALIZER,
+    )
     retried.retries_left, retried.retry_intervals = 1, [3600]
     retried.save()
     env = env_for(

@@ -16,6 +16,7 @@ from _support import order_payload
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, parse_order
 from dispatcher.store.keys import job_id_for
 from dispatcher.store.ledger import Ledger, parse_seen
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"
 
@@ -68,7 +69,7 @@ def test_the_job_carries_the_order_and_names_it_for_rq_tools(any_redis: Redis) -
     ledger = make_ledger(any_redis)
     raw = order_payload("A", custom_fields={"x": 1})
     ledger.dispatch(INTEGRATION, [parse_order(raw)])
-    job = Job.fetch(ledger.queue.job_ids[0], connection=any_redis)
+    job = Job.fetch(ledger.queue.job_ids[0], connection=any_redis, serializer=JOB_SERIALIZER)
     assert job.func_name == "dispatcher.worker.jobs.process_order"
     # The namespace travels with the job: a worker of another namespace must not run it.
     assert job.kwargs == {"integration_id": INTEGRATION, "order": raw, "namespace": "dispatcher"}
@@ -210,7 +211,7 @@ def test_a_raw_order_is_enqueued_as_kombo_sent_it(any_redis: Redis) -> None:
     ledger = make_ledger(any_redis)
     raw = order_payload("A", custom_fields={"x": [1, {"y": None}]})
     ledger.dispatch(INTEGRATION, raw_orders(raw))
-    job = Job.fetch(ledger.queue.job_ids[0], connection=any_redis)
+    job = Job.fetch(ledger.queue.job_ids[0], connection=any_redis, serializer=JOB_SERIALIZER)
     assert job.kwargs == {"integration_id": INTEGRATION, "order": raw, "namespace": "dispatcher"}
     assert job.meta["package_id"] == "typescript_test"
 

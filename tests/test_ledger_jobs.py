@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from typing import Any
 
@@ -15,7 +16,7 @@ from dispatcher.handler import HandlerContext
 from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import JOB_FUNCTION, Ledger
-from dispatcher.store.rq_internals import job_hash_items
+from dispatcher.store.rq_internals import JOB_SERIALIZER, job_hash_items
 from dispatcher.testing.simulator import Simulator
 from dispatcher.worker.jobs import Runtime
 from dispatcher.worker.worker import run_worker
@@ -48,15 +49,21 @@ def test_every_job_hash_of_a_page_is_what_rq_would_save(redis: Redis) -> None:
         expected = rq_hash(ledger._build_job(integration_id, order))
         stored = redis.hgetall(Job.key_for(ledger.job_id(integration_id, order.id)))
         assert set(stored) == set(expected)
-        # The data as RQ pickles it, not zlibbed (RQ reads both; it compresses on save)
-        assert stored.pop(b"data") == zlib.decompress(expected.pop(b"data"))
+        # The data as RQ serializes it, not zlibbed (RQ reads both; it compresses on save),
+        # and data and meta JSON: nothing a reader could be made to unpickle
+        data = stored.pop(b"data")
+        assert data == zlib.decompress(expected.pop(b"data"))
+        assert json.loads(data)[0] == "dispatcher.worker.jobs.process_order"
+        assert json.loads(stored[b"meta"])["order_id"] == order.id
         assert {k: v for k, v in stored.items() if k not in _TIMESTAMPS} == {
             k: v for k, v in expected.items() if k not in _TIMESTAMPS
         }
         # and RQ reads it back as the job of that order
-        job = Job.fetch(ledger.job_id(integration_id, order.id), connection=redis)
+        job = Job.fetch(
+            ledger.job_id(integration_id, order.id), connection=redis, serializer=JOB_SERIALIZER
+        )
         assert job.func_name == "dispatcher.worker.jobs.process_order"
-        assert job.args == ()
+        assert job.args == []
         got: dict[str, Any] = job.kwargs
         assert got == {
             "integration_id": integration_id,
@@ -82,14 +89,14 @@ def test_a_worker_runs_the_dispatched_jobs_and_rq_compresses_their_data(
     sim = Simulator(1, 5, closed=0, seed=4)
     integration_id = sim.integration_ids[0]
     orders = [Order.model_validate(order) for order in sim.orders(integration_id)]
-    queue = Queue("dispatcher-orders", connection=redis)
+    queue = Queue("dispatcher-orders", connection=redis, serializer=JOB_SERIALIZER)
     ledger = Ledger(redis, queue, "dispatcher")
     ledger.dispatch(integration_id, orders)
     settings = Settings(REDIS_URL=redis_url)
     run_worker(settings, redis, burst=True, runtime=Runtime(settings, [_Echo()]))
     for order in orders:
         job_id = ledger.job_id(integration_id, order.id)
-        job = Job.fetch(job_id, connection=redis)
+        job = Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER)
         assert job.get_status() == "finished"
         assert job.return_value()["steps"]["echo"] == {"order": order.id}
         zlib.decompress(redis.hget(Job.key_for(job_id), "data"))  # saved compressed by RQ

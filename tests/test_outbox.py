@@ -23,6 +23,7 @@ from dispatcher.store.outbox import (
     UnknownOrderError,
     WriteLeases,
 )
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.store.wrongtype import WrongKeyTypeError
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.worker.writeback import (
@@ -97,7 +98,9 @@ def test_a_submit_stores_the_body_and_queues_one_job(redis: Redis, outbox: Outbo
     record = outbox.get(INTEGRATION, "o1")
     assert record is not None and record.state == "pending" and record.body["score"] == 3
     assert queued(redis, outbox) == [record.job_id]
-    job = Queue(outbox.queue.name, connection=redis).fetch_job(record.job_id)
+    job = Queue(outbox.queue.name, connection=redis, serializer=JOB_SERIALIZER).fetch_job(
+        record.job_id
+    )
     assert job is not None and job.kwargs == {"integration_id": INTEGRATION, "order_id": "o1"}
     assert outbox.counts() == {"pending": 1, "written": 0, "failed": 0}
 

@@ -20,7 +20,7 @@ from typing import Any
 import fakeredis
 import pytest
 from redis import Redis
-from rq import Queue, Retry, SimpleWorker, Worker
+from rq import Callback, Queue, Retry, SimpleWorker, Worker
 from rq.executions import ExecutionRegistry
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
@@ -257,7 +257,9 @@ def test_job_data_is_the_tuple_rq_serializes_and_reads_uncompressed(
     fake_redis: fakeredis.FakeRedis,
 ) -> None:
     kwargs = {"integration_id": "acme:1", "order": {"id": "o1"}}
-    job = Job.create(JOB_FUNCTION, kwargs=kwargs, connection=fake_redis, id=JOB_ID)
+    job = Job.create(
+        JOB_FUNCTION, kwargs=kwargs, connection=fake_redis, id=JOB_ID, serializer=rqi.JOB_SERIALIZER
+    )
     data = rqi.job_data(job.serializer.dumps, JOB_FUNCTION, kwargs)
     assert zlib.decompress(job.to_dict()["data"]) == data, changed(
         "Job.data is no longer the serialized (function, instance, args, kwargs)",
@@ -266,9 +268,50 @@ def test_job_data_is_the_tuple_rq_serializes_and_reads_uncompressed(
     hash_items = dict(zip(*[iter(rqi.job_hash_items(job))] * 2, strict=True))
     hash_items["data"] = data  # as the dispatch script stores it: uncompressed
     fake_redis.hset(rqi.job_key(JOB_ID), mapping=hash_items)
-    restored = Job.fetch(JOB_ID, connection=fake_redis)
-    assert (restored.func_name, restored.args, restored.kwargs) == (JOB_FUNCTION, (), kwargs), (
+    restored = Job.fetch(JOB_ID, connection=fake_redis, serializer=rqi.JOB_SERIALIZER)
+    assert (restored.func_name, restored.args, restored.kwargs) == (JOB_FUNCTION, [], kwargs), (
         changed("Job.restore no longer reads uncompressed data", "rq_internals.job_data")
+    )
+
+
+def test_job_refusal_reads_what_rq_keeps_of_a_job_it_cannot_read_and_its_callbacks(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    # A job of before JSON jobs (RQ's default serializer, pickle), read as JSON
+    Queue(QUEUE, connection=fake_redis).enqueue_call(
+        JOB_FUNCTION, kwargs={"order": {}}, meta={"order_id": "o"}, job_id="old"
+    )
+    job = Job.fetch("old", connection=fake_redis, serializer=rqi.JOB_SERIALIZER)
+    assert getattr(job, "_unreadable_meta", None) is not None, changed(
+        "Job.restore no longer keeps the meta bytes it cannot read in Job._unreadable_meta",
+        "rq_internals.unreadable_job (a worker would run a job with a pickled meta)",
+    )
+    assert rqi.job_refusal(job, {JOB_FUNCTION}) == (
+        "its meta is a pickle (a job queued by a dispatcher before JSON jobs), never loaded"
+    )
+    fake_redis.hset(rqi.job_key("old"), "meta", b"{}")
+    job = Job.fetch("old", connection=fake_redis, serializer=rqi.JOB_SERIALIZER)
+    assert rqi.unreadable_job(job) == (
+        "its data is a pickle (a job queued by a dispatcher before JSON jobs), never loaded"
+    ), changed(
+        "Job.func_name no longer raises DeserializationError for data its serializer refuses",
+        "rq_internals.unreadable_job",
+    )
+    # A JSON job of ours is run; one with a callback (RQ imports it by name) is not
+    json_queue = Queue(QUEUE, connection=fake_redis, serializer=rqi.JOB_SERIALIZER)
+    json_queue.enqueue_call(JOB_FUNCTION, kwargs={}, job_id="ours")
+    ours = Job.fetch("ours", connection=fake_redis, serializer=rqi.JOB_SERIALIZER)
+    assert rqi.job_refusal(ours, {JOB_FUNCTION}) is None
+    json_queue.enqueue_call(
+        JOB_FUNCTION, kwargs={}, job_id="hooked", on_failure=Callback("os.system")
+    )
+    hooked = Job.fetch("hooked", connection=fake_redis, serializer=rqi.JOB_SERIALIZER)
+    assert hooked._failure_callback_name == "os.system", changed(
+        "Job keeps a callback's name elsewhere than _failure_callback_name",
+        "rq_internals.job_refusal (a worker would import and call it)",
+    )
+    assert rqi.job_refusal(hooked, {JOB_FUNCTION}) == (
+        "it names callbacks or webhooks, which the dispatcher never sets"
     )
 
 

@@ -17,6 +17,7 @@ from rq.registry import FinishedJobRegistry
 from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import Simulator
 from dispatcher.testing.vendor import VendorAPI
@@ -58,7 +59,11 @@ def test_each_builtin_with_50_threads_has_exactly_once_effects(
         hook.close()
     # Then every order finished
     finished = FinishedJobRegistry(queue=Queue(QUEUE, connection=redis))
-    jobs = [j for j in Job.fetch_many(finished.get_job_ids(), connection=redis) if j]
+    jobs = [
+        j
+        for j in Job.fetch_many(finished.get_job_ids(), connection=redis, serializer=JOB_SERIALIZER)
+        if j
+    ]
     assert len(jobs) == len(orders)
     by_id = {o.id: o for o in orders}
 

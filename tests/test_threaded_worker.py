@@ -22,6 +22,7 @@ from dispatcher import HandlerContext, PermanentFailure
 from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import Simulator
 from dispatcher.worker.jobs import Runtime
 from dispatcher.worker.worker import run_worker
@@ -40,7 +41,11 @@ def dispatch(redis: Redis, orders: int, seed: int = 5) -> list[str]:
 
 def finished_jobs(redis: Redis) -> list[Job]:
     registry = FinishedJobRegistry(queue=Queue(QUEUE, connection=redis))
-    return [j for j in Job.fetch_many(registry.get_job_ids(), connection=redis) if j]
+    return [
+        j
+        for j in Job.fetch_many(registry.get_job_ids(), connection=redis, serializer=JOB_SERIALIZER)
+        if j
+    ]
 
 
 class Concurrency:
@@ -160,7 +165,7 @@ def test_step_timeouts_retries_and_permanent_failures_hold_per_thread(
     failed = FailedJobRegistry(queue=queue).get_job_ids()
     retrying = ScheduledJobRegistry(queue=queue).get_job_ids()
     reasons = {}
-    for job in Job.fetch_many(failed + retrying, connection=redis):
+    for job in Job.fetch_many(failed + retrying, connection=redis, serializer=JOB_SERIALIZER):
         assert job is not None
         reasons[job.meta["order_id"]] = (job.id in failed, job.meta["last_failure"]["reason"])
     assert set(reasons) == hang | fail

@@ -32,6 +32,7 @@ from dispatcher import Settings
 from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.poller import Poller
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator, SimulatorServer
 from dispatcher.web.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER, WEBHOOK_PATH, sign
 from dispatcher.worker.jobs import Runtime, install_runtime
@@ -83,7 +84,7 @@ def test_an_order_by_webhook_then_by_polling_is_dispatched_once_and_worked(
 
     # And a worker works it, with the order as Kombo sent it.
     install_runtime(Runtime.from_settings(Settings(_env_file=None)))  # type: ignore[call-arg]
-    SimpleWorker([ledger.queue], connection=redis).work(burst=True)
+    SimpleWorker([ledger.queue], connection=redis, serializer=JOB_SERIALIZER).work(burst=True)
     finished = FinishedJobRegistry(queue=ledger.queue)
     job_id = ledger.job_id(integration, order["id"])
     assert job_id in finished.get_job_ids()

@@ -18,6 +18,7 @@ from dispatcher.handler import HandlerContext
 from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import Simulator
 from dispatcher.worker.jobs import Runtime
 from dispatcher.worker.worker import HEARTBEAT_GRACE, run_worker
@@ -42,7 +43,7 @@ def dispatch(redis: Redis, orders: int) -> None:
 
 def finished_outputs(redis: Redis) -> list[dict[str, Any]]:
     registry = FinishedJobRegistry(queue=Queue(QUEUE, connection=redis))
-    jobs = Job.fetch_many(registry.get_job_ids(), connection=redis)
+    jobs = Job.fetch_many(registry.get_job_ids(), connection=redis, serializer=JOB_SERIALIZER)
     return [job.return_value()["steps"] for job in jobs if job is not None]
 
 

@@ -24,6 +24,7 @@ from dispatcher import HandlerContext, Order, RetryLater, Settings
 from dispatcher.kombo.models import Order as OrderModel
 from dispatcher.logs import configure_logging
 from dispatcher.store.ledger import JOB_FUNCTION, JobOptions, Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.worker.jobs import Runtime, install_runtime
 from dispatcher.worker.worker import BurstSummary, DispatcherSimpleWorker, run_worker
 
@@ -293,7 +294,7 @@ def test_a_job_queued_before_the_upgrade_is_the_workers_own(
 ) -> None:
     config = settings(redis_url)
     # The job shape of before: no namespace in its kwargs or meta
-    Queue(config.queue, connection=redis).enqueue(
+    Queue(config.queue, connection=redis, serializer=JOB_SERIALIZER).enqueue(
         JOB_FUNCTION,
         kwargs={"integration_id": INTEGRATION, "order": order_payload("OLD")},
         meta={"order_id": "OLD", "integration_id": INTEGRATION},
@@ -311,10 +312,10 @@ def test_a_stock_rq_worker_fails_another_namespaces_job_saying_why(
     config = settings(redis_url, "alpha", DISPATCHER_QUEUE="shared")
     ledger = dispatch(redis, config, "A")
     stock = subprocess.Popen(
-        [str(BIN / "rq"), "worker", "--burst", "--url", redis_url, "shared"],
+        [str(BIN / "rq"), "worker", "--burst", "--serializer", "json", "--url", redis_url, "shared"],
         env=dispatcher_env(redis_url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    job = Job.fetch(ledger.job_id(INTEGRATION, "A"), connection=redis)
+    job = Job.fetch(ledger.job_id(INTEGRATION, "A"), connection=redis, serializer=JOB_SERIALIZER)
     try:
         # Waited on the job's outcome: a stock worker's teardown then waits out RQ's 60 s
         # read of its command channel (redis-py 8.2), which the test has no need to see.
@@ -322,7 +323,7 @@ def test_a_stock_rq_worker_fails_another_namespaces_job_saying_why(
     finally:
         stock.kill()
         stock.wait()
-    job = Job.fetch(job.id, connection=redis)
+    job = Job.fetch(job.id, connection=redis, serializer=JOB_SERIALIZER)
     # Then it failed, for good (no retry), with a reason that says whose job it is
     assert job.get_status() == JobStatus.FAILED
     assert job.retries_left == 0

@@ -17,6 +17,7 @@ from dispatcher.settings import ConfigError, Settings, load_settings
 from dispatcher.store.connection import Role, UnsuitableRedisError, open_redis
 from dispatcher.store.failures import MAX_REASON_LENGTH
 from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.untrusted import untrusted_text
 
 __all__ = [
@@ -67,7 +68,7 @@ def connect_redis(settings: Settings, *, ping: bool = True, role: Role = "cli") 
 def make_ledger(settings: Settings, redis: Redis) -> Ledger:
     return Ledger(
         redis,
-        Queue(settings.queue, connection=redis),
+        Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER),
         settings.namespace,
         job_options=JobOptions.from_settings(settings),
     )

@@ -21,15 +21,18 @@ from rq.registry import FailedJobRegistry
 from rq.results import Result
 
 from dispatcher._text import as_float, as_str
+from dispatcher.logs import escape_controls
 from dispatcher.store.failures import Failure, clean_reason, parse_failure
 from dispatcher.store.keys import Keys, job_id_for, order_ref, parse_order_ref
 from dispatcher.store.ledger import parse_seen
 from dispatcher.store.rq_internals import (
+    JOB_SERIALIZER,
     delete_job,
     failed_key,
     job_key,
     results_key,
     scheduled_key,
+    unreadable_job,
 )
 
 __all__ = [
@@ -169,10 +172,19 @@ def failed_jobs(
         registry, "+inf", live, start=0, num=-1 if limit is None else limit
     )
     ids = [as_str(job_id) for job_id in raw_ids]
-    jobs = [job for job in Job.fetch_many(ids, connection=redis) if job is not None]
+    jobs = [
+        job
+        for job in Job.fetch_many(ids, connection=redis, serializer=JOB_SERIALIZER)
+        if job is not None
+    ]
     failures = _failures(redis, jobs)
     result = []
     for job in jobs:
+        unreadable = unreadable_job(job)
+        if unreadable is not None:
+            # Listed, as one line, and never loaded: its order is unknown without its meta.
+            result.append(_unreadable_failed_job(job, unreadable))
+            continue
         failure, _ = failures[job.id]
         meta = job.meta or {}
         result.append(
@@ -190,6 +202,22 @@ def failed_jobs(
             )
         )
     return result, total
+
+
+def _unreadable_failed_job(job: Job, why: str) -> FailedJob:
+    return FailedJob(
+        job_id=job.id,
+        order_id=None,
+        integration_id=None,
+        package_id=None,
+        handler=None,
+        reason=(
+            f"job {escape_controls(job.id)} not read: {why}; `dispatcher replay` queues its "
+            "order again (docs/operations.md, Upgrading to JSON jobs)"
+        ),
+        attempts=1,
+        failed_at=job.ended_at.timestamp() if job.ended_at else None,
+    )
 
 
 def _failures(redis: Redis, jobs: Sequence[Job]) -> dict[str, tuple[Failure, float | None]]:
@@ -220,7 +248,12 @@ def _failure_from_results(
 ) -> tuple[Failure, float | None]:
     if entries:
         result_id, payload = entries[0]
-        result = Result.restore(job.id, as_str(result_id), payload, connection=redis)
+        try:
+            result = Result.restore(
+                job.id, as_str(result_id), payload, connection=redis, serializer=JOB_SERIALIZER
+            )
+        except ValueError:  # a return value that is not JSON: never loaded any other way
+            return Failure(None, "unknown (its result is not JSON)"), None
         if result.type == Result.Type.FAILED:
             return parse_failure(result.exc_string), result.created_at.timestamp()
     return Failure(None, "unknown (no error was recorded)"), None
@@ -257,11 +290,13 @@ def retry_failed(
     """Re-queue failed jobs (``None``: every one in the failed registry), each with a fresh
     set of ``max_retries`` retries; their completed steps are skipped when they run again.
     Through RQ's public API: ``Job.fetch``, ``Job.save`` and ``FailedJobRegistry.requeue``."""
-    registry = FailedJobRegistry(queue=Queue(queue_name, connection=redis))
+    registry = FailedJobRegistry(
+        queue=Queue(queue_name, connection=redis, serializer=JOB_SERIALIZER)
+    )
     result = RetryResult()
     for job_id in list(job_ids) if job_ids is not None else registry.get_job_ids():
         try:
-            job = Job.fetch(job_id, connection=redis)
+            job = Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER)
             job.retries_left = max_retries
             job.save(include_meta=False)
             registry.requeue(job)
@@ -344,7 +379,7 @@ def _record(
     seen_at: float | None,
     steps: tuple[StepRecord, ...],
 ) -> OrderRecord:
-    job = Job.fetch_many([job_id], connection=redis)[0]
+    job = Job.fetch_many([job_id], connection=redis, serializer=JOB_SERIALIZER)[0]
     if job is None:
         return OrderRecord(order_id, integration_id, job_id, seen_at, None, steps=steps)
     status = job.get_status(refresh=False)
@@ -383,7 +418,10 @@ def _record(
 def _steps_from_result(job: Job) -> tuple[StepRecord, ...]:
     # Step records expire with the result TTL like the job, but a job finished before step
     # records existed (or under a chain that does not write them) still has its return value.
-    value = job.return_value()
+    try:
+        value = job.return_value()
+    except ValueError:  # not JSON (a job finished before JSON jobs): never unpickled
+        return ()
     outputs = value.get("steps") if isinstance(value, Mapping) else None
     if not isinstance(outputs, Mapping):
         return ()

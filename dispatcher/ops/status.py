@@ -37,6 +37,7 @@ from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import Outbox
 from dispatcher.store.reconcile_state import read_state
 from dispatcher.store.rq_internals import (
+    JOB_SERIALIZER,
     canceled_key,
     deferred_key,
     failed_key,
@@ -370,7 +371,9 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
     """
     keys = Keys(settings.namespace)
     # Every queue the dispatcher runs: the orders and the results queue (as `rq info` lists).
-    queues = [Queue(name, connection=redis) for name in _queue_names(settings)]
+    queues = [
+        Queue(name, connection=redis, serializer=JOB_SERIALIZER) for name in _queue_names(settings)
+    ]
     taken_at = time.time() if now is None else now
     live = f"({int(taken_at)}"
     refused = _Refused()
@@ -753,7 +756,9 @@ def _read_workers(redis: Redis, workers: list[BaseWorker]) -> tuple[WorkerStatus
     job_ids = [job_id for job_id in current.values() if job_id]
     jobs = {
         job.id: job
-        for job in (Job.fetch_many(job_ids, connection=redis) if job_ids else [])
+        for job in (
+            Job.fetch_many(job_ids, connection=redis, serializer=JOB_SERIALIZER) if job_ids else []
+        )
         if job is not None
     }
     result = []

@@ -40,6 +40,7 @@ from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.replication import ReplicaAck, run_script
 from dispatcher.store.rq_internals import (
     JOB_OWN_FIELDS,
+    JOB_SERIALIZER,
     QUEUES_KEY,
     RQ_ENQUEUE_LUA,
     job_data,
@@ -194,6 +195,10 @@ class Ledger:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
+        # Its jobs are JSON (rq_internals.JOB_SERIALIZER): the queue reads them so, whatever
+        # serializer the queue it was given has (RQ's default is pickle).
+        if queue.serializer is not JOB_SERIALIZER:
+            queue = Queue(queue.name, connection=queue.connection, serializer=JOB_SERIALIZER)
         self.queue = queue
         self.keys = Keys(namespace)
         self.namespace = namespace
@@ -457,6 +462,7 @@ class Ledger:
             result_ttl=options.result_ttl,
             failure_ttl=options.failure_ttl,
             retry=options.retry(),
+            serializer=JOB_SERIALIZER,
         )
         job.enqueued_at = now()
         return job

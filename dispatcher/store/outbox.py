@@ -65,7 +65,7 @@ from dispatcher.store.outbox_scripts import (
     WRITTEN_SCRIPT,
     WRITTEN_TYPES,
 )
-from dispatcher.store.rq_internals import job_hash_items
+from dispatcher.store.rq_internals import JOB_SERIALIZER, job_hash_items
 from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 
 __all__ = [
@@ -272,7 +272,7 @@ class Outbox:
         self.redis = redis
         self.namespace = namespace
         self.keys = Keys(namespace)
-        self.queue = Queue(queue_name, connection=redis)
+        self.queue = Queue(queue_name, connection=redis, serializer=JOB_SERIALIZER)
         self.job_timeout = job_timeout
         self.result_ttl = max(1, result_ttl)
         self.failure_ttl = max(1, failure_ttl)
@@ -383,6 +383,7 @@ class Outbox:
             timeout=self.job_timeout,
             result_ttl=3600,
             failure_ttl=self.failure_ttl,
+            serializer=JOB_SERIALIZER,
         )
         job.enqueued_at = rq_now()
         return job_hash_items(job)

@@ -49,6 +49,13 @@ Job hash fields:
 - ``enqueued_at``, ``ended_at`` (RQ's ``utcformat``, read with ``rq.utils.str_to_date``): status
   reads the oldest queued and the newest failed job's.
 - ``meta`` holds the dispatcher's own keys (order, integration, failures); RQ's field.
+- ``data`` and ``meta`` are JSON (``JOB_SERIALIZER``, RQ's own ``JSONSerializer``), never
+  pickles. A job read with it whose meta is not JSON keeps the raw bytes in
+  ``Job._unreadable_meta`` (and ``{"unserialized": ...}`` as its meta); one whose data is not
+  JSON raises ``DeserializationError`` when ``func_name`` is first read. RQ imports by name,
+  and calls, the job's function (``func_name``, on ``instance`` when set) and its callbacks
+  (``_success_callback_name``, ``_failure_callback_name``, ``_stopped_callback_name``) and
+  posts to its ``webhooks``: :func:`job_refusal` checks all of them before a worker runs a job.
 
 Methods of RQ's classes overridden in dispatcher/worker/worker.py (``OVERRIDDEN``): on
 ``BaseWorker`` ``__init__`` (with ``job_monitoring_interval``, ``maintenance_interval``,
@@ -81,17 +88,19 @@ started-registry member ``<job id>:<execution id>`` each, the worker's execution
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from rq.defaults import RQ_KEY_PREFIX
+from rq.exceptions import DeserializationError
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers
 from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
 
 from dispatcher.store.wrongtype import lua_type_guard
 
@@ -107,6 +116,7 @@ else:
 
 __all__ = [
     "JOB_OWN_FIELDS",
+    "JOB_SERIALIZER",
     "OVERRIDDEN",
     "PREFIX",
     "QUEUES_KEY",
@@ -132,6 +142,7 @@ __all__ = [
     "job_data",
     "job_hash_items",
     "job_key",
+    "job_refusal",
     "mark_first_seen",
     "queue_key",
     "results_key",
@@ -139,6 +150,7 @@ __all__ = [
     "scheduled_key",
     "started_job_id",
     "started_key",
+    "unreadable_job",
     "workers_key",
 ]
 
@@ -283,6 +295,65 @@ def _intermediate(connection: Redis, queue: str) -> IntermediateQueue:
 
 # The job-hash fields that differ between the jobs of a page (see Ledger._job_hashes).
 JOB_OWN_FIELDS = frozenset({"data", "description", "meta"})
+
+# The serializer of every job's data and meta, passed explicitly wherever the dispatcher
+# creates, reads or runs a job (Job.create/fetch, Queue, workers, Result.restore). RQ's
+# default is pickle, and loading a pickle runs whatever its writer chose: a job or failed job
+# planted by anyone who can write Redis ran code in the worker, in `dispatcher failed` and in
+# the console. RQ's own class, so that `rq ... --serializer json` and rq-dashboard read ours.
+JOB_SERIALIZER = JSONSerializer
+
+# What jobs of the dispatcher before JSON jobs start with: pickle's PROTO opcode (protocol 2
+# and up, RQ's default is the highest). JSON text never starts with this byte.
+_PICKLE_START = b"\x80"
+
+
+def job_refusal(job: Job, functions: Collection[str]) -> str | None:
+    """Why a worker must not run ``job`` (fetched with ``JOB_SERIALIZER``), or None.
+
+    Nothing is unpickled or imported to decide: the job's data and meta must be JSON, its
+    function one of ``functions`` (RQ imports whatever name the data holds and calls it with
+    the data's arguments), called on no instance, with no callbacks (imported by name too) and
+    no webhooks (RQ posts to them). The answer is one clause naming what is wrong.
+    """
+    unreadable = unreadable_job(job)
+    if unreadable is not None:
+        return unreadable
+    function, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
+    if function not in functions or instance is not None:
+        shown = function if isinstance(function, str) else type(function).__name__
+        return f"it calls {shown[:120]!r}, not a job function of the dispatcher"
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        return "its data is not a job of the dispatcher (arguments of the wrong type)"
+    callbacks = (
+        job._success_callback_name,
+        job._failure_callback_name,
+        job._stopped_callback_name,
+    )
+    if any(callbacks) or job.webhooks:
+        return "it names callbacks or webhooks, which the dispatcher never sets"
+    return None
+
+
+def unreadable_job(job: Job) -> str | None:
+    """Why ``job`` (fetched with ``JOB_SERIALIZER``) cannot be read, its data or its meta not
+    being JSON, or None. Reads the data with the job's serializer, never with pickle."""
+    if job.serializer is not JOB_SERIALIZER:  # a caller's slip: nothing is read then
+        return "it was fetched with another serializer than JOB_SERIALIZER, not read"
+    unreadable_meta: bytes | None = getattr(job, "_unreadable_meta", None)
+    if unreadable_meta is not None:
+        return f"its meta {_not_json(unreadable_meta)}"
+    try:
+        job.func_name  # noqa: B018  # RQ parses the data when it is first read
+    except DeserializationError:
+        return f"its data {_not_json(job.data)}"
+    return None
+
+
+def _not_json(value: bytes) -> str:
+    if value.startswith(_PICKLE_START):
+        return "is a pickle (a job queued by a dispatcher before JSON jobs), never loaded"
+    return "is not JSON"
 
 
 def job_hash_items(job: Job) -> list[Any]:

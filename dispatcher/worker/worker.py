@@ -32,16 +32,20 @@ from rq import Queue, SimpleWorker, Worker
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job, JobStatus
-from rq.registry import StartedJobRegistry
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.timeouts import BaseTimeoutException, JobTimeoutException
+from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from dispatcher.handler import PermanentFailure, RetryLater
-from dispatcher.logs import OrderLogContext, contact_values, set_order_context
+from dispatcher.logs import OrderLogContext, contact_values, escape_controls, set_order_context
 from dispatcher.settings import Settings
 from dispatcher.store.failures import Failure, clean_traceback, job_timeout_reason, parse_failure
+from dispatcher.store.ledger import JOB_FUNCTION
+from dispatcher.store.outbox import RESULT_JOB_FUNCTION
 from dispatcher.store.rq_internals import (
+    JOB_SERIALIZER,
     REQUEUE_ABANDONED,
     REQUEUE_STRANDED,
     RQ_LIFECYCLE_MESSAGES,
@@ -53,11 +57,13 @@ from dispatcher.store.rq_internals import (
     intermediate_job_ids,
     intermediate_key,
     job_key,
+    job_refusal,
     queue_key,
     save_meta,
     scheduled_key,
     started_job_id,
     started_key,
+    unreadable_job,
 )
 from dispatcher.store.rq_internals import first_seen as rq_first_seen
 from dispatcher.store.rq_internals import mark_first_seen as rq_mark_first_seen
@@ -164,11 +170,16 @@ def _job_namespace(job: Job) -> str | None:
     return namespace if isinstance(namespace, str) else None
 
 
+# The functions a worker runs; RQ would import and call any name a job's data holds.
+JOB_FUNCTIONS = frozenset({JOB_FUNCTION, RESULT_JOB_FUNCTION})
+
+
 class _OrderQueue(Queue):
     """RQ's queue, but taking a job off it puts the worker in the job's log context at once,
-    so that RQ's own lines about taking the job name the order too; and a job of another
+    so that RQ's own lines about taking the job name the order too; a job of another
     namespace is put back, untouched, for that namespace's workers (jobs queued before the
-    namespace was recorded are the worker's own)."""
+    namespace was recorded are the worker's own); and a job that is not JSON or not one of
+    the dispatcher's (``job_refusal``) is failed without being run."""
 
     @classmethod
     def dequeue_any(cls, *args: Any, **kwargs: Any) -> tuple[Job, Queue] | None:
@@ -180,6 +191,10 @@ class _OrderQueue(Queue):
             if result is None:
                 return None
             job, queue = result
+            why = job_refusal(job, JOB_FUNCTIONS)
+            if why is not None:
+                _refuse(job, queue, why)
+                continue
             other = _job_namespace(job)
             if other is None or other == namespace:
                 set_order_context(_log_context(job))
@@ -193,6 +208,30 @@ class _OrderQueue(Queue):
                 time.sleep(FOREIGN_PAUSE)
                 raise DequeueTimeout(timeout, [q.key for q in args[0]])
             passed.add(job.id)
+
+
+def _refuse(job: Job, queue: Queue, why: str) -> None:
+    """Fail a job the worker must not run, without running or deserializing anything: it
+    leaves the intermediate list for the failed registry (its hash kept as it is, for the
+    operator), and one line says which job, why and what to do."""
+    registry = FailedJobRegistry(queue.name, connection=queue.connection, serializer=JOB_SERIALIZER)
+    with queue.connection.pipeline() as pipe:
+        pipe.lrem(intermediate_key(queue.name), 0, job.id)
+        job.set_status(JobStatus.FAILED, pipeline=pipe)
+        job.ended_at = rq_now()
+        if unreadable_job(job) is None and isinstance(job.meta, dict):
+            # For `dispatcher failed` and the console (RQ keeps no reason for this failure).
+            reason = {"handler": None, "reason": f"refused, not run: {why}", "at": time.time()}
+            job.meta["last_failure"] = reason
+            pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
+        registry.add(job, ttl=job.failure_ttl, exc_string=f"refused, not run: {why}", pipeline=pipe)
+        pipe.execute()
+    log.error(
+        "job %s refused, not run: %s; it is kept with the failed jobs. Queue its order again "
+        "with `dispatcher replay` (docs/operations.md, Upgrading to JSON jobs)",
+        escape_controls(job.id),
+        why,
+    )
 
 
 def _leave_foreign(job: Job, queue: Queue, other: str, namespace: str) -> None:
@@ -320,6 +359,8 @@ class _DispatcherWorkerMixin(WorkerBase):
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
         kwargs.setdefault("worker_ttl", WORKER_TTL)
         kwargs.setdefault("queue_class", _OrderQueue)
+        # Never RQ's default (pickle): a job planted in Redis would run code as it is read.
+        kwargs["serializer"] = JOB_SERIALIZER
         if kwargs["queue_class"] is _OrderQueue:
             # RQ insists every queue be of the worker's queue class: pass plain ones by name.
             queues = [
@@ -662,7 +703,7 @@ def run_worker(
     runtime = runtime or Runtime.from_settings(settings)
     install_runtime(runtime)
     demote_rq_chatter()
-    queue = Queue(settings.queue, connection=redis)
+    queue = Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER)
     threads = settings.worker_threads if threads is None else threads
     worker_class: type[WorkerBase]
     if threads > 1:
@@ -679,6 +720,7 @@ def run_worker(
                 connection=redis,
                 num_workers=processes,
                 worker_class=_reporting_burst(worker_class),
+                serializer=JOB_SERIALIZER,
             )
             pool.start(burst=burst, logging_level=settings.log_level)
             summary = BurstSummary()

@@ -59,7 +59,7 @@ from dispatcher.store.outbox import (
     WriteLeases,
     parse_result,
 )
-from dispatcher.store.rq_internals import WorkerBase
+from dispatcher.store.rq_internals import JOB_SERIALIZER, WorkerBase
 from dispatcher.worker._slot import ProcessSlot
 
 __all__ = [
@@ -363,7 +363,7 @@ def write_result(integration_id: str, order_id: str) -> str:
 def results_workers_running(settings: Settings, redis: Redis) -> bool:
     """Whether a results worker is registered on ``DISPATCHER_RESULTS_QUEUE`` (a live one, or
     one that died less than RQ's worker TTL ago)."""
-    queue = Queue(settings.results_queue, connection=redis)
+    queue = Queue(settings.results_queue, connection=redis, serializer=JOB_SERIALIZER)
     return bool(Worker.all(queue=queue))
 
 
@@ -389,7 +389,7 @@ def write_claimed(
     record = runtime.writer.outbox.get(integration_id, order_id)
     if record is None or record.state != "pending" or not record.job_id:
         return None
-    queue = Queue(runtime.settings.results_queue, connection=redis)
+    queue = Queue(runtime.settings.results_queue, connection=redis, serializer=JOB_SERIALIZER)
     claimed = bool(redis.lrem(queue.key, 1, record.job_id))
     if not claimed and scheduled:
         due = record.next_attempt_at is None or record.next_attempt_at <= clock()
@@ -428,7 +428,7 @@ def run_results_worker(
 
     runtime = runtime or WriterRuntime.from_settings(settings, redis, threads=threads)
     install_writer(runtime)
-    queue = Queue(settings.results_queue, connection=redis)
+    queue = Queue(settings.results_queue, connection=redis, serializer=JOB_SERIALIZER)
     worker_class: type[WorkerBase]
     if threads > 1:
         from dispatcher.worker.threaded import threaded_worker_class
@@ -442,7 +442,11 @@ def run_results_worker(
             worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
         else:
             pool = WorkerPool(
-                [queue], connection=redis, num_workers=processes, worker_class=worker_class
+                [queue],
+                connection=redis,
+                num_workers=processes,
+                worker_class=worker_class,
+                serializer=JOB_SERIALIZER,
             )
             pool.start(burst=burst, logging_level=settings.log_level)
     finally:

@@ -34,6 +34,7 @@ from dispatcher.settings import Settings
 from dispatcher.store import throughput
 from dispatcher.store.keys import Keys, parse_order_ref
 from dispatcher.store.outbox import OutboxRecord
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.untrusted import untrusted_text
 
 __all__ = [
@@ -298,12 +299,14 @@ def retry_jobs(
     """Re-queue failed jobs with a fresh set of DISPATCHER_MAX_RETRIES retries (completed
     steps are skipped when they run again), as ``dispatcher retry`` does: RQ's
     ``FailedJobRegistry.requeue``. Returns (re-queued, not in the failed registry)."""
-    registry = FailedJobRegistry(queue=Queue(settings.queue, connection=redis))
+    registry = FailedJobRegistry(
+        queue=Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER)
+    )
     requeued: list[str] = []
     missing: list[str] = []
     for job_id in job_ids:
         try:
-            job = Job.fetch(job_id, connection=redis)
+            job = Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER)
             job.retries_left = settings.max_retries
             job.save(include_meta=False)
             registry.requeue(job)
