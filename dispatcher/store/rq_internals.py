@@ -91,7 +91,16 @@ from rq.defaults import RQ_KEY_PREFIX
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers
-from rq.registry import StartedJobRegistry
+from rq.queue import Queue
+from rq.rate_limit import RateLimitRegistry
+from rq.registry import (
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ReadyJobRegistry,
+    StartedJobRegistry,
+)
+from rq.utils import get_version
 
 from dispatcher.store.wrongtype import lua_type_guard
 
@@ -106,19 +115,28 @@ else:
     WorkerBase = object
 
 __all__ = [
+    "GONE",
+    "IN_PLACE",
     "JOB_OWN_FIELDS",
+    "LPOS_SINCE",
+    "MARK_FIRST_SEEN",
     "OVERRIDDEN",
     "PREFIX",
     "QUEUES_KEY",
+    "REQUEUED",
     "REQUEUE_ABANDONED",
     "REQUEUE_STRANDED",
+    "RETURN_POPPED",
+    "RQ_CLEANED_ELSEWHERE",
     "RQ_ENQUEUE_LUA",
     "RQ_LIFECYCLE_MESSAGES",
+    "RQ_WHERE_LUA",
     "SUPPORTED_RQ",
     "GuardedScript",
     "WorkerBase",
     "call_exception_handlers",
     "canceled_key",
+    "clean_registries_but_started",
     "deferred_key",
     "delete_job",
     "dependents_key",
@@ -132,6 +150,7 @@ __all__ = [
     "job_data",
     "job_hash_items",
     "job_key",
+    "list_search_mode",
     "mark_first_seen",
     "queue_key",
     "results_key",
@@ -279,6 +298,33 @@ def _intermediate(connection: Redis, queue: str) -> IntermediateQueue:
     return IntermediateQueue(queue_key(queue), connection)
 
 
+# -- RQ's registry cleanup, but for the started registry ----------------------------------------
+
+# What rq.registry.clean_registries cleans that the worker's maintenance does instead:
+# StartedJobRegistry.cleanup drops every expired entry whose job's status is not 'started'
+# (a job whose status was written but not its registry move: lost), and the intermediate
+# list's cleanup (BaseWorker.clean_registries) marks first sightings unconditionally and fails
+# a job seen there a minute after a mark that may be left from an earlier visit.
+# requeue_abandoned and requeue_stranded (worker.py) decide by where the job is instead.
+RQ_CLEANED_ELSEWHERE = ("StartedJobRegistry", "intermediate_queue")
+_CLEANED_HERE = (FinishedJobRegistry, FailedJobRegistry, DeferredJobRegistry, ReadyJobRegistry)
+
+
+def clean_registries_but_started(queue: Queue) -> None:
+    """``rq.registry.clean_registries(queue)`` without the started registry's cleanup (see
+    ``RQ_CLEANED_ELSEWHERE``); tests/test_rq_internals.py checks it cleans the rest of what
+    RQ's does."""
+    for registry in _CLEANED_HERE:
+        registry(
+            name=queue.name,
+            connection=queue.connection,
+            job_class=queue.job_class,
+            serializer=queue.serializer,
+        ).cleanup()
+    for rate_limit_registry in RateLimitRegistry.all(queue.connection):
+        rate_limit_registry.cleanup()
+
+
 # -- job hashes ---------------------------------------------------------------------------------
 
 # The job-hash fields that differ between the jobs of a page (see Ledger._job_hashes).
@@ -359,28 +405,113 @@ class GuardedScript:
         return cls(tuple(types), lua_type_guard(types) + body)
 
 
-# KEYS: 1 started registry, 2 job hash, 3 queue list. ARGV: 1 registry entry, 2 job id.
-# Whoever removes the registry entry requeues the job: at most one worker does, and the job is
-# never out of both the registry and the queue. Types are checked first: a WRONGTYPE after the
-# ZREM would lose the job.
+# Redis's LPOS (6.0.6) finds a job id in a list in C; before it, the scripts scan the list
+# in LRANGE pages of 1,000 (Redis >= 5.0 is supported, connection.MIN_REDIS_VERSION). Either
+# is linear in the list, and runs only for a job found abandoned or stranded.
+LPOS_SINCE = (6, 0, 6)
+
+
+def list_search_mode(connection: Redis) -> str:
+    """ARGV flag of the requeue scripts: ``lpos`` on a Redis that has it, else ``scan``."""
+    return "lpos" if get_version(connection) >= LPOS_SINCE else "scan"
+
+
+# Local Lua functions: is a job where its status says it is? Leave it alone only if it is
+# finished, or failed and in the failed registry, or scheduled and in the scheduled registry,
+# or queued and in its queue (or its intermediate list: a worker popped it and will start it,
+# or requeue_stranded puts it back). Anything else (started, a status written without its
+# registry move, stopped, canceled, no status) is nowhere a worker will find it.
+RQ_WHERE_LUA = """
+local function rq_in_list(key, id, mode)
+  if mode == 'lpos' then return redis.call('LPOS', key, id) ~= false end
+  local n = redis.call('LLEN', key)
+  local i = 0
+  while i < n do
+    for _, v in ipairs(redis.call('LRANGE', key, i, i + 999)) do
+      if v == id then return true end
+    end
+    i = i + 1000
+  end
+  return false
+end
+local function rq_in_place(job_key, id, queue_key, intermediate_key, failed_key,
+                           scheduled_key, mode)
+  local status = redis.call('HGET', job_key, 'status')
+  if status == 'finished' then return true end
+  if status == 'failed' then return redis.call('ZSCORE', failed_key, id) ~= false end
+  if status == 'scheduled' then return redis.call('ZSCORE', scheduled_key, id) ~= false end
+  if status == 'queued' then
+    return rq_in_list(queue_key, id, mode) or rq_in_list(intermediate_key, id, mode)
+  end
+  return false
+end
+local function rq_put_back(job_key, queue_key, id)
+  if redis.call('EXISTS', job_key) == 1 then redis.call('HSET', job_key, 'status', 'queued') end
+  redis.call('RPUSH', queue_key, id)
+end
+"""
+
+# Answers of the requeue scripts.
+GONE, REQUEUED, IN_PLACE = 0, 1, 2
+
+# KEYS: 1 started registry, 2 job hash, 3 queue list, 4 intermediate list, 5 failed registry,
+# 6 scheduled registry, 7 first-seen mark. ARGV: 1 registry entry, 2 job id, 3 list search
+# mode (list_search_mode). Whoever removes the registry entry decides, at most one worker
+# does, and the job is never out of both the registry and the place it belongs: it is put back
+# on the queue unless it is where its status says (rq_in_place), whatever that status is.
+# Types are checked first: a WRONGTYPE after the ZREM would lose the job.
 REQUEUE_ABANDONED = GuardedScript.of(
-    ("zset", "hash", "list"),
-    """
+    ("zset", "hash", "list", "list", "zset", "zset", "string"),
+    RQ_WHERE_LUA
+    + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-if redis.call('HGET', KEYS[2], 'status') ~= 'started' then return 0 end
-redis.call('HSET', KEYS[2], 'status', 'queued')
-redis.call('RPUSH', KEYS[3], ARGV[2])
+if rq_in_place(KEYS[2], ARGV[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[3]) then return 2 end
+redis.call('DEL', KEYS[7])
+rq_put_back(KEYS[2], KEYS[3], ARGV[2])
 return 1
 """,
 )
 
-# KEYS: 1 intermediate list, 2 queue list. ARGV: 1 job id. A job a worker popped (RQ moves it
-# to the intermediate list first) but never started: put it back, at most once.
+# KEYS: 1 intermediate list, 2 queue list, 3 job hash, 4 failed registry, 5 scheduled
+# registry, 6 first-seen mark. ARGV: 1 job id, 2 list search mode. A job a worker popped (RQ
+# moves it to the intermediate list first) but never started: taken off the list and put
+# back on the queue unless it is already where its status says, at most once; its first-seen
+# mark goes with it (the next time it is popped is a new sighting).
 REQUEUE_STRANDED = GuardedScript.of(
-    ("list", "list"),
+    ("list", "list", "hash", "zset", "zset", "string"),
+    RQ_WHERE_LUA
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[6])
+if rq_in_place(KEYS[3], ARGV[1], KEYS[2], KEYS[1], KEYS[4], KEYS[5], ARGV[2]) then return 2 end
+rq_put_back(KEYS[3], KEYS[2], ARGV[1])
+return 1
+""",
+)
+
+# KEYS: 1 intermediate list, 2 queue list, 3 first-seen mark. ARGV: 1 job id. A job this
+# worker just popped and leaves untouched (another namespace's): back to the end of the queue.
+RETURN_POPPED = GuardedScript.of(
+    ("list", "list", "string"),
     """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[3])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 return 1
+""",
+)
+
+# KEYS: 1 intermediate list, 2 first-seen mark. ARGV: 1 job id, 2 now (unix time), 3 list
+# search mode. Mark a job first seen popped but not started (as RQ's set_first_seen: kept if
+# set, for a day), only while it is still in the intermediate list: a mark set after the job
+# left it (a worker started it meanwhile) would outlive this visit and make its next one, a
+# retry, look stranded at once.
+MARK_FIRST_SEEN = GuardedScript.of(
+    ("list", "string"),
+    RQ_WHERE_LUA
+    + """
+if not rq_in_list(KEYS[1], ARGV[1], ARGV[3]) then return 0 end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', 86400) then return 1 end
+return 0
 """,
 )
