@@ -135,7 +135,7 @@ class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
                 self._beat_stop.set()
                 for _ in self._pool:
                     self._handoff.put(None)
-                self.teardown()  # type: ignore[no-untyped-call]
+                self.teardown()
         return taken > 0
 
     def _wait_for_slot(self) -> bool:

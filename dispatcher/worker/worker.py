@@ -379,6 +379,18 @@ class _DispatcherWorkerMixin(WorkerBase):
         # the job's next visit (a retry) look stranded at once.
         forget_first_seen(self.connection, job.origin, job.id)
 
+    def teardown(self) -> None:
+        # From here on the worker takes no job: a SIGTERM (RQ's _shutdown raises StopRequested
+        # in whatever the main thread is doing) would escape work() as a traceback.
+        self._torn_down = True
+        super().teardown()  # type: ignore[no-untyped-call]
+
+    def _shutdown(self) -> None:
+        if getattr(self, "_torn_down", False):
+            self._stop_requested = True
+            return
+        super()._shutdown()  # type: ignore[no-untyped-call]
+
     def subscribe(self) -> None:
         # RQ's pubsub thread waits up to 60 s per get_message, and with no subscription left
         # (RQ unsubscribes before it stops the thread) redis-py waits that long on an event;
@@ -675,4 +687,18 @@ def _burst(
             return summary
         log.info("waiting %.1fs for the next scheduled retry", due_in)
         # RQ's scheduler moves a job whose time has come on its next pass: a little past it.
-        time.sleep(due_in + 0.05)
+        if not _wait_unless_stopped(worker, due_in + 0.05):
+            log.info("stopped on request while waiting for retries")
+            return summary
+
+
+def _wait_unless_stopped(worker: DispatcherWorker, seconds: float) -> bool:
+    """Sleep ``seconds`` unless a SIGTERM/SIGINT (the finished worker's handlers still run)
+    asks the burst to stop first; False if it did."""
+    deadline = time.monotonic() + seconds
+    while not worker._stop_requested:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(left, 0.1))
+    return False

@@ -1,0 +1,109 @@
+"""How long `dispatcher worker` takes to stop: a burst on an empty queue, and a SIGTERM to an
+idle worker. Shared by tests/test_worker_stop.py and, run as a script, the measurement of many
+runs per worker mode (median and max), optionally beside a CPU-bound process:
+
+    .venv/bin/python tests/_worker_stop.py --runs 20 --cpu-hog
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from redis import Redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _support import dispatcher_env  # noqa: E402
+
+from dispatcher.testing.redis_server import RedisServer  # noqa: E402
+
+# Worker modes: extra arguments and environment of `dispatcher worker`.
+MODES: dict[str, tuple[list[str], dict[str, str]]] = {
+    "forking": ([], {"DISPATCHER_FORK_PER_JOB": "true"}),
+    "in-process": ([], {"DISPATCHER_FORK_PER_JOB": "false"}),
+    "threaded": (["--threads", "4"], {}),
+    "results": (["--results", "--threads", "4"], {}),
+}
+
+
+def burst_seconds(redis_url: str, mode: str, *, timeout: float = 90) -> tuple[float, str]:
+    """Run `dispatcher worker --burst` on an empty queue; (seconds to exit, its output)."""
+    args, extra = MODES[mode]
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "worker", "--burst", *args],
+        env=dispatcher_env(redis_url, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    return took, done.stdout + done.stderr
+
+
+def sigterm_seconds(
+    redis: Redis, redis_url: str, mode: str, *, timeout: float = 90
+) -> tuple[float, str]:
+    """Start an idle `dispatcher worker`, SIGTERM it once it listens; (seconds from the
+    signal to its exit, its output)."""
+    args, extra = MODES[mode]
+    before = set(redis.smembers("rq:workers"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dispatcher", "worker", *args],
+        env=dispatcher_env(redis_url, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while set(redis.smembers("rq:workers")) <= before:  # registered: it is in its loop
+            assert process.poll() is None, process.communicate()[0][-2000:]
+            assert time.monotonic() < deadline, "the worker never registered"
+            time.sleep(0.02)
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=timeout)
+        return time.monotonic() - signalled, output
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--modes", default="forking,in-process,threaded")
+    parser.add_argument("--cpu-hog", action="store_true", help="a `while 1: pass` beside")
+    options = parser.parse_args()
+    hog = subprocess.Popen([sys.executable, "-c", "while 1: pass"]) if options.cpu_hog else None
+    server = RedisServer()
+    server.start()
+    try:
+        for mode in options.modes.split(","):
+            times = [burst_seconds(server.url, mode)[0] for _ in range(options.runs)]
+            print(
+                f"{mode:11} burst on an empty queue, {options.runs} runs: median "
+                f"{statistics.median(times):.2f}s, max {max(times):.2f}s, over 5 s: "
+                f"{sum(t > 5 for t in times)}",
+                flush=True,
+            )
+    finally:
+        server.cleanup()
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+
+
+if __name__ == "__main__":
+    main()
