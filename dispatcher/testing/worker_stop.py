@@ -2,7 +2,7 @@
 idle worker. Shared by tests/test_worker_stop.py and, run as a script, the measurement of many
 runs per worker mode (median and max), optionally beside a CPU-bound process:
 
-    .venv/bin/python tests/_worker_stop.py --runs 20 --cpu-hog
+    .venv/bin/python -m dispatcher.testing.worker_stop --runs 20 --cpu-hog
 """
 
 from __future__ import annotations
@@ -14,23 +14,29 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from redis import Redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dispatcher.testing.redis_server import RedisServer
 
-from _support import dispatcher_env  # noqa: E402
-
-from dispatcher.testing.redis_server import RedisServer  # noqa: E402
+__all__ = ["MODES", "burst_seconds", "sigterm_seconds"]
 
 # Worker modes: extra arguments and environment of `dispatcher worker`.
 MODES: dict[str, tuple[list[str], dict[str, str]]] = {
     "forking": ([], {"DISPATCHER_FORK_PER_JOB": "true"}),
     "in-process": ([], {"DISPATCHER_FORK_PER_JOB": "false"}),
     "threaded": (["--threads", "4"], {}),
-    "results": (["--results", "--threads", "4"], {}),
 }
+
+
+def _env(redis_url: str, extra: dict[str, str]) -> dict[str, str]:
+    """The caller's environment without its dispatcher settings, plus these."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("KOMBO_", "DISPATCHER_", "REDIS_", "PROVISION_", "SMTP_", "NOTIFY_"))
+    }
+    return {**env, "REDIS_URL": redis_url, **extra}
 
 
 def burst_seconds(redis_url: str, mode: str, *, timeout: float = 90) -> tuple[float, str]:
@@ -39,7 +45,7 @@ def burst_seconds(redis_url: str, mode: str, *, timeout: float = 90) -> tuple[fl
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "dispatcher", "worker", "--burst", *args],
-        env=dispatcher_env(redis_url, **extra),
+        env=_env(redis_url, extra),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -58,7 +64,7 @@ def sigterm_seconds(
     before = set(redis.smembers("rq:workers"))
     process = subprocess.Popen(
         [sys.executable, "-m", "dispatcher", "worker", *args],
-        env=dispatcher_env(redis_url, **extra),
+        env=_env(redis_url, extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -81,7 +87,7 @@ def sigterm_seconds(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description="how long `dispatcher worker` takes to stop")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--modes", default="forking,in-process,threaded")
     parser.add_argument("--cpu-hog", action="store_true", help="a `while 1: pass` beside")
