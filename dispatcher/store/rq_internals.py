@@ -17,7 +17,9 @@ Keys (``PREFIX`` is RQ's ``RQ_KEY_PREFIX``, ``rq`` unless set in the environment
 - ``rq:queue:<queue>:intermediate`` list, jobs a worker popped but has not started
   (``IntermediateQueue.get_intermediate_queue_key``); ``...:first_seen:<job id>`` string, when
   a job was first seen there (``IntermediateQueue.get_first_seen_key``, set NX for a day, read
-  by RQ's own cleanup too). Stranded jobs are LREMmed from it and requeued; forget LREMs.
+  by RQ's own cleanup, which the worker does not run). Stranded jobs are LREMmed from it and
+  requeued (REQUEUE_STRANDED); a mark is set only while the job is in the list
+  (MARK_FIRST_SEEN) and deleted when a worker starts the job or it is put back; forget LREMs.
 - ``rq:job:<job id>`` hash (``Job.key_for``); ``rq:job:<job id>:dependents`` set
   (``Job.dependents_key_for``); ``rq:results:<job id>`` stream (``Result.get_key``),
   its entries read with ``Result.restore``; ``rq:executions:<job id>`` zset
@@ -32,7 +34,11 @@ Registry semantics (what the scores and members mean):
 
 - started (``rq:wip``): members ``<job id>:<execution id>`` (``StartedJobRegistry.parse_job_id``
   splits them), scored by the unix time the job's heartbeat runs out. A score in the past is
-  an abandoned job: ``requeue_abandoned`` ZREMs it and requeues the job.
+  an abandoned job: ``requeue_abandoned`` ZREMs it and requeues the job unless the job is
+  where its status says (REQUEUE_ABANDONED). RQ's ``StartedJobRegistry.cleanup`` (also run by
+  the registry's ``count``/``get_job_ids``, e.g. ``rq info``) drops an expired entry whose
+  job's status is not ``started``: the worker runs the rest of ``clean_registries`` without it
+  (``clean_registries_but_started``); the dispatcher reads the registry with ZCARD/ZRANGE.
 - finished, failed, canceled: job ids scored by their expiry (end + TTL): the live ones score
   above now, the newest failure scores highest.
 - scheduled: job ids scored by the unix time they run again (``dispatcher show``'s retry at).
@@ -44,8 +50,11 @@ Job hash fields:
   (``JOB_OWN_FIELDS``), which it writes per order. ``data`` is the serialized
   ``(function name, instance, args, kwargs)`` tuple (``Job._deserialize_data``), stored
   uncompressed: ``Job.restore`` falls back to uncompressed data when zlib refuses it.
-- ``status`` (``JobStatus`` values ``queued``, ``started``): the abandoned requeue script moves
-  ``started`` back to ``queued``; forget refuses a ``started`` job.
+- ``status`` (``JobStatus`` values ``queued``, ``started``, ``scheduled``, ``failed``,
+  ``finished``): the requeue scripts leave a job alone only if it is finished, or failed and in
+  the failed registry, or scheduled and in the scheduled registry, or queued and in its queue
+  or intermediate list (``RQ_WHERE_LUA``; LPOS from Redis 6.0.6, an LRANGE scan before);
+  otherwise they set ``queued`` and RPUSH it. forget refuses a ``started`` job.
 - ``enqueued_at``, ``ended_at`` (RQ's ``utcformat``, read with ``rq.utils.str_to_date``): status
   reads the oldest queued and the newest failed job's.
 - ``meta`` holds the dispatcher's own keys (order, integration, failures); RQ's field.
@@ -54,7 +63,12 @@ Methods of RQ's classes overridden in dispatcher/worker/worker.py (``OVERRIDDEN`
 ``BaseWorker`` ``__init__`` (with ``job_monitoring_interval``, ``maintenance_interval``,
 ``worker_ttl``, ``queue_class``), ``get_heartbeat_ttl``, ``clean_registries``,
 ``execute_job`` (twice: the mixin and ``InProcessWorker``), ``handle_job_failure``,
-``handle_job_success`` (the outcome line), ``handle_exception`` (RQ's ERROR line with the
+``handle_job_success`` (the outcome line), ``prepare_job_execution`` (deletes the job's
+first-seen mark), ``subscribe`` (the pubsub thread waits ``PUBSUB_WAIT``, not 60 s: redis-py
+8.2's ``PubSubWorkerThread.stop()`` joins it), ``teardown`` and ``_shutdown`` (a SIGTERM
+after the loop sets the stop flag instead of raising ``StopRequested``), ``clean_registries``
+(``rq.registry.clean_registries`` but the started registry, ``clean_worker_registry``; not
+the intermediate list's cleanup), ``handle_exception`` (RQ's ERROR line with the
 chained traceback replaced by the outcome line; the exception handlers still run, through
 ``rq.job_lifecycle.call_exception_handlers``); on ``Queue`` the classmethod ``dequeue_any``
 (its second argument is the timeout, ``None`` in a burst; raising ``DequeueTimeout`` makes
@@ -75,6 +89,9 @@ started-registry member ``<job id>:<execution id>`` each, the worker's execution
 ``heartbeat``, ``Execution.heartbeat`` and ``Job.heartbeat`` as RQ's loop and
 ``maintain_heartbeats`` do, and reads ``_ordered_queues``, ``_stop_requested``,
 ``_shutdown_requested_date`` and ``_state``.
+On ``Job`` (dispatcher/worker/retry.py, ``DispatcherJob``, the job class of every worker):
+``retry`` and ``_handle_retry_result`` make ``set_status`` write into the pipeline RQ passes
+them (RQ writes ``status=scheduled`` at once, before the failure pipeline moves the job).
 ``RECOVERY_BOUND`` relies on RQ's rule that an idle worker wakes from its blocking pop every
 ``worker_ttl - 15`` seconds (``BaseWorker.dequeue_timeout``).
 """
@@ -182,6 +199,14 @@ OVERRIDDEN = (
     ("rq.worker.BaseWorker", "_shutdown"),
     ("rq.worker.BaseWorker", "request_force_stop"),
     ("rq.worker.BaseWorker", "handle_job_success"),
+    # dispatcher/worker/worker.py: maintenance (recovery.py), first-seen marks, shutdown
+    ("rq.worker.BaseWorker", "prepare_job_execution"),
+    ("rq.worker.BaseWorker", "subscribe"),
+    ("rq.worker.BaseWorker", "teardown"),
+    # dispatcher/worker/retry.py (DispatcherJob: a retry's status in its pipeline)
+    ("rq.job.Job", "retry"),
+    ("rq.job.Job", "_handle_retry_result"),
+    ("rq.job.Job", "set_status"),
 )
 
 # Prefixes of the format strings of RQ's rq.worker INFO lines about a worker's life (start,
