@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 from redis import Redis
 
@@ -72,18 +73,28 @@ def sigterm_seconds(
     )
     try:
         deadline = time.monotonic() + timeout
-        while set(redis.smembers("rq:workers")) <= before:  # registered: it is in its loop
+        while not _idle(redis, before):  # in its loop, its signal handlers installed
             assert process.poll() is None, process.communicate()[0][-2000:]
-            assert time.monotonic() < deadline, "the worker never registered"
+            assert time.monotonic() < deadline, "the worker never waited for a job"
             time.sleep(0.02)
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=timeout)
-        return time.monotonic() - signalled, output
+        took = time.monotonic() - signalled
+        assert process.returncode == 0, f"exit status {process.returncode}\n{output[-2000:]}"
+        return took, output
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _idle(redis: Redis, before: set[Any]) -> bool:
+    """A worker registered since ``before`` is idle: waiting for a job."""
+    for key in set(redis.smembers("rq:workers")) - before:
+        if redis.hget(key, "state") == b"idle":
+            return True
+    return False
 
 
 def main() -> None:

@@ -11,15 +11,18 @@ status other than ``started`` and dropped it: the order was lost (issue 21).
 they commit together with the registry move (MULTI/EXEC) or not at all.
 
 Test hook: with ``DISPATCHER_TEST_RETRY_WINDOW`` set to a file path (read once, at import),
-a worker about to commit a retry writes its pid to that file and stops itself (SIGSTOP), at
-the point where RQ alone would already have written the status: a test then kills it there,
-deterministically. Unset (always, outside tests), the hook costs one attribute test per retry.
+a worker about to commit a retry writes its pid to that file and stops itself (SIGSTOP, and its
+thread never goes on), at the point where RQ alone would already have written the status: a
+test then kills it there, deterministically. Unset (always, outside tests), the hook costs
+one attribute test per retry.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +66,10 @@ class DispatcherJob(Job):
 
 
 def _stop_in_window(path: str) -> None:
-    """The test hook: say where we are, then stop until killed (or continued)."""
+    """The test hook: say where we are, then stop until killed. SIGSTOP is sent to this thread
+    (sent to the process, the kernel may let the sending thread run on a little, past the
+    pipeline: seen with --threads), and the thread never goes on even if it is continued."""
     Path(path).write_text(str(os.getpid()))
-    os.kill(os.getpid(), signal.SIGSTOP)
+    while True:
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
+        time.sleep(1)
