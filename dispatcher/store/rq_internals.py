@@ -11,7 +11,7 @@ the installed RQ and names the one that changed; after an RQ upgrade, start ther
 Keys (``PREFIX`` is RQ's ``RQ_KEY_PREFIX``, ``rq`` unless set in the environment):
 
 - ``rq:queue:<queue>`` list, job ids waiting (``Queue.key``). The dispatch script RPUSHes new
-  jobs (ledger.py); the requeue scripts RPUSH recovered ones (worker/worker.py).
+  jobs (ledger.py); the requeue scripts RPUSH recovered ones (worker/recovery.py).
 - ``rq:queues`` set of queue keys (``Queue.redis_queues_keys``): the dispatch script SADDs the
   queue's key, as ``Queue.enqueue`` does, so ``rq info`` lists the queue.
 - ``rq:queue:<queue>:intermediate`` list, jobs a worker popped but has not started
@@ -330,7 +330,7 @@ def _intermediate(connection: Redis, queue: str) -> IntermediateQueue:
 # (a job whose status was written but not its registry move: lost), and the intermediate
 # list's cleanup (BaseWorker.clean_registries) marks first sightings unconditionally and fails
 # a job seen there a minute after a mark that may be left from an earlier visit.
-# requeue_abandoned and requeue_stranded (worker.py) decide by where the job is instead.
+# requeue_abandoned and requeue_stranded (worker/recovery.py) decide by where the job is instead.
 RQ_CLEANED_ELSEWHERE = ("StartedJobRegistry", "intermediate_queue")
 _CLEANED_HERE = (FinishedJobRegistry, FailedJobRegistry, DeferredJobRegistry, ReadyJobRegistry)
 

@@ -62,6 +62,7 @@ from dispatcher.worker.jobs import (
     take_report,
 )
 from dispatcher.worker.recovery import (
+    STRANDED_AFTER,
     forget_first_seen,
     requeue_abandoned,
     requeue_stranded,
@@ -71,6 +72,7 @@ from dispatcher.worker.retry import DispatcherJob
 
 __all__ = [
     "RECOVERY_BOUND",
+    "STRANDED_AFTER",
     "BurstSummary",
     "DispatcherSimpleWorker",
     "DispatcherWorker",
