@@ -39,7 +39,7 @@ PLACES: list[tuple[str | None, str | None, bool]] = [
     ("stopped", None, False),
     ("canceled", None, False),
     (None, None, False),  # no status field
-    ("missing", None, False),  # no job hash at all
+    ("missing", None, True),  # no job hash at all: nothing to put back (RQ would drop it)
 ]
 
 
@@ -90,6 +90,7 @@ def test_an_abandoned_job_is_put_back_unless_it_is_where_its_status_says(
     assert _queue_count(redis) == in_queue + (0 if left_alone else 1)
     if status == "missing":
         assert not redis.exists(rqi.job_key(JOB))  # no half job hash created
+        assert _queue_count(redis) == 0
     elif not left_alone:
         assert redis.hget(rqi.job_key(JOB), "status") == b"queued"
     else:
@@ -101,7 +102,7 @@ def test_a_stranded_job_is_put_back_unless_it_is_where_its_status_says(
     redis: Redis, search_mode: str, status: str | None, where: str | None, left_alone: bool
 ) -> None:
     # Given a job in the intermediate list, popped long ago by a worker that never started it
-    if where == "intermediate":
+    if where == "intermediate" and status != "missing":
         left_alone = False  # that copy is the stranded one: it is taken off, then nowhere
     _place(redis, status, None if where == "intermediate" else where)
     redis.rpush(rqi.intermediate_key(QUEUE), JOB)
@@ -263,3 +264,17 @@ def test_rqs_own_cleanups_never_drop_an_expired_entry_of_a_job_not_started(
     monkeypatch.undo()
     assert worker.requeue_abandoned(queue) == 1
     assert redis.lrange(rqi.queue_key(QUEUE), 0, -1) == [JOB.encode()]
+
+
+def test_an_id_without_a_job_is_dropped_from_the_intermediate_list_not_cycled(
+    redis: Redis,
+) -> None:
+    # Given an id in the intermediate list whose job hash is gone (RQ's pop leaves it there)
+    redis.rpush(rqi.intermediate_key(QUEUE), JOB)
+    redis.set(rqi.first_seen_key(QUEUE, JOB), time.time() - 60)
+    # When maintenance finds it stranded, then it is dropped: queued, RQ would only pop it
+    # into the intermediate list again, every pass, for ever
+    assert recovery.requeue_stranded(redis, QUEUE) == 0
+    assert redis.llen(rqi.intermediate_key(QUEUE)) == 0
+    assert redis.llen(rqi.queue_key(QUEUE)) == 0
+    assert not redis.exists(rqi.first_seen_key(QUEUE, JOB))

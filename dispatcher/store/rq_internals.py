@@ -137,6 +137,7 @@ __all__ = [
     "JOB_OWN_FIELDS",
     "LPOS_SINCE",
     "MARK_FIRST_SEEN",
+    "NO_JOB",
     "OVERRIDDEN",
     "PREFIX",
     "QUEUES_KEY",
@@ -471,25 +472,30 @@ local function rq_in_place(job_key, id, queue_key, intermediate_key, failed_key,
   return false
 end
 local function rq_put_back(job_key, queue_key, id)
-  if redis.call('EXISTS', job_key) == 1 then redis.call('HSET', job_key, 'status', 'queued') end
+  redis.call('HSET', job_key, 'status', 'queued')
   redis.call('RPUSH', queue_key, id)
 end
 """
 
-# Answers of the requeue scripts.
-GONE, REQUEUED, IN_PLACE = 0, 1, 2
+# Answers of the requeue scripts: the entry was already gone (another worker took it), the
+# job was put back, it was where its status says, or it has no job hash (nothing to run: RQ
+# would pop the id and drop it into the intermediate list again; the ledger's reconciler
+# dispatches such an order anew).
+GONE, REQUEUED, IN_PLACE, NO_JOB = 0, 1, 2, 3
 
 # KEYS: 1 started registry, 2 job hash, 3 queue list, 4 intermediate list, 5 failed registry,
 # 6 scheduled registry, 7 first-seen mark. ARGV: 1 registry entry, 2 job id, 3 list search
 # mode (list_search_mode). Whoever removes the registry entry decides, at most one worker
 # does, and the job is never out of both the registry and the place it belongs: it is put back
-# on the queue unless it is where its status says (rq_in_place), whatever that status is.
+# on the queue unless it is where its status says (rq_in_place), whatever that status is, or
+# has no job hash (NO_JOB).
 # Types are checked first: a WRONGTYPE after the ZREM would lose the job.
 REQUEUE_ABANDONED = GuardedScript.of(
     ("zset", "hash", "list", "list", "zset", "zset", "string"),
     RQ_WHERE_LUA
     + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 3 end
 if rq_in_place(KEYS[2], ARGV[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[3]) then return 2 end
 redis.call('DEL', KEYS[7])
 rq_put_back(KEYS[2], KEYS[3], ARGV[2])
@@ -500,14 +506,15 @@ return 1
 # KEYS: 1 intermediate list, 2 queue list, 3 job hash, 4 failed registry, 5 scheduled
 # registry, 6 first-seen mark. ARGV: 1 job id, 2 list search mode. A job a worker popped (RQ
 # moves it to the intermediate list first) but never started: taken off the list and put
-# back on the queue unless it is already where its status says, at most once; its first-seen
-# mark goes with it (the next time it is popped is a new sighting).
+# back on the queue unless it is already where its status says or has no job hash, at most
+# once; its first-seen mark goes with it (the next time it is popped is a new sighting).
 REQUEUE_STRANDED = GuardedScript.of(
     ("list", "list", "hash", "zset", "zset", "string"),
     RQ_WHERE_LUA
     + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[6])
+if redis.call('EXISTS', KEYS[3]) == 0 then return 3 end
 if rq_in_place(KEYS[3], ARGV[1], KEYS[2], KEYS[1], KEYS[4], KEYS[5], ARGV[2]) then return 2 end
 rq_put_back(KEYS[3], KEYS[2], ARGV[1])
 return 1

@@ -6,7 +6,8 @@ crash, a failover or an RQ quirk can leave one without the other; a status alone
 requeue drop a retried job whose worker died between the two writes (issue 21). So a job is
 left alone only if it is finished, or failed and in the failed registry, or scheduled and in
 the scheduled registry, or queued and in its queue (or popped, in its intermediate list);
-anything else is put back on its queue (rq_internals.REQUEUE_ABANDONED, REQUEUE_STRANDED).
+anything else is put back on its queue (rq_internals.REQUEUE_ABANDONED, REQUEUE_STRANDED),
+but for an id without a job hash, which RQ would only pop and drop again.
 
 RQ's own passes over the same structures are not run: ``StartedJobRegistry.cleanup`` drops
 an expired entry whose job's status is not ``started`` (the same status check), and the
@@ -29,6 +30,7 @@ from redis import Redis
 
 from dispatcher.store.rq_internals import (
     MARK_FIRST_SEEN,
+    NO_JOB,
     REQUEUE_ABANDONED,
     REQUEUE_STRANDED,
     REQUEUED,
@@ -90,7 +92,10 @@ def requeue_entry(connection: Redis, queue: str, entry: bytes | str, job_id: str
         first_seen_key(queue, job_id),
     ]
     args = [entry, job_id, list_search_mode(connection)]
-    return _run(connection, REQUEUE_ABANDONED, keys, args, job_id) == REQUEUED
+    answer = _run(connection, REQUEUE_ABANDONED, keys, args, job_id)
+    if answer == NO_JOB:
+        log.warning("job %s: its worker stopped heartbeating and its job hash is gone", job_id)
+    return answer == REQUEUED
 
 
 def requeue_abandoned(connection: Redis, queue: str, now: float | None = None) -> int:
@@ -138,9 +143,12 @@ def requeue_stranded(connection: Redis, queue: str) -> int:
             scheduled_key(queue),
             first_seen_key(queue, job_id),
         ]
-        if _run(connection, REQUEUE_STRANDED, keys, [job_id, mode], job_id) == REQUEUED:
+        answer = _run(connection, REQUEUE_STRANDED, keys, [job_id, mode], job_id)
+        if answer == REQUEUED:
             requeued += 1
             log.warning("requeued job %s: popped by a worker that never started it", job_id)
+        elif answer == NO_JOB:
+            log.info("dropped job id %s from the intermediate list: no such job", job_id)
     return requeued
 
 
