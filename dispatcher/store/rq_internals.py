@@ -479,8 +479,8 @@ end
 
 # Answers of the requeue scripts: the entry was already gone (another worker took it), the
 # job was put back, it was where its status says, or it has no job hash (nothing to run: RQ
-# would pop the id and drop it into the intermediate list again; the ledger's reconciler
-# dispatches such an order anew).
+# would pop the id and drop it into the intermediate list again; only the ledger, which has
+# the order, can dispatch it anew).
 GONE, REQUEUED, IN_PLACE, NO_JOB = 0, 1, 2, 3
 
 # KEYS: 1 started registry, 2 job hash, 3 queue list, 4 intermediate list, 5 failed registry,
