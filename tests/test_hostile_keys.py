@@ -461,6 +461,7 @@ def test_a_stranded_job_is_not_lost_to_a_wrong_type_queue(
 ) -> None:
     queue = Queue(QUEUE, connection=redis)
     intermediate = queue.intermediate_queue
+    redis.hset(Job.key_for("order-stranded"), "status", "queued")
     redis.rpush(intermediate.key, "order-stranded")
     redis.set(intermediate.get_first_seen_key("order-stranded"), 1.0)  # popped long ago
     redis.set(queue.key, "x")

@@ -90,6 +90,7 @@ def test_a_job_popped_by_a_dead_worker_but_never_started_is_put_back(redis: Redi
     from dispatcher.worker.worker import DispatcherWorker
 
     queue = Queue("dispatcher-orders", connection=redis)
+    redis.hset("rq:job:order-stranded", mapping={"status": "queued", "origin": queue.name})
     redis.rpush(queue.intermediate_queue.key, "order-stranded")
     first, second = (DispatcherWorker([queue], connection=redis) for _ in range(2))
     assert first.requeue_stranded(queue) == 0  # first sighting only

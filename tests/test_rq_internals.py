@@ -42,6 +42,7 @@ from dispatcher.store.keys import SCHEMA
 from dispatcher.store.ledger import JOB_FUNCTION, JobOptions, Ledger
 from dispatcher.testing.simulator import Simulator
 from dispatcher.worker import worker as dispatcher_worker
+from dispatcher.worker.retry import DispatcherJob
 from dispatcher.worker.threaded import ThreadedWorker
 from dispatcher.worker.worker import (
     HEARTBEAT_GRACE,
@@ -316,9 +317,20 @@ def test_job_refusal_reads_what_rq_keeps_of_a_job_it_cannot_read_and_its_callbac
 
 
 def test_the_job_statuses_the_scripts_compare_are_rqs() -> None:
-    assert (JobStatus.QUEUED.value, JobStatus.STARTED.value) == ("queued", "started"), changed(
-        "JobStatus values 'queued' / 'started'",
-        "rq_internals.REQUEUE_ABANDONED (Lua compares the status field), forget",
+    ours = ("queued", "started", "scheduled", "failed", "finished")
+    theirs = tuple(
+        status.value
+        for status in (
+            JobStatus.QUEUED,
+            JobStatus.STARTED,
+            JobStatus.SCHEDULED,
+            JobStatus.FAILED,
+            JobStatus.FINISHED,
+        )
+    )
+    assert theirs == ours, changed(
+        f"JobStatus values {theirs}, not {ours}",
+        "rq_internals.RQ_WHERE_LUA (Lua compares the status field), forget",
     )
 
 
@@ -441,6 +453,12 @@ _OVERRIDES: dict[tuple[str, str], Callable[..., Any]] = {
     ("rq.worker.BaseWorker", "set_state"): ThreadedWorker.set_state,
     ("rq.worker.BaseWorker", "_shutdown"): ThreadedWorker._shutdown,
     ("rq.worker.BaseWorker", "request_force_stop"): ThreadedWorker.request_force_stop,
+    ("rq.worker.BaseWorker", "prepare_job_execution"): DispatcherWorker.prepare_job_execution,
+    ("rq.worker.BaseWorker", "subscribe"): DispatcherWorker.subscribe,
+    ("rq.worker.BaseWorker", "teardown"): DispatcherWorker.teardown,
+    ("rq.job.Job", "retry"): DispatcherJob.retry,
+    ("rq.job.Job", "_handle_retry_result"): DispatcherJob._handle_retry_result,
+    ("rq.job.Job", "set_status"): DispatcherJob.set_status,
 }
 
 
@@ -561,4 +579,58 @@ def test_rq_still_logs_each_lifecycle_message_the_worker_keeps_at_info() -> None
     for prefix in rqi.RQ_LIFECYCLE_MESSAGES:
         assert f"'{prefix}" in source or f'"{prefix}' in source, changed(
             f"RQ no longer logs a line starting {prefix!r}", "RQ_LIFECYCLE_MESSAGES"
+        )
+
+
+def _calls(function: Callable[..., Any]) -> set[str]:
+    """The names ``function``'s source calls (``name(`` or ``.name(``)."""
+    return set(re.findall(r"(\w+)\(", inspect.getsource(function)))
+
+
+def test_the_worker_cleans_every_registry_rqs_maintenance_cleans_but_the_started_one() -> None:
+    import rq.registry
+
+    theirs = set(re.findall(r"\b(\w+Registry)\b", inspect.getsource(rq.registry.clean_registries)))
+    ours = {cls.__name__ for cls in rqi._CLEANED_HERE} | {"RateLimitRegistry"}
+    assert theirs == ours | {"StartedJobRegistry"}, changed(
+        f"rq.registry.clean_registries now cleans {sorted(theirs)}",
+        "rq_internals.clean_registries_but_started (clean the new one too)",
+    )
+    worker_calls = _calls(BaseWorker.clean_registries)
+    expected = {
+        "acquire_maintenance_lock",
+        "clean_registries",
+        "clean_worker_registry",
+        "cleanup",  # queue.intermediate_queue.cleanup: not run (RQ_CLEANED_ELSEWHERE)
+        "release_maintenance_lock",
+        "now",
+        "info",
+    }
+    assert worker_calls == expected, changed(
+        f"BaseWorker.clean_registries now calls {sorted(worker_calls - expected)} "
+        f"(no longer {sorted(expected - worker_calls)})",
+        "_DispatcherWorkerMixin.clean_registries (it replaces RQ's)",
+    )
+
+
+def test_rq_writes_a_retried_jobs_status_through_set_status() -> None:
+    # DispatcherJob catches the write there; a direct HSET would bypass it.
+    for method in (Job.retry, Job._handle_retry_result):
+        source = inspect.getsource(method)
+        assert "self.set_status(JobStatus.SCHEDULED)" in source and "hset" not in source, changed(
+            f"Job.{method.__name__} no longer writes the status through self.set_status",
+            "worker/retry.py DispatcherJob",
+        )
+
+
+def test_rqs_subscribe_is_what_the_workers_override_repeats() -> None:
+    source = inspect.getsource(BaseWorker.subscribe)
+    for part in (
+        "self.connection.pubsub()",
+        "self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})",
+        "run_in_thread(",
+        "exception_handler=self._pubsub_exception_handler",
+    ):
+        assert part in source, changed(
+            f"BaseWorker.subscribe no longer does {part!r}", "_DispatcherWorkerMixin.subscribe"
         )

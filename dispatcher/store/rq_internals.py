@@ -11,13 +11,15 @@ the installed RQ and names the one that changed; after an RQ upgrade, start ther
 Keys (``PREFIX`` is RQ's ``RQ_KEY_PREFIX``, ``rq`` unless set in the environment):
 
 - ``rq:queue:<queue>`` list, job ids waiting (``Queue.key``). The dispatch script RPUSHes new
-  jobs (ledger.py); the requeue scripts RPUSH recovered ones (worker/worker.py).
+  jobs (ledger.py); the requeue scripts RPUSH recovered ones (worker/recovery.py).
 - ``rq:queues`` set of queue keys (``Queue.redis_queues_keys``): the dispatch script SADDs the
   queue's key, as ``Queue.enqueue`` does, so ``rq info`` lists the queue.
 - ``rq:queue:<queue>:intermediate`` list, jobs a worker popped but has not started
   (``IntermediateQueue.get_intermediate_queue_key``); ``...:first_seen:<job id>`` string, when
   a job was first seen there (``IntermediateQueue.get_first_seen_key``, set NX for a day, read
-  by RQ's own cleanup too). Stranded jobs are LREMmed from it and requeued; forget LREMs.
+  by RQ's own cleanup, which the worker does not run). Stranded jobs are LREMmed from it and
+  requeued (REQUEUE_STRANDED); a mark is set only while the job is in the list
+  (MARK_FIRST_SEEN) and deleted when a worker starts the job or it is put back; forget LREMs.
 - ``rq:job:<job id>`` hash (``Job.key_for``); ``rq:job:<job id>:dependents`` set
   (``Job.dependents_key_for``); ``rq:results:<job id>`` stream (``Result.get_key``),
   its entries read with ``Result.restore``; ``rq:executions:<job id>`` zset
@@ -32,7 +34,11 @@ Registry semantics (what the scores and members mean):
 
 - started (``rq:wip``): members ``<job id>:<execution id>`` (``StartedJobRegistry.parse_job_id``
   splits them), scored by the unix time the job's heartbeat runs out. A score in the past is
-  an abandoned job: ``requeue_abandoned`` ZREMs it and requeues the job.
+  an abandoned job: ``requeue_abandoned`` ZREMs it and requeues the job unless the job is
+  where its status says (REQUEUE_ABANDONED). RQ's ``StartedJobRegistry.cleanup`` (also run by
+  the registry's ``count``/``get_job_ids``, e.g. ``rq info``) drops an expired entry whose
+  job's status is not ``started``: the worker runs the rest of ``clean_registries`` without it
+  (``clean_registries_but_started``); the dispatcher reads the registry with ZCARD/ZRANGE.
 - finished, failed, canceled: job ids scored by their expiry (end + TTL): the live ones score
   above now, the newest failure scores highest.
 - scheduled: job ids scored by the unix time they run again (``dispatcher show``'s retry at).
@@ -44,8 +50,11 @@ Job hash fields:
   (``JOB_OWN_FIELDS``), which it writes per order. ``data`` is the serialized
   ``(function name, instance, args, kwargs)`` tuple (``Job._deserialize_data``), stored
   uncompressed: ``Job.restore`` falls back to uncompressed data when zlib refuses it.
-- ``status`` (``JobStatus`` values ``queued``, ``started``): the abandoned requeue script moves
-  ``started`` back to ``queued``; forget refuses a ``started`` job.
+- ``status`` (``JobStatus`` values ``queued``, ``started``, ``scheduled``, ``failed``,
+  ``finished``): the requeue scripts leave a job alone only if it is finished, or failed and in
+  the failed registry, or scheduled and in the scheduled registry, or queued and in its queue
+  or intermediate list (``RQ_WHERE_LUA``; LPOS from Redis 6.0.6, an LRANGE scan before);
+  otherwise they set ``queued`` and RPUSH it. forget refuses a ``started`` job.
 - ``enqueued_at``, ``ended_at`` (RQ's ``utcformat``, read with ``rq.utils.str_to_date``): status
   reads the oldest queued and the newest failed job's.
 - ``meta`` holds the dispatcher's own keys (order, integration, failures); RQ's field.
@@ -61,7 +70,12 @@ Methods of RQ's classes overridden in dispatcher/worker/worker.py (``OVERRIDDEN`
 ``BaseWorker`` ``__init__`` (with ``job_monitoring_interval``, ``maintenance_interval``,
 ``worker_ttl``, ``queue_class``), ``get_heartbeat_ttl``, ``clean_registries``,
 ``execute_job`` (twice: the mixin and ``InProcessWorker``), ``handle_job_failure``,
-``handle_job_success`` (the outcome line), ``handle_exception`` (RQ's ERROR line with the
+``handle_job_success`` (the outcome line), ``prepare_job_execution`` (deletes the job's
+first-seen mark), ``subscribe`` (the pubsub thread waits ``PUBSUB_WAIT``, not 60 s: redis-py
+8.2's ``PubSubWorkerThread.stop()`` joins it), ``teardown`` and ``_shutdown`` (a SIGTERM
+after the loop sets the stop flag instead of raising ``StopRequested``), ``clean_registries``
+(``rq.registry.clean_registries`` but the started registry, ``clean_worker_registry``; not
+the intermediate list's cleanup), ``handle_exception`` (RQ's ERROR line with the
 chained traceback replaced by the outcome line; the exception handlers still run, through
 ``rq.job_lifecycle.call_exception_handlers``); on ``Queue`` the classmethod ``dequeue_any``
 (its second argument is the timeout, ``None`` in a burst; raising ``DequeueTimeout`` makes
@@ -82,6 +96,9 @@ started-registry member ``<job id>:<execution id>`` each, the worker's execution
 ``heartbeat``, ``Execution.heartbeat`` and ``Job.heartbeat`` as RQ's loop and
 ``maintain_heartbeats`` do, and reads ``_ordered_queues``, ``_stop_requested``,
 ``_shutdown_requested_date`` and ``_state``.
+On ``Job`` (dispatcher/worker/retry.py, ``DispatcherJob``, the job class of every worker):
+``retry`` and ``_handle_retry_result`` make ``set_status`` write into the pipeline RQ passes
+them (RQ writes ``status=scheduled`` at once, before the failure pipeline moves the job).
 ``RECOVERY_BOUND`` relies on RQ's rule that an idle worker wakes from its blocking pop every
 ``worker_ttl - 15`` seconds (``BaseWorker.dequeue_timeout``).
 """
@@ -99,8 +116,17 @@ from rq.exceptions import DeserializationError
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers
-from rq.registry import StartedJobRegistry
+from rq.queue import Queue
+from rq.rate_limit import RateLimitRegistry
+from rq.registry import (
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ReadyJobRegistry,
+    StartedJobRegistry,
+)
 from rq.serializers import JSONSerializer
+from rq.utils import get_version
 
 from dispatcher.store.wrongtype import lua_type_guard
 
@@ -115,20 +141,30 @@ else:
     WorkerBase = object
 
 __all__ = [
+    "GONE",
+    "IN_PLACE",
     "JOB_OWN_FIELDS",
     "JOB_SERIALIZER",
+    "LPOS_SINCE",
+    "MARK_FIRST_SEEN",
+    "NO_JOB",
     "OVERRIDDEN",
     "PREFIX",
     "QUEUES_KEY",
+    "REQUEUED",
     "REQUEUE_ABANDONED",
     "REQUEUE_STRANDED",
+    "RETURN_POPPED",
+    "RQ_CLEANED_ELSEWHERE",
     "RQ_ENQUEUE_LUA",
     "RQ_LIFECYCLE_MESSAGES",
+    "RQ_WHERE_LUA",
     "SUPPORTED_RQ",
     "GuardedScript",
     "WorkerBase",
     "call_exception_handlers",
     "canceled_key",
+    "clean_registries_but_started",
     "deferred_key",
     "delete_job",
     "dependents_key",
@@ -143,6 +179,7 @@ __all__ = [
     "job_hash_items",
     "job_key",
     "job_refusal",
+    "list_search_mode",
     "mark_first_seen",
     "queue_key",
     "results_key",
@@ -175,6 +212,14 @@ OVERRIDDEN = (
     ("rq.worker.BaseWorker", "_shutdown"),
     ("rq.worker.BaseWorker", "request_force_stop"),
     ("rq.worker.BaseWorker", "handle_job_success"),
+    # dispatcher/worker/worker.py: maintenance (recovery.py), first-seen marks, shutdown
+    ("rq.worker.BaseWorker", "prepare_job_execution"),
+    ("rq.worker.BaseWorker", "subscribe"),
+    ("rq.worker.BaseWorker", "teardown"),
+    # dispatcher/worker/retry.py (DispatcherJob: a retry's status in its pipeline)
+    ("rq.job.Job", "retry"),
+    ("rq.job.Job", "_handle_retry_result"),
+    ("rq.job.Job", "set_status"),
 )
 
 # Prefixes of the format strings of RQ's rq.worker INFO lines about a worker's life (start,
@@ -289,6 +334,33 @@ def mark_first_seen(connection: Redis, queue: str, job_id: str) -> None:
 
 def _intermediate(connection: Redis, queue: str) -> IntermediateQueue:
     return IntermediateQueue(queue_key(queue), connection)
+
+
+# -- RQ's registry cleanup, but for the started registry ----------------------------------------
+
+# What rq.registry.clean_registries cleans that the worker's maintenance does instead:
+# StartedJobRegistry.cleanup drops every expired entry whose job's status is not 'started'
+# (a job whose status was written but not its registry move: lost), and the intermediate
+# list's cleanup (BaseWorker.clean_registries) marks first sightings unconditionally and fails
+# a job seen there a minute after a mark that may be left from an earlier visit.
+# requeue_abandoned and requeue_stranded (worker/recovery.py) decide by where the job is instead.
+RQ_CLEANED_ELSEWHERE = ("StartedJobRegistry", "intermediate_queue")
+_CLEANED_HERE = (FinishedJobRegistry, FailedJobRegistry, DeferredJobRegistry, ReadyJobRegistry)
+
+
+def clean_registries_but_started(queue: Queue) -> None:
+    """``rq.registry.clean_registries(queue)`` without the started registry's cleanup (see
+    ``RQ_CLEANED_ELSEWHERE``); tests/test_rq_internals.py checks it cleans the rest of what
+    RQ's does."""
+    for registry in _CLEANED_HERE:
+        registry(
+            name=queue.name,
+            connection=queue.connection,
+            job_class=queue.job_class,
+            serializer=queue.serializer,
+        ).cleanup()
+    for rate_limit_registry in RateLimitRegistry.all(queue.connection):
+        rate_limit_registry.cleanup()
 
 
 # -- job hashes ---------------------------------------------------------------------------------
@@ -430,28 +502,119 @@ class GuardedScript:
         return cls(tuple(types), lua_type_guard(types) + body)
 
 
-# KEYS: 1 started registry, 2 job hash, 3 queue list. ARGV: 1 registry entry, 2 job id.
-# Whoever removes the registry entry requeues the job: at most one worker does, and the job is
-# never out of both the registry and the queue. Types are checked first: a WRONGTYPE after the
-# ZREM would lose the job.
+# Redis's LPOS (6.0.6) finds a job id in a list in C; before it, the scripts scan the list
+# in LRANGE pages of 1,000 (Redis >= 5.0 is supported, connection.MIN_REDIS_VERSION). Either
+# is linear in the list, and runs only for a job found abandoned or stranded.
+LPOS_SINCE = (6, 0, 6)
+
+
+def list_search_mode(connection: Redis) -> str:
+    """ARGV flag of the requeue scripts: ``lpos`` on a Redis that has it, else ``scan``."""
+    return "lpos" if get_version(connection) >= LPOS_SINCE else "scan"
+
+
+# Local Lua functions: is a job where its status says it is? Leave it alone only if it is
+# finished, or failed and in the failed registry, or scheduled and in the scheduled registry,
+# or queued and in its queue (or its intermediate list: a worker popped it and will start it,
+# or requeue_stranded puts it back). Anything else (started, a status written without its
+# registry move, stopped, canceled, no status) is nowhere a worker will find it.
+RQ_WHERE_LUA = """
+local function rq_in_list(key, id, mode)
+  if mode == 'lpos' then return redis.call('LPOS', key, id) ~= false end
+  local n = redis.call('LLEN', key)
+  local i = 0
+  while i < n do
+    for _, v in ipairs(redis.call('LRANGE', key, i, i + 999)) do
+      if v == id then return true end
+    end
+    i = i + 1000
+  end
+  return false
+end
+local function rq_in_place(job_key, id, queue_key, intermediate_key, failed_key,
+                           scheduled_key, mode)
+  local status = redis.call('HGET', job_key, 'status')
+  if status == 'finished' then return true end
+  if status == 'failed' then return redis.call('ZSCORE', failed_key, id) ~= false end
+  if status == 'scheduled' then return redis.call('ZSCORE', scheduled_key, id) ~= false end
+  if status == 'queued' then
+    return rq_in_list(queue_key, id, mode) or rq_in_list(intermediate_key, id, mode)
+  end
+  return false
+end
+local function rq_put_back(job_key, queue_key, id)
+  redis.call('HSET', job_key, 'status', 'queued')
+  redis.call('RPUSH', queue_key, id)
+end
+"""
+
+# Answers of the requeue scripts: the entry was already gone (another worker took it), the
+# job was put back, it was where its status says, or it has no job hash (nothing to run: RQ
+# would pop the id and drop it into the intermediate list again; only the ledger, which has
+# the order, can dispatch it anew).
+GONE, REQUEUED, IN_PLACE, NO_JOB = 0, 1, 2, 3
+
+# KEYS: 1 started registry, 2 job hash, 3 queue list, 4 intermediate list, 5 failed registry,
+# 6 scheduled registry, 7 first-seen mark. ARGV: 1 registry entry, 2 job id, 3 list search
+# mode (list_search_mode). Whoever removes the registry entry decides, at most one worker
+# does, and the job is never out of both the registry and the place it belongs: it is put back
+# on the queue unless it is where its status says (rq_in_place), whatever that status is, or
+# has no job hash (NO_JOB).
+# Types are checked first: a WRONGTYPE after the ZREM would lose the job.
 REQUEUE_ABANDONED = GuardedScript.of(
-    ("zset", "hash", "list"),
-    """
+    ("zset", "hash", "list", "list", "zset", "zset", "string"),
+    RQ_WHERE_LUA
+    + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-if redis.call('HGET', KEYS[2], 'status') ~= 'started' then return 0 end
-redis.call('HSET', KEYS[2], 'status', 'queued')
-redis.call('RPUSH', KEYS[3], ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 0 then return 3 end
+if rq_in_place(KEYS[2], ARGV[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[3]) then return 2 end
+redis.call('DEL', KEYS[7])
+rq_put_back(KEYS[2], KEYS[3], ARGV[2])
 return 1
 """,
 )
 
-# KEYS: 1 intermediate list, 2 queue list. ARGV: 1 job id. A job a worker popped (RQ moves it
-# to the intermediate list first) but never started: put it back, at most once.
+# KEYS: 1 intermediate list, 2 queue list, 3 job hash, 4 failed registry, 5 scheduled
+# registry, 6 first-seen mark. ARGV: 1 job id, 2 list search mode. A job a worker popped (RQ
+# moves it to the intermediate list first) but never started: taken off the list and put
+# back on the queue unless it is already where its status says or has no job hash, at most
+# once; its first-seen mark goes with it (the next time it is popped is a new sighting).
 REQUEUE_STRANDED = GuardedScript.of(
-    ("list", "list"),
+    ("list", "list", "hash", "zset", "zset", "string"),
+    RQ_WHERE_LUA
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[6])
+if redis.call('EXISTS', KEYS[3]) == 0 then return 3 end
+if rq_in_place(KEYS[3], ARGV[1], KEYS[2], KEYS[1], KEYS[4], KEYS[5], ARGV[2]) then return 2 end
+rq_put_back(KEYS[3], KEYS[2], ARGV[1])
+return 1
+""",
+)
+
+# KEYS: 1 intermediate list, 2 queue list, 3 first-seen mark. ARGV: 1 job id. A job this
+# worker just popped and leaves untouched (another namespace's): back to the end of the queue.
+RETURN_POPPED = GuardedScript.of(
+    ("list", "list", "string"),
     """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[3])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 return 1
+""",
+)
+
+# KEYS: 1 intermediate list, 2 first-seen mark. ARGV: 1 job id, 2 now (unix time), 3 list
+# search mode. Mark a job first seen popped but not started (as RQ's set_first_seen: kept if
+# set, for a day), only while it is still in the intermediate list: a mark set after the job
+# left it (a worker started it meanwhile) would outlive this visit and make its next one, a
+# retry, look stranded at once.
+MARK_FIRST_SEEN = GuardedScript.of(
+    ("list", "string"),
+    RQ_WHERE_LUA
+    + """
+if not rq_in_list(KEYS[1], ARGV[1], ARGV[3]) then return 0 end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', 86400) then return 1 end
+return 0
 """,
 )

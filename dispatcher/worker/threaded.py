@@ -44,9 +44,9 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from dispatcher.logs import set_order_context
-from dispatcher.store.rq_internals import REQUEUE_ABANDONED, job_key, queue_key, started_key
 from dispatcher.worker.deadlines import DeadlinePenalty
-from dispatcher.worker.worker import _DispatcherWorkerMixin, _log_context, _requeue
+from dispatcher.worker.recovery import requeue_entry
+from dispatcher.worker.worker import _DispatcherWorkerMixin, _log_context
 
 __all__ = ["ThreadedWorker", "threaded_worker_class"]
 
@@ -136,7 +136,7 @@ class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
                 self._beat_stop.set()
                 for _ in self._pool:
                     self._handoff.put(None)
-                self.teardown()  # type: ignore[no-untyped-call]
+                self.teardown()
         return taken > 0
 
     def _wait_for_slot(self) -> bool:
@@ -322,14 +322,7 @@ class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
             self._requeued.update(execution.id for _, execution in in_flight)
         requeued = 0
         for job, execution in in_flight:
-            registry = started_key(job.origin)
-            if _requeue(
-                self.connection,
-                REQUEUE_ABANDONED,
-                [registry, job_key(job.id), queue_key(job.origin)],
-                [execution.composite_key, job.id],
-                job.id,
-            ):
+            if requeue_entry(self.connection, job.origin, execution.composite_key, job.id):
                 requeued += 1
                 self.log.warning("Worker %s: job %s put back on the queue", self.name, job.id)
         return requeued

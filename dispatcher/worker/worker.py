@@ -28,12 +28,13 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from rq import Queue, SimpleWorker, Worker
+from rq import Queue, SimpleWorker, Worker, worker_registration
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.timeouts import BaseTimeoutException, JobTimeoutException
+from rq.utils import now
 from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
@@ -46,28 +47,18 @@ from dispatcher.store.ledger import JOB_FUNCTION
 from dispatcher.store.outbox import RESULT_JOB_FUNCTION
 from dispatcher.store.rq_internals import (
     JOB_SERIALIZER,
-    REQUEUE_ABANDONED,
-    REQUEUE_STRANDED,
     RQ_LIFECYCLE_MESSAGES,
-    GuardedScript,
     WorkerBase,
     call_exception_handlers,
+    clean_registries_but_started,
     failed_key,
-    first_seen_key,
-    intermediate_job_ids,
     intermediate_key,
-    job_key,
     job_refusal,
     queue_key,
     save_meta,
     scheduled_key,
-    started_job_id,
-    started_key,
     unreadable_job,
 )
-from dispatcher.store.rq_internals import first_seen as rq_first_seen
-from dispatcher.store.rq_internals import mark_first_seen as rq_mark_first_seen
-from dispatcher.store.wrongtype import WrongKeyTypeError, key_types_checked
 from dispatcher.worker.jobs import (
     ForeignNamespace,
     HandlerFailed,
@@ -77,9 +68,18 @@ from dispatcher.worker.jobs import (
     install_runtime,
     take_report,
 )
+from dispatcher.worker.recovery import (
+    STRANDED_AFTER,
+    forget_first_seen,
+    requeue_abandoned,
+    requeue_stranded,
+    return_popped,
+)
+from dispatcher.worker.retry import DispatcherJob
 
 __all__ = [
     "RECOVERY_BOUND",
+    "STRANDED_AFTER",
     "BurstSummary",
     "DispatcherSimpleWorker",
     "DispatcherWorker",
@@ -120,19 +120,6 @@ def _log_context(job: Job) -> OrderLogContext | None:
     except Exception:  # an unreadable payload fails the job later, with RQ's own report
         contact = ()
     return OrderLogContext(order_id, integration_id, job.id, contact)
-
-
-def _requeue(
-    connection: Redis, script: GuardedScript, keys: list[str], args: list[Any], job_id: str
-) -> bool:
-    """Run a requeue script (rq_internals.py); a key of the wrong type is logged (naming it)
-    and skipped, the job left where it is, rather than stopping the worker's maintenance."""
-    try:
-        with key_types_checked(keys, script.types):
-            return bool(connection.eval(script.lua, len(keys), *keys, *args))
-    except WrongKeyTypeError as exc:
-        log.error("cannot requeue job %s: %s", job_id, exc)
-        return False
 
 
 class _DemoteRqChatter(logging.Filter):
@@ -236,8 +223,7 @@ def _refuse(job: Job, queue: Queue, why: str) -> None:
 
 def _leave_foreign(job: Job, queue: Queue, other: str, namespace: str) -> None:
     """Put a job of another namespace back at the end of its queue, untouched; say so once."""
-    keys = [intermediate_key(queue.name), queue_key(queue.name)]
-    _requeue(queue.connection, REQUEUE_STRANDED, keys, [job.id], job.id)
+    return_popped(queue.connection, queue.name, job.id)
     if (queue.name, other) not in _foreign_reported:
         _foreign_reported.add((queue.name, other))
         log.error(
@@ -332,13 +318,9 @@ def _live_failure(job: Job) -> Failure | None:
     return None
 
 
-# How long a job may sit popped but not started before it counts as stranded (a live worker
-# takes microseconds).
-STRANDED_AFTER = 10
-
-
-# Seconds the worker's command thread (RQ's pubsub: `rq` suspend, kill-horse) waits per read.
-_PUBSUB_READ_WAIT = 1.0
+# Seconds RQ's pubsub thread waits for a command at a time; it bounds how long stopping it
+# takes (RQ: 60).
+PUBSUB_WAIT = 0.5
 
 
 class _DispatcherWorkerMixin(WorkerBase):
@@ -361,6 +343,8 @@ class _DispatcherWorkerMixin(WorkerBase):
         kwargs.setdefault("queue_class", _OrderQueue)
         # Never RQ's default (pickle): a job planted in Redis would run code as it is read.
         kwargs["serializer"] = JOB_SERIALIZER
+        if kwargs.get("job_class") in (None, Job):  # RQ's worker pool passes Job itself
+            kwargs["job_class"] = DispatcherJob
         if kwargs["queue_class"] is _OrderQueue:
             # RQ insists every queue be of the worker's queue class: pass plain ones by name.
             queues = [
@@ -374,18 +358,6 @@ class _DispatcherWorkerMixin(WorkerBase):
     # handling (only the dequeue waits for Redis): a Redis lost there (a failover) would end
     # the worker ("unhandled exception, quitting"), and with --processes 1 the whole process.
     # Each is skipped instead; the next dequeue waits for the new primary.
-
-    def subscribe(self) -> None:
-        # RQ's own, but its command thread reads with a 1 s timeout instead of 60 s: since
-        # redis-py 8.2, stopping that thread (at every worker's teardown, a burst's end
-        # included) waits for the read in hand, so each worker took up to a minute to exit.
-        self.pubsub = self.connection.pubsub()
-        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
-        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
-            sleep_time=_PUBSUB_READ_WAIT,
-            daemon=True,
-            exception_handler=self._pubsub_exception_handler,
-        )
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         try:
@@ -427,67 +399,54 @@ class _DispatcherWorkerMixin(WorkerBase):
         # RQ would hand an abandoned job to its retry schedule, which only the scheduler
         # holding the queue's lock moves on; when that scheduler died with the worker, the
         # lock blocks everyone for a minute. The job did not fail, its worker vanished:
-        # requeue it at once.
+        # requeue it at once. RQ's own started-registry and intermediate-list passes are not
+        # run: they decide by status and by stale marks (worker/recovery.py).
         for queue in self.queues:
             self.requeue_abandoned(queue)
             self.requeue_stranded(queue)
-        super().clean_registries()  # type: ignore[no-untyped-call]  # RQ leaves it unannotated
+            if queue.acquire_maintenance_lock():
+                clean_registries_but_started(queue)
+                worker_registration.clean_worker_registry(queue)
+                queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
+        self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ annotates it None
 
     def requeue_stranded(self, queue: Queue) -> int:
-        """Put back jobs a dead worker popped but never started; returns how many.
-
-        RQ rescues them only after a minute, through the retry schedule (which a dead
-        worker's scheduler lock can block for another minute).
-        """
-        connection = self.connection
-        intermediate = intermediate_key(queue.name)
-        job_ids = intermediate_job_ids(connection, queue.name)
-        if not job_ids:
-            return 0
-        started = {
-            started_job_id(entry)
-            for entry in cast("list[bytes]", connection.zrange(started_key(queue.name), 0, -1))
-        }
-        requeued = 0
-        for job_id in job_ids:
-            if job_id in started:
-                continue
-            first_seen = rq_first_seen(connection, queue.name, job_id)
-            if first_seen is None:
-                rq_mark_first_seen(connection, queue.name, job_id)
-                continue
-            if time.time() - first_seen.timestamp() < STRANDED_AFTER:
-                continue
-            if _requeue(
-                connection,
-                REQUEUE_STRANDED,
-                [intermediate, queue_key(queue.name)],
-                [job_id],
-                job_id,
-            ):
-                connection.delete(first_seen_key(queue.name, job_id))
-                requeued += 1
-                log.warning("requeued job %s: popped by a worker that never started it", job_id)
-        return requeued
+        """Put back jobs a dead worker popped but never started; returns how many."""
+        return requeue_stranded(self.connection, queue.name)
 
     def requeue_abandoned(self, queue: Queue) -> int:
         """Put jobs whose worker stopped heartbeating back on the queue; returns how many."""
-        connection = self.connection
-        registry = started_key(queue.name)
-        requeued = 0
-        entries = connection.zrangebyscore(registry, 0, time.time())
-        for entry in cast("list[bytes]", entries):
-            job_id = started_job_id(entry)
-            if _requeue(
-                connection,
-                REQUEUE_ABANDONED,
-                [registry, job_key(job_id), queue_key(queue.name)],
-                [entry, job_id],
-                job_id,
-            ):
-                requeued += 1
-                log.warning("requeued job %s: its worker stopped heartbeating", job_id)
-        return requeued
+        return requeue_abandoned(self.connection, queue.name)
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+        # Out of the intermediate list (RQ's LREM above): a mark of this visit must not make
+        # the job's next visit (a retry) look stranded at once.
+        forget_first_seen(self.connection, job.origin, job.id)
+
+    def teardown(self) -> None:
+        # From here on the worker takes no job: a SIGTERM (RQ's _shutdown raises StopRequested
+        # in whatever the main thread is doing) would escape work() as a traceback.
+        self._torn_down = True
+        super().teardown()  # type: ignore[no-untyped-call]
+
+    def _shutdown(self) -> None:
+        if getattr(self, "_torn_down", False):
+            self._stop_requested = True
+            return
+        super()._shutdown()  # type: ignore[no-untyped-call]
+
+    def subscribe(self) -> None:
+        # RQ's pubsub thread waits up to 60 s per get_message, and with no subscription left
+        # (RQ unsubscribes before it stops the thread) redis-py waits that long on an event;
+        # redis-py 8.2's PubSubWorkerThread.stop() joins the thread without a timeout, so a
+        # worker's shutdown took up to 60 s. A short wait bounds it (one poll per wait).
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
+            sleep_time=PUBSUB_WAIT, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
 
     def execute_job(self, job: Job, queue: Queue) -> Any:
         set_order_context(_log_context(job))
@@ -794,4 +753,18 @@ def _burst(
             return summary
         log.info("waiting %.1fs for the next scheduled retry", due_in)
         # RQ's scheduler moves a job whose time has come on its next pass: a little past it.
-        time.sleep(due_in + 0.05)
+        if not _wait_unless_stopped(worker, due_in + 0.05):
+            log.info("stopped on request while waiting for retries")
+            return summary
+
+
+def _wait_unless_stopped(worker: DispatcherWorker, seconds: float) -> bool:
+    """Sleep ``seconds`` unless a SIGTERM/SIGINT (the finished worker's handlers still run)
+    asks the burst to stop first; False if it did."""
+    deadline = time.monotonic() + seconds
+    while not worker._stop_requested:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(left, 0.1))
+    return False
