@@ -198,7 +198,9 @@ def test_a_threaded_job_timeout_is_one_line_naming_the_setting(
         REDIS_URL=redis_url, DISPATCHER_WORKER_THREADS=2, DISPATCHER_HANDLER_TIMEOUT=30
     )
     run_worker(settings, redis, burst=True, runtime=Runtime(settings, [Slow()]))  # type: ignore[list-item]
-    job = Job.fetch(ledger.job_id(integration_id, batch[0].id), connection=redis)
+    job = Job.fetch(
+        ledger.job_id(integration_id, batch[0].id), connection=redis, serializer=JOB_SERIALIZER
+    )
     assert job.meta["last_failure"] == {
         "handler": "slow",
         "reason": "job timed out: the chain ran past DISPATCHER_JOB_TIMEOUT (1s)",
