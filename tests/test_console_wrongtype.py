@@ -93,3 +93,28 @@ def test_a_wrong_type_session_key_is_named_without_the_nonce(web: Web, redis: Re
     assert _broken_keys(web) == 1
     redis.delete(key)
     assert _broken_keys(web) == 0
+
+
+def test_a_wrong_type_device_count_is_named_without_the_nonce(web: Web, redis: Redis) -> None:
+    keys = Keys(web.namespace)
+    with httpx.Client(base_url=web.url, timeout=10) as operator:
+        # Given a browser that logged in before (its device cookie: its own login count)...
+        assert login(operator, TOKEN).status_code == 303
+        assert operator.post("/console/logout", data={"csrf": csrf_of(operator.get(
+            "/console/integrations").text)}).status_code == 303  # fmt: skip
+        prefix = keys.console_login("device:")
+        assert login(operator, "wrong-token").status_code == 403
+        (key,) = [k.decode() for k in redis.scan_iter(match=f"{prefix}*")]
+        nonce = key.removeprefix(prefix)
+        # ...when its count is planted as a list
+        redis.delete(key)
+        redis.rpush(key, "planted")
+        answer = login(operator, TOKEN)
+    # Then the page and one ERROR line name the wrong type, the device's nonce cut short.
+    assert answer.status_code == 503 and answer.text.strip() == WRONG_TYPE_PAGE
+    shown = f"key {prefix}{nonce[:6]}… holds a list where a string belongs"
+    assert len(_error_lines(web, shown)) == 1, web.log.read_text()
+    assert nonce not in web.log.read_text()
+    assert _broken_keys(web) == 1
+    redis.delete(key)
+    assert _broken_keys(web) == 0
