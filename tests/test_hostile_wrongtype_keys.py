@@ -42,6 +42,10 @@ PLANTED: dict[str, tuple[str, str, bool]] = {
     "throughput (this hour)": (KEYS.throughput(HOUR), "hash", True),
     "throughput (ten hours ago)": (KEYS.throughput(HOUR - 10), "hash", False),
     "lease": (KEYS.lease(INTEGRATION), "string", False),
+    # A wrong-type confirmation hash made every webhook delivery 503 while /healthz said ok.
+    "webhook-unconfirmed": (KEYS.webhook_unconfirmed, "hash", True),
+    "webhook-unconfirmed-since": (KEYS.webhook_unconfirmed_since, "zset", True),
+    "console-login-all": (KEYS.console_login_all, "string", True),
 }
 
 

@@ -19,6 +19,7 @@ This module is the one place that knows about wrong-type keys:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from dispatcher.store.throughput import hour_key
 
 __all__ = [
     "WRONGTYPE_CODE",
+    "MetWrongTypes",
     "WrongKeyTypeError",
     "WrongType",
     "describe",
@@ -191,7 +193,7 @@ def shared_keys(
     """The keys every poller, worker, webhook and results API shares (key -> type), for
     ``/healthz``, ``status`` and for diagnosing a failed command: one broken, and nothing of
     its kind works (a string at ``{ns}:outbox-pending`` fails every results PUT; this hour's
-    throughput hash every dispatch script).
+    throughput hash every dispatch script; ``{ns}:webhook-unconfirmed`` every webhook delivery).
 
     ``results_queue_key``: the results queue's RQ key, when the caller knows it; ``now``:
     whose hour's throughput hash (default: the current one).
@@ -206,6 +208,12 @@ def shared_keys(
         keys.provisioned: "zset",
         keys.result_stats: "hash",
         hour_key(keys, time.time() if now is None else now): "hash",
+        # A wrong-type confirmation hash makes every webhook delivery 503; a wrong-type
+        # global login count every console login. The per-client and per-session console
+        # keys cannot be listed without a SCAN: the console names them when it meets them.
+        keys.webhook_unconfirmed: "hash",
+        keys.webhook_unconfirmed_since: "zset",
+        keys.console_login_all: "string",
     }
     if results_queue_key is not None:
         service[results_queue_key] = "list"
@@ -222,6 +230,42 @@ def shared_keys(
         QUEUES_KEY: "set",
         **service,
     }
+
+
+class MetWrongTypes:
+    """Wrong-type keys a process met that no list of keys names (the console's per-client
+    and per-session keys: finding them would take a SCAN), for ``dispatcher_redis_broken_keys``.
+
+    Process-local and bounded (an attacker who can write Redis can plant any number of
+    keys): each is TYPE-checked again, all in one round trip, when :meth:`still_broken` is
+    asked, and forgotten once repaired or deleted.
+    """
+
+    LIMIT = 100
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._met: dict[str, tuple[str, str]] = {}  # key -> (type expected, key as shown)
+
+    def add(self, key: str, expected: str, shown: str) -> None:
+        """``key`` held another type than ``expected``; ``shown``: the key as logs may name
+        it (a session's nonce masked)."""
+        with self._lock:
+            if key in self._met or len(self._met) < self.LIMIT:
+                self._met[key] = (expected, shown)
+
+    def still_broken(self, redis: Redis) -> list[WrongType]:
+        """The keys met that still hold another type (named as shown), one round trip."""
+        with self._lock:
+            met = dict(self._met)
+        if not met:
+            return []
+        wrong = find_wrong_types(redis, {key: expected for key, (expected, _) in met.items()})
+        broken = {w.key for w in wrong}
+        with self._lock:
+            for key in met.keys() - broken:
+                self._met.pop(key, None)
+        return [WrongType(met[w.key][1], w.found, w.expected) for w in wrong]
 
 
 def integration_keys(keys: Keys, integration_id: str) -> dict[str, str]:

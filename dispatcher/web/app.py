@@ -8,6 +8,7 @@ web`` runs it under uvicorn, with the bounds an Internet-facing receiver needs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -26,11 +27,11 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from dispatcher.ops.status import take_snapshot
+from dispatcher.ops.status import BrokenKey, Snapshot, take_snapshot
 from dispatcher.settings import Settings
 from dispatcher.store.connection import ServerCheck, check_server
 from dispatcher.store.keys import Keys
-from dispatcher.store.wrongtype import find_wrong_types, shared_keys
+from dispatcher.store.wrongtype import MetWrongTypes, find_wrong_types, shared_keys
 from dispatcher.web.bodies import body_middleware
 from dispatcher.web.metrics import CONTENT_TYPE, exposition
 from dispatcher.web.results_api import results_routes
@@ -57,8 +58,21 @@ def create_app(
     blocking Redis client belongs.
     """
 
+    # Wrong-type keys of one console client or session (no list names them): the console
+    # records those it meets; /metrics counts them among the broken keys until repaired.
+    met = MetWrongTypes()
+
+    def snapshot() -> Snapshot:
+        taken = take_snapshot(redis, settings)
+        extra = [w for w in met.still_broken(redis) if w.key not in
+                 {b.key for b in taken.broken_keys}]  # fmt: skip
+        if not extra:
+            return taken
+        more = tuple(BrokenKey(w.key, None, str(w)) for w in extra)
+        return dataclasses.replace(taken, broken_keys=taken.broken_keys + more)
+
     def metrics(request: Request) -> Response:
-        body = exposition(lambda: take_snapshot(redis, settings))
+        body = exposition(snapshot)
         return Response(body, media_type=CONTENT_TYPE)
 
     # The shared keys only: one TYPE each, one round trip, however many integrations. A broken
@@ -103,7 +117,7 @@ def create_app(
         # The operator console at / (dispatcher/web/console/): off without its token.
         from dispatcher.web.console import console_routes
 
-        routes.extend(console_routes(settings, redis))
+        routes.extend(console_routes(settings, redis, met))
         log.info("the operator console is on at /")
 
     @asynccontextmanager

@@ -31,10 +31,20 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 from redis import Redis
+from redis.exceptions import ResponseError
 
+from dispatcher._text import as_str
 from dispatcher.store.keys import Keys
+from dispatcher.store.wrongtype import WrongKeyTypeError, is_wrong_type
 
-__all__ = ["LoginLimiter", "Session", "Sessions", "Signer", "client_address"]
+__all__ = [
+    "LoginLimiter",
+    "Session",
+    "Sessions",
+    "Signer",
+    "client_address",
+    "shown_key",
+]
 
 SESSION_COOKIE = "dispatcher_console"
 LOGIN_COOKIE = "dispatcher_console_login"
@@ -120,7 +130,14 @@ class Sessions:
         self.redis.set(self.keys.console_session(session.nonce), 1, ex=max(1, int(self.ttl)))
 
     def alive(self, session: Session) -> bool:
-        return bool(self.redis.exists(self.keys.console_session(session.nonce)))
+        """Raises :class:`WrongKeyTypeError` when the session's key holds another type than
+        the string :meth:`start` writes (TYPE rather than EXISTS: one round trip either way,
+        and a planted key of any type is not a session)."""
+        key = self.keys.console_session(session.nonce)
+        found = as_str(self.redis.type(key))
+        if found not in ("none", "string"):
+            raise WrongKeyTypeError(key, found, "string")
+        return found == "string"
 
     def end(self, session: Session) -> None:
         self.redis.delete(self.keys.console_session(session.nonce))
@@ -152,7 +169,13 @@ class LoginLimiter:
             pipe.incr(key)
             pipe.expire(key, self.window, nx=True)
             pipe.ttl(key)
-            count, _, ttl = pipe.execute()
+            try:
+                count, _, ttl = pipe.execute()
+            except ResponseError as exc:
+                if not is_wrong_type(exc):
+                    raise
+                # Redis's answer names no key; this one is the only key the pipeline touched.
+                raise WrongKeyTypeError(key, as_str(self.redis.type(key)), "string") from None
         if int(count) > limit:
             return float(max(1, int(ttl)))
         return None
@@ -163,6 +186,19 @@ class LoginLimiter:
 
     def _key(self, client: str, device: Session | None) -> str:
         return self.keys.console_login(f"device:{device.nonce}" if device else client)
+
+
+def shown_key(keys: Keys, key: str) -> str:
+    """``key`` as logs and pages may name it: a session's or a device's nonce is cut to its
+    first characters (enough to find the key with ``redis-cli --scan --pattern``; the
+    cookie's HMAC is needed besides, but the nonce is the session's name all the same)."""
+    for prefix in (keys.console_session(""), keys.console_login("device:")):
+        if key.startswith(prefix):
+            return f"{key[: len(prefix) + _SHOWN_NONCE]}…"
+    return key
+
+
+_SHOWN_NONCE = 6
 
 
 def client_address(host: str | None) -> str:

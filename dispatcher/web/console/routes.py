@@ -24,6 +24,13 @@ from starlette.routing import BaseRoute, Route
 from dispatcher import _text
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
+from dispatcher.store.wrongtype import (
+    MetWrongTypes,
+    WrongKeyTypeError,
+    WrongType,
+    is_refusal,
+    is_wrong_type,
+)
 from dispatcher.web.console import data
 from dispatcher.web.console.auth import (
     DEVICE_COOKIE,
@@ -36,6 +43,7 @@ from dispatcher.web.console.auth import (
     Sessions,
     Signer,
     client_address,
+    shown_key,
 )
 
 __all__ = ["SECURITY_HEADERS", "console_routes"]
@@ -59,18 +67,24 @@ _STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def console_routes(settings: Settings, redis: Redis) -> list[BaseRoute]:
-    """The console's routes for ``create_app``; ``DISPATCHER_CONSOLE_TOKEN`` must be set."""
+def console_routes(
+    settings: Settings, redis: Redis, met: MetWrongTypes | None = None
+) -> list[BaseRoute]:
+    """The console's routes for ``create_app``; ``DISPATCHER_CONSOLE_TOKEN`` must be set.
+    ``met``: where the console records a wrong-type key of one client or session (its login
+    count, its session), for ``dispatcher_redis_broken_keys``."""
     if settings.console_token is None:
         raise ValueError("DISPATCHER_CONSOLE_TOKEN is not set: the console is off")
-    return _Console(settings, redis).routes()
+    return _Console(settings, redis, met or MetWrongTypes()).routes()
 
 
 class _Console:
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, settings: Settings, redis: Redis, met: MetWrongTypes) -> None:
         assert settings.console_token is not None
         self.settings = settings
         self.redis = redis
+        self.met = met
+        self.keys = Keys(settings.namespace)
         self.signer = Signer(settings.console_token, settings.namespace)
         self.sessions = Sessions(redis, Keys(settings.namespace), settings.console_session_ttl)
         self.limiter = LoginLimiter(
@@ -166,8 +180,25 @@ class _Console:
         return self.secured(response)
 
     def unavailable(self, exc: RedisError) -> Response:
-        log.warning("console: Redis: %s: %s", type(exc).__name__, exc)
-        return self.secured(_plain(f"503: Redis does not answer: {type(exc).__name__}", 503))
+        if isinstance(exc, WrongKeyTypeError):
+            # A key of one client or session: no list names it (status and /healthz check
+            # the shared ones), so this line and /metrics do. Never a session's full nonce.
+            shown = shown_key(self.keys, exc.key)
+            self.met.add(exc.key, exc.expected, shown)
+            log.error("console: %s", WrongType(shown, exc.found, exc.expected))
+        elif is_wrong_type(exc):
+            log.error("console: a Redis key has the wrong type (dispatcher status names "
+                      "the shared ones): %s", str(exc).splitlines()[0])  # fmt: skip
+        elif is_refusal(exc):
+            log.error("console: Redis refused a command: %s", str(exc).splitlines()[0])
+        else:
+            log.warning("console: Redis: %s: %s", type(exc).__name__, exc)
+            return self.secured(_plain(f"503: Redis does not answer: {type(exc).__name__}", 503))
+        if is_wrong_type(exc):
+            message = "503: a Redis key has the wrong type: the server's log names it"
+        else:
+            message = "503: Redis refused a command: the server's log says which"
+        return self.secured(_plain(message, 503))
 
     def secured(self, response: Response) -> Response:
         response.headers.update(SECURITY_HEADERS)
