@@ -333,7 +333,8 @@ def run(
             DISPATCHER_QUEUE=QUEUE,
             DISPATCHER_NAMESPACE=NAMESPACE,
         )
-        rq_worker = [rq_binary, "worker", "--url", redis_url, QUEUE]
+        # Jobs are JSON (rq_internals.JOB_SERIALIZER): the stock worker must read them so.
+        rq_worker = [rq_binary, "worker", "--serializer", "json", "--url", redis_url, QUEUE]
         mine: dict[str, list[Run]] = {mode: [] for mode in setups}
         base: list[Run] = []
         for _ in range(reps):
