@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from dispatcher.testing import free_port as free_port
 from dispatcher.testing.redis_server import RedisServer as RedisServer
@@ -121,3 +126,35 @@ def kill_tree(pid: int) -> None:
     for victim in doomed:
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, _signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def dispatcher_web(env: dict[str, str], log: Path) -> Iterator[str]:
+    """A `dispatcher web` process as deployed (its output in ``log``); yields its URL once
+    /healthz answers, and stops it with SIGTERM (then SIGKILL) on the way out."""
+    port = free_port()
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher", "web", "--port", str(port)],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -15,14 +15,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import uuid
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -33,7 +29,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
-from _support import dispatcher_env, free_port
+from _support import dispatcher_env, dispatcher_web
 from dispatcher.store.ledger import JOB_FUNCTION
 from dispatcher.store.rq_internals import JOB_SERIALIZER, failed_key, queue_key
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
@@ -197,36 +193,6 @@ def test_dispatcher_failed_lists_a_failed_job_with_a_pickled_meta_without_loadin
     assert "Traceback" not in shown.stderr + as_json.stderr
 
 
-@contextmanager
-def _dispatcher_web(env: dict[str, str], log: Path) -> Iterator[str]:
-    port = free_port()
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", "web", "--port", str(port)],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def test_the_console_failures_page_lists_a_pickled_failed_job_without_loading_it(
     redis: Redis, redis_url: str, namespace: str, tmp_path: Path
 ) -> None:
@@ -235,7 +201,7 @@ def test_the_console_failures_page_lists_a_pickled_failed_job_without_loading_it
     planted = _plant_failed_job_with_pickled_meta(redis, f"{namespace}-orders", marker)
     env = _env(redis_url, namespace, DISPATCHER_CONSOLE_TOKEN=TOKEN)
     log = tmp_path / "web.log"
-    with _dispatcher_web(env, log) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with dispatcher_web(env, log) as url, httpx.Client(base_url=url, timeout=10) as client:
         # When an operator logs in and opens Failures (HTTP over a real socket)
         form = client.get("/")
         csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)

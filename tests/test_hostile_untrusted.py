@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -45,7 +41,7 @@ from _ops import (  # noqa: F401 (keep_logging: an autouse fixture)
 from redis import Redis
 from test_hostile_secrets import redis_values
 
-from _support import free_port
+from _support import dispatcher_web, free_port
 from dispatcher.redact import protect_secrets
 from dispatcher.testing.simulator import Simulator
 
@@ -160,36 +156,6 @@ def _redis_exposed(redis: Redis) -> list[tuple[str, bytes]]:
     return found
 
 
-@contextmanager
-def _web(env: dict[str, str], log: Path) -> Iterator[str]:
-    port = free_port()
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", "web", "--port", str(port)],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _console_pages(url: str, order_ids: list[str]) -> dict[str, str]:
     pages = {}
     with httpx.Client(base_url=url, timeout=20) as client:
@@ -289,7 +255,7 @@ def test_every_secret_echoed_by_kombo_or_a_vendor_leaks_to_no_output_page_or_red
     ]
     with ThreadPoolExecutor(4) as pool:  # read-only commands: side by side
         list(pool.map(lambda args: run(" ".join(args), args, env, (0, 1)), looks))
-    with _web({**env}, tmp_path / "web.log") as url:
+    with dispatcher_web({**env}, tmp_path / "web.log") as url:
         pages = _console_pages(url, orders)
     outputs.update({f"console {path}": html for path, html in pages.items()})
     outputs["web log"] = (tmp_path / "web.log").read_text()

@@ -9,7 +9,6 @@ real ``dispatcher web`` and ``dispatcher status`` must name it, as they name the
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 from redis import Redis
 from test_web import samples
 
-from _support import dispatcher_env, free_port
+from _support import dispatcher_env, dispatcher_web
 from dispatcher.store.keys import Keys
 
 pytestmark = pytest.mark.redis
@@ -64,33 +63,9 @@ def _env(redis_url: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`dispatcher web` as deployed, for the whole module."""
-    port = free_port()
     log = tmp_path_factory.mktemp("w7") / "web.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", "web", "--port", str(port)],
-            env=_env(redis_url),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
+    with dispatcher_web(_env(redis_url), log) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert "Traceback" not in Path(log).read_text()
 
 

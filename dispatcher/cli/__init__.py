@@ -23,13 +23,13 @@ from typing import Any
 import click
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
-from rq import Queue
 
 from dispatcher.cli import dev, integrations, ops, poll, reconcile, web, worker, writeback
 from dispatcher.cli._common import fail
 from dispatcher.logs import configure_logging
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
+from dispatcher.store.rq_internals import queue_key
 from dispatcher.store.wrongtype import describe, find_wrong_types, shared_keys
 from dispatcher.unknown_settings import CHECKED, warn_unknown_settings
 
@@ -104,9 +104,11 @@ def _refusal(ctx: click.Context, exc: ResponseError) -> str:
     settings, redis = obj.get("settings"), obj.get("redis")
     if not isinstance(settings, Settings) or not isinstance(redis, Redis):
         return describe(exc, [])
-    queue_key = Queue(settings.queue, connection=redis).key
-    results_key = Queue(settings.results_queue, connection=redis).key
-    expected = shared_keys(Keys(settings.namespace), queue_key, results_queue_key=results_key)
+    expected = shared_keys(
+        Keys(settings.namespace),
+        queue_key(settings.queue),
+        results_queue_key=queue_key(settings.results_queue),
+    )
     try:
         wrong = find_wrong_types(redis, expected)
     except RedisError:

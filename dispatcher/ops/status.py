@@ -47,6 +47,7 @@ from dispatcher.store.rq_internals import (
     started_key,
     workers_key,
 )
+from dispatcher.store.rq_internals import queue_key as rq_queue_key
 from dispatcher.store.sweeps import SweepRecord
 from dispatcher.store.wrongtype import describe, find_wrong_types, shared_keys
 
@@ -520,8 +521,9 @@ def _unread_broken(
     indexes, the results queue, the result stats, the provisioned set, the throughput hashes
     of the console's chart. Their readers below answer ``None`` on a refusal; this names why.
     """
-    results_queue = Queue(settings.results_queue, connection=redis).key
-    expected = shared_keys(keys, queue_key, results_queue_key=results_queue, now=now)
+    expected = shared_keys(
+        keys, queue_key, results_queue_key=rq_queue_key(settings.results_queue), now=now
+    )
     hour = int(now) // 3600
     for past in range(hour - throughput.WINDOW_MINUTES // 60, hour):
         expected[keys.throughput(past)] = "hash"

@@ -19,7 +19,6 @@ import h11
 import uvicorn
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
@@ -31,6 +30,7 @@ from dispatcher.ops.status import BrokenKey, Snapshot, take_snapshot
 from dispatcher.settings import Settings
 from dispatcher.store.connection import ServerCheck, check_server
 from dispatcher.store.keys import Keys
+from dispatcher.store.rq_internals import queue_key
 from dispatcher.store.wrongtype import MetWrongTypes, find_wrong_types, shared_keys
 from dispatcher.web.bodies import body_middleware
 from dispatcher.web.metrics import CONTENT_TYPE, exposition
@@ -78,14 +78,11 @@ def create_app(
     # The shared keys only: one TYPE each, one round trip, however many integrations. A broken
     # key of one integration is that integration's problem (status, /metrics), like a failing
     # Kombo integration; a broken schedule or queue stops every integration.
-    queue_key = Queue(settings.queue, connection=redis).key
-    results_queue_key = Queue(settings.results_queue, connection=redis).key
+    orders_key, results_key = queue_key(settings.queue), queue_key(settings.results_queue)
 
     def healthz(request: Request) -> Response:
         # Per request: the throughput hash among them is this hour's.
-        shared = shared_keys(
-            Keys(settings.namespace), queue_key, results_queue_key=results_queue_key
-        )
+        shared = shared_keys(Keys(settings.namespace), orders_key, results_queue_key=results_key)
         try:
             redis.ping()
             wrong = find_wrong_types(redis, shared)

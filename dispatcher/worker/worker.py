@@ -35,7 +35,6 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.timeouts import BaseTimeoutException, JobTimeoutException
 from rq.utils import now
-from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
@@ -205,7 +204,7 @@ def _refuse(job: Job, queue: Queue, why: str) -> None:
     with queue.connection.pipeline() as pipe:
         pipe.lrem(intermediate_key(queue.name), 0, job.id)
         job.set_status(JobStatus.FAILED, pipeline=pipe)
-        job.ended_at = rq_now()
+        job.ended_at = now()
         if unreadable_job(job) is None and isinstance(job.meta, dict):
             # For `dispatcher failed` and the console (RQ keeps no reason for this failure).
             reason = {"handler": None, "reason": f"refused, not run: {why}", "at": time.time()}
