@@ -16,9 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from dispatcher.testing import free_port as free_port
 from dispatcher.testing.redis_server import RedisServer as RedisServer
+
+
+def slow_beyond(values: Iterable[Any], keep: int) -> list[Any]:
+    """Parametrize values whose first ``keep`` run by default and the rest in the slow step
+    (``pytest -m slow``): each behaviour is checked on every change, every case in CI."""
+    return [
+        v if i < keep else pytest.param(v, marks=pytest.mark.slow) for i, v in enumerate(values)
+    ]
 
 
 def wait_until(

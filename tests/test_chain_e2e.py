@@ -154,6 +154,7 @@ def test_every_order_provisioned_once_and_every_eligible_member_mailed_once(
     assert 0 < redis.ttl(f"dispatcher:steps:{sim.integration_ids[0]}:ORDER0") <= 7 * 24 * 3600
 
 
+@pytest.mark.slow
 def test_a_worker_killed_between_provisioning_and_mail_repeats_neither(
     sim: Simulator, vendor: VendorAPI, mailbox: Mailbox, redis: Redis, redis_url: str
 ) -> None:
@@ -186,6 +187,7 @@ def test_a_worker_killed_between_provisioning_and_mail_repeats_neither(
     assert mail_received(mailbox) == sorted(EXPECTED_MAIL)
 
 
+@pytest.mark.slow
 def test_a_permanent_failure_is_not_retried_and_retry_finishes_it_later(
     sim: Simulator, vendor: VendorAPI, mailbox: Mailbox, redis: Redis, redis_url: str
 ) -> None:
@@ -215,6 +217,7 @@ def test_a_permanent_failure_is_not_retried_and_retry_finishes_it_later(
     assert mail_received(mailbox) == sorted(EXPECTED_MAIL)
 
 
+@pytest.mark.slow
 def test_a_step_that_keeps_failing_lands_in_failed_and_completed_steps_are_skipped_on_retry(
     sim: Simulator, vendor: VendorAPI, mailbox: Mailbox, redis: Redis, redis_url: str
 ) -> None:

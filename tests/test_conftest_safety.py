@@ -63,6 +63,7 @@ def run_probe(tmp_path: Path, test_redis_url: str, *, ci: bool) -> subprocess.Co
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_database_holding_keys_is_refused_with_a_skip_in_dev(
     shared: RedisServer, tmp_path: Path
 ) -> None:
@@ -73,6 +74,7 @@ def test_a_database_holding_keys_is_refused_with_a_skip_in_dev(
     assert Redis(port=shared.port).get("foreign") == b"not the tests' data"
 
 
+@pytest.mark.slow
 def test_a_database_holding_keys_is_a_failure_in_ci(shared: RedisServer, tmp_path: Path) -> None:
     result = run_probe(tmp_path, f"redis://127.0.0.1:{shared.port}/0", ci=True)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -81,6 +83,7 @@ def test_a_database_holding_keys_is_a_failure_in_ci(shared: RedisServer, tmp_pat
     assert Redis(port=shared.port).get("foreign") == b"not the tests' data"
 
 
+@pytest.mark.slow
 def test_an_empty_database_of_a_busy_server_is_used_and_only_it_is_flushed(
     shared: RedisServer, tmp_path: Path
 ) -> None:

@@ -62,7 +62,14 @@ def queued_orders(redis: Redis) -> list[tuple[str, str]]:
 
 # Bounded by wait_while_progressing (a stall fails it), not by the default 120 s per test.
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("threads", [[], ["--threads", "8"]], ids=["one-at-a-time", "threads"])
+# The default worker mode on every change; threads in the slow step.
+@pytest.mark.parametrize(
+    "threads",
+    [
+        pytest.param([], id="one-at-a-time"),
+        pytest.param(["--threads", "8"], id="threads", marks=pytest.mark.slow),
+    ],
+)
 def test_poll_once_then_burst_worker_handles_every_open_order_once(
     sim: Simulator, redis: Redis, redis_url: str, threads: list[str], tmp_path: Path
 ) -> None:
@@ -129,6 +136,7 @@ def test_poll_once_exits_1_and_names_the_failing_integration(
     assert f"dispatcher: error: integration {broken}: PLATFORM.UNKNOWN_ERROR" in result.stderr
 
 
+@pytest.mark.slow
 def test_two_concurrent_poller_processes_enqueue_each_order_once(
     sim: Simulator, redis: Redis, redis_url: str
 ) -> None:
@@ -153,6 +161,7 @@ def test_two_concurrent_poller_processes_enqueue_each_order_once(
             assert set(queued) == open_orders(sim)
 
 
+@pytest.mark.slow
 def test_a_poller_killed_mid_sweep_loses_and_doubles_nothing(redis: Redis, redis_url: str) -> None:
     sim = Simulator(2, 300, seed=12, faults=Faults(latency=0.02))
     with sim.serve() as server:
@@ -235,6 +244,7 @@ def test_a_refused_api_key_is_one_error_line_for_every_integration(
     assert "Authorization header" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_poll_loop_waits_for_redis_at_start_and_once_does_not(sim: Simulator) -> None:
     # Issue 14, item 5: the README says pollers ride out Redis outages; one at start too.
     from _support import RedisServer, wait_until

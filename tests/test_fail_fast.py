@@ -33,6 +33,7 @@ def refused_env(redis_url: str, **extra: str) -> dict[str, str]:
     return dispatcher_env(redis_url, **{**settings, **extra})
 
 
+@pytest.mark.slow
 def test_poll_once_against_a_refused_port_fails_within_20s_in_at_most_5_lines(
     redis: Redis, redis_url: str
 ) -> None:

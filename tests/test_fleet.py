@@ -79,6 +79,7 @@ def test_registry_merges_environment_and_redis_and_honours_pauses(redis: Redis) 
         registry.add(["has space"])
 
 
+@pytest.mark.slow
 def test_integrations_cli(redis: Redis, redis_url: str) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -420,6 +421,7 @@ def test_a_killed_poller_is_taken_over_within_the_lease_ttl(redis: Redis, redis_
     assert all(p.returncode in (0, -signal.SIGKILL) for p in pollers)
 
 
+@pytest.mark.slow
 def test_pollers_ride_out_a_redis_restart(tmp_path: Any) -> None:
     from _support import RedisServer
 
@@ -493,6 +495,7 @@ def test_poll_once_in_processes_sweeps_each_integration_once_between_them(
     assert sum(sim.requests_by_path.values()) == 15
 
 
+@pytest.mark.slow
 def test_poll_in_processes_forwards_sigterm_and_exits_zero(redis: Redis, redis_url: str) -> None:
     sim = Simulator(4, 30, seed=62, faults=Faults(latency=0.01))
     with sim.serve() as server:

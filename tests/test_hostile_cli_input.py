@@ -26,7 +26,7 @@ from test_hostile_untrusted import (
     _server,
 )
 
-from _support import dispatcher_env, free_port, order_payload
+from _support import dispatcher_env, free_port, order_payload, slow_beyond
 from dispatcher.store.keys import Keys
 
 PASSWORD = "pw_W13neverShown77"
@@ -48,7 +48,8 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.mark.parametrize("url", MALFORMED)
+# Every command with the first URL by default; the other URLs' shapes in the slow step.
+@pytest.mark.parametrize("url", slow_beyond(MALFORMED, keep=1))
 @pytest.mark.parametrize(
     "command",
     [["status"], ["poll", "--once"], ["worker", "--burst"], ["web", "--port", "0"], ["failed"]],

@@ -149,6 +149,7 @@ def test_a_pickled_job_planted_in_the_queue_is_refused_by_the_worker_in_one_line
     assert not marker.exists() and not Path(f"{marker}.meta").exists()
 
 
+@pytest.mark.slow
 def test_a_json_job_naming_another_function_is_refused_by_the_worker(
     redis: Redis, redis_url: str, namespace: str, tmp_path: Path
 ) -> None:

@@ -570,6 +570,7 @@ def _surrogate_free(value: str) -> bool:
     return not any("\ud800" <= char <= "\udfff" for char in value)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(order_id=hostile_text, name=hostile_text, huge=st.booleans())
 def test_a_hostile_order_never_spoils_its_neighbours(order_id: str, name: str, huge: bool) -> None:

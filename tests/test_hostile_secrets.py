@@ -155,6 +155,7 @@ def sim() -> Simulator:
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [401, 500])
 def test_a_vendor_echoing_the_token_leaks_it_to_no_log_cli_output_or_redis_value(
     redis: Redis, redis_url: str, namespace: str, sim: Simulator, status: int

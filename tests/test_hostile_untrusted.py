@@ -175,6 +175,7 @@ def _console_pages(url: str, order_ids: list[str]) -> dict[str, str]:
     return pages
 
 
+@pytest.mark.slow
 @pytest.mark.redis
 @pytest.mark.timeout(420)  # a dozen and a half processes, on a loaded 2-core machine
 def test_every_secret_echoed_by_kombo_or_a_vendor_leaks_to_no_output_page_or_redis_value(

@@ -113,6 +113,7 @@ def keyspace(redis: Redis) -> Iterator[set[str]]:
         redis.config_set("notify-keyspace-events", "")
 
 
+@pytest.mark.slow
 @pytest.mark.redis
 def test_a_full_run_writes_only_documented_keys(
     redis: Redis, redis_url: str, namespace: str, keyspace: set[str]

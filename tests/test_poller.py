@@ -143,6 +143,7 @@ def test_a_stop_request_finishes_the_current_page_and_returns() -> None:
     assert poller.ledger.queue.count == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rounds", [15])
 def test_concurrent_pollers_on_one_integration_enqueue_each_order_once(
     redis_url: str, rounds: int

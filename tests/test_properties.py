@@ -132,6 +132,7 @@ def _page(results: Any) -> dict[str, Any]:
     return {"status": "success", "data": {"next": None, "results": results}}
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(pages())
 def test_every_valid_page_parses_and_round_trips(results: list[dict[str, Any]]) -> None:
@@ -141,6 +142,7 @@ def test_every_valid_page_parses_and_round_trips(results: list[dict[str, Any]]) 
     assert [o.to_payload() for o in page.orders] == results
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pages(), st.data())
 def test_an_invalid_order_names_order_and_field_and_only_it_is_left_out(

@@ -156,6 +156,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README's blocks use curl")
 def test_the_readme_blocks_run_offline(shell: ReadmeShell) -> None:
     # Given the simulator and a private Redis, when the README's marked blocks run in order,

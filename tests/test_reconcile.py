@@ -347,6 +347,7 @@ def test_an_order_with_nothing_to_rebuild_from_is_unmarked_and_dispatched_again(
     assert provisioned(redis, integration, order)
 
 
+@pytest.mark.slow
 def test_a_running_poller_reconciles_by_itself(
     env: dict[str, str], redis: Redis, redis_url: str, sim: Simulator
 ) -> None:

@@ -83,6 +83,7 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.slow
 def test_replica_ack_passes_with_a_replica_and_fails_clearly_without(
     sentinels: SentinelSet,
 ) -> None:

@@ -34,6 +34,7 @@ def steps(redis: Redis, order_id: str) -> dict[str, Any]:
     return {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"_")}
 
 
+@pytest.mark.slow
 def test_replay_runs_only_the_new_step_on_dispatched_orders_still_open(
     redis: Redis, redis_url: str, vendor: VendorAPI
 ) -> None:

@@ -262,6 +262,7 @@ def run_chaos(
     redis.close()
 
 
+@pytest.mark.slow
 def test_results_put_by_concurrent_clients_are_each_written_once(
     redis_url: str, namespace: str
 ) -> None:

@@ -14,7 +14,7 @@ from _webhook_support import ReceiverServer
 from redis import Redis
 from test_results_api import TOKEN, Fleet, auth, wait_for
 
-from _support import RedisServer, dispatcher_env
+from _support import RedisServer, dispatcher_env, slow_beyond
 from dispatcher.settings import Settings, load_settings
 from dispatcher.store.keys import Keys
 from dispatcher.store.outbox import Outbox
@@ -167,7 +167,7 @@ def _result_put(http: httpx.Client, order: str, payload: dict[str, Any]) -> http
     return http.put(f"/orders/{INTEGRATION}/{order}/result", json=payload)
 
 
-@pytest.mark.parametrize("status", ["COMPLETED", "OPEN"])
+@pytest.mark.parametrize("status", slow_beyond(["COMPLETED", "OPEN"], keep=1))
 def test_50_concurrent_puts_of_different_bodies_leave_one_truth(
     redis_url: str, namespace: str, status: str
 ) -> None:

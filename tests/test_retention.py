@@ -41,6 +41,7 @@ def run_pipeline(redis_url: str, env: dict[str, str], sim: Simulator, failing: s
     assert worker.returncode == 0, worker.stderr
 
 
+@pytest.mark.slow
 def test_the_defaults_are_seven_and_thirty_days(
     redis: Redis, redis_url: str, namespace: str
 ) -> None:
@@ -74,6 +75,7 @@ def test_finished_and_failed_jobs_keep_the_configured_times(
     assert all(value.replace(b":", b"").isdigit() for value in seen.values())
 
 
+@pytest.mark.slow
 def test_expired_jobs_leave_no_personal_data_behind(
     redis: Redis, redis_url: str, namespace: str
 ) -> None:

@@ -42,6 +42,7 @@ def sim() -> Simulator:
     return Simulator(["greenhouse:RqInfoOne", "lever:RqInfoTwo"], 5, seed=15)
 
 
+@pytest.mark.slow
 def test_rq_info_shows_the_dispatcher_queue_and_its_counts_after_a_sweep_and_a_worker(
     redis: Redis, redis_url: str, namespace: str, sim: Simulator
 ) -> None:

@@ -61,6 +61,7 @@ def redis_values(redis: Redis) -> Iterator[bytes]:
                 pass
 
 
+@pytest.mark.slow
 def test_no_secret_in_logs_jobs_or_redis_and_candidate_data_expires(
     locked_redis: RedisServer,
 ) -> None:

@@ -34,6 +34,7 @@ NS = "dispatcher"
 ROLES = {"RECRUITER", "HIRING_MANAGER"}
 
 
+@pytest.mark.slow
 def test_each_builtin_with_50_threads_has_exactly_once_effects(
     redis: Redis, redis_url: str, vendor: VendorAPI, mailbox: Mailbox
 ) -> None:

@@ -101,6 +101,7 @@ def test_a_handlers_missing_settings_are_all_named(monkeypatch: pytest.MonkeyPat
     )
 
 
+@pytest.mark.slow
 @pytest.mark.redis
 def test_poll_with_processes_warns_once_not_once_per_poller(tmp_path: Path, redis_url: str) -> None:
     sim = Simulator(2, 3, seed=7)
