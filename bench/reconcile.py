@@ -50,8 +50,8 @@ from _support import (
 from dispatcher.kombo.models import Order, parse_order
 from dispatcher.store.keys import Keys, order_ref
 from dispatcher.store.ledger import Ledger
-from dispatcher.store.outbox import Outbox
 from dispatcher.store.reconcile import BATCH, Reconciler
+from dispatcher.store.results import Outbox
 from dispatcher.store.rq_internals import failed_key, finished_key, queue_key
 
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"

@@ -6,7 +6,7 @@
 
 - the dispatcher: ``--results`` results submitted through the outbox (``Outbox.submit``,
   the path of ``dispatcher.submit_result`` and ``PUT /orders/.../result``), written by the
-  results workers (``python -m dispatcher.worker.writeback --processes N --threads T``,
+  results workers (``python -m dispatcher.worker.results --processes N --threads T``,
   as ``dispatcher worker --results`` runs them; started and
   waited for first); the clock runs from the first submit until the last result is written
   (every one through the per-integration write cap, ``DISPATCHER_KOMBO_WRITE_CONCURRENCY``);
@@ -44,7 +44,7 @@ from _support import (
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.results import build_result
 from dispatcher.settings import load_settings
-from dispatcher.store.outbox import Outbox
+from dispatcher.store.results import Outbox
 from dispatcher.testing.simulator import Simulator
 
 NAMESPACE = "bench"
@@ -81,7 +81,7 @@ def _workers(
         [
             sys.executable,
             "-m",
-            "dispatcher.worker.writeback",
+            "dispatcher.worker.results",
             "--processes",
             str(processes),
             "--threads",

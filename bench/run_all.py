@@ -4,7 +4,7 @@
 
 Each benchmark runs in its own process (with its own private redis-server and simulator) at
 the sizes below, writes its rows as JSON, and the table goes to stdout and to ``--output``.
-``--smoke`` runs every benchmark at tiny sizes (what tests/test_bench_smoke.py checks): the
+``--smoke`` runs every benchmark at tiny sizes (what tests/project/test_bench_smoke.py checks): the
 figures mean nothing then, only that the suite still runs.
 """
 
@@ -195,7 +195,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--smoke-sizes", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.smoke_sizes:  # for tests/test_bench_smoke.py: one source of the tiny sizes
+    if args.smoke_sizes:  # for tests/project/test_bench_smoke.py: one source of the tiny sizes
         print(json.dumps({bench.script: list(bench.smoke) for bench in BENCHES}))
         return
     wanted = set(args.only.split(",")) if args.only else None

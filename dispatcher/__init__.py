@@ -35,7 +35,7 @@ from dispatcher.kombo.models import (
 from dispatcher.kombo.results import AssessmentResult, InvalidResultError
 from dispatcher.settings import ConfigError, Settings, load_settings
 from dispatcher.store.ledger import DispatchResult, Ledger
-from dispatcher.store.outbox import FinalResultError, OutboxRecord, ResultReceipt, submit_result
+from dispatcher.store.results import FinalResultError, OutboxRecord, ResultReceipt, submit_result
 from dispatcher.untrusted import untrusted_text
 
 __version__ = "0.1.0"

@@ -257,7 +257,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Seconds of the console's login rate-limit window.",
     )
-    # The way back: results to Kombo through the outbox (dispatcher/store/outbox.py).
+    # The way back: results to Kombo through the outbox (dispatcher/store/results.py).
     # Defaults to "{namespace}-results" (see _queue_per_namespace).
     results_queue: str = Field(
         "dispatcher-results", alias="DISPATCHER_RESULTS_QUEUE", pattern=r"^[A-Za-z0-9_.\-]+$"

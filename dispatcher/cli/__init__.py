@@ -7,7 +7,7 @@ calling the package that does the work and printing the outcome.
 - :mod:`.ops` ``status``, ``failed``, ``show``, ``forget``, ``retry`` (``--results``: of
   result writes), ``replay``, ``handlers``
 - :mod:`.reconcile` ``reconcile``
-- :mod:`.writeback` ``result``, ``results``, ``packages get|set``
+- :mod:`.results` ``result``, ``results``, ``packages get|set``
 - :mod:`.dev` ``sim``, ``demo``
 
 Every error is one line, ``dispatcher: error: ...``: a usage error (exit 2) as well as a
@@ -24,7 +24,7 @@ import click
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from dispatcher.cli import dev, integrations, ops, poll, reconcile, web, worker, writeback
+from dispatcher.cli import dev, integrations, ops, poll, reconcile, results, web, worker
 from dispatcher.cli._common import fail
 from dispatcher.logs import configure_logging
 from dispatcher.settings import Settings
@@ -171,9 +171,9 @@ for _command in (
     ops.replay,
     reconcile.reconcile,
     web.web,
-    writeback.result,
-    writeback.results,
-    writeback.packages,
+    results.result,
+    results.results,
+    results.packages,
 ):
     cli.add_command(_command)
 

@@ -35,9 +35,9 @@ from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.settings import Settings
 from dispatcher.store.connection import UnsuitableRedisError, startup_check
-from dispatcher.store.outbox import Outbox
 from dispatcher.store.reconcile import Reconciler
 from dispatcher.store.reconcile_state import PeriodicReconcile
+from dispatcher.store.results import Outbox
 from dispatcher.unknown_settings import CHECKED
 
 log = logging.getLogger("dispatcher.cli")

@@ -11,9 +11,9 @@ from redis.exceptions import RedisError
 
 from dispatcher import _text
 from dispatcher.cli._common import connect_redis, make_ledger, redis_failed, settings_of
-from dispatcher.store.outbox import Outbox
 from dispatcher.store.reconcile import GRACE_SECONDS, Reconciler, ReconcileReport
 from dispatcher.store.reconcile_state import record
+from dispatcher.store.results import Outbox
 
 __all__ = ["reconcile"]
 

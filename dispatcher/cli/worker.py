@@ -66,7 +66,7 @@ def worker(
 
     settings = settings_of(ctx)
     if results_:
-        from dispatcher.worker.writeback import WriterRuntime, run_results_worker
+        from dispatcher.worker.results import WriterRuntime, run_results_worker
 
         # DISPATCHER_WORKER_THREADS sizes the handler workers; results take --threads only.
         write_threads = threads or 1

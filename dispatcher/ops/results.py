@@ -2,7 +2,7 @@
 :mod:`dispatcher.ops.timeline`).
 
 The functions ``dispatcher result``, ``results`` and ``retry`` (of writes) call
-(see the README, "Writing results back", and docs/writeback.md); they print nothing themselves.
+(see the README, "Writing results back", and docs/results.md); they print nothing themselves.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dispatcher import _text
 from dispatcher.kombo.results import AssessmentResult
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
-from dispatcher.store.outbox import (
+from dispatcher.store.results import (
     STATES,
     Outbox,
     OutboxRecord,

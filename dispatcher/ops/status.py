@@ -34,8 +34,8 @@ from dispatcher.settings import Settings
 from dispatcher.store import throughput
 from dispatcher.store.connection import ServerCheck, check_server
 from dispatcher.store.keys import Keys
-from dispatcher.store.outbox import Outbox
 from dispatcher.store.reconcile_state import read_state
+from dispatcher.store.results import Outbox
 from dispatcher.store.rq_internals import (
     JOB_SERIALIZER,
     canceled_key,
@@ -238,7 +238,7 @@ class Snapshot:
     kombo_requests: tuple[RequestSeries, ...]
     problems: tuple[str, ...]
     broken_keys: tuple[BrokenKey, ...] = ()
-    # The way back (dispatcher/store/outbox.py): results by state, orders left without one.
+    # The way back (dispatcher/store/results.py): results by state, orders left without one.
     results: Mapping[str, int] | None = None
     stale: StaleOrders | None = None
     # {integration: {"written", "failed", "latency_sum", "le|<bound>"...}} for /metrics.

@@ -20,7 +20,7 @@ from dispatcher import _text
 from dispatcher.ops.admin import OrderRecord, describe_order
 from dispatcher.settings import Settings
 from dispatcher.store.failures import MAX_REASON_LENGTH
-from dispatcher.store.outbox import Outbox
+from dispatcher.store.results import Outbox
 from dispatcher.untrusted import untrusted_text
 
 __all__ = ["EVENT_RANK", "event_details", "order_timeline", "timeline_lines"]

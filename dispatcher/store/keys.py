@@ -146,7 +146,7 @@ class Keys:
 
     def outbox(self, integration_id: str, order_id: str) -> str:
         """Hash: one order's result on its way to Kombo (body, state, attempts, outcome);
-        see dispatcher/store/outbox.py. The order is named by :func:`order_ref`."""
+        see dispatcher/store/results.py. The order is named by :func:`order_ref`."""
         return f"{self.namespace}:outbox:{order_ref(integration_id, order_id)}"
 
     def outbox_index(self, state: str) -> str:
@@ -276,7 +276,7 @@ _PLACEHOLDER_RES = {
 }
 
 # The dispatcher's own keys, then RQ's keys that the dispatcher's queue and workers cause.
-# docs/redis-keys.md shows this table (tests/test_keys.py checks that it is the same).
+# docs/redis-keys.md shows this table (tests/store/test_keys.py checks that it is the same).
 SCHEMA: tuple[KeySpec, ...] = (
     KeySpec(
         "{ns}:seen:{integration}",

@@ -400,7 +400,7 @@ class Ledger:
         RQ's Job.create and to_dict run once for the page instead of per order: they cost
         more per order than the rest of a dispatch (bench/ingest.py), and the jobs of a
         page differ only in their arguments, description and meta. Sending the shared
-        fields once spares redis-py packing them per order. tests/test_ledger_jobs.py checks
+        fields once spares redis-py packing them per order. tests/store/test_ledger_jobs.py checks
         the hashes against RQ's own and runs them.
         """
         if not orders:
@@ -472,7 +472,7 @@ class Ledger:
     ) -> dict[str, Any]:
         """The arguments of an order's job: the integration, the order as Kombo sent it
         (``payload``, when the caller has it; the same as ``to_payload()``, see
-        tests/test_properties.py, without the cost of dumping the model) and the namespace,
+        tests/kombo/test_properties.py, without the cost of dumping the model) and the namespace,
         which a worker of another namespace refuses."""
         return {
             "integration_id": integration_id,

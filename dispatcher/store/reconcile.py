@@ -55,7 +55,7 @@ from dispatcher._text import as_str
 from dispatcher.logs import escape_controls
 from dispatcher.store.keys import Keys, order_ref
 from dispatcher.store.ledger import REJECTED_PREFIX, Ledger, parse_seen
-from dispatcher.store.outbox import Outbox
+from dispatcher.store.results import Outbox
 from dispatcher.store.rq_internals import (
     QUEUES_KEY,
     canceled_key,

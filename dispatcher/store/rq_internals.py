@@ -5,7 +5,7 @@ RQ's public API (``Queue``, ``Job.create``/``fetch_many``, ``Worker.work``, ``Re
 used where it is needed. Listed here is what RQ does not promise to keep: its Redis layout,
 which the dispatcher reads and writes directly (from Lua, so that an order is marked seen and
 enqueued in one atomic step and a page costs one round trip), and the methods of RQ's
-classes that the dispatcher overrides. tests/test_rq_internals.py checks every item against
+classes that the dispatcher overrides. tests/store/test_rq_internals.py checks every item against
 the installed RQ and names the one that changed; after an RQ upgrade, start there.
 
 Keys (``PREFIX`` is RQ's ``RQ_KEY_PREFIX``, ``rq`` unless set in the environment):
@@ -350,7 +350,7 @@ _CLEANED_HERE = (FinishedJobRegistry, FailedJobRegistry, DeferredJobRegistry, Re
 
 def clean_registries_but_started(queue: Queue) -> None:
     """``rq.registry.clean_registries(queue)`` without the started registry's cleanup (see
-    ``RQ_CLEANED_ELSEWHERE``); tests/test_rq_internals.py checks it cleans the rest of what
+    ``RQ_CLEANED_ELSEWHERE``); tests/store/test_rq_internals.py checks it cleans the rest of what
     RQ's does."""
     for registry in _CLEANED_HERE:
         registry(

@@ -1,6 +1,6 @@
 """How long `dispatcher worker` takes to stop: a burst on an empty queue, and a SIGTERM to an
-idle worker. Shared by tests/test_worker_stop.py and, run as a script, the measurement of many
-runs per worker mode (median and max), optionally beside a CPU-bound process:
+idle worker. Shared by tests/worker/test_worker_stop.py and, run as a script, the measurement of
+many runs per worker mode (median and max), optionally beside a CPU-bound process:
 
     .venv/bin/python -m dispatcher.testing.worker_stop --runs 20 --cpu-hog
 """

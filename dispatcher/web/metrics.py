@@ -29,7 +29,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from dispatcher.ops.status import OK, Snapshot
 from dispatcher.poller.telemetry import LATENCY_BUCKETS
-from dispatcher.store.outbox import LATENCY_BUCKETS as RESULT_BUCKETS
+from dispatcher.store.results import LATENCY_BUCKETS as RESULT_BUCKETS
 
 __all__ = ["CONTENT_TYPE", "SnapshotCollector", "exposition"]
 

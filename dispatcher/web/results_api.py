@@ -1,7 +1,7 @@
 """The results API of ``dispatcher web``: the vendor's platform hands results over HTTP.
 
 - ``PUT /orders/{integration_id}/{order_id}/result``: Kombo's result body as JSON → 202 with
-  the receipt (:meth:`dispatcher.store.outbox.Outbox.submit`: stored and queued atomically);
+  the receipt (:meth:`dispatcher.store.results.Outbox.submit`: stored and queued atomically);
 - ``GET /orders/{integration_id}/{order_id}/result``: the result's state (``pending``,
   ``written``, ``failed`` with the reason);
 - ``GET /orders/{integration_id}/{order_id}``: the order's timeline.
@@ -48,7 +48,7 @@ from dispatcher.kombo.results import InvalidResultError, check_integration_id
 from dispatcher.logs import escape_controls
 from dispatcher.ops.timeline import order_timeline
 from dispatcher.settings import Settings
-from dispatcher.store.outbox import FinalResultError, Outbox, UnknownOrderError, parse_result
+from dispatcher.store.results import FinalResultError, Outbox, UnknownOrderError, parse_result
 
 __all__ = ["TokenGuard", "client_key", "results_routes"]
 

@@ -35,8 +35,8 @@ from dispatcher.redact import scrub
 from dispatcher.settings import Settings, load_settings
 from dispatcher.store.failures import clean_reason, job_timeout_reason
 from dispatcher.store.keys import Keys
-from dispatcher.store.outbox import mark_provisioned
 from dispatcher.store.replication import ReplicaAck, run_script
+from dispatcher.store.results import mark_provisioned
 from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 from dispatcher.worker._slot import ProcessSlot
 from dispatcher.worker.deadlines import deadline

@@ -43,7 +43,7 @@ from dispatcher.logs import OrderLogContext, contact_values, escape_controls, se
 from dispatcher.settings import Settings
 from dispatcher.store.failures import Failure, clean_traceback, job_timeout_reason, parse_failure
 from dispatcher.store.ledger import JOB_FUNCTION
-from dispatcher.store.outbox import RESULT_JOB_FUNCTION
+from dispatcher.store.results import RESULT_JOB_FUNCTION
 from dispatcher.store.rq_internals import (
     JOB_SERIALIZER,
     RQ_LIFECYCLE_MESSAGES,

@@ -33,7 +33,7 @@ from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.settings import Settings
 from dispatcher.store import throughput
 from dispatcher.store.keys import Keys, parse_order_ref
-from dispatcher.store.outbox import OutboxRecord
+from dispatcher.store.results import OutboxRecord
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.untrusted import untrusted_text
 

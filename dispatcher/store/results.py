@@ -1,0 +1,756 @@
+"""The results outbox: a result to write back to Kombo, stored and queued in one atomic step.
+
+An order's result goes to Kombo through Redis, never straight from the caller:
+:meth:`Outbox.submit` validates the body, then one Lua script stores it in the order's outbox
+hash (``{ns}:outbox:{integration}:{order}``) and writes and queues the RQ write job on
+``DISPATCHER_RESULTS_QUEUE``. The write job (``dispatcher/worker/results.py``) PUTs it and
+ends the result in one of the scripts of :mod:`dispatcher.store.results_scripts`. Invariants:
+
+- one pending write per (integration, order): an identical body submitted again returns the
+  same receipt and queues nothing (also once written: the receipt of the written body); a
+  different one replaces the pending body as long as no attempt of it was sent to Kombo;
+- once an attempt of the pending body was sent (``sent``; :meth:`Outbox.begin` marks it and
+  counts the attempt in the same step), that body is what Kombo may hold: a different body
+  submitted then is refused when the body on its way is final (Kombo takes one final result,
+  :class:`ResultInFlightError`) and otherwise kept as the ``next_*`` body, which becomes the
+  pending body when the one on its way ends (written or failed) and is written by the same
+  job: no body is left behind without a job;
+- the outbox hash names the one job that owns the pending write (``job``); a job that is not
+  the owner (a duplicate of a recovered job, a job whose write was already ended) does
+  nothing, so a result is written by one job at a time;
+- a result is ``pending`` (in ``{ns}:outbox-pending``), then ``written`` or ``failed`` (in the
+  matching index), moved by one script each; a final result (COMPLETED or CANCELLED) once
+  written is recorded in ``{ns}:results:{integration}`` with its digest and receipt, and every
+  later submit of another body is refused;
+- with ``require_dispatched`` (the results API) a submit for an order the ledger never
+  dispatched stores nothing (:class:`UnknownOrderError`), checked in the same script;
+- every script checks the types of the keys it writes before it writes any (see
+  :func:`dispatcher.store.keys.lua_type_guard`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from redis import Redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.utils import now as rq_now
+
+from dispatcher.kombo.results import (
+    AssessmentResult,
+    InvalidResultError,
+    build_result,
+    check_integration_id,
+)
+from dispatcher.store import throughput
+from dispatcher.store.keys import Keys, order_ref
+from dispatcher.store.results_scripts import (
+    BEGIN_SCRIPT,
+    BEGIN_TYPES,
+    FAILED_SCRIPT,
+    FAILED_TYPES,
+    PROVISIONED_SCRIPT,
+    PROVISIONED_TYPES,
+    RESCHEDULE_SCRIPT,
+    RESCHEDULE_TYPES,
+    SUBMIT_SCRIPT,
+    SUBMIT_TYPES,
+    WRITTEN_SCRIPT,
+    WRITTEN_TYPES,
+)
+from dispatcher.store.rq_internals import JOB_SERIALIZER, job_hash_items
+from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
+
+__all__ = [
+    "FINAL_STATUSES",
+    "RESULT_JOB_FUNCTION",
+    "FinalResultError",
+    "Outbox",
+    "OutboxRecord",
+    "ResultInFlightError",
+    "ResultReceipt",
+    "ResultState",
+    "UnknownOrderError",
+    "WriteLeases",
+    "mark_provisioned",
+    "parse_result",
+    "result_job_id",
+    "submit_result",
+]
+
+RESULT_JOB_FUNCTION = "dispatcher.worker.results.write_result"
+FINAL_STATUSES = frozenset({"COMPLETED", "CANCELLED"})
+ResultState = Literal["pending", "written", "failed"]
+STATES: tuple[ResultState, ...] = ("pending", "written", "failed")
+
+
+class FinalResultError(Exception):
+    """A final result (COMPLETED or CANCELLED) was already written for the order: Kombo would
+    refuse another one, so nothing was stored."""
+
+    def __init__(self, integration_id: str, order_id: str, status: str) -> None:
+        self.integration_id = integration_id
+        self.order_id = order_id
+        self.status = status
+        super().__init__(
+            f"order {order_id} (integration {integration_id}): a final result ({status}) "
+            "was already written; Kombo takes no further result"
+        )
+
+
+class ResultInFlightError(FinalResultError):
+    """A final result of the order is on its way to Kombo (an attempt was sent): Kombo may
+    already hold it and takes no other, so a different body is refused (nothing stored)."""
+
+    def __init__(self, integration_id: str, order_id: str, status: str) -> None:
+        super().__init__(integration_id, order_id, status)
+        Exception.__init__(
+            self,
+            f"order {order_id} (integration {integration_id}): a final result ({status}) is "
+            "being written; Kombo takes no other result",
+        )
+
+
+class UnknownOrderError(LookupError):
+    """The dispatcher never dispatched the order (unknown, rejected, or an unknown
+    integration): nothing was stored."""
+
+    def __init__(self, integration_id: str, order_id: str, rejected: bool = False) -> None:
+        self.integration_id = integration_id
+        self.order_id = order_id
+        why = "it rejected it" if rejected else "unknown order or integration"
+        super().__init__(
+            f"order {order_id} (integration {integration_id}): the dispatcher never "
+            f"dispatched this order ({why})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResultReceipt:
+    """What :meth:`Outbox.submit` did: the submission (its id and time), the result's state
+    and whether this call stored anything (``outcome``: ``queued`` a new write, ``replaced``
+    the pending body, ``duplicate`` an identical body already pending or written)."""
+
+    integration_id: str
+    order_id: str
+    submission_id: str
+    submitted_at: float
+    state: ResultState
+    outcome: Literal["queued", "replaced", "duplicate"]
+
+    @property
+    def written(self) -> bool:
+        """The body was already written (a duplicate of the written one)."""
+        return self.state == "written"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "integration_id": self.integration_id,
+            "order_id": self.order_id,
+            "submission_id": self.submission_id,
+            "submitted_at": round(self.submitted_at, 3),
+            "state": self.state,
+            "outcome": self.outcome,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One order's result as the outbox holds it."""
+
+    integration_id: str
+    order_id: str
+    state: ResultState
+    status: str
+    body: dict[str, Any]
+    submission_id: str
+    submitted_at: float
+    job_id: str
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+    written_at: float | None
+    warnings: tuple[str, ...]
+    lost_answer: bool
+    reason: str | None
+    failed_at: float | None
+    digest: str = ""
+    sent: bool = False
+    read_back: str | None = None
+    kombo_result: dict[str, Any] | None = None
+    next_submission_id: str | None = None
+
+    @property
+    def result_url(self) -> str | None:
+        """Where the customer sees the result: the written body's, or the one Kombo showed
+        it holds when a read-back found another body there."""
+        held = self.kombo_result or self.body
+        url = held.get("result_url")
+        return url if isinstance(url, str) else None
+
+    def as_dict(self, *, with_body: bool = False) -> dict[str, Any]:
+        """The JSON shape of ``GET /orders/{integration}/{order}/result`` and ``results
+        --json`` (the body only when asked: attachments are large)."""
+        out: dict[str, Any] = {
+            "integration_id": self.integration_id,
+            "order_id": self.order_id,
+            "state": self.state,
+            "status": self.status,
+            "result_url": self.result_url,
+            "submission_id": self.submission_id,
+            "submitted_at": round(self.submitted_at, 3),
+            "attempts": self.attempts,
+            "next_attempt_at": _round(self.next_attempt_at),
+            "last_error": self.last_error,
+            "written_at": _round(self.written_at),
+            "warnings": list(self.warnings),
+            "lost_answer": self.lost_answer,
+            "reason": self.reason,
+            "failed_at": _round(self.failed_at),
+            "read_back": self.read_back,
+        }
+        if self.kombo_result is not None:
+            out["kombo_result"] = self.kombo_result
+        if self.next_submission_id is not None:
+            out["next_submission_id"] = self.next_submission_id
+        if with_body:
+            out["body"] = self.body
+        return out
+
+
+def parse_result(data: Any) -> AssessmentResult:
+    """A result body (decoded JSON) checked against Kombo's rules; InvalidResultError names
+    the first bad field."""
+    if not isinstance(data, dict):
+        raise InvalidResultError("result", "must be a JSON object")
+    return build_result(**{str(key): value for key, value in data.items()})
+
+
+def result_job_id(namespace: str, integration_id: str, order_id: str, nonce: str) -> str:
+    """The RQ job id of one write attempt (RQ ids allow letters, digits, ``_`` and ``-``)."""
+    digest = hashlib.blake2b(
+        "\x00".join((namespace, integration_id, order_id, nonce)).encode(), digest_size=16
+    ).hexdigest()
+    return f"result-{digest}"
+
+
+def _digest(body: Mapping[str, Any], defaulted_completed_at: bool) -> str:
+    # ``completed_at`` defaults to now: two submits of one body without it are the same body.
+    material = {
+        k: v for k, v in body.items() if not (k == "completed_at" and defaulted_completed_at)
+    }
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# Latency buckets of a result's write (submit to written), seconds.
+LATENCY_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
+
+
+class Outbox:
+    """The results outbox of one namespace: submit, read, list, and end writes."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        namespace: str,
+        queue_name: str,
+        *,
+        job_timeout: int = 120,
+        result_ttl: int = 7 * 24 * 3600,
+        failure_ttl: int = 30 * 24 * 3600,
+        timeline_ttl: int = 30 * 24 * 3600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.namespace = namespace
+        self.keys = Keys(namespace)
+        self.queue = Queue(queue_name, connection=redis, serializer=JOB_SERIALIZER)
+        self.job_timeout = job_timeout
+        self.result_ttl = max(1, result_ttl)
+        self.failure_ttl = max(1, failure_ttl)
+        self.timeline_ttl = max(1, timeline_ttl)
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Any) -> Outbox:
+        return cls(
+            redis,
+            settings.namespace,
+            settings.results_queue,
+            job_timeout=int(settings.kombo_timeout) * 2 + 60,
+            result_ttl=settings.result_ttl,
+            failure_ttl=settings.failure_ttl,
+            timeline_ttl=int(settings.seen_retention) or 30 * 24 * 3600,
+        )
+
+    # -- submit ---------------------------------------------------------------------------
+
+    def submit(
+        self,
+        integration_id: str,
+        order_id: str,
+        result: AssessmentResult | Mapping[str, Any],
+        *,
+        completed_at_defaulted: bool = False,
+        require_dispatched: bool = False,
+    ) -> ResultReceipt:
+        """Store a result and queue its write, in one atomic step (see the module doc).
+
+        ``completed_at_defaulted``: the caller's body had no ``completed_at`` (a validated
+        result got now): such a body is compared without it, so that sending it again is a
+        duplicate. Worked out here when ``result`` is a mapping. ``require_dispatched``: refuse
+        an order the ledger never dispatched (UnknownOrderError).
+
+        Raises InvalidResultError (a body Kombo would refuse, naming the field),
+        FinalResultError (a final result was already written; ResultInFlightError: one is on
+        its way), UnknownOrderError, WrongKeyTypeError, or redis-py's errors (nothing was
+        stored then).
+        """
+        check_integration_id(integration_id)  # a header of the write: refused now, not then
+        defaulted = completed_at_defaulted
+        if not isinstance(result, AssessmentResult):
+            defaulted = result.get("completed_at") is None
+            result = parse_result(dict(result))
+        body = result.to_body()
+        digest = _digest(body, defaulted)
+        now = self._clock()
+        submission = uuid.uuid4().hex
+        job_id = result_job_id(self.namespace, integration_id, order_id, submission)
+        ref = order_ref(integration_id, order_id)
+        event = _event(now, "result_submitted", status=str(result.status), submission=submission)
+        keys = [
+            self.keys.outbox(integration_id, order_id),
+            self.keys.results(integration_id),
+            self.keys.outbox_index("pending"),
+            self.keys.outbox_index("failed"),
+            self.keys.outbox_index("written"),
+            self.queue.key,
+            self.queue.redis_queues_keys,
+            self.keys.timeline(integration_id, order_id),
+            self.keys.seen(integration_id),
+            Job.key_for(job_id),
+        ]
+        args: list[Any] = [
+            order_id, digest, json.dumps(body, ensure_ascii=False), str(result.status),
+            repr(now), submission, integration_id, ref, self.queue.key, job_id,
+            self.timeline_ttl, event, "1" if require_dispatched else "0",
+        ]  # fmt: skip
+        args.extend(self._job_items(integration_id, order_id, job_id, JobStatus.QUEUED))
+        with key_types_checked(keys, SUBMIT_TYPES, integration_id=integration_id):
+            answer = self.redis.eval(SUBMIT_SCRIPT, len(keys), *keys, *args)
+        outcome = _text(answer[0])
+        if outcome == "final":
+            raise FinalResultError(integration_id, order_id, _text(answer[1]))
+        if outcome == "busy":
+            raise ResultInFlightError(integration_id, order_id, _text(answer[1]))
+        if outcome in ("unknown", "rejected"):
+            raise UnknownOrderError(integration_id, order_id, rejected=outcome == "rejected")
+        return ResultReceipt(
+            integration_id=integration_id,
+            order_id=order_id,
+            submission_id=_text(answer[1]),
+            submitted_at=_float(_text(answer[2])) or 0.0,
+            state=_text(answer[3]),  # type: ignore[arg-type]
+            outcome=outcome,  # type: ignore[arg-type]
+        )
+
+    def queued_job_items(self, integration_id: str, order_id: str, job_id: str) -> list[Any]:
+        """The hash of a queued write job ``job_id``: what the reconciler writes back when a
+        pending result's job hash was lost."""
+        return self._job_items(integration_id, order_id, job_id, JobStatus.QUEUED)
+
+    def _job_items(
+        self, integration_id: str, order_id: str, job_id: str, status: JobStatus
+    ) -> list[Any]:
+        # The hash Job.save() writes; built here so that the script writes it with the rest.
+        job = Job.create(
+            RESULT_JOB_FUNCTION,
+            kwargs={"integration_id": integration_id, "order_id": order_id},
+            connection=self.redis,
+            id=job_id,
+            origin=self.queue.name,
+            status=status,
+            description=f"result of order {order_id} integration {integration_id}",
+            meta={"order_id": order_id, "integration_id": integration_id, "kind": "result"},
+            timeout=self.job_timeout,
+            result_ttl=3600,
+            failure_ttl=self.failure_ttl,
+            serializer=JOB_SERIALIZER,
+        )
+        job.enqueued_at = rq_now()
+        return job_hash_items(job)
+
+    # -- read -----------------------------------------------------------------------------
+
+    def get(self, integration_id: str, order_id: str) -> OutboxRecord | None:
+        """The order's result as stored, or None when none was submitted (or it expired)."""
+        raw = self.redis.hgetall(self.keys.outbox(integration_id, order_id))
+        return _record(raw) if raw else None
+
+    def in_state(
+        self, state: ResultState, *, integration_id: str | None = None, limit: int = 1000
+    ) -> list[OutboxRecord]:
+        """Results in one state, oldest first (at most ``limit``)."""
+        refs = cast("list[bytes]", self.redis.zrange(self.keys.outbox_index(state), 0, -1))
+        records: list[OutboxRecord] = []
+        for batch in _chunks([_text(r) for r in refs], 500):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for ref in batch:
+                    pipe.hgetall(f"{self.namespace}:outbox:{ref}")
+                for raw in pipe.execute():
+                    if not raw:
+                        continue
+                    record = _record(raw)
+                    if record.state != state:
+                        continue
+                    if integration_id is not None and record.integration_id != integration_id:
+                        continue
+                    records.append(record)
+                    if len(records) >= limit:
+                        return records
+        return records
+
+    def counts(self) -> dict[str, int]:
+        """How many results are pending, written (within DISPATCHER_RESULT_TTL), failed."""
+        cutoff = self._clock() - self.result_ttl
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.outbox_index("pending"))
+            pipe.zcount(self.keys.outbox_index("written"), cutoff, "+inf")
+            pipe.zcard(self.keys.outbox_index("failed"))
+            pending, written, failed = pipe.execute()
+        return {"pending": int(pending), "written": int(written), "failed": int(failed)}
+
+    def timeline_events(self, integration_id: str, order_id: str) -> list[dict[str, Any]]:
+        """The recorded events of an order (results path, provisioning end), oldest first."""
+        events: list[dict[str, Any]] = []
+        for raw in self.redis.lrange(self.keys.timeline(integration_id, order_id), 0, -1):
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+    # -- a write (the write job) ------------------------------------------------------------
+
+    def begin(self, record: OutboxRecord, job_id: str) -> str:
+        """Before an attempt of ``record``'s body is sent: count it and lock the body (a new
+        body waits its turn or is refused, see the module doc). ``begun``; ``stale`` when
+        ``job_id`` no longer owns the write; ``changed`` when another body replaced it (read
+        the record again)."""
+        key = self.keys.outbox(record.integration_id, record.order_id)
+        with key_types_checked([key], BEGIN_TYPES, integration_id=record.integration_id):
+            return _text(self.redis.eval(BEGIN_SCRIPT, 1, key, job_id, record.submission_id))
+
+    def mark_written(
+        self,
+        record: OutboxRecord,
+        job_id: str,
+        warnings: list[str],
+        *,
+        lost_answer: bool = False,
+        read_back: str | None = None,
+        kombo_result: Mapping[str, Any] | None = None,
+    ) -> str:
+        """End the pending write as written; ``stale`` when ``job_id`` no longer owns it,
+        ``superseded`` when another body replaced it, ``next`` when a partial result was
+        written and another body waits (it is now the pending one: write it too).
+
+        ``read_back``: what reading the order back after a lost answer showed (``matched``,
+        ``status only``, ``another body``); ``kombo_result``: the result Kombo showed it holds
+        when it is not the submitted body."""
+        now = self._clock()
+        integration_id, order_id = record.integration_id, record.order_id
+        final = record.status in FINAL_STATUSES
+        latency = max(0.0, now - record.submitted_at)
+        buckets = [str(b) for b in LATENCY_BUCKETS if latency <= b] + ["+Inf"]
+        event = _event(
+            now,
+            "result_written",
+            status=record.status,
+            warnings=warnings,
+            lost_answer=lost_answer,
+        )
+        keys = [
+            self.keys.outbox(integration_id, order_id),
+            self.keys.results(integration_id),
+            self.keys.stats,
+            self.keys.outbox_index("pending"),
+            self.keys.outbox_index("written"),
+            self.keys.timeline(integration_id, order_id),
+            self.keys.provisioned,
+            self.keys.result_stats,
+            throughput.hour_key(self.keys, now),
+        ]
+        record_json = (
+            json.dumps(
+                {
+                    "status": record.status,
+                    "at": int(now),
+                    # What a later submit of the same body answers with (200, this receipt).
+                    "digest": record.digest,
+                    "submission": record.submission_id,
+                    "submitted_at": round(record.submitted_at, 3),
+                }
+            )
+            if final
+            else ""
+        )
+        args: list[Any] = [
+            job_id, record.submission_id, repr(now), json.dumps(warnings, ensure_ascii=False),
+            "1" if lost_answer else "0", self.result_ttl, order_id, record_json,
+            order_ref(integration_id, order_id), repr(now - self.result_ttl),
+            self.timeline_ttl, event, integration_id, repr(latency), read_back or "",
+            json.dumps(kombo_result, ensure_ascii=False) if kombo_result is not None else "",
+            *buckets,
+        ]  # fmt: skip
+        with key_types_checked(keys, WRITTEN_TYPES, integration_id=integration_id):
+            return _text(self.redis.eval(WRITTEN_SCRIPT, len(keys), *keys, *args))
+
+    def mark_failed(self, record: OutboxRecord, job_id: str, reason: str) -> str:
+        """End the pending write as failed (permanently) with ``reason``; ``stale`` when
+        ``job_id`` no longer owns it; ``next`` when another body waited (it is now the pending
+        one: write it)."""
+        now = self._clock()
+        integration_id, order_id = record.integration_id, record.order_id
+        keys = [
+            self.keys.outbox(integration_id, order_id),
+            self.keys.outbox_index("pending"),
+            self.keys.outbox_index("failed"),
+            self.keys.timeline(integration_id, order_id),
+            self.keys.result_stats,
+        ]
+        args: list[Any] = [
+            job_id, repr(now), reason, self.failure_ttl, order_ref(integration_id, order_id),
+            self.timeline_ttl, _event(now, "result_failed", reason=reason), integration_id,
+        ]  # fmt: skip
+        with key_types_checked(keys, FAILED_TYPES, integration_id=integration_id):
+            return _text(self.redis.eval(FAILED_SCRIPT, len(keys), *keys, *args))
+
+    def reschedule(
+        self,
+        record: OutboxRecord,
+        job_id: str,
+        delay: float,
+        *,
+        error: str = "",
+        count_attempt: bool = True,
+    ) -> str:
+        """Hand the pending write to a new job run ``delay`` seconds from now (RQ's scheduler
+        queues it); ``stale`` when ``job_id`` no longer owns it. ``count_attempt`` is kept
+        for callers: attempts are counted when sent (:meth:`begin`)."""
+        now = self._clock()
+        nonce = f"{record.submission_id}:{uuid.uuid4().hex}"
+        new_id = result_job_id(self.namespace, record.integration_id, record.order_id, nonce)
+        registry = self.queue.scheduled_job_registry
+        keys = [
+            self.keys.outbox(record.integration_id, record.order_id),
+            registry.key,
+            self.queue.key,
+            self.queue.redis_queues_keys,
+            Job.key_for(new_id),
+        ]
+        when = now + max(0.0, delay)
+        args: list[Any] = [
+            job_id, new_id, repr(when) if delay > 0 else repr(now), "0", error, self.queue.key,
+            repr(now),
+        ]  # fmt: skip
+        args.extend(
+            self._job_items(record.integration_id, record.order_id, new_id, JobStatus.SCHEDULED)
+        )
+        with key_types_checked(keys, RESCHEDULE_TYPES, integration_id=record.integration_id):
+            return _text(self.redis.eval(RESCHEDULE_SCRIPT, len(keys), *keys, *args))
+
+    def retry_failed(
+        self, *, integration_id: str | None = None, order_ids: list[str] | None = None
+    ) -> list[ResultReceipt]:
+        """Submit failed results again (the same body, a new write): ``dispatcher retry``
+        for writes. Returns a receipt per result queued again."""
+        receipts: list[ResultReceipt] = []
+        for record in self.in_state("failed", integration_id=integration_id, limit=100_000):
+            if order_ids is not None and record.order_id not in order_ids:
+                continue
+            try:
+                receipts.append(self.submit(record.integration_id, record.order_id, record.body))
+            except (FinalResultError, InvalidResultError):
+                continue
+        return receipts
+
+
+def mark_provisioned(
+    redis: Redis,
+    keys: Keys,
+    integration_id: str,
+    order_id: str,
+    steps: list[str],
+    *,
+    timeline_ttl: int = 30 * 24 * 3600,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Record that the order's handler chain finished (its timeline, and the set ``status``
+    reads for orders provisioned long ago without a final result)."""
+    now = clock()
+    names = [
+        keys.provisioned,
+        keys.results(integration_id),
+        keys.timeline(integration_id, order_id),
+    ]
+    event = _event(now, "provisioned", steps=steps)
+    with key_types_checked(names, PROVISIONED_TYPES, integration_id=integration_id):
+        redis.eval(
+            PROVISIONED_SCRIPT, len(names), *names, repr(now),
+            order_ref(integration_id, order_id), order_id, event, max(1, timeline_ttl),
+        )  # fmt: skip
+
+
+class WriteLeases:
+    """The cap on Kombo writes in flight per integration, across every process: a sorted set
+    per integration of holder -> lease expiry (unix time). A holder that dies stops counting
+    once its lease expires."""
+
+    # KEYS: 1 lease zset. ARGV: 1 now, 2 cap, 3 holder, 4 expiry.
+    _ACQUIRE = (
+        lua_type_guard(("zset",))
+        + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[4]) - tonumber(ARGV[1])) * 1000) + 1000)
+return 1
+"""
+    )
+
+    def __init__(
+        self, redis: Redis, keys: Keys, cap: int, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.cap = cap
+        self._clock = clock
+
+    def acquire(self, integration_id: str, holder: str, ttl: float) -> bool:
+        """Take one of the integration's write slots for ``ttl`` seconds; False when full."""
+        key = self.keys.kombo_writes(integration_id)
+        now = self._clock()
+        with key_types_checked([key], ("zset",), integration_id=integration_id):
+            return bool(
+                self.redis.eval(self._ACQUIRE, 1, key, repr(now), self.cap, holder, repr(now + ttl))
+            )
+
+    def release(self, integration_id: str, holder: str) -> None:
+        self.redis.zrem(self.keys.kombo_writes(integration_id), holder)
+
+    def in_flight(self, integration_id: str) -> int:
+        key = self.keys.kombo_writes(integration_id)
+        return int(self.redis.zcount(key, self._clock(), "+inf"))
+
+
+def _event(at: float, kind: str, **fields: Any) -> str:
+    return json.dumps({"at": round(at, 3), "event": kind, **fields}, ensure_ascii=False)
+
+
+def _record(raw: Mapping[bytes | str, bytes | str]) -> OutboxRecord:
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    try:
+        body = json.loads(fields.get("body", "{}"))
+    except ValueError:
+        body = {}
+    try:
+        warnings = tuple(str(w) for w in json.loads(fields.get("warnings", "[]")))
+    except (ValueError, TypeError):
+        warnings = ()
+    state = fields.get("state", "pending")
+    try:
+        kombo_result = json.loads(fields["kombo_result"]) if "kombo_result" in fields else None
+    except ValueError:
+        kombo_result = None
+    return OutboxRecord(
+        integration_id=fields.get("integration", ""),
+        order_id=fields.get("order", ""),
+        state=_state(state),
+        status=fields.get("status", ""),
+        body=body if isinstance(body, dict) else {},
+        submission_id=fields.get("submission", ""),
+        submitted_at=_float(fields.get("submitted_at")) or 0.0,
+        job_id=fields.get("job", ""),
+        attempts=int(_float(fields.get("attempts")) or 0),
+        next_attempt_at=_float(fields.get("next_attempt_at")),
+        last_error=fields.get("last_error"),
+        written_at=_float(fields.get("written_at")),
+        warnings=warnings,
+        lost_answer=fields.get("lost_answer") == "1",
+        reason=fields.get("reason"),
+        failed_at=_float(fields.get("failed_at")),
+        digest=fields.get("digest", ""),
+        sent=fields.get("sent") == "1",
+        read_back=fields.get("read_back"),
+        kombo_result=kombo_result if isinstance(kombo_result, dict) else None,
+        next_submission_id=fields.get("next_submission"),
+    )
+
+
+def _state(value: str) -> ResultState:
+    for state in STATES:
+        if value == state:
+            return state
+    return "pending"
+
+
+def _float(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def submit_result(
+    integration_id: str,
+    order_id: str,
+    result: AssessmentResult | Mapping[str, Any],
+    *,
+    redis: Redis,
+    settings: Any,
+) -> ResultReceipt:
+    """Hand an order's result to the dispatcher for writing back to Kombo.
+
+    Validates ``result`` (Kombo's rules; InvalidResultError names the first bad field),
+    stores it and queues its write on ``DISPATCHER_RESULTS_QUEUE`` in one atomic Redis step,
+    and returns once that step is done: from then on the results workers write it, retrying
+    for ``DISPATCHER_RESULT_RETRY_FOR``. The same body again returns the same receipt; a
+    different one while the first is pending and not yet sent replaces it (Kombo gets the
+    last); after a partial one was sent it is written next; once a final result (COMPLETED
+    or CANCELLED) was sent or written, FinalResultError. ``settings`` is a
+    :class:`dispatcher.Settings`.
+    """
+    defaulted = not isinstance(result, AssessmentResult) and result.get("completed_at") is None
+    return Outbox.from_settings(redis, settings).submit(
+        integration_id, order_id, result, completed_at_defaulted=defaulted
+    )

@@ -1,0 +1,472 @@
+"""The write job: one pending result of the outbox PUT to Kombo, with the guarantees of orders.
+
+:func:`write_result` is the RQ job :meth:`dispatcher.store.results.Outbox.submit` queues on
+``DISPATCHER_RESULTS_QUEUE``. It runs in the results workers (:func:`run_results_worker`: own
+processes, see below) and:
+
+1. reads the order's outbox hash; a job that does not own the pending write does nothing (a
+   recovered duplicate, a write already ended);
+2. takes one of the integration's write slots (:class:`~dispatcher.store.results.WriteLeases`,
+   ``DISPATCHER_KOMBO_WRITE_CONCURRENCY`` across every process; a lease expires when its
+   holder dies); when none frees up within a moment it hands the write to a new job a moment
+   later instead of blocking the worker;
+3. PUTs the body once (the client's own retries are off: a result's retries span hours);
+   just before it is sent the attempt is counted and the body locked in the same step
+   (:meth:`~dispatcher.store.results.Outbox.begin`);
+4. written: ends the write (``next``: a partial result was written and a new body waited,
+   write it too, in the same job);
+   429, 5xx, timeouts, connection errors: hands the write to a new job after Kombo's
+   ``Retry-After`` or a jittered exponential backoff, until ``DISPATCHER_RESULT_RETRY_FOR``
+   after the submit; any other refusal of a final result: reads the order back (``GET
+   /assessment/orders?ids=``), and when Kombo already holds the submitted status the earlier
+   attempt landed and its answer was lost: written (``lost_answer``), not failed, with what
+   the read-back showed beyond the status (``read_back``: the same body, another body, or
+   only the status, which cannot tell bodies apart); otherwise failed with Kombo's message.
+
+Why results have their own workers: RQ takes a job off several queues with BLPOP, which
+moves nothing to the intermediate list; a worker killed between that pop and the job's start
+loses the job. Off one queue RQ uses BLMOVE into the intermediate list, which
+:meth:`DispatcherWorker.requeue_stranded` recovers from. So each worker process listens on
+one queue, and the Procfile has a ``results`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Worker, get_current_job
+from rq.job import Job
+from rq.worker_pool import WorkerPool
+
+from dispatcher import _text
+from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.results import AssessmentResult, InvalidResultError
+from dispatcher.logs import escape_controls
+from dispatcher.settings import Settings, load_settings
+from dispatcher.store.failures import clean_reason
+from dispatcher.store.keys import Keys
+from dispatcher.store.results import (
+    FINAL_STATUSES,
+    Outbox,
+    OutboxRecord,
+    WriteLeases,
+    parse_result,
+)
+from dispatcher.store.rq_internals import JOB_SERIALIZER, WorkerBase
+from dispatcher.worker._slot import ProcessSlot
+
+__all__ = [
+    "KomboView",
+    "ResultWriter",
+    "WriterRuntime",
+    "current_writer",
+    "install_writer",
+    "results_workers_running",
+    "run_results_worker",
+    "write_claimed",
+    "write_result",
+]
+
+log = logging.getLogger("dispatcher.writeback")
+
+_BACKOFF_BASE = 1.0
+_BACKOFF_CAP = 300.0
+# How long a write waits for a free slot of its integration before it lets another job try.
+_LEASE_WAIT = 2.0
+# New bodies submitted while one job writes: after this many rounds the job hands over.
+_MAX_ROUNDS = 5
+# What a round answers when the same job should go on with the order's pending body.
+_AGAIN = frozenset({"next", "changed", "superseded"})
+# Read-back verdicts after a lost answer (the record's ``read_back``).
+READ_BACK_MATCHED = "matched"
+READ_BACK_STATUS_ONLY = "status only: Kombo shows no result body, which body landed is unknown"
+READ_BACK_OTHER = "another body: Kombo holds a different result"
+# What of a result Kombo might show with an order, compared after a lost answer.
+_COMPARED = ("result_url", "score", "max_score", "completed_at")
+_KOMBO_RESULT_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class KomboView:
+    """What Kombo shows of an order when it is read back: its status and, when Kombo shows
+    one (a ``result`` object or top-level ``result_url``), the result it holds."""
+
+    status: str | None
+    result: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> KomboView:
+        status = data.get("status")
+        found = data.get("result")
+        if not isinstance(found, dict):
+            found = {k: data[k] for k in _COMPARED if k in data}
+        # Attacker-controlled: keep scalars of the compared fields, bounded.
+        result = {
+            k: v
+            for k, v in found.items()
+            if k in _COMPARED
+            and (isinstance(v, (int, float, str)) and not isinstance(v, bool))
+            and len(str(v)) <= _KOMBO_RESULT_MAX
+        }
+        return cls(status if isinstance(status, str) else None, result or None)
+
+    def compare(self, body: Mapping[str, Any]) -> str:
+        """The read-back verdict for ``body`` (see READ_BACK_*)."""
+        if self.result is None or "result_url" not in self.result:
+            return READ_BACK_STATUS_ONLY
+        for key, value in self.result.items():
+            mine = body.get(key)
+            if key == "completed_at":
+                continue  # Kombo may render the instant its own way
+            if isinstance(value, (int, float)) and isinstance(mine, (int, float)):
+                if float(value) != float(mine):
+                    return READ_BACK_OTHER
+            elif value != mine:
+                return READ_BACK_OTHER
+        return READ_BACK_MATCHED
+
+
+class ResultWriter:
+    """Writes pending results of the outbox to Kombo (see the module doc)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        leases: WriteLeases,
+        client: KomboClient,
+        *,
+        retry_for: float = 24 * 3600.0,
+        lease_ttl: float = 40.0,
+        lease_wait: float = _LEASE_WAIT,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.leases = leases
+        self.client = client
+        self.retry_for = retry_for
+        self.lease_ttl = lease_ttl
+        self.lease_wait = lease_wait
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    def run(self, integration_id: str, order_id: str, job_id: str) -> str:
+        """One write job: returns what became of the write (``written``, ``failed``,
+        ``rescheduled``, ``stale``). A body that waited behind the one written (``next``) is
+        written by the same job, up to a few rounds, then handed to a new job: a write job
+        never ends leaving a pending body without a job."""
+        for _ in range(_MAX_ROUNDS):
+            outcome = self._round(integration_id, order_id, job_id)
+            if outcome not in _AGAIN:
+                return outcome
+        record = self.outbox.get(integration_id, order_id)
+        if record is None or record.state != "pending" or record.job_id != job_id:
+            return "stale"
+        return self.outbox.reschedule(record, job_id, 0.0, count_attempt=False)
+
+    def _round(self, integration_id: str, order_id: str, job_id: str) -> str:
+        record = self.outbox.get(integration_id, order_id)
+        if record is None or record.state != "pending" or record.job_id != job_id:
+            return "stale"
+        try:
+            body = parse_result(record.body)
+        except InvalidResultError as exc:  # stored by an older version with other rules
+            return self.outbox.mark_failed(record, job_id, f"invalid result: {exc}")
+        if not self._acquire(integration_id, job_id):
+            delay = self._rng.uniform(0.2, 1.0)
+            return self.outbox.reschedule(record, job_id, delay, count_attempt=False)
+        error: KomboError | None = None
+        warnings: list[str] = []
+        try:
+            # Counted and locked before it is sent: from here Kombo may hold this body.
+            began = self.outbox.begin(record, job_id)
+            if began != "begun":
+                return began  # "changed": read the new body; "stale": not ours any more
+            warnings = self.client.put_result(integration_id, order_id, body)
+        except KomboError as exc:
+            error = exc
+        finally:
+            self.leases.release(integration_id, job_id)
+        if error is not None:
+            return self._after_error(record, job_id, body, error)
+        outcome = self.outbox.mark_written(record, job_id, warnings)
+        if outcome in ("written", "next"):
+            log.info(
+                "order %s (integration %s): result %s written",
+                escape_controls(order_id),
+                escape_controls(integration_id),
+                record.status,
+            )
+        return outcome
+
+    def _acquire(self, integration_id: str, holder: str) -> bool:
+        deadline = self._clock() + self.lease_wait
+        while True:
+            if self.leases.acquire(integration_id, holder, self.lease_ttl):
+                return True
+            if self._clock() >= deadline:
+                return False
+            self._sleep(self._rng.uniform(0.01, 0.05))
+
+    def _after_error(
+        self, record: OutboxRecord, job_id: str, body: AssessmentResult, error: KomboError
+    ) -> str:
+        if error.retryable:
+            return self._retry(record, job_id, error)
+        if str(body.status) in FINAL_STATUSES:
+            # Refused: perhaps because an earlier attempt landed and its answer was lost
+            # (the order is no longer OPEN). Kombo's own record decides.
+            try:
+                held = self._kombo_view(record.integration_id, record.order_id)
+            except KomboError as read_error:
+                if read_error.retryable:
+                    return self._retry(record, job_id, error)
+                held = None
+            status = held.status if held is not None else None
+            if held is not None and held.status == str(body.status):
+                return self._lost_answer(record, job_id, body, held)
+            if status is not None and status != "OPEN":
+                reason = f"order is {status} in Kombo: {_kombo_reason(error)}"
+                return self._fail(record, job_id, reason)
+        return self._fail(record, job_id, _kombo_reason(error))
+
+    def _lost_answer(
+        self, record: OutboxRecord, job_id: str, body: AssessmentResult, held: KomboView
+    ) -> str:
+        # Kombo holds the submitted status. Which body? Compare what Kombo shows beyond the
+        # status; Kombo's orders carry only the status today, and then the record says so
+        # instead of claiming this body landed.
+        verdict = held.compare(body.to_body())
+        kombo_result = held.result if verdict == READ_BACK_OTHER else None
+        outcome = self.outbox.mark_written(
+            record, job_id, [], lost_answer=True, read_back=verdict, kombo_result=kombo_result
+        )
+        if outcome == "written":
+            log.warning(
+                "order %s (integration %s): Kombo refused the result but holds the status "
+                "%s (read back: %s): an earlier attempt landed, its answer was lost",
+                escape_controls(record.order_id),
+                escape_controls(record.integration_id),
+                held.status,
+                verdict,
+            )
+        return outcome
+
+    def _kombo_view(self, integration_id: str, order_id: str) -> KomboView | None:
+        page = self.client.get_orders(integration_id, ids=[order_id])
+        for raw in page.results:  # only what decides matters: the rest need not validate
+            if raw.id == order_id:
+                return KomboView.of(raw.data)
+        return None
+
+    def _retry(self, record: OutboxRecord, job_id: str, error: KomboError) -> str:
+        now = self._clock()
+        elapsed = now - record.submitted_at
+        reason = _kombo_reason(error)
+        if elapsed >= self.retry_for:
+            attempts = record.attempts + 1
+            return self._fail(
+                record,
+                job_id,
+                f"gave up after {attempts} attempts over {_text.duration(elapsed)} "
+                f"(DISPATCHER_RESULT_RETRY_FOR): {reason}",
+            )
+        if error.retry_after is not None:
+            delay = error.retry_after
+        else:
+            exponent = min(record.attempts, 16)
+            delay = self._rng.uniform(0.1, min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**exponent))
+        delay = min(delay, max(0.0, self.retry_for - elapsed))
+        return self.outbox.reschedule(record, job_id, delay, error=reason)
+
+    def _fail(self, record: OutboxRecord, job_id: str, reason: str) -> str:
+        outcome = self.outbox.mark_failed(record, job_id, reason)
+        if outcome == "failed":
+            log.error(
+                "order %s (integration %s): result write failed: %s",
+                escape_controls(record.order_id),
+                escape_controls(record.integration_id),
+                reason,
+            )
+        return outcome
+
+
+def _kombo_reason(error: KomboError) -> str:
+    # Kombo's message is the vendor's to read, bounded and masked like any failure reason;
+    # with the link to Kombo's log of the request when Kombo gave one.
+    text = f"{error} (log: {error.log_url})" if error.log_url else str(error)
+    return clean_reason(text)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterRuntime:
+    """What a results worker process needs: settings, Redis and the writer."""
+
+    settings: Settings
+    redis: Redis
+    writer: ResultWriter
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, redis: Redis | None = None, *, threads: int = 1
+    ) -> WriterRuntime:
+        """``threads``: write jobs this process runs at once (each may hold a connection)."""
+        redis = redis or Redis.from_url(settings.redis_url.get_secret_value())
+        client = KomboClient(
+            settings.require_kombo(),
+            settings.kombo_base_url,
+            timeout=settings.kombo_timeout,
+            retry_budget=0.0,  # the outbox retries, over hours
+            max_connections=max(16, threads),
+            max_response_bytes=settings.max_response_bytes,
+        )
+        writer = ResultWriter(
+            Outbox.from_settings(redis, settings),
+            WriteLeases(redis, Keys(settings.namespace), settings.kombo_write_concurrency),
+            client,
+            retry_for=settings.result_retry_for,
+            lease_ttl=settings.kombo_timeout + 10.0,
+        )
+        return cls(settings=settings, redis=redis, writer=writer)
+
+
+_writer: ProcessSlot[WriterRuntime] = ProcessSlot(
+    lambda: WriterRuntime.from_settings(load_settings())
+)
+
+
+def install_writer(runtime: WriterRuntime | None) -> None:
+    """Make ``runtime`` the one write jobs of this process use (``None`` to reset)."""
+    _writer.install(runtime)
+
+
+def current_writer() -> WriterRuntime:
+    """The installed writer, built from the environment when none was installed."""
+    return _writer.get()
+
+
+def write_result(integration_id: str, order_id: str) -> str:
+    """The RQ job: write the order's pending result (see :meth:`ResultWriter.run`)."""
+    job = get_current_job()
+    return current_writer().writer.run(integration_id, order_id, job.id if job else "")
+
+
+def results_workers_running(settings: Settings, redis: Redis) -> bool:
+    """Whether a results worker is registered on ``DISPATCHER_RESULTS_QUEUE`` (a live one, or
+    one that died less than RQ's worker TTL ago)."""
+    queue = Queue(settings.results_queue, connection=redis, serializer=JOB_SERIALIZER)
+    return bool(Worker.all(queue=queue))
+
+
+def write_claimed(
+    runtime: WriterRuntime,
+    integration_id: str,
+    order_id: str,
+    *,
+    scheduled: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> str | None:
+    """Work the order's pending write in this process, as a results worker would, if its job
+    can be claimed: ``dispatcher result`` when no results worker takes it.
+
+    The job is claimed by removing it from the results queue (LREM, atomic against a worker's
+    BLMOVE: one of them gets it); with ``scheduled``, also a retry whose time has come, from
+    the scheduled registry. Only claim scheduled jobs when no results worker (and so no RQ
+    scheduler, which moves them without a claim) runs. Returns what became of the write (see
+    :meth:`ResultWriter.run`), or None when there was nothing to claim (no pending write, a
+    retry not yet due, or a worker has the job).
+    """
+    redis = runtime.redis
+    record = runtime.writer.outbox.get(integration_id, order_id)
+    if record is None or record.state != "pending" or not record.job_id:
+        return None
+    queue = Queue(runtime.settings.results_queue, connection=redis, serializer=JOB_SERIALIZER)
+    claimed = bool(redis.lrem(queue.key, 1, record.job_id))
+    if not claimed and scheduled:
+        due = record.next_attempt_at is None or record.next_attempt_at <= clock()
+        claimed = due and bool(redis.zrem(queue.scheduled_job_registry.key, record.job_id))
+    if not claimed:
+        return None
+    try:
+        return runtime.writer.run(integration_id, order_id, record.job_id)
+    finally:
+        redis.delete(Job.key_for(record.job_id))  # run here, not by RQ: no job left behind
+
+
+def run_results_worker(
+    settings: Settings,
+    redis: Redis,
+    *,
+    burst: bool = False,
+    processes: int = 1,
+    threads: int = 1,
+    runtime: WriterRuntime | None = None,
+) -> None:
+    """Run RQ worker(s) on the results queue until stopped (or until empty with ``burst``),
+    with the scheduler (which queues retries when their delay is up).
+
+    With ``threads`` above 1 each process runs that many write jobs at once
+    (:class:`~dispatcher.worker.threaded.ThreadedWorker`): a write mostly waits on Kombo.
+    Write jobs are safe side by side: the write cap is a lease per job id in Redis, whichever
+    thread or process holds it, every end of a write (written, failed, rescheduled) is one
+    Lua script that checks the job still owns it, and the Kombo client and Redis pool are
+    shared by the threads (the client's connection pool is sized to ``threads``). On SIGTERM a
+    threaded worker lets the writes in flight finish for up to
+    ``DISPATCHER_WORKER_SHUTDOWN_TIMEOUT`` seconds (a write is bounded by
+    ``KOMBO_TIMEOUT``), then puts the rest back on the queue.
+    """
+    from dispatcher.worker.worker import InProcessWorker
+
+    runtime = runtime or WriterRuntime.from_settings(settings, redis, threads=threads)
+    install_writer(runtime)
+    queue = Queue(settings.results_queue, connection=redis, serializer=JOB_SERIALIZER)
+    worker_class: type[WorkerBase]
+    if threads > 1:
+        from dispatcher.worker.threaded import threaded_worker_class
+
+        worker_class = threaded_worker_class(threads, settings.worker_shutdown_timeout)
+    else:
+        worker_class = InProcessWorker
+    try:
+        if processes <= 1:
+            worker = worker_class([queue], connection=redis)
+            worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+        else:
+            pool = WorkerPool(
+                [queue],
+                connection=redis,
+                num_workers=processes,
+                worker_class=worker_class,
+                serializer=JOB_SERIALIZER,
+            )
+            pool.start(burst=burst, logging_level=settings.log_level)
+    finally:
+        runtime.writer.client.close()  # its Kombo connections (one per thread that wrote)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m dispatcher.worker.results``: the results workers, as ``dispatcher worker
+    --results`` runs them (kept for scripts and benchmarks that start them this way)."""
+    parser = argparse.ArgumentParser(prog="python -m dispatcher.worker.results")
+    parser.add_argument("--burst", action="store_true", help="stop once the queue is empty")
+    parser.add_argument("--processes", type=int, default=1, help="worker processes")
+    parser.add_argument("--threads", type=int, default=1, help="write jobs per process at once")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    redis = Redis.from_url(settings.redis_url.get_secret_value())
+    run_results_worker(
+        settings, redis, burst=args.burst, processes=args.processes, threads=args.threads
+    )
+
+
+if __name__ == "__main__":
+    main()
