@@ -21,6 +21,7 @@ from pydantic import Field, SecretStr, TypeAdapter
 from pydantic_core import from_json
 from typing_extensions import TypedDict
 
+from dispatcher import tracing
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders, kombo_time
 from dispatcher.kombo.packages import PACKAGE_FIELDS, InvalidPackagesError, Package, parse_packages
 from dispatcher.kombo.results import AssessmentResult
@@ -208,7 +209,8 @@ class KomboClient:
         self._should_stop = should_stop
         self.max_response_bytes = max_response_bytes
         self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
-        self._http = httpx.Client(
+        # Traced when tracing is on (dispatcher.tracing): a client span per request.
+        self._http = tracing.instrument(httpx.Client(
             base_url=base_url.rstrip("/") + "/",
             timeout=timeout,
             transport=transport,
@@ -216,7 +218,7 @@ class KomboClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             headers={"Accept": "application/json", "User-Agent": "kombo-dispatcher"},
-        )
+        ))  # fmt: skip
         self.retry_budget = retry_budget
         # How long connection failures are retried, counted from the first of an outage
         # and shared by every request: a command a person waits on (poll --once) gives up
@@ -342,6 +344,24 @@ class KomboClient:
         json: Any = None,
         fast_decode: Callable[[bytes], Any] | None = None,
     ) -> Any:
+        """:meth:`_retried` in a span (tracing on): its HTTP attempts are the children, its
+        retries the events."""
+        attributes = {"dispatcher.integration_id": integration_id, "url.path": f"/{path}"}
+        with tracing.span(f"kombo {method}", attributes=attributes):
+            return self._retried(
+                method, path, integration_id, params=params, json=json, fast_decode=fast_decode
+            )
+
+    def _retried(
+        self,
+        method: str,
+        path: str,
+        integration_id: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+        fast_decode: Callable[[bytes], Any] | None = None,
+    ) -> Any:
         """The decoded body of a successful answer, retrying what is worth retrying.
 
         ``fast_decode``, when given, is tried first on a 2xx body; when it returns None, the
@@ -409,6 +429,13 @@ class KomboClient:
                 attempt,
                 delay,
                 extra={"integration_id": integration_id},
+            )
+            tracing.event(
+                "retry",
+                attempt=attempt,
+                delay_s=delay,
+                status=error.status_code,
+                code=(error.code or "")[:100] or None,  # Kombo's text: bounded
             )
             self._sleep(delay)
 

@@ -20,6 +20,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.results import Result
 
+from dispatcher import tracing
 from dispatcher._text import as_float, as_str
 from dispatcher.logs import escape_controls
 from dispatcher.store.failures import Failure, clean_reason, parse_failure
@@ -107,9 +108,12 @@ class OrderRecord:
     last_error: Failure | None = None
     last_error_at: float | None = None
     payload: Mapping[str, Any] | None = field(default=None, repr=False)
+    # The order's OpenTelemetry trace (its job's meta), when it was dispatched with tracing on.
+    trace_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        traced = {"trace_id": self.trace_id} if self.trace_id else {}
+        return traced | {
             "order_id": self.order_id,
             "integration_id": self.integration_id,
             "seen_at": self.seen_at,
@@ -412,6 +416,7 @@ def _record(
         last_error=failure if has_failed else None,
         last_error_at=failed_at if has_failed else None,
         payload=payload if isinstance(payload, Mapping) else None,
+        trace_id=tracing.trace_id_of(job.meta),
     )
 
 
