@@ -125,7 +125,9 @@ class Receiver:
 
     def trace(self, trace_id: str) -> list[Span]:
         with self.lock:
-            return sorted((s for s in self.spans if s.trace_id == trace_id), key=lambda s: s.start_ns)
+            return sorted(
+                (s for s in self.spans if s.trace_id == trace_id), key=lambda s: s.start_ns
+            )
 
     def close(self) -> None:
         self.server.shutdown()

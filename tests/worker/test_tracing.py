@@ -339,3 +339,46 @@ def test_the_standard_variables_configure_the_sdk() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["dispatcher-eu", "staging", "poll", "StaticSampler"]
+
+
+def test_a_result_put_its_write_job_and_the_kombo_write_are_one_trace(
+    spans: InMemorySpanExporter, redis: Redis, redis_url: str
+) -> None:
+    from dispatcher.settings import load_settings
+    from dispatcher.store.keys import Keys
+    from dispatcher.web.app import create_app
+    from dispatcher.worker.results import WriterRuntime, install_writer
+
+    sim = Simulator(1, 1, closed=0, seed=4)
+    integration = sim.integration_ids[0]
+    [order] = sim.orders(integration)
+    redis.hset(Keys("dispatcher").seen(integration), order["id"], "1700000000")
+    with sim.serve() as kombo:
+        settings = load_settings(
+            REDIS_URL=redis_url, DISPATCHER_API_TOKEN="results-token-0123456789",
+            KOMBO_API_KEY=DEFAULT_API_KEY, KOMBO_BASE_URL=kombo.url,
+        )  # fmt: skip
+        answer = AppClient(create_app(settings, redis)).request(
+            "PUT",
+            f"/orders/{integration}/{order['id']}/result",
+            json={"status": "COMPLETED", "result_url": "https://vendor.example/r/1"},
+            headers={"Authorization": "Bearer results-token-0123456789"},
+        )
+        assert answer.status_code == 202, answer.text
+        runtime = WriterRuntime.from_settings(settings, redis)
+        install_writer(runtime)
+        try:
+            queue = Queue(settings.results_queue, connection=redis, serializer=JOB_SERIALIZER)
+            SimpleWorker([queue], connection=redis, serializer=JOB_SERIALIZER).work(burst=True)
+        finally:
+            install_writer(None)
+            runtime.writer.client.close()
+    finished = spans.get_finished_spans()
+    put = _one(_named(finished, "PUT /orders/{integration_id}/{order_id}/result"))
+    assert put.parent is None and (put.attributes or {})["http.response.status_code"] == 202
+    job = _one(_children(finished, put))
+    assert job.name == "write_result" and (job.attributes or {})["dispatcher.outcome"] == "written"
+    kombo_put = _one(_children(finished, job))
+    assert kombo_put.name == "kombo PUT"
+    http_put = _one(_children(finished, kombo_put))
+    assert http_put.kind == SpanKind.CLIENT and _status(http_put) == 200
