@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import logging
 import random
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from json import loads as _json_loads
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, Any, NotRequired, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -176,6 +177,22 @@ class OrdersPage:
             raise InvalidPageError(self.integration_id, exc) from None
 
 
+_Request = TypeVar("_Request", bound=Callable[..., Any])
+
+
+def _traced(request: _Request) -> _Request:
+    """A request, retries included, in a span (tracing on): its HTTP attempts are the
+    children (the httpx instrumentation), its retries the events."""
+
+    @functools.wraps(request)
+    def traced(self: KomboClient, method: str, path: str, integration_id: str, **kw: Any) -> Any:
+        attributes = {"dispatcher.integration_id": integration_id, "url.path": f"/{path}"}
+        with tracing.span(f"kombo {method}", attributes=attributes):
+            return request(self, method, path, integration_id, **kw)
+
+    return traced  # type: ignore[return-value]
+
+
 class KomboClient:
     """A synchronous, thread-safe client of Kombo's assessment API.
 
@@ -334,25 +351,8 @@ class KomboClient:
 
     # -- transport --------------------------------------------------------------------------
 
+    @_traced
     def _request(
-        self,
-        method: str,
-        path: str,
-        integration_id: str,
-        *,
-        params: dict[str, str] | None = None,
-        json: Any = None,
-        fast_decode: Callable[[bytes], Any] | None = None,
-    ) -> Any:
-        """:meth:`_retried` in a span (tracing on): its HTTP attempts are the children, its
-        retries the events."""
-        attributes = {"dispatcher.integration_id": integration_id, "url.path": f"/{path}"}
-        with tracing.span(f"kombo {method}", attributes=attributes):
-            return self._retried(
-                method, path, integration_id, params=params, json=json, fast_decode=fast_decode
-            )
-
-    def _retried(
         self,
         method: str,
         path: str,

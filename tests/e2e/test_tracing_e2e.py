@@ -8,130 +8,28 @@ retried job links to its first run.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from _trace_view import render_html
 from _webhook_support import event_body, signed
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from _support import dispatcher_env, dispatcher_web, wait_until
-from dispatcher.testing import free_port
 from dispatcher.testing.mailbox import Mailbox
+from dispatcher.testing.otlp import ExportedSpan as Span
+from dispatcher.testing.otlp import OtlpReceiver as Receiver
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.web.webhook import WEBHOOK_PATH
 
 pytestmark = pytest.mark.redis
 SECRET = "kombo-test-secret"
-
-
-@dataclass(frozen=True)
-class Span:
-    """One exported span, as the receiver decoded it."""
-
-    trace_id: str
-    span_id: str
-    parent_id: str
-    name: str
-    kind: int
-    start_ns: int
-    end_ns: int
-    attributes: dict[str, Any]
-    links: tuple[tuple[str, str], ...]  # (trace id, span id)
-    command: str  # the resource's dispatcher.command: the process that made the span
-    pid: int
-
-    @property
-    def ms(self) -> float:
-        return (self.end_ns - self.start_ns) / 1e6
-
-
-def _value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    return getattr(value, kind) if kind else None
-
-
-@dataclass
-class Receiver:
-    """An OTLP/HTTP trace receiver (``POST /v1/traces``, protobuf) on a free port."""
-
-    spans: list[Span] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                receiver.add(request)
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def add(self, request: ExportTraceServiceRequest) -> None:
-        decoded = []
-        for resource_spans in request.resource_spans:
-            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-            for scope in resource_spans.scope_spans:
-                for span in scope.spans:
-                    decoded.append(
-                        Span(
-                            trace_id=span.trace_id.hex(),
-                            span_id=span.span_id.hex(),
-                            parent_id=span.parent_span_id.hex(),
-                            name=span.name,
-                            kind=span.kind,
-                            start_ns=span.start_time_unix_nano,
-                            end_ns=span.end_time_unix_nano,
-                            attributes={a.key: _value(a.value) for a in span.attributes},
-                            links=tuple((ln.trace_id.hex(), ln.span_id.hex()) for ln in span.links),
-                            command=str(resource.get("dispatcher.command")),
-                            pid=int(resource.get("process.pid", 0)),
-                        )
-                    )
-        with self.lock:
-            self.spans.extend(decoded)
-
-    def trace(self, trace_id: str) -> list[Span]:
-        with self.lock:
-            return sorted(
-                (s for s in self.spans if s.trace_id == trace_id), key=lambda s: s.start_ns
-            )
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 
 
 @pytest.fixture
@@ -197,11 +95,9 @@ def _check_worker_half(spans: list[Span], vendor_span: str) -> Span:
     return job
 
 
-def test_each_provisioning_call_carries_a_trace_holding_the_poller_and_the_worker(
-    receiver: Receiver, redis_url: str, vendor: VendorAPI, mailbox: Mailbox
+def _poll_and_work(
+    receiver: Receiver, redis_url: str, vendor: VendorAPI, mailbox: Mailbox, sim: Simulator
 ) -> None:
-    sim = Simulator(1, 3, closed=0, seed=5)
-    vendor.failures = [503]  # one job fails its first attempt: retried, linked to its first run
     with sim.serve() as kombo:
         env = _env(
             redis_url, receiver,
@@ -212,14 +108,34 @@ def test_each_provisioning_call_carries_a_trace_holding_the_poller_and_the_worke
         )  # fmt: skip
         _run(env, "poll", "--once")
         _run(env, "worker", "--burst")
+    for call in vendor.calls:
+        trace_id, span_id = _parent(call.headers)
+        wait_until(lambda t=trace_id, s=span_id: any(x.span_id == s for x in receiver.trace(t)),
+                   what="the worker's spans")  # fmt: skip
+
+
+def _retried_trace(receiver: Receiver, traces: set[str]) -> list[Span]:
+    [retried] = [
+        t for t in traces if sum(s.name == "process_order" for s in receiver.trace(t)) == 2
+    ]
+    wait_until(
+        lambda: sum(s.name == "smtp send" for s in receiver.trace(retried)) == 1, what="smtp"
+    )
+    return receiver.trace(retried)
+
+
+def test_each_provisioning_call_carries_a_trace_holding_the_poller_and_the_worker(
+    receiver: Receiver, redis_url: str, vendor: VendorAPI, mailbox: Mailbox
+) -> None:
+    sim = Simulator(1, 3, closed=0, seed=5)
+    vendor.failures = [503]  # one job fails its first attempt: retried, linked to its first run
+    _poll_and_work(receiver, redis_url, vendor, mailbox, sim)
 
     assert len(vendor.calls) == 4
     traces = {_parent(call.headers)[0] for call in vendor.calls}
     assert len(traces) == 3  # one trace per order
     for call in vendor.calls:
         trace_id, span_id = _parent(call.headers)
-        wait_until(lambda t=trace_id, s=span_id: any(x.span_id == s for x in receiver.trace(t)),
-                   what="the worker's spans")  # fmt: skip
         spans = receiver.trace(trace_id)
         job = _check_worker_half(spans, span_id)
         by_id = {s.span_id: s for s in spans}
@@ -232,21 +148,54 @@ def test_each_provisioning_call_carries_a_trace_holding_the_poller_and_the_worke
         [(sweep_trace, sweep_id)] = dispatch.links
         sweep = [s for s in receiver.trace(sweep_trace) if s.span_id == sweep_id]
         assert [s.name for s in sweep] == ["sweep"]
-        names = {s.name for s in spans}
-        assert {"step notify_email", "smtp send"} <= names or job.attributes.get(
-            "dispatcher.retried"
-        ) is False
-    # The retried order: two job spans in its trace, the second linked to the first.
-    retried = [t for t in traces if sum(s.name == "process_order" for s in receiver.trace(t)) == 2]
-    assert len(retried) == 1
-    first, second = [s for s in receiver.trace(retried[0]) if s.name == "process_order"]
+        kombo = [s for s in receiver.trace(sweep_trace) if s.parent_id == sweep_id]
+        assert [s.name for s in kombo] == ["kombo GET"]
+    # The retried order: two job spans in its trace, the second linked to the first, and
+    # the second's steps down to the SMTP client span.
+    spans = _retried_trace(receiver, traces)
+    first, second = [s for s in spans if s.name == "process_order"]
     assert second.links == ((first.trace_id, first.span_id),)
-    assert first.pid == second.pid  # the worker's resource; each ran in a forked work horse
+    assert second.attributes["dispatcher.retried"] is True
+    by_id = {s.span_id: s for s in spans}
+    [smtp] = [s for s in spans if s.name == "smtp send"]
+    assert by_id[smtp.parent_id].name == "step notify_email"
+    assert by_id[by_id[smtp.parent_id].parent_id] == second
+    print("\n".join(span_tree(spans)))
 
-    Path(os.environ.get("DISPATCHER_TRACE_TREE", os.devnull)).write_text(
-        json.dumps([s.__dict__ for s in receiver.trace(retried[0])], default=str)
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_one_orders_trace_renders_as_a_waterfall_in_a_browser(
+    receiver: Receiver, redis_url: str, vendor: VendorAPI, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    """Renders the retried order's trace (tests/e2e/_trace_view.py) in chromium; with
+    DISPATCHER_TRACE_SCREENSHOT=docs/trace.png the screenshot is written there."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = Path(os.environ.get("TEST_CHROMIUM", "/usr/bin/chromium"))
+    if not chromium.exists():
+        pytest.fail(f"no chromium at {chromium}: apt-get install chromium (or set TEST_CHROMIUM)")
+    sim = Simulator(1, 3, closed=0, seed=5)
+    vendor.failures = [503]
+    _poll_and_work(receiver, redis_url, vendor, mailbox, sim)
+    spans = _retried_trace(receiver, {_parent(call.headers)[0] for call in vendor.calls})
+    order_id = next(s.attributes["dispatcher.order_id"] for s in spans if s.name == "dispatch")
+    page_file = tmp_path / "trace.html"
+    page_file.write_text(
+        render_html(spans, f"order {order_id}: one trace, poll -> worker -> vendor")
     )
-    print("\n".join(span_tree(receiver.trace(retried[0]))))
+    shot = Path(os.environ.get("DISPATCHER_TRACE_SCREENSHOT", tmp_path / "trace.png"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 400})
+            page.goto(page_file.as_uri())
+            assert page.locator("tr").count() == len(spans)
+            assert page.locator("td.name", has_text="smtp send").count() == 1
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
 
 
 def test_a_webhook_delivery_is_one_trace_from_the_request_to_the_vendor_call(
