@@ -18,6 +18,7 @@ import httpx
 import pytest
 from _trace_view import render_html
 from _webhook_support import event_body, signed
+from redis import Redis
 
 from _support import dispatcher_env, dispatcher_web, wait_until
 from dispatcher.testing.mailbox import Mailbox
@@ -96,7 +97,11 @@ def _check_worker_half(spans: list[Span], vendor_span: str) -> Span:
 
 
 def _poll_and_work(
-    receiver: Receiver, redis_url: str, vendor: VendorAPI, mailbox: Mailbox, sim: Simulator
+    receiver: Receiver,
+    redis_url: str,
+    vendor: VendorAPI,
+    mailbox: Mailbox,
+    sim: Simulator,
 ) -> None:
     with sim.serve() as kombo:
         env = _env(
@@ -125,7 +130,7 @@ def _retried_trace(receiver: Receiver, traces: set[str]) -> list[Span]:
 
 
 def test_each_provisioning_call_carries_a_trace_holding_the_poller_and_the_worker(
-    receiver: Receiver, redis_url: str, vendor: VendorAPI, mailbox: Mailbox
+    receiver: Receiver, redis: Redis, redis_url: str, vendor: VendorAPI, mailbox: Mailbox
 ) -> None:
     sim = Simulator(1, 3, closed=0, seed=5)
     vendor.failures = [503]  # one job fails its first attempt: retried, linked to its first run
@@ -166,7 +171,12 @@ def test_each_provisioning_call_carries_a_trace_holding_the_poller_and_the_worke
 @pytest.mark.slow
 @pytest.mark.browser
 def test_one_orders_trace_renders_as_a_waterfall_in_a_browser(
-    receiver: Receiver, redis_url: str, vendor: VendorAPI, mailbox: Mailbox, tmp_path: Path
+    receiver: Receiver,
+    redis: Redis,
+    redis_url: str,
+    vendor: VendorAPI,
+    mailbox: Mailbox,
+    tmp_path: Path,
 ) -> None:
     """Renders the retried order's trace (tests/e2e/_trace_view.py) in chromium; with
     DISPATCHER_TRACE_SCREENSHOT=docs/trace.png the screenshot is written there."""
@@ -199,7 +209,7 @@ def test_one_orders_trace_renders_as_a_waterfall_in_a_browser(
 
 
 def test_a_webhook_delivery_is_one_trace_from_the_request_to_the_vendor_call(
-    receiver: Receiver, redis_url: str, vendor: VendorAPI, tmp_path: Path
+    receiver: Receiver, redis: Redis, redis_url: str, vendor: VendorAPI, tmp_path: Path
 ) -> None:
     sim = Simulator(1, 1, closed=0, seed=6)
     [order] = sim.orders(sim.integration_ids[0])
