@@ -382,3 +382,32 @@ def test_a_result_put_its_write_job_and_the_kombo_write_are_one_trace(
     assert kombo_put.name == "kombo PUT"
     http_put = _one(_children(finished, kombo_put))
     assert http_put.kind == SpanKind.CLIENT and _status(http_put) == 200
+
+
+def test_a_replayed_order_starts_a_trace_linked_to_its_first_one(
+    spans: InMemorySpanExporter,
+    redis: Redis,
+    vendor: VendorAPI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dispatcher.ops.replay import replay
+
+    sim = Simulator(1, 1, closed=0, seed=8)
+    integration = sim.integration_ids[0]
+    ledger = Ledger(redis, Queue("dispatcher-orders", connection=redis), "dispatcher")
+    with sim.serve() as server, KomboClient(DEFAULT_API_KEY, server.url, retry_budget=0) as c:
+        assert Poller(c, ledger, sim.integration_ids).sweep().orders_new == 1
+        _work(redis, ledger.queue, vendor, monkeypatch)
+        result = replay(ledger, c, integration, ["provision_http"], force=True)
+        assert len(result.queued) == 1
+        _work(redis, ledger.queue, vendor, monkeypatch)
+    finished = spans.get_finished_spans()
+    dispatch = _one(_named(finished, "dispatch"))
+    replayed = _one(_named(finished, "replay"))
+    assert replayed.parent is None and replayed.context.trace_id != dispatch.context.trace_id
+    first, again = sorted(_named(finished, "process_order"), key=lambda s: s.start_time or 0)
+    assert first.parent is not None and first.parent.span_id == dispatch.context.span_id
+    assert again.parent is not None and again.parent.span_id == replayed.context.span_id
+    # The replay's run links to the order's first trace (its dispatch).
+    assert [link.context.span_id for link in again.links] == [dispatch.context.span_id]
+    assert len(vendor.calls) == 2
