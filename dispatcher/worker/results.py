@@ -32,11 +32,10 @@ one queue, and the Procfile has a ``results`` line.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +49,7 @@ from dispatcher.kombo.client import KomboClient, KomboError
 from dispatcher.kombo.results import AssessmentResult, InvalidResultError
 from dispatcher.logs import escape_controls
 from dispatcher.settings import Settings, load_settings
+from dispatcher.store.connection import connect
 from dispatcher.store.failures import clean_reason
 from dispatcher.store.keys import Keys
 from dispatcher.store.results import (
@@ -74,7 +74,7 @@ __all__ = [
     "write_result",
 ]
 
-log = logging.getLogger("dispatcher.writeback")
+log = logging.getLogger("dispatcher.results")
 
 _BACKOFF_BASE = 1.0
 _BACKOFF_CAP = 300.0
@@ -320,7 +320,9 @@ class WriterRuntime:
         cls, settings: Settings, redis: Redis | None = None, *, threads: int = 1
     ) -> WriterRuntime:
         """``threads``: write jobs this process runs at once (each may hold a connection)."""
-        redis = redis or Redis.from_url(settings.redis_url.get_secret_value())
+        # Through connection.py like every process: a rediss:// or Sentinel REDIS_URL works
+        # for a plain ``rq worker`` (which builds this on its first write job) too.
+        redis = redis or connect(settings.redis_url.get_secret_value(), role="worker")
         client = KomboClient(
             settings.require_kombo(),
             settings.kombo_base_url,
@@ -451,22 +453,3 @@ def run_results_worker(
             pool.start(burst=burst, logging_level=settings.log_level)
     finally:
         runtime.writer.client.close()  # its Kombo connections (one per thread that wrote)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dispatcher.worker.results``: the results workers, as ``dispatcher worker
-    --results`` runs them (kept for scripts and benchmarks that start them this way)."""
-    parser = argparse.ArgumentParser(prog="python -m dispatcher.worker.results")
-    parser.add_argument("--burst", action="store_true", help="stop once the queue is empty")
-    parser.add_argument("--processes", type=int, default=1, help="worker processes")
-    parser.add_argument("--threads", type=int, default=1, help="write jobs per process at once")
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    redis = Redis.from_url(settings.redis_url.get_secret_value())
-    run_results_worker(
-        settings, redis, burst=args.burst, processes=args.processes, threads=args.threads
-    )
-
-
-if __name__ == "__main__":
-    main()
