@@ -44,7 +44,7 @@ from rq import Queue, Worker, get_current_job
 from rq.job import Job
 from rq.worker_pool import WorkerPool
 
-from dispatcher import _text
+from dispatcher import _text, tunables
 from dispatcher.kombo.client import KomboClient, KomboError
 from dispatcher.kombo.results import AssessmentResult, InvalidResultError
 from dispatcher.logs import escape_controls
@@ -76,8 +76,16 @@ __all__ = [
 
 log = logging.getLogger("dispatcher.results")
 
-_BACKOFF_BASE = 1.0
-_BACKOFF_CAP = 300.0
+# A retried write waits Kombo's Retry-After, else a jittered delay under a ceiling that
+# doubles per attempt from 1 s up to 5 min: the retries span DISPATCHER_RESULT_RETRY_FOR
+# (hours), so a long outage costs a write every few minutes, not one a second. The Kombo
+# client's own backoff (kombo/client.py) caps at 30 s instead: it retries within one
+# request's KOMBO_RETRY_BUDGET.
+_WRITE_RETRY_FIRST = 1.0
+_WRITE_RETRY_CAP = 300.0
+# A write slot's lease outlives the longest PUT (KOMBO_TIMEOUT) by this much: a live writer
+# keeps its slot to the end of its request; a dead one's slot frees up this long after.
+_LEASE_MARGIN = 10.0
 # How long a write waits for a free slot of its integration before it lets another job try.
 _LEASE_WAIT = 2.0
 # New bodies submitted while one job writes: after this many rounds the job hands over.
@@ -142,8 +150,8 @@ class ResultWriter:
         leases: WriteLeases,
         client: KomboClient,
         *,
-        retry_for: float = 24 * 3600.0,
-        lease_ttl: float = 40.0,
+        retry_for: float = tunables.RESULT_RETRY_FOR,
+        lease_ttl: float = tunables.KOMBO_TIMEOUT + _LEASE_MARGIN,
         lease_wait: float = _LEASE_WAIT,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -283,8 +291,9 @@ class ResultWriter:
         if error.retry_after is not None:
             delay = error.retry_after
         else:
-            exponent = min(record.attempts, 16)
-            delay = self._rng.uniform(0.1, min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**exponent))
+            exponent = min(record.attempts, tunables.BACKOFF_MAX_EXPONENT)
+            ceiling = min(_WRITE_RETRY_CAP, _WRITE_RETRY_FIRST * 2.0**exponent)
+            delay = self._rng.uniform(0.1, ceiling)
         delay = min(delay, max(0.0, self.retry_for - elapsed))
         return self.outbox.reschedule(record, job_id, delay, error=reason)
 
@@ -336,7 +345,7 @@ class WriterRuntime:
             WriteLeases(redis, Keys(settings.namespace), settings.kombo_write_concurrency),
             client,
             retry_for=settings.result_retry_for,
-            lease_ttl=settings.kombo_timeout + 10.0,
+            lease_ttl=settings.kombo_timeout + _LEASE_MARGIN,
         )
         return cls(settings=settings, redis=redis, writer=writer)
 
