@@ -301,7 +301,7 @@ def _write_or_wait(
     runtime = WriterRuntime.from_settings(settings, redis)
     submission_id = record.submission_id if record is not None else ""
     # The command prints the outcome itself: the writer's log lines would say it twice.
-    writer_log = logging.getLogger("dispatcher.writeback")
+    writer_log = logging.getLogger("dispatcher.results")
     was_disabled, writer_log.disabled = writer_log.disabled, True
     try:
         return _work(runtime, integration_id, order_id, submission_id, deadline, record)

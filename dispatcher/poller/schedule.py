@@ -20,6 +20,7 @@ from typing import cast
 
 from redis import Redis
 
+from dispatcher import tunables
 from dispatcher._text import as_str
 from dispatcher.store.keys import Keys
 
@@ -73,7 +74,7 @@ class Schedule:
         redis: Redis,
         keys: Keys,
         *,
-        lease_ttl: float = 30.0,
+        lease_ttl: float = tunables.LEASE_TTL,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -32,6 +32,7 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import now
 
+from dispatcher import tunables
 from dispatcher._text import as_str
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders
 from dispatcher.logs import escape_controls
@@ -139,8 +140,8 @@ class JobOptions:
     """How dispatched jobs are created: RQ's timeouts and retention, as data."""
 
     timeout: int = 600
-    result_ttl: int = 7 * 24 * 3600
-    failure_ttl: int = 30 * 24 * 3600
+    result_ttl: int = tunables.RESULT_TTL
+    failure_ttl: int = tunables.FAILURE_TTL
     retry_intervals: tuple[int, ...] = (10, 20, 40, 80, 160)
     # Replicas that must hold a dispatch before it counts (DISPATCHER_REDIS_MIN_REPLICAS_ACK).
     replica_ack: ReplicaAck | None = None
@@ -234,7 +235,7 @@ class Ledger:
         orders: Sequence[Order | RawOrder],
         *,
         generation: int | None = None,
-        keep_generations: int = 3,
+        keep_generations: int = tunables.PRUNE_AFTER_SWEEPS,
         source: str = "poll",
     ) -> DispatchResult:
         """Enqueue every order not seen before, atomically marking it seen; skip the rest.
@@ -346,8 +347,8 @@ class Ledger:
         integration_id: str,
         *,
         generation: int,
-        keep_generations: int = 3,
-        retention: float = 30 * 24 * 3600,
+        keep_generations: int = tunables.PRUNE_AFTER_SWEEPS,
+        retention: float = tunables.SEEN_RETENTION,
     ) -> int:
         """Forget orders no full sweep has seen OPEN in the last ``keep_generations`` full
         sweeps (or up to ``keep_generations - 1`` more: marks are renewed lazily, see

@@ -71,6 +71,7 @@ from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 __all__ = [
     "FINAL_STATUSES",
     "RESULT_JOB_FUNCTION",
+    "RESULT_JOB_FUNCTIONS",
     "FinalResultError",
     "Outbox",
     "OutboxRecord",
@@ -86,6 +87,9 @@ __all__ = [
 ]
 
 RESULT_JOB_FUNCTION = "dispatcher.worker.results.write_result"
+# What the workers run as a write job: the path new jobs name, and the one jobs queued before
+# dispatcher/worker/writeback.py was renamed results.py name (that module re-exports it).
+RESULT_JOB_FUNCTIONS = frozenset({RESULT_JOB_FUNCTION, "dispatcher.worker.writeback.write_result"})
 FINAL_STATUSES = frozenset({"COMPLETED", "CANCELLED"})
 ResultState = Literal["pending", "written", "failed"]
 STATES: tuple[ResultState, ...] = ("pending", "written", "failed")

@@ -43,7 +43,7 @@ from dispatcher.logs import OrderLogContext, contact_values, escape_controls, se
 from dispatcher.settings import Settings
 from dispatcher.store.failures import Failure, clean_traceback, job_timeout_reason, parse_failure
 from dispatcher.store.ledger import JOB_FUNCTION
-from dispatcher.store.results import RESULT_JOB_FUNCTION
+from dispatcher.store.results import RESULT_JOB_FUNCTIONS
 from dispatcher.store.rq_internals import (
     JOB_SERIALIZER,
     RQ_LIFECYCLE_MESSAGES,
@@ -157,7 +157,7 @@ def _job_namespace(job: Job) -> str | None:
 
 
 # The functions a worker runs; RQ would import and call any name a job's data holds.
-JOB_FUNCTIONS = frozenset({JOB_FUNCTION, RESULT_JOB_FUNCTION})
+JOB_FUNCTIONS = frozenset({JOB_FUNCTION, *RESULT_JOB_FUNCTIONS})
 
 
 class _OrderQueue(Queue):
