@@ -11,9 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from dispatcher._text import error_message, is_http_url
+from dispatcher._text import error_message, is_http_url, url_problem
 from dispatcher.redact import protect_environment, protect_settings
-from dispatcher.store.connection import url_problem
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 

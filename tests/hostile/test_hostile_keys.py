@@ -36,12 +36,12 @@ from dispatcher.kombo.models import (
     id_problem,
     parse_order,
 )
-from dispatcher.kombo.results import record_result
 from dispatcher.ops.admin import forget_order
 from dispatcher.plugins import check_handler
 from dispatcher.poller.integrations import check_integration_id
 from dispatcher.store.keys import Keys, job_id_for, order_ref
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.result_record import record_result
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.store.wrongtype import WrongKeyTypeError
 from dispatcher.testing.simulator import Simulator

@@ -107,7 +107,7 @@ def _keys_rq_builds(redis: Any) -> dict[str, tuple[str, str, str]]:
         "Queue.redis_queues_keys (rq:queues)": (
             rqi.QUEUES_KEY,
             queue.redis_queues_keys,
-            "the dispatch script, wrongtype.shared_keys",
+            "the dispatch script, key_types.shared_keys",
         ),
         "IntermediateQueue.get_intermediate_queue_key": (
             rqi.intermediate_key(QUEUE),
