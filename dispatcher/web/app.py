@@ -112,7 +112,8 @@ def create_app(
         *extra_routes,
     ]
     if settings.console_token is not None:
-        # The operator console at / (dispatcher/web/console/): off without its token.
+        # The operator console at / (dispatcher/web/console/): off without its token, and
+        # then not loaded (its templates, Jinja2).
         from dispatcher.web.console import console_routes
 
         routes.extend(console_routes(settings, redis, met))
