@@ -12,9 +12,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dispatcher import tunables
-from dispatcher._text import error_message, is_http_url
+from dispatcher._text import REDIS_URL_SCHEMES, error_message, is_http_url, url_problem
 from dispatcher.redact import protect_environment, protect_settings
-from dispatcher.store.connection import SCHEMES, url_problem
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -407,7 +406,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().lower().startswith(SCHEMES):
+        if not value.get_secret_value().lower().startswith(REDIS_URL_SCHEMES):
             raise ValueError(
                 "must start with redis://, rediss://, unix://, redis+sentinel:// or "
                 "rediss+sentinel://"

@@ -13,8 +13,8 @@ from redis import Redis
 from _support import RedisServer
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.vendor import VendorAPI
+from dispatcher.worker.classes import DispatcherWorker
 from dispatcher.worker.jobs import install_runtime
-from dispatcher.worker.worker import DispatcherWorker
 
 
 def _require_real_redis() -> bool:

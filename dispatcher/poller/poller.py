@@ -40,6 +40,7 @@ from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.store import throughput
+from dispatcher.store.key_types import integration_keys, shared_keys
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.reconcile_state import PeriodicReconcile
 from dispatcher.store.sweeps import ERROR_COUNT, INVALID_ORDER_FIELDS, MAX_MESSAGE, SweepRecord
@@ -47,10 +48,8 @@ from dispatcher.store.wrongtype import (
     WRONGTYPE_CODE,
     describe,
     find_wrong_types,
-    integration_keys,
     is_refusal,
     is_wrong_type,
-    shared_keys,
 )
 from dispatcher.untrusted import untrusted_text
 

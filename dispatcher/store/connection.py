@@ -33,6 +33,8 @@ from redis.connection import parse_url
 from redis.exceptions import RedisError, ResponseError
 from redis.sentinel import Sentinel
 
+from dispatcher._text import REDIS_URL_SCHEMES, url_problem
+
 __all__ = [
     "MIN_REDIS_VERSION",
     "SCHEMES",
@@ -45,12 +47,11 @@ __all__ = [
     "reachable",
     "redacted_url",
     "startup_check",
-    "url_problem",
 ]
 
 log = logging.getLogger("dispatcher.redis")
 
-SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+SCHEMES = REDIS_URL_SCHEMES
 
 # RQ's results are streams (XADD, 5.0); the dispatcher's scripts need HSET with many fields
 # (4.0). Older servers fail deep inside a job, so they are refused at start.
@@ -113,27 +114,6 @@ class UnsuitableRedisError(Exception):
     """``REDIS_URL`` is malformed, or names a server the dispatcher must not run on.
 
     The message is one line, names ``REDIS_URL`` and never holds the password."""
-
-
-def url_problem(url: str) -> str | None:
-    """What makes a connection URL unparsable (an unclosed ``[`` of an IPv6 address, a port
-    that is no number or out of range), in words that never hold the URL: it may hold a
-    password. ``None`` when it parses; a Sentinel URL's every ``host:port`` is checked."""
-    try:
-        parts = urlsplit(url)
-        hosts = parts.netloc.rpartition("@")[2]
-        if "+sentinel" not in parts.scheme.lower():
-            parts.port  # noqa: B018 (parsing the port is the check)
-            return None
-        for item in hosts.split(","):
-            host, _, port = item.strip().rpartition(":")
-            if not host:
-                host, port = port, "26379"
-            if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
-                return f"sentinel address {item[:60]!r} is not host:port"
-    except ValueError as exc:
-        return " ".join(str(exc).split()) or "malformed URL"
-    return None
 
 
 def redacted_url(url: str) -> str:

@@ -66,9 +66,10 @@ Job hash fields:
   (``_success_callback_name``, ``_failure_callback_name``, ``_stopped_callback_name``) and
   posts to its ``webhooks``: :func:`job_refusal` checks all of them before a worker runs a job.
 
-Methods of RQ's classes overridden in dispatcher/worker/worker.py (``OVERRIDDEN``): on
-``BaseWorker`` ``__init__`` (with ``job_monitoring_interval``, ``maintenance_interval``,
-``worker_ttl``, ``queue_class``), ``get_heartbeat_ttl``, ``clean_registries``,
+Methods of RQ's classes overridden in dispatcher/worker/ (``OVERRIDDEN``; the mixin in
+``base.py``, ``InProcessWorker`` in ``classes.py``): on ``BaseWorker`` ``__init__`` (with
+``job_monitoring_interval``, ``maintenance_interval``, ``worker_ttl``, ``queue_class``),
+``get_heartbeat_ttl``, ``clean_registries``,
 ``execute_job`` (twice: the mixin and ``InProcessWorker``), ``handle_job_failure``,
 ``handle_job_success`` (the outcome line), ``prepare_job_execution`` (deletes the job's
 first-seen mark), ``subscribe`` (the pubsub thread waits ``PUBSUB_WAIT``, not 60 s: redis-py
@@ -212,7 +213,7 @@ OVERRIDDEN = (
     ("rq.worker.BaseWorker", "_shutdown"),
     ("rq.worker.BaseWorker", "request_force_stop"),
     ("rq.worker.BaseWorker", "handle_job_success"),
-    # dispatcher/worker/worker.py: maintenance (recovery.py), first-seen marks, shutdown
+    # dispatcher/worker/base.py: maintenance (recovery.py), first-seen marks, shutdown
     ("rq.worker.BaseWorker", "prepare_job_execution"),
     ("rq.worker.BaseWorker", "subscribe"),
     ("rq.worker.BaseWorker", "teardown"),

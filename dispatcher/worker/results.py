@@ -61,6 +61,8 @@ from dispatcher.store.results import (
 )
 from dispatcher.store.rq_internals import JOB_SERIALIZER, WorkerBase
 from dispatcher.worker._slot import ProcessSlot
+from dispatcher.worker.classes import InProcessWorker
+from dispatcher.worker.threaded import threaded_worker_class
 
 __all__ = [
     "KomboView",
@@ -435,15 +437,11 @@ def run_results_worker(
     ``DISPATCHER_WORKER_SHUTDOWN_TIMEOUT`` seconds (a write is bounded by
     ``KOMBO_TIMEOUT``), then puts the rest back on the queue.
     """
-    from dispatcher.worker.worker import InProcessWorker
-
     runtime = runtime or WriterRuntime.from_settings(settings, redis, threads=threads)
     install_writer(runtime)
     queue = Queue(settings.results_queue, connection=redis, serializer=JOB_SERIALIZER)
     worker_class: type[WorkerBase]
     if threads > 1:
-        from dispatcher.worker.threaded import threaded_worker_class
-
         worker_class = threaded_worker_class(threads, settings.worker_shutdown_timeout)
     else:
         worker_class = InProcessWorker

@@ -12,10 +12,10 @@ from rq import Queue
 
 from _support import order_payload
 from dispatcher.kombo.models import Order
-from dispatcher.kombo.results import record_result
 from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.result_record import record_result
 from dispatcher.testing.simulator import Simulator
 
 pytestmark = pytest.mark.redis

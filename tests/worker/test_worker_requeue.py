@@ -14,9 +14,9 @@ from rq.job import Job, JobStatus
 from dispatcher.store import rq_internals as rqi
 from dispatcher.store.ledger import JOB_FUNCTION
 from dispatcher.worker import recovery
+from dispatcher.worker.classes import DispatcherSimpleWorker, DispatcherWorker, InProcessWorker
 from dispatcher.worker.retry import DispatcherJob
 from dispatcher.worker.threaded import threaded_worker_class
-from dispatcher.worker.worker import DispatcherSimpleWorker, DispatcherWorker, InProcessWorker
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"
