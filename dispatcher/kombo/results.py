@@ -36,8 +36,8 @@ from redis import Redis
 from dispatcher._text import error_message, first_problem, is_http_url
 from dispatcher.kombo.models import id_problem, kombo_time
 from dispatcher.store.keys import Keys
-from dispatcher.store.throughput import hour_key, lua_count
-from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
+from dispatcher.store.lua import script
+from dispatcher.store.throughput import hour_key
 
 __all__ = [
     "MAX_ATTACHMENTS",
@@ -356,23 +356,8 @@ def attachment_from_file(path: str | Path) -> Attachment:
     )
 
 
-# KEYS: 1 results hash, 2 stats hash, 3 the hour's throughput hash (store/throughput.py).
-# ARGV: 1 order id, 2 record (JSON), 3 unix time (whole seconds; the one KEYS[3] is of).
-# The counter counts finished orders: a second write for the same order does not add one.
-# Types are checked first, so that the record and the counter are written together or not.
-_RECORD_TYPES = ("hash", "hash")
-_RECORD_SCRIPT = (
-    lua_type_guard(_RECORD_TYPES)
-    + """
-if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  redis.call('HINCRBY', KEYS[2], 'results_written', 1)
-"""
-    + lua_count("KEYS[3]", "results", "ARGV[3]", "1")
-    + """
-end
-return 1
-"""
-)
+# The record and its counter, together or not at all (KEYS and ARGV in the file).
+_RECORD = script("result_record")
 
 
 def record_result(
@@ -388,8 +373,7 @@ def record_result(
     now = int(clock())
     record = json.dumps({"status": str(status), "at": now})
     names = [keys.results(integration_id), keys.stats, hour_key(keys, now)]
-    with key_types_checked(names, _RECORD_TYPES, integration_id=integration_id):
-        redis.eval(_RECORD_SCRIPT, len(names), *names, order_id, record, now)
+    _RECORD(redis, names, [order_id, record, now], integration_id=integration_id)
 
 
 def recorded_result(redis: Redis, keys: Keys, integration_id: str, order_id: str) -> Any:
