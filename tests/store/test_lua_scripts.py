@@ -240,7 +240,8 @@ def test_a_regular_install_ships_the_scripts(tmp_path: Path) -> None:
     )
     shown = subprocess.run(
         [sys.executable, "-c", probe],
-        env={"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, check=True,
+        env={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path, capture_output=True, text=True,
+        check=True,
     )  # fmt: skip
     where, size = shown.stdout.split()
     assert where.startswith(str(tmp_path)) and int(size) > 1000
