@@ -6,6 +6,7 @@ fakeredis."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from importlib import resources
@@ -226,22 +227,29 @@ def test_a_fragment_cannot_include_another(monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.slow
 def test_a_regular_install_ships_the_scripts(tmp_path: Path) -> None:
     # Not editable: the files must come from the package data of the built distribution.
+    # Built from a copy: a build/ left in the worktree would be reused by the next build.
+    source = tmp_path / "source"
+    for folder in ("dispatcher", "handlers"):
+        shutil.copytree(
+            ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path),
-         str(ROOT)],
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+         str(source)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
-    assert sorted(p.name for p in (tmp_path / "dispatcher" / "store" / "lua").glob("*.lua")) == (
-        FILES
-    )
+    assert sorted(p.name for p in (target / "dispatcher" / "store" / "lua").glob("*.lua")) == FILES
     probe = (
         "import dispatcher.store.lua as lua, dispatcher.store.results, dispatcher.store.reconcile;"
         "print(lua.__file__); print(len(lua.script('outbox_written').source))"
     )
     shown = subprocess.run(
         [sys.executable, "-c", probe],
-        env={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path, capture_output=True, text=True,
+        env={"PYTHONPATH": str(target)}, cwd=tmp_path, capture_output=True, text=True,
         check=True,
     )  # fmt: skip
     where, size = shown.stdout.split()
-    assert where.startswith(str(tmp_path)) and int(size) > 1000
+    assert where.startswith(str(target)) and int(size) > 1000
