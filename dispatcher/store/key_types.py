@@ -3,8 +3,8 @@ types (:func:`dispatcher.store.wrongtype.find_wrong_types`) by ``/healthz``, ``d
 status``, the poller's fleet loop and a command that failed on a key of the wrong type.
 
 Apart from :mod:`~dispatcher.store.wrongtype` because the lists name RQ's keys too
-(:mod:`~dispatcher.store.rq_internals`, whose scripts are guarded by ``lua_type_guard``):
-this module stands above both.
+(:mod:`~dispatcher.store.rq_internals`, whose scripts start with the type guard,
+``store/lua/_type_guard.lua``): this module stands above both.
 """
 
 from __future__ import annotations

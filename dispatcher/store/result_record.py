@@ -3,7 +3,7 @@ maps the order id to ``{"status", "at", ...}``, counted once per order in
 ``results_written`` and in the hour's throughput (:mod:`dispatcher.store.throughput`), for
 ``dispatcher status`` and the console.
 
-The results outbox's written script (:mod:`dispatcher.store.results_scripts`) writes the
+The results outbox's written script (``store/lua/outbox_written.lua``) writes the
 record, with the body's digest and submission, as it ends a final write. :func:`record_result`
 writes the short form alone (the tests seed finished orders with it);
 :func:`recorded_result` reads either back.
@@ -20,29 +20,14 @@ from redis import Redis
 
 from dispatcher.kombo.results import ResultStatus
 from dispatcher.store.keys import Keys
-from dispatcher.store.throughput import hour_key, lua_count
-from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
+from dispatcher.store.lua import script
+from dispatcher.store.throughput import hour_key
 
 __all__ = ["record_result", "recorded_result"]
 
 
-# KEYS: 1 results hash, 2 stats hash, 3 the hour's throughput hash (store/throughput.py).
-# ARGV: 1 order id, 2 record (JSON), 3 unix time (whole seconds; the one KEYS[3] is of).
-# The counter counts finished orders: a second write for the same order does not add one.
-# Types are checked first, so that the record and the counter are written together or not.
-_RECORD_TYPES = ("hash", "hash")
-_RECORD_SCRIPT = (
-    lua_type_guard(_RECORD_TYPES)
-    + """
-if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  redis.call('HINCRBY', KEYS[2], 'results_written', 1)
-"""
-    + lua_count("KEYS[3]", "results", "ARGV[3]", "1")
-    + """
-end
-return 1
-"""
-)
+# The record and its counter, together or not at all (KEYS and ARGV in the file).
+_RECORD = script("result_record")
 
 
 def record_result(
@@ -58,8 +43,7 @@ def record_result(
     now = int(clock())
     record = json.dumps({"status": str(status), "at": now})
     names = [keys.results(integration_id), keys.stats, hour_key(keys, now)]
-    with key_types_checked(names, _RECORD_TYPES, integration_id=integration_id):
-        redis.eval(_RECORD_SCRIPT, len(names), *names, order_id, record, now)
+    _RECORD(redis, names, [order_id, record, now], integration_id=integration_id)
 
 
 def recorded_result(redis: Redis, keys: Keys, integration_id: str, order_id: str) -> Any:

@@ -7,9 +7,9 @@ with ``WRONGTYPE Operation against a key holding the wrong kind of value``: a
 operator repairs or deletes it, so it must be reported, naming the key, by whoever meets it.
 This module is the one place that knows about wrong-type keys:
 
-- before a script writes: :func:`lua_type_guard` checks its keys' types first (Redis does not
-  roll back a script that fails part-way) and :func:`key_types_checked` turns its answer into
-  a :class:`WrongKeyTypeError` naming the key;
+- before a script writes: its guard (``dispatcher/store/lua/_type_guard.lua``) checks its
+  keys' types first (Redis does not roll back a script that fails part-way) and
+  :func:`key_types_checked` turns its answer into a :class:`WrongKeyTypeError` naming the key;
 - after a command failed: :func:`is_wrong_type` and :func:`is_refusal` tell a data problem
   from an outage, and :func:`find_wrong_types` (callers pass the keys their failed commands
   touched, one ``TYPE`` per key, pipelined) finds the culprit; the keys every process
@@ -41,7 +41,6 @@ __all__ = [
     "is_refusal",
     "is_wrong_type",
     "key_types_checked",
-    "lua_type_guard",
     "name_wrong_type",
 ]
 
@@ -95,37 +94,17 @@ class WrongKeyTypeError(ResponseError):
         )
 
 
-# The error a guarded script answers: "<marker> <index of the key in KEYS> <type found>".
+# The error a guarded script answers (dispatcher/store/lua/_type_guard.lua): "<marker> <index
+# of the key in KEYS> <type found>".
 _WRONG_TYPE = "DISPATCHER_WRONGTYPE"
-
-
-def lua_type_guard(expected: Sequence[str]) -> str:
-    """Lua that checks KEYS[1..n] against ``expected`` (Redis type names) before a script
-    writes anything, and answers an error naming the first key of another type (an absent
-    key is fine).
-
-    Redis does not roll back a script that fails part-way: a WRONGTYPE on its third write
-    leaves the first two written (an order marked seen but never enqueued). TYPE is cheap,
-    and nothing can change a key between the check and the writes of one script.
-    :func:`key_types_checked` turns the answer into a :class:`WrongKeyTypeError`.
-    """
-    types = ", ".join(f"'{name}'" for name in expected)
-    return f"""
-for i, expected in ipairs({{{types}}}) do
-  local found = redis.call('TYPE', KEYS[i])['ok']
-  if found ~= 'none' and found ~= expected then
-    return redis.error_reply('{_WRONG_TYPE} ' .. i .. ' ' .. found)
-  end
-end
-"""
 
 
 @contextmanager
 def key_types_checked(
     keys: Sequence[str], expected: Sequence[str], *, integration_id: str | None = None
 ) -> Iterator[None]:
-    """Around a script that starts with ``lua_type_guard(expected)``: its answer about a key
-    of the wrong type is raised as a :class:`WrongKeyTypeError` naming the key."""
+    """Around a script whose type guard checks ``expected`` (its ``KEY_TYPES``): its answer
+    about a key of the wrong type is raised as a :class:`WrongKeyTypeError` naming the key."""
     try:
         yield
     except ResponseError as exc:

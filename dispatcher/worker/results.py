@@ -6,7 +6,7 @@ processes, see below) and:
 
 1. reads the order's outbox hash; a job that does not own the pending write does nothing (a
    recovered duplicate, a write already ended);
-2. takes one of the integration's write slots (:class:`~dispatcher.store.results.WriteLeases`,
+2. takes one of the integration's write slots (:class:`~dispatcher.store.leases.WriteLeases`,
    ``DISPATCHER_KOMBO_WRITE_CONCURRENCY`` across every process; a lease expires when its
    holder dies); when none frees up within a moment it hands the write to a new job a moment
    later instead of blocking the worker;
@@ -52,11 +52,11 @@ from dispatcher.settings import Settings, load_settings
 from dispatcher.store.connection import connect
 from dispatcher.store.failures import clean_reason
 from dispatcher.store.keys import Keys
+from dispatcher.store.leases import WriteLeases
 from dispatcher.store.results import (
     FINAL_STATUSES,
     Outbox,
     OutboxRecord,
-    WriteLeases,
     parse_result,
 )
 from dispatcher.store.rq_internals import JOB_SERIALIZER, WorkerBase

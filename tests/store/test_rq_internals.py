@@ -227,7 +227,7 @@ def test_the_dispatch_script_writes_the_fields_queue_enqueue_writes(redis: Redis
     assert set(ours) == set(theirs), changed(
         f"the job hash Queue.enqueue writes: fields {sorted(set(theirs) - set(ours))} are "
         f"new, {sorted(set(ours) - set(theirs))} are gone",
-        "the dispatch script (ledger.py, rq_internals.RQ_ENQUEUE_LUA and job_hash_items)",
+        "the dispatch script (ledger.py, store/lua/_rq_enqueue.lua and rq_internals.job_hash_items)",
     )
     to_dict = {key.encode() for key in job.to_dict()}
     assert {f.encode() for f in rqi.JOB_OWN_FIELDS} <= to_dict, changed(
@@ -241,10 +241,10 @@ def test_the_dispatch_script_writes_the_fields_queue_enqueue_writes(redis: Redis
         )
     # and RQ pushes a new job at the tail of its queue and registers the queue
     assert redis.lrange(rq_queue.key, -1, -1) == [b"rq-own-job"], changed(
-        "Queue.enqueue no longer RPUSHes the job id", "rq_internals.RQ_ENQUEUE_LUA"
+        "Queue.enqueue no longer RPUSHes the job id", "store/lua/_rq_enqueue.lua"
     )
     assert redis.sismember(rqi.QUEUES_KEY, rq_queue.key), changed(
-        "Queue.enqueue no longer adds the queue key to rq:queues", "rq_internals.RQ_ENQUEUE_LUA"
+        "Queue.enqueue no longer adds the queue key to rq:queues", "store/lua/_rq_enqueue.lua"
     )
 
 
@@ -324,7 +324,7 @@ def test_the_job_statuses_the_scripts_compare_are_rqs() -> None:
     )
     assert theirs == ours, changed(
         f"JobStatus values {theirs}, not {ours}",
-        "rq_internals.RQ_WHERE_LUA (Lua compares the status field), forget",
+        "store/lua/_rq_where.lua (Lua compares the status field), forget",
     )
 
 
