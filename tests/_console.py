@@ -20,8 +20,8 @@ from redis import Redis
 
 from _support import free_port
 from dispatcher import Settings
-from dispatcher.kombo.results import record_result
 from dispatcher.store.keys import Keys
+from dispatcher.store.result_record import record_result
 from dispatcher.testing.simulator import Simulator
 from dispatcher.web.app import create_app
 

@@ -22,9 +22,9 @@ from redis import Redis
 
 from _support import dispatcher_env
 from dispatcher.cli import cli
-from dispatcher.kombo.results import recorded_result
 from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
+from dispatcher.store.result_record import recorded_result
 from dispatcher.store.results import Outbox
 from dispatcher.testing.simulator import (
     DEFAULT_API_KEY,

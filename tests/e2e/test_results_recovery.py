@@ -20,8 +20,8 @@ from dispatcher.store.keys import Keys
 from dispatcher.store.results import Outbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
 from dispatcher.web.app import create_app
+from dispatcher.worker.base import RECOVERY_BOUND
 from dispatcher.worker.results import READ_BACK_STATUS_ONLY
-from dispatcher.worker.worker import RECOVERY_BOUND
 
 URL = "https://vendor.example/r/1"
 INTEGRATION = "greenhouse:AAAA"

@@ -14,7 +14,8 @@ from _console import BROKEN, FAILING_ID, GOOD, HOSTILE_ID, World, logged_in
 from _console import world as world
 from _ops import env_for, invoke
 
-from dispatcher.store.results import Outbox, mark_provisioned
+from dispatcher.store.results import Outbox
+from dispatcher.store.timeline import mark_provisioned
 
 pytestmark = pytest.mark.redis
 

@@ -22,7 +22,8 @@ from _support import dispatcher_env, free_port, kill_tree
 from dispatcher.kombo.client import KomboClient
 from dispatcher.settings import load_settings
 from dispatcher.store.keys import Keys
-from dispatcher.store.results import Outbox, WriteLeases
+from dispatcher.store.leases import WriteLeases
+from dispatcher.store.results import Outbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
 from dispatcher.web.app import create_app
 from dispatcher.web.results_api import TokenGuard, client_key
@@ -150,8 +151,8 @@ def test_without_a_token_the_routes_are_not_mounted_and_one_warning_says_so(
 
 
 class Fleet:
-    """Results workers (``python -m dispatcher.worker.results``, what ``dispatcher worker
-    --results`` runs) as subprocesses."""
+    """Results workers (``dispatcher worker --results``, the Procfile's ``results`` line) as
+    subprocesses."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
@@ -159,7 +160,15 @@ class Fleet:
 
     def start(self, processes: int = 1) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.worker.results", "--processes", str(processes)],
+            [
+                sys.executable,
+                "-m",
+                "dispatcher",
+                "worker",
+                "--results",
+                "--processes",
+                str(processes),
+            ],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -20,7 +20,7 @@ from _support import dispatcher_env, kill_tree
 from dispatcher.kombo.models import Order
 from dispatcher.store.ledger import Ledger
 from dispatcher.testing.simulator import Simulator
-from dispatcher.worker.worker import RECOVERY_BOUND
+from dispatcher.worker.base import RECOVERY_BOUND
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"

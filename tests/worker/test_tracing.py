@@ -291,7 +291,7 @@ def test_without_the_variables_the_dispatcher_imports_nothing_of_opentelemetry()
         before = loaded()
         from click.testing import CliRunner
         from dispatcher.cli import cli
-        import dispatcher.worker.worker, dispatcher.web.app, dispatcher_handlers.provision_http
+        import dispatcher.worker.run, dispatcher.web.app, dispatcher_handlers.provision_http
         result = CliRunner().invoke(cli, ["handlers", "--help"])
         assert result.exit_code == 0, result.output
         print(sorted(loaded() - before))
