@@ -479,9 +479,9 @@ class HandlerTrace:
 HANDLER_TRACE = HandlerTrace()
 
 
-def trace_id_of(meta: Mapping[str, Any] | None) -> str | None:
+def trace_id_of(meta: Any) -> str | None:
     """The trace id in a job's meta (no OpenTelemetry needed: ``dispatcher show``)."""
-    carrier = (meta or {}).get(META_KEY)
+    carrier = meta.get(META_KEY) if isinstance(meta, Mapping) else None
     parent = carrier.get("traceparent") if isinstance(carrier, Mapping) else None
     match = _TRACEPARENT.fullmatch(parent) if isinstance(parent, str) else None
     return match.group(1) if match else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis import Redis
@@ -353,24 +353,34 @@ def describe_order(
             pipe.exists(job_key(job_id_for(namespace, integration_id, order_id)))
             pipe.hgetall(keys.steps(integration_id, order_id))
             pipe.exists(keys.timeline(integration_id, order_id))
+            # The job's meta as dispatched: its trace outlives the job (tracing on).
+            pipe.hget(keys.dispatched(integration_id, order_id), "meta")
         answers = pipe.execute()
     records = []
     for index, integration_id in enumerate(candidates):
-        seen, has_job, steps, has_timeline = answers[4 * index : 4 * index + 4]
+        seen, has_job, steps, has_timeline, dispatched = answers[5 * index : 5 * index + 5]
         if seen is None and not has_job and not steps and not has_timeline:
             continue
-        records.append(
-            _record(
-                redis,
-                queue_name,
-                order_id,
-                integration_id,
-                job_id_for(namespace, integration_id, order_id),
-                seen_at=parse_seen(seen)[0] if seen is not None else None,
-                steps=_steps(steps),
-            )
+        record = _record(
+            redis,
+            queue_name,
+            order_id,
+            integration_id,
+            job_id_for(namespace, integration_id, order_id),
+            seen_at=parse_seen(seen)[0] if seen is not None else None,
+            steps=_steps(steps),
         )
+        if record.trace_id is None and dispatched is not None:
+            record = replace(record, trace_id=_recorded_trace(dispatched))
+        records.append(record)
     return records
+
+
+def _recorded_trace(meta: bytes) -> str | None:
+    try:
+        return tracing.trace_id_of(json.loads(meta))
+    except ValueError:  # not JSON: no trace to show
+        return None
 
 
 def _record(

@@ -226,6 +226,10 @@ def test_a_webhook_delivery_starts_the_trace_and_a_sender_traceparent_is_only_a_
     assert record.trace_id == _hex(linked[0].context.trace_id, 32)
     assert f"trace        {record.trace_id}" in render_order(record, now=0)
     assert record.as_dict()["trace_id"] == record.trace_id
+    # Once the job has expired, the trace is read from the order's dispatch record.
+    redis.delete(f"rq:job:{ledger.job_id('greenhouse:T1', 'WEBHOOK1')}")
+    [gone] = describe_order(redis, "dispatcher", "dispatcher-orders", "WEBHOOK1", ["greenhouse:T1"])
+    assert gone.job_status is None and gone.trace_id == record.trace_id
 
 
 def test_json_log_records_carry_the_trace_inside_a_span(spans: InMemorySpanExporter) -> None:
