@@ -102,6 +102,8 @@ def _poll_and_work(
     vendor: VendorAPI,
     mailbox: Mailbox,
     sim: Simulator,
+    *worker: str,
+    **extra: str,
 ) -> None:
     with sim.serve() as kombo:
         env = _env(
@@ -110,9 +112,10 @@ def _poll_and_work(
             KOMBO_INTEGRATION_IDS=sim.integration_ids[0],
             DISPATCHER_HANDLERS="provision_http,notify_email",
             PROVISION_URL=vendor.url, SMTP_URL=mailbox.url, NOTIFY_FROM="Acme <t@acme.example>",
+            **extra,
         )  # fmt: skip
         _run(env, "poll", "--once")
-        _run(env, "worker", "--burst")
+        _run(env, "worker", "--burst", *worker)
     for call in vendor.calls:
         trace_id, span_id = _parent(call.headers)
         wait_until(lambda t=trace_id, s=span_id: any(x.span_id == s for x in receiver.trace(t)),
@@ -129,12 +132,28 @@ def _retried_trace(receiver: Receiver, traces: set[str]) -> list[Span]:
     return receiver.trace(retried)
 
 
+# Each way a worker runs jobs: a forked work horse per job (the default), in the worker process,
+# in threads.
+MODES = {
+    "fork": ((), {}),
+    "in-process": ((), {"DISPATCHER_FORK_PER_JOB": "false"}),
+    "threads": (("--threads", "2"), {}),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 def test_each_provisioning_call_carries_a_trace_holding_the_poller_and_the_worker(
-    receiver: Receiver, redis: Redis, redis_url: str, vendor: VendorAPI, mailbox: Mailbox
+    receiver: Receiver,
+    redis: Redis,
+    redis_url: str,
+    vendor: VendorAPI,
+    mailbox: Mailbox,
+    mode: str,
 ) -> None:
     sim = Simulator(1, 3, closed=0, seed=5)
     vendor.failures = [503]  # one job fails its first attempt: retried, linked to its first run
-    _poll_and_work(receiver, redis_url, vendor, mailbox, sim)
+    worker, extra = MODES[mode]
+    _poll_and_work(receiver, redis_url, vendor, mailbox, sim, *worker, **extra)
 
     assert len(vendor.calls) == 4
     traces = {_parent(call.headers)[0] for call in vendor.calls}
