@@ -41,20 +41,31 @@ import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import httpx
 
+from dispatcher.redact import protect_secrets
+
 __all__ = [
+    "FIRST_RUN_KEY",
+    "HANDLER_TRACE",
+    "META_KEY",
     "HandlerTrace",
+    "carrier_of",
     "configure",
+    "current",
     "current_ids",
     "dispatch_spans",
     "enabled",
+    "ending_dispatch",
     "event",
+    "flush",
     "headers",
     "install",
     "instrument",
     "job_span",
+    "link_to_dispatch",
     "remote_link_span",
     "server_span",
     "set_attributes",
@@ -80,6 +91,7 @@ _on = False
 _provider: Any = None
 _tracer: Any = None
 _propagator: Any = None
+_api: Any = None  # opentelemetry.trace, once on
 _pid = 0
 _NOOP: AbstractContextManager[None] = nullcontext()
 _MetaT = TypeVar("_MetaT", bound=MutableMapping[str, Any])
@@ -112,6 +124,11 @@ def configure(command: str, environ: Mapping[str, str] | None = None) -> bool:
             INSTALL_HINT,
         )
         return False
+    # The exporter's headers carry the backend's API key (Honeycomb, Grafana Cloud...): masked
+    # in every log line like the dispatcher's own secrets.
+    for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+        header_values = (item.partition("=")[2].strip() for item in env.get(name, "").split(","))
+        protect_secrets(unquote(value) for value in header_values if value)
     resource = Resource.create({"dispatcher.command": command, "process.pid": os.getpid()})
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "kombo-dispatcher"}))
@@ -126,12 +143,14 @@ def configure(command: str, environ: Mapping[str, str] | None = None) -> bool:
 def install(provider: Any) -> None:
     """Use ``provider`` (an SDK TracerProvider) for this process's spans; ``None`` turns
     tracing off again (tests)."""
-    global _on, _provider, _tracer, _propagator, _pid
+    global _on, _provider, _tracer, _propagator, _pid, _api
     if provider is None:
         _on, _provider, _tracer = False, None, None
         return
+    from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+    _api = trace
     _provider, _tracer = provider, provider.get_tracer("dispatcher")
     _propagator = TraceContextTextMapPropagator()
     _pid = os.getpid()
@@ -148,9 +167,7 @@ def flush() -> None:
 
 
 def _kind(name: str) -> Any:
-    from opentelemetry.trace import SpanKind
-
-    return SpanKind[name.upper()]
+    return _api.SpanKind[name.upper()]
 
 
 def span(
@@ -169,17 +186,13 @@ def span(
 def event(name: str, **attributes: Any) -> None:
     """An event on the current span (a retry, say)."""
     if _on:
-        from opentelemetry import trace
-
-        trace.get_current_span().add_event(name, _clean(attributes))
+        _api.get_current_span().add_event(name, _clean(attributes))
 
 
 def set_attributes(target: Any = None, **attributes: Any) -> None:
     """Set attributes on ``target`` (a span from :func:`span`) or on the current span."""
     if _on:
-        from opentelemetry import trace
-
-        (target or trace.get_current_span()).set_attributes(_clean(attributes))
+        (target or _api.get_current_span()).set_attributes(_clean(attributes))
 
 
 def _clean(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -192,9 +205,7 @@ def current_ids() -> tuple[str, str] | None:
     """The trace and span id (hex) of the current span, for log records; None without one."""
     if not _on:
         return None
-    from opentelemetry import trace
-
-    context = trace.get_current_span().get_span_context()
+    context = _api.get_current_span().get_span_context()
     if not context.is_valid:
         return None
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
@@ -241,10 +252,8 @@ def _extract(carrier: Any) -> Any:
 
 
 def _link_to(carrier: Any) -> list[Any]:
-    from opentelemetry import trace
-
-    context = trace.get_current_span(_extract(carrier)).get_span_context()
-    return [trace.Link(context)] if context.is_valid else []
+    context = _api.get_current_span(_extract(carrier)).get_span_context()
+    return [_api.Link(context)] if context.is_valid else []
 
 
 def remote_link_span(
@@ -313,11 +322,10 @@ def dispatch_spans(
     current span (the sweep). End them with :func:`ending_dispatch`. Empty when off."""
     if not _on:
         return {}
-    from opentelemetry import trace
     from opentelemetry.context import Context
 
-    here = trace.get_current_span().get_span_context()
-    links = [trace.Link(here)] if here.is_valid else []
+    here = _api.get_current_span().get_span_context()
+    links = [_api.Link(here)] if here.is_valid else []
     kind = _kind("producer")
     spans: dict[str, Any] = {}
     for order_id in order_ids:
@@ -340,10 +348,8 @@ def carrier_of(span_: Any) -> dict[str, str] | None:
     """The W3C carrier of a span from :func:`dispatch_spans` (``None`` for no span)."""
     if span_ is None:
         return None
-    from opentelemetry import trace
-
     carrier: dict[str, str] = {}
-    _propagator.inject(carrier, context=trace.set_span_in_context(span_))
+    _propagator.inject(carrier, context=_api.set_span_in_context(span_))
     return carrier
 
 
