@@ -333,16 +333,21 @@ def test_the_standard_variables_configure_the_sdk() -> None:
         assert tracing.configure("poll")
         provider = tracing._provider
         attributes = provider.resource.attributes
+        from dispatcher.redact import scrub
         print(attributes["service.name"], attributes["deployment.environment"],
-              attributes["dispatcher.command"], type(provider.sampler).__name__)
+              attributes["dispatcher.command"], type(provider.sampler).__name__,
+              scrub("sent x-honeycomb-team=hcKey0123456789"))
         """,
         OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://127.0.0.1:9/v1/traces",
         OTEL_SERVICE_NAME="dispatcher-eu",
         OTEL_RESOURCE_ATTRIBUTES="deployment.environment=staging",
         OTEL_TRACES_SAMPLER="always_off",
+        OTEL_EXPORTER_OTLP_HEADERS="x-honeycomb-team=hcKey0123456789,x-other=1",
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["dispatcher-eu", "staging", "poll", "StaticSampler"]
+    assert done.stdout.split() == [
+        "dispatcher-eu", "staging", "poll", "StaticSampler", "sent", "x-honeycomb-team=***",
+    ]  # fmt: skip
 
 
 def test_a_result_put_its_write_job_and_the_kombo_write_are_one_trace(
