@@ -398,7 +398,7 @@ def replay(
     runs only those steps, with the usual step records and idempotency keys (a step already
     completed for an order is skipped). Orders never dispatched are left to the poller.
     """
-    from dispatcher.kombo.client import KomboError
+    from dispatcher.kombo.errors import KomboError
     from dispatcher.ops.replay import replay as replay_orders
 
     settings = settings_of(ctx)

@@ -46,7 +46,8 @@ from rq.job import Job
 from rq.worker_pool import WorkerPool
 
 from dispatcher import _text
-from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboError
 from dispatcher.kombo.results import AssessmentResult, InvalidResultError
 from dispatcher.logs import escape_controls
 from dispatcher.settings import Settings, load_settings
@@ -321,13 +322,10 @@ class WriterRuntime:
     ) -> WriterRuntime:
         """``threads``: write jobs this process runs at once (each may hold a connection)."""
         redis = redis or Redis.from_url(settings.redis_url.get_secret_value())
-        client = KomboClient(
-            settings.require_kombo(),
-            settings.kombo_base_url,
-            timeout=settings.kombo_timeout,
+        client = KomboClient.from_settings(
+            settings,
             retry_budget=0.0,  # the outbox retries, over hours
             max_connections=max(16, threads),
-            max_response_bytes=settings.max_response_bytes,
         )
         writer = ResultWriter(
             Outbox.from_settings(redis, settings),

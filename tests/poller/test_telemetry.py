@@ -6,7 +6,8 @@ import pytest
 from _ops import settings_for, sweep
 from redis import Redis
 
-from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboError
 from dispatcher.poller.telemetry import (
     LATENCY_BUCKETS,
     RequestStats,

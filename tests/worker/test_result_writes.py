@@ -12,7 +12,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboError
 from dispatcher.kombo.packages import (
     InvalidPackagesError,
     Package,
