@@ -58,7 +58,7 @@ def sim(
 
     Prints the settings that point the dispatcher at it as ``export`` lines, ready to paste.
     """
-    from dispatcher.testing.simulator import Faults, Simulator
+    from dispatcher.testing.sim import Faults, Simulator
 
     simulator = Simulator(
         integrations,

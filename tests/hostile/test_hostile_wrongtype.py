@@ -40,7 +40,7 @@ from dispatcher.store.wrongtype import (
     integration_keys,
     shared_keys,
 )
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.web.app import create_app
 
 pytestmark = pytest.mark.redis

@@ -1,4 +1,4 @@
-"""Tests for the fake Kombo assessment API (dispatcher.testing.simulator).
+"""Tests for the fake Kombo assessment API (dispatcher.testing.sim).
 
 They talk to the simulator with a plain httpx.Client, in process through its transport and,
 once, over a real socket, so they pin the HTTP behaviour clients depend on.
@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 
 ORDERS = "/assessment/orders"
 OPEN_ORDERS = "/assessment/orders/open"
@@ -367,10 +367,13 @@ def result_url(order_id: str) -> str:
         ),
         (
             result_body(attachments=[{"name": "a.pdf", "data": "AAAA"}]),
-            "attachments[0].content_type",
+            "attachments[0]: content_type is required",
         ),
         (result_body(attachments=[{"data_url": "https://x.example/f"}]), "attachments[0].name"),
-        (result_body(attributes=[{"type": "CHART", "label": "x"}]), "attributes[0].type"),
+        (
+            result_body(attributes=[{"type": "CHART", "label": "x"}]),
+            "attributes[0]: Input tag 'CHART'",
+        ),
         (
             result_body(attributes=[{"type": "SUB_RESULT", "id": "a", "label": "A"}]),
             "attributes[0].score",

@@ -13,7 +13,7 @@ from dispatcher.kombo import pages
 from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.poller import Poller
 from dispatcher.store.ledger import Ledger
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 
 
 def build(

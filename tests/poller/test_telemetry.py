@@ -15,7 +15,7 @@ from dispatcher.poller.telemetry import (
     read_request_series,
 )
 from dispatcher.store.keys import Keys
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 
 
 def test_ids_in_paths_fold_into_one_label() -> None:

@@ -31,7 +31,7 @@ from dispatcher.kombo.results import (
     recorded_result,
 )
 from dispatcher.store.keys import Keys
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 
 URL = "https://vendor.example/results/1"
 
