@@ -22,7 +22,7 @@ from _support import free_port
 from dispatcher import Settings
 from dispatcher.store.keys import Keys
 from dispatcher.store.result_record import record_result
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from dispatcher.web.app import create_app
 
 TOKEN = "console-token-for-tests-0123"

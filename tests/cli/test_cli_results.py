@@ -21,7 +21,7 @@ from _support import dispatcher_env, kill_tree, wait_until
 from dispatcher.cli import cli
 from dispatcher.store.results import Outbox, OutboxRecord
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
 
 pytestmark = pytest.mark.redis
 URL = "https://vendor.example/r/1"

@@ -18,7 +18,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from _support import dispatcher_env, wait_while_progressing
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"

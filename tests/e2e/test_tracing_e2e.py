@@ -24,7 +24,7 @@ from _support import dispatcher_env, dispatcher_web, wait_until
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.otlp import ExportedSpan as Span
 from dispatcher.testing.otlp import OtlpReceiver as Receiver
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.web.webhook import WEBHOOK_PATH
 

@@ -30,13 +30,10 @@ from redis import Redis
 from rq import Queue
 
 from _support import dispatcher_env, free_port, order_payload
-from dispatcher.kombo.client import (
-    InvalidPageError,
-    KomboClient,
-    KomboLimitError,
-    KomboStopped,
-)
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboLimitError, KomboStopped
 from dispatcher.kombo.models import id_problem
+from dispatcher.kombo.pages import InvalidPageError
 from dispatcher.ops.status import take_snapshot
 from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.settings import Settings

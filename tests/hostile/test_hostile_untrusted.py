@@ -43,7 +43,7 @@ from test_hostile_secrets import redis_values
 
 from _support import dispatcher_web, free_port
 from dispatcher.redact import protect_secrets
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 
 API_KEY = "kombo_KEYleaks4d1e9f2a7c"
 API_TOKEN = "apitok_TOKENleaks_0123456789abcdef"

@@ -33,7 +33,7 @@ from dispatcher.store.failures import parse_failure
 from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 
 INTEGRATIONS = ["greenhouse:AdminOne", "lever:AdminTwo"]
 # An age as the CLI prints it (dispatcher._text.duration): "4.2s ago", "42s ago", and past a

@@ -29,7 +29,7 @@ from dispatcher.logs import (
     secret_values,
 )
 from dispatcher.store.keys import job_id_for
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 
 API_KEY = "sk_live_Z3xTopSecretKey9"
 REDIS_PASSWORD = "Hunter2-Redis-Pass"

@@ -14,7 +14,7 @@ from redis import Redis
 
 from _support import dispatcher_env
 from dispatcher.store.keys import Keys
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import step_key
 

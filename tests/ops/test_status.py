@@ -32,7 +32,7 @@ from _support import free_port
 from dispatcher import Settings
 from dispatcher.ops.status import take_snapshot
 from dispatcher.store.keys import Keys
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 
 pytestmark = pytest.mark.redis
 

@@ -20,7 +20,7 @@ from rq import Queue, Worker
 
 from _support import kill_tree, wait_until
 from dispatcher import Settings
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from dispatcher.web.app import create_app
 
 pytestmark = pytest.mark.redis

@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from _support import dispatcher_env
 from dispatcher.handler import HandlerConfigError, handler_settings
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.unknown_settings import unknown_settings
 
 

@@ -26,7 +26,7 @@ from dispatcher.poller.schedule import FIRST_SWEEP_WITHIN, Schedule
 from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 
 pytestmark = pytest.mark.redis
 KEYS = Keys("dispatcher")

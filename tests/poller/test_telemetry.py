@@ -6,7 +6,8 @@ import pytest
 from _ops import settings_for, sweep
 from redis import Redis
 
-from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboError
 from dispatcher.poller.telemetry import (
     LATENCY_BUCKETS,
     RequestStats,
@@ -14,7 +15,7 @@ from dispatcher.poller.telemetry import (
     read_request_series,
 )
 from dispatcher.store.keys import Keys
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 
 
 def test_ids_in_paths_fold_into_one_label() -> None:

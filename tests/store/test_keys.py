@@ -25,7 +25,7 @@ from rq.job import Job
 
 from dispatcher.store.keys import SCHEMA, Keys, job_id_for, schema_markdown
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 
 DOC = TESTS.parent / "docs" / "redis-keys.md"
 

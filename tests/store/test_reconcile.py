@@ -34,7 +34,7 @@ from dispatcher.store.ledger import Ledger
 from dispatcher.store.reconcile import Reconciler
 from dispatcher.store.reconcile_state import PeriodicReconcile, read_state
 from dispatcher.store.results import Outbox
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator, SimulatorServer
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator, SimulatorServer
 from dispatcher.web.metrics import exposition
 
 pytestmark = pytest.mark.redis

@@ -21,7 +21,7 @@ from _ops import (
 from redis import Redis
 
 from dispatcher.store.keys import Keys, job_id_for
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 
 pytestmark = pytest.mark.redis
 INTEGRATION = "greenhouse:Retention"

@@ -16,7 +16,7 @@ from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.result_record import record_result
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 
 pytestmark = pytest.mark.redis
 

@@ -35,7 +35,7 @@ from _support import free_port
 from dispatcher import Settings
 from dispatcher.poller.telemetry import LATENCY_BUCKETS
 from dispatcher.store.keys import Keys
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from dispatcher.web.app import create_app
 
 

@@ -32,7 +32,7 @@ from _support import dispatcher_env
 from dispatcher.ops.status import take_snapshot
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys, order_ref
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator, SimulatorServer
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator, SimulatorServer
 from dispatcher.web.webhook import WEBHOOK_PATH
 
 pytestmark = pytest.mark.redis

@@ -34,7 +34,7 @@ from dispatcher.ops.views import render_order
 from dispatcher.poller.poller import Poller
 from dispatcher.store.ledger import JobOptions, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.web.webhook import WEBHOOK_PATH
 from dispatcher.worker.jobs import Runtime, install_runtime

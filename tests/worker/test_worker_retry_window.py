@@ -21,7 +21,7 @@ from redis import Redis
 
 from _support import dispatcher_env, kill_tree, wait_until
 from dispatcher.store import rq_internals as rqi
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.base import RECOVERY_BOUND
 from dispatcher.worker.retry import RETRY_WINDOW_ENV

@@ -53,7 +53,7 @@ from dispatcher.store.rq_internals import (
     started_key,
 )
 from dispatcher.testing.mailbox import Mailbox
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import step_key
 
