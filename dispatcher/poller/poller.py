@@ -231,7 +231,8 @@ class Poller:
                     "dispatcher.pages": result.pages,
                     "dispatcher.orders_seen": result.orders_seen,
                     "dispatcher.orders_new": result.orders_new,
-                    "dispatcher.error_code": result.error_code,
+                    # Kombo's code (its text): bounded like every value it sends.
+                    "dispatcher.error_code": (result.error_code or "")[:100] or None,
                 },
             )
         return result
