@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from _support import order_payload
 from dispatcher.kombo.client import InvalidPageError, KomboClient, KomboError
+from support import order_payload
 
 API_KEY = "sk_test_do_not_leak_9f8e7d"
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"
@@ -273,7 +273,7 @@ def test_a_garbled_answer_to_a_successful_write_is_not_retried() -> None:
 
 
 def test_a_wrong_base_url_is_said_at_once_with_its_host(caplog: pytest.LogCaptureFixture) -> None:
-    from _support import free_port
+    from support import free_port
 
     port = free_port()  # nothing listens there
     clock = [0.0]

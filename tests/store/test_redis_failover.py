@@ -30,12 +30,9 @@ from typing import IO
 
 import httpx
 import pytest
-from _webhook_support import event_body, signed
 from rq import Queue
 from rq.utils import utcparse
 
-from _redis_topology import SentinelSet
-from _support import dispatcher_env, free_port, kill_tree, order_payload
 from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
 from dispatcher.store.connection import connect
@@ -46,6 +43,9 @@ from dispatcher.store.results import Outbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import StepStore, step_key
+from support import dispatcher_env, free_port, kill_tree, order_payload
+from support.redis_topology import SentinelSet
+from support.webhook import event_body, signed
 
 pytestmark = [pytest.mark.redis]
 
