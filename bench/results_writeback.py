@@ -6,8 +6,7 @@
 
 - the dispatcher: ``--results`` results submitted through the outbox (``Outbox.submit``,
   the path of ``dispatcher.submit_result`` and ``PUT /orders/.../result``), written by the
-  results workers (``python -m dispatcher.worker.results --processes N --threads T``,
-  as ``dispatcher worker --results`` runs them; started and
+  results workers (``dispatcher worker --results --processes N --threads T``; started and
   waited for first); the clock runs from the first submit until the last result is written
   (every one through the per-integration write cap, ``DISPATCHER_KOMBO_WRITE_CONCURRENCY``);
 - THE BASELINE: the same results PUT one at a time with the Kombo client (what ``dispatcher
@@ -81,7 +80,9 @@ def _workers(
         [
             sys.executable,
             "-m",
-            "dispatcher.worker.results",
+            "dispatcher",
+            "worker",
+            "--results",
             "--processes",
             str(processes),
             "--threads",

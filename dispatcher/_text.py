@@ -1,5 +1,5 @@
-"""Small text helpers shared across the package: Redis replies as text, one-line problems,
-and the command-line views (durations, tables)."""
+"""Small text helpers shared across the package: Redis replies as text, URLs checked,
+one-line problems, and the command-line views (durations, tables)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import click
 
@@ -36,6 +37,35 @@ def as_float(value: object) -> float | None:
 def is_http_url(text: str) -> bool:
     """True for an ``http://`` or ``https://`` address (the only schemes we call out to)."""
     return text.startswith(("http://", "https://"))
+
+
+# The Redis URL schemes store/connection.py builds a client for (settings checks them too).
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+
+
+def url_problem(url: str) -> str | None:
+    """What makes a Redis connection URL unparsable (an unclosed ``[`` of an IPv6 address, a
+    port that is no number or out of range), in words that never hold the URL: it may hold a
+    password. ``None`` when it parses; a Sentinel URL's every ``host:port`` is checked.
+
+    Here, not in :mod:`dispatcher.store.connection` (which checks every URL it connects to
+    with it), because the settings check ``REDIS_URL`` with it too, and ``store`` reads the
+    settings."""
+    try:
+        parts = urlsplit(url)
+        hosts = parts.netloc.rpartition("@")[2]
+        if "+sentinel" not in parts.scheme.lower():
+            parts.port  # noqa: B018 (parsing the port is the check)
+            return None
+        for item in hosts.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host:
+                host, port = port, "26379"
+            if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+                return f"sentinel address {item[:60]!r} is not host:port"
+    except ValueError as exc:
+        return " ".join(str(exc).split()) or "malformed URL"
+    return None
 
 
 def dotted(location: Sequence[int | str]) -> str:

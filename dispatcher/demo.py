@@ -28,6 +28,9 @@ from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import Runtime, install_runtime
+from dispatcher_handlers.log import LogHandler
+from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
+from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
 
 __all__ = ["DemoUnavailable", "run_demo"]
 
@@ -49,10 +52,6 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
             f"demo: needs the demo extra ({exc.name} is missing): "
             "pip install 'kombo-dispatcher[demo]'"
         ) from None
-    from dispatcher_handlers.log import LogHandler
-    from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
-    from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
-
     started = time.monotonic()
     simulator = Simulator(integrations, orders, seed=7)
     vendor = VendorAPI()

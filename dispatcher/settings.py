@@ -11,9 +11,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from dispatcher._text import error_message, is_http_url
+from dispatcher import tunables
+from dispatcher._text import REDIS_URL_SCHEMES, error_message, is_http_url, url_problem
 from dispatcher.redact import protect_environment, protect_settings
-from dispatcher.store.connection import url_problem
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -21,9 +21,6 @@ __all__ = ["ConfigError", "Settings", "load_settings"]
 class ConfigError(Exception):
     """A setting is missing or invalid; the message names the environment variable."""
 
-
-# What REDIS_URL may start with (dispatcher.store.connection reads each form).
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
 # The shortest DISPATCHER_API_TOKEN taken (each, when several are given for rotation).
 MIN_API_TOKEN_LENGTH = 24
@@ -91,20 +88,33 @@ class Settings(BaseSettings):
     # Defaults to "{namespace}-orders" (see _queue_per_namespace), so that two namespaces on
     # one Redis do not share a queue and pick up each other's jobs.
     queue: str = Field("dispatcher-orders", alias="DISPATCHER_QUEUE", pattern=r"^[A-Za-z0-9_.\-]+$")
-    poll_interval: float = Field(60.0, alias="DISPATCHER_POLL_INTERVAL", gt=0)
+    poll_interval: float = Field(tunables.POLL_INTERVAL, alias="DISPATCHER_POLL_INTERVAL", gt=0)
     orders_endpoint: Literal["orders", "open"] = Field("orders", alias="DISPATCHER_ORDERS_ENDPOINT")
     # Beyond the contract: tuning knobs with safe defaults.
-    page_size: int = Field(250, alias="DISPATCHER_PAGE_SIZE", ge=1, le=250)
-    full_sweep_interval: float = Field(3600.0, alias="DISPATCHER_FULL_SWEEP_INTERVAL", gt=0)
-    incremental_overlap: float = Field(600.0, alias="DISPATCHER_INCREMENTAL_OVERLAP", ge=0)
-    lease_ttl: float = Field(30.0, alias="DISPATCHER_LEASE_TTL", gt=0)
-    backoff_cap: float = Field(900.0, alias="DISPATCHER_BACKOFF_CAP", gt=0)
-    seen_retention: float = Field(30 * 24 * 3600.0, alias="DISPATCHER_SEEN_RETENTION", ge=0)
-    prune_after_sweeps: int = Field(3, alias="DISPATCHER_PRUNE_AFTER_SWEEPS", ge=1)
-    sweep_concurrency: int = Field(8, alias="DISPATCHER_SWEEP_CONCURRENCY", ge=1, le=256)
+    page_size: int = Field(
+        tunables.KOMBO_PAGE_SIZE_MAX,
+        alias="DISPATCHER_PAGE_SIZE",
+        ge=1,
+        le=tunables.KOMBO_PAGE_SIZE_MAX,
+    )
+    full_sweep_interval: float = Field(
+        tunables.FULL_SWEEP_INTERVAL, alias="DISPATCHER_FULL_SWEEP_INTERVAL", gt=0
+    )
+    incremental_overlap: float = Field(
+        tunables.INCREMENTAL_OVERLAP, alias="DISPATCHER_INCREMENTAL_OVERLAP", ge=0
+    )
+    lease_ttl: float = Field(tunables.LEASE_TTL, alias="DISPATCHER_LEASE_TTL", gt=0)
+    backoff_cap: float = Field(tunables.SWEEP_BACKOFF_CAP, alias="DISPATCHER_BACKOFF_CAP", gt=0)
+    seen_retention: float = Field(tunables.SEEN_RETENTION, alias="DISPATCHER_SEEN_RETENTION", ge=0)
+    prune_after_sweeps: int = Field(
+        tunables.PRUNE_AFTER_SWEEPS, alias="DISPATCHER_PRUNE_AFTER_SWEEPS", ge=1
+    )
+    sweep_concurrency: int = Field(
+        tunables.SWEEP_CONCURRENCY, alias="DISPATCHER_SWEEP_CONCURRENCY", ge=1, le=256
+    )
     # Seconds between the reconciler's passes (store/reconcile.py), one poller at a time.
     reconcile_interval: float = Field(300.0, alias="DISPATCHER_RECONCILE_INTERVAL", gt=0)
-    kombo_timeout: float = Field(30.0, alias="KOMBO_TIMEOUT", gt=0)
+    kombo_timeout: float = Field(tunables.KOMBO_TIMEOUT, alias="KOMBO_TIMEOUT", gt=0)
     kombo_retry_budget: float = Field(
         120.0,
         alias="KOMBO_RETRY_BUDGET",
@@ -158,8 +168,8 @@ class Settings(BaseSettings):
         alias="DISPATCHER_HANDLER_TIMEOUTS",
         description="Per-handler timeouts, e.g. provision_http=30,notify_email=20.",
     )
-    result_ttl: int = Field(7 * 24 * 3600, alias="DISPATCHER_RESULT_TTL", ge=0)
-    failure_ttl: int = Field(30 * 24 * 3600, alias="DISPATCHER_FAILURE_TTL", ge=0)
+    result_ttl: int = Field(tunables.RESULT_TTL, alias="DISPATCHER_RESULT_TTL", ge=0)
+    failure_ttl: int = Field(tunables.FAILURE_TTL, alias="DISPATCHER_FAILURE_TTL", ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", alias="DISPATCHER_LOG_LEVEL"
     )
@@ -281,7 +291,7 @@ class Settings(BaseSettings):
         description="Kombo writes in flight per integration, across every process.",
     )
     result_retry_for: float = Field(
-        24 * 3600.0,
+        tunables.RESULT_RETRY_FOR,
         alias="DISPATCHER_RESULT_RETRY_FOR",
         gt=0,
         description="How long a result's write is retried before it is failed.",
@@ -396,7 +406,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().lower().startswith(_REDIS_SCHEMES):
+        if not value.get_secret_value().lower().startswith(REDIS_URL_SCHEMES):
             raise ValueError(
                 "must start with redis://, rediss://, unix://, redis+sentinel:// or "
                 "rediss+sentinel://"

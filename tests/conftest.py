@@ -13,14 +13,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fakeredis
 import pytest
+from hypothesis import settings as hypothesis_settings
 from redis import Redis
 
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator, SimulatorServer
 from dispatcher.testing.vendor import VendorAPI
+from dispatcher.worker.classes import DispatcherWorker
 from dispatcher.worker.jobs import install_runtime
-from dispatcher.worker.worker import DispatcherWorker
 from support import RedisServer
+
+# The property tests run beside other processes on loaded machines: hypothesis' per-example
+# deadline (200 ms) measured the machine, not the code (two failures at load average 12).
+hypothesis_settings.register_profile("dispatcher", deadline=None)
+hypothesis_settings.load_profile("dispatcher")
 
 
 def _require_real_redis() -> bool:

@@ -28,9 +28,10 @@ from dispatcher.cli import dev, integrations, ops, poll, reconcile, results, web
 from dispatcher.cli._common import fail
 from dispatcher.logs import configure_logging
 from dispatcher.settings import Settings
+from dispatcher.store.key_types import shared_keys
 from dispatcher.store.keys import Keys
 from dispatcher.store.rq_internals import queue_key
-from dispatcher.store.wrongtype import describe, find_wrong_types, shared_keys
+from dispatcher.store.wrongtype import describe, find_wrong_types
 from dispatcher.unknown_settings import CHECKED, warn_unknown_settings
 
 __all__ = ["cli", "main"]

@@ -58,6 +58,8 @@ def sim(
 
     Prints the settings that point the dispatcher at it as ``export`` lines, ready to paste.
     """
+    # A stand-in for tests, demos and benchmarks, not part of the product: loaded only for
+    # `sim`, not by every command.
     from dispatcher.testing.simulator import Faults, Simulator
 
     simulator = Simulator(
@@ -93,6 +95,8 @@ def sim(
 @click.option("--orders", type=click.IntRange(1, 500), default=12, show_default=True)
 def demo(integrations: int, orders: int) -> None:
     """Run the whole pipeline in process: no Redis server, no Kombo key needed."""
+    # The demo runs on the stand-ins (dispatcher/testing/) and the demo extra: loaded only
+    # for `demo`, not by every command.
     from dispatcher.demo import DemoUnavailable, run_demo
 
     logging.getLogger().setLevel(logging.WARNING)

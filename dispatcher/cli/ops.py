@@ -24,8 +24,25 @@ from dispatcher.cli._common import (
     settings_of,
 )
 from dispatcher.handler import HandlerConfigError
+from dispatcher.kombo.client import KomboError
+from dispatcher.logs import escape_controls
+from dispatcher.ops.admin import (
+    ForgetRefused,
+    describe_order,
+    failed_jobs,
+    forget_order,
+    known_integrations,
+    retry_failed,
+    timeline_integrations,
+)
+from dispatcher.ops.replay import replay as replay_orders
+from dispatcher.ops.results import retry_failed_writes
+from dispatcher.ops.status import take_snapshot
+from dispatcher.ops.timeline import order_timeline, timeline_lines
+from dispatcher.ops.views import describe_forget, render_order, render_status
 from dispatcher.plugins import discover_handlers, load_handlers
 from dispatcher.store.connection import redacted_url
+from dispatcher.store.keys import Keys
 
 
 @click.command()
@@ -44,9 +61,6 @@ def status(
     ctx: click.Context, as_json: bool, watch: bool, interval: float, iterations: int | None
 ) -> None:
     """Are orders flowing? Queues, workers, integrations, handler steps, on one screen."""
-    from dispatcher.ops.status import take_snapshot
-    from dispatcher.ops.views import render_status
-
     settings = settings_of(ctx)
     redis = connect_redis(settings)
     url = redacted_url(settings.redis_url.get_secret_value())
@@ -98,8 +112,6 @@ def status(
 @click.pass_context
 def failed(ctx: click.Context, limit: int, as_json: bool) -> None:
     """List failed jobs: order, integration, handler, reason, attempts, when."""
-    from dispatcher.ops.admin import failed_jobs
-
     settings = settings_of(ctx)
     redis = connect_redis(settings)
     try:
@@ -153,11 +165,6 @@ def show(
 
     Without --integration every integration that knows the order id is shown.
     """
-    from dispatcher.ops.admin import describe_order, known_integrations, timeline_integrations
-    from dispatcher.ops.timeline import order_timeline, timeline_lines
-    from dispatcher.ops.views import render_order
-    from dispatcher.store.keys import Keys
-
     settings = settings_of(ctx)
     redis = connect_redis(settings)
     try:
@@ -211,9 +218,6 @@ def forget(ctx: click.Context, order_id: str, integration_id: str, yes: bool) ->
     Removes it from the seen store together with its RQ job and its step records: its
     handlers all run again. Refused while a worker is running its job.
     """
-    from dispatcher.ops.admin import ForgetRefused, describe_order, forget_order
-    from dispatcher.ops.views import describe_forget
-
     settings = settings_of(ctx)
     redis = connect_redis(settings)
     try:
@@ -284,8 +288,6 @@ def retry(
     Each job gets a fresh set of DISPATCHER_MAX_RETRIES retries. With --results: queue the
     failed result writes again (every one, or those of the ORDER_IDs named).
     """
-    from dispatcher.ops.admin import retry_failed
-
     if results_:
         if all_failed:
             fail("--results and --all-failed: give one, not both")
@@ -310,9 +312,6 @@ def retry(
 def _retry_results(
     ctx: click.Context, integration_id: str | None, order_ids: list[str] | None
 ) -> None:
-    from dispatcher.logs import escape_controls
-    from dispatcher.ops.results import retry_failed_writes
-
     settings = settings_of(ctx)
     redis = connect_redis(settings)
     try:
@@ -398,9 +397,6 @@ def replay(
     runs only those steps, with the usual step records and idempotency keys (a step already
     completed for an order is skipped). Orders never dispatched are left to the poller.
     """
-    from dispatcher.kombo.client import KomboError
-    from dispatcher.ops.replay import replay as replay_orders
-
     settings = settings_of(ctx)
     names = list(dict.fromkeys(name.strip() for name in handler_names.split(",") if name.strip()))
     if not names:

@@ -43,7 +43,7 @@ from dispatcher.logs import escape_controls
 from dispatcher.ops.results import list_results, submit_and_wait
 from dispatcher.settings import Settings
 from dispatcher.store.results import STATES, FinalResultError, OutboxRecord, ResultState
-from dispatcher.worker.results import WriterRuntime, results_workers_running
+from dispatcher.worker.results import WriterRuntime, results_workers_running, write_claimed
 
 
 class IsoDateTime(click.ParamType[datetime]):
@@ -301,7 +301,7 @@ def _write_or_wait(
     runtime = WriterRuntime.from_settings(settings, redis)
     submission_id = record.submission_id if record is not None else ""
     # The command prints the outcome itself: the writer's log lines would say it twice.
-    writer_log = logging.getLogger("dispatcher.writeback")
+    writer_log = logging.getLogger("dispatcher.results")
     was_disabled, writer_log.disabled = writer_log.disabled, True
     try:
         return _work(runtime, integration_id, order_id, submission_id, deadline, record)
@@ -317,8 +317,6 @@ def _work(
     deadline: float,
     record: OutboxRecord | None,
 ) -> OutboxRecord | None:
-    from dispatcher.worker.results import write_claimed
-
     settings, redis = runtime.settings, runtime.redis
     with runtime.writer.client:
         while _still_ours(record, submission_id) and time.monotonic() < deadline:

@@ -29,6 +29,8 @@ log = logging.getLogger("dispatcher.cli")
 @click.pass_context
 def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
     """Serve /metrics (Prometheus) and /healthz over HTTP (needs the web extra)."""
+    # The web extra is optional: imported here, where its absence is one line, not when
+    # every other command starts.
     try:
         import uvicorn
 
@@ -71,6 +73,7 @@ def web(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
     routes = []
     background = []
     if settings.kombo_webhook_secret is not None:
+        # Needs the web extra (Starlette), checked above: imported here, as the app is.
         from dispatcher.web.webhook import webhook_receiver
 
         try:

@@ -7,6 +7,9 @@ import click
 
 from dispatcher.cli._common import connect_redis, fail, or_fail, settings_of
 from dispatcher.handler import HandlerConfigError
+from dispatcher.worker.jobs import Runtime
+from dispatcher.worker.results import WriterRuntime, run_results_worker
+from dispatcher.worker.run import WAIT_RETRIES_DEFAULT, run_worker
 
 
 @click.command()
@@ -19,7 +22,7 @@ from dispatcher.handler import HandlerConfigError
     "--wait-retries",
     type=click.FloatRange(0),
     is_flag=False,
-    flag_value=900.0,
+    flag_value=WAIT_RETRIES_DEFAULT,
     default=None,
     metavar="[SECONDS]",
     help="With --burst: also wait for the jobs scheduled for a retry and work them, for at "
@@ -61,13 +64,8 @@ def worker(
     (default 1, not DISPATCHER_WORKER_THREADS) is how many writes each process has in
     flight: a write waits on Kombo, so e.g. --processes 2 --threads 32.
     """
-    from dispatcher.worker.jobs import Runtime
-    from dispatcher.worker.worker import run_worker
-
     settings = settings_of(ctx)
     if results_:
-        from dispatcher.worker.results import WriterRuntime, run_results_worker
-
         # DISPATCHER_WORKER_THREADS sizes the handler workers; results take --threads only.
         write_threads = threads or 1
         redis = connect_redis(settings, role="worker")

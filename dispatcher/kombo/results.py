@@ -1,10 +1,11 @@
-"""Writing an order's result back to Kombo: the typed body, and the dispatcher's record of it.
+"""Writing an order's result back to Kombo: the typed body.
 
 :class:`AssessmentResult` is the body of ``PUT /assessment/orders/{id}/result``, validated
 before anything is sent (Kombo's rules: ``result_url`` required, ``completed_at`` required for
 COMPLETED and CANCELLED and here defaulting to now, at most 5 attachments, each with base64
-``data`` and a ``content_type`` or a ``data_url``). After Kombo accepted a result,
-:func:`record_result` marks the order finished in Redis for ``dispatcher status``.
+``data`` and a ``content_type`` or a ``data_url``). What the dispatcher keeps in Redis of a
+result is in :mod:`dispatcher.store` (the outbox, :mod:`dispatcher.store.results`; the
+finished-order record, :mod:`dispatcher.store.result_record`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import json
 import math
 import mimetypes
 import re
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -31,13 +31,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from redis import Redis
 
 from dispatcher._text import error_message, first_problem, is_http_url
 from dispatcher.kombo.models import id_problem, kombo_time
-from dispatcher.store.keys import Keys
-from dispatcher.store.throughput import hour_key, lua_count
-from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 
 __all__ = [
     "MAX_ATTACHMENTS",
@@ -51,8 +47,6 @@ __all__ = [
     "attachment_from_file",
     "build_result",
     "check_integration_id",
-    "record_result",
-    "recorded_result",
 ]
 
 MAX_ATTACHMENTS = 5
@@ -354,48 +348,6 @@ def attachment_from_file(path: str | Path) -> Attachment:
     return Attachment(
         name=path.name, content_type=content_type, data=base64.b64encode(data).decode("ascii")
     )
-
-
-# KEYS: 1 results hash, 2 stats hash, 3 the hour's throughput hash (store/throughput.py).
-# ARGV: 1 order id, 2 record (JSON), 3 unix time (whole seconds; the one KEYS[3] is of).
-# The counter counts finished orders: a second write for the same order does not add one.
-# Types are checked first, so that the record and the counter are written together or not.
-_RECORD_TYPES = ("hash", "hash")
-_RECORD_SCRIPT = (
-    lua_type_guard(_RECORD_TYPES)
-    + """
-if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  redis.call('HINCRBY', KEYS[2], 'results_written', 1)
-"""
-    + lua_count("KEYS[3]", "results", "ARGV[3]", "1")
-    + """
-end
-return 1
-"""
-)
-
-
-def record_result(
-    redis: Redis,
-    keys: Keys,
-    integration_id: str,
-    order_id: str,
-    status: ResultStatus | str,
-    *,
-    clock: Callable[[], float] = time.time,
-) -> None:
-    """Mark an order finished after Kombo accepted its result (atomic: record and counter)."""
-    now = int(clock())
-    record = json.dumps({"status": str(status), "at": now})
-    names = [keys.results(integration_id), keys.stats, hour_key(keys, now)]
-    with key_types_checked(names, _RECORD_TYPES, integration_id=integration_id):
-        redis.eval(_RECORD_SCRIPT, len(names), *names, order_id, record, now)
-
-
-def recorded_result(redis: Redis, keys: Keys, integration_id: str, order_id: str) -> Any:
-    """The recorded result of an order (``{"status", "at"}``), or None."""
-    raw = redis.hget(keys.results(integration_id), order_id)
-    return json.loads(raw) if raw is not None else None
 
 
 def _invalid(exc: ValidationError) -> InvalidResultError:

@@ -33,6 +33,7 @@ from dispatcher.poller.telemetry import RequestSeries, read_request_series
 from dispatcher.settings import Settings
 from dispatcher.store import throughput
 from dispatcher.store.connection import ServerCheck, check_server
+from dispatcher.store.key_types import shared_keys
 from dispatcher.store.keys import Keys
 from dispatcher.store.reconcile_state import read_state
 from dispatcher.store.results import Outbox
@@ -49,7 +50,7 @@ from dispatcher.store.rq_internals import (
 )
 from dispatcher.store.rq_internals import queue_key as rq_queue_key
 from dispatcher.store.sweeps import SweepRecord
-from dispatcher.store.wrongtype import describe, find_wrong_types, shared_keys
+from dispatcher.store.wrongtype import describe, find_wrong_types
 
 __all__ = [
     "BACKLOG_AGE",

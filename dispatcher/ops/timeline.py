@@ -12,6 +12,7 @@ the dispatch itself (the ledger marks an order seen and queues its job in one sc
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from redis import Redis
@@ -133,7 +134,11 @@ def _job_events(record: OrderRecord, recorded: list[dict[str, Any]]) -> list[dic
         else:
             events.append({"at": record.enqueued_at, "event": "enqueued", "job_id": record.job_id})
     if record.started_at is not None:
-        events.append({"at": record.started_at, "event": "started", "worker": record.worker})
+        # Steps record their time rounded to the millisecond, RQ its start to the microsecond:
+        # a step done within the millisecond of the start could read before it. Down to the
+        # millisecond, the start is never after its steps (and sorts before them by rank).
+        started = math.floor(record.started_at * 1000) / 1000
+        events.append({"at": started, "event": "started", "worker": record.worker})
     for step in record.steps:
         output = step.output if isinstance(step.output, dict) else {}
         events.append(

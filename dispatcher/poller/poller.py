@@ -27,6 +27,7 @@ from typing import Any, Literal
 from redis import Redis
 from redis.exceptions import RedisError
 
+from dispatcher import tunables
 from dispatcher.kombo.client import (
     InvalidPageError,
     KomboClient,
@@ -39,6 +40,7 @@ from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.store import throughput
+from dispatcher.store.key_types import integration_keys, shared_keys
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.reconcile_state import PeriodicReconcile
 from dispatcher.store.sweeps import ERROR_COUNT, INVALID_ORDER_FIELDS, MAX_MESSAGE, SweepRecord
@@ -46,10 +48,8 @@ from dispatcher.store.wrongtype import (
     WRONGTYPE_CODE,
     describe,
     find_wrong_types,
-    integration_keys,
     is_refusal,
     is_wrong_type,
-    shared_keys,
 )
 from dispatcher.untrusted import untrusted_text
 
@@ -57,17 +57,24 @@ __all__ = ["IntegrationSweep", "Poller", "SweepPolicy", "SweepReport"]
 
 log = logging.getLogger("dispatcher.poller")
 
+# While Redis is unreachable (or refuses the fleet schedule) the fleet loop tries again after
+# 1 s, doubling up to 30 s: a failover of a few seconds costs about as long, a long outage a
+# try every half minute. (A worker tries every 2 s at most, worker.RECONNECT_WAIT_MAX: its
+# queued jobs wait on it; a sweep missed here is made up by the next one.)
+_REDIS_RETRY_FIRST = 1.0
+_REDIS_RETRY_CAP = 30.0
+
 
 @dataclass(frozen=True, slots=True)
 class SweepPolicy:
     """How often and how much to sweep; see the DISPATCHER_* settings of the same names."""
 
-    interval: float = 60.0
-    full_sweep_interval: float = 3600.0
-    incremental_overlap: float = 600.0
-    backoff_cap: float = 900.0
-    seen_retention: float = 30 * 24 * 3600.0
-    prune_after_sweeps: int = 3
+    interval: float = tunables.POLL_INTERVAL
+    full_sweep_interval: float = tunables.FULL_SWEEP_INTERVAL
+    incremental_overlap: float = tunables.INCREMENTAL_OVERLAP
+    backoff_cap: float = tunables.SWEEP_BACKOFF_CAP
+    seen_retention: float = tunables.SEEN_RETENTION
+    prune_after_sweeps: int = tunables.PRUNE_AFTER_SWEEPS
     # Pages one sweep of one integration may read: a listing whose cursors never end is
     # an error, not a poller stuck for good (250 orders a page: 5,000,000 orders).
     max_pages: int = 20_000
@@ -140,8 +147,8 @@ class Poller:
         integrations: IntegrationRegistry | list[str],
         *,
         endpoint: Literal["orders", "open"] = "orders",
-        page_size: int = 250,
-        concurrency: int = 8,
+        page_size: int = tunables.KOMBO_PAGE_SIZE_MAX,
+        concurrency: int = tunables.SWEEP_CONCURRENCY,
         policy: SweepPolicy | None = None,
         schedule: Schedule | None = None,
         stop: threading.Event | None = None,
@@ -467,7 +474,7 @@ class Poller:
         # The shared key Redis refuses (a schedule of the wrong type...): said once at ERROR,
         # again only if it changes, and once more when it is repaired.
         refused: str | None = None
-        backoff = 1.0
+        backoff = _REDIS_RETRY_FIRST
         reconciling: Future[None] | None = None
         next_reconcile = 0.0
         with (
@@ -504,16 +511,16 @@ class Poller:
                         outage_since = time.monotonic()
                         log.error("Redis unavailable (%s); retrying with backoff", exc)
                     self.stop.wait(backoff)
-                    backoff = min(30.0, backoff * 2)
+                    backoff = min(_REDIS_RETRY_CAP, backoff * 2)
                     continue
                 if outage_since is not None:
                     log.warning(
                         "Redis available again after %.0fs", time.monotonic() - outage_since
                     )
-                    outage_since, backoff = None, 1.0
+                    outage_since, backoff = None, _REDIS_RETRY_FIRST
                 if refused is not None:
                     log.warning("fleet schedule usable again (was: %s)", refused)
-                    refused, backoff = None, 1.0
+                    refused, backoff = None, _REDIS_RETRY_FIRST
                 timeout = min(1.0, wait_for if wait_for is not None else 1.0)
                 if running:
                     wait(list(running.values()), timeout=timeout, return_when=FIRST_COMPLETED)
@@ -596,7 +603,7 @@ class Poller:
         if result.interrupted:
             return started  # not swept to the end: due again at once (for another poller)
         if result.error is not None:
-            exponent = max(0, result.consecutive_failures - 1)
+            exponent = min(max(0, result.consecutive_failures - 1), tunables.BACKOFF_MAX_EXPONENT)
             delay: float = min(self.policy.backoff_cap, interval * 2.0**exponent)
             return self._clock() + delay
         # Never earlier than one interval, so the fleet sweeps each integration once per

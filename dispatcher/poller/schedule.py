@@ -20,39 +20,17 @@ from typing import cast
 
 from redis import Redis
 
+from dispatcher import tunables
 from dispatcher._text import as_str
 from dispatcher.store.keys import Keys
+from dispatcher.store.lua import script
 
 __all__ = ["FIRST_SWEEP_WITHIN", "Schedule", "spread_offset"]
 
-# KEYS: 1 schedule zset, 2 lease key. ARGV: 1 integration id, 2 now, 3 owner, 4 ttl ms.
-# SET NX fails alike on a held lease and on a key of another type; only the first expires, so
-# the second would starve the integration without a word: it is refused as WRONGTYPE.
-_CLAIM = """
-local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
-if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then return 1 end
-if redis.call('TYPE', KEYS[2])['ok'] ~= 'string' then
-  return redis.error_reply('WRONGTYPE the lease key holds the wrong kind of value')
-end
-if redis.call('GET', KEYS[2]) == ARGV[3] then
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  return 1
-end
-return 0
-"""
-# KEYS: 1 lease. ARGV: 1 owner, 2 ttl ms.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-# KEYS: 1 lease. ARGV: 1 owner.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+# Claiming a due integration takes its lease in the same step (KEYS and ARGV in the files).
+_CLAIM = script("schedule_claim")
+_RENEW = script("lease_renew")
+_RELEASE = script("lease_release")
 
 
 # Seconds after a poller's start within which every integration new to the schedule gets its
@@ -73,7 +51,7 @@ class Schedule:
         redis: Redis,
         keys: Keys,
         *,
-        lease_ttl: float = 30.0,
+        lease_ttl: float = tunables.LEASE_TTL,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -82,9 +60,6 @@ class Schedule:
         self.lease_ttl = lease_ttl
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._clock = clock
-        self._claim = redis.register_script(_CLAIM)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
 
     def sync(self, active: Sequence[str], interval: float) -> None:
         """Give new integrations a due time spread over the interval; drop inactive ones."""
@@ -128,18 +103,20 @@ class Schedule:
 
         Raises redis's ResponseError (WRONGTYPE) when the lease key holds another type."""
         return bool(
-            self._claim(
-                keys=[self.keys.schedule, self.keys.lease(integration_id)],
-                args=[integration_id, self._clock(), self.owner, int(self.lease_ttl * 1000)],
+            _CLAIM(
+                self.redis,
+                [self.keys.schedule, self.keys.lease(integration_id)],
+                [integration_id, self._clock(), self.owner, int(self.lease_ttl * 1000)],
             )
         )
 
     def renew(self, integration_id: str) -> bool:
         """Extend our lease; False if it was lost (expired and taken, or released)."""
         return bool(
-            self._renew(
-                keys=[self.keys.lease(integration_id)],
-                args=[self.owner, int(self.lease_ttl * 1000)],
+            _RENEW(
+                self.redis,
+                [self.keys.lease(integration_id)],
+                [self.owner, int(self.lease_ttl * 1000)],
             )
         )
 
@@ -148,7 +125,7 @@ class Schedule:
         self.redis.zadd(self.keys.schedule, {integration_id: at}, xx=True)
 
     def release(self, integration_id: str) -> None:
-        self._release(keys=[self.keys.lease(integration_id)], args=[self.owner])
+        _RELEASE(self.redis, [self.keys.lease(integration_id)], [self.owner])
 
     def holder(self, integration_id: str) -> str | None:
         value = self.redis.get(self.keys.lease(integration_id))

@@ -33,6 +33,8 @@ from redis.connection import parse_url
 from redis.exceptions import RedisError, ResponseError
 from redis.sentinel import Sentinel
 
+from dispatcher._text import REDIS_URL_SCHEMES, url_problem
+
 __all__ = [
     "MIN_REDIS_VERSION",
     "SCHEMES",
@@ -45,12 +47,11 @@ __all__ = [
     "reachable",
     "redacted_url",
     "startup_check",
-    "url_problem",
 ]
 
 log = logging.getLogger("dispatcher.redis")
 
-SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+SCHEMES = REDIS_URL_SCHEMES
 
 # RQ's results are streams (XADD, 5.0); the dispatcher's scripts need HSET with many fields
 # (4.0). Older servers fail deep inside a job, so they are refused at start.
@@ -58,15 +59,27 @@ MIN_REDIS_VERSION = (5, 0, 0)
 
 Role = Literal["cli", "poller", "worker", "web", "bench"]
 
-# Timeouts per kind of process. The web app answers probes: it must say "Redis is down" fast
-# (one quick retry); the others wait a little longer for a Redis that is failing over.
+# Seconds to open a connection: a Redis that is failing over gets a moment, and a process
+# that cannot reach Redis at all says so within seconds.
+_CONNECT_TIMEOUT = 5
+# The web app answers probes: it must say "Redis is down" fast (one quick retry), and a
+# request never hangs on a Redis that accepted the connection but does not answer.
+_WEB_CONNECT_TIMEOUT = 2
+_WEB_COMMAND_TIMEOUT = 5
+# Timeouts per kind of process.
 _ROLE_KWARGS: Mapping[str, Mapping[str, Any]] = {
-    "cli": {"socket_connect_timeout": 5},
-    "poller": {"socket_connect_timeout": 5},
-    "worker": {"socket_connect_timeout": 5},
-    "web": {"socket_connect_timeout": 2, "socket_timeout": 5},
-    "bench": {"socket_connect_timeout": 5},
+    "cli": {"socket_connect_timeout": _CONNECT_TIMEOUT},
+    "poller": {"socket_connect_timeout": _CONNECT_TIMEOUT},
+    "worker": {"socket_connect_timeout": _CONNECT_TIMEOUT},
+    "web": {"socket_connect_timeout": _WEB_CONNECT_TIMEOUT, "socket_timeout": _WEB_COMMAND_TIMEOUT},
+    "bench": {"socket_connect_timeout": _CONNECT_TIMEOUT},
 }
+# redis-py PINGs a connection idle this long before it uses it again: one a firewall or a
+# failover dropped is found then, not by the command sent on it.
+_HEALTH_CHECK_INTERVAL = 30
+# How long a sentinel may take to answer (the ``sentinel_timeout`` query parameter): it
+# answers from memory, so a slower one is skipped for the next.
+_SENTINEL_TIMEOUT = "5"
 
 # The query parameters redis-py understands (its URL parser passes unknown ones through as
 # connection arguments, which fail only at the first command), plus the sentinel ones.
@@ -103,27 +116,6 @@ class UnsuitableRedisError(Exception):
     The message is one line, names ``REDIS_URL`` and never holds the password."""
 
 
-def url_problem(url: str) -> str | None:
-    """What makes a connection URL unparsable (an unclosed ``[`` of an IPv6 address, a port
-    that is no number or out of range), in words that never hold the URL: it may hold a
-    password. ``None`` when it parses; a Sentinel URL's every ``host:port`` is checked."""
-    try:
-        parts = urlsplit(url)
-        hosts = parts.netloc.rpartition("@")[2]
-        if "+sentinel" not in parts.scheme.lower():
-            parts.port  # noqa: B018 (parsing the port is the check)
-            return None
-        for item in hosts.split(","):
-            host, _, port = item.strip().rpartition(":")
-            if not host:
-                host, port = port, "26379"
-            if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
-                return f"sentinel address {item[:60]!r} is not host:port"
-    except ValueError as exc:
-        return " ".join(str(exc).split()) or "malformed URL"
-    return None
-
-
 def redacted_url(url: str) -> str:
     """A connection URL with its password replaced, fit for messages and logs."""
     parts = urlsplit(url)
@@ -143,7 +135,7 @@ def connect(url: str, *, role: Role = "cli", **overrides: Any) -> Redis:
     problem = url_problem(url)
     if problem is not None:
         raise UnsuitableRedisError(f"REDIS_URL: {problem}")
-    kwargs: dict[str, Any] = {"health_check_interval": 30, **_ROLE_KWARGS[role]}
+    kwargs: dict[str, Any] = {"health_check_interval": _HEALTH_CHECK_INTERVAL, **_ROLE_KWARGS[role]}
     kwargs.update(overrides)
     scheme = url.partition("://")[0].lower()
     if scheme in ("redis+sentinel", "rediss+sentinel"):
@@ -237,8 +229,10 @@ def _sentinel_client(url: str, tls: bool, kwargs: dict[str, Any]) -> Redis:
         node["ssl"] = True  # SentinelConnectionPool's switch to its TLS connection class
     # The sentinels answer plain, with their own credentials (query parameters) if any.
     sentinel_kwargs: dict[str, Any] = {
-        "socket_connect_timeout": kwargs.get("socket_connect_timeout", 5),
-        "socket_timeout": _seconds(query.get("sentinel_timeout", "5"), "sentinel_timeout"),
+        "socket_connect_timeout": kwargs.get("socket_connect_timeout", _CONNECT_TIMEOUT),
+        "socket_timeout": _seconds(
+            query.get("sentinel_timeout", _SENTINEL_TIMEOUT), "sentinel_timeout"
+        ),
     }
     if "sentinel_username" in query:
         sentinel_kwargs["username"] = query["sentinel_username"]

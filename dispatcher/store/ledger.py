@@ -12,14 +12,13 @@ Invariants (see docs/design.md):
   ``HSETNX`` is the arbiter, not a prior read);
 - a page costs at most three round trips, whatever its size: one ``HMGET`` to skip orders
   already seen (the common case on a re-sweep: no job is even built), one ``EVALSHA`` for the
-  rest, plus one ``EVAL`` when the server does not have the script cached (first use, or
-  after a restart);
+  rest, plus one (``SCRIPT LOAD`` and ``EVALSHA`` again) when the server does not have the
+  script cached (first use, or after a restart; see dispatcher.store.lua);
 - the seen store holds ids and a timestamp, never payloads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,27 +31,26 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import now
 
+from dispatcher import tunables
 from dispatcher._text import as_str
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders
 from dispatcher.logs import escape_controls
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys, job_id_for
+from dispatcher.store.lua import script
 from dispatcher.store.replication import ReplicaAck, run_script
 from dispatcher.store.rq_internals import (
     JOB_OWN_FIELDS,
     JOB_SERIALIZER,
     QUEUES_KEY,
-    RQ_ENQUEUE_LUA,
     job_data,
     job_hash_items,
     job_key,
     queue_key,
 )
-from dispatcher.store.throughput import hour_key, lua_count
+from dispatcher.store.throughput import hour_key
 from dispatcher.store.wrongtype import (
     WrongKeyTypeError,
-    key_types_checked,
-    lua_type_guard,
     name_wrong_type,
 )
 
@@ -68,70 +66,12 @@ __all__ = [
 JOB_FUNCTION = "dispatcher.worker.jobs.process_order"
 _T = TypeVar("_T")
 
-# KEYS: 1 seen hash, 2 queue list, 3 rq:queues set, 4 seen-integrations set, 5 stats hash,
-#       6 the hour's throughput hash (store/throughput.py), then j job hashes (one per
-#       candidate), then j dispatch records (Keys.dispatched, in the same order).
-# ARGV: 1 now, 2 integration id, 3 queue key (member of rq:queues), 4 generation suffix of
-#       new values ("" or ":<generation>"), 5 TTL of the dispatch records (seconds; 0: none
-#       written), 6 m = number of seen orders to mark, then m order ids, then c = number of
-#       job-hash items all the page's jobs share, c field/value items, then per candidate:
-#       order id, job id, n, n job-hash field/value items of its own.
-# The dispatch record keeps a job's own items (data, description, meta: the order as Kombo
-# sent it) for the reconciler (store/reconcile.py), which rebuilds the job from it if the
-# job hash is lost while the seen mark stays; it expires with the reconciler's window.
-# Seen values are "<first seen unix time>" or "<first seen unix time>:<generation of the last
-# full sweep that saw the order OPEN>" (what pruning reads).
-# Writing RQ's job hash, queue and queue set is RQ_ENQUEUE_LUA's (rq_internals.py).
-# The types of keys 1-5 are checked before anything is written (a WRONGTYPE part-way would
-# leave an order seen but never enqueued); a job key of another type is deleted before it is
-# written, as a stale job hash is.
-_DISPATCH_TYPES = ("hash", "list", "set", "set", "hash")
-_DISPATCH_SCRIPT = (
-    lua_type_guard(_DISPATCH_TYPES)
-    + RQ_ENQUEUE_LUA
-    + """
-local m = tonumber(ARGV[6])
-for i = 7, 6 + m do
-  local value = redis.call('HGET', KEYS[1], ARGV[i])
-  if value then
-    local first_seen = string.match(value, '^(%d+)')
-    if first_seen then redis.call('HSET', KEYS[1], ARGV[i], first_seen .. ARGV[4]) end
-  end
-end
-local c = tonumber(ARGV[7 + m])
-local shared = 8 + m
-local pos = shared + c
-local new = {}
-local jobs = (#KEYS - 6) / 2
-local record_ttl = tonumber(ARGV[5])
-for i = 7, 6 + jobs do
-  local order_id = ARGV[pos]
-  local job_id = ARGV[pos + 1]
-  local n = tonumber(ARGV[pos + 2])
-  if redis.call('HSETNX', KEYS[1], order_id, ARGV[1] .. ARGV[4]) == 1 then
-    rq_save_job(KEYS[i], shared, c, pos + 3, n)
-    rq_push_job(KEYS[2], job_id)
-    if record_ttl > 0 then
-      local record = KEYS[i + jobs]
-      redis.call('DEL', record)
-      redis.call('HSET', record, unpack(ARGV, pos + 3, pos + 2 + n))
-      redis.call('EXPIRE', record, record_ttl)
-    end
-    new[#new + 1] = order_id
-  end
-  pos = pos + 3 + n
-end
-if #new > 0 then
-  rq_register_queue(KEYS[3], ARGV[3])
-  redis.call('SADD', KEYS[4], ARGV[2])
-  redis.call('HINCRBY', KEYS[5], 'orders_dispatched', #new)
-"""
-    + lua_count("KEYS[6]", "dispatched", "ARGV[1]", "#new")
-    + """
-end
-return new
-"""
-)
+# The dedupe-and-enqueue step (KEYS and ARGV in its file): writing RQ's job hash, queue and
+# queue set is store/lua/_rq_enqueue.lua's; the types of its keys are checked before anything
+# is written (a WRONGTYPE part-way would leave an order seen but never enqueued).
+_DISPATCH = script("ledger_dispatch")
+_REJECT = script("ledger_reject")
+_PRUNE = script("ledger_prune")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +79,8 @@ class JobOptions:
     """How dispatched jobs are created: RQ's timeouts and retention, as data."""
 
     timeout: int = 600
-    result_ttl: int = 7 * 24 * 3600
-    failure_ttl: int = 30 * 24 * 3600
+    result_ttl: int = tunables.RESULT_TTL
+    failure_ttl: int = tunables.FAILURE_TTL
     retry_intervals: tuple[int, ...] = (10, 20, 40, 80, 160)
     # Replicas that must hold a dispatch before it counts (DISPATCHER_REDIS_MIN_REPLICAS_ACK).
     replica_ack: ReplicaAck | None = None
@@ -204,7 +144,6 @@ class Ledger:
         self.namespace = namespace
         self.job_options = job_options or JobOptions()
         self._clock = clock
-        self._script_sha = hashlib.sha1(_DISPATCH_SCRIPT.encode()).hexdigest()
 
     @property
     def record_ttl(self) -> int:
@@ -234,7 +173,7 @@ class Ledger:
         orders: Sequence[Order | RawOrder],
         *,
         generation: int | None = None,
-        keep_generations: int = 3,
+        keep_generations: int = tunables.PRUNE_AFTER_SWEEPS,
         source: str = "poll",
     ) -> DispatchResult:
         """Enqueue every order not seen before, atomically marking it seen; skip the rest.
@@ -317,22 +256,23 @@ class Ledger:
             args.extend((order.id, job_id, len(fields)))
             args.extend(fields)
         keys.extend(records)
-        with key_types_checked(keys, _DISPATCH_TYPES, integration_id=integration_id):
-            enqueued = self._run_script(keys, args)
+        enqueued = self._run_script(keys, args, integration_id)
         result.enqueued = [as_str(order_id) for order_id in enqueued]
         result.already_seen += len(candidates) - len(result.enqueued)
         return result
 
-    def _run_script(self, keys: list[str], args: list[Any]) -> list[bytes | str]:
+    def _run_script(
+        self, keys: list[str], args: list[Any], integration_id: str
+    ) -> list[bytes | str]:
         # With a replica_ack, WAIT rides in the same round trip (dispatcher.store.replication).
         answer: list[bytes | str] = run_script(
             self.redis,
-            _DISPATCH_SCRIPT,
+            _DISPATCH,
             keys,
             args,
             ack=self.job_options.replica_ack,
-            what=f"dispatch of integration {escape_controls(as_str(args[1]))}",
-            sha=self._script_sha,
+            what=f"dispatch of integration {escape_controls(integration_id)}",
+            integration_id=integration_id,
         )
         return answer
 
@@ -346,8 +286,8 @@ class Ledger:
         integration_id: str,
         *,
         generation: int,
-        keep_generations: int = 3,
-        retention: float = 30 * 24 * 3600,
+        keep_generations: int = tunables.PRUNE_AFTER_SWEEPS,
+        retention: float = tunables.SEEN_RETENTION,
     ) -> int:
         """Forget orders no full sweep has seen OPEN in the last ``keep_generations`` full
         sweeps (or up to ``keep_generations - 1`` more: marks are renewed lazily, see
@@ -374,7 +314,7 @@ class Ledger:
                 ):
                     doomed.extend((field_name, value))
             if doomed:
-                pruned += int(self.redis.eval(_PRUNE_SCRIPT, 1, seen_key, *doomed))
+                pruned += int(_PRUNE(self.redis, [seen_key], doomed))
         return pruned
 
     def seen_count(self) -> int:
@@ -509,11 +449,12 @@ class Ledger:
             self.keys.seen_integrations,
             self.keys.stats,
         ]
-        with key_types_checked(keys, _REJECT_TYPES, integration_id=integration_id):
-            done = self.redis.eval(
-                _REJECT_SCRIPT, len(keys), *keys, order_id, f"{REJECTED_PREFIX}{now_}", record,
-                integration_id,
-            )  # fmt: skip
+        done = _REJECT(
+            self.redis,
+            keys,
+            [order_id, f"{REJECTED_PREFIX}{now_}", record, integration_id],
+            integration_id=integration_id,
+        )
         return bool(done)
 
     def rejection(self, integration_id: str, order_id: str) -> str | None:
@@ -535,36 +476,6 @@ class Ledger:
 # The seen value of a rejected order: "rejected:<unix time>" (never a bare number, so it
 # cannot be mistaken for a dispatch time).
 REJECTED_PREFIX = "rejected:"
-
-# KEYS: 1 seen hash, 2 rejected hash, 3 seen-integrations set, 4 stats hash.
-# ARGV: 1 order id, 2 seen value, 3 rejection record (JSON), 4 integration id.
-# Types checked first, as in the dispatch script: never marked rejected without its reason.
-_REJECT_TYPES = ("hash", "hash", "set", "hash")
-_REJECT_SCRIPT = (
-    lua_type_guard(_REJECT_TYPES)
-    + """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  return 0
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[4])
-redis.call('HINCRBY', KEYS[4], 'orders_rejected', 1)
-return 1
-"""
-)
-
-
-# KEYS: 1 seen hash. ARGV: field, expected value pairs. Deletes a field only if it still holds
-# the value pruning decided on (a concurrent full sweep may just have marked it OPEN).
-_PRUNE_SCRIPT = """
-local deleted = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
-    deleted = deleted + redis.call('HDEL', KEYS[1], ARGV[i])
-  end
-end
-return deleted
-"""
 
 
 def reconcile_window(options: JobOptions) -> int:

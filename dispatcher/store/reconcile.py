@@ -55,6 +55,7 @@ from dispatcher._text import as_str
 from dispatcher.logs import escape_controls
 from dispatcher.store.keys import Keys, order_ref
 from dispatcher.store.ledger import REJECTED_PREFIX, Ledger, parse_seen
+from dispatcher.store.lua import script
 from dispatcher.store.results import Outbox
 from dispatcher.store.rq_internals import (
     QUEUES_KEY,
@@ -69,7 +70,6 @@ from dispatcher.store.rq_internals import (
     scheduled_key,
     started_key,
 )
-from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 
 __all__ = [
     "BATCH",
@@ -89,182 +89,13 @@ BATCH = 200
 # (milliseconds), short enough for a command an operator waits for.
 GRACE_SECONDS = 5.0
 
-# The place of a job: started (through its executions), scheduled, deferred, failed,
-# canceled, finished; false when in none of them (the lists are the caller's to search).
-_PLACE_LUA = """
-local function rq_place(job, job_id, executions, wip, scheduled, deferred, failed, canceled)
-  local status = redis.call('HGET', job, 'status')
-  for _, execution in ipairs(redis.call('ZRANGE', executions, 0, -1)) do
-    if redis.call('ZSCORE', wip, job_id .. ':' .. execution) then return 'started', status end
-  end
-  if redis.call('ZSCORE', scheduled, job_id) then return 'scheduled', status end
-  if redis.call('ZSCORE', deferred, job_id) then return 'deferred', status end
-  if redis.call('ZSCORE', failed, job_id) then return 'failed', status end
-  if redis.call('ZSCORE', canceled, job_id) then return 'canceled', status end
-  if status == 'finished' then return 'finished', status end
-  return false, status
-end
-local function all_steps(steps, first, count)
-  if count == 0 then return false end
-  for i = first, first + count - 1 do
-    if redis.call('HEXISTS', steps, ARGV[i]) == 0 then return false end
-  end
-  return true
-end
-"""
-
-# The first look at a batch of orders (read-only but for dropping the dispatch records of
-# orders that are done when ARGV[1] is '1').
-# KEYS: 1 started, 2 scheduled, 3 deferred, 4 failed, 5 canceled registries, 6 provisioned
-#       zset, 7 results hash, then per order: job hash, executions zset, steps hash, record.
-# ARGV: 1 drop records ('1'/'0'), 2 h = number of handlers, h handler names, then per order:
-#       order id, job id, order ref.
-# Answers, per order that is not plainly live or done: order id, 'queued' (a queued job:
-# the caller checks its queue copy) or 'lost', the job's status ('' when no job).
-_LOOK_ORDERS = (
-    _PLACE_LUA
-    + """
-local h = tonumber(ARGV[2])
-local out = {}
-local k = 8
-for a = 3 + h, #ARGV, 3 do
-  local order_id, job_id, ref = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local done = redis.call('HEXISTS', KEYS[7], order_id) == 1
-    or redis.call('ZSCORE', KEYS[6], ref)
-  local place, status = false, false
-  if not done then
-    place, status = rq_place(KEYS[k], job_id, KEYS[k + 1], KEYS[1], KEYS[2], KEYS[3],
-      KEYS[4], KEYS[5])
-    if not place and all_steps(KEYS[k + 2], 3, h) then done = true end
-  end
-  if done or place == 'finished' or place == 'failed' or place == 'canceled' then
-    if ARGV[1] == '1' then redis.call('DEL', KEYS[k + 3]) end
-  elseif not place then
-    out[#out + 1] = order_id
-    out[#out + 1] = status == 'queued' and 'queued' or 'lost'
-    out[#out + 1] = status or ''
-  end
-  k = k + 4
-end
-return out
-"""
-)
-
-# The second look at one order, atomic, and its repair.
-# KEYS: 1 queue list, 2 rq:queues set, 3 seen hash, 4 job hash, 5 intermediate list,
-#       6 executions zset, 7 started, 8 scheduled, 9 deferred, 10 failed, 11 canceled
-#       registries, 12 provisioned zset, 13 results hash, 14 steps hash, 15 dispatch record.
-# ARGV: 1 mode ('check' or 'repair'), 2 job id, 3 order id, 4 order ref, 5 queue key (for
-#       rq:queues), 6 h, h handler names, then the shared job-hash items (for a rebuild).
-# Answers {outcome, where}: outcome 'gone' (forgotten or rejected meanwhile), 'done', 'live',
-# 'lost' (check mode), 'requeued' (its job hash re-queued), 'rebuilt' (from the dispatch
-# record), 'unmarked' (nothing to rebuild from: the seen mark removed, the next sweep
-# dispatches the order again if it is still OPEN).
-_ORDER_TYPES = ("list", "set", "hash")
-_REPAIR_ORDER = (
-    lua_type_guard(_ORDER_TYPES)
-    + _PLACE_LUA
-    + """
-local seen = redis.call('HGET', KEYS[3], ARGV[3])
-if not seen or string.sub(seen, 1, 9) == 'rejected:' then return {'gone', ''} end
-if redis.call('HEXISTS', KEYS[13], ARGV[3]) == 1 then return {'done', 'result written'} end
-if redis.call('ZSCORE', KEYS[12], ARGV[4]) then return {'done', 'provisioned'} end
-local place, status = rq_place(KEYS[4], ARGV[2], KEYS[6], KEYS[7], KEYS[8], KEYS[9],
-  KEYS[10], KEYS[11])
-if place then return {'live', place} end
-if redis.call('LPOS', KEYS[1], ARGV[2]) then return {'live', 'queued'} end
-if redis.call('LPOS', KEYS[5], ARGV[2]) then return {'live', 'intermediate'} end
-local h = tonumber(ARGV[6])
-if all_steps(KEYS[14], 7, h) then return {'done', 'steps recorded'} end
-local exists = redis.call('TYPE', KEYS[4])['ok'] == 'hash'
-local where = 'no job'
-if exists then where = 'job ' .. (status or 'without status') .. ', in no queue or registry' end
-if ARGV[1] ~= 'repair' then return {'lost', where} end
-local outcome
-if exists then
-  redis.call('HSET', KEYS[4], 'status', 'queued')
-  redis.call('PERSIST', KEYS[4])
-  outcome = 'requeued'
-elseif redis.call('TYPE', KEYS[15])['ok'] == 'hash' then
-  redis.call('DEL', KEYS[4])
-  redis.call('HSET', KEYS[4], unpack(ARGV, 7 + h, #ARGV))
-  redis.call('HSET', KEYS[4], unpack(redis.call('HGETALL', KEYS[15])))
-  outcome = 'rebuilt'
-else
-  redis.call('HDEL', KEYS[3], ARGV[3])
-  return {'unmarked', where}
-end
-redis.call('RPUSH', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[5])
-return {outcome, where}
-"""
-)
-
-# The first look at a batch of pending results.
-# KEYS: 1 started, 2 scheduled, 3 deferred registries of the results queue, then per result:
-#       outbox hash, then (read by the script from the outbox) nothing else.
-# ARGV: per result: order ref. Answers per result not plainly live: ref, job id, 'queued' or
-#       'lost', the job's status ('' when no job).
-# Job keys are built from the outbox's ``job`` field inside the script (the owner changes
-# with every reschedule; reading it first from Python would race with that).
-_LOOK_RESULTS = (
-    _PLACE_LUA
-    + """
-local out = {}
-for i = 4, #KEYS do
-  local current = redis.call('HMGET', KEYS[i], 'state', 'job')
-  if current[1] == 'pending' and current[2] then
-    local job_id = current[2]
-    local place, status = rq_place(ARGV[1] .. job_id, job_id, ARGV[2] .. job_id, KEYS[1],
-      KEYS[2], KEYS[3], '', '')
-    if not place or place == 'finished' then
-      out[#out + 1] = ARGV[i - 1]
-      out[#out + 1] = job_id
-      out[#out + 1] = status == 'queued' and place ~= 'finished' and 'queued' or 'lost'
-      out[#out + 1] = status or ''
-    end
-  end
-end
-return out
-"""
-)
-
-# The second look at one pending result, atomic, and its repair.
-# KEYS: 1 queue list, 2 rq:queues set, 3 outbox hash, 4 job hash, 5 intermediate list,
-#       6 executions zset, 7 started, 8 scheduled, 9 deferred, 10 failed, 11 canceled,
-#       12 finished registries.
-# ARGV: 1 mode, 2 job id, 3 queue key, then the job-hash items of a queued write job.
-_RESULT_TYPES = ("list", "set", "hash")
-_REPAIR_RESULT = (
-    lua_type_guard(_RESULT_TYPES)
-    + _PLACE_LUA
-    + """
-local current = redis.call('HMGET', KEYS[3], 'state', 'job')
-if current[1] ~= 'pending' or current[2] ~= ARGV[2] then return {'gone', ''} end
-local place, status = rq_place(KEYS[4], ARGV[2], KEYS[6], KEYS[7], KEYS[8], KEYS[9], '', '')
-if place and place ~= 'finished' then return {'live', place} end
-if redis.call('LPOS', KEYS[1], ARGV[2]) then return {'live', 'queued'} end
-if redis.call('LPOS', KEYS[5], ARGV[2]) then return {'live', 'intermediate'} end
-local exists = redis.call('TYPE', KEYS[4])['ok'] == 'hash'
-local where = 'no write job'
-if exists then
-  where = 'write job ' .. (status or 'without status') .. ', not queued, scheduled or running'
-end
-if ARGV[1] ~= 'repair' then return {'lost', where} end
-local outcome = 'requeued'
-if exists then
-  redis.call('HSET', KEYS[4], 'status', 'queued')
-  redis.call('PERSIST', KEYS[4])
-else
-  redis.call('HSET', KEYS[4], unpack(ARGV, 4, #ARGV))
-  outcome = 'rebuilt'
-end
-for i = 10, 12 do redis.call('ZREM', KEYS[i], ARGV[2]) end
-redis.call('RPUSH', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-return {outcome, where}
-"""
-)
+# The first looks (read-only but for dropping dispatch records) and the atomic second looks
+# with their repairs, one script each (KEYS and ARGV in their files; a job's place is
+# store/lua/_rq_place.lua's).
+_LOOK_ORDERS = script("reconcile_look_orders")
+_LOOK_RESULTS = script("reconcile_look_results")
+_REPAIR_ORDER = script("reconcile_repair_order")
+_REPAIR_RESULT = script("reconcile_repair_result")
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,10 +194,6 @@ class Reconciler:
         self.batch = max(1, batch)
         self.window = ledger.record_ttl
         self._clock = clock
-        self._look_orders = self.redis.register_script(_LOOK_ORDERS)
-        self._look_results = self.redis.register_script(_LOOK_RESULTS)
-        self._repair_order = self.redis.register_script(_REPAIR_ORDER)
-        self._repair_result = self.redis.register_script(_REPAIR_RESULT)
 
     # -- one pass -------------------------------------------------------------------------
 
@@ -477,7 +304,7 @@ class Reconciler:
                 )
             )
             args.extend((order_id, job_id, order_ref(integration_id, order_id)))
-        answer = self._look_orders(keys=keys, args=args)
+        answer = _LOOK_ORDERS(self.redis, keys, args)
         jobs = dict(batch)
         found: list[_Candidate] = []
         for at in range(0, len(answer), 3):
@@ -518,8 +345,7 @@ class Reconciler:
         ]  # fmt: skip
         if mode == "repair":
             args.extend(self.ledger.shared_job_items())
-        with key_types_checked(keys, _ORDER_TYPES, integration_id=integration_id):
-            outcome, where = self._repair_order(keys=keys, args=args)
+        outcome, where = _REPAIR_ORDER(self.redis, keys, args, integration_id=integration_id)
         return as_str(outcome), as_str(where)
 
     # -- results --------------------------------------------------------------------------
@@ -558,7 +384,7 @@ class Reconciler:
         keys.extend(f"{self.keys.namespace}:outbox:{ref}" for ref in refs)
         args = [job_key(""), executions_key(""), *refs]
         # ARGV[1], ARGV[2] are the key prefixes; the refs follow (ARGV[i - 1] for KEYS[i]).
-        answer = self._look_results(keys=keys, args=args)
+        answer = _LOOK_RESULTS(self.redis, keys, args)
         report.results_checked += len(refs)
         found: list[_Candidate] = []
         for at in range(0, len(answer), 4):
@@ -599,8 +425,9 @@ class Reconciler:
             args.extend(
                 self.outbox.queued_job_items(candidate.integration_id, candidate.order_id, job_id)
             )
-        with key_types_checked(keys, _RESULT_TYPES, integration_id=candidate.integration_id):
-            outcome, where = self._repair_result(keys=keys, args=args)
+        outcome, where = _REPAIR_RESULT(
+            self.redis, keys, args, integration_id=candidate.integration_id
+        )
         return as_str(outcome), as_str(where)
 
     # -- the second look ------------------------------------------------------------------

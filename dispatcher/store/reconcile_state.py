@@ -21,6 +21,7 @@ from redis.typing import EncodableT, FieldT
 from dispatcher._text import as_str
 from dispatcher.logs import escape_controls
 from dispatcher.store.keys import Keys
+from dispatcher.store.lua import script
 from dispatcher.store.reconcile import Reconciler, ReconcileReport
 
 __all__ = ["LEASE_TTL", "PeriodicReconcile", "read_state", "record"]
@@ -28,23 +29,10 @@ __all__ = ["LEASE_TTL", "PeriodicReconcile", "read_state", "record"]
 # The periodic pass's lease; renewed after every batch.
 LEASE_TTL = 60.0
 
-# KEYS: 1 reconcile hash, 2 lease. ARGV: 1 now, 2 owner, 3 ttl ms. Takes the lease when the
-# periodic pass is due (no next_at yet: due at once).
-_CLAIM = """
-local due = redis.call('HGET', KEYS[1], 'next_at')
-if due and tonumber(due) and tonumber(due) > tonumber(ARGV[1]) then return 0 end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 1 end
-if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
-return 0
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+# The pass's lease: taken when the pass is due, in one step (KEYS and ARGV in the files).
+_CLAIM = script("reconcile_claim")
+_RENEW = script("lease_renew")
+_RELEASE = script("lease_release")
 
 
 class PeriodicReconcile:
@@ -65,23 +53,19 @@ class PeriodicReconcile:
         self.owner = owner
         self.lease_ttl = lease_ttl
         self._clock = clock
-        redis = reconciler.redis
         self._keys = reconciler.keys
-        self._claim = redis.register_script(_CLAIM)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
 
     def run_if_due(self, stop: threading.Event | None = None) -> ReconcileReport | None:
         """Run a pass if one is due and no other process runs it; record it."""
         redis = self.reconciler.redis
         ttl_ms = int(self.lease_ttl * 1000)
         keys = [self._keys.reconcile, self._keys.reconcile_lease]
-        if not self._claim(keys=keys, args=[self._clock(), self.owner, ttl_ms]):
+        if not _CLAIM(redis, keys, [self._clock(), self.owner, ttl_ms]):
             return None
         try:
 
             def keep_alive() -> None:
-                self._renew(keys=[self._keys.reconcile_lease], args=[self.owner, ttl_ms])
+                _RENEW(redis, [self._keys.reconcile_lease], [self.owner, ttl_ms])
 
             report = self.reconciler.run(stop=stop, keep_alive=keep_alive)
             record(redis, self._keys, report, next_at=self._clock() + self.interval)
@@ -98,7 +82,7 @@ class PeriodicReconcile:
             )
             raise
         finally:
-            self._release(keys=[self._keys.reconcile_lease], args=[self.owner])
+            _RELEASE(redis, [self._keys.reconcile_lease], [self.owner])
 
 
 def record(

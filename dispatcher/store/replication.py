@@ -16,14 +16,14 @@ The write itself is not undone (Redis cannot): WAIT makes loss visible, not impo
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from dispatcher.settings import Settings
+from dispatcher.store.lua import LuaScript
 
 __all__ = ["ReplicaAck", "ReplicasNotAcknowledged", "run_script"]
 
@@ -56,46 +56,29 @@ class ReplicaAck:
 
 def run_script(
     redis: Redis,
-    script: str,
+    script: LuaScript,
     keys: list[str],
     args: list[Any],
     *,
     ack: ReplicaAck | None = None,
     what: str = "write",
-    sha: str | None = None,
+    integration_id: str | None = None,
 ) -> Any:
-    """EVALSHA ``script`` (EVAL when the server lacks it) and, with ``ack``, WAIT for the
-    replicas in the same round trip; returns the script's answer.
+    """Run ``script`` (dispatcher.store.lua) and, with ``ack``, WAIT for the replicas in the
+    same round trip; returns the script's answer.
 
-    Errors of the script itself (a WRONGTYPE answer) are raised as they are, before any
-    acknowledgement is judged.
+    Errors of the script itself (a WRONGTYPE answer, raised as WrongKeyTypeError naming the
+    key) are raised as they are, before any acknowledgement is judged.
     """
-    sha = sha or hashlib.sha1(script.encode()).hexdigest()
     if ack is None:
-        try:
-            return redis.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # EVAL runs and caches the script in one round trip (redis-py's Script would
-            # spend two: SCRIPT LOAD, then EVALSHA again).
-            return redis.eval(script, len(keys), *keys, *args)
-    answer, acknowledged = _with_wait(redis, ack, "evalsha", sha, keys, args)
-    if isinstance(answer, NoScriptError):
-        answer, acknowledged = _with_wait(redis, ack, "eval", script, keys, args)
-    if isinstance(answer, Exception):
-        raise answer
-    ack.check(int(acknowledged), what)
-    return answer
-
-
-def _with_wait(
-    redis: Redis, ack: ReplicaAck, command: str, body: str, keys: list[str], args: list[Any]
-) -> tuple[Any, Any]:
-    with redis.pipeline(transaction=False) as pipe:
-        getattr(pipe, command)(body, len(keys), *keys, *args)
-        pipe.execute_command(  # type: ignore[no-untyped-call]
-            "WAIT", ack.replicas, max(1, int(ack.timeout * 1000))
-        )
-        answer, acknowledged = pipe.execute(raise_on_error=False)
+        return script(redis, keys, args, integration_id=integration_id)
+    answer, acknowledged = script.followed_by(
+        redis, keys, args, ("WAIT", ack.replicas, max(1, int(ack.timeout * 1000)))
+    )
     if isinstance(acknowledged, Exception):
         raise acknowledged
-    return answer, acknowledged
+    if isinstance(answer, Exception):
+        with script.checked(keys, integration_id):
+            raise answer
+    ack.check(int(acknowledged), what)
+    return answer

@@ -4,7 +4,9 @@ An order's result goes to Kombo through Redis, never straight from the caller:
 :meth:`Outbox.submit` validates the body, then one Lua script stores it in the order's outbox
 hash (``{ns}:outbox:{integration}:{order}``) and writes and queues the RQ write job on
 ``DISPATCHER_RESULTS_QUEUE``. The write job (``dispatcher/worker/results.py``) PUTs it and
-ends the result in one of the scripts of :mod:`dispatcher.store.results_scripts`. Invariants:
+ends the result in one of the outbox's scripts (``dispatcher/store/lua/outbox_*.lua``). What
+callers get back (:class:`OutboxRecord`, :class:`ResultReceipt`, the refusals) is defined in
+dispatcher.store.outbox_types. Invariants:
 
 - one pending write per (integration, order): an identical body submitted again returns the
   same receipt and queues nothing (also once written: the receipt of the written body); a
@@ -24,8 +26,8 @@ ends the result in one of the scripts of :mod:`dispatcher.store.results_scripts`
   later submit of another body is refused;
 - with ``require_dispatched`` (the results API) a submit for an order the ledger never
   dispatched stores nothing (:class:`UnknownOrderError`), checked in the same script;
-- every script checks the types of the keys it writes before it writes any (see
-  :func:`dispatcher.store.keys.lua_type_guard`).
+- every script checks the types of the keys it writes before it writes any
+  (``dispatcher/store/lua/_type_guard.lua``).
 """
 
 from __future__ import annotations
@@ -35,42 +37,40 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
 
+from dispatcher._text import as_float, as_str
 from dispatcher.kombo.results import (
     AssessmentResult,
     InvalidResultError,
     build_result,
     check_integration_id,
 )
-from dispatcher.store import throughput
+from dispatcher.store import throughput, timeline
 from dispatcher.store.keys import Keys, order_ref
-from dispatcher.store.results_scripts import (
-    BEGIN_SCRIPT,
-    BEGIN_TYPES,
-    FAILED_SCRIPT,
-    FAILED_TYPES,
-    PROVISIONED_SCRIPT,
-    PROVISIONED_TYPES,
-    RESCHEDULE_SCRIPT,
-    RESCHEDULE_TYPES,
-    SUBMIT_SCRIPT,
-    SUBMIT_TYPES,
-    WRITTEN_SCRIPT,
-    WRITTEN_TYPES,
+from dispatcher.store.lua import script
+from dispatcher.store.outbox_types import (
+    STATES,
+    FinalResultError,
+    OutboxRecord,
+    ResultInFlightError,
+    ResultReceipt,
+    ResultState,
+    UnknownOrderError,
+    record_from_hash,
 )
 from dispatcher.store.rq_internals import JOB_SERIALIZER, job_hash_items
-from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
 
 __all__ = [
     "FINAL_STATUSES",
     "RESULT_JOB_FUNCTION",
+    "RESULT_JOB_FUNCTIONS",
+    "STATES",
     "FinalResultError",
     "Outbox",
     "OutboxRecord",
@@ -78,151 +78,23 @@ __all__ = [
     "ResultReceipt",
     "ResultState",
     "UnknownOrderError",
-    "WriteLeases",
-    "mark_provisioned",
     "parse_result",
     "result_job_id",
     "submit_result",
 ]
 
 RESULT_JOB_FUNCTION = "dispatcher.worker.results.write_result"
+# What the workers run as a write job: the path new jobs name, and the one jobs queued before
+# dispatcher/worker/writeback.py was renamed results.py name (that module re-exports it).
+RESULT_JOB_FUNCTIONS = frozenset({RESULT_JOB_FUNCTION, "dispatcher.worker.writeback.write_result"})
 FINAL_STATUSES = frozenset({"COMPLETED", "CANCELLED"})
-ResultState = Literal["pending", "written", "failed"]
-STATES: tuple[ResultState, ...] = ("pending", "written", "failed")
 
-
-class FinalResultError(Exception):
-    """A final result (COMPLETED or CANCELLED) was already written for the order: Kombo would
-    refuse another one, so nothing was stored."""
-
-    def __init__(self, integration_id: str, order_id: str, status: str) -> None:
-        self.integration_id = integration_id
-        self.order_id = order_id
-        self.status = status
-        super().__init__(
-            f"order {order_id} (integration {integration_id}): a final result ({status}) "
-            "was already written; Kombo takes no further result"
-        )
-
-
-class ResultInFlightError(FinalResultError):
-    """A final result of the order is on its way to Kombo (an attempt was sent): Kombo may
-    already hold it and takes no other, so a different body is refused (nothing stored)."""
-
-    def __init__(self, integration_id: str, order_id: str, status: str) -> None:
-        super().__init__(integration_id, order_id, status)
-        Exception.__init__(
-            self,
-            f"order {order_id} (integration {integration_id}): a final result ({status}) is "
-            "being written; Kombo takes no other result",
-        )
-
-
-class UnknownOrderError(LookupError):
-    """The dispatcher never dispatched the order (unknown, rejected, or an unknown
-    integration): nothing was stored."""
-
-    def __init__(self, integration_id: str, order_id: str, rejected: bool = False) -> None:
-        self.integration_id = integration_id
-        self.order_id = order_id
-        why = "it rejected it" if rejected else "unknown order or integration"
-        super().__init__(
-            f"order {order_id} (integration {integration_id}): the dispatcher never "
-            f"dispatched this order ({why})"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ResultReceipt:
-    """What :meth:`Outbox.submit` did: the submission (its id and time), the result's state
-    and whether this call stored anything (``outcome``: ``queued`` a new write, ``replaced``
-    the pending body, ``duplicate`` an identical body already pending or written)."""
-
-    integration_id: str
-    order_id: str
-    submission_id: str
-    submitted_at: float
-    state: ResultState
-    outcome: Literal["queued", "replaced", "duplicate"]
-
-    @property
-    def written(self) -> bool:
-        """The body was already written (a duplicate of the written one)."""
-        return self.state == "written"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "integration_id": self.integration_id,
-            "order_id": self.order_id,
-            "submission_id": self.submission_id,
-            "submitted_at": round(self.submitted_at, 3),
-            "state": self.state,
-            "outcome": self.outcome,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRecord:
-    """One order's result as the outbox holds it."""
-
-    integration_id: str
-    order_id: str
-    state: ResultState
-    status: str
-    body: dict[str, Any]
-    submission_id: str
-    submitted_at: float
-    job_id: str
-    attempts: int
-    next_attempt_at: float | None
-    last_error: str | None
-    written_at: float | None
-    warnings: tuple[str, ...]
-    lost_answer: bool
-    reason: str | None
-    failed_at: float | None
-    digest: str = ""
-    sent: bool = False
-    read_back: str | None = None
-    kombo_result: dict[str, Any] | None = None
-    next_submission_id: str | None = None
-
-    @property
-    def result_url(self) -> str | None:
-        """Where the customer sees the result: the written body's, or the one Kombo showed
-        it holds when a read-back found another body there."""
-        held = self.kombo_result or self.body
-        url = held.get("result_url")
-        return url if isinstance(url, str) else None
-
-    def as_dict(self, *, with_body: bool = False) -> dict[str, Any]:
-        """The JSON shape of ``GET /orders/{integration}/{order}/result`` and ``results
-        --json`` (the body only when asked: attachments are large)."""
-        out: dict[str, Any] = {
-            "integration_id": self.integration_id,
-            "order_id": self.order_id,
-            "state": self.state,
-            "status": self.status,
-            "result_url": self.result_url,
-            "submission_id": self.submission_id,
-            "submitted_at": round(self.submitted_at, 3),
-            "attempts": self.attempts,
-            "next_attempt_at": _round(self.next_attempt_at),
-            "last_error": self.last_error,
-            "written_at": _round(self.written_at),
-            "warnings": list(self.warnings),
-            "lost_answer": self.lost_answer,
-            "reason": self.reason,
-            "failed_at": _round(self.failed_at),
-            "read_back": self.read_back,
-        }
-        if self.kombo_result is not None:
-            out["kombo_result"] = self.kombo_result
-        if self.next_submission_id is not None:
-            out["next_submission_id"] = self.next_submission_id
-        if with_body:
-            out["body"] = self.body
-        return out
+# One script per move of a result (KEYS, ARGV and answers in their files).
+_SUBMIT = script("outbox_submit")
+_BEGIN = script("outbox_begin")
+_WRITTEN = script("outbox_written")
+_FAILED = script("outbox_failed")
+_RESCHEDULE = script("outbox_reschedule")
 
 
 def parse_result(data: Any) -> AssessmentResult:
@@ -325,7 +197,9 @@ class Outbox:
         submission = uuid.uuid4().hex
         job_id = result_job_id(self.namespace, integration_id, order_id, submission)
         ref = order_ref(integration_id, order_id)
-        event = _event(now, "result_submitted", status=str(result.status), submission=submission)
+        event = timeline.event(
+            now, "result_submitted", status=str(result.status), submission=submission
+        )
         keys = [
             self.keys.outbox(integration_id, order_id),
             self.keys.results(integration_id),
@@ -344,21 +218,20 @@ class Outbox:
             self.timeline_ttl, event, "1" if require_dispatched else "0",
         ]  # fmt: skip
         args.extend(self._job_items(integration_id, order_id, job_id, JobStatus.QUEUED))
-        with key_types_checked(keys, SUBMIT_TYPES, integration_id=integration_id):
-            answer = self.redis.eval(SUBMIT_SCRIPT, len(keys), *keys, *args)
-        outcome = _text(answer[0])
+        answer = _SUBMIT(self.redis, keys, args, integration_id=integration_id)
+        outcome = as_str(answer[0])
         if outcome == "final":
-            raise FinalResultError(integration_id, order_id, _text(answer[1]))
+            raise FinalResultError(integration_id, order_id, as_str(answer[1]))
         if outcome == "busy":
-            raise ResultInFlightError(integration_id, order_id, _text(answer[1]))
+            raise ResultInFlightError(integration_id, order_id, as_str(answer[1]))
         if outcome in ("unknown", "rejected"):
             raise UnknownOrderError(integration_id, order_id, rejected=outcome == "rejected")
         return ResultReceipt(
             integration_id=integration_id,
             order_id=order_id,
-            submission_id=_text(answer[1]),
-            submitted_at=_float(_text(answer[2])) or 0.0,
-            state=_text(answer[3]),  # type: ignore[arg-type]
+            submission_id=as_str(answer[1]),
+            submitted_at=as_float(answer[2]) or 0.0,
+            state=as_str(answer[3]),  # type: ignore[arg-type]
             outcome=outcome,  # type: ignore[arg-type]
         )
 
@@ -393,7 +266,7 @@ class Outbox:
     def get(self, integration_id: str, order_id: str) -> OutboxRecord | None:
         """The order's result as stored, or None when none was submitted (or it expired)."""
         raw = self.redis.hgetall(self.keys.outbox(integration_id, order_id))
-        return _record(raw) if raw else None
+        return record_from_hash(raw) if raw else None
 
     def in_state(
         self, state: ResultState, *, integration_id: str | None = None, limit: int = 1000
@@ -401,14 +274,14 @@ class Outbox:
         """Results in one state, oldest first (at most ``limit``)."""
         refs = cast("list[bytes]", self.redis.zrange(self.keys.outbox_index(state), 0, -1))
         records: list[OutboxRecord] = []
-        for batch in _chunks([_text(r) for r in refs], 500):
+        for batch in _chunks([as_str(r) for r in refs], 500):
             with self.redis.pipeline(transaction=False) as pipe:
                 for ref in batch:
                     pipe.hgetall(f"{self.namespace}:outbox:{ref}")
                 for raw in pipe.execute():
                     if not raw:
                         continue
-                    record = _record(raw)
+                    record = record_from_hash(raw)
                     if record.state != state:
                         continue
                     if integration_id is not None and record.integration_id != integration_id:
@@ -430,15 +303,7 @@ class Outbox:
 
     def timeline_events(self, integration_id: str, order_id: str) -> list[dict[str, Any]]:
         """The recorded events of an order (results path, provisioning end), oldest first."""
-        events: list[dict[str, Any]] = []
-        for raw in self.redis.lrange(self.keys.timeline(integration_id, order_id), 0, -1):
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-        return events
+        return timeline.read_events(self.redis, self.keys, integration_id, order_id)
 
     # -- a write (the write job) ------------------------------------------------------------
 
@@ -448,8 +313,8 @@ class Outbox:
         ``job_id`` no longer owns the write; ``changed`` when another body replaced it (read
         the record again)."""
         key = self.keys.outbox(record.integration_id, record.order_id)
-        with key_types_checked([key], BEGIN_TYPES, integration_id=record.integration_id):
-            return _text(self.redis.eval(BEGIN_SCRIPT, 1, key, job_id, record.submission_id))
+        args = [job_id, record.submission_id]
+        return as_str(_BEGIN(self.redis, [key], args, integration_id=record.integration_id))
 
     def mark_written(
         self,
@@ -473,7 +338,7 @@ class Outbox:
         final = record.status in FINAL_STATUSES
         latency = max(0.0, now - record.submitted_at)
         buckets = [str(b) for b in LATENCY_BUCKETS if latency <= b] + ["+Inf"]
-        event = _event(
+        event = timeline.event(
             now,
             "result_written",
             status=record.status,
@@ -513,8 +378,7 @@ class Outbox:
             json.dumps(kombo_result, ensure_ascii=False) if kombo_result is not None else "",
             *buckets,
         ]  # fmt: skip
-        with key_types_checked(keys, WRITTEN_TYPES, integration_id=integration_id):
-            return _text(self.redis.eval(WRITTEN_SCRIPT, len(keys), *keys, *args))
+        return as_str(_WRITTEN(self.redis, keys, args, integration_id=integration_id))
 
     def mark_failed(self, record: OutboxRecord, job_id: str, reason: str) -> str:
         """End the pending write as failed (permanently) with ``reason``; ``stale`` when
@@ -531,10 +395,9 @@ class Outbox:
         ]
         args: list[Any] = [
             job_id, repr(now), reason, self.failure_ttl, order_ref(integration_id, order_id),
-            self.timeline_ttl, _event(now, "result_failed", reason=reason), integration_id,
+            self.timeline_ttl, timeline.event(now, "result_failed", reason=reason), integration_id,
         ]  # fmt: skip
-        with key_types_checked(keys, FAILED_TYPES, integration_id=integration_id):
-            return _text(self.redis.eval(FAILED_SCRIPT, len(keys), *keys, *args))
+        return as_str(_FAILED(self.redis, keys, args, integration_id=integration_id))
 
     def reschedule(
         self,
@@ -567,8 +430,7 @@ class Outbox:
         args.extend(
             self._job_items(record.integration_id, record.order_id, new_id, JobStatus.SCHEDULED)
         )
-        with key_types_checked(keys, RESCHEDULE_TYPES, integration_id=record.integration_id):
-            return _text(self.redis.eval(RESCHEDULE_SCRIPT, len(keys), *keys, *args))
+        return as_str(_RESCHEDULE(self.redis, keys, args, integration_id=record.integration_id))
 
     def retry_failed(
         self, *, integration_id: str | None = None, order_ids: list[str] | None = None
@@ -586,149 +448,9 @@ class Outbox:
         return receipts
 
 
-def mark_provisioned(
-    redis: Redis,
-    keys: Keys,
-    integration_id: str,
-    order_id: str,
-    steps: list[str],
-    *,
-    timeline_ttl: int = 30 * 24 * 3600,
-    clock: Callable[[], float] = time.time,
-) -> None:
-    """Record that the order's handler chain finished (its timeline, and the set ``status``
-    reads for orders provisioned long ago without a final result)."""
-    now = clock()
-    names = [
-        keys.provisioned,
-        keys.results(integration_id),
-        keys.timeline(integration_id, order_id),
-    ]
-    event = _event(now, "provisioned", steps=steps)
-    with key_types_checked(names, PROVISIONED_TYPES, integration_id=integration_id):
-        redis.eval(
-            PROVISIONED_SCRIPT, len(names), *names, repr(now),
-            order_ref(integration_id, order_id), order_id, event, max(1, timeline_ttl),
-        )  # fmt: skip
-
-
-class WriteLeases:
-    """The cap on Kombo writes in flight per integration, across every process: a sorted set
-    per integration of holder -> lease expiry (unix time). A holder that dies stops counting
-    once its lease expires."""
-
-    # KEYS: 1 lease zset. ARGV: 1 now, 2 cap, 3 holder, 4 expiry.
-    _ACQUIRE = (
-        lua_type_guard(("zset",))
-        + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-  return 1
-end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[4]) - tonumber(ARGV[1])) * 1000) + 1000)
-return 1
-"""
-    )
-
-    def __init__(
-        self, redis: Redis, keys: Keys, cap: int, *, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.cap = cap
-        self._clock = clock
-
-    def acquire(self, integration_id: str, holder: str, ttl: float) -> bool:
-        """Take one of the integration's write slots for ``ttl`` seconds; False when full."""
-        key = self.keys.kombo_writes(integration_id)
-        now = self._clock()
-        with key_types_checked([key], ("zset",), integration_id=integration_id):
-            return bool(
-                self.redis.eval(self._ACQUIRE, 1, key, repr(now), self.cap, holder, repr(now + ttl))
-            )
-
-    def release(self, integration_id: str, holder: str) -> None:
-        self.redis.zrem(self.keys.kombo_writes(integration_id), holder)
-
-    def in_flight(self, integration_id: str) -> int:
-        key = self.keys.kombo_writes(integration_id)
-        return int(self.redis.zcount(key, self._clock(), "+inf"))
-
-
-def _event(at: float, kind: str, **fields: Any) -> str:
-    return json.dumps({"at": round(at, 3), "event": kind, **fields}, ensure_ascii=False)
-
-
-def _record(raw: Mapping[bytes | str, bytes | str]) -> OutboxRecord:
-    fields = {_text(k): _text(v) for k, v in raw.items()}
-    try:
-        body = json.loads(fields.get("body", "{}"))
-    except ValueError:
-        body = {}
-    try:
-        warnings = tuple(str(w) for w in json.loads(fields.get("warnings", "[]")))
-    except (ValueError, TypeError):
-        warnings = ()
-    state = fields.get("state", "pending")
-    try:
-        kombo_result = json.loads(fields["kombo_result"]) if "kombo_result" in fields else None
-    except ValueError:
-        kombo_result = None
-    return OutboxRecord(
-        integration_id=fields.get("integration", ""),
-        order_id=fields.get("order", ""),
-        state=_state(state),
-        status=fields.get("status", ""),
-        body=body if isinstance(body, dict) else {},
-        submission_id=fields.get("submission", ""),
-        submitted_at=_float(fields.get("submitted_at")) or 0.0,
-        job_id=fields.get("job", ""),
-        attempts=int(_float(fields.get("attempts")) or 0),
-        next_attempt_at=_float(fields.get("next_attempt_at")),
-        last_error=fields.get("last_error"),
-        written_at=_float(fields.get("written_at")),
-        warnings=warnings,
-        lost_answer=fields.get("lost_answer") == "1",
-        reason=fields.get("reason"),
-        failed_at=_float(fields.get("failed_at")),
-        digest=fields.get("digest", ""),
-        sent=fields.get("sent") == "1",
-        read_back=fields.get("read_back"),
-        kombo_result=kombo_result if isinstance(kombo_result, dict) else None,
-        next_submission_id=fields.get("next_submission"),
-    )
-
-
-def _state(value: str) -> ResultState:
-    for state in STATES:
-        if value == state:
-            return state
-    return "pending"
-
-
-def _float(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def submit_result(

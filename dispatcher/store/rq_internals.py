@@ -53,7 +53,7 @@ Job hash fields:
 - ``status`` (``JobStatus`` values ``queued``, ``started``, ``scheduled``, ``failed``,
   ``finished``): the requeue scripts leave a job alone only if it is finished, or failed and in
   the failed registry, or scheduled and in the scheduled registry, or queued and in its queue
-  or intermediate list (``RQ_WHERE_LUA``; LPOS from Redis 6.0.6, an LRANGE scan before);
+  or intermediate list (``store/lua/_rq_where.lua``; LPOS from Redis 6.0.6, an LRANGE scan before);
   otherwise they set ``queued`` and RPUSH it. forget refuses a ``started`` job.
 - ``enqueued_at``, ``ended_at`` (RQ's ``utcformat``, read with ``rq.utils.str_to_date``): status
   reads the oldest queued and the newest failed job's.
@@ -66,9 +66,10 @@ Job hash fields:
   (``_success_callback_name``, ``_failure_callback_name``, ``_stopped_callback_name``) and
   posts to its ``webhooks``: :func:`job_refusal` checks all of them before a worker runs a job.
 
-Methods of RQ's classes overridden in dispatcher/worker/worker.py (``OVERRIDDEN``): on
-``BaseWorker`` ``__init__`` (with ``job_monitoring_interval``, ``maintenance_interval``,
-``worker_ttl``, ``queue_class``), ``get_heartbeat_ttl``, ``clean_registries``,
+Methods of RQ's classes overridden in dispatcher/worker/ (``OVERRIDDEN``; the mixin in
+``base.py``, ``InProcessWorker`` in ``classes.py``): on ``BaseWorker`` ``__init__`` (with
+``job_monitoring_interval``, ``maintenance_interval``, ``worker_ttl``, ``queue_class``),
+``get_heartbeat_ttl``, ``clean_registries``,
 ``execute_job`` (twice: the mixin and ``InProcessWorker``), ``handle_job_failure``,
 ``handle_job_success`` (the outcome line), ``prepare_job_execution`` (deletes the job's
 first-seen mark), ``subscribe`` (the pubsub thread waits ``PUBSUB_WAIT``, not 60 s: redis-py
@@ -105,8 +106,7 @@ them (RQ writes ``status=scheduled`` at once, before the failure pipeline moves 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +128,7 @@ from rq.registry import (
 from rq.serializers import JSONSerializer
 from rq.utils import get_version
 
-from dispatcher.store.wrongtype import lua_type_guard
+from dispatcher.store.lua import script
 
 if TYPE_CHECKING:
     from rq.worker import BaseWorker
@@ -156,11 +156,8 @@ __all__ = [
     "REQUEUE_STRANDED",
     "RETURN_POPPED",
     "RQ_CLEANED_ELSEWHERE",
-    "RQ_ENQUEUE_LUA",
     "RQ_LIFECYCLE_MESSAGES",
-    "RQ_WHERE_LUA",
     "SUPPORTED_RQ",
-    "GuardedScript",
     "WorkerBase",
     "call_exception_handlers",
     "canceled_key",
@@ -212,7 +209,7 @@ OVERRIDDEN = (
     ("rq.worker.BaseWorker", "_shutdown"),
     ("rq.worker.BaseWorker", "request_force_stop"),
     ("rq.worker.BaseWorker", "handle_job_success"),
-    # dispatcher/worker/worker.py: maintenance (recovery.py), first-seen marks, shutdown
+    # dispatcher/worker/base.py: maintenance (recovery.py), first-seen marks, shutdown
     ("rq.worker.BaseWorker", "prepare_job_execution"),
     ("rq.worker.BaseWorker", "subscribe"),
     ("rq.worker.BaseWorker", "teardown"),
@@ -468,39 +465,9 @@ def delete_job(pipe: Any, queue: str, job_id: str) -> None:
 
 # -- Lua that writes RQ's structures ------------------------------------------------------------
 
-# Local Lua functions for a script that enqueues as Queue.enqueue does (Job.save, then
-# Queue.push_job_id, and the queue registered in rq:queues). The job's fields come in ARGV as
-# field/value items: ``shared`` items ARGV[shared_at .. shared_at + shared_n - 1] common to
-# every job of the call, then its own ARGV[own_at .. own_at + own_n - 1].
-RQ_ENQUEUE_LUA = """
-local function rq_save_job(job_key, shared_at, shared_n, own_at, own_n)
-  -- A job hash left from an earlier dispatch of a forgotten order must not leak fields.
-  redis.call('DEL', job_key)
-  if shared_n > 0 then
-    redis.call('HSET', job_key, unpack(ARGV, shared_at, shared_at + shared_n - 1))
-  end
-  redis.call('HSET', job_key, unpack(ARGV, own_at, own_at + own_n - 1))
-end
-local function rq_push_job(queue_key, job_id)
-  redis.call('RPUSH', queue_key, job_id)
-end
-local function rq_register_queue(queues_key, queue_key)
-  redis.call('SADD', queues_key, queue_key)
-end
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class GuardedScript:
-    """A Lua script that checks the type of each of its KEYS (``types``) before it writes."""
-
-    types: tuple[str, ...]
-    lua: str
-
-    @classmethod
-    def of(cls, types: Sequence[str], body: str) -> GuardedScript:
-        return cls(tuple(types), lua_type_guard(types) + body)
-
+# Enqueueing as Queue.enqueue does (Job.save, then Queue.push_job_id, and the queue registered
+# in rq:queues) is dispatcher/store/lua/_rq_enqueue.lua's (for the dispatch script); whether a
+# job is where its status says, dispatcher/store/lua/_rq_where.lua's (for the requeue scripts).
 
 # Redis's LPOS (6.0.6) finds a job id in a list in C; before it, the scripts scan the list
 # in LRANGE pages of 1,000 (Redis >= 5.0 is supported, connection.MIN_REDIS_VERSION). Either
@@ -513,108 +480,14 @@ def list_search_mode(connection: Redis) -> str:
     return "lpos" if get_version(connection) >= LPOS_SINCE else "scan"
 
 
-# Local Lua functions: is a job where its status says it is? Leave it alone only if it is
-# finished, or failed and in the failed registry, or scheduled and in the scheduled registry,
-# or queued and in its queue (or its intermediate list: a worker popped it and will start it,
-# or requeue_stranded puts it back). Anything else (started, a status written without its
-# registry move, stopped, canceled, no status) is nowhere a worker will find it.
-RQ_WHERE_LUA = """
-local function rq_in_list(key, id, mode)
-  if mode == 'lpos' then return redis.call('LPOS', key, id) ~= false end
-  local n = redis.call('LLEN', key)
-  local i = 0
-  while i < n do
-    for _, v in ipairs(redis.call('LRANGE', key, i, i + 999)) do
-      if v == id then return true end
-    end
-    i = i + 1000
-  end
-  return false
-end
-local function rq_in_place(job_key, id, queue_key, intermediate_key, failed_key,
-                           scheduled_key, mode)
-  local status = redis.call('HGET', job_key, 'status')
-  if status == 'finished' then return true end
-  if status == 'failed' then return redis.call('ZSCORE', failed_key, id) ~= false end
-  if status == 'scheduled' then return redis.call('ZSCORE', scheduled_key, id) ~= false end
-  if status == 'queued' then
-    return rq_in_list(queue_key, id, mode) or rq_in_list(intermediate_key, id, mode)
-  end
-  return false
-end
-local function rq_put_back(job_key, queue_key, id)
-  redis.call('HSET', job_key, 'status', 'queued')
-  redis.call('RPUSH', queue_key, id)
-end
-"""
-
 # Answers of the requeue scripts: the entry was already gone (another worker took it), the
 # job was put back, it was where its status says, or it has no job hash (nothing to run: RQ
 # would pop the id and drop it into the intermediate list again; only the ledger, which has
 # the order, can dispatch it anew).
 GONE, REQUEUED, IN_PLACE, NO_JOB = 0, 1, 2, 3
 
-# KEYS: 1 started registry, 2 job hash, 3 queue list, 4 intermediate list, 5 failed registry,
-# 6 scheduled registry, 7 first-seen mark. ARGV: 1 registry entry, 2 job id, 3 list search
-# mode (list_search_mode). Whoever removes the registry entry decides, at most one worker
-# does, and the job is never out of both the registry and the place it belongs: it is put back
-# on the queue unless it is where its status says (rq_in_place), whatever that status is, or
-# has no job hash (NO_JOB).
-# Types are checked first: a WRONGTYPE after the ZREM would lose the job.
-REQUEUE_ABANDONED = GuardedScript.of(
-    ("zset", "hash", "list", "list", "zset", "zset", "string"),
-    RQ_WHERE_LUA
-    + """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 0 then return 3 end
-if rq_in_place(KEYS[2], ARGV[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[3]) then return 2 end
-redis.call('DEL', KEYS[7])
-rq_put_back(KEYS[2], KEYS[3], ARGV[2])
-return 1
-""",
-)
-
-# KEYS: 1 intermediate list, 2 queue list, 3 job hash, 4 failed registry, 5 scheduled
-# registry, 6 first-seen mark. ARGV: 1 job id, 2 list search mode. A job a worker popped (RQ
-# moves it to the intermediate list first) but never started: taken off the list and put
-# back on the queue unless it is already where its status says or has no job hash, at most
-# once; its first-seen mark goes with it (the next time it is popped is a new sighting).
-REQUEUE_STRANDED = GuardedScript.of(
-    ("list", "list", "hash", "zset", "zset", "string"),
-    RQ_WHERE_LUA
-    + """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('DEL', KEYS[6])
-if redis.call('EXISTS', KEYS[3]) == 0 then return 3 end
-if rq_in_place(KEYS[3], ARGV[1], KEYS[2], KEYS[1], KEYS[4], KEYS[5], ARGV[2]) then return 2 end
-rq_put_back(KEYS[3], KEYS[2], ARGV[1])
-return 1
-""",
-)
-
-# KEYS: 1 intermediate list, 2 queue list, 3 first-seen mark. ARGV: 1 job id. A job this
-# worker just popped and leaves untouched (another namespace's): back to the end of the queue.
-RETURN_POPPED = GuardedScript.of(
-    ("list", "list", "string"),
-    """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('DEL', KEYS[3])
-redis.call('RPUSH', KEYS[2], ARGV[1])
-return 1
-""",
-)
-
-# KEYS: 1 intermediate list, 2 first-seen mark. ARGV: 1 job id, 2 now (unix time), 3 list
-# search mode. Mark a job first seen popped but not started (as RQ's set_first_seen: kept if
-# set, for a day), only while it is still in the intermediate list: a mark set after the job
-# left it (a worker started it meanwhile) would outlive this visit and make its next one, a
-# retry, look stranded at once.
-MARK_FIRST_SEEN = GuardedScript.of(
-    ("list", "string"),
-    RQ_WHERE_LUA
-    + """
-if not rq_in_list(KEYS[1], ARGV[1], ARGV[3]) then return 0 end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', 86400) then return 1 end
-return 0
-""",
-)
+# The requeue scripts (worker/recovery.py), their KEYS and ARGV in their files.
+REQUEUE_ABANDONED = script("rq_requeue_abandoned")
+REQUEUE_STRANDED = script("rq_requeue_stranded")
+RETURN_POPPED = script("rq_return_popped")
+MARK_FIRST_SEEN = script("rq_mark_first_seen")

@@ -9,6 +9,9 @@ longer. The counters ride on writes that happen anyway, never a round trip of th
 - ``results``: orders whose final result was written back (inside the outbox's written
   script, where ``results_written`` is counted too).
 
+Inside a script, ``count_throughput`` of ``dispatcher/store/lua/_throughput.lua`` counts (its
+25 hours are :data:`_KEEP_HOURS`); outside, :func:`count` on a pipeline.
+
 A counter key of another type is skipped, never fatal: a chart must not stop dispatching.
 Reading the last 24 hours (:func:`read_series`) is one pipelined round trip of 25 ``HGETALL``.
 """
@@ -32,12 +35,12 @@ __all__ = [
     "expire_at",
     "field",
     "hour_key",
-    "lua_count",
     "read_series",
 ]
 
 KINDS = ("found", "dispatched", "results")
 WINDOW_MINUTES = 24 * 60
+# Also in dispatcher/store/lua/_throughput.lua (tests/store/test_throughput.py checks both).
 _KEEP_HOURS = 25
 
 
@@ -61,22 +64,6 @@ def count(pipe: Any, keys: Keys, kind: str, amount: int, now: float) -> None:
     key = hour_key(keys, now)
     pipe.hincrby(key, field(kind, now), amount)
     pipe.expireat(key, expire_at(now))
-
-
-def lua_count(key: str, kind: str, now: str, amount: str) -> str:
-    """Lua incrementing the counter: ``key`` (e.g. ``KEYS[6]``) is the hour's hash, ``now``
-    an expression of the unix time (whole seconds, the one the key was chosen with),
-    ``amount`` an expression. Skipped when the key holds another type."""
-    return f"""
-do
-  local found = redis.call('TYPE', {key})['ok']
-  if found == 'none' or found == 'hash' then
-    local now = tonumber({now})
-    redis.call('HINCRBY', {key}, '{kind}:' .. math.floor(now / 60), {amount})
-    redis.call('EXPIREAT', {key}, (math.floor(now / 3600) + {_KEEP_HOURS}) * 3600)
-  end
-end
-"""
 
 
 @dataclass(frozen=True, slots=True)

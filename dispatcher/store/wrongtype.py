@@ -7,12 +7,13 @@ with ``WRONGTYPE Operation against a key holding the wrong kind of value``: a
 operator repairs or deletes it, so it must be reported, naming the key, by whoever meets it.
 This module is the one place that knows about wrong-type keys:
 
-- before a script writes: :func:`lua_type_guard` checks its keys' types first (Redis does not
-  roll back a script that fails part-way) and :func:`key_types_checked` turns its answer into
-  a :class:`WrongKeyTypeError` naming the key;
+- before a script writes: its guard (``dispatcher/store/lua/_type_guard.lua``) checks its
+  keys' types first (Redis does not roll back a script that fails part-way) and
+  :func:`key_types_checked` turns its answer into a :class:`WrongKeyTypeError` naming the key;
 - after a command failed: :func:`is_wrong_type` and :func:`is_refusal` tell a data problem
   from an outage, and :func:`find_wrong_types` (callers pass the keys their failed commands
-  touched, one ``TYPE`` per key, pipelined) finds the culprit;
+  touched, one ``TYPE`` per key, pipelined) finds the culprit; the keys every process
+  shares, and each integration's, are listed in :mod:`dispatcher.store.key_types`;
 - :class:`WrongType` renders the one line every report uses (logs, sweep records,
   ``dispatcher status``, ``/healthz``), with the error code :data:`WRONGTYPE_CODE`.
 """
@@ -20,7 +21,6 @@ This module is the one place that knows about wrong-type keys:
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,8 +30,6 @@ from redis.exceptions import ReadOnlyError, ResponseError
 
 from dispatcher._text import as_str
 from dispatcher.logs import escape_controls
-from dispatcher.store.keys import Keys
-from dispatcher.store.throughput import hour_key
 
 __all__ = [
     "WRONGTYPE_CODE",
@@ -40,13 +38,10 @@ __all__ = [
     "WrongType",
     "describe",
     "find_wrong_types",
-    "integration_keys",
     "is_refusal",
     "is_wrong_type",
     "key_types_checked",
-    "lua_type_guard",
     "name_wrong_type",
-    "shared_keys",
 ]
 
 WRONGTYPE_CODE = "REDIS.WRONGTYPE"
@@ -99,37 +94,17 @@ class WrongKeyTypeError(ResponseError):
         )
 
 
-# The error a guarded script answers: "<marker> <index of the key in KEYS> <type found>".
+# The error a guarded script answers (dispatcher/store/lua/_type_guard.lua): "<marker> <index
+# of the key in KEYS> <type found>".
 _WRONG_TYPE = "DISPATCHER_WRONGTYPE"
-
-
-def lua_type_guard(expected: Sequence[str]) -> str:
-    """Lua that checks KEYS[1..n] against ``expected`` (Redis type names) before a script
-    writes anything, and answers an error naming the first key of another type (an absent
-    key is fine).
-
-    Redis does not roll back a script that fails part-way: a WRONGTYPE on its third write
-    leaves the first two written (an order marked seen but never enqueued). TYPE is cheap,
-    and nothing can change a key between the check and the writes of one script.
-    :func:`key_types_checked` turns the answer into a :class:`WrongKeyTypeError`.
-    """
-    types = ", ".join(f"'{name}'" for name in expected)
-    return f"""
-for i, expected in ipairs({{{types}}}) do
-  local found = redis.call('TYPE', KEYS[i])['ok']
-  if found ~= 'none' and found ~= expected then
-    return redis.error_reply('{_WRONG_TYPE} ' .. i .. ' ' .. found)
-  end
-end
-"""
 
 
 @contextmanager
 def key_types_checked(
     keys: Sequence[str], expected: Sequence[str], *, integration_id: str | None = None
 ) -> Iterator[None]:
-    """Around a script that starts with ``lua_type_guard(expected)``: its answer about a key
-    of the wrong type is raised as a :class:`WrongKeyTypeError` naming the key."""
+    """Around a script whose type guard checks ``expected`` (its ``KEY_TYPES``): its answer
+    about a key of the wrong type is raised as a :class:`WrongKeyTypeError` naming the key."""
     try:
         yield
     except ResponseError as exc:
@@ -183,55 +158,6 @@ def describe(exc: BaseException, wrong: Iterable[WrongType]) -> str:
     return escape_controls(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
-def shared_keys(
-    keys: Keys,
-    queue_key: str,
-    *,
-    results_queue_key: str | None = None,
-    now: float | None = None,
-) -> dict[str, str]:
-    """The keys every poller, worker, webhook and results API shares (key -> type), for
-    ``/healthz``, ``status`` and for diagnosing a failed command: one broken, and nothing of
-    its kind works (a string at ``{ns}:outbox-pending`` fails every results PUT; this hour's
-    throughput hash every dispatch script; ``{ns}:webhook-unconfirmed`` every webhook delivery).
-
-    ``results_queue_key``: the results queue's RQ key, when the caller knows it; ``now``:
-    whose hour's throughput hash (default: the current one).
-    """
-    # rq_internals builds its guarded scripts with lua_type_guard (below): imported late.
-    from dispatcher.store.rq_internals import QUEUES_KEY
-
-    service = {
-        keys.outbox_index("pending"): "zset",
-        keys.outbox_index("written"): "zset",
-        keys.outbox_index("failed"): "zset",
-        keys.provisioned: "zset",
-        keys.result_stats: "hash",
-        hour_key(keys, time.time() if now is None else now): "hash",
-        # A wrong-type confirmation hash makes every webhook delivery 503; a wrong-type
-        # global login count every console login. The per-client and per-session console
-        # keys cannot be listed without a SCAN: the console names them when it meets them.
-        keys.webhook_unconfirmed: "hash",
-        keys.webhook_unconfirmed_since: "zset",
-        keys.console_login_all: "string",
-    }
-    if results_queue_key is not None:
-        service[results_queue_key] = "list"
-    return {
-        keys.schedule: "zset",
-        keys.integrations: "set",
-        keys.paused: "set",
-        keys.seen_integrations: "set",
-        keys.swept_integrations: "set",
-        keys.stats: "hash",
-        keys.step_stats: "hash",
-        keys.kombo_requests: "hash",
-        queue_key: "list",
-        QUEUES_KEY: "set",
-        **service,
-    }
-
-
 class MetWrongTypes:
     """Wrong-type keys a process met that no list of keys names (the console's per-client
     and per-session keys: finding them would take a SCAN), for ``dispatcher_redis_broken_keys``.
@@ -266,15 +192,6 @@ class MetWrongTypes:
             for key in met.keys() - broken:
                 self._met.pop(key, None)
         return [WrongType(met[w.key][1], w.found, w.expected) for w in wrong]
-
-
-def integration_keys(keys: Keys, integration_id: str) -> dict[str, str]:
-    """The keys of one integration the poller touches (key -> type)."""
-    return {
-        keys.seen(integration_id): "hash",
-        keys.sweep(integration_id): "hash",
-        keys.lease(integration_id): "string",
-    }
 
 
 def _holds(key: str, found: str, expected: str) -> str:

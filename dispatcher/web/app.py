@@ -29,9 +29,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from dispatcher.ops.status import BrokenKey, Snapshot, take_snapshot
 from dispatcher.settings import Settings
 from dispatcher.store.connection import ServerCheck, check_server
+from dispatcher.store.key_types import shared_keys
 from dispatcher.store.keys import Keys
 from dispatcher.store.rq_internals import queue_key
-from dispatcher.store.wrongtype import MetWrongTypes, find_wrong_types, shared_keys
+from dispatcher.store.wrongtype import MetWrongTypes, find_wrong_types
 from dispatcher.web.bodies import body_middleware
 from dispatcher.web.metrics import CONTENT_TYPE, exposition
 from dispatcher.web.results_api import results_routes
@@ -111,7 +112,8 @@ def create_app(
         *extra_routes,
     ]
     if settings.console_token is not None:
-        # The operator console at / (dispatcher/web/console/): off without its token.
+        # The operator console at / (dispatcher/web/console/): off without its token, and
+        # then not loaded (its templates, Jinja2).
         from dispatcher.web.console import console_routes
 
         routes.extend(console_routes(settings, redis, met))

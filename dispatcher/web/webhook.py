@@ -49,6 +49,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dispatcher import tunables
 from dispatcher.kombo.models import (
     Order,
     OrderStatus,
@@ -238,7 +239,7 @@ class WebhookReceiver:
         acceptors: tuple[Acceptor, ...],
         inline_url: str | None,
         confirmer: Confirmer | None = None,
-        timeline_ttl: int = 30 * 24 * 3600,
+        timeline_ttl: int = int(tunables.SEEN_RETENTION),
     ) -> None:
         self.secret = secret
         self.confirmer = confirmer

@@ -35,9 +35,9 @@ from dispatcher.redact import scrub
 from dispatcher.settings import Settings, load_settings
 from dispatcher.store.failures import clean_reason, job_timeout_reason
 from dispatcher.store.keys import Keys
+from dispatcher.store.lua import script
 from dispatcher.store.replication import ReplicaAck, run_script
-from dispatcher.store.results import mark_provisioned
-from dispatcher.store.wrongtype import key_types_checked, lua_type_guard
+from dispatcher.store.timeline import mark_provisioned
 from dispatcher.worker._slot import ProcessSlot
 from dispatcher.worker.deadlines import deadline
 
@@ -159,19 +159,8 @@ def step_key(namespace: str, integration_id: str, order_id: str, handler: str) -
 _ATTEMPTS = "_attempts"
 
 
-# KEYS: 1 steps hash, 2 step-stats hash. ARGV: 1 handler, 2 record, 3 ttl, 4 stats field.
-# One script: a step is recorded with its TTL and counted, or (a key of another type) nothing.
-_COMPLETE_TYPES = ("hash", "hash")
-_COMPLETE = (
-    lua_type_guard(_COMPLETE_TYPES)
-    + """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
-return 1
-"""
-)
-_COMPLETE_SHA = hashlib.sha1(_COMPLETE.encode()).hexdigest()
+# A step recorded with its TTL and counted, in one script (KEYS and ARGV in its file).
+_COMPLETE = script("step_complete")
 
 
 class StepStore:
@@ -216,16 +205,14 @@ class StepStore:
         replicas' acknowledgement rides in it too, see dispatcher.store.replication)."""
         record = json.dumps({"output": output, "completed_at": round(time.time(), 3)})
         keys = [self.key, self.keys.step_stats]
-        with key_types_checked(keys, _COMPLETE_TYPES):
-            run_script(
-                self.redis,
-                _COMPLETE,
-                keys,
-                [handler, record, self.ttl, f"{handler}:completed"],
-                ack=self.ack,
-                what=f"step {handler} of order {escape_controls(self.order_id)}",
-                sha=_COMPLETE_SHA,
-            )
+        run_script(
+            self.redis,
+            _COMPLETE,
+            keys,
+            [handler, record, self.ttl, f"{handler}:completed"],
+            ack=self.ack,
+            what=f"step {handler} of order {escape_controls(self.order_id)}",
+        )
 
     def failed(self, handler: str) -> None:
         self.redis.hincrby(self.keys.step_stats, f"{handler}:failed", 1)

@@ -28,6 +28,7 @@ from typing import Any, cast
 
 from redis import Redis
 
+from dispatcher.store.lua import LuaScript
 from dispatcher.store.rq_internals import (
     MARK_FIRST_SEEN,
     NO_JOB,
@@ -35,7 +36,6 @@ from dispatcher.store.rq_internals import (
     REQUEUE_STRANDED,
     REQUEUED,
     RETURN_POPPED,
-    GuardedScript,
     failed_key,
     first_seen_key,
     intermediate_job_ids,
@@ -48,7 +48,7 @@ from dispatcher.store.rq_internals import (
     started_key,
 )
 from dispatcher.store.rq_internals import first_seen as rq_first_seen
-from dispatcher.store.wrongtype import WrongKeyTypeError, key_types_checked
+from dispatcher.store.wrongtype import WrongKeyTypeError
 
 __all__ = [
     "STRANDED_AFTER",
@@ -67,13 +67,12 @@ STRANDED_AFTER = 10
 
 
 def _run(
-    connection: Redis, script: GuardedScript, keys: list[str], args: list[Any], job_id: str
+    connection: Redis, script: LuaScript, keys: list[str], args: list[Any], job_id: str
 ) -> int | None:
     """Run a requeue script; a key of the wrong type is logged (naming it) and skipped, the job
     left where it is, rather than stopping the worker's maintenance (None)."""
     try:
-        with key_types_checked(keys, script.types):
-            return int(cast("int", connection.eval(script.lua, len(keys), *keys, *args)))
+        return int(cast("int", script(connection, keys, args)))
     except WrongKeyTypeError as exc:
         log.error("cannot requeue job %s: %s", job_id, exc)
         return None

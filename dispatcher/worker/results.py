@@ -6,7 +6,7 @@ processes, see below) and:
 
 1. reads the order's outbox hash; a job that does not own the pending write does nothing (a
    recovered duplicate, a write already ended);
-2. takes one of the integration's write slots (:class:`~dispatcher.store.results.WriteLeases`,
+2. takes one of the integration's write slots (:class:`~dispatcher.store.leases.WriteLeases`,
    ``DISPATCHER_KOMBO_WRITE_CONCURRENCY`` across every process; a lease expires when its
    holder dies); when none frees up within a moment it hands the write to a new job a moment
    later instead of blocking the worker;
@@ -32,11 +32,10 @@ one queue, and the Procfile has a ``results`` line.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,22 +44,25 @@ from rq import Queue, Worker, get_current_job
 from rq.job import Job
 from rq.worker_pool import WorkerPool
 
-from dispatcher import _text
+from dispatcher import _text, tunables
 from dispatcher.kombo.client import KomboClient, KomboError
 from dispatcher.kombo.results import AssessmentResult, InvalidResultError
 from dispatcher.logs import escape_controls
 from dispatcher.settings import Settings, load_settings
+from dispatcher.store.connection import connect
 from dispatcher.store.failures import clean_reason
 from dispatcher.store.keys import Keys
+from dispatcher.store.leases import WriteLeases
 from dispatcher.store.results import (
     FINAL_STATUSES,
     Outbox,
     OutboxRecord,
-    WriteLeases,
     parse_result,
 )
 from dispatcher.store.rq_internals import JOB_SERIALIZER, WorkerBase
 from dispatcher.worker._slot import ProcessSlot
+from dispatcher.worker.classes import InProcessWorker
+from dispatcher.worker.threaded import threaded_worker_class
 
 __all__ = [
     "KomboView",
@@ -74,10 +76,18 @@ __all__ = [
     "write_result",
 ]
 
-log = logging.getLogger("dispatcher.writeback")
+log = logging.getLogger("dispatcher.results")
 
-_BACKOFF_BASE = 1.0
-_BACKOFF_CAP = 300.0
+# A retried write waits Kombo's Retry-After, else a jittered delay under a ceiling that
+# doubles per attempt from 1 s up to 5 min: the retries span DISPATCHER_RESULT_RETRY_FOR
+# (hours), so a long outage costs a write every few minutes, not one a second. The Kombo
+# client's own backoff (kombo/client.py) caps at 30 s instead: it retries within one
+# request's KOMBO_RETRY_BUDGET.
+_WRITE_RETRY_FIRST = 1.0
+_WRITE_RETRY_CAP = 300.0
+# A write slot's lease outlives the longest PUT (KOMBO_TIMEOUT) by this much: a live writer
+# keeps its slot to the end of its request; a dead one's slot frees up this long after.
+_LEASE_MARGIN = 10.0
 # How long a write waits for a free slot of its integration before it lets another job try.
 _LEASE_WAIT = 2.0
 # New bodies submitted while one job writes: after this many rounds the job hands over.
@@ -142,8 +152,8 @@ class ResultWriter:
         leases: WriteLeases,
         client: KomboClient,
         *,
-        retry_for: float = 24 * 3600.0,
-        lease_ttl: float = 40.0,
+        retry_for: float = tunables.RESULT_RETRY_FOR,
+        lease_ttl: float = tunables.KOMBO_TIMEOUT + _LEASE_MARGIN,
         lease_wait: float = _LEASE_WAIT,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -283,8 +293,9 @@ class ResultWriter:
         if error.retry_after is not None:
             delay = error.retry_after
         else:
-            exponent = min(record.attempts, 16)
-            delay = self._rng.uniform(0.1, min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**exponent))
+            exponent = min(record.attempts, tunables.BACKOFF_MAX_EXPONENT)
+            ceiling = min(_WRITE_RETRY_CAP, _WRITE_RETRY_FIRST * 2.0**exponent)
+            delay = self._rng.uniform(0.1, ceiling)
         delay = min(delay, max(0.0, self.retry_for - elapsed))
         return self.outbox.reschedule(record, job_id, delay, error=reason)
 
@@ -320,7 +331,9 @@ class WriterRuntime:
         cls, settings: Settings, redis: Redis | None = None, *, threads: int = 1
     ) -> WriterRuntime:
         """``threads``: write jobs this process runs at once (each may hold a connection)."""
-        redis = redis or Redis.from_url(settings.redis_url.get_secret_value())
+        # Through connection.py like every process: a rediss:// or Sentinel REDIS_URL works
+        # for a plain ``rq worker`` (which builds this on its first write job) too.
+        redis = redis or connect(settings.redis_url.get_secret_value(), role="worker")
         client = KomboClient(
             settings.require_kombo(),
             settings.kombo_base_url,
@@ -334,7 +347,7 @@ class WriterRuntime:
             WriteLeases(redis, Keys(settings.namespace), settings.kombo_write_concurrency),
             client,
             retry_for=settings.result_retry_for,
-            lease_ttl=settings.kombo_timeout + 10.0,
+            lease_ttl=settings.kombo_timeout + _LEASE_MARGIN,
         )
         return cls(settings=settings, redis=redis, writer=writer)
 
@@ -424,15 +437,11 @@ def run_results_worker(
     ``DISPATCHER_WORKER_SHUTDOWN_TIMEOUT`` seconds (a write is bounded by
     ``KOMBO_TIMEOUT``), then puts the rest back on the queue.
     """
-    from dispatcher.worker.worker import InProcessWorker
-
     runtime = runtime or WriterRuntime.from_settings(settings, redis, threads=threads)
     install_writer(runtime)
     queue = Queue(settings.results_queue, connection=redis, serializer=JOB_SERIALIZER)
     worker_class: type[WorkerBase]
     if threads > 1:
-        from dispatcher.worker.threaded import threaded_worker_class
-
         worker_class = threaded_worker_class(threads, settings.worker_shutdown_timeout)
     else:
         worker_class = InProcessWorker
@@ -451,22 +460,3 @@ def run_results_worker(
             pool.start(burst=burst, logging_level=settings.log_level)
     finally:
         runtime.writer.client.close()  # its Kombo connections (one per thread that wrote)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dispatcher.worker.results``: the results workers, as ``dispatcher worker
-    --results`` runs them (kept for scripts and benchmarks that start them this way)."""
-    parser = argparse.ArgumentParser(prog="python -m dispatcher.worker.results")
-    parser.add_argument("--burst", action="store_true", help="stop once the queue is empty")
-    parser.add_argument("--processes", type=int, default=1, help="worker processes")
-    parser.add_argument("--threads", type=int, default=1, help="write jobs per process at once")
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    redis = Redis.from_url(settings.redis_url.get_secret_value())
-    run_results_worker(
-        settings, redis, burst=args.burst, processes=args.processes, threads=args.threads
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -44,9 +44,9 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from dispatcher.logs import set_order_context
+from dispatcher.worker.base import DispatcherWorkerMixin, log_context
 from dispatcher.worker.deadlines import DeadlinePenalty
 from dispatcher.worker.recovery import requeue_entry
-from dispatcher.worker.worker import _DispatcherWorkerMixin, _log_context
 
 __all__ = ["ThreadedWorker", "threaded_worker_class"]
 
@@ -54,7 +54,7 @@ __all__ = ["ThreadedWorker", "threaded_worker_class"]
 _SLOT_POLL = 1.0
 
 
-class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
+class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
     """An RQ worker running up to ``threads`` jobs at once in its own process (see module)."""
 
     threads: ClassVar[int] = 8
@@ -224,7 +224,7 @@ class ThreadedWorker(_DispatcherWorkerMixin, SimpleWorker):
                 self._slots.release()
 
     def _run_one(self, job: Job, queue: Queue) -> None:
-        set_order_context(_log_context(job))
+        set_order_context(log_context(job))
         try:
             execution = self.prepare_execution(job)
             with self._in_flight_lock:

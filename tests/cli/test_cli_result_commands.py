@@ -18,9 +18,9 @@ import pytest
 from click.testing import Result
 from redis import Redis
 
-from dispatcher.kombo.results import recorded_result
 from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
+from dispatcher.store.result_record import recorded_result
 from dispatcher.store.results import Outbox
 from dispatcher.testing.simulator import (
     DEFAULT_API_KEY,

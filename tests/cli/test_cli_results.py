@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 from redis import Redis
+from rq.job import Job
 
 from dispatcher.store.results import Outbox, OutboxRecord
+from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
 from support import dispatcher_env, kill_tree, wait_until
 from support.ops import run
@@ -266,6 +268,29 @@ def test_worker_results_burst_writes_what_was_submitted(
     assert worked.exit_code == 0, worked.stderr
     assert outbox.counts() == {"pending": 0, "written": 3, "failed": 0}
     assert all(sim.applied_writes[key] == 1 for key in orders)
+
+
+def test_a_write_job_queued_under_the_old_module_path_is_run_after_an_upgrade(
+    env: dict[str, str], sim: Simulator, outbox: Outbox, redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import dispatcher.store.results as store_results
+
+    # Given a write job queued by a dispatcher before worker/writeback.py became
+    # worker/results.py: its job names the function by the old path
+    old = "dispatcher.worker.writeback.write_result"
+    integration, order = order_of(sim)
+    with monkeypatch.context() as before_the_upgrade:
+        before_the_upgrade.setattr(store_results, "RESULT_JOB_FUNCTION", old)
+        assert result(integration, order, "--no-wait").exit_code == 0
+    job_id = record_of(outbox, integration, order).job_id
+    assert Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER).func_name == old
+    # When this version's results worker works the queue
+    worked = run("worker", "--results", "--burst")
+    # Then it runs the job (not refused as a foreign function): the result is written once
+    assert worked.exit_code == 0, worked.stderr
+    assert outbox.counts() == {"pending": 0, "written": 1, "failed": 0}
+    assert sim.applied_writes[(integration, order)] == 1
 
 
 def test_worker_results_with_threads_writes_each_result_once(

@@ -17,8 +17,8 @@ from dispatcher.store.keys import Keys
 from dispatcher.store.results import Outbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
 from dispatcher.web.app import create_app
+from dispatcher.worker.base import RECOVERY_BOUND
 from dispatcher.worker.results import READ_BACK_STATUS_ONLY
-from dispatcher.worker.worker import RECOVERY_BOUND
 from support import RedisServer, dispatcher_env, slow_beyond, wait_until
 from support.results import TOKEN, Fleet, auth
 from support.webhook import ReceiverServer

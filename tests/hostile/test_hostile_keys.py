@@ -34,19 +34,19 @@ from dispatcher.kombo.models import (
     id_problem,
     parse_order,
 )
-from dispatcher.kombo.results import record_result
 from dispatcher.ops.admin import forget_order
 from dispatcher.plugins import check_handler
 from dispatcher.poller.integrations import check_integration_id
 from dispatcher.store.keys import Keys, job_id_for, order_ref
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.result_record import record_result
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.store.wrongtype import WrongKeyTypeError
 from dispatcher.testing.simulator import Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.web.webhook import WEBHOOK_PATH
+from dispatcher.worker.classes import DispatcherSimpleWorker
 from dispatcher.worker.jobs import StepStore, step_key
-from dispatcher.worker.worker import DispatcherSimpleWorker
 from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
 from support.ops import settings_for, sweep, work
 from support.webhook import AppClient, event_body, make_app, make_ledger, signed
@@ -466,7 +466,7 @@ def test_a_stranded_job_is_not_lost_to_a_wrong_type_queue(
     redis.set(intermediate.get_first_seen_key("order-stranded"), 1.0)  # popped long ago
     redis.set(queue.key, "x")
     worker = DispatcherSimpleWorker([queue], connection=redis)
-    with caplog.at_level(logging.ERROR, "dispatcher.worker.worker"):
+    with caplog.at_level(logging.ERROR, "dispatcher.worker"):
         assert worker.requeue_stranded(queue) == 0
     assert redis.lrange(intermediate.key, 0, -1) == [b"order-stranded"]
     assert f"key {queue.key} holds a string where a list belongs" in caplog.text
@@ -485,7 +485,7 @@ def test_an_abandoned_job_is_not_lost_to_a_wrong_type_queue(
     redis.zadd(registry.key, {"order-abandoned:exec1": 1})  # heartbeat long expired
     redis.set(queue.key, "x")
     worker = DispatcherSimpleWorker([queue], connection=redis)
-    with caplog.at_level(logging.ERROR, "dispatcher.worker.worker"):
+    with caplog.at_level(logging.ERROR, "dispatcher.worker"):
         assert worker.requeue_abandoned(queue) == 0
     assert redis.zrange(registry.key, 0, -1) == [b"order-abandoned:exec1"]
     assert f"key {queue.key} holds a string where a list belongs" in caplog.text

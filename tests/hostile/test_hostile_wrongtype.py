@@ -28,16 +28,11 @@ from dispatcher.logs import escape_controls
 from dispatcher.ops.status import take_snapshot
 from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.poller.schedule import Schedule
+from dispatcher.store.key_types import integration_keys, shared_keys
 from dispatcher.store.keys import SCHEMA, Keys
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.store.wrongtype import (
-    WRONGTYPE_CODE,
-    describe,
-    find_wrong_types,
-    integration_keys,
-    shared_keys,
-)
+from dispatcher.store.wrongtype import WRONGTYPE_CODE, describe, find_wrong_types
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.web.app import create_app
 from support import wait_until

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -238,18 +239,33 @@ def test_watch_on_a_terminal_redraws_in_place_in_colour_and_stops_on_ctrl_c(
     )
     os.close(slave)
     screen = b""
-    try:
-        deadline = time.monotonic() + 20
-        while screen.count(b"dispatcher status") < 3 and time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
+
+    def read_screen() -> None:
+        nonlocal screen
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            with contextlib.suppress(OSError):  # EIO: the terminal's other end closed
                 screen += os.read(master, 65536)
+
+    try:
+        deadline = time.monotonic() + 60
+        while screen.count(b"dispatcher status") < 3 and time.monotonic() < deadline:
+            read_screen()
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=20)
+        # A terminal keeps reading while the program stops: a full pty would block its
+        # last write (and the stop) on a loaded machine.
+        while proc.poll() is None and time.monotonic() < deadline:
+            read_screen()
+        assert proc.poll() is not None, "status --watch did not stop within a minute of Ctrl-C"
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
     finally:
         os.close(master)
         if proc.poll() is None:
             proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
     assert screen.count(b"dispatcher status") >= 3
     assert screen.startswith(b"\x1b[H\x1b[2J")  # clear once, then home for each frame
     assert screen.count(b"\x1b[2J") == 1 and screen.count(b"\x1b[H") >= 3

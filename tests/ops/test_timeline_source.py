@@ -16,6 +16,7 @@ from redis import Redis
 from rq import Queue
 
 from dispatcher.kombo.models import parse_order
+from dispatcher.ops.admin import OrderRecord, StepRecord
 from dispatcher.ops.timeline import order_timeline, timeline_lines
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys, order_ref
@@ -47,6 +48,33 @@ def test_the_first_seen_event_names_the_path_the_order_came_by(redis: Redis) -> 
     assert polled[0]["event"] == "first_seen" and polled[0]["source"] == "poll"
     assert pushed[0]["event"] == "first_seen" and pushed[0]["source"] == "webhook"
     assert 'source="webhook"' in timeline_lines(pushed)[0]
+
+
+def test_a_step_done_within_the_millisecond_of_the_start_is_shown_after_it(
+    redis: Redis,
+) -> None:
+    # Steps keep their time to the millisecond (rounded), RQ its start to the microsecond:
+    # a fast step once read before its job's start on a loaded machine.
+    settings = Settings(  # type: ignore[call-arg]
+        KOMBO_API_KEY="sk_test_timeline", KOMBO_INTEGRATION_IDS=INTEGRATION
+    )
+    start = 1_800_000_000.1232
+    record = OrderRecord(
+        order_id="Fast1",
+        integration_id=INTEGRATION,
+        job_id="job-fast1",
+        seen_at=start - 1,
+        job_status="finished",
+        enqueued_at=start - 0.5,
+        started_at=start,  # 123.2 ms
+        ended_at=start + 0.001,
+        steps=(StepRecord("log", {}, round(start + 0.0001, 3)),),  # 123.3 ms: 123 ms
+    )
+
+    events = order_timeline(redis, settings, INTEGRATION, "Fast1", record=record)
+
+    kinds = [event["event"] for event in events]
+    assert kinds.index("started") < kinds.index("step_done"), kinds
 
 
 # -- one source, causal order, forget ------------------------------------------------------

@@ -282,6 +282,24 @@ def test_a_failing_integration_backs_off_exponentially_up_to_the_cap(redis: Redi
     assert len(queued_pairs(redis)) == 3
 
 
+def test_an_integration_failing_for_weeks_still_waits_the_cap(redis: Redis) -> None:
+    # Given an integration that failed 2,000 sweeps in a row (three weeks at a 15 min cap),
+    # where interval * 2.0 ** 1999 would overflow a float
+    sim = Simulator(1, 3, seed=35)
+    (broken,) = sim.integration_ids
+    sim.fail_next("server_error", 10, integration_id=broken)
+    clock = Clock(10_000.0)
+    poller = make_poller(sim, redis, clock=clock, policy=SweepPolicy(interval=60, backoff_cap=900))
+    redis.hset(KEYS.sweep(broken), "consecutive_failures", 2000)
+    redis.zadd(KEYS.schedule, {broken: clock.now})
+    assert poller.schedule.claim(broken)
+    # When it fails once more
+    poller._sweep_claimed(broken)
+    # Then it is due again after the cap, as after the fifth failure
+    assert redis.zscore(KEYS.schedule, broken) - clock.now == 900
+    assert redis.hget(KEYS.sweep(broken), "consecutive_failures") == b"2001"
+
+
 # -- a fleet of pollers -----------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from dispatcher.store.ledger import JOB_FUNCTION, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER, job_hash_items
 from dispatcher.testing.simulator import Simulator
 from dispatcher.worker.jobs import Runtime
-from dispatcher.worker.worker import run_worker
+from dispatcher.worker.run import run_worker
 
 pytestmark = pytest.mark.redis
 

@@ -13,7 +13,9 @@ failed. A result write retried by RQ's scheduler (a 429 with Retry-After, schedu
 the kill, due after it) is written after the failover: the scheduler process, which dies
 with the primary, is started again by its worker.
 
-Also: ``DISPATCHER_REDIS_MIN_REPLICAS_ACK`` against a real replica.
+Also: ``DISPATCHER_REDIS_MIN_REPLICAS_ACK`` against a real replica; the results workers
+(the command's worker pool, and a write job's writer built from the environment) connect
+through a ``redis+sentinel://`` URL.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from dispatcher.store.results import Outbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import StepStore, step_key
+from dispatcher.worker.results import current_writer, install_writer, write_claimed
 from support import dispatcher_env, free_port, kill_tree, order_payload
 from support.redis_topology import SentinelSet
 from support.webhook import event_body, signed
@@ -102,6 +105,52 @@ def test_replica_ack_passes_with_a_replica_and_fails_clearly_without(
     store = StepStore(redis, Keys("ack"), INTEGRATION, "ACK1", 60, ack=ReplicaAck(2, 0.1))
     with pytest.raises(ReplicasNotAcknowledged, match="DISPATCHER_REDIS_MIN_REPLICAS_ACK"):
         store.complete("provision_http", {"ok": True})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_results_workers_connect_through_a_sentinel_url(
+    sentinels: SentinelSet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given results waiting to be written on the Sentinel-managed primary
+    redis = connect(sentinels.url)
+    sim = Simulator([INTEGRATION], 3, closed=0, seed=5)
+    orders = [str(o["id"]) for o in sim.orders(INTEGRATION, status="OPEN")]
+    with sim.serve() as server:
+        env = dispatcher_env(
+            sentinels.url,
+            KOMBO_API_KEY=DEFAULT_API_KEY,
+            KOMBO_BASE_URL=server.url,
+            DISPATCHER_NAMESPACE="sentinel-results",
+            DISPATCHER_LOG_LEVEL="WARNING",
+        )
+        settings = Settings(_env_file=None, **{  # type: ignore[arg-type]
+            k: v for k, v in env.items() if k.startswith(("DISPATCHER_", "KOMBO_", "REDIS_"))
+        })  # fmt: skip
+        outbox = Outbox.from_settings(redis, settings)
+        for order_id in orders[:2]:
+            outbox.submit(INTEGRATION, order_id, RESULT)
+        # When `dispatcher worker --results` runs with the Sentinel URL, in RQ's worker pool
+        done = subprocess.run(
+            [*WIRED, "worker", "--results", "--processes", "2", "--burst"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        # Then it writes them
+        assert done.returncode == 0, done.stderr
+        assert outbox.counts() == {"pending": 0, "written": 2, "failed": 0}
+        # And a write job run outside the command (a stock `rq worker`, which builds the
+        # writer from the environment) reaches the primary through the sentinels too
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(tmp_path)  # no stray .env
+        outbox.submit(INTEGRATION, orders[2], RESULT)
+        install_writer(None)
+        try:
+            assert write_claimed(current_writer(), INTEGRATION, orders[2]) == "written"
+        finally:
+            current_writer().writer.client.close()
+            install_writer(None)
+        assert sim.applied_writes[(INTEGRATION, orders[2])] == 1
 
 
 def _until_accepted(send: Callable[[], httpx.Response], accepted: tuple[int, ...]) -> None:

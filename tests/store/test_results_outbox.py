@@ -16,12 +16,12 @@ from rq import Queue
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.results import InvalidResultError
 from dispatcher.store.keys import Keys
+from dispatcher.store.leases import WriteLeases
 from dispatcher.store.results import (
     FinalResultError,
     Outbox,
     ResultInFlightError,
     UnknownOrderError,
-    WriteLeases,
 )
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.store.wrongtype import WrongKeyTypeError
@@ -334,7 +334,7 @@ def test_status_and_metrics_show_results(
 ) -> None:
     from dispatcher.ops.status import take_snapshot
     from dispatcher.settings import load_settings
-    from dispatcher.store.results import mark_provisioned
+    from dispatcher.store.timeline import mark_provisioned
     from dispatcher.web.metrics import exposition
 
     settings = load_settings(REDIS_URL=redis_url, DISPATCHER_NAMESPACE=namespace)

@@ -41,17 +41,11 @@ from dispatcher.store import rq_internals as rqi
 from dispatcher.store.keys import SCHEMA
 from dispatcher.store.ledger import JOB_FUNCTION, JobOptions, Ledger
 from dispatcher.testing.simulator import Simulator
-from dispatcher.worker import worker as dispatcher_worker
+from dispatcher.worker import base as dispatcher_worker
+from dispatcher.worker.base import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, WORKER_TTL
+from dispatcher.worker.classes import DispatcherSimpleWorker, DispatcherWorker, InProcessWorker
 from dispatcher.worker.retry import DispatcherJob
 from dispatcher.worker.threaded import ThreadedWorker
-from dispatcher.worker.worker import (
-    HEARTBEAT_GRACE,
-    HEARTBEAT_INTERVAL,
-    WORKER_TTL,
-    DispatcherSimpleWorker,
-    DispatcherWorker,
-    InProcessWorker,
-)
 
 QUEUE = "dispatcher-orders"
 JOB_ID = "order-0123456789abcdef0123456789abcdef"
@@ -107,7 +101,7 @@ def _keys_rq_builds(redis: Any) -> dict[str, tuple[str, str, str]]:
         "Queue.redis_queues_keys (rq:queues)": (
             rqi.QUEUES_KEY,
             queue.redis_queues_keys,
-            "the dispatch script, wrongtype.shared_keys",
+            "the dispatch script, key_types.shared_keys",
         ),
         "IntermediateQueue.get_intermediate_queue_key": (
             rqi.intermediate_key(QUEUE),
@@ -233,7 +227,7 @@ def test_the_dispatch_script_writes_the_fields_queue_enqueue_writes(redis: Redis
     assert set(ours) == set(theirs), changed(
         f"the job hash Queue.enqueue writes: fields {sorted(set(theirs) - set(ours))} are "
         f"new, {sorted(set(ours) - set(theirs))} are gone",
-        "the dispatch script (ledger.py, rq_internals.RQ_ENQUEUE_LUA and job_hash_items)",
+        "the dispatch script (ledger.py, store/lua/_rq_enqueue.lua and rq_internals.job_hash_items)",
     )
     to_dict = {key.encode() for key in job.to_dict()}
     assert {f.encode() for f in rqi.JOB_OWN_FIELDS} <= to_dict, changed(
@@ -247,10 +241,10 @@ def test_the_dispatch_script_writes_the_fields_queue_enqueue_writes(redis: Redis
         )
     # and RQ pushes a new job at the tail of its queue and registers the queue
     assert redis.lrange(rq_queue.key, -1, -1) == [b"rq-own-job"], changed(
-        "Queue.enqueue no longer RPUSHes the job id", "rq_internals.RQ_ENQUEUE_LUA"
+        "Queue.enqueue no longer RPUSHes the job id", "store/lua/_rq_enqueue.lua"
     )
     assert redis.sismember(rqi.QUEUES_KEY, rq_queue.key), changed(
-        "Queue.enqueue no longer adds the queue key to rq:queues", "rq_internals.RQ_ENQUEUE_LUA"
+        "Queue.enqueue no longer adds the queue key to rq:queues", "store/lua/_rq_enqueue.lua"
     )
 
 
@@ -330,7 +324,7 @@ def test_the_job_statuses_the_scripts_compare_are_rqs() -> None:
     )
     assert theirs == ours, changed(
         f"JobStatus values {theirs}, not {ours}",
-        "rq_internals.RQ_WHERE_LUA (Lua compares the status field), forget",
+        "store/lua/_rq_where.lua (Lua compares the status field), forget",
     )
 
 
@@ -475,14 +469,14 @@ def test_each_overridden_method_still_exists_with_a_compatible_signature(
     theirs = inspect.getattr_static(cls, method, None)
     assert theirs is not None, changed(
         f"{owner}.{method} no longer exists (our override is never called)",
-        "dispatcher/worker/worker.py",
+        "dispatcher/worker/ (base.py, classes.py, threaded.py)",
     )
     problems = _accepts(
         inspect.signature(_OVERRIDES[(owner, method)]), inspect.signature(getattr(cls, method))
     )
     assert not problems, changed(
         f"the signature of {owner}.{method}: " + "; ".join(problems),
-        "dispatcher/worker/worker.py (its override)",
+        "dispatcher/worker/ (base.py, classes.py, threaded.py: its override)",
     )
 
 
@@ -560,7 +554,7 @@ def test_an_idle_worker_wakes_every_worker_ttl_less_15_seconds(
     assert worker.worker_ttl == WORKER_TTL
     assert worker.dequeue_timeout == WORKER_TTL - 15, changed(
         f"BaseWorker.dequeue_timeout is {worker.dequeue_timeout}, not worker_ttl - 15",
-        "worker.RECOVERY_BOUND",
+        "worker/base.py, RECOVERY_BOUND",
     )
 
 
@@ -568,8 +562,8 @@ def test_the_worker_classes_are_rqs_with_the_mixin_first() -> None:
     # The mixin's overrides win over RQ's (SimpleWorker has its own get_heartbeat_ttl).
     for ours, theirs in ((DispatcherWorker, Worker), (DispatcherSimpleWorker, SimpleWorker)):
         mro = ours.__mro__
-        assert mro.index(dispatcher_worker._DispatcherWorkerMixin) < mro.index(theirs)
-        assert ours.get_heartbeat_ttl is dispatcher_worker._DispatcherWorkerMixin.get_heartbeat_ttl
+        assert mro.index(dispatcher_worker.DispatcherWorkerMixin) < mro.index(theirs)
+        assert ours.get_heartbeat_ttl is dispatcher_worker.DispatcherWorkerMixin.get_heartbeat_ttl
 
 
 def test_rq_still_logs_each_lifecycle_message_the_worker_keeps_at_info() -> None:

@@ -10,10 +10,10 @@ from redis import Redis
 from rq import Queue
 
 from dispatcher.kombo.models import Order
-from dispatcher.kombo.results import record_result
 from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import Ledger
+from dispatcher.store.result_record import record_result
 from dispatcher.testing.simulator import Simulator
 from support import order_payload
 from support.ops import settings_for, sweep
@@ -47,7 +47,7 @@ def test_dispatch_counts_new_orders_in_their_minute(redis: Redis, namespace: str
     key = keys.throughput(NOW // 3600)
     assert redis.hget(key, f"dispatched:{NOW // 60}") == b"4"
     # Expires 25 hours after its hour began: the last 24 hours are always whole.
-    assert redis.expiretime(key) == (NOW // 3600 + 25) * 3600
+    assert redis.expiretime(key) == throughput.expire_at(NOW) == (NOW // 3600 + 25) * 3600
 
 
 def test_results_count_once_per_finished_order(redis: Redis, namespace: str) -> None:

@@ -16,8 +16,8 @@ import httpx
 from redis import Redis
 
 from dispatcher import Settings
-from dispatcher.kombo.results import record_result
 from dispatcher.store.keys import Keys
+from dispatcher.store.result_record import record_result
 from dispatcher.testing.simulator import Simulator
 from support.ops import FailsFor, settings_for, sweep, work
 

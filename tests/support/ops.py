@@ -21,8 +21,8 @@ from dispatcher.poller.telemetry import RequestStats
 from dispatcher.store.ledger import JobOptions, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.worker.classes import DispatcherSimpleWorker
 from dispatcher.worker.jobs import Runtime, install_runtime
-from dispatcher.worker.worker import DispatcherSimpleWorker
 from support import dispatcher_env
 
 # The tests' folder: tests/_test_worker.py is `dispatcher worker --burst` running a test chain.

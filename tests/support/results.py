@@ -15,8 +15,8 @@ def auth(token: str = TOKEN) -> dict[str, str]:
 
 
 class Fleet:
-    """Results workers (``python -m dispatcher.worker.results``, what ``dispatcher worker
-    --results`` runs) as subprocesses."""
+    """Results workers (``dispatcher worker --results``, the Procfile's ``results`` line) as
+    subprocesses."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
@@ -24,7 +24,15 @@ class Fleet:
 
     def start(self, processes: int = 1) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.worker.results", "--processes", str(processes)],
+            [
+                sys.executable,
+                "-m",
+                "dispatcher",
+                "worker",
+                "--results",
+                "--processes",
+                str(processes),
+            ],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -11,7 +11,8 @@ from urllib.parse import quote
 
 import pytest
 
-from dispatcher.store.results import Outbox, mark_provisioned
+from dispatcher.store.results import Outbox
+from dispatcher.store.timeline import mark_provisioned
 from support.console import BROKEN, FAILING_ID, GOOD, HOSTILE_ID, World, logged_in
 from support.ops import env_for, invoke
 

@@ -20,7 +20,7 @@ from dispatcher import HandlerContext, Order
 from dispatcher.logs import configure_logging
 from dispatcher.settings import load_settings
 from dispatcher.worker.jobs import Runtime
-from dispatcher.worker.worker import run_worker
+from dispatcher.worker.run import run_worker
 
 
 class Hold:

@@ -17,7 +17,7 @@ from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
-from dispatcher.worker.worker import RECOVERY_BOUND
+from dispatcher.worker.base import RECOVERY_BOUND
 from support import dispatcher_env, kill_tree
 
 pytestmark = pytest.mark.redis
@@ -87,7 +87,7 @@ def test_a_job_popped_by_a_dead_worker_but_never_started_is_put_back(redis: Redi
     """Given a job a worker moved to RQ's intermediate list and died before starting, when
     live workers' maintenance passes see it there twice, STRANDED_AFTER apart, it is queued
     again (once), instead of waiting a minute for RQ's retry schedule."""
-    from dispatcher.worker.worker import DispatcherWorker
+    from dispatcher.worker.classes import DispatcherWorker
 
     queue = Queue("dispatcher-orders", connection=redis)
     redis.hset("rq:job:order-stranded", mapping={"status": "queued", "origin": queue.name})

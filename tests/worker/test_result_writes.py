@@ -26,10 +26,9 @@ from dispatcher.kombo.results import (
     ResultStatus,
     attachment_from_file,
     build_result,
-    record_result,
-    recorded_result,
 )
 from dispatcher.store.keys import Keys
+from dispatcher.store.result_record import record_result, recorded_result
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
 
 URL = "https://vendor.example/results/1"

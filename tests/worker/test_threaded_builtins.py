@@ -22,7 +22,7 @@ from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.simulator import Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import Runtime, step_key
-from dispatcher.worker.worker import run_worker
+from dispatcher.worker.run import run_worker
 from dispatcher_handlers.log import LogHandler
 from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
 from dispatcher_handlers.notify_webhook import NotifyWebhookHandler, WebhookSettings

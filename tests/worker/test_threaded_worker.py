@@ -25,7 +25,7 @@ from dispatcher.store.ledger import JobOptions, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import Simulator
 from dispatcher.worker.jobs import Runtime
-from dispatcher.worker.worker import run_worker
+from dispatcher.worker.run import run_worker
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"
@@ -96,9 +96,9 @@ def test_rq_sees_every_job_in_flight_with_a_fresh_heartbeat(
     redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given one-second heartbeats and 5 jobs of 2.5 s in a worker with 5 threads
-    import dispatcher.worker.worker
+    import dispatcher.worker.base
 
-    monkeypatch.setattr(dispatcher.worker.worker, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(dispatcher.worker.base, "HEARTBEAT_INTERVAL", 1)
     dispatch(redis, 5)
     queue = Queue(QUEUE, connection=redis)
     seen: list[tuple[float, list[float], int]] = []

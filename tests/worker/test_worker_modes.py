@@ -13,15 +13,16 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
-import dispatcher.worker.worker
+import dispatcher.worker.base
 from dispatcher.handler import HandlerContext
 from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.simulator import Simulator
+from dispatcher.worker.base import HEARTBEAT_GRACE
 from dispatcher.worker.jobs import Runtime
-from dispatcher.worker.worker import HEARTBEAT_GRACE, run_worker
+from dispatcher.worker.run import run_worker
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"
@@ -67,7 +68,7 @@ def test_the_heartbeat_of_a_job_in_the_worker_process_is_kept_short_and_fresh(
     redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given one-second heartbeats and a three-second job run without a work horse
-    monkeypatch.setattr(dispatcher.worker.worker, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(dispatcher.worker.base, "HEARTBEAT_INTERVAL", 1)
     started = StartedJobRegistry(queue=Queue(QUEUE, connection=redis))
     expiries: list[tuple[float, float]] = []
 

@@ -24,8 +24,10 @@ from dispatcher.kombo.models import Order as OrderModel
 from dispatcher.logs import configure_logging
 from dispatcher.store.ledger import JOB_FUNCTION, JobOptions, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
+from dispatcher.worker.base import BurstSummary
+from dispatcher.worker.classes import DispatcherSimpleWorker
 from dispatcher.worker.jobs import Runtime, install_runtime
-from dispatcher.worker.worker import BurstSummary, DispatcherSimpleWorker, run_worker
+from dispatcher.worker.run import run_worker
 from support import dispatcher_env, order_payload, wait_until
 
 pytestmark = pytest.mark.redis

@@ -14,9 +14,9 @@ from rq.job import Job, JobStatus
 from dispatcher.store import rq_internals as rqi
 from dispatcher.store.ledger import JOB_FUNCTION
 from dispatcher.worker import recovery
+from dispatcher.worker.classes import DispatcherSimpleWorker, DispatcherWorker, InProcessWorker
 from dispatcher.worker.retry import DispatcherJob
 from dispatcher.worker.threaded import threaded_worker_class
-from dispatcher.worker.worker import DispatcherSimpleWorker, DispatcherWorker, InProcessWorker
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"
@@ -234,12 +234,12 @@ def test_a_job_is_marked_first_seen_only_while_it_is_in_the_intermediate_list(
     mark = rqi.MARK_FIRST_SEEN
     keys = [rqi.intermediate_key(QUEUE), rqi.first_seen_key(QUEUE, JOB)]
     # A job a worker started between maintenance reading the list and marking it: no mark
-    assert redis.eval(mark.lua, 2, *keys, JOB, time.time(), search_mode) == 0
+    assert mark(redis, keys, [JOB, time.time(), search_mode]) == 0
     assert not redis.exists(rqi.first_seen_key(QUEUE, JOB))
     # A job still there: marked once, the first time kept
     redis.rpush(rqi.intermediate_key(QUEUE), JOB)
-    assert redis.eval(mark.lua, 2, *keys, JOB, 100.0, search_mode) == 1
-    assert redis.eval(mark.lua, 2, *keys, JOB, 200.0, search_mode) == 0
+    assert mark(redis, keys, [JOB, 100.0, search_mode]) == 1
+    assert mark(redis, keys, [JOB, 200.0, search_mode]) == 0
     assert redis.get(rqi.first_seen_key(QUEUE, JOB)) == b"100.0"
     assert 0 < redis.ttl(rqi.first_seen_key(QUEUE, JOB)) <= 86400
 

@@ -22,8 +22,8 @@ from redis import Redis
 from dispatcher.store import rq_internals as rqi
 from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
+from dispatcher.worker.base import RECOVERY_BOUND
 from dispatcher.worker.retry import RETRY_WINDOW_ENV
-from dispatcher.worker.worker import RECOVERY_BOUND
 from support import dispatcher_env, kill_tree, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]  # waits out a heartbeat (~25 s)

@@ -3,7 +3,7 @@ worker (or a burst waiting for retries) without a traceback.
 
 The stall this guards against: RQ's pubsub thread waited up to 60 s per get_message; once RQ's
 shutdown unsubscribed, redis-py waited that long on its "subscribed" event, and redis-py 8.2's
-PubSubWorkerThread.stop() joins the thread without a timeout (worker.PUBSUB_WAIT).
+PubSubWorkerThread.stop() joins the thread without a timeout (worker/base.py, PUBSUB_WAIT).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from rq import Queue
 
 from dispatcher.store.rq_internals import scheduled_key
 from dispatcher.testing.worker_stop import burst_seconds, sigterm_seconds
-from dispatcher.worker.worker import PUBSUB_WAIT, DispatcherSimpleWorker
+from dispatcher.worker.base import PUBSUB_WAIT
+from dispatcher.worker.classes import DispatcherSimpleWorker
 from support import dispatcher_env, wait_until
 
 pytestmark = pytest.mark.redis

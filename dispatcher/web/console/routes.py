@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from dispatcher import _text
+from dispatcher.ops.status import take_snapshot
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys
 from dispatcher.store.wrongtype import (
@@ -340,7 +341,7 @@ class _Console:
         sort = params.get("sort") or "state"
         sort = sort if sort in data.SORTS else "state"
         desc = params.get("dir") == "desc"
-        snapshot = await run_in_threadpool(_snapshot, self.redis, self.settings)
+        snapshot = await run_in_threadpool(take_snapshot, self.redis, self.settings)
         failed = await run_in_threadpool(data.failed_per_integration, self.redis, self.settings)
         rows = data.integration_rows(
             snapshot, query=query, state=state, sort=sort, desc=desc, failed=failed
@@ -426,12 +427,6 @@ class _Console:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Cache-Control"] = "max-age=300"
         return response
-
-
-def _snapshot(redis: Redis, settings: Settings) -> Any:
-    from dispatcher.ops.status import take_snapshot
-
-    return take_snapshot(redis, settings)
 
 
 async def _read_form(request: Request) -> Mapping[str, list[str]] | Response:

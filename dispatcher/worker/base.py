@@ -1,49 +1,50 @@
-"""Worker processes: RQ workers on the dispatcher queue, running the handler chain.
+"""What the dispatcher adds to RQ's workers, shared by every worker class: the mixin over
+RQ's workers (:class:`DispatcherWorkerMixin`), the queue that takes jobs off for it, and the
+count of what a burst did (:class:`BurstSummary`).
 
 RQ recovers a job whose worker died (SIGKILL, OOM, a lost machine) only when some worker's
 maintenance pass finds the job's heartbeat expired: by default 60 s after the last heartbeat,
-by a pass that an idle worker runs about every 7 minutes. :class:`DispatcherWorker` shortens
-all three so that an abandoned job is back on the queue within a bounded time (see
-``RECOVERY_BOUND``), with its completed steps still skipped when it runs again. It also tags
-log lines with the order in hand and records every failed attempt in the job's meta.
+by a pass that an idle worker runs about every 7 minutes. The mixin shortens all three so
+that an abandoned job is back on the queue within a bounded time (see ``RECOVERY_BOUND``),
+with its completed steps still skipped when it runs again. It also tags log lines with the
+order in hand and records every failed attempt in the job's meta.
 
 Logs: one line per job outcome (INFO done, WARNING retried, ERROR failed; a traceback only
-for an exception no handler meant), RQ's own per-job lines at DEBUG, and a summary when a
-burst ends. A job of another namespace (a queue name shared by two namespaces) is put back
-on its queue untouched for that namespace's workers.
+for an exception no handler meant) and RQ's own per-job lines at DEBUG. A job of another
+namespace (a queue name shared by two namespaces) is put back on its queue untouched for
+that namespace's workers.
+
+The worker classes are in :mod:`dispatcher.worker.classes` (one job at a time) and
+:mod:`dispatcher.worker.threaded` (N at once); :mod:`dispatcher.worker.run` starts them.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from rq import Queue, SimpleWorker, Worker, worker_registration
+from rq import Queue, worker_registration
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.timeouts import BaseTimeoutException, JobTimeoutException
 from rq.utils import now
-from rq.worker import WorkerStatus
-from rq.worker_pool import WorkerPool
 
 from dispatcher.handler import PermanentFailure, RetryLater
 from dispatcher.logs import OrderLogContext, contact_values, escape_controls, set_order_context
-from dispatcher.settings import Settings
 from dispatcher.store.failures import Failure, clean_traceback, job_timeout_reason, parse_failure
 from dispatcher.store.ledger import JOB_FUNCTION
-from dispatcher.store.results import RESULT_JOB_FUNCTION
+from dispatcher.store.results import RESULT_JOB_FUNCTIONS
 from dispatcher.store.rq_internals import (
     JOB_SERIALIZER,
     RQ_LIFECYCLE_MESSAGES,
@@ -62,9 +63,7 @@ from dispatcher.worker.jobs import (
     ForeignNamespace,
     HandlerFailed,
     HandlerTimeout,
-    Runtime,
     current_runtime,
-    install_runtime,
     take_report,
 )
 from dispatcher.worker.recovery import (
@@ -77,14 +76,17 @@ from dispatcher.worker.recovery import (
 from dispatcher.worker.retry import DispatcherJob
 
 __all__ = [
+    "HEARTBEAT_GRACE",
+    "HEARTBEAT_INTERVAL",
+    "PUBSUB_WAIT",
     "RECOVERY_BOUND",
+    "REDIS_LOST",
     "STRANDED_AFTER",
+    "WORKER_TTL",
     "BurstSummary",
-    "DispatcherSimpleWorker",
-    "DispatcherWorker",
-    "InProcessWorker",
+    "DispatcherWorkerMixin",
     "demote_rq_chatter",
-    "run_worker",
+    "log_context",
 ]
 
 log = logging.getLogger("dispatcher.worker")
@@ -108,7 +110,9 @@ RECONNECT_WAIT_MAX = 2.0
 RECOVERY_BOUND = HEARTBEAT_INTERVAL + HEARTBEAT_GRACE + (WORKER_TTL - 15) + MAINTENANCE_INTERVAL
 
 
-def _log_context(job: Job) -> OrderLogContext | None:
+def log_context(job: Job) -> OrderLogContext | None:
+    """What a job's log lines are tagged with (its order, integration, the candidate's
+    contact data to mask), or None for a job that is not one of the dispatcher's."""
     meta: dict[str, Any] = job.meta or {}
     order_id, integration_id = meta.get("order_id"), meta.get("integration_id")
     if not isinstance(order_id, str) or not isinstance(integration_id, str):
@@ -157,7 +161,7 @@ def _job_namespace(job: Job) -> str | None:
 
 
 # The functions a worker runs; RQ would import and call any name a job's data holds.
-JOB_FUNCTIONS = frozenset({JOB_FUNCTION, RESULT_JOB_FUNCTION})
+JOB_FUNCTIONS = frozenset({JOB_FUNCTION, *RESULT_JOB_FUNCTIONS})
 
 
 class _OrderQueue(Queue):
@@ -183,7 +187,7 @@ class _OrderQueue(Queue):
                 continue
             other = _job_namespace(job)
             if other is None or other == namespace:
-                set_order_context(_log_context(job))
+                set_order_context(log_context(job))
                 return result
             _leave_foreign(job, queue, other, namespace)
             if job.id in passed:
@@ -322,7 +326,7 @@ def _live_failure(job: Job) -> Failure | None:
 PUBSUB_WAIT = 0.5
 
 
-class _DispatcherWorkerMixin(WorkerBase):
+class DispatcherWorkerMixin(WorkerBase):
     """What the dispatcher adds to RQ's workers: abandoned jobs are requeued within
     ``RECOVERY_BOUND`` seconds, log lines during a job carry its order and integration (and
     mask the candidate's contact data above DEBUG), and every failed attempt is recorded in
@@ -448,7 +452,7 @@ class _DispatcherWorkerMixin(WorkerBase):
         )
 
     def execute_job(self, job: Job, queue: Queue) -> Any:
-        set_order_context(_log_context(job))
+        set_order_context(log_context(job))
         try:
             return super().execute_job(job, queue)
         finally:
@@ -509,64 +513,6 @@ class _DispatcherWorkerMixin(WorkerBase):
                 exc_info=_exc_info(unexpected) if unexpected is not None else None,
             )  # fmt: skip
         return done
-
-
-class DispatcherWorker(_DispatcherWorkerMixin, Worker):
-    """RQ's forking worker with the dispatcher's additions (see the mixin)."""
-
-
-class DispatcherSimpleWorker(_DispatcherWorkerMixin, SimpleWorker):
-    """RQ's in-process worker with the dispatcher's additions (tests, the demo)."""
-
-
-class InProcessWorker(DispatcherWorker):
-    """A DispatcherWorker that runs each job in its own process instead of a forked work horse
-    (``DISPATCHER_FORK_PER_JOB=false``).
-
-    Forking a horse per job costs about 15 ms of CPU per job (bench/dispatch.py); without it
-    a job costs about 4 ms and the handlers keep their connections between jobs, so a pool of
-    these reaches several times the throughput on the same cores. What is given up is the
-    horse's isolation: a handler that leaks or corrupts state does so in the worker (the pool
-    replaces a worker that dies). A thread keeps the job's heartbeat while it runs, as the
-    forking worker's monitor loop does, so that ``RECOVERY_BOUND`` still holds.
-    """
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        try:
-            execution = self.prepare_execution(job)
-        except REDIS_LOST as exc:  # popped, not started: requeue_stranded puts it back
-            self.log.warning("Worker %s: job %s: Redis lost at its start: %s", self.name,
-                             job.id, exc)  # fmt: skip
-            return
-        done = threading.Event()
-        beat = threading.Thread(
-            target=self._heartbeat_until, args=(done, job, execution), name="rq-heartbeat"
-        )
-        beat.start()
-        set_order_context(_log_context(job))
-        try:
-            self.perform_job(job, queue, execution)
-        except REDIS_LOST as exc:
-            # Redis went away while the job was being finished (RQ records the outcome, or
-            # the failure, outside its reconnect handling): the worker stays up. The job is
-            # left as the new primary knows it; a started job whose heartbeat runs out is
-            # requeued (requeue_abandoned), and its recorded steps are not run again.
-            self.log.warning("Worker %s: job %s: Redis lost while finishing it: %s", self.name,
-                             job.id, exc)  # fmt: skip
-            return
-        finally:
-            set_order_context(None)
-            done.set()
-            beat.join()
-            self.tally.count(job)
-        self.set_state(WorkerStatus.IDLE)
-
-    def _heartbeat_until(self, done: threading.Event, job: Job, execution: Execution) -> None:
-        while not done.wait(self.job_monitoring_interval):
-            try:
-                self.maintain_heartbeats(job, execution)
-            except RedisError as exc:  # the next beat may get through; the job goes on
-                self.log.warning("heartbeat of job %s failed: %s", job.id, exc)
 
 
 @dataclass(slots=True)
@@ -632,138 +578,3 @@ class BurstSummary:
         if self.failed_on_queue:
             text += " (`dispatcher failed`)"
         return text
-
-
-# --wait-retries without a value: at most this many seconds.
-WAIT_RETRIES_DEFAULT = 900.0
-
-
-def run_worker(
-    settings: Settings,
-    redis: Redis,
-    *,
-    burst: bool = False,
-    processes: int = 1,
-    runtime: Runtime | None = None,
-    threads: int | None = None,
-    wait_retries: float | None = None,
-    clock: Any = time.monotonic,
-) -> BurstSummary | None:
-    """Run RQ worker(s) on the dispatcher queue until stopped (or until empty with ``burst``).
-
-    With ``threads`` above 1 (default: ``DISPATCHER_WORKER_THREADS``) each process runs that
-    many jobs at once (dispatcher/worker/threaded.py). The handler chain is loaded and
-    checked first, so a missing or broken handler stops the worker at start with a
-    HandlerConfigError instead of failing every order. A burst logs
-    what it did and what it left, and returns that; with ``wait_retries`` (seconds) it also
-    waits for jobs scheduled for a retry, working each once due, for at most that long.
-    """
-    runtime = runtime or Runtime.from_settings(settings)
-    install_runtime(runtime)
-    demote_rq_chatter()
-    queue = Queue(settings.queue, connection=redis, serializer=JOB_SERIALIZER)
-    threads = settings.worker_threads if threads is None else threads
-    worker_class: type[WorkerBase]
-    if threads > 1:
-        from dispatcher.worker.threaded import threaded_worker_class
-
-        worker_class = threaded_worker_class(threads, settings.worker_shutdown_timeout)
-    else:
-        worker_class = DispatcherWorker if settings.fork_per_job else InProcessWorker
-    try:
-        if processes > 1:
-            # Forked children inherit the installed runtime.
-            pool = WorkerPool(
-                [queue],
-                connection=redis,
-                num_workers=processes,
-                worker_class=_reporting_burst(worker_class),
-                serializer=JOB_SERIALIZER,
-            )
-            pool.start(burst=burst, logging_level=settings.log_level)
-            summary = BurstSummary()
-        elif not burst:
-            worker = worker_class([queue], connection=redis)
-            # The scheduler moves retried jobs back to the queue when their backoff expires.
-            worker.work(burst=False, with_scheduler=True, logging_level=settings.log_level)
-            return None
-        else:
-            # ThreadedWorker is a DispatcherWorker too (the same mixin over SimpleWorker).
-            burst_class = cast("type[DispatcherWorker]", worker_class)
-            summary = _burst(burst_class, queue, redis, settings, wait_retries, clock)
-        if not burst:
-            return None
-        summary.look(redis, queue.name, time.time())
-        level = logging.WARNING if summary.scheduled or summary.queued else logging.INFO
-        log.log(level, "%s", summary.line(queue.name, counted=processes <= 1))
-        return summary
-    finally:
-        for handler in runtime.chain:
-            close = getattr(handler, "close", None)  # optional: see BaseHandler.close
-            if callable(close):
-                close()
-
-
-def _reporting_burst(worker_class: type[WorkerBase]) -> type[WorkerBase]:
-    """``worker_class`` whose burst ends with a line of what it did: a pool's children count
-    their own jobs (the parent only sees what they left)."""
-
-    class _Reporting(worker_class):  # type: ignore[valid-type,misc]
-        def work(self, *args: Any, **kwargs: Any) -> bool:
-            try:
-                return bool(super().work(*args, **kwargs))
-            finally:
-                tally = getattr(self, "tally", None)
-                if kwargs.get("burst") and isinstance(tally, BurstSummary):
-                    log.info("burst of worker %s finished: %s", self.name, tally.did())
-
-    _Reporting.__name__ = _Reporting.__qualname__ = worker_class.__name__
-    return _Reporting
-
-
-def _burst(
-    worker_class: type[DispatcherWorker],
-    queue: Queue,
-    redis: Redis,
-    settings: Settings,
-    wait_retries: float | None,
-    clock: Any,
-) -> BurstSummary:
-    """Burst workers, one after the other while retries are due within ``wait_retries``."""
-    summary = BurstSummary()
-    deadline = clock() + (wait_retries or 0.0)
-    while True:
-        worker = worker_class([queue], connection=redis)
-        # In a burst the scheduler moves the retries already due to the queue, once.
-        worker.work(burst=True, with_scheduler=True, logging_level=settings.log_level)
-        summary.add(worker.tally)
-        if wait_retries is None or worker._stop_requested:
-            return summary
-        first = redis.zrange(scheduled_key(queue.name), 0, 0, withscores=True)
-        if not first and not redis.llen(queue_key(queue.name)):
-            return summary
-        due_in = max(0.0, float(first[0][1]) - time.time()) if first else 0.0
-        if clock() + due_in > deadline:
-            log.warning(
-                "--wait-retries: the next retry is due in %.0fs, past the %gs allowed",
-                due_in,
-                wait_retries,
-            )
-            return summary
-        log.info("waiting %.1fs for the next scheduled retry", due_in)
-        # RQ's scheduler moves a job whose time has come on its next pass: a little past it.
-        if not _wait_unless_stopped(worker, due_in + 0.05):
-            log.info("stopped on request while waiting for retries")
-            return summary
-
-
-def _wait_unless_stopped(worker: DispatcherWorker, seconds: float) -> bool:
-    """Sleep ``seconds`` unless a SIGTERM/SIGINT (the finished worker's handlers still run)
-    asks the burst to stop first; False if it did."""
-    deadline = time.monotonic() + seconds
-    while not worker._stop_requested:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return True
-        time.sleep(min(left, 0.1))
-    return False
