@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from dispatcher.testing.simulator import Faults, Simulator
+from dispatcher.testing.sim import Faults, Simulator
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from dispatcher.store.keys import job_id_for
 from dispatcher.store.ledger import JOB_FUNCTION, JobOptions
 from dispatcher.testing import free_port as free_port
 from dispatcher.testing.redis_server import private_redis as private_redis
-from dispatcher.testing.simulator import DEFAULT_API_KEY
+from dispatcher.testing.sim import DEFAULT_API_KEY
 
 BENCH_DIR = Path(__file__).resolve().parent
 QUEUE = "dispatcher-orders"

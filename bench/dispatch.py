@@ -64,7 +64,7 @@ from dispatcher.kombo.models import Order
 from dispatcher.store.keys import job_id_for
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -44,7 +44,7 @@ from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.results import build_result
 from dispatcher.settings import load_settings
 from dispatcher.store.results import Outbox
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 
 NAMESPACE = "bench"
 

@@ -49,7 +49,7 @@ from rq import Queue
 
 from _support import free_port, private_redis, simulator_process
 from dispatcher.kombo.client import KomboClient
-from dispatcher.testing.simulator import DEFAULT_API_KEY
+from dispatcher.testing.sim import DEFAULT_API_KEY
 from dispatcher.web.webhook import ORDER_EVENT, SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
 SECRET = "bench-webhook-secret"

@@ -13,14 +13,8 @@ from dispatcher.handler import (
     RetryLater,
     handler_settings,
 )
-from dispatcher.kombo.client import (
-    InvalidPageError,
-    KomboClient,
-    KomboError,
-    KomboLimitError,
-    KomboStopped,
-    OrdersPage,
-)
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboError, KomboLimitError, KomboStopped
 from dispatcher.kombo.models import (
     Application,
     Candidate,
@@ -32,6 +26,7 @@ from dispatcher.kombo.models import (
     OrderStatus,
     RawOrder,
 )
+from dispatcher.kombo.pages import InvalidPageError, OrdersPage
 from dispatcher.kombo.results import AssessmentResult, InvalidResultError
 from dispatcher.settings import ConfigError, Settings, load_settings
 from dispatcher.store.ledger import DispatchResult, Ledger

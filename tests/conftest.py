@@ -17,7 +17,7 @@ from hypothesis import settings as hypothesis_settings
 from redis import Redis
 
 from dispatcher.testing.mailbox import Mailbox
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator, SimulatorServer
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator, SimulatorServer
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.classes import DispatcherWorker
 from dispatcher.worker.jobs import install_runtime

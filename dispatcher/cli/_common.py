@@ -12,7 +12,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
-from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboError
 from dispatcher.settings import ConfigError, Settings, load_settings
 from dispatcher.store.connection import Role, UnsuitableRedisError, open_redis
 from dispatcher.store.failures import MAX_REASON_LENGTH
@@ -102,13 +103,8 @@ def confirm(question: str) -> bool:
 
 def kombo_client(settings: Settings) -> KomboClient:
     """A Kombo client for the write-back commands (``KOMBO_API_KEY`` required)."""
-    return KomboClient(
-        or_fail(settings.require_kombo),
-        settings.kombo_base_url,
-        timeout=settings.kombo_timeout,
-        retry_budget=settings.kombo_retry_budget,
-        max_response_bytes=settings.max_response_bytes,
-    )
+    client: KomboClient = or_fail(lambda: KomboClient.from_settings(settings))
+    return client
 
 
 def kombo_failure(exc: KomboError) -> str:

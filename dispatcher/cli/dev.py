@@ -60,7 +60,7 @@ def sim(
     """
     # A stand-in for tests, demos and benchmarks, not part of the product: loaded only for
     # `sim`, not by every command.
-    from dispatcher.testing.simulator import Faults, Simulator
+    from dispatcher.testing.sim import Faults, Simulator
 
     simulator = Simulator(
         integrations,

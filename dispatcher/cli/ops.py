@@ -24,7 +24,7 @@ from dispatcher.cli._common import (
     settings_of,
 )
 from dispatcher.handler import HandlerConfigError
-from dispatcher.kombo.client import KomboError
+from dispatcher.kombo.errors import KomboError
 from dispatcher.logs import escape_controls
 from dispatcher.ops.admin import (
     ForgetRefused,

@@ -74,7 +74,8 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
             share_of = parse_share(share)
         except ValueError as exc:
             fail(str(exc))
-    api_key = or_fail(settings.require_kombo)
+    # Checked before Redis is: a missing key is the one line, whatever Redis is doing.
+    or_fail(settings.require_kombo)
     # --once fails fast; the loop rides out Redis outages, the one at start included. A
     # one-off sweep is a command: server notices only at DEBUG (status shows them).
     redis = connect_redis(settings, role="cli") if once else _redis_when_up(settings)
@@ -90,11 +91,8 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
     stop = threading.Event()
     request_stats = RequestStats()
     with (
-        KomboClient(
-            api_key,
-            settings.kombo_base_url,
-            timeout=settings.kombo_timeout,
-            retry_budget=settings.kombo_retry_budget,
+        KomboClient.from_settings(
+            settings,
             # A person waits on --once: an unreachable Kombo (a wrong KOMBO_BASE_URL port)
             # is an answer within seconds, not after each request's KOMBO_RETRY_BUDGET.
             connect_retry_budget=ONCE_CONNECT_BUDGET if once else None,
@@ -104,7 +102,6 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
             # Once stopping, no retry: the sleep above returns at once, and retrying on
             # would send Kombo a request a millisecond.
             should_stop=stop.is_set,
-            max_response_bytes=settings.max_response_bytes,
         ) as client,
         _stop_on_signals(stop),
     ):

@@ -24,7 +24,8 @@ from dispatcher.cli._common import (
     redis_failed,
     settings_of,
 )
-from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboError
 from dispatcher.kombo.packages import (
     InvalidPackagesError,
     Package,

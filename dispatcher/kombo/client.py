@@ -1,57 +1,36 @@
-"""Kombo API client on httpx: orders (current and deprecated endpoint), typed and retried."""
+"""Kombo API client on httpx: orders (current and deprecated endpoint), typed and retried.
+
+The transport (retries, limits, the key) and the endpoints; Kombo's errors are in
+:mod:`dispatcher.kombo.errors`, the decoding of its order pages in :mod:`dispatcher.kombo.pages`.
+"""
 
 from __future__ import annotations
 
 import email.utils
-import hashlib
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from json import loads as _json_loads
-from typing import Annotated, Any, NotRequired
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import Field, SecretStr, TypeAdapter
-from pydantic_core import from_json
-from typing_extensions import TypedDict
+from pydantic import SecretStr
 
-from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders, kombo_time
+from dispatcher.kombo.errors import KomboError, KomboLimitError, KomboStopped
+from dispatcher.kombo.models import kombo_time
 from dispatcher.kombo.packages import PACKAGE_FIELDS, InvalidPackagesError, Package, parse_packages
+from dispatcher.kombo.pages import OrdersPage, decode_json, follow_pages, parse_page, read_page
 from dispatcher.kombo.results import AssessmentResult
 
-__all__ = [
-    "DEFAULT_MAX_RESPONSE_BYTES",
-    "RETRYABLE_CODES",
-    "InvalidPageError",
-    "KomboClient",
-    "KomboError",
-    "KomboLimitError",
-    "KomboStopped",
-    "OrdersPage",
-    "RequestObserver",
-]
+if TYPE_CHECKING:
+    from dispatcher.settings import Settings
+
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "KomboClient", "RequestObserver"]
 
 log = logging.getLogger(__name__)
-
-RETRYABLE_CODES = frozenset(
-    {
-        "PLATFORM.RATE_LIMIT_EXCEEDED",
-        "PLATFORM.CONCURRENCY_LIMIT_EXCEEDED",
-        "PLATFORM.TASK_TIMED_OUT",
-        "PLATFORM.UNKNOWN_ERROR",
-        "REMOTE.SERVICE_UNAVAILABLE",
-        "REMOTE.RATE_LIMIT_EXCEEDED",
-    }
-)
-# Kombo asks clients to branch on the code; these codes are never worth a retry whatever
-# the HTTP status says.
-_PERMANENT_PREFIXES = ("PLATFORM.AUTHENTICATION", "PLATFORM.INPUT", "PLATFORM.INTEGRATION_NOT")
 
 RequestObserver = Callable[[str, int | None, float], None]
 """Told of every HTTP request the client makes (each retry too): the endpoint as
@@ -67,112 +46,6 @@ _BACKOFF_MAX_EXPONENT = 16
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 """The largest Kombo answer read (DISPATCHER_MAX_RESPONSE_BYTES): a page of 250 orders with
 long job descriptions is a few MB."""
-
-
-class KomboError(Exception):
-    """Kombo answered with an error (its envelope), or could not be reached.
-
-    ``code`` is Kombo's error code (``None`` when Kombo sent none or for network errors),
-    ``status_code`` the HTTP status (``None`` for network errors), ``retry_after`` the
-    seconds of Kombo's ``Retry-After`` header when it sent one.
-    """
-
-    retry_after: float | None = None
-    # No connection could be made (refused, unroutable, timed out connecting): the client
-    # logged it once for the outage, so callers need not log it per request.
-    unreachable: bool = False
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        title: str | None = None,
-        log_url: str | None = None,
-        status_code: int | None = None,
-        integration_id: str | None = None,
-    ) -> None:
-        self.message = message
-        self.code = code
-        self.title = title
-        self.log_url = log_url
-        self.status_code = status_code
-        self.integration_id = integration_id
-        super().__init__(self._line())
-
-    def _line(self) -> str:
-        where = f"integration {self.integration_id}: " if self.integration_id else ""
-        what = self.code or (f"HTTP {self.status_code}" if self.status_code else "network")
-        return f"{where}{what}: {self.message}"
-
-    @property
-    def retryable(self) -> bool:
-        """Whether trying the same request later may succeed."""
-        if self.code is not None:
-            if self.code in RETRYABLE_CODES:
-                return True
-            if self.code.startswith(_PERMANENT_PREFIXES):
-                return False
-        if self.status_code is None:
-            return True  # network error or timeout
-        return self.status_code == 429 or self.status_code >= 500
-
-
-class KomboLimitError(KomboError):
-    """Kombo's answer broke one of the client's limits: a response larger than
-    ``max_response_bytes``, a cursor already followed in the same listing (``CURSOR_LOOP``),
-    more pages than ``max_pages`` (``TOO_MANY_PAGES``). Never retried: asking again would
-    break it again. ``code`` is the client's own (Kombo's codes have a ``PLATFORM.`` or
-    ``REMOTE.`` prefix)."""
-
-    @property
-    def retryable(self) -> bool:
-        return False
-
-
-class KomboStopped(Exception):
-    """The client was asked to stop (``should_stop``): it sends no further request, not even
-    a retry. Not a failure of the integration: the work is left for the next sweep."""
-
-
-class InvalidPageError(Exception):
-    """A page failed validation as a whole (no list of orders, a cursor that is not text):
-    nothing of it may be dispatched. One invalid order does not fail its page: see
-    :attr:`OrdersPage.invalid` and :attr:`RawOrder.problem`."""
-
-    def __init__(self, integration_id: str, error: OrderValidationError) -> None:
-        self.integration_id = integration_id
-        self.order_id = error.order_id
-        self.field = error.field
-        super().__init__(f"integration {integration_id}: {error}")
-
-
-@dataclass(frozen=True, slots=True)
-class OrdersPage:
-    """One page of orders and the cursor of the next (``None`` on the last page).
-
-    The orders are kept as Kombo sent them (``results``: ids checked, the orders decoded
-    when first accessed) and validated when asked for: :attr:`orders` validates them all,
-    the ledger only those it has not seen.
-    """
-
-    integration_id: str
-    results: Sequence[RawOrder]
-    next: str | None
-    # Orders without a usable id (none, not a string, not Unicode): they cannot be deduped,
-    # so they are reported on every sweep and never dispatched; the rest of the page is.
-    invalid: Sequence[OrderValidationError] = ()
-
-    @property
-    def orders(self) -> list[Order]:
-        """Every order of the page, validated (again on each access); InvalidPageError names
-        the first invalid order and field."""
-        if self.invalid:
-            raise InvalidPageError(self.integration_id, self.invalid[0])
-        try:
-            return [raw.parse() for raw in self.results]
-        except OrderValidationError as exc:
-            raise InvalidPageError(self.integration_id, exc) from None
 
 
 class KomboClient:
@@ -230,6 +103,21 @@ class KomboClient:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> KomboClient:
+        """The client the settings describe: KOMBO_API_KEY (a ConfigError when it is not
+        set), KOMBO_BASE_URL, KOMBO_TIMEOUT, KOMBO_RETRY_BUDGET and
+        DISPATCHER_MAX_RESPONSE_BYTES. ``overrides`` are keyword arguments of the
+        constructor, given where a process needs otherwise (no retry while a webhook
+        delivery waits, a connection per worker thread)."""
+        options: dict[str, Any] = {
+            "timeout": settings.kombo_timeout,
+            "retry_budget": settings.kombo_retry_budget,
+            "max_response_bytes": settings.max_response_bytes,
+            **overrides,
+        }
+        return cls(settings.require_kombo(), settings.kombo_base_url, **options)
 
     def __repr__(self) -> str:
         return f"KomboClient(base_url={str(self._http.base_url)!r})"
@@ -295,7 +183,7 @@ class KomboClient:
         Raises :class:`KomboLimitError` instead of following a cursor already followed
         (``CURSOR_LOOP``) or reading more than ``max_pages`` pages (``TOO_MANY_PAGES``).
         """
-        return _follow(
+        return follow_pages(
             "GET /assessment/orders",
             integration_id,
             lambda cursor: self.get_orders(
@@ -313,7 +201,7 @@ class KomboClient:
         self, integration_id: str, *, page_size: int | None = None, max_pages: int | None = None
     ) -> Iterator[OrdersPage]:
         """Every page of the deprecated open-orders endpoint (limits as in iter_order_pages)."""
-        return _follow(
+        return follow_pages(
             "GET /assessment/orders/open",
             integration_id,
             lambda cursor: self.get_open_orders(integration_id, page_size=page_size, cursor=cursor),
@@ -326,9 +214,9 @@ class KomboClient:
             path,
             integration_id,
             params=params,
-            fast_decode=lambda content: _read_page(integration_id, content),
+            fast_decode=lambda content: read_page(integration_id, content),
         )
-        return body if isinstance(body, OrdersPage) else _parse_page(integration_id, body)
+        return body if isinstance(body, OrdersPage) else parse_page(integration_id, body)
 
     # -- transport --------------------------------------------------------------------------
 
@@ -585,48 +473,11 @@ def _too_large(
     )
 
 
-def _follow(
-    endpoint: str,
-    integration_id: str,
-    fetch: Callable[[str | None], OrdersPage],
-    max_pages: int | None,
-) -> Iterator[OrdersPage]:
-    """Pages from the first to the last, following each cursor once: a cursor already
-    followed (A -> A, A -> B -> A) would repeat pages forever, so it ends the listing with
-    ``CURSOR_LOOP`` before its page is fetched again; past ``max_pages`` pages,
-    ``TOO_MANY_PAGES`` (cursors that never repeat and never end)."""
-    followed: dict[bytes, int] = {}  # digest of a cursor -> the page it fetched
-    cursor: str | None = None
-    pages = 0
-    while True:
-        page = fetch(cursor)
-        pages += 1
-        yield page
-        if not page.next:
-            return
-        if max_pages is not None and pages >= max_pages:
-            raise KomboLimitError(
-                f"{endpoint}: still more pages after {pages} (DISPATCHER_MAX_PAGES_PER_SWEEP)",
-                code="TOO_MANY_PAGES",
-                integration_id=integration_id,
-            )
-        # A digest, not the cursor: Kombo's cursors are short, a hostile one need not be.
-        digest = hashlib.blake2b(page.next.encode(), digest_size=16).digest()
-        if digest in followed:
-            raise KomboLimitError(
-                f"{endpoint}: page {pages} leads back to page {followed[digest]} (a cursor loop)",
-                code="CURSOR_LOOP",
-                integration_id=integration_id,
-            )
-        followed[digest] = pages + 1
-        cursor = page.next
-
-
 def _decode(
     response: httpx.Response, content: bytes, integration_id: str
 ) -> tuple[Any, KomboError | None]:
     try:
-        body = _loads(content)
+        body = decode_json(content)
     except ValueError:
         # A truncated or garbled body is most often a transient proxy fault: retry it.
         return None, KomboError(
@@ -649,69 +500,6 @@ def _decode(
         status_code=response.status_code,
         integration_id=integration_id,
     )
-
-
-class _Unreadable:
-    """Stands in for a value that cannot be read, such as a number of 5,000 digits (more
-    than Python converts): only the order holding it is spoiled, not its page."""
-
-    __slots__ = ("problem",)
-
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
-
-    def __repr__(self) -> str:
-        return f"<{self.problem}>"
-
-
-def _parse_int(text: str) -> int | _Unreadable:
-    try:
-        return int(text)
-    except ValueError:  # more digits than sys.get_int_max_str_digits()
-        return _Unreadable(f"a number of {len(text.lstrip('-'))} digits, too large to read")
-
-
-def _loads(content: bytes) -> Any:
-    """The JSON body, decoded by pydantic-core (twice as fast as json.loads on a page of 250
-    orders, which is most of a re-sweep's CPU). When pydantic-core refuses it, the stdlib
-    tries again, with any number too large to read replaced by an :class:`_Unreadable` and
-    lone surrogates kept (:func:`_unreadable` finds both): one order's bad value must not
-    make its whole page unreadable. ValueError when the body is not JSON at all."""
-    try:
-        return from_json(content)
-    except ValueError:
-        pass
-    try:
-        return _json_loads(content, parse_int=_parse_int)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-# A UTF-16 surrogate on its own: JSON can spell one ("\ud800"), UTF-8 cannot encode it, so
-# neither Redis nor a log line could take the text.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _unreadable(value: Any) -> tuple[str, str] | None:
-    """(field path, problem) of the first value in ``value`` that cannot be passed on: an
-    :class:`_Unreadable` number, or text (a value or a key) holding a lone surrogate."""
-    stack: list[tuple[str, Any]] = [("", value)]  # iterative: nesting may be deep
-    while stack:
-        path, item = stack.pop()
-        if isinstance(item, _Unreadable):
-            return path or "(order)", item.problem
-        if isinstance(item, str):
-            if _LONE_SURROGATE.search(item):
-                return path or "(order)", "text that is not valid Unicode"
-        elif isinstance(item, dict):
-            for key, child in reversed(item.items()):
-                if _LONE_SURROGATE.search(key):
-                    return path or "(order)", "a key that is not valid Unicode"
-                stack.append((f"{path}.{key}" if path else key, child))
-        elif isinstance(item, list):
-            for index in reversed(range(len(item))):
-                stack.append((f"{path}.{index}" if path else str(index), item[index]))
-    return None
 
 
 def _warnings(body: Any) -> list[str]:
@@ -738,84 +526,6 @@ def _retry_after(response: httpx.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-class _OrderId(TypedDict):
-    id: Annotated[str, Field(min_length=1)]
-
-
-class _PageData(TypedDict):
-    results: list[_OrderId]
-    next: NotRequired[str | None]
-
-
-class _PageIds(TypedDict):
-    status: NotRequired[str]
-    data: _PageData
-
-
-# Reads a page's cursor and order ids in pydantic-core, skipping over the rest of each order:
-# a tenth of the cost of decoding the orders into Python objects (bench/resweep.py).
-_PAGE_IDS: TypeAdapter[_PageIds] = TypeAdapter(_PageIds)
-
-
-def _read_page(integration_id: str, content: bytes) -> OrdersPage | None:
-    """The page with its orders left undecoded; None when the body is anything but a
-    well-formed page (the full decode then says what is wrong)."""
-    try:
-        envelope = _PAGE_IDS.validate_json(content)
-    except ValueError:  # pydantic's ValidationError is one
-        return None
-    if envelope.get("status") == "error":
-        return None
-    data = envelope["data"]
-    ids = [order["id"] for order in data["results"]]
-
-    def decode() -> list[Any]:
-        results: list[Any] = from_json(content)["data"]["results"]
-        return results
-
-    return OrdersPage(integration_id, RawOrders(ids, decode), data.get("next") or None)
-
-
-def _parse_page(integration_id: str, body: Any) -> OrdersPage:
-    data = body.get("data") if isinstance(body, dict) else None
-    results = data.get("results") if isinstance(data, dict) else None
-    if not isinstance(data, dict) or not isinstance(results, list):
-        raise InvalidPageError(
-            integration_id,
-            OrderValidationError("(page)", "data.results", "missing or not a list"),
-        )
-    next_cursor = data.get("next")
-    if next_cursor is not None and (
-        not isinstance(next_cursor, str) or _LONE_SURROGATE.search(next_cursor)
-    ):
-        raise InvalidPageError(
-            integration_id,
-            OrderValidationError("(page)", "data.next", "not a string (valid Unicode) or null"),
-        )
-    raw_orders: list[RawOrder] = []
-    invalid: list[OrderValidationError] = []
-    for position, raw in enumerate(results):
-        # This path runs only when the fast one could not read the page: checking every
-        # value of every order is affordable here.
-        try:
-            order = RawOrder.check(raw, position)
-        except OrderValidationError as exc:
-            invalid.append(exc)
-            continue
-        if _LONE_SURROGATE.search(order.id):  # an id Redis cannot store cannot be deduped
-            invalid.append(
-                OrderValidationError(f"#{position}", "id", "text that is not valid Unicode")
-            )
-            continue
-        found = _unreadable(raw)
-        if found is None:
-            raw_orders.append(order)
-        else:
-            problem = OrderValidationError(order.id, *found)
-            raw_orders.append(order._replace(problem=problem))
-    return OrdersPage(integration_id, raw_orders, next_cursor or None, invalid)
 
 
 def _format_created_after(value: datetime | str) -> str:

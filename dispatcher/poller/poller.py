@@ -28,14 +28,10 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from dispatcher import tunables
-from dispatcher.kombo.client import (
-    InvalidPageError,
-    KomboClient,
-    KomboError,
-    KomboStopped,
-    OrdersPage,
-)
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboError, KomboStopped
 from dispatcher.kombo.models import OrderValidationError
+from dispatcher.kombo.pages import InvalidPageError, OrdersPage
 from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats

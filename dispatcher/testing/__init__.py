@@ -1,6 +1,6 @@
 """Stand-ins for the demo, the tests and the benchmarks, one copy each.
 
-- :mod:`~dispatcher.testing.simulator`: the Kombo API.
+- :mod:`~dispatcher.testing.sim`: the Kombo API.
 - :mod:`~dispatcher.testing.vendor`: a vendor's provisioning API (``provision_http``).
 - :mod:`~dispatcher.testing.mailbox`: an SMTP server (``notify_email``); needs aiosmtpd (the
   ``demo`` and ``test`` extras), imported only when a mailbox starts.

@@ -96,14 +96,12 @@ class Confirmer:
                 "Kombo before dispatching it; set DISPATCHER_WEBHOOK_CONFIRM=false to "
                 "dispatch webhook orders unconfirmed, replays included)"
             )
-        client = KomboClient(
-            key,
-            settings.kombo_base_url,
+        client = KomboClient.from_settings(
+            settings,
             timeout=settings.webhook_confirm_timeout,
             # No retry while a delivery waits: an order not confirmed now is kept and
             # confirmed later (UnconfirmedOrders).
             retry_budget=0,
-            max_response_bytes=settings.max_response_bytes,
         )
         return cls(client)
 

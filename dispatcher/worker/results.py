@@ -45,7 +45,8 @@ from rq.job import Job
 from rq.worker_pool import WorkerPool
 
 from dispatcher import _text, tunables
-from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboError
 from dispatcher.kombo.results import AssessmentResult, InvalidResultError
 from dispatcher.logs import escape_controls
 from dispatcher.settings import Settings, load_settings
@@ -334,13 +335,10 @@ class WriterRuntime:
         # Through connection.py like every process: a rediss:// or Sentinel REDIS_URL works
         # for a plain ``rq worker`` (which builds this on its first write job) too.
         redis = redis or connect(settings.redis_url.get_secret_value(), role="worker")
-        client = KomboClient(
-            settings.require_kombo(),
-            settings.kombo_base_url,
-            timeout=settings.kombo_timeout,
+        client = KomboClient.from_settings(
+            settings,
             retry_budget=0.0,  # the outbox retries, over hours
             max_connections=max(16, threads),
-            max_response_bytes=settings.max_response_bytes,
         )
         writer = ResultWriter(
             Outbox.from_settings(redis, settings),

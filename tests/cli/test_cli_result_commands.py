@@ -22,13 +22,8 @@ from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
 from dispatcher.store.result_record import recorded_result
 from dispatcher.store.results import Outbox
-from dispatcher.testing.simulator import (
-    DEFAULT_API_KEY,
-    Faults,
-    Simulator,
-    SimulatorServer,
-    _ApiError,
-)
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
+from dispatcher.testing.sim.envelope import ApiError
 from support import dispatcher_env
 from support.ops import run
 
@@ -48,7 +43,7 @@ class WarningSimulator(Simulator):
 
     def _put_packages(self, request: Any, integration_id: str) -> Any:
         if integration_id in self.refuse_packages:
-            raise _ApiError(400, "PLATFORM.INPUT_INVALID", "this ATS takes at most one package")
+            raise ApiError(400, "PLATFORM.INPUT_INVALID", "this ATS takes at most one package")
         return super()._put_packages(request, integration_id)
 
     def _put_result(self, request: Any, integration_id: str, *, order_id: str) -> Any:

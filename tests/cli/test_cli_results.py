@@ -17,7 +17,7 @@ from rq.job import Job
 
 from dispatcher.store.results import Outbox, OutboxRecord
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
 from support import dispatcher_env, kill_tree, wait_until
 from support.ops import run
 

@@ -19,7 +19,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.mailbox import Mailbox
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import step_key
 from support import dispatcher_env, wait_until

@@ -17,7 +17,7 @@ from rq import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 from support import dispatcher_env, wait_while_progressing
 
 pytestmark = pytest.mark.redis

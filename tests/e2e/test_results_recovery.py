@@ -15,7 +15,7 @@ from redis import Redis
 from dispatcher.settings import Settings, load_settings
 from dispatcher.store.keys import Keys
 from dispatcher.store.results import Outbox
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
 from dispatcher.web.app import create_app
 from dispatcher.worker.base import RECOVERY_BOUND
 from dispatcher.worker.results import READ_BACK_STATUS_ONLY

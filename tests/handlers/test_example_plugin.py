@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from support import dispatcher_env
 
 pytestmark = pytest.mark.slow  # a real pip install of examples/dispatcher-hello

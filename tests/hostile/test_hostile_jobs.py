@@ -31,7 +31,7 @@ from rq.registry import FailedJobRegistry
 
 from dispatcher.store.ledger import JOB_FUNCTION
 from dispatcher.store.rq_internals import JOB_SERIALIZER, failed_key, queue_key
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from support import dispatcher_env, dispatcher_web
 

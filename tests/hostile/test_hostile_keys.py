@@ -42,7 +42,7 @@ from dispatcher.store.ledger import Ledger
 from dispatcher.store.result_record import record_result
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.store.wrongtype import WrongKeyTypeError
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.web.webhook import WEBHOOK_PATH
 from dispatcher.worker.classes import DispatcherSimpleWorker

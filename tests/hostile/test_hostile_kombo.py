@@ -29,13 +29,10 @@ from hypothesis import strategies as st
 from redis import Redis
 from rq import Queue
 
-from dispatcher.kombo.client import (
-    InvalidPageError,
-    KomboClient,
-    KomboLimitError,
-    KomboStopped,
-)
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboLimitError, KomboStopped
 from dispatcher.kombo.models import id_problem
+from dispatcher.kombo.pages import InvalidPageError
 from dispatcher.ops.status import take_snapshot
 from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.settings import Settings

@@ -35,7 +35,7 @@ from dispatcher import HandlerContext, Order, PermanentFailure, handler_settings
 from dispatcher.logs import configure_logging, escape_controls
 from dispatcher.redact import protect_secrets
 from dispatcher.store.failures import MAX_REASON_LENGTH, MAX_TRACEBACK_LENGTH, clean_reason
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from dispatcher.web.webhook import WEBHOOK_PATH
 from dispatcher_handlers.log import LogHandler
 from dispatcher_handlers.notify_email import EmailSettings

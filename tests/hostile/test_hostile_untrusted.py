@@ -29,7 +29,7 @@ import pytest
 from redis import Redis
 
 from dispatcher.redact import protect_secrets
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from support import dispatcher_web
 from support.hostile import (
     API_KEY,

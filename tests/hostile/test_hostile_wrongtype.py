@@ -33,7 +33,7 @@ from dispatcher.store.keys import SCHEMA, Keys
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.store.wrongtype import WRONGTYPE_CODE, describe, find_wrong_types
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.web.app import create_app
 from support import wait_until
 from support.ops import invoke, settings_for

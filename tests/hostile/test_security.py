@@ -39,7 +39,7 @@ def locked_redis() -> Iterator[RedisServer]:
 def test_no_secret_in_logs_jobs_or_redis_and_candidate_data_expires(
     locked_redis: RedisServer,
 ) -> None:
-    from dispatcher.testing.simulator import Simulator
+    from dispatcher.testing.sim import Simulator
 
     password = SECRETS["Redis password"]
     url = f"redis://:{password}@127.0.0.1:{locked_redis.port}/0"

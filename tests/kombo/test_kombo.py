@@ -9,7 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatcher.kombo.client import InvalidPageError, KomboClient, KomboError
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboError, KomboLimitError
+from dispatcher.kombo.pages import InvalidPageError
+from dispatcher.settings import ConfigError, load_settings
 from support import order_payload
 
 API_KEY = "sk_test_do_not_leak_9f8e7d"
@@ -321,3 +324,33 @@ def test_a_refused_key_says_so_naming_the_setting(response: httpx.Response) -> N
     assert "Authorization header" not in str(info.value)
     assert info.value.status_code == 401
     assert not info.value.retryable
+
+
+def test_a_client_from_settings_carries_the_key_url_timeout_budget_and_size_limit() -> None:
+    # What cli/, poller (poll), web (confirm) and worker (results) each passed by hand.
+    settings = load_settings(
+        _env_file=None,
+        KOMBO_API_KEY=API_KEY,
+        KOMBO_BASE_URL="https://kombo.test/v2",
+        KOMBO_TIMEOUT=7.5,
+        KOMBO_RETRY_BUDGET=12.0,
+        DISPATCHER_MAX_RESPONSE_BYTES=2048,
+    )
+    packages = httpx.Response(200, json={"status": "success", "data": {"packages": []}})
+    too_large = httpx.Response(200, json={"status": "success", "data": {"x": "y" * 3000}})
+    recorder = Recorder(packages, too_large)
+    with KomboClient.from_settings(settings, transport=httpx.MockTransport(recorder)) as client:
+        assert client.get_packages(INTEGRATION) == []
+        with pytest.raises(KomboLimitError) as caught:
+            client.get_packages(INTEGRATION)
+        assert client.retry_budget == 12.0
+    assert caught.value.code == "RESPONSE_TOO_LARGE"
+    request = recorder.requests[0]
+    assert str(request.url) == "https://kombo.test/v2/assessment/packages"
+    assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert request.extensions["timeout"] == dict.fromkeys(("connect", "read", "write", "pool"), 7.5)
+
+    # An override wins over the setting; without a key it is KOMBO_API_KEY's one line.
+    assert KomboClient.from_settings(settings, retry_budget=0).retry_budget == 0
+    with pytest.raises(ConfigError, match="KOMBO_API_KEY"):
+        KomboClient.from_settings(load_settings(_env_file=None, KOMBO_API_KEY=""))

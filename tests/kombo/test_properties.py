@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rq import Queue
 
-from dispatcher.kombo.client import InvalidPageError, KomboClient
+from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.models import parse_order
+from dispatcher.kombo.pages import InvalidPageError
 from dispatcher.poller.poller import Poller
 from dispatcher.settings import ConfigError, load_settings
 from dispatcher.store.ledger import Ledger

@@ -1,4 +1,4 @@
-"""Tests for the fake Kombo assessment API (dispatcher.testing.simulator).
+"""Tests for the fake Kombo assessment API (dispatcher.testing.sim).
 
 They talk to the simulator with a plain httpx.Client, in process through its transport and,
 once, over a real socket, so they pin the HTTP behaviour clients depend on.
@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 
 ORDERS = "/assessment/orders"
 OPEN_ORDERS = "/assessment/orders/open"
@@ -367,10 +367,13 @@ def result_url(order_id: str) -> str:
         ),
         (
             result_body(attachments=[{"name": "a.pdf", "data": "AAAA"}]),
-            "attachments[0].content_type",
+            "attachments[0]: content_type is required",
         ),
         (result_body(attachments=[{"data_url": "https://x.example/f"}]), "attachments[0].name"),
-        (result_body(attributes=[{"type": "CHART", "label": "x"}]), "attributes[0].type"),
+        (
+            result_body(attributes=[{"type": "CHART", "label": "x"}]),
+            "attributes[0]: Input tag 'CHART'",
+        ),
         (
             result_body(attributes=[{"type": "SUB_RESULT", "id": "a", "label": "A"}]),
             "attributes[0].score",
@@ -835,7 +838,10 @@ def test_real_socket_latency_overlaps() -> None:
 
 @pytest.mark.parametrize("path", [ORDERS, OPEN_ORDERS])
 def test_kept_renderings_serve_the_same_bytes_and_follow_status_changes(path: str) -> None:
-    plain, kept = Simulator(1, 7, seed=41), Simulator(1, 7, seed=41, keep_rendered=True)
+    # One epoch: built a millisecond apart, two simulators' generated times (and cursors) differ.
+    epoch = datetime(2026, 12, 1, tzinfo=UTC)
+    plain = Simulator(1, 7, seed=41, epoch=epoch)
+    kept = Simulator(1, 7, seed=41, keep_rendered=True, epoch=epoch)
     iid = plain.integration_ids[0]
     with make_client(plain, iid) as a, make_client(kept, iid) as b:
         for _ in range(2):  # the second time from what was kept

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from support import wait_until
 from support.ops import TESTS, env_for, settings_for, sweep
 

@@ -23,7 +23,7 @@ from dispatcher.store.failures import parse_failure
 from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from support.ops import FailsFor, Returns, env_for, invoke, settings_for, sweep, work
 
 INTEGRATIONS = ["greenhouse:AdminOne", "lever:AdminTwo"]

@@ -21,7 +21,7 @@ from dispatcher.logs import (
     secret_values,
 )
 from dispatcher.store.keys import job_id_for
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from support.ops import dispatcher, env_for, settings_for, sweep, work
 
 API_KEY = "sk_live_Z3xTopSecretKey9"

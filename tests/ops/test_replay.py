@@ -13,7 +13,7 @@ import pytest
 from redis import Redis
 
 from dispatcher.store.keys import Keys
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import step_key
 from support import dispatcher_env

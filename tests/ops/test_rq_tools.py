@@ -13,7 +13,7 @@ import pytest
 from redis import Redis
 from rq import Queue
 
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from support.ops import TESTS, dispatcher, env_for, settings_for
 
 pytestmark = pytest.mark.redis

@@ -20,7 +20,7 @@ from redis import Redis
 from dispatcher import Settings
 from dispatcher.ops.status import take_snapshot
 from dispatcher.store.keys import Keys
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from support import free_port
 from support.ops import FailsFor, Returns, env_for, invoke, settings_for, sweep, work
 

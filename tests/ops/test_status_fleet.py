@@ -17,7 +17,7 @@ from redis import Redis
 from rq import Queue, Worker
 
 from dispatcher import Settings
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from dispatcher.web.app import create_app
 from support import kill_tree, wait_until
 from support.console import TOKEN, logged_in

@@ -22,7 +22,7 @@ from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys, order_ref
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.results import Outbox
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from dispatcher.web.app import create_app
 from support import order_payload
 from support.console import TOKEN, logged_in

@@ -15,7 +15,7 @@ from redis import Redis
 
 from dispatcher.poller.schedule import FIRST_SWEEP_WITHIN, Schedule
 from dispatcher.store.keys import Keys
-from dispatcher.testing.simulator import DEFAULT_API_KEY
+from dispatcher.testing.sim import DEFAULT_API_KEY
 from support import dispatcher_env, free_port, wait_until
 
 pytestmark = pytest.mark.redis

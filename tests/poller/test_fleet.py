@@ -25,7 +25,7 @@ from dispatcher.poller.schedule import FIRST_SWEEP_WITHIN, Schedule
 from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 from support import dispatcher_env, wait_until
 
 pytestmark = pytest.mark.redis

@@ -9,11 +9,11 @@ import httpx
 import pytest
 from rq import Queue
 
-from dispatcher.kombo import client as kombo
+from dispatcher.kombo import pages
 from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.poller import Poller
 from dispatcher.store.ledger import Ledger
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 
 
 def build(
@@ -168,13 +168,13 @@ def test_a_re_sweep_reads_only_ids_and_decodes_a_page_only_for_new_orders(
     sim = Simulator(1, 12, seed=8)
     integration = sim.integration_ids[0]
     decoded: list[int] = []
-    real_from_json = kombo.from_json
+    real_from_json = pages.from_json
 
     def counting_from_json(content: bytes) -> Any:
         decoded.append(len(content))
         return real_from_json(content)
 
-    monkeypatch.setattr(kombo, "from_json", counting_from_json)
+    monkeypatch.setattr(pages, "from_json", counting_from_json)
     seen_id = sim.orders(integration, status="OPEN")[0]["id"]
     corrupt = False
 

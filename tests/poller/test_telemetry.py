@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from redis import Redis
 
-from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboError
 from dispatcher.poller.telemetry import (
     LATENCY_BUCKETS,
     RequestStats,
@@ -13,7 +14,7 @@ from dispatcher.poller.telemetry import (
     read_request_series,
 )
 from dispatcher.store.keys import Keys
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from support.ops import settings_for, sweep
 
 

@@ -16,7 +16,7 @@ from rq.job import Job
 
 from dispatcher.store.keys import SCHEMA, Keys, job_id_for, schema_markdown
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from support.ops import TESTS, dispatcher, env_for, invoke, settings_for, sweep
 
 DOC = TESTS.parent / "docs" / "redis-keys.md"

@@ -17,7 +17,7 @@ from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import JOB_FUNCTION, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER, job_hash_items
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from dispatcher.worker.jobs import Runtime
 from dispatcher.worker.run import run_worker
 

@@ -28,7 +28,7 @@ from dispatcher.store.ledger import Ledger
 from dispatcher.store.reconcile import Reconciler
 from dispatcher.store.reconcile_state import PeriodicReconcile, read_state
 from dispatcher.store.results import Outbox
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.web.metrics import exposition
 from support import dispatcher_env, kill_tree, wait_until
 from support.ops import run

@@ -42,7 +42,7 @@ from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import JobOptions, Ledger
 from dispatcher.store.replication import ReplicaAck, ReplicasNotAcknowledged
 from dispatcher.store.results import Outbox
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import StepStore, step_key
 from dispatcher.worker.results import current_writer, install_writer, write_claimed

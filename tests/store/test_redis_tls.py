@@ -21,7 +21,7 @@ import pytest
 from rq import Queue
 
 from dispatcher.store.connection import connect
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from support import dispatcher_env, free_port
 from support.redis_topology import Certificates, TlsRedis, make_certificates
 

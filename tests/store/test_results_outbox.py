@@ -25,7 +25,7 @@ from dispatcher.store.results import (
 )
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.store.wrongtype import WrongKeyTypeError
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.worker.results import (
     READ_BACK_MATCHED,
     READ_BACK_OTHER,

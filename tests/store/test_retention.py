@@ -12,7 +12,7 @@ import pytest
 from redis import Redis
 
 from dispatcher.store.keys import Keys, job_id_for
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from support import wait_until
 from support.ops import TESTS, dispatcher, env_for, invoke, settings_for
 

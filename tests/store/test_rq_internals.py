@@ -40,7 +40,7 @@ from dispatcher.kombo.models import Order
 from dispatcher.store import rq_internals as rqi
 from dispatcher.store.keys import SCHEMA
 from dispatcher.store.ledger import JOB_FUNCTION, JobOptions, Ledger
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from dispatcher.worker import base as dispatcher_worker
 from dispatcher.worker.base import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, WORKER_TTL
 from dispatcher.worker.classes import DispatcherSimpleWorker, DispatcherWorker, InProcessWorker

@@ -14,7 +14,7 @@ from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.result_record import record_result
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from support import order_payload
 from support.ops import settings_for, sweep
 

@@ -18,7 +18,7 @@ from redis import Redis
 from dispatcher import Settings
 from dispatcher.store.keys import Keys
 from dispatcher.store.result_record import record_result
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from support.ops import FailsFor, settings_for, sweep, work
 
 TOKEN = "console-token-for-tests-0123"

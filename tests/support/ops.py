@@ -20,7 +20,7 @@ from dispatcher.poller.poller import Poller, SweepReport
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.store.ledger import JobOptions, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.worker.classes import DispatcherSimpleWorker
 from dispatcher.worker.jobs import Runtime, install_runtime
 from support import dispatcher_env

@@ -22,7 +22,7 @@ from dispatcher.settings import load_settings
 from dispatcher.store.keys import Keys
 from dispatcher.store.leases import WriteLeases
 from dispatcher.store.results import Outbox
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
 from dispatcher.web.app import create_app
 from dispatcher.web.results_api import TokenGuard, client_key
 from dispatcher.worker.results import ResultWriter

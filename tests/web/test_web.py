@@ -20,7 +20,7 @@ from starlette.routing import Route
 from dispatcher import Settings
 from dispatcher.poller.telemetry import LATENCY_BUCKETS
 from dispatcher.store.keys import Keys
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from dispatcher.web.app import create_app
 from support import free_port
 from support.ops import FailsFor, Returns, env_for, invoke, settings_for, sweep, work

@@ -28,7 +28,7 @@ from rq import Queue
 from dispatcher.ops.status import take_snapshot
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys, order_ref
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator, SimulatorServer
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator, SimulatorServer
 from dispatcher.web.webhook import WEBHOOK_PATH
 from support import dispatcher_env, wait_until
 from support.console import TOKEN, logged_in

@@ -15,7 +15,7 @@ from rq import Queue
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
 from dispatcher.testing.mailbox import Mailbox
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.base import RECOVERY_BOUND
 from support import dispatcher_env, kill_tree

@@ -12,7 +12,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from dispatcher.kombo.client import KomboClient, KomboError
+from dispatcher.kombo.client import KomboClient
+from dispatcher.kombo.errors import KomboError
 from dispatcher.kombo.packages import (
     InvalidPackagesError,
     Package,
@@ -29,7 +30,7 @@ from dispatcher.kombo.results import (
 )
 from dispatcher.store.keys import Keys
 from dispatcher.store.result_record import record_result, recorded_result
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Faults, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 
 URL = "https://vendor.example/results/1"
 

@@ -19,7 +19,7 @@ from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.mailbox import Mailbox
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import Runtime, step_key
 from dispatcher.worker.run import run_worker

@@ -18,7 +18,7 @@ from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
 from dispatcher.kombo.models import Order
 from dispatcher.store.ledger import Ledger
-from dispatcher.testing.simulator import Simulator
+from dispatcher.testing.sim import Simulator
 from dispatcher.worker.base import RECOVERY_BOUND
 from support import dispatcher_env, kill_tree
 

@@ -20,7 +20,7 @@ import pytest
 from redis import Redis
 
 from dispatcher.store import rq_internals as rqi
-from dispatcher.testing.simulator import DEFAULT_API_KEY, Simulator
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.base import RECOVERY_BOUND
 from dispatcher.worker.retry import RETRY_WINDOW_ENV
