@@ -16,18 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _webhook_support import (
-    ReceiverServer,
-    event_body,
-    make_app,
-    make_ledger,
-    signed,
-)
 from redis import Redis
 from rq import SimpleWorker
 from rq.registry import FinishedJobRegistry
 
-from _support import text
 from dispatcher import Settings
 from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.poller import Poller
@@ -36,6 +28,8 @@ from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator, SimulatorServer
 from dispatcher.web.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER, WEBHOOK_PATH, sign
 from dispatcher.worker.jobs import Runtime, install_runtime
+from support import text
+from support.webhook import ReceiverServer, event_body, make_app, make_ledger, signed
 
 pytestmark = pytest.mark.redis
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,12 +38,6 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def sim() -> Simulator:
     return Simulator(1, 5, closed=0, seed=3)
-
-
-@pytest.fixture
-def kombo(sim: Simulator) -> Iterator[SimulatorServer]:
-    with sim.serve() as server:
-        yield server
 
 
 def sweep(kombo: SimulatorServer, ledger: Ledger, sim: Simulator) -> int:
