@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def run(pollers: int, integrations: int, orders: int, latency: float) -> dict[st
         if line.startswith("export KOMBO_INTEGRATION_IDS="):
             ids = line.strip().split("=", 1)[1].split(",")
             break
+    # Keep reading what the simulator says: a full pipe would block its next write, and then
+    # its exit on SIGINT (a loaded CI machine waited 30 s for it).
+    threading.Thread(target=sim.stderr.read, daemon=True).start()
     time.sleep(0.5)
     with private_redis() as url:
         redis = Redis.from_url(url)

@@ -2,7 +2,7 @@
 is.
 
 A value one module owns stays in that module, beside what it tunes: the worker's heartbeat
-timings in worker/worker.py, the results writer's backoff in worker/results.py, the Redis
+timings in worker/base.py, the results writer's backoff in worker/results.py, the Redis
 timeouts per kind of process in store/connection.py. Here are:
 
 - the clamp of a doubling backoff's exponent, which every such backoff needs;

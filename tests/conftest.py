@@ -1,8 +1,13 @@
+"""The fixtures of several test folders (each folder's own are in its conftest.py; the
+helpers the tests call are in tests/support)."""
+
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -11,11 +16,12 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 from redis import Redis
 
-from _support import RedisServer
 from dispatcher.testing.mailbox import Mailbox
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator, SimulatorServer
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.classes import DispatcherWorker
 from dispatcher.worker.jobs import install_runtime
+from support import RedisServer
 
 # The property tests run beside other processes on loaded machines: hypothesis' per-example
 # deadline (200 ms) measured the machine, not the code (two failures at load average 12).
@@ -140,6 +146,16 @@ def _reset_runtime() -> Iterator[None]:
     install_runtime(None)
 
 
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    """The CLI reconfigures the root logger; give the next test the one it had."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture
 def vendor() -> Iterator[VendorAPI]:
     """A stand-in of the vendor's provisioning API on a real socket."""
@@ -154,3 +170,37 @@ def mailbox() -> Iterator[Mailbox]:
     box = Mailbox()
     yield box
     box.close()
+
+
+@pytest.fixture
+def kombo(sim: Simulator) -> Iterator[SimulatorServer]:
+    """The module's simulator (its ``sim`` fixture) served over a real socket."""
+    with sim.serve() as server:
+        yield server
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    redis_url: str,
+    redis: Redis,
+    kombo: SimulatorServer,
+    sim: Simulator,
+) -> dict[str, str]:
+    """The dispatcher's settings for the CLI in process (``support.ops.run``): the test Redis
+    and ``kombo``, set in this process's environment and returned; no other settings leak in
+    (none of the caller's, no stray .env)."""
+    for name in list(os.environ):
+        if name.startswith(("KOMBO_", "DISPATCHER_", "REDIS_URL")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    values = {
+        "REDIS_URL": redis_url,
+        "KOMBO_BASE_URL": kombo.url,
+        "KOMBO_API_KEY": DEFAULT_API_KEY,
+        "KOMBO_INTEGRATION_IDS": ",".join(sim.integration_ids),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values

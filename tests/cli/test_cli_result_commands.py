@@ -8,26 +8,24 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from redis import Redis
 
-from _support import dispatcher_env
-from dispatcher.cli import cli
 from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
 from dispatcher.store.result_record import recorded_result
 from dispatcher.store.results import Outbox
 from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
 from dispatcher.testing.sim.envelope import ApiError
+from support import dispatcher_env
+from support.ops import run
 
 pytestmark = pytest.mark.redis
 URL = "https://vendor.example/r/1"
@@ -60,38 +58,10 @@ def sim() -> WarningSimulator:
 
 
 @pytest.fixture
-def kombo(sim: Simulator) -> Iterator[SimulatorServer]:
-    with sim.serve() as server:
-        yield server
-
-
-@pytest.fixture
-def env(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    redis_url: str,
-    redis: Redis,
-    kombo: SimulatorServer,
-    sim: Simulator,
-) -> dict[str, str]:
-    for name in list(os.environ):
-        if name.startswith(("KOMBO_", "DISPATCHER_", "REDIS_URL")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    values = {
-        "REDIS_URL": redis_url,
-        "KOMBO_BASE_URL": kombo.url,
-        "KOMBO_API_KEY": DEFAULT_API_KEY,
-        "KOMBO_INTEGRATION_IDS": ",".join(sim.integration_ids),
-        "KOMBO_RETRY_BUDGET": "5",
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
-
-
-def run(*args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+def env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The shared environment (tests/conftest.py), with retries for the simulator's faults."""
+    monkeypatch.setenv("KOMBO_RETRY_BUDGET", "5")
+    return {**env, "KOMBO_RETRY_BUDGET": "5"}
 
 
 def one_error_line(result: Result) -> str:

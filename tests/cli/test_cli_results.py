@@ -5,23 +5,21 @@ socket: `dispatcher result` (--wait, --no-wait, --timeout), `results`, `retry --
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from redis import Redis
 from rq.job import Job
 
-from _support import dispatcher_env, kill_tree, wait_until
-from dispatcher.cli import cli
 from dispatcher.store.results import Outbox, OutboxRecord
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
+from support import dispatcher_env, kill_tree, wait_until
+from support.ops import run
 
 pytestmark = pytest.mark.redis
 URL = "https://vendor.example/r/1"
@@ -34,42 +32,8 @@ def sim() -> Simulator:
 
 
 @pytest.fixture
-def kombo(sim: Simulator) -> Iterator[SimulatorServer]:
-    with sim.serve() as server:
-        yield server
-
-
-@pytest.fixture
-def env(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    redis_url: str,
-    redis: Redis,
-    kombo: SimulatorServer,
-    sim: Simulator,
-) -> dict[str, str]:
-    for name in list(os.environ):
-        if name.startswith(("KOMBO_", "DISPATCHER_", "REDIS_URL")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    values = {
-        "REDIS_URL": redis_url,
-        "KOMBO_BASE_URL": kombo.url,
-        "KOMBO_API_KEY": DEFAULT_API_KEY,
-        "KOMBO_INTEGRATION_IDS": ",".join(sim.integration_ids),
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
-
-
-@pytest.fixture
 def outbox(redis: Redis) -> Outbox:
     return Outbox(redis, "dispatcher", "dispatcher-results")
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def order_of(sim: Simulator, n: int = 0, integration: int = 0) -> tuple[str, str]:

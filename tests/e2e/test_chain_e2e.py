@@ -17,12 +17,12 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-from _support import dispatcher_env, wait_until
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import step_key
+from support import dispatcher_env, wait_until
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from _support import dispatcher_env
+from support import dispatcher_env
 
 
 def _run_demo(cwd: Path) -> subprocess.CompletedProcess[str]:

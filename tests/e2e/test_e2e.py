@@ -16,9 +16,9 @@ from redis import Redis
 from rq import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-from _support import dispatcher_env, wait_while_progressing
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
+from support import dispatcher_env, wait_while_progressing
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"
@@ -247,7 +247,7 @@ def test_a_refused_api_key_is_one_error_line_for_every_integration(
 @pytest.mark.slow
 def test_the_poll_loop_waits_for_redis_at_start_and_once_does_not(sim: Simulator) -> None:
     # Issue 14, item 5: the README says pollers ride out Redis outages; one at start too.
-    from _support import RedisServer, wait_until
+    from support import RedisServer, wait_until
 
     server = RedisServer()  # its port is chosen; nothing listens on it yet
     try:

@@ -10,11 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from _webhook_support import ReceiverServer
 from redis import Redis
-from test_results_api import TOKEN, Fleet, auth, wait_for
 
-from _support import RedisServer, dispatcher_env, slow_beyond
 from dispatcher.settings import Settings, load_settings
 from dispatcher.store.keys import Keys
 from dispatcher.store.results import Outbox
@@ -22,6 +19,9 @@ from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator, Simulator
 from dispatcher.web.app import create_app
 from dispatcher.worker.base import RECOVERY_BOUND
 from dispatcher.worker.results import READ_BACK_STATUS_ONLY
+from support import RedisServer, dispatcher_env, slow_beyond, wait_until
+from support.results import TOKEN, Fleet, auth
+from support.webhook import ReceiverServer
 
 URL = "https://vendor.example/r/1"
 INTEGRATION = "greenhouse:AAAA"
@@ -75,12 +75,12 @@ def test_a_results_worker_killed_mid_write_loses_nothing_and_writes_once(
         fleet = Fleet(env)
         try:
             fleet.start()
-            wait_for(lambda: sim.writes_in_flight[INTEGRATION] > 0, 30, "the write to start")
+            wait_until(lambda: sim.writes_in_flight[INTEGRATION] > 0, 30, "the write to start")
             fleet.stop()  # SIGKILL, the write in flight (Kombo applies it, nobody hears)
             killed_at = time.monotonic()
             sim.faults.latency = 0.0
             fleet.start()  # the survivor's maintenance finds the abandoned job
-            wait_for(
+            wait_until(
                 lambda: outbox.counts()["pending"] == 0,
                 RECOVERY_BOUND + 30,
                 "the abandoned write to be recovered",
@@ -124,7 +124,7 @@ def test_a_redis_restart_loses_no_submitted_result(aof_redis: RedisServer, names
         fleet = Fleet(env)
         try:
             fleet.start()
-            wait_for(lambda: outbox.counts()["pending"] == 0, 60, "the results to be written")
+            wait_until(lambda: outbox.counts()["pending"] == 0, 60, "the results to be written")
         finally:
             fleet.stop()
     assert outbox.counts() == {"pending": 0, "written": len(orders), "failed": 0}
@@ -193,7 +193,7 @@ def test_50_concurrent_puts_of_different_bodies_leave_one_truth(
                 first = {"status": status, "result_url": f"{URL}/first"}
                 with httpx.Client(base_url=web.url, headers=auth(), timeout=30) as http:
                     assert _result_put(http, order, first).status_code == 202
-                wait_for(lambda: sim.writes_in_flight[INTEGRATION] > 0, 30, "the write")
+                wait_until(lambda: sim.writes_in_flight[INTEGRATION] > 0, 30, "the write")
                 barrier = threading.Barrier(50)
 
                 def client(n: int) -> None:
@@ -209,14 +209,14 @@ def test_50_concurrent_puts_of_different_bodies_leave_one_truth(
                     thread.join()
                 assert sim.writes_in_flight[INTEGRATION] == 1  # all 50 came while it flew
                 gate.set()
-                wait_for(lambda: outbox.counts()["pending"] == 0, 60, "nothing pending")
+                wait_until(lambda: outbox.counts()["pending"] == 0, 60, "nothing pending")
                 held = _assert_record_matches_kombo(outbox, sim, order)
                 written = outbox.get(INTEGRATION, order)
                 applied = sim.applied_writes[(INTEGRATION, order)]
                 # Anything accepted is written or refused: a late PUT is never left pending.
                 with httpx.Client(base_url=web.url, headers=auth(), timeout=30) as http:
                     late = _result_put(http, order, {"status": status, "result_url": URL})
-                    wait_for(lambda: outbox.counts()["pending"] == 0, 60, "the late one")
+                    wait_until(lambda: outbox.counts()["pending"] == 0, 60, "the late one")
                     shown = http.get(f"/orders/{INTEGRATION}/{order}/result").json()
         finally:
             gate.set()
@@ -265,7 +265,7 @@ def test_six_puts_a_fifth_of_a_second_apart_strand_nothing(redis_url: str, names
                     payload = {"status": "COMPLETED", "result_url": f"{URL}/{n}"}
                     answers.append(_result_put(http, order, payload))
                     time.sleep(0.2)  # the scenario under test: PUTs spaced while one writes
-                wait_for(lambda: outbox.counts()["pending"] == 0, 60, "nothing pending")
+                wait_until(lambda: outbox.counts()["pending"] == 0, 60, "nothing pending")
                 again = _result_put(http, order, {"status": "COMPLETED", "result_url": f"{URL}/0"})
         finally:
             fleet.stop()

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from _support import order_payload
 from dispatcher import (
     HandlerConfigError,
     HandlerContext,
@@ -22,6 +21,7 @@ from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import _MemoryEffects, step_key
 from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
 from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
+from support import order_payload
 
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"
 

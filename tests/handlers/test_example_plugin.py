@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from _support import dispatcher_env
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
+from support import dispatcher_env
 
 pytestmark = pytest.mark.slow  # a real pip install of examples/dispatcher-hello
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dispatcher-hello"

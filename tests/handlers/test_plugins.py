@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from _support import dispatcher_env, free_port, order_payload
 from dispatcher import BaseHandler, HandlerConfigError, HandlerContext, Order
 from dispatcher.plugins import (
     ENTRY_POINT_GROUP,
@@ -20,6 +19,7 @@ from dispatcher.plugins import (
     load_handlers,
     may_accept,
 )
+from support import dispatcher_env, free_port, order_payload
 
 
 class GoodHandler:

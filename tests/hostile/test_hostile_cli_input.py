@@ -15,19 +15,19 @@ from typing import Any
 
 import pytest
 from redis import Redis
-from test_hostile_untrusted import (
+
+from dispatcher.store.keys import Keys
+from support import dispatcher_env, free_port, order_payload, slow_beyond
+from support.hostile import (
     API_KEY,
     API_TOKEN,
     PROVISION_TOKEN,
     SMTP_PASSWORD,
     WEBHOOK_SECRET,
-    _exposed,
-    _kombo,
-    _server,
+    echoing_kombo,
+    exposed,
+    json_server,
 )
-
-from _support import dispatcher_env, free_port, order_payload, slow_beyond
-from dispatcher.store.keys import Keys
 
 PASSWORD = "pw_W13neverShown77"
 MALFORMED = [
@@ -139,7 +139,7 @@ def test_replay_queues_an_order_listed_twice_on_a_page_once(
 def test_replay_prints_kombos_error_as_one_line_without_the_key(redis_url: str) -> None:
     # Kombo (or anything at KOMBO_BASE_URL) answers the listing with an error echoing the
     # request's headers, upper-cased too, after a line break that forges a second line.
-    with _server(_kombo) as url:
+    with json_server(echoing_kombo) as url:
         env = dispatcher_env(
             redis_url,
             KOMBO_BASE_URL=url,
@@ -162,4 +162,4 @@ def test_replay_prints_kombos_error_as_one_line_without_the_key(redis_url: str) 
         (line,) = result.stderr.splitlines()
         assert line.startswith("dispatcher: error: integration greenhouse:Echo-")
         assert "PLATFORM.INPUT_INVALID" in line and "FORGED" in line
-        assert not _exposed(result.stdout + result.stderr), line
+        assert not exposed(result.stdout + result.stderr), line

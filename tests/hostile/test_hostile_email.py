@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _support import order_payload
 from dispatcher import HandlerContext, RetryLater, Settings
 from dispatcher.kombo.models import Order, parse_order
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.worker.jobs import _MemoryEffects, step_key
 from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler, _addr_spec
+from support import order_payload
 
 INTEGRATION = "greenhouse:HOSTILE00000000000000000"
 GOOD = "hank@example.com"

@@ -29,11 +29,11 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
-from _support import dispatcher_env, dispatcher_web
 from dispatcher.store.ledger import JOB_FUNCTION
 from dispatcher.store.rq_internals import JOB_SERIALIZER, failed_key, queue_key
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
+from support import dispatcher_env, dispatcher_web
 
 pytestmark = pytest.mark.redis
 

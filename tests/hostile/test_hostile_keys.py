@@ -19,8 +19,6 @@ from typing import Any
 
 import fakeredis
 import pytest
-from _ops import keep_logging, settings_for, sweep, work  # noqa: F401 (autouse fixture)
-from _webhook_support import AppClient, event_body, make_app, make_ledger, signed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis import Redis
@@ -50,6 +48,8 @@ from dispatcher.web.webhook import WEBHOOK_PATH
 from dispatcher.worker.classes import DispatcherSimpleWorker
 from dispatcher.worker.jobs import StepStore, step_key
 from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
+from support.ops import settings_for, sweep, work
+from support.webhook import AppClient, event_body, make_app, make_ledger, signed
 
 NS = "dispatcher"
 QUEUE = "dispatcher-orders"

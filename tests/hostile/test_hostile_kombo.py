@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 from redis import Redis
 from rq import Queue
 
-from _support import dispatcher_env, free_port, order_payload
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.errors import KomboLimitError, KomboStopped
 from dispatcher.kombo.models import id_problem
@@ -39,6 +38,7 @@ from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
+from support import dispatcher_env, free_port, order_payload
 
 API_KEY = "sk_test_hostile_kombo_0001"
 QUEUE = "dispatcher-orders"

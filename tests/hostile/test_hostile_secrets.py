@@ -10,32 +10,19 @@ and looks where the attacker would.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import logging
-import pickle
 import re
 import smtplib
 import threading
 import warnings
-import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from _ops import (
-    FailsFor,
-    dispatcher,
-    env_for,
-    keep_logging,  # noqa: F401 (autouse fixture)
-    settings_for,
-    sweep,
-    work,
-)
-from _webhook_support import AppClient, event_body, make_app, make_ledger, signed
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from hypothesis import HealthCheck, given, settings
@@ -44,7 +31,6 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import Redis
 
-from _support import free_port
 from dispatcher import HandlerContext, Order, PermanentFailure, handler_settings
 from dispatcher.logs import configure_logging, escape_controls
 from dispatcher.redact import protect_secrets
@@ -54,6 +40,10 @@ from dispatcher.web.webhook import WEBHOOK_PATH
 from dispatcher_handlers.log import LogHandler
 from dispatcher_handlers.notify_email import EmailSettings
 from dispatcher_handlers.notify_webhook import NotifyWebhookHandler
+from support import free_port
+from support.hostile import redis_values
+from support.ops import FailsFor, dispatcher, env_for, settings_for, sweep, work
+from support.webhook import AppClient, event_body, make_app, make_ledger, signed
 
 PROVISION_TOKEN = "tok_ECHOEDvendor7c41"
 # Percent-encoded in SMTP_URL; the client sends it (and the server echoes it) decoded.
@@ -62,45 +52,6 @@ SMTP_PASSWORD_SENT = unquote(SMTP_PASSWORD)
 
 
 # -- where secrets could end up ---------------------------------------------------------------
-
-
-def _decoded(value: bytes) -> Iterator[bytes]:
-    """``value`` and what RQ may have packed in it: zlib (job data, exc_info), base64 of
-    zlib (exc_string in rq:results), pickle (job meta)."""
-    yield value
-    unpackers = (
-        zlib.decompress,
-        lambda v: zlib.decompress(base64.b64decode(v)),
-        lambda v: repr(pickle.loads(v)).encode(),  # our own test Redis: safe to unpickle
-    )
-    for unpack in unpackers:
-        try:
-            unpacked = unpack(value)
-        except Exception:  # not packed that way: the raw value was searched
-            continue
-        yield unpacked
-
-
-def redis_values(redis: Redis) -> Iterator[bytes]:
-    """Every key and value in Redis, by type, unpacked where RQ packs it."""
-    for key in redis.scan_iter(count=1000):
-        yield key
-        kind = redis.type(key)
-        values: list[bytes] = []
-        if kind == b"string":
-            values = [redis.get(key) or b""]
-        elif kind == b"hash":
-            values = [v for kv in redis.hgetall(key).items() for v in kv]
-        elif kind == b"list":
-            values = redis.lrange(key, 0, -1)
-        elif kind == b"set":
-            values = list(redis.smembers(key))
-        elif kind == b"zset":
-            values = [m for m, _ in redis.zrange(key, 0, -1, withscores=True)]
-        elif kind == b"stream":
-            values = [v for _, fields in redis.xrange(key) for kv in fields.items() for v in kv]
-        for value in values:
-            yield from _decoded(value)
 
 
 def leaks(redis: Redis, secret: str) -> list[bytes]:
@@ -426,7 +377,7 @@ def test_a_webhook_event_and_integration_id_cannot_forge_log_lines(fake_redis: R
     stream = io.StringIO()
     configure_logging("DEBUG", "text", stream=stream)
     app = make_app(make_ledger(fake_redis))
-    from _support import order_payload
+    from support import order_payload
 
     body = event_body(order_payload("Order1"), f"acme:{FORGED}", event_id=f"evt{FORGED}")
     AppClient(app).post(WEBHOOK_PATH, content=body, headers=signed(body))

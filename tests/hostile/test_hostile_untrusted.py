@@ -19,116 +19,38 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import httpx
 import pytest
-from _ops import (  # noqa: F401 (keep_logging: an autouse fixture)
-    dispatcher,
-    env_for,
-    keep_logging,
-    settings_for,
-    sweep,
-    work,
-)
 from redis import Redis
-from test_hostile_secrets import redis_values
 
-from _support import dispatcher_web, free_port
 from dispatcher.redact import protect_secrets
 from dispatcher.testing.sim import Simulator
+from support import dispatcher_web
+from support.hostile import (
+    API_KEY,
+    API_TOKEN,
+    FORGED,
+    PROVISION_TOKEN,
+    SMTP_PASSWORD,
+    WEBHOOK_SECRET,
+    echo_secrets,
+    echoing_kombo,
+    exposed,
+    json_server,
+    redis_values,
+)
+from support.ops import dispatcher, env_for, settings_for, sweep, work
 
-API_KEY = "kombo_KEYleaks4d1e9f2a7c"
-API_TOKEN = "apitok_TOKENleaks_0123456789abcdef"
-SMTP_PASSWORD = "pw_SMTPleaks%2F3d9e1b"  # percent-encoded in SMTP_URL; sent decoded
-PROVISION_TOKEN = "prov_TOKENleaks7c41aa"
-WEBHOOK_SECRET = "whsec_HOOKleaks99ab12cd"
 CONSOLE_TOKEN = "console_TOKENleaks_5566778899"
-SECRETS = {
-    "KOMBO_API_KEY": API_KEY,
-    "DISPATCHER_API_TOKEN": API_TOKEN,
-    "SMTP password": unquote(SMTP_PASSWORD),
-    "PROVISION_TOKEN": PROVISION_TOKEN,
-    "KOMBO_WEBHOOK_SECRET": WEBHOOK_SECRET,
-}
 KINDS = ("repr", "json", "long", "upper")
-# A line Kombo's message tries to forge on `poll --once`'s stderr.
-FORGED = "dispatcher: error: integration greenhouse:Other: FORGED"
 # The candidate's contact data a vendor echoes (W12).
 EMAIL = "jane.leak+w12@example.org"
 PHONE = "+49 151 2345 6789"
-
-
-def _echo(kind: str, headers: dict[str, str], cut: int) -> str:
-    """A server's error message echoing ``headers`` and every planted secret, as ``kind``.
-
-    ``long``: ``cut - 12`` characters of padding first, so that a message cut to ``cut``
-    characters before masking keeps the first characters of the first secret.
-    """
-    planted = {**headers, **{f"X-Planted-{name}": value for name, value in SECRETS.items()}}
-    if kind == "repr":
-        return f"bad request; headers were {planted!r}"
-    if kind == "json":
-        return json.dumps({"error": "unauthorized", "request": {"headers": planted}})
-    # The token the request carried first: the secret a server echoes most likely.
-    sent = headers.get("Authorization", "").removeprefix("Bearer ")
-    secrets = " ".join(dict.fromkeys([sent, *SECRETS.values()]))
-    if kind == "long":
-        return "x" * (cut - 12) + secrets
-    return f"REJECTED: {secrets}".upper()
-
-
-@contextmanager
-def _server(handle: Any) -> Iterator[str]:
-    """An HTTP server on a real socket answering every request with ``handle(request)``:
-    (status, JSON body)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length", 0))
-            body = self.rfile.read(length) if length else b""
-            status, answer = handle(self, body)
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_PUT = _answer
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def _kombo(request: BaseHTTPRequestHandler, body: bytes) -> tuple[int, Any]:
-    """Kombo, answering every listing with an error echoing the request (kind by integration)."""
-    integration = request.headers.get("X-Integration-Id", "")
-    kind = integration.rpartition(":")[2].lower()
-    # Kombo's error message is put after "integration X: CODE: " in the sweep record.
-    message = _echo(kind, dict(request.headers.items()), 500)
-    if kind != "long":  # (long: the padding must come first)
-        message = f"refused\n{FORGED}\n{message}"
-    error = {"code": "PLATFORM.INPUT_INVALID", "title": "bad", "message": message}
-    return 400, {"status": "error", "error": error}
 
 
 def _vendor(request: BaseHTTPRequestHandler, body: bytes) -> tuple[int, Any]:
@@ -136,23 +58,17 @@ def _vendor(request: BaseHTTPRequestHandler, body: bytes) -> tuple[int, Any]:
     and the candidate's contact data."""
     order = json.loads(body)
     kind = str(order["id"]).rpartition("-")[2].lower()
-    message = _echo(kind, dict(request.headers.items()), 300)
+    message = echo_secrets(kind, dict(request.headers.items()), 300)
     if kind in ("repr", "json"):
         message = f"candidate {EMAIL} phone {PHONE}: {message}"
     return 401, {"message": message}
-
-
-def _exposed(text: str) -> list[str]:
-    """The planted secrets whose value, or first ten characters, ``text`` holds (any case)."""
-    folded = text.lower()
-    return [name for name, value in SECRETS.items() if value[:10].lower() in folded]
 
 
 def _redis_exposed(redis: Redis) -> list[tuple[str, bytes]]:
     found = []
     for value in redis_values(redis):
         text = value.decode(errors="replace")
-        found.extend((name, value[:160]) for name in _exposed(text))
+        found.extend((name, value[:160]) for name in exposed(text))
     return found
 
 
@@ -226,7 +142,7 @@ def test_every_secret_echoed_by_kombo_or_a_vendor_leaks_to_no_output_page_or_red
         only_vendor = {**env, "KOMBO_INTEGRATION_IDS": vendor_integration}
         only_vendor["KOMBO_BASE_URL"] = simulated.url
         run("poll (simulator)", ["poll", "--once"], only_vendor, (0,))
-    with _server(_kombo) as kombo:
+    with json_server(echoing_kombo) as kombo:
         only_echo = {
             **env,
             "KOMBO_BASE_URL": kombo,
@@ -236,7 +152,7 @@ def test_every_secret_echoed_by_kombo_or_a_vendor_leaks_to_no_output_page_or_red
         run("poll --once", ["--log-level", "DEBUG", "poll", "--once"], only_echo, (1,))
         run("poll --once --json", ["poll", "--once", "--json"], only_echo, (1,))
     # ...and the real worker meets the vendor's.
-    with _server(_vendor) as vendor:
+    with json_server(_vendor) as vendor:
         run(
             "worker",
             ["--log-level", "DEBUG", "worker", "--burst"],
@@ -268,7 +184,7 @@ def test_every_secret_echoed_by_kombo_or_a_vendor_leaks_to_no_output_page_or_red
     assert {job["order_id"] for job in failed} == set(orders), failed
     assert all("HTTP 401" in job["reason"] for job in failed)
     # No secret (nor its start, nor in capitals) anywhere.
-    leaked = {name: _exposed(text) for name, text in outputs.items() if _exposed(text)}
+    leaked = {name: exposed(text) for name, text in outputs.items() if exposed(text)}
     assert not leaked, leaked
     assert not _redis_exposed(redis)
     assert "***" in outputs["poll --once"] and "***" in outputs["status --json"]

@@ -11,107 +11,43 @@ from __future__ import annotations
 
 import contextlib
 import json
-import select
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from _webhook_support import SECRET, AppClient, event_body, make_app, make_ledger, signed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
-from _support import dispatcher_env, free_port, order_payload
 from dispatcher.settings import ConfigError, Settings, load_settings
-from dispatcher.store.keys import Keys
 from dispatcher.web.app import create_app, server_config
 from dispatcher.web.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER, WEBHOOK_PATH
+from support import order_payload
+from support.web import (
+    BODY_TIMEOUT,
+    INTEGRATION,
+    SLACK,
+    Web,
+    assert_still_serves,
+    connect,
+    deployed_web,
+    forever,
+    read_answer,
+    trickle,
+)
+from support.webhook import AppClient, make_app, make_ledger, signed
 
 pytestmark = pytest.mark.redis
 
-INTEGRATION = "acme:AAA"
 HEADER_TIMEOUT = 0.5
-BODY_TIMEOUT = 0.5
-# What a loaded 2-core CI machine may add to a deadline before the server acts on it.
-SLACK = 2.0
-
-
-@dataclass
-class Web:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    namespace: str
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def peak_rss_kib(self) -> int:
-        """The server's peak resident memory so far (VmHWM)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmHWM in /proc")
-
-
-@contextmanager
-def dispatcher_web(redis_url: str, tmp: Path, **env: str) -> Iterator[Web]:
-    """`dispatcher web` as deployed: a process of its own, the webhook receiver on."""
-    port = free_port()
-    log = tmp / f"web-{port}.log"
-    namespace = f"hw{uuid.uuid4().hex[:8]}"
-    values = {
-        "KOMBO_WEBHOOK_SECRET": SECRET,
-        # No Kombo here: orders are dispatched unconfirmed (tests/web/test_webhook_replay.py
-        # confirms them with the simulator).
-        "DISPATCHER_WEBHOOK_CONFIRM": "false",
-        "DISPATCHER_NAMESPACE": namespace,
-        "DISPATCHER_HANDLERS": "log",
-        **env,
-    }
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", "web", "--port", str(port)],
-            env=dispatcher_env(redis_url, **values),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    web = Web(proc, port, log, namespace)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{web.url}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-        yield web
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 @pytest.fixture(scope="module")
 def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
-    with dispatcher_web(
+    with deployed_web(
         redis_url,
         tmp_path_factory.mktemp("web"),
         DISPATCHER_WEB_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
@@ -122,67 +58,6 @@ def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[We
 
 def keys(redis: Redis) -> set[bytes]:
     return set(redis.scan_iter(count=1000))
-
-
-def assert_still_serves(web: Web, redis: Redis) -> None:
-    """A delivery signed by Kombo is still answered, and its order enqueued."""
-    order_id = f"AFTER_{uuid.uuid4().hex[:12]}"
-    body = event_body(order_payload(order_id), INTEGRATION)
-    answer = httpx.post(web.url + WEBHOOK_PATH, content=body, headers=signed(body), timeout=10)
-    assert answer.status_code == 200, answer.text
-    assert answer.json() == {"status": "enqueued", "order_id": order_id}
-    assert redis.hexists(Keys(web.namespace).seen(INTEGRATION), order_id)
-
-
-def connect(web: Web) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", web.port), timeout=5)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def closed_by_server(sock: socket.socket) -> bool:
-    """Whether the server has closed ``sock`` (reading what it answered first)."""
-    readable, _, _ = select.select([sock], [], [], 0)
-    if not readable:
-        return False
-    try:
-        while sock.recv(65536):
-            pass
-    except (ConnectionResetError, TimeoutError):
-        return True
-    return True
-
-
-def trickle(sock: socket.socket, pieces: Iterator[bytes], give_up: float) -> float | None:
-    """Send a piece every 0.1 s until the server closes the connection: how long that took
-    (None if it was still open after ``give_up`` seconds)."""
-    started = time.monotonic()
-    while time.monotonic() - started < give_up:
-        if closed_by_server(sock):
-            return time.monotonic() - started
-        try:
-            sock.sendall(next(pieces))
-        except (BrokenPipeError, ConnectionResetError):
-            return time.monotonic() - started
-        time.sleep(0.1)
-    return None
-
-
-def forever(piece: bytes) -> Iterator[bytes]:
-    while True:
-        yield piece
-
-
-def read_answer(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    sock.settimeout(5)
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
 
 
 # -- slow senders ---------------------------------------------------------------------------
@@ -314,7 +189,7 @@ def test_40_concurrent_unsigned_1_mib_bodies_stay_within_the_body_budget(
     default 8 MiB budget the flood is refused (503) once 8 MiB of unverified bodies are in
     flight: ~16 MiB, the rest being uvicorn's read buffers (up to ~320 KiB a connection)."""
     body = b"x" * (MAX_BODY_BYTES - 1024)
-    with dispatcher_web(redis_url, tmp_path) as web:
+    with deployed_web(redis_url, tmp_path) as web:
         assert_still_serves(web, redis)  # warm: the first delivery imports and allocates
         before = web.peak_rss_kib()
         barrier = threading.Barrier(40)
@@ -350,7 +225,7 @@ def test_40_concurrent_unsigned_1_mib_bodies_stay_within_the_body_budget(
 def test_connections_beyond_the_limit_are_answered_503(
     redis_url: str, redis: Redis, tmp_path: Path
 ) -> None:
-    with dispatcher_web(redis_url, tmp_path, DISPATCHER_WEB_MAX_CONNECTIONS="3") as web:
+    with deployed_web(redis_url, tmp_path, DISPATCHER_WEB_MAX_CONNECTIONS="3") as web:
         held = [connect(web) for _ in range(3)]
         try:
             with connect(web) as sock:

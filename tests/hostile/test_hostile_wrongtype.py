@@ -17,12 +17,10 @@ import uuid
 from typing import Any
 
 import pytest
-from _ops import invoke, keep_logging, settings_for, wait_for  # noqa: F401 (autouse fixture)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 from rq import Queue
-from test_web import samples, serving
 
 from dispatcher import Settings
 from dispatcher.kombo.client import KomboClient
@@ -37,6 +35,9 @@ from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.store.wrongtype import WRONGTYPE_CODE, describe, find_wrong_types
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.web.app import create_app
+from support import wait_until
+from support.ops import invoke, settings_for
+from support.web import samples, serving_client
 
 pytestmark = pytest.mark.redis
 
@@ -119,11 +120,11 @@ def test_a_seen_hash_of_the_wrong_type_is_that_integrations_error_and_the_others
     poller = make_poller(redis, conf, sim)
     thread = start(poller)
     try:
-        wait_for(
+        wait_until(
             lambda: int(sweep_record(redis, keys, BAD).get("error_count", 0)) >= 3,
             what="three failed sweeps of the integration with the broken key",
         )
-        wait_for(
+        wait_until(
             lambda: queued(redis, conf) >= open_orders(sim, GOOD[0]) | open_orders(sim, GOOD[1])
         )
     finally:
@@ -150,11 +151,11 @@ def test_a_lease_of_the_wrong_type_fails_the_integration_instead_of_starving_it(
     poller = make_poller(redis, conf, sim)
     thread = start(poller)
     try:
-        wait_for(
+        wait_until(
             lambda: int(sweep_record(redis, keys, BAD).get("error_count", 0)) >= 2,
             what="the unclaimable integration's failures recorded",
         )
-        wait_for(
+        wait_until(
             lambda: queued(redis, conf) >= open_orders(sim, GOOD[0]) | open_orders(sim, GOOD[1])
         )
     finally:
@@ -174,10 +175,10 @@ def test_a_schedule_of_the_wrong_type_is_one_error_naming_it_and_the_poller_reco
     poller = make_poller(redis, conf, sim)
     thread = start(poller)
     try:
-        wait_for(lambda: bool(errors_naming(caplog, keys.schedule)), what="the error line")
+        wait_until(lambda: bool(errors_naming(caplog, keys.schedule)), what="the error line")
         time.sleep(0.5)  # the poller keeps trying meanwhile
         redis.delete(keys.schedule)  # the operator repairs it
-        wait_for(
+        wait_until(
             lambda: (
                 queued(redis, conf)
                 == set().union(*map(lambda i: open_orders(sim, i), sim.integration_ids))
@@ -300,7 +301,7 @@ def test_metrics_and_healthz_agree_on_a_broken_shared_key(
 ) -> None:
     make_poller(redis, conf, sim).sweep()
     redis.set(keys.schedule, "planted")
-    with serving(create_app(conf, redis)) as client:
+    with serving_client(create_app(conf, redis)) as client:
         health = client.get("/healthz")
         metrics = client.get("/metrics")
     # Redis answers: up; the key is broken: a problem, and not healthy.
@@ -321,7 +322,7 @@ def test_metrics_name_the_integration_whose_key_is_broken(
     /healthz stays 200 (the dispatcher serves every other integration; README)."""
     make_poller(redis, conf, sim).sweep()
     redis.set(keys.seen(BAD), "planted")
-    with serving(create_app(conf, redis)) as client:
+    with serving_client(create_app(conf, redis)) as client:
         health = client.get("/healthz")
         metrics = client.get("/metrics")
     got = samples(metrics.text)

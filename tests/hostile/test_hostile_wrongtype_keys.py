@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 from redis import Redis
-from test_web import samples
 
-from _support import dispatcher_env, dispatcher_web, slow_beyond
 from dispatcher.store.keys import Keys
+from support import dispatcher_env, dispatcher_web, slow_beyond
+from support.web import samples
 
 pytestmark = pytest.mark.redis
 

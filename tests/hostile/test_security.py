@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import zlib
 from collections.abc import Iterator
 
 import pytest
 from redis import Redis
 
-from _support import RedisServer, dispatcher_env
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.vendor import VendorAPI
+from support import RedisServer, dispatcher_env
+from support.hostile import redis_values
 
 pytestmark = pytest.mark.redis
 
@@ -33,32 +33,6 @@ def locked_redis() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.cleanup()
-
-
-def redis_values(redis: Redis) -> Iterator[bytes]:
-    """Every key and value in Redis, zlib-compressed values (RQ's job data) unpacked too."""
-    for key in redis.scan_iter(count=1000):
-        yield key
-        kind = redis.type(key)
-        values: list[bytes] = []
-        if kind == b"string":
-            values = [redis.get(key) or b""]
-        elif kind == b"hash":
-            values = [v for kv in redis.hgetall(key).items() for v in kv]
-        elif kind == b"list":
-            values = redis.lrange(key, 0, -1)
-        elif kind == b"set":
-            values = list(redis.smembers(key))
-        elif kind == b"zset":
-            values = [m for m, _ in redis.zrange(key, 0, -1, withscores=True)]
-        elif kind == b"stream":
-            values = [v for _, fields in redis.xrange(key) for kv in fields.items() for v in kv]
-        for value in values:
-            yield value
-            try:  # noqa: SIM105 - suppress() around a yield would swallow thrown-in errors
-                yield zlib.decompress(value)
-            except zlib.error:
-                pass
 
 
 @pytest.mark.slow

@@ -9,11 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
-from _support import order_payload
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.errors import KomboError, KomboLimitError
 from dispatcher.kombo.pages import InvalidPageError
 from dispatcher.settings import ConfigError, load_settings
+from support import order_payload
 
 API_KEY = "sk_test_do_not_leak_9f8e7d"
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"
@@ -276,7 +276,7 @@ def test_a_garbled_answer_to_a_successful_write_is_not_retried() -> None:
 
 
 def test_a_wrong_base_url_is_said_at_once_with_its_host(caplog: pytest.LogCaptureFixture) -> None:
-    from _support import free_port
+    from support import free_port
 
     port = free_port()  # nothing listens there
     clock = [0.0]

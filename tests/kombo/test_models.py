@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from _support import order_payload
 from dispatcher.kombo.models import HiringTeamRole, OrderStatus, OrderValidationError, parse_order
+from support import order_payload
 
 
 def test_a_schema_shaped_order_parses_with_nulls_and_unicode() -> None:

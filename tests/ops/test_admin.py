@@ -9,16 +9,6 @@ import threading
 import time
 
 import pytest
-from _ops import (
-    FailsFor,
-    Returns,
-    env_for,
-    invoke,
-    keep_logging,  # noqa: F401 (autouse fixture)
-    settings_for,
-    sweep,
-    work,
-)
 from redis import Redis
 from rq import Queue
 from rq.job import Job
@@ -34,6 +24,7 @@ from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import Simulator
+from support.ops import FailsFor, Returns, env_for, invoke, settings_for, sweep, work
 
 INTEGRATIONS = ["greenhouse:AdminOne", "lever:AdminTwo"]
 # An age as the CLI prints it (dispatcher._text.duration): "4.2s ago", "42s ago", and past a

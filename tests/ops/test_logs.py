@@ -9,14 +9,6 @@ import re
 from typing import Any
 
 import pytest
-from _ops import (
-    dispatcher,
-    env_for,
-    keep_logging,  # noqa: F401 (autouse fixture)
-    settings_for,
-    sweep,
-    work,
-)
 from pydantic import BaseModel, SecretStr
 from redis import Redis
 
@@ -30,6 +22,7 @@ from dispatcher.logs import (
 )
 from dispatcher.store.keys import job_id_for
 from dispatcher.testing.sim import Simulator
+from support.ops import dispatcher, env_for, settings_for, sweep, work
 
 API_KEY = "sk_live_Z3xTopSecretKey9"
 REDIS_PASSWORD = "Hunter2-Redis-Pass"

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from _support import dispatcher_env
 from dispatcher.store.keys import Keys
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import step_key
+from support import dispatcher_env
 
 pytestmark = pytest.mark.redis
 INTEGRATION = "greenhouse:Replay00000000000000000"

@@ -10,18 +10,11 @@ from typing import Any
 
 import click
 import pytest
-from _ops import (
-    TESTS,
-    blocked_worker,  # noqa: F401 (fixture)
-    dispatcher,
-    env_for,
-    keep_logging,  # noqa: F401 (autouse fixture)
-    settings_for,
-)
 from redis import Redis
 from rq import Queue
 
 from dispatcher.testing.sim import Simulator
+from support.ops import TESTS, dispatcher, env_for, settings_for
 
 pytestmark = pytest.mark.redis
 
@@ -70,7 +63,7 @@ def test_rq_info_shows_the_dispatcher_queue_and_its_counts_after_a_sweep_and_a_w
 
 
 def test_rq_info_shows_a_busy_worker_on_the_dispatcher_queue(
-    blocked_worker: dict[str, Any],  # noqa: F811 (the fixture imported above)
+    blocked_worker: dict[str, Any],
     redis_url: str,
 ) -> None:
     queue = blocked_worker["settings"].queue

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from _support import dispatcher_env
 from dispatcher.settings import ConfigError, load_settings
+from support import dispatcher_env
 
 
 @pytest.fixture(autouse=True)

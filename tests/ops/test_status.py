@@ -15,24 +15,14 @@ import time
 from typing import Any
 
 import pytest
-from _ops import (
-    FailsFor,
-    Returns,
-    blocked_worker,  # noqa: F401 (fixture)
-    env_for,
-    invoke,
-    keep_logging,  # noqa: F401 (autouse fixture)
-    settings_for,
-    sweep,
-    work,
-)
 from redis import Redis
 
-from _support import free_port
 from dispatcher import Settings
 from dispatcher.ops.status import take_snapshot
 from dispatcher.store.keys import Keys
 from dispatcher.testing.sim import Simulator
+from support import free_port
+from support.ops import FailsFor, Returns, env_for, invoke, settings_for, sweep, work
 
 pytestmark = pytest.mark.redis
 
@@ -195,7 +185,7 @@ def test_status_names_an_integration_never_swept(
 
 
 def test_a_busy_worker_shows_the_order_in_hand_and_forget_refuses_it(
-    blocked_worker: dict[str, Any],  # noqa: F811 (the fixture imported above)
+    blocked_worker: dict[str, Any],
 ) -> None:
     env, order_id = blocked_worker["env"], blocked_worker["order_id"]
     data = json.loads(invoke(["status", "--json"], env).stdout)

@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _console import TOKEN, logged_in, serving
-from _ops import env_for, invoke, settings_for, sweep
 from redis import Redis
 from rq import Queue, Worker
 
-from _support import kill_tree, wait_until
 from dispatcher import Settings
 from dispatcher.testing.sim import Simulator
 from dispatcher.web.app import create_app
+from support import kill_tree, wait_until
+from support.console import TOKEN, logged_in
+from support.ops import env_for, invoke, settings_for, sweep
+from support.web import serving
 
 pytestmark = pytest.mark.redis
 

@@ -12,12 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from _console import TOKEN, logged_in, serving
-from _ops import FailsFor, Returns, env_for, invoke, settings_for, sweep, work
 from redis import Redis
 from rq import Queue
 
-from _support import order_payload
 from dispatcher.kombo.models import parse_order
 from dispatcher.ops.admin import OrderRecord, StepRecord
 from dispatcher.ops.timeline import order_timeline, timeline_lines
@@ -27,6 +24,10 @@ from dispatcher.store.ledger import Ledger
 from dispatcher.store.results import Outbox
 from dispatcher.testing.sim import Simulator
 from dispatcher.web.app import create_app
+from support import order_payload
+from support.console import TOKEN, logged_in
+from support.ops import FailsFor, Returns, env_for, invoke, settings_for, sweep, work
+from support.web import serving
 
 pytestmark = pytest.mark.redis
 

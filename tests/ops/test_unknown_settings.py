@@ -11,10 +11,10 @@ import pytest
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from _support import dispatcher_env
 from dispatcher.handler import HandlerConfigError, handler_settings
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.unknown_settings import unknown_settings
+from support import dispatcher_env
 
 
 def dispatcher(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

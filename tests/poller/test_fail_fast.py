@@ -13,10 +13,10 @@ import time
 import pytest
 from redis import Redis
 
-from _support import dispatcher_env, free_port, wait_until
 from dispatcher.poller.schedule import FIRST_SWEEP_WITHIN, Schedule
 from dispatcher.store.keys import Keys
 from dispatcher.testing.sim import DEFAULT_API_KEY
+from support import dispatcher_env, free_port, wait_until
 
 pytestmark = pytest.mark.redis
 

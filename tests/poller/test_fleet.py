@@ -18,7 +18,6 @@ import pytest
 from redis import Redis
 from rq import Queue
 
-from _support import dispatcher_env, wait_until
 from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.poller.poller import Poller, SweepPolicy
@@ -27,6 +26,7 @@ from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
+from support import dispatcher_env, wait_until
 
 pytestmark = pytest.mark.redis
 KEYS = Keys("dispatcher")
@@ -441,7 +441,7 @@ def test_a_killed_poller_is_taken_over_within_the_lease_ttl(redis: Redis, redis_
 
 @pytest.mark.slow
 def test_pollers_ride_out_a_redis_restart(tmp_path: Any) -> None:
-    from _support import RedisServer
+    from support import RedisServer
 
     server = RedisServer()
     server.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from _ops import settings_for, sweep
 from redis import Redis
 
 from dispatcher.kombo.client import KomboClient
@@ -16,6 +15,7 @@ from dispatcher.poller.telemetry import (
 )
 from dispatcher.store.keys import Keys
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
+from support.ops import settings_for, sweep
 
 
 def test_ids_in_paths_fold_into_one_label() -> None:

@@ -2,8 +2,8 @@
 
 The figures of such runs mean nothing; what is checked is that each script still runs
 against a private redis-server and the simulator, measures its contender and its baseline,
-and reports rows that bench/run_all.py can tabulate. Each script runs in its own process
-(as run_all runs it): bench/_support.py would clash with tests/_support.py in this one.
+and reports rows that bench/run_all.py can tabulate. Each script runs in its own process, as
+run_all runs it.
 """
 
 from __future__ import annotations

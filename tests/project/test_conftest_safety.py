@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from _support import RedisServer
+from support import RedisServer
 
 pytestmark = pytest.mark.redis
 

@@ -11,21 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _ops import (
-    TESTS,
-    dispatcher,
-    env_for,
-    invoke,
-    keep_logging,  # noqa: F401 (autouse fixture)
-    settings_for,
-    sweep,
-)
 from redis import Redis
 from rq.job import Job
 
 from dispatcher.store.keys import SCHEMA, Keys, job_id_for, schema_markdown
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import Simulator
+from support.ops import TESTS, dispatcher, env_for, invoke, settings_for, sweep
 
 DOC = TESTS.parent / "docs" / "redis-keys.md"
 

@@ -12,11 +12,11 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from _support import order_payload
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, parse_order
 from dispatcher.store.keys import job_id_for
 from dispatcher.store.ledger import Ledger, parse_seen
 from dispatcher.store.rq_internals import JOB_SERIALIZER
+from support import order_payload
 
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"
 

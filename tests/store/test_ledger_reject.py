@@ -8,9 +8,9 @@ import threading
 from redis import Redis
 from rq import Queue
 
-from _support import order_payload
 from dispatcher.kombo.models import Order
 from dispatcher.store.ledger import Ledger
+from support import order_payload
 
 INTEGRATION = "lever:abc"
 

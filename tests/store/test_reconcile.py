@@ -7,16 +7,12 @@ a running poller reconciles by itself."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from redis import Redis
 from rq import Queue
 from rq.executions import Execution
@@ -24,9 +20,7 @@ from rq.job import Job, JobStatus
 from rq.registry import DeferredJobRegistry, FailedJobRegistry
 from rq.utils import now
 
-from _support import dispatcher_env, kill_tree, wait_until
 from dispatcher._text import as_str
-from dispatcher.cli import cli
 from dispatcher.ops.status import take_snapshot
 from dispatcher.settings import load_settings
 from dispatcher.store.keys import Keys, job_id_for, order_ref
@@ -34,8 +28,10 @@ from dispatcher.store.ledger import Ledger
 from dispatcher.store.reconcile import Reconciler
 from dispatcher.store.reconcile_state import PeriodicReconcile, read_state
 from dispatcher.store.results import Outbox
-from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator, SimulatorServer
+from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.web.metrics import exposition
+from support import dispatcher_env, kill_tree, wait_until
+from support.ops import run
 
 pytestmark = pytest.mark.redis
 NS = "dispatcher"
@@ -46,40 +42,6 @@ KEYS = Keys(NS)
 @pytest.fixture
 def sim() -> Simulator:
     return Simulator(1, 12, seed=21)
-
-
-@pytest.fixture
-def kombo(sim: Simulator) -> Iterator[SimulatorServer]:
-    with sim.serve() as server:
-        yield server
-
-
-@pytest.fixture
-def env(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    redis_url: str,
-    redis: Redis,
-    kombo: SimulatorServer,
-    sim: Simulator,
-) -> dict[str, str]:
-    for name in list(os.environ):
-        if name.startswith(("KOMBO_", "DISPATCHER_", "REDIS_URL")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    values = {
-        "REDIS_URL": redis_url,
-        "KOMBO_BASE_URL": kombo.url,
-        "KOMBO_API_KEY": DEFAULT_API_KEY,
-        "KOMBO_INTEGRATION_IDS": ",".join(sim.integration_ids),
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def reconcile(*args: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import pytest
 from redis import Redis
 from redis.sentinel import SentinelConnectionPool
 
-from _support import free_port
 from dispatcher.ops.status import take_snapshot
 from dispatcher.ops.views import render_status
 from dispatcher.settings import ConfigError, load_settings
@@ -25,6 +24,7 @@ from dispatcher.store.connection import (
     open_redis,
     startup_check,
 )
+from support import free_port
 
 
 @pytest.mark.parametrize(

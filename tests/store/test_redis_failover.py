@@ -32,12 +32,9 @@ from typing import IO
 
 import httpx
 import pytest
-from _webhook_support import event_body, signed
 from rq import Queue
 from rq.utils import utcparse
 
-from _redis_topology import SentinelSet
-from _support import dispatcher_env, free_port, kill_tree, order_payload
 from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
 from dispatcher.store.connection import connect
@@ -49,6 +46,9 @@ from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import StepStore, step_key
 from dispatcher.worker.results import current_writer, install_writer, write_claimed
+from support import dispatcher_env, free_port, kill_tree, order_payload
+from support.redis_topology import SentinelSet
+from support.webhook import event_body, signed
 
 pytestmark = [pytest.mark.redis]
 

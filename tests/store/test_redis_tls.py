@@ -20,10 +20,10 @@ import httpx
 import pytest
 from rq import Queue
 
-from _redis_topology import Certificates, TlsRedis, make_certificates
-from _support import dispatcher_env, free_port
 from dispatcher.store.connection import connect
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
+from support import dispatcher_env, free_port
+from support.redis_topology import Certificates, TlsRedis, make_certificates
 
 # Slow: a TLS redis-server and a dozen CLI subprocesses; CI runs it in its second step.
 pytestmark = [pytest.mark.redis, pytest.mark.slow]

@@ -9,19 +9,12 @@ import sys
 import zlib
 
 import pytest
-from _ops import (
-    TESTS,
-    dispatcher,
-    env_for,
-    invoke,
-    keep_logging,  # noqa: F401 (autouse fixture)
-    settings_for,
-    wait_for,
-)
 from redis import Redis
 
 from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.testing.sim import Simulator
+from support import wait_until
+from support.ops import TESTS, dispatcher, env_for, invoke, settings_for
 
 pytestmark = pytest.mark.redis
 INTEGRATION = "greenhouse:Retention"
@@ -88,7 +81,7 @@ def test_expired_jobs_leave_no_personal_data_behind(
     # jobs with it.
     stored = _everything(redis)
     assert any(email in stored for email in emails) or not redis.keys("rq:job:*")
-    wait_for(lambda: not redis.keys("rq:job:*"), timeout=10, what="the jobs to expire")
+    wait_until(lambda: not redis.keys("rq:job:*"), timeout=10, what="the jobs to expire")
     everything = _everything(redis)
     assert not any(email in everything for email in emails)
     data = json.loads(invoke(["status", "--json"], env).stdout)

@@ -6,17 +6,17 @@ from __future__ import annotations
 import time
 
 import pytest
-from _ops import settings_for, sweep
 from redis import Redis
 from rq import Queue
 
-from _support import order_payload
 from dispatcher.kombo.models import Order
 from dispatcher.store import throughput
 from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.result_record import record_result
 from dispatcher.testing.sim import Simulator
+from support import order_payload
+from support.ops import settings_for, sweep
 
 pytestmark = pytest.mark.redis
 

@@ -9,7 +9,12 @@ from html.parser import HTMLParser
 import fakeredis
 import httpx
 import pytest
-from _console import (
+
+from dispatcher import Settings
+from dispatcher.ops.status import take_snapshot
+from dispatcher.settings import ConfigError, load_settings
+from dispatcher.web.app import create_app
+from support.console import (
     BROKEN,
     FAILING_ID,
     GOOD,
@@ -22,15 +27,9 @@ from _console import (
     World,
     csrf_of,
     logged_in,
-    serving,
 )
-from _console import world as world
-from _ops import Returns, work
-
-from dispatcher import Settings
-from dispatcher.ops.status import take_snapshot
-from dispatcher.settings import ConfigError, load_settings
-from dispatcher.web.app import create_app
+from support.ops import Returns, work
+from support.web import serving
 
 pytestmark = pytest.mark.redis
 

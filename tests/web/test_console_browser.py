@@ -12,14 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _console import ARTIFACTS, BROKEN, FAILING_ID, GOOD, HOSTILE_ID, HOSTILE_NAME, TOKEN, World
-from _console import world as world
-from _ops import FailsFor, Returns, env_for, invoke, sweep, work
 
 from dispatcher.ops.status import take_snapshot
 from dispatcher.store import throughput
 from dispatcher.store.results import Outbox
 from dispatcher.web.console.data import y_of
+from support.console import (
+    ARTIFACTS,
+    BROKEN,
+    FAILING_ID,
+    GOOD,
+    HOSTILE_ID,
+    HOSTILE_NAME,
+    TOKEN,
+    World,
+)
+from support.ops import FailsFor, Returns, env_for, invoke, sweep, work
 
 # Slow: Chromium and uvicorn per test; CI runs it in its second step (and fails if Chromium
 # is missing there).

@@ -9,16 +9,16 @@ configured proxy, a /64 is one client, and an operator's browser still logs in.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from redis import Redis
-from test_hostile_web import Web, connect, dispatcher_web, read_answer
 
 from dispatcher.store.keys import Keys
+from support.console import csrf_of, login
+from support.web import Web, connect, deployed_web, read_answer
 
 pytestmark = pytest.mark.redis
 
@@ -26,21 +26,8 @@ TOKEN = "console-token-for-session-tests"
 ATTEMPTS = 3
 
 
-def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found, "no CSRF field on the page"
-    return found.group(1)
-
-
-def login(client: httpx.Client, token: str, **headers: str) -> httpx.Response:
-    form = client.get("/", headers=headers)
-    return client.post(
-        "/console/login", data={"token": token, "csrf": csrf_of(form.text)}, headers=headers
-    )
-
-
 def console(redis_url: str, tmp: Path, **env: str) -> Iterator[Web]:
-    with dispatcher_web(
+    with deployed_web(
         redis_url,
         tmp,
         DISPATCHER_CONSOLE_TOKEN=TOKEN,

@@ -1,6 +1,6 @@
 """The console says what the records say: "Awaiting result" leaves out orders whose job
 failed; problems link to the page that explains them; the chart's window fits the data.
-Real Redis, the simulator, a worker run, uvicorn on a real socket (tests/_console.py)."""
+Real Redis, the simulator, a worker run, uvicorn on a real socket (tests/support/console.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import time
 from urllib.parse import quote
 
 import pytest
-from _console import BROKEN, FAILING_ID, GOOD, HOSTILE_ID, World, logged_in
-from _console import world as world
-from _ops import env_for, invoke
 
 from dispatcher.store.results import Outbox
 from dispatcher.store.timeline import mark_provisioned
+from support.console import BROKEN, FAILING_ID, GOOD, HOSTILE_ID, World, logged_in
+from support.ops import env_for, invoke
 
 pytestmark = pytest.mark.redis
 

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from redis import Redis
-from test_console_sessions import TOKEN, csrf_of, login
-from test_hostile_web import Web, dispatcher_web
-from test_web import samples
 
 from dispatcher.store.keys import Keys
+from support.console import TOKEN, csrf_of, login
+from support.web import Web, deployed_web, samples
 
 pytestmark = pytest.mark.redis
 
@@ -28,7 +27,7 @@ WRONG_TYPE_PAGE = "503: a Redis key has the wrong type: the server's log names i
 
 @pytest.fixture(scope="module")
 def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
-    with dispatcher_web(
+    with deployed_web(
         redis_url, tmp_path_factory.mktemp("console-wrongtype"), DISPATCHER_CONSOLE_TOKEN=TOKEN
     ) as web:
         yield web

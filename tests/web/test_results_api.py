@@ -15,10 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from _webhook_support import ReceiverServer
 from redis import Redis
 
-from _support import dispatcher_env, free_port, kill_tree
 from dispatcher.kombo.client import KomboClient
 from dispatcher.settings import load_settings
 from dispatcher.store.keys import Keys
@@ -28,15 +26,13 @@ from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator, Simulator
 from dispatcher.web.app import create_app
 from dispatcher.web.results_api import TokenGuard, client_key
 from dispatcher.worker.results import ResultWriter
+from support import dispatcher_env, free_port, wait_until
+from support.results import TOKEN, Fleet, auth
+from support.webhook import ReceiverServer
 
-TOKEN = "results-token-0123456789"
 OLD_TOKEN = "previous-token-9876543210"
 URL = "https://vendor.example/r/1"
 INTEGRATION = "greenhouse:AAAA"
-
-
-def auth(token: str = TOKEN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def dispatched(redis: Redis, namespace: str, *orders: str, integration: str = INTEGRATION) -> None:
@@ -150,47 +146,6 @@ def test_without_a_token_the_routes_are_not_mounted_and_one_warning_says_so(
 # -- end to end: HTTP in, results workers, simulator over HTTP ----------------------------------
 
 
-class Fleet:
-    """Results workers (``dispatcher worker --results``, the Procfile's ``results`` line) as
-    subprocesses."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, processes: int = 1) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dispatcher",
-                "worker",
-                "--results",
-                "--processes",
-                str(processes),
-            ],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                kill_tree(proc.pid)
-                proc.wait(10)
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def run_chaos(
     redis_url: str,
     namespace: str,
@@ -257,7 +212,9 @@ def run_chaos(
                     thread.join()
                 assert errors == []
             outbox = Outbox.from_settings(redis, settings)
-            wait_for(lambda: outbox.counts()["pending"] == 0, timeout, "every result to be written")
+            wait_until(
+                lambda: outbox.counts()["pending"] == 0, timeout, "every result to be written"
+            )
         finally:
             fleet.stop()
     counts = outbox.counts()

@@ -5,74 +5,31 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from _ops import (
-    FailsFor,
-    Returns,
-    env_for,
-    invoke,
-    keep_logging,  # noqa: F401 (autouse fixture)
-    settings_for,
-    sweep,
-    work,
-)
-from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from _support import free_port
 from dispatcher import Settings
 from dispatcher.poller.telemetry import LATENCY_BUCKETS
 from dispatcher.store.keys import Keys
 from dispatcher.testing.sim import Simulator
 from dispatcher.web.app import create_app
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[httpx.Client]:
-    """The app on a real socket (uvicorn in a thread), and a client for it."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{config.port}", timeout=10) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
+from support import free_port
+from support.ops import FailsFor, Returns, env_for, invoke, settings_for, sweep, work
+from support.web import samples, serving_client
 
 pytestmark = pytest.mark.redis
 
 GOOD = ["greenhouse:MetricsOne", "lever:MetricsTwo"]
 MISSING = "workday:MetricsMissing"
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of an exposition, keyed by (name, sorted labels)."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
 
 
 @pytest.fixture
@@ -94,7 +51,7 @@ def test_metrics_expose_the_snapshot(redis: Redis, settings: Settings, sim: Simu
         Keys(settings.namespace).step_stats,
         mapping={"log:completed": 10, "provision:completed": 9, "provision:failed": 1},
     )
-    with serving(create_app(settings, redis)) as client:
+    with serving_client(create_app(settings, redis)) as client:
         response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -164,12 +121,12 @@ def test_metrics_expose_the_snapshot(redis: Redis, settings: Settings, sim: Simu
 
 
 def test_healthz_answers_200_with_redis_and_503_without(redis: Redis, settings: Settings) -> None:
-    with serving(create_app(settings, redis)) as client:
+    with serving_client(create_app(settings, redis)) as client:
         ok = client.get("/healthz")
     # The first line is the verdict; notices about the server may follow (persistence off).
     assert (ok.status_code, ok.text.splitlines()[0]) == (200, "ok")
     down = Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
-    with serving(create_app(settings, down)) as client:
+    with serving_client(create_app(settings, down)) as client:
         failing = client.get("/healthz")
         metrics = client.get("/metrics")
     assert failing.status_code == 503
@@ -186,7 +143,7 @@ def test_other_features_add_their_routes_to_the_same_app(redis: Redis, settings:
     app = create_app(
         settings, redis, extra_routes=[Route("/webhooks/kombo", hello, methods=["POST"])]
     )
-    with serving(app) as client:
+    with serving_client(app) as client:
         assert client.post("/webhooks/kombo").text == "webhook here"
         assert client.get("/healthz").status_code == 200
         assert client.get("/nope").status_code == 404

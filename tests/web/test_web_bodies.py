@@ -18,13 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 from redis import Redis
-from test_hostile_web import (
+
+from support.web import (
     BODY_TIMEOUT,
     SLACK,
     Web,
     assert_still_serves,
     connect,
-    dispatcher_web,
+    deployed_web,
     forever,
     trickle,
 )
@@ -38,7 +39,7 @@ MAX_CONNECTIONS = 12
 
 @pytest.fixture(scope="module")
 def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
-    with dispatcher_web(
+    with deployed_web(
         redis_url,
         tmp_path_factory.mktemp("bodies"),
         DISPATCHER_CONSOLE_TOKEN=CONSOLE_TOKEN,

@@ -10,22 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from _webhook_support import (
-    QUEUE,
-    SECRET,
-    AppClient,
-    event_body,
-    make_app,
-    make_ledger,
-    signed,
-)
 from pydantic import SecretStr
 from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue
 
-from _support import order_payload, text
 from dispatcher import Order
 from dispatcher.handler import HandlerConfigError
 from dispatcher.plugins import find_acceptors
@@ -40,6 +30,8 @@ from dispatcher.web.webhook import (
     verify_signature,
     webhook_routes,
 )
+from support import order_payload, text
+from support.webhook import QUEUE, SECRET, AppClient, event_body, make_app, make_ledger, signed
 
 pytestmark = pytest.mark.redis
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"

@@ -16,24 +16,24 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from _console import TOKEN, logged_in
-from _webhook_support import event_body, signed
 from redis import Redis
 from rq import Queue
-from test_hostile_web import Web, dispatcher_web
 
-from _support import dispatcher_env
 from dispatcher.ops.status import take_snapshot
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys, order_ref
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator, SimulatorServer
 from dispatcher.web.webhook import WEBHOOK_PATH
+from support import dispatcher_env, wait_until
+from support.console import TOKEN, logged_in
+from support.web import Web, deployed_web
+from support.webhook import event_body, signed
 
 pytestmark = pytest.mark.redis
 
@@ -56,7 +56,7 @@ def web(
     tmp_path_factory: pytest.TempPathFactory,
     kombo: tuple[Simulator, SimulatorServer],
 ) -> Iterator[Web]:
-    with dispatcher_web(
+    with deployed_web(
         redis_url,
         tmp_path_factory.mktemp("replay"),
         DISPATCHER_CONSOLE_TOKEN=TOKEN,
@@ -95,13 +95,6 @@ def cli(redis_url: str, web: Web, kombo: tuple[Simulator, SimulatorServer], *arg
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_a_replayed_delivery_of_a_completed_order_provisions_nothing(
@@ -156,8 +149,8 @@ def test_kombo_down_during_confirmation_keeps_the_order_until_it_is_confirmed(
     assert queue.count == before  # not dispatched unconfirmed...
     assert redis.hlen(keys.webhook_unconfirmed) == 1  # ... but kept
     # Kombo answers again: the kept order is confirmed and dispatched, once.
-    wait_for(lambda: redis.hexists(keys.seen(INTEGRATION), order["id"]))
-    wait_for(lambda: redis.hlen(keys.webhook_unconfirmed) == 0)
+    wait_until(lambda: redis.hexists(keys.seen(INTEGRATION), order["id"]))
+    wait_until(lambda: redis.hlen(keys.webhook_unconfirmed) == 0)
     assert queue.count == before + 1
     assert "kept order confirmed: enqueued" in web.log.read_text()
 
@@ -273,7 +266,7 @@ def down(
     with sim.serve() as server:
         kombo = (sim, server)
         sim.fail_next("server_error", 10**6, integration_id=INTEGRATION)
-        with dispatcher_web(
+        with deployed_web(
             redis_url,
             tmp_path,
             DISPATCHER_CONSOLE_TOKEN=TOKEN,

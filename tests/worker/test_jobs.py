@@ -4,10 +4,10 @@ from typing import Any
 
 import pytest
 
-from _support import order_payload
 from dispatcher import HandlerContext, Order, PermanentFailure, Settings
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.worker.jobs import HandlerFailed, Runtime, install_runtime, process_order, step_key
+from support import order_payload
 
 INTEGRATION = "lever:abc"
 

@@ -14,11 +14,11 @@ from redis import Redis
 from rq import Queue
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
-from _support import dispatcher_env, kill_tree
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.base import RECOVERY_BOUND
+from support import dispatcher_env, kill_tree
 
 pytestmark = pytest.mark.redis
 

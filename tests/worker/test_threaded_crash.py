@@ -16,15 +16,15 @@ from redis import Redis
 from rq import Queue
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
-from _support import dispatcher_env, kill_tree
 from dispatcher.kombo.models import Order
 from dispatcher.store.ledger import Ledger
 from dispatcher.testing.sim import Simulator
 from dispatcher.worker.base import RECOVERY_BOUND
+from support import dispatcher_env, kill_tree
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"
-SCRIPT = str(Path(__file__).resolve().parents[1] / "_threaded_jobs.py")
+SCRIPT = str(Path(__file__).resolve().parent / "_threaded_jobs.py")
 PREFIX = "t17"
 
 

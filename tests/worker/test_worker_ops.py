@@ -19,7 +19,6 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from _support import dispatcher_env, order_payload, wait_until
 from dispatcher import HandlerContext, Order, RetryLater, Settings
 from dispatcher.kombo.models import Order as OrderModel
 from dispatcher.logs import configure_logging
@@ -29,6 +28,7 @@ from dispatcher.worker.base import BurstSummary
 from dispatcher.worker.classes import DispatcherSimpleWorker
 from dispatcher.worker.jobs import Runtime, install_runtime
 from dispatcher.worker.run import run_worker
+from support import dispatcher_env, order_payload, wait_until
 
 pytestmark = pytest.mark.redis
 INTEGRATION = "lever:ops"

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from _support import dispatcher_env, kill_tree, wait_until
 from dispatcher.store import rq_internals as rqi
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.base import RECOVERY_BOUND
 from dispatcher.worker.retry import RETRY_WINDOW_ENV
+from support import dispatcher_env, kill_tree, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]  # waits out a heartbeat (~25 s)
 QUEUE = "dispatcher-orders"

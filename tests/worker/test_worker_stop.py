@@ -17,11 +17,11 @@ import pytest
 from redis import Redis
 from rq import Queue
 
-from _support import dispatcher_env, wait_until
 from dispatcher.store.rq_internals import scheduled_key
 from dispatcher.testing.worker_stop import burst_seconds, sigterm_seconds
 from dispatcher.worker.base import PUBSUB_WAIT
 from dispatcher.worker.classes import DispatcherSimpleWorker
+from support import dispatcher_env, wait_until
 
 pytestmark = pytest.mark.redis
 

@@ -35,7 +35,6 @@ from rq.registry import (
     FailedJobRegistry,
 )
 
-from _support import RedisServer, dispatcher_env, kill_tree
 from dispatcher._text import as_str
 from dispatcher.settings import load_settings
 from dispatcher.store.keys import Keys, job_id_for, order_ref
@@ -56,6 +55,7 @@ from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.worker.jobs import step_key
+from support import RedisServer, dispatcher_env, kill_tree
 
 ROLES = {"RECRUITER", "HIRING_MANAGER"}
 

@@ -1,10 +1,10 @@
 """Support for the console's tests: a seeded dispatcher (real Redis, the simulator, a sweep,
-a worker run with failures, a result written back) served by uvicorn on a real socket."""
+a worker run with failures, a result written back) to serve (the ``world`` fixture of
+tests/web), and an operator's login."""
 
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,17 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import uvicorn
-from _ops import FailsFor, settings_for, sweep, work
 from redis import Redis
 
-from _support import free_port
 from dispatcher import Settings
 from dispatcher.store.keys import Keys
 from dispatcher.store.result_record import record_result
 from dispatcher.testing.sim import Simulator
-from dispatcher.web.app import create_app
+from support.ops import FailsFor, settings_for, sweep, work
 
 TOKEN = "console-token-for-tests-0123"
 GOOD = ["greenhouse:ConsoleOne", "lever:ConsoleTwo"]
@@ -35,7 +31,7 @@ HOSTILE_NAME = '<script>alert("name")</script>'
 HOSTILE_TITLE = '<img src=x onerror=alert("title")>'
 HOSTILE_REASON = '<script>alert("reason")</script>'
 HOSTILE_ERROR = '"><svg onload=alert("error")>'
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 @dataclass
@@ -86,44 +82,24 @@ def seed(redis: Redis, redis_url: str, namespace: str, **extra: Any) -> tuple[Se
     return settings, sim
 
 
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """The app on a real socket (uvicorn in a thread); yields its base URL."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-@pytest.fixture
-def world(redis: Redis, redis_url: str, namespace: str) -> Iterator[World]:
-    settings, sim = seed(redis, redis_url, namespace)
-    with serving(create_app(settings, redis)) as url:
-        yield World(redis, settings, sim, url, redis_url)
-
-
 def csrf_of(html: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', html)
     assert found, "no CSRF field on the page"
     return found.group(1)
 
 
+def login(client: httpx.Client, token: str, **headers: str) -> httpx.Response:
+    """Log in with ``token`` (the login form's CSRF field read first), ``headers`` on both."""
+    form = client.get("/", headers=headers)
+    return client.post(
+        "/console/login", data={"token": token, "csrf": csrf_of(form.text)}, headers=headers
+    )
+
+
 @contextmanager
 def logged_in(url: str) -> Iterator[httpx.Client]:
     """An HTTP client with a console session."""
     with httpx.Client(base_url=url, timeout=10) as client:
-        form = client.get("/")
-        answer = client.post("/console/login", data={"token": TOKEN, "csrf": csrf_of(form.text)})
+        answer = login(client, TOKEN)
         assert answer.status_code == 303, answer.text
         yield client

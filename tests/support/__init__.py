@@ -1,4 +1,11 @@
-"""Test support: small builders shared by the tests.
+"""Test support: the helpers the tests call, in one place (fixtures are in the conftest.py
+of each folder, those of several folders in tests/conftest.py).
+
+This module holds the small builders every folder uses; the submodules those of one
+subject: :mod:`support.ops` (a sweep, a worker and the CLI in process), :mod:`support.web`
+(uvicorn in a thread, `dispatcher web` as deployed, raw sockets), :mod:`support.console`,
+:mod:`support.webhook`, :mod:`support.results`, :mod:`support.hostile` (planted secrets) and
+:mod:`support.redis_topology` (TLS, Sentinel). No test module imports another.
 
 The private redis-server and ``free_port`` are the package's own stand-ins
 (:mod:`dispatcher.testing`), re-exported here for the tests that import them from here."""
@@ -138,9 +145,9 @@ def kill_tree(pid: int) -> None:
 
 
 @contextlib.contextmanager
-def dispatcher_web(env: dict[str, str], log: Path) -> Iterator[str]:
-    """A `dispatcher web` process as deployed (its output in ``log``); yields its URL once
-    /healthz answers, and stops it with SIGTERM (then SIGKILL) on the way out."""
+def web_process(env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A `dispatcher web` process as deployed (its output in ``log``); yields it and its port
+    once /healthz answers, and stops it with SIGTERM (then SIGKILL) on the way out."""
     port = free_port()
     with log.open("wb") as sink:
         proc = subprocess.Popen(
@@ -149,17 +156,16 @@ def dispatcher_web(env: dict[str, str], log: Path) -> Iterator[str]:
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(f"{url}/healthz", timeout=1)
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
                 break
             except httpx.TransportError:
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.05)
-        yield url
+        yield proc, port
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -167,3 +173,10 @@ def dispatcher_web(env: dict[str, str], log: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def dispatcher_web(env: dict[str, str], log: Path) -> Iterator[str]:
+    """:func:`web_process`, yielding its URL."""
+    with web_process(env, log) as (_, port):
+        yield f"http://127.0.0.1:{port}"

@@ -16,12 +16,12 @@ from redis import Redis
 from rq import Queue
 from starlette.applications import Starlette
 
-from _support import free_port
 from dispatcher.plugins import Acceptor
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
 from dispatcher.web.bodies import body_middleware
 from dispatcher.web.webhook import ORDER_EVENT, SIGNATURE_HEADER, sign, webhook_routes
+from support import free_port
 
 SECRET = "kombo-test-secret"
 QUEUE = "dispatcher-orders"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from _support import free_port
+from support import free_port
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 from click.testing import CliRunner, Result
 from redis import Redis
 from rq import Queue
 
-from _support import dispatcher_env
-from _support import wait_until as wait_for
 from dispatcher import HandlerContext, Order, PermanentFailure, Settings
 from dispatcher.cli import cli
 from dispatcher.kombo.client import KomboClient
@@ -27,8 +23,10 @@ from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.worker.classes import DispatcherSimpleWorker
 from dispatcher.worker.jobs import Runtime, install_runtime
+from support import dispatcher_env
 
-TESTS = Path(__file__).parent
+# The tests' folder: tests/_test_worker.py is `dispatcher worker --burst` running a test chain.
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def settings_for(redis_url: str, sim: Simulator, namespace: str, **extra: Any) -> Settings:
@@ -154,6 +152,11 @@ def invoke(args: list[str], env: dict[str, str], **kwargs: Any) -> Result:
     return CliRunner().invoke(cli, args, env=env, catch_exceptions=False, **kwargs)
 
 
+def run(*args: str, input: str | None = None) -> Result:
+    """Run the CLI in process in the environment as it is (the ``env`` fixture sets it)."""
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
 def dispatcher(
     args: list[str], env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
@@ -165,47 +168,3 @@ def dispatcher(
         text=True,
         timeout=timeout,
     )
-
-
-@pytest.fixture
-def blocked_worker(
-    redis: Redis, redis_url: str, sim: Simulator, namespace: str
-) -> Iterator[dict[str, Any]]:
-    """A real worker process busy on one order of the first integration until released."""
-    settings = settings_for(redis_url, sim, namespace, DISPATCHER_HANDLERS="blocks")
-    sweep(redis, settings, sim, integration_ids=[sim.integration_ids[0]])
-    started, release = f"{namespace}-test:started", f"{namespace}-test:release"
-    env = env_for(
-        redis_url,
-        settings,
-        TEST_CHAIN="blocks",
-        TEST_STARTED_KEY=started,
-        TEST_RELEASE_KEY=release,
-    )
-    proc = subprocess.Popen(
-        [sys.executable, str(TESTS / "_test_worker.py")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(lambda: redis.exists(started) == 1, what="the worker to start a job")
-        order_id = redis.get(started)
-        assert order_id is not None
-        yield {"settings": settings, "env": env, "order_id": order_id.decode(), "proc": proc}
-    finally:
-        redis.set(release, 1)
-        _, stderr = proc.communicate(timeout=60)
-        redis.delete(started, release)
-    assert proc.returncode == 0, stderr
-
-
-@pytest.fixture(autouse=True)
-def keep_logging() -> Iterator[None]:
-    """The CLI reconfigures the root logger; give the next test the one it had."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
