@@ -16,17 +16,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _trace_view import render_html
-from _webhook_support import event_body, signed
 from redis import Redis
 
-from _support import dispatcher_env, dispatcher_web, wait_until
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.otlp import ExportedSpan as Span
 from dispatcher.testing.otlp import OtlpReceiver as Receiver
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.web.webhook import WEBHOOK_PATH
+from support import dispatcher_env, dispatcher_web, wait_until
+from support.trace_view import render_html
+from support.webhook import event_body, signed
 
 pytestmark = pytest.mark.redis
 SECRET = "kombo-test-secret"
@@ -197,7 +197,7 @@ def test_one_orders_trace_renders_as_a_waterfall_in_a_browser(
     mailbox: Mailbox,
     tmp_path: Path,
 ) -> None:
-    """Renders the retried order's trace (tests/e2e/_trace_view.py) in chromium; with
+    """Renders the retried order's trace (tests/support/trace_view.py) in chromium; with
     DISPATCHER_TRACE_SCREENSHOT=docs/trace.png the screenshot is written there."""
     from playwright.sync_api import sync_playwright
 

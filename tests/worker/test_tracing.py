@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _webhook_support import AppClient, event_body, make_app, make_ledger, signed
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -25,7 +24,6 @@ from opentelemetry.trace import SpanKind
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from _support import order_payload
 from dispatcher import Settings, tracing
 from dispatcher.kombo.client import KomboClient
 from dispatcher.logs import configure_logging
@@ -38,6 +36,8 @@ from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.web.webhook import WEBHOOK_PATH
 from dispatcher.worker.jobs import Runtime, install_runtime
+from support import order_payload
+from support.webhook import AppClient, event_body, make_app, make_ledger, signed
 
 pytestmark = pytest.mark.redis
 
