@@ -87,7 +87,7 @@ def run(pollers: int, integrations: int, orders: int, latency: float) -> dict[st
         job_ids = redis.lrange(QUEUE, 0, -1)
         generations = [int(redis.hget(f"dispatcher:sweep:{i}", "generation") or 0) for i in ids]
         memory = int(redis.info("memory")["used_memory"])
-    sim.send_signal(signal.SIGINT)
+    sim.send_signal(signal.SIGTERM)  # SIGINT is ignored when the run was started in the background
     sim.wait(30)
     return {
         "pollers": pollers,

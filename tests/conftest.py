@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,16 @@ def _per_worker(url: str) -> str:
     parts = urlsplit(url)
     base = int(parts.path.strip("/") or 0)
     return urlunsplit(parts._replace(path=f"/{base + index}"))
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_as_from_a_terminal() -> None:
+    """Processes a test starts get Ctrl-C's default, as from a terminal. An ignored SIGINT is
+    inherited across exec: a run started in the background (`cmd &` in a script) ignores it,
+    and so may a test worker after code that sets it (RQ's work-horse setup ignores it), and
+    `status --watch` then never saw the Ctrl-C its test sends (loaded CI runs, 1 in 2)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
