@@ -42,6 +42,7 @@ from _support import (
     simulator_process,
     timed,
 )
+from dispatcher import tracing
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.models import Order
 from dispatcher.poller.poller import Poller
@@ -173,6 +174,8 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=250, help="OPEN orders per integration")
     common_args(parser)
     args = parser.parse_args()
+    # The poller runs in this process: traced like `dispatcher poll` when OTEL_* asks for it.
+    tracing.configure("bench-ingest")
     rows = run(args.integrations, args.orders, args.reps)
     report(rows, args.json, header=__doc__.splitlines()[0])
 

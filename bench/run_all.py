@@ -63,6 +63,7 @@ BENCHES = (
           ("--integrations", "2", "--orders", "20", "--reps", "1")),
     Bench("reconcile", "reconcile.py", ("--orders", "100000", "--reps", "3"),
           ("--orders", "300", "--baseline-orders", "50", "--reps", "1")),
+    Bench("tracing", "tracing.py", ("--reps", "5"), ("--orders", "500", "--reps", "1")),
 )  # fmt: skip
 
 # The webhook benchmark is written by the webhook receiver's author; it prints one JSON object

@@ -76,6 +76,7 @@ from dispatcher._text import dotted, error_message
 from dispatcher.kombo.models import Order
 from dispatcher.redact import protect_settings
 from dispatcher.settings import Settings
+from dispatcher.tracing import HANDLER_TRACE, HandlerTrace
 
 __all__ = [
     "BaseHandler",
@@ -137,6 +138,9 @@ class HandlerContext:
     for every other (step, order): send it along with a side effect so that a repeat after a
     crash can be dropped downstream. ``attempt`` is 1 on the first run of the job, 2 on the
     first retry, and so on (crash recoveries and ``dispatcher retry`` count too).
+    ``trace`` is the step's OpenTelemetry trace (:class:`dispatcher.tracing.HandlerTrace`):
+    ``trace.headers()`` for a call of the handler's own, ``trace.http_client()`` for an httpx
+    client whose requests join the order's trace; both work, untraced, when tracing is off.
     """
 
     integration_id: str
@@ -149,6 +153,7 @@ class HandlerContext:
     settings: Settings
     logger: logging.LoggerAdapter[logging.Logger]
     effects: Effects
+    trace: HandlerTrace = HANDLER_TRACE
 
 
 class Effects(Protocol):

@@ -1,9 +1,10 @@
 """Logging setup: readable lines for people, one JSON object a line for log shippers.
 
 Log calls about an order pass ``extra={"order_id": ..., "integration_id": ...}``; both
-formats show those fields. Inside :func:`order_context` (the worker is in one from taking a
-job off the queue until it is done with it) records that lack them get them, so RQ's own
-lines about a job are tagged too.
+formats show those fields. With tracing on (:mod:`dispatcher.tracing`) a JSON record made
+inside a span also carries its ``trace_id`` and ``span_id``. Inside :func:`order_context`
+(the worker is in one from taking a job off the queue until it is done with it) records
+that lack them get them, so RQ's own lines about a job are tagged too.
 
 Two filters guard every line, as defence in depth behind code that should not log such
 things in the first place:
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from dispatcher import tracing
 from dispatcher.redact import protect_secrets, scrub, secret_values
 from dispatcher.untrusted import escape_controls, mask_personal
 
@@ -188,6 +190,9 @@ class _JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = value
+        ids = tracing.current_ids()  # None unless tracing is on and a span is active
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:

@@ -17,6 +17,7 @@ from dispatcher import (
     PermanentFailure,
     RetryLater,
     handler_settings,
+    tracing,
     untrusted_text,
 )
 
@@ -55,8 +56,9 @@ class HttpHandler(BaseHandler, Generic[_SettingsT]):
         # One client for every thread of the worker (httpx.Client is thread-safe). httpx
         # keeps 20 idle connections by default: with --threads 50 the other 30 would be
         # opened and closed on every request. The thread count bounds the open ones.
-        self._client = httpx.Client(
-            timeout=self.settings.timeout, transport=transport, limits=SHARED_POOL
+        # Traced when tracing is on: a client span per call, traceparent sent to the vendor.
+        self._client = tracing.instrument(
+            httpx.Client(timeout=self.settings.timeout, transport=transport, limits=SHARED_POOL)
         )
 
     def close(self) -> None:

@@ -140,7 +140,14 @@ class NotifyEmailHandler(BaseHandler):
         deferred: list[int] = []
         if pending:
             test_url = find_test_url(context)
-            with self._connect() as smtp:
+            # An SMTP client span (tracing on): the server and how many mails, no addresses.
+            smtp_span = context.trace.span(
+                "smtp send",
+                kind="client",
+                **{"server.address": self._host, "server.port": self._port},
+                **{"dispatcher.recipients": len(pending)},
+            )
+            with smtp_span, self._connect() as smtp:
                 for recipient in pending:
                     message = self.message(order, context, recipient, test_url)
                     try:

@@ -24,6 +24,7 @@ import click
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from dispatcher import tracing
 from dispatcher.cli import dev, integrations, ops, poll, reconcile, results, web, worker
 from dispatcher.cli._common import fail
 from dispatcher.logs import configure_logging
@@ -142,6 +143,7 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
     """
     ctx.ensure_object(dict)
     configure_logging(log_level.upper(), "json" if log_format == "json" else "text")
+    tracing.configure(ctx.invoked_subcommand or "dispatcher")  # OTEL_* variables (issue 26)
     # The pollers `poll --processes N` starts are this command again: the command the
     # operator ran said it already (see dispatcher.unknown_settings.CHECKED).
     if not os.environ.get(CHECKED):

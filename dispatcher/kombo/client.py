@@ -7,18 +7,20 @@ The transport (retries, limits, the key) and the endpoints; Kombo's errors are i
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
 
+from dispatcher import tracing
 from dispatcher.kombo.errors import KomboError, KomboLimitError, KomboStopped
 from dispatcher.kombo.models import kombo_time
 from dispatcher.kombo.packages import PACKAGE_FIELDS, InvalidPackagesError, Package, parse_packages
@@ -46,6 +48,22 @@ _BACKOFF_MAX_EXPONENT = 16
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 """The largest Kombo answer read (DISPATCHER_MAX_RESPONSE_BYTES): a page of 250 orders with
 long job descriptions is a few MB."""
+
+
+_Request = TypeVar("_Request", bound=Callable[..., Any])
+
+
+def _traced(request: _Request) -> _Request:
+    """A request, retries included, in a span (tracing on): its HTTP attempts are the
+    children (the httpx instrumentation), its retries the events."""
+
+    @functools.wraps(request)
+    def traced(self: KomboClient, method: str, path: str, integration_id: str, **kw: Any) -> Any:
+        attributes = {"dispatcher.integration_id": integration_id, "url.path": f"/{path}"}
+        with tracing.span(f"kombo {method}", attributes=attributes):
+            return request(self, method, path, integration_id, **kw)
+
+    return traced  # type: ignore[return-value]
 
 
 class KomboClient:
@@ -81,7 +99,8 @@ class KomboClient:
         self._should_stop = should_stop
         self.max_response_bytes = max_response_bytes
         self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
-        self._http = httpx.Client(
+        # Traced when tracing is on (dispatcher.tracing): a client span per request.
+        self._http = tracing.instrument(httpx.Client(
             base_url=base_url.rstrip("/") + "/",
             timeout=timeout,
             transport=transport,
@@ -89,7 +108,7 @@ class KomboClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             headers={"Accept": "application/json", "User-Agent": "kombo-dispatcher"},
-        )
+        ))  # fmt: skip
         self.retry_budget = retry_budget
         # How long connection failures are retried, counted from the first of an outage
         # and shared by every request: a command a person waits on (poll --once) gives up
@@ -220,6 +239,7 @@ class KomboClient:
 
     # -- transport --------------------------------------------------------------------------
 
+    @_traced
     def _request(
         self,
         method: str,
@@ -297,6 +317,13 @@ class KomboClient:
                 attempt,
                 delay,
                 extra={"integration_id": integration_id},
+            )
+            tracing.event(
+                "retry",
+                attempt=attempt,
+                delay_s=delay,
+                status=error.status_code,
+                code=(error.code or "")[:100] or None,  # Kombo's text: bounded
             )
             self._sleep(delay)
 

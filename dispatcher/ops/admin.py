@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis import Redis
@@ -20,6 +20,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.results import Result
 
+from dispatcher import tracing
 from dispatcher._text import as_float, as_str
 from dispatcher.logs import escape_controls
 from dispatcher.store.failures import Failure, clean_reason, parse_failure
@@ -107,9 +108,12 @@ class OrderRecord:
     last_error: Failure | None = None
     last_error_at: float | None = None
     payload: Mapping[str, Any] | None = field(default=None, repr=False)
+    # The order's OpenTelemetry trace (its job's meta), when it was dispatched with tracing on.
+    trace_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        traced = {"trace_id": self.trace_id} if self.trace_id else {}
+        return traced | {
             "order_id": self.order_id,
             "integration_id": self.integration_id,
             "seen_at": self.seen_at,
@@ -349,24 +353,34 @@ def describe_order(
             pipe.exists(job_key(job_id_for(namespace, integration_id, order_id)))
             pipe.hgetall(keys.steps(integration_id, order_id))
             pipe.exists(keys.timeline(integration_id, order_id))
+            # The job's meta as dispatched: its trace outlives the job (tracing on).
+            pipe.hget(keys.dispatched(integration_id, order_id), "meta")
         answers = pipe.execute()
     records = []
     for index, integration_id in enumerate(candidates):
-        seen, has_job, steps, has_timeline = answers[4 * index : 4 * index + 4]
+        seen, has_job, steps, has_timeline, dispatched = answers[5 * index : 5 * index + 5]
         if seen is None and not has_job and not steps and not has_timeline:
             continue
-        records.append(
-            _record(
-                redis,
-                queue_name,
-                order_id,
-                integration_id,
-                job_id_for(namespace, integration_id, order_id),
-                seen_at=parse_seen(seen)[0] if seen is not None else None,
-                steps=_steps(steps),
-            )
+        record = _record(
+            redis,
+            queue_name,
+            order_id,
+            integration_id,
+            job_id_for(namespace, integration_id, order_id),
+            seen_at=parse_seen(seen)[0] if seen is not None else None,
+            steps=_steps(steps),
         )
+        if record.trace_id is None and dispatched is not None:
+            record = replace(record, trace_id=_recorded_trace(dispatched))
+        records.append(record)
     return records
+
+
+def _recorded_trace(meta: bytes) -> str | None:
+    try:
+        return tracing.trace_id_of(json.loads(meta))
+    except ValueError:  # not JSON: no trace to show
+        return None
 
 
 def _record(
@@ -412,6 +426,7 @@ def _record(
         last_error=failure if has_failed else None,
         last_error_at=failed_at if has_failed else None,
         payload=payload if isinstance(payload, Mapping) else None,
+        trace_id=tracing.trace_id_of(job.meta),
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from rq.job import JobStatus
 
+from dispatcher import tracing
 from dispatcher._text import as_str
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.models import Order, OrderValidationError
@@ -162,6 +163,14 @@ def _enqueue(
     job_id = replay_job_id(ledger.namespace, integration_id, order.id)
     meta = {**ledger.job_meta(integration_id, order), "replay": list(handlers)}
     keys = ledger.keys
+    # Tracing on: the replay starts a trace of its own, its job's runs linked to the order's
+    # first trace (kept in the order's dispatch record).
+    ids = {"dispatcher.integration_id": integration_id, "dispatcher.order_id": order.id}
+    with tracing.span("replay", kind="producer", attributes=ids):
+        tracing.stamp(meta)
+    if tracing.enabled():
+        recorded = ledger.redis.hget(keys.dispatched(integration_id, order.id), "meta")
+        tracing.link_to_dispatch(meta, recorded)
     if redo:
         # --force: forget the steps' records (one transaction), then queue the job. A crash
         # between the two leaves the steps not completed: the next replay, forced or not,

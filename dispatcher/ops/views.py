@@ -244,6 +244,8 @@ def render_order(
             row("attempts", str(record.attempts))
         if record.worker:
             row("worker", record.worker)
+    if record.trace_id:
+        row("trace", record.trace_id)
     lines.extend(_step_lines(record, order, now))
     if record.last_error is not None:
         where = f"{record.last_error.handler}: " if record.last_error.handler else ""

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from redis import Redis
 from redis.exceptions import RedisError
 
-from dispatcher import tunables
+from dispatcher import tracing, tunables
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.errors import KomboError, KomboStopped
 from dispatcher.kombo.models import OrderValidationError
@@ -220,8 +220,26 @@ class Poller:
         """Page through one integration's OPEN orders, dispatching each page as it comes.
 
         ``full=None`` decides by the policy; ``leased`` renews the lease after every page and
-        stops if it was lost.
+        stops if it was lost. With tracing on, one span (each new order's trace links to it).
         """
+        with tracing.span("sweep", attributes={"dispatcher.integration_id": integration_id}) as s:
+            result = self._sweep_integration(integration_id, full, leased)
+            tracing.set_attributes(
+                s,
+                **{
+                    "dispatcher.full": result.full,
+                    "dispatcher.pages": result.pages,
+                    "dispatcher.orders_seen": result.orders_seen,
+                    "dispatcher.orders_new": result.orders_new,
+                    # Kombo's code (its text): bounded like every value it sends.
+                    "dispatcher.error_code": (result.error_code or "")[:100] or None,
+                },
+            )
+        return result
+
+    def _sweep_integration(
+        self, integration_id: str, full: bool | None, leased: bool
+    ) -> IntegrationSweep:
         extra = {"integration_id": integration_id}
         started = self._clock()
         try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,7 +31,7 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import now
 
-from dispatcher import tunables
+from dispatcher import tracing, tunables
 from dispatcher._text import as_str
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders
 from dispatcher.logs import escape_controls
@@ -175,6 +175,7 @@ class Ledger:
         generation: int | None = None,
         keep_generations: int = tunables.PRUNE_AFTER_SWEEPS,
         source: str = "poll",
+        trace_parents: Mapping[str, Any] | None = None,
     ) -> DispatchResult:
         """Enqueue every order not seen before, atomically marking it seen; skip the rest.
 
@@ -187,6 +188,8 @@ class Ledger:
         :meth:`prune`; a mark is renewed only when it is about to fall out of the
         ``keep_generations`` window, which spares most full sweeps a write per order).
         Safe to call concurrently from any number of processes with overlapping orders.
+        With tracing on, each new order's ``dispatch`` span starts its trace (a child of
+        ``trace_parents[order_id]`` when given: the webhook request) and its job carries it.
         """
         if not orders:
             return DispatchResult()
@@ -246,7 +249,11 @@ class Ledger:
         args: list[Any] = [now_, integration_id, rq_queue, suffix, self.record_ttl]
         args.append(len(to_mark))
         args.extend(to_mark)
-        shared, jobs = self._job_hashes(integration_id, candidates, source)
+        spans = tracing.dispatch_spans(
+            integration_id, [order.id for order, _ in candidates], source=source,
+            parents=trace_parents,
+        )  # fmt: skip
+        shared, jobs = self._job_hashes(integration_id, candidates, source, spans)
         args.append(len(shared))
         args.extend(shared)
         records: list[str] = []
@@ -256,7 +263,9 @@ class Ledger:
             args.extend((order.id, job_id, len(fields)))
             args.extend(fields)
         keys.extend(records)
-        enqueued = self._run_script(keys, args, integration_id)
+        with tracing.ending_dispatch(spans) as traced:
+            enqueued = self._run_script(keys, args, integration_id)
+            traced.extend(enqueued)
         result.enqueued = [as_str(order_id) for order_id in enqueued]
         result.already_seen += len(candidates) - len(result.enqueued)
         return result
@@ -332,6 +341,7 @@ class Ledger:
         integration_id: str,
         orders: Sequence[tuple[Order, dict[str, Any] | None]],
         source: str = "poll",
+        spans: Mapping[str, Any] | None = None,
     ) -> tuple[list[Any], Iterator[tuple[Order, str, list[Any]]]]:
         """The job hash ``_build_job(...)`` would save for each (order, its payload if the
         caller has it), in two parts: the items all the page's jobs share, sent once, and
@@ -363,7 +373,10 @@ class Ledger:
                 items = [
                     "data", data,
                     "description", _description(integration_id, order),
-                    "meta", dumps(self.job_meta(integration_id, order, source)),
+                    "meta", dumps(self.job_meta(
+                        integration_id, order, source,
+                        trace=tracing.carrier_of(spans.get(order.id)) if spans else None,
+                    )),
                 ]  # fmt: skip
                 yield order, self.job_id(integration_id, order.id), items
 
@@ -420,11 +433,19 @@ class Ledger:
             "namespace": self.namespace,
         }
 
-    def job_meta(self, integration_id: str, order: Order, source: str = "poll") -> dict[str, Any]:
+    def job_meta(
+        self,
+        integration_id: str,
+        order: Order,
+        source: str = "poll",
+        *,
+        trace: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
         """An order's job meta: what RQ's tools show, the namespace (a worker of another
         namespace leaves the job on the queue), the configured chain and how the order came
-        (``poll`` or ``webhook``: the order's timeline shows it)."""
-        return {
+        (``poll`` or ``webhook``: the order's timeline shows it); with tracing on, the W3C
+        context of the order's trace (``trace``: the worker's spans join it)."""
+        meta: dict[str, Any] = {
             "source": source,
             "order_id": order.id,
             "integration_id": integration_id,
@@ -432,6 +453,9 @@ class Ledger:
             "namespace": self.namespace,
             "chain": list(self.job_options.chain),
         }
+        if trace:
+            meta[tracing.META_KEY] = dict(trace)
+        return meta
 
     def reject(self, integration_id: str, order_id: str, reason: str) -> bool:
         """Remember an order as rejected so that no path ever dispatches it; atomic.

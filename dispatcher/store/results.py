@@ -44,6 +44,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
 
+from dispatcher import tracing
 from dispatcher._text import as_float, as_str
 from dispatcher.kombo.results import (
     AssessmentResult,
@@ -252,7 +253,10 @@ class Outbox:
             origin=self.queue.name,
             status=status,
             description=f"result of order {order_id} integration {integration_id}",
-            meta={"order_id": order_id, "integration_id": integration_id, "kind": "result"},
+            # With tracing on, the write job joins the trace of the submission (the PUT).
+            meta=tracing.stamp(
+                {"order_id": order_id, "integration_id": integration_id, "kind": "result"}
+            ),
             timeout=self.job_timeout,
             result_ttl=3600,
             failure_ttl=self.failure_ttl,

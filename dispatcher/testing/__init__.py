@@ -5,6 +5,8 @@
 - :mod:`~dispatcher.testing.mailbox`: an SMTP server (``notify_email``); needs aiosmtpd (the
   ``demo`` and ``test`` extras), imported only when a mailbox starts.
 - :mod:`~dispatcher.testing.redis_server`: a private ``redis-server`` to stop, kill, restart.
+- :mod:`~dispatcher.testing.otlp`: an OTLP/HTTP trace receiver (tracing); needs the ``otel``
+  extra, imported only when a receiver starts.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ class VendorCall:
     authorization: str | None
     body: dict[str, Any]
     succeeded: bool = False
+    # Every header, names lower-cased (the tracing tests read ``traceparent``).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,6 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"{}")
         key = self.headers.get("Idempotency-Key")
         call = VendorCall(self.path, key, self.headers.get("Authorization"), body)
+        call.headers = {name.lower(): value for name, value in self.headers.items()}
         failure = api._record(call)
         if failure == "timeout":
             time.sleep(2.5)

@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from dispatcher import tracing
 from dispatcher.kombo.models import check_id
 from dispatcher.kombo.results import InvalidResultError, check_integration_id
 from dispatcher.logs import escape_controls
@@ -232,6 +233,8 @@ class _ResultsAPI:
                 return too_large
         return bytes(raw)
 
+    # With tracing on, a span whose trace the result's write job joins.
+    @tracing.server_span("PUT /orders/{integration_id}/{order_id}/result")
     async def put_result(self, request: Request) -> Response:
         found = self._ids(request)
         if isinstance(found, JSONResponse):

@@ -36,7 +36,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import quote
@@ -49,7 +49,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dispatcher import tunables
+from dispatcher import tracing, tunables
 from dispatcher.kombo.models import (
     Order,
     OrderStatus,
@@ -204,6 +204,7 @@ class _Pending:
     order: Order
     event_id: str
     future: asyncio.Future[_Outcome]
+    trace: Any = None  # the delivery's span context (tracing on): its order's dispatch joins it
 
 
 # One order to admit: its integration, the order, the delivery's event id.
@@ -253,6 +254,7 @@ class WebhookReceiver:
         self._pending: list[_Pending] = []
         self._drains = 0
 
+    @tracing.server_span("POST " + WEBHOOK_PATH)  # the order's trace starts here
     async def receive(self, request: Request) -> Response:
         """Answer one delivery (see the module docstring for the answers)."""
         started = time.perf_counter()
@@ -345,7 +347,7 @@ class WebhookReceiver:
         fighting over the GIL under a burst of deliveries.
         """
         future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(integration_id, order, event_id, future))
+        self._pending.append(_Pending(integration_id, order, event_id, future, tracing.current()))
         if self._drains < _MAX_DRAINS:
             self._drains += 1
             _background(self._drain())
@@ -361,6 +363,7 @@ class WebhookReceiver:
                     outcomes = await run_in_threadpool(
                         self._admit_batch,
                         [(item.integration_id, item.order, item.event_id) for item in batch],
+                        {(i.integration_id, i.order.id): i.trace for i in batch if i.trace},
                     )
                 except Exception as exc:  # a bug: every request of the batch answers 500
                     outcomes = [exc] * len(batch)
@@ -382,7 +385,9 @@ class WebhookReceiver:
                     item.future.cancel()
                 self._pending.clear()
 
-    def _admit_batch(self, items: Sequence[_Item]) -> list[_Outcome | RedisError]:
+    def _admit_batch(
+        self, items: Sequence[_Item], traces: Mapping[tuple[str, str], Any] | None = None
+    ) -> list[_Outcome | RedisError]:
         """Reject or dispatch a batch of orders (blocking: runs in a worker thread).
 
         A Redis failure fails only the orders it concerns (one integration's dispatch, one
@@ -412,8 +417,11 @@ class WebhookReceiver:
         for integration_id, indexes in to_dispatch.items():
             orders = [items[index][1] for index in indexes]
             try:
+                parents = {o.id: traces.get((integration_id, o.id)) for o in orders if traces}
                 enqueued = set(
-                    self.ledger.dispatch(integration_id, orders, source="webhook").enqueued
+                    self.ledger.dispatch(
+                        integration_id, orders, source="webhook", trace_parents=parents or None
+                    ).enqueued
                 )
                 for index, order in zip(indexes, orders, strict=True):
                     decided[index] = (

@@ -26,6 +26,7 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import BaseTimeoutException, JobTimeoutException
 
+from dispatcher import tracing
 from dispatcher._text import as_str
 from dispatcher.handler import Handler, HandlerContext, PermanentFailure, RetryLater
 from dispatcher.kombo.models import Order
@@ -265,10 +266,26 @@ def process_order(
     ``namespace`` is the dispatching namespace (jobs queued before it was recorded have none:
     they are the worker's own); a worker of another namespace refuses the job, for good.
     ``handlers`` restricts the run to those steps of the chain (``dispatcher replay``).
+    With tracing on, the run is one span of the order's trace (:mod:`dispatcher.tracing`).
     """
+    job = get_current_job()
+    with tracing.job_span(
+        "process_order",
+        job,
+        {"dispatcher.integration_id": integration_id, "dispatcher.order_id": order.get("id")},
+    ):
+        return _process_order(job, integration_id, order, namespace, handlers)
+
+
+def _process_order(
+    job: Job | None,
+    integration_id: str,
+    order: dict[str, Any],
+    namespace: str | None,
+    handlers: list[str] | None,
+) -> dict[str, Any]:
     runtime = current_runtime()
     settings = runtime.settings
-    job = get_current_job()
     chain = _chain_for(runtime, job, namespace, handlers)
     parsed = Order.model_validate(order)
     store = (
@@ -381,6 +398,7 @@ def _context(
             _extra(integration_id, order_id, handler.name),
         ),
         effects=store.effects(handler.name) if store is not None else _MemoryEffects(),
+        trace=tracing.HANDLER_TRACE,
     )
 
 
@@ -393,10 +411,7 @@ def _run_step(
 ) -> Mapping[str, Any]:
     extra = _extra(context.integration_id, order.id, handler.name)
     try:
-        # A timer, not SIGALRM: RQ's own job timeout already owns the alarm in the work horse,
-        # and jobs run in threads with --threads. One watcher thread keeps every deadline.
-        with deadline(timeout, HandlerTimeout):
-            output = handler.handle(order, context)
+        output = _handle(handler, order, context, timeout)
     except Exception as exc:
         reason = clean_reason(_reason(exc))
         if isinstance(exc, HandlerTimeout):
@@ -429,6 +444,30 @@ def _run_step(
             order.id,
             f"returned a value that is not JSON-serialisable ({exc})",
         ) from None
+
+
+def _handle(
+    handler: Handler, order: Order, context: HandlerContext, timeout: float
+) -> Mapping[str, Any] | None:
+    attributes = {"dispatcher.handler": handler.name, "dispatcher.attempt": context.attempt}
+    with tracing.span(f"step {handler.name}", attributes=attributes) as step_span:
+        try:
+            # A timer, not SIGALRM: RQ's own job timeout already owns the alarm in the work
+            # horse, and jobs run in threads with --threads. One watcher thread keeps every
+            # deadline.
+            with deadline(timeout, HandlerTimeout):
+                output = handler.handle(order, context)
+        except Exception as exc:
+            tracing.set_attributes(step_span, **{"dispatcher.outcome": _outcome(exc)})
+            raise
+        tracing.set_attributes(step_span, **{"dispatcher.outcome": "completed"})
+    return output
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, HandlerTimeout | JobTimeoutException):
+        return "timeout"
+    return "permanent_failure" if isinstance(exc, PermanentFailure) else "retry"
 
 
 def _scrub_json(value: Any) -> Any:

@@ -44,7 +44,7 @@ from rq import Queue, Worker, get_current_job
 from rq.job import Job
 from rq.worker_pool import WorkerPool
 
-from dispatcher import _text, tunables
+from dispatcher import _text, tracing, tunables
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.errors import KomboError
 from dispatcher.kombo.results import AssessmentResult, InvalidResultError
@@ -366,9 +366,14 @@ def current_writer() -> WriterRuntime:
 
 
 def write_result(integration_id: str, order_id: str) -> str:
-    """The RQ job: write the order's pending result (see :meth:`ResultWriter.run`)."""
+    """The RQ job: write the order's pending result (see :meth:`ResultWriter.run`); with
+    tracing on, a span in the trace of the submission (a retry's job is its child)."""
     job = get_current_job()
-    return current_writer().writer.run(integration_id, order_id, job.id if job else "")
+    ids = {"dispatcher.integration_id": integration_id, "dispatcher.order_id": order_id}
+    with tracing.job_span("write_result", job, ids) as span:
+        outcome = current_writer().writer.run(integration_id, order_id, job.id if job else "")
+        tracing.set_attributes(span, **{"dispatcher.outcome": outcome})
+    return outcome
 
 
 def results_workers_running(settings: Settings, redis: Redis) -> bool:

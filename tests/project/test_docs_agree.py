@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import re
 import tomllib
-from importlib.metadata import packages_distributions
+from importlib.metadata import files, packages_distributions
 from pathlib import Path
 
 import dispatcher.handler
@@ -47,6 +47,22 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _owners(module: str, candidates: list[str]) -> list[str]:
+    """Which of ``candidates`` ship ``module``: a namespace package (``opentelemetry``) comes
+    in parts from many distributions, and only the part imported must be declared."""
+    if len(candidates) < 2:
+        return candidates
+    parts = module.split(".")
+    while parts:
+        base = "/".join(parts)
+        wanted = {f"{base}/__init__.py", f"{base}.py"}
+        found = [d for d in candidates if any(str(f) in wanted for f in files(d) or ())]
+        if found:
+            return found
+        parts.pop()
+    return candidates
+
+
 def test_every_third_party_import_of_the_package_is_declared() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = {
@@ -64,9 +80,11 @@ def test_every_third_party_import_of_the_package_is_declared() -> None:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
+                if len(distributions.get(node.module.split(".")[0], [])) > 1:
+                    names = [f"{node.module}.{alias.name}" for alias in node.names]
             for name in names:
                 top = name.split(".")[0]
-                for dist in distributions.get(top, []):
+                for dist in _owners(name, distributions.get(top, [])):
                     if _normal(dist) in _PART_OF_A_DECLARED_ONE:
                         continue
                     if _normal(dist) not in declared:
