@@ -13,7 +13,9 @@ from redis import Redis
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from support import dispatcher_env
 
-pytestmark = pytest.mark.slow  # a real pip install of examples/dispatcher-hello
+# A real pip install of examples/dispatcher-hello: its own budget is 300 s, past
+# pytest-timeout's 120 s default on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dispatcher-hello"
 
 
