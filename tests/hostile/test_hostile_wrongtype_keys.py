@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -28,19 +28,26 @@ pytestmark = pytest.mark.redis
 NAMESPACE = "w7keys"
 INTEGRATION = "greenhouse:WrongTypeKeys"
 KEYS = Keys(NAMESPACE)
-HOUR = int(time.time()) // 3600
+
+
+def _hour() -> int:
+    return int(time.time()) // 3600
+
+
 # name -> (key, the type it belongs as, shared: /healthz names it (a per-integration key or
 # an old chart hour is status's and /metrics' only, like the ledger's seen hash)).
-PLANTED: dict[str, tuple[str, str, bool]] = {
+# An hour's key is named when the test plants it: taken at import, "this hour" was the last
+# hour for a run that crossed the hour (and /healthz rightly said ok).
+PLANTED: dict[str, tuple[str | Callable[[], str], str, bool]] = {
     # The first two (one shared key, one status-only) run by default, the rest in the slow step.
     "outbox-pending": (KEYS.outbox_index("pending"), "zset", True),
-    "throughput (ten hours ago)": (KEYS.throughput(HOUR - 10), "hash", False),
+    "throughput (ten hours ago)": (lambda: KEYS.throughput(_hour() - 10), "hash", False),
     "outbox-written": (KEYS.outbox_index("written"), "zset", True),
     "outbox-failed": (KEYS.outbox_index("failed"), "zset", True),
     "provisioned": (KEYS.provisioned, "zset", True),
     "result-stats": (KEYS.result_stats, "hash", True),
     "results queue": (f"rq:queue:{NAMESPACE}-results", "list", True),
-    "throughput (this hour)": (KEYS.throughput(HOUR), "hash", True),
+    "throughput (this hour)": (lambda: KEYS.throughput(_hour()), "hash", True),
     "lease": (KEYS.lease(INTEGRATION), "string", False),
     # A wrong-type confirmation hash made every webhook delivery 503 while /healthz said ok.
     "webhook-unconfirmed": (KEYS.webhook_unconfirmed, "hash", True),
@@ -84,7 +91,8 @@ def _status(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_a_key_of_the_wrong_type_is_named_by_status_healthz_and_metrics(
     redis: Redis, redis_url: str, web: str, where: str
 ) -> None:
-    key, belongs, shared = PLANTED[where]
+    named, belongs, shared = PLANTED[where]
+    key = named() if callable(named) else named
     # Given a working dispatcher (an integration swept once)...
     redis.hset(KEYS.sweep(INTEGRATION), mapping={"last_sweep_at": time.time()})
     redis.sadd(KEYS.swept_integrations, INTEGRATION)
