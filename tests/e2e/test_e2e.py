@@ -19,6 +19,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 from support import dispatcher_env, wait_while_progressing
+from support.ops import dispatcher as run
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"
@@ -36,18 +37,6 @@ def env_for(sim_url: str, sim: Simulator, redis_url: str, **extra: str) -> dict[
         KOMBO_API_KEY=DEFAULT_API_KEY,
         KOMBO_INTEGRATION_IDS=",".join(sim.integration_ids),
         **extra,
-    )
-
-
-def run(
-    args: list[str], env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
     )
 
 

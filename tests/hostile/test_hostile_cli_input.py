@@ -5,8 +5,6 @@ socket and a real redis-server."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +26,7 @@ from support.hostile import (
     exposed,
     json_server,
 )
+from support.ops import dispatcher as run
 
 PASSWORD = "pw_W13neverShown77"
 MALFORMED = [
@@ -36,16 +35,6 @@ MALFORMED = [
     f"redis://:{PASSWORD}@localhost:99999/0",  # a port out of range
     f"redis+sentinel://:{PASSWORD}@[::1:26379,h2:26379/mymaster",
 ]
-
-
-def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 # Every command with the first URL by default; the other URLs' shapes in the slow step.

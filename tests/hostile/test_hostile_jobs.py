@@ -34,6 +34,7 @@ from dispatcher.store.rq_internals import JOB_SERIALIZER, failed_key, queue_key
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
 from support import dispatcher_env, dispatcher_web
+from support.ops import dispatcher as _run
 
 pytestmark = pytest.mark.redis
 
@@ -60,16 +61,6 @@ def _env(redis_url: str, namespace: str, **extra: str) -> dict[str, str]:
         **extra,
     }
     return dispatcher_env(redis_url, **values)
-
-
-def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def _plant_pickled_job(redis: Redis, queue: str, marker: Path) -> str:

@@ -158,9 +158,9 @@ def run(*args: str, input: str | None = None) -> Result:
 
 
 def dispatcher(
-    args: list[str], env: dict[str, str], timeout: float = 60
+    args: list[str], env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a subprocess."""
+    """Run the CLI in a subprocess (the tests' one copy of it)."""
     return subprocess.run(
         [sys.executable, "-m", "dispatcher", *args],
         env=env,
