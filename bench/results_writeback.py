@@ -81,13 +81,13 @@ TOKEN = "bench-results-token-0123456789"
 
 
 def _env(redis_url: str, kombo_url: str) -> dict[str, str]:
-    # Default settings but what the processes must be told: where Redis and Kombo are.
+    # Default settings (INFO logs included: what a deployment writes per result) but what
+    # the processes must be told: where Redis and Kombo are, the key, the API's token.
     return bench_env(
         redis_url,
         DISPATCHER_NAMESPACE=NAMESPACE,
         KOMBO_API_KEY=API_KEY,
         KOMBO_BASE_URL=kombo_url,
-        DISPATCHER_LOG_LEVEL="WARNING",
         DISPATCHER_API_TOKEN=TOKEN,
     )
 
