@@ -180,3 +180,17 @@ def dispatcher_web(env: dict[str, str], log: Path) -> Iterator[str]:
     """:func:`web_process`, yielding its URL."""
     with web_process(env, log) as (_, port):
         yield f"http://127.0.0.1:{port}"
+
+
+def queued_job_ids(redis: Any, queue: str = "dispatcher-orders") -> list[str]:
+    """The job ids waiting to run: on the worker queue, then on each integration's list
+    (dispatcher.store.fair: at most a window of jobs is on the queue at once)."""
+    keys = [f"rq:queue:{queue}"]
+    keys += sorted(
+        k.decode() if isinstance(k, bytes) else k for k in redis.scan_iter(f"rq:queue:{queue}@*")
+    )
+    return [
+        item.decode() if isinstance(item, bytes) else item
+        for key in keys
+        for item in redis.lrange(key, 0, -1)
+    ]
