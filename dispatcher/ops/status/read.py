@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from redis import Redis
@@ -43,6 +44,7 @@ from dispatcher.poller.telemetry import read_request_series
 from dispatcher.settings import Settings
 from dispatcher.store import throughput
 from dispatcher.store.connection import ServerCheck, check_server
+from dispatcher.store.fair import FairFeed
 from dispatcher.store.key_types import shared_keys
 from dispatcher.store.keys import Keys
 from dispatcher.store.reconcile_state import read_state
@@ -150,6 +152,12 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         )
         for index, (queue, counts) in enumerate(zip(queues, per_queue, strict=True))
     )
+    # The orders waiting for their turn on their integration's list (dispatcher.store.fair)
+    # are queued too: the worker queue holds a window of them at a time.
+    waiting = sum(FairFeed(redis, keys, settings.queue).waiting().values())
+    if waiting and queue_statuses:
+        orders = queue_statuses[0]
+        queue_statuses = (replace(orders, queued=orders.queued + waiting), *queue_statuses[1:])
     snapshot = Snapshot(
         taken_at=taken_at,
         namespace=settings.namespace,
