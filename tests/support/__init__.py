@@ -194,3 +194,13 @@ def queued_job_ids(redis: Any, queue: str = "dispatcher-orders") -> list[str]:
         for key in keys
         for item in redis.lrange(key, 0, -1)
     ]
+
+
+def queued_jobs(redis: Any, queue: str = "dispatcher-orders") -> list[Any]:
+    """The jobs waiting to run (:func:`queued_job_ids`), as RQ jobs."""
+    from rq.job import Job
+
+    from dispatcher.store.rq_internals import JOB_SERIALIZER
+
+    ids = queued_job_ids(redis, queue)
+    return [j for j in Job.fetch_many(ids, connection=redis, serializer=JOB_SERIALIZER) if j]

@@ -129,7 +129,8 @@ def test_the_cap_holds_through_sigkills_and_nothing_is_lost(redis: Redis, redis_
         led.dispatch(OTHER, orders("o", 10))
         for round_ in range(3):
             # Kill a worker while the capped integration's orders run in it.
-            wait_until(lambda: len(done(redis)) >= 4 * (round_ + 1), 180, "progress")
+            goal = 4 * (round_ + 1)
+            wait_until(lambda goal=goal: len(done(redis)) >= goal, 180, "progress")
             victim = workers.pop(0)
             stop(victim)
             workers.append(start_worker(redis_url, 4, seconds, **env))
