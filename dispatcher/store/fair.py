@@ -163,15 +163,22 @@ class FairFeed:
 
     def waiting(self) -> dict[str, int]:
         """Orders waiting for their turn, per integration with any (ring and parked)."""
+        return {name: count for name, (count, _) in self.backlog().items()}
+
+    def backlog(self) -> dict[str, tuple[int, str]]:
+        """Per integration with orders waiting for their turn: how many, and the job id at
+        the head of its list (the one waiting longest)."""
         ring = self.redis.lrange(self.keys.fair_ring, 0, -1)
         parked = self.redis.smembers(self.keys.fair_parked)
         names = list(dict.fromkeys(as_str(name) for name in [*ring, *parked]))
         with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.llen(fair_list_key(self.queue, name))
-            counts = pipe.execute(raise_on_error=False)
-        return {
-            name: int(count)
-            for name, count in zip(names, counts, strict=True)
-            if isinstance(count, int) and count
-        }
+                pipe.lindex(fair_list_key(self.queue, name), 0)
+            answers = pipe.execute(raise_on_error=False)
+        backlog: dict[str, tuple[int, str]] = {}
+        for index, name in enumerate(names):
+            count, head = answers[2 * index], answers[2 * index + 1]
+            if isinstance(count, int) and count and isinstance(head, bytes | str):
+                backlog[name] = (count, as_str(head))
+        return backlog

@@ -190,3 +190,21 @@ def test_the_reconciler_counts_a_job_waiting_its_turn_as_live(redis: Redis) -> N
     findings = reconciler.run().findings
     assert [f.job_id.encode() for f in findings] == [lost]
     assert lost in redis.lrange(queue_key(QUEUE), 0, -1)
+
+
+def test_status_counts_the_orders_waiting_their_turn_as_queued(redis: Redis) -> None:
+    from dispatcher.ops.status import take_snapshot
+    from dispatcher.settings import load_settings
+
+    led = ledger(redis, FairOptions(window=1), clock=time.time)  # type: ignore[arg-type]
+    before = time.time()
+    led.dispatch(A, orders("a", 4))
+    led.dispatch(B, orders("b", 3))
+    # A worker took the queue's one job (and its feed was lost): only the lists hold orders.
+    redis.lmove(queue_key(QUEUE), intermediate_key(QUEUE), "LEFT", "RIGHT")
+    snapshot = take_snapshot(redis, load_settings(DISPATCHER_NAMESPACE="dispatcher"))
+    orders_queue = snapshot.queues[0]
+    assert orders_queue.name == QUEUE
+    assert orders_queue.queued == 6
+    assert orders_queue.oldest_queued_at is not None
+    assert before - 1 <= orders_queue.oldest_queued_at <= time.time()
