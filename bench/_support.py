@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -18,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -256,6 +260,27 @@ def report(rows: list[Row], json_path: Path | None, *, header: str = "") -> None
             print(f"    {row.detail}")
     if json_path is not None:
         json_path.write_text(json.dumps([asdict(row) for row in rows], indent=1))
+
+
+def dependency_versions() -> str:
+    """What the figures were measured with, on one line: Python, redis-py, hiredis, httpx, rq
+    and the redis-server the private servers run (a release of any of them moves them)."""
+    parts = [f"Python {platform.python_version()}"]
+    for label, package in (("redis-py", "redis"), ("hiredis", "hiredis"), ("httpx", "httpx"),
+                           ("rq", "rq")):  # fmt: skip
+        try:
+            parts.append(f"{label} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{label} not installed")
+    binary = shutil.which("redis-server")
+    said = (
+        subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+        if binary
+        else ""
+    )
+    found = re.search(r"v=(\S+)", said)
+    parts.append(f"redis-server {found.group(1) if found else 'not found'}")
+    return ", ".join(parts)
 
 
 def redis_version(redis: Redis) -> str:
