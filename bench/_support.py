@@ -262,6 +262,16 @@ def redis_version(redis: Redis) -> str:
     return str(redis.info("server")["redis_version"])
 
 
+def queued_count(redis: Redis, queue: str = QUEUE) -> int:
+    """Jobs waiting to run: on the worker queue and on each integration's list (the fair
+    feeder keeps a window of them on the worker queue: dispatcher.store.fair)."""
+    lists = [f"rq:queue:{queue}", *redis.scan_iter(f"rq:queue:{queue}@*", count=1000)]
+    with redis.pipeline(transaction=False) as pipe:
+        for key in lists:
+            pipe.llen(key)
+        return sum(int(n) for n in pipe.execute())
+
+
 def flush(redis: Redis) -> None:
     redis.flushall()
     # Give back the memory of big runs before the next repetition measures anything.

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from redis import Redis
 
-from _support import free_port, private_redis
+from _support import free_port, private_redis, queued_count
 
 QUEUE = "rq:queue:dispatcher-orders"
 
@@ -75,7 +75,7 @@ def run(pollers: int, integrations: int, orders: int, latency: float) -> dict[st
             for _ in range(pollers)
         ]  # fmt: skip
         try:
-            while redis.llen(QUEUE) < total and time.monotonic() - started < 900:
+            while queued_count(redis) < total and time.monotonic() - started < 900:
                 time.sleep(0.1)
             elapsed = time.monotonic() - started
             time.sleep(1)  # anything doubled would show now
