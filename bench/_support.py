@@ -272,6 +272,12 @@ def queued_count(redis: Redis, queue: str = QUEUE) -> int:
         return sum(int(n) for n in pipe.execute())
 
 
+def queued_job_ids(redis: Redis, queue: str = QUEUE) -> list[bytes]:
+    """The ids of the jobs :func:`queued_count` counts."""
+    lists = [f"rq:queue:{queue}", *redis.scan_iter(f"rq:queue:{queue}@*", count=1000)]
+    return [job_id for key in lists for job_id in redis.lrange(key, 0, -1)]
+
+
 def flush(redis: Redis) -> None:
     redis.flushall()
     # Give back the memory of big runs before the next repetition measures anything.

@@ -265,7 +265,7 @@ def _measure(
             proc.terminate()
             proc.wait(10)
         redis = Redis.from_url(redis_url)
-        enqueued = queued_count(redis)
+        enqueued = queued_count(redis, QUEUE)
         redis.close()
     if enqueued != len(bodies):
         raise SystemExit(f"bench: {enqueued} jobs enqueued, expected {len(bodies)}")
