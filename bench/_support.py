@@ -287,6 +287,22 @@ def redis_version(redis: Redis) -> str:
     return str(redis.info("server")["redis_version"])
 
 
+def queued_count(redis: Redis, queue: str = QUEUE) -> int:
+    """Jobs waiting to run: on the worker queue and on each integration's list (the fair
+    feeder keeps a window of them on the worker queue: dispatcher.store.fair)."""
+    lists = [f"rq:queue:{queue}", *redis.scan_iter(f"rq:queue:{queue}@*", count=1000)]
+    with redis.pipeline(transaction=False) as pipe:
+        for key in lists:
+            pipe.llen(key)
+        return sum(int(n) for n in pipe.execute())
+
+
+def queued_job_ids(redis: Redis, queue: str = QUEUE) -> list[bytes]:
+    """The ids of the jobs :func:`queued_count` counts."""
+    lists = [f"rq:queue:{queue}", *redis.scan_iter(f"rq:queue:{queue}@*", count=1000)]
+    return [job_id for key in lists for job_id in redis.lrange(key, 0, -1)]
+
+
 def flush(redis: Redis) -> None:
     redis.flushall()
     # Give back the memory of big runs before the next repetition measures anything.
