@@ -45,6 +45,7 @@ from dispatcher.store.rq_internals import (
     fair_list_key,
     first_seen_key,
     intermediate_key,
+    job_key,
     queue_key,
 )
 
@@ -53,6 +54,7 @@ __all__ = ["FairFeed", "FairOptions"]
 _FEED = script("fair_feed")
 _START = script("fair_start")
 _RELEASE = script("fair_release")
+_TAKE = script("fair_take")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,26 @@ class FairFeed:
         started = int(_START(self.redis, keys, args, integration_id=integration_id))
         self.feed()
         return started != 0
+
+    def take(self, count: int) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Up to ``count`` jobs off the worker queue into RQ's intermediate list, as RQ's pop
+        moves them, each with its job hash (empty when gone), and the queue topped up: one
+        round trip. Only without caps: a capped job must pass :meth:`after_take`."""
+        keys = [
+            queue_key(self.queue),
+            intermediate_key(self.queue),
+            self.keys.fair_ring,
+            self.keys.fair_parked,
+            QUEUES_KEY,
+        ]
+        args = [repr(self._clock()), count, job_key(""), *self.block()]
+        answer = _TAKE(self.redis, keys, args)
+        taken: list[tuple[str, dict[bytes, bytes]]] = []
+        for at in range(0, len(answer), 2):
+            flat = answer[at + 1]
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            taken.append((as_str(answer[at]), fields))
+        return taken
 
     def release(self, job_id: str, integration_id: str | None) -> None:
         """A capped integration's job is over (done, failed or waiting for a retry): its

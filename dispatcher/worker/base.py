@@ -87,6 +87,7 @@ __all__ = [
     "WORKER_TTL",
     "BurstSummary",
     "DispatcherWorkerMixin",
+    "admit",
     "demote_rq_chatter",
     "fair_feed",
     "job_integration",
@@ -177,7 +178,6 @@ class _OrderQueue(Queue):
 
     @classmethod
     def dequeue_any(cls, *args: Any, **kwargs: Any) -> tuple[Job, Queue] | None:
-        namespace = current_runtime().settings.namespace
         timeout = args[1] if len(args) > 1 else kwargs.get("timeout")
         passed: set[str] = set()
         while True:
@@ -185,19 +185,12 @@ class _OrderQueue(Queue):
             if result is None:
                 return None
             job, queue = result
-            why = job_refusal(job, JOB_FUNCTIONS)
-            if why is not None:
-                _refuse(job, queue, why)
-                continue
-            other = _job_namespace(job)
-            if other is None or other == namespace:
-                if queue.name == current_runtime().settings.queue and not fair_feed(
-                    queue.connection
-                ).after_take(job.id, job_integration(job)):
-                    continue  # its integration is at its cap: back on its list, parked
+            verdict = admit(job, queue, fed=False)
+            if verdict == "run":
                 set_order_context(log_context(job))
                 return result
-            _leave_foreign(job, queue, other, namespace)
+            if verdict != "foreign":
+                continue  # refused, or its integration is at its cap: nothing to run
             if job.id in passed:
                 # Round the queue once and nothing of ours: a burst is done; a long-running
                 # worker waits before it looks again.
@@ -206,6 +199,32 @@ class _OrderQueue(Queue):
                 time.sleep(FOREIGN_PAUSE)
                 raise DequeueTimeout(timeout, [q.key for q in args[0]])
             passed.add(job.id)
+
+
+def admit(job: Job, queue: Queue, *, fed: bool = True) -> str:
+    """Whether this worker runs a job it just took off ``queue`` (into RQ's intermediate
+    list): ``run``; or ``refused`` (not JSON or not one of the dispatcher's: failed, see
+    ``job_refusal``), ``foreign`` (another namespace's: put back at the end of its queue),
+    ``waiting`` (its integration is at its in-flight cap: back at the head of its list).
+    ``fed``: the take topped the queue up already (FairFeed.take); else it is topped up
+    here."""
+    why = job_refusal(job, JOB_FUNCTIONS)
+    if why is not None:
+        _refuse(job, queue, why)
+        return "refused"
+    namespace = current_runtime().settings.namespace
+    other = _job_namespace(job)
+    if other is not None and other != namespace:
+        _leave_foreign(job, queue, other, namespace)
+        return "foreign"
+    ours = queue.name == current_runtime().settings.queue
+    if (
+        ours
+        and not fed
+        and not fair_feed(queue.connection).after_take(job.id, job_integration(job))
+    ):
+        return "waiting"
+    return "run"
 
 
 def job_integration(job: Job) -> str | None:

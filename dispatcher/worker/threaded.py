@@ -44,21 +44,27 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from dispatcher.logs import set_order_context
+from dispatcher.store.fair import FairFeed, FairOptions
+from dispatcher.store.keys import Keys
 from dispatcher.worker.base import (
     RECONNECT_WAIT_MAX,
     REDIS_LOST,
     DispatcherWorkerMixin,
+    admit,
     fair_feed,
     job_integration,
     log_context,
 )
 from dispatcher.worker.deadlines import DeadlinePenalty
+from dispatcher.worker.jobs import current_runtime
 from dispatcher.worker.recovery import requeue_entry
 
 __all__ = ["ThreadedWorker", "threaded_worker_class"]
 
 # How often the main thread, waiting for a free thread, wakes to run maintenance.
 _SLOT_POLL = 1.0
+# The most jobs taken off the queue in one round trip when threads are idle.
+_BATCH = 16
 
 
 class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
@@ -83,6 +89,8 @@ class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
         self._interruptible = False
         self._beat_stop = threading.Event()
         self._tally_lock = threading.Lock()
+        self._batch: FairFeed | None = None  # see _batch_feed
+        self._one_by_one = False
 
     # -- state: BUSY while any job is in flight ---------------------------------------------
 
@@ -121,6 +129,13 @@ class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
             while not self._stop_requested:
                 if not self._wait_for_slot():
                     break
+                limit = None if max_jobs is None else max_jobs - taken
+                started = self._start_batch(limit)
+                if started:
+                    taken += started
+                    if max_jobs is not None and taken >= max_jobs:
+                        break
+                    continue
                 job_and_queue = self._dequeue(None if burst else self.dequeue_timeout)
                 if job_and_queue is None:
                     self._slots.release()
@@ -172,6 +187,66 @@ class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
     def _release_slot_false(self) -> bool:
         self._slots.release()
         return False
+
+    def _start_batch(self, limit: int | None) -> int:
+        """With a slot held: take as many jobs as there are idle threads (at most ``_BATCH``)
+        in one round trip (FairFeed.take) and hand them to threads; returns how many started.
+        0 (every slot beyond the held one given back) when the queue is empty or the batch
+        held none of ours, and whenever capped integrations need each job's lease checked:
+        then the one-job pop decides, and blocks when there is nothing to take."""
+        feed = self._batch_feed()
+        if feed is None or self._stop_requested:
+            return 0
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()
+        wanted = 1
+        most = _BATCH if limit is None else min(_BATCH, limit)
+        while wanted < most and self._slots.acquire(blocking=False):
+            wanted += 1
+        try:
+            taken = feed.take(wanted)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            self.log.error("Worker %s: cannot reach Redis (%s), retrying", self.name, exc)
+            taken = []
+        queue = self.queues[0]
+        started = 0
+        for job_id, fields in taken:
+            job = self._restore(job_id, fields, queue)
+            if job is None:
+                continue
+            job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
+            self._start((job, queue))
+            started += 1
+        # The held slot goes back only when nothing started: the caller then pops one job.
+        for _ in range(wanted - max(started, 1)):
+            self._slots.release()
+        return started
+
+    def _batch_feed(self) -> FairFeed | None:
+        """The feeder to take batches with: the orders queue's (no caps), or a plain one for
+        the results queue (window 0: it feeds nothing); None when jobs go one at a time."""
+        if self._one_by_one or len(self.queues) != 1:
+            return None
+        if self._batch is None:
+            settings = current_runtime().settings
+            name = self.queues[0].name
+            if name == settings.queue:
+                self._batch = fair_feed(self.connection)
+                self._one_by_one = self._batch.options.any_cap
+            else:
+                keys = Keys(settings.namespace)
+                self._batch = FairFeed(self.connection, keys, name, FairOptions(window=0))
+        return None if self._one_by_one else self._batch
+
+    def _restore(self, job_id: str, fields: dict[bytes, bytes], queue: Queue) -> Job | None:
+        """A job taken in a batch, as RQ's pop and fetch would give it, or None when it is
+        not to run here (its hash gone, refused, or another namespace's: dealt with as the
+        one-job pop deals with them)."""
+        if not fields:
+            return None  # RQ skips an id without a hash; the stranded-job pass drops it
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(fields)
+        return job if admit(job, queue) == "run" else None
 
     def _dequeue(self, timeout: int | None) -> tuple[Job, Queue] | None:
         """One blocking pop (RQ's ``dequeue_any``), without the per-job worker heartbeats of

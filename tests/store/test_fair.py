@@ -208,3 +208,34 @@ def test_status_counts_the_orders_waiting_their_turn_as_queued(redis: Redis) -> 
     assert orders_queue.queued == 6
     assert orders_queue.oldest_queued_at is not None
     assert before - 1 <= orders_queue.oldest_queued_at <= time.time()
+
+
+def test_a_batch_take_moves_jobs_as_rqs_pop_does_and_tops_the_queue_up(any_redis: Redis) -> None:
+    led = ledger(any_redis, FairOptions(window=4))
+    led.dispatch(A, orders("a", 6))
+    led.dispatch(B, orders("b", 2))
+    taken = feed_of(led).take(3)
+    assert [order_of(any_redis, job_id) for job_id, _ in taken] == ["a0", "a1", "a2"]
+    # Each with its job hash, as RQ's fetch reads it; each in the intermediate list.
+    assert all(fields[b"status"] == b"queued" for _, fields in taken)
+    assert [i.decode() for i in any_redis.lrange(intermediate_key(QUEUE), 0, -1)] == [
+        job_id for job_id, _ in taken
+    ]
+    # Topped up in turn (the ring was A, B): a3 was there, then a4, b0, a5.
+    queued = [order_of(any_redis, i.decode()) for i in any_redis.lrange(queue_key(QUEUE), 0, -1)]
+    assert queued == ["a3", "a4", "b0", "a5"]
+    # A job whose hash is gone comes back empty (RQ skips it); an empty queue gives nothing.
+    any_redis.delete(job_key(any_redis.lindex(queue_key(QUEUE), 0).decode()))
+    assert [fields for _, fields in feed_of(led).take(1)] == [{}]
+    assert len(feed_of(led).take(10)) == 4  # a4, b0, a5 and b1 (fed after the last take)
+    assert feed_of(led).take(10) == []
+
+
+def test_a_plain_take_from_another_queue_feeds_nothing_into_it(redis: Redis) -> None:
+    led = ledger(redis, FairOptions(window=1))
+    led.dispatch(A, orders("a", 3))
+    results = FairFeed(redis, Keys("dispatcher"), "dispatcher-results", FairOptions(window=0))
+    redis.rpush(queue_key("dispatcher-results"), "result-1")
+    assert [job_id for job_id, _ in results.take(5)] == ["result-1"]
+    assert redis.llen(queue_key("dispatcher-results")) == 0
+    assert len(queued_job_ids(redis)) == 3  # the orders stay where they were
