@@ -43,7 +43,10 @@ class ProvisionHttpHandler(HttpHandler[ProvisionSettings]):
             ) from None
         if not isinstance(output, dict):
             raise PermanentFailure("vendor API answered JSON that is not an object")
-        context.logger.info(
-            "provisioned (test link: %s)", "yes" if output.get("test_url") else "no"
-        )
+        if output.get("test_url"):
+            # The usual answer: the worker's outcome line already says the step ran (a second
+            # INFO line per order was 4% of a threaded worker's CPU).
+            context.logger.debug("provisioned (test link: yes)")
+        else:
+            context.logger.info("provisioned (test link: no)")
         return output

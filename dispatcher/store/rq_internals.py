@@ -89,8 +89,13 @@ worker's life; every other INFO line of that logger is demoted to DEBUG.
 ``Worker.execute_job`` does.
 ``ThreadedWorker`` (worker/threaded.py, ``--threads N``) overrides ``work`` (its own loop:
 one dequeue thread, N job threads), ``set_state`` (BUSY while any job is in flight),
-``_shutdown`` and ``request_force_stop`` (SIGTERM: drain, then requeue) and
-``handle_job_success`` / ``handle_job_failure`` (dropped for a job requeued at shutdown). It
+``_shutdown`` and ``request_force_stop`` (SIGTERM: drain, then requeue),
+``handle_job_success`` / ``handle_job_failure`` (dropped for a job requeued at shutdown),
+``prepare_execution`` (RQ's ``rq.executions.prepare_execution`` and
+``BaseWorker.prepare_job_execution`` in one transaction: ``Execution.create``,
+``Job.prepare_for_execution``, PERSIST, the LREM from the intermediate list; its
+``prepare_job_execution`` then does nothing) and ``handle_execution_ended`` (``ended_at``
+only: RQ's extra job heartbeat covers callbacks, which the dispatcher's jobs never have). It
 relies on RQ 3 keeping several executions per worker (``BaseWorker.executions``, one
 started-registry member ``<job id>:<execution id>`` each, the worker's execution set), calls
 ``bootstrap``, ``_start_scheduler``, ``_install_signal_handlers``, ``reorder_queues``,
@@ -209,6 +214,8 @@ OVERRIDDEN = (
     ("rq.worker.BaseWorker", "_shutdown"),
     ("rq.worker.BaseWorker", "request_force_stop"),
     ("rq.worker.BaseWorker", "handle_job_success"),
+    ("rq.worker.BaseWorker", "prepare_execution"),
+    ("rq.worker.BaseWorker", "handle_execution_ended"),
     # dispatcher/worker/base.py: maintenance (recovery.py), first-seen marks, shutdown
     ("rq.worker.BaseWorker", "prepare_job_execution"),
     ("rq.worker.BaseWorker", "subscribe"),

@@ -47,7 +47,6 @@ from dispatcher.store.ledger import JOB_FUNCTION
 from dispatcher.store.results import RESULT_JOB_FUNCTIONS
 from dispatcher.store.rq_internals import (
     JOB_SERIALIZER,
-    RQ_LIFECYCLE_MESSAGES,
     WorkerBase,
     call_exception_handlers,
     clean_registries_but_started,
@@ -74,6 +73,7 @@ from dispatcher.worker.recovery import (
     return_popped,
 )
 from dispatcher.worker.retry import DispatcherJob
+from dispatcher.worker.rq_chatter import QuietRqLog, demote_rq_chatter
 
 __all__ = [
     "HEARTBEAT_GRACE",
@@ -123,30 +123,6 @@ def log_context(job: Job) -> OrderLogContext | None:
     except Exception:  # an unreadable payload fails the job later, with RQ's own report
         contact = ()
     return OrderLogContext(order_id, integration_id, job.id, contact)
-
-
-class _DemoteRqChatter(logging.Filter):
-    """RQ logs five INFO lines per job (taken, completed, OK, result kept...) and two per
-    maintenance pass: those become DEBUG; its lifecycle lines stay INFO."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.INFO or (
-            isinstance(record.msg, str) and record.msg.startswith(RQ_LIFECYCLE_MESSAGES)
-        ):
-            return True
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return logging.getLogger().isEnabledFor(logging.DEBUG)
-
-
-_demote = _DemoteRqChatter()
-
-
-def demote_rq_chatter() -> None:
-    """Put RQ's per-job and maintenance INFO lines at DEBUG (idempotent)."""
-    for name in ("rq.worker", "rq.job"):  # rq.job: "scheduled for retry at ..."
-        rq_log = logging.getLogger(name)
-        if _demote not in rq_log.filters:
-            rq_log.addFilter(_demote)
 
 
 # A worker that met a job of another namespace waits this long once the queue holds nothing
@@ -356,6 +332,7 @@ class DispatcherWorkerMixin(WorkerBase):
             ]
         # RQ takes a mix of names and queues, whatever its annotation says.
         super().__init__(queues, *args, **kwargs)  # type: ignore[arg-type]
+        self.log = QuietRqLog(self.log)  # type: ignore[assignment]  # a Logger's interface
 
     # RQ's loop checks for suspension, runs maintenance and beats outside its reconnect
     # handling (only the dequeue waits for Redis): a Redis lost there (a failover) would end
@@ -529,10 +506,11 @@ class BurstSummary:
     failed_on_queue: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
 
-    def count(self, job: Job) -> None:
-        """Count a job the worker just ran, by the status it ended in."""
+    def count(self, job: Job, *, refresh: bool = True) -> None:
+        """Count a job the worker just ran, by the status it ended in (as Redis holds it, or
+        without ``refresh`` as the worker's bookkeeping of the job just set it)."""
         try:
-            status = job.get_status(refresh=True)
+            status = job.get_status(refresh=refresh)
         except (RedisError, ValueError):
             return
         if status == JobStatus.FINISHED:

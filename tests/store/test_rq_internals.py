@@ -364,6 +364,57 @@ def test_a_started_job_is_in_the_started_registry_until_its_heartbeat_deadline(
     )
 
 
+def _started_state(redis: Redis, job: Job, worker: BaseWorker, execution_id: str) -> dict[str, Any]:
+    """What a started job leaves in Redis, ids and times left out."""
+    execution_key = f"{rqi.PREFIX}:execution:{job.id}:{execution_id}"
+    return {
+        "job fields": sorted(redis.hgetall(job.key)),
+        "status": redis.hget(job.key, "status"),
+        "worker_name": redis.hget(job.key, "worker_name") == worker.name.encode(),
+        "job ttl": redis.ttl(job.key),
+        "started entry": redis.zscore(rqi.started_key(QUEUE), f"{job.id}:{execution_id}")
+        is not None,
+        "execution fields": sorted(redis.hgetall(execution_key)),
+        "execution ttl": redis.ttl(execution_key) > 0,
+        "job executions": redis.zrange(rqi.executions_key(job.id), 0, -1)
+        == [execution_id.encode()],
+        "worker executions": redis.smembers(f"{worker.key}:executions")
+        == {f"{job.id}:{execution_id}".encode()},
+        "intermediate": redis.lrange(rqi.intermediate_key(QUEUE), 0, -1),
+        "first seen": redis.exists(rqi.first_seen_key(QUEUE, job.id)),
+        "worker state": redis.hget(worker.key, "state"),
+    }
+
+
+@pytest.mark.redis
+def test_the_threaded_workers_one_transaction_prepares_a_job_as_rqs_two_do(redis: Redis) -> None:
+    # Given a job popped into the intermediate list (with its first-seen mark) for RQ's own
+    # preparation, and one for the threaded worker's
+    states = []
+    for worker_class in (DispatcherSimpleWorker, ThreadedWorker):
+        redis.flushall()
+        queue = Queue(QUEUE, connection=redis, serializer=rqi.JOB_SERIALIZER)
+        queue.enqueue(JOB_FUNCTION, job_id=JOB_ID, job_timeout=600)
+        redis.lrem(rqi.queue_key(QUEUE), 0, JOB_ID)
+        redis.rpush(rqi.intermediate_key(QUEUE), JOB_ID)
+        rqi.mark_first_seen(redis, QUEUE, JOB_ID)
+        redis.expire(rqi.job_key(JOB_ID), 3600)  # RQ persists a started job's hash
+        worker = worker_class([queue], connection=redis)
+        worker.register_birth()
+        job = Job.fetch(JOB_ID, connection=redis, serializer=rqi.JOB_SERIALIZER)
+        # When each prepares it as its loop does (prepare_execution, then perform_job's
+        # prepare_job_execution)
+        execution = worker.prepare_execution(job)
+        worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
+        states.append(_started_state(redis, job, worker, execution.id))
+    # Then Redis holds the same
+    assert states[0] == states[1], changed(
+        "what prepare_execution and prepare_job_execution write",
+        "ThreadedWorker.prepare_execution (worker/threaded.py), which does both at once",
+    )
+    assert states[1]["status"] == b"started" and states[1]["intermediate"] == []
+
+
 @pytest.mark.redis
 def test_failed_and_scheduled_registries_are_scored_by_expiry_and_by_run_time(
     redis: Redis,
@@ -447,6 +498,8 @@ _OVERRIDES: dict[tuple[str, str], Callable[..., Any]] = {
     ("rq.worker.BaseWorker", "set_state"): ThreadedWorker.set_state,
     ("rq.worker.BaseWorker", "_shutdown"): ThreadedWorker._shutdown,
     ("rq.worker.BaseWorker", "request_force_stop"): ThreadedWorker.request_force_stop,
+    ("rq.worker.BaseWorker", "prepare_execution"): ThreadedWorker.prepare_execution,
+    ("rq.worker.BaseWorker", "handle_execution_ended"): ThreadedWorker.handle_execution_ended,
     ("rq.worker.BaseWorker", "prepare_job_execution"): DispatcherWorker.prepare_job_execution,
     ("rq.worker.BaseWorker", "subscribe"): DispatcherWorker.subscribe,
     ("rq.worker.BaseWorker", "teardown"): DispatcherWorker.teardown,
