@@ -448,10 +448,20 @@ class DispatcherWorkerMixin(WorkerBase):
         started_job_registry: StartedJobRegistry,
         execution: Execution,
     ) -> Any:
-        done = super().handle_job_success(job, queue, started_job_registry, execution)
+        done = self._record_success(job, queue, started_job_registry, execution)
         steps = _steps_text(job)
         log.info("%s done in %s%s", _who(job), _seconds(job), f": {steps}" if steps else "")
         return done
+
+    def _record_success(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry,
+        execution: Execution,
+    ) -> Any:
+        """RQ's bookkeeping of a job that succeeded (the threaded worker's is leaner)."""
+        return super().handle_job_success(job, queue, started_job_registry, execution)
 
     def handle_job_failure(
         self,
