@@ -218,8 +218,13 @@ def _record_failure(job: Job, exc_string: str) -> Failure:
     """Keep the failed attempt in the job's meta: RQ stores an attempt's error only when it is
     the last (no retry left), and ``dispatcher show`` / ``failed`` need every one."""
     failure = _live_failure(job) or parse_failure(exc_string)
+    # This run's attempt number, which process_order saves with its next Redis write: kept
+    # if the run failed before that (a Redis error recording a step).
+    attempt = (job.meta or {}).get("attempt")
     try:
         meta = job.get_meta(refresh=True)
+        if attempt is not None:
+            meta["attempt"] = attempt
         meta["failures"] = int(meta.get("failures", 0)) + 1
         meta["last_failure"] = {
             "handler": failure.handler,

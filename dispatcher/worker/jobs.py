@@ -186,6 +186,7 @@ class StepStore:
         self.order_id = order_id
         self.ttl = ttl
         self.key = keys.steps(integration_id, order_id)
+        self._deferred: list[tuple[Any, ...]] = []
 
     def begin(self) -> tuple[int, dict[str, dict[str, Any]]]:
         """Count this attempt; return its number and the outputs of every step already
@@ -202,6 +203,22 @@ class StepStore:
             if handler != _ATTEMPTS:
                 outputs[handler] = json.loads(value)["output"]
         return int(attempt), outputs
+
+    def defer(self, *command: Any) -> None:
+        """Send ``command`` (its words) with the store's next write, in its round trip."""
+        self._deferred.append(command)
+
+    def flush(self) -> None:
+        """Send the deferred commands now, if any."""
+        if self._deferred:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for command in self._take_deferred():
+                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                pipe.execute()
+
+    def _take_deferred(self) -> list[tuple[Any, ...]]:
+        deferred, self._deferred = self._deferred, []
+        return deferred
 
     def complete(
         self,
@@ -229,10 +246,12 @@ class StepStore:
             ack=self.ack,
             what=f"step {handler} of order {escape_controls(self.order_id)}",
             integration_id=None if chain_end is None else self.integration_id,
+            then=self._take_deferred(),
         )
 
     def failed(self, handler: str) -> None:
-        self.redis.hincrby(self.keys.step_stats, f"{handler}:failed", 1)
+        self.defer("HINCRBY", self.keys.step_stats, f"{handler}:failed", 1)
+        self.flush()
 
     def effects(self, handler: str) -> _RedisEffects:
         return _RedisEffects(
@@ -317,11 +336,13 @@ def _process_order(
         else None
     )
     attempt, completed = store.begin() if store is not None else (1, {})
-    if job is not None:
+    if job is not None and store is not None:
         # For `dispatcher failed` / `show`: RQ's own retry count misses crash recoveries,
-        # manual retries and permanent failures.
+        # manual retries and permanent failures. Saved with the next step record (or
+        # failure), in its round trip: a worker killed before that leaves the last attempt's
+        # number, and the steps hash's count is the true one.
         job.meta["attempt"] = attempt
-        job.save_meta()  # type: ignore[no-untyped-call]
+        store.defer("HSET", job.key, "meta", job.serializer.dumps(job.meta))
     outputs: dict[str, Mapping[str, Any]] = dict(completed)
     report = RunReport(ran=[], skipped=[])
     if job is not None:
@@ -364,6 +385,8 @@ def _process_order(
             store.complete(handler.name, output, chain_end=chain_end)
         report.ran.append(handler.name)
         outputs[handler.name] = output
+    if store is not None:
+        store.flush()  # no step ran
     if job is not None and last is None:
         # Every step was done before: the chain's end is recorded on its own.
         mark_provisioned(

@@ -204,3 +204,30 @@ def test_the_last_steps_record_marks_the_chains_end_in_the_same_script() -> None
     assert broken.get_status() == "failed"
     steps = redis.hgetall(keys.steps(INTEGRATION, "B"))
     assert sorted(steps) == [b"_attempts", b"provision"]
+
+
+def test_the_attempt_number_reaches_the_jobs_meta_with_the_steps_record_or_failure() -> None:
+    """process_order saves the attempt number with its next write (a step's record or its
+    failure), not in a round trip of its own: either way it is in Redis after the run."""
+    import fakeredis
+    from rq import Queue, Retry, SimpleWorker
+    from rq.job import Job
+
+    class FailsOnce(Recording):
+        def handle(self, order: Order, context: HandlerContext) -> Any:
+            self.contexts.append(context)
+            if len(self.contexts) == 1:
+                raise RuntimeError("vendor hiccup")
+            return {}
+
+    install(FailsOnce("provision"))
+    redis = fakeredis.FakeRedis()
+    queue = Queue("q", connection=redis, serializer=JOB_SERIALIZER)
+    job = queue.enqueue(process_order, INTEGRATION, order_payload("A"), retry=Retry(max=2))
+    worker = SimpleWorker([queue], connection=redis, serializer=JOB_SERIALIZER)
+    worker.work(burst=True, max_jobs=1)
+    stored = Job.fetch(job.id, connection=redis, serializer=JOB_SERIALIZER)
+    assert stored.meta["attempt"] == 1 and stored.get_status() != "finished"
+    worker.work(burst=True)
+    stored = Job.fetch(job.id, connection=redis, serializer=JOB_SERIALIZER)
+    assert stored.meta["attempt"] == 2 and stored.get_status() == "finished"
