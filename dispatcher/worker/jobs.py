@@ -163,6 +163,7 @@ _ATTEMPTS = "_attempts"
 # A step recorded with its TTL and counted, in one script (KEYS and ARGV in its file); the
 # chain's last step with the chain's end (timeline.chain_done) in the same script.
 _COMPLETE = script("step_complete")
+_BEGIN = script("step_begin")
 _COMPLETE_LAST = script("step_complete_last")
 
 
@@ -191,18 +192,15 @@ class StepStore:
     def begin(self) -> tuple[int, dict[str, dict[str, Any]]]:
         """Count this attempt; return its number and the outputs of every step already
         completed, by handler name (one round trip)."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(self.key, _ATTEMPTS, 1)
-            if self.ttl > 0:
-                pipe.expire(self.key, self.ttl)
-            pipe.hgetall(self.key)
-            attempt, *_, raw = pipe.execute()
-        outputs: dict[str, dict[str, Any]] = {}
-        for name, value in raw.items():
+        flat = _BEGIN(self.redis, [self.key], [_ATTEMPTS, self.ttl])
+        attempt, outputs = 0, {}
+        for name, value in zip(flat[::2], flat[1::2], strict=True):
             handler = as_str(name)
-            if handler != _ATTEMPTS:
+            if handler == _ATTEMPTS:
+                attempt = int(value)
+            else:
                 outputs[handler] = json.loads(value)["output"]
-        return int(attempt), outputs
+        return attempt, outputs
 
     def defer(self, *command: Any) -> None:
         """Send ``command`` (its words) with the store's next write, in its round trip."""

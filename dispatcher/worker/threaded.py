@@ -263,7 +263,8 @@ class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
                 job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name
             )
             self.executions[execution.id] = execution
-            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            if self._state != WorkerStatus.BUSY:  # RQ writes it for every job
+                self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
             job.prepare_for_execution(self.name, pipeline=pipeline)
             pipeline.persist(job.key)
             if len(self.queues) == 1:  # RQ's condition (its cleanup handles the other case)
