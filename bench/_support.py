@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -18,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -258,8 +262,45 @@ def report(rows: list[Row], json_path: Path | None, *, header: str = "") -> None
         json_path.write_text(json.dumps([asdict(row) for row in rows], indent=1))
 
 
+def dependency_versions() -> str:
+    """What the figures were measured with, on one line: Python, redis-py, hiredis, httpx, rq
+    and the redis-server the private servers run (a release of any of them moves them)."""
+    parts = [f"Python {platform.python_version()}"]
+    for label, package in (("redis-py", "redis"), ("hiredis", "hiredis"), ("httpx", "httpx"),
+                           ("rq", "rq")):  # fmt: skip
+        try:
+            parts.append(f"{label} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{label} not installed")
+    binary = shutil.which("redis-server")
+    said = (
+        subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+        if binary
+        else ""
+    )
+    found = re.search(r"v=(\S+)", said)
+    parts.append(f"redis-server {found.group(1) if found else 'not found'}")
+    return ", ".join(parts)
+
+
 def redis_version(redis: Redis) -> str:
     return str(redis.info("server")["redis_version"])
+
+
+def queued_count(redis: Redis, queue: str = QUEUE) -> int:
+    """Jobs waiting to run: on the worker queue and on each integration's list (the fair
+    feeder keeps a window of them on the worker queue: dispatcher.store.fair)."""
+    lists = [f"rq:queue:{queue}", *redis.scan_iter(f"rq:queue:{queue}@*", count=1000)]
+    with redis.pipeline(transaction=False) as pipe:
+        for key in lists:
+            pipe.llen(key)
+        return sum(int(n) for n in pipe.execute())
+
+
+def queued_job_ids(redis: Redis, queue: str = QUEUE) -> list[bytes]:
+    """The ids of the jobs :func:`queued_count` counts."""
+    lists = [f"rq:queue:{queue}", *redis.scan_iter(f"rq:queue:{queue}@*", count=1000)]
+    return [job_id for key in lists for job_id in redis.lrange(key, 0, -1)]
 
 
 def flush(redis: Redis) -> None:

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from redis import Redis
 
-from _support import free_port, private_redis
+from _support import free_port, private_redis, queued_count, queued_job_ids
 
-QUEUE = "rq:queue:dispatcher-orders"
+QUEUE = "dispatcher-orders"
 
 
 def run(pollers: int, integrations: int, orders: int, latency: float) -> dict[str, float]:
@@ -75,7 +75,7 @@ def run(pollers: int, integrations: int, orders: int, latency: float) -> dict[st
             for _ in range(pollers)
         ]  # fmt: skip
         try:
-            while redis.llen(QUEUE) < total and time.monotonic() - started < 900:
+            while queued_count(redis, QUEUE) < total and time.monotonic() - started < 900:
                 time.sleep(0.1)
             elapsed = time.monotonic() - started
             time.sleep(1)  # anything doubled would show now
@@ -84,7 +84,7 @@ def run(pollers: int, integrations: int, orders: int, latency: float) -> dict[st
                 proc.send_signal(signal.SIGTERM)
             for proc in procs:
                 proc.wait(60)
-        job_ids = redis.lrange(QUEUE, 0, -1)
+        job_ids = queued_job_ids(redis, QUEUE)
         generations = [int(redis.hget(f"dispatcher:sweep:{i}", "generation") or 0) for i in ids]
         memory = int(redis.info("memory")["used_memory"])
     sim.send_signal(signal.SIGTERM)  # SIGINT is ignored when the run was started in the background

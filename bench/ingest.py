@@ -37,6 +37,7 @@ from _support import (
     median,
     naive_dispatch,
     private_redis,
+    queued_count,
     redis_version,
     report,
     simulator_process,
@@ -121,9 +122,9 @@ def run(integrations: int, orders: int, reps: int) -> list[Row]:
                 for name, contender in contenders.items():
                     flush(redis)
                     elapsed, enqueued = timed(contender)
-                    if enqueued != total or queue.count != total:
+                    if enqueued != total or queued_count(redis) != total:
                         raise SystemExit(
-                            f"bench: {name} ({kind}) enqueued {enqueued} / {queue.count} "
+                            f"bench: {name} ({kind}) enqueued {enqueued} / {queued_count(redis)} "
                             f"jobs, expected {total}"
                         )
                     seconds.setdefault((kind, name), []).append(elapsed)

@@ -32,6 +32,7 @@ from _support import (
     flush,
     free_port,
     median,
+    queued_count,
     redis_version,
     report,
     simulator_process,
@@ -124,7 +125,7 @@ def run(integrations: int, orders: int, reps: int) -> list[Row]:
             for key, contender in contenders.items():
                 flush(redis)
                 elapsed, enqueued = timed(contender)
-                if enqueued != total or queue.count != total:
+                if enqueued != total or queued_count(redis) != total:
                     raise SystemExit(f"bench: {key} enqueued {enqueued}, expected {total}")
                 seconds.setdefault(key, []).append(elapsed)
         version = redis_version(redis)

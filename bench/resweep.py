@@ -44,6 +44,7 @@ from _support import (
     naive_dispatch,
     naive_seen_key,
     private_redis,
+    queued_count,
     redis_version,
     report,
     simulator_process,
@@ -153,8 +154,10 @@ def _measure(integrations: int, orders: int, reps: int) -> tuple[dict[str, list[
         first = poller.sweep()
         for integration_id, page in pages:
             naive_dispatch(redis, queue, integration_id, page)
-        if first.orders_new != total or queue.count != 2 * total:
-            raise SystemExit(f"bench: setup enqueued {queue.count} jobs, expected {2 * total}")
+        if first.orders_new != total or queued_count(redis) != 2 * total:
+            raise SystemExit(
+                f"bench: setup enqueued {queued_count(redis)} jobs, expected {2 * total}"
+            )
         contenders = _contenders(redis, poller, pages, concurrency)
         seconds: dict[str, list[float]] = {name: [] for name in contenders}
         for _ in range(reps):
@@ -163,7 +166,7 @@ def _measure(integrations: int, orders: int, reps: int) -> tuple[dict[str, list[
                 if new != 0:
                     raise SystemExit(f"bench: {name} enqueued {new} orders on a re-sweep")
                 seconds[name].append(elapsed)
-        if queue.count != 2 * total:
+        if queued_count(redis) != 2 * total:
             raise SystemExit("bench: a re-sweep enqueued something")
         return seconds, redis_version(redis)
 

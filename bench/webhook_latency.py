@@ -47,7 +47,7 @@ import httpx
 from redis import Redis
 from rq import Queue
 
-from _support import free_port, private_redis, simulator_process
+from _support import free_port, private_redis, queued_count, simulator_process
 from dispatcher.kombo.client import KomboClient
 from dispatcher.testing.sim import DEFAULT_API_KEY
 from dispatcher.web.webhook import ORDER_EVENT, SIGNATURE_HEADER, WEBHOOK_PATH, sign
@@ -265,7 +265,7 @@ def _measure(
             proc.terminate()
             proc.wait(10)
         redis = Redis.from_url(redis_url)
-        enqueued = Queue(QUEUE, connection=redis).count
+        enqueued = queued_count(redis, QUEUE)
         redis.close()
     if enqueued != len(bodies):
         raise SystemExit(f"bench: {enqueued} jobs enqueued, expected {len(bodies)}")

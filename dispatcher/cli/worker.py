@@ -8,7 +8,7 @@ import click
 from dispatcher.cli._common import connect_redis, fail, or_fail, settings_of
 from dispatcher.handler import HandlerConfigError
 from dispatcher.worker.jobs import Runtime
-from dispatcher.worker.results import WriterRuntime, run_results_worker
+from dispatcher.worker.results import RESULTS_THREADS, WriterRuntime, run_results_worker
 from dispatcher.worker.run import WAIT_RETRIES_DEFAULT, run_worker
 
 
@@ -41,7 +41,7 @@ from dispatcher.worker.run import WAIT_RETRIES_DEFAULT, run_worker
     type=click.IntRange(1, 1000),
     default=None,
     help="Jobs each worker process runs at once, each in a thread "
-    "(default DISPATCHER_WORKER_THREADS, 1). Combines with --processes.",
+    "(default DISPATCHER_WORKER_THREADS, 1; with --results 16). Combines with --processes.",
 )
 @click.option(
     "--results",
@@ -61,13 +61,13 @@ def worker(
 
     With --results: write the results of the outbox back to Kombo (the Procfile's
     ``results`` line); each process listens on the results queue only. There --threads
-    (default 1, not DISPATCHER_WORKER_THREADS) is how many writes each process has in
-    flight: a write waits on Kombo, so e.g. --processes 2 --threads 32.
+    (default 16, not DISPATCHER_WORKER_THREADS) is how many writes each process has in
+    flight: a write mostly waits on Kombo.
     """
     settings = settings_of(ctx)
     if results_:
         # DISPATCHER_WORKER_THREADS sizes the handler workers; results take --threads only.
-        write_threads = threads or 1
+        write_threads = threads or RESULTS_THREADS
         redis = connect_redis(settings, role="worker")
         writer = or_fail(
             lambda: WriterRuntime.from_settings(settings, redis, threads=write_threads)

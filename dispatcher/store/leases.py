@@ -1,20 +1,37 @@
 """Write leases: the cap on Kombo writes in flight per integration
 (``DISPATCHER_KOMBO_WRITE_CONCURRENCY``), across every process; the results write job
-(dispatcher/worker/results.py) holds one while it writes."""
+(dispatcher/worker/results.py) holds one while it writes. The job takes its slot in the
+outbox's step that begins the attempt and gives it back in the step that ends it as written
+(:meth:`dispatcher.store.results.Outbox.begin`, ``mark_written``: one round trip each instead
+of two), through :class:`WriteSlot`; :meth:`WriteLeases.acquire` and ``release`` remain for
+everything else."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from redis import Redis
 
 from dispatcher.store.keys import Keys
 from dispatcher.store.lua import script
 
-__all__ = ["WriteLeases"]
+__all__ = ["WriteLeases", "WriteSlot"]
 
 _ACQUIRE = script("write_lease_acquire")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSlot:
+    """A request for one of an integration's write slots, for a script that takes it with
+    the fragment ``write_slot`` (``lua/_write_slot.lua``): the lease zset and the
+    fragment's arguments after the holder's (now, cap, lease expiry)."""
+
+    key: str
+    now: str
+    cap: int
+    expiry: str
 
 
 class WriteLeases:
@@ -30,12 +47,17 @@ class WriteLeases:
         self.cap = cap
         self._clock = clock
 
+    def slot(self, integration_id: str, ttl: float) -> WriteSlot:
+        """A request for one of the integration's write slots for ``ttl`` seconds from now."""
+        now = self._clock()
+        return WriteSlot(self.keys.kombo_writes(integration_id), repr(now), self.cap,
+                         repr(now + ttl))  # fmt: skip
+
     def acquire(self, integration_id: str, holder: str, ttl: float) -> bool:
         """Take one of the integration's write slots for ``ttl`` seconds; False when full."""
-        key = self.keys.kombo_writes(integration_id)
-        now = self._clock()
-        args = [repr(now), self.cap, holder, repr(now + ttl)]
-        return bool(_ACQUIRE(self.redis, [key], args, integration_id=integration_id))
+        slot = self.slot(integration_id, ttl)
+        args = [slot.now, slot.cap, holder, slot.expiry]
+        return bool(_ACQUIRE(self.redis, [slot.key], args, integration_id=integration_id))
 
     def release(self, integration_id: str, holder: str) -> None:
         self.redis.zrem(self.keys.kombo_writes(integration_id), holder)

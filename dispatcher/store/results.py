@@ -54,6 +54,7 @@ from dispatcher.kombo.results import (
 )
 from dispatcher.store import throughput, timeline
 from dispatcher.store.keys import Keys, order_ref
+from dispatcher.store.leases import WriteSlot
 from dispatcher.store.lua import script
 from dispatcher.store.outbox_types import (
     STATES,
@@ -93,6 +94,7 @@ FINAL_STATUSES = frozenset({"COMPLETED", "CANCELLED"})
 # One script per move of a result (KEYS, ARGV and answers in their files).
 _SUBMIT = script("outbox_submit")
 _BEGIN = script("outbox_begin")
+_BEGIN_WRITE = script("outbox_begin_write")
 _WRITTEN = script("outbox_written")
 _FAILED = script("outbox_failed")
 _RESCHEDULE = script("outbox_reschedule")
@@ -311,14 +313,26 @@ class Outbox:
 
     # -- a write (the write job) ------------------------------------------------------------
 
-    def begin(self, record: OutboxRecord, job_id: str) -> str:
+    def begin(self, record: OutboxRecord, job_id: str, slot: WriteSlot | None = None) -> str:
         """Before an attempt of ``record``'s body is sent: count it and lock the body (a new
         body waits its turn or is refused, see the module doc). ``begun``; ``stale`` when
         ``job_id`` no longer owns the write; ``changed`` when another body replaced it (read
-        the record again)."""
+        the record again).
+
+        With ``slot`` (:meth:`dispatcher.store.leases.WriteLeases.slot`), ``job_id`` also
+        takes a write slot of the integration in the same step: ``begun`` then means it holds
+        one (give it back with ``mark_written(..., release_slot=True)`` or
+        ``WriteLeases.release``), and ``full`` that every slot was taken and nothing changed.
+        """
         key = self.keys.outbox(record.integration_id, record.order_id)
-        args = [job_id, record.submission_id]
-        return as_str(_BEGIN(self.redis, [key], args, integration_id=record.integration_id))
+        args: list[Any] = [job_id, record.submission_id]
+        if slot is None:
+            return as_str(_BEGIN(self.redis, [key], args, integration_id=record.integration_id))
+        args += [slot.now, slot.cap, slot.expiry]
+        answer = _BEGIN_WRITE(
+            self.redis, [key, slot.key], args, integration_id=record.integration_id
+        )
+        return as_str(answer)
 
     def mark_written(
         self,
@@ -329,6 +343,7 @@ class Outbox:
         lost_answer: bool = False,
         read_back: str | None = None,
         kombo_result: Mapping[str, Any] | None = None,
+        release_slot: bool = False,
     ) -> str:
         """End the pending write as written; ``stale`` when ``job_id`` no longer owns it,
         ``superseded`` when another body replaced it, ``next`` when a partial result was
@@ -336,7 +351,8 @@ class Outbox:
 
         ``read_back``: what reading the order back after a lost answer showed (``matched``,
         ``status only``, ``another body``); ``kombo_result``: the result Kombo showed it holds
-        when it is not the submitted body."""
+        when it is not the submitted body. ``release_slot``: give back ``job_id``'s write
+        slot of the integration in the same step, whatever the answer (see :meth:`begin`)."""
         now = self._clock()
         integration_id, order_id = record.integration_id, record.order_id
         final = record.status in FINAL_STATUSES
@@ -358,6 +374,7 @@ class Outbox:
             self.keys.timeline(integration_id, order_id),
             self.keys.provisioned,
             self.keys.result_stats,
+            self.keys.kombo_writes(integration_id),
             throughput.hour_key(self.keys, now),
         ]
         record_json = (
@@ -380,7 +397,7 @@ class Outbox:
             order_ref(integration_id, order_id), repr(now - self.result_ttl),
             self.timeline_ttl, event, integration_id, repr(latency), read_back or "",
             json.dumps(kombo_result, ensure_ascii=False) if kombo_result is not None else "",
-            *buckets,
+            job_id if release_slot else "", *buckets,
         ]  # fmt: skip
         return as_str(_WRITTEN(self.redis, keys, args, integration_id=integration_id))
 

@@ -356,7 +356,10 @@ class DispatcherWorkerMixin(WorkerBase):
         kwargs.setdefault("job_monitoring_interval", HEARTBEAT_INTERVAL)
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
         kwargs.setdefault("worker_ttl", WORKER_TTL)
-        kwargs.setdefault("queue_class", _OrderQueue)
+        if kwargs.get("queue_class") in (None, Queue):
+            # RQ's worker pool passes Queue itself: its workers would skip the checks of a
+            # taken job and the fair feeder's top-up (a pool stalled with its queue empty).
+            kwargs["queue_class"] = _OrderQueue
         # Never RQ's default (pickle): a job planted in Redis would run code as it is read.
         kwargs["serializer"] = JOB_SERIALIZER
         if kwargs.get("job_class") in (None, Job):  # RQ's worker pool passes Job itself

@@ -8,13 +8,14 @@ processes, see below) and:
    recovered duplicate, a write already ended);
 2. takes one of the integration's write slots (:class:`~dispatcher.store.leases.WriteLeases`,
    ``DISPATCHER_KOMBO_WRITE_CONCURRENCY`` across every process; a lease expires when its
-   holder dies); when none frees up within a moment it hands the write to a new job a moment
-   later instead of blocking the worker;
+   holder dies) and, in the same step, counts the attempt and locks the body
+   (:meth:`~dispatcher.store.results.Outbox.begin`: from then on Kombo may hold it); when no
+   slot frees up within a moment it hands the write to a new job a moment later instead of
+   blocking the worker;
 3. PUTs the body once (the client's own retries are off: a result's retries span hours);
-   just before it is sent the attempt is counted and the body locked in the same step
-   (:meth:`~dispatcher.store.results.Outbox.begin`);
-4. written: ends the write (``next``: a partial result was written and a new body waited,
-   write it too, in the same job);
+4. written: ends the write and gives the slot back in one step (``next``: a partial result
+   was written and a new body waited, write it too, in the same job); otherwise the slot is
+   given back first;
    429, 5xx, timeouts, connection errors: hands the write to a new job after Kombo's
    ``Retry-After`` or a jittered exponential backoff, until ``DISPATCHER_RESULT_RETRY_FOR``
    after the submit; any other refusal of a final result: reads the order back (``GET
@@ -66,6 +67,7 @@ from dispatcher.worker.classes import InProcessWorker
 from dispatcher.worker.threaded import threaded_worker_class
 
 __all__ = [
+    "RESULTS_THREADS",
     "KomboView",
     "ResultWriter",
     "WriterRuntime",
@@ -91,6 +93,11 @@ _WRITE_RETRY_CAP = 300.0
 _LEASE_MARGIN = 10.0
 # How long a write waits for a free slot of its integration before it lets another job try.
 _LEASE_WAIT = 2.0
+# Writes a results worker process has in flight when ``--threads`` is not given. A write
+# mostly waits on Kombo, so one at a time left the Procfile's ``--processes 4`` with 4 writes
+# in flight: 2.4x one PUT at a time against a 20 ms Kombo (issue 25). What Kombo sees stays
+# bounded by the write cap (DISPATCHER_KOMBO_WRITE_CONCURRENCY per integration).
+RESULTS_THREADS = 16
 # New bodies submitted while one job writes: after this many rounds the job hands over.
 _MAX_ROUNDS = 5
 # What a round answers when the same job should go on with the order's pending body.
@@ -192,24 +199,28 @@ class ResultWriter:
             body = parse_result(record.body)
         except InvalidResultError as exc:  # stored by an older version with other rules
             return self.outbox.mark_failed(record, job_id, f"invalid result: {exc}")
-        if not self._acquire(integration_id, job_id):
+        # One step takes a write slot and counts the attempt (the body is locked from here:
+        # Kombo may hold it); it waits for a slot a moment, then lets another job try.
+        began = self._begin(record, job_id)
+        if began == "full":
             delay = self._rng.uniform(0.2, 1.0)
             return self.outbox.reschedule(record, job_id, delay, count_attempt=False)
-        error: KomboError | None = None
-        warnings: list[str] = []
+        if began != "begun":
+            return began  # "changed": read the new body; "stale": not ours any more
         try:
-            # Counted and locked before it is sent: from here Kombo may hold this body.
-            began = self.outbox.begin(record, job_id)
-            if began != "begun":
-                return began  # "changed": read the new body; "stale": not ours any more
             warnings = self.client.put_result(integration_id, order_id, body)
         except KomboError as exc:
-            error = exc
-        finally:
             self.leases.release(integration_id, job_id)
-        if error is not None:
-            return self._after_error(record, job_id, body, error)
-        outcome = self.outbox.mark_written(record, job_id, warnings)
+            return self._after_error(record, job_id, body, exc)
+        except BaseException:
+            self._release_quietly(integration_id, job_id)
+            raise
+        try:
+            # Ended as written and the slot given back in one step.
+            outcome = self.outbox.mark_written(record, job_id, warnings, release_slot=True)
+        except BaseException:
+            self._release_quietly(integration_id, job_id)
+            raise
         if outcome in ("written", "next"):
             log.info(
                 "order %s (integration %s): result %s written",
@@ -219,14 +230,24 @@ class ResultWriter:
             )
         return outcome
 
-    def _acquire(self, integration_id: str, holder: str) -> bool:
+    def _begin(self, record: OutboxRecord, job_id: str) -> str:
+        """:meth:`Outbox.begin` with a write slot, waiting up to ``lease_wait`` for one: the
+        answer of the last try (``full`` when none freed up)."""
         deadline = self._clock() + self.lease_wait
         while True:
-            if self.leases.acquire(integration_id, holder, self.lease_ttl):
-                return True
-            if self._clock() >= deadline:
-                return False
+            slot = self.leases.slot(record.integration_id, self.lease_ttl)
+            began = self.outbox.begin(record, job_id, slot)
+            if began != "full" or self._clock() >= deadline:
+                return began
             self._sleep(self._rng.uniform(0.01, 0.05))
+
+    def _release_quietly(self, integration_id: str, holder: str) -> None:
+        # On the way out of an unexpected error (Redis lost, the job's deadline): give the
+        # slot back if Redis answers; if not, the lease expires by itself.
+        try:
+            self.leases.release(integration_id, holder)
+        except Exception as exc:  # the error on its way out is the one to report
+            log.debug("write slot of job %s not released: %s", escape_controls(holder), exc)
 
     def _after_error(
         self, record: OutboxRecord, job_id: str, body: AssessmentResult, error: KomboError

@@ -46,7 +46,14 @@ from rq.worker import WorkerStatus
 
 from dispatcher.logs import set_order_context
 from dispatcher.store.rq_internals import first_seen_key, intermediate_key, release_slot
-from dispatcher.worker.base import DispatcherWorkerMixin, fair_feed, job_integration, log_context
+from dispatcher.worker.base import (
+    RECONNECT_WAIT_MAX,
+    REDIS_LOST,
+    DispatcherWorkerMixin,
+    fair_feed,
+    job_integration,
+    log_context,
+)
 from dispatcher.worker.deadlines import DeadlinePenalty
 from dispatcher.worker.recovery import requeue_entry
 
@@ -150,11 +157,19 @@ class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
                     return False
                 if self.should_run_maintenance_tasks:
                     self._interruptible = False
-                    self.run_maintenance_tasks()
+                    self._maintain()
                     self._interruptible = True
         finally:
             self._interruptible = False
         return not self._stop_requested or self._release_slot_false()
+
+    def _maintain(self) -> None:
+        # RQ's maintenance meets a Redis failover like any command: skipped until the next
+        # pass instead of taking the worker down.
+        try:
+            self.run_maintenance_tasks()
+        except REDIS_LOST as exc:
+            self.log.warning("Worker %s: maintenance skipped, Redis lost: %s", self.name, exc)
 
     def _release_slot_false(self) -> bool:
         self._slots.release()
@@ -166,12 +181,14 @@ class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
         wait = 1.0
         while True:
             if self.should_run_maintenance_tasks:
-                self.run_maintenance_tasks()
+                self._maintain()
             if self._stop_requested:
                 return None
-            self.set_state(WorkerStatus.IDLE)
             self._interruptible = True
             try:
+                # In the try: marking the worker idle is the first command a Redis failover
+                # meets here, and it took the worker down (the results workers' failover).
+                self.set_state(WorkerStatus.IDLE)
                 result = self.queue_class.dequeue_any(
                     self._ordered_queues,
                     timeout,
@@ -182,10 +199,10 @@ class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
                 )
             except DequeueTimeout:
                 return None
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except REDIS_LOST as exc:
                 self.log.error("Worker %s: cannot reach Redis (%s), retrying", self.name, exc)
                 time.sleep(wait)
-                wait = min(wait * 2, 60.0)
+                wait = min(wait * 2, RECONNECT_WAIT_MAX)
                 continue
             finally:
                 self._interruptible = False

@@ -311,6 +311,24 @@ def test_worker_results_with_threads_writes_each_result_once(
     assert max(sim.max_writes_in_flight.values()) >= 2
 
 
+def test_worker_results_writes_several_at_once_by_default(
+    env: dict[str, str], sim: Simulator, outbox: Outbox
+) -> None:
+    # Given six results over two integrations, and a Kombo that takes 0.3 s per request
+    orders = [order_of(sim, n, i) for i in range(2) for n in range(3)]
+    for integration, order in orders:
+        assert result(integration, order, "--no-wait").exit_code == 0
+    sim.faults.latency = 0.3
+    # When one results process works the queue without --threads (the Procfile's line)
+    worked = run("worker", "--results", "--burst")
+    # Then every result is written once, and writes were in flight at the same time (one
+    # thread per process, the default until issue 25, never had two)
+    assert worked.exit_code == 0, worked.stderr
+    assert outbox.counts() == {"pending": 0, "written": 6, "failed": 0}
+    assert all(sim.applied_writes[key] == 1 for key in orders)
+    assert max(sim.max_writes_in_flight.values()) >= 2
+
+
 def test_the_written_result_again_says_so_and_another_is_refused(
     env: dict[str, str], sim: Simulator, outbox: Outbox, redis: Redis
 ) -> None:

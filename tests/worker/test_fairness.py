@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 from rq import Queue
+from rq.registry import FinishedJobRegistry
 
 from dispatcher.kombo.models import Order, parse_order
 from dispatcher.settings import load_settings
@@ -145,3 +146,18 @@ def test_the_cap_holds_through_sigkills_and_nothing_is_lost(redis: Redis, redis_
     assert sorted(done(redis)) == sorted(
         [f"b{i}" for i in range(30)] + [f"o{i}" for i in range(10)]
     )
+
+
+def test_a_pool_of_workers_feeds_the_queue_as_it_takes(redis: Redis, redis_url: str) -> None:
+    # RQ's worker pool (--processes N) builds its workers with its own queue class; they must
+    # still top the worker queue up from the integrations' lists after each job they take.
+    ledger(redis).dispatch(BURST, orders("b", 60))
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "worker", "--burst", "--processes", "2"],
+        env=dispatcher_env(redis_url, DISPATCHER_FORK_PER_JOB="false"),
+        capture_output=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert queued_job_ids(redis) == []
+    assert FinishedJobRegistry(QUEUE, connection=redis).count == 60

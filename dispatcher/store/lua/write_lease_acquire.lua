@@ -8,12 +8,6 @@
 -- Returns: 1 when the slot is held; 0 when every slot is taken.
 local KEY_TYPES = {'zset'}
 --#include type_guard
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-  return 1
-end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[4]) - tonumber(ARGV[1])) * 1000) + 1000)
-return 1
+--#include write_slot
+if take_write_slot(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return 1 end
+return 0
