@@ -68,7 +68,7 @@ class HttpHandler(BaseHandler, Generic[_SettingsT]):
 
 def post_json(
     client: httpx.Client,
-    url: str,
+    url: str | httpx.URL,
     body: Any,
     context: HandlerContext,
     *,

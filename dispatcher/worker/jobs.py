@@ -38,7 +38,7 @@ from dispatcher.store.failures import clean_reason, job_timeout_reason
 from dispatcher.store.keys import Keys
 from dispatcher.store.lua import script
 from dispatcher.store.replication import ReplicaAck, run_script
-from dispatcher.store.timeline import mark_provisioned
+from dispatcher.store.timeline import chain_done, mark_provisioned
 from dispatcher.worker._slot import ProcessSlot
 from dispatcher.worker.deadlines import deadline
 
@@ -160,8 +160,11 @@ def step_key(namespace: str, integration_id: str, order_id: str, handler: str) -
 _ATTEMPTS = "_attempts"
 
 
-# A step recorded with its TTL and counted, in one script (KEYS and ARGV in its file).
+# A step recorded with its TTL and counted, in one script (KEYS and ARGV in its file); the
+# chain's last step with the chain's end (timeline.chain_done) in the same script.
 _COMPLETE = script("step_complete")
+_BEGIN = script("step_begin")
+_COMPLETE_LAST = script("step_complete_last")
 
 
 class StepStore:
@@ -184,39 +187,69 @@ class StepStore:
         self.order_id = order_id
         self.ttl = ttl
         self.key = keys.steps(integration_id, order_id)
+        self._deferred: list[tuple[Any, ...]] = []
 
     def begin(self) -> tuple[int, dict[str, dict[str, Any]]]:
         """Count this attempt; return its number and the outputs of every step already
         completed, by handler name (one round trip)."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(self.key, _ATTEMPTS, 1)
-            if self.ttl > 0:
-                pipe.expire(self.key, self.ttl)
-            pipe.hgetall(self.key)
-            attempt, *_, raw = pipe.execute()
-        outputs: dict[str, dict[str, Any]] = {}
-        for name, value in raw.items():
+        flat = _BEGIN(self.redis, [self.key], [_ATTEMPTS, self.ttl])
+        attempt, outputs = 0, {}
+        for name, value in zip(flat[::2], flat[1::2], strict=True):
             handler = as_str(name)
-            if handler != _ATTEMPTS:
+            if handler == _ATTEMPTS:
+                attempt = int(value)
+            else:
                 outputs[handler] = json.loads(value)["output"]
-        return int(attempt), outputs
+        return attempt, outputs
 
-    def complete(self, handler: str, output: Mapping[str, Any]) -> None:
+    def defer(self, *command: Any) -> None:
+        """Send ``command`` (its words) with the store's next write, in its round trip."""
+        self._deferred.append(command)
+
+    def flush(self) -> None:
+        """Send the deferred commands now, if any."""
+        if self._deferred:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for command in self._take_deferred():
+                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                pipe.execute()
+
+    def _take_deferred(self) -> list[tuple[Any, ...]]:
+        deferred, self._deferred = self._deferred, []
+        return deferred
+
+    def complete(
+        self,
+        handler: str,
+        output: Mapping[str, Any],
+        *,
+        chain_end: tuple[list[str], list[Any]] | None = None,
+    ) -> None:
         """Record a completed step and its output (one round trip; with ``ack``, the
-        replicas' acknowledgement rides in it too, see dispatcher.store.replication)."""
+        replicas' acknowledgement rides in it too, see dispatcher.store.replication).
+
+        ``chain_end``, the keys and arguments of :func:`dispatcher.store.timeline.chain_done`,
+        says the step is the last of the chain: the chain's end is recorded in the same
+        script (its timeline event and provisioned mark, what ``mark_provisioned`` writes)."""
         record = json.dumps({"output": output, "completed_at": round(time.time(), 3)})
         keys = [self.key, self.keys.step_stats]
+        args: list[Any] = [handler, record, self.ttl, f"{handler}:completed"]
+        if chain_end is not None:
+            keys, args = keys + chain_end[0], args + chain_end[1]
         run_script(
             self.redis,
-            _COMPLETE,
+            _COMPLETE if chain_end is None else _COMPLETE_LAST,
             keys,
-            [handler, record, self.ttl, f"{handler}:completed"],
+            args,
             ack=self.ack,
             what=f"step {handler} of order {escape_controls(self.order_id)}",
+            integration_id=None if chain_end is None else self.integration_id,
+            then=self._take_deferred(),
         )
 
     def failed(self, handler: str) -> None:
-        self.redis.hincrby(self.keys.step_stats, f"{handler}:failed", 1)
+        self.defer("HINCRBY", self.keys.step_stats, f"{handler}:failed", 1)
+        self.flush()
 
     def effects(self, handler: str) -> _RedisEffects:
         return _RedisEffects(
@@ -301,15 +334,21 @@ def _process_order(
         else None
     )
     attempt, completed = store.begin() if store is not None else (1, {})
-    if job is not None:
+    if job is not None and store is not None:
         # For `dispatcher failed` / `show`: RQ's own retry count misses crash recoveries,
-        # manual retries and permanent failures.
+        # manual retries and permanent failures. Saved with the next step record (or
+        # failure), in its round trip: a worker killed before that leaves the last attempt's
+        # number, and the steps hash's count is the true one.
         job.meta["attempt"] = attempt
-        job.save_meta()  # type: ignore[no-untyped-call]
+        store.defer("HSET", job.key, "meta", job.serializer.dumps(job.meta))
     outputs: dict[str, Mapping[str, Any]] = dict(completed)
     report = RunReport(ran=[], skipped=[])
     if job is not None:
         _keep_report(job.id, report)
+    # The step whose record also marks the chain's end (one round trip for both); none when
+    # every step was completed by an earlier attempt.
+    to_run = [handler.name for handler in chain if handler.name not in outputs]
+    last = to_run[-1] if to_run else None
     for handler in chain:
         if handler.name in outputs:
             report.skipped.append(handler.name)
@@ -331,11 +370,23 @@ def _process_order(
                 job.retries_left = 0  # RQ reads this on the same object: no retry
             raise
         if store is not None:
-            store.complete(handler.name, output)
+            # At the chain's end: the order's timeline, and what `status` reads for orders
+            # that never get a result.
+            chain_end = (
+                chain_done(
+                    Keys(settings.namespace), integration_id, parsed.id,
+                    [*outputs, handler.name], int(settings.seen_retention), time.time(),
+                )
+                if handler.name == last
+                else None
+            )  # fmt: skip
+            store.complete(handler.name, output, chain_end=chain_end)
         report.ran.append(handler.name)
         outputs[handler.name] = output
-    if job is not None:
-        # The order's timeline, and what `status` reads for orders that never get a result.
+    if store is not None:
+        store.flush()  # no step ran
+    if job is not None and last is None:
+        # Every step was done before: the chain's end is recorded on its own.
         mark_provisioned(
             job.connection,
             Keys(settings.namespace),

@@ -364,6 +364,132 @@ def test_a_started_job_is_in_the_started_registry_until_its_heartbeat_deadline(
     )
 
 
+def _started_state(redis: Redis, job: Job, worker: BaseWorker, execution_id: str) -> dict[str, Any]:
+    """What a started job leaves in Redis, ids and times left out."""
+    execution_key = f"{rqi.PREFIX}:execution:{job.id}:{execution_id}"
+    return {
+        "job fields": sorted(redis.hgetall(job.key)),
+        "status": redis.hget(job.key, "status"),
+        "worker_name": redis.hget(job.key, "worker_name") == worker.name.encode(),
+        "job ttl": redis.ttl(job.key),
+        "started entry": redis.zscore(rqi.started_key(QUEUE), f"{job.id}:{execution_id}")
+        is not None,
+        "execution fields": sorted(redis.hgetall(execution_key)),
+        "execution ttl": redis.ttl(execution_key) > 0,
+        "job executions": redis.zrange(rqi.executions_key(job.id), 0, -1)
+        == [execution_id.encode()],
+        "worker executions": redis.smembers(f"{worker.key}:executions")
+        == {f"{job.id}:{execution_id}".encode()},
+        "intermediate": redis.lrange(rqi.intermediate_key(QUEUE), 0, -1),
+        "first seen": redis.exists(rqi.first_seen_key(QUEUE, job.id)),
+        "worker state": redis.hget(worker.key, "state"),
+    }
+
+
+@pytest.mark.redis
+def test_the_threaded_workers_one_transaction_prepares_a_job_as_rqs_two_do(redis: Redis) -> None:
+    # Given a job popped into the intermediate list (with its first-seen mark) for RQ's own
+    # preparation, and one for the threaded worker's
+    states = []
+    for worker_class in (DispatcherSimpleWorker, ThreadedWorker):
+        redis.flushall()
+        queue = Queue(QUEUE, connection=redis, serializer=rqi.JOB_SERIALIZER)
+        queue.enqueue(JOB_FUNCTION, job_id=JOB_ID, job_timeout=600)
+        redis.lrem(rqi.queue_key(QUEUE), 0, JOB_ID)
+        redis.rpush(rqi.intermediate_key(QUEUE), JOB_ID)
+        rqi.mark_first_seen(redis, QUEUE, JOB_ID)
+        redis.expire(rqi.job_key(JOB_ID), 3600)  # RQ persists a started job's hash
+        worker = worker_class([queue], connection=redis)
+        worker.register_birth()
+        job = Job.fetch(JOB_ID, connection=redis, serializer=rqi.JOB_SERIALIZER)
+        # When each prepares it as its loop does (prepare_execution, then perform_job's
+        # prepare_job_execution)
+        execution = worker.prepare_execution(job)
+        worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
+        states.append(_started_state(redis, job, worker, execution.id))
+    # Then Redis holds the same
+    assert states[0] == states[1], changed(
+        "what prepare_execution and prepare_job_execution write",
+        "ThreadedWorker.prepare_execution (worker/threaded.py), which does both at once",
+    )
+    assert states[1]["status"] == b"started" and states[1]["intermediate"] == []
+
+
+def _finished_state(redis: Redis, job_id: str, worker: BaseWorker) -> dict[str, Any]:
+    """What a finished job leaves in Redis, ids and times left out."""
+    results = redis.xrange(rqi.results_key(job_id))
+    return {
+        "job fields": sorted(redis.hgetall(rqi.job_key(job_id))),
+        "status": redis.hget(rqi.job_key(job_id), "status"),
+        "job ttl": redis.ttl(rqi.job_key(job_id)),
+        "results": [sorted(fields) for _, fields in results],
+        "result value": [fields[b"return_value"] for _, fields in results],
+        "results ttl": redis.ttl(rqi.results_key(job_id)),
+        "finished": redis.zscore(rqi.finished_key(QUEUE), job_id) is not None,
+        "started": redis.zcard(rqi.started_key(QUEUE)),
+        "executions": redis.exists(rqi.executions_key(job_id)),
+        "execution hashes": redis.keys(f"{rqi.PREFIX}:execution:*"),
+        "worker executions": redis.scard(f"{worker.key}:executions"),
+        "worker counts": (
+            redis.hget(worker.key, "successful_job_count"),
+            redis.hexists(worker.key, "total_working_time"),
+        ),
+    }
+
+
+@pytest.mark.redis
+def test_the_threaded_workers_one_transaction_finishes_a_job_as_rqs_handle_job_success(
+    redis: Redis,
+) -> None:
+    # Given a started job, for RQ's own handle_job_success and for the threaded worker's
+    states = []
+    for worker_class in (DispatcherSimpleWorker, ThreadedWorker):
+        redis.flushall()
+        queue = Queue(QUEUE, connection=redis, serializer=rqi.JOB_SERIALIZER)
+        queue.enqueue(JOB_FUNCTION, job_id=JOB_ID, job_timeout=600, result_ttl=500)
+        worker = worker_class([queue], connection=redis)
+        worker.register_birth()
+        job = Job.fetch(JOB_ID, connection=redis, serializer=rqi.JOB_SERIALIZER)
+        execution = worker.prepare_execution(job)
+        worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
+        job.ended_at = datetime.now(UTC)
+        job._result = {"steps": {"a": 1}}
+        job._status = JobStatus.FINISHED
+        # When each records its success
+        worker.handle_job_success(job, queue, queue.started_job_registry, execution)
+        states.append(_finished_state(redis, JOB_ID, worker))
+    # Then Redis holds the same
+    assert states[0] == states[1], changed(
+        "what handle_job_success writes",
+        "ThreadedWorker._record_success (worker/threaded.py), which does it in one transaction",
+    )
+    assert states[1]["status"] == b"finished" and states[1]["finished"]
+
+
+@pytest.mark.redis
+def test_a_dependent_of_a_job_the_threaded_worker_finishes_is_enqueued(redis: Redis) -> None:
+    # Given a started job that another job depends on (the dispatcher makes none)
+    queue = Queue(QUEUE, connection=redis, serializer=rqi.JOB_SERIALIZER)
+    queue.enqueue(JOB_FUNCTION, job_id=JOB_ID, job_timeout=600)
+    worker = ThreadedWorker([queue], connection=redis)
+    worker.register_birth()
+    job = Job.fetch(JOB_ID, connection=redis, serializer=rqi.JOB_SERIALIZER)
+    execution = worker.prepare_execution(job)
+    dependent = queue.enqueue(JOB_FUNCTION, job_id="dependent", depends_on=JOB_ID)
+    assert dependent.get_status() == JobStatus.DEFERRED
+    job.ended_at = datetime.now(UTC)
+    job._result = None
+    job._status = JobStatus.FINISHED
+    # When the threaded worker records the job's success
+    worker.handle_job_success(job, queue, queue.started_job_registry, execution)
+    # Then the dependent is queued
+    assert dependent.get_status() == JobStatus.QUEUED, changed(
+        "how RQ moves a finished job's dependents (Queue.enqueue_dependents)",
+        "ThreadedWorker._record_success",
+    )
+    assert b"dependent" in redis.lrange(rqi.queue_key(QUEUE), 0, -1)
+
+
 @pytest.mark.redis
 def test_failed_and_scheduled_registries_are_scored_by_expiry_and_by_run_time(
     redis: Redis,
@@ -447,6 +573,8 @@ _OVERRIDES: dict[tuple[str, str], Callable[..., Any]] = {
     ("rq.worker.BaseWorker", "set_state"): ThreadedWorker.set_state,
     ("rq.worker.BaseWorker", "_shutdown"): ThreadedWorker._shutdown,
     ("rq.worker.BaseWorker", "request_force_stop"): ThreadedWorker.request_force_stop,
+    ("rq.worker.BaseWorker", "prepare_execution"): ThreadedWorker.prepare_execution,
+    ("rq.worker.BaseWorker", "handle_execution_ended"): ThreadedWorker.handle_execution_ended,
     ("rq.worker.BaseWorker", "prepare_job_execution"): DispatcherWorker.prepare_job_execution,
     ("rq.worker.BaseWorker", "subscribe"): DispatcherWorker.subscribe,
     ("rq.worker.BaseWorker", "teardown"): DispatcherWorker.teardown,
@@ -520,6 +648,55 @@ def _binds(function: Callable[..., Any], *args: Any, **kwargs: Any) -> str | Non
             "InProcessWorker._heartbeat_until",
         ),
         ("Job.save_meta()", Job.save_meta, ("job",), {}, "rq_internals.save_meta"),
+        (
+            "Job._handle_success(ttl, pipeline=, worker_name=, execution_id=, ...)",
+            Job._handle_success,
+            ("job", 1),
+            {
+                "pipeline": None,
+                "worker_name": "w",
+                "execution_id": "e",
+                "execution_started_at": None,
+                "execution_ended_at": None,
+            },
+            "ThreadedWorker._record_success",
+        ),
+        (
+            "Job.cleanup(ttl, pipeline=, remove_from_queue=)",
+            Job.cleanup,
+            ("job", 1),
+            {"pipeline": None, "remove_from_queue": False},
+            "ThreadedWorker._record_success",
+        ),
+        (
+            "BaseWorker.cleanup_execution(job, pipeline=, execution=)",
+            BaseWorker.cleanup_execution,
+            ("w", "job"),
+            {"pipeline": None, "execution": None},
+            "ThreadedWorker._record_success",
+        ),
+        (
+            "BaseWorker.increment_total_working_time(delta, pipeline)",
+            BaseWorker.increment_total_working_time,
+            ("w", 1.0, None),
+            {},
+            "ThreadedWorker._record_success",
+        ),
+        (
+            "BaseWorker.increment_successful_job_count(pipeline=)",
+            BaseWorker.increment_successful_job_count,
+            ("w",),
+            {"pipeline": None},
+            "ThreadedWorker._record_success",
+        ),
+        (
+            "Queue.enqueue_dependents(job)",
+            Queue.enqueue_dependents,
+            ("queue", "job"),
+            {},
+            "ThreadedWorker._record_success",
+        ),
+        ("rate_limit.release_slot(job)", rqi.release_slot, ("job",), {}, "ThreadedWorker"),
         (
             "Result.restore(job_id, result_id, payload, connection=)",
             Result.restore,

@@ -170,3 +170,64 @@ def test_a_permanent_failure_is_not_retried_by_rq() -> None:
     SimpleWorker([queue], connection=redis, serializer=JOB_SERIALIZER).work(burst=True)
     assert len(handler.contexts) == 1
     assert job.get_status() == "failed"
+
+
+def test_the_last_steps_record_marks_the_chains_end_in_the_same_script() -> None:
+    """Given a two-step chain, the second step's record also writes the order's timeline
+    event and provisioned mark (one script); run again with every step done, the chain's end
+    is recorded on its own; a key of the wrong type refuses the whole script."""
+    import fakeredis
+    from rq import Queue, SimpleWorker
+
+    from dispatcher.store.keys import Keys, order_ref
+    from dispatcher.store.timeline import read_events
+
+    install(Recording("provision", {"test_url": "https://t/1"}), Recording("notify", None))
+    redis = fakeredis.FakeRedis()
+    keys = Keys("dispatcher")
+    queue = Queue("q", connection=redis, serializer=JOB_SERIALIZER)
+    worker = SimpleWorker([queue], connection=redis, serializer=JOB_SERIALIZER)
+    job = queue.enqueue(process_order, INTEGRATION, order_payload("A"))
+    worker.work(burst=True)
+    assert job.get_status() == "finished"
+    events = read_events(redis, keys, INTEGRATION, "A")
+    assert [(e["event"], e["steps"]) for e in events] == [("provisioned", ["provision", "notify"])]
+    assert redis.zscore(keys.provisioned, order_ref(INTEGRATION, "A")) is not None
+    # Every step done before: the chain's end alone
+    queue.enqueue(process_order, INTEGRATION, order_payload("A"))
+    worker.work(burst=True)
+    assert len(read_events(redis, keys, INTEGRATION, "A")) == 2
+    # A timeline of the wrong type: the last step is not recorded either (one script)
+    redis.set(keys.timeline(INTEGRATION, "B"), "planted")
+    broken = queue.enqueue(process_order, INTEGRATION, order_payload("B"))
+    worker.work(burst=True)
+    assert broken.get_status() == "failed"
+    steps = redis.hgetall(keys.steps(INTEGRATION, "B"))
+    assert sorted(steps) == [b"_attempts", b"provision"]
+
+
+def test_the_attempt_number_reaches_the_jobs_meta_with_the_steps_record_or_failure() -> None:
+    """process_order saves the attempt number with its next write (a step's record or its
+    failure), not in a round trip of its own: either way it is in Redis after the run."""
+    import fakeredis
+    from rq import Queue, Retry, SimpleWorker
+    from rq.job import Job
+
+    class FailsOnce(Recording):
+        def handle(self, order: Order, context: HandlerContext) -> Any:
+            self.contexts.append(context)
+            if len(self.contexts) == 1:
+                raise RuntimeError("vendor hiccup")
+            return {}
+
+    install(FailsOnce("provision"))
+    redis = fakeredis.FakeRedis()
+    queue = Queue("q", connection=redis, serializer=JOB_SERIALIZER)
+    job = queue.enqueue(process_order, INTEGRATION, order_payload("A"), retry=Retry(max=2))
+    worker = SimpleWorker([queue], connection=redis, serializer=JOB_SERIALIZER)
+    worker.work(burst=True, max_jobs=1)
+    stored = Job.fetch(job.id, connection=redis, serializer=JOB_SERIALIZER)
+    assert stored.meta["attempt"] == 1 and stored.get_status() != "finished"
+    worker.work(burst=True)
+    stored = Job.fetch(job.id, connection=redis, serializer=JOB_SERIALIZER)
+    assert stored.meta["attempt"] == 2 and stored.get_status() == "finished"

@@ -13,8 +13,6 @@
 local KEY_TYPES = {'zset', 'hash', 'list'}
 --#include type_guard
 --#include timeline
-if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then
-  redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
-end
-timeline_append(KEYS[3], ARGV[4], ARGV[5])
+--#include chain_done
+chain_done(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 return 1

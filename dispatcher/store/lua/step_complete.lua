@@ -9,7 +9,6 @@
 -- Returns: 1.
 local KEY_TYPES = {'hash', 'hash'}
 --#include type_guard
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
+--#include step_record
+step_record(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
