@@ -5,6 +5,8 @@ same way."""
 from __future__ import annotations
 
 import json
+import ssl
+import threading
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import httpx
@@ -23,8 +25,9 @@ from dispatcher import (
 
 from ._text import one_line
 
-# The connection pool of a handler's one httpx.Client, shared by a worker's threads.
-SHARED_POOL = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+# The connection pool of one thread's httpx.Client: a thread makes one call at a time, so a
+# connection or two (a redirect, a retry racing a close) is all it keeps open.
+THREAD_POOL = httpx.Limits(max_connections=None, max_keepalive_connections=2)
 
 
 class HttpSettings(BaseSettings):
@@ -53,17 +56,44 @@ class HttpHandler(BaseHandler, Generic[_SettingsT]):
     ) -> None:
         # settings_class is _SettingsT's class; a ClassVar cannot say so to mypy.
         self.settings = settings or cast("_SettingsT", handler_settings(self.settings_class))
-        # One client for every thread of the worker (httpx.Client is thread-safe). httpx
-        # keeps 20 idle connections by default: with --threads 50 the other 30 would be
-        # opened and closed on every request. The thread count bounds the open ones.
-        # Traced when tracing is on: a client span per call, traceparent sent to the vendor.
-        self._client = tracing.instrument(
-            httpx.Client(timeout=self.settings.timeout, transport=transport, limits=SHARED_POOL)
-        )
+        self._transport = transport
+        # One client per thread of the worker, each with its own small pool: one client
+        # shared by 50 threads spent a third of a threaded worker's CPU in httpcore's pool
+        # (a lock taken per request, and every pooled connection scanned under it). The
+        # certificate store is loaded once and shared (an SSLContext is thread-safe).
+        self._ssl: ssl.SSLContext | None = None
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._clients_lock = threading.Lock()
+
+    @property
+    def _client(self) -> httpx.Client:
+        """This thread's client (traced when tracing is on: a client span per call,
+        traceparent sent to the vendor)."""
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            with self._clients_lock:
+                if self._ssl is None and self._transport is None:
+                    self._ssl = httpx.create_ssl_context()
+                client = tracing.instrument(
+                    httpx.Client(
+                        timeout=self.settings.timeout,
+                        transport=self._transport,
+                        limits=THREAD_POOL,
+                        verify=self._ssl if self._ssl is not None else True,
+                    )
+                )
+                self._clients.append(client)
+            self._local.client = client
+        return client
 
     def close(self) -> None:
-        """Release the HTTP connection pool (the worker calls this at shutdown)."""
-        self._client.close()
+        """Release every thread's HTTP connections (the worker calls this at shutdown)."""
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+        self._local = threading.local()
 
 
 def post_json(

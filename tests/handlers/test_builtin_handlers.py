@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,6 +76,32 @@ def test_provision_posts_the_order_with_integration_token_and_idempotency_key(
     assert call.authorization == "Bearer tok_secret"
     assert call.idempotency_key == ctx.idempotency_key
     assert output == {"test_url": f"https://tests.example/t/{ctx.idempotency_key}", "ok": True}
+
+
+def test_each_worker_thread_posts_through_its_own_client_and_close_closes_all(
+    vendor: VendorAPI,
+) -> None:
+    # One client shared by a threaded worker's 50 threads cost a third of its CPU in
+    # httpcore's pool; each thread keeps its own, and the worker's shutdown closes them all.
+    handler = provisioner(vendor)
+    clients: dict[str, Any] = {}
+
+    def post(name: str) -> None:
+        handler.handle(parse_order(order_payload(name)), context("provision_http"))
+        first = handler._client
+        handler.handle(parse_order(order_payload(name + "b")), context("provision_http"))
+        assert handler._client is first
+        clients[name] = first
+
+    threads = [threading.Thread(target=post, args=(f"T{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(vendor.calls) == 6
+    assert len({id(c) for c in clients.values()}) == 3
+    handler.close()
+    assert all(c.is_closed for c in clients.values())
 
 
 def test_provision_without_a_token_sends_no_authorization(vendor: VendorAPI) -> None:
