@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -256,6 +258,25 @@ def report(rows: list[Row], json_path: Path | None, *, header: str = "") -> None
             print(f"    {row.detail}")
     if json_path is not None:
         json_path.write_text(json.dumps([asdict(row) for row in rows], indent=1))
+
+
+def dependency_versions() -> str:
+    """What a benchmark ran with, on one line: Python, the ``redis-server`` its private servers
+    run, and the libraries on the hot paths (dramatiq only where the ``bench`` extra is)."""
+    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    # "Redis server v=7.0.15 sha=... malloc=... bits=64 build=..."
+    redis_server = server.stdout.split()[2].removeprefix("v=") if server.returncode == 0 else "?"
+    parts = [f"Python {platform.python_version()}", f"redis-server {redis_server}"]
+    for label, distribution in (
+        ("redis-py", "redis"), ("hiredis", "hiredis"), ("httpx", "httpx"), ("rq", "rq"),
+        ("dramatiq", "dramatiq"),
+    ):  # fmt: skip
+        try:
+            parts.append(f"{label} {metadata.version(distribution)}")
+        except metadata.PackageNotFoundError:
+            if distribution != "dramatiq":
+                parts.append(f"no {label}")
+    return ", ".join(parts)
 
 
 def redis_version(redis: Redis) -> str:
