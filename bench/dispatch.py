@@ -187,7 +187,9 @@ def _run_batch(
         Ledger(redis, queue, NAMESPACE).dispatch(integration_id, batch)
         finished = FinishedJobRegistry(queue=queue)
         failed = FailedJobRegistry(queue=queue)
-        deadline = time.monotonic() + 30 + orders * 0.2
+        # A guard against a hang, not a target: on 2 shared cores a default `rq worker` (a fork
+        # and the job's imports per order) has taken over 1.7 s an order.
+        deadline = time.monotonic() + 60 + orders * 5.0 / workers
         rss = pss = 0.0
         sampled = 0.0
         while finished.count < orders:
