@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import closing
 from typing import Any
 
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from dispatcher._text import plural
@@ -27,6 +27,7 @@ from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
+from dispatcher.worker.classes import DispatcherSimpleWorker
 from dispatcher.worker.jobs import Runtime, install_runtime
 from dispatcher_handlers.log import LogHandler
 from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
@@ -89,11 +90,10 @@ def run_demo(*, integrations: int = 3, orders: int = 12, echo: Callable[[str], N
         first = poller.sweep()
         echo(
             f"sweep 1: {plural(first.pages, 'page')}, {first.orders_seen} OPEN orders found, "
-            f"{first.orders_new} enqueued (queue length {queue.count})"
+            f"{first.orders_new} enqueued "
+            f"({queue.count + sum(ledger.feeder.waiting().values())} queued)"
         )
-        SimpleWorker([queue], connection=redis, serializer=JOB_SERIALIZER).work(
-            burst=True, logging_level="WARNING"
-        )
+        DispatcherSimpleWorker([queue], connection=redis).work(burst=True, logging_level="WARNING")
         finished = FinishedJobRegistry(queue=queue)
         failed = FailedJobRegistry(queue=queue)
         echo(

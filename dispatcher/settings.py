@@ -29,6 +29,22 @@ MIN_API_TOKEN_LENGTH = 24
 _URL_PLACEHOLDERS = ("order_id", "integration_id", "package_id")
 
 
+def _split_pairs(value: object, form: str) -> object:
+    """``a=1,b=2`` as {"a": "1", "b": "2"} (the value after the last ``=``: integration ids
+    hold ``:``, never ``=``)."""
+    if not isinstance(value, str):
+        return value
+    parsed: dict[str, str] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, number = item.rpartition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected {form}, got {item!r}")
+        parsed[name.strip()] = number.strip()
+    return parsed
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -167,6 +183,18 @@ class Settings(BaseSettings):
         default_factory=dict,
         alias="DISPATCHER_HANDLER_TIMEOUTS",
         description="Per-handler timeouts, e.g. provision_http=30,notify_email=20.",
+    )
+    max_in_flight_per_integration: int | None = Field(
+        None,
+        alias="DISPATCHER_MAX_IN_FLIGHT_PER_INTEGRATION",
+        ge=1,
+        description="Orders of one integration fed or running at once, across every worker "
+        "(unset: no cap).",
+    )
+    max_in_flight_overrides: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        alias="DISPATCHER_MAX_IN_FLIGHT_OVERRIDES",
+        description="Per-integration caps, e.g. greenhouse:ABC=2,lever:XYZ=20 (0: no cap).",
     )
     result_ttl: int = Field(tunables.RESULT_TTL, alias="DISPATCHER_RESULT_TTL", ge=0)
     failure_ttl: int = Field(tunables.FAILURE_TTL, alias="DISPATCHER_FAILURE_TTL", ge=0)
@@ -352,17 +380,20 @@ class Settings(BaseSettings):
     @field_validator("handler_timeouts", mode="before")
     @classmethod
     def _timeouts(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        parsed: dict[str, str] = {}
-        for item in value.split(","):
-            if not item.strip():
-                continue
-            name, sep, seconds = item.partition("=")
-            if not sep or not name.strip():
-                raise ValueError(f"expected handler=seconds, got {item!r}")
-            parsed[name.strip()] = seconds.strip()
-        return parsed
+        return _split_pairs(value, "handler=seconds")
+
+    @field_validator("max_in_flight_overrides", mode="before")
+    @classmethod
+    def _caps(cls, value: object) -> object:
+        return _split_pairs(value, "integration=cap")
+
+    @field_validator("max_in_flight_overrides")
+    @classmethod
+    def _non_negative_caps(cls, value: dict[str, int]) -> dict[str, int]:
+        for integration, cap in value.items():
+            if cap < 0:
+                raise ValueError(f"cap of {integration} must be 0 (no cap) or more")
+        return value
 
     @field_validator("handler_timeouts")
     @classmethod

@@ -72,3 +72,13 @@ KOMBO_TIMEOUT = 30.0
 # DISPATCHER_RESULT_RETRY_FOR: a result's write is retried for a day, through a Kombo outage
 # or a long rate limit; one still failing after that is failed, for a person to look at.
 RESULT_RETRY_FOR = 24 * 3600.0
+
+# The fair feeder (dispatcher.store.fair): how many jobs it keeps on the worker queue. An order
+# of another integration waits behind at most this many (plus one turn of the ring): small
+# against the threads of a fleet, large enough that no worker waits for the feeder.
+FAIR_WINDOW = 16
+# Lease of a capped integration's order fed to the worker queue, not started yet; and of a
+# running one, renewed by its heartbeat (every HEARTBEAT_INTERVAL = 5 s): it outlives a
+# missed beat and the grace before a dead worker's job is requeued (10 s).
+QUEUED_LEASE_TTL = 300.0
+RUNNING_LEASE_TTL = 30.0

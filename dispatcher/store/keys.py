@@ -159,6 +159,21 @@ class Keys:
         integration (the DISPATCHER_KOMBO_WRITE_CONCURRENCY cap)."""
         return f"{self.namespace}:kombo-writes:{integration_id}"
 
+    def in_flight(self, integration_id: str) -> str:
+        """Sorted set: job id -> lease expiry of the orders of one integration fed to the
+        worker queue or running (the DISPATCHER_MAX_IN_FLIGHT_PER_INTEGRATION cap)."""
+        return f"{self.namespace}:in-flight:{integration_id}"
+
+    @property
+    def fair_ring(self) -> str:
+        """List: the integrations with orders waiting for their turn, in turn order."""
+        return f"{self.namespace}:fair-ring"
+
+    @property
+    def fair_parked(self) -> str:
+        """Set: the integrations with orders waiting that are at their in-flight cap."""
+        return f"{self.namespace}:fair-parked"
+
     def timeline(self, integration_id: str, order_id: str) -> str:
         """List of JSON events of one order's life that no other record keeps (provisioned,
         result submitted, written, failed). The order is named by :func:`order_ref`."""
@@ -422,6 +437,26 @@ SCHEMA: tuple[KeySpec, ...] = (
         "entries expire with their lease (KOMBO_TIMEOUT + 10 s); the key shortly after",
     ),
     KeySpec(
+        "{ns}:in-flight:{integration}",
+        "zset",
+        "job id -> lease expiry of the integration's orders fed to the worker queue or "
+        "running (DISPATCHER_MAX_IN_FLIGHT_PER_INTEGRATION; only for a capped integration)",
+        "entries expire with their lease (queued: 300 s; running: 30 s, renewed by the "
+        "job's heartbeat); the key a minute after the last",
+    ),
+    KeySpec(
+        "{ns}:fair-ring",
+        "list",
+        "integration ids with orders waiting for their turn, in turn order",
+        "while orders wait",
+    ),
+    KeySpec(
+        "{ns}:fair-parked",
+        "set",
+        "integration ids with orders waiting, at their in-flight cap",
+        "until a lease of theirs frees",
+    ),
+    KeySpec(
         "{ns}:timeline:{integration}:{order}",
         "list",
         'JSON events `{"at", "event", ...}` of an order no other key keeps (provisioned, '
@@ -506,6 +541,13 @@ SCHEMA: tuple[KeySpec, ...] = (
         "list",
         "RQ: job ids waiting to run",
         "emptied by workers",
+    ),
+    KeySpec(
+        "rq:queue:{queue}@{integration}",
+        "list",
+        "job ids of one integration's orders waiting for their turn (the fair feeder moves "
+        "them to `rq:queue:{queue}`); registered in `rq:queues` while it holds any",
+        "emptied by the feeder",
     ),
     KeySpec(
         "rq:queue:{queue}:intermediate",

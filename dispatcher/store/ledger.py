@@ -4,7 +4,8 @@ dedupe-and-enqueue step that the poller and the webhook receiver share.
 Invariants (see docs/design.md):
 
 - an order is marked seen in the same atomic Redis step (one Lua script) that writes its RQ
-  job and pushes it on the queue: a crash never leaves one without the other, nor does a key
+  job and pushes it on its integration's list (the fair feeder moves it to the queue, see
+  dispatcher.store.fair): a crash never leaves one without the other, nor does a key
   of the wrong type (Redis does not roll back a script that fails part-way, so the script
   checks the type of every key before it writes any, and answers WrongKeyTypeError naming
   the key);
@@ -36,6 +37,7 @@ from dispatcher._text import as_str
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders
 from dispatcher.logs import escape_controls
 from dispatcher.settings import Settings
+from dispatcher.store.fair import FairFeed, FairOptions
 from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.lua import script
 from dispatcher.store.replication import ReplicaAck, run_script
@@ -43,6 +45,7 @@ from dispatcher.store.rq_internals import (
     JOB_OWN_FIELDS,
     JOB_SERIALIZER,
     QUEUES_KEY,
+    fair_list_key,
     job_data,
     job_hash_items,
     job_key,
@@ -87,6 +90,8 @@ class JobOptions:
     # The configured handler chain, recorded in each job's meta (what the dispatcher meant to
     # run; the worker runs its own DISPATCHER_HANDLERS).
     chain: tuple[str, ...] = ()
+    # The fair feeder's window and the per-integration caps (dispatcher.store.fair).
+    fair: FairOptions = field(default_factory=FairOptions)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobOptions:
@@ -97,6 +102,7 @@ class JobOptions:
             retry_intervals=tuple(settings.retry_intervals()),
             replica_ack=ReplicaAck.from_settings(settings),
             chain=tuple(settings.handlers),
+            fair=FairOptions.from_settings(settings),
         )
 
     def retry(self) -> Retry | None:
@@ -144,6 +150,7 @@ class Ledger:
         self.namespace = namespace
         self.job_options = job_options or JobOptions()
         self._clock = clock
+        self.feeder = FairFeed(redis, self.keys, queue.name, self.job_options.fair, clock=clock)
 
     @property
     def record_ttl(self) -> int:
@@ -244,6 +251,9 @@ class Ledger:
             QUEUES_KEY,
             self.keys.seen_integrations,
             self.keys.stats,
+            fair_list_key(self.queue.name, integration_id),
+            self.keys.fair_ring,
+            self.keys.fair_parked,
             hour_key(self.keys, now_),
         ]
         args: list[Any] = [now_, integration_id, rq_queue, suffix, self.record_ttl]
@@ -263,6 +273,7 @@ class Ledger:
             args.extend((order.id, job_id, len(fields)))
             args.extend(fields)
         keys.extend(records)
+        args.extend(self.feeder.block())
         with tracing.ending_dispatch(spans) as traced:
             enqueued = self._run_script(keys, args, integration_id)
             traced.extend(enqueued)

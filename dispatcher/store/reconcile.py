@@ -6,7 +6,8 @@ RQ's bookkeeping is not the record of an order's fate: the ledger is. An order m
 and failure TTLs after its dispatch: a finished or failed job is still there that long) must
 be in one of these places:
 
-- live: in its queue or its intermediate list (popped by a worker, not started), in the
+- live: in its queue, its integration's list (waiting for its turn: dispatcher.store.fair)
+  or its intermediate list (popped by a worker, not started), in the
   started registry (through the job's executions), the scheduled or the deferred registry;
 - done: its job finished, its final result written (``{ns}:results:{integration}``), its
   chain finished (``{ns}:provisioned``) or every configured step recorded;
@@ -63,6 +64,7 @@ from dispatcher.store.rq_internals import (
     deferred_key,
     executions_key,
     failed_key,
+    fair_list_key,
     finished_key,
     intermediate_key,
     job_key,
@@ -310,7 +312,7 @@ class Reconciler:
         for at in range(0, len(answer), 3):
             order_id, verdict = as_str(answer[at]), as_str(answer[at + 1])
             job_id = jobs[order_id]
-            if verdict == "queued" and copy.holds(job_id):
+            if verdict == "queued" and copy.holds(job_id, integration_id):
                 continue
             found.append(_Candidate("order", integration_id, order_id, job_id))
         return found
@@ -338,6 +340,7 @@ class Reconciler:
             self.keys.results(integration_id),
             self.keys.steps(integration_id, order_id),
             self.keys.dispatched(integration_id, order_id),
+            fair_list_key(queue, integration_id),
         ]
         args: list[Any] = [
             mode, job_id, order_id, order_ref(integration_id, order_id), queue_key(queue),
@@ -461,22 +464,34 @@ _ACTIONS = {
 
 class _QueueCopy:
     """The job ids of a queue and its intermediate list, read once per pass in chunks (only
-    if a queued job asks): a queued job is checked against it instead of searching the list
-    per job. Jobs queued after the copy is taken are candidates once; the second look finds
-    them."""
+    if a queued job asks), and of each integration's list (the fair feeder's: a queued job
+    waits there for its turn), read once per pass when one of its jobs asks: a queued job is
+    checked against them instead of searching the lists per job. Jobs queued after the copy
+    is taken are candidates once; the second look finds them."""
 
     def __init__(self, redis: Redis, queue: str, chunk: int) -> None:
         self._redis = redis
         self._queue = queue
         self._chunk = chunk
         self._ids: set[bytes] | None = None
+        self._waiting: dict[str, set[bytes]] = {}
 
-    def holds(self, job_id: str) -> bool:
+    def holds(self, job_id: str, integration_id: str | None = None) -> bool:
         if self._ids is None:
             self._ids = set()
             for key in (queue_key(self._queue), intermediate_key(self._queue)):
                 self._ids.update(_list_items(self._redis, key, self._chunk))
-        return job_id.encode() in self._ids
+        if job_id.encode() in self._ids:
+            return True
+        if integration_id is None:
+            return False
+        waiting = self._waiting.get(integration_id)
+        if waiting is None:
+            key = fair_list_key(self._queue, integration_id)
+            waiting = self._waiting[integration_id] = set(
+                _list_items(self._redis, key, self._chunk)
+            )
+        return job_id.encode() in waiting
 
 
 def _list_items(redis: Redis, key: str, chunk: int) -> Iterator[bytes]:

@@ -167,6 +167,7 @@ __all__ = [
     "dependents_key",
     "executions_key",
     "failed_key",
+    "fair_list_key",
     "finished_key",
     "first_seen",
     "first_seen_key",
@@ -238,6 +239,13 @@ QUEUES_KEY = f"{PREFIX}:queues"
 def queue_key(queue: str) -> str:
     """List of the job ids waiting on ``queue``."""
     return f"{PREFIX}:queue:{queue}"
+
+
+def fair_list_key(queue: str, integration_id: str) -> str:
+    """List of one integration's jobs waiting for their turn on ``queue``: an RQ queue key
+    (``<queue>@<integration>``, registered in rq:queues while it holds jobs), so that
+    ``rq info`` and dashboards list each integration's backlog; no worker listens on it."""
+    return f"{queue_key(queue)}@{integration_id}"
 
 
 def intermediate_key(queue: str) -> str:

@@ -43,6 +43,8 @@ from rq.utils import now
 from dispatcher.handler import PermanentFailure, RetryLater
 from dispatcher.logs import OrderLogContext, contact_values, escape_controls, set_order_context
 from dispatcher.store.failures import Failure, clean_traceback, job_timeout_reason, parse_failure
+from dispatcher.store.fair import FairFeed, FairOptions
+from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import JOB_FUNCTION
 from dispatcher.store.results import RESULT_JOB_FUNCTIONS
 from dispatcher.store.rq_internals import (
@@ -86,6 +88,8 @@ __all__ = [
     "BurstSummary",
     "DispatcherWorkerMixin",
     "demote_rq_chatter",
+    "fair_feed",
+    "job_integration",
     "log_context",
 ]
 
@@ -187,6 +191,10 @@ class _OrderQueue(Queue):
                 continue
             other = _job_namespace(job)
             if other is None or other == namespace:
+                if queue.name == current_runtime().settings.queue and not fair_feed(
+                    queue.connection
+                ).after_take(job.id, job_integration(job)):
+                    continue  # its integration is at its cap: back on its list, parked
                 set_order_context(log_context(job))
                 return result
             _leave_foreign(job, queue, other, namespace)
@@ -198,6 +206,30 @@ class _OrderQueue(Queue):
                 time.sleep(FOREIGN_PAUSE)
                 raise DequeueTimeout(timeout, [q.key for q in args[0]])
             passed.add(job.id)
+
+
+def job_integration(job: Job) -> str | None:
+    integration = (job.meta or {}).get("integration_id")
+    return integration if isinstance(integration, str) else None
+
+
+def fair_feed(connection: Redis) -> FairFeed:
+    """The feeder of this worker's orders queue (dispatcher.store.fair)."""
+    settings = current_runtime().settings
+    return FairFeed(
+        connection, Keys(settings.namespace), settings.queue, FairOptions.from_settings(settings)
+    )
+
+
+def _release(job: Job, connection: Redis) -> None:
+    """A job of the orders queue ran (done, failed, or put back for a retry): its integration's
+    in-flight lease, if capped, goes. A lost release only delays: the lease expires."""
+    if job.origin != current_runtime().settings.queue:
+        return
+    try:
+        fair_feed(connection).release(job.id, job_integration(job))
+    except RedisError as exc:
+        log.warning("job %s: its in-flight lease was not released: %s", job.id, exc)
 
 
 def _refuse(job: Job, queue: Queue, why: str) -> None:
@@ -385,9 +417,21 @@ class DispatcherWorkerMixin(WorkerBase):
                 self.log.warning("Worker %s: dequeue waits, Redis lost: %s", self.name, exc)
                 time.sleep(1)
 
+    def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
+        super().maintain_heartbeats(job, execution)
+        if job.origin == current_runtime().settings.queue:
+            with self.connection.pipeline(transaction=False) as pipeline:
+                fair_feed(self.connection).renew(pipeline, job.id, job_integration(job))
+                if len(pipeline):
+                    pipeline.execute()
+
     def run_maintenance_tasks(self) -> None:
         try:
             super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+            # Integrations whose leases expired (their holder died) are unparked; a queue
+            # that lost a feed (a Redis error after a take) is topped up.
+            if any(queue.name == current_runtime().settings.queue for queue in self.queues):
+                fair_feed(self.connection).feed(unpark=True)
         except REDIS_LOST as exc:
             self.log.warning("Worker %s: maintenance skipped, Redis lost: %s", self.name, exc)
 
@@ -472,6 +516,7 @@ class DispatcherWorkerMixin(WorkerBase):
         execution: Execution,
     ) -> Any:
         done = super().handle_job_success(job, queue, started_job_registry, execution)
+        _release(job, self.connection)
         steps = _steps_text(job)
         log.info("%s done in %s%s", _who(job), _seconds(job), f": {steps}" if steps else "")
         return done
@@ -497,6 +542,7 @@ class DispatcherWorkerMixin(WorkerBase):
             exc_string=exc_string,
             execution=execution,
         )
+        _release(job, self.connection)
         where = f"handler {failure.handler}: " if failure.handler else ""
         steps = _steps_text(job, failed=True)
         steps = f" ({steps})" if steps else ""

@@ -16,6 +16,8 @@ from rq import Queue
 from rq.worker_pool import WorkerPool
 
 from dispatcher.settings import Settings
+from dispatcher.store.fair import FairFeed
+from dispatcher.store.keys import Keys
 from dispatcher.store.rq_internals import JOB_SERIALIZER, WorkerBase, queue_key, scheduled_key
 from dispatcher.worker.base import BurstSummary, demote_rq_chatter
 from dispatcher.worker.classes import DispatcherWorker, InProcessWorker
@@ -84,6 +86,10 @@ def run_worker(
         if not burst:
             return None
         summary.look(redis, queue.name, time.time())
+        # Orders still waiting their turn (an integration at its cap) are queued too.
+        summary.queued += sum(
+            FairFeed(redis, Keys(settings.namespace), queue.name).waiting().values()
+        )
         level = logging.WARNING if summary.scheduled or summary.queued else logging.INFO
         log.log(level, "%s", summary.line(queue.name, counted=processes <= 1))
         return summary

@@ -44,7 +44,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from dispatcher.logs import set_order_context
-from dispatcher.worker.base import DispatcherWorkerMixin, log_context
+from dispatcher.worker.base import DispatcherWorkerMixin, fair_feed, job_integration, log_context
 from dispatcher.worker.deadlines import DeadlinePenalty
 from dispatcher.worker.recovery import requeue_entry
 
@@ -271,9 +271,12 @@ class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
         with self._in_flight_lock:
             in_flight = list(self._in_flight.values())
         worker_ttl = self.job_monitoring_interval + 60
+        feed = fair_feed(self.connection)
         with self.connection.pipeline() as pipeline:
             self.heartbeat(worker_ttl, pipeline=pipeline)
             for job, execution in in_flight:
+                if job.origin == feed.queue:
+                    feed.renew(pipeline, job.id, job_integration(job))
                 working = (now() - job.started_at).total_seconds() if job.started_at else 0.0
                 ttl = self.get_heartbeat_ttl(job, working_time=working)
                 execution.heartbeat(job.started_job_registry, ttl, pipeline=pipeline)

@@ -18,7 +18,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
-from support import dispatcher_env, wait_while_progressing
+from support import dispatcher_env, queued_jobs, wait_while_progressing
 from support.ops import dispatcher as run
 
 pytestmark = pytest.mark.redis
@@ -45,8 +45,7 @@ def open_orders(sim: Simulator) -> set[tuple[str, str]]:
 
 
 def queued_orders(redis: Redis) -> list[tuple[str, str]]:
-    queue = Queue(QUEUE, connection=redis, serializer=JOB_SERIALIZER)
-    return [(j.meta["integration_id"], j.meta["order_id"]) for j in queue.get_jobs()]
+    return [(j.meta["integration_id"], j.meta["order_id"]) for j in queued_jobs(redis, QUEUE)]
 
 
 # Bounded by wait_while_progressing (a stall fails it), not by the default 120 s per test.

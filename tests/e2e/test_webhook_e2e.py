@@ -28,7 +28,7 @@ from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator, SimulatorServer
 from dispatcher.web.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER, WEBHOOK_PATH, sign
 from dispatcher.worker.jobs import Runtime, install_runtime
-from support import text
+from support import queued_jobs, text
 from support.webhook import ReceiverServer, event_body, make_app, make_ledger, signed
 
 pytestmark = pytest.mark.redis
@@ -49,7 +49,8 @@ def sweep(kombo: SimulatorServer, ledger: Ledger, sim: Simulator) -> int:
 
 
 def queued(ledger: Ledger) -> list[str]:
-    return sorted(text(job.meta["order_id"] for job in ledger.queue.get_jobs()))
+    jobs = queued_jobs(ledger.redis, ledger.queue.name)
+    return sorted(text(job.meta["order_id"] for job in jobs))
 
 
 def test_an_order_by_webhook_then_by_polling_is_dispatched_once_and_worked(

@@ -37,8 +37,7 @@ from dispatcher.ops.status import take_snapshot
 from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
-from dispatcher.store.rq_internals import JOB_SERIALIZER
-from support import dispatcher_env, free_port, order_payload
+from support import dispatcher_env, free_port, order_payload, queued_jobs
 
 API_KEY = "sk_test_hostile_kombo_0001"
 QUEUE = "dispatcher-orders"
@@ -179,10 +178,8 @@ def make_poller(
 
 
 def queued(redis: Redis) -> list[tuple[str, str]]:
-    from rq.job import Job
 
-    queue = Queue(QUEUE, connection=redis)
-    jobs = Job.fetch_many(queue.job_ids, connection=redis, serializer=JOB_SERIALIZER)
+    jobs = queued_jobs(redis, QUEUE)
     return [(job.meta["integration_id"], job.meta["order_id"]) for job in jobs if job]
 
 

@@ -31,11 +31,10 @@ from dispatcher.poller.schedule import Schedule
 from dispatcher.store.key_types import integration_keys, shared_keys
 from dispatcher.store.keys import SCHEMA, Keys
 from dispatcher.store.ledger import Ledger
-from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.store.wrongtype import WRONGTYPE_CODE, describe, find_wrong_types
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.web.app import create_app
-from support import wait_until
+from support import queued_jobs, wait_until
 from support.ops import invoke, settings_for
 from support.web import samples, serving_client
 
@@ -84,7 +83,7 @@ def start(poller: Poller) -> threading.Thread:
 
 
 def queued(redis: Redis, conf: Settings) -> set[tuple[str, str]]:
-    jobs = Queue(conf.queue, connection=redis, serializer=JOB_SERIALIZER).get_jobs()
+    jobs = queued_jobs(redis, conf.queue)
     return {(j.meta["integration_id"], j.meta["order_id"]) for j in jobs}
 
 

@@ -24,9 +24,8 @@ from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.poller.schedule import FIRST_SWEEP_WITHIN, Schedule
 from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import Ledger
-from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
-from support import dispatcher_env, wait_until
+from support import dispatcher_env, queued_job_ids, queued_jobs, wait_until
 
 pytestmark = pytest.mark.redis
 KEYS = Keys("dispatcher")
@@ -51,7 +50,7 @@ def make_poller(sim: Simulator, redis: Redis, *, clock: Any = None, **kw: Any) -
 
 
 def queued_pairs(redis: Redis) -> list[tuple[str, str]]:
-    jobs = Queue("dispatcher-orders", connection=redis, serializer=JOB_SERIALIZER).get_jobs()
+    jobs = queued_jobs(redis)
     return [(j.meta["integration_id"], j.meta["order_id"]) for j in jobs]
 
 
@@ -334,13 +333,14 @@ def test_three_pollers_share_the_work_without_doubling_it(redis: Redis) -> None:
         t.start()
 
     expected = len(open_pairs(sim))
-    queue = Queue("dispatcher-orders", connection=redis)
 
     def swept_twice_and_all_queued() -> bool:
         with lock:
             counts = [len(starts) for starts in sweeps.values()]
         return (
-            len(counts) == len(sim.integration_ids) and min(counts) >= 2 and queue.count >= expected
+            len(counts) == len(sim.integration_ids)
+            and min(counts) >= 2
+            and len(queued_job_ids(redis)) >= expected
         )
 
     try:

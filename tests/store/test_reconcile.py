@@ -30,7 +30,7 @@ from dispatcher.store.reconcile_state import PeriodicReconcile, read_state
 from dispatcher.store.results import Outbox
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.web.metrics import exposition
-from support import dispatcher_env, kill_tree, wait_until
+from support import dispatcher_env, kill_tree, queued_job_ids, wait_until
 from support.ops import run
 
 pytestmark = pytest.mark.redis
@@ -62,7 +62,7 @@ def dispatched(redis: Redis, sim: Simulator) -> list[tuple[str, str, str]]:
 
 
 def queued(redis: Redis) -> list[str]:
-    return [as_str(j) for j in redis.lrange(f"rq:queue:{QUEUE}", 0, -1)]
+    return queued_job_ids(redis, QUEUE)
 
 
 def lose(redis: Redis, job_id: str) -> None:

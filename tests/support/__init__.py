@@ -180,3 +180,27 @@ def dispatcher_web(env: dict[str, str], log: Path) -> Iterator[str]:
     """:func:`web_process`, yielding its URL."""
     with web_process(env, log) as (_, port):
         yield f"http://127.0.0.1:{port}"
+
+
+def queued_job_ids(redis: Any, queue: str = "dispatcher-orders") -> list[str]:
+    """The job ids waiting to run: on the worker queue, then on each integration's list
+    (dispatcher.store.fair: at most a window of jobs is on the queue at once)."""
+    keys = [f"rq:queue:{queue}"]
+    keys += sorted(
+        k.decode() if isinstance(k, bytes) else k for k in redis.scan_iter(f"rq:queue:{queue}@*")
+    )
+    return [
+        item.decode() if isinstance(item, bytes) else item
+        for key in keys
+        for item in redis.lrange(key, 0, -1)
+    ]
+
+
+def queued_jobs(redis: Any, queue: str = "dispatcher-orders") -> list[Any]:
+    """The jobs waiting to run (:func:`queued_job_ids`), as RQ jobs."""
+    from rq.job import Job
+
+    from dispatcher.store.rq_internals import JOB_SERIALIZER
+
+    ids = queued_job_ids(redis, queue)
+    return [j for j in Job.fetch_many(ids, connection=redis, serializer=JOB_SERIALIZER) if j]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from redis import Redis
@@ -43,6 +44,7 @@ from dispatcher.poller.telemetry import read_request_series
 from dispatcher.settings import Settings
 from dispatcher.store import throughput
 from dispatcher.store.connection import ServerCheck, check_server
+from dispatcher.store.fair import FairFeed
 from dispatcher.store.key_types import shared_keys
 from dispatcher.store.keys import Keys
 from dispatcher.store.reconcile_state import read_state
@@ -150,6 +152,11 @@ def take_snapshot(redis: Redis, settings: Settings, *, now: float | None = None)
         )
         for index, (queue, counts) in enumerate(zip(queues, per_queue, strict=True))
     )
+    # The orders waiting for their turn on their integration's list (dispatcher.store.fair)
+    # are queued too: the worker queue holds a window of them at a time.
+    if queue_statuses:
+        queue_statuses = (_with_waiting(redis, keys, settings, queue_statuses[0]),
+                          *queue_statuses[1:])  # fmt: skip
     snapshot = Snapshot(
         taken_at=taken_at,
         namespace=settings.namespace,
@@ -192,6 +199,23 @@ def _read_queue(read: _Reads, queue: Queue, live: str) -> None:
         read(key, "zset", 0).zcount(key, live, "+inf")
     failed_registry = failed_key(queue.name)
     read(failed_registry, "zset", []).zrevrange(failed_registry, 0, 0)
+
+
+def _with_waiting(redis: Redis, keys: Keys, settings: Settings, orders: QueueStatus) -> QueueStatus:
+    """The orders queue's status counting the orders waiting for their turn on their
+    integrations' lists (dispatcher.store.fair) as queued, the oldest of them included."""
+    backlog = FairFeed(redis, keys, settings.queue).backlog()
+    if not backlog:
+        return orders
+    with redis.pipeline(transaction=False) as pipe:
+        for _, head in backlog.values():
+            pipe.hget(job_key(head), "enqueued_at")
+        times = [
+            _rq_time(t) for t in pipe.execute(raise_on_error=False) if not isinstance(t, Exception)
+        ]
+    oldest = min([t for t in [orders.oldest_queued_at, *times] if t is not None], default=None)
+    waiting = sum(count for count, _ in backlog.values())
+    return replace(orders, queued=orders.queued + waiting, oldest_queued_at=oldest)
 
 
 def _queue_status(

@@ -14,6 +14,7 @@
 -- KEYS[13] results hash
 -- KEYS[14] steps hash
 -- KEYS[15] dispatch record
+-- KEYS[16] the integration's list (its orders waiting for their turn; dispatcher.store.fair)
 -- ARGV[1] mode ('check' or 'repair')
 -- ARGV[2] job id
 -- ARGV[3] order id
@@ -37,6 +38,9 @@ local place, status = rq_place(KEYS[4], ARGV[2], KEYS[6], KEYS[7], KEYS[8], KEYS
 if place then return {'live', place} end
 if redis.call('LPOS', KEYS[1], ARGV[2]) then return {'live', 'queued'} end
 if redis.call('LPOS', KEYS[5], ARGV[2]) then return {'live', 'intermediate'} end
+if redis.call('TYPE', KEYS[16])['ok'] == 'list' and redis.call('LPOS', KEYS[16], ARGV[2]) then
+  return {'live', 'waiting its turn'}
+end
 local h = tonumber(ARGV[6])
 if all_steps(KEYS[14], 7, h) then return {'done', 'steps recorded'} end
 local exists = redis.call('TYPE', KEYS[4])['ok'] == 'hash'

@@ -446,6 +446,14 @@ _QUEUE = "dispatcher-orders"
 _CHAIN = ("provision_http", "notify_email")
 
 
+def _waiting_lists(redis: Redis) -> list[bytes]:
+    return list(redis.scan_iter(f"{queue_key(_QUEUE)}@*"))
+
+
+def _waiting(redis: Redis) -> int:
+    return sum(int(redis.llen(key)) for key in _waiting_lists(redis))
+
+
 def _places(redis: Redis, job_id: str) -> list[str]:
     """The queues and registries holding a job, by ZSCORE/LPOS/ZSCAN: never RQ's ``count``,
     which cleans up as it counts."""
@@ -454,6 +462,9 @@ def _places(redis: Redis, job_id: str) -> list[str]:
         for name, key in (("queue", queue_key(_QUEUE)), ("intermediate", intermediate_key(_QUEUE)))
         if redis.lpos(key, job_id) is not None
     ]
+    # Waiting for its turn on its integration's list (dispatcher.store.fair).
+    if any(redis.lpos(key, job_id) is not None for key in _waiting_lists(redis)):
+        places.append("waiting")
     if any(True for _ in redis.zscan_iter(started_key(_QUEUE), match=f"{job_id}:*")):
         places.append("started")
     for name, registry in (
@@ -523,6 +534,7 @@ def _settled(
         # entry would vanish from the figure before any worker requeued it).
         busy = (
             queue.count
+            + _waiting(redis)
             + redis.llen(queue.intermediate_queue.key)
             + redis.zcard(started_key(_QUEUE))
             + redis.zcard(scheduled_key(_QUEUE))
@@ -558,7 +570,7 @@ def _assess(
     report.raw_repeat_emails = sum(received.values()) - len(received)
     queue = Queue("dispatcher-orders", connection=redis)
     # Popped by a worker (RQ's intermediate list) but never started counts as queued.
-    report.left_queued = queue.count + redis.llen(queue.intermediate_queue.key)
+    report.left_queued = queue.count + _waiting(redis) + redis.llen(queue.intermediate_queue.key)
     report.left_started = int(redis.zcard(started_key(_QUEUE)))
     report.left_scheduled = int(redis.zcard(scheduled_key(_QUEUE)))
     report.left_failed = FailedJobRegistry(queue=queue).count
