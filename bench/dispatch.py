@@ -67,8 +67,9 @@ from _support import (
     vendor_process,
 )
 from dispatcher.kombo.models import Order
+from dispatcher.store.fair import FairOptions
 from dispatcher.store.keys import job_id_for
-from dispatcher.store.ledger import Ledger
+from dispatcher.store.ledger import JobOptions, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import Simulator
 
@@ -162,6 +163,7 @@ def _run_batch(
     workers: int,
     orders: int,
     fairness: int = 0,
+    job_options: JobOptions | None = None,
 ) -> Run:
     flush(redis)
     queue = Queue(QUEUE, connection=redis)
@@ -184,7 +186,7 @@ def _run_batch(
         time.sleep(0.5)  # let every worker reach its blocking pop
         cpu_before = _tree_cpu_seconds(proc.pid)
         started = time.perf_counter()
-        Ledger(redis, queue, NAMESPACE).dispatch(integration_id, batch)
+        Ledger(redis, queue, NAMESPACE, job_options=job_options).dispatch(integration_id, batch)
         finished = FinishedJobRegistry(queue=queue)
         failed = FailedJobRegistry(queue=queue)
         # A guard against a hang, not a target: on 2 shared cores a default `rq worker` (a fork
@@ -275,6 +277,10 @@ def _fairness_wait(
 
 
 MODES = ("inprocess", "fork", "threads", "dramatiq")
+# A stock `rq worker` does not run the fair feeder (dispatcher.store.fair), which moves jobs
+# from each integration's list to the worker queue: the baseline's batch goes onto the queue
+# at once, as bench/fairness.py's one-queue baseline does.
+_ONE_QUEUE = JobOptions(fair=FairOptions(window=10**9))
 
 
 @dataclass(frozen=True)
@@ -365,7 +371,9 @@ def run(
                         tree_memory=_tree_memory,
                     )
                 )  # fmt: skip
-            base.append(_run_batch(redis, rq_worker, env, 1, baseline_orders))
+            base.append(
+                _run_batch(redis, rq_worker, env, 1, baseline_orders, job_options=_ONE_QUEUE)
+            )
         if fairness and "threads" in setups:
             setup = setups["threads"]
             waits.append(
