@@ -12,8 +12,6 @@ import argparse
 import json
 import os
 import platform
-import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -263,23 +261,21 @@ def report(rows: list[Row], json_path: Path | None, *, header: str = "") -> None
 
 
 def dependency_versions() -> str:
-    """What the figures were measured with, on one line: Python, redis-py, hiredis, httpx, rq
-    and the redis-server the private servers run (a release of any of them moves them)."""
-    parts = [f"Python {platform.python_version()}"]
-    for label, package in (("redis-py", "redis"), ("hiredis", "hiredis"), ("httpx", "httpx"),
-                           ("rq", "rq")):  # fmt: skip
+    """What a benchmark ran with, on one line: Python, the ``redis-server`` its private servers
+    run, and the libraries on the hot paths (dramatiq only where the ``bench`` extra is)."""
+    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    # "Redis server v=7.0.15 sha=... malloc=... bits=64 build=..."
+    redis_server = server.stdout.split()[2].removeprefix("v=") if server.returncode == 0 else "?"
+    parts = [f"Python {platform.python_version()}", f"redis-server {redis_server}"]
+    for label, distribution in (
+        ("redis-py", "redis"), ("hiredis", "hiredis"), ("httpx", "httpx"), ("rq", "rq"),
+        ("dramatiq", "dramatiq"),
+    ):  # fmt: skip
         try:
-            parts.append(f"{label} {version(package)}")
-        except PackageNotFoundError:
-            parts.append(f"{label} not installed")
-    binary = shutil.which("redis-server")
-    said = (
-        subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
-        if binary
-        else ""
-    )
-    found = re.search(r"v=(\S+)", said)
-    parts.append(f"redis-server {found.group(1) if found else 'not found'}")
+            parts.append(f"{label} {metadata.version(distribution)}")
+        except metadata.PackageNotFoundError:
+            if distribution != "dramatiq":
+                parts.append(f"no {label}")
     return ", ".join(parts)
 
 

@@ -1,7 +1,7 @@
 """Dispatch throughput with handlers that wait on I/O, against one default ``rq worker``.
 
     python bench/dispatch.py [--processes 32] [--orders 600] [--baseline-orders 20]
-                             [--delay 0.1] [--modes inprocess,fork,threads] [--reps 3]
+                             [--delay 0.1] [--modes inprocess,fork,threads,dramatiq] [--reps 3]
                              [--threads 50] [--threaded-processes 2] [--fairness 5000]
 
 The chain is the built-in ``provision_http`` handler posting each order to a local vendor
@@ -13,7 +13,11 @@ step waits 100 ms on a real socket, as on a slow vendor API.
   in its worker process) and the default (RQ's work horse forked per job);
 - the threaded worker: ``dispatcher worker --processes P --threads T``
   (``--threaded-processes``, ``--threads``), each process running T jobs at once;
-- THE BASELINE: one default ``rq worker`` process on the same queue and job function.
+- THE BASELINE: one default ``rq worker`` process on the same queue and job function;
+- THE DRAMATIQ BASELINE (``dramatiq`` mode, beside ``threads``; bench/_dramatiq_baseline.py):
+  ``dramatiq`` with the threaded mode's process and thread counts on jobs that sleep
+  ``--delay``, on the same private Redis in its own namespace, timed the same way. It needs
+  the optional ``bench`` extra (``pip install -e '.[bench]'``); without it the mode is skipped.
 
 Memory is the RSS and PSS (``/proc/<pid>/smaps_rollup``: shared pages split between the
 processes sharing them) of the whole worker process tree, the peak of samples taken every
@@ -48,12 +52,14 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
+import _dramatiq_baseline as dramatiq_baseline
 from _support import (
     NAMESPACE,
     QUEUE,
     Row,
     bench_env,
     common_args,
+    dependency_versions,
     flush,
     median,
     private_redis,
@@ -61,8 +67,9 @@ from _support import (
     vendor_process,
 )
 from dispatcher.kombo.models import Order
+from dispatcher.store.fair import FairOptions
 from dispatcher.store.keys import job_id_for
-from dispatcher.store.ledger import Ledger
+from dispatcher.store.ledger import JobOptions, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import Simulator
 
@@ -156,6 +163,7 @@ def _run_batch(
     workers: int,
     orders: int,
     fairness: int = 0,
+    job_options: JobOptions | None = None,
 ) -> Run:
     flush(redis)
     queue = Queue(QUEUE, connection=redis)
@@ -178,10 +186,12 @@ def _run_batch(
         time.sleep(0.5)  # let every worker reach its blocking pop
         cpu_before = _tree_cpu_seconds(proc.pid)
         started = time.perf_counter()
-        Ledger(redis, queue, NAMESPACE).dispatch(integration_id, batch)
+        Ledger(redis, queue, NAMESPACE, job_options=job_options).dispatch(integration_id, batch)
         finished = FinishedJobRegistry(queue=queue)
         failed = FailedJobRegistry(queue=queue)
-        deadline = time.monotonic() + 30 + orders * 0.2
+        # A guard against a hang, not a target: on 2 shared cores a default `rq worker` (a fork
+        # and the job's imports per order) has taken over 1.7 s an order.
+        deadline = time.monotonic() + 60 + orders * 5.0 / workers
         rss = pss = 0.0
         sampled = 0.0
         while finished.count < orders:
@@ -266,7 +276,11 @@ def _fairness_wait(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-MODES = ("inprocess", "fork", "threads")
+MODES = ("inprocess", "fork", "threads", "dramatiq")
+# A stock `rq worker` does not run the fair feeder (dispatcher.store.fair), which moves jobs
+# from each integration's list to the worker queue: the baseline's batch goes onto the queue
+# at once, as bench/fairness.py's one-queue baseline does.
+_ONE_QUEUE = JobOptions(fair=FairOptions(window=10**9))
 
 
 @dataclass(frozen=True)
@@ -322,8 +336,12 @@ def run(
     fairness: int = 0,
 ) -> list[Row]:
     rq_binary = shutil.which("rq", path=str(Path(sys.executable).parent)) or "rq"
-    setups = _setups(modes, processes, threads, threaded_processes)
+    setups = _setups([m for m in modes if m != "dramatiq"], processes, threads, threaded_processes)
+    with_dramatiq = "dramatiq" in modes and dramatiq_baseline.available()
+    if "dramatiq" in modes and not with_dramatiq:
+        print("bench: dramatiq mode skipped: dramatiq is not installed (pip install -e '.[bench]')")
     waits: list[float] = []
+    drama: list[dramatiq_baseline.Batch] = []
     with private_redis() as redis_url, vendor_process(delay) as vendor_url:
         redis = Redis.from_url(redis_url)
         env = bench_env(
@@ -345,7 +363,17 @@ def run(
                         setup.processes, orders,
                     )
                 )  # fmt: skip
-            base.append(_run_batch(redis, rq_worker, env, 1, baseline_orders))
+            if with_dramatiq:
+                drama.append(
+                    dramatiq_baseline.run_batch(
+                        redis, redis_url, processes=threaded_processes, threads=threads,
+                        jobs=orders, delay=delay, tree_cpu=_tree_cpu_seconds,
+                        tree_memory=_tree_memory,
+                    )
+                )  # fmt: skip
+            base.append(
+                _run_batch(redis, rq_worker, env, 1, baseline_orders, job_options=_ONE_QUEUE)
+            )
         if fairness and "threads" in setups:
             setup = setups["threads"]
             waits.append(
@@ -415,6 +443,15 @@ def run(
                 baseline_samples=baseline,
             )
         )
+    if drama:
+        runs = mine["threads"]
+        rq_based = {setups[m].label: median(rates(mine[m])) for m in setups if m != "threads"}
+        rq_based["one default `rq worker`"] = median(baseline)
+        rows += dramatiq_baseline.rows(
+            drama, label=setups["threads"].label, rates=rates(runs),
+            cpu_per_order=[r.cpu / r.orders for r in runs], rss=[r.rss for r in runs],
+            rq_based=rq_based, delay=delay, processes=threaded_processes, threads=threads,
+        )  # fmt: skip
     return rows
 
 
@@ -424,7 +461,11 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=600, help="orders for the dispatcher")
     parser.add_argument("--baseline-orders", type=int, default=20, help="orders for rq worker")
     parser.add_argument("--delay", type=float, default=0.1, help="seconds each handler waits")
-    parser.add_argument("--modes", default="inprocess,fork,threads", help="worker modes to measure")
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="worker modes to measure (dramatiq: beside threads)",
+    )
     parser.add_argument("--threads", type=int, default=50, help="threads per process (threads)")
     parser.add_argument(
         "--threaded-processes", type=int, default=2, help="worker processes (threads mode)"
@@ -437,11 +478,13 @@ def main() -> None:
     modes = args.modes.split(",")
     if not modes or set(modes) - set(MODES):
         parser.error(f"--modes: a comma-separated subset of {', '.join(MODES)}")
+    if "dramatiq" in modes and "threads" not in modes:
+        parser.error("--modes: dramatiq is measured beside threads")
     rows = run(
         args.processes, args.orders, args.baseline_orders, args.delay, modes, args.reps,
         args.threads, args.threaded_processes, args.fairness,
     )  # fmt: skip
-    report(rows, args.json, header=__doc__.splitlines()[0])
+    report(rows, args.json, header=f"{__doc__.splitlines()[0]}\n{dependency_versions()}")
 
 
 if __name__ == "__main__":

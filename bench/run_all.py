@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _support import BENCH_DIR, Row, fmt
+from _support import BENCH_DIR, Row, dependency_versions, fmt
 
 RESULTS = BENCH_DIR / "results" / "latest.md"
 COMMAND = "python bench/run_all.py"
@@ -160,17 +159,12 @@ def _cell(value: float | None, unit: str = "") -> str:
 
 def render(rows: list[Row], *, minutes: float, smoke: bool) -> str:
     """The markdown report: machine, command, then one table row per measured figure."""
-    import redis
-
-    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
-    redis_server = server.stdout.split()[2].removeprefix("v=") if server.returncode == 0 else "?"
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `{COMMAND}"
         + (" --smoke`" if smoke else "`")
-        + f" ({minutes:.1f} min): {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"redis-server {redis_server}, redis-py {redis.__version__}, load average {load} "
-        "at the end.",
+        + f" ({minutes:.1f} min): {os.cpu_count()} CPUs, {dependency_versions()}, "
+        f"load average {load} at the end.",
         "",
         "| benchmark | measure | dispatcher (median) | baseline (median) | ratio | target | met? |",
         "| --- | --- | ---: | ---: | ---: | --- | :---: |",

@@ -8,6 +8,7 @@ run_all runs it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -95,6 +96,31 @@ def test_benchmark_runs_at_tiny_sizes_and_reports_rows(script: str, tmp_path: Pa
         assert f"[{row['bench']}] {row['measure']}" in result.stdout
 
 
+def test_dispatch_runs_dramatiq_beside_threads_or_says_it_skipped(tmp_path: Path) -> None:
+    # dramatiq comes with the optional `bench` extra: CI (`.[test]`) checks the skip, a
+    # developer with `.[test,bench]` the run.
+    rows_file = tmp_path / "rows.json"
+    result = run_script(
+        "dispatch.py",
+        *SMOKE["dispatch.py"],
+        "--modes",
+        "threads,dramatiq",
+        "--json",
+        str(rows_file),
+    )
+    assert result.returncode == 0, result.stderr
+    measures = [row["measure"] for row in json.loads(rows_file.read_text())]
+    beside = [m for m in measures if "dramatiq" in m]
+    if importlib.util.find_spec("dramatiq") is None:
+        assert "bench: dramatiq mode skipped: dramatiq is not installed" in result.stdout
+        assert beside == []
+    else:
+        assert beside and beside[0].endswith("--threads 4`, beside dramatiq"), measures
+        assert re.search(
+            r"^    baseline \(dramatiq [\d.]+ `--processes 2 --threads 4`", result.stdout, re.M
+        )
+
+
 def test_run_all_writes_a_markdown_table_with_the_machine(tmp_path: Path) -> None:
     output = tmp_path / "latest.md"
     result = run_script(
@@ -104,6 +130,10 @@ def test_run_all_writes_a_markdown_table_with_the_machine(tmp_path: Path) -> Non
     table = output.read_text()
     assert table == result.stdout
     assert f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}" in table
+    # The versions it ran with (issue 25: a dependency's release changed a figure before).
+    assert re.search(
+        r"redis-server [\d.]+, redis-py [\d.]+, hiredis [\d.]+, httpx [\d.]+, rq [\d.]+", table
+    )
     assert "| benchmark | measure | dispatcher (median) | baseline (median) | ratio |" in table
     memory = next(line for line in table.splitlines() if line.startswith("| seen_memory |"))
     cells = [cell.strip() for cell in memory.strip("|").split("|")]
