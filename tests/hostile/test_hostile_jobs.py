@@ -103,6 +103,9 @@ WORKERS = {
     "forking": ([], {}, "orders"),
     "in-process": ([], {"DISPATCHER_FORK_PER_JOB": "false"}, "orders"),
     "threaded": (["--threads", "3"], {}, "orders"),
+    # RQ's worker pool builds its workers with its own queue class (it was RQ's plain Queue:
+    # no check at all of what a pool worker took).
+    "pool": (["--processes", "2"], {"DISPATCHER_FORK_PER_JOB": "false"}, "orders"),
     "results": (["--results", "--threads", "2"], {}, "results"),
 }
 
@@ -141,8 +144,9 @@ def test_a_pickled_job_planted_in_the_queue_is_refused_by_the_worker_in_one_line
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("pool", [[], ["--processes", "2"]], ids=["one", "pool"])
 def test_a_json_job_naming_another_function_is_refused_by_the_worker(
-    redis: Redis, redis_url: str, namespace: str, tmp_path: Path
+    redis: Redis, redis_url: str, namespace: str, tmp_path: Path, pool: list[str]
 ) -> None:
     # Given a JSON job, as a Redis writer can plant one, that would call os.system
     marker = tmp_path / "ran"
@@ -151,8 +155,8 @@ def test_a_json_job_naming_another_function_is_refused_by_the_worker(
     job = Queue(queue, connection=redis, serializer=JOB_SERIALIZER).enqueue_call(
         "os.system", args=[f"id > {marker}"], job_id=f"planted-{uuid.uuid4().hex[:8]}"
     )
-    # When the worker works the queue
-    worker = _run(["worker", "--burst"], env)
+    # When the worker (or a pool of them) works the queue
+    worker = _run(["worker", "--burst", *pool], env)
     # Then the function is never imported nor called, and one line says why
     output = worker.stdout + worker.stderr
     assert worker.returncode == 0, output
