@@ -2,7 +2,7 @@
 
     python bench/dispatch.py [--processes 32] [--orders 600] [--baseline-orders 20]
                              [--delay 0.1] [--modes inprocess,fork,threads,dramatiq] [--reps 3]
-                             [--threads 50] [--threaded-processes 2] [--fairness 5000]
+                             [--threads 50] [--threaded-processes 2]
 
 The chain is the built-in ``provision_http`` handler posting each order to a local vendor
 API (bench/_vendor_server.py, another process) that answers after ``--delay`` seconds: each
@@ -23,8 +23,7 @@ Memory is the RSS and PSS (``/proc/<pid>/smaps_rollup``: shared pages split betw
 processes sharing them) of the whole worker process tree, the peak of samples taken every
 half second while the batch runs.
 
-Fairness (``--fairness N``, threaded mode): N orders of one integration are queued first,
-then one order of another; its wait is the time from its dispatch to its job's start.
+Another integration's wait behind a burst is bench/fairness.py's.
 
 Workers are started first and waited for (start-up is not measured); then the orders are
 enqueued at once (``Ledger.dispatch``) and the clock runs until every job has finished.
@@ -68,7 +67,6 @@ from _support import (
 )
 from dispatcher.kombo.models import Order
 from dispatcher.store.fair import FairOptions
-from dispatcher.store.keys import job_id_for
 from dispatcher.store.ledger import JobOptions, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import Simulator
@@ -162,7 +160,6 @@ def _run_batch(
     env: dict[str, str],
     workers: int,
     orders: int,
-    fairness: int = 0,
     job_options: JobOptions | None = None,
 ) -> Run:
     flush(redis)
@@ -230,52 +227,6 @@ def _run_batch(
     return Run(orders, wall, cpu, sum(spans) / len(spans), rss, pss)
 
 
-def _fairness_wait(
-    redis: Redis, command: list[str], env: dict[str, str], workers: int, burst: int
-) -> float:
-    """Seconds another integration's new order waits behind a burst of ``burst`` orders of
-    one integration queued first (its dispatch to its job's start)."""
-    flush(redis)
-    queue = Queue(QUEUE, connection=redis)
-    sim = Simulator(2, burst, closed=0, seed=9)
-    first, second = sim.integration_ids
-    big = [Order.model_validate(o) for o in sim.orders(first)]
-    late = [Order.model_validate(o) for o in sim.orders(second)][:1]
-    workdir = tempfile.mkdtemp(prefix="bench-worker-")
-    proc = subprocess.Popen(
-        command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while Worker.count(connection=redis) < workers:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"bench: {command[:3]} did not start {workers} workers")
-            time.sleep(0.05)
-        ledger = Ledger(redis, queue, NAMESPACE)
-        ledger.dispatch(first, big)
-        time.sleep(0.2)
-        dispatched = time.time()
-        ledger.dispatch(second, late)
-        job_id = job_id_for(NAMESPACE, second, late[0].id)
-        deadline = time.monotonic() + 600
-        while True:
-            job = Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER)
-            if job.started_at is not None:
-                return job.started_at.timestamp() - dispatched
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("bench: the late order never started")
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 MODES = ("inprocess", "fork", "threads", "dramatiq")
 # A stock `rq worker` does not run the fair feeder (dispatcher.store.fair), which moves jobs
 # from each integration's list to the worker queue: the baseline's batch goes onto the queue
@@ -333,14 +284,12 @@ def run(
     reps: int,
     threads: int = 50,
     threaded_processes: int = 2,
-    fairness: int = 0,
 ) -> list[Row]:
     rq_binary = shutil.which("rq", path=str(Path(sys.executable).parent)) or "rq"
     setups = _setups([m for m in modes if m != "dramatiq"], processes, threads, threaded_processes)
     with_dramatiq = "dramatiq" in modes and dramatiq_baseline.available()
     if "dramatiq" in modes and not with_dramatiq:
         print("bench: dramatiq mode skipped: dramatiq is not installed (pip install -e '.[bench]')")
-    waits: list[float] = []
     drama: list[dramatiq_baseline.Batch] = []
     with private_redis() as redis_url, vendor_process(delay) as vendor_url:
         redis = Redis.from_url(redis_url)
@@ -374,14 +323,6 @@ def run(
             base.append(
                 _run_batch(redis, rq_worker, env, 1, baseline_orders, job_options=_ONE_QUEUE)
             )
-        if fairness and "threads" in setups:
-            setup = setups["threads"]
-            waits.append(
-                _fairness_wait(
-                    redis, _command(setup.processes), {**env, **setup.env}, setup.processes,
-                    fairness,
-                )
-            )  # fmt: skip
 
     def rates(runs: list[Run]) -> list[float]:
         return [r.orders / r.wall for r in runs]
@@ -417,12 +358,6 @@ def run(
         else:
             target = ">= 100 orders/s and >= 10x rq worker"
             met = median(subject) >= 100 and ratio >= 10
-        wait = (
-            f"; fairness: another integration's order waited {waits[0]:.1f} s behind "
-            f"{fairness} queued first"
-            if waits and mode == "threads"
-            else ""
-        )
         rows.append(
             Row(
                 bench="dispatch",
@@ -435,7 +370,7 @@ def run(
                 target=target,
                 met=met,
                 detail=(
-                    f"{orders} orders; {describe(mine[mode], setup.slots)}{wait}. Baseline: "
+                    f"{orders} orders; {describe(mine[mode], setup.slots)}. Baseline: "
                     f"{baseline_orders} orders; {describe(base, 1)}. Handler provision_http, "
                     f"vendor answers after {delay * 1e3:g} ms; median of {reps}"
                 ),
@@ -470,9 +405,6 @@ def main() -> None:
     parser.add_argument(
         "--threaded-processes", type=int, default=2, help="worker processes (threads mode)"
     )
-    parser.add_argument(
-        "--fairness", type=int, default=0, help="burst size for the fairness wait (0: skip)"
-    )
     common_args(parser)
     args = parser.parse_args()
     modes = args.modes.split(",")
@@ -482,7 +414,7 @@ def main() -> None:
         parser.error("--modes: dramatiq is measured beside threads")
     rows = run(
         args.processes, args.orders, args.baseline_orders, args.delay, modes, args.reps,
-        args.threads, args.threaded_processes, args.fairness,
+        args.threads, args.threaded_processes,
     )  # fmt: skip
     report(rows, args.json, header=f"{__doc__.splitlines()[0]}\n{dependency_versions()}")
 
