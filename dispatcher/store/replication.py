@@ -65,25 +65,28 @@ def run_script(
     what: str = "write",
     integration_id: str | None = None,
     then: Sequence[Sequence[Any]] = (),
+    last: Sequence[Any] | None = None,
 ) -> Any:
     """Run ``script`` (dispatcher.store.lua), then the commands ``then`` (each a command's
-    words) and, with ``ack``, WAIT for the replicas, all in the same round trip; returns the
-    script's answer.
+    words), then ``last`` and, with ``ack``, WAIT for the replicas, all in the same round
+    trip; returns the script's answer, or with ``last`` the pair of it and ``last``'s reply
+    (an error returned, not raised: the caller judges it).
 
     Errors of the script itself (a WRONGTYPE answer, raised as WrongKeyTypeError naming the
     key) are raised as they are, before any acknowledgement is judged; then those of
     ``then``.
     """
-    if ack is None and not then:
+    if ack is None and not then and last is None:
         return script(redis, keys, args, integration_id=integration_id)
     wait = () if ack is None else (("WAIT", ack.replicas, max(1, int(ack.timeout * 1000))),)
-    answer, *replies = script.followed_by(redis, keys, args, *then, *wait)
+    tail = () if last is None else (last,)
+    answer, *replies = script.followed_by(redis, keys, args, *then, *tail, *wait)
     if isinstance(answer, Exception):
         with script.checked(keys, integration_id):
             raise answer
-    for reply in replies:
+    for reply in replies[: len(then)]:
         if isinstance(reply, Exception):
             raise reply
     if ack is not None:
         ack.check(int(replies[-1]), what)
-    return answer
+    return answer if last is None else (answer, replies[len(then)])

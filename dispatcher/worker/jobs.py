@@ -36,8 +36,10 @@ from dispatcher.redact import scrub
 from dispatcher.settings import Settings, load_settings
 from dispatcher.store.failures import clean_reason, job_timeout_reason
 from dispatcher.store.keys import Keys
+from dispatcher.store.ledger import JOB_FUNCTION
 from dispatcher.store.lua import script
 from dispatcher.store.replication import ReplicaAck, run_script
+from dispatcher.store.rq_jobs import PendingFinish, StepsRead
 from dispatcher.store.timeline import chain_done, mark_provisioned
 from dispatcher.worker._slot import ProcessSlot
 from dispatcher.worker.deadlines import deadline
@@ -149,6 +151,40 @@ def _keep_report(job_id: str, report: RunReport) -> None:
         _reports[job_id] = report
 
 
+def steps_read(job: Job) -> StepsRead | None:
+    """What a worker reads of ``job``'s order when it starts it (the first read of
+    :meth:`StepStore.begin`, in the start's round trip: dispatcher.store.rq_jobs.start), or
+    None when the job is not an order of this worker's namespace."""
+    if job.func_name != JOB_FUNCTION:
+        return None
+    meta: dict[str, Any] = job.meta or {}
+    order_id, integration_id = meta.get("order_id"), meta.get("integration_id")
+    if not isinstance(order_id, str) or not isinstance(integration_id, str):
+        return None
+    settings = current_runtime().settings
+    try:
+        namespace = job.kwargs.get("namespace")
+    except Exception:  # an unreadable payload fails the job later, with RQ's own report
+        return None
+    if namespace is not None and namespace != settings.namespace:
+        return None  # refused by _chain_for: no record of it under this namespace's keys
+    key = Keys(settings.namespace).steps(integration_id, order_id)
+    return StepsRead(key, _ATTEMPTS, settings.result_ttl)
+
+
+def keep_steps_read(job: Job, steps: StepsRead, flat: list[Any]) -> None:
+    """Hand the steps hash read at the job's start to its run (see :func:`steps_read`)."""
+    job._dispatcher_steps = (steps.key, flat)  # type: ignore[attr-defined]
+
+
+def _steps_read_at_start(job: Job | None, key: str) -> list[Any] | None:
+    read: tuple[str, list[Any]] | None = getattr(job, "_dispatcher_steps", None)
+    if read is None or read[0] != key:
+        return None
+    job._dispatcher_steps = None  # type: ignore[union-attr]  # a retry in this process reads again
+    return read[1]
+
+
 def step_key(namespace: str, integration_id: str, order_id: str, handler: str) -> str:
     """The idempotency key of one step: stable across attempts, unique per (step, order)."""
     material = "\x00".join((namespace, integration_id, order_id, handler)).encode()
@@ -189,10 +225,12 @@ class StepStore:
         self.key = keys.steps(integration_id, order_id)
         self._deferred: list[tuple[Any, ...]] = []
 
-    def begin(self) -> tuple[int, dict[str, dict[str, Any]]]:
+    def begin(self, flat: list[Any] | None = None) -> tuple[int, dict[str, dict[str, Any]]]:
         """Count this attempt; return its number and the outputs of every step already
-        completed, by handler name (one round trip)."""
-        flat = _BEGIN(self.redis, [self.key], [_ATTEMPTS, self.ttl])
+        completed, by handler name (one round trip; none when ``flat``, the hash as the
+        worker read it when it started the job, is given)."""
+        if flat is None:
+            flat = _BEGIN(self.redis, [self.key], [_ATTEMPTS, self.ttl])
         attempt, outputs = 0, {}
         for name, value in zip(flat[::2], flat[1::2], strict=True):
             handler = as_str(name)
@@ -224,19 +262,25 @@ class StepStore:
         output: Mapping[str, Any],
         *,
         chain_end: tuple[list[str], list[Any]] | None = None,
+        finish: tuple[PendingFinish, Any] | None = None,
     ) -> None:
         """Record a completed step and its output (one round trip; with ``ack``, the
         replicas' acknowledgement rides in it too, see dispatcher.store.replication).
 
         ``chain_end``, the keys and arguments of :func:`dispatcher.store.timeline.chain_done`,
         says the step is the last of the chain: the chain's end is recorded in the same
-        script (its timeline event and provisioned mark, what ``mark_provisioned`` writes)."""
+        script (its timeline event and provisioned mark, what ``mark_provisioned`` writes).
+
+        ``finish``, the job's pending success and the value the job returns: the success is
+        recorded in the same round trip, after the record (without ``ack``: a success must
+        not be written before the replicas' acknowledgement is judged)."""
         record = json.dumps({"output": output, "completed_at": round(time.time(), 3)})
         keys = [self.key, self.keys.step_stats]
         args: list[Any] = [handler, record, self.ttl, f"{handler}:completed"]
         if chain_end is not None:
             keys, args = keys + chain_end[0], args + chain_end[1]
-        run_script(
+        pending = finish[0] if finish is not None and self.ack is None else None
+        answer = run_script(
             self.redis,
             _COMPLETE if chain_end is None else _COMPLETE_LAST,
             keys,
@@ -245,7 +289,10 @@ class StepStore:
             what=f"step {handler} of order {escape_controls(self.order_id)}",
             integration_id=None if chain_end is None else self.integration_id,
             then=self._take_deferred(),
+            last=None if pending is None else pending.after_step(self.key, handler, finish[1]),  # type: ignore[index]
         )
+        if pending is not None:
+            pending.settle(answer[1])
 
     def failed(self, handler: str) -> None:
         self.defer("HINCRBY", self.keys.step_stats, f"{handler}:failed", 1)
@@ -333,7 +380,9 @@ def _process_order(
         if job is not None
         else None
     )
-    attempt, completed = store.begin() if store is not None else (1, {})
+    attempt, completed = (
+        store.begin(_steps_read_at_start(job, store.key)) if store is not None else (1, {})
+    )
     if job is not None and store is not None:
         # For `dispatcher failed` / `show`: RQ's own retry count misses crash recoveries,
         # manual retries and permanent failures. Saved with the next step record (or
@@ -380,7 +429,11 @@ def _process_order(
                 if handler.name == last
                 else None
             )  # fmt: skip
-            store.complete(handler.name, output, chain_end=chain_end)
+            pending = _pending_finish(job) if chain_end is not None else None
+            steps = {**outputs, handler.name: output}
+            result = None if pending is None else _result(parsed.id, integration_id, steps)
+            finish = None if pending is None else (pending, result)
+            store.complete(handler.name, output, chain_end=chain_end, finish=finish)
         report.ran.append(handler.name)
         outputs[handler.name] = output
     if store is not None:
@@ -395,7 +448,20 @@ def _process_order(
             list(outputs),
             timeline_ttl=int(settings.seen_retention),
         )
-    return {"order_id": parsed.id, "integration_id": integration_id, "steps": outputs}
+    return _result(parsed.id, integration_id, outputs)
+
+
+def _result(
+    order_id: str, integration_id: str, outputs: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    return {"order_id": order_id, "integration_id": integration_id, "steps": outputs}
+
+
+def _pending_finish(job: Job | None) -> PendingFinish | None:
+    """The job's success, when the worker that started it lets the last step's record carry
+    it (dispatcher.store.rq_jobs.PendingFinish; the threaded worker does)."""
+    pending: PendingFinish | None = getattr(job, "_dispatcher_finish", None)
+    return pending
 
 
 def _chain_for(

@@ -39,15 +39,16 @@ from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
-from rq.job import Job, JobStatus
+from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.utils import now
 from rq.worker import WorkerStatus
 
 from dispatcher.logs import set_order_context
+from dispatcher.store import rq_jobs
 from dispatcher.store.fair import FairFeed, FairOptions
 from dispatcher.store.keys import Keys
-from dispatcher.store.rq_internals import first_seen_key, intermediate_key, release_slot
+from dispatcher.store.rq_internals import release_slot
 from dispatcher.worker.base import (
     RECONNECT_WAIT_MAX,
     REDIS_LOST,
@@ -58,7 +59,7 @@ from dispatcher.worker.base import (
     log_context,
 )
 from dispatcher.worker.deadlines import DeadlinePenalty
-from dispatcher.worker.jobs import current_runtime
+from dispatcher.worker.jobs import current_runtime, keep_steps_read, steps_read
 from dispatcher.worker.recovery import requeue_entry
 
 __all__ = ["ThreadedWorker", "threaded_worker_class"]
@@ -342,29 +343,39 @@ class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
     # -- a job's bookkeeping, in fewer round trips than RQ's -----------------------------------
 
     def prepare_execution(self, job: Job) -> Execution:
-        """RQ's ``prepare_execution`` and ``prepare_job_execution`` in one transaction (RQ
-        sends two, and the first-seen mark's removal a third): the execution registered (in
-        the started registry, the job's and the worker's execution sets), the job marked
-        started (and its last heartbeat now) and taken out of the intermediate list, its
-        first-seen mark deleted. The job
-        goes from the intermediate list to the started registry atomically. The worker's own
-        heartbeat, which RQ also sends per job, is the heartbeat thread's."""
-        heartbeat_ttl = self.get_heartbeat_ttl(job)
-        with self.connection.pipeline() as pipeline:
-            execution = Execution.create(
-                job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name
-            )
-            self.executions[execution.id] = execution
-            if self._state != WorkerStatus.BUSY:  # RQ writes it for every job
-                self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-            job.prepare_for_execution(self.name, pipeline=pipeline)
-            pipeline.persist(job.key)
-            if len(self.queues) == 1:  # RQ's condition (its cleanup handles the other case)
-                pipeline.lrem(intermediate_key(job.origin), 1, job.id)
-            pipeline.delete(first_seen_key(job.origin, job.id))
-            pipeline.execute()
+        """RQ's ``prepare_execution`` and ``prepare_job_execution`` in one script
+        (dispatcher.store.rq_jobs.start), where RQ sends two transactions, and the first read
+        of the order's step records in the same round trip: the execution registered, the job
+        marked started and moved from the intermediate list to the started registry. The
+        worker's own heartbeat, which RQ also sends per job, is the heartbeat thread's."""
+        if self._state != WorkerStatus.BUSY:  # RQ writes it for every job
+            self.set_state(WorkerStatus.BUSY)
+        steps = steps_read(job)
+        execution, flat = rq_jobs.start(
+            self.connection,
+            job,
+            self.name,
+            self.get_heartbeat_ttl(job),
+            # RQ's condition (its cleanup handles the other case)
+            leave_intermediate=len(self.queues) == 1,
+            steps=steps,
+        )
+        self.executions[execution.id] = execution
+        if steps is not None and flat is not None:
+            keep_steps_read(job, steps, flat)
         job._dispatcher_prepared = True  # type: ignore[attr-defined]
+        if self._finishes_itself(job):
+            job._dispatcher_finish = rq_jobs.PendingFinish(  # type: ignore[attr-defined]
+                job, execution, self.key, job.get_result_ttl(self.default_result_ttl)
+            )
         return execution
+
+    def _finishes_itself(self, job: Job) -> bool:
+        """Whether the job's success is the dispatcher's script (else RQ's method: a job that
+        repeats, or keeps no result)."""
+        if job.repeats_left is not None and job.repeats_left > 0:
+            return False
+        return job.get_result_ttl(self.default_result_ttl) != 0
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         if getattr(job, "_dispatcher_prepared", False):
@@ -384,34 +395,23 @@ class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
         started_job_registry: StartedJobRegistry,
         execution: Execution,
     ) -> None:
-        """RQ's ``handle_job_success`` in one transaction instead of three round trips (WATCH
-        of the job's dependents, their SMEMBERS, then MULTI/EXEC): the same writes (counts,
-        status, result, finished registry, TTLs, the execution's removal), and the
-        dependents counted inside the transaction. The dispatcher's jobs have none; should
-        another job depend on one, RQ's own ``enqueue_dependents`` moves them after the
-        commit (a dependent added later sees the job finished and is enqueued at once, as
-        RQ's WATCH arranges). A job that repeats goes through RQ's own method."""
-        if job.repeats_left is not None and job.repeats_left > 0:
+        """RQ's ``handle_job_success`` in one script (dispatcher.store.rq_jobs.finish) instead
+        of three round trips (WATCH of the job's dependents, their SMEMBERS, then MULTI/EXEC):
+        the same writes, the dependents counted in the script, and none of them when the
+        execution was put back on the queue meanwhile. The dispatcher's jobs have no
+        dependents; should another job depend on one, RQ's own ``enqueue_dependents`` moves
+        them after the script (a dependent added later sees the job finished and is enqueued
+        at once, as RQ's WATCH arranges). A job that repeats, or keeps no result, goes
+        through RQ's own method."""
+        if not self._finishes_itself(job):
             return super()._record_success(job, queue, started_job_registry, execution)  # type: ignore[no-any-return]
-        assert job.started_at is not None and job.ended_at is not None
-        result_ttl = job.get_result_ttl(self.default_result_ttl)
-        with self.connection.pipeline() as pipeline:  # MULTI/EXEC
-            self.increment_successful_job_count(pipeline=pipeline)
-            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
-            if result_ttl != 0:
-                job._handle_success(
-                    result_ttl,
-                    pipeline=pipeline,
-                    worker_name=self.name,
-                    execution_id=execution.id,
-                    execution_started_at=execution.created_at,
-                    execution_ended_at=job.ended_at,
-                )
-            job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
-            job._status = JobStatus.FINISHED
-            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
-            pipeline.scard(job.dependents_key)
-            dependents = pipeline.execute()[-1]
+        pending: rq_jobs.PendingFinish | None = getattr(job, "_dispatcher_finish", None)
+        if pending is not None and pending.sent:
+            dependents = pending.dependents  # recorded with the last step's record
+        else:
+            result_ttl = job.get_result_ttl(self.default_result_ttl)
+            dependents = rq_jobs.finish(self.connection, job, execution, self.key, result_ttl)
+        self.executions.pop(execution.id, None)
         if dependents:
             queue.enqueue_dependents(job)
         release_slot(job)
