@@ -97,7 +97,7 @@ def run_batch(
 ) -> Batch:
     """Start ``dramatiq`` with ``processes`` x ``threads``, time ``jobs`` sleep jobs, stop it.
 
-    ``tree_cpu`` and ``tree_memory`` measure a process tree from its root pid (dispatch.py's,
+    ``tree_cpu`` and ``tree_memory`` measure a process tree from its root pid (bench/_support.py's,
     so both contenders are measured by the same code)."""
     redis.flushall()
     workdir = tempfile.mkdtemp(prefix="bench-dramatiq-")

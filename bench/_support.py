@@ -40,6 +40,63 @@ API_KEY = DEFAULT_API_KEY
 _T = TypeVar("_T")
 
 
+# ------------------------------------------------------------------------------ processes
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_table() -> tuple[dict[int, int], dict[int, int]]:
+    """Every process's parent and CPU ticks (its own and its reaped children's)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        # utime, stime, cutime, cstime: fields 14-17 of stat(5), 11-14 after the name.
+        ticks[int(entry)] = sum(int(x) for x in fields[11:15])
+    return parents, ticks
+
+
+def _descendants(root: int, parents: dict[int, int]) -> set[int]:
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return tree
+
+
+def tree_memory(root: int) -> tuple[float, float]:
+    """RSS and PSS in bytes of a process and its descendants (smaps_rollup)."""
+    rss = pss = 0
+    for pid in _descendants(root, _proc_table()[0]):
+        try:
+            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("Rss:"):
+                rss += int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss += int(line.split()[1]) * 1024
+    return rss, pss
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of a process and its descendants, including reaped children."""
+    parents, ticks = _proc_table()
+    return sum(ticks.get(pid, 0) for pid in _descendants(root, parents)) / _CLOCK_TICKS
+
+
 # ------------------------------------------------------------------------------ servers
 
 

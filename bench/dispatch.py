@@ -63,6 +63,8 @@ from _support import (
     median,
     private_redis,
     report,
+    tree_cpu_seconds,
+    tree_memory,
     vendor_process,
 )
 from dispatcher.kombo.models import Order
@@ -70,8 +72,6 @@ from dispatcher.store.fair import FairOptions
 from dispatcher.store.ledger import JobOptions, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import Simulator
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -84,68 +84,6 @@ class Run:
     in_job: float  # mean seconds from a job's started_at to its ended_at
     rss: float = 0.0  # peak bytes, whole worker process tree
     pss: float = 0.0
-
-
-def _tree(root: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-    tree = {root}
-    grew = True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in tree and pid not in tree:
-                tree.add(pid)
-                grew = True
-    return tree
-
-
-def _tree_memory(root: int) -> tuple[float, float]:
-    """RSS and PSS in bytes of a process and its descendants (smaps_rollup)."""
-    rss = pss = 0
-    for pid in _tree(root):
-        try:
-            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            if line.startswith("Rss:"):
-                rss += int(line.split()[1]) * 1024
-            elif line.startswith("Pss:"):
-                pss += int(line.split()[1]) * 1024
-    return rss, pss
-
-
-def _tree_cpu_seconds(root: int) -> float:
-    """User + system CPU of a process and its descendants, including reaped children."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        parents[int(entry)] = int(fields[1])
-        # utime, stime, cutime, cstime: fields 14-17 of stat(5), 11-14 after the name.
-        ticks[int(entry)] = sum(int(x) for x in fields[11:15])
-    tree = {root}
-    grew = True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in tree and pid not in tree:
-                tree.add(pid)
-                grew = True
-    return sum(ticks.get(pid, 0) for pid in tree) / _CLOCK_TICKS
 
 
 def _orders(count: int) -> tuple[str, list[Order]]:
@@ -181,7 +119,7 @@ def _run_batch(
                 raise SystemExit(f"bench: {command[:3]} did not start {workers} workers")
             time.sleep(0.05)
         time.sleep(0.5)  # let every worker reach its blocking pop
-        cpu_before = _tree_cpu_seconds(proc.pid)
+        cpu_before = tree_cpu_seconds(proc.pid)
         started = time.perf_counter()
         Ledger(redis, queue, NAMESPACE, job_options=job_options).dispatch(integration_id, batch)
         finished = FinishedJobRegistry(queue=queue)
@@ -194,7 +132,7 @@ def _run_batch(
         while finished.count < orders:
             if time.monotonic() - sampled > 0.5:
                 sampled = time.monotonic()
-                now_rss, now_pss = _tree_memory(proc.pid)
+                now_rss, now_pss = tree_memory(proc.pid)
                 rss, pss = max(rss, now_rss), max(pss, now_pss)
             if failed.count:
                 job = Job.fetch(
@@ -205,7 +143,7 @@ def _run_batch(
                 raise SystemExit(f"bench: {finished.count} of {orders} jobs finished in time")
             time.sleep(0.01)
         wall = time.perf_counter() - started
-        cpu = _tree_cpu_seconds(proc.pid) - cpu_before
+        cpu = tree_cpu_seconds(proc.pid) - cpu_before
         jobs = [
             j
             for j in Job.fetch_many(
@@ -316,8 +254,8 @@ def run(
                 drama.append(
                     dramatiq_baseline.run_batch(
                         redis, redis_url, processes=threaded_processes, threads=threads,
-                        jobs=orders, delay=delay, tree_cpu=_tree_cpu_seconds,
-                        tree_memory=_tree_memory,
+                        jobs=orders, delay=delay, tree_cpu=tree_cpu_seconds,
+                        tree_memory=tree_memory,
                     )
                 )  # fmt: skip
             base.append(

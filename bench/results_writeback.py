@@ -48,6 +48,7 @@ from _support import (
     private_redis,
     report,
     simulator_process,
+    tree_cpu_seconds,
 )
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.results import build_result
@@ -180,13 +181,22 @@ def _put_all(web_url: str, orders: list[tuple[str, str]], rep: int, clients: int
 
 
 def run_dispatcher(
-    redis_url: str, orders: list[tuple[str, str]], rep: int, web_url: str | None, clients: int
-) -> float:
+    redis_url: str,
+    orders: list[tuple[str, str]],
+    rep: int,
+    web_url: str | None,
+    clients: int,
+    roles: dict[str, int],
+) -> tuple[float, dict[str, float]]:
     """Results per second from the first submit until the last is written: PUT to
-    ``dispatcher web`` when ``web_url`` is given, else ``Outbox.submit`` here."""
+    ``dispatcher web`` when ``web_url`` is given, else ``Outbox.submit`` here; and the CPU
+    seconds per result of each process tree of ``roles`` (name -> root pid) and of this
+    process (the submitting clients)."""
     settings = load_settings(REDIS_URL=redis_url, DISPATCHER_NAMESPACE=NAMESPACE)
     redis = Redis.from_url(redis_url)
     outbox = Outbox.from_settings(redis, settings)
+    cpu_before = {name: tree_cpu_seconds(pid) for name, pid in roles.items()}
+    own_before = time.process_time()
     started = time.perf_counter()
     if web_url is not None:
         _put_all(web_url, orders, rep, clients)
@@ -203,12 +213,17 @@ def run_dispatcher(
             break
         time.sleep(0.01)
     elapsed = time.perf_counter() - started
+    cpu = {
+        name: (tree_cpu_seconds(pid) - cpu_before[name]) / len(orders)
+        for name, pid in roles.items()
+    }
+    cpu["submitting clients (the bench)"] = (time.process_time() - own_before) / len(orders)
     if counts["failed"]:
         raise SystemExit(
             f"bench: {counts['failed']} results failed: {outbox.in_state('failed')[:1]}"
         )
     redis.close()
-    return len(orders) / elapsed
+    return len(orders) / elapsed, cpu
 
 
 def run_baseline(kombo_url: str, orders: list[tuple[str, str]], rep: int) -> float:
@@ -249,6 +264,7 @@ def main() -> None:
     orders = _orders(args.integrations, per, args.results)
     dispatcher: list[float] = []
     baseline: list[float] = []
+    cpus: list[dict[str, float]] = []
     with (
         private_redis() as redis_url,
         simulator_process(args.integrations, per, latency=args.latency) as kombo,
@@ -265,7 +281,13 @@ def main() -> None:
             _wait_workers(redis, args.processes)
             for rep in range(args.reps):
                 baseline.append(run_baseline(kombo.url, orders[: args.baseline_results], rep))
-                dispatcher.append(run_dispatcher(redis_url, orders, rep, web_url, args.clients))
+                roles = {"results workers": workers.pid, "Kombo simulator": kombo.pid}
+                roles["redis-server"] = int(redis.info("server")["process_id"])
+                if web is not None:
+                    roles["dispatcher web"] = web.pid
+                rate, cpu = run_dispatcher(redis_url, orders, rep, web_url, args.clients, roles)
+                dispatcher.append(rate)
+                cpus.append(cpu)
                 redis.delete(*redis.keys(f"{NAMESPACE}:outbox*") or ["-"])
         finally:
             _stop(workers)
@@ -274,6 +296,12 @@ def main() -> None:
             flush(redis)
     value, base = median(dispatcher), median(baseline)
     ratio = value / base
+    # Where the machine's CPU went per result (every process shares its cores): the ceiling
+    # of the rate is cores / total, whatever the latency.
+    per_role = {name: median([cpu[name] for cpu in cpus]) for name in cpus[0]}
+    total = sum(per_role.values())
+    spent = ", ".join(f"{name} {seconds * 1e3:.2f}" for name, seconds in per_role.items())
+    cores = os.cpu_count() or 1
     report(
         [
             Row(
@@ -298,7 +326,9 @@ def main() -> None:
                     + f"dispatcher worker --results --processes {args.processes}"
                     + (f" --threads {args.threads}" if args.threads else "")
                     + ", default settings (write cap 10 per integration); "
-                    f"baseline {args.baseline_results} sequential PUTs; {dependency_versions()}"
+                    f"baseline {args.baseline_results} sequential PUTs; CPU ms per result: "
+                    f"{spent}; total {total * 1e3:.2f} ms, a ceiling of {cores / total:.0f} "
+                    f"results/s on {cores} cores; {dependency_versions()}"
                 ),
             )
         ],

@@ -425,6 +425,13 @@ class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
     def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> Any:
         if self._was_requeued(kwargs.get("execution")):
             return None
+        pending: rq_jobs.PendingFinish | None = getattr(job, "_dispatcher_finish", None)
+        if pending is not None and pending.sent:
+            # Raised after its success was recorded with the last step (the job's deadline,
+            # met in that instant): it is done (or, requeued meanwhile, its copy finishes
+            # it), not failed.
+            self.log.warning("Worker %s: job %s ended after its success", self.name, job.id)
+            return None
         return super().handle_job_failure(job, queue, *args, **kwargs)
 
     def _was_requeued(self, execution: Execution | None) -> bool:

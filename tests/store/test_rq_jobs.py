@@ -68,14 +68,14 @@ def _snapshot(redis: Redis, execution_id: str) -> dict[bytes, Any]:
 
 def _worker_times_masked(shot: dict[bytes, Any]) -> dict[bytes, Any]:
     # The worker's total working time is a duration: it differs between the runs.
-    for key, (kind, content, expires) in shot.items():
+    for kind, content, _expires in shot.values():
         if kind == b"hash" and b"total_working_time" in content:
             content[b"total_working_time"] = b"<d>"
     return shot
 
 
 def test_start_writes_what_rqs_prepare_execution_writes(redis: Redis) -> None:
-    queue, job, worker = _popped(redis)
+    _, job, worker = _popped(redis)
     execution = worker.prepare_execution(job)  # RQ's own, as a stock worker runs them
     worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
     redis.delete(f"{intermediate_key(QUEUE)}:first_seen:{JOB_ID}")
@@ -84,7 +84,7 @@ def test_start_writes_what_rqs_prepare_execution_writes(redis: Redis) -> None:
     rqs = _snapshot(redis, execution.id)
 
     redis.flushdb()
-    queue, job, worker = _popped(redis)
+    _, job, worker = _popped(redis)
     worker.set_state(WorkerStatus.BUSY)  # the threaded worker's, when its state changes
     ttl = worker.get_heartbeat_ttl(job)
     mine, steps = rq_jobs.start(redis, job, worker.name, ttl, leave_intermediate=True, steps=STEPS)
@@ -116,7 +116,7 @@ def test_finish_writes_what_rqs_handle_job_success_writes(redis: Redis) -> None:
 def test_finish_after_a_requeue_writes_nothing(redis: Redis) -> None:
     # A warm shutdown (or another worker's maintenance) put the execution back on the queue
     # while the job was still running here: its requeued copy finishes it, not this one.
-    queue, job, worker = _popped(redis)
+    _, job, worker = _popped(redis)
     execution, _ = rq_jobs.start(redis, job, worker.name, 420, leave_intermediate=True)
     assert requeue_entry(redis, QUEUE, execution.composite_key, JOB_ID)
     before = _snapshot(redis, execution.id)
@@ -133,7 +133,7 @@ def test_a_success_after_the_last_step_is_written_only_with_that_steps_record(
     # The threaded worker records the success in the round trip of the last step's record,
     # after it: if that record was not written (its script refused a key of another type),
     # neither is the success, and the job fails with the refusal instead.
-    queue, job, worker = _popped(redis)
+    _, job, worker = _popped(redis)
     execution, _ = rq_jobs.start(redis, job, worker.name, 420, leave_intermediate=True)
     pending = rq_jobs.PendingFinish(job, execution, worker.key, 500)
     redis.set(STEPS.key, "not a hash")

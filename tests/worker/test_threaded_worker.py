@@ -206,3 +206,38 @@ def test_a_threaded_job_timeout_is_one_line_naming_the_setting(
         "reason": "job timed out: the chain ran past DISPATCHER_JOB_TIMEOUT (1s)",
         "at": job.meta["last_failure"]["at"],
     }
+
+
+def test_a_failure_raised_after_the_success_was_recorded_leaves_the_job_done(
+    redis: Redis,
+) -> None:
+    # The threaded worker records a job's success in the round trip of its last step's
+    # record; should the job's deadline fire in the instant after, RQ's failure handling
+    # must not turn the finished job into a failed (or retried) one.
+    from rq.utils import now
+
+    from dispatcher.store import rq_jobs
+    from dispatcher.worker.threaded import threaded_worker_class
+
+    dispatch(redis, 1)
+    queue = Queue(QUEUE, connection=redis, serializer=JOB_SERIALIZER)
+    job_id = redis.lpop(f"rq:queue:{QUEUE}")  # as a worker's pop takes it
+    assert job_id is not None
+    job = Job.fetch(job_id.decode(), connection=redis, serializer=JOB_SERIALIZER)
+    worker = threaded_worker_class(2, 5.0)([queue], connection=redis, serializer=JOB_SERIALIZER)
+    worker.register_birth()
+    execution, _ = rq_jobs.start(redis, job, worker.name, 420, leave_intermediate=False)
+    pending = rq_jobs.PendingFinish(job, execution, worker.key, 500)
+    redis.hset("steps-of-the-order", "provision", "{}")
+    reply = redis.execute_command(*pending.after_step("steps-of-the-order", "provision", {}))
+    pending.settle(reply)
+    job._dispatcher_finish = pending  # type: ignore[attr-defined]
+    job.ended_at = now()
+    worker.handle_job_failure(
+        job, queue, started_job_registry=job.started_job_registry,
+        exc_string="JobTimeoutException", execution=execution,
+    )  # fmt: skip
+    assert job.get_status(refresh=True) == "finished"
+    assert FailedJobRegistry(queue=queue).get_job_ids() == []
+    assert ScheduledJobRegistry(queue=queue).get_job_ids() == []
+    assert FinishedJobRegistry(queue=queue).get_job_ids() == [job.id]
