@@ -119,15 +119,15 @@ class PendingFinish:
 
     def after_step(self, steps_key: str, handler: str, result: Any) -> tuple[Any, ...]:
         """The command recording the success after the step ``handler``'s record (the job
-        returns ``result``); :meth:`settle` takes its reply. The script's text goes with it
-        (EVAL): a server that lost its scripts (restarted, failed over) runs it all the
-        same, in the one round trip."""
+        returns ``result``); :meth:`settle` takes its reply. A server that lost its scripts
+        (restarted, failed over) answers NOSCRIPT: then :func:`finish` records the success
+        on its own, loading the script."""
         self.job._result = result
         self.job.ended_at = now()
         keys, args = _finish_words(self.job, self.execution, self.worker_key, self.result_ttl)
         keys.append(steps_key)
         args[6:6] = [handler]
-        return ("EVAL", _FINISH.source, len(keys), *keys, *args)
+        return ("EVALSHA", _FINISH.sha, len(keys), *keys, *args)
 
     def settle(self, reply: Any) -> None:
         """Take the reply of :meth:`after_step`'s command. An error, or a step record that

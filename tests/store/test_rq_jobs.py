@@ -147,9 +147,33 @@ def test_a_success_after_the_last_step_is_written_only_with_that_steps_record(
     assert FinishedJobRegistry(QUEUE, connection=redis).get_job_ids() == []
 
     redis.hset(STEPS.key, "provision", "{}")
+    redis.script_load(rq_jobs._FINISH.source)  # loaded: the one round trip records it
     pending.settle(redis.execute_command(*pending.after_step(STEPS.key, "provision", RESULT)))
     assert pending.sent and pending.dependents == 0
     fetched = Job.fetch(JOB_ID, connection=redis, serializer=JOB_SERIALIZER)
     assert fetched.get_status() == JobStatus.FINISHED
     assert fetched.return_value() == RESULT
     assert StartedJobRegistry(QUEUE, connection=redis).get_job_ids() == []
+
+
+def test_a_server_without_the_script_gets_the_success_on_its_own(redis: Redis) -> None:
+    # Redis restarted (or failed over) since the script was loaded: the command riding with
+    # the last step answers NOSCRIPT, and the worker records the success with finish().
+    from redis.exceptions import NoScriptError
+
+    _, job, worker = _popped(redis)
+    execution, _ = rq_jobs.start(redis, job, worker.name, 420, leave_intermediate=True)
+    pending = rq_jobs.PendingFinish(job, execution, worker.key, 500)
+    redis.hset(STEPS.key, "provision", "{}")
+    redis.script_flush()
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.execute_command(*pending.after_step(STEPS.key, "provision", RESULT))
+        reply = pipe.execute(raise_on_error=False)[0]
+    assert isinstance(reply, NoScriptError)
+    pending.settle(reply)
+    assert not pending.sent
+    assert job.get_status(refresh=True) == JobStatus.STARTED
+    assert rq_jobs.finish(redis, job, execution, worker.key, 500) == 0
+    fetched = Job.fetch(JOB_ID, connection=redis, serializer=JOB_SERIALIZER)
+    assert fetched.get_status() == JobStatus.FINISHED
+    assert fetched.return_value() == RESULT

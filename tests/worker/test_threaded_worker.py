@@ -229,6 +229,7 @@ def test_a_failure_raised_after_the_success_was_recorded_leaves_the_job_done(
     execution, _ = rq_jobs.start(redis, job, worker.name, 420, leave_intermediate=False)
     pending = rq_jobs.PendingFinish(job, execution, worker.key, 500)
     redis.hset("steps-of-the-order", "provision", "{}")
+    redis.script_load(rq_jobs._FINISH.source)
     reply = redis.execute_command(*pending.after_step("steps-of-the-order", "provision", {}))
     pending.settle(reply)
     job._dispatcher_finish = pending  # type: ignore[attr-defined]
