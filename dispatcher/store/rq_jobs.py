@@ -8,7 +8,7 @@ maintenance read them as RQ's own), and the dispatcher decides their order:
 
 - :func:`start`: the execution registered (its hash, the job's and the worker's executions,
   the started registry), the job marked started and taken out of the intermediate list, and
-  the order's step records read (the first read of :class:`dispatcher.worker.jobs.StepStore`).
+  the order's step records read (the first read of :class:`dispatcher.worker.steps.StepStore`).
 - :func:`finish`: the success recorded only while the execution is still in the started
   registry: a job put back on the queue meanwhile (a warm shutdown's requeue, or the
   maintenance of another worker that found its heartbeat late) is finished by its requeued

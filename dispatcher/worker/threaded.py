@@ -59,8 +59,9 @@ from dispatcher.worker.base import (
     log_context,
 )
 from dispatcher.worker.deadlines import DeadlinePenalty
-from dispatcher.worker.jobs import current_runtime, keep_steps_read, steps_read
+from dispatcher.worker.jobs import current_runtime
 from dispatcher.worker.recovery import requeue_entry
+from dispatcher.worker.steps import keep_steps_read, steps_read
 
 __all__ = ["ThreadedWorker", "threaded_worker_class"]
 
@@ -350,7 +351,7 @@ class ThreadedWorker(DispatcherWorkerMixin, SimpleWorker):
         worker's own heartbeat, which RQ also sends per job, is the heartbeat thread's."""
         if self._state != WorkerStatus.BUSY:  # RQ writes it for every job
             self.set_state(WorkerStatus.BUSY)
-        steps = steps_read(job)
+        steps = steps_read(job, current_runtime().settings)
         execution, flat = rq_jobs.start(
             self.connection,
             job,

@@ -21,7 +21,7 @@ from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
-from dispatcher.worker.jobs import step_key
+from dispatcher.worker.steps import step_key
 from support import dispatcher_env, wait_until
 
 pytestmark = pytest.mark.redis

@@ -19,7 +19,7 @@ from dispatcher import (
 from dispatcher.kombo.models import Order, parse_order
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.vendor import VendorAPI
-from dispatcher.worker.jobs import _MemoryEffects, step_key
+from dispatcher.worker.steps import MemoryEffects, step_key
 from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
 from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
 from support import order_payload
@@ -40,7 +40,7 @@ def context(
         outputs=outputs or {},
         settings=Settings(),
         logger=logging.LoggerAdapter(logging.getLogger(f"test.{handler}"), {}),
-        effects=effects if effects is not None else _MemoryEffects(),
+        effects=effects if effects is not None else MemoryEffects(),
     )
 
 
@@ -229,7 +229,7 @@ def test_message_ids_are_stable_per_order_and_recipient(mailbox: Mailbox) -> Non
 
 
 def test_a_retry_skips_recipients_already_mailed(mailbox: Mailbox) -> None:
-    effects = _MemoryEffects()
+    effects = MemoryEffects()
     effects.record("mail:rita@example.com")
     output = mailer(mailbox).handle(team_order(), context("notify_email", effects=effects))
     assert mailbox.by_recipient() == {"hank@example.com": 1}

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from dispatcher import HandlerContext, RetryLater, Settings
 from dispatcher.kombo.models import Order, parse_order
 from dispatcher.testing.mailbox import Mailbox
-from dispatcher.worker.jobs import _MemoryEffects, step_key
+from dispatcher.worker.steps import MemoryEffects, step_key
 from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler, _addr_spec
 from support import order_payload
 
@@ -44,7 +44,7 @@ def context(order_id: str = "O1", effects: Any = None) -> HandlerContext:
         outputs={},
         settings=Settings(),
         logger=logging.LoggerAdapter(logging.getLogger("test.notify_email"), {}),
-        effects=effects if effects is not None else _MemoryEffects(),
+        effects=effects if effects is not None else MemoryEffects(),
     )
 
 
@@ -210,7 +210,7 @@ def test_hostile_candidate_job_and_order_id_inject_no_header(mailbox: Mailbox) -
 
 def test_a_deferred_member_does_not_hold_back_the_members_after_it(mailbox: Mailbox) -> None:
     mailbox.defer.add("rita@example.com")
-    effects = _MemoryEffects()
+    effects = MemoryEffects()
     order = order_with(member("rita@example.com"), member(GOOD))
     with pytest.raises(RetryLater) as info:
         mailer(mailbox).handle(order, context(effects=effects))

@@ -46,7 +46,7 @@ from dispatcher.testing.sim import Simulator
 from dispatcher.testing.vendor import VendorAPI
 from dispatcher.web.webhook import WEBHOOK_PATH
 from dispatcher.worker.classes import DispatcherSimpleWorker
-from dispatcher.worker.jobs import StepStore, step_key
+from dispatcher.worker.steps import StepStore, step_key
 from dispatcher_handlers.provision_http import ProvisionHttpHandler, ProvisionSettings
 from support.ops import settings_for, sweep, work
 from support.webhook import AppClient, event_body, make_app, make_ledger, signed

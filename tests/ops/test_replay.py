@@ -15,7 +15,7 @@ from redis import Redis
 from dispatcher.store.keys import Keys
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
-from dispatcher.worker.jobs import step_key
+from dispatcher.worker.steps import step_key
 from support import dispatcher_env
 
 pytestmark = pytest.mark.redis

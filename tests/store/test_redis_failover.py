@@ -44,8 +44,8 @@ from dispatcher.store.replication import ReplicaAck, ReplicasNotAcknowledged
 from dispatcher.store.results import Outbox
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI
-from dispatcher.worker.jobs import StepStore, step_key
 from dispatcher.worker.results import current_writer, install_writer, write_claimed
+from dispatcher.worker.steps import StepStore, step_key
 from support import dispatcher_env, free_port, kill_tree, order_payload
 from support.redis_topology import SentinelSet
 from support.webhook import event_body, signed

@@ -6,7 +6,8 @@ import pytest
 
 from dispatcher import HandlerContext, Order, PermanentFailure, Settings
 from dispatcher.store.rq_internals import JOB_SERIALIZER
-from dispatcher.worker.jobs import HandlerFailed, Runtime, install_runtime, process_order, step_key
+from dispatcher.worker.jobs import HandlerFailed, Runtime, install_runtime, process_order
+from dispatcher.worker.steps import step_key
 from support import order_payload
 
 INTEGRATION = "lever:abc"

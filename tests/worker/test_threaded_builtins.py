@@ -21,8 +21,9 @@ from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.sim import Simulator
 from dispatcher.testing.vendor import VendorAPI
-from dispatcher.worker.jobs import Runtime, step_key
+from dispatcher.worker.jobs import Runtime
 from dispatcher.worker.run import run_worker
+from dispatcher.worker.steps import step_key
 from dispatcher_handlers.log import LogHandler
 from dispatcher_handlers.notify_email import EmailSettings, NotifyEmailHandler
 from dispatcher_handlers.notify_webhook import NotifyWebhookHandler, WebhookSettings

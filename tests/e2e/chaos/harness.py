@@ -54,7 +54,7 @@ from dispatcher.store.rq_internals import (
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 from dispatcher.testing.vendor import VendorAPI
-from dispatcher.worker.jobs import step_key
+from dispatcher.worker.steps import step_key
 from support import RedisServer, dispatcher_env, kill_tree
 
 ROLES = {"RECRUITER", "HIRING_MANAGER"}
