@@ -76,7 +76,11 @@ class ChaosConfig:
     results_workers: int = 2
     results_threads: int = 4
     results_per_second: float = 8.0
-    settle_timeout: float = 180.0
+    # Settling goes on while orders, mails or results still move: a loaded machine drains
+    # slower, not wrongly. It ends when nothing moved for stall_seconds (longer than the
+    # recovery of a killed job and the run's retry delays), or at settle_timeout.
+    settle_timeout: float = 600.0
+    stall_seconds: float = 90.0
     reconcile_interval: float = 10.0
     seed: int = 1
 
@@ -302,12 +306,19 @@ def run_chaos(config: ChaosConfig, log: Any = print) -> ChaosReport:
             log(f"faults stopped after {time.monotonic() - started:.0f}s; settling")
 
             expected_keys, expected_mail = _expectations(sim)
-            settle_start = time.monotonic()
+            settle_start = moved_at = time.monotonic()
+            moved: tuple[int, ...] = ()
             while time.monotonic() - settle_start < config.settle_timeout:
                 fleet.check_recoveries()
                 if _settled(redis, vendor, mailbox, expected_keys, expected_mail) and (
                     results.settled()
                 ):
+                    break
+                now_moved = _moved(vendor, mailbox, results)
+                if now_moved != moved:
+                    moved, moved_at = now_moved, time.monotonic()
+                elif time.monotonic() - moved_at > config.stall_seconds:
+                    log(f"nothing moved for {config.stall_seconds:g}s: settling stopped")
                     break
                 time.sleep(0.5)
             report.settle_seconds = round(time.monotonic() - settle_start, 1)
@@ -367,10 +378,14 @@ class _Results:
         return Outbox.from_settings(self.redis, self.settings)
 
     def settled(self) -> bool:
+        return self.pending() == 0
+
+    def pending(self) -> int:
+        """Results not written yet (-1 while Redis cannot say)."""
         try:
-            return self._outbox().counts()["pending"] == 0
+            return int(self._outbox().counts()["pending"])
         except Exception:
-            return False
+            return -1
 
     def assess(self, report: ChaosReport, sim: Simulator) -> None:
         outbox = self._outbox()
@@ -519,6 +534,12 @@ def _received_mail(mailbox: Mailbox) -> Counter[tuple[str, str]]:
             for rcpts, message in mailbox.messages
             for rcpt in rcpts
         )
+
+
+def _moved(vendor: VendorAPI, mailbox: Mailbox, results: _Results) -> tuple[int, ...]:
+    """What changes while the run still settles: the vendor's calls, the mails, the
+    results left to write."""
+    return (len(vendor.calls), len(mailbox.messages), results.pending())
 
 
 def _settled(
