@@ -107,7 +107,10 @@ def test_rq_sees_every_job_in_flight_with_a_fresh_heartbeat(
         name = "watch"
 
         def handle(self, order: Order, context: HandlerContext) -> None:
-            for _ in range(10):
+            # At least 2.5 s, and until the heartbeats have moved the expiries on (a loaded
+            # machine may delay a beat past a fixed window; 15 s at most).
+            started = time.monotonic()
+            while time.monotonic() - started < 15:
                 scores = [
                     s
                     for _, s in redis.zrange(queue.started_job_registry.key, 0, -1, withscores=True)
@@ -115,6 +118,9 @@ def test_rq_sees_every_job_in_flight_with_a_fresh_heartbeat(
                 workers = Worker.all(connection=redis)
                 running = sum(len(w.get_current_executions(refresh=True)) for w in workers)
                 seen.append((time.time(), scores, running))
+                so_far = [s for _, scores, _ in seen for s in scores]
+                if time.monotonic() - started >= 2.5 and max(so_far) - min(so_far) >= 1.5:
+                    break
                 time.sleep(0.25)
 
     settings = Settings(REDIS_URL=redis_url, DISPATCHER_WORKER_THREADS=5)
