@@ -223,6 +223,11 @@ OVERRIDDEN = (
     ("rq.worker.BaseWorker", "handle_job_success"),
     ("rq.worker.BaseWorker", "prepare_execution"),
     ("rq.worker.BaseWorker", "handle_execution_ended"),
+    ("rq.worker.BaseWorker", "_start_scheduler"),
+    ("rq.worker.BaseWorker", "stop_scheduler"),
+    # dispatcher/worker/scheduler.py (ThreadScheduler: RQ's scheduler in a thread)
+    ("rq.scheduler.RQScheduler", "start"),
+    ("rq.scheduler.RQScheduler", "_install_signal_handlers"),
     # dispatcher/worker/base.py: maintenance (recovery.py), first-seen marks, shutdown
     ("rq.worker.BaseWorker", "prepare_job_execution"),
     ("rq.worker.BaseWorker", "subscribe"),

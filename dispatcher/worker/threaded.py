@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import redis.exceptions
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
 from rq.job import Job
@@ -60,6 +61,7 @@ from dispatcher.worker.base import (
 from dispatcher.worker.deadlines import DeadlinePenalty
 from dispatcher.worker.jobs import current_runtime
 from dispatcher.worker.recovery import requeue_entry
+from dispatcher.worker.scheduler import ThreadScheduler
 from dispatcher.worker.threaded_records import ScriptedRecords
 
 __all__ = ["ThreadedWorker", "threaded_worker_class"]
@@ -103,6 +105,43 @@ class ThreadedWorker(ScriptedRecords, DispatcherWorkerMixin, SimpleWorker):
         if state == self._state and pipeline is None:
             return  # a round trip saved per job: the state did not change
         super().set_state(state, pipeline=pipeline)
+
+    # -- the scheduler: a thread, not a forked process (dispatcher.worker.scheduler) -----------
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        # RQ's own method, with the scheduler's class the only change.
+        self.scheduler = ThreadScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()  # type: ignore[no-untyped-call]
+        if not self.scheduler.acquired_locks:
+            return
+        if burst:
+            try:
+                self.scheduler.register_birth()
+                self.scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+            finally:
+                self.scheduler.release_locks()  # type: ignore[no-untyped-call]
+                self.scheduler.register_death()
+        else:
+            self.scheduler.start()
+
+    def stop_scheduler(self) -> None:
+        if isinstance(self.scheduler, ThreadScheduler):
+            self.scheduler.stop_thread()
+        else:
+            super().stop_scheduler()  # type: ignore[no-untyped-call]
 
     # -- the main loop -------------------------------------------------------------------------
 

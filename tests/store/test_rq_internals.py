@@ -45,6 +45,7 @@ from dispatcher.worker import base as dispatcher_worker
 from dispatcher.worker.base import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, WORKER_TTL
 from dispatcher.worker.classes import DispatcherSimpleWorker, DispatcherWorker, InProcessWorker
 from dispatcher.worker.retry import DispatcherJob
+from dispatcher.worker.scheduler import ThreadScheduler
 from dispatcher.worker.threaded import ThreadedWorker
 
 QUEUE = "dispatcher-orders"
@@ -575,6 +576,12 @@ _OVERRIDES: dict[tuple[str, str], Callable[..., Any]] = {
     ("rq.worker.BaseWorker", "request_force_stop"): ThreadedWorker.request_force_stop,
     ("rq.worker.BaseWorker", "prepare_execution"): ThreadedWorker.prepare_execution,
     ("rq.worker.BaseWorker", "handle_execution_ended"): ThreadedWorker.handle_execution_ended,
+    ("rq.worker.BaseWorker", "_start_scheduler"): ThreadedWorker._start_scheduler,
+    ("rq.worker.BaseWorker", "stop_scheduler"): ThreadedWorker.stop_scheduler,
+    ("rq.scheduler.RQScheduler", "start"): ThreadScheduler.start,
+    ("rq.scheduler.RQScheduler", "_install_signal_handlers"): (
+        ThreadScheduler._install_signal_handlers
+    ),
     ("rq.worker.BaseWorker", "prepare_job_execution"): DispatcherWorker.prepare_job_execution,
     ("rq.worker.BaseWorker", "subscribe"): DispatcherWorker.subscribe,
     ("rq.worker.BaseWorker", "teardown"): DispatcherWorker.teardown,
