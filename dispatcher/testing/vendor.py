@@ -92,6 +92,9 @@ class VendorAPI:
 
 class _Server(ThreadingHTTPServer):
     api: VendorAPI
+    # socketserver listens with a backlog of 5: 50 worker threads connecting at once had
+    # connections reset (ECONNRESET) before the server accepted them. A real API's is larger.
+    request_queue_size = 128
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client killed mid-request (chaos tests) resets its connection
