@@ -13,9 +13,7 @@ dramatiq is optional (the ``bench`` extra): :func:`available` says whether it is
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +23,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from _support import BENCH_DIR, Row, bench_env, median
+from _support import BENCH_DIR, Row, bench_env, median, stop_group
 
 # The names bench/_dramatiq_jobs.py declares (that module makes a broker at import: it is
 # imported only by the worker processes, never here).
@@ -142,12 +140,7 @@ def run_batch(
         if not rss:  # a batch quicker than the first sample
             rss, pss = tree_memory(proc.pid)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         shutil.rmtree(workdir, ignore_errors=True)
     return Batch(jobs, wall, cpu, send, rss, pss)
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -95,6 +96,17 @@ def tree_cpu_seconds(root: int) -> float:
     """User + system CPU of a process and its descendants, including reaped children."""
     parents, ticks = _proc_table()
     return sum(ticks.get(pid, 0) for pid in _descendants(root, parents)) / _CLOCK_TICKS
+
+
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """Stop a process started with ``start_new_session`` and everything it started: SIGTERM
+    to its group (a warm shutdown), SIGKILL after ``timeout`` seconds."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 # ------------------------------------------------------------------------------ servers

@@ -36,9 +36,7 @@ registries). CPU per order is that of the whole worker process tree, from /proc.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -63,6 +61,7 @@ from _support import (
     median,
     private_redis,
     report,
+    stop_group,
     tree_cpu_seconds,
     tree_memory,
     vendor_process,
@@ -155,12 +154,7 @@ def _run_batch(
             (j.ended_at - j.started_at).total_seconds() for j in jobs if j.started_at and j.ended_at
         ]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # warm shutdown of the pool and its workers
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)  # warm shutdown of the pool and its workers
         shutil.rmtree(workdir, ignore_errors=True)
     return Run(orders, wall, cpu, sum(spans) / len(spans), rss, pss)
 

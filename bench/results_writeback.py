@@ -48,6 +48,7 @@ from _support import (
     private_redis,
     report,
     simulator_process,
+    stop_group,
     tree_cpu_seconds,
 )
 from dispatcher.kombo.client import KomboClient
@@ -133,12 +134,7 @@ def _web(redis_url: str, kombo_url: str, tmp: str) -> tuple[subprocess.Popen[byt
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, 15)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
+    stop_group(proc, timeout=30)
 
 
 def _wait_workers(redis: Redis, processes: int, timeout: float = 60) -> None:
