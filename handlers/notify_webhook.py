@@ -8,7 +8,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, TypeAdapter, ValidationError,
 
 from dispatcher import HandlerContext, Order
 
-from ._http import HttpHandler, HttpSettings, post_json
+from ._http import HttpHandler, HttpSettings
 from .notify_email import find_test_url
 
 _URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
@@ -51,8 +51,7 @@ class NotifyWebhookHandler(HttpHandler[WebhookSettings]):
         if test_url:
             lines.append(f"Test link: <{test_url}>")
         lines.append(f"Kombo order {_slack_escape(order.id)}")
-        post_json(
-            self._client,
+        self._post(
             self.settings.url.get_secret_value(),
             {"text": "\n".join(lines)},
             context,

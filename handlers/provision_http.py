@@ -16,7 +16,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr
 
 from dispatcher import HandlerContext, Order, PermanentFailure
 
-from ._http import HttpHandler, HttpSettings, post_json
+from ._http import HttpHandler, HttpSettings
 
 
 class ProvisionSettings(HttpSettings):
@@ -39,7 +39,7 @@ class ProvisionHttpHandler(HttpHandler[ProvisionSettings]):
     def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
         body = {**order.to_payload(), "integration_id": context.integration_id}
         token = self.settings.token.get_secret_value() if self.settings.token else None
-        response = post_json(self._client, self._url, body, context, what="vendor API", token=token)
+        response = self._post(self._url, body, context, what="vendor API", token=token)
         try:
             output = response.json()
         except ValueError:
