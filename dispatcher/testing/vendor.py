@@ -49,6 +49,8 @@ class VendorAPI:
     error_rate: float = 0.0
     timeout_rate: float = 0.0
     seed: int = 0
+    # A Set-Cookie header sent with every answer (a vendor's session or load-balancer cookie).
+    cookie: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -134,6 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.server.api.cookie:
+                self.send_header("Set-Cookie", self.server.api.cookie)
             self.end_headers()
             self.wfile.write(data)
         except OSError:

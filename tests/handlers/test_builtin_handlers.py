@@ -78,20 +78,20 @@ def test_provision_posts_the_order_with_integration_token_and_idempotency_key(
     assert output == {"test_url": f"https://tests.example/t/{ctx.idempotency_key}", "ok": True}
 
 
-def test_each_worker_thread_posts_through_its_own_client_and_close_closes_all(
+def test_each_worker_thread_posts_through_its_own_connections_and_close_closes_all(
     vendor: VendorAPI,
 ) -> None:
     # One client shared by a threaded worker's 50 threads cost a third of its CPU in
     # httpcore's pool; each thread keeps its own, and the worker's shutdown closes them all.
     handler = provisioner(vendor)
-    clients: dict[str, Any] = {}
+    transports: dict[str, Any] = {}
 
     def post(name: str) -> None:
         handler.handle(parse_order(order_payload(name)), context("provision_http"))
-        first = handler._client
+        first = handler._thread_transport
         handler.handle(parse_order(order_payload(name + "b")), context("provision_http"))
-        assert handler._client is first
-        clients[name] = first
+        assert handler._thread_transport is first
+        transports[name] = first
 
     threads = [threading.Thread(target=post, args=(f"T{i}",)) for i in range(3)]
     for thread in threads:
@@ -99,9 +99,42 @@ def test_each_worker_thread_posts_through_its_own_client_and_close_closes_all(
     for thread in threads:
         thread.join()
     assert len(vendor.calls) == 6
-    assert len({id(c) for c in clients.values()}) == 3
+    assert len({id(t) for t in transports.values()}) == 3
+    assert all(len(t._pool.connections) == 1 for t in transports.values())
     handler.close()
-    assert all(c.is_closed for c in clients.values())
+    assert all(not t._pool.connections for t in transports.values())
+
+
+def test_a_cookie_the_vendor_sets_answering_one_order_is_not_sent_with_the_next(
+    vendor: VendorAPI,
+) -> None:
+    # The vendor's answers are untrusted, and one order's data must not reach another's
+    # request: an httpx.Client would keep the cookie in its jar and send it on.
+    vendor.cookie = "session=order-O1-secret; Path=/"
+    handler = provisioner(vendor)
+    handler.handle(parse_order(order_payload("O1")), context("provision_http", "O1"))
+    handler.handle(parse_order(order_payload("O2")), context("provision_http", "O2"))
+    assert [call.headers.get("cookie") for call in vendor.calls] == [None, None]
+    assert vendor.calls[1].headers["user-agent"].startswith("python-httpx/")
+
+
+def test_provision_goes_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # httpx.Client honours HTTP_PROXY/HTTPS_PROXY/NO_PROXY; the direct path must not skip it.
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    proxy = VendorAPI()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/provision"))
+        target = "http://vendor.invalid/provision"
+        handler = ProvisionHttpHandler(ProvisionSettings(PROVISION_URL=target, PROVISION_TIMEOUT=1))
+        _open_handlers.append(handler)
+        handler.handle(parse_order(order_payload("O1")), context("provision_http"))
+        [call] = proxy.calls
+        assert call.path == target  # the proxy was asked for the vendor's URL
+    finally:
+        proxy.close()
 
 
 def test_provision_without_a_token_sends_no_authorization(vendor: VendorAPI) -> None:
