@@ -49,7 +49,7 @@ from dispatcher.store.rq_internals import (
     queue_key,
 )
 
-__all__ = ["FairFeed", "FairOptions"]
+__all__ = ["FairFeed", "FairOptions", "taken_jobs"]
 
 _FEED = script("fair_feed")
 _START = script("fair_start")
@@ -151,6 +151,15 @@ class FairFeed:
         """Up to ``count`` jobs off the worker queue into RQ's intermediate list, as RQ's pop
         moves them, each with its job hash (empty when gone), and the queue topped up: one
         round trip. Only without caps: a capped job must pass :meth:`after_take`."""
+        return taken_jobs(_TAKE(self.redis, *self._take_words(count)))
+
+    def take_command(self, count: int) -> tuple[Any, ...]:
+        """:meth:`take` as a command's words, to send in a round trip of the caller's (its
+        reply read by :func:`taken_jobs`)."""
+        keys, args = self._take_words(count)
+        return ("EVALSHA", _TAKE.sha, len(keys), *keys, *args)
+
+    def _take_words(self, count: int) -> tuple[list[str], list[Any]]:
         keys = [
             queue_key(self.queue),
             intermediate_key(self.queue),
@@ -158,14 +167,7 @@ class FairFeed:
             self.keys.fair_parked,
             QUEUES_KEY,
         ]
-        args = [repr(self._clock()), count, job_key(""), *self.block()]
-        answer = _TAKE(self.redis, keys, args)
-        taken: list[tuple[str, dict[bytes, bytes]]] = []
-        for at in range(0, len(answer), 2):
-            flat = answer[at + 1]
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            taken.append((as_str(answer[at]), fields))
-        return taken
+        return keys, [repr(self._clock()), count, job_key(""), *self.block()]
 
     def release(self, job_id: str, integration_id: str | None) -> None:
         """A capped integration's job is over (done, failed or waiting for a retry): its
@@ -204,3 +206,12 @@ class FairFeed:
             if isinstance(count, int) and count and isinstance(head, bytes | str):
                 backlog[name] = (count, as_str(head))
         return backlog
+
+
+def taken_jobs(answer: list[Any]) -> list[tuple[str, dict[bytes, bytes]]]:
+    """The jobs a take moved (store/lua/fair_take.lua's answer): each id with its job hash."""
+    taken: list[tuple[str, dict[bytes, bytes]]] = []
+    for at in range(0, len(answer), 2):
+        flat = answer[at + 1]
+        taken.append((as_str(answer[at]), dict(zip(flat[::2], flat[1::2], strict=True))))
+    return taken

@@ -16,7 +16,7 @@ The write itself is not undone (Redis cannot): WAIT makes loss visible, not impo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,22 +65,31 @@ def run_script(
     what: str = "write",
     integration_id: str | None = None,
     then: Sequence[Sequence[Any]] = (),
-    last: Sequence[Any] | None = None,
+    last: Sequence[Sequence[Any]] = (),
+    on_last: Callable[[list[Any]], None] | None = None,
 ) -> Any:
     """Run ``script`` (dispatcher.store.lua), then the commands ``then`` (each a command's
-    words), then ``last`` and, with ``ack``, WAIT for the replicas, all in the same round
-    trip; returns the script's answer, or with ``last`` the pair of it and ``last``'s reply
-    (an error returned, not raised: the caller judges it).
+    words), then those of ``last`` and, with ``ack``, WAIT for the replicas, all in the same
+    round trip; returns the script's answer.
+
+    ``on_last`` gets the replies of ``last`` (errors returned, not raised: it judges them)
+    before anything is raised, and first those of a round that ran before the server had the
+    script (see LuaScript.followed_by), since they ran too.
 
     Errors of the script itself (a WRONGTYPE answer, raised as WrongKeyTypeError naming the
     key) are raised as they are, before any acknowledgement is judged; then those of
     ``then``.
     """
-    if ack is None and not then and last is None:
+    if ack is None and not then and not last:
         return script(redis, keys, args, integration_id=integration_id)
     wait = () if ack is None else (("WAIT", ack.replicas, max(1, int(ack.timeout * 1000))),)
-    tail = () if last is None else (last,)
-    answer, *replies = script.followed_by(redis, keys, args, *then, *tail, *wait)
+    repeated: list[list[Any]] = []
+    answer, *replies = script.followed_by(redis, keys, args, *then, *last, *wait, repeated=repeated)
+    if on_last is not None:
+        tail = slice(len(then), len(then) + len(last))
+        for earlier in repeated:
+            on_last(earlier[tail])
+        on_last(replies[tail])
     if isinstance(answer, Exception):
         with script.checked(keys, integration_id):
             raise answer
@@ -89,4 +98,4 @@ def run_script(
             raise reply
     if ack is not None:
         ack.check(int(replies[-1]), what)
-    return answer if last is None else (answer, replies[len(then)])
+    return answer

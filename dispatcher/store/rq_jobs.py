@@ -20,6 +20,7 @@ A job this does not cover (one that repeats, or keeps no result) goes through RQ
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -107,35 +108,56 @@ def start(
 class PendingFinish:
     """The success of a started job, to be recorded by :func:`finish` or, sooner, in the round
     trip of its last step's record (:meth:`after_step`): the worker hands it to the job's
-    run when it starts the job."""
+    run when it starts the job.
 
-    def __init__(self, job: Job, execution: Execution, worker_key: str, result_ttl: int) -> None:
+    ``take_next`` gives the command taking the worker thread's next job off the queue (or
+    None: not now), sent after the success in the same round trip; what it took is in
+    :attr:`taken` (the worker runs it next, its thread kept)."""
+
+    def __init__(
+        self,
+        job: Job,
+        execution: Execution,
+        worker_key: str,
+        result_ttl: int,
+        *,
+        take_next: Callable[[], tuple[Any, ...] | None] | None = None,
+    ) -> None:
         self.job = job
         self.execution = execution
         self.worker_key = worker_key
         self.result_ttl = result_ttl
         self.sent = False
         self.dependents: int | None = None
+        self.taken: list[Any] = []  # the take commands' replies
+        self._take_next = take_next
 
-    def after_step(self, steps_key: str, handler: str, result: Any) -> tuple[Any, ...]:
-        """The command recording the success after the step ``handler``'s record (the job
-        returns ``result``); :meth:`settle` takes its reply. A server that lost its scripts
-        (restarted, failed over) answers NOSCRIPT: then :func:`finish` records the success
-        on its own, loading the script."""
+    def after_step(self, steps_key: str, handler: str, result: Any) -> list[tuple[Any, ...]]:
+        """The commands after the step ``handler``'s record (the job returns ``result``): the
+        success, then the next job's take if any; :meth:`settle` takes their replies. A
+        server that lost its scripts (restarted, failed over) answers NOSCRIPT: then
+        :func:`finish` records the success on its own, loading the script."""
         self.job._result = result
         self.job.ended_at = now()
         keys, args = _finish_words(self.job, self.execution, self.worker_key, self.result_ttl)
         keys.append(steps_key)
         args[6:6] = [handler]
-        return ("EVALSHA", _FINISH.sha, len(keys), *keys, *args)
+        commands: list[tuple[Any, ...]] = [("EVALSHA", _FINISH.sha, len(keys), *keys, *args)]
+        take = None if self._take_next is None else self._take_next()
+        if take is not None:
+            commands.append(take)
+        return commands
 
-    def settle(self, reply: Any) -> None:
-        """Take the reply of :meth:`after_step`'s command. An error, or a step record that
-        was not written, leaves the success to :func:`finish` (or the job fails)."""
-        if isinstance(reply, Exception) or int(reply) == -2:
+    def settle(self, replies: list[Any]) -> None:
+        """Take the replies of :meth:`after_step`'s commands (called once more when a round
+        ran before the server had the scripts). An error, or a step record that was not
+        written, leaves the success to :func:`finish` (or the job fails)."""
+        success, *takes = replies
+        self.taken.extend(reply for reply in takes if not isinstance(reply, Exception))
+        if self.sent or isinstance(success, Exception) or int(success) == -2:
             return
         self.sent = True
-        self.dependents = _settled(self.job, int(reply))
+        self.dependents = _settled(self.job, int(success))
 
 
 def finish(

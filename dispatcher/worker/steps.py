@@ -166,7 +166,7 @@ class StepStore:
         if chain_end is not None:
             keys, args = keys + chain_end[0], args + chain_end[1]
         pending = finish[0] if finish is not None and self.ack is None else None
-        answer = run_script(
+        run_script(
             self.redis,
             _COMPLETE if chain_end is None else _COMPLETE_LAST,
             keys,
@@ -175,10 +175,9 @@ class StepStore:
             what=f"step {handler} of order {escape_controls(self.order_id)}",
             integration_id=None if chain_end is None else self.integration_id,
             then=self._take_deferred(),
-            last=None if pending is None else pending.after_step(self.key, handler, finish[1]),  # type: ignore[index]
+            last=() if pending is None else pending.after_step(self.key, handler, finish[1]),  # type: ignore[index]
+            on_last=None if pending is None else pending.settle,
         )
-        if pending is not None:
-            pending.settle(answer[1])
 
     def failed(self, handler: str) -> None:
         self.defer("HINCRBY", self.keys.step_stats, f"{handler}:failed", 1)

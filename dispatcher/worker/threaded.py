@@ -47,8 +47,9 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from dispatcher.logs import set_order_context
-from dispatcher.store.fair import FairFeed, FairOptions
+from dispatcher.store.fair import FairFeed, FairOptions, taken_jobs
 from dispatcher.store.keys import Keys
+from dispatcher.store.rq_jobs import PendingFinish
 from dispatcher.worker.base import (
     RECONNECT_WAIT_MAX,
     REDIS_LOST,
@@ -96,6 +97,7 @@ class ThreadedWorker(ScriptedRecords, DispatcherWorkerMixin, SimpleWorker):
         self._tally_lock = threading.Lock()
         self._batch: FairFeed | None = None  # see _batch_feed
         self._one_by_one = False
+        self._threads_take = True  # see _next_take
 
     # -- state: BUSY while any job is in flight ---------------------------------------------
 
@@ -161,6 +163,7 @@ class ThreadedWorker(ScriptedRecords, DispatcherWorkerMixin, SimpleWorker):
         options = {k: v for k, v in (("date_format", date_format), ("log_format", log_format)) if v}
         self.bootstrap(logging_level, **options)
         self._dequeue_strategy = kwargs.get("dequeue_strategy")
+        self._threads_take = max_jobs is None  # the main thread counts jobs against max_jobs
         if with_scheduler:
             self._start_scheduler(burst, logging_level, **options)
         self._install_signal_handlers()  # type: ignore[no-untyped-call]
@@ -346,16 +349,46 @@ class ThreadedWorker(ScriptedRecords, DispatcherWorkerMixin, SimpleWorker):
 
     def _run_jobs(self) -> None:
         while (item := self._handoff.get()) is not None:
-            job, queue = item
+            chain, queue = [item[0]], item[1]
             try:
-                self._run_one(job, queue)
-            except Exception:  # RQ handles a job's own failures; this is RQ's bookkeeping
-                self.log.exception("Worker %s: job %s: unexpected error", self.name, job.id)
+                while chain:
+                    job = chain.pop(0)
+                    try:
+                        self._run_one(job, queue)
+                    except Exception:  # RQ handles a job's own failures; this is RQ's bookkeeping
+                        self.log.exception("Worker %s: job %s: unexpected error", self.name, job.id)
+                    chain.extend(self._taken_after(job, queue))
             finally:
                 with self._idle:
                     self._taken -= 1
                     self._idle.notify_all()
                 self._slots.release()
+
+    def _next_take(self) -> tuple[Any, ...] | None:
+        """The take of this thread's next job, sent after its job's success in the same round
+        trip (dispatcher.store.rq_jobs.PendingFinish): a busy worker's thread goes on to its
+        next job without a round trip, a wake of the main thread and a handoff per job. Not
+        when stopping, when the main thread counts jobs (``max_jobs``), or when capped
+        integrations need each job's lease checked (the main thread's one-job pop)."""
+        if self._stop_requested or not self._threads_take:
+            return None
+        feed = self._batch_feed()
+        return None if feed is None else feed.take_command(1)
+
+    def _taken_after(self, job: Job, queue: Queue) -> list[Job]:
+        """The jobs taken with ``job``'s success, to run next in this thread: once taken off
+        the queue (into RQ's intermediate list) a job runs here, stopping or not, as one the
+        main thread handed over does."""
+        pending: PendingFinish | None = getattr(job, "_dispatcher_finish", None)
+        if pending is None or not pending.taken:
+            return []
+        jobs = []
+        for job_id, fields in (job for reply in pending.taken for job in taken_jobs(reply)):
+            restored = self._restore(job_id, fields, queue)
+            if restored is not None:
+                restored.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
+                jobs.append(restored)
+        return jobs
 
     def _run_one(self, job: Job, queue: Queue) -> None:
         set_order_context(log_context(job))

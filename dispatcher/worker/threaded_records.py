@@ -62,9 +62,18 @@ class ScriptedRecords(_Worker):
         job._dispatcher_prepared = True  # type: ignore[attr-defined]
         if self._finishes_itself(job):
             job._dispatcher_finish = rq_jobs.PendingFinish(  # type: ignore[attr-defined]
-                job, execution, self.key, job.get_result_ttl(self.default_result_ttl)
+                job,
+                execution,
+                self.key,
+                job.get_result_ttl(self.default_result_ttl),
+                take_next=self._next_take,
             )
         return execution
+
+    def _next_take(self) -> tuple[Any, ...] | None:
+        """The command taking the thread's next job, to ride with a job's success; None when
+        the thread is not to take one (ThreadedWorker)."""
+        return None
 
     def _finishes_itself(self, job: Job) -> bool:
         """Whether the job's success is the dispatcher's script (else RQ's method: a job that

@@ -174,6 +174,28 @@ def test_a_script_the_server_forgot_is_loaded_again(redis: Redis, namespace: str
 
 
 @pytest.mark.redis
+def test_commands_that_ran_before_the_script_was_loaded_are_reported_too(redis: Redis) -> None:
+    # A job's success rides after its last step's script with the take of the thread's next
+    # job. A server that lost the step's script but has the take's (loaded again meanwhile by
+    # another thread) runs the take in the NOSCRIPT round too: both takes are reported, so
+    # that both taken jobs run (none is left in RQ's intermediate list).
+    from dispatcher.store.replication import run_script
+
+    release = lua.script("lease_release")
+    redis.rpush("jobs", "J1", "J2", "J3")
+    redis.script_flush()
+    redis.set("lease", "me")
+    replies: list[list[Any]] = []
+    answer = run_script(
+        redis, release, ["lease"], ["me"], last=[("LMOVE", "jobs", "taken", "LEFT", "RIGHT")],
+        on_last=replies.append,
+    )  # fmt: skip
+    assert answer == 1
+    assert replies == [[b"J1"], [b"J2"]]
+    assert redis.lrange("taken", 0, -1) == [b"J1", b"J2"]
+
+
+@pytest.mark.redis
 def test_a_second_call_sends_evalsha_never_eval(redis: Redis, namespace: str) -> None:
     outbox = _outbox(redis, namespace)
     redis.script_flush()

@@ -136,19 +136,19 @@ def test_a_success_after_the_last_step_is_written_only_with_that_steps_record(
     _, job, worker = _popped(redis)
     execution, _ = rq_jobs.start(redis, job, worker.name, 420, leave_intermediate=True)
     pending = rq_jobs.PendingFinish(job, execution, worker.key, 500)
+    redis.script_load(rq_jobs._FINISH.source)  # the script runs, and refuses
     redis.set(STEPS.key, "not a hash")
-    pending.settle(redis.execute_command(*pending.after_step(STEPS.key, "provision", RESULT)))
+    pending.settle(_replies(redis, pending.after_step(STEPS.key, "provision", RESULT)))
     assert not pending.sent
     redis.delete(STEPS.key)
     redis.hset(STEPS.key, "_attempts", 1)  # the hash, without the step's record
-    pending.settle(redis.execute_command(*pending.after_step(STEPS.key, "provision", RESULT)))
+    pending.settle(_replies(redis, pending.after_step(STEPS.key, "provision", RESULT)))
     assert not pending.sent
     assert job.get_status(refresh=True) == JobStatus.STARTED
     assert FinishedJobRegistry(QUEUE, connection=redis).get_job_ids() == []
 
     redis.hset(STEPS.key, "provision", "{}")
-    redis.script_load(rq_jobs._FINISH.source)  # loaded: the one round trip records it
-    pending.settle(redis.execute_command(*pending.after_step(STEPS.key, "provision", RESULT)))
+    pending.settle(_replies(redis, pending.after_step(STEPS.key, "provision", RESULT)))
     assert pending.sent and pending.dependents == 0
     fetched = Job.fetch(JOB_ID, connection=redis, serializer=JOB_SERIALIZER)
     assert fetched.get_status() == JobStatus.FINISHED
@@ -167,13 +167,18 @@ def test_a_server_without_the_script_gets_the_success_on_its_own(redis: Redis) -
     redis.hset(STEPS.key, "provision", "{}")
     redis.script_flush()
     with redis.pipeline(transaction=False) as pipe:
-        pipe.execute_command(*pending.after_step(STEPS.key, "provision", RESULT))
-        reply = pipe.execute(raise_on_error=False)[0]
-    assert isinstance(reply, NoScriptError)
-    pending.settle(reply)
+        [command] = pending.after_step(STEPS.key, "provision", RESULT)
+        pipe.execute_command(*command)
+        replies = pipe.execute(raise_on_error=False)
+    assert isinstance(replies[0], NoScriptError)
+    pending.settle(replies)
     assert not pending.sent
     assert job.get_status(refresh=True) == JobStatus.STARTED
     assert rq_jobs.finish(redis, job, execution, worker.key, 500) == 0
     fetched = Job.fetch(JOB_ID, connection=redis, serializer=JOB_SERIALIZER)
     assert fetched.get_status() == JobStatus.FINISHED
     assert fetched.return_value() == RESULT
+
+
+def _replies(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    return [redis.execute_command(*command) for command in commands]

@@ -236,8 +236,8 @@ def test_a_failure_raised_after_the_success_was_recorded_leaves_the_job_done(
     pending = rq_jobs.PendingFinish(job, execution, worker.key, 500)
     redis.hset("steps-of-the-order", "provision", "{}")
     redis.script_load(rq_jobs._FINISH.source)
-    reply = redis.execute_command(*pending.after_step("steps-of-the-order", "provision", {}))
-    pending.settle(reply)
+    commands = pending.after_step("steps-of-the-order", "provision", {})
+    pending.settle([redis.execute_command(*command) for command in commands])
     job._dispatcher_finish = pending  # type: ignore[attr-defined]
     job.ended_at = now()
     worker.handle_job_failure(

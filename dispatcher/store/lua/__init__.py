@@ -89,14 +89,25 @@ class LuaScript:
                 return answer
 
     def followed_by(
-        self, client: Redis, keys: Sequence[str], args: Sequence[Any], *commands: Sequence[Any]
+        self,
+        client: Redis,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *commands: Sequence[Any],
+        repeated: list[list[Any]] | None = None,
     ) -> list[Any]:
         """Run the script, then ``commands`` (each a command's words, e.g. ``("WAIT", 1,
         1000)``), on one connection in one round trip (two when the server lacks the script).
         Their replies, the script's answer first; errors are returned, not raised, so that
-        the caller judges each (:meth:`checked` names a wrong-type key)."""
+        the caller judges each (:meth:`checked` names a wrong-type key).
+
+        When the server lacked the script, ``commands`` ran twice (the first time after the
+        NOSCRIPT): their first replies are appended to ``repeated``, for a caller whose
+        command moves something (a job taken off a queue) to account for both."""
         replies = self._round_trip(client, keys, args, commands, load=False)
         if isinstance(replies[0], NoScriptError):
+            if repeated is not None:
+                repeated.append(replies[1:])
             replies = self._round_trip(client, keys, args, commands, load=True)
         return replies
 

@@ -1,0 +1,117 @@
+"""A busy threaded worker's thread takes its next job in the round trip of its job's success
+(dispatcher.worker.threaded: ThreadedWorker._next_take), and stops taking once the worker is
+stopping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+from rq.registry import FinishedJobRegistry
+
+from dispatcher import HandlerContext
+from dispatcher.kombo.models import Order
+from dispatcher.settings import Settings
+from dispatcher.store.fair import FairFeed
+from dispatcher.store.keys import Keys
+from dispatcher.store.ledger import Ledger
+from dispatcher.store.rq_internals import JOB_SERIALIZER, intermediate_key
+from dispatcher.testing.sim import Simulator
+from dispatcher.worker.jobs import Runtime
+from dispatcher.worker.run import run_worker
+
+pytestmark = pytest.mark.redis
+QUEUE = "dispatcher-orders"
+
+
+def dispatch(redis: Redis, orders: int) -> list[str]:
+    sim = Simulator(1, orders, closed=0, seed=5)
+    integration_id = sim.integration_ids[0]
+    batch = [Order.model_validate(o) for o in sim.orders(integration_id)]
+    Ledger(redis, Queue(QUEUE, connection=redis), "dispatcher").dispatch(integration_id, batch)
+    return [o.id for o in batch]
+
+
+def finished_jobs(redis: Redis) -> list[Job]:
+    ids = FinishedJobRegistry(queue=Queue(QUEUE, connection=redis)).get_job_ids()
+    return [j for j in Job.fetch_many(ids, connection=redis, serializer=JOB_SERIALIZER) if j]
+
+
+class Record:
+    """A handler that remembers which thread ran which order."""
+
+    name = "record"
+
+    def __init__(self, wait: float = 0.05) -> None:
+        self.wait = wait
+        self.lock = threading.Lock()
+        self.ran: list[tuple[str, int]] = []
+
+    def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
+        time.sleep(self.wait)
+        with self.lock:
+            self.ran.append((order.id, threading.get_ident()))
+        return {"ok": True}
+
+
+def test_busy_threads_take_their_next_job_with_the_success_not_through_the_main_thread(
+    redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 12 orders and a worker with 2 threads, the main thread's takes counted
+    ids = dispatch(redis, 12)
+    takes: list[int] = []
+    take = FairFeed.take
+
+    def counted(self: FairFeed, count: int) -> Any:
+        taken = take(self, count)
+        takes.append(len(taken))
+        return taken
+
+    monkeypatch.setattr(FairFeed, "take", counted)
+    handler = Record()
+    settings = Settings(REDIS_URL=redis_url, DISPATCHER_WORKER_THREADS=2)
+    # When it runs them
+    run_worker(settings, redis, burst=True, runtime=Runtime(settings, [handler]))  # type: ignore[list-item]
+    # Then each ran once, in the 2 threads; the main thread took the first two, and the threads
+    # took the other ten (the main thread's last takes found the queue empty)
+    assert sorted(order for order, _ in handler.ran) == sorted(ids)
+    assert len(finished_jobs(redis)) == 12
+    assert len({thread for _, thread in handler.ran}) == 2
+    assert takes[0] == 2 and sum(takes) == 2, takes
+    assert redis.llen(intermediate_key(QUEUE)) == 0
+
+
+def test_a_stopping_worker_takes_no_next_job_and_leaves_the_rest_queued(
+    redis: Redis, redis_url: str
+) -> None:
+    # Given 6 orders, a worker with 2 threads, and SIGTERM while its first jobs run
+    dispatch(redis, 6)
+
+    class StopFirst(Record):
+        def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
+            if not self.ran:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.5)  # the main thread handles the signal meanwhile
+            return super().handle(order, context)
+
+    handler = StopFirst()
+    settings = Settings(REDIS_URL=redis_url, DISPATCHER_WORKER_THREADS=2)
+    # When it runs
+    run_worker(settings, redis, burst=True, runtime=Runtime(settings, [handler]))  # type: ignore[list-item]
+    # Then the two jobs in flight finished, and their threads took no other: the other 4
+    # are where queued jobs wait (the worker queue or their integration's list), none in
+    # RQ's intermediate list, none started
+    assert len(handler.ran) == 2
+    assert len(finished_jobs(redis)) == 2
+    queue = Queue(QUEUE, connection=redis)
+    waiting = queue.count + sum(FairFeed(redis, Keys("dispatcher"), QUEUE).waiting().values())
+    assert waiting == 4
+    assert redis.llen(intermediate_key(QUEUE)) == 0
+    assert queue.started_job_registry.count == 0
