@@ -92,8 +92,10 @@ def run_batch(
     delay: float,
     tree_cpu: Callable[[int], float],
     tree_memory: Callable[[int], tuple[float, float]],
+    warmup: int = 0,
 ) -> Batch:
-    """Start ``dramatiq`` with ``processes`` x ``threads``, time ``jobs`` sleep jobs, stop it.
+    """Start ``dramatiq`` with ``processes`` x ``threads``, run ``warmup`` sleep jobs untimed,
+    then time ``jobs`` sleep jobs, stop it.
 
     ``tree_cpu`` and ``tree_memory`` measure a process tree from its root pid (bench/_support.py's,
     so both contenders are measured by the same code)."""
@@ -117,24 +119,17 @@ def run_batch(
     try:
         _wait_for_workers(redis, proc, processes)
         send_all = _sender(redis, redis_url)
+        if warmup:
+            send_all(warmup, delay)
+            _wait_until_acked(redis, proc, messages, dead, 30 + warmup * 0.2)
         time.sleep(0.5)  # as for the dispatcher: let every worker reach its fetch loop
         cpu_before = tree_cpu(proc.pid)
         started = time.perf_counter()
         send_all(jobs, delay)
         send = time.perf_counter() - started
-        deadline = time.monotonic() + 30 + jobs * 0.2
-        rss = pss = 0.0
-        sampled = 0.0
-        while redis.hlen(messages):  # a job's message leaves the hash when it is acked
-            if time.monotonic() - sampled > 0.5:
-                sampled = time.monotonic()
-                now_rss, now_pss = tree_memory(proc.pid)
-                rss, pss = max(rss, now_rss), max(pss, now_pss)
-            if redis.zcard(dead):
-                raise SystemExit("bench: a dramatiq job failed (dead-lettered)")
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"bench: {redis.hlen(messages)} dramatiq jobs left unfinished")
-            time.sleep(0.01)
+        rss, pss = _wait_until_acked(
+            redis, proc, messages, dead, 30 + jobs * 0.2, tree_memory=tree_memory
+        )
         wall = time.perf_counter() - started
         cpu = tree_cpu(proc.pid) - cpu_before
         if not rss:  # a batch quicker than the first sample
@@ -143,6 +138,32 @@ def run_batch(
         stop_group(proc)
         shutil.rmtree(workdir, ignore_errors=True)
     return Batch(jobs, wall, cpu, send, rss, pss)
+
+
+def _wait_until_acked(
+    redis: Redis,
+    proc: subprocess.Popen[bytes],
+    messages: str,
+    dead: str,
+    timeout: float,
+    *,
+    tree_memory: Callable[[int], tuple[float, float]] | None = None,
+) -> tuple[float, float]:
+    """Wait until every message sent is acked; the peak RSS and PSS sampled meanwhile."""
+    deadline = time.monotonic() + timeout
+    rss = pss = 0.0
+    sampled = 0.0
+    while redis.hlen(messages):  # a job's message leaves the hash when it is acked
+        if tree_memory is not None and time.monotonic() - sampled > 0.5:
+            sampled = time.monotonic()
+            now_rss, now_pss = tree_memory(proc.pid)
+            rss, pss = max(rss, now_rss), max(pss, now_pss)
+        if redis.zcard(dead):
+            raise SystemExit("bench: a dramatiq job failed (dead-lettered)")
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"bench: {redis.hlen(messages)} dramatiq jobs left unfinished")
+        time.sleep(0.01)
+    return rss, pss
 
 
 def _version() -> str:

@@ -2,7 +2,7 @@
 
     python bench/dispatch.py [--processes 32] [--orders 600] [--baseline-orders 20]
                              [--delay 0.1] [--modes inprocess,fork,threads,dramatiq] [--reps 3]
-                             [--threads 50] [--threaded-processes 2]
+                             [--threads 50] [--threaded-processes 2] [--warmup-rounds 2]
 
 The chain is the built-in ``provision_http`` handler posting each order to a local vendor
 API (bench/_vendor_server.py, another process) that answers after ``--delay`` seconds: each
@@ -25,7 +25,10 @@ half second while the batch runs.
 
 Another integration's wait behind a burst is bench/fairness.py's.
 
-Workers are started first and waited for (start-up is not measured); then the orders are
+Workers are started first and waited for (start-up is not measured), then given an untimed
+warm-up of ``--warmup-rounds`` jobs per thread or process (2 by default; dramatiq too): a
+worker that has been running has its connections made and its first calls' imports done, and
+a few thousand orders are not enough to spread a cold start thin. Then the orders are
 enqueued at once (``Ledger.dispatch``) and the clock runs until every job has finished.
 Per-order overhead is the time a worker process spends per order beyond the ``--delay`` wait
 (N x wall / orders - delay), split into the part inside the job (started_at..ended_at: step
@@ -85,8 +88,8 @@ class Run:
     pss: float = 0.0
 
 
-def _orders(count: int) -> tuple[str, list[Order]]:
-    sim = Simulator(1, count, closed=0, seed=7)
+def _orders(count: int, seed: int = 7) -> tuple[str, list[Order]]:
+    sim = Simulator(1, count, closed=0, seed=seed)
     integration_id = sim.integration_ids[0]
     return integration_id, [Order.model_validate(o) for o in sim.orders(integration_id)]
 
@@ -98,10 +101,12 @@ def _run_batch(
     workers: int,
     orders: int,
     job_options: JobOptions | None = None,
+    warmup: int = 0,
 ) -> Run:
     flush(redis)
     queue = Queue(QUEUE, connection=redis)
     integration_id, batch = _orders(orders)
+    ledger = Ledger(redis, queue, NAMESPACE, job_options=job_options)
     workdir = tempfile.mkdtemp(prefix="bench-worker-")  # no stray .env is read
     proc = subprocess.Popen(
         command,
@@ -117,18 +122,28 @@ def _run_batch(
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"bench: {command[:3]} did not start {workers} workers")
             time.sleep(0.05)
+        finished = FinishedJobRegistry(queue=queue)
+        failed = FailedJobRegistry(queue=queue)
+        if warmup:
+            # Untimed: each thread makes its connections and the first calls their imports,
+            # as in a worker that has been running.
+            ledger.dispatch(*_orders(warmup, seed=8))
+            deadline = time.monotonic() + 60 + warmup * 5.0 / workers
+            while finished.count < warmup:
+                if failed.count or proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"bench: {finished.count} of {warmup} warm-up jobs finished")
+                time.sleep(0.01)
+        warm = set(finished.get_job_ids())
         time.sleep(0.5)  # let every worker reach its blocking pop
         cpu_before = tree_cpu_seconds(proc.pid)
         started = time.perf_counter()
-        Ledger(redis, queue, NAMESPACE, job_options=job_options).dispatch(integration_id, batch)
-        finished = FinishedJobRegistry(queue=queue)
-        failed = FailedJobRegistry(queue=queue)
+        ledger.dispatch(integration_id, batch)
         # A guard against a hang, not a target: on 2 shared cores a default `rq worker` (a fork
         # and the job's imports per order) has taken over 1.7 s an order.
         deadline = time.monotonic() + 60 + orders * 5.0 / workers
         rss = pss = 0.0
         sampled = 0.0
-        while finished.count < orders:
+        while finished.count < warmup + orders:
             if time.monotonic() - sampled > 0.5:
                 sampled = time.monotonic()
                 now_rss, now_pss = tree_memory(proc.pid)
@@ -139,17 +154,13 @@ def _run_batch(
                 )
                 raise SystemExit(f"bench: a job failed: {job.latest_result()}")
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"bench: {finished.count} of {orders} jobs finished in time")
+                done = finished.count - warmup
+                raise SystemExit(f"bench: {done} of {orders} jobs finished in time")
             time.sleep(0.01)
         wall = time.perf_counter() - started
         cpu = tree_cpu_seconds(proc.pid) - cpu_before
-        jobs = [
-            j
-            for j in Job.fetch_many(
-                finished.get_job_ids(), connection=redis, serializer=JOB_SERIALIZER
-            )
-            if j
-        ]
+        timed = [job_id for job_id in finished.get_job_ids() if job_id not in warm]
+        jobs = [j for j in Job.fetch_many(timed, connection=redis, serializer=JOB_SERIALIZER) if j]
         spans = [
             (j.ended_at - j.started_at).total_seconds() for j in jobs if j.started_at and j.ended_at
         ]
@@ -216,6 +227,7 @@ def run(
     reps: int,
     threads: int = 50,
     threaded_processes: int = 2,
+    warmup_rounds: int = 2,
 ) -> list[Row]:
     rq_binary = shutil.which("rq", path=str(Path(sys.executable).parent)) or "rq"
     setups = _setups([m for m in modes if m != "dramatiq"], processes, threads, threaded_processes)
@@ -241,7 +253,7 @@ def run(
                 mine[mode].append(
                     _run_batch(
                         redis, _command(setup.processes), {**env, **setup.env},
-                        setup.processes, orders,
+                        setup.processes, orders, warmup=warmup_rounds * setup.slots,
                     )
                 )  # fmt: skip
             if with_dramatiq:
@@ -250,11 +262,15 @@ def run(
                         redis, redis_url, processes=threaded_processes, threads=threads,
                         jobs=orders, delay=delay, tree_cpu=tree_cpu_seconds,
                         tree_memory=tree_memory,
+                        warmup=warmup_rounds * threaded_processes * threads,
                     )
                 )  # fmt: skip
             base.append(
-                _run_batch(redis, rq_worker, env, 1, baseline_orders, job_options=_ONE_QUEUE)
-            )
+                _run_batch(
+                    redis, rq_worker, env, 1, baseline_orders, job_options=_ONE_QUEUE,
+                    warmup=warmup_rounds,
+                )
+            )  # fmt: skip
 
     def rates(runs: list[Run]) -> list[float]:
         return [r.orders / r.wall for r in runs]
@@ -304,7 +320,8 @@ def run(
                 detail=(
                     f"{orders} orders; {describe(mine[mode], setup.slots)}. Baseline: "
                     f"{baseline_orders} orders; {describe(base, 1)}. Handler provision_http, "
-                    f"vendor answers after {delay * 1e3:g} ms; median of {reps}"
+                    f"vendor answers after {delay * 1e3:g} ms; {_warm(warmup_rounds)}; "
+                    f"median of {reps}"
                 ),
                 samples=subject,
                 baseline_samples=baseline,
@@ -322,6 +339,12 @@ def run(
     return rows
 
 
+def _warm(rounds: int) -> str:
+    if not rounds:
+        return "cold workers (no warm-up)"
+    return f"after an untimed warm-up of {rounds} jobs per thread or process, for each"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=32, help="dispatcher worker processes")
@@ -337,6 +360,12 @@ def main() -> None:
     parser.add_argument(
         "--threaded-processes", type=int, default=2, help="worker processes (threads mode)"
     )
+    parser.add_argument(
+        "--warmup-rounds",
+        type=int,
+        default=2,
+        help="untimed jobs per slot before each timed batch, for every contender (0: cold)",
+    )
     common_args(parser)
     args = parser.parse_args()
     modes = args.modes.split(",")
@@ -346,7 +375,7 @@ def main() -> None:
         parser.error("--modes: dramatiq is measured beside threads")
     rows = run(
         args.processes, args.orders, args.baseline_orders, args.delay, modes, args.reps,
-        args.threads, args.threaded_processes,
+        args.threads, args.threaded_processes, args.warmup_rounds,
     )  # fmt: skip
     report(rows, args.json, header=f"{__doc__.splitlines()[0]}\n{dependency_versions()}")
 
