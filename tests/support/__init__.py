@@ -182,6 +182,24 @@ def dispatcher_web(env: dict[str, str], log: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
+def dispatch_orders(
+    redis: Any, orders: int, *, seed: int = 5, queue: str = "dispatcher-orders"
+) -> list[str]:
+    """Dispatch ``orders`` new orders of one simulated integration (the ledger's one script,
+    as the poller does); their ids."""
+    from rq import Queue
+
+    from dispatcher.kombo.models import Order
+    from dispatcher.store.ledger import Ledger
+    from dispatcher.testing.sim import Simulator
+
+    sim = Simulator(1, orders, closed=0, seed=seed)
+    integration_id = sim.integration_ids[0]
+    batch = [Order.model_validate(o) for o in sim.orders(integration_id)]
+    Ledger(redis, Queue(queue, connection=redis), "dispatcher").dispatch(integration_id, batch)
+    return [o.id for o in batch]
+
+
 def queued_job_ids(redis: Any, queue: str = "dispatcher-orders") -> list[str]:
     """The job ids waiting to run: on the worker queue, then on each integration's list
     (dispatcher.store.fair: at most a window of jobs is on the queue at once)."""

@@ -16,24 +16,13 @@ from redis import Redis
 from rq import Queue
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
-from dispatcher.kombo.models import Order
-from dispatcher.store.ledger import Ledger
-from dispatcher.testing.sim import Simulator
 from dispatcher.worker.base import RECOVERY_BOUND
-from support import dispatcher_env, kill_tree
+from support import dispatch_orders, dispatcher_env, kill_tree
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"
 SCRIPT = str(Path(__file__).resolve().parent / "_threaded_jobs.py")
 PREFIX = "t17"
-
-
-def dispatch(redis: Redis, orders: int) -> list[str]:
-    sim = Simulator(1, orders, closed=0, seed=17)
-    integration_id = sim.integration_ids[0]
-    batch = [Order.model_validate(o) for o in sim.orders(integration_id)]
-    Ledger(redis, Queue(QUEUE, connection=redis), "dispatcher").dispatch(integration_id, batch)
-    return [o.id for o in batch]
 
 
 def start_worker(
@@ -85,7 +74,7 @@ def test_a_killed_threaded_worker_loses_none_of_its_n_jobs_in_flight(
     redis: Redis, redis_url: str
 ) -> None:
     # Given a worker with 10 threads holding 10 jobs, and 5 more orders queued
-    ids = dispatch(redis, 15)
+    ids = dispatch_orders(redis, 15, seed=17)
     doomed = start_worker(redis_url, 10)
     started = StartedJobRegistry(queue=Queue(QUEUE, connection=redis))
     wait_until(lambda: len(runs(redis, "runs")) == 10, 30, "10 jobs in flight")
@@ -117,7 +106,7 @@ def test_sigterm_finishes_the_jobs_in_flight_and_takes_no_new_one(
     redis: Redis, redis_url: str
 ) -> None:
     # Given a worker with 4 threads holding 4 jobs, and 4 more orders queued
-    ids = dispatch(redis, 8)
+    ids = dispatch_orders(redis, 8, seed=17)
     worker = start_worker(redis_url, 4, DISPATCHER_WORKER_SHUTDOWN_TIMEOUT="20")
     wait_until(lambda: len(runs(redis, "runs")) == 4, 30, "4 jobs in flight")
     # When it is told to stop, then the held jobs are released
@@ -140,7 +129,7 @@ def test_sigterm_requeues_the_jobs_still_in_flight_after_the_timeout(
     redis: Redis, redis_url: str
 ) -> None:
     # Given a worker with 4 threads holding 4 jobs that will not finish, 2 more queued
-    ids = dispatch(redis, 6)
+    ids = dispatch_orders(redis, 6, seed=17)
     worker = start_worker(redis_url, 4, DISPATCHER_WORKER_SHUTDOWN_TIMEOUT="1")
     wait_until(lambda: len(runs(redis, "runs")) == 4, 30, "4 jobs in flight")
     queue = Queue(QUEUE, connection=redis)

@@ -21,22 +21,13 @@ from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
 from dispatcher.store.fair import FairFeed
 from dispatcher.store.keys import Keys
-from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER, intermediate_key
-from dispatcher.testing.sim import Simulator
 from dispatcher.worker.jobs import Runtime
 from dispatcher.worker.run import run_worker
+from support import dispatch_orders as dispatch
 
 pytestmark = pytest.mark.redis
 QUEUE = "dispatcher-orders"
-
-
-def dispatch(redis: Redis, orders: int) -> list[str]:
-    sim = Simulator(1, orders, closed=0, seed=5)
-    integration_id = sim.integration_ids[0]
-    batch = [Order.model_validate(o) for o in sim.orders(integration_id)]
-    Ledger(redis, Queue(QUEUE, connection=redis), "dispatcher").dispatch(integration_id, batch)
-    return [o.id for o in batch]
 
 
 def finished_jobs(redis: Redis) -> list[Job]:
