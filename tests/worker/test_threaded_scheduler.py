@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from redis import Redis
 from rq.registry import FinishedJobRegistry
-from test_threaded_crash import QUEUE, dispatch, exit_code, runs, start_worker, wait_until
+from test_threaded_crash import QUEUE, exit_code, runs, start_worker, wait_until
+
+from support import dispatch_orders
 
 pytestmark = pytest.mark.redis
 LOCK = f"rq:scheduler-lock:{QUEUE}"
@@ -29,7 +31,7 @@ def _children(pid: int) -> list[int]:
 def test_the_scheduler_is_a_thread_that_moves_due_jobs_and_stops_with_the_worker(
     redis_url: str, redis: Redis
 ) -> None:
-    [order] = dispatch(redis, 1)
+    [order] = dispatch_orders(redis, 1, seed=17)
     # The order's job, due in a second: as a failed attempt leaves it for its retry.
     job_id = redis.lpop(f"rq:queue:{QUEUE}")
     assert job_id is not None
