@@ -357,7 +357,11 @@ class ThreadedWorker(ScriptedRecords, DispatcherWorkerMixin, SimpleWorker):
                         self._run_one(job, queue)
                     except Exception:  # RQ handles a job's own failures; this is RQ's bookkeeping
                         self.log.exception("Worker %s: job %s: unexpected error", self.name, job.id)
-                    chain.extend(self._taken_after(job, queue))
+                    try:
+                        chain.extend(self._taken_after(job, queue))
+                    except Exception:  # Redis lost: what was taken waits in RQ's intermediate
+                        # list for the stranded-job pass; the thread lives on
+                        self.log.exception("Worker %s: the job taken after %s", self.name, job.id)
             finally:
                 with self._idle:
                     self._taken -= 1

@@ -106,3 +106,33 @@ def test_a_stopping_worker_takes_no_next_job_and_leaves_the_rest_queued(
     assert waiting == 4
     assert redis.llen(intermediate_key(QUEUE)) == 0
     assert queue.started_job_registry.count == 0
+
+
+def test_a_job_taken_with_a_success_runs_though_the_bookkeeping_after_it_raised(
+    redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 6 orders, 2 threads, and the worker's own bookkeeping after the first job raising
+    # (the job's success and its thread's next take were sent before it)
+    from dispatcher.worker.base import BurstSummary
+
+    ids = dispatch(redis, 6)
+    count = BurstSummary.count
+    raised: list[str] = []
+
+    def flaky(self: BurstSummary, job: Any, *, refresh: bool = True) -> None:
+        if not raised:
+            raised.append(job.id)
+            raise RuntimeError("bookkeeping lost")
+        count(self, job, refresh=refresh)
+
+    monkeypatch.setattr(BurstSummary, "count", flaky)
+    handler = Record()
+    settings = Settings(REDIS_URL=redis_url, DISPATCHER_WORKER_THREADS=2)
+    # When it runs them
+    run_worker(settings, redis, burst=True, runtime=Runtime(settings, [handler]))  # type: ignore[list-item]
+    # Then the job its thread took with that success ran too: all 6 done, none left behind in
+    # RQ's intermediate list
+    assert raised
+    assert sorted(order for order, _ in handler.ran) == sorted(ids)
+    assert len(finished_jobs(redis)) == 6
+    assert redis.llen(intermediate_key(QUEUE)) == 0
