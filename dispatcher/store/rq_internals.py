@@ -89,7 +89,7 @@ worker's life; every other INFO line of that logger is demoted to DEBUG.
 ``Worker.execute_job`` does.
 ``ThreadedWorker`` (worker/threaded.py, ``--threads N``) overrides ``work`` (its own loop:
 one dequeue thread, N job threads), ``set_state`` (BUSY while any job is in flight),
-``_shutdown`` and ``request_force_stop`` (SIGTERM: drain, then requeue),
+``_shutdown`` and ``request_force_stop`` (SIGTERM: drain, then requeue; worker/threaded_stop.py),
 ``handle_job_success`` / ``handle_job_failure`` (dropped for a job requeued at shutdown),
 ``prepare_execution`` (RQ's ``rq.executions.prepare_execution`` and
 ``BaseWorker.prepare_job_execution`` in one transaction: ``Execution.create``,

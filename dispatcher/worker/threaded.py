@@ -33,7 +33,6 @@ from __future__ import annotations
 import queue as stdlib_queue
 import threading
 import time
-from datetime import timedelta
 from typing import Any, ClassVar
 
 import redis.exceptions
@@ -61,9 +60,9 @@ from dispatcher.worker.base import (
 )
 from dispatcher.worker.deadlines import DeadlinePenalty
 from dispatcher.worker.jobs import current_runtime
-from dispatcher.worker.recovery import requeue_entry
 from dispatcher.worker.scheduler import ThreadScheduler
 from dispatcher.worker.threaded_records import ScriptedRecords
+from dispatcher.worker.threaded_stop import GracefulStop
 
 __all__ = ["ThreadedWorker", "threaded_worker_class"]
 
@@ -73,7 +72,7 @@ _SLOT_POLL = 1.0
 _BATCH = 16
 
 
-class ThreadedWorker(ScriptedRecords, DispatcherWorkerMixin, SimpleWorker):
+class ThreadedWorker(GracefulStop, ScriptedRecords, DispatcherWorkerMixin, SimpleWorker):
     """An RQ worker running up to ``threads`` jobs at once in its own process (see module)."""
 
     threads: ClassVar[int] = 8
@@ -442,53 +441,6 @@ class ThreadedWorker(ScriptedRecords, DispatcherWorkerMixin, SimpleWorker):
                 execution.heartbeat(job.started_job_registry, ttl, pipeline=pipeline)
                 job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
             pipeline.execute()
-
-    # -- stopping -----------------------------------------------------------------------------
-
-    def _shutdown(self) -> None:
-        # RQ raises StopRequested only when idle; with jobs in flight it sets a flag. The main
-        # thread may be blocked in a pop for seconds: interrupt it there instead.
-        self._stop_requested = True
-        self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]
-        if self._interruptible:
-            raise StopRequested()
-
-    def request_force_stop(self, signum: int, frame: Any) -> None:
-        # A second signal: requeue what is in flight now, then exit. RQ's worker pool and
-        # the terminal may both deliver the first one: a repeat within a second is that.
-        requested = self._shutdown_requested_date
-        if requested is not None and now() - requested < timedelta(seconds=1):
-            return
-        self.log.warning("Worker %s: cold shut down, requeueing the jobs in flight", self.name)
-        self.requeue_in_flight()
-        raise SystemExit()
-
-    def _drain(self, timeout: float | None) -> None:
-        """Wait for the jobs in flight (at most ``timeout`` seconds), then requeue the rest."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._idle:
-            # Taken, not only in flight: a job handed to a thread that has not registered its
-            # execution yet (a loaded machine) was left STARTED by a burst that ended at once.
-            while self._in_flight or self._taken:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._idle.wait(left)
-        if self._in_flight:
-            self.requeue_in_flight()
-
-    def requeue_in_flight(self) -> int:
-        """Put every job in flight back on its queue (as a dead worker's would be); returns
-        how many. Their threads' later results are dropped."""
-        with self._in_flight_lock:
-            in_flight = list(self._in_flight.values())
-            self._requeued.update(execution.id for _, execution in in_flight)
-        requeued = 0
-        for job, execution in in_flight:
-            if requeue_entry(self.connection, job.origin, execution.composite_key, job.id):
-                requeued += 1
-                self.log.warning("Worker %s: job %s put back on the queue", self.name, job.id)
-        return requeued
 
 
 def threaded_worker_class(threads: int, shutdown_timeout: float) -> type[ThreadedWorker]:
