@@ -258,7 +258,6 @@ class ThreadedWorker(GracefulStop, ScriptedRecords, DispatcherWorkerMixin, Simpl
             job = self._restore(job_id, fields, queue)
             if job is None:
                 continue
-            job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
             self._start((job, queue))
             started += 1
         # The held slot goes back only when nothing started: the caller then pops one job.
@@ -290,7 +289,10 @@ class ThreadedWorker(GracefulStop, ScriptedRecords, DispatcherWorkerMixin, Simpl
             return None  # RQ skips an id without a hash; the stranded-job pass drops it
         job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
         job.restore(fields)
-        return job if admit(job, queue) == "run" else None
+        if admit(job, queue) != "run":
+            return None
+        job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
+        return job
 
     def _dequeue(self, timeout: int | None) -> tuple[Job, Queue] | None:
         """One blocking pop (RQ's ``dequeue_any``), without the per-job worker heartbeats of
@@ -385,13 +387,9 @@ class ThreadedWorker(GracefulStop, ScriptedRecords, DispatcherWorkerMixin, Simpl
         pending: PendingFinish | None = getattr(job, "_dispatcher_finish", None)
         if pending is None or not pending.taken:
             return []
-        jobs = []
-        for job_id, fields in (job for reply in pending.taken for job in taken_jobs(reply)):
-            restored = self._restore(job_id, fields, queue)
-            if restored is not None:
-                restored.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
-                jobs.append(restored)
-        return jobs
+        taken = [pair for reply in pending.taken for pair in taken_jobs(reply)]
+        restored = (self._restore(job_id, fields, queue) for job_id, fields in taken)
+        return [next_job for next_job in restored if next_job is not None]
 
     def _run_one(self, job: Job, queue: Queue) -> None:
         set_order_context(log_context(job))
