@@ -59,6 +59,8 @@ log = logging.getLogger("dispatcher.poller")
 # queued jobs wait on it; a sweep missed here is made up by the next one.)
 _REDIS_RETRY_FIRST = 1.0
 _REDIS_RETRY_CAP = 30.0
+# Something is due but this poller could claim none of it: the next look, in seconds.
+_CLAIM_RETRY = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +182,10 @@ class Poller:
         self._errors_lock = threading.Lock()
         # Integrations this process has fully swept: the first sweep after a start is full.
         self._fully_swept: set[str] = set()
+        # Integrations whose sweep ended while Redis was unreachable: still leased (a failover
+        # keeps the lease) and due only when the lease expires. Their next due time, written
+        # and their lease released as soon as Redis answers, instead of a lease TTL later.
+        self._unreleased: dict[str, float] = {}
 
     @property
     def redis(self) -> Redis:
@@ -510,7 +516,8 @@ class Poller:
                     if time.monotonic() - last_sync >= sync_every:
                         self.schedule.sync(self.integration_ids, self.policy.interval)
                         last_sync = time.monotonic()
-                    self._claim_due(pool, running)
+                    self._release_unreleased()
+                    claimed = self._claim_due(pool, running)
                     wait_for = self.schedule.next_due_in()
                 except RedisError as exc:
                     if is_refusal(exc):
@@ -535,7 +542,7 @@ class Poller:
                 if refused is not None:
                     log.warning("fleet schedule usable again (was: %s)", refused)
                     refused, backoff = None, _REDIS_RETRY_FIRST
-                timeout = min(1.0, wait_for if wait_for is not None else 1.0)
+                timeout = _loop_wait(wait_for, claimed)
                 if running:
                     wait(list(running.values()), timeout=timeout, return_when=FIRST_COMPLETED)
                 else:
@@ -561,10 +568,12 @@ class Poller:
 
     def _claim_due(
         self, pool: ThreadPoolExecutor, running: dict[str, Future[IntegrationSweep]]
-    ) -> None:
+    ) -> int:
+        """Claim due integrations into free slots; how many were claimed."""
         free = self.concurrency - len(running)
         if free <= 0:
-            return
+            return 0
+        claimed_count = 0
         for integration_id in self.schedule.due(limit=free + len(running)):
             if integration_id in running:
                 continue
@@ -577,8 +586,10 @@ class Poller:
                 continue
             if claimed:
                 running[integration_id] = pool.submit(self._sweep_claimed, integration_id)
+                claimed_count += 1
                 if len(running) >= self.concurrency:
-                    return
+                    break
+        return claimed_count
 
     def _unclaimable(self, integration_id: str, exc: RedisError) -> None:
         """The integration's lease key is broken (another type, so it never expires): a
@@ -603,14 +614,22 @@ class Poller:
         except Exception:
             log.exception("sweep crashed", extra={"integration_id": integration_id})
         finally:
+            next_due = self._next_due(result, started)
             try:
-                self.schedule.reschedule(integration_id, self._next_due(result, started))
+                self.schedule.reschedule(integration_id, next_due)
                 self.schedule.release(integration_id)
             except RedisError as exc:
-                # The lease expires by itself; the integration is still due and will be
-                # claimed again.
                 log.debug("could not reschedule %s: %s", integration_id, exc)
+                self._unreleased[integration_id] = next_due
         return result
+
+    def _release_unreleased(self) -> None:
+        """Reschedule and release what sweeps ended during an outage could not (raises
+        RedisError while Redis is still away: the loop's to report)."""
+        for integration_id, next_due in list(self._unreleased.items()):
+            self.schedule.reschedule(integration_id, next_due)
+            self.schedule.release(integration_id)
+            del self._unreleased[integration_id]
 
     def _next_due(self, result: IntegrationSweep, started: float) -> float:
         interval = self.policy.interval
@@ -623,6 +642,17 @@ class Poller:
         # Never earlier than one interval, so the fleet sweeps each integration once per
         # interval; a little later at random so that pollers drift apart.
         return started + interval * (1.0 + self._rng.uniform(0.0, 0.1))
+
+
+def _loop_wait(next_due_in: float | None, claimed: int) -> float:
+    """Seconds the fleet loop waits (less if a sweep of its own ends first)."""
+    timeout = min(1.0, next_due_in if next_due_in is not None else 1.0)
+    if timeout <= 0 and not claimed:
+        # Due, yet nothing claimed: every slot busy, or a lease a moment from expiring (two
+        # hosts' clocks differ a little). Look again shortly, not at once: each round is a few
+        # Redis commands, and a loop that spun cost thousands a second.
+        return _CLAIM_RETRY
+    return timeout
 
 
 def _record_invalid(

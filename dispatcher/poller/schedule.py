@@ -3,9 +3,11 @@
 Every integration has a due time in one sorted set. A poller *claims* a due integration
 with one Lua script that checks it is still due and takes its lease (a key with a TTL) in the
 same step, so no two pollers sweep it at once and none sweeps it twice in one interval; the
-lease is renewed after every page and released after the integration is rescheduled. A poller
-that dies loses its leases when they expire, and the integration, still due, is claimed by
-another poller. Leases are an efficiency: the dedupe (ledger.py) stays correct without them.
+lease is renewed after every page and released after the integration is rescheduled. While
+leased, an integration's due time is when its lease would expire unrenewed: other pollers
+skip it, and wait for it rather than spin. A poller that dies loses its leases when they
+expire, and the integration, due by then, is claimed by another poller. Leases are an
+efficiency: the dedupe (ledger.py) stays correct without them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ __all__ = ["FIRST_SWEEP_WITHIN", "Schedule", "spread_offset"]
 
 # Claiming a due integration takes its lease in the same step (KEYS and ARGV in the files).
 _CLAIM = script("schedule_claim")
-_RENEW = script("lease_renew")
+_RENEW = script("schedule_renew")
 _RELEASE = script("lease_release")
 
 
@@ -102,11 +104,12 @@ class Schedule:
         those running), so this never doubles a sweep.
 
         Raises redis's ResponseError (WRONGTYPE) when the lease key holds another type."""
+        now = self._clock()
         return bool(
             _CLAIM(
                 self.redis,
                 [self.keys.schedule, self.keys.lease(integration_id)],
-                [integration_id, self._clock(), self.owner, int(self.lease_ttl * 1000)],
+                [integration_id, now, self.owner, int(self.lease_ttl * 1000), now + self.lease_ttl],
             )
         )
 
@@ -115,8 +118,13 @@ class Schedule:
         return bool(
             _RENEW(
                 self.redis,
-                [self.keys.lease(integration_id)],
-                [self.owner, int(self.lease_ttl * 1000)],
+                [self.keys.schedule, self.keys.lease(integration_id)],
+                [
+                    integration_id,
+                    self.owner,
+                    int(self.lease_ttl * 1000),
+                    self._clock() + self.lease_ttl,
+                ],
             )
         )
 

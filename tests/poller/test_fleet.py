@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
 
 from dispatcher.kombo.client import KomboClient
@@ -130,16 +131,18 @@ def test_claiming_needs_the_integration_due_and_unleased(redis: Redis) -> None:
     assert not second.claim("a:1")  # released but no longer due: no second sweep this interval
     clock.now = 1061
     assert second.claim("a:1")
-    # p2 dies holding the lease; it expires (Redis's own TTL: the clock above is the schedule's)
+    # p2 dies holding the lease; it expires (Redis's own TTL: the clock above is the
+    # schedule's), and the integration is due again when the lease would have expired.
     wait_until(lambda: not redis.exists(KEYS.lease("a:1")), timeout=5, what="the lease to expire")
+    assert not first.claim("a:1")
+    clock.now = 1061.3
     assert first.claim("a:1")
     assert first.holder("a:1") == "p1"
 
 
-def test_a_lease_left_by_our_own_sweep_is_claimed_again_at_once(redis: Redis) -> None:
-    # A sweep that lost Redis mid-way (a failover) could not release its lease; the lease
-    # reached the new primary. Its poller claims it again when due, not 30 s later; another
-    # poller still cannot.
+def test_a_lease_left_by_our_own_sweep_is_claimed_again_when_due(redis: Redis) -> None:
+    # A lease of ours that outlived its sweep (Redis lost mid-way, a failover kept the lease):
+    # once the integration is due, its poller claims it again; another poller still cannot.
     clock = Clock(1000.0)
     mine = Schedule(redis, KEYS, lease_ttl=30, owner="p1", clock=clock)
     other = Schedule(redis, KEYS, lease_ttl=30, owner="p2", clock=clock)
@@ -147,10 +150,118 @@ def test_a_lease_left_by_our_own_sweep_is_claimed_again_at_once(redis: Redis) ->
     redis.zadd(KEYS.schedule, {"a:1": 999})
     assert mine.claim("a:1")
     redis.pexpire(KEYS.lease("a:1"), 5000)  # the lease as the unreleased sweep left it
+    clock.now = 1030  # due again: when the lease would have expired unrenewed
     assert not other.claim("a:1")
     assert mine.claim("a:1")
     assert mine.holder("a:1") == "p1"
     assert redis.pttl(KEYS.lease("a:1")) > 20_000  # taken for a whole TTL again
+
+
+class _ScheduleLosingRedisOnce(Schedule):
+    """A schedule whose first reschedule fails as during a failover (the lease stays)."""
+
+    failed = False
+
+    def reschedule(self, integration_id: str, at: float) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RedisConnectionError("Connection reset by peer")
+        super().reschedule(integration_id, at)
+
+
+def test_a_sweep_ended_during_an_outage_is_rescheduled_and_released_once_redis_answers(
+    redis: Redis,
+) -> None:
+    sim = Simulator(1, 5, seed=39)
+    stop = threading.Event()
+    schedule = _ScheduleLosingRedisOnce(redis, KEYS, lease_ttl=30)
+    poller = make_poller(
+        sim, redis, clock=time.time, policy=SweepPolicy(interval=60.0), schedule=schedule,
+        stop=stop,
+    )  # fmt: skip
+    integration_id = sim.integration_ids[0]
+    thread = threading.Thread(target=poller.run_forever)
+    started = time.time()
+    thread.start()
+    try:
+        wait_until(lambda: schedule.failed, timeout=20, what="the first sweep to end")
+        # Not left leased and due only in 30 s: rescheduled an interval on, and released.
+        wait_until(lambda: not redis.exists(KEYS.lease(integration_id)), timeout=5,
+                   what="the lease to be released")  # fmt: skip
+        assert (redis.zscore(KEYS.schedule, integration_id) or 0) >= started + 60
+    finally:
+        stop.set()
+        thread.join(30)
+    assert len(queued_jobs(redis)) == 5
+
+
+def test_a_leased_integration_is_not_due_until_its_lease_could_have_expired(redis: Redis) -> None:
+    # Held integrations ahead in the schedule hid a free, due one from a poller with one free
+    # slot (it asked for the most overdue first and got only held ones), and made every
+    # poller's loop spin on Redis while anyone swept (the next due time was in the past).
+    clock = Clock(1000.0)
+    busy = Schedule(redis, KEYS, lease_ttl=30, owner="p1", clock=clock)
+    idle = Schedule(redis, KEYS, lease_ttl=30, owner="p2", clock=clock)
+    redis.zadd(KEYS.schedule, {"a:1": 990, "a:2": 995})
+    assert busy.claim("a:1")
+    assert idle.due(1) == ["a:2"]
+    assert idle.next_due_in() == 0.0
+    assert idle.claim("a:2")
+    assert idle.due(10) == []
+    assert idle.next_due_in() == pytest.approx(30.0)  # when p1's lease, unrenewed, expires
+    clock.now = 1010
+    assert busy.renew("a:1")
+    assert redis.zscore(KEYS.schedule, "a:1") == pytest.approx(1040.0)
+    assert not idle.renew("a:1")  # and p2's failed renewal moves nothing
+    assert redis.zscore(KEYS.schedule, "a:1") == pytest.approx(1040.0)
+    busy.reschedule("a:1", 1060)
+    busy.release("a:1")
+    assert redis.zscore(KEYS.schedule, "a:1") == 1060
+
+
+def test_a_poller_waits_instead_of_spinning_while_sweeps_run(redis: Redis) -> None:
+    sim = Simulator(2, 30, seed=38)
+    release = threading.Event()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        release.wait(10)  # every page of both integrations hangs until the window is over
+        return sim.handle(request)
+
+    stop = threading.Event()
+    pollers = [
+        make_poller(
+            sim,
+            Redis.from_url(_url(redis)),
+            clock=time.time,
+            transport=httpx.MockTransport(slow),
+            policy=SweepPolicy(interval=60.0),
+            stop=stop,
+            concurrency=n,
+            page_size=10,
+        )
+        for n in (1, 4)  # one poller saturated, one with free slots
+    ]
+    threads = [threading.Thread(target=p.run_forever) for p in pollers]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(list(redis.scan_iter(KEYS.lease("*")))) == 2, timeout=20,
+                   what="both integrations to be claimed")  # fmt: skip
+        before = _commands(redis)
+        time.sleep(2.0)
+        calls = _commands(redis) - before
+    finally:
+        release.set()
+        stop.set()
+        for t in threads:
+            t.join(30)
+    # A loop round is a few commands, at most a few rounds a second per poller; the spin
+    # made thousands.
+    assert calls < 60, calls
+
+
+def _commands(redis: Redis) -> int:
+    return sum(int(stat["calls"]) for stat in redis.info("commandstats").values())
 
 
 def test_due_times_are_spread_over_the_interval(redis: Redis) -> None:
@@ -389,7 +500,9 @@ def test_a_killed_poller_is_taken_over_within_the_lease_ttl(redis: Redis, redis_
             server.url,
             DISPATCHER_POLL_INTERVAL="2",
             DISPATCHER_LEASE_TTL="2",
-            DISPATCHER_SWEEP_CONCURRENCY="2",
+            # Free slots beside the victim's integrations: the bound below is the lease's,
+            # not a wait for another poller's sweep to end.
+            DISPATCHER_SWEEP_CONCURRENCY="4",
         )
         pollers = [
             subprocess.Popen(
@@ -423,7 +536,8 @@ def test_a_killed_poller_is_taken_over_within_the_lease_ttl(redis: Redis, redis_
                         taken_over.setdefault(integration_id, time.monotonic() - killed_at)
                 time.sleep(0.02)
             assert set(taken_over) == set(held)
-            assert max(taken_over.values()) < 2 + 1.5  # lease TTL plus one claim round
+            # The lease TTL, then the next loop round (at most 1 s, _CLAIM_RETRY when due).
+            assert max(taken_over.values()) < 2 + 1.5
             deadline = time.monotonic() + 60
             while len(queued_pairs(redis)) < 1800 and time.monotonic() < deadline:
                 time.sleep(0.2)
