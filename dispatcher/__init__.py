@@ -31,7 +31,7 @@ from dispatcher.kombo.results import AssessmentResult, InvalidResultError
 from dispatcher.settings import ConfigError, Settings, load_settings
 from dispatcher.store.ledger import DispatchResult, Ledger
 from dispatcher.store.results import FinalResultError, OutboxRecord, ResultReceipt, submit_result
-from dispatcher.untrusted import untrusted_text
+from dispatcher.untrusted import no_cookies, untrusted_text
 
 __version__ = "0.1.0"
 
@@ -82,6 +82,7 @@ __all__ = [
     "__version__",
     "handler_settings",
     "load_settings",
+    "no_cookies",
     "submit_result",
     "untrusted_text",
 ]

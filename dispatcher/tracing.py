@@ -46,6 +46,7 @@ from urllib.parse import unquote
 import httpx
 
 from dispatcher.redact import protect_secrets
+from dispatcher.untrusted import no_cookies
 
 __all__ = [
     "FIRST_RUN_KEY",
@@ -466,7 +467,9 @@ class HandlerTrace:
         return dict(headers())
 
     def http_client(self, **kwargs: Any) -> httpx.Client:
-        """An ``httpx.Client(**kwargs)`` whose requests are traced under the step."""
+        """An ``httpx.Client(**kwargs)`` whose requests are traced under the step; it keeps no
+        cookies unless given ``cookies`` (see :func:`dispatcher.untrusted.no_cookies`)."""
+        kwargs.setdefault("cookies", no_cookies())
         return instrument(httpx.Client(**kwargs))
 
     def span(

@@ -24,6 +24,7 @@ terminal and the JSON outputs.
 
 from __future__ import annotations
 
+import http.cookiejar
 import re
 
 from dispatcher.redact import scrub
@@ -112,3 +113,11 @@ def untrusted_text(text: str, limit: int, *, personal: bool = False) -> str:
     if personal:
         text = mask_personal(text)
     return _cut(escape_controls(text), limit)
+
+
+def no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that keeps nothing, for an HTTP client whose requests serve many orders
+    or integrations: an httpx.Client keeps the cookies a server sets and sends them on every
+    later request to that host, so a cookie set answering one customer's request went with
+    every other customer's after it (``httpx.Client(cookies=no_cookies())``)."""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))

@@ -21,6 +21,7 @@ from dispatcher import (
     PermanentFailure,
     RetryLater,
     handler_settings,
+    no_cookies,
     tracing,
     untrusted_text,
 )
@@ -92,6 +93,7 @@ class HttpHandler(BaseHandler, Generic[_SettingsT]):
                         transport=self._transport,
                         limits=THREAD_POOL,
                         verify=self._ssl if self._ssl is not None else True,
+                        cookies=no_cookies(),  # the client serves every customer's orders
                     )
                 )
                 self._clients.append(client)

@@ -105,13 +105,16 @@ def test_each_worker_thread_posts_through_its_own_connections_and_close_closes_a
     assert all(not t._pool.connections for t in transports.values())
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "through the client"])
 def test_a_cookie_the_vendor_sets_answering_one_order_is_not_sent_with_the_next(
-    vendor: VendorAPI,
+    vendor: VendorAPI, direct: bool
 ) -> None:
     # The vendor's answers are untrusted, and one order's data must not reach another's
-    # request: an httpx.Client would keep the cookie in its jar and send it on.
+    # request: an httpx.Client would keep the cookie in its jar and send it on. The client
+    # path is the one taken with tracing on or a proxy configured.
     vendor.cookie = "session=order-O1-secret; Path=/"
     handler = provisioner(vendor)
+    handler._direct = direct
     handler.handle(parse_order(order_payload("O1")), context("provision_http", "O1"))
     handler.handle(parse_order(order_payload("O2")), context("provision_http", "O2"))
     assert [call.headers.get("cookie") for call in vendor.calls] == [None, None]

@@ -12,6 +12,7 @@ import pytest
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.errors import KomboError, KomboLimitError
 from dispatcher.kombo.pages import InvalidPageError
+from dispatcher.kombo.results import build_result
 from dispatcher.settings import ConfigError, load_settings
 from support import order_payload
 
@@ -354,3 +355,57 @@ def test_a_client_from_settings_carries_the_key_url_timeout_budget_and_size_limi
     assert KomboClient.from_settings(settings, retry_budget=0).retry_budget == 0
     with pytest.raises(ConfigError, match="KOMBO_API_KEY"):
         KomboClient.from_settings(load_settings(_env_file=None, KOMBO_API_KEY=""))
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "through the client"])
+def test_a_cookie_set_answering_one_integration_is_never_sent_for_another(direct: bool) -> None:
+    # Kombo's answers are untrusted, and every integration's requests go to one host.
+    def answer(request: httpx.Request) -> httpx.Response:
+        response = page([])
+        response.headers["Set-Cookie"] = f"session={request.headers['X-Integration-Id']}; Path=/"
+        return response
+
+    recorder = Recorder(answer, answer, answer)
+    client = client_for(recorder)
+    client._direct = direct
+    client.get_orders("greenhouse:A")
+    client.get_orders("lever:B")
+    client.get_orders("greenhouse:A")
+    assert [r.headers.get("Cookie") for r in recorder.requests] == [None, None, None]
+
+
+def test_the_direct_path_sends_what_the_client_would() -> None:
+    # Order ids are Kombo's: slashes, query and fragment characters, non-ASCII, quoted.
+    odd = "a/b?c#d %2F é"
+    result = {
+        "status": "COMPLETED",
+        "result_url": "https://vendor.example/r/1",
+        "completed_at": "2026-12-07T10:00:00Z",
+    }
+    sent: dict[bool, list[httpx.Request]] = {}
+    for direct in (True, False):
+        recorder = Recorder(page([]), httpx.Response(200, json={"status": "success"}))
+        client = client_for(recorder, timeout=7.5)
+        client._direct = direct
+        client.get_orders(INTEGRATION, statuses=["OPEN"], ids=[odd], cursor="c&d=e")
+        client.put_result(INTEGRATION, odd, build_result(**result))
+        sent[direct] = recorder.requests
+    for direct, through_client in zip(sent[True], sent[False], strict=True):
+        assert direct.method == through_client.method
+        assert direct.url == through_client.url
+        assert direct.headers.multi_items() == through_client.headers.multi_items()
+        assert direct.content == through_client.content
+        assert direct.extensions["timeout"] == through_client.extensions["timeout"]
+    assert sent[True][1].url.raw_path.endswith(
+        b"/assessment/orders/a%2Fb%3Fc%23d%20%252F%20%C3%A9/result"
+    )
+    assert sent[True][1].extensions["timeout"]["read"] == 7.5
+
+
+def test_with_a_proxy_in_the_environment_requests_go_through_the_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    client = client_for(Recorder(page([])))
+    client.get_orders(INTEGRATION)
+    assert client._direct is False

@@ -47,6 +47,8 @@ EXPORTED = {
     "submit_result",
     # The one rule for text from Kombo, vendors and clients (a handler's failure reasons).
     "untrusted_text",
+    # A cookie jar keeping nothing: a handler's client serves every customer's orders.
+    "no_cookies",
     "__version__",
 }
 

@@ -253,12 +253,15 @@ def test_a_handler_gets_the_steps_context_and_a_traced_client(
     spans: InMemorySpanExporter, vendor: VendorAPI
 ) -> None:
     trace = tracing.HANDLER_TRACE
+    vendor.cookie = "session=first-order; Path=/"
     with tracing.span("step custom") as step:
         headers = trace.headers()
         with trace.http_client() as client:
             client.post(vendor.url, json={})
+            client.post(vendor.url, json={})  # as for the next order: no cookie kept
+    assert [call.headers.get("cookie") for call in vendor.calls] == [None, None]
     assert headers["traceparent"].split("-")[2] == _hex(step.get_span_context().span_id)
-    [post] = [span for span in spans.get_finished_spans() if span.name == "POST"]
+    post = next(span for span in spans.get_finished_spans() if span.name == "POST")
     assert post.parent is not None and post.parent.span_id == step.get_span_context().span_id
     assert vendor.calls[0].headers["traceparent"].split("-")[2] == _hex(post.context.span_id)
 
