@@ -289,8 +289,9 @@ def _addr_spec(raw: str) -> str:
         raise ValueError(f"longer than {_MAX_ADDRESS} characters")
     try:
         parsed = Address(addr_spec=raw)
-    except (ValueError, HeaderParseError, IndexError):
-        # IndexError: the 3.11 parser's answer to a bare 'local@'.
+    except (ValueError, HeaderParseError, IndexError, AttributeError):
+        # IndexError: the 3.11 parser's answer to a bare 'local@'; AttributeError: to an
+        # unclosed domain literal, '0@[' (its defect list holds a defect, not a token).
         raise ValueError("not a plain local@domain address") from None
     local, domain = parsed.username, parsed.domain
     if parsed.addr_spec != raw or '"' in raw or domain.startswith("[") or not local.isascii():
