@@ -232,10 +232,13 @@ def _process_order(
         if store is not None:
             # At the chain's end: the order's timeline, and what `status` reads for orders
             # that never get a result.
+            # One clock reading, to the millisecond, for the step's record and the chain's
+            # end: two readings, each rounded, once put the end before its last step.
+            done_at = round(time.time(), 3)
             chain_end = (
                 chain_done(
                     Keys(settings.namespace), integration_id, parsed.id,
-                    [*outputs, handler.name], int(settings.seen_retention), time.time(),
+                    [*outputs, handler.name], int(settings.seen_retention), done_at,
                 )
                 if handler.name == last
                 else None
@@ -244,7 +247,9 @@ def _process_order(
             steps = {**outputs, handler.name: output}
             result = None if pending is None else _result(parsed.id, integration_id, steps)
             finish = None if pending is None else (pending, result)
-            store.complete(handler.name, output, chain_end=chain_end, finish=finish)
+            store.complete(
+                handler.name, output, chain_end=chain_end, finish=finish, completed_at=done_at
+            )
         report.ran.append(handler.name)
         outputs[handler.name] = output
     if store is not None:

@@ -149,6 +149,7 @@ class StepStore:
         *,
         chain_end: tuple[list[str], list[Any]] | None = None,
         finish: tuple[PendingFinish, Any] | None = None,
+        completed_at: float | None = None,
     ) -> None:
         """Record a completed step and its output (one round trip; with ``ack``, the
         replicas' acknowledgement rides in it too, see dispatcher.store.replication).
@@ -159,8 +160,12 @@ class StepStore:
 
         ``finish``, the job's pending success and the value the job returns: the success is
         recorded in the same round trip, after the record (without ``ack``: a success must
-        not be written before the replicas' acknowledgement is judged)."""
-        record = json.dumps({"output": output, "completed_at": round(time.time(), 3)})
+        not be written before the replicas' acknowledgement is judged).
+
+        ``completed_at``: the step's time (now by default); the last step's is the chain
+        end's too, so that the end never sorts before its step."""
+        at = completed_at if completed_at is not None else round(time.time(), 3)
+        record = json.dumps({"output": output, "completed_at": at})
         keys = [self.key, self.keys.step_stats]
         args: list[Any] = [handler, record, self.ttl, f"{handler}:completed"]
         if chain_end is not None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +26,7 @@ from dispatcher.store.ledger import Ledger
 from dispatcher.store.results import Outbox
 from dispatcher.testing.sim import Simulator
 from dispatcher.web.app import create_app
+from dispatcher.worker import steps as steps_module
 from support import order_payload
 from support.console import TOKEN, logged_in
 from support.ops import FailsFor, Returns, env_for, invoke, settings_for, sweep, work
@@ -108,6 +111,26 @@ def retried(redis: Redis, redis_url: str, namespace: str) -> Iterator[dict[str, 
     )
     with serving(create_app(settings, redis)) as url:
         yield {"settings": settings, "env": env, "order_id": order_id, "url": url, "sim": sim}
+
+
+def test_the_chains_end_is_recorded_at_the_time_of_its_last_step(
+    redis: Redis, redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two clock readings, each to the millisecond, once put "provisioned" before the step
+    # that ended the chain, when a millisecond ended between them (a loaded machine).
+    sim = Simulator([INTEGRATION], 1, seed=9)
+    settings = settings_for(redis_url, sim, namespace, DISPATCHER_HANDLERS="log")
+    sweep(redis, settings, sim)
+    later = types.SimpleNamespace(time=lambda: time.time() + 0.0007)  # a reading 0.7 ms on
+    monkeypatch.setattr(steps_module, "time", later)
+    work(redis, settings, [Returns("log")])
+    order_id = sim.orders(INTEGRATION)[0]["id"]
+    events = order_timeline(redis, settings, INTEGRATION, order_id)
+    [step] = [e for e in events if e["event"] == "step_done"]
+    [provisioned] = [e for e in events if e["event"] == "provisioned"]
+    assert provisioned["at"] == step["at"]
+    kinds = [e["event"] for e in events]
+    assert kinds.index("step_done") < kinds.index("provisioned"), kinds
 
 
 def _three_views(world: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
