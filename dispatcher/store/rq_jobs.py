@@ -159,6 +159,32 @@ class PendingFinish:
         self.sent = True
         self.dependents = _settled(self.job, int(success))
 
+    def finish_now(self, connection: Redis) -> int | None:
+        """Record the success on its own (no step record carried it: a write job, or a
+        step's round trip that lost the script), with the next job's take in the same round
+        trip; as :func:`finish`. What the take moved is in :attr:`taken`, also when the
+        server lacked the script and the take ran twice."""
+        take = None if self._take_next is None else self._take_next()
+        if take is None:
+            self.sent = True
+            self.dependents = finish(
+                connection, self.job, self.execution, self.worker_key, self.result_ttl
+            )
+            return self.dependents
+        keys, args = _finish_words(self.job, self.execution, self.worker_key, self.result_ttl)
+        keys.append("")
+        args[6:6] = [""]
+        repeated: list[list[Any]] = []
+        success, *takes = _FINISH.followed_by(connection, keys, args, take, repeated=repeated)
+        for reply in [*(r for round_ in repeated for r in round_), *takes]:
+            if not isinstance(reply, Exception):
+                self.taken.append(reply)
+        if isinstance(success, Exception):
+            raise success
+        self.sent = True
+        self.dependents = _settled(self.job, int(success))
+        return self.dependents
+
 
 def finish(
     connection: Redis,

@@ -113,6 +113,10 @@ class ScriptedRecords(_Worker):
         pending: rq_jobs.PendingFinish | None = getattr(job, "_dispatcher_finish", None)
         if pending is not None and pending.sent:
             dependents = pending.dependents  # recorded with the last step's record
+        elif pending is not None:
+            # Not carried by a step's record (a write job has none): the success, and the
+            # thread's next job taken in the same round trip.
+            dependents = pending.finish_now(self.connection)
         else:
             result_ttl = job.get_result_ttl(self.default_result_ttl)
             dependents = rq_jobs.finish(self.connection, job, execution, self.key, result_ttl)

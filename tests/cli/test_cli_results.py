@@ -9,14 +9,16 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
 from redis import Redis
 from rq.job import Job
 
+from dispatcher.store.fair import FairFeed
 from dispatcher.store.results import Outbox, OutboxRecord
-from dispatcher.store.rq_internals import JOB_SERIALIZER
+from dispatcher.store.rq_internals import JOB_SERIALIZER, intermediate_key
 from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
 from support import dispatcher_env, kill_tree, wait_until
 from support.ops import run
@@ -309,6 +311,37 @@ def test_worker_results_with_threads_writes_each_result_once(
     assert outbox.counts() == {"pending": 0, "written": 6, "failed": 0}
     assert all(sim.applied_writes[key] == 1 for key in orders)
     assert max(sim.max_writes_in_flight.values()) >= 2
+
+
+def test_busy_write_threads_take_their_next_job_with_the_success(
+    env: dict[str, str], sim: Simulator, outbox: Outbox, redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # Given six results, a Kombo that takes 0.1 s per write, and the main thread's takes counted
+    orders = [order_of(sim, n, i) for i in range(2) for n in range(3)]
+    for integration, order in orders:
+        assert result(integration, order, "--no-wait").exit_code == 0
+    sim.faults.retry_after = 0.0
+    sim.faults.latency = 0.1
+    takes: list[int] = []
+    take = FairFeed.take
+
+    def counted(self: FairFeed, count: int) -> Any:
+        taken = take(self, count)
+        takes.append(len(taken))
+        return taken
+
+    monkeypatch.setattr(FairFeed, "take", counted)
+    # When one process with 2 threads works the results queue
+    worked = run("worker", "--results", "--threads", "2", "--burst")
+    # Then each result is written once; the main thread took the first two, the threads the
+    # other four, each with the success of the write before (the main thread's later takes
+    # found the queue empty); nothing is left in RQ's intermediate list
+    assert worked.exit_code == 0, worked.stderr
+    assert outbox.counts() == {"pending": 0, "written": 6, "failed": 0}
+    assert all(sim.applied_writes[key] == 1 for key in orders)
+    assert takes[0] == 2 and sum(takes) == 2, takes
+    assert redis.llen(intermediate_key("dispatcher-results")) == 0
 
 
 def test_worker_results_writes_several_at_once_by_default(

@@ -182,3 +182,33 @@ def test_a_server_without_the_script_gets_the_success_on_its_own(redis: Redis) -
 
 def _replies(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
     return [redis.execute_command(*command) for command in commands]
+
+
+def test_a_success_on_its_own_carries_the_next_take_even_when_the_script_was_missing(
+    redis: Redis,
+) -> None:
+    # A write job has no step record to carry its success: finish_now records it with the
+    # thread's next take in one round trip. On a server that lost the script, the take ran
+    # in both rounds: both replies are reported, so that every job taken off the queue runs.
+    _, job, worker = _popped(redis)
+    execution, _ = rq_jobs.start(redis, job, worker.name, 420, leave_intermediate=True)
+    redis.rpush("next-jobs", "a", "b", "c")
+    take = ("LPOP", "next-jobs")
+    pending = rq_jobs.PendingFinish(job, execution, worker.key, 500, take_next=lambda: take)
+    job.ended_at, job._result = now(), RESULT
+    redis.script_flush()
+    assert pending.finish_now(redis) == 0
+    assert pending.sent
+    assert pending.taken == [b"a", b"b"]
+    fetched = Job.fetch(JOB_ID, connection=redis, serializer=JOB_SERIALIZER)
+    assert fetched.get_status() == JobStatus.FINISHED
+    assert fetched.return_value() == RESULT
+    # With the script loaded (a flushdb keeps it): one round, one take
+    redis.flushdb()
+    redis.rpush("next-jobs", "c")
+    _, job, worker = _popped(redis)
+    execution, _ = rq_jobs.start(redis, job, worker.name, 420, leave_intermediate=True)
+    job.ended_at, job._result = now(), RESULT
+    pending = rq_jobs.PendingFinish(job, execution, worker.key, 500, take_next=lambda: take)
+    assert pending.finish_now(redis) == 0
+    assert pending.taken == [b"c"]
