@@ -9,18 +9,16 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import Result
 from redis import Redis
 from rq.job import Job
 
-from dispatcher.store.fair import FairFeed
 from dispatcher.store.results import Outbox, OutboxRecord
 from dispatcher.store.rq_internals import JOB_SERIALIZER, intermediate_key
 from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator, SimulatorServer
-from support import dispatcher_env, kill_tree, wait_until
+from support import count_main_thread_takes, dispatcher_env, kill_tree, wait_until
 from support.ops import run
 
 pytestmark = pytest.mark.redis
@@ -323,15 +321,7 @@ def test_busy_write_threads_take_their_next_job_with_the_success(
         assert result(integration, order, "--no-wait").exit_code == 0
     sim.faults.retry_after = 0.0
     sim.faults.latency = 0.1
-    takes: list[int] = []
-    take = FairFeed.take
-
-    def counted(self: FairFeed, count: int) -> Any:
-        taken = take(self, count)
-        takes.append(len(taken))
-        return taken
-
-    monkeypatch.setattr(FairFeed, "take", counted)
+    takes = count_main_thread_takes(monkeypatch)
     # When one process with 2 threads works the results queue
     worked = run("worker", "--results", "--threads", "2", "--burst")
     # Then each result is written once; the main thread took the first two, the threads the

@@ -228,19 +228,8 @@ def test_a_poller_waits_instead_of_spinning_while_sweeps_run(redis: Redis) -> No
         return sim.handle(request)
 
     stop = threading.Event()
-    pollers = [
-        make_poller(
-            sim,
-            Redis.from_url(_url(redis)),
-            clock=time.time,
-            transport=httpx.MockTransport(slow),
-            policy=SweepPolicy(interval=60.0),
-            stop=stop,
-            concurrency=n,
-            page_size=10,
-        )
-        for n in (1, 4)  # one poller saturated, one with free slots
-    ]
+    # one poller saturated, one with free slots
+    pollers = _fleet(sim, redis, slow, stop, interval=60.0, concurrencies=(1, 4))
     threads = [threading.Thread(target=p.run_forever) for p in pollers]
     for t in threads:
         t.start()
@@ -425,20 +414,7 @@ def test_three_pollers_share_the_work_without_doubling_it(redis: Redis) -> None:
         return sim.handle(request)
 
     stop = threading.Event()
-    pollers = [
-        make_poller(
-            sim,
-            Redis.from_url(_url(redis)),
-            clock=time.time,
-            transport=httpx.MockTransport(handle),
-            policy=SweepPolicy(interval=1.0),
-            schedule=None,
-            stop=stop,
-            concurrency=3,
-            page_size=10,
-        )
-        for _ in range(3)
-    ]
+    pollers = _fleet(sim, redis, handle, stop, interval=1.0, concurrencies=(3, 3, 3))
     threads = [threading.Thread(target=p.run_forever, kwargs={"sync_every": 0.2}) for p in pollers]
     for t in threads:
         t.start()
@@ -483,6 +459,32 @@ def poll_env(redis_url: str, sim: Simulator, kombo_url: str, **extra: str) -> di
         DISPATCHER_PAGE_SIZE="5",
         **extra,
     )
+
+
+def _fleet(
+    sim: Simulator,
+    redis: Redis,
+    answer: Any,
+    stop: threading.Event,
+    *,
+    interval: float,
+    concurrencies: tuple[int, ...],
+) -> list[Poller]:
+    """In-process pollers of one fleet (each its own Redis client, the wall clock), one per
+    sweep concurrency given, whose Kombo answers with ``answer(request)``."""
+    return [
+        make_poller(
+            sim,
+            Redis.from_url(_url(redis)),
+            clock=time.time,
+            transport=httpx.MockTransport(answer),
+            policy=SweepPolicy(interval=interval),
+            stop=stop,
+            concurrency=concurrency,
+            page_size=10,
+        )
+        for concurrency in concurrencies
+    ]
 
 
 def _url(redis: Redis) -> str:

@@ -222,3 +222,20 @@ def queued_jobs(redis: Any, queue: str = "dispatcher-orders") -> list[Any]:
 
     ids = queued_job_ids(redis, queue)
     return [j for j in Job.fetch_many(ids, connection=redis, serializer=JOB_SERIALIZER) if j]
+
+
+def count_main_thread_takes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, how many jobs each batch take of a threaded worker's main thread
+    returned (``FairFeed.take``; a thread's own take rides with a success instead)."""
+    from dispatcher.store.fair import FairFeed
+
+    takes: list[int] = []
+    take = FairFeed.take
+
+    def counted(self: FairFeed, count: int) -> Any:
+        taken = take(self, count)
+        takes.append(len(taken))
+        return taken
+
+    monkeypatch.setattr(FairFeed, "take", counted)
+    return takes

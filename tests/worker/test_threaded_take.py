@@ -24,6 +24,7 @@ from dispatcher.store.keys import Keys
 from dispatcher.store.rq_internals import JOB_SERIALIZER, intermediate_key
 from dispatcher.worker.jobs import Runtime
 from dispatcher.worker.run import run_worker
+from support import count_main_thread_takes
 from support import dispatch_orders as dispatch
 
 pytestmark = pytest.mark.redis
@@ -57,15 +58,7 @@ def test_busy_threads_take_their_next_job_with_the_success_not_through_the_main_
 ) -> None:
     # Given 12 orders and a worker with 2 threads, the main thread's takes counted
     ids = dispatch(redis, 12)
-    takes: list[int] = []
-    take = FairFeed.take
-
-    def counted(self: FairFeed, count: int) -> Any:
-        taken = take(self, count)
-        takes.append(len(taken))
-        return taken
-
-    monkeypatch.setattr(FairFeed, "take", counted)
+    takes = count_main_thread_takes(monkeypatch)
     handler = Record()
     settings = Settings(REDIS_URL=redis_url, DISPATCHER_WORKER_THREADS=2)
     # When it runs them
