@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import re
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
@@ -101,6 +102,15 @@ _MetaT = TypeVar("_MetaT", bound=MutableMapping[str, Any])
 def enabled() -> bool:
     """Whether this process exports spans."""
     return _on
+
+
+def client_needed() -> bool:
+    """Whether HTTP requests must go through an ``httpx.Client``: its instrumentation is how
+    tracing sees them, and it mounts the proxies the environment names (``HTTPS_PROXY``,
+    ``NO_PROXY``...). Otherwise the clients here send through their transport directly,
+    without the client's per-request work (URL, header and cookie merging, the auth and
+    redirect flows)."""
+    return _on or bool(urllib.request.getproxies())
 
 
 def configure(command: str, environ: Mapping[str, str] | None = None) -> bool:

@@ -12,7 +12,6 @@ import logging
 import random
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -400,16 +399,13 @@ class KomboClient:
         """One request: the response and its body, read no further than max_response_bytes
         (a page of huge orders, or an endless body, must not fill the poller's memory)."""
         if self._direct is None:
-            self._direct = not tracing.enabled() and not urllib.request.getproxies()
+            self._direct = not tracing.client_needed()
         sent = time.perf_counter()
         status: int | None = None
         try:
             if self._direct:
-                # What httpx.Client.send does here, without its per-request work (merging the
-                # URL, headers and cookies; the auth and redirect flows): about a tenth of a
-                # results worker's CPU per write. Through the client when tracing is on (its
-                # instrumentation hooks into the client) or a proxy is configured (the client
-                # mounts it from the environment).
+                # What httpx.Client.send does here, without its per-request work (see
+                # tracing.client_needed): about a tenth of a results worker's CPU per write.
                 request = httpx.Request(
                     method,
                     self._base + path,

@@ -139,9 +139,9 @@ class PendingFinish:
         :func:`finish` records the success on its own, loading the script."""
         self.job._result = result
         self.job.ended_at = now()
-        keys, args = _finish_words(self.job, self.execution, self.worker_key, self.result_ttl)
-        keys.append(steps_key)
-        args[6:6] = [handler]
+        keys, args = _finish_words(
+            self.job, self.execution, self.worker_key, self.result_ttl, steps_key, handler
+        )
         commands: list[tuple[Any, ...]] = [("EVALSHA", _FINISH.sha, len(keys), *keys, *args)]
         take = None if self._take_next is None else self._take_next()
         if take is not None:
@@ -172,8 +172,6 @@ class PendingFinish:
             )
             return self.dependents
         keys, args = _finish_words(self.job, self.execution, self.worker_key, self.result_ttl)
-        keys.append("")
-        args[6:6] = [""]
         repeated: list[list[Any]] = []
         success, *takes = _FINISH.followed_by(connection, keys, args, take, repeated=repeated)
         for reply in [*(r for round_ in repeated for r in round_), *takes]:
@@ -197,8 +195,6 @@ def finish(
     depend on it (RQ's ``enqueue_dependents`` moves them), or None when the execution had
     left the started registry and nothing was written."""
     keys, args = _finish_words(job, execution, worker_key, result_ttl)
-    keys.append("")
-    args[6:6] = [""]
     return _settled(job, int(_FINISH(connection, keys, args)))
 
 
@@ -210,8 +206,15 @@ def _settled(job: Job, reply: int) -> int | None:
 
 
 def _finish_words(
-    job: Job, execution: Execution, worker_key: str, result_ttl: int
+    job: Job,
+    execution: Execution,
+    worker_key: str,
+    result_ttl: int,
+    steps_key: str = "",
+    handler: str = "",
 ) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of rq_job_finished.lua; ``steps_key`` and ``handler`` name the step
+    whose record must be there (empty: a success on its own)."""
     assert job.started_at is not None and job.ended_at is not None
     ended: datetime = job.ended_at
     entry = Result(
@@ -236,6 +239,7 @@ def _finish_words(
         results_key(job.id),
         job.dependents_key,
         job.dependencies_key,
+        steps_key,
     ]
     args: list[Any] = [
         job.id,
@@ -244,6 +248,7 @@ def _finish_words(
         utcformat(ended),
         repr((ended - job.started_at).total_seconds()),
         result_ttl,
+        handler,
     ]
     for field, value in entry.items():
         args.extend((field, value))

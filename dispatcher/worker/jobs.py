@@ -230,11 +230,11 @@ def _process_order(
                 job.retries_left = 0  # RQ reads this on the same object: no retry
             raise
         if store is not None:
-            # At the chain's end: the order's timeline, and what `status` reads for orders
-            # that never get a result.
             # One clock reading, to the millisecond, for the step's record and the chain's
             # end: two readings, each rounded, once put the end before its last step.
             done_at = round(time.time(), 3)
+            # At the chain's end: the order's timeline, and what `status` reads for orders
+            # that never get a result.
             chain_end = (
                 chain_done(
                     Keys(settings.namespace), integration_id, parsed.id,
