@@ -42,6 +42,10 @@ async def _serve_connection(
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
+    except asyncio.CancelledError:
+        # The benchmark is done and asyncio.run cancels the requests still waiting: ended
+        # quietly (asyncio's stream callback prints a cancelled handler's traceback).
+        pass
     finally:
         writer.close()
 

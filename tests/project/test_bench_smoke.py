@@ -13,8 +13,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +163,21 @@ def test_run_all_fails_and_says_which_benchmark_broke(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "| poller_rss | FAILED |" in result.stdout
     assert "multiple of --per-integration" in result.stdout
+
+
+def test_the_vendor_api_stops_quietly_with_requests_still_waiting() -> None:
+    # The benchmarks close its stdin when done, with some POSTs still waiting on the delay:
+    # asyncio printed each cancelled handler's traceback into the benchmark's output.
+    with subprocess.Popen(
+        [sys.executable, str(BENCH / "_vendor_server.py"), "--delay", "30"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as server:  # fmt: skip
+        assert server.stdout is not None and server.stdin is not None
+        url = json.loads(server.stdout.readline())["url"]
+        host, port = url.split("/")[2].split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as waiting:
+            waiting.sendall(b"POST /provision HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            time.sleep(0.3)  # the request is read and waits on the delay
+            _, errors = server.communicate(timeout=30)  # closes stdin: the benchmark is done
+    assert server.returncode == 0
+    assert errors == b""
