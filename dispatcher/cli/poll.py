@@ -29,8 +29,10 @@ from dispatcher.cli._common import (
 )
 from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.fleet import FleetError, parse_share, run_fleet, sweep_in_processes
+from dispatcher.poller.fleet_loop import FleetLoop
 from dispatcher.poller.integrations import IntegrationRegistry
-from dispatcher.poller.poller import Poller, SweepPolicy, SweepReport
+from dispatcher.poller.poller import Poller, SweepPolicy
+from dispatcher.poller.report import SweepReport
 from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.settings import Settings
@@ -136,7 +138,7 @@ def poll(ctx: click.Context, once: bool, as_json: bool, processes: int, share: s
         # built (~10% of a first sweep's CPU, bench/full_sweep.py).
         gc.freeze()
         if not once:
-            poller.run_forever()
+            FleetLoop(poller).run()
             return
         report = poller.sweep(share=share_of)
     _echo_report(report, as_json)

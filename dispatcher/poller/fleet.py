@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from dispatcher.poller.poller import SweepReport
+from dispatcher.poller.report import SweepReport
 
 __all__ = ["FleetError", "parse_share", "run_fleet", "sweep_in_processes"]
 

@@ -1,9 +1,8 @@
 """The poller: sweeps integrations' OPEN orders and dispatches the new ones.
 
-Two modes. ``sweep()`` sweeps every integration once, fully (``dispatcher poll --once``).
-``run_forever()`` is the fleet mode: any number of pollers share one schedule in Redis
-(schedule.py); each integration is claimed with a lease, swept, rescheduled one interval
-later (or later still, backing off, while it keeps failing) and released.
+``sweep()`` sweeps every integration once, fully (``dispatcher poll --once``);
+``sweep_integration()`` sweeps one, as the fleet loop (fleet_loop.py, ``dispatcher poll``)
+does with each integration it claims.
 
 A sweep is *full* (every OPEN order) on the first sweep of an integration by a poller process,
 then every ``full_sweep_interval``; in between it is *incremental*: only orders created since
@@ -15,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -33,6 +31,12 @@ from dispatcher.kombo.errors import KomboError, KomboStopped
 from dispatcher.kombo.models import OrderValidationError
 from dispatcher.kombo.pages import InvalidPageError, OrdersPage
 from dispatcher.poller.integrations import IntegrationRegistry
+from dispatcher.poller.report import (
+    IntegrationSweep,
+    SweepReport,
+    sweep_record,
+    with_invalid_orders,
+)
 from dispatcher.poller.schedule import Schedule
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.store import throughput
@@ -49,18 +53,11 @@ from dispatcher.store.wrongtype import (
 )
 from dispatcher.untrusted import untrusted_text
 
-__all__ = ["IntegrationSweep", "Poller", "SweepPolicy", "SweepReport"]
+__all__ = ["Poller", "SweepPolicy"]
 
 log = logging.getLogger("dispatcher.poller")
 
-# While Redis is unreachable (or refuses the fleet schedule) the fleet loop tries again after
-# 1 s, doubling up to 30 s: a failover of a few seconds costs about as long, a long outage a
-# try every half minute. (A worker tries every 2 s at most, worker.RECONNECT_WAIT_MAX: its
-# queued jobs wait on it; a sweep missed here is made up by the next one.)
-_REDIS_RETRY_FIRST = 1.0
-_REDIS_RETRY_CAP = 30.0
-# Something is due but this poller could claim none of it: the next look, in seconds.
-_CLAIM_RETRY = 0.25
+_MAX_STORED_MESSAGE = MAX_MESSAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,63 +73,6 @@ class SweepPolicy:
     # Pages one sweep of one integration may read: a listing whose cursors never end is
     # an error, not a poller stuck for good (250 orders a page: 5,000,000 orders).
     max_pages: int = 20_000
-
-
-@dataclass(slots=True)
-class IntegrationSweep:
-    """The outcome of sweeping one integration."""
-
-    integration_id: str
-    full: bool = True
-    pages: int = 0
-    orders_seen: int = 0
-    orders_new: int = 0
-    pruned: int = 0
-    error: str | None = None
-    error_code: str | None = None
-    error_order_id: str | None = None
-    interrupted: bool = False
-    consecutive_failures: int = 0
-    # New orders left out because they can never validate ("order X: field Y: problem"):
-    # not a failure of the sweep, which dispatched the orders beside them.
-    invalid_orders: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class SweepReport:
-    """The outcome of one sweep of every integration (``poll --once --json`` prints it)."""
-
-    integrations: int = 0
-    pages: int = 0
-    orders_seen: int = 0
-    orders_new: int = 0
-    # Integrations not swept to the end because a stop was requested (SIGTERM, SIGINT).
-    interrupted: int = 0
-    invalid_orders: int = 0
-    errors: dict[str, str] = field(default_factory=dict)
-    results: list[IntegrationSweep] = field(default_factory=list)
-
-    def add(self, one: IntegrationSweep) -> None:
-        self.results.append(one)
-        self.integrations += 1
-        self.pages += one.pages
-        self.orders_seen += one.orders_seen
-        self.orders_new += one.orders_new
-        self.interrupted += one.interrupted
-        self.invalid_orders += len(one.invalid_orders)
-        if one.error is not None:
-            self.errors[one.integration_id] = one.error
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "integrations": self.integrations,
-            "pages": self.pages,
-            "orders_seen": self.orders_seen,
-            "orders_new": self.orders_new,
-            "interrupted": self.interrupted,
-            "invalid_orders": self.invalid_orders,
-            "errors": dict(self.errors),
-        }
 
 
 class Poller:
@@ -156,8 +96,8 @@ class Poller:
     ) -> None:
         """``request_stats``: the Kombo client's observer; what it gathered is saved in Redis
         with every integration's sweep record (for ``dispatcher status`` and ``/metrics``).
-        ``reconcile``: the reconciler's periodic pass, run beside the sweeps by
-        :meth:`run_forever` whenever it is due and this poller takes its lease."""
+        ``reconcile``: the reconciler's periodic pass, run beside the sweeps by the fleet loop
+        (fleet_loop.py) whenever it is due and this poller takes its lease."""
         self.client = client
         self.ledger = ledger
         self.registry = (
@@ -171,21 +111,15 @@ class Poller:
         self.policy = policy or SweepPolicy()
         self.schedule = schedule or Schedule(ledger.redis, ledger.keys)
         self.stop = stop or threading.Event()
-        self._clock = clock
+        self.clock = clock
         self.request_stats = request_stats
         self.reconcile = reconcile
-        self._reconcile_said: str | None = None
-        self._rng = random.Random()
         # Distinct sweep errors (without their integration) -> when last logged at ERROR: a
         # refused API key fails every integration alike, and one line says it.
         self._errors_said: dict[str, float] = {}
         self._errors_lock = threading.Lock()
         # Integrations this process has fully swept: the first sweep after a start is full.
         self._fully_swept: set[str] = set()
-        # Integrations whose sweep ended while Redis was unreachable: still leased (a failover
-        # keeps the lease) and due only when the lease expires. Their next due time, written
-        # and their lease released as soon as Redis answers, instead of a lease TTL later.
-        self._unreleased: dict[str, float] = {}
 
     @property
     def redis(self) -> Redis:
@@ -247,7 +181,7 @@ class Poller:
         self, integration_id: str, full: bool | None, leased: bool
     ) -> IntegrationSweep:
         extra = {"integration_id": integration_id}
-        started = self._clock()
+        started = self.clock()
         try:
             state = self._state(integration_id)
         except RedisError as exc:
@@ -391,7 +325,7 @@ class Poller:
         the other integrations are swept as usual."""
         integration_id = result.integration_id
         result.error = untrusted_text(
-            f"integration {integration_id}: {self._diagnose(integration_id, exc)}",
+            f"integration {integration_id}: {self.diagnose(integration_id, exc)}",
             _MAX_STORED_MESSAGE,
         )
         result.error_code = WRONGTYPE_CODE if is_wrong_type(exc) else "REDIS.ERROR"
@@ -400,7 +334,18 @@ class Poller:
         self._record(result, started, None)
         return result
 
-    def _diagnose(self, integration_id: str | None, exc: RedisError) -> str:
+    def record_unclaimable(
+        self, integration_id: str, exc: RedisError, started: float
+    ) -> IntegrationSweep:
+        """The integration's lease key is broken (the fleet loop's claim was refused): a
+        failed sweep of that integration, recorded (its next due time is the loop's)."""
+        result = IntegrationSweep(integration_id)
+        # The sweep hash may be the broken key, or missing: then count from zero.
+        with contextlib.suppress(RedisError):
+            result.consecutive_failures = self._state(integration_id).consecutive_failures or 0
+        return self._refused(result, exc, started)
+
+    def diagnose(self, integration_id: str | None, exc: RedisError) -> str:
         """One line naming the key Redis refused (it names none itself)."""
         keys = self.ledger.keys
         expected = shared_keys(keys, self.ledger.queue.key)
@@ -440,9 +385,9 @@ class Poller:
 
     def _record(self, result: IntegrationSweep, started: float, generation: int | None) -> None:
         """Keep the integration's sweep state in Redis: for the next sweep and for status."""
-        now = self._clock()
-        record, forget_invalid = _record_invalid(
-            result, _sweep_record(result, started, now, generation), now
+        now = self.clock()
+        record, forget_invalid = with_invalid_orders(
+            result, sweep_record(result, started, now, generation), now
         )
         keys = self.ledger.keys
         key = keys.sweep(result.integration_id)
@@ -472,7 +417,7 @@ class Poller:
             return
         refused = next((r for r in replies if isinstance(r, RedisError)), None)
         if refused is not None:
-            problem = self._diagnose(result.integration_id, refused)
+            problem = self.diagnose(result.integration_id, refused)
             if problem not in (result.error or ""):  # else the sweep's error line said it
                 log.error(
                     "could not record the sweep: %s",
@@ -482,228 +427,3 @@ class Poller:
             return
         if result.error is None and not result.interrupted and result.full:
             self._fully_swept.add(result.integration_id)
-
-    # -- the fleet loop -----------------------------------------------------------------------
-
-    def run_forever(self, *, sync_every: float = 5.0) -> None:
-        """Claim and sweep due integrations until ``stop`` is set; then finish the pages in
-        hand and return. Survives Redis outages (one log line, backoff, resume)."""
-        running: dict[str, Future[IntegrationSweep]] = {}
-        last_sync = -sync_every
-        outage_since: float | None = None
-        # The shared key Redis refuses (a schedule of the wrong type...): said once at ERROR,
-        # again only if it changes, and once more when it is repaired.
-        refused: str | None = None
-        backoff = _REDIS_RETRY_FIRST
-        reconciling: Future[None] | None = None
-        next_reconcile = 0.0
-        with (
-            ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sweep") as pool,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile") as reconciler,
-        ):
-            while not self.stop.is_set():
-                # The reconciler's pass runs in its own thread (a pass over a million orders
-                # takes a while; sweeps go on meanwhile); whether it is due is asked of Redis
-                # every few seconds at most.
-                if (
-                    self.reconcile is not None
-                    and (reconciling is None or reconciling.done())
-                    and time.monotonic() >= next_reconcile
-                ):
-                    next_reconcile = time.monotonic() + min(5.0, self.reconcile.interval)
-                    reconciling = reconciler.submit(self._reconcile_if_due)
-                try:
-                    if time.monotonic() - last_sync >= sync_every:
-                        self.schedule.sync(self.integration_ids, self.policy.interval)
-                        last_sync = time.monotonic()
-                    self._release_unreleased()
-                    claimed = self._claim_due(pool, running)
-                    wait_for = self.schedule.next_due_in()
-                except RedisError as exc:
-                    if is_refusal(exc):
-                        problem = self._diagnose(None, exc)
-                        if problem != refused:
-                            refused = problem
-                            log.error(
-                                "cannot use the fleet schedule: %s; retrying with backoff",
-                                problem,
-                            )
-                    elif outage_since is None:
-                        outage_since = time.monotonic()
-                        log.error("Redis unavailable (%s); retrying with backoff", exc)
-                    self.stop.wait(backoff)
-                    backoff = min(_REDIS_RETRY_CAP, backoff * 2)
-                    continue
-                if outage_since is not None:
-                    log.warning(
-                        "Redis available again after %.0fs", time.monotonic() - outage_since
-                    )
-                    outage_since, backoff = None, _REDIS_RETRY_FIRST
-                if refused is not None:
-                    log.warning("fleet schedule usable again (was: %s)", refused)
-                    refused, backoff = None, _REDIS_RETRY_FIRST
-                timeout = _loop_wait(wait_for, claimed)
-                if running:
-                    wait(list(running.values()), timeout=timeout, return_when=FIRST_COMPLETED)
-                else:
-                    self.stop.wait(timeout)
-                for integration_id in [i for i, f in running.items() if f.done()]:
-                    running.pop(integration_id).result()
-            wait(list(running.values()))
-
-    def _reconcile_if_due(self) -> None:
-        assert self.reconcile is not None
-        try:
-            self.reconcile.run_if_due(self.stop)
-        except RedisError as exc:
-            # Asked every few seconds: during an outage, one line (the loop says the rest).
-            said = f"{type(exc).__name__}: {exc}"
-            if said != self._reconcile_said:
-                log.warning("reconcile pass not run: %s", said)
-            self._reconcile_said = said
-            return
-        except Exception:
-            log.exception("reconcile pass crashed")
-        self._reconcile_said = None
-
-    def _claim_due(
-        self, pool: ThreadPoolExecutor, running: dict[str, Future[IntegrationSweep]]
-    ) -> int:
-        """Claim due integrations into free slots; how many were claimed."""
-        free = self.concurrency - len(running)
-        if free <= 0:
-            return 0
-        claimed_count = 0
-        for integration_id in self.schedule.due(limit=free + len(running)):
-            if integration_id in running:
-                continue
-            try:
-                claimed = self.schedule.claim(integration_id)
-            except RedisError as exc:
-                if not is_refusal(exc):
-                    raise  # an outage: the loop's to report
-                self._unclaimable(integration_id, exc)
-                continue
-            if claimed:
-                running[integration_id] = pool.submit(self._sweep_claimed, integration_id)
-                claimed_count += 1
-                if len(running) >= self.concurrency:
-                    break
-        return claimed_count
-
-    def _unclaimable(self, integration_id: str, exc: RedisError) -> None:
-        """The integration's lease key is broken (another type, so it never expires): a
-        failed sweep of that integration, recorded, and due again after the backoff, instead
-        of an integration silently never claimed again."""
-        started = self._clock()
-        result = IntegrationSweep(integration_id)
-        # The sweep hash may be the broken key, or missing: then count from zero.
-        with contextlib.suppress(RedisError):
-            result.consecutive_failures = self._state(integration_id).consecutive_failures or 0
-        self._refused(result, exc, started)
-        try:
-            self.schedule.reschedule(integration_id, self._next_due(result, started))
-        except RedisError as again:
-            log.debug("could not reschedule %s: %s", integration_id, again)
-
-    def _sweep_claimed(self, integration_id: str) -> IntegrationSweep:
-        started = self._clock()
-        result = IntegrationSweep(integration_id, error="not swept", error_code="INTERNAL")
-        try:
-            result = self.sweep_integration(integration_id, leased=True)
-        except Exception:
-            log.exception("sweep crashed", extra={"integration_id": integration_id})
-        finally:
-            next_due = self._next_due(result, started)
-            try:
-                self.schedule.reschedule(integration_id, next_due)
-                self.schedule.release(integration_id)
-            except RedisError as exc:
-                log.debug("could not reschedule %s: %s", integration_id, exc)
-                self._unreleased[integration_id] = next_due
-        return result
-
-    def _release_unreleased(self) -> None:
-        """Reschedule and release what sweeps ended during an outage could not (raises
-        RedisError while Redis is still away: the loop's to report)."""
-        for integration_id, next_due in list(self._unreleased.items()):
-            self.schedule.reschedule(integration_id, next_due)
-            self.schedule.release(integration_id)
-            del self._unreleased[integration_id]
-
-    def _next_due(self, result: IntegrationSweep, started: float) -> float:
-        interval = self.policy.interval
-        if result.interrupted:
-            return started  # not swept to the end: due again at once (for another poller)
-        if result.error is not None:
-            exponent = min(max(0, result.consecutive_failures - 1), tunables.BACKOFF_MAX_EXPONENT)
-            delay: float = min(self.policy.backoff_cap, interval * 2.0**exponent)
-            return self._clock() + delay
-        # Never earlier than one interval, so the fleet sweeps each integration once per
-        # interval; a little later at random so that pollers drift apart.
-        return started + interval * (1.0 + self._rng.uniform(0.0, 0.1))
-
-
-def _loop_wait(next_due_in: float | None, claimed: int) -> float:
-    """Seconds the fleet loop waits (less if a sweep of its own ends first)."""
-    timeout = min(1.0, next_due_in if next_due_in is not None else 1.0)
-    if timeout <= 0 and not claimed:
-        # Due, yet nothing claimed: every slot busy, or a lease a moment from expiring (two
-        # hosts' clocks differ a little). Look again shortly, not at once: each round is a few
-        # Redis commands, and a loop that spun cost thousands a second.
-        return _CLAIM_RETRY
-    return timeout
-
-
-def _record_invalid(
-    result: IntegrationSweep, record: SweepRecord, now: float
-) -> tuple[SweepRecord, bool]:
-    """The sweep's ``record`` with its invalid orders; and True when the last ones recorded
-    are to be forgotten.
-
-    They stay recorded until a complete full sweep (which sees every OPEN order) finds none:
-    an incremental sweep does not see older orders again.
-    """
-    if result.invalid_orders:
-        return replace(
-            record,
-            invalid_orders=len(result.invalid_orders),
-            # Cleaned and bounded when recorded: the message quotes an order id, which Kombo chose.
-            last_invalid_order=result.invalid_orders[0],
-            last_invalid_at=now,
-        ), False
-    return record, result.full and result.error is None and not result.interrupted
-
-
-_MAX_STORED_MESSAGE = MAX_MESSAGE
-
-
-def _sweep_record(
-    result: IntegrationSweep, started: float, now: float, generation: int | None
-) -> SweepRecord:
-    """The sweep hash fields one sweep sets (the invalid-order fields aside)."""
-    record = SweepRecord(
-        last_attempt_at=now,
-        duration=round(now - started, 3),
-        consecutive_failures=result.consecutive_failures,
-    )
-    if result.error is None and not result.interrupted:
-        record = replace(
-            record,
-            last_sweep_at=now,
-            watermark=started,
-            orders_seen=result.orders_seen,
-            orders_new=result.orders_new,
-            pages=result.pages,
-            last_sweep_kind="full" if result.full else "incremental",
-        )
-        if generation is not None:
-            record = replace(record, full_sweep_at=started, generation=generation)
-    elif result.error is not None:
-        record = replace(
-            record,
-            last_error=result.error,
-            last_error_code=result.error_code or "",
-            last_error_at=now,
-        )
-    return record

@@ -26,6 +26,7 @@ from dispatcher import Settings
 from dispatcher.kombo.client import KomboClient
 from dispatcher.logs import escape_controls
 from dispatcher.ops.status import take_snapshot
+from dispatcher.poller.fleet_loop import FleetLoop
 from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.poller.schedule import Schedule
 from dispatcher.store.key_types import integration_keys, shared_keys
@@ -77,7 +78,7 @@ def make_poller(redis: Redis, conf: Settings, sim: Simulator, **kw: Any) -> Poll
 
 
 def start(poller: Poller) -> threading.Thread:
-    thread = threading.Thread(target=poller.run_forever, kwargs={"sync_every": 0.1}, daemon=True)
+    thread = threading.Thread(target=FleetLoop(poller).run, kwargs={"sync_every": 0.1}, daemon=True)
     thread.start()
     return thread
 

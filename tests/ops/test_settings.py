@@ -195,7 +195,7 @@ def test_demo_without_its_extra_is_one_error_line(tmp_path) -> None:  # type: ig
 
 def test_the_sweep_report_counts_in_the_singular(capsys: pytest.CaptureFixture[str]) -> None:
     from dispatcher.cli.poll import _echo_report
-    from dispatcher.poller.poller import SweepReport
+    from dispatcher.poller.report import SweepReport
 
     _echo_report(SweepReport(integrations=1, pages=1, orders_seen=3, orders_new=1), False)
     assert capsys.readouterr().out.startswith("1 integration, 1 page, 3 OPEN orders seen")

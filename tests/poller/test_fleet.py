@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
 
 from dispatcher.kombo.client import KomboClient
+from dispatcher.poller.fleet_loop import FleetLoop
 from dispatcher.poller.integrations import IntegrationRegistry
 from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.poller.schedule import FIRST_SWEEP_WITHIN, Schedule
@@ -180,7 +181,7 @@ def test_a_sweep_ended_during_an_outage_is_rescheduled_and_released_once_redis_a
         stop=stop,
     )  # fmt: skip
     integration_id = sim.integration_ids[0]
-    thread = threading.Thread(target=poller.run_forever)
+    thread = threading.Thread(target=FleetLoop(poller).run)
     started = time.time()
     thread.start()
     try:
@@ -230,7 +231,7 @@ def test_a_poller_waits_instead_of_spinning_while_sweeps_run(redis: Redis) -> No
     stop = threading.Event()
     # one poller saturated, one with free slots
     pollers = _fleet(sim, redis, slow, stop, interval=60.0, concurrencies=(1, 4))
-    threads = [threading.Thread(target=p.run_forever) for p in pollers]
+    threads = [threading.Thread(target=FleetLoop(p).run) for p in pollers]
     for t in threads:
         t.start()
     try:
@@ -366,12 +367,13 @@ def test_a_failing_integration_backs_off_exponentially_up_to_the_cap(redis: Redi
     sim.fail_next("server_error", 1000, integration_id=broken)
     clock = Clock(10_000.0)
     poller = make_poller(sim, redis, clock=clock, policy=SweepPolicy(interval=60, backoff_cap=300))
+    loop = FleetLoop(poller)
     delays = []
     for _ in range(5):
         redis.zadd(KEYS.schedule, {broken: clock.now, healthy: clock.now})
         for integration_id in (broken, healthy):
             assert poller.schedule.claim(integration_id)
-            poller._sweep_claimed(integration_id)
+            loop._sweep_claimed(integration_id)
         delays.append(redis.zscore(KEYS.schedule, broken) - clock.now)
         healthy_delay = redis.zscore(KEYS.schedule, healthy) - clock.now
         assert 60 <= healthy_delay <= 66
@@ -393,7 +395,7 @@ def test_an_integration_failing_for_weeks_still_waits_the_cap(redis: Redis) -> N
     redis.zadd(KEYS.schedule, {broken: clock.now})
     assert poller.schedule.claim(broken)
     # When it fails once more
-    poller._sweep_claimed(broken)
+    FleetLoop(poller)._sweep_claimed(broken)
     # Then it is due again after the cap, as after the fifth failure
     assert redis.zscore(KEYS.schedule, broken) - clock.now == 900
     assert redis.hget(KEYS.sweep(broken), "consecutive_failures") == b"2001"
@@ -415,7 +417,9 @@ def test_three_pollers_share_the_work_without_doubling_it(redis: Redis) -> None:
 
     stop = threading.Event()
     pollers = _fleet(sim, redis, handle, stop, interval=1.0, concurrencies=(3, 3, 3))
-    threads = [threading.Thread(target=p.run_forever, kwargs={"sync_every": 0.2}) for p in pollers]
+    threads = [
+        threading.Thread(target=FleetLoop(p).run, kwargs={"sync_every": 0.2}) for p in pollers
+    ]
     for t in threads:
         t.start()
 

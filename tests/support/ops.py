@@ -16,7 +16,8 @@ from rq import Queue
 from dispatcher import HandlerContext, Order, PermanentFailure, Settings
 from dispatcher.cli import cli
 from dispatcher.kombo.client import KomboClient
-from dispatcher.poller.poller import Poller, SweepReport
+from dispatcher.poller.poller import Poller
+from dispatcher.poller.report import SweepReport
 from dispatcher.poller.telemetry import RequestStats
 from dispatcher.store.ledger import JobOptions, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
