@@ -1,19 +1,19 @@
 """Kombo API client on httpx: orders (current and deprecated endpoint), typed and retried.
 
 The transport (retries, limits, the key) and the endpoints; Kombo's errors are in
-:mod:`dispatcher.kombo.errors`, the decoding of its order pages in :mod:`dispatcher.kombo.pages`.
+:mod:`dispatcher.kombo.errors`, what an answer says (body or error, warnings, Retry-After) in
+:mod:`dispatcher.kombo.answers`, the decoding of its order pages in :mod:`dispatcher.kombo.pages`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
@@ -21,10 +21,18 @@ import httpx
 from pydantic import SecretStr
 
 from dispatcher import tracing
-from dispatcher.kombo.errors import KomboError, KomboLimitError, KomboStopped
+from dispatcher.kombo.answers import (
+    decode_answer,
+    is_key_refusal,
+    key_refused,
+    retry_after_seconds,
+    too_large,
+    warnings_of,
+)
+from dispatcher.kombo.errors import KomboError, KomboStopped
 from dispatcher.kombo.models import kombo_time
 from dispatcher.kombo.packages import PACKAGE_FIELDS, InvalidPackagesError, Package, parse_packages
-from dispatcher.kombo.pages import OrdersPage, decode_json, follow_pages, parse_page, read_page
+from dispatcher.kombo.pages import OrdersPage, follow_pages, parse_page, read_page
 from dispatcher.kombo.results import AssessmentResult
 from dispatcher.untrusted import no_cookies
 
@@ -285,10 +293,10 @@ class KomboClient:
                     decoded = fast_decode(content)
                     if decoded is not None:
                         return decoded
-                body, error = _decode(response, content, integration_id)
-                if error is not None and _refused_key(error):
-                    error = _key_refused(error)
-                retry_after = _retry_after(response)
+                body, error = decode_answer(response, content, integration_id)
+                if error is not None and is_key_refusal(error):
+                    error = key_refused(error)
+                retry_after = retry_after_seconds(response)
                 if error is not None and method != "GET" and response.is_success:
                     # Kombo took the write (2xx) but its answer was garbled in transit: a
                     # retry would repeat the write (and a result, no longer OPEN, would be
@@ -428,12 +436,12 @@ class KomboClient:
                 limit = self.max_response_bytes
                 declared = response.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > limit:
-                    raise _too_large(method, path, integration_id, status, f"{declared} bytes")
+                    raise too_large(method, path, integration_id, status, f"{declared} bytes")
                 body = bytearray()
                 for chunk in response.iter_bytes():
                     body += chunk
                     if len(body) > limit:
-                        raise _too_large(
+                        raise too_large(
                             method, path, integration_id, status, f"more than {limit} bytes"
                         )
             except (httpx.TransportError, httpx.DecodingError):
@@ -459,7 +467,7 @@ class KomboClient:
             integration_id,
             json=result.to_body(),
         )
-        return _warnings(body)
+        return warnings_of(body)
 
     def get_packages(self, integration_id: str) -> list[Package]:
         """``GET /assessment/packages``: the packages Kombo holds for the integration."""
@@ -493,93 +501,7 @@ class KomboClient:
             integration_id,
             json={"packages": [package.model_dump(mode="json") for package in packages]},
         )
-        return _warnings(body)
-
-
-def _refused_key(error: KomboError) -> bool:
-    """Whether Kombo refused the API key (not this integration: every request will fail)."""
-    if error.code is not None:
-        return error.code.startswith("PLATFORM.AUTHENTICATION")
-    return error.status_code == 401
-
-
-def _key_refused(error: KomboError) -> KomboError:
-    # Kombo's own message ("The Authorization header must be 'Bearer <your API key>'")
-    # sends the operator looking at headers they never wrote: the key is what is wrong.
-    return KomboError(
-        "the key in KOMBO_API_KEY was refused",
-        code=error.code,
-        title=error.title,
-        log_url=error.log_url,
-        status_code=error.status_code,
-        integration_id=error.integration_id,
-    )
-
-
-def _too_large(
-    method: str, path: str, integration_id: str, status: int, size: str
-) -> KomboLimitError:
-    return KomboLimitError(
-        f"{method} /{path}: answer of {size} is over the limit (DISPATCHER_MAX_RESPONSE_BYTES)",
-        code="RESPONSE_TOO_LARGE",
-        status_code=status,
-        integration_id=integration_id,
-    )
-
-
-def _decode(
-    response: httpx.Response, content: bytes, integration_id: str
-) -> tuple[Any, KomboError | None]:
-    try:
-        body = decode_json(content)
-    except ValueError:
-        # A truncated or garbled body is most often a transient proxy fault: retry it.
-        return None, KomboError(
-            f"malformed JSON in the response (HTTP {response.status_code})",
-            code=None,
-            status_code=503 if response.is_success else response.status_code,
-            integration_id=integration_id,
-        )
-    if response.is_success and isinstance(body, dict) and body.get("status") != "error":
-        return body, None
-    envelope = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(envelope, dict):
-        envelope = {}
-    message = envelope.get("message")
-    return None, KomboError(
-        str(message) if message else f"HTTP {response.status_code} {response.reason_phrase}",
-        code=_str_or_none(envelope.get("code")),
-        title=_str_or_none(envelope.get("title")),
-        log_url=_str_or_none(envelope.get("log_url")),
-        status_code=response.status_code,
-        integration_id=integration_id,
-    )
-
-
-def _warnings(body: Any) -> list[str]:
-    warnings = body.get("warnings") if isinstance(body, dict) else None
-    if not isinstance(warnings, list):
-        return []
-    return [str(item.get("message")) if isinstance(item, dict) else str(item) for item in warnings]
-
-
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        return warnings_of(body)
 
 
 def _format_created_after(value: datetime | str) -> str:
