@@ -29,8 +29,9 @@ from dispatcher.ops.status import take_snapshot
 from dispatcher.poller.fleet_loop import FleetLoop
 from dispatcher.poller.poller import Poller, SweepPolicy
 from dispatcher.poller.schedule import Schedule
+from dispatcher.store.key_schema import SCHEMA
 from dispatcher.store.key_types import integration_keys, shared_keys
-from dispatcher.store.keys import SCHEMA, Keys
+from dispatcher.store.keys import Keys
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.wrongtype import WRONGTYPE_CODE, describe, find_wrong_types
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator

@@ -1,4 +1,4 @@
-"""The Redis key schema: documented once (dispatcher.store.keys.SCHEMA, shown in
+"""The Redis key schema: documented once (dispatcher.store.key_schema.SCHEMA, shown in
 docs/redis-keys.md), and a full run writes nothing else."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 from redis import Redis
 from rq.job import Job
 
-from dispatcher.store.keys import SCHEMA, Keys, job_id_for, schema_markdown
+from dispatcher.store.key_schema import SCHEMA, schema_markdown
+from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import Simulator
 from support.ops import TESTS, dispatcher, env_for, invoke, settings_for, sweep
@@ -26,7 +27,7 @@ def test_the_document_shows_the_schema_of_the_code() -> None:
     text = DOC.read_text()
     assert schema_markdown() in text, (
         "docs/redis-keys.md is out of date: paste the table "
-        "`python -c 'from dispatcher.store.keys import schema_markdown; print(schema_markdown())'`"
+        "`python -c 'from dispatcher.store.key_schema import schema_markdown; print(schema_markdown())'`"
     )
 
 

@@ -38,7 +38,7 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from dispatcher.kombo.models import Order
 from dispatcher.store import rq_internals as rqi
-from dispatcher.store.keys import SCHEMA
+from dispatcher.store.key_schema import SCHEMA
 from dispatcher.store.ledger import JOB_FUNCTION, JobOptions, Ledger
 from dispatcher.testing.sim import Simulator
 from dispatcher.worker import base as dispatcher_worker
@@ -180,11 +180,11 @@ def test_every_key_name_is_the_one_rq_uses(fake_redis: fakeredis.FakeRedis) -> N
 def test_the_documented_key_table_names_the_same_rq_keys(
     fake_redis: fakeredis.FakeRedis,
 ) -> None:
-    # docs/redis-keys.md (keys.SCHEMA) describes RQ's keys too: it must describe these.
+    # docs/redis-keys.md (key_schema.SCHEMA) describes RQ's keys too: it must describe these.
     patterns = [spec.regex("dispatcher", QUEUE) for spec in SCHEMA]
     for internal, (ours, _, _) in _keys_rq_builds(fake_redis).items():
         assert any(p.match(ours) for p in patterns), (
-            f"{internal}: {ours!r} is not in keys.SCHEMA (docs/redis-keys.md)"
+            f"{internal}: {ours!r} is not in key_schema.SCHEMA (docs/redis-keys.md)"
         )
 
 
