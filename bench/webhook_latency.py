@@ -50,7 +50,8 @@ from rq import Queue
 from _support import free_port, private_redis, queued_count, simulator_process
 from dispatcher.kombo.client import KomboClient
 from dispatcher.testing.sim import DEFAULT_API_KEY
-from dispatcher.web.webhook import ORDER_EVENT, SIGNATURE_HEADER, WEBHOOK_PATH, sign
+from dispatcher.web.kombo_delivery import ORDER_EVENT, SIGNATURE_HEADER, sign
+from dispatcher.web.webhook import WEBHOOK_PATH
 
 SECRET = "bench-webhook-secret"
 QUEUE = "bench-orders"

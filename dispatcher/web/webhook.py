@@ -1,12 +1,13 @@
 """The Kombo webhook receiver: ``POST /webhooks/kombo`` (needs the ``web`` extra).
 
 Kombo pushes every new order as an ``assessment:order-received`` (or
-``inline-assessment:order-received``) event. The receiver checks ``X-Kombo-Signature`` over the
-raw body, validates the order, may reject it at the door, confirms it OPEN with Kombo
-(dispatcher/web/confirm.py: a replayed delivery of an order Kombo completed dispatches
-nothing) and hands it to :meth:`Ledger.dispatch <dispatcher.store.ledger.Ledger.dispatch>`:
-the same atomic dedupe-and-enqueue step the poller uses, so an order that arrives by webhook
-and by polling is dispatched once. The handlers run later, in a worker; the answer does not
+``inline-assessment:order-received``) event. The receiver checks ``X-Kombo-Signature`` over
+the raw body and parses the event (dispatcher/web/kombo_delivery.py), may reject the order at
+the door, confirms it OPEN with Kombo (dispatcher/web/confirm.py: a replayed delivery of an
+order Kombo completed dispatches nothing) and hands it to
+:meth:`Ledger.dispatch <dispatcher.store.ledger.Ledger.dispatch>`: the same atomic
+dedupe-and-enqueue step the poller uses, so an order that arrives by webhook and by polling
+is dispatched once. The handlers run later, in a worker; the answer does not
 wait for them. The body's deadline and budget are the app's (dispatcher/web/bodies.py).
 
 ========  ===================================================================================
@@ -31,9 +32,6 @@ answer    when
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Coroutine, Mapping, Sequence
@@ -42,7 +40,6 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import SecretStr
-from pydantic_core import from_json
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -50,13 +47,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dispatcher import tracing, tunables
-from dispatcher.kombo.models import (
-    Order,
-    OrderStatus,
-    OrderValidationError,
-    id_problem,
-    parse_order,
-)
+from dispatcher.kombo.models import Order, OrderStatus
 from dispatcher.logs import escape_controls
 from dispatcher.plugins import Acceptor, load_acceptors
 from dispatcher.settings import Settings
@@ -72,63 +63,26 @@ from dispatcher.web.confirm import (
     UnconfirmedOrders,
     record_event,
 )
+from dispatcher.web.kombo_delivery import (
+    INLINE_ORDER_EVENT,
+    MAX_BODY_BYTES,
+    ORDER_EVENTS,
+    SIGNATURE_HEADER,
+    BodyTooLarge,
+    Event,
+    InvalidEvent,
+    new_mac,
+    parse_delivered_order,
+    parse_event,
+    read_body,
+    signature_matches,
+)
 
-__all__ = [
-    "INLINE_ORDER_EVENT",
-    "MAX_BODY_BYTES",
-    "ORDER_EVENT",
-    "SIGNATURE_HEADER",
-    "WEBHOOK_PATH",
-    "WebhookReceiver",
-    "sign",
-    "verify_signature",
-    "webhook_receiver",
-    "webhook_routes",
-]
+__all__ = ["WEBHOOK_PATH", "WebhookReceiver", "webhook_receiver", "webhook_routes"]
 
 log = logging.getLogger("dispatcher.webhook")
 
 WEBHOOK_PATH = "/webhooks/kombo"
-SIGNATURE_HEADER = "X-Kombo-Signature"
-MAX_BODY_BYTES = 1024 * 1024
-ORDER_EVENT = "assessment:order-received"
-INLINE_ORDER_EVENT = "inline-assessment:order-received"
-_ORDER_EVENTS = frozenset({ORDER_EVENT, INLINE_ORDER_EVENT})
-
-
-def sign(secret: SecretStr | str | bytes, body: bytes) -> str:
-    """Kombo's signature of ``body``: base64url, without ``=`` padding, of its HMAC-SHA256."""
-    return _signature(hmac.new(_key(secret), body, hashlib.sha256))
-
-
-def verify_signature(secret: SecretStr | str | bytes, body: bytes, header: str | None) -> bool:
-    """Whether ``header`` is Kombo's signature of the raw ``body`` under ``secret``.
-
-    The comparison takes constant time. Only the exact unpadded base64url form is accepted:
-    a padded or standard-base64 spelling of the right digest is refused like a wrong one,
-    since Kombo never sends it.
-    """
-    return _matches(hmac.new(_key(secret), body, hashlib.sha256), header)
-
-
-def _signature(mac: hmac.HMAC) -> str:
-    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
-
-
-def _matches(mac: hmac.HMAC, header: str | None) -> bool:
-    if not header:
-        return False
-    try:
-        given = header.encode("ascii")
-    except UnicodeEncodeError:
-        return False
-    return hmac.compare_digest(_signature(mac).encode("ascii"), given)
-
-
-def _key(secret: SecretStr | str | bytes) -> bytes:
-    if isinstance(secret, SecretStr):
-        secret = secret.get_secret_value()
-    return secret.encode("utf-8") if isinstance(secret, str) else secret
 
 
 def webhook_routes(
@@ -173,21 +127,6 @@ def webhook_receiver(
         confirmer=confirmer,
         timeline_ttl=int(settings.seen_retention),
     )
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _Invalid(Exception):
-    """The event cannot be used; the message says which field and why (never a value)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Event:
-    id: str
-    type: str
-    data: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,16 +201,16 @@ class WebhookReceiver:
         if isinstance(body, Response):
             return body
         try:
-            event = _parse_event(body)
-        except _Invalid as exc:
+            event = parse_event(body)
+        except InvalidEvent as exc:
             log.warning("webhook refused: %s", exc)
             return _message(400, str(exc))
-        if event.type not in _ORDER_EVENTS:
+        if event.type not in ORDER_EVENTS:
             log.info("webhook %s: event type %s ignored", event.id, event.type)
             return JSONResponse({"status": "ignored"})
         try:
-            integration_id, order = _parse_order(event.data)
-        except _Invalid as exc:
+            integration_id, order = parse_delivered_order(event.data)
+        except InvalidEvent as exc:
             log.warning("webhook %s refused: %s", event.id, exc)
             return _message(400, f"event {event.id}: {exc}")
         extra = {"order_id": order.id, "integration_id": integration_id}
@@ -312,20 +251,20 @@ class WebhookReceiver:
         # The rest of a refused body is never read: each refusal closes the connection rather
         # than drain it.
         close = {"Connection": "close"}
-        mac = hmac.new(_key(self.secret), digestmod=hashlib.sha256)
+        mac = new_mac(self.secret)
         # The deadline, the budget of bodies being read and a client going away are the
         # app's, for every route alike (dispatcher/web/bodies.py).
         try:
-            chunks = await _read_body(request, MAX_BODY_BYTES, mac)
-        except _TooLarge:
+            chunks = await read_body(request, MAX_BODY_BYTES, mac)
+        except BodyTooLarge:
             log.warning("webhook refused: body over %d bytes", MAX_BODY_BYTES)
             return _message(413, "body larger than 1 MiB", headers=close)
-        if not _matches(mac, header):
+        if not signature_matches(mac, header):
             log.warning("webhook refused: %s does not match the body", SIGNATURE_HEADER)
             return _message(401, f"{SIGNATURE_HEADER} does not match the body")
         return b"".join(chunks)  # only now: a stranger's body is never copied whole
 
-    def _inline_answer(self, event: _Event, integration_id: str, order: Order) -> dict[str, str]:
+    def _inline_answer(self, event: Event, integration_id: str, order: Order) -> dict[str, str]:
         if self.inline_url:
             return {"assessment_url": _inline_url(self.inline_url, integration_id, order)}
         log.warning(
@@ -609,62 +548,6 @@ class WebhookReceiver:
                 continue
             return message.strip()
         return None
-
-
-async def _read_body(request: Request, limit: int, mac: hmac.HMAC) -> list[bytes]:
-    """The body's chunks, each fed to ``mac`` as it arrives; refused from ``Content-Length``
-    or mid-stream once it passes ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        if size + len(chunk) > limit:
-            raise _TooLarge
-        size += len(chunk)
-        mac.update(chunk)
-        chunks.append(chunk)
-    return chunks
-
-
-def _parse_event(body: bytes) -> _Event:
-    try:
-        # pydantic-core's parser, as for Kombo's pages: unlike json.loads it refuses what no
-        # str may hold on its way to Redis, the logs or a URL (a lone surrogate, "\ud800", or
-        # its raw UTF-8 bytes) and any body not in UTF-8, so all that is a 400 here, never a
-        # 500 later. Its messages name a position, never the content.
-        event = from_json(body)
-    except ValueError as exc:
-        raise _Invalid(f"body is not valid JSON: {exc}") from None
-    if not isinstance(event, dict):
-        raise _Invalid("body must be a JSON object")
-    event_id = event.get("id")
-    if not isinstance(event_id, str) or not event_id:
-        raise _Invalid("field id: required, the event id (a non-empty string)")
-    event_type = event.get("type")
-    if not isinstance(event_type, str) or not event_type:
-        raise _Invalid(f"event {event_id}: field type: required (a non-empty string)")
-    return _Event(event_id, event_type, event.get("data"))
-
-
-def _parse_order(data: Any) -> tuple[str, Order]:
-    if not isinstance(data, dict):
-        raise _Invalid("field data: required, the order (a JSON object)")
-    integration_id = data.get("integration_id")
-    if not isinstance(integration_id, str) or not integration_id:
-        raise _Invalid("field data.integration_id: required (a non-empty string)")
-    # It names Redis keys and log lines, like the order id: the same rules.
-    problem = id_problem(integration_id)
-    if problem is not None:
-        raise _Invalid(f"field data.integration_id: {problem}")
-    # The poller's orders do not carry it (the job does, beside the order): keep both paths'
-    # jobs the same.
-    fields = {key: value for key, value in data.items() if key != "integration_id"}
-    try:
-        return integration_id, parse_order(fields)
-    except OrderValidationError as exc:
-        raise _Invalid(f"order {exc.order_id}: field data.{exc.field}: {exc.problem}") from None
 
 
 def _inline_url(template: str, integration_id: str, order: Order) -> str:

@@ -26,7 +26,8 @@ from dispatcher.poller.poller import Poller
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator, SimulatorServer
-from dispatcher.web.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER, WEBHOOK_PATH, sign
+from dispatcher.web.kombo_delivery import MAX_BODY_BYTES, SIGNATURE_HEADER, sign
+from dispatcher.web.webhook import WEBHOOK_PATH
 from dispatcher.worker.jobs import Runtime, install_runtime
 from support import queued_jobs, text
 from support.webhook import ReceiverServer, event_body, make_app, make_ledger, signed

@@ -24,7 +24,8 @@ from redis import Redis
 
 from dispatcher.settings import ConfigError, Settings, load_settings
 from dispatcher.web.app import create_app, server_config
-from dispatcher.web.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER, WEBHOOK_PATH
+from dispatcher.web.kombo_delivery import MAX_BODY_BYTES, SIGNATURE_HEADER
+from dispatcher.web.webhook import WEBHOOK_PATH
 from support import order_payload
 from support.web import (
     BODY_TIMEOUT,

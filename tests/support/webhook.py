@@ -20,7 +20,8 @@ from dispatcher.plugins import Acceptor
 from dispatcher.settings import Settings
 from dispatcher.store.ledger import Ledger
 from dispatcher.web.bodies import body_middleware
-from dispatcher.web.webhook import ORDER_EVENT, SIGNATURE_HEADER, sign, webhook_routes
+from dispatcher.web.kombo_delivery import ORDER_EVENT, SIGNATURE_HEADER, sign
+from dispatcher.web.webhook import webhook_routes
 from support import free_port
 
 SECRET = "kombo-test-secret"

@@ -21,15 +21,14 @@ from dispatcher.handler import HandlerConfigError
 from dispatcher.plugins import find_acceptors
 from dispatcher.settings import ConfigError, Settings
 from dispatcher.store.ledger import Ledger
-from dispatcher.web.webhook import (
+from dispatcher.web.kombo_delivery import (
     INLINE_ORDER_EVENT,
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
-    WEBHOOK_PATH,
     sign,
     verify_signature,
-    webhook_routes,
 )
+from dispatcher.web.webhook import WEBHOOK_PATH, webhook_routes
 from support import order_payload, text
 from support.webhook import QUEUE, SECRET, AppClient, event_body, make_app, make_ledger, signed
 
