@@ -1,6 +1,7 @@
 """What the dispatcher adds to RQ's workers, shared by every worker class: the mixin over
-RQ's workers (:class:`DispatcherWorkerMixin`), the queue that takes jobs off for it, and the
-count of what a burst did (:class:`BurstSummary`).
+RQ's workers (:class:`DispatcherWorkerMixin`). The queue that takes jobs off for it and the
+checks of a taken job are in :mod:`dispatcher.worker.admission`, the count of what a burst
+did in :mod:`dispatcher.worker.burst`.
 
 RQ recovers a job whose worker died (SIGKILL, OOM, a lost machine) only when some worker's
 maintenance pass finds the job's heartbeat expired: by default 60 s after the last heartbeat,
@@ -24,42 +25,37 @@ import logging
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, worker_registration
-from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
-from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.job import Job
+from rq.registry import StartedJobRegistry
 from rq.timeouts import BaseTimeoutException, JobTimeoutException
 from rq.utils import now
 
 from dispatcher.handler import PermanentFailure, RetryLater
-from dispatcher.logs import OrderLogContext, contact_values, escape_controls, set_order_context
+from dispatcher.logs import set_order_context
 from dispatcher.store.failures import Failure, clean_traceback, job_timeout_reason, parse_failure
-from dispatcher.store.fair import FairFeed, FairOptions
-from dispatcher.store.keys import Keys
-from dispatcher.store.ledger import JOB_FUNCTION
-from dispatcher.store.results import RESULT_JOB_FUNCTIONS
 from dispatcher.store.rq_internals import (
     JOB_SERIALIZER,
     WorkerBase,
     call_exception_handlers,
     clean_registries_but_started,
-    failed_key,
-    intermediate_key,
-    job_refusal,
-    queue_key,
     save_meta,
-    scheduled_key,
-    unreadable_job,
 )
+from dispatcher.worker.admission import (
+    OrderQueue,
+    fair_feed,
+    job_integration,
+    log_context,
+    release_lease,
+)
+from dispatcher.worker.burst import BurstSummary
 from dispatcher.worker.jobs import (
     ForeignNamespace,
     HandlerFailed,
@@ -72,7 +68,6 @@ from dispatcher.worker.recovery import (
     forget_first_seen,
     requeue_abandoned,
     requeue_stranded,
-    return_popped,
 )
 from dispatcher.worker.retry import DispatcherJob
 from dispatcher.worker.rq_chatter import QuietRqLog, demote_rq_chatter
@@ -85,13 +80,8 @@ __all__ = [
     "REDIS_LOST",
     "STRANDED_AFTER",
     "WORKER_TTL",
-    "BurstSummary",
     "DispatcherWorkerMixin",
-    "admit",
     "demote_rq_chatter",
-    "fair_feed",
-    "job_integration",
-    "log_context",
 ]
 
 log = logging.getLogger("dispatcher.worker")
@@ -113,156 +103,6 @@ RECONNECT_WAIT_MAX = 2.0
 # Worst case from a worker's death to its job being queued again: the heartbeat runs out,
 # then a live worker's next maintenance pass (an idle one wakes every WORKER_TTL - 15 s).
 RECOVERY_BOUND = HEARTBEAT_INTERVAL + HEARTBEAT_GRACE + (WORKER_TTL - 15) + MAINTENANCE_INTERVAL
-
-
-def log_context(job: Job) -> OrderLogContext | None:
-    """What a job's log lines are tagged with (its order, integration, the candidate's
-    contact data to mask), or None for a job that is not one of the dispatcher's."""
-    meta: dict[str, Any] = job.meta or {}
-    order_id, integration_id = meta.get("order_id"), meta.get("integration_id")
-    if not isinstance(order_id, str) or not isinstance(integration_id, str):
-        return None  # not one of ours: nothing to tag
-    try:
-        order = job.kwargs.get("order")
-        contact = contact_values(order) if isinstance(order, dict) else ()
-    except Exception:  # an unreadable payload fails the job later, with RQ's own report
-        contact = ()
-    return OrderLogContext(order_id, integration_id, job.id, contact)
-
-
-# A worker that met a job of another namespace waits this long once the queue holds nothing
-# else, before looking again (so that it does not spin on jobs it leaves alone).
-FOREIGN_PAUSE = 1.0
-_foreign_reported: set[tuple[str, str]] = set()
-
-
-def _job_namespace(job: Job) -> str | None:
-    namespace = (job.meta or {}).get("namespace")
-    return namespace if isinstance(namespace, str) else None
-
-
-# The functions a worker runs; RQ would import and call any name a job's data holds.
-JOB_FUNCTIONS = frozenset({JOB_FUNCTION, *RESULT_JOB_FUNCTIONS})
-
-
-class _OrderQueue(Queue):
-    """RQ's queue, but taking a job off it puts the worker in the job's log context at once,
-    so that RQ's own lines about taking the job name the order too; a job of another
-    namespace is put back, untouched, for that namespace's workers (jobs queued before the
-    namespace was recorded are the worker's own); and a job that is not JSON or not one of
-    the dispatcher's (``job_refusal``) is failed without being run."""
-
-    @classmethod
-    def dequeue_any(cls, *args: Any, **kwargs: Any) -> tuple[Job, Queue] | None:
-        timeout = args[1] if len(args) > 1 else kwargs.get("timeout")
-        passed: set[str] = set()
-        while True:
-            result = super().dequeue_any(*args, **kwargs)
-            if result is None:
-                return None
-            job, queue = result
-            verdict = admit(job, queue, fed=False)
-            if verdict == "run":
-                set_order_context(log_context(job))
-                return result
-            if verdict != "foreign":
-                continue  # refused, or its integration is at its cap: nothing to run
-            if job.id in passed:
-                # Round the queue once and nothing of ours: a burst is done; a long-running
-                # worker waits before it looks again.
-                if timeout is None:
-                    return None
-                time.sleep(FOREIGN_PAUSE)
-                raise DequeueTimeout(timeout, [q.key for q in args[0]])
-            passed.add(job.id)
-
-
-def admit(job: Job, queue: Queue, *, fed: bool = True) -> str:
-    """Whether this worker runs a job it just took off ``queue`` (into RQ's intermediate
-    list): ``run``; or ``refused`` (not JSON or not one of the dispatcher's: failed, see
-    ``job_refusal``), ``foreign`` (another namespace's: put back at the end of its queue),
-    ``waiting`` (its integration is at its in-flight cap: back at the head of its list).
-    ``fed``: the take topped the queue up already (FairFeed.take); else it is topped up
-    here."""
-    why = job_refusal(job, JOB_FUNCTIONS)
-    if why is not None:
-        _refuse(job, queue, why)
-        return "refused"
-    namespace = current_runtime().settings.namespace
-    other = _job_namespace(job)
-    if other is not None and other != namespace:
-        _leave_foreign(job, queue, other, namespace)
-        return "foreign"
-    ours = queue.name == current_runtime().settings.queue
-    if (
-        ours
-        and not fed
-        and not fair_feed(queue.connection).after_take(job.id, job_integration(job))
-    ):
-        return "waiting"
-    return "run"
-
-
-def job_integration(job: Job) -> str | None:
-    integration = (job.meta or {}).get("integration_id")
-    return integration if isinstance(integration, str) else None
-
-
-def fair_feed(connection: Redis) -> FairFeed:
-    """The feeder of this worker's orders queue (dispatcher.store.fair)."""
-    settings = current_runtime().settings
-    return FairFeed(
-        connection, Keys(settings.namespace), settings.queue, FairOptions.from_settings(settings)
-    )
-
-
-def _release(job: Job, connection: Redis) -> None:
-    """A job of the orders queue ran (done, failed, or put back for a retry): its integration's
-    in-flight lease, if capped, goes. A lost release only delays: the lease expires."""
-    if job.origin != current_runtime().settings.queue:
-        return
-    try:
-        fair_feed(connection).release(job.id, job_integration(job))
-    except RedisError as exc:
-        log.warning("job %s: its in-flight lease was not released: %s", job.id, exc)
-
-
-def _refuse(job: Job, queue: Queue, why: str) -> None:
-    """Fail a job the worker must not run, without running or deserializing anything: it
-    leaves the intermediate list for the failed registry (its hash kept as it is, for the
-    operator), and one line says which job, why and what to do."""
-    registry = FailedJobRegistry(queue.name, connection=queue.connection, serializer=JOB_SERIALIZER)
-    with queue.connection.pipeline() as pipe:
-        pipe.lrem(intermediate_key(queue.name), 0, job.id)
-        job.set_status(JobStatus.FAILED, pipeline=pipe)
-        job.ended_at = now()
-        if unreadable_job(job) is None and isinstance(job.meta, dict):
-            # For `dispatcher failed` and the console (RQ keeps no reason for this failure).
-            reason = {"handler": None, "reason": f"refused, not run: {why}", "at": time.time()}
-            job.meta["last_failure"] = reason
-            pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
-        registry.add(job, ttl=job.failure_ttl, exc_string=f"refused, not run: {why}", pipeline=pipe)
-        pipe.execute()
-    log.error(
-        "job %s refused, not run: %s; it is kept with the failed jobs. Queue its order again "
-        "with `dispatcher replay` (docs/operations.md, Upgrading to JSON jobs)",
-        escape_controls(job.id),
-        why,
-    )
-
-
-def _leave_foreign(job: Job, queue: Queue, other: str, namespace: str) -> None:
-    """Put a job of another namespace back at the end of its queue, untouched; say so once."""
-    return_popped(queue.connection, queue.name, job.id)
-    if (queue.name, other) not in _foreign_reported:
-        _foreign_reported.add((queue.name, other))
-        log.error(
-            "queue %s holds jobs of namespace %s; this worker (namespace %s) leaves them to "
-            "that namespace's workers: give each namespace its own DISPATCHER_QUEUE",
-            queue.name,
-            other,
-            namespace,
-        )
 
 
 def _record_failure(job: Job, exc_string: str) -> Failure:
@@ -378,15 +218,15 @@ class DispatcherWorkerMixin(WorkerBase):
         if kwargs.get("queue_class") in (None, Queue):
             # RQ's worker pool passes Queue itself: its workers would skip the checks of a
             # taken job and the fair feeder's top-up (a pool stalled with its queue empty).
-            kwargs["queue_class"] = _OrderQueue
+            kwargs["queue_class"] = OrderQueue
         # Never RQ's default (pickle): a job planted in Redis would run code as it is read.
         kwargs["serializer"] = JOB_SERIALIZER
         if kwargs.get("job_class") in (None, Job):  # RQ's worker pool passes Job itself
             kwargs["job_class"] = DispatcherJob
-        if kwargs["queue_class"] is _OrderQueue:
+        if kwargs["queue_class"] is OrderQueue:
             # RQ insists every queue be of the worker's queue class: pass plain ones by name.
             queues = [
-                q.name if isinstance(q, Queue) and not isinstance(q, _OrderQueue) else q
+                q.name if isinstance(q, Queue) and not isinstance(q, OrderQueue) else q
                 for q in queues
             ]
         # RQ takes a mix of names and queues, whatever its annotation says.
@@ -520,7 +360,7 @@ class DispatcherWorkerMixin(WorkerBase):
         execution: Execution,
     ) -> Any:
         done = self._record_success(job, queue, started_job_registry, execution)
-        _release(job, self.connection)
+        release_lease(job, self.connection)
         steps = _steps_text(job)
         log.info("%s done in %s%s", _who(job), _seconds(job), f": {steps}" if steps else "")
         return done
@@ -556,7 +396,7 @@ class DispatcherWorkerMixin(WorkerBase):
             exc_string=exc_string,
             execution=execution,
         )
-        _release(job, self.connection)
+        release_lease(job, self.connection)
         where = f"handler {failure.handler}: " if failure.handler else ""
         steps = _steps_text(job, failed=True)
         steps = f" ({steps})" if steps else ""
@@ -573,69 +413,3 @@ class DispatcherWorkerMixin(WorkerBase):
                 exc_info=_exc_info(unexpected) if unexpected is not None else None,
             )  # fmt: skip
         return done
-
-
-@dataclass(slots=True)
-class BurstSummary:
-    """What a burst did (jobs done, failed for good, put back for a retry) and what it left
-    on the queue."""
-
-    done: int = 0
-    failed: int = 0
-    retried: int = 0
-    queued: int = 0
-    scheduled: int = 0
-    next_retry_in: float | None = None
-    failed_on_queue: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)
-
-    def count(self, job: Job, *, refresh: bool = True) -> None:
-        """Count a job the worker just ran, by the status it ended in (as Redis holds it, or
-        without ``refresh`` as the worker's bookkeeping of the job just set it)."""
-        try:
-            status = job.get_status(refresh=refresh)
-        except (RedisError, ValueError):
-            return
-        if status == JobStatus.FINISHED:
-            self.done += 1
-        elif status == JobStatus.FAILED:
-            self.failed += 1
-        elif status in (JobStatus.SCHEDULED, JobStatus.QUEUED):
-            self.retried += 1
-
-    def add(self, other: BurstSummary) -> None:
-        self.done += other.done
-        self.failed += other.failed
-        self.retried += other.retried
-
-    def look(self, redis: Redis, queue: str, now: float) -> None:
-        """Read what is left on ``queue``."""
-        with redis.pipeline(transaction=False) as pipe:
-            pipe.llen(queue_key(queue))
-            pipe.zcard(scheduled_key(queue))
-            pipe.zrange(scheduled_key(queue), 0, 0, withscores=True)
-            pipe.zcount(failed_key(queue), now, "+inf")
-            self.queued, self.scheduled, first, self.failed_on_queue = pipe.execute()
-        self.next_retry_in = max(0.0, float(first[0][1]) - now) if first else None
-
-    def did(self) -> str:
-        """What the jobs run came to: ``3 done, 1 failed, 0 put back for a retry``."""
-        return f"{self.done} done, {self.failed} failed, {self.retried} put back for a retry"
-
-    def line(self, queue: str, *, counted: bool = True) -> str:
-        """The summary; without ``counted`` (a pool: its children counted their own jobs)
-        only what is left."""
-        did = f"{self.did()}; " if counted else ""
-        text = (
-            f"burst finished on {queue}: {did}left: {self.queued} queued, "
-            f"{self.scheduled} scheduled for a retry"
-        )
-        if self.scheduled and self.next_retry_in is not None:
-            text += (
-                f" (next in {self.next_retry_in:.0f}s: `dispatcher worker --burst "
-                "--wait-retries` waits for them)"
-            )
-        text += f", {self.failed_on_queue} failed"
-        if self.failed_on_queue:
-            text += " (`dispatcher failed`)"
-        return text

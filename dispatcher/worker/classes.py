@@ -15,7 +15,8 @@ from rq.job import Job
 from rq.worker import WorkerStatus
 
 from dispatcher.logs import set_order_context
-from dispatcher.worker.base import REDIS_LOST, DispatcherWorkerMixin, log_context
+from dispatcher.worker.admission import log_context
+from dispatcher.worker.base import REDIS_LOST, DispatcherWorkerMixin
 
 __all__ = ["DispatcherSimpleWorker", "DispatcherWorker", "InProcessWorker"]
 

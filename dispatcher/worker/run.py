@@ -1,7 +1,7 @@
 """Starting the workers (``dispatcher worker``): :func:`run_worker` picks the worker class
 (forking, in-process or threaded), runs one worker or a pool of them on the dispatcher
 queue, and at the end of a burst logs and returns what it did and left
-(:class:`~dispatcher.worker.base.BurstSummary`), waiting for due retries with
+(:class:`~dispatcher.worker.burst.BurstSummary`), waiting for due retries with
 ``--wait-retries``.
 """
 
@@ -19,7 +19,8 @@ from dispatcher.settings import Settings
 from dispatcher.store.fair import FairFeed
 from dispatcher.store.keys import Keys
 from dispatcher.store.rq_internals import JOB_SERIALIZER, WorkerBase, queue_key, scheduled_key
-from dispatcher.worker.base import BurstSummary, demote_rq_chatter
+from dispatcher.worker.base import demote_rq_chatter
+from dispatcher.worker.burst import BurstSummary
 from dispatcher.worker.classes import DispatcherWorker, InProcessWorker
 from dispatcher.worker.jobs import Runtime, install_runtime
 from dispatcher.worker.threaded import threaded_worker_class

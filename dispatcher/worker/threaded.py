@@ -49,15 +49,8 @@ from dispatcher.logs import set_order_context
 from dispatcher.store.fair import FairFeed, FairOptions, taken_jobs
 from dispatcher.store.keys import Keys
 from dispatcher.store.rq_jobs import PendingFinish
-from dispatcher.worker.base import (
-    RECONNECT_WAIT_MAX,
-    REDIS_LOST,
-    DispatcherWorkerMixin,
-    admit,
-    fair_feed,
-    job_integration,
-    log_context,
-)
+from dispatcher.worker.admission import admit, fair_feed, job_integration, log_context
+from dispatcher.worker.base import RECONNECT_WAIT_MAX, REDIS_LOST, DispatcherWorkerMixin
 from dispatcher.worker.deadlines import DeadlinePenalty
 from dispatcher.worker.jobs import current_runtime
 from dispatcher.worker.scheduler import ThreadScheduler

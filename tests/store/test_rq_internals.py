@@ -42,6 +42,7 @@ from dispatcher.store.key_schema import SCHEMA
 from dispatcher.store.ledger import JOB_FUNCTION, JobOptions, Ledger
 from dispatcher.testing.sim import Simulator
 from dispatcher.worker import base as dispatcher_worker
+from dispatcher.worker.admission import OrderQueue
 from dispatcher.worker.base import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, WORKER_TTL
 from dispatcher.worker.classes import DispatcherSimpleWorker, DispatcherWorker, InProcessWorker
 from dispatcher.worker.retry import DispatcherJob
@@ -569,7 +570,7 @@ _OVERRIDES: dict[tuple[str, str], Callable[..., Any]] = {
     ("rq.worker.BaseWorker", "handle_job_failure"): DispatcherWorker.handle_job_failure,
     ("rq.worker.BaseWorker", "handle_job_success"): DispatcherWorker.handle_job_success,
     ("rq.worker.BaseWorker", "handle_exception"): DispatcherWorker.handle_exception,
-    ("rq.queue.Queue", "dequeue_any"): dispatcher_worker._OrderQueue.dequeue_any,
+    ("rq.queue.Queue", "dequeue_any"): OrderQueue.dequeue_any,
     ("rq.worker.BaseWorker", "work"): ThreadedWorker.work,
     ("rq.worker.BaseWorker", "set_state"): ThreadedWorker.set_state,
     ("rq.worker.BaseWorker", "_shutdown"): ThreadedWorker._shutdown,

@@ -106,7 +106,7 @@ def test_a_job_taken_with_a_success_runs_though_the_bookkeeping_after_it_raised(
 ) -> None:
     # Given 6 orders, 2 threads, and the worker's own bookkeeping after the first job raising
     # (the job's success and its thread's next take were sent before it)
-    from dispatcher.worker.base import BurstSummary
+    from dispatcher.worker.burst import BurstSummary
 
     ids = dispatch(redis, 6)
     count = BurstSummary.count
