@@ -178,3 +178,9 @@ def ellipsis(text: str, limit: int) -> str:
 def compact_json(value: object, limit: int = 100) -> str:
     """A value as one line of JSON, cut with an ellipsis past ``limit`` characters."""
     return ellipsis(json.dumps(value, ensure_ascii=False, sort_keys=True, default=str), limit)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis glob pattern (SCAN's ``MATCH``): ids may hold
+    ``*``, ``?``, ``[``, ``]`` and backslashes."""
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)

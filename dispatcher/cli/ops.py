@@ -26,15 +26,9 @@ from dispatcher.cli._common import (
 from dispatcher.handler import HandlerConfigError
 from dispatcher.kombo.errors import KomboError
 from dispatcher.logs import escape_controls
-from dispatcher.ops.admin import (
-    ForgetRefused,
-    describe_order,
-    failed_jobs,
-    forget_order,
-    known_integrations,
-    retry_failed,
-    timeline_integrations,
-)
+from dispatcher.ops.failed import failed_jobs, retry_failed
+from dispatcher.ops.forget import ForgetRefused, forget_order
+from dispatcher.ops.order_record import describe_order, known_integrations, timeline_integrations
 from dispatcher.ops.replay import replay as replay_orders
 from dispatcher.ops.results import retry_failed_writes
 from dispatcher.ops.status import take_snapshot

@@ -18,7 +18,7 @@ from typing import Any
 from redis import Redis
 
 from dispatcher import _text
-from dispatcher.ops.admin import OrderRecord, describe_order
+from dispatcher.ops.order_record import OrderRecord, describe_order
 from dispatcher.settings import Settings
 from dispatcher.store.failures import MAX_REASON_LENGTH
 from dispatcher.store.results import Outbox

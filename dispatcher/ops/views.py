@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from dispatcher import _text
-from dispatcher.ops.admin import OrderRecord
+from dispatcher.ops.order_record import OrderRecord
 from dispatcher.ops.status import (
     FAILING,
     NEVER_SWEPT,

@@ -34,7 +34,7 @@ from dispatcher.kombo.models import (
     id_problem,
     parse_order,
 )
-from dispatcher.ops.admin import forget_order
+from dispatcher.ops.forget import forget_order
 from dispatcher.plugins import check_handler
 from dispatcher.poller.integrations import check_integration_id
 from dispatcher.store.keys import Keys, job_id_for, order_ref

@@ -18,7 +18,7 @@ from dispatcher import Settings
 from dispatcher._text import ago
 from dispatcher.handler import RetryLater
 from dispatcher.kombo.models import Order
-from dispatcher.ops.admin import ForgetRefused, forget_order
+from dispatcher.ops.forget import ForgetRefused, forget_order
 from dispatcher.store.failures import parse_failure
 from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.ledger import Ledger

@@ -18,7 +18,7 @@ from redis import Redis
 from rq import Queue
 
 from dispatcher.kombo.models import parse_order
-from dispatcher.ops.admin import OrderRecord, StepRecord
+from dispatcher.ops.order_record import OrderRecord, StepRecord
 from dispatcher.ops.timeline import order_timeline, timeline_lines
 from dispatcher.settings import Settings
 from dispatcher.store.keys import Keys, order_ref

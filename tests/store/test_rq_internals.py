@@ -710,7 +710,7 @@ def _binds(function: Callable[..., Any], *args: Any, **kwargs: Any) -> str | Non
             Result.restore,
             ("job", "1-0", {}),
             {"connection": None},
-            "ops/admin.py (failed, show)",
+            "ops/failed.py, ops/order_record.py (failed, show)",
         ),
         (
             "StartedJobRegistry.parse_job_id(entry)",

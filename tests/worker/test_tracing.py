@@ -27,7 +27,7 @@ from rq import Queue, SimpleWorker
 from dispatcher import Settings, tracing
 from dispatcher.kombo.client import KomboClient
 from dispatcher.logs import configure_logging
-from dispatcher.ops.admin import describe_order
+from dispatcher.ops.order_record import describe_order
 from dispatcher.ops.views import render_order
 from dispatcher.poller.poller import Poller
 from dispatcher.store.ledger import JobOptions, Ledger

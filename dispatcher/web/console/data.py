@@ -19,13 +19,8 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from dispatcher import _text
-from dispatcher.ops.admin import (
-    FailedJob,
-    describe_order,
-    failed_jobs,
-    known_integrations,
-    timeline_integrations,
-)
+from dispatcher.ops.failed import FailedJob, failed_jobs
+from dispatcher.ops.order_record import describe_order, known_integrations, timeline_integrations
 from dispatcher.ops.results import list_results
 from dispatcher.ops.status import Snapshot, take_snapshot
 from dispatcher.ops.timeline import event_details, order_timeline

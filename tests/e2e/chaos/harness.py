@@ -430,7 +430,7 @@ def _expectations(sim: Simulator) -> tuple[set[str], set[tuple[str, str]]]:
 def _describe_lost(redis: Redis, sim: Simulator, succeeded: set[str]) -> list[str]:
     """One line per order never provisioned: what the seen store, its job and its step
     records say (a loss is rare: this is what its investigation starts from)."""
-    from dispatcher.ops.admin import describe_order
+    from dispatcher.ops.order_record import describe_order
 
     lines = []
     for integration in sim.integration_ids:
