@@ -28,8 +28,9 @@ from redis import Redis
 from rq import Queue, Retry
 
 from dispatcher.kombo.models import Order
+from dispatcher.store.job_options import JobOptions
 from dispatcher.store.keys import job_id_for
-from dispatcher.store.ledger import JOB_FUNCTION, JobOptions
+from dispatcher.store.ledger import JOB_FUNCTION
 from dispatcher.testing import free_port as free_port
 from dispatcher.testing.redis_server import private_redis as private_redis
 from dispatcher.testing.sim import DEFAULT_API_KEY

@@ -71,7 +71,8 @@ from _support import (
 )
 from dispatcher.kombo.models import Order
 from dispatcher.store.fair import FairOptions
-from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.job_options import JobOptions
+from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import Simulator
 

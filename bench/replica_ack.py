@@ -42,7 +42,8 @@ from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.models import Order
 from dispatcher.poller.poller import Poller
 from dispatcher.settings import Settings
-from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.job_options import JobOptions
+from dispatcher.store.ledger import Ledger
 from dispatcher.store.replication import ReplicaAck
 
 PAGE_SIZE = 250

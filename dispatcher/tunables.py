@@ -52,7 +52,7 @@ KOMBO_PAGE_SIZE_MAX = 250
 # mostly waits on Kombo).
 SWEEP_CONCURRENCY = 8
 
-# -- what RQ keeps of a job (DISPATCHER_RESULT_TTL, DISPATCHER_FAILURE_TTL; ledger.JobOptions) --
+# -- what RQ keeps of a job (DISPATCHER_RESULT_TTL, DISPATCHER_FAILURE_TTL; job_options.JobOptions)
 
 # A finished job holds the order, candidate data included: kept a week to look into what was
 # done, not longer (personal data).

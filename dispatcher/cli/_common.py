@@ -17,7 +17,8 @@ from dispatcher.kombo.errors import KomboError
 from dispatcher.settings import ConfigError, Settings, load_settings
 from dispatcher.store.connection import Role, UnsuitableRedisError, open_redis
 from dispatcher.store.failures import MAX_REASON_LENGTH
-from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.job_options import JobOptions
+from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.untrusted import untrusted_text
 

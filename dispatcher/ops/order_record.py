@@ -17,12 +17,12 @@ from dispatcher._text import as_float, as_str, glob_escape
 from dispatcher.ops.failed import attempts_of, failures_of
 from dispatcher.store.failures import Failure
 from dispatcher.store.keys import Keys, job_id_for, parse_order_ref
-from dispatcher.store.ledger import parse_seen
 from dispatcher.store.rq_internals import (
     JOB_SERIALIZER,
     job_key,
     scheduled_key,
 )
+from dispatcher.store.seen import parse_seen
 
 __all__ = [
     "OrderRecord",

@@ -29,8 +29,9 @@ from dispatcher import tracing
 from dispatcher._text import as_str
 from dispatcher.kombo.client import KomboClient
 from dispatcher.kombo.models import Order, OrderValidationError
-from dispatcher.store.ledger import JOB_FUNCTION, REJECTED_PREFIX, Ledger
+from dispatcher.store.ledger import JOB_FUNCTION, Ledger
 from dispatcher.store.rq_internals import job_key
+from dispatcher.store.seen import REJECTED_PREFIX
 
 __all__ = ["ReplayResult", "replay", "replay_job_id"]
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from redis import Redis
 from redis.exceptions import ResponseError
-from rq import Queue, Retry
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.utils import now
 
@@ -36,11 +36,11 @@ from dispatcher import tracing, tunables
 from dispatcher._text import as_str
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, RawOrders
 from dispatcher.logs import escape_controls
-from dispatcher.settings import Settings
-from dispatcher.store.fair import FairFeed, FairOptions
+from dispatcher.store.fair import FairFeed
+from dispatcher.store.job_options import JobOptions, reconcile_window
 from dispatcher.store.keys import Keys, job_id_for
 from dispatcher.store.lua import script
-from dispatcher.store.replication import ReplicaAck, run_script
+from dispatcher.store.replication import run_script
 from dispatcher.store.rq_internals import (
     JOB_OWN_FIELDS,
     JOB_SERIALIZER,
@@ -51,20 +51,14 @@ from dispatcher.store.rq_internals import (
     job_key,
     queue_key,
 )
+from dispatcher.store.seen import REJECTED_PREFIX, mark_slack, parse_seen, seen_generation
 from dispatcher.store.throughput import hour_key
 from dispatcher.store.wrongtype import (
     WrongKeyTypeError,
     name_wrong_type,
 )
 
-__all__ = [
-    "DispatchResult",
-    "JobOptions",
-    "Ledger",
-    "WrongKeyTypeError",
-    "parse_seen",
-    "reconcile_window",
-]
+__all__ = ["DispatchResult", "Ledger", "WrongKeyTypeError"]
 
 JOB_FUNCTION = "dispatcher.worker.jobs.process_order"
 _T = TypeVar("_T")
@@ -75,41 +69,6 @@ _T = TypeVar("_T")
 _DISPATCH = script("ledger_dispatch")
 _REJECT = script("ledger_reject")
 _PRUNE = script("ledger_prune")
-
-
-@dataclass(frozen=True, slots=True)
-class JobOptions:
-    """How dispatched jobs are created: RQ's timeouts and retention, as data."""
-
-    timeout: int = 600
-    result_ttl: int = tunables.RESULT_TTL
-    failure_ttl: int = tunables.FAILURE_TTL
-    retry_intervals: tuple[int, ...] = (10, 20, 40, 80, 160)
-    # Replicas that must hold a dispatch before it counts (DISPATCHER_REDIS_MIN_REPLICAS_ACK).
-    replica_ack: ReplicaAck | None = None
-    # The configured handler chain, recorded in each job's meta (what the dispatcher meant to
-    # run; the worker runs its own DISPATCHER_HANDLERS).
-    chain: tuple[str, ...] = ()
-    # The fair feeder's window and the per-integration caps (dispatcher.store.fair).
-    fair: FairOptions = field(default_factory=FairOptions)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> JobOptions:
-        return cls(
-            timeout=settings.job_timeout,
-            result_ttl=settings.result_ttl,
-            failure_ttl=settings.failure_ttl,
-            retry_intervals=tuple(settings.retry_intervals()),
-            replica_ack=ReplicaAck.from_settings(settings),
-            chain=tuple(settings.handlers),
-            fair=FairOptions.from_settings(settings),
-        )
-
-    def retry(self) -> Retry | None:
-        """RQ's retry policy for a job: one retry per interval, or none."""
-        if not self.retry_intervals:
-            return None
-        return Retry(max=len(self.retry_intervals), interval=list(self.retry_intervals))
 
 
 @dataclass(slots=True)
@@ -219,7 +178,7 @@ class Ledger:
         stale_below: int | None = None
         fresh: tuple[bytes, ...] = ()
         if generation is not None:
-            stale_below = generation - _mark_slack(keep_generations)
+            stale_below = generation - mark_slack(keep_generations)
             fresh = tuple(f":{g}".encode() for g in range(max(0, stale_below), generation + 1))
         for (order_id, index), value in zip(last_at.items(), values, strict=True):
             if value is None:
@@ -234,7 +193,7 @@ class Ledger:
             elif (
                 stale_below is not None
                 and not (isinstance(value, bytes) and value.endswith(fresh))
-                and _generation(value) < stale_below
+                and seen_generation(value) < stale_below
             ):
                 to_mark.append(order_id)
         result = DispatchResult(
@@ -317,7 +276,7 @@ class Ledger:
         a mark of that generation or at most ``keep_generations - 1`` before, and is never
         pruned, so it is never dispatched twice.
         """
-        cutoff_generation = generation - keep_generations - _mark_slack(keep_generations)
+        cutoff_generation = generation - keep_generations - mark_slack(keep_generations)
         if cutoff_generation < 0:
             return 0
         cutoff_time = self._clock() - retention
@@ -506,44 +465,6 @@ class Ledger:
         except (ValueError, TypeError, KeyError):
             reason = None
         return reason if isinstance(reason, str) else "This order was rejected by the vendor."
-
-
-# The seen value of a rejected order: "rejected:<unix time>" (never a bare number, so it
-# cannot be mistaken for a dispatch time).
-REJECTED_PREFIX = "rejected:"
-
-
-def reconcile_window(options: JobOptions) -> int:
-    """Seconds after its dispatch that an order's job is sure to be found if nothing was lost:
-    a finished job is kept ``result_ttl`` after it ended, a failed one ``failure_ttl``. The
-    reconciler checks the orders dispatched within it; 0 when either TTL is 0."""
-    return max(0, min(options.result_ttl, options.failure_ttl))
-
-
-def parse_seen(value: bytes | str) -> tuple[float | None, int]:
-    """(first seen unix time, generation of the last full sweep that saw it OPEN) of a seen
-    value; (None, 0) for a value this version does not write."""
-    text = as_str(value)
-    first, _, generation = text.partition(":")
-    if not first.isdigit():
-        return None, 0
-    return float(first), int(generation) if generation.isdigit() else 0
-
-
-def _mark_slack(keep_generations: int) -> int:
-    # How many full sweeps an OPEN order's mark may lag behind: a full sweep re-marks only
-    # marks older than that, so with the default (3 sweeps) it writes one in three sweeps;
-    # pruning waits the same number of sweeps longer.
-    return max(0, keep_generations - 1)
-
-
-def _generation(value: bytes | str) -> int:
-    """The generation in a seen value; a huge one for a rejected order (never re-marked)."""
-    first_seen, generation = parse_seen(value)
-    return _NOT_MARKED if first_seen is None else generation
-
-
-_NOT_MARKED = 1 << 62
 
 
 def _batches(items: Iterable[_T], size: int) -> Iterator[list[_T]]:

@@ -55,7 +55,7 @@ from redis import Redis
 from dispatcher._text import as_str
 from dispatcher.logs import escape_controls
 from dispatcher.store.keys import Keys, order_ref
-from dispatcher.store.ledger import REJECTED_PREFIX, Ledger, parse_seen
+from dispatcher.store.ledger import Ledger
 from dispatcher.store.lua import script
 from dispatcher.store.results import Outbox
 from dispatcher.store.rq_internals import (
@@ -72,6 +72,7 @@ from dispatcher.store.rq_internals import (
     scheduled_key,
     started_key,
 )
+from dispatcher.store.seen import REJECTED_PREFIX, parse_seen
 
 __all__ = [
     "BATCH",

@@ -11,8 +11,9 @@ from rq import Queue
 
 from dispatcher.kombo.models import Order, parse_order
 from dispatcher.store.fair import FairFeed, FairOptions
+from dispatcher.store.job_options import JobOptions
 from dispatcher.store.keys import Keys
-from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.ledger import Ledger
 from dispatcher.store.reconcile import Reconciler
 from dispatcher.store.results import Outbox
 from dispatcher.store.rq_internals import (

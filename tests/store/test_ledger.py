@@ -14,8 +14,9 @@ from rq.job import Job, JobStatus
 
 from dispatcher.kombo.models import Order, OrderValidationError, RawOrder, parse_order
 from dispatcher.store.keys import job_id_for
-from dispatcher.store.ledger import Ledger, parse_seen
+from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
+from dispatcher.store.seen import parse_seen
 from support import order_payload, queued_job_ids
 
 INTEGRATION = "greenhouse:HWUTwvyx2wLoSUHphiWVrp28"

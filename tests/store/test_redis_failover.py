@@ -38,8 +38,9 @@ from rq.utils import utcparse
 from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
 from dispatcher.store.connection import connect
+from dispatcher.store.job_options import JobOptions
 from dispatcher.store.keys import Keys
-from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.ledger import Ledger
 from dispatcher.store.replication import ReplicaAck, ReplicasNotAcknowledged
 from dispatcher.store.results import Outbox
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator

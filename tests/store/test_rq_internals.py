@@ -38,8 +38,9 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from dispatcher.kombo.models import Order
 from dispatcher.store import rq_internals as rqi
+from dispatcher.store.job_options import JobOptions
 from dispatcher.store.key_schema import SCHEMA
-from dispatcher.store.ledger import JOB_FUNCTION, JobOptions, Ledger
+from dispatcher.store.ledger import JOB_FUNCTION, Ledger
 from dispatcher.testing.sim import Simulator
 from dispatcher.worker import base as dispatcher_worker
 from dispatcher.worker.admission import OrderQueue

@@ -19,7 +19,8 @@ from dispatcher.kombo.client import KomboClient
 from dispatcher.poller.poller import Poller
 from dispatcher.poller.report import SweepReport
 from dispatcher.poller.telemetry import RequestStats
-from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.job_options import JobOptions
+from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.worker.classes import DispatcherSimpleWorker

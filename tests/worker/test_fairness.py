@@ -16,7 +16,8 @@ from rq.registry import FinishedJobRegistry
 
 from dispatcher.kombo.models import Order, parse_order
 from dispatcher.settings import load_settings
-from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.job_options import JobOptions
+from dispatcher.store.ledger import Ledger
 from dispatcher.worker.base import RECOVERY_BOUND
 from support import dispatcher_env, kill_tree, order_payload, queued_job_ids, wait_until
 

@@ -21,7 +21,8 @@ from rq.registry import (
 from dispatcher import HandlerContext, PermanentFailure
 from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
-from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.job_options import JobOptions
+from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import Simulator
 from dispatcher.worker.jobs import Runtime

@@ -30,7 +30,8 @@ from dispatcher.logs import configure_logging
 from dispatcher.ops.order_record import describe_order
 from dispatcher.ops.views import render_order
 from dispatcher.poller.poller import Poller
-from dispatcher.store.ledger import JobOptions, Ledger
+from dispatcher.store.job_options import JobOptions
+from dispatcher.store.ledger import Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.testing.sim import DEFAULT_API_KEY, Simulator
 from dispatcher.testing.vendor import VendorAPI

@@ -22,7 +22,8 @@ from rq.job import Job, JobStatus
 from dispatcher import HandlerContext, Order, RetryLater, Settings
 from dispatcher.kombo.models import Order as OrderModel
 from dispatcher.logs import configure_logging
-from dispatcher.store.ledger import JOB_FUNCTION, JobOptions, Ledger
+from dispatcher.store.job_options import JobOptions
+from dispatcher.store.ledger import JOB_FUNCTION, Ledger
 from dispatcher.store.rq_internals import JOB_SERIALIZER
 from dispatcher.worker.base import BurstSummary
 from dispatcher.worker.classes import DispatcherSimpleWorker

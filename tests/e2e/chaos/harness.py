@@ -38,7 +38,6 @@ from rq.registry import (
 from dispatcher._text import as_str
 from dispatcher.settings import load_settings
 from dispatcher.store.keys import Keys, job_id_for, order_ref
-from dispatcher.store.ledger import REJECTED_PREFIX
 from dispatcher.store.reconcile_state import read_state
 from dispatcher.store.results import Outbox, submit_result
 from dispatcher.store.rq_internals import (
@@ -51,6 +50,7 @@ from dispatcher.store.rq_internals import (
     scheduled_key,
     started_key,
 )
+from dispatcher.store.seen import REJECTED_PREFIX
 from dispatcher.testing.mailbox import Mailbox
 from dispatcher.testing.sim import DEFAULT_API_KEY, Faults, Simulator
 from dispatcher.testing.vendor import VendorAPI
