@@ -46,6 +46,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from dispatcher.logs import set_order_context
+from dispatcher.store import lua
 from dispatcher.store.fair import FairFeed, FairOptions, taken_jobs
 from dispatcher.store.keys import Keys
 from dispatcher.store.rq_jobs import PendingFinish
@@ -90,6 +91,7 @@ class ThreadedWorker(GracefulStop, ScriptedRecords, DispatcherWorkerMixin, Simpl
         self._batch: FairFeed | None = None  # see _batch_feed
         self._one_by_one = False
         self._threads_take = True  # see _next_take
+        self._thread_chain = threading.local()  # .waiting: jobs behind the one a thread runs
 
     # -- state: BUSY while any job is in flight ---------------------------------------------
 
@@ -161,6 +163,7 @@ class ThreadedWorker(GracefulStop, ScriptedRecords, DispatcherWorkerMixin, Simpl
         self._install_signal_handlers()  # type: ignore[no-untyped-call]
         beat = threading.Thread(target=self._beat, name="rq-heartbeat", daemon=True)
         beat.start()
+        self._load_scripts()
         taken = 0
         try:
             while not self._stop_requested:
@@ -197,6 +200,14 @@ class ThreadedWorker(GracefulStop, ScriptedRecords, DispatcherWorkerMixin, Simpl
                     self._handoff.put(None)
                 self.teardown()
         return taken > 0
+
+    def _load_scripts(self) -> None:
+        """Every script at once: the first jobs' ends meet no NOSCRIPT (each would run its
+        thread's take twice, dispatcher.store.lua.LuaScript.followed_by)."""
+        try:
+            lua.load_all(self.connection)
+        except redis.exceptions.RedisError as exc:  # they then load as they are used
+            self.log.warning("Worker %s: scripts not loaded ahead: %s", self.name, exc)
 
     def _wait_for_slot(self) -> bool:
         """Block until a thread is free, running maintenance meanwhile; False when stopping."""
@@ -347,12 +358,13 @@ class ThreadedWorker(GracefulStop, ScriptedRecords, DispatcherWorkerMixin, Simpl
             try:
                 while chain:
                     job = chain.pop(0)
+                    self._thread_chain.waiting = len(chain)
                     try:
                         self._run_one(job, queue)
                     except Exception:  # RQ handles a job's own failures; this is RQ's bookkeeping
                         self.log.exception("Worker %s: job %s: unexpected error", self.name, job.id)
                     try:
-                        chain.extend(self._taken_after(job, queue))
+                        chain.extend(self._spread(self._taken_after(job, queue), queue))
                     except Exception:  # Redis lost: what was taken waits in RQ's intermediate
                         # list for the stranded-job pass; the thread lives on
                         self.log.exception("Worker %s: the job taken after %s", self.name, job.id)
@@ -370,6 +382,8 @@ class ThreadedWorker(GracefulStop, ScriptedRecords, DispatcherWorkerMixin, Simpl
         integrations need each job's lease checked (the main thread's one-job pop)."""
         if self._stop_requested or not self._threads_take:
             return None
+        if getattr(self._thread_chain, "waiting", 0):
+            return None  # this thread has jobs in hand already: they are its next
         feed = self._batch_feed()
         return None if feed is None else feed.take_command(1)
 
@@ -383,6 +397,20 @@ class ThreadedWorker(GracefulStop, ScriptedRecords, DispatcherWorkerMixin, Simpl
         taken = [pair for reply in pending.taken for pair in taken_jobs(reply)]
         restored = (self._restore(job_id, fields, queue) for job_id, fields in taken)
         return [next_job for next_job in restored if next_job is not None]
+
+    def _spread(self, taken: list[Job], queue: Queue) -> list[Job]:
+        """The jobs this thread runs next, of those taken with a success: the first; each
+        other (a take that ran twice because the server lacked a script, after a restart or a
+        failover) goes to an idle thread if one is free, else waits its turn here. Kept in one
+        thread, each extra job waited a whole job longer, and the thread's chain never
+        shrank (each of its jobs took one more), for as long as the queue held jobs."""
+        kept = taken[:1]
+        for job in taken[1:]:
+            if not self._stop_requested and self._slots.acquire(blocking=False):
+                self._start((job, queue))
+            else:
+                kept.append(job)
+        return kept
 
     def _run_one(self, job: Job, queue: Queue) -> None:
         set_order_context(log_context(job))

@@ -196,6 +196,33 @@ def test_commands_that_ran_before_the_script_was_loaded_are_reported_too(redis: 
 
 
 @pytest.mark.redis
+def test_the_second_round_loads_the_scripts_its_commands_run(redis: Redis) -> None:
+    # A server that lost the step's script lost the success's too: a second round that
+    # loaded only the first left the success to meet NOSCRIPT again, and its own retry then
+    # sent the thread's take a third and a fourth time (four jobs in one thread's hands).
+    release = lua.script("lease_release")
+    renew = lua.script("lease_renew")
+    redis.set("lease", "me")
+    redis.set("other", "me")
+    redis.script_flush()
+    words = ("EVALSHA", renew.sha, 1, "other", "me", 60_000)  # another script's run
+    answer, renewed = release.followed_by(redis, ["lease"], ["me"], words)
+    assert (answer, renewed) == (1, 1)
+    assert 0 < redis.pttl("other") <= 60_000
+    assert redis.script_exists(release.sha, renew.sha) == [True, True]
+
+
+@pytest.mark.redis
+def test_load_all_loads_every_script_in_one_round_trip(redis: Redis) -> None:
+    redis.script_flush()
+    lua.load_all(redis)
+    names = [f.name[:-4] for f in resources.files(lua).iterdir() if f.name.endswith(".lua")]
+    scripts = [lua.script(name) for name in names if not name.startswith("_")]
+    assert len(scripts) > 30
+    assert all(redis.script_exists(*(s.sha for s in scripts)))
+
+
+@pytest.mark.redis
 def test_a_second_call_sends_evalsha_never_eval(redis: Redis, namespace: str) -> None:
     outbox = _outbox(redis, namespace)
     redis.script_flush()

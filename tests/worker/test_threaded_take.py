@@ -21,6 +21,7 @@ from dispatcher.kombo.models import Order
 from dispatcher.settings import Settings
 from dispatcher.store.fair import FairFeed
 from dispatcher.store.keys import Keys
+from dispatcher.store.lua import script
 from dispatcher.store.rq_internals import JOB_SERIALIZER, intermediate_key
 from dispatcher.worker.jobs import Runtime
 from dispatcher.worker.run import run_worker
@@ -129,3 +130,110 @@ def test_a_job_taken_with_a_success_runs_though_the_bookkeeping_after_it_raised(
     assert sorted(order for order, _ in handler.ran) == sorted(ids)
     assert len(finished_jobs(redis)) == 6
     assert redis.llen(intermediate_key(QUEUE)) == 0
+
+
+class TakesTwice(Record):
+    """A handler whose first order, once the worker's main thread has stopped taking (its
+    burst found the queue empty), dispatches ``more`` orders and leaves the server without
+    the scripts that record a job's end, the take's alone loaded (a restart, a failover,
+    another thread loading it first): the end of that first job takes two jobs (the round
+    that met NOSCRIPT ran its take too). The others record when they ran."""
+
+    def __init__(self, redis: Redis, more: int, main_done: threading.Event) -> None:
+        super().__init__(wait=0.3)
+        self.redis = redis
+        self.more = more
+        self.main_done = main_done
+        self.later: list[str] = []
+        self.spans: dict[str, tuple[float, float, int]] = {}
+        self.in_hand: list[int] = []  # taken, not started: RQ's intermediate list
+
+    def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
+        if not self.later:
+            assert self.main_done.wait(30)
+            self.later = dispatch(self.redis, self.more, seed=6)
+            self.redis.script_flush()
+            self.redis.script_load(script("fair_take").source)
+            return {"ok": True}
+        self.in_hand.append(self.redis.llen(intermediate_key(QUEUE)))
+        started = time.monotonic()
+        result = super().handle(order, context)
+        self.spans[order.id] = (started, time.monotonic(), threading.get_ident())
+        return result
+
+
+def _main_thread_done(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once the threaded worker's main thread waits for its threads (its burst is over)."""
+    from dispatcher.worker.threaded_stop import GracefulStop
+
+    done = threading.Event()
+    drain = GracefulStop._drain
+
+    def draining(self: Any, timeout: float | None) -> None:
+        done.set()
+        drain(self, timeout)
+
+    monkeypatch.setattr(GracefulStop, "_drain", draining)
+    return done
+
+
+def test_jobs_a_repeated_take_brought_run_at_once_in_idle_threads(
+    redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker with 2 threads, one of them busy, whose job's end takes two jobs at
+    # once (Redis had lost the scripts)
+    dispatch(redis, 1)
+    handler = TakesTwice(redis, 2, _main_thread_done(monkeypatch))
+    settings = Settings(REDIS_URL=redis_url, DISPATCHER_WORKER_THREADS=2)
+    # When it runs
+    run_worker(settings, redis, burst=True, runtime=Runtime(settings, [handler]))  # type: ignore[list-item]
+    # Then the two ran at the same time, each in a thread of its own (in one thread, one
+    # after the other, the second started a whole job late), and each ran once
+    assert sorted(handler.spans) == sorted(handler.later)
+    spans = handler.spans.values()
+    assert len({thread for _, _, thread in spans}) == 2
+    assert max(start for start, _, _ in spans) < min(end for _, end, _ in spans)
+    assert len(finished_jobs(redis)) == 3
+    assert redis.llen(intermediate_key(QUEUE)) == 0
+
+
+class HoldsOneThread(TakesTwice):
+    """:class:`TakesTwice`, its very first order holding its thread until every later order
+    has run: the worker's other thread is then the only one, and has no free thread to give
+    the jobs it took to."""
+
+    def __init__(self, redis: Redis, more: int) -> None:
+        free = threading.Event()
+        free.set()
+        super().__init__(redis, more, free)
+        self.holding = threading.Event()
+        self.all_ran = threading.Event()
+
+    def handle(self, order: Order, context: HandlerContext) -> dict[str, Any]:
+        if not self.holding.is_set():
+            self.holding.set()
+            assert self.all_ran.wait(30)
+            return {"ok": True}
+        result = super().handle(order, context)
+        if len(self.spans) == self.more:
+            self.all_ran.set()
+        return result
+
+
+def test_a_thread_with_jobs_in_hand_takes_no_more_until_they_ran(
+    redis: Redis, redis_url: str
+) -> None:
+    # Given a worker with 2 threads, one held by a long job, the other's job's end taking
+    # two jobs at once of 10 more orders
+    dispatch(redis, 2)
+    handler = HoldsOneThread(redis, 10)
+    settings = Settings(REDIS_URL=redis_url, DISPATCHER_WORKER_THREADS=2)
+    # When it runs
+    run_worker(settings, redis, burst=True, runtime=Runtime(settings, [handler]))  # type: ignore[list-item]
+    # Then the job in its hand runs before it takes another: 1 waits behind the one running,
+    # then none (each job's end takes the next). Had each job in hand taken one more, one
+    # would have waited in hand until the queue ran dry, every job of the thread starting a
+    # whole job late.
+    assert handler.in_hand == [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert sorted(handler.spans) == sorted(handler.later)
+    assert len(finished_jobs(redis)) == 12

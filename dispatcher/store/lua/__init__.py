@@ -47,7 +47,7 @@ from redis.exceptions import NoScriptError
 
 from dispatcher.store.wrongtype import key_types_checked
 
-__all__ = ["INCLUDE", "LuaScript", "read", "script"]
+__all__ = ["INCLUDE", "LuaScript", "load_all", "read", "script"]
 
 INCLUDE = re.compile(r"^--#include ([a-z0-9_]+)[ \t]*$", re.MULTILINE)
 """A line of a script that the fragment ``_<group 1>.lua`` replaces."""
@@ -103,7 +103,10 @@ class LuaScript:
 
         When the server lacked the script, ``commands`` ran twice (the first time after the
         NOSCRIPT): their first replies are appended to ``repeated``, for a caller whose
-        command moves something (a job taken off a queue) to account for both."""
+        command moves something (a job taken off a queue) to account for both. The second
+        round loads the scripts that ``commands`` run too (a server that lost one lost them
+        all), so that none of them meets NOSCRIPT again and is run a third time by its
+        caller's own retry."""
         replies = self._round_trip(client, keys, args, commands, load=False)
         if isinstance(replies[0], NoScriptError):
             if repeated is not None:
@@ -130,19 +133,19 @@ class LuaScript:
     ) -> list[Any]:
         # Not a transaction: SCRIPT LOAD and the script's writes need no MULTI, and WAIT
         # counts the replicas holding this connection's writes, which it follows.
+        sources = [self.source, *_sources_run_by(commands)] if load else []
         with client.pipeline(transaction=False) as pipe:
-            if load:
-                pipe.script_load(self.source)
+            for source in sources:
+                pipe.script_load(source)
             pipe.evalsha(self.sha, len(keys), *keys, *args)
             for command in commands:
                 pipe.execute_command(*command)  # type: ignore[no-untyped-call]
             replies: list[Any] = pipe.execute(raise_on_error=False)
-        if load:
-            # A script Redis cannot compile: its error, not the NOSCRIPT that follows it.
-            if isinstance(replies[0], Exception):
-                raise replies[0]
-            return replies[1:]
-        return replies
+        # A script Redis cannot compile: its error, not the NOSCRIPT that follows it.
+        for loaded in replies[: len(sources)]:
+            if isinstance(loaded, Exception):
+                raise loaded
+        return replies[len(sources) :]
 
 
 def read(filename: str) -> str:
@@ -158,7 +161,36 @@ def script(name: str) -> LuaScript:
     if (declared is None) != (_GUARD not in read(f"{name}.lua")):
         raise ValueError(f"{name}.lua: KEY_TYPES and '{_GUARD}' go together")
     key_types = tuple(re.findall(r"'([a-z]+)'", declared[1])) if declared else ()
-    return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest(), key_types)
+    loaded = LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest(), key_types)
+    _BY_SHA[loaded.sha] = loaded
+    return loaded
+
+
+def load_all(client: Redis) -> None:
+    """Load every script of this folder into the server, in one round trip: a worker's
+    threads then meet no NOSCRIPT on their first jobs, each of which would run the commands
+    sent with its script twice (LuaScript.followed_by): a thread took two jobs, or four."""
+    names = sorted(
+        entry.name.removesuffix(".lua")
+        for entry in resources.files(__name__).iterdir()
+        if entry.name.endswith(".lua") and not entry.name.startswith("_")
+    )
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.script_load(script(name).source)
+        pipe.execute()
+
+
+# Every script loaded so far, by SHA1: what an EVALSHA sent among a round's commands runs.
+_BY_SHA: dict[str, LuaScript] = {}
+
+
+def _sources_run_by(commands: Sequence[Sequence[Any]]) -> list[str]:
+    return [
+        _BY_SHA[command[1]].source
+        for command in commands
+        if len(command) > 1 and command[0] == "EVALSHA" and command[1] in _BY_SHA
+    ]
 
 
 def _fragment(include: re.Match[str]) -> str:
