@@ -153,7 +153,7 @@ class PendingFinish:
         ran before the server had the scripts). An error, or a step record that was not
         written, leaves the success to :func:`finish` (or the job fails)."""
         success, *takes = replies
-        self.taken.extend(reply for reply in takes if not isinstance(reply, Exception))
+        self._keep_taken(takes)
         if self.sent or isinstance(success, Exception) or int(success) == -2:
             return
         self.sent = True
@@ -174,14 +174,18 @@ class PendingFinish:
         keys, args = _finish_words(self.job, self.execution, self.worker_key, self.result_ttl)
         repeated: list[list[Any]] = []
         success, *takes = _FINISH.followed_by(connection, keys, args, take, repeated=repeated)
-        for reply in [*(r for round_ in repeated for r in round_), *takes]:
-            if not isinstance(reply, Exception):
-                self.taken.append(reply)
+        for earlier in repeated:
+            self._keep_taken(earlier)
+        self._keep_taken(takes)
         if isinstance(success, Exception):
             raise success
         self.sent = True
         self.dependents = _settled(self.job, int(success))
         return self.dependents
+
+    def _keep_taken(self, replies: list[Any]) -> None:
+        """The take commands' replies that moved jobs (an error moved nothing)."""
+        self.taken.extend(reply for reply in replies if not isinstance(reply, Exception))
 
 
 def finish(

@@ -133,7 +133,8 @@ class LuaScript:
     ) -> list[Any]:
         # Not a transaction: SCRIPT LOAD and the script's writes need no MULTI, and WAIT
         # counts the replicas holding this connection's writes, which it follows.
-        sources = [self.source, *_sources_run_by(commands)] if load else []
+        # Each script once (a command may run this very script again).
+        sources = list(dict.fromkeys([self.source, *_sources_run_by(commands)])) if load else []
         with client.pipeline(transaction=False) as pipe:
             for source in sources:
                 pipe.script_load(source)
